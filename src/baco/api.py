@@ -1,0 +1,136 @@
+"""The Python API: `Collaboration.from_pretrained(base=..., aligned=...).generate(prompts, router=...)`."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+from baco.decode.loop import Request, lockstep, row_seed
+from baco.decode.records import Sample, collect
+from baco.decode.sampling import SamplingParams
+from baco.errors import BacoError
+from baco.models.hf import HFCausalLM, load_tokenizer
+from baco.models.pair import ModelPair
+from baco.prompts import PromptFormat, encode_request
+from baco.routers import Router, get_router
+
+DEFAULT_ROUTER = "p-punc:0.5"
+
+
+@dataclass
+class TokenEvent:
+    """One streamed token of one sample."""
+
+    sample_index: int
+    token_id: int
+    text: str  # the new text this token adds (may be "" while a multi-byte character is incomplete)
+    source: str  # "base" | "aligned"
+    reason: str
+    finish_reason: str | None = None
+
+
+class Collaboration:
+    """A base model and its aligned counterpart decoding together, token by token."""
+
+    def __init__(self, pair: ModelPair, prompt_format: PromptFormat | None = None):
+        self.pair = pair
+        self.prompt_format = prompt_format or PromptFormat()
+
+    @classmethod
+    def from_pretrained(cls, base: str | os.PathLike, aligned: str | os.PathLike, *, dtype: str = "auto",
+                        device: str = "auto", prompt_format: PromptFormat | None = None) -> "Collaboration":
+        """Load both models by HF id or local path; the tokenizers are checked before the weights load."""
+        base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
+        from baco.vocab import check_compatible  # fail fast, before loading any weights
+
+        check_compatible(base_tokenizer, aligned_tokenizer)
+        pair = ModelPair(
+            HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
+            HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer),
+        )
+        return cls(pair, prompt_format)
+
+    @property
+    def tokenizer(self):
+        return self.pair.aligned.tokenizer
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return self.prompt_format.stop_strings
+
+    def requests(self, prompts: Sequence[str], n: int, sampling: SamplingParams, seed: int) -> list[Request]:
+        """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise BacoError("no prompts given")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+        context = self.pair.context_length
+        out = []
+        for index, prompt in enumerate(prompts):
+            base_ids, aligned_ids = encode_request(prompt, index, self.prompt_format, self.pair.base.tokenizer,
+                                                   self.pair.aligned.tokenizer, context)
+            room = context - max(len(base_ids), len(aligned_ids))
+            budget = min(sampling.max_new_tokens, room)
+            out += [Request(prompt, index, k, base_ids, aligned_ids, row_seed(seed, prompt, k), budget)
+                    for k in range(n)]
+        return out
+
+    def _prepare(self, prompts, router, n, sampling):
+        """Validate everything before any model runs: sampling, router, prompts; fix the seed."""
+        sampling = sampling or SamplingParams()
+        route = get_router(router)
+        seed = sampling.seed if sampling.seed is not None else random.SystemRandom().randrange(2**31)
+        requests = self.requests(prompts, n, sampling, seed)
+        return sampling, route, requests, self.stop_strings + sampling.stop, seed
+
+    def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
+                      sampling: SamplingParams | None = None, batch_size: int = 32,
+                      on_sample: Callable[[Sample], None] | None = None) -> Iterator[Sample]:
+        """Yield samples as their rows finish; rows run `batch_size` at a time in one lockstep batch."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise BacoError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
+        extra = {"sampling": {**sampling.to_dict(), "seed": seed},
+                 "models": {"base": self.pair.base.name, "aligned": self.pair.aligned.name}}
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            began = time.perf_counter()
+            events = lockstep(self.pair, chunk, route, sampling, stops)
+            for sample in collect(events, chunk, self.tokenizer, router=route.name, stop_strings=stops,
+                                  stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
+                                  started=began, extra=extra):
+                if on_sample is not None:
+                    on_sample(sample)
+                yield sample
+
+    def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
+                 sampling: SamplingParams | None = None, batch_size: int = 32) -> list[Sample]:
+        """All samples, ordered by (prompt_index, sample_index)."""
+        samples = list(self.iter_generate(prompts, router=router, n=n, sampling=sampling, batch_size=batch_size))
+        return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
+
+    def stream(self, prompt: str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
+               sampling: SamplingParams | None = None) -> Iterator[TokenEvent]:
+        """Stream the n samples of one prompt token by token (the same loop as `generate`)."""
+        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
+        ids: list[list[int]] = [[] for _ in requests]
+        shown = [""] * len(requests)
+        stop_ids = self.pair.vocab.stop_ids
+        for event in lockstep(self.pair, requests, route, sampling, stops):
+            for i, row in enumerate(event.rows):
+                token = int(event.tokens[i])
+                ids[row].append(token)
+                finish = event.finished.get(row)
+                if token in stop_ids:
+                    text = ""
+                else:
+                    full = self.tokenizer.decode(ids[row], skip_special_tokens=True)
+                    text = "" if full.endswith("\ufffd") and finish is None else full[len(shown[row]):]
+                    shown[row] += text
+                yield TokenEvent(row, token, text, "base" if bool(event.use_base[i]) else "aligned",
+                                 event.reasons[i], finish)

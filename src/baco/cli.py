@@ -1,0 +1,156 @@
+"""The `baco` command line: a thin door onto the Python API (`baco generate`, `baco routers`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from baco.errors import BacoError
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--base", help="base model: HF id or local directory")
+    p.add_argument("--aligned", help="aligned model: HF id or local directory (same tokenizer as --base)")
+    p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, or a .txt file')
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
+    p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
+    p.add_argument("--out", type=Path, help="write samples as JSONL here (one line per sample)")
+    p.add_argument("--batch-size", type=int, default=32, help="rows per lockstep batch")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--quiet", action="store_true", help="no texts, no progress bar")
+    p.set_defaults(run=cmd_generate)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
+    if not path.is_file():
+        raise BacoError(f"prompts file {str(path)!r} does not exist")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if path.suffix.lower() not in (".jsonl", ".json"):
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise BacoError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else row
+        if not isinstance(prompt, str):
+            raise BacoError(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
+        prompts.append(prompt)
+    return prompts
+
+
+def cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from baco.api import Collaboration
+    from baco.decode.records import write_jsonl
+    from baco.decode.sampling import SamplingParams
+    from baco.display import LEGEND, header, render, use_colour
+    from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+    from baco.routers import get_router
+
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
+    get_router(args.router)  # validate before loading anything
+    prompts = args.prompt or read_prompts(args.prompts)
+    if args.base is None or args.aligned is None:
+        raise BacoError("pass both --base and --aligned (HF ids or local directories); "
+                        "`python -m baco.testing DIR` writes a tiny pair to try")
+    chat_template = args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
+    fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
+                       system_prompt=args.system_prompt, chat_template=chat_template)
+    collab = Collaboration.from_pretrained(args.base, args.aligned, dtype=args.dtype, device=args.device,
+                                           prompt_format=fmt)
+    colour = use_colour(args.color)
+    show = not args.quiet and (args.out is None or sys.stdout.isatty())
+    total = len(prompts) * args.n
+    out = open(args.out, "w", encoding="utf-8") if args.out else None
+    written, tokens, base_tokens = 0, 0, 0
+    started = time.perf_counter()
+    try:
+        with tqdm(total=total, unit="sample", disable=args.quiet or total < 2 or None, file=sys.stderr) as bar:
+            if show and colour:
+                tqdm.write(LEGEND, file=sys.stdout)
+            stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
+                                          batch_size=args.batch_size)
+            for sample in stream:
+                if out:
+                    write_jsonl([sample], out)
+                written += 1
+                tokens += sample.num_tokens
+                base_tokens += sample.sources.count("base")
+                bar.update(1)
+                if show:
+                    tqdm.write(header(sample), file=sys.stdout)
+                    text = render(sample, colour=colour, stop_strings=collab.stop_strings + sampling.stop)
+                    tqdm.write(text + "\n", file=sys.stdout)
+    except KeyboardInterrupt:
+        print(f"interrupted: {written} finished samples kept" + (f" in {args.out}" if out else ""), file=sys.stderr)
+        return 130
+    finally:
+        if out:
+            out.close()
+    if not args.quiet:
+        share = base_tokens / tokens if tokens else 0.0
+        rate = tokens / (time.perf_counter() - started)
+        print(f"{written} samples, {tokens} tokens, base wrote {share:.0%}, {rate:.1f} tokens/s"
+              + (f", wrote {args.out}" if out else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_routers(args) -> int:
+    from baco.routers import list_routers
+
+    for spec in list_routers():
+        knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
+        default = f" (default {spec.default:g})" if spec.param else ""
+        print(f"{knob:<22} {spec.help}{default}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
+                                     "and its aligned counterpart.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    sub.add_parser("routers", help="list the registered routers").set_defaults(run=cmd_routers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        return args.run(args)
+    except BacoError as error:
+        print(f"baco: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""One sample with per-token provenance, assembled from the loop's StepEvents; JSONL in and out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from baco.decode.loop import Request, StepEvent
+
+BASE, ALIGNED = "base", "aligned"
+
+
+@dataclass
+class Sample:
+    """A generated text and, per token, who wrote it and why (columns of equal length).
+
+    `chosen_prob` is the written token's probability under its writer's own distribution
+    (temperature 1, before top-p / min-p). The final stop token, if any, is part of `token_ids`
+    (its writer decided to end) but not of `text`.
+    """
+
+    prompt: str
+    prompt_index: int
+    sample_index: int
+    router: str
+    seed: int
+    text: str = ""
+    finish_reason: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    base_top1_prob: list[float] = field(default_factory=list)
+    base_entropy: list[float] = field(default_factory=list)
+    aligned_top1_prob: list[float] = field(default_factory=list)
+    chosen_prob: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    sampling: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def base_share(self) -> float:
+        """Share of tokens written by the base model (0 for an empty sample)."""
+        return self.sources.count(BASE) / len(self.sources) if self.sources else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.num_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(num_tokens=self.num_tokens, base_share=round(self.base_share, 6),
+                    tokens_per_s=round(self.tokens_per_s, 3))
+        for key in ("base_top1_prob", "base_entropy", "aligned_top1_prob", "chosen_prob"):
+            data[key] = [round(v, 6) for v in data[key]]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Sample":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, router: str,
+            stop_strings: tuple[str, ...] = (), stop_ids: frozenset[int] = frozenset(),
+            token_texts: list[str] | None = None, started: float | None = None,
+            extra: dict | None = None) -> Iterator[Sample]:
+    """Turn a stream of StepEvents into Samples, yielding each one as soon as its row finishes."""
+    started = time.perf_counter() if started is None else started
+    samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index,
+                      router=router, seed=r.seed, **(extra or {})) for r in requests]
+    for event in events:
+        columns = zip(event.rows, event.tokens.tolist(), event.use_base.tolist(), event.reasons,
+                      event.base_top1_prob.tolist(), event.base_entropy.tolist(),
+                      event.aligned_top1_prob.tolist(), event.chosen_prob.tolist())
+        for row, token, use_base, reason, b_top1, b_ent, a_top1, chosen in columns:
+            s = samples[row]
+            s.token_ids.append(token)
+            # a stop token's text is not part of the sample's text; its writer is still recorded
+            s.token_texts.append(token_texts[token] if token_texts and token not in stop_ids else "")
+            s.sources.append(BASE if use_base else ALIGNED)
+            s.reasons.append(reason)
+            s.base_top1_prob.append(b_top1)
+            s.base_entropy.append(b_ent)
+            s.aligned_top1_prob.append(a_top1)
+            s.chosen_prob.append(chosen)
+        for row, reason in event.finished.items():
+            s = samples[row]
+            s.finish_reason = reason
+            s.elapsed_s = time.perf_counter() - started
+            s.text = final_text(s.token_ids, tokenizer, stop_strings, stop_ids)
+            yield s
+
+
+def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], stop_ids: frozenset[int]) -> str:
+    """Decode, drop a trailing stop token, cut at the first stop string, strip leading whitespace.
+
+    Leading whitespace comes from the base model's first token after "Answer:" (" Paris");
+    it is kept in the token stream that both models read and removed from the text only.
+    """
+    ids = token_ids[:-1] if token_ids and token_ids[-1] in stop_ids else token_ids
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop_strings if s in text]
+    return (text[: min(cuts)] if cuts else text).lstrip()
+
+
+def write_jsonl(samples: Iterable[Sample], handle: IO[str]) -> int:
+    """Append samples to an open text file, one JSON object per line, flushed per line."""
+    count = 0
+    for s in samples:
+        handle.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+        handle.flush()
+        count += 1
+    return count
+
+
+def read_jsonl(path: str | Path) -> list[Sample]:
+    with open(path, encoding="utf-8") as handle:
+        return [Sample.from_dict(json.loads(line)) for line in handle if line.strip()]

@@ -1,0 +1,50 @@
+"""Show a sample on a terminal: base-written and aligned-written tokens in two colours."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from baco.decode.records import BASE, Sample
+
+COLOURS = {BASE: "\033[33m", "aligned": "\033[36m"}  # base yellow, aligned cyan
+RESET = "\033[0m"
+LEGEND = f"{COLOURS[BASE]}base-written{RESET} / {COLOURS['aligned']}aligned-written{RESET}"
+
+
+def use_colour(mode: str, stream=sys.stdout) -> bool:
+    """`auto`: colour on a terminal unless NO_COLOR is set; `always` / `never` force it."""
+    if mode == "always":
+        return True
+    if mode == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(text, source) per token as in `sample.text`: cut at the first stop string, leading space stripped."""
+    full = "".join(sample.token_texts)
+    cut = min((full.find(s) for s in stop_strings if s in full), default=len(full))
+    out, length = [], 0
+    for text, source in zip(sample.token_texts, sample.sources):
+        if length >= cut:
+            break
+        out.append((text[: cut - length], source))
+        length += len(text)
+    while out and not out[0][0].strip():
+        out.pop(0)
+    if out:
+        out[0] = (out[0][0].lstrip(), out[0][1])
+    return out
+
+
+def render(sample: Sample, *, colour: bool, stop_strings: tuple[str, ...] = ()) -> str:
+    if not colour:
+        return sample.text
+    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for text, source in segments(sample, stop_strings))
+
+
+def header(sample: Sample) -> str:
+    return (f"[prompt {sample.prompt_index} · sample {sample.sample_index}] "
+            f"{sample.num_tokens} tokens, base wrote {sample.base_share:.0%}, "
+            f"{sample.tokens_per_s:.1f} tok/s, finish: {sample.finish_reason}")

@@ -1,0 +1,28 @@
+"""Errors a user can act on. The CLI prints them as one line, without a traceback."""
+
+
+class BacoError(Exception):
+    """Base class: something the user asked for cannot be done, and the message says why."""
+
+
+class InvalidSamplingParams(BacoError, ValueError):
+    """A sampling knob is out of range (temperature < 0, top_p outside (0, 1], ...)."""
+
+
+class UnknownRouterError(BacoError, KeyError):
+    """A router name that is not registered, or a bad router parameter."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(BacoError, OSError):
+    """A model or tokenizer could not be loaded (missing path, corrupt file, no network)."""
+
+
+class TokenizerMismatchError(BacoError, ValueError):
+    """Base and aligned tokenizers do not share a vocabulary, so token-level routing is impossible."""
+
+
+class PromptError(BacoError, ValueError):
+    """A prompt is empty, too long for a model's context, or cannot be rendered."""

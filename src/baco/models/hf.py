@@ -1,0 +1,214 @@
+"""HF transformers backend: load a causal LM by hub id or local path, then prefill and step on a KV cache.
+
+`HFCausalLM.start(prompts)` left-pads a batch, runs one prefill and returns an `HFSession` whose
+`logits` are the next-token logits of every row; `session.step(tokens)` appends one token per row;
+`session.keep(rows)` drops finished rows from the cache, mask and positions, so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from baco.errors import ModelLoadError
+
+# Names of end-of-turn tokens used by common chat templates; added to the stops when present.
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "</s>")
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but this torch build sees no CUDA GPU")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r} asked for, but MPS is not available here")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on GPUs and float32 on CPU (exact, and what the tests compare against)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type in ("cuda", "mps") else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else that does not exist is a missing path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _check_source(name: str | os.PathLike) -> str:
+    name = os.fspath(name)
+    if not name or not name.strip():
+        raise ModelLoadError("model name is empty: pass a hub id (org/name) or a local directory")
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        if not os.path.isdir(expanded):
+            raise ModelLoadError(f"{name!r} is a file; pass the model's directory (with config.json)")
+        if not os.path.exists(os.path.join(expanded, "config.json")):
+            raise ModelLoadError(f"{name!r} has no config.json, so it is not a transformers model directory")
+        return expanded
+    if _looks_like_path(name):
+        raise ModelLoadError(f"no model directory at {name!r}")
+    return name
+
+
+def load_tokenizer(name: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    source = _check_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except Exception as error:  # noqa: BLE001 - any failure here is a load failure for the user
+        raise ModelLoadError(_load_hint(source, "tokenizer", error)) from error
+
+
+def _load_hint(source: str, what: str, error: Exception) -> str:
+    hint = ("check the directory's files" if os.path.isdir(source) else
+            "if this is a hub id, this machine needs hub access or a local copy (HF_HUB_OFFLINE=1 uses the cache)")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"could not load the {what} of {source!r}: {type(error).__name__}: {first_line} ({hint})"
+
+
+def _contiguous_input(module, args):
+    # Prefill keeps only the last position; that slice is not contiguous and a 262k-row output
+    # layer on a strided bf16 input is ~1000x slow on CPU (notes/implementation-traps.md, trap 1).
+    return (args[0].contiguous(),) + tuple(args[1:])
+
+
+class HFCausalLM:
+    """A transformers causal LM with its tokenizer, ready for batched prefill and KV-cache steps."""
+
+    def __init__(self, model, tokenizer, name: str = "model"):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        output = model.get_output_embeddings()
+        if output is not None:
+            output.register_forward_pre_hook(_contiguous_input)
+
+    @classmethod
+    def from_pretrained(cls, name: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
+                        device: str | torch.device = "auto", tokenizer=None) -> "HFCausalLM":
+        """Load by hub id or local path. Errors (missing path, corrupt weights) are `ModelLoadError`."""
+        from transformers import AutoModelForCausalLM
+
+        source = _check_source(name)
+        target = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, target)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        except Exception as error:  # noqa: BLE001
+            raise ModelLoadError(_load_hint(source, "model", error)) from error
+        return cls(model.to(target), tokenizer, name=os.fspath(name))
+
+    @property
+    def output_rows(self) -> int:
+        """Width of the logits (may exceed len(tokenizer): padded embedding rows)."""
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def context_length(self) -> int:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(getattr(config, "text_config", config), key, None) or getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 1 << 30
+
+    @property
+    def pad_token_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def stop_token_ids(self) -> set[int]:
+        """EOS of the tokenizer and generation config, plus a chat template's end-of-turn token."""
+        stops: set[int] = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        stops.update([eos] if isinstance(eos, int) else list(eos or []))
+        if self.tokenizer.eos_token_id is not None:
+            stops.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        stops.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+        return stops
+
+    def start(self, prompts: list[list[int]]) -> "HFSession":
+        """Prefill a batch of token-id lists (left-padded) and return the decoding session."""
+        return HFSession.prefill(self, prompts)
+
+
+@dataclass
+class HFSession:
+    """KV cache, attention mask and positions of the rows still decoding."""
+
+    lm: HFCausalLM
+    cache: object
+    attention_mask: torch.Tensor  # (B, T) over prompt + continuation
+    positions: torch.Tensor  # (B,) position id of the last token of each row
+    logits: torch.Tensor  # (B, V) next-token logits, float32
+
+    @classmethod
+    @torch.inference_mode()
+    def prefill(cls, lm: HFCausalLM, prompts: list[list[int]]) -> "HFSession":
+        from transformers import DynamicCache
+
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=lm.model.config)
+        out = lm.model(input_ids=ids, attention_mask=mask, position_ids=position_ids,
+                       past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return cls(lm, out.past_key_values, mask, position_ids[:, -1], out.logits[:, -1, :].float())
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append one token per row; return the new next-token logits (B, V)."""
+        tokens = tokens.to(self.lm.device).view(-1, 1)
+        ones = torch.ones_like(tokens)
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=-1)
+        self.positions = self.positions + 1
+        out = self.lm.model(input_ids=tokens, attention_mask=self.attention_mask,
+                            position_ids=self.positions.view(-1, 1), past_key_values=self.cache,
+                            use_cache=True)
+        self.cache = out.past_key_values
+        self.logits = out.logits[:, -1, :].float()
+        return self.logits
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (indices into the current batch) in the cache, mask, positions and logits."""
+        rows = rows.to(self.lm.device)
+        self.cache.batch_select_indices(rows)
+        self.attention_mask = self.attention_mask[rows]
+        self.positions = self.positions[rows]
+        self.logits = self.logits[rows]

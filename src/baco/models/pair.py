@@ -1,0 +1,68 @@
+"""A base/aligned pair over one vocabulary: the loop asks it for both next-token distributions at once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from baco.models.hf import HFCausalLM, HFSession
+from baco.vocab import TokenTable, check_compatible, control_token_ids, token_texts
+
+
+class ModelPair:
+    """Two causal LMs sharing a tokenizer vocabulary (checked at construction).
+
+    The shared vocabulary spans the wider of the two logit matrices; ids a model lacks get
+    -inf from it. Control tokens, padding rows and ids whose strings differ between the two
+    tokenizers are never sampled; the stop tokens of both models stay allowed.
+    """
+
+    def __init__(self, base: HFCausalLM, aligned: HFCausalLM):
+        self.base, self.aligned = base, aligned
+        shared = check_compatible(base.tokenizer, aligned.tokenizer)
+        self.vocab_size = max(base.output_rows, aligned.output_rows)
+        longer = aligned.tokenizer if len(aligned.tokenizer) >= len(base.tokenizer) else base.tokenizer
+        self.stop_ids = base.stop_token_ids | aligned.stop_token_ids
+        beyond_shared = set(range(shared, self.vocab_size)) - self.stop_ids
+        controls = control_token_ids(base.tokenizer) | control_token_ids(aligned.tokenizer) | beyond_shared
+        self.vocab = TokenTable.from_texts(token_texts(longer, self.vocab_size),
+                                           control_ids=controls, stop_ids=self.stop_ids)
+        self._mask = torch.where(self.vocab.allowed, 0.0, -math.inf)
+
+    @property
+    def context_length(self) -> int:
+        return min(self.base.context_length, self.aligned.context_length)
+
+    def start(self, base_prompts: list[list[int]], aligned_prompts: list[list[int]]) -> "PairSession":
+        """Prefill both models: each reads its own rendering of the same requests."""
+        return PairSession(self, self.base.start(base_prompts), self.aligned.start(aligned_prompts))
+
+    def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pad logits to the shared width, mask what may not be sampled, log-softmax."""
+        logits = logits.to("cpu", torch.float32)
+        if logits.shape[-1] < self.vocab_size:
+            logits = torch.nn.functional.pad(logits, (0, self.vocab_size - logits.shape[-1]), value=-math.inf)
+        return torch.log_softmax(logits + self._mask, dim=-1)
+
+
+@dataclass
+class PairSession:
+    pair: ModelPair
+    base: HFSession
+    aligned: HFSession
+
+    def logprobs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, aligned) next-token log-probs of the active rows, each (B, V) over the shared vocabulary."""
+        return self.pair.logprobs(self.base.logits), self.pair.logprobs(self.aligned.logits)
+
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the same token per row to both models' contexts; return both new distributions."""
+        self.base.step(tokens)
+        self.aligned.step(tokens)
+        return self.logprobs()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.base.keep(rows)
+        self.aligned.keep(rows)

@@ -1,0 +1,95 @@
+"""How one request is shown to each model.
+
+The aligned model reads its tokenizer's chat template (system prompt and few-shot examples as
+earlier turns). The base model has no chat template; it reads plain text:
+
+    [system prompt + blank line]
+    [for each few-shot example: base_template(prompt=q) + " " + answer + blank line]
+    base_template(prompt=request)            # default "Question: {prompt}\\nAnswer:"
+
+Both models then continue the *same* token sequence. The base template's default stop string is
+"\\n" + the text before {prompt} (e.g. "\\nQuestion:"), because a base model's natural end of an
+answer is to start the next question.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baco.errors import PromptError
+
+DEFAULT_BASE_TEMPLATE = "Question: {prompt}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    base_template: str = DEFAULT_BASE_TEMPLATE
+    system_prompt: str | None = None
+    few_shot: tuple[tuple[str, str], ...] = ()
+    chat_template: str | None = None  # overrides the aligned tokenizer's own template
+    base_stop: tuple[str, ...] | None = None  # None: derived from base_template
+
+    def __post_init__(self) -> None:
+        if "{prompt}" not in self.base_template:
+            raise PromptError(f"base_template must contain {{prompt}}, got {self.base_template!r}")
+        try:
+            self.base_template.format(prompt="x")
+        except (KeyError, IndexError, ValueError) as error:
+            raise PromptError(f"base_template {self.base_template!r} is not a valid format string: {error}") from None
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.base_stop is not None:
+            return tuple(self.base_stop)
+        lead = self.base_template.split("{prompt}", 1)[0].strip()
+        return (f"\n{lead}",) if lead else ()
+
+    def render_base(self, prompt: str) -> str:
+        parts = [f"{self.system_prompt.strip()}\n\n"] if self.system_prompt else []
+        parts += [f"{self.base_template.format(prompt=q)} {a}\n\n" for q, a in self.few_shot]
+        parts.append(self.base_template.format(prompt=prompt))
+        return "".join(parts)
+
+    def chat_messages(self, prompt: str) -> list[dict]:
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for q, a in self.few_shot:
+            messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        return messages + [{"role": "user", "content": prompt}]
+
+    def render_aligned(self, prompt: str, tokenizer) -> str:
+        template = self.chat_template or getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise PromptError(
+                "the aligned tokenizer has no chat template; pass one (PromptFormat(chat_template=...) "
+                "or `baco generate --chat-template FILE`)"
+            )
+        messages = self.chat_messages(prompt)
+        try:
+            return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 - jinja raises its own types
+            if not self.system_prompt:
+                raise PromptError(f"the chat template failed to render: {error}") from error
+        # Templates without a system role: fold the system prompt into the first user turn.
+        messages = messages[1:]
+        messages[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{messages[0]['content']}"}
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def encode_request(prompt: str, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
+                   context_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of one request for (base, aligned); clear errors for empty or over-long prompts."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"prompt {index} must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise PromptError(f"prompt {index} is empty")
+    base_ids = base_tokenizer(fmt.render_base(prompt), add_special_tokens=True)["input_ids"]
+    aligned_ids = aligned_tokenizer(fmt.render_aligned(prompt, aligned_tokenizer), add_special_tokens=False)["input_ids"]
+    longest = max(len(base_ids), len(aligned_ids))
+    if longest >= context_length:
+        raise PromptError(
+            f"prompt {index} is {longest} tokens once templated, but the models accept at most "
+            f"{context_length} tokens of context (and need room for at least one new token)"
+        )
+    return base_ids, aligned_ids

@@ -1,0 +1,88 @@
+"""Routers by name: `register` adds one, `get_router("p-punc:0.5")` builds one, `list_routers` lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from baco.errors import UnknownRouterError
+from baco.routers.view import Route, StepView
+
+RouterFn = Callable[..., Route]
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    name: str
+    fn: RouterFn
+    help: str
+    param: str | None = None  # name of the one numeric knob, if any
+    default: float | None = None
+    low: float | None = None  # inclusive bounds on the knob, None = unbounded
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Router:
+    """A registered router with its parameter bound: call it on a StepView."""
+
+    spec: RouterSpec
+    value: float | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name if self.value is None else f"{self.spec.name}:{self.value:g}"
+
+    def __call__(self, view: StepView) -> Route:
+        if self.value is None:
+            return self.spec.fn(view)
+        return self.spec.fn(view, self.value)
+
+
+_REGISTRY: dict[str, RouterSpec] = {}
+
+
+def register(name: str, *, help: str, param: str | None = None, default: float | None = None,
+             low: float | None = None, high: float | None = None) -> Callable[[RouterFn], RouterFn]:
+    """Decorator: `@register("p", param="threshold", default=0.5, help=...)`."""
+
+    def add(fn: RouterFn) -> RouterFn:
+        if name in _REGISTRY:
+            raise ValueError(f"router {name!r} is already registered")
+        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high)
+        return fn
+
+    return add
+
+
+def list_routers() -> list[RouterSpec]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def get_router(spec: str | Router) -> Router:
+    """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router."""
+    if isinstance(spec, Router):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5', got {spec!r}")
+    name, _, raw = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UnknownRouterError(f"unknown router {name!r}; known routers: {known} (see `baco routers`)")
+    entry = _REGISTRY[name]
+    if entry.param is None:
+        if raw:
+            raise UnknownRouterError(f"router {name!r} takes no parameter, got {spec!r}")
+        return Router(entry, None)
+    if not raw:
+        return Router(entry, entry.default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UnknownRouterError(f"router {name!r} needs a number for {entry.param}, got {raw!r}") from None
+    if (entry.low is not None and value < entry.low) or (entry.high is not None and value > entry.high):
+        raise UnknownRouterError(
+            f"router {name!r}: {entry.param} must be in [{entry.low}, {entry.high}], got {value:g}"
+        )
+    return Router(entry, value)

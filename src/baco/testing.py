@@ -1,0 +1,123 @@
+"""A tiny random-initialised base/aligned pair on disk, so every command runs without downloading weights.
+
+    from baco.testing import make_tiny_pair
+    base_dir, aligned_dir = make_tiny_pair("/tmp/tiny")
+    # baco generate --base /tmp/tiny/base --aligned /tmp/tiny/aligned --prompt "Name a fruit"
+
+The tokenizer is a real byte-level BPE (trained here in a fraction of a second on the text below)
+with Gemma-style special tokens and chat template; the models are small Llama configurations
+with different random weights. They write gibberish, but every code path is the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Gemma's turn format; a system message is folded into the first user turn, as Gemma's own template does.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<unused0>"]
+
+CORPUS = """\
+Question: Name a fruit.
+Answer: An apple, a pear, a mango or a ripe banana.
+Question: Tell me a story about a dragon who could not fly.
+Answer: Once upon a time there was a small dragon. She walked everywhere, and she knew every road.
+Question: What should I cook tonight?
+Answer: Try a warm soup with lentils, carrots and fresh bread. It is quick, cheap and kind to the stomach.
+Question: Give me three ideas for a birthday party.
+Answer: 1. A picnic in the park.
+2. A board game night with friends.
+3. A short hike followed by cake.
+The quick brown fox jumps over the lazy dog. Why do birds migrate? Because the seasons change,
+food becomes scarce, and they travel to warmer places where they can raise their young.
+Write a poem about the sea: The grey sea breathes, the tide comes in, the gulls are crying on the wind.
+I think that the best answer depends on what you like, but here are some options you could consider.
+- First, think about the time you have.
+- Second, think about the people who will be there.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024. Punctuation: , . ; : ! ? ( ) " ' - * # /
+"""
+
+
+def train_tokenizer(vocab_size: int = 512, corpus: str = CORPUS):
+    """A byte-level BPE tokenizer with a BOS post-processor and the chat template above."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus.splitlines(), trainer=trainer)
+    bos = tokenizer.token_to_id("<bos>")
+    tokenizer.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                             special_tokens=[("<bos>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", extra_special_tokens=SPECIAL_TOKENS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_model(tokenizer, *, seed: int, extra_rows: int = 0, context: int = 256, eos: list[int] | None = None):
+    """A 2-layer Llama with hidden size 32, random weights from `seed`."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer) + extra_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.5, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=eos if eos is not None else tokenizer.eos_token_id)
+    return model
+
+
+def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: int = 0,
+                   context: int = 256, mismatched: bool = False) -> tuple[Path, Path]:
+    """Write `directory/base` and `directory/aligned` (models + tokenizers); return both paths.
+
+    aligned_extra_rows pads the aligned model's embedding (as instruct models often are);
+    mismatched=True gives the aligned model a tokenizer trained on other text (for error tests).
+    """
+    directory = Path(directory)
+    tokenizer = train_tokenizer()
+    aligned_tokenizer = train_tokenizer(corpus=CORPUS.upper()[::-1]) if mismatched else tokenizer
+    end_of_turn = aligned_tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    base_model = tiny_model(tokenizer, seed=seed, context=context)
+    aligned_model = tiny_model(aligned_tokenizer, seed=seed + 1, extra_rows=aligned_extra_rows, context=context,
+                               eos=[aligned_tokenizer.eos_token_id, end_of_turn])
+    paths = []
+    for name, model, tok in (("base", base_model, tokenizer), ("aligned", aligned_model, aligned_tokenizer)):
+        path = directory / name
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        (path / "README.md").write_text(
+            f"# tiny random {name} model\n\nMade by `baco.testing.make_tiny_pair` for tests; "
+            f"it writes gibberish.\n\n```json\n{json.dumps({'seed': seed}, indent=1)}\n```\n")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m baco.testing DIR   (writes DIR/base and DIR/aligned)")
+    for written in make_tiny_pair(sys.argv[1]):
+        print(written)

@@ -1,0 +1,152 @@
+"""The shared vocabulary of a base/aligned pair: token texts, word classes, and the compatibility check.
+
+Token-level routing needs one vocabulary: token id 17 must mean the same string to both models.
+`check_compatible` enforces that; `TokenTable` holds per-token facts that routers and the
+word-boundary rule read (is it punctuation? a function word? does it continue a word?).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from baco.errors import TokenizerMismatchError
+
+# Closed-class English words (articles, pronouns, prepositions, conjunctions, auxiliaries,
+# determiners, common adverbial particles). FC routes these to the aligned model.
+FUNCTION_WORDS = frozenset(
+    """
+    a an the this that these those my your his her its our their mine yours hers ours theirs
+    i me we us you he him she it they them myself yourself himself herself itself ourselves themselves
+    who whom whose which what where when why how whoever whatever
+    and or but nor so yet for if then than because although though while unless until since whether
+    as at by from in into of off on onto out over to up upon with within without about above across
+    after against along among around before behind below beneath beside between beyond down during
+    except inside near outside past through throughout toward towards under underneath via
+    am is are was were be been being have has had having do does did doing done
+    will would shall should can could may might must ought
+    not no yes all any both each either every few many more most much neither none other some such
+    own same very too also just only even still here there now again once ever never
+    's 't 'll 've 're 'd 'm
+    """.split()
+)
+
+_LIST_MARKER = re.compile(r"^(\d+[.)]|[a-zA-Z][.)]|[-*+•])$")
+
+
+def _is_cjk(char: str) -> bool:
+    return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
+
+
+def is_word_char(char: str) -> bool:
+    """Letters and digits form words; each CJK character counts as a word of its own."""
+    return char.isalnum() and not _is_cjk(char)
+
+
+def is_punct_or_format(text: str) -> bool:
+    """Punctuation, symbols, whitespace (newlines, indentation) and list markers such as `1.` or `-`."""
+    stripped = text.strip()
+    if not stripped:
+        return bool(text)  # whitespace-only tokens are formatting; the empty string is not
+    if _LIST_MARKER.match(stripped):
+        return True
+    return all(unicodedata.category(c)[0] in "PSZ" for c in stripped)
+
+
+@dataclass
+class TokenTable:
+    """Per-token facts over one vocabulary of size `size` (ids beyond the tokenizer are padding rows)."""
+
+    texts: list[str]
+    is_punct: torch.Tensor  # (V,) bool: punctuation / formatting / stop tokens
+    is_function_word: torch.Tensor  # (V,) bool: starts a word that is a closed-class word
+    continues_word: torch.Tensor  # (V,) bool: text starts with a word character (no space, no punctuation)
+    ends_word_char: torch.Tensor  # (V,) bool: text ends with a word character
+    allowed: torch.Tensor  # (V,) bool: may be sampled (not a control token, not a padding row)
+    stop_ids: frozenset[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def from_texts(
+        cls, texts: Sequence[str], *, control_ids: Sequence[int] = (), stop_ids: Sequence[int] = ()
+    ) -> "TokenTable":
+        """Build the table from each token's decoded text. Control tokens are masked, stops stay allowed."""
+        texts = list(texts)
+        size = len(texts)
+        stops = frozenset(int(i) for i in stop_ids if 0 <= int(i) < size)
+        controls = {int(i) for i in control_ids if 0 <= int(i) < size} - stops
+        punct, function, continues, ends = ([False] * size for _ in range(4))
+        for i, text in enumerate(texts):
+            if i in controls or i in stops:
+                punct[i] = i in stops  # the end-of-turn decision is "formatting"
+                continue
+            if "\ufffd" in text:
+                # a piece of a multi-byte character: never a word boundary, never punctuation
+                continues[i] = ends[i] = True
+                continue
+            punct[i] = is_punct_or_format(text)
+            continues[i] = bool(text) and is_word_char(text[0])
+            ends[i] = bool(text) and is_word_char(text[-1])
+            function[i] = bool(text) and not continues[i] and text.strip().lower() in FUNCTION_WORDS
+        allowed = [i not in controls for i in range(size)]
+        as_tensor = lambda values: torch.tensor(values, dtype=torch.bool)  # noqa: E731
+        return cls(
+            texts=texts,
+            is_punct=as_tensor(punct),
+            is_function_word=as_tensor(function),
+            continues_word=as_tensor(continues),
+            ends_word_char=as_tensor(ends),
+            allowed=as_tensor(allowed),
+            stop_ids=stops,
+        )
+
+
+def token_texts(tokenizer, size: int | None = None) -> list[str]:
+    """Decoded text of every token id (ids past the tokenizer, i.e. padding rows, get '')."""
+    n = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+    size = n if size is None else size
+    return (texts + [""] * size)[:size]
+
+
+def control_token_ids(tokenizer) -> set[int]:
+    """Special and added tokens (`<bos>`, `<start_of_turn>`, `<unused3>` ...) that must never be sampled."""
+    ids = set(getattr(tokenizer, "all_special_ids", []))
+    for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(token_id))
+    return ids
+
+
+def check_compatible(base_tokenizer, aligned_tokenizer, *, max_report: int = 5) -> int:
+    """Check that two tokenizers give every shared id the same string; return the shared size.
+
+    Tolerated: extra ids at the end of one tokenizer (e.g. chat tokens added to the aligned
+    model), and differences between two control tokens (e.g. a reserved token renamed to a chat
+    token), because control tokens are never sampled. Anything else raises
+    `TokenizerMismatchError` naming the first mismatching ids.
+    """
+    shared = min(len(base_tokenizer), len(aligned_tokenizer))
+    base_tokens = base_tokenizer.convert_ids_to_tokens(list(range(shared)))
+    aligned_tokens = aligned_tokenizer.convert_ids_to_tokens(list(range(shared)))
+    controls = control_token_ids(base_tokenizer) | control_token_ids(aligned_tokenizer)
+    mismatches = [
+        (i, b, a)
+        for i, (b, a) in enumerate(zip(base_tokens, aligned_tokens))
+        if b != a and i not in controls
+    ]
+    if mismatches:
+        shown = "; ".join(f"id {i}: base {b!r} vs aligned {a!r}" for i, b, a in mismatches[:max_report])
+        raise TokenizerMismatchError(
+            f"base and aligned tokenizers disagree on {len(mismatches)} of {shared} token ids "
+            f"(first: {shown}). Token-level routing needs one shared vocabulary: use a base model and "
+            f"its own aligned counterpart (same family), or a cross-tokenizer method."
+        )
+    return shared
