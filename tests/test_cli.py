@@ -1,0 +1,66 @@
+"""`baco generate` and `baco routers` end to end on the tiny pair."""
+
+import json
+import subprocess
+import sys
+
+from baco.cli import main, read_prompts
+from baco.decode.records import read_jsonl
+from baco.display import COLOURS, RESET, render
+
+
+def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
+    base, aligned = map(str, tiny_dirs)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Name a fruit."}\n"Tell me a joke."\n')
+    out = tmp_path / "samples.jsonl"
+    code = main(["generate", "--base", base, "--aligned", aligned, "--prompts", str(prompts), "--n", "3",
+                 "--router", "p-punc:0.4", "--max-new-tokens", "12", "--seed", "7", "--out", str(out)])
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 6
+    rows = [json.loads(line) for line in lines]
+    assert {(r["prompt_index"], r["sample_index"]) for r in rows} == {(p, k) for p in range(2) for k in range(3)}
+    for r in rows:
+        assert r["router"] == "p-punc:0.4" and r["sampling"]["seed"] == 7
+        assert len(r["sources"]) == len(r["token_ids"]) == r["num_tokens"]
+        assert set(r["sources"]) <= {"base", "aligned"}
+        assert r["finish_reason"] in ("stop", "length") and r["tokens_per_s"] > 0
+    assert "base wrote" in capsys.readouterr().err
+    assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
+
+
+def test_colours_mark_who_wrote_each_token(collab):
+    from baco import SamplingParams
+
+    sample = collab.generate("Name a fruit.", router="rand:0.5", sampling=SamplingParams(max_new_tokens=20, seed=1))[0]
+    coloured = render(sample, colour=True)
+    assert COLOURS["base"] in coloured and COLOURS["aligned"] in coloured and RESET in coloured
+    plain = coloured
+    for code in (*COLOURS.values(), RESET):
+        plain = plain.replace(code, "")
+    assert plain == "".join(sample.token_texts).lstrip()[: len(plain)]
+    assert render(sample, colour=False) == sample.text
+
+
+def test_routers_command_lists_every_router(capsys):
+    assert main(["routers"]) == 0
+    listed = capsys.readouterr().out
+    for name in ("p-punc:THRESHOLD", "h:THRESHOLD", "punc", "fc", "rand:PROB", "aligned"):
+        assert name in listed
+
+
+def test_bad_prompts_file_names_the_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{oops\n')
+    import pytest
+
+    from baco.errors import BacoError
+
+    with pytest.raises(BacoError, match=r"p.jsonl:2: not valid JSON"):
+        read_prompts(bad)
+
+
+def test_console_script_is_installed():
+    done = subprocess.run([sys.executable, "-m", "baco.cli", "routers"], capture_output=True, text=True)
+    assert done.returncode == 0 and "p-punc" in done.stdout

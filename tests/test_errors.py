@@ -1,0 +1,87 @@
+"""Bad input gets a clear error naming the problem, before any model runs, and no torch traceback."""
+
+import shutil
+
+import pytest
+
+from baco import Collaboration, SamplingParams
+from baco.cli import main
+from baco.errors import ModelLoadError, PromptError, TokenizerMismatchError, UnknownRouterError
+from baco.testing import make_tiny_pair
+
+
+def test_mismatched_tokenizers_are_refused(tmp_path):
+    base, aligned = make_tiny_pair(tmp_path, mismatched=True)
+    with pytest.raises(TokenizerMismatchError, match="share|shared vocabulary"):
+        Collaboration.from_pretrained(base, aligned)
+
+
+def test_padded_extra_rows_on_the_aligned_model_are_tolerated(tmp_path):
+    base, aligned = make_tiny_pair(tmp_path, aligned_extra_rows=7)
+    collab = Collaboration.from_pretrained(base, aligned)
+    assert collab.pair.vocab_size == len(collab.tokenizer) + 7
+    assert not collab.pair.vocab.allowed[-7:].any()  # padding rows are never sampled
+    sample = collab.generate("Hi", router="aligned", sampling=SamplingParams(max_new_tokens=20, seed=0))[0]
+    assert max(sample.token_ids) < len(collab.tokenizer)
+
+
+def test_empty_prompt(collab):
+    with pytest.raises(PromptError, match="prompt 1 is empty"):
+        collab.generate(["fine", "   "], sampling=SamplingParams(max_new_tokens=2))
+
+
+def test_prompt_longer_than_the_context(collab):
+    with pytest.raises(PromptError, match=r"prompt 0 is \d+ tokens .* at most 256"):
+        collab.generate(["word " * 400])
+
+
+def test_unknown_router(collab):
+    with pytest.raises(UnknownRouterError, match="unknown router 'magic'"):
+        collab.generate(["hi"], router="magic")
+
+
+def test_missing_model_path():
+    with pytest.raises(ModelLoadError, match="no model directory at '/no/such/model'"):
+        Collaboration.from_pretrained("/no/such/model", "/no/such/model")
+
+
+def test_corrupt_weights_file(tmp_path, tiny_dirs):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    (base / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    with pytest.raises(ModelLoadError, match="could not load the model of"):
+        Collaboration.from_pretrained(base, tiny_dirs[1])
+
+
+def test_missing_chat_template_is_named(tmp_path, tiny_dirs):
+    aligned = tmp_path / "aligned"
+    shutil.copytree(tiny_dirs[1], aligned)
+    (aligned / "chat_template.jinja").unlink(missing_ok=True)
+    config = (aligned / "tokenizer_config.json").read_text()
+    import json
+
+    data = json.loads(config)
+    data.pop("chat_template", None)
+    (aligned / "tokenizer_config.json").write_text(json.dumps(data))
+    collab = Collaboration.from_pretrained(tiny_dirs[0], aligned)
+    with pytest.raises(PromptError, match="no chat template"):
+        collab.generate(["hi"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", "-1"], "temperature must be"),
+    (["--top-p", "0"], "top_p must be in"),
+    (["--router", "nope"], "unknown router"),
+    (["--base", "/no/where", "--aligned", "/no/where"], "no model directory"),
+    (["--prompt", " "], "prompt 0 is empty"),
+])
+def test_cli_reports_bad_input_in_one_line(tiny_dirs, capsys, args, words):
+    base, aligned = map(str, tiny_dirs)
+    argv = ["generate", "--base", base, "--aligned", aligned, "--prompt", "hi", "--quiet"]
+    # later flags win for single-valued options; --prompt is additive, so swap it out when testing it
+    if "--prompt" in args:
+        argv = ["generate", "--base", base, "--aligned", aligned, "--quiet"]
+    assert main(argv + args) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert err.strip().count("\n") == 0

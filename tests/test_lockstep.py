@@ -1,0 +1,144 @@
+"""The lockstep loop on the tiny random pair: equivalences that pin down caches, routing and sampling."""
+
+import pytest
+import torch
+
+from baco import SamplingParams
+from baco.prompts import PromptFormat
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
+
+
+def hf_greedy(lm, prompt_ids, max_new_tokens, suppress, stops):
+    """transformers' own greedy generate, with the control tokens baco never samples suppressed."""
+    out = lm.model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                            suppress_tokens=suppress, eos_token_id=sorted(stops), pad_token_id=lm.pad_token_id)
+    return out[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.parametrize("side", ["aligned", "base"])
+def test_single_model_router_at_temperature_zero_reproduces_transformers_generate(collab, side):
+    lm = getattr(collab.pair, side)
+    fmt = collab.prompt_format
+    suppress = (~collab.pair.vocab.allowed).nonzero().squeeze(-1).tolist()
+    samples = collab.generate(PROMPTS, router=side, sampling=SamplingParams(temperature=0, max_new_tokens=24))
+    for prompt, sample in zip(PROMPTS, samples):
+        if side == "aligned":
+            ids = lm.tokenizer(fmt.render_aligned(prompt, lm.tokenizer), add_special_tokens=False)["input_ids"]
+        else:
+            ids = lm.tokenizer(fmt.render_base(prompt))["input_ids"]
+        expected = hf_greedy(lm, ids, 24, suppress, collab.pair.stop_ids)
+        assert sample.token_ids == expected[: len(sample.token_ids)]
+        assert sample.sources == [side] * sample.num_tokens
+
+
+def test_batched_rows_equal_prompts_run_one_by_one(collab):
+    params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=3)
+    batched = collab.generate(PROMPTS, router="p-punc:0.3", n=2, sampling=params)
+    for sample in batched:
+        alone = collab.generate([sample.prompt], router="p-punc:0.3", n=2, sampling=params)[sample.sample_index]
+        assert alone.token_ids == sample.token_ids
+        assert alone.sources == sample.sources
+
+
+def test_same_seed_same_samples_other_seed_other_samples(collab):
+    run = lambda seed: [s.token_ids for s in collab.generate(  # noqa: E731
+        PROMPTS, router="p:0.5", n=3, sampling=SamplingParams(max_new_tokens=16, seed=seed))]
+    first = run(11)
+    assert run(11) == first
+    assert run(12) != first
+    assert len({tuple(ids) for ids in first}) == len(first)  # the n samples of a prompt differ too
+
+
+def test_p_threshold_zero_never_uses_base_and_above_one_always_does(collab):
+    params = SamplingParams(max_new_tokens=16, seed=5)
+    never = collab.generate(PROMPTS, router="p:0", n=2, sampling=params)
+    always = collab.generate(PROMPTS, router="p:1.01", n=2, sampling=params)
+    assert all(s.base_share == 0.0 for s in never)
+    assert all(s.base_share == 1.0 for s in always)
+    # per-model random streams: routing every token to one model reproduces that model alone
+    aligned = collab.generate(PROMPTS, router="aligned", n=2, sampling=params)
+    base = collab.generate(PROMPTS, router="base", n=2, sampling=params)
+    assert [s.token_ids for s in never] == [s.token_ids for s in aligned]
+    assert [s.token_ids for s in always] == [s.token_ids for s in base]
+
+
+def test_provenance_counts_match_the_routes_taken(collab):
+    samples = collab.generate(PROMPTS, router="p:0.25", n=2, sampling=SamplingParams(max_new_tokens=24, seed=1))
+    for s in samples:
+        columns = [s.token_texts, s.sources, s.reasons, s.base_top1_prob, s.base_entropy,
+                   s.aligned_top1_prob, s.chosen_prob]
+        assert all(len(c) == s.num_tokens for c in columns)
+        assert s.base_share == pytest.approx(s.sources.count("base") / s.num_tokens)
+        for source, reason, top1 in zip(s.sources, s.reasons, s.base_top1_prob):
+            if reason == "word-continuation":
+                continue
+            assert (source == "base") == (reason == "base-uncertain") == (top1 < 0.25)
+        assert all(0 < p <= 1 for p in s.chosen_prob)
+    assert 0 < sum(s.base_share for s in samples) / len(samples) < 1  # both models wrote
+
+
+def test_a_word_begun_by_one_model_is_finished_by_it(collab):
+    vocab = collab.pair.vocab
+    samples = collab.generate(PROMPTS, router="rand:0.5", n=4, sampling=SamplingParams(max_new_tokens=48, seed=2))
+    switches = blocked = 0
+    for s in samples:
+        for i in range(1, s.num_tokens):
+            prev, token = s.token_ids[i - 1], s.token_ids[i]
+            if s.sources[i] != s.sources[i - 1]:
+                switches += 1
+                assert not (vocab.ends_word_char[prev] and vocab.continues_word[token]), s.token_texts[i - 1: i + 1]
+            blocked += s.reasons[i] == "word-continuation"
+    assert switches > 0 and blocked > 0  # the rule was exercised, not vacuous
+
+
+def test_stop_strings_cut_the_text_and_finish_the_row(collab):
+    free = collab.generate(["Name a fruit."], router="aligned", sampling=SamplingParams(max_new_tokens=30, seed=0))[0]
+    word = next(t for t in free.token_texts[3:] if len(t.strip()) >= 2)
+    stopped = collab.generate(["Name a fruit."], router="aligned",
+                              sampling=SamplingParams(max_new_tokens=30, seed=0, stop=(word,)))[0]
+    assert stopped.finish_reason == "stop"
+    assert word not in stopped.text
+    assert stopped.token_ids == free.token_ids[: stopped.num_tokens]
+    assert free.finish_reason == "length" and free.num_tokens == 30
+
+
+def test_base_template_stop_string_is_derived_from_the_template():
+    assert PromptFormat().stop_strings == ("\nQuestion:",)
+    assert PromptFormat(base_template="{prompt}\n").stop_strings == ()
+    assert PromptFormat(base_template="Q: {prompt}\nA:", base_stop=("###",)).stop_strings == ("###",)
+
+
+def test_stop_tokens_end_a_sample_and_stay_out_of_its_text(collab):
+    samples = collab.generate(PROMPTS, router="aligned", n=8, sampling=SamplingParams(max_new_tokens=60, seed=4))
+    stopped = [s for s in samples if s.finish_reason == "stop"]
+    assert stopped, "the tiny aligned model should hit <eos>/<end_of_turn> in 24 samples of 60 tokens"
+    for s in stopped:
+        assert s.token_ids[-1] in collab.pair.vocab.stop_ids
+        assert "<end_of_turn>" not in s.text and "<eos>" not in s.text
+
+
+def test_stream_yields_the_same_tokens_as_generate(collab):
+    params = SamplingParams(max_new_tokens=20, seed=9)
+    batch = collab.generate("Name a fruit.", router="p-punc:0.5", n=2, sampling=params)
+    streamed = {0: [], 1: []}
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for event in collab.stream("Name a fruit.", router="p-punc:0.5", n=2, sampling=params):
+        streamed[event.sample_index].append(event.token_id)
+        texts[event.sample_index] += event.text
+        if event.finish_reason:
+            finishes[event.sample_index] = event.finish_reason
+    for s in batch:
+        assert streamed[s.sample_index] == s.token_ids
+        assert texts[s.sample_index].lstrip() == s.text
+        assert finishes[s.sample_index] == s.finish_reason
+
+
+def test_generation_stops_at_the_context_limit(collab):
+    context = collab.pair.context_length
+    samples = collab.generate(["Name a fruit."], router="aligned",
+                              sampling=SamplingParams(max_new_tokens=10 * context, temperature=0))
+    prompt_len = len(collab.tokenizer(collab.prompt_format.render_aligned("Name a fruit.", collab.tokenizer),
+                                      add_special_tokens=False)["input_ids"])
+    assert samples[0].num_tokens <= context - prompt_len

@@ -1,0 +1,104 @@
+"""Routers are pure functions of a StepView; these tests use synthetic distributions, no model."""
+
+import math
+
+import pytest
+import torch
+
+from baco.errors import UnknownRouterError
+from baco.routers import StepView, get_router, list_routers
+from baco.vocab import TokenTable
+
+TEXTS = ["<eos>", " the", " dragon", ".", "\n", " of", "ing", " cat"]
+VOCAB = TokenTable.from_texts(TEXTS, stop_ids=[0])
+THE, DRAGON, DOT, NEWLINE, OF, ING, CAT = 1, 2, 3, 4, 5, 6, 7
+
+
+def peaked(top: int, prob: float) -> torch.Tensor:
+    """A distribution over TEXTS with `prob` on `top` and the rest spread evenly."""
+    p = torch.full((len(TEXTS),), (1 - prob) / (len(TEXTS) - 1))
+    p[top] = prob
+    return p.log()
+
+
+def view(base_rows, aligned_rows, uniform=None):
+    base = torch.stack([peaked(*r) for r in base_rows])
+    aligned = torch.stack([peaked(*r) for r in aligned_rows])
+    u = torch.zeros(len(base_rows)) if uniform is None else torch.tensor(uniform)
+    return StepView(base, aligned, VOCAB, u)
+
+
+def test_p_router_routes_uncertain_steps_to_base():
+    v = view([(DRAGON, 0.2), (DRAGON, 0.9)], [(CAT, 0.9), (CAT, 0.9)])
+    route = get_router("p:0.5")(v)
+    assert route.use_base.tolist() == [True, False]
+    assert route.reason == ["base-uncertain", "base-confident"]
+
+
+def test_p_router_extremes_never_and_always_use_base():
+    v = view([(DRAGON, 0.2), (CAT, 0.999)], [(CAT, 0.9)] * 2)
+    assert not get_router("p:0")(v).use_base.any()
+    assert get_router("p:1.01")(v).use_base.all()
+
+
+def test_h_router_routes_high_entropy_to_base():
+    v = view([(DRAGON, 0.2), (DRAGON, 0.99)], [(CAT, 0.9)] * 2)
+    entropy = v.base_entropy
+    threshold = float(entropy.mean())
+    assert get_router(f"h:{threshold}")(v).use_base.tolist() == [True, False]
+    uniform = -math.log(1 / len(TEXTS))
+    assert torch.allclose(StepView(torch.full((1, 8), -uniform), torch.full((1, 8), -uniform), VOCAB,
+                                   torch.zeros(1)).base_entropy, torch.tensor([uniform]))
+
+
+def test_punc_router_gives_predicted_punctuation_and_stops_to_aligned():
+    v = view([(DRAGON, 0.9)] * 4, [(DOT, 0.9), (NEWLINE, 0.9), (0, 0.9), (CAT, 0.9)])
+    assert get_router("punc")(v).use_base.tolist() == [False, False, False, True]
+
+
+def test_fc_router_gives_function_words_to_aligned_and_content_to_base():
+    v = view([(DRAGON, 0.9)] * 3, [(THE, 0.9), (OF, 0.9), (CAT, 0.9)])
+    route = get_router("fc")(v)
+    assert route.use_base.tolist() == [False, False, True]
+    assert route.reason == ["function-word", "function-word", "content-word"]
+
+
+def test_combined_routers_apply_the_content_rule_before_the_threshold():
+    # row 0: punctuation predicted -> aligned although base is uncertain; row 1: P decides
+    v = view([(DRAGON, 0.1), (DRAGON, 0.1)], [(DOT, 0.9), (CAT, 0.9)])
+    route = get_router("p-punc:0.5")(v)
+    assert route.use_base.tolist() == [False, True]
+    assert route.reason == ["punct", "base-uncertain"]
+    assert get_router("h-punc:0.0")(v).use_base.tolist() == [False, True]
+    v = view([(DRAGON, 0.1), (DRAGON, 0.1)], [(THE, 0.9), (CAT, 0.9)])
+    assert get_router("p-fc:0.5")(v).use_base.tolist() == [False, True]
+
+
+def test_rand_router_uses_the_row_uniforms():
+    v = view([(DRAGON, 0.5)] * 4, [(CAT, 0.5)] * 4, uniform=[0.1, 0.4, 0.6, 0.9])
+    assert get_router("rand:0.5")(v).use_base.tolist() == [True, True, False, False]
+
+
+def test_fixed_routers():
+    v = view([(DRAGON, 0.5)] * 2, [(CAT, 0.5)] * 2)
+    assert get_router("base")(v).use_base.all()
+    assert not get_router("aligned")(v).use_base.any()
+
+
+def test_registry_parses_names_defaults_and_values():
+    assert get_router("P-PUNC:0.3").name == "p-punc:0.3"
+    assert get_router("p-punc").value == 0.5
+    names = {spec.name for spec in list_routers()}
+    assert {"base", "aligned", "p", "h", "punc", "fc", "p-punc", "h-punc", "p-fc", "rand"} <= names
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("nope", "unknown router 'nope'"),
+    ("p:abc", "needs a number"),
+    ("rand:1.5", "must be in"),
+    ("punc:0.3", "takes no parameter"),
+    ("", "router must be"),
+])
+def test_bad_router_names_are_clear_errors(spec, words):
+    with pytest.raises(UnknownRouterError, match=words):
+        get_router(spec)

@@ -1,0 +1,88 @@
+"""SamplingParams validation and the inverse-CDF sampler."""
+
+import math
+
+import pytest
+import torch
+
+from baco.decode import sampling as sampling_module
+from baco.decode.sampling import SamplingParams, sample
+from baco.errors import InvalidSamplingParams
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": math.nan}, "temperature"),
+    ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_k": -2}, "top_k"),
+    ({"top_k": 2.5}, "top_k"),
+    ({"min_p": 1.2}, "min_p"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"seed": -1}, "seed"),
+    ({"stop": ["ok", ""]}, "stop"),
+])
+def test_bad_sampling_values_name_the_knob(kwargs, words):
+    with pytest.raises(InvalidSamplingParams, match=words):
+        SamplingParams(**kwargs)
+
+
+def test_a_single_stop_string_is_accepted_as_a_tuple():
+    assert SamplingParams(stop="\n\n").stop == ("\n\n",)
+
+
+def _logprobs(probs):
+    return torch.log(torch.tensor(probs, dtype=torch.float32))
+
+
+def test_temperature_zero_is_argmax():
+    lp = torch.log_softmax(torch.randn(5, 50), -1)
+    assert torch.equal(sample(lp, torch.rand(5), SamplingParams(temperature=0)), lp.argmax(-1))
+
+
+def test_inverse_cdf_hits_each_token_in_proportion_to_its_probability():
+    lp = _logprobs([[0.1, 0.6, 0.0, 0.3]]).expand(1000, 4)
+    u = (torch.arange(1000) + 0.5) / 1000  # evenly spaced quantiles
+    counts = torch.bincount(sample(lp, u, SamplingParams()), minlength=4)
+    assert counts.tolist() == [100, 600, 0, 300]
+
+
+def test_top_k_one_and_tiny_top_p_and_min_p_one_are_greedy():
+    lp = torch.log_softmax(torch.randn(8, 64), -1)
+    u = torch.rand(8)
+    greedy = lp.argmax(-1)
+    for params in (SamplingParams(top_k=1), SamplingParams(top_p=1e-6), SamplingParams(min_p=1.0)):
+        assert torch.equal(sample(lp, u, params), greedy)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    lp = _logprobs([[0.5, 0.3, 0.15, 0.05]]).expand(400, 4)
+    u = (torch.arange(400) + 0.5) / 400
+    drawn = set(sample(lp, u, SamplingParams(top_p=0.8)).tolist())
+    assert drawn == {0, 1}  # 0.5 + 0.3 reaches 0.8; token 2 is cut
+
+
+def test_min_p_drops_tokens_below_fraction_of_the_top():
+    lp = _logprobs([[0.5, 0.3, 0.15, 0.05]]).expand(400, 4)
+    u = (torch.arange(400) + 0.5) / 400
+    drawn = set(sample(lp, u, SamplingParams(min_p=0.25)).tolist())
+    assert drawn == {0, 1, 2}  # 0.05 < 0.25 * 0.5
+
+
+def test_precut_gives_the_same_tokens_as_a_full_sort(monkeypatch):
+    torch.manual_seed(0)
+    lp = torch.log_softmax(torch.randn(16, 5000) * 0.3, -1)  # flat: the precut rarely holds top_p
+    lp[:8] = torch.log_softmax(torch.randn(8, 5000) * 4, -1)  # peaked rows
+    u = torch.rand(16)
+    for params in (SamplingParams(top_p=0.9), SamplingParams(min_p=0.1), SamplingParams(top_p=0.5, temperature=2)):
+        fast = sample(lp, u, params)
+        monkeypatch.setattr(sampling_module, "PRECUT", 10**9)
+        exact = sample(lp, u, params)
+        monkeypatch.undo()
+        assert torch.equal(fast, exact), params
+
+
+def test_masked_tokens_are_never_drawn():
+    lp = _logprobs([[0.0, 0.5, 0.0, 0.5]]).expand(3, 4)
+    u = torch.tensor([0.0, 0.5, 0.999999])
+    assert set(sample(lp, u, SamplingParams()).tolist()) <= {1, 3}
