@@ -85,7 +85,7 @@ def cmd_generate(args) -> int:
     collab = Collaboration.from_pretrained(args.base, args.aligned, dtype=args.dtype, device=args.device,
                                            prompt_format=fmt)
     colour = use_colour(args.color)
-    show = not args.quiet and (args.out is None or sys.stdout.isatty())
+    show = not args.quiet
     total = len(prompts) * args.n
     out = open(args.out, "w", encoding="utf-8") if args.out else None
     written, tokens, base_tokens = 0, 0, 0

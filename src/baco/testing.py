@@ -117,7 +117,10 @@ def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: 
 if __name__ == "__main__":
     import sys
 
+    from transformers.utils import logging as hf_logging
+
     if len(sys.argv) != 2:
         sys.exit("usage: python -m baco.testing DIR   (writes DIR/base and DIR/aligned)")
+    hf_logging.disable_progress_bar()
     for written in make_tiny_pair(sys.argv[1]):
         print(written)

@@ -1,0 +1,116 @@
+"""Lockstep cost vs. running the two models alone, per decoding step, measured in one run.
+
+    python benchmarks/lockstep_overhead.py [--base DIR --aligned DIR] [--batch 1 8] [--dtype float32]
+
+Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`).
+Per-step time = (time for T2 steps - time for T1 steps) / (T2 - T1), so prefill cancels out.
+Stop tokens are disabled so every row runs the full length. Prints, per batch size:
+  lockstep      the full BACo loop (router p-punc:0.5: both models forward, router, sampler, provenance)
+  base, aligned one model alone: its KV-cache step + the same sampler (what baco costs per model)
+  ratio         lockstep / (base + aligned)             target <= 1.15
+  hf_ratio      lockstep / (HF generate base + HF generate aligned), for reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from baco import Collaboration, SamplingParams
+from baco.decode.loop import Request, lockstep
+from baco.decode.sampling import sample
+from baco.routers import get_router
+
+PROMPT = "Tell me a story about a dragon who could not fly."
+
+
+def without_stops(collab: Collaboration) -> None:
+    """Benchmark only: no row may finish early, so every step runs at the full batch size."""
+    vocab = collab.pair.vocab
+    for token in vocab.stop_ids:
+        vocab.allowed[token] = False
+    vocab.stop_ids = frozenset()
+    collab.pair._mask = torch.where(vocab.allowed, 0.0, float("-inf"))
+
+
+def time_lockstep(collab: Collaboration, batch: int, steps: int) -> float:
+    params = SamplingParams(max_new_tokens=steps, seed=0, min_p=0.05)
+    requests = collab.requests([PROMPT], batch, params, seed=0)
+    router = get_router("p-punc:0.5")
+    start = time.perf_counter()
+    count = sum(1 for _ in lockstep(collab.pair, requests, router, params))
+    assert count == steps, count
+    return time.perf_counter() - start
+
+
+def time_single(collab: Collaboration, side: str, batch: int, steps: int) -> float:
+    lm = getattr(collab.pair, side)
+    requests: list[Request] = collab.requests([PROMPT], batch, SamplingParams(), seed=0)
+    ids = [r.base_ids if side == "base" else r.aligned_ids for r in requests]
+    params = SamplingParams(min_p=0.05)
+    start = time.perf_counter()
+    session = lm.start(ids)
+    for _ in range(steps):
+        tokens = sample(collab.pair.logprobs(session.logits), torch.rand(batch), params)
+        session.step(tokens)
+    return time.perf_counter() - start
+
+
+def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int) -> float:
+    lm = getattr(collab.pair, side)
+    requests = collab.requests([PROMPT], batch, SamplingParams(), seed=0)
+    ids = torch.tensor([r.base_ids if side == "base" else r.aligned_ids for r in requests]).to(lm.device)
+    start = time.perf_counter()
+    lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
+                      do_sample=True, top_k=0, min_p=0.05, pad_token_id=lm.pad_token_id)
+    return time.perf_counter() - start
+
+
+def per_step(fn, short: int, long: int, repeats: int) -> float:
+    """Median over repeats of the marginal cost of one step, in seconds."""
+    fn(short)  # warm-up
+    return statistics.median((fn(long) - fn(short)) / (long - short) for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base")
+    parser.add_argument("--aligned")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, nargs=2, default=[8, 72], metavar=("T1", "T2"))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if args.base and args.aligned:
+        base, aligned, label = args.base, args.aligned, f"{args.base} + {args.aligned}"
+    else:
+        from baco.testing import make_tiny_pair
+
+        base, aligned = make_tiny_pair(tempfile.mkdtemp(prefix="baco-bench-"))
+        label = "tiny random pair (Llama, hidden 32, 2 layers, vocab 512)"
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
+    without_stops(collab)
+    t1, t2 = args.steps
+    print(f"pair: {label}; device {collab.pair.base.device}, dtype {next(collab.pair.base.model.parameters()).dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'hf_ratio':>8}")
+    for batch in args.batch:
+        lock = per_step(lambda n: time_lockstep(collab, batch, n), t1, t2, args.repeats)
+        base_t = per_step(lambda n: time_single(collab, "base", batch, n), t1, t2, args.repeats)
+        aligned_t = per_step(lambda n: time_single(collab, "aligned", batch, n), t1, t2, args.repeats)
+        hf = sum(per_step(lambda n: time_hf_generate(collab, side, batch, n), t1, t2, args.repeats)
+                 for side in ("base", "aligned"))
+        print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
+              f"{lock / (base_t + aligned_t):>6.2f} {lock / hf:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
