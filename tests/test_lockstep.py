@@ -142,3 +142,15 @@ def test_generation_stops_at_the_context_limit(collab):
     prompt_len = len(collab.tokenizer(collab.prompt_format.render_aligned("Name a fruit.", collab.tokenizer),
                                       add_special_tokens=False)["input_ids"])
     assert samples[0].num_tokens <= context - prompt_len
+
+
+def test_a_solo_pair_reproduces_its_model_inside_the_pair(collab):
+    from baco import Collaboration
+    from baco.models import SoloPair
+
+    params = SamplingParams(max_new_tokens=16, seed=8)
+    for side in ("aligned", "base"):
+        solo = Collaboration(SoloPair(getattr(collab.pair, side), reads=side), collab.prompt_format)
+        alone = solo.generate(PROMPTS, router=side, n=2, sampling=params)
+        inside = collab.generate(PROMPTS, router=side, n=2, sampling=params)
+        assert [s.token_ids for s in alone] == [s.token_ids for s in inside]

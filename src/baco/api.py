@@ -12,6 +12,7 @@ from baco.decode.loop import Request, lockstep, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError
+from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
@@ -40,9 +41,13 @@ class Collaboration:
         self.prompt_format = prompt_format or PromptFormat()
 
     @classmethod
-    def from_pretrained(cls, base: str | os.PathLike, aligned: str | os.PathLike, *, dtype: str = "auto",
-                        device: str = "auto", prompt_format: PromptFormat | None = None) -> "Collaboration":
-        """Load both models by HF id or local path; the tokenizers are checked before the weights load."""
+    def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
+                        dtype: str = "auto", device: str = "auto",
+                        prompt_format: PromptFormat | None = None) -> "Collaboration":
+        """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
+
+        With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
+        """
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
         from baco.vocab import check_compatible  # fail fast, before loading any weights
 

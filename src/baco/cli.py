@@ -14,8 +14,9 @@ from baco.errors import BacoError
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--base", help="base model: HF id or local directory")
-    p.add_argument("--aligned", help="aligned model: HF id or local directory (same tokenizer as --base)")
+    p.add_argument("--base", help="base model: HF id or local directory (default: the embedded Gemma-3-270M)")
+    p.add_argument("--aligned", help="aligned model: HF id, local directory or LoRA adapter directory, same "
+                   "tokenizer as --base (default: the embedded Gemma-3-270M + baco's aligned adapter)")
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -69,6 +70,7 @@ def cmd_generate(args) -> int:
     from baco.decode.records import write_jsonl
     from baco.decode.sampling import SamplingParams
     from baco.display import LEGEND, header, render, use_colour
+    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
     from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
     from baco.routers import get_router
 
@@ -76,13 +78,14 @@ def cmd_generate(args) -> int:
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     get_router(args.router)  # validate before loading anything
     prompts = args.prompt or read_prompts(args.prompts)
-    if args.base is None or args.aligned is None:
-        raise BacoError("pass both --base and --aligned (HF ids or local directories); "
-                        "`python -m baco.testing DIR` writes a tiny pair to try")
+    if (args.base is None) != (args.aligned is None):
+        raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
+    base = args.base or BASE_ALIAS
+    aligned = args.aligned or ALIGNED_ALIAS
     chat_template = args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
-    collab = Collaboration.from_pretrained(args.base, args.aligned, dtype=args.dtype, device=args.device,
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
                                            prompt_format=fmt)
     colour = use_colour(args.color)
     show = not args.quiet

@@ -35,6 +35,8 @@ FUNCTION_WORDS = frozenset(
     """.split()
 )
 
+# Added tokens that are control tokens in all but name (Gemma marks <start_of_image> as not special).
+_CONTROL_LIKE = re.compile(r"^[<\[](unused\d+|(start|end)_of_\w+|image\w*|audio\w*|video\w*|multimodal)[>\]]$")
 _LIST_MARKER = re.compile(r"^(\d+[.)]|[a-zA-Z][.)]|[-*+•])$")
 
 
@@ -117,10 +119,11 @@ def token_texts(tokenizer, size: int | None = None) -> list[str]:
 
 
 def control_token_ids(tokenizer) -> set[int]:
-    """Special and added tokens (`<bos>`, `<start_of_turn>`, `<unused3>` ...) that must never be sampled."""
+    """Special tokens (`<bos>`, `<start_of_turn>`, `<unused3>` ...) and control-like added tokens
+    (`<start_of_image>`, `[multimodal]`): never sampled, except the stop tokens."""
     ids = set(getattr(tokenizer, "all_special_ids", []))
     for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
-        if getattr(added, "special", False):
+        if getattr(added, "special", False) or _CONTROL_LIKE.match(str(added)):
             ids.add(int(token_id))
     return ids
 

@@ -7,12 +7,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from baco.errors import ModelLoadError
+from baco.vocab import control_token_ids
+
+# transformers 5.2x renames forward(past_key_values=) to cache= but its `cache=` does not yet fill a
+# cache passed in; keep the working keyword and silence the rename notice.
+warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
 
 # Names of end-of-turn tokens used by common chat templates; added to the stops when present.
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "</s>")
@@ -74,10 +81,37 @@ def _check_source(name: str | os.PathLike) -> str:
     return name
 
 
+def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -> tuple[str, str | None]:
+    """(model directory or hub id, LoRA adapter directory or None) for a name.
+
+    Names: a hub id, a local model directory, a local peft adapter directory (its base model is
+    read from adapter_config.json), or an embedded alias (`baco:gemma-3-270m`, `baco:gemma-3-270m-aligned`).
+    """
+    from baco.models import embedded
+
+    name = os.fspath(name)
+    if name.startswith("baco:"):
+        cache_dtype = "float32" if dtype in ("float32", "fp32", torch.float32) else "bfloat16"
+        if name not in (embedded.BASE_ALIAS, embedded.ALIGNED_ALIAS):
+            raise ModelLoadError(f"unknown embedded model {name!r}; known: {embedded.BASE_ALIAS}, "
+                                 f"{embedded.ALIGNED_ALIAS}")
+        path, adapter = embedded.resolve(name, cache_dtype)
+        return path, (str(adapter) if adapter else None)
+    expanded = os.path.expanduser(name)
+    adapter_config = os.path.join(expanded, "adapter_config.json")
+    if os.path.isfile(adapter_config) and not os.path.exists(os.path.join(expanded, "config.json")):
+        with open(adapter_config, encoding="utf-8") as handle:
+            base = json.load(handle).get("base_model_name_or_path")
+        if not base:
+            raise ModelLoadError(f"adapter {name!r} does not name its base model (base_model_name_or_path)")
+        return resolve_source(base, dtype)[0], expanded
+    return _check_source(name), None
+
+
 def load_tokenizer(name: str | os.PathLike):
     from transformers import AutoTokenizer
 
-    source = _check_source(name)
+    source = resolve_source(name)[0]
     try:
         return AutoTokenizer.from_pretrained(source)
     except Exception as error:  # noqa: BLE001 - any failure here is a load failure for the user
@@ -89,6 +123,18 @@ def _load_hint(source: str, what: str, error: Exception) -> str:
             "if this is a hub id, this machine needs hub access or a local copy (HF_HUB_OFFLINE=1 uses the cache)")
     first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"could not load the {what} of {source!r}: {type(error).__name__}: {first_line} ({hint})"
+
+
+def _merge_adapter(model, adapter: str):
+    """Apply a peft LoRA adapter and merge it into the weights (one plain model, no per-step LoRA cost)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
+    try:
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except Exception as error:  # noqa: BLE001
+        raise ModelLoadError(_load_hint(adapter, "adapter", error)) from error
 
 
 def _contiguous_input(module, args):
@@ -115,14 +161,18 @@ class HFCausalLM:
         """Load by hub id or local path. Errors (missing path, corrupt weights) are `ModelLoadError`."""
         from transformers import AutoModelForCausalLM
 
-        source = _check_source(name)
+        source, adapter = resolve_source(name, dtype)
         target = resolve_device(device)
+        if dtype == "auto" and os.fspath(name).startswith("baco:"):
+            dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
         torch_dtype = resolve_dtype(dtype, target)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
         except Exception as error:  # noqa: BLE001
             raise ModelLoadError(_load_hint(source, "model", error)) from error
+        if adapter is not None:
+            model = _merge_adapter(model, adapter)
         return cls(model.to(target), tokenizer, name=os.fspath(name))
 
     @property
@@ -155,7 +205,8 @@ class HFCausalLM:
         if self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
         vocab = self.tokenizer.get_vocab()
-        stops.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+        controls = control_token_ids(self.tokenizer)  # "</s>" is plain text in some vocabularies
+        stops.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] in controls)
         return stops
 
     def start(self, prompts: list[list[int]]) -> "HFSession":

@@ -66,3 +66,37 @@ class PairSession:
     def keep(self, rows: torch.Tensor) -> None:
         self.base.keep(rows)
         self.aligned.keep(rows)
+
+
+class SoloPair(ModelPair):
+    """One model on both sides, run once per step: single-model baselines on the same engine and cost.
+
+    `reads` picks the rendering it is given: "aligned" (the chat template) or "base" (plain text).
+    Use it with the router of the same name, so that draws come from that side's random stream.
+    """
+
+    def __init__(self, lm: HFCausalLM, reads: str = "aligned"):
+        if reads not in ("aligned", "base"):
+            raise ValueError(f"reads must be 'aligned' or 'base', got {reads!r}")
+        super().__init__(lm, lm)
+        self.reads = reads
+
+    def start(self, base_prompts: list[list[int]], aligned_prompts: list[list[int]]) -> "SoloSession":
+        return SoloSession(self, self.base.start(aligned_prompts if self.reads == "aligned" else base_prompts))
+
+
+@dataclass
+class SoloSession:
+    pair: SoloPair
+    session: HFSession
+
+    def logprobs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs = self.pair.logprobs(self.session.logits)
+        return logprobs, logprobs
+
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.session.step(tokens)
+        return self.logprobs()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.session.keep(rows)

