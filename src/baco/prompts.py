@@ -20,6 +20,19 @@ from baco.errors import PromptError
 
 DEFAULT_BASE_TEMPLATE = "Question: {prompt}\nAnswer:"
 
+# Gemma's turn format. The GGUF carries no chat template, although <start_of_turn> (105) and
+# <end_of_turn> (106) are single tokens. A system message is folded into the first user turn.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set rest = messages[1:] %}"
+    "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
 
 @dataclass(frozen=True)
 class PromptFormat:

@@ -14,17 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Gemma's turn format; a system message is folded into the first user turn, as Gemma's own template does.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set rest = messages[1:] %}"
-    "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
-    "{% for m in rest %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
+from baco.prompts import GEMMA_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<unused0>"]
 
@@ -65,7 +55,7 @@ def train_tokenizer(vocab_size: int = 512, corpus: str = CORPUS):
                                                              special_tokens=[("<bos>", bos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", extra_special_tokens=SPECIAL_TOKENS[3:])
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = GEMMA_CHAT_TEMPLATE  # the embedded pair's turn format
     return fast
 
 

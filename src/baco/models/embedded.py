@@ -18,23 +18,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from baco.errors import ModelLoadError
+from baco.prompts import GEMMA_CHAT_TEMPLATE
 
 BASE_ALIAS = "baco:gemma-3-270m"
 ALIGNED_ALIAS = "baco:gemma-3-270m-aligned"
 ADAPTER_DIR = Path(str(files("baco").joinpath("adapters", "gemma-3-270m-aligned")))
 
-# Gemma's turn format. The GGUF carries no chat template, although <start_of_turn> (105) and
-# <end_of_turn> (106) are single tokens. A system message is folded into the first user turn.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set first = messages[0]['content'] | trim + '\n\n' %}{% set rest = messages[1:] %}"
-    "{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
-    "{% for m in rest %}{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
 END_OF_TURN_ID, EOS_ID = 106, 1
 
 
