@@ -6,6 +6,11 @@ Each training prompt (scripts/sft_prompts.py) gets 2 teacher samples (temperatur
 repetition penalty 1.1, at most 96 tokens, system prompt asking for 1-3 sentences). Kept: answers
 that end with <|im_end|>, are 3 to 50 Gemma tokens, contain no emoji, no repeated 4-gram and no
 self-identification ("SmolLM", "Hugging Face"). Every answer is written, with `kept` and the reason.
+
+`select_examples` (used by train_aligned.py) then builds the training set: the kept answers, plus
+over-long answers cut to their first two sentences when the cut passes the same filters, all
+restricted to answers whose embedding cosine with the prompt is >= 0.5 (all-MiniLM-L6-v2): the
+small teacher often drifts off topic, and the adapter learns that drift too.
 """
 
 from __future__ import annotations
@@ -38,6 +43,31 @@ def reject_reason(answer: str, ended: bool, gemma_tokens: int) -> str | None:
     if re.search(r"smollm|hugging ?face|as an ai", answer, re.I):
         return "self-reference"
     return None
+
+
+def first_sentences(text: str, count: int = 2) -> str | None:
+    """The first `count` sentences, if the text has more and the cut ends a sentence."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return " ".join(parts[:count]) if len(parts) > count else None
+
+
+def select_examples(rows: list[dict], gemma_tokenizer, min_cosine: float = 0.5) -> tuple[list[dict], dict]:
+    """Training examples from teacher rows (see the module docstring) and counts of what was kept."""
+    from baco.evaluate.embeddings import default_embedder
+
+    candidates = [r for r in rows if r["kept"]]
+    for row in rows:
+        cut = first_sentences(row["response"]) if row["reason"] == "length" else None
+        if cut and reject_reason(cut, True, len(gemma_tokenizer(cut, add_special_tokens=False)["input_ids"])) is None:
+            candidates.append({**row, "response": cut, "kept": True, "reason": "cut to two sentences"})
+    embed = default_embedder()
+    cosines = (embed([c["prompt"] for c in candidates]) * embed([c["response"] for c in candidates])).sum(1)
+    chosen = [c for c, cos in zip(candidates, cosines) if cos >= min_cosine]
+    counts = {"teacher_answers": len(rows), "passed_filters": sum(r["kept"] for r in rows),
+              "cut_to_two_sentences": len(candidates) - sum(r["kept"] for r in rows),
+              "on_topic": len(chosen), "min_cosine": min_cosine,
+              "mean_cosine": round(float(cosines[cosines >= min_cosine].mean()), 4)}
+    return chosen, counts
 
 
 def main() -> None:

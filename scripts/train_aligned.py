@@ -3,8 +3,8 @@
     python scripts/train_aligned.py                      # ~5-10 min on 2 cores
     python scripts/train_aligned.py --epochs 3 --lr 3e-4 --out src/baco/adapters/gemma-3-270m-aligned
 
-Data: the kept rows of scripts/data/sft_teacher.jsonl (scripts/make_sft_data.py), rendered in
-Gemma's chat template; 10% held out for validation. Loss on the answer tokens and <end_of_turn>
+Data: scripts/data/sft_teacher.jsonl (scripts/make_sft_data.py) through `select_examples` (filtered,
+on-topic teacher answers), rendered in Gemma's chat template; 10% held out for validation. Loss on the answer tokens and <end_of_turn>
 (weighted --eot-weight) only; the 262k-row output layer runs only at those positions. LoRA r=16, alpha=32, dropout 0.05 on
 q,k,v,o,gate,up,down; frozen bf16 base, fp32 LoRA weights, AdamW, 5 warm-up steps then cosine
 decay, batch 8, gradient clipping 1.0, seed 0. The adapter is saved in bf16 with
@@ -17,12 +17,16 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from baco.models import embedded
+
+sys.path.insert(0, str(Path(__file__).parent))
+from make_sft_data import select_examples  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-cosine", type=float, default=0.5, help="keep answers this close to their prompt")
     parser.add_argument("--eot-weight", type=float, default=1.0, help="loss weight of the <end_of_turn> target")
     args = parser.parse_args()
     from peft import LoraConfig, get_peft_model
@@ -82,7 +87,8 @@ def main() -> None:
         if p.requires_grad:
             p.data = p.data.float()
     rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    examples = [encode(tokenizer, r["prompt"], r["response"]) for r in rows if r["kept"]]
+    chosen, data_counts = select_examples(rows, tokenizer, args.min_cosine)
+    examples = [encode(tokenizer, r["prompt"], r["response"]) for r in chosen]
     random.Random(args.seed).shuffle(examples)
     n_val = max(8, len(examples) // 10)
     val, train = examples[:n_val], examples[n_val:]
@@ -95,7 +101,7 @@ def main() -> None:
     log = {"settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                         "targets": TARGETS, "alpha": 2 * args.rank, "dropout": 0.05, "warmup": warmup,
                         "train_examples": len(train), "val_examples": len(val),
-                        "train_tokens_per_epoch": sum(len(ids) for ids, _ in train)},
+                        "train_tokens_per_epoch": sum(len(ids) for ids, _ in train), "data": data_counts},
            "step_loss": [], "val_loss": []}
 
     def validate() -> float:
