@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-from baco.decode.records import BASE, Sample
+from baco.decode.records import BASE, MIX, Sample
 
-COLOURS = {BASE: "\033[33m", "aligned": "\033[36m"}  # base yellow, aligned cyan
+COLOURS = {BASE: "\033[33m", "aligned": "\033[36m", MIX: "\033[35m"}  # base yellow, aligned cyan, mix magenta
 RESET = "\033[0m"
 LEGEND = f"{COLOURS[BASE]}base-written{RESET} / {COLOURS['aligned']}aligned-written{RESET}"
 

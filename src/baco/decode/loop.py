@@ -62,6 +62,7 @@ class StepEvent:
     aligned_top1_prob: torch.Tensor
     chosen_prob: torch.Tensor
     finished: dict[int, str] = field(default_factory=dict)  # request index -> "stop" | "length"
+    mixed: bool = False  # a soft method drew every token of this step from a mixed distribution
 
 
 def row_seed(seed: int, prompt: str, sample_index: int) -> int:
@@ -100,28 +101,19 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
         view = StepView(base_lp, aligned_lp, vocab, uniforms[rows, ROUTER_STREAM, step], step)
         route = router(view)
         use_base, reasons = route.use_base.clone(), list(route.reason)
-
-        # the word rule: a switch mid-word stands only if the new writer starts a new word
-        previous = prev_token[rows]
-        mid_word = (previous >= 0) & vocab.ends_word_char[previous.clamp(min=0)]
-        switching = mid_word & (use_base != prev_base[rows])
-        tokens = _draw(base_lp, aligned_lp, use_base, uniforms[rows, :, step], params)
-        blocked = switching & vocab.continues_word[tokens]
-        if bool(blocked.any()):
-            use_base = torch.where(blocked, ~use_base, use_base)
-            redo = blocked.nonzero().squeeze(-1)
-            tokens[redo] = _draw(base_lp[redo], aligned_lp[redo], use_base[redo],
-                                 uniforms[rows[redo], :, step], params)
-            for i in redo.tolist():
-                reasons[i] = "word-continuation"
-
-        picked = tokens[:, None]
-        chosen_lp = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1),
-                                aligned_lp.gather(-1, picked).squeeze(-1))
+        if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
+            tokens = sample(route.mix, uniforms[rows, ALIGNED_STREAM, step], params)
+            chosen_lp = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
+        else:
+            tokens, use_base = _draw_with_word_rule(base_lp, aligned_lp, use_base, reasons, prev_token[rows],
+                                                    prev_base[rows], uniforms[rows, :, step], vocab, params)
+            picked = tokens[:, None]
+            chosen_lp = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1),
+                                    aligned_lp.gather(-1, picked).squeeze(-1))
         event = StepEvent(
             step=step, rows=list(active), tokens=tokens, use_base=use_base, reasons=reasons,
             base_top1_prob=view.base_top1_prob, base_entropy=view.base_entropy,
-            aligned_top1_prob=view.aligned_top1_prob, chosen_prob=chosen_lp.exp(),
+            aligned_top1_prob=view.aligned_top1_prob, chosen_prob=chosen_lp.exp(), mixed=route.mix is not None,
         )
         for i, (request_index, token) in enumerate(zip(active, tokens.tolist())):
             texts[request_index] += vocab.texts[token]
@@ -143,6 +135,23 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
             tokens = tokens[keep_rows]
             active = [active[i] for i in keep]
         base_lp, aligned_lp = session.step(tokens)
+
+
+def _draw_with_word_rule(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor,
+                         reasons: list[str], previous: torch.Tensor, previous_base: torch.Tensor,
+                         uniforms: torch.Tensor, vocab, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw from each row's writer; a switch mid-word stands only if the new writer starts a new word."""
+    mid_word = (previous >= 0) & vocab.ends_word_char[previous.clamp(min=0)]
+    switching = mid_word & (use_base != previous_base)
+    tokens = _draw(base_lp, aligned_lp, use_base, uniforms, params)
+    blocked = switching & vocab.continues_word[tokens]
+    if bool(blocked.any()):
+        use_base = torch.where(blocked, ~use_base, use_base)
+        redo = blocked.nonzero().squeeze(-1)
+        tokens[redo] = _draw(base_lp[redo], aligned_lp[redo], use_base[redo], uniforms[redo], params)
+        for i in redo.tolist():
+            reasons[i] = "word-continuation"
+    return tokens, use_base
 
 
 def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor,

@@ -10,7 +10,7 @@ from typing import IO, Iterable, Iterator
 
 from baco.decode.loop import Request, StepEvent
 
-BASE, ALIGNED = "base", "aligned"
+BASE, ALIGNED, MIX = "base", "aligned", "mix"
 
 
 @dataclass
@@ -85,7 +85,7 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
             s.token_ids.append(token)
             # a stop token's text is not part of the sample's text; its writer is still recorded
             s.token_texts.append(token_texts[token] if token_texts and token not in stop_ids else "")
-            s.sources.append(BASE if use_base else ALIGNED)
+            s.sources.append(MIX if event.mixed else BASE if use_base else ALIGNED)
             s.reasons.append(reason)
             s.base_top1_prob.append(b_top1)
             s.base_entropy.append(b_ent)

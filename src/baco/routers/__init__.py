@@ -1,6 +1,7 @@
 """Per-token routing policies: pure functions from a StepView to "which rows does the base model write"."""
 
 from baco.routers import builtin as _builtin  # noqa: F401  (registers the built-in routers)
+from baco.routers import neighbours as _neighbours  # noqa: F401  (Nudging, EFT, contrastive guidance)
 from baco.routers.registry import Router, RouterSpec, get_router, list_routers, register
 from baco.routers.view import Route, StepView
 

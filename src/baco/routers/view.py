@@ -67,14 +67,25 @@ class StepView:
 
 @dataclass
 class Route:
-    """A router's answer: which rows the base model writes, and a short reason per row."""
+    """A router's answer: which rows the base model writes, and a short reason per row.
+
+    Soft methods (EFT, contrastive guidance) set `mix`: (B, V) log-probs that every row draws from
+    instead of either model's own distribution (with the aligned model's random stream); their
+    tokens are recorded with source "mix" and `use_base` is ignored.
+    """
 
     use_base: torch.Tensor  # (B,) bool
     reason: list[str]
+    mix: torch.Tensor | None = None
 
     @classmethod
     def where(cls, use_base: torch.Tensor, if_base: str, if_aligned: str) -> "Route":
         return cls(use_base, [if_base if b else if_aligned for b in use_base.tolist()])
+
+    @classmethod
+    def mixed(cls, logprobs: torch.Tensor, reason: str) -> "Route":
+        batch = logprobs.shape[0]
+        return cls(torch.zeros(batch, dtype=torch.bool), [reason] * batch, logprobs)
 
     @classmethod
     def fixed(cls, batch_size: int, use_base: bool, reason: str) -> "Route":

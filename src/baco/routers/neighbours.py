@@ -1,0 +1,61 @@
+"""The baselines that share BACo's engine: Nudging (a hard router) and soft mixtures over one vocabulary.
+
+- `nudge:G` (Fei et al., 2024): the base model writes; where its top-1 prob < G the aligned model
+  writes, and by the word rule it finishes the word it began; then the base model continues.
+  This is BACo-P with the roles reversed. G = 0 is base alone.
+- `eft:B` (emulated fine-tuning / proxy-tuning arithmetic on one model size): draw from
+  softmax((1 - B) log p_base + B log p_aligned) = p_base^(1-B) p_aligned^B, renormalised.
+  B = 0 is base alone, B = 1 aligned alone, B > 1 extrapolates past the aligned model.
+- `contrast:W` (contrastive guidance, STEER / DExperts style): draw from
+  softmax((1 + W) log p_aligned - W log p_base): the aligned distribution pushed away from what the
+  base model would say. W = 0 is aligned alone.
+
+Soft methods weigh log-probs, so they are computed on the models' temperature-1 distributions
+(control tokens masked) and the sampling knobs (temperature, top-p, min-p) apply to the result.
+At the end points they hand the step to the single model, so `eft:0`, `eft:1` and `contrast:0`
+reproduce base alone / aligned alone token for token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from baco.routers.registry import register
+from baco.routers.view import Route, StepView
+
+# log-probs below this are treated as this (exp(-1e4) is 0 in float32): keeps 0 * -inf out of the mix
+FLOOR = -1e4
+
+
+def log_mix(view: StepView, base_weight: float, aligned_weight: float) -> torch.Tensor:
+    """log softmax(base_weight * log p_base + aligned_weight * log p_aligned); masked ids stay -inf."""
+    base, aligned = view.base_logprobs.clamp(min=FLOOR), view.aligned_logprobs.clamp(min=FLOOR)
+    logits = base_weight * base + aligned_weight * aligned
+    logits = logits.masked_fill(~view.vocab.allowed, -math.inf)
+    return torch.log_softmax(logits, dim=-1)
+
+
+@register("nudge", param="threshold", default=0.3, low=0.0,
+          help="Nudging: base writes; aligned writes the next word where base top-1 prob < threshold")
+def nudge_router(view: StepView, threshold: float) -> Route:
+    return Route.where(view.base_top1_prob >= threshold, "base-confident", "nudge")
+
+
+@register("eft", param="beta", default=0.5, low=0.0,
+          help="EFT/proxy mixture: p_base^(1-beta) * p_aligned^beta (0 = base, 1 = aligned)")
+def eft_router(view: StepView, beta: float) -> Route:
+    if beta == 0:
+        return Route.fixed(view.batch_size, True, "eft-endpoint")
+    if beta == 1:
+        return Route.fixed(view.batch_size, False, "eft-endpoint")
+    return Route.mixed(log_mix(view, 1.0 - beta, beta), f"eft:{beta:g}")
+
+
+@register("contrast", param="weight", default=0.5, low=0.0,
+          help="contrastive guidance: p_aligned^(1+w) / p_base^w (0 = aligned)")
+def contrast_router(view: StepView, weight: float) -> Route:
+    if weight == 0:
+        return Route.fixed(view.batch_size, False, "contrast-endpoint")
+    return Route.mixed(log_mix(view, -weight, 1.0 + weight), f"contrast:{weight:g}")
