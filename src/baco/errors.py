@@ -26,3 +26,7 @@ class TokenizerMismatchError(BacoError, ValueError):
 
 class PromptError(BacoError, ValueError):
     """A prompt is empty, too long for a model's context, or cannot be rendered."""
+
+
+class TaskError(BacoError, ValueError):
+    """A task set or prompts file cannot be loaded: unknown name, missing file, bad row (file and line named)."""

@@ -1,0 +1,257 @@
+"""Read a user's prompts file (JSONL, JSON, CSV, text, parquet; NoveltyBench and WildChat rows) into TaskItems.
+
+The container comes from the file extension (or `format=`); what a row means is decided per row:
+a prompt field (`PROMPT_FIELDS`, first present wins, or `column=`), else `messages`, else a WildChat
+`conversation`. Every error names the file and the line (or row) it is about.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from baco.errors import TaskError
+from baco.tasks.items import TaskItem, TaskWarning
+
+#: Fields a row's prompt is read from, in order of precedence: the first one present wins.
+PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
+#: Containers (chosen by extension) and row schemas (NoveltyBench, WildChat) that `format=` accepts.
+FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
+              ".parquet": "parquet"}
+ROLES = ("system", "user", "assistant")
+# WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
+WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
+MAX_LISTED = 10  # skipped-row locations named in a warning
+
+
+def read_task_file(path: str | Path, *, format: str | None = None, column: str | None = None,
+                   task: str | None = None) -> list[TaskItem]:
+    """All prompts of one file, in file order. `task` names the set (default: the file's stem)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"prompts file {str(path)!r} does not exist")
+    container, schema = _resolve_format(path, format)
+    if schema != "auto" and column is not None:
+        raise TaskError(f"{path}: column= does not apply to format {schema!r} (its prompt field is fixed)")
+    task = task or path.stem
+    items: list[TaskItem] = []
+    first_seen: dict[str, str] = {}
+    skipped: dict[str, list[str]] = {}
+    for where, number, data in _rows(path, container):
+        if isinstance(data, str) and schema == "auto" and column is None:
+            data = {"prompt": data}  # a bare JSON string, or a line of a .txt file
+        if not isinstance(data, dict):
+            raise TaskError(f"{where}: expected an object with a prompt field, got {type(data).__name__}")
+        wildchat = _is_wildchat(data, schema, column)
+        if wildchat:
+            item = _wildchat_item(data, where, number, task)
+        else:
+            item = _parse_row(data, where, number, schema=schema, column=column, task=task)
+        if isinstance(item, str):  # a reason to skip
+            skipped.setdefault(item, []).append(where)
+            continue
+        if item.id in first_seen:
+            if wildchat:  # WildChat dumps repeat conversations; keep the first
+                skipped.setdefault("a repeated WildChat conversation", []).append(where)
+                continue
+            raise TaskError(f"{where}: duplicate id {item.id!r} (first at {first_seen[item.id]})")
+        first_seen[item.id] = where
+        items.append(item)
+    for reason, places in skipped.items():
+        listed = ", ".join(places[:MAX_LISTED]) + (", ..." if len(places) > MAX_LISTED else "")
+        warnings.warn(f"{path}: skipped {len(places)} row(s) with {reason}: {listed}", TaskWarning, stacklevel=3)
+    if not items:
+        raise TaskError(f"{path}: no prompts found" + (" (every row was skipped)" if skipped else ""))
+    return items
+
+
+def _resolve_format(path: Path, format: str | None) -> tuple[str, str]:
+    """(container, schema): container jsonl|json|csv|txt|parquet, schema auto|noveltybench|wildchat."""
+    if format is not None and format not in FORMATS:
+        raise TaskError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+    if format in ("jsonl", "json", "csv", "txt", "parquet"):
+        return format, "auto"
+    container = EXTENSIONS.get(path.suffix.lower())
+    schema = format or "auto"
+    if container is None:
+        raise TaskError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
+                        f"use .jsonl, .json, .csv, .txt or .parquet, or pass format= ({', '.join(FORMATS)})")
+    if schema != "auto" and container not in ("jsonl", "json", "parquet"):
+        raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {path.suffix!r}")
+    return container, schema
+
+
+# ---------------------------------------------------------------- containers: (where, number, row)
+
+def _rows(path: Path, container: str) -> Iterator[tuple[str, int, Any]]:
+    try:
+        if container == "parquet":
+            yield from _parquet_rows(path)
+            return
+        with open(path, encoding="utf-8-sig", newline="" if container == "csv" else None) as handle:
+            if container in ("jsonl", "json"):
+                yield from _json_rows(path, handle, allow_array=container == "json")
+            else:
+                yield from {"csv": _csv_rows, "txt": _txt_rows}[container](path, handle)
+    except UnicodeDecodeError as error:
+        raise TaskError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
+
+
+def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int, Any]]:
+    """JSON Lines, or (a .json file whose first character is '[') one JSON array of rows."""
+    head = handle.read(4096)
+    if allow_array and head.lstrip().startswith("["):
+        text = head + handle.read()
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        for number, row in enumerate(rows, start=1):
+            yield f"{path}: row {number}", number, row
+        return
+    lines = (head + handle.read()).splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # a blank line is not a row
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        yield f"{path}:{number}", number, row
+
+
+def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
+    """CSV with a header row; a row's line is the line it ends on (quoted cells may span lines)."""
+    reader = csv.DictReader(handle)
+    try:
+        if not reader.fieldnames:
+            raise TaskError(f"{path}: empty CSV file (expected a header row naming the columns)")
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        for row in reader:
+            row.pop(None, None)  # cells beyond the header
+            yield f"{path}:{reader.line_num}", reader.line_num, row
+    except csv.Error as error:
+        raise TaskError(f"{path}:{reader.line_num}: bad CSV ({error})") from None
+
+
+def _txt_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
+    """Plain text: every non-blank line is one prompt."""
+    for number, line in enumerate(handle, start=1):
+        if line.strip():
+            yield f"{path}:{number}", number, line
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, int, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TaskError(f"{path}: reading parquet files needs pyarrow (pip install pyarrow), "
+                        "or export the rows to JSONL") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises its own ArrowInvalid / OSError kinds
+        raise TaskError(f"{path}: not a readable parquet file ({error})") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            number += 1
+            yield f"{path}: row {number}", number, row
+
+
+# ---------------------------------------------------------------- rows: TaskItem, or a reason to skip
+
+def _is_wildchat(data: dict, schema: str, column: str | None) -> bool:
+    """format='wildchat', or (auto) a row with a 'conversation' and no prompt field or messages."""
+    if schema != "auto":
+        return schema == "wildchat"
+    return column is None and "conversation" in data and not any(key in data for key in (*PROMPT_FIELDS, "messages"))
+
+
+def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str | None,
+               task: str) -> TaskItem | str:
+    """A row with a prompt field (or `column`), or with only `messages` (the prompt is the last user turn)."""
+    messages = _messages(data["messages"], where) if data.get("messages") is not None else None
+    if schema == "noveltybench":
+        missing = [key for key in ("id", "prompt") if key not in data]
+        if missing:
+            raise TaskError(f"{where}: a NoveltyBench row needs 'id' and 'prompt'; missing {missing} "
+                            f"(fields: {sorted(data)})")
+        key = "prompt"
+    elif column is not None:
+        if column not in data:
+            raise TaskError(f"{where}: no field {column!r} (fields: {sorted(data)})")
+        key = column
+    else:
+        key = next((key for key in PROMPT_FIELDS if key in data), None)
+        if key is None and messages is None:
+            raise TaskError(f"{where}: no prompt field; expected one of {', '.join(PROMPT_FIELDS)} or 'messages' "
+                            f"(fields: {sorted(data)})")
+    if key is None:
+        prompt = messages[-1]["content"]
+    else:
+        prompt = data[key]
+        if prompt is not None and not isinstance(prompt, str):
+            raise TaskError(f"{where}: field {key!r} must be a string, got {type(prompt).__name__}")
+    if prompt is None or not prompt.strip():
+        return "an empty prompt"
+    used = {key, "id", "task", "category", "messages"}
+    return TaskItem(id=_id(data.get("id"), where, task, number), task=_text(data.get("task"), "task", where) or task,
+                    prompt=prompt.strip(), category=_text(data.get("category"), "category", where),
+                    messages=messages, meta={k: v for k, v in data.items() if k not in used})
+
+
+def _wildchat_item(data: dict, where: str, number: int, task: str) -> TaskItem | str:
+    """A WildChat row: the prompt is the conversation's first user turn; the id its conversation hash."""
+    turns = data.get("conversation")
+    if not isinstance(turns, list):
+        raise TaskError(f"{where}: a WildChat row needs a 'conversation' list of {{role, content}} turns "
+                        f"(fields: {sorted(data)})")
+    for turn in turns:
+        if not isinstance(turn, dict) or "role" not in turn:
+            raise TaskError(f"{where}: a conversation turn must be an object with 'role' and 'content'")
+    first_user = next((turn.get("content") for turn in turns if turn["role"] == "user"), None)
+    if not isinstance(first_user, str) or not first_user.strip():
+        return "no (or an empty) first user turn"
+    conversation_id = data.get("conversation_hash") or data.get("conversation_id")
+    item_id = f"WildChat-{conversation_id}" if conversation_id else f"{task}-{number:04d}"
+    meta = {key: data[key] for key in WILDCHAT_META if key in data}
+    return TaskItem(id=item_id, task=task, prompt=first_user.strip(), category=None, messages=None, meta=meta)
+
+
+def _messages(value: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise TaskError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise TaskError(f"{where}: message {index} must be an object with a string 'content'")
+        if message.get("role") not in ROLES:
+            raise TaskError(f"{where}: message {index} has role {message.get('role')!r}; expected one of {ROLES}")
+        messages.append({"role": message["role"], "content": message["content"]})
+    if messages[-1]["role"] != "user":
+        raise TaskError(f"{where}: the last message must be a user turn, got {messages[-1]['role']!r}")
+    for index, message in enumerate(messages[:-1]):
+        if not message["content"].strip():
+            raise TaskError(f"{where}: message {index} is empty")
+    return messages
+
+
+def _id(value: Any, where: str, task: str, number: int) -> str:
+    if value is None or value == "":
+        return f"{task}-{number:04d}"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TaskError(f"{where}: 'id' must be a string or an integer, got {type(value).__name__}")
+    return str(value)
+
+
+def _text(value: Any, name: str, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TaskError(f"{where}: {name!r} must be a string, got {type(value).__name__}")
+    return value
