@@ -1,7 +1,8 @@
 """Lexical diversity over the n responses to one prompt: n-gram counts, BLEU, ROUGE-L, gzip.
 
 Every function takes the list of responses and returns a float, or None when the metric is
-undefined (fewer than two responses, or no n-grams at all). Tokens come from `tokens.words`.
+undefined: fewer than two responses, or no tokens at all (every response empty). Pairwise
+similarities (ROUGE-L, n-gram kernel) count two empty responses as identical. Tokens: `tokens.words`.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def self_bleu(responses: list[str]) -> float | None:
     """
     from sacrebleu.metrics import BLEU
 
-    if not _comparable(responses):
+    joined = [" ".join(words(r)) for r in responses]
+    if not _comparable(responses) or not any(joined):
         return None
     bleu = BLEU(tokenize="none", effective_order=True)
-    joined = [" ".join(words(r)) for r in responses]
     scores = [bleu.sentence_score(hyp, joined[:i] + joined[i + 1:]).score for i, hyp in enumerate(joined)]
     return float(np.mean(scores)) / 100.0
 
@@ -95,7 +96,7 @@ def self_bleu(responses: list[str]) -> float | None:
 def compression_ratio(responses: list[str]) -> float | None:
     """Raw size / gzip size of the concatenated responses: repeated text compresses well (higher ratio)."""
     raw = "\n".join(responses).encode("utf-8")
-    if not _comparable(responses) or not raw:
+    if not _comparable(responses) or not raw.strip():
         return None
     return len(raw) / len(gzip.compress(raw, compresslevel=9, mtime=0))
 
