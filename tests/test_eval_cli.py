@@ -1,0 +1,178 @@
+"""`baco eval` and `baco metrics` end to end: baco samples, other tools' JSONL, bad input."""
+
+import csv
+import json
+
+import pytest
+
+from baco.cli import main
+from baco.evaluate.io import SamplesError, group_records, read_records
+from baco.evaluate.registry import UnknownMetricError, list_metrics, resolve_metrics
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def load(out):
+    return json.loads(out.read_text()), list(csv.DictReader(out.with_suffix(".csv").open()))
+
+
+def test_eval_reads_baco_generate_samples_and_writes_json_and_csv(collab, tmp_path, capsys):
+    from baco import SamplingParams
+    from baco.decode.records import write_jsonl
+
+    path = tmp_path / "samples.jsonl"
+    with path.open("w") as handle:
+        for router in ("p-punc:0.3", "p-punc:0.7", "aligned"):
+            write_jsonl(collab.generate(["Name a fruit.", "Tell me a story."], router=router, n=3,
+                                        sampling=SamplingParams(max_new_tokens=16, seed=0)), handle)
+    out = tmp_path / "eval" / "metrics.json"
+    assert main(["eval", str(path), "--metrics", "lexical", "--out", str(out), "--quiet"]) == 0
+    data, rows = load(out)
+    methods = data["summary"]["default"]
+    assert set(methods) == {"p-punc:0.3", "p-punc:0.7", "aligned"}
+    assert data["counts"]["default"]["aligned"]["prompts"] == 2
+    assert data["counts"]["default"]["aligned"]["responses"] == 6
+    assert set(methods["aligned"]) == {s.name for s in list_metrics() if s.group == "lexical" and s.kind != "quality"}
+    assert data["pareto"] is None  # no quality metric selected, no plane
+    assert [r["method"] for r in rows] == list(methods)
+    assert len(data["per_prompt"]) == 6 and all(r["n"] == 3 for r in data["per_prompt"])
+    assert capsys.readouterr().out == ""  # --quiet
+
+
+def test_eval_groups_other_tools_rows_by_prompt_and_method(tmp_path, capsys):
+    a = write_rows(tmp_path / "tool_a.jsonl", [{"prompt": "Name a fruit.", "response": r}
+                                               for r in ["apple", "apple", "apple"]])
+    b = write_rows(tmp_path / "b.jsonl", [{"prompt": "Name a fruit.", "response": r, "method": "mine"}
+                                          for r in ["apple pie", "kiwi jam", "ripe mango"]])
+    nb = write_rows(tmp_path / "nb.jsonl", [{"prompt": "Name a fruit.", "generations": ["fig", "plum", "lime"]}])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(a), str(b), str(nb), "--metrics", "distinct-1,first-sentences", "--out", str(out)]) == 0
+    summary = json.loads(out.read_text())["summary"]["default"]
+    assert summary["tool_a"]["distinct-1"] == pytest.approx(1 / 3)  # identical samples: 1 type / 3 tokens
+    assert summary["mine"]["distinct-1"] == 1.0 and summary["nb"]["distinct-1"] == 1.0
+    table = capsys.readouterr().out
+    assert "tool_a" in table and "mine" in table and "distinct-1" in table
+    # --method-from file ignores the "method" field
+    assert main(["eval", str(b), "--metrics", "distinct-1", "--method-from", "file", "--out", str(out),
+                 "--quiet"]) == 0
+    assert list(json.loads(out.read_text())["summary"]["default"]) == ["b"]
+
+
+def test_bad_lines_are_reported_with_their_number_and_the_rest_is_kept(tmp_path, capsys):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"prompt": "p", "response": "one two"}\n'
+                     b'{oops\n'
+                     b'{"prompt": "p", "response": "caf\xe9 three"}\n'  # Latin-1 byte, not UTF-8
+                     b'{"prompt": "p"}\n'
+                     b'["not", "an", "object"]\n'
+                     b'\n'
+                     b'{"prompt": "p", "response": "four five"}\n')
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"{path}:2: not valid JSON" in err
+    assert f"{path}:3: not valid UTF-8" in err
+    assert f"{path}:4: no response field" in err
+    assert f"{path}:5: expected an object" in err
+    data = json.loads(out.read_text())
+    assert data["counts"]["default"]["mixed"]["responses"] == 3  # lines 1, 3 and 7
+    assert len(data["warnings"]) == 4
+    records, _ = read_records([path])
+    assert records[1].response == "caf\ufffd three"
+
+
+def test_one_sample_per_prompt_is_reported_undefined_not_zero(tmp_path, capsys):
+    path = write_rows(tmp_path / "single.jsonl", [{"prompt": f"q{i}", "response": "only answer"} for i in range(3)])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "lexical", "--out", str(out)]) == 0
+    data, rows = load(out)
+    values = data["summary"]["default"]["single"]
+    assert all(v is None for v in values.values())
+    assert all(data["counts"]["default"]["single"][name] == 0 for name in values)
+    assert rows[0]["distinct-1"] == "" and rows[0]["self-bleu"] == ""
+    assert "n/a" in capsys.readouterr().out
+
+
+def test_empty_responses_and_mixed_languages(tmp_path):
+    path = write_rows(tmp_path / "odd.jsonl", [
+        {"prompt": "empty", "response": ""}, {"prompt": "empty", "response": ""},
+        {"prompt": "mixed", "response": "我爱苹果"}, {"prompt": "mixed", "response": "I love apples"},
+        {"prompt": "mixed", "response": "Я люблю яблоки"}, {"prompt": "mixed", "response": None},
+    ])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,homogenization,self-bleu", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = {r["prompt"]: r for r in json.loads(out.read_text())["per_prompt"]}
+    assert rows["empty"]["distinct-1"] is None and rows["empty"]["self-bleu"] is None
+    assert rows["empty"]["homogenization"] == 1.0  # two empty answers are the same answer
+    assert rows["mixed"]["n"] == 4 and rows["mixed"]["distinct-1"] == 1.0  # null read as ""
+    assert rows["mixed"]["homogenization"] == 0.0
+
+
+def test_default_metrics_with_judge_fluency_utility_and_pareto_on_the_tiny_pair(tiny_dirs, tmp_path, capsys):
+    base, aligned = map(str, tiny_dirs)
+    rows = []
+    for method, answers in {"aligned": ["An apple is a fruit."] * 3,
+                            "p-punc:0.5": ["An apple is a fruit.", "Try a ripe mango.", "Kiwis are green inside."],
+                            "base": ["zz qq", "fruit fruit fruit", "Bananas are yellow and sweet."]}.items():
+        rows += [{"prompt": "Name a fruit.", "response": a, "method": method} for a in answers]
+    path = write_rows(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "default,judge,fluency", "--judge-model", aligned,
+                 "--fluency-model", base, "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    summary = data["summary"]["default"]
+    assert data["utility_quality"] == "judge"
+    assert summary["aligned"]["partitions"] == 1.0 and summary["p-punc:0.5"]["partitions"] == 3.0
+    assert 1.0 <= summary["base"]["judge"] <= 5.0 and summary["base"]["fluency"] < 0
+    diversity = [s.name for s in list_metrics("diversity")]
+    assert len(data["pareto"]["planes"]) == len(diversity) * 3  # x relevance, judge, fluency
+    overall = data["pareto"]["overall"]
+    assert set(overall) == {"aligned", "p-punc", "base"}
+    assert sum(m["dominance"] for m in overall.values()) == pytest.approx(1.0)
+    table = capsys.readouterr().out
+    assert "coverage" in table and "utility [judge]" in table
+
+
+def test_metrics_command_lists_every_metric(capsys):
+    assert main(["metrics"]) == 0
+    listed = capsys.readouterr().out
+    names = [s.name for s in list_metrics()]
+    assert len([s for s in list_metrics("diversity")]) >= 11
+    assert {"reward", "judge", "fluency", "relevance", "utility", "partitions", "self-bleu"} <= set(names)
+    for name in names:
+        assert name in listed
+
+
+def test_metric_selection_by_group_and_errors(tmp_path, capsys):
+    assert [s.name for s in resolve_metrics("distinct-2,distinct-1")] == ["distinct-1", "distinct-2"]
+    assert {s.name for s in resolve_metrics("default")} >= {"distinct-1", "embedding-vendi", "relevance", "utility"}
+    assert not {"judge", "fluency", "reward"} & {s.name for s in resolve_metrics("default")}
+    with pytest.raises(UnknownMetricError, match="unknown metric 'nope'"):
+        resolve_metrics("nope")
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": "r"}])
+    assert main(["eval", str(path), "--metrics", "nope"]) == 2
+    assert main(["eval", str(tmp_path / "missing.jsonl")]) == 2
+    (tmp_path / "junk.jsonl").write_text("nope\n")
+    assert main(["eval", str(tmp_path / "junk.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "baco: error: unknown metric 'nope'" in err and "does not exist" in err
+    assert "no usable rows" in err and "junk.jsonl:1: not valid JSON" in err
+    assert main(["eval", str(path), "--metrics", "reward", "--quiet"]) == 2
+    assert "--reward-model" in capsys.readouterr().err
+
+
+def test_responses_keep_sample_order_within_a_group(tmp_path):
+    path = write_rows(tmp_path / "s.jsonl", [
+        {"prompt": "p", "text": "third", "router": "r", "sample_index": 2},
+        {"prompt": "p", "text": "first", "router": "r", "sample_index": 0},
+        {"prompt": "p", "text": "second", "router": "r", "sample_index": 1},
+    ])
+    records, warnings = read_records([path])
+    assert not warnings
+    assert [r.response for r in group_records(records)[("default", "r", "p")]] == ["first", "second", "third"]
+    with pytest.raises(SamplesError, match="does not exist"):
+        read_records([tmp_path / "none.jsonl"])
