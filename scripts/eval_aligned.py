@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=len(EVAL_PROMPTS))
     parser.add_argument("--out", type=Path, default=Path("docs/adapter_eval.json"))
+    parser.add_argument("--adapter", default=ALIGNED_ALIAS,
+                        help="adapter directory for the `aligned` setting (default: the committed one)")
     parser.add_argument("--samples-out", type=Path, default=None, help="also write the samples (JSONL)")
     args = parser.parse_args()
     prompts = EVAL_PROMPTS[: args.prompts]
@@ -77,6 +79,7 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     for name in args.settings:
         model, reads = SETTINGS[name]
+        model = args.adapter if name == "aligned" else model
         started = time.time()
         collab = Collaboration(SoloPair(HFCausalLM.from_pretrained(model), reads=reads))
         samples = collab.generate(prompts, router=reads, n=args.n, sampling=params, batch_size=100)

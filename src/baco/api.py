@@ -6,7 +6,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Container, Iterator, Sequence
 
 from baco.decode.loop import Request, lockstep, row_seed
 from baco.decode.records import Sample, collect
@@ -95,11 +95,17 @@ class Collaboration:
 
     def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
                       sampling: SamplingParams | None = None, batch_size: int = 32,
-                      on_sample: Callable[[Sample], None] | None = None) -> Iterator[Sample]:
-        """Yield samples as their rows finish; rows run `batch_size` at a time in one lockstep batch."""
+                      on_sample: Callable[[Sample], None] | None = None,
+                      skip: Container[tuple[int, int]] = ()) -> Iterator[Sample]:
+        """Yield samples as their rows finish; rows run `batch_size` at a time in one lockstep batch.
+
+        `skip` holds (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished
+        samples); every other sample is exactly what a full run would give (per-row random streams).
+        """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BacoError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
+        requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
                  "models": {"base": self.pair.base.name, "aligned": self.pair.aligned.name}}
         for start in range(0, len(requests), batch_size):

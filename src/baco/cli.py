@@ -202,6 +202,42 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="methods x knobs x tasks x seeds: generate (resumable), evaluate, "
+                       "Coverage/Dominance table and Pareto plots", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("config", type=Path, help="YAML sweep configuration (see configs/ and docs/sweeps.md)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and how many samples are done; run nothing")
+    p.add_argument("--no-eval", action="store_true", help="generate only")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from baco.sweep import SampleStore, load_config, run_sweep
+    from baco.sweep.results import markdown_table
+
+    config = load_config(args.config)
+    out = args.out or Path("runs") / config.name
+    if args.dry_run:
+        done = SampleStore(out / "samples.jsonl").done()
+        for cell in config.cells:
+            have = sum(1 for key, _, _ in done if key == cell.key)
+            print(f"{cell.key:<60} {have} samples stored")
+        print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
+        return 0
+    try:
+        summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished samples are kept in {out / 'samples.jsonl'}; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if "coverage_dominance" in summary:
+        print(markdown_table(summary))
+        print(f"wrote {out}/results.json, table.md and plots/", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
                                      "and its aligned counterpart.")
@@ -210,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("routers", help="list the registered routers").set_defaults(run=cmd_routers)
     _add_eval(sub)
     sub.add_parser("metrics", help="list the evaluation metrics").set_defaults(run=cmd_metrics)
+    _add_sweep(sub)
     return parser
 
 

@@ -1,0 +1,23 @@
+"""`baco sweep`: methods x knob values x tasks x seeds on one engine, resumable, evaluated, plotted."""
+
+from baco.sweep.config import Cell, Configuration, SweepConfig, SweepConfigError, load_config, parse_config
+from baco.sweep.run import Engines, run_cells
+from baco.sweep.store import SampleStore
+
+
+def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, evaluate: bool = True,
+              progress: bool = True) -> dict:
+    """Generate what is missing, then evaluate everything stored; returns the summary (see results.py)."""
+    counts = run_cells(config, out_dir, engines, progress=progress)
+    if not evaluate:
+        return {"counts": counts}
+    from baco.sweep.results import summarise, write_outputs
+
+    summary = summarise(config, SampleStore(f"{out_dir}/samples.jsonl").read(), progress=progress)
+    summary["counts"] = counts
+    write_outputs(summary, out_dir)
+    return summary
+
+
+__all__ = ["Cell", "Configuration", "Engines", "SampleStore", "SweepConfig", "SweepConfigError", "load_config",
+           "parse_config", "run_cells", "run_sweep"]

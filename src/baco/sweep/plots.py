@@ -1,0 +1,61 @@
+"""Pareto plots (matplotlib, Agg backend): one grid per task and seed, a panel per (diversity, quality) plane.
+
+Each method's configurations are drawn in one colour, its own front joined by a line; points on the
+global front get a black ring. Axes show the raw metric values; an arrow in the label says which
+way is better.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = summary["methods"]
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    family = summary["families"]
+    arrow = lambda name: "↑" if summary["directions"].get(name, True) else "↓"  # noqa: E731
+    written = []
+    for seed, planes in summary["planes"].items():
+        for task in summary["tasks"]:
+            mine = [p for p in planes if p["task"] == task]
+            if not mine:
+                continue
+            xs, ys = summary["diversity"], summary["quality"]
+            fig, axes = plt.subplots(len(ys), len(xs), figsize=(2.6 * len(xs), 2.4 * len(ys)), squeeze=False)
+            for plane in mine:
+                ax = axes[ys.index(plane["y"])][xs.index(plane["x"])]
+                for method in methods:
+                    configs = [c for c in plane["raw"] if family.get(c, c) == method]
+                    if not configs:
+                        continue
+                    ax.scatter([plane["raw"][c][0] for c in configs], [plane["raw"][c][1] for c in configs],
+                               s=14, color=colours[method], label=method, zorder=3)
+                    front = sorted(plane["fronts"].get(method, []), key=lambda c: plane["raw"][c][0])
+                    if len(front) > 1:
+                        ax.plot([plane["raw"][c][0] for c in front], [plane["raw"][c][1] for c in front],
+                                color=colours[method], linewidth=0.8, zorder=2)
+                for c in plane["global_front"]:
+                    ax.scatter([plane["raw"][c][0]], [plane["raw"][c][1]], s=40, facecolors="none",
+                               edgecolors="black", linewidths=0.8, zorder=4)
+                ax.set_xlabel(f"{plane['x']} {arrow(plane['x'])}", fontsize=7)
+                ax.set_ylabel(f"{plane['y']} {arrow(plane['y'])}", fontsize=7)
+                ax.tick_params(labelsize=6)
+            handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
+            fig.legend(handles=handles, loc="upper center", ncol=min(len(methods), 8), fontsize=8, frameon=False)
+            fig.suptitle(f"{task} (seed {seed}): configurations per method; ringed = global Pareto front",
+                         fontsize=9, y=0.995)
+            fig.tight_layout(rect=(0, 0, 1, 0.95))
+            for suffix in ("png", "svg"):
+                path = out / f"pareto-{task}-seed{seed}.{suffix}"
+                fig.savefig(path, dpi=110)
+                written.append(path)
+            plt.close(fig)
+    return written

@@ -1,0 +1,113 @@
+"""Evaluate a sweep's samples, aggregate Pareto Coverage / Dominance per seed, write the table and plots.
+
+Every (task, seed) is evaluated as its own set of planes; a method's Coverage and Dominance are
+then reported as the mean over seeds with their spread (standard deviation, min, max), per task
+and averaged over tasks, so a reader can tell a real difference from seed noise.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from baco.evaluate.io import Record
+from baco.evaluate.pareto import pareto_aggregate
+from baco.evaluate.registry import resolve_metrics
+from baco.evaluate.resources import Resources
+from baco.evaluate.runner import evaluate_records
+from baco.sweep.config import SweepConfig
+
+AGGREGATES = ("coverage", "dominance")
+
+
+def records_of(rows: list[dict]) -> list[Record]:
+    """One Record per stored sample; the task key carries the seed so seeds are evaluated apart."""
+    return [Record(task=f"{r['task']}|seed={r['seed_of_cell']}", method=r["config"], prompt=r["prompt"],
+                   response=r["text"], order=(r["sample_index"], i), where=f"samples.jsonl#{i}")
+            for i, r in enumerate(rows)]
+
+
+def _spread(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None, "seeds": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "seeds": len(values)}
+
+
+def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, resources: Resources | None = None):
+    """Metrics of every configuration and the Pareto aggregates over seeds. Returns a JSON-able dict."""
+    names = None
+    if config.diversity or config.quality:
+        names = list(config.diversity or []) + list(config.quality or [])
+    specs = resolve_metrics(names or "default")
+    seed_of = {c.key: c.seed for c in config.cells}
+    keys = set(seed_of)
+    rows = [dict(r, seed_of_cell=seed_of[r["cell"]]) for r in rows if r["cell"] in keys]
+    result = evaluate_records(records_of(rows), specs, resources or Resources(), progress=progress)
+    family = {c.name: c.method for c in config.configurations}
+    diversity = [s.name for s in specs if s.kind == "diversity"]
+    quality = [s.name for s in specs if s.kind == "quality"]
+    directions = {s.name: s.higher_is_better for s in specs}
+
+    per_seed = {}
+    for seed in config.seeds:
+        by_task = {t.name: result.summary.get(f"{t.name}|seed={seed}", {}) for t in config.tasks}
+        report = pareto_aggregate({t: v for t, v in by_task.items() if v}, diversity=diversity, quality=quality,
+                                  higher_is_better=directions, family=family)
+        per_seed[seed] = report
+    methods = config.methods
+    table = {"overall": {}, "per_task": {t.name: {} for t in config.tasks}}
+    for method in methods:
+        for agg in AGGREGATES:
+            overall = [r.overall[method][agg] for r in per_seed.values()
+                       if method in r.overall and r.overall[method][agg] is not None]
+            table["overall"].setdefault(method, {})[agg] = _spread(overall)
+            for task in config.tasks:
+                values = [r.per_task[task.name][method][agg] for r in per_seed.values()
+                          if task.name in r.per_task and r.per_task[task.name].get(method, {}).get(agg) is not None]
+                table["per_task"][task.name].setdefault(method, {})[agg] = _spread(values)
+    metrics_table = {task: {config_name: values for config_name, values in configs.items()}
+                     for task, configs in result.summary.items()}
+    return {"methods": methods, "seeds": config.seeds, "tasks": [t.name for t in config.tasks],
+            "diversity": diversity, "quality": quality, "directions": directions,
+            "families": family, "coverage_dominance": table, "metrics": metrics_table,
+            "planes": {seed: [p.__dict__ for p in report.planes] for seed, report in per_seed.items()},
+            "warnings": result.warnings}
+
+
+def _cell(spread: dict, percent: bool = False) -> str:
+    if spread["mean"] is None:
+        return "n/a"
+    scale = 100 if percent else 1
+    text = f"{spread['mean'] * scale:.1f}%" if percent else f"{spread['mean']:.3f}"
+    if spread["seeds"] > 1:
+        text += f" ± {spread['std'] * scale:.1f}" if percent else f" ± {spread['std']:.3f}"
+    return text
+
+
+def markdown_table(summary: dict) -> str:
+    """The paper's main table: per method, Coverage and Dominance per task and on average (mean ± std)."""
+    tasks = summary["tasks"]
+    table = summary["coverage_dominance"]
+    head = ["method"] + [f"{t} Cov." for t in tasks] + ["avg Cov."] + [f"{t} Dom." for t in tasks] + ["avg Dom."]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(summary["methods"], key=lambda m: -(table["overall"][m]["coverage"]["mean"] or -1))
+    for method in order:
+        cells = [method]
+        cells += [_cell(table["per_task"][t][method]["coverage"]) for t in tasks]
+        cells.append(f"**{_cell(table['overall'][method]['coverage'])}**")
+        cells += [_cell(table["per_task"][t][method]["dominance"], True) for t in tasks]
+        cells.append(f"**{_cell(table['overall'][method]['dominance'], True)}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+    (out / "table.md").write_text(markdown_table(summary) + "\n", encoding="utf-8")
+    from baco.sweep.plots import plot_planes
+
+    return [out / "results.json", out / "table.md"] + plot_planes(summary, out / "plots")

@@ -1,0 +1,89 @@
+"""Run a sweep's cells: load the models once, decode each cell as one lockstep batch, append, resume.
+
+Resuming: samples already in the store are skipped row by row (a sample depends only on its seed,
+prompt and index, so the rows generated after a restart are exactly those an uninterrupted run
+would have made); nothing stored is rewritten.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from baco.api import Collaboration
+from baco.models.hf import HFCausalLM, load_tokenizer
+from baco.models.pair import ModelPair, SoloPair
+from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+from baco.sweep.config import Cell, Configuration, SweepConfig
+from baco.sweep.store import SampleStore
+from baco.tasks import load_task
+
+
+@dataclass
+class Engines:
+    """The loaded models and the three ways to run them: the pair, base alone, aligned alone."""
+
+    pair: ModelPair
+    solo_base: SoloPair
+    solo_aligned: SoloPair
+
+    @classmethod
+    def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto") -> "Engines":
+        from baco.vocab import check_compatible
+
+        base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
+        check_compatible(base_tok, aligned_tok)
+        base_lm = HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tok)
+        aligned_lm = HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tok)
+        return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
+
+    def collaboration(self, configuration: Configuration) -> Collaboration:
+        """Single-model methods run one model per step (their true cost); the rest run the pair."""
+        pair = {"base": self.solo_base, "aligned": self.solo_aligned}.get(configuration.router, self.pair)
+        fmt = PromptFormat(base_template=configuration.base_template or DEFAULT_BASE_TEMPLATE,
+                           system_prompt=configuration.system_prompt)
+        return Collaboration(pair, fmt)
+
+
+def cell_prompts(cell: Cell) -> list:
+    return load_task(cell.task.path or cell.task.name, limit=cell.task.limit, seed=0)
+
+
+def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
+              progress: bool = True, log=sys.stderr) -> dict:
+    """Generate every missing sample of every cell; returns counts {generated, kept, cells}."""
+    from tqdm import tqdm
+
+    store = SampleStore(Path(out_dir) / "samples.jsonl")
+    done = store.done()
+    cells = config.cells
+    items_of = {t: cell_prompts(Cell(config.configurations[0], t, 0)) for t in config.tasks}
+    total = sum(len(items_of[c.task]) * config.n for c in cells)
+    kept = sum(1 for key, _, _ in done if key in {c.key for c in cells})
+    todo = [c for c in cells if sum(1 for key, _, _ in done if key == c.key) < len(items_of[c.task]) * config.n]
+    if kept:
+        print(f"resuming: {kept} of {total} samples already done, {len(todo)} of {len(cells)} cells to run",
+              file=log)
+    if todo and engines is None:
+        engines = Engines.load(config.base, config.aligned)
+    generated = 0
+    with tqdm(total=total, initial=kept, unit="sample", disable=not progress, file=log) as bar:
+        for cell in todo:
+            items = items_of[cell.task]
+            conf = cell.configuration
+            skip = {(p, s) for key, p, s in done if key == cell.key}
+            bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
+            collab = engines.collaboration(conf)
+            began = time.perf_counter()
+            sampling = conf.sampling.__class__(**{**conf.sampling.__dict__, "seed": cell.seed})
+            for sample in collab.iter_generate([item.prompt for item in items], router=conf.router, n=config.n,
+                                               sampling=sampling, batch_size=config.batch_size, skip=skip):
+                row = sample.to_dict()
+                row.update(cell=cell.key, task=cell.task.name, method=conf.method, config=conf.name,
+                           item_id=items[sample.prompt_index].id, cell_seconds=round(time.perf_counter() - began, 3))
+                store.append(row)
+                generated += 1
+                bar.update(1)
+    return {"generated": generated, "kept": kept, "cells": len(cells)}

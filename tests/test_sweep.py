@@ -1,0 +1,111 @@
+"""`baco sweep` on the tiny pair: the grid, resume after a kill, the evaluation outputs, config errors."""
+
+import json
+
+import pytest
+
+from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells, run_sweep
+from baco.sweep.store import SampleStore as Store
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_dirs):
+    base, aligned = tiny_dirs
+    return Engines.load(str(base), str(aligned), device="cpu")
+
+
+@pytest.fixture
+def config(tmp_path, tiny_dirs):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?", "Tell a joke."]))
+    return parse_config({
+        "name": "tiny", "n": 3, "seeds": [0],
+        "tasks": [{"path": str(prompts), "name": "mine"}],
+        "sampling": {"max_new_tokens": 6, "min_p": 0.05},
+        "methods": {"base": {"router": "base", "sweep": {"temperature": [0.7, 1.2]}},
+                    "p-punc": {"router": "p-punc", "values": [0.3, 0.7]},
+                    "eft": {"router": "eft", "values": [0.5]}},
+        "metrics": {"diversity": ["distinct-2", "self-bleu"], "quality": ["relevance"]},
+    })
+
+
+def keyed(rows):
+    return {(r["cell"], r["prompt_index"], r["sample_index"]): r["token_ids"] for r in rows}
+
+
+def test_the_grid_is_methods_times_values_times_tasks_times_seeds(config):
+    names = [c.name for c in config.configurations]
+    assert names == ["base@temperature=0.7", "base@temperature=1.2", "p-punc:0.3", "p-punc:0.7", "eft:0.5"]
+    assert [c.sampling.temperature for c in config.configurations[:2]] == [0.7, 1.2]
+    assert len(config.cells) == 5
+
+
+def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
+    run_cells(config, tmp_path / "run", engines, progress=False)
+    rows = Store(tmp_path / "run" / "samples.jsonl").read()
+    assert len(rows) == 5 * 3 * 3 == len(keyed(rows))
+    by_config = {r["config"]: r for r in rows}
+    assert set(by_config["base@temperature=0.7"]["sources"]) == {"base"}
+    assert by_config["base@temperature=0.7"]["sampling"]["temperature"] == 0.7
+    assert set(by_config["eft:0.5"]["sources"]) == {"mix"}
+
+
+def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, tmp_path, monkeypatch):
+    run_cells(config, tmp_path / "full", engines, progress=False)
+    expected = keyed(Store(tmp_path / "full" / "samples.jsonl").read())
+
+    appended = []
+    original = SampleStore.append
+
+    def dies_after_seven(self, row):
+        if len(appended) == 7:
+            raise KeyboardInterrupt
+        original(self, row)
+        appended.append(row)
+
+    monkeypatch.setattr(SampleStore, "append", dies_after_seven)
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(config, tmp_path / "killed", engines, progress=False)
+    monkeypatch.setattr(SampleStore, "append", original)
+    path = tmp_path / "killed" / "samples.jsonl"
+    with open(path, "a") as handle:  # the kill also cut a line in half
+        handle.write('{"cell": "mine|eft:0.5|seed=0", "prompt_ind')
+    kept = path.read_text().splitlines()[:7]
+
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        counts = run_cells(config, tmp_path / "killed", engines, progress=False)
+    assert counts["kept"] == 7 and counts["generated"] == len(expected) - 7
+    rows = Store(path).read()
+    assert path.read_text().splitlines()[:7] == kept  # finished samples untouched
+    assert len(rows) == len(expected) and keyed(rows) == expected  # same results, no duplicates
+    assert run_cells(config, tmp_path / "killed", engines, progress=False)["generated"] == 0
+
+
+def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tmp_path):
+    summary = run_sweep(config, tmp_path / "out", engines, progress=False)
+    out = tmp_path / "out"
+    assert {p.name for p in (out / "plots").iterdir()} == {"pareto-mine-seed0.png", "pareto-mine-seed0.svg"}
+    table = (out / "table.md").read_text()
+    for method in ("base", "p-punc", "eft"):
+        assert f"| {method} |" in table
+    overall = summary["coverage_dominance"]["overall"]
+    assert all(0 <= overall[m]["coverage"]["mean"] <= 1 for m in overall)
+    assert sum(overall[m]["dominance"]["mean"] for m in overall) == pytest.approx(1.0)
+    planes = summary["planes"][0]
+    assert {(p["x"], p["y"]) for p in planes} == {("distinct-2", "relevance"), ("self-bleu", "relevance")}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["methods"] == ["base", "p-punc", "eft"]
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"methods": {"x": {"router": "nope"}}, "tasks": ["open-ended"]}, "methods.x: unknown router 'nope'"),
+    ({"methods": {"x": {"router": "p", "values": [7, -1]}}, "tasks": ["open-ended"]}, r"methods.x: .*must be in"),
+    ({"methods": {"x": {"router": "p"}}, "tasks": []}, "tasks. is empty"),
+    ({"methods": {"x": {"router": "base", "sweep": {"colour": [1]}}}, "tasks": ["open-ended"]}, "not sweepable"),
+    ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "n": 1}, "samples per prompt"),
+    ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "sampling": {"top_p": 2}}, "top_p"),
+    ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "colour": 1}, "unknown keys"),
+])
+def test_bad_configurations_are_refused_before_anything_runs(raw, message):
+    with pytest.raises(SweepConfigError, match=message):
+        parse_config(raw)
