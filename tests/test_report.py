@@ -1,0 +1,74 @@
+"""`baco report`: a self-contained HTML page with the table, the plots and coloured tokens; rendered in Chromium."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from baco.report import build_report, token_spans, write_report
+from baco.sweep import Engines, parse_config, run_sweep
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dirs, tmp_path_factory):
+    base, aligned = tiny_dirs
+    tmp = tmp_path_factory.mktemp("report")
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why <b>not</b>?"]))
+    config = parse_config({
+        "name": "tiny", "n": 2, "tasks": [{"path": str(prompts), "name": "mine"}],
+        "sampling": {"max_new_tokens": 12, "min_p": 0.05},
+        "methods": {"aligned": {"router": "aligned", "sweep": {"temperature": [0.7, 1.3]}},
+                    "p-punc": {"router": "p-punc", "values": [0.3, 0.9]}},
+        "metrics": {"diversity": ["distinct-2"], "quality": ["relevance"]},
+    })
+    run_sweep(config, tmp / "run", Engines.load(str(base), str(aligned), device="cpu"), progress=False)
+    return tmp / "run"
+
+
+def test_the_page_is_self_contained_with_table_plots_and_coloured_tokens(run_dir):
+    page = build_report(run_dir)
+    assert "<table id='results'>" in page and "<td>p-punc</td>" in page and "<td>aligned</td>" in page
+    assert page.count("data:image/png;base64,") == 1  # one task x one seed
+    assert "class='tok-base'" in page and "class='tok-aligned'" in page
+    assert "base top-1" in page and "nats" in page
+    assert "src='http" not in page and "<script" not in page  # nothing to fetch, nothing to run
+
+
+def test_the_coloured_spans_spell_each_samples_text(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    for row in rows:
+        spans = token_spans(row)
+        assert html.unescape(re.sub(r"<[^>]+>", "", spans)) == row["text"]
+        assert spans.count("<span") == len(re.findall("tok-(?:base|aligned|mix)", spans))
+
+
+def test_no_run_directory_is_a_clear_error(tmp_path):
+    from baco.errors import BacoError
+
+    with pytest.raises(BacoError, match="no samples.jsonl"):
+        build_report(tmp_path)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where it can)")
+def test_headless_chromium_renders_the_page_with_plots_and_colours(run_dir, tmp_path):
+    page = write_report(run_dir, tmp_path / "report.html")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "tok-base" in dom.stdout and "class=\"plot\"" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,3000", page.as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    colours = set(image.getdata())
+    assert (0xFF, 0xE0, 0x8A) in colours  # base-written tokens (yellow background) are painted
+    assert (0xA8, 0xE6, 0xF0) in colours  # aligned-written tokens (cyan background)
+    assert len(colours) > 50  # the plot's anti-aliased lines and markers, not a blank page
