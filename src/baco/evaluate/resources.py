@@ -3,7 +3,7 @@
 | need | what | built from |
 |---|---|---|
 | `embedder` | sentence embeddings, cached per text | `embedding_model` (default all-MiniLM-L6-v2 from PyPI) |
-| `partitioner` | `(prompt, responses) -> class ids`, memoised | `equivalence`: "embedding", "unigram" or "classifier:PATH" |
+| `partitioner` | `(prompt, responses) -> class ids`, memoised | `equivalence`: embedding, unigram, classifier:PATH |
 | `reward_model` | RewardModel | `reward_model` (a path or HF id; required) |
 | `judge` | Judge over an HFCausalLM | `judge_model` (default the embedded aligned Gemma) |
 | `fluency_lm` | Fluency over an HFCausalLM | `fluency_model` (default the embedded base Gemma) |
