@@ -176,3 +176,10 @@ def test_responses_keep_sample_order_within_a_group(tmp_path):
     assert [r.response for r in group_records(records)[("default", "r", "p")]] == ["first", "second", "third"]
     with pytest.raises(SamplesError, match="does not exist"):
         read_records([tmp_path / "none.jsonl"])
+
+
+def test_byte_order_mark_and_windows_line_ends_are_read(tmp_path):
+    path = tmp_path / "win.jsonl"
+    path.write_bytes('\ufeff{"prompt": "p", "response": "a"}\r\n{"prompt": "p", "response": "b"}\r\n'.encode())
+    records, warnings = read_records([path])
+    assert [r.response for r in records] == ["a", "b"] and not warnings

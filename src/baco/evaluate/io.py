@@ -67,6 +67,8 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
             except UnicodeDecodeError:
                 line = raw.decode("utf-8", errors="replace")
                 warnings.append(f"{where}: not valid UTF-8; undecodable bytes replaced by U+FFFD")
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark written by some editors
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
