@@ -137,6 +137,13 @@ def _merge_adapter(model, adapter: str):
         raise ModelLoadError(_load_hint(adapter, "adapter", error)) from error
 
 
+def _is_embedded_cache(source: str) -> bool:
+    """True for the converted embedded base (e.g. an adapter trained on `baco:gemma-3-270m`)."""
+    from baco.models import embedded
+
+    return os.path.isdir(source) and os.path.realpath(os.path.dirname(source)) == os.path.realpath(embedded.cache_dir())
+
+
 def _contiguous_input(module, args):
     # Prefill keeps only the last position; that slice is not contiguous and a 262k-row output
     # layer on a strided bf16 input is ~1000x slow on CPU (notes/implementation-traps.md, trap 1).
@@ -163,7 +170,7 @@ class HFCausalLM:
 
         source, adapter = resolve_source(name, dtype)
         target = resolve_device(device)
-        if dtype == "auto" and os.fspath(name).startswith("baco:"):
+        if dtype == "auto" and (os.fspath(name).startswith("baco:") or _is_embedded_cache(source)):
             dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
         torch_dtype = resolve_dtype(dtype, target)
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
