@@ -61,8 +61,8 @@ def list_routers() -> list[RouterSpec]:
 
 def get_router(spec: str | Router) -> Router:
     """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router."""
-    if isinstance(spec, Router):
-        return spec
+    if isinstance(spec, Router) or (callable(spec) and isinstance(getattr(spec, "name", None), str)):
+        return spec  # a ready router, or any callable router object with a name (e.g. a JudgeRouter)
     if not isinstance(spec, str) or not spec.strip():
         raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5', got {spec!r}")
     name, _, raw = spec.strip().partition(":")

@@ -24,6 +24,8 @@ class StepView:
     vocab: TokenTable
     uniform: torch.Tensor
     step: int = 0
+    prompts: list[str] | None = None  # the active rows' prompts (for routers that read text, e.g. JUDGE)
+    texts: list[str] | None = None  # the active rows' continuations so far
 
     @property
     def batch_size(self) -> int:

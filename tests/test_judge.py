@@ -1,0 +1,45 @@
+"""The JUDGE ablation on the tiny pair: decisions follow the judge's own A/B logits, are cached, and are costed."""
+
+import torch
+
+from baco import SamplingParams
+from baco.routers.judge import QUESTION, JudgeRouter
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon."]
+
+
+def test_the_judge_prefers_the_option_its_logits_favour(collab):
+    judge = JudgeRouter(collab.pair.aligned)
+    questions = [("Name a fruit.", " I like", " apples", " rocks"), ("Why?", "", " Because", " No"),
+                 ("Name a fruit.", " I like", " rocks", " apples")]
+    got = judge.prefers_first(questions)
+    tok = collab.pair.aligned.tokenizer
+    for (prompt, text, a, b), answer in zip(questions, got):
+        chat = tok.apply_chat_template([{"role": "user", "content": QUESTION.format(
+            prompt=prompt, text=text.strip() or "(nothing yet)", a=a.strip(), b=b.strip())}],
+            tokenize=False, add_generation_prompt=True)
+        ids = tok(chat, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = collab.pair.aligned.model(torch.tensor([ids])).logits[0, -1]
+        a_id, b_id = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
+        assert answer == bool(logits[a_id] >= logits[b_id])
+    assert judge.stats.calls == 1 and judge.stats.questions == 3 and judge.stats.prompt_tokens > 0
+
+
+def test_judge_routes_are_cached_costed_and_recorded(collab):
+    judge = JudgeRouter(collab.pair.aligned)
+    params = SamplingParams(max_new_tokens=16, seed=3)
+    first = collab.generate(PROMPTS, router=judge, n=2, sampling=params)
+    calls, asked = judge.stats.calls, judge.stats.questions
+    assert asked > 0 and calls > 0
+    reasons = {r for s in first for r in s.reasons}
+    assert reasons <= {"judge-base", "judge-aligned", "aligned-default", "word-continuation"}
+    assert {"judge-base", "judge-aligned"} & reasons
+    for s in first:
+        for source, reason in zip(s.sources, s.reasons):
+            if reason.startswith("judge-"):
+                assert source == reason.removeprefix("judge-")
+    again = collab.generate(PROMPTS, router=judge, n=2, sampling=params)
+    assert [s.token_ids for s in again] == [s.token_ids for s in first]
+    assert judge.stats.calls == calls  # every question of the rerun came from the cache
+    assert judge.stats.cache_hits == asked
