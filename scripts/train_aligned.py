@@ -63,7 +63,8 @@ def batch_loss(model, batch, pad_id: int, eot_weight: float = 1.0) -> torch.Tens
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("scripts/data/sft_teacher.jsonl"))
+    parser.add_argument("--data", type=Path, nargs="+", default=[Path("scripts/data/sft_handwritten.jsonl")],
+                        help="JSONL files: hand-written {prompt, response} rows, or make_sft_data.py's teacher rows")
     parser.add_argument("--out", type=Path, default=embedded.ADAPTER_DIR)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -86,8 +87,15 @@ def main() -> None:
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    rows = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    chosen, data_counts = select_examples(rows, tokenizer, args.min_cosine)
+    chosen, data_counts = [], {}
+    for path in args.data:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if rows and "kept" in rows[0]:  # teacher answers: filter and keep the on-topic ones
+            picked, counts = select_examples(rows, tokenizer, args.min_cosine)
+        else:  # hand-written answers: all of them
+            picked, counts = rows, {"handwritten": len(rows)}
+        chosen += picked
+        data_counts[str(path)] = counts
     examples = [encode(tokenizer, r["prompt"], r["response"]) for r in chosen]
     random.Random(args.seed).shuffle(examples)
     n_val = max(8, len(examples) // 10)

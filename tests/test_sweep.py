@@ -48,6 +48,9 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     assert set(by_config["base@temperature=0.7"]["sources"]) == {"base"}
     assert by_config["base@temperature=0.7"]["sampling"]["temperature"] == 0.7
     assert set(by_config["eft:0.5"]["sources"]) == {"mix"}
+    costs = [json.loads(line) for line in (tmp_path / "run" / "cells.jsonl").read_text().splitlines()]
+    assert [c["cell"] for c in costs] == [c.key for c in config.cells]
+    assert all(c["samples"] == 9 and c["seconds"] > 0 for c in costs)
 
 
 def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, tmp_path, monkeypatch):

@@ -78,7 +78,7 @@ def cmd_generate(args) -> int:
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
-    get_router(args.router)  # validate before loading anything
+    get_router(args.router, build=False)  # validate before loading anything
     prompts = args.prompt or read_prompts(args.prompts)
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")

@@ -112,6 +112,7 @@ def default_judge() -> JudgeRouter:
 
 
 @register("judge", help="JUDGE ablation: an instruction model (default: the embedded aligned model) picks "
-          "whose next word is better, at word starts where the two models disagree")
+          "whose next word is better, at word starts where the two models disagree",
+          factory=lambda _: default_judge())
 def judge_router(view: StepView) -> Route:
     return default_judge()(view)

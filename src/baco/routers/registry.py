@@ -20,6 +20,7 @@ class RouterSpec:
     default: float | None = None
     low: float | None = None  # inclusive bounds on the knob, None = unbounded
     high: float | None = None
+    factory: Callable[[float | None], Callable] | None = None  # builds a stateful router object (JUDGE)
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,14 @@ _REGISTRY: dict[str, RouterSpec] = {}
 
 
 def register(name: str, *, help: str, param: str | None = None, default: float | None = None,
-             low: float | None = None, high: float | None = None) -> Callable[[RouterFn], RouterFn]:
+             low: float | None = None, high: float | None = None,
+             factory: Callable[[float | None], Callable] | None = None) -> Callable[[RouterFn], RouterFn]:
     """Decorator: `@register("p", param="threshold", default=0.5, help=...)`."""
 
     def add(fn: RouterFn) -> RouterFn:
         if name in _REGISTRY:
             raise ValueError(f"router {name!r} is already registered")
-        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high)
+        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory)
         return fn
 
     return add
@@ -59,8 +61,11 @@ def list_routers() -> list[RouterSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
-def get_router(spec: str | Router) -> Router:
-    """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router."""
+def get_router(spec: str | Router, *, build: bool = True) -> Router:
+    """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router.
+
+    `build=False` only validates: routers with their own model (JUDGE) are not loaded.
+    """
     if isinstance(spec, Router) or (callable(spec) and isinstance(getattr(spec, "name", None), str)):
         return spec  # a ready router, or any callable router object with a name (e.g. a JudgeRouter)
     if not isinstance(spec, str) or not spec.strip():
@@ -74,7 +79,7 @@ def get_router(spec: str | Router) -> Router:
     if entry.param is None:
         if raw:
             raise UnknownRouterError(f"router {name!r} takes no parameter, got {spec!r}")
-        return Router(entry, None)
+        return entry.factory(None) if entry.factory and build else Router(entry, None)
     if not raw:
         return Router(entry, entry.default)
     try:

@@ -107,7 +107,7 @@ def _sampling(raw: dict, where: str) -> SamplingParams:
 
 def _router(spec: str, where: str):
     try:
-        return get_router(spec)
+        return get_router(spec, build=False)
     except UnknownRouterError as error:
         raise SweepConfigError(f"{where}: {error}") from None
 

@@ -7,6 +7,7 @@ would have made); nothing stored is rewritten.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from baco.api import Collaboration
 from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+from baco.routers import get_router
 from baco.sweep.config import Cell, Configuration, SweepConfig
 from baco.sweep.store import SampleStore
 from baco.tasks import load_task
@@ -76,14 +78,24 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
             skip = {(p, s) for key, p, s in done if key == cell.key}
             bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
             collab = engines.collaboration(conf)
+            router = get_router(conf.router)
+            before = dict(getattr(router, "stats").to_dict()) if hasattr(router, "stats") else None
             began = time.perf_counter()
             sampling = conf.sampling.__class__(**{**conf.sampling.__dict__, "seed": cell.seed})
-            for sample in collab.iter_generate([item.prompt for item in items], router=conf.router, n=config.n,
+            made = 0
+            for sample in collab.iter_generate([item.prompt for item in items], router=router, n=config.n,
                                                sampling=sampling, batch_size=config.batch_size, skip=skip):
                 row = sample.to_dict()
                 row.update(cell=cell.key, task=cell.task.name, method=conf.method, config=conf.name,
                            item_id=items[sample.prompt_index].id, cell_seconds=round(time.perf_counter() - began, 3))
                 store.append(row)
                 generated += 1
+                made += 1
                 bar.update(1)
+            cost = {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3)}
+            if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
+                after = router.stats.to_dict()
+                cost["router_stats"] = {k: round(after[k] - before[k], 3) for k in after}
+            with open(Path(out_dir) / "cells.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(cost) + "\n")
     return {"generated": generated, "kept": kept, "cells": len(cells)}
