@@ -214,6 +214,8 @@ def _add_sweep(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and how many samples are done; run nothing")
     p.add_argument("--no-eval", action="store_true", help="generate only")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where results.json, table.md and plots/ go (default: the output directory)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_sweep)
 
@@ -232,14 +234,15 @@ def cmd_sweep(args) -> int:
         print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
         return 0
     try:
-        summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet)
+        summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet,
+                            results_dir=args.results)
     except KeyboardInterrupt:
         print(f"interrupted: finished samples are kept in {out / 'samples.jsonl'}; run the same command to resume",
               file=sys.stderr)
         return 130
     if "coverage_dominance" in summary:
         print(markdown_table(summary))
-        print(f"wrote {out}/results.json, table.md and plots/", file=sys.stderr)
+        print(f"wrote {args.results or out}/results.json, table.md and plots/", file=sys.stderr)
     return 0
 
 

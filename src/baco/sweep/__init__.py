@@ -6,8 +6,12 @@ from baco.sweep.store import SampleStore
 
 
 def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, evaluate: bool = True,
-              progress: bool = True) -> dict:
-    """Generate what is missing, then evaluate everything stored; returns the summary (see results.py)."""
+              progress: bool = True, results_dir=None) -> dict:
+    """Generate what is missing, then evaluate the config's cells; returns the summary (see results.py).
+
+    Evaluation outputs go to `results_dir` (default: `out_dir`), so that two configurations sharing
+    one samples file (e.g. one seed and three seeds) keep their own tables.
+    """
     counts = run_cells(config, out_dir, engines, progress=progress)
     if not evaluate:
         return {"counts": counts}
@@ -15,7 +19,7 @@ def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, e
 
     summary = summarise(config, SampleStore(f"{out_dir}/samples.jsonl").read(), progress=progress)
     summary["counts"] = counts
-    write_outputs(summary, out_dir)
+    write_outputs(summary, results_dir or out_dir)
     return summary
 
 

@@ -81,7 +81,9 @@ class SweepConfig:
 
     @property
     def cells(self) -> list[Cell]:
-        return [Cell(c, t, s) for t in self.tasks for s in self.seeds for c in self.configurations]
+        """Seed-major: every cell of the first seed runs before any of the second, so a sweep cut short
+        still holds complete seeds."""
+        return [Cell(c, t, s) for s in self.seeds for t in self.tasks for c in self.configurations]
 
     @property
     def methods(self) -> list[str]:
