@@ -1,14 +1,17 @@
-"""Train the embedded aligned adapter: LoRA SFT of Gemma-3-270M base on filtered teacher answers.
+"""Train the embedded aligned adapter: LoRA SFT of Gemma-3-270M base on the project's own answers.
 
-    python scripts/train_aligned.py                      # ~5-10 min on 2 cores
-    python scripts/train_aligned.py --epochs 3 --lr 3e-4 --out src/baco/adapters/gemma-3-270m-aligned
+    python scripts/train_aligned.py                      # the committed adapter: ~5 min on 2 cores
+    python scripts/train_aligned.py --data scripts/data/sft_teacher.jsonl --epochs 3 --out /tmp/teacher
 
-Data: scripts/data/sft_teacher.jsonl (scripts/make_sft_data.py) through `select_examples` (filtered,
-on-topic teacher answers), rendered in Gemma's chat template; 10% held out for validation. Loss on the answer tokens and <end_of_turn>
-(weighted --eot-weight) only; the 262k-row output layer runs only at those positions. LoRA r=16, alpha=32, dropout 0.05 on
-q,k,v,o,gate,up,down; frozen bf16 base, fp32 LoRA weights, AdamW, 5 warm-up steps then cosine
-decay, batch 8, gradient clipping 1.0, seed 0. The adapter is saved in bf16 with
-training_log.json (per-step loss, per-epoch validation loss, settings, time).
+Data (default): scripts/data/sft_handwritten.jsonl, one answer written by the project for each of
+the 316 training prompts of scripts/sft_prompts.py. Teacher files from scripts/make_sft_data.py
+(rows with `kept`) go through `select_examples` (filtered, on-topic teacher answers) instead.
+Rendered in Gemma's chat template; 10% held out for validation. Loss on the answer tokens and
+<end_of_turn> (weighted --eot-weight) only; the 262k-row output layer runs only at those positions.
+LoRA r=16, alpha=32, dropout 0.05 on q,k,v,o,gate,up,down; frozen bf16 base, fp32 LoRA weights,
+AdamW lr 3e-4, 5 warm-up steps then cosine decay, batch 8, 5 epochs, gradient clipping 1.0, seed 0.
+The adapter is saved in bf16 with training_log.json (per-step loss, per-epoch validation loss,
+settings, time). The adapter's model card lists what was tried and why 5 epochs.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, nargs="+", default=[Path("scripts/data/sft_handwritten.jsonl")],
                         help="JSONL files: hand-written {prompt, response} rows, or make_sft_data.py's teacher rows")
     parser.add_argument("--out", type=Path, default=embedded.ADAPTER_DIR)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
