@@ -87,3 +87,36 @@ def test_nudge_provenance_follows_the_base_models_confidence(collab):
         for source, reason, top1 in zip(s.sources, s.reasons, s.base_top1_prob):
             if reason != "word-continuation":
                 assert (source == "aligned") == (reason == "nudge") == (top1 < 0.3)
+
+
+def test_proxy_tuning_without_an_anchor_is_eft(collab):
+    params = SamplingParams(max_new_tokens=12, seed=6)
+    proxy = collab.generate(PROMPTS, router="proxy:0.5", n=2, sampling=params)
+    eft = collab.generate(PROMPTS, router="eft:0.5", n=2, sampling=params)
+    assert [s.token_ids for s in proxy] == [s.token_ids for s in eft]
+
+
+def test_proxy_tuning_adds_the_aligned_minus_anchor_offset_to_the_base(tiny_dirs):
+    """The anchor (a third model) reads the base model's prompt. Anchor = the base model: exactly EFT.
+    Anchor = another model: step 0 matches log p_base + B (log p_aligned - log p_anchor), mixed by hand."""
+    from baco import Collaboration
+
+    base, aligned = tiny_dirs
+    params = SamplingParams(temperature=0, max_new_tokens=12, seed=1)
+    same = Collaboration.from_pretrained(base, aligned, anchor=base, device="cpu")
+    got = same.generate(PROMPTS, router="proxy:0.4", sampling=params)
+    want = same.generate(PROMPTS, router="eft:0.4", sampling=params)
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+
+    other = Collaboration.from_pretrained(base, aligned, anchor=aligned, device="cpu")
+    sample = other.generate(["Name a fruit."], router="proxy:0.8", sampling=params)[0]
+    assert set(sample.sources) == {"mix"}
+    pair, fmt = other.pair, other.prompt_format
+    base_ids = pair.base.tokenizer(fmt.render_base("Name a fruit."))["input_ids"]
+    chat_ids = pair.aligned.tokenizer(fmt.render_aligned("Name a fruit.", pair.aligned.tokenizer),
+                                      add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        lp = lambda lm, ids: pair.logprobs(lm.model(torch.tensor([ids])).logits[:, -1]).clamp(min=-1e4)  # noqa: E731
+        mixture = lp(pair.base, base_ids) + 0.8 * (lp(pair.aligned, chat_ids) - lp(pair.anchor, base_ids))
+    mixture[~pair.vocab.allowed[None]] = -math.inf
+    assert sample.token_ids[0] == int(mixture.argmax())

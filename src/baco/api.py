@@ -42,19 +42,26 @@ class Collaboration:
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
-                        dtype: str = "auto", device: str = "auto",
-                        prompt_format: PromptFormat | None = None) -> "Collaboration":
+                        dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
+                        anchor: str | os.PathLike | None = None) -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
+        `anchor`: an optional third model for proxy-tuning (`router="proxy:B"`): the aligned model's
+        own untuned base, when the base model is a different (e.g. larger) model of the same family.
         """
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
+        anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
         from baco.vocab import check_compatible  # fail fast, before loading any weights
 
         check_compatible(base_tokenizer, aligned_tokenizer)
+        if anchor_tokenizer is not None:
+            check_compatible(base_tokenizer, anchor_tokenizer)
         pair = ModelPair(
             HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
             HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer),
+            HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device, tokenizer=anchor_tokenizer)
+            if anchor is not None else None,
         )
         return cls(pair, prompt_format)
 

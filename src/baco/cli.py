@@ -17,6 +17,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--base", help="base model: HF id or local directory (default: the embedded Gemma-3-270M)")
     p.add_argument("--aligned", help="aligned model: HF id, local directory or LoRA adapter directory, same "
                    "tokenizer as --base (default: the embedded Gemma-3-270M + baco's aligned adapter)")
+    p.add_argument("--anchor", help="optional third model for proxy-tuning (--router proxy:B): the aligned "
+                   "model's own untuned base, when --base is a different (e.g. larger) model of its family")
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -88,7 +90,7 @@ def cmd_generate(args) -> int:
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                           prompt_format=fmt)
+                                           prompt_format=fmt, anchor=args.anchor)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n

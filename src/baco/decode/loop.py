@@ -99,7 +99,8 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
     for step in range(longest):
         rows = torch.tensor(active)
         view = StepView(base_lp, aligned_lp, vocab, uniforms[rows, ROUTER_STREAM, step], step,
-                        prompts=[requests[i].prompt for i in active], texts=[texts[i] for i in active])
+                        prompts=[requests[i].prompt for i in active], texts=[texts[i] for i in active],
+                        anchor_logprobs=session.anchor_logprobs())
         route = router(view)
         use_base, reasons = route.use_base.clone(), list(route.reason)
         if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch

@@ -19,10 +19,13 @@ class ModelPair:
     tokenizers are never sampled; the stop tokens of both models stay allowed.
     """
 
-    def __init__(self, base: HFCausalLM, aligned: HFCausalLM):
-        self.base, self.aligned = base, aligned
+    def __init__(self, base: HFCausalLM, aligned: HFCausalLM, anchor: HFCausalLM | None = None):
+        """`anchor`: an optional third model (proxy-tuning's small base), read with the base model's prompt."""
+        self.base, self.aligned, self.anchor = base, aligned, anchor
         shared = check_compatible(base.tokenizer, aligned.tokenizer)
-        self.vocab_size = max(base.output_rows, aligned.output_rows)
+        if anchor is not None:
+            shared = min(shared, check_compatible(base.tokenizer, anchor.tokenizer))
+        self.vocab_size = max(base.output_rows, aligned.output_rows, anchor.output_rows if anchor else 0)
         longer = aligned.tokenizer if len(aligned.tokenizer) >= len(base.tokenizer) else base.tokenizer
         self.stop_ids = base.stop_token_ids | aligned.stop_token_ids
         beyond_shared = set(range(shared, self.vocab_size)) - self.stop_ids
@@ -37,7 +40,8 @@ class ModelPair:
 
     def start(self, base_prompts: list[list[int]], aligned_prompts: list[list[int]]) -> "PairSession":
         """Prefill both models: each reads its own rendering of the same requests."""
-        return PairSession(self, self.base.start(base_prompts), self.aligned.start(aligned_prompts))
+        anchor = self.anchor.start(base_prompts) if self.anchor is not None else None
+        return PairSession(self, self.base.start(base_prompts), self.aligned.start(aligned_prompts), anchor)
 
     def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """Pad logits to the shared width, mask what may not be sampled, log-softmax."""
@@ -52,20 +56,26 @@ class PairSession:
     pair: ModelPair
     base: HFSession
     aligned: HFSession
+    anchor: HFSession | None = None
 
     def logprobs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(base, aligned) next-token log-probs of the active rows, each (B, V) over the shared vocabulary."""
         return self.pair.logprobs(self.base.logits), self.pair.logprobs(self.aligned.logits)
 
+    def anchor_logprobs(self) -> torch.Tensor | None:
+        return None if self.anchor is None else self.pair.logprobs(self.anchor.logits)
+
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the same token per row to both models' contexts; return both new distributions."""
-        self.base.step(tokens)
-        self.aligned.step(tokens)
+        """Append the same token per row to every model's context; return the new (base, aligned) distributions."""
+        for session in (self.base, self.aligned, self.anchor):
+            if session is not None:
+                session.step(tokens)
         return self.logprobs()
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.base.keep(rows)
-        self.aligned.keep(rows)
+        for session in (self.base, self.aligned, self.anchor):
+            if session is not None:
+                session.keep(rows)
 
 
 class SoloPair(ModelPair):
@@ -93,6 +103,9 @@ class SoloSession:
     def logprobs(self) -> tuple[torch.Tensor, torch.Tensor]:
         logprobs = self.pair.logprobs(self.session.logits)
         return logprobs, logprobs
+
+    def anchor_logprobs(self) -> None:
+        return None
 
     def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.session.step(tokens)

@@ -6,6 +6,11 @@
 - `eft:B` (emulated fine-tuning / proxy-tuning arithmetic on one model size): draw from
   softmax((1 - B) log p_base + B log p_aligned) = p_base^(1-B) p_aligned^B, renormalised.
   B = 0 is base alone, B = 1 aligned alone, B > 1 extrapolates past the aligned model.
+- `proxy:B` (proxy-tuning, Liu et al. 2024): draw from softmax(log p_base + B (log p_aligned - log p_anchor)),
+  where the anchor is an optional third model, the aligned model's own untuned base (e.g. a small
+  base + small aligned pair steering a large base: `Collaboration.from_pretrained(large_base,
+  small_aligned, anchor=small_base)`). Without an anchor, the anchor is the base model itself and
+  `proxy:B` is `eft:B`. B = 0 is base alone.
 - `contrast:W` (contrastive guidance, STEER / DExperts style): draw from
   softmax((1 + W) log p_aligned - W log p_base): the aligned distribution pushed away from what the
   base model would say. W = 0 is aligned alone.
@@ -51,6 +56,19 @@ def eft_router(view: StepView, beta: float) -> Route:
     if beta == 1:
         return Route.fixed(view.batch_size, False, "eft-endpoint")
     return Route.mixed(log_mix(view, 1.0 - beta, beta), f"eft:{beta:g}")
+
+
+@register("proxy", param="beta", default=1.0, low=0.0,
+          help="proxy-tuning: p_base * (p_aligned / p_anchor)^beta, anchor = a third model (or the base)")
+def proxy_router(view: StepView, beta: float) -> Route:
+    if view.anchor_logprobs is None:
+        return eft_router(view, beta)
+    if beta == 0:
+        return Route.fixed(view.batch_size, True, "proxy-endpoint")
+    base = view.base_logprobs.clamp(min=FLOOR)
+    offset = view.aligned_logprobs.clamp(min=FLOOR) - view.anchor_logprobs.clamp(min=FLOOR)
+    logits = (base + beta * offset).masked_fill(~view.vocab.allowed, -math.inf)
+    return Route.mixed(torch.log_softmax(logits, dim=-1), f"proxy:{beta:g}")
 
 
 @register("contrast", param="weight", default=0.5, low=0.0,

@@ -26,6 +26,7 @@ class StepView:
     step: int = 0
     prompts: list[str] | None = None  # the active rows' prompts (for routers that read text, e.g. JUDGE)
     texts: list[str] | None = None  # the active rows' continuations so far
+    anchor_logprobs: torch.Tensor | None = None  # a third model's log-probs (proxy-tuning's small base), if any
 
     @property
     def batch_size(self) -> int:

@@ -1,7 +1,7 @@
 """A sweep's YAML configuration: methods x knob values x tasks x seeds, validated before anything runs.
 
     name: reduced
-    models: {base: baco:gemma-3-270m, aligned: baco:gemma-3-270m-aligned}   # the default
+    models: {base: baco:gemma-3-270m, aligned: baco:gemma-3-270m-aligned}   # the default (+ anchor: for proxy)
     tasks: [{name: open-ended, limit: 20}, {name: dialogue, limit: 20}]     # bundled names or files
     n: 6                      # samples per prompt
     seeds: [0]
@@ -77,6 +77,7 @@ class SweepConfig:
     diversity: list[str] | None = None
     quality: list[str] | None = None
     batch_size: int = 256
+    anchor: str | None = None
     source: dict = field(default_factory=dict)
 
     @property
@@ -200,7 +201,7 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     return SweepConfig(name=str(raw.get("name", "sweep")), base=models.get("base", BASE_ALIAS),
                        aligned=models.get("aligned", ALIGNED_ALIAS), tasks=tasks, configurations=configurations,
                        n=n, seeds=seeds, diversity=metrics.get("diversity"), quality=metrics.get("quality"),
-                       batch_size=int(raw.get("batch_size", 256)), source=raw)
+                       batch_size=int(raw.get("batch_size", 256)), anchor=models.get("anchor"), source=raw)
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -32,14 +32,17 @@ class Engines:
     solo_aligned: SoloPair
 
     @classmethod
-    def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto") -> "Engines":
+    def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto",
+             anchor: str | None = None) -> "Engines":
         from baco.vocab import check_compatible
 
         base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
         check_compatible(base_tok, aligned_tok)
         base_lm = HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tok)
         aligned_lm = HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tok)
-        return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
+        anchor_lm = HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device) if anchor else None
+        return cls(ModelPair(base_lm, aligned_lm, anchor_lm), SoloPair(base_lm, "base"),
+                   SoloPair(aligned_lm, "aligned"))
 
     def collaboration(self, configuration: Configuration) -> Collaboration:
         """Single-model methods run one model per step (their true cost); the rest run the pair."""
@@ -69,7 +72,7 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
         print(f"resuming: {kept} of {total} samples already done, {len(todo)} of {len(cells)} cells to run",
               file=log)
     if todo and engines is None:
-        engines = Engines.load(config.base, config.aligned)
+        engines = Engines.load(config.base, config.aligned, anchor=config.anchor)
     generated = 0
     with tqdm(total=total, initial=kept, unit="sample", disable=not progress, file=log) as bar:
         for cell in todo:
