@@ -112,3 +112,25 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
 def test_bad_configurations_are_refused_before_anything_runs(raw, message):
     with pytest.raises(SweepConfigError, match=message):
         parse_config(raw)
+
+
+def test_multi_pass_methods_run_in_a_sweep_and_are_not_rerun(engines, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?"]))
+    config = parse_config({"n": 3, "tasks": [{"path": str(prompts), "name": "mine"}],
+                           "sampling": {"max_new_tokens": 6},
+                           "methods": {"negative": {"router": "negative", "values": [0.5]},
+                                       "verbalized": {"router": "verbalized", "values": [2]}}})
+    assert [c.name for c in config.configurations] == ["negative:0.5", "verbalized:2"]
+    run_cells(config, tmp_path / "run", engines, progress=False)
+    rows = Store(tmp_path / "run" / "samples.jsonl").read()
+    negative = [r for r in rows if r["config"] == "negative:0.5"]
+    assert len(negative) == 6 and {r["router"] for r in negative} == {"negative:0.5"}
+    assert all(r["router"] == "verbalized:2" for r in rows if r["config"] == "verbalized:2")
+    # verbalized sampling may yield fewer samples than asked; its cell is complete and not rerun
+    assert run_cells(config, tmp_path / "run", engines, progress=False)["generated"] == 0
+
+
+def test_strategy_knobs_are_validated_like_router_knobs():
+    with pytest.raises(SweepConfigError, match="verbalized: k must be an integer"):
+        parse_config({"methods": {"v": {"router": "verbalized", "values": [1.5]}}, "tasks": ["open-ended"]})

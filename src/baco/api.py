@@ -111,6 +111,21 @@ class Collaboration:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BacoError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        from baco.strategies import parse_strategy
+
+        strategy = parse_strategy(router) if isinstance(router, str) else None
+        if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
+            spec, value = strategy
+            sampling = sampling or SamplingParams()
+            self.requests(prompts, n, sampling, 0)  # the same prompt checks as every router
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+            for sample in spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
+                                  fmt=self.prompt_format, batch_size=batch_size):
+                if (sample.prompt_index, sample.sample_index) not in skip:
+                    if on_sample is not None:
+                        on_sample(sample)
+                    yield sample
+            return
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},

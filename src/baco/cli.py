@@ -80,7 +80,10 @@ def cmd_generate(args) -> int:
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
-    get_router(args.router, build=False)  # validate before loading anything
+    from baco.strategies import parse_strategy
+
+    if parse_strategy(args.router) is None:
+        get_router(args.router, build=False)  # validate before loading anything
     prompts = args.prompt or read_prompts(args.prompts)
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
@@ -131,10 +134,14 @@ def cmd_generate(args) -> int:
 def cmd_routers(args) -> int:
     from baco.routers import list_routers
 
+    from baco.strategies import STRATEGIES
+
     for spec in list_routers():
         knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
         default = f" (default {spec.default:g})" if spec.param else ""
         print(f"{knob:<22} {spec.help}{default}")
+    for spec in STRATEGIES.values():
+        print(f"{spec.name + ':' + spec.param.upper():<22} {spec.help} (default {spec.default:g}; multi-pass)")
     return 0
 
 

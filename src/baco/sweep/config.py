@@ -108,8 +108,25 @@ def _sampling(raw: dict, where: str) -> SamplingParams:
         raise SweepConfigError(f"{where}: {error}") from None
 
 
+@dataclass(frozen=True)
+class _StrategyRef:
+    """A multi-pass method (baco.strategies) standing where a router would: same naming rules."""
+
+    spec: object
+    value: float | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}:{self.value:g}"
+
+
 def _router(spec: str, where: str):
+    from baco.strategies import parse_strategy
+
     try:
+        strategy = parse_strategy(spec)
+        if strategy is not None:
+            return _StrategyRef(*strategy)
         return get_router(spec, build=False)
     except UnknownRouterError as error:
         raise SweepConfigError(f"{where}: {error}") from None

@@ -18,6 +18,7 @@ from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
+from baco.strategies import parse_strategy
 from baco.sweep.config import Cell, Configuration, SweepConfig
 from baco.sweep.store import SampleStore
 from baco.tasks import load_task
@@ -52,6 +53,35 @@ class Engines:
         return Collaboration(pair, fmt)
 
 
+def _store(store: SampleStore, sample, cell: Cell, conf: Configuration, items: list, began: float) -> None:
+    row = sample.to_dict()
+    row.update(cell=cell.key, task=cell.task.name, method=conf.method, config=conf.name,
+               item_id=items[sample.prompt_index].id, cell_seconds=round(time.perf_counter() - began, 3))
+    store.append(row)
+
+
+def _log_cost(out_dir, cost: dict) -> None:
+    """One line per finished (part of a) cell in cells.jsonl: samples made, seconds, a router's own cost."""
+    with open(Path(out_dir) / "cells.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(cost) + "\n")
+
+
+def finished_cells(out_dir) -> set[str]:
+    """Cells that ran to their end (a method may make fewer samples than asked, e.g. verbalized sampling)."""
+    path = Path(out_dir) / "cells.jsonl"
+    if not path.is_file():
+        return set()
+    keys = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("complete"):
+            keys.add(row["cell"])
+    return keys
+
+
 def cell_prompts(cell: Cell) -> list:
     return load_task(cell.task.path or cell.task.name, limit=cell.task.limit, seed=0)
 
@@ -67,7 +97,9 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
     items_of = {t: cell_prompts(Cell(config.configurations[0], t, 0)) for t in config.tasks}
     total = sum(len(items_of[c.task]) * config.n for c in cells)
     kept = sum(1 for key, _, _ in done if key in {c.key for c in cells})
-    todo = [c for c in cells if sum(1 for key, _, _ in done if key == c.key) < len(items_of[c.task]) * config.n]
+    complete = finished_cells(out_dir)
+    todo = [c for c in cells if c.key not in complete
+            and sum(1 for key, _, _ in done if key == c.key) < len(items_of[c.task]) * config.n]
     if kept:
         print(f"resuming: {kept} of {total} samples already done, {len(todo)} of {len(cells)} cells to run",
               file=log)
@@ -80,25 +112,39 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
             conf = cell.configuration
             skip = {(p, s) for key, p, s in done if key == cell.key}
             bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
+            sampling = conf.sampling.__class__(**{**conf.sampling.__dict__, "seed": cell.seed})
+            strategy = parse_strategy(conf.router)
+            if strategy is not None:  # a multi-pass method: rerun the cell, store only what is missing
+                spec, value = strategy
+                began = time.perf_counter()
+                made = 0
+                fmt = engines.collaboration(conf).prompt_format
+                for sample in spec.fn(engines.pair.aligned, [item.prompt for item in items], n=config.n,
+                                      value=value, sampling=sampling, fmt=fmt, batch_size=config.batch_size):
+                    if (sample.prompt_index, sample.sample_index) in skip:
+                        continue
+                    _store(store, sample, cell, conf, items, began)
+                    generated += 1
+                    made += 1
+                    bar.update(1)
+                _log_cost(out_dir, {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3),
+                                    "complete": True})
+                continue
             collab = engines.collaboration(conf)
             router = get_router(conf.router)
             before = dict(getattr(router, "stats").to_dict()) if hasattr(router, "stats") else None
             began = time.perf_counter()
-            sampling = conf.sampling.__class__(**{**conf.sampling.__dict__, "seed": cell.seed})
             made = 0
             for sample in collab.iter_generate([item.prompt for item in items], router=router, n=config.n,
                                                sampling=sampling, batch_size=config.batch_size, skip=skip):
-                row = sample.to_dict()
-                row.update(cell=cell.key, task=cell.task.name, method=conf.method, config=conf.name,
-                           item_id=items[sample.prompt_index].id, cell_seconds=round(time.perf_counter() - began, 3))
-                store.append(row)
+                _store(store, sample, cell, conf, items, began)
                 generated += 1
                 made += 1
                 bar.update(1)
-            cost = {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3)}
+            cost = {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3),
+                    "complete": True}
             if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
                 after = router.stats.to_dict()
                 cost["router_stats"] = {k: round(after[k] - before[k], 3) for k in after}
-            with open(Path(out_dir) / "cells.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(cost) + "\n")
+            _log_cost(out_dir, cost)
     return {"generated": generated, "kept": kept, "cells": len(cells)}

@@ -1,0 +1,161 @@
+"""Multi-pass baselines: methods whose samples depend on each other or on one long answer.
+
+- `negative:W` — negative prompting in the style of STEER: sample k of a prompt is drawn from
+  softmax((1 + W) log p_aligned(. | prompt) - W log p_aligned(. | prompt + the k earlier samples as
+  "answers already given")), i.e. contrastive guidance where the "amateur" is the aligned model
+  itself, primed to repeat what it already said. Sample 0 has nothing to avoid and is aligned alone.
+  Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
+  aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
+- `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
+  response, numbered 1..K; the response is split into its items, each a sample (its tokens and
+  provenance are the tokens that cover the item). ceil(n / K) responses per prompt; a response
+  that yields fewer items than asked gives fewer samples (counted, not padded).
+
+Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
+any router; their `router` field reads `negative:W` / `verbalized:K`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator
+
+from baco.decode.loop import Request, lockstep, row_seed
+from baco.decode.records import Sample, collect
+from baco.decode.sampling import SamplingParams
+from baco.errors import UnknownRouterError
+from baco.models.hf import HFCausalLM
+from baco.models.pair import ModelPair
+from baco.prompts import PromptFormat, encode_request
+from baco.routers import get_router
+
+NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
+VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can. "
+                       "Number them 1 to {k}, one per line.")
+ITEM = re.compile(r"^\s*(\d+)[.):]\s*(.+?)\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    param: str
+    default: float
+    low: float
+    help: str
+    fn: Callable[..., Iterator[Sample]]
+    integer: bool = False
+
+
+STRATEGIES: dict[str, StrategySpec] = {}
+
+
+def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
+    """`negative:0.5` -> (spec, 0.5); None when the name is not a strategy (then it is a router)."""
+    name, _, raw = str(spec).strip().partition(":")
+    entry = STRATEGIES.get(name.strip().lower())
+    if entry is None:
+        return None
+    try:
+        value = float(raw) if raw else entry.default
+    except ValueError:
+        raise UnknownRouterError(f"{entry.name} needs a number for {entry.param}, got {raw!r}") from None
+    if value < entry.low or (entry.integer and value != int(value)):
+        kind = "an integer" if entry.integer else "a number"
+        raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
+    return entry, value
+
+
+def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[int]:
+    return encode_request(text, index, fmt, lm.tokenizer, lm.tokenizer, lm.context_length)[1]
+
+
+def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: float, sampling: SamplingParams,
+                       fmt: PromptFormat | None = None, batch_size: int = 256) -> Iterator[Sample]:
+    fmt = fmt or PromptFormat()
+    pair = ModelPair(lm, lm)
+    guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
+    earlier: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
+    seed = sampling.seed if sampling.seed is not None else 0
+    budget = lambda ids: min(sampling.max_new_tokens, lm.context_length - len(ids))  # noqa: E731
+    for k in range(n):
+        requests = []
+        for i, prompt in enumerate(prompts):
+            mine = _render(lm, fmt, prompt, i)
+            previous = "\n".join(f"- {t}" for t in earlier[i] if t.strip())
+            other = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), i) if previous else mine
+            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k),
+                                    budget(max(mine, other, key=len))))
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            began = time.perf_counter()
+            events = lockstep(pair, chunk, guided if k else alone, sampling, sampling.stop)
+            for sample in collect(events, chunk, lm.tokenizer, router=f"negative:{weight:g}",
+                                  stop_strings=sampling.stop, stop_ids=pair.vocab.stop_ids,
+                                  token_texts=pair.vocab.texts, started=began,
+                                  extra={"sampling": {**sampling.to_dict(), "seed": seed},
+                                         "models": {"aligned": lm.name}}):
+                earlier[sample.prompt_index].append(sample.text)
+                yield sample
+
+
+def split_items(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ...")."""
+    return [(m.start(2), m.end(2)) for m in ITEM.finditer(text)]
+
+
+def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
+    """A sample for one item: its text, and the parent's per-token columns for the tokens covering it."""
+    joined = "".join(parent.token_texts)
+    offset = len(joined) - len(joined.lstrip())  # the text is the joined pieces with leading space stripped
+    start, end = span[0] + offset, span[1] + offset
+    keep, position = [], 0
+    for k, piece in enumerate(parent.token_texts):
+        if position < end and position + len(piece) > start:
+            keep.append(k)
+        position += len(piece)
+    columns = ("token_ids", "token_texts", "sources", "reasons", "base_top1_prob", "base_entropy",
+               "aligned_top1_prob", "chosen_prob")
+    picked = {c: [getattr(parent, c)[k] for k in keep] for c in columns}
+    return replace(parent, sample_index=index, text=parent.text[span[0]:span[1]], **picked)
+
+
+def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
+                        fmt: PromptFormat | None = None, batch_size: int = 256) -> Iterator[Sample]:
+    from baco.api import Collaboration
+    from baco.models.pair import SoloPair
+
+    k = int(k)
+    collab = Collaboration(SoloPair(lm, "aligned"), fmt)
+    asks = [VERBALIZED_TEMPLATE.format(prompt=p, k=k) for p in prompts]
+    rounds = -(-n // k)
+    longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
+    made = {i: 0 for i in range(len(prompts))}
+    for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size):
+        i = response.prompt_index
+        for span in split_items(response.text)[:k]:
+            if made[i] >= n:
+                break
+            item = _item_sample(response, span, made[i])
+            made[i] += 1
+            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}")
+
+
+def _register(name, param, default, low, help, integer=False):
+    def add(fn):
+        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer)
+        return fn
+    return add
+
+
+@_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
+           "model primed with the prompt's earlier samples; sample k depends on samples < k")
+def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256):
+    return negative_prompting(lm, prompts, n=n, weight=value, sampling=sampling, fmt=fmt, batch_size=batch_size)
+
+
+@_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers in "
+           "one response and split them", integer=True)
+def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256):
+    return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size)

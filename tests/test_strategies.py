@@ -1,0 +1,73 @@
+"""Multi-pass baselines on the tiny pair: negative prompting and verbalized sampling."""
+
+import math
+
+import torch
+
+from baco import SamplingParams
+from baco.decode.records import Sample
+from baco.prompts import PromptFormat
+from baco.strategies import NEGATIVE_TEMPLATE, _item_sample, negative_prompting, split_items, verbalized_sampling
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon."]
+
+
+def test_negative_prompting_at_weight_zero_is_the_aligned_model_alone(collab):
+    params = SamplingParams(max_new_tokens=10, seed=4)
+    got = list(negative_prompting(collab.pair.aligned, PROMPTS, n=3, weight=0.0, sampling=params,
+                                  fmt=collab.prompt_format))
+    want = collab.generate(PROMPTS, router="aligned", n=3, sampling=params)
+    by_key = {(s.prompt_index, s.sample_index): s.token_ids for s in want}
+    assert {(s.prompt_index, s.sample_index): s.token_ids for s in got} == by_key
+
+
+def test_negative_prompting_pushes_away_from_the_model_primed_with_earlier_samples(collab):
+    lm, fmt = collab.pair.aligned, collab.prompt_format
+    params = SamplingParams(temperature=0, max_new_tokens=6, seed=0)
+    samples = sorted(negative_prompting(lm, PROMPTS[:1], n=2, weight=1.5, sampling=params, fmt=fmt),
+                     key=lambda s: s.sample_index)
+    first, second = samples
+    assert set(first.sources) == {"aligned"}  # nothing to avoid yet
+    assert set(second.sources) == {"mix"} and second.router == "negative:1.5"
+    # second sample, step 0: argmax of 2.5 log p(. | prompt) - 1.5 log p(. | prompt + first sample), by hand
+    tok = lm.tokenizer
+    render = lambda text: tok(fmt.render_aligned(text, tok), add_special_tokens=False)["input_ids"]  # noqa: E731
+    negative = NEGATIVE_TEMPLATE.format(prompt=PROMPTS[0], previous=f"- {first.text}")
+    with torch.no_grad():
+        lp = lambda ids: collab.pair.logprobs(lm.model(torch.tensor([ids])).logits[:, -1]).clamp(min=-1e4)  # noqa: E731
+        mixed = 2.5 * lp(render(PROMPTS[0])) - 1.5 * lp(render(negative))
+    mixed[~collab.pair.vocab.allowed[None]] = -math.inf
+    assert first.text.strip()  # the test needs a non-empty first sample to prime with
+    assert second.token_ids[0] == int(mixed.argmax())
+
+
+def test_numbered_items_are_split_with_their_own_tokens():
+    text = "1. Apple, crisp.\n2) Mango\n3: Kiwi fruit"
+    assert [text[a:b] for a, b in split_items(text)] == ["Apple, crisp.", "Mango", "Kiwi fruit"]
+    pieces = [" 1", ".", " Apple", ",", " crisp", ".", "\n", "2", ")", " Mango", "\n", "3", ":", " Kiwi", " fruit"]
+    parent = Sample(prompt="p", prompt_index=0, sample_index=0, router="aligned", seed=0,
+                    text="".join(pieces).lstrip(), token_ids=list(range(len(pieces))), token_texts=pieces,
+                    sources=["aligned"] * len(pieces), reasons=["aligned"] * len(pieces),
+                    base_top1_prob=[0.5] * len(pieces), base_entropy=[1.0] * len(pieces),
+                    aligned_top1_prob=[0.5] * len(pieces), chosen_prob=[0.5] * len(pieces))
+    spans = split_items(parent.text)
+    items = [_item_sample(parent, span, i) for i, span in enumerate(spans)]
+    assert [i.text for i in items] == ["Apple, crisp.", "Mango", "Kiwi fruit"]
+    assert [i.token_texts for i in items] == [[" Apple", ",", " crisp", "."], [" Mango"], [" Kiwi", " fruit"]]
+    assert [i.sample_index for i in items] == [0, 1, 2]
+
+
+def test_verbalized_sampling_yields_only_parsed_items(collab):
+    params = SamplingParams(max_new_tokens=8, seed=1)
+    samples = list(verbalized_sampling(collab.pair.aligned, PROMPTS, n=4, k=2, sampling=params,
+                                       fmt=PromptFormat()))
+    assert len(samples) <= 2 * 4
+    for s in samples:  # a random tiny model rarely numbers its lines; whatever it yields must be an item
+        assert s.router == "verbalized:2" and s.text and "\n" not in s.text
+
+
+def test_strategies_run_through_the_api_like_routers(collab):
+    params = SamplingParams(max_new_tokens=8, seed=2)
+    samples = collab.generate(PROMPTS, router="negative:0.5", n=2, sampling=params)
+    assert [(s.prompt_index, s.sample_index) for s in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert {s.router for s in samples} == {"negative:0.5"}
