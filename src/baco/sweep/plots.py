@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+COLUMNS = 5  # panels per row; the (diversity, quality) planes of one quality metric wrap over rows
+
 
 def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
     import matplotlib
@@ -29,9 +31,16 @@ def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
             if not mine:
                 continue
             xs, ys = summary["diversity"], summary["quality"]
-            fig, axes = plt.subplots(len(ys), len(xs), figsize=(2.6 * len(xs), 2.4 * len(ys)), squeeze=False)
+            cols = min(COLUMNS, len(xs))
+            per_y = -(-len(xs) // cols)  # rows of panels per quality metric
+            fig, axes = plt.subplots(per_y * len(ys), cols, figsize=(3.0 * cols, 2.6 * per_y * len(ys) + 0.8),
+                                     squeeze=False)
+            for ax in axes.flat:
+                ax.set_visible(False)
             for plane in mine:
-                ax = axes[ys.index(plane["y"])][xs.index(plane["x"])]
+                i = xs.index(plane["x"])
+                ax = axes[ys.index(plane["y"]) * per_y + i // cols][i % cols]
+                ax.set_visible(True)
                 for method in methods:
                     configs = [c for c in plane["raw"] if family.get(c, c) == method]
                     if not configs:
@@ -49,10 +58,12 @@ def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
                 ax.set_ylabel(f"{plane['y']} {arrow(plane['y'])}", fontsize=7)
                 ax.tick_params(labelsize=6)
             handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
-            fig.legend(handles=handles, loc="upper center", ncol=min(len(methods), 8), fontsize=8, frameon=False)
             fig.suptitle(f"{task} (seed {seed}): configurations per method; ringed = global Pareto front",
-                         fontsize=9, y=0.995)
-            fig.tight_layout(rect=(0, 0, 1, 0.95))
+                         fontsize=10, y=0.998)
+            fig.legend(handles=handles, loc="upper center", ncol=min(len(methods), 10), fontsize=8, frameon=False,
+                       bbox_to_anchor=(0.5, 0.985))
+            top = 1 - 0.75 / fig.get_figheight()
+            fig.tight_layout(rect=(0, 0, 1, top))
             for suffix in ("png", "svg"):
                 path = out / f"pareto-{task}-seed{seed}.{suffix}"
                 fig.savefig(path, dpi=110)
