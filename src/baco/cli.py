@@ -223,6 +223,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and how many samples are done; run nothing")
     p.add_argument("--no-eval", action="store_true", help="generate only")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the config's, e.g. 0,1")
     p.add_argument("--results", type=Path, default=None,
                    help="where results.json, table.md and plots/ go (default: the output directory)")
     p.add_argument("--quiet", action="store_true")
@@ -234,6 +235,11 @@ def cmd_sweep(args) -> int:
     from baco.sweep.results import markdown_table
 
     config = load_config(args.config)
+    if args.seeds:
+        try:
+            config.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise BacoError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     out = args.out or Path("runs") / config.name
     if args.dry_run:
         done = SampleStore(out / "samples.jsonl").done()
