@@ -26,19 +26,9 @@ def long_pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_reward(tmp_path_factory):
     """A random one-output sequence-classification model with the tiny tokenizer (chat template included)."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from baco.testing import make_tiny_classifier
 
-    from baco.testing import train_tokenizer
-
-    tokenizer = train_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("reward")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return make_tiny_classifier(tmp_path_factory.mktemp("reward"), num_labels=1, seed=1)
 
 
 def test_reward_scores_each_pair_and_batching_does_not_change_them(tiny_reward):

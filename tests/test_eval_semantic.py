@@ -150,20 +150,9 @@ def test_utility_by_hand_and_noveltybench_example():
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
     """A random 2-way sequence-pair classifier with the tiny tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from baco.testing import make_tiny_classifier
 
-    from baco.testing import train_tokenizer
-
-    tokenizer = train_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=2,
-                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("classifier")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return make_tiny_classifier(tmp_path_factory.mktemp("classifier"), num_labels=2, seed=0)
 
 
 LONG = ["Once upon a time there was a small dragon who walked everywhere.",

@@ -78,6 +78,22 @@ def tiny_model(tokenizer, *, seed: int, extra_rows: int = 0, context: int = 256,
     return model
 
 
+def make_tiny_classifier(directory, *, num_labels: int, seed: int = 0) -> str:
+    """A random tiny Llama sequence-classification model with the tiny tokenizer (a stand-in reward model
+    or sequence-pair classifier for tests); returns its directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = train_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=num_labels,
+                         pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
 def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: int = 0,
                    context: int = 256, mismatched: bool = False) -> tuple[Path, Path]:
     """Write `directory/base` and `directory/aligned` (models + tokenizers); return both paths.
