@@ -244,7 +244,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         done = SampleStore(out / "samples.jsonl").done()
         for cell in config.cells:
-            have = sum(1 for key, _, _ in done if key == cell.key)
+            have = len(done.get(cell.key, ()))
             print(f"{cell.key:<60} {have} samples stored")
         print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
         return 0

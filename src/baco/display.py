@@ -21,27 +21,28 @@ def use_colour(mode: str, stream=sys.stdout) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
-def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(text, source) per token as in `sample.text`: cut at the first stop string, leading space stripped."""
+def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
+    """(token index, text, source) per token as in `sample.text`: cut at the first stop string,
+    leading whitespace stripped (tokens holding only whitespace at the start are left out)."""
     full = "".join(sample.token_texts)
     cut = min((full.find(s) for s in stop_strings if s in full), default=len(full))
     out, length = [], 0
-    for text, source in zip(sample.token_texts, sample.sources):
+    for index, (text, source) in enumerate(zip(sample.token_texts, sample.sources)):
         if length >= cut:
             break
-        out.append((text[: cut - length], source))
+        out.append((index, text[: cut - length], source))
         length += len(text)
-    while out and not out[0][0].strip():
+    while out and not out[0][1].strip():
         out.pop(0)
     if out:
-        out[0] = (out[0][0].lstrip(), out[0][1])
+        out[0] = (out[0][0], out[0][1].lstrip(), out[0][2])
     return out
 
 
 def render(sample: Sample, *, colour: bool, stop_strings: tuple[str, ...] = ()) -> str:
     if not colour:
         return sample.text
-    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for text, source in segments(sample, stop_strings))
+    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for _, text, source in segments(sample, stop_strings))
 
 
 def header(sample: Sample) -> str:

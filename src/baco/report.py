@@ -45,12 +45,8 @@ def token_spans(row: dict) -> str:
     from baco.prompts import PromptFormat
 
     stops = PromptFormat().stop_strings + tuple((row.get("sampling") or {}).get("stop") or ())
-    pieces = segments(Sample.from_dict(row), stops)
-    # segments() drops leading whitespace-only tokens: find where the visible pieces begin
-    offset = next((i for i, t in enumerate(row["token_texts"]) if t.strip()), 0)
     spans = []
-    for k, (visible, source) in enumerate(pieces):
-        i = offset + k
+    for i, visible, source in segments(Sample.from_dict(row), stops):
         title = (f"{source} ({row['reasons'][i]}): base top-1 {row['base_top1_prob'][i]:.2f}, "
                  f"base entropy {row['base_entropy'][i]:.2f} nats, aligned top-1 {row['aligned_top1_prob'][i]:.2f}")
         spans.append(f"<span class='tok-{html.escape(source)}' title='{html.escape(title, quote=True)}'>"

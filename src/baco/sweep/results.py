@@ -67,11 +67,9 @@ def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, r
                 values = [r.per_task[task.name][method][agg] for r in per_seed.values()
                           if task.name in r.per_task and r.per_task[task.name].get(method, {}).get(agg) is not None]
                 table["per_task"][task.name].setdefault(method, {})[agg] = _spread(values)
-    metrics_table = {task: {config_name: values for config_name, values in configs.items()}
-                     for task, configs in result.summary.items()}
     return {"methods": methods, "seeds": config.seeds, "tasks": [t.name for t in config.tasks],
             "diversity": diversity, "quality": quality, "directions": directions,
-            "families": family, "coverage_dominance": table, "metrics": metrics_table,
+            "families": family, "coverage_dominance": table, "metrics": result.summary,
             "planes": {seed: [p.__dict__ for p in report.planes] for seed, report in per_seed.items()},
             "warnings": result.warnings}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from baco.api import Collaboration
@@ -48,9 +48,12 @@ class Engines:
     def collaboration(self, configuration: Configuration) -> Collaboration:
         """Single-model methods run one model per step (their true cost); the rest run the pair."""
         pair = {"base": self.solo_base, "aligned": self.solo_aligned}.get(configuration.router, self.pair)
-        fmt = PromptFormat(base_template=configuration.base_template or DEFAULT_BASE_TEMPLATE,
-                           system_prompt=configuration.system_prompt)
-        return Collaboration(pair, fmt)
+        return Collaboration(pair, prompt_format(configuration))
+
+
+def prompt_format(configuration: Configuration) -> PromptFormat:
+    return PromptFormat(base_template=configuration.base_template or DEFAULT_BASE_TEMPLATE,
+                        system_prompt=configuration.system_prompt)
 
 
 def _store(store: SampleStore, sample, cell: Cell, conf: Configuration, items: list, began: float) -> None:
@@ -96,10 +99,10 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
     cells = config.cells
     items_of = {t: cell_prompts(Cell(config.configurations[0], t, 0)) for t in config.tasks}
     total = sum(len(items_of[c.task]) * config.n for c in cells)
-    kept = sum(1 for key, _, _ in done if key in {c.key for c in cells})
+    kept = sum(len(done.get(c.key, ())) for c in cells)
     complete = finished_cells(out_dir)
     todo = [c for c in cells if c.key not in complete
-            and sum(1 for key, _, _ in done if key == c.key) < len(items_of[c.task]) * config.n]
+            and len(done.get(c.key, ())) < len(items_of[c.task]) * config.n]
     if kept:
         print(f"resuming: {kept} of {total} samples already done, {len(todo)} of {len(cells)} cells to run",
               file=log)
@@ -110,17 +113,16 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
         for cell in todo:
             items = items_of[cell.task]
             conf = cell.configuration
-            skip = {(p, s) for key, p, s in done if key == cell.key}
+            skip = done.get(cell.key, set())
             bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
-            sampling = conf.sampling.__class__(**{**conf.sampling.__dict__, "seed": cell.seed})
+            sampling = replace(conf.sampling, seed=cell.seed)
             strategy = parse_strategy(conf.router)
             if strategy is not None:  # a multi-pass method: rerun the cell, store only what is missing
                 spec, value = strategy
                 began = time.perf_counter()
                 made = 0
-                fmt = engines.collaboration(conf).prompt_format
-                for sample in spec.fn(engines.pair.aligned, [item.prompt for item in items], n=config.n,
-                                      value=value, sampling=sampling, fmt=fmt, batch_size=config.batch_size):
+                for sample in spec.fn(engines.pair.aligned, [item.prompt for item in items], n=config.n, value=value,
+                                      sampling=sampling, fmt=prompt_format(conf), batch_size=config.batch_size):
                     if (sample.prompt_index, sample.sample_index) in skip:
                         continue
                     _store(store, sample, cell, conf, items, began)

@@ -42,9 +42,12 @@ class SampleStore:
                 rows.append(row)
         return rows
 
-    def done(self) -> set[tuple[str, int, int]]:
-        """(cell key, prompt index, sample index) of every stored sample."""
-        return {(r["cell"], r["prompt_index"], r["sample_index"]) for r in self.read()}
+    def done(self) -> dict[str, set[tuple[int, int]]]:
+        """Per cell key, the (prompt index, sample index) of every stored sample."""
+        out: dict[str, set[tuple[int, int]]] = {}
+        for r in self.read():
+            out.setdefault(r["cell"], set()).add((r["prompt_index"], r["sample_index"]))
+        return out
 
     def append(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
