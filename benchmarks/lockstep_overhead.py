@@ -1,8 +1,12 @@
 """Lockstep cost vs. running the two models alone, per decoding step, measured in one run.
 
     python benchmarks/lockstep_overhead.py [--base DIR --aligned DIR] [--batch 1 8] [--dtype float32]
+    python benchmarks/lockstep_overhead.py --shape DIR [--set num_hidden_layers=26 ...] --device cuda
 
-Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`).
+Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`). With --shape
+it times two random-initialised models with the configuration and tokenizer in DIR (e.g. the
+embedded Gemma's cache folder), optionally changed by --set: costs depend on shapes, not weights,
+so a GPU machine without the weights can still time a real architecture.
 Per-step time = (time for T2 steps - time for T1 steps) / (T2 - T1), so prefill cancels out.
 Stop tokens are disabled so every row runs the full length. Prints, per batch size:
   lockstep      the full BACo loop (router p-punc:0.5: both models forward, router, sampler, provenance)
@@ -14,6 +18,7 @@ Stop tokens are disabled so every row runs the full length. Prints, per batch si
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -70,10 +75,62 @@ def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int) -
     return time.perf_counter() - start
 
 
+def synced(fn):
+    """Time to the end of the device's work, not to the end of the kernel launches."""
+    def timed(n: int) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(n)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+    return timed
+
+
+def mean_top1(collab: Collaboration, steps: int = 16) -> float:
+    """Mean top-1 prob of the base model over a short greedy continuation: how peaked its distributions are."""
+    params = SamplingParams(max_new_tokens=steps, temperature=0, seed=0)
+    events = list(lockstep(collab.pair, collab.requests([PROMPT], 1, params, seed=0), get_router("base"), params))
+    return float(torch.cat([e.base_top1_prob for e in events]).mean())
+
+
 def per_step(fn, short: int, long: int, repeats: int) -> float:
     """Median over repeats of the marginal cost of one step, in seconds."""
+    fn = synced(fn)
     fn(short)  # warm-up
     return statistics.median((fn(long) - fn(short)) / (long - short) for _ in range(repeats))
+
+
+def random_pair_like(shape_dir: str, settings: list[str], out_dir: str, peak: float) -> tuple[str, str]:
+    """Save two random-initialised models (seeds 0 and 1) with shape_dir's configuration and tokenizer.
+
+    The (tied) embeddings are multiplied by `peak`: at the default initialisation every next-token
+    distribution is nearly flat over the vocabulary, which no trained model produces and which sends
+    top-p / min-p sampling down its slow full-sort path. The label prints the resulting mean top-1 prob."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(shape_dir)
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        setattr(config, key, json.loads(value))
+        if key == "num_hidden_layers" and hasattr(config, "layer_types"):
+            pattern = getattr(config, "_sliding_window_pattern", 6)  # Gemma 3: every 6th layer is global
+            config.layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                  for i in range(config.num_hidden_layers)]
+    tokenizer = AutoTokenizer.from_pretrained(shape_dir)
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        path = f"{out_dir}/random-{seed}"
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(peak)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def main() -> None:
@@ -85,11 +142,17 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, nargs=2, default=[8, 72], metavar=("T1", "T2"))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shape", help="time random-initialised models with this folder's config and tokenizer")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config changes for --shape")
+    parser.add_argument("--peak", type=float, default=4.0, help="--shape: embedding scale (peaked distributions)")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    if args.base and args.aligned:
+    if args.shape:
+        base, aligned = random_pair_like(args.shape, args.set, tempfile.mkdtemp(prefix="baco-bench-"), args.peak)
+        label = f"random weights shaped like {args.shape} {' '.join(args.set)}".strip()
+    elif args.base and args.aligned:
         base, aligned, label = args.base, args.aligned, f"{args.base} + {args.aligned}"
     else:
         from baco.testing import make_tiny_pair
@@ -99,7 +162,8 @@ def main() -> None:
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
     without_stops(collab)
     t1, t2 = args.steps
-    print(f"pair: {label}; device {collab.pair.base.device}, dtype {next(collab.pair.base.model.parameters()).dtype}, "
+    params = sum(p.numel() for p in collab.pair.base.model.parameters())
+    print(f"pair: {label} ({params / 1e6:.0f}M parameters each; {mean_top1(collab):.2f} mean base top-1 prob); device {collab.pair.base.device}, dtype {next(collab.pair.base.model.parameters()).dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'hf_ratio':>8}")
     for batch in args.batch:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -74,6 +74,12 @@ class TokenTable:
     @property
     def size(self) -> int:
         return len(self.texts)
+
+    def to(self, device: torch.device | str) -> "TokenTable":
+        """The same table with its tensors on `device` (where the models' logits live)."""
+        move = {name: getattr(self, name).to(device)
+                for name in ("is_punct", "is_function_word", "continues_word", "ends_word_char", "allowed")}
+        return replace(self, **move)
 
     @classmethod
     def from_texts(

@@ -72,7 +72,8 @@ def row_seed(seed: int, prompt: str, sample_index: int) -> int:
 
 
 def _uniforms(requests: list[Request], steps: int) -> torch.Tensor:
-    """(N, 3, steps) uniform numbers: per row, the base, aligned and router streams."""
+    """(N, 3, steps) uniform numbers: per row, the base, aligned and router streams (drawn on the CPU,
+    so a seed gives the same numbers on every device)."""
     out = torch.empty((len(requests), 3, steps))
     for i, request in enumerate(requests):
         generator = torch.Generator().manual_seed(request.seed)
@@ -82,14 +83,17 @@ def _uniforms(requests: list[Request], steps: int) -> torch.Tensor:
 
 def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: SamplingParams,
              stop_strings: tuple[str, ...] = ()) -> Iterator[StepEvent]:
-    """Decode all requests as rows of one batch; yield one StepEvent per step until every row stops."""
+    """Decode all requests as rows of one batch; yield one StepEvent per step until every row stops.
+
+    Distributions, routing and sampling stay on the pair's device; each step copies only the (b,)
+    tokens, writers and statistics to the CPU for the event."""
     if not requests:
         return
-    vocab = pair.vocab
+    vocab, device = pair.vocab, pair.device
     longest = max(r.max_new_tokens for r in requests)
-    uniforms = _uniforms(requests, longest)
-    prev_token = torch.full((len(requests),), -1, dtype=torch.long)
-    prev_base = torch.zeros(len(requests), dtype=torch.bool)
+    uniforms = _uniforms(requests, longest).to(device)
+    prev_token = torch.full((len(requests),), -1, dtype=torch.long, device=device)
+    prev_base = torch.zeros(len(requests), dtype=torch.bool, device=device)
     texts = [""] * len(requests)
     tail = max((len(s) for s in stop_strings), default=0)
 
@@ -97,12 +101,12 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
     session = pair.start([r.base_ids for r in requests], [r.aligned_ids for r in requests])
     base_lp, aligned_lp = session.logprobs()
     for step in range(longest):
-        rows = torch.tensor(active)
+        rows = torch.tensor(active, device=device)
         view = StepView(base_lp, aligned_lp, vocab, uniforms[rows, ROUTER_STREAM, step], step,
                         prompts=[requests[i].prompt for i in active], texts=[texts[i] for i in active],
                         anchor_logprobs=session.anchor_logprobs())
         route = router(view)
-        use_base, reasons = route.use_base.clone(), list(route.reason)
+        use_base, reasons = route.use_base.to(device, copy=True), list(route.reason)
         if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
             tokens = sample(route.mix, uniforms[rows, ALIGNED_STREAM, step], params)
             chosen_lp = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
@@ -112,12 +116,13 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
             picked = tokens[:, None]
             chosen_lp = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1),
                                     aligned_lp.gather(-1, picked).squeeze(-1))
+        stats = torch.stack([view.base_top1_prob, view.base_entropy, view.aligned_top1_prob, chosen_lp.exp()]).cpu()
         event = StepEvent(
-            step=step, rows=list(active), tokens=tokens, use_base=use_base, reasons=reasons,
-            base_top1_prob=view.base_top1_prob, base_entropy=view.base_entropy,
-            aligned_top1_prob=view.aligned_top1_prob, chosen_prob=chosen_lp.exp(), mixed=route.mix is not None,
+            step=step, rows=list(active), tokens=tokens.cpu(), use_base=use_base.cpu(), reasons=reasons,
+            base_top1_prob=stats[0], base_entropy=stats[1], aligned_top1_prob=stats[2], chosen_prob=stats[3],
+            mixed=route.mix is not None,
         )
-        for i, (request_index, token) in enumerate(zip(active, tokens.tolist())):
+        for request_index, token in zip(active, event.tokens.tolist()):
             texts[request_index] += vocab.texts[token]
             if token in vocab.stop_ids:
                 event.finished[request_index] = "stop"
@@ -132,7 +137,7 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
         if not keep:
             return
         if len(keep) < len(active):
-            keep_rows = torch.tensor(keep)
+            keep_rows = torch.tensor(keep, device=device)
             session.keep(keep_rows)
             tokens = tokens[keep_rows]
             active = [active[i] for i in keep]

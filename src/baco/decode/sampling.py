@@ -93,7 +93,7 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: SamplingParams
 
 def _precut_suffices(values: torch.Tensor, params: SamplingParams) -> bool:
     """True when the sorted precut (normalised log-probs) holds every token top-p and min-p keep."""
-    ok = torch.ones(values.shape[0], dtype=torch.bool)
+    ok = torch.ones(values.shape[0], dtype=torch.bool, device=values.device)
     if params.top_p < 1.0:
         ok &= values.exp().sum(-1) >= params.top_p
     if params.min_p > 0.0:
@@ -103,7 +103,7 @@ def _precut_suffices(values: torch.Tensor, params: SamplingParams) -> bool:
 
 def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
     cdf = torch.cumsum(probs, dim=-1)
-    target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    target = (uniform.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
     position = torch.searchsorted(cdf, target, right=True)
     # round-off at the CDF's end must not land on a zero-probability token
     last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1, keepdim=True)

@@ -30,8 +30,10 @@ class ModelPair:
         self.stop_ids = base.stop_token_ids | aligned.stop_token_ids
         beyond_shared = set(range(shared, self.vocab_size)) - self.stop_ids
         controls = control_token_ids(base.tokenizer) | control_token_ids(aligned.tokenizer) | beyond_shared
-        self.vocab = TokenTable.from_texts(token_texts(longer, self.vocab_size),
-                                           control_ids=controls, stop_ids=self.stop_ids)
+        # routing and sampling run where the base model's logits are, so no (B, V) tensor leaves the device
+        self.device = base.device
+        self.vocab = TokenTable.from_texts(token_texts(longer, self.vocab_size), control_ids=controls,
+                                           stop_ids=self.stop_ids).to(self.device)
         self._mask = torch.where(self.vocab.allowed, 0.0, -math.inf)
 
     @property
@@ -44,8 +46,8 @@ class ModelPair:
         return PairSession(self, self.base.start(base_prompts), self.aligned.start(aligned_prompts), anchor)
 
     def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Pad logits to the shared width, mask what may not be sampled, log-softmax."""
-        logits = logits.to("cpu", torch.float32)
+        """Pad logits to the shared width, mask what may not be sampled, log-softmax (on the pair's device)."""
+        logits = logits.to(self.device, torch.float32)
         if logits.shape[-1] < self.vocab_size:
             logits = torch.nn.functional.pad(logits, (0, self.vocab_size - logits.shape[-1]), value=-math.inf)
         return torch.log_softmax(logits + self._mask, dim=-1)
