@@ -98,6 +98,12 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     assert {(p["x"], p["y"]) for p in planes} == {("distinct-2", "relevance"), ("self-bleu", "relevance")}
     saved = json.loads((out / "results.json").read_text())
     assert saved["methods"] == ["base", "p-punc", "eft"]
+    # quality scores are cached beside the samples (one relevance score per sample) and reused
+    cached = (out / "quality-scores.jsonl").read_text().splitlines()
+    assert len(cached) == len(SampleStore(out / "samples.jsonl").read()) == 45
+    again = run_sweep(config, tmp_path / "out", engines, progress=False, results_dir=tmp_path / "again")
+    assert (out / "quality-scores.jsonl").read_text().splitlines() == cached
+    assert again["coverage_dominance"] == summary["coverage_dominance"]
 
 
 @pytest.mark.parametrize("raw, message", [

@@ -173,6 +173,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--patience", type=float, default=0.8, help="NoveltyBench utility patience p (weights p^i)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--batch-size", type=int, default=8, help="rows per model batch (judge, fluency, reward)")
+    p.add_argument("--score-cache", type=Path,
+                   help="JSONL file of quality scores to reuse and extend: a rerun scores only new (prompt, response) "
+                        "pairs (keyed by metric, model and options; delete it after changing a metric's code)")
     p.add_argument("--quiet", action="store_true", help="no table, no progress bars")
     p.set_defaults(run=cmd_eval)
 
@@ -187,7 +190,8 @@ def cmd_eval(args) -> int:
                           equivalence=args.equivalence,
                           equivalence_threshold=args.equivalence_threshold, reward_model=args.reward_model,
                           judge_model=args.judge_model, fluency_model=args.fluency_model, device=args.device,
-                          patience=args.patience, batch_size=args.batch_size)
+                          patience=args.patience, batch_size=args.batch_size,
+                          score_cache=str(args.score_cache) if args.score_cache else None)
     result = evaluate_files(args.samples, args.metrics, options, method_from=args.method_from,
                             utility_quality=args.utility_quality, progress=not args.quiet and sys.stderr.isatty())
     for warning in result.warnings[:20]:

@@ -30,6 +30,7 @@ class EvalOptions:
     device: str = "auto"
     patience: float = part.PATIENCE
     batch_size: int = 8
+    score_cache: str | None = None  # a JSONL file of quality scores to reuse and extend (evaluate/cache.py)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from baco.evaluate.cache import MISS, ScoreCache, scorer_identity
 from baco.evaluate.io import Record, group_records, read_records
 from baco.evaluate.pareto import ParetoReport, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
@@ -97,14 +98,22 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     keys = list(groups)
     flat = [(key, i, r) for key in keys for i, r in enumerate(groups[key])]
     scores: dict[str, dict[tuple, list]] = {}
+    cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
     for spec in quality:
-        needs = {n: resources.get(n) for n in spec.needs}
-        values: list = []
-        with _bar(len(flat), spec.name, progress) as bar:
+        scorer = scorer_identity(spec, resources.options)
+        values: list = [cache.get(scorer, r.prompt, r.response) if cache else MISS for _, _, r in flat]
+        todo = [j for j, value in enumerate(values) if value is MISS]
+        needs = {n: resources.get(n) for n in spec.needs} if todo else {}  # all cached: load no model
+        with _bar(len(todo), spec.name, progress) as bar:
             step = 256
-            for start in range(0, len(flat), step):
-                part = flat[start:start + step]
-                values += spec.fn([r.prompt for _, _, r in part], [r.response for _, _, r in part], **needs)
+            for start in range(0, len(todo), step):
+                part = todo[start:start + step]
+                pairs = [(flat[j][2].prompt, flat[j][2].response) for j in part]
+                got = spec.fn([p for p, _ in pairs], [r for _, r in pairs], **needs)
+                for j, value in zip(part, got):
+                    values[j] = value
+                if cache:
+                    cache.add(scorer, pairs, got)
                 bar.update(len(part))
         scores[spec.name] = {key: [] for key in keys}
         for (key, _, _), value in zip(flat, values):

@@ -10,14 +10,20 @@ def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, e
     """Generate what is missing, then evaluate the config's cells; returns the summary (see results.py).
 
     Evaluation outputs go to `results_dir` (default: `out_dir`), so that two configurations sharing
-    one samples file (e.g. one seed and three seeds) keep their own tables.
+    one samples file (e.g. one seed and three seeds) keep their own tables. Quality scores are
+    cached in `out_dir/quality-scores.jsonl` (delete it after changing a quality metric's code).
     """
     counts = run_cells(config, out_dir, engines, progress=progress)
     if not evaluate:
         return {"counts": counts}
+    from baco.evaluate.resources import EvalOptions, Resources
     from baco.sweep.results import summarise, write_outputs
 
-    summary = summarise(config, SampleStore(f"{out_dir}/samples.jsonl").read(), progress=progress)
+    # quality scores (judge, fluency, reward, relevance) are kept beside the samples: evaluating
+    # another seed subset or rerunning after a kill scores only what is new
+    resources = Resources(EvalOptions(score_cache=f"{out_dir}/quality-scores.jsonl"))
+    summary = summarise(config, SampleStore(f"{out_dir}/samples.jsonl").read(), progress=progress,
+                        resources=resources)
     summary["counts"] = counts
     write_outputs(summary, results_dir or out_dir)
     return summary

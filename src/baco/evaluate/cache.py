@@ -1,0 +1,81 @@
+"""Quality scores kept on disk, so re-evaluating a sweep (another seed subset, one more metric,
+a killed evaluation) does not score the same (prompt, response) with the same model twice.
+
+One JSON line per score: {"key": sha256(scorer, prompt, response), "value": float | null}. The
+scorer names the metric and everything that changes its values (its model, the embedding dtype,
+the device, the cache format's version). Lines are appended as each batch is scored, so a killed
+evaluation keeps what it finished; a cut last line is ignored. Delete the file after changing a
+metric's code: the cache cannot see code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from baco.evaluate.registry import MetricSpec
+from baco.evaluate.resources import EvalOptions
+
+VERSION = 1
+MISS = object()
+
+# which EvalOptions fields change the values of a metric that needs this resource
+_OPTIONS_OF_NEED = {
+    "embedder": ("embedding_model", "embedding_dtype"),
+    "judge": ("judge_model",),
+    "fluency_lm": ("fluency_model",),
+    "reward_model": ("reward_model",),
+}
+
+
+def scorer_identity(spec: MetricSpec, options: EvalOptions) -> str:
+    """A string naming the metric and every option its values depend on."""
+    fields = sorted({name for need in spec.needs for name in _OPTIONS_OF_NEED.get(need, ())})
+    return json.dumps({"metric": spec.name, "version": VERSION, "device": options.device,
+                       **{name: getattr(options, name) for name in fields}}, sort_keys=True)
+
+
+class ScoreCache:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.values: dict[str, float | None] = {}
+        self.hits = self.misses = 0
+        if self.path.exists():
+            with self.path.open(encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        row = json.loads(line)
+                        self.values[row["key"]] = row["value"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue  # a line cut by a kill
+
+    @staticmethod
+    def key(scorer: str, prompt: str, response: str) -> str:
+        return hashlib.sha256(json.dumps([scorer, prompt, response]).encode()).hexdigest()
+
+    def get(self, scorer: str, prompt: str, response: str):
+        value = self.values.get(self.key(scorer, prompt, response), MISS)
+        if value is MISS:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return value
+
+    def add(self, scorer: str, pairs: list[tuple[str, str]], values: list) -> None:
+        """Store scores of (prompt, response) pairs and append them to the file at once."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for (prompt, response), value in zip(pairs, values):
+            key = self.key(scorer, prompt, response)
+            value = None if value is None else float(value)
+            self.values[key] = value
+            lines.append(json.dumps({"key": key, "value": value}) + "\n")
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as f:  # a kill can leave a line without its newline
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    lines.insert(0, "\n")
+        with self.path.open("a", encoding="utf-8") as f:
+            f.writelines(lines)

@@ -1,0 +1,80 @@
+"""The quality-score cache: a rerun scores only new (prompt, response) pairs and gives the same results."""
+
+import json
+
+import pytest
+
+from baco.evaluate.cache import ScoreCache
+from baco.evaluate.io import Record
+from baco.evaluate.registry import resolve_metrics
+from baco.evaluate.resources import EvalOptions, Resources
+from baco.evaluate.runner import evaluate_records
+
+PAIRS = [("Name a fruit.", "An apple."), ("Name a fruit.", "A ripe pear, sliced."),
+         ("Tell me a story.", "Once upon a time a dragon walked."), ("Tell me a story.", "The end.")]
+
+
+def records(pairs):
+    return [Record(task="t", method="m", prompt=p, response=r, order=(i, 0), where=f"#{i}")
+            for i, (p, r) in enumerate(pairs)]
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tmp_path_factory):
+    from baco.testing import make_tiny_classifier
+
+    return make_tiny_classifier(tmp_path_factory.mktemp("reward"), num_labels=1, seed=3)
+
+
+def run(pairs, model_dir, cache_path, **provided):
+    resources = Resources(EvalOptions(reward_model=model_dir, device="cpu",
+                                      score_cache=str(cache_path) if cache_path else None))
+    for name, value in provided.items():
+        resources.provide(name, value)
+    return evaluate_records(records(pairs), resolve_metrics(["reward", "distinct-1"]), resources)
+
+
+def scores(result):
+    return [row["reward"] for row in result.per_prompt]
+
+
+def test_a_fully_cached_evaluation_loads_no_model_and_gives_the_same_scores(reward_dir, tmp_path):
+    cache = tmp_path / "scores.jsonl"
+    first = run(PAIRS, reward_dir, cache)
+    assert len(cache.read_text().splitlines()) == len(PAIRS)
+    # the reward model handed over now cannot score anything: any cache miss would fail
+    second = run(PAIRS, reward_dir, cache, reward_model=object())
+    assert scores(second) == scores(first)
+    assert scores(first) == scores(run(PAIRS, reward_dir, None))  # the cache changes nothing
+
+
+def test_only_new_pairs_are_scored_and_appended(reward_dir, tmp_path):
+    cache = tmp_path / "scores.jsonl"
+    run(PAIRS[:2], reward_dir, cache)
+    run(PAIRS, reward_dir, cache)
+    assert len(cache.read_text().splitlines()) == len(PAIRS)  # the first two were not scored again
+    # equal up to float round-off: the first two were scored in a batch of another shape
+    assert scores(run(PAIRS, reward_dir, cache)) == pytest.approx(scores(run(PAIRS, reward_dir, None)), abs=1e-5)
+
+
+def test_another_model_is_another_scorer(reward_dir, tmp_path):
+    from baco.testing import make_tiny_classifier
+
+    cache = tmp_path / "scores.jsonl"
+    other = make_tiny_classifier(tmp_path / "other", num_labels=1, seed=4)
+    first, second = run(PAIRS, reward_dir, cache), run(PAIRS, other, cache)
+    assert len(cache.read_text().splitlines()) == 2 * len(PAIRS)
+    assert scores(first) != scores(second)
+
+
+def test_a_line_cut_by_a_kill_is_ignored_and_the_next_line_starts_fresh(tmp_path):
+    path = tmp_path / "scores.jsonl"
+    cache = ScoreCache(path)
+    cache.add("s", [("p", "a"), ("p", "b")], [1.0, None])
+    path.write_text(path.read_text() + '{"key": "abc", "val')  # killed mid-write
+    reread = ScoreCache(path)
+    assert reread.get("s", "p", "a") == 1.0 and reread.get("s", "p", "b") is None
+    reread.add("s", [("p", "c")], [2.5])
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[-1])["value"] == 2.5
+    assert ScoreCache(path).get("s", "p", "c") == 2.5
