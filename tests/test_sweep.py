@@ -1,6 +1,7 @@
 """`baco sweep` on the tiny pair: the grid, resume after a kill, the evaluation outputs, config errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +141,12 @@ def test_multi_pass_methods_run_in_a_sweep_and_are_not_rerun(engines, tmp_path):
 def test_strategy_knobs_are_validated_like_router_knobs():
     with pytest.raises(SweepConfigError, match="verbalized: k must be an integer"):
         parse_config({"methods": {"v": {"router": "verbalized", "values": [1.5]}}, "tasks": ["open-ended"]})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_configuration_parses_and_names_its_cells(path):
+    from baco.sweep import load_config
+
+    config = load_config(path)
+    assert config.cells and len({c.key for c in config.cells}) == len(config.cells)
+    assert len(config.cells) == len(config.configurations) * len(config.tasks) * len(config.seeds)
