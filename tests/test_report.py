@@ -21,7 +21,7 @@ def run_dir(tiny_dirs, tmp_path_factory):
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why <b>not</b>?"]))
     config = parse_config({
-        "name": "tiny", "n": 2, "tasks": [{"path": str(prompts), "name": "mine"}],
+        "name": "tiny", "n": 2, "seeds": [0, 1], "tasks": [{"path": str(prompts), "name": "mine"}],
         "sampling": {"max_new_tokens": 12, "min_p": 0.05},
         "methods": {"aligned": {"router": "aligned", "sweep": {"temperature": [0.7, 1.3]}},
                     "p-punc": {"router": "p-punc", "values": [0.3, 0.9]}},
@@ -34,7 +34,9 @@ def run_dir(tiny_dirs, tmp_path_factory):
 def test_the_page_is_self_contained_with_table_plots_and_coloured_tokens(run_dir):
     page = build_report(run_dir)
     assert "<table id='results'>" in page and "<td>p-punc</td>" in page and "<td>aligned</td>" in page
-    assert page.count("data:image/png;base64,") == 1  # one task x one seed
+    assert page.count("data:image/png;base64,") == 2  # one task x two seeds
+    # the per-seed table is a table of its own, not rows glued onto the main one
+    assert "<table id='results-1'><tr><th>method</th><th>Cov. seed 0</th><th>Cov. seed 1</th>" in page
     assert "class='tok-base'" in page and "class='tok-aligned'" in page
     assert "base top-1" in page and "nats" in page
     assert "src='http" not in page and "<script" not in page  # nothing to fetch, nothing to run

@@ -15,19 +15,23 @@ def engines(tiny_dirs):
     return Engines.load(str(base), str(aligned), device="cpu")
 
 
-@pytest.fixture
-def config(tmp_path, tiny_dirs):
+def raw_config(tmp_path, seeds=(0,)) -> dict:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?", "Tell a joke."]))
-    return parse_config({
-        "name": "tiny", "n": 3, "seeds": [0],
+    return {
+        "name": "tiny", "n": 3, "seeds": list(seeds),
         "tasks": [{"path": str(prompts), "name": "mine"}],
         "sampling": {"max_new_tokens": 6, "min_p": 0.05},
         "methods": {"base": {"router": "base", "sweep": {"temperature": [0.7, 1.2]}},
                     "p-punc": {"router": "p-punc", "values": [0.3, 0.7]},
                     "eft": {"router": "eft", "values": [0.5]}},
         "metrics": {"diversity": ["distinct-2", "self-bleu"], "quality": ["relevance"]},
-    })
+    }
+
+
+@pytest.fixture
+def config(tmp_path, tiny_dirs):
+    return parse_config(raw_config(tmp_path))
 
 
 def keyed(rows):
@@ -150,3 +154,23 @@ def test_every_shipped_configuration_parses_and_names_its_cells(path):
     config = load_config(path)
     assert config.cells and len({c.key for c in config.cells}) == len(config.cells)
     assert len(config.cells) == len(config.configurations) * len(config.tasks) * len(config.seeds)
+
+
+
+def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
+    import statistics
+
+    config = parse_config(raw_config(tmp_path, seeds=(0, 1)))
+    summary = run_sweep(config, tmp_path / "out", engines, progress=False)
+    for method, aggregates in summary["coverage_dominance"]["overall"].items():
+        for agg, spread in aggregates.items():
+            values = list(spread["by_seed"].values())
+            assert sorted(spread["by_seed"]) == [0, 1], (method, agg)
+            assert spread["mean"] == pytest.approx(statistics.fmean(values))
+            assert spread["std"] == pytest.approx(statistics.stdev(values))
+    # each seed is its own set of planes: a seed's dominance shares sum to 1 over the methods
+    for seed in (0, 1):
+        shares = [a["dominance"]["by_seed"][seed] for a in summary["coverage_dominance"]["overall"].values()]
+        assert sum(shares) == pytest.approx(1.0)
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "Per seed (average over tasks):" in table and "| method | Cov. seed 0 | Cov. seed 1 |" in table

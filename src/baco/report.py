@@ -26,16 +26,28 @@ th:first-child,td:first-child{text-align:left}img{max-width:100%;border:1px soli
 """
 
 
-def _markdown_table(text: str) -> str:
+def _markdown_table(text: str, table_id: str = "results") -> str:
     rows = [r.strip().strip("|").split("|") for r in text.strip().splitlines() if r.strip()]
     rows = [r for r in rows if not set("".join(r)) <= set("-: ")]
     if not rows:
         return ""
     head, body = rows[0], rows[1:]
-    out = ["<table id='results'><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
+    out = [f"<table id='{table_id}'><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
     for row in body:
         out.append("<tr>" + "".join(f"<td>{html.escape(c.strip().strip('*'))}</td>" for c in row) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+def _markdown_blocks(text: str) -> str:
+    """table.md: its tables (the main one gets id 'results') and the lines between them as paragraphs."""
+    parts, tables = [], 0
+    for block in text.strip().split("\n\n"):
+        if block.lstrip().startswith("|"):
+            parts.append(_markdown_table(block, "results" if tables == 0 else f"results-{tables}"))
+            tables += 1
+        elif block.strip():
+            parts.append(f"<p>{html.escape(block.strip())}</p>")
+    return "\n".join(parts)
 
 
 def token_spans(row: dict) -> str:
@@ -84,7 +96,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
                   "<p class='meta'>Coverage: area dominated by the method's Pareto front / area dominated by the "
                   "global front, averaged over (diversity, quality) planes; Dominance: share of the global front's "
                   "points that are the method's. Mean ± std over seeds.</p>",
-                  _markdown_table((run / "table.md").read_text(encoding="utf-8"))]
+                  _markdown_blocks((run / "table.md").read_text(encoding="utf-8"))]
     if summary:
         parts.append(f"<p class='meta'>diversity metrics: {html.escape(', '.join(summary.get('diversity', [])))}; "
                      f"quality metrics: {html.escape(', '.join(summary.get('quality', [])))}</p>")

@@ -28,11 +28,13 @@ def records_of(rows: list[dict]) -> list[Record]:
             for i, r in enumerate(rows)]
 
 
-def _spread(values: list[float]) -> dict:
+def _spread(by_seed: dict[int, float]) -> dict:
+    """Mean, sample standard deviation, min, max and the value of each seed (for paired comparisons)."""
+    values = list(by_seed.values())
     if not values:
-        return {"mean": None, "std": None, "min": None, "max": None, "seeds": 0}
+        return {"mean": None, "std": None, "min": None, "max": None, "seeds": 0, "by_seed": {}}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "seeds": len(values)}
+            "min": min(values), "max": max(values), "seeds": len(values), "by_seed": dict(by_seed)}
 
 
 def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, resources: Resources | None = None):
@@ -60,12 +62,12 @@ def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, r
     table = {"overall": {}, "per_task": {t.name: {} for t in config.tasks}}
     for method in methods:
         for agg in AGGREGATES:
-            overall = [r.overall[method][agg] for r in per_seed.values()
-                       if method in r.overall and r.overall[method][agg] is not None]
+            overall = {seed: r.overall[method][agg] for seed, r in per_seed.items()
+                       if method in r.overall and r.overall[method][agg] is not None}
             table["overall"].setdefault(method, {})[agg] = _spread(overall)
             for task in config.tasks:
-                values = [r.per_task[task.name][method][agg] for r in per_seed.values()
-                          if task.name in r.per_task and r.per_task[task.name].get(method, {}).get(agg) is not None]
+                values = {seed: r.per_task[task.name][method][agg] for seed, r in per_seed.items()
+                          if task.name in r.per_task and r.per_task[task.name].get(method, {}).get(agg) is not None}
                 table["per_task"][task.name].setdefault(method, {})[agg] = _spread(values)
     return {"methods": methods, "seeds": config.seeds, "tasks": [t.name for t in config.tasks],
             "diversity": diversity, "quality": quality, "directions": directions,
@@ -101,11 +103,31 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def per_seed_table(summary: dict) -> str:
+    """Average Coverage and Dominance of each method in each seed: whether a ranking holds seed by seed."""
+    table, seeds = summary["coverage_dominance"]["overall"], summary["seeds"]
+    head = ["method"] + [f"Cov. seed {s}" for s in seeds] + [f"Dom. seed {s}" for s in seeds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(summary["methods"], key=lambda m: -(table[m]["coverage"]["mean"] or -1))
+
+    def value(method: str, agg: str, seed) -> str:
+        v = table[method][agg]["by_seed"].get(seed)
+        return "n/a" if v is None else (f"{v * 100:.1f}%" if agg == "dominance" else f"{v:.3f}")
+
+    for method in order:
+        cells = [method] + [value(method, "coverage", s) for s in seeds] + [value(method, "dominance", s) for s in seeds]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
-    (out / "table.md").write_text(markdown_table(summary) + "\n", encoding="utf-8")
+    text = markdown_table(summary) + "\n"
+    if len(summary["seeds"]) > 1:
+        text += "\nPer seed (average over tasks):\n\n" + per_seed_table(summary) + "\n"
+    (out / "table.md").write_text(text, encoding="utf-8")
     from baco.sweep.plots import plot_planes
 
     return [out / "results.json", out / "table.md"] + plot_planes(summary, out / "plots")
