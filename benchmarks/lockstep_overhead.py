@@ -162,8 +162,9 @@ def main() -> None:
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
     without_stops(collab)
     t1, t2 = args.steps
-    params = sum(p.numel() for p in collab.pair.base.model.parameters())
-    print(f"pair: {label} ({params / 1e6:.0f}M parameters each; {mean_top1(collab):.2f} mean base top-1 prob); device {collab.pair.base.device}, dtype {next(collab.pair.base.model.parameters()).dtype}, "
+    weights = list(collab.pair.base.model.parameters())
+    print(f"pair: {label} ({sum(w.numel() for w in weights) / 1e6:.0f}M parameters each; "
+          f"{mean_top1(collab):.2f} mean base top-1 prob); device {collab.pair.base.device}, dtype {weights[0].dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'hf_ratio':>8}")
     for batch in args.batch:

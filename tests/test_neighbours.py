@@ -74,8 +74,8 @@ def test_greedy_eft_picks_the_argmax_of_the_mixture(collab):
     aligned_ids = pair.aligned.tokenizer(fmt.render_aligned("Name a fruit.", pair.aligned.tokenizer),
                                          add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        base_lp = pair.logprobs(pair.base.model(torch.tensor([base_ids], device=pair.base.device)).logits[:, -1])
-        aligned_lp = pair.logprobs(pair.aligned.model(torch.tensor([aligned_ids], device=pair.aligned.device)).logits[:, -1])
+        last = lambda lm, ids: lm.model(torch.tensor([ids], device=lm.device)).logits[:, -1]  # noqa: E731
+        base_lp, aligned_lp = pair.logprobs(last(pair.base, base_ids)), pair.logprobs(last(pair.aligned, aligned_ids))
     mixture = 0.7 * base_lp.clamp(min=-1e4) + 0.3 * aligned_lp.clamp(min=-1e4)
     mixture[~pair.vocab.allowed[None]] = -math.inf
     assert sample.token_ids[0] == int(mixture.argmax())
@@ -116,7 +116,8 @@ def test_proxy_tuning_adds_the_aligned_minus_anchor_offset_to_the_base(tiny_dirs
     chat_ids = pair.aligned.tokenizer(fmt.render_aligned("Name a fruit.", pair.aligned.tokenizer),
                                       add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        lp = lambda lm, ids: pair.logprobs(lm.model(torch.tensor([ids], device=lm.device)).logits[:, -1]).clamp(min=-1e4)  # noqa: E731
+        lp = lambda lm, ids: pair.logprobs(  # noqa: E731
+            lm.model(torch.tensor([ids], device=lm.device)).logits[:, -1]).clamp(min=-1e4)
         mixture = lp(pair.base, base_ids) + 0.8 * (lp(pair.aligned, chat_ids) - lp(pair.anchor, base_ids))
     mixture[~pair.vocab.allowed[None]] = -math.inf
     assert sample.token_ids[0] == int(mixture.argmax())

@@ -36,7 +36,8 @@ def test_the_page_is_self_contained_with_table_plots_and_coloured_tokens(run_dir
     assert "<table id='results'>" in page and "<td>p-punc</td>" in page and "<td>aligned</td>" in page
     assert page.count("data:image/png;base64,") == 2  # one task x two seeds
     # the per-seed table is a table of its own, not rows glued onto the main one
-    assert "<table id='results-1'><tr><th>method</th><th>Cov. seed 0</th><th>Cov. seed 1</th>" in page
+    assert ("<table id='results-1'><tr><th>method</th><th>Cov. seed 0</th><th>Cov. seed 1</th>"
+            "<th>Dom. seed 0</th>") in page
     assert "class='tok-base'" in page and "class='tok-aligned'" in page
     assert "base top-1" in page and "nats" in page
     assert "src='http" not in page and "<script" not in page  # nothing to fetch, nothing to run

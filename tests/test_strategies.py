@@ -34,7 +34,8 @@ def test_negative_prompting_pushes_away_from_the_model_primed_with_earlier_sampl
     render = lambda text: tok(fmt.render_aligned(text, tok), add_special_tokens=False)["input_ids"]  # noqa: E731
     negative = NEGATIVE_TEMPLATE.format(prompt=PROMPTS[0], previous=f"- {first.text}")
     with torch.no_grad():
-        lp = lambda ids: collab.pair.logprobs(lm.model(torch.tensor([ids], device=lm.device)).logits[:, -1]).clamp(min=-1e4)  # noqa: E731
+        lp = lambda ids: collab.pair.logprobs(  # noqa: E731
+            lm.model(torch.tensor([ids], device=lm.device)).logits[:, -1]).clamp(min=-1e4)
         mixed = 2.5 * lp(render(PROMPTS[0])) - 1.5 * lp(render(negative))
     mixed[~collab.pair.vocab.allowed[None]] = -math.inf
     assert first.text.strip()  # the test needs a non-empty first sample to prime with

@@ -147,7 +147,10 @@ def test_strategy_knobs_are_validated_like_router_knobs():
         parse_config({"methods": {"v": {"router": "verbalized", "values": [1.5]}}, "tasks": ["open-ended"]})
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_configuration_parses_and_names_its_cells(path):
     from baco.sweep import load_config
 

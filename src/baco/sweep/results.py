@@ -115,7 +115,7 @@ def per_seed_table(summary: dict) -> str:
         return "n/a" if v is None else (f"{v * 100:.1f}%" if agg == "dominance" else f"{v:.3f}")
 
     for method in order:
-        cells = [method] + [value(method, "coverage", s) for s in seeds] + [value(method, "dominance", s) for s in seeds]
+        cells = [method] + [value(method, agg, s) for agg in AGGREGATES for s in seeds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
