@@ -41,7 +41,6 @@ class ScoreCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.values: dict[str, float | None] = {}
-        self.hits = self.misses = 0
         if self.path.exists():
             with self.path.open(encoding="utf-8") as f:
                 for line in f:
@@ -56,12 +55,8 @@ class ScoreCache:
         return hashlib.sha256(json.dumps([scorer, prompt, response]).encode()).hexdigest()
 
     def get(self, scorer: str, prompt: str, response: str):
-        value = self.values.get(self.key(scorer, prompt, response), MISS)
-        if value is MISS:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
+        """The stored score, or MISS."""
+        return self.values.get(self.key(scorer, prompt, response), MISS)
 
     def add(self, scorer: str, pairs: list[tuple[str, str]], values: list) -> None:
         """Store scores of (prompt, response) pairs and append them to the file at once."""

@@ -115,6 +115,8 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                 if cache:
                     cache.add(scorer, pairs, got)
                 bar.update(len(part))
+        if cache and progress:
+            print(f"{spec.name}: {len(flat) - len(todo)} scores from {cache.path}, {len(todo)} scored", file=sys.stderr)
         scores[spec.name] = {key: [] for key in keys}
         for (key, _, _), value in zip(flat, values):
             scores[spec.name][key].append(None if value is None else float(value))
