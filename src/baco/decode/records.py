@@ -100,13 +100,48 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
             yield s
 
 
+# left context (in tokens) decoded with each token to find the text it adds; enough for a
+# tokenizer's merges and multi-byte characters, and keeps the cost linear in the sample's length
+PIECE_CONTEXT = 8
+
+
 def piece_texts(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallback: list[str]) -> list[str]:
     """The text each token adds to the decoded sample, so that the pieces join to exactly the decoded text.
 
     A character split over several byte tokens belongs to the token that completes it (the earlier
-    ones add ""). Stop tokens add "". Where a tokenizer's prefix decodes do not extend each other,
-    the token's own vocabulary text (`fallback`) is used.
+    ones add ""). Stop tokens add "". Each token's piece is the difference between decoding a few
+    tokens of left context with and without it (linear in the length); if those pieces do not join
+    to the full decode, the exact method is used: `prefix_pieces`.
     """
+    pieces = _windowed_pieces(token_ids, tokenizer, stop_ids)
+    kept = [t for t in token_ids if t not in stop_ids]
+    if "".join(pieces) == tokenizer.decode(kept, skip_special_tokens=True):
+        return pieces
+    return prefix_pieces(token_ids, tokenizer, stop_ids, fallback)
+
+
+def _windowed_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int]) -> list[str]:
+    pieces, kept, done = [], [], 0  # kept[:done] are accounted for in pieces
+    for k, token in enumerate(token_ids):
+        if token in stop_ids:
+            pieces.append("")
+            continue
+        kept.append(token)
+        start = max(0, done - PIECE_CONTEXT)
+        before = tokenizer.decode(kept[start:done], skip_special_tokens=True)
+        after = tokenizer.decode(kept[start:], skip_special_tokens=True)
+        more = k + 1 < len(token_ids) and token_ids[k + 1] not in stop_ids
+        if (more and after.endswith("\ufffd")) or not after.startswith(before):
+            pieces.append("")  # an incomplete character: the token that completes it carries it
+            continue
+        pieces.append(after[len(before):])
+        done = len(kept)
+    return pieces
+
+
+def prefix_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallback: list[str]) -> list[str]:
+    """The exact method (quadratic: decodes every prefix). Where a tokenizer's prefix decodes do not
+    extend each other, the token's own vocabulary text (`fallback`) is used."""
     pieces, shown = [], ""
     for k, token in enumerate(token_ids):
         if token in stop_ids:

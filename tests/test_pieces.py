@@ -1,0 +1,58 @@
+"""Per-token text pieces: linear-time pieces equal the exact prefix-decode pieces and join to the decoded text."""
+
+import random
+
+import pytest
+
+from baco.decode.records import PIECE_CONTEXT, _windowed_pieces, piece_texts, prefix_pieces
+
+TEXT = ("Once upon a time, naïve café owners sold crêpes — 日本語のテキスト, emoji 🙂🐉 and “quotes”.\n"
+        "- a list item\n- another one: 42 × 7 = 294; αβγ δ. ") * 6
+
+
+def check(tokenizer, ids, stop_ids):
+    kept = [t for t in ids if t not in stop_ids]
+    pieces = piece_texts(ids, tokenizer, stop_ids, [""] * len(ids))
+    assert pieces == prefix_pieces(ids, tokenizer, stop_ids, [""] * len(ids))
+    assert len(pieces) == len(ids) and all(p == "" for p, t in zip(pieces, ids) if t in stop_ids)
+    return pieces, tokenizer.decode(kept, skip_special_tokens=True)
+
+
+def test_long_multilingual_text_takes_the_linear_path_and_matches_the_exact_pieces(tiny_dirs):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 20 * PIECE_CONTEXT
+    stops = frozenset({tokenizer.eos_token_id})
+    ids = ids[:150] + [tokenizer.eos_token_id] + ids[150:]  # a stop token in the middle adds ""
+    pieces, decoded = check(tokenizer, ids, stops)
+    assert "".join(_windowed_pieces(ids, tokenizer, stops)) == "".join(pieces) == decoded
+
+
+def test_random_byte_soup_still_gives_the_exact_pieces(tiny_dirs):
+    """Random byte-level tokens make broken UTF-8 everywhere: whichever path is taken, the pieces are exact."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    special = set(tokenizer.all_special_ids)
+    ordinary = [i for i in range(len(tokenizer)) if i not in special]
+    stops = frozenset({tokenizer.eos_token_id})
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.choice(ordinary) for _ in range(rng.randint(1, 60))]
+        if rng.random() < 0.5:
+            ids.insert(rng.randrange(len(ids) + 1), tokenizer.eos_token_id)
+        check(tokenizer, ids, stops)
+
+
+@pytest.mark.slow
+def test_the_gemma_tokenizer_pieces_are_exact_on_long_text():
+    from transformers import AutoTokenizer
+
+    from baco.models.embedded import base_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir())  # SentencePiece-style "▁" spaces, byte fallback
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    pieces, decoded = check(tokenizer, ids, frozenset({tokenizer.eos_token_id}))
+    assert "".join(pieces) == decoded
