@@ -58,23 +58,28 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     assert all(c["samples"] == 9 and c["seconds"] > 0 for c in costs)
 
 
-def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, tmp_path, monkeypatch):
-    run_cells(config, tmp_path / "full", engines, progress=False)
-    expected = keyed(Store(tmp_path / "full" / "samples.jsonl").read())
-
+def run_killed_after(stored: int, config, out, engines, monkeypatch) -> None:
+    """run_cells, interrupted (as by Ctrl-C) when it tries to store sample number `stored` + 1."""
     appended = []
     original = SampleStore.append
 
-    def dies_after_seven(self, row):
-        if len(appended) == 7:
+    def dies(self, row):
+        if len(appended) == stored:
             raise KeyboardInterrupt
         original(self, row)
         appended.append(row)
 
-    monkeypatch.setattr(SampleStore, "append", dies_after_seven)
+    monkeypatch.setattr(SampleStore, "append", dies)
     with pytest.raises(KeyboardInterrupt):
-        run_cells(config, tmp_path / "killed", engines, progress=False)
+        run_cells(config, out, engines, progress=False)
     monkeypatch.setattr(SampleStore, "append", original)
+
+
+def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, tmp_path, monkeypatch):
+    run_cells(config, tmp_path / "full", engines, progress=False)
+    expected = keyed(Store(tmp_path / "full" / "samples.jsonl").read())
+
+    run_killed_after(7, config, tmp_path / "killed", engines, monkeypatch)
     path = tmp_path / "killed" / "samples.jsonl"
     with open(path, "a") as handle:  # the kill also cut a line in half
         handle.write('{"cell": "mine|eft:0.5|seed=0", "prompt_ind')
@@ -88,6 +93,22 @@ def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, 
     assert len(rows) == len(expected) and keyed(rows) == expected  # same results, no duplicates
     assert run_cells(config, tmp_path / "killed", engines, progress=False)["generated"] == 0
 
+
+def test_a_killed_multi_pass_cell_resumes_with_only_its_missing_samples(engines, tmp_path, monkeypatch):
+    """Negative prompting's sample k depends on samples < k: the cell reruns, only missing samples are stored."""
+    raw = {**raw_config(tmp_path), "methods": {"negative": {"router": "negative", "values": [1.5]}}}
+    config = parse_config(raw)
+    run_cells(config, tmp_path / "full", engines, progress=False)
+    expected = keyed(Store(tmp_path / "full" / "samples.jsonl").read())
+    assert len(expected) == 3 * 3
+
+    run_killed_after(4, config, tmp_path / "killed", engines, monkeypatch)
+    counts = run_cells(config, tmp_path / "killed", engines, progress=False)
+    assert counts["kept"] == 4 and counts["generated"] == len(expected) - 4
+    rows = Store(tmp_path / "killed" / "samples.jsonl").read()
+    assert len(rows) == len(expected) and keyed(rows) == expected
+    assert {r["router"] for r in rows} == {"negative:1.5"}
+    assert run_cells(config, tmp_path / "killed", engines, progress=False)["generated"] == 0
 
 def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tmp_path):
     summary = run_sweep(config, tmp_path / "out", engines, progress=False)

@@ -86,14 +86,19 @@ def _cell(spread: dict, percent: bool = False) -> str:
     return text
 
 
+def _by_coverage(summary: dict) -> list[str]:
+    """Methods, highest mean average Coverage first."""
+    overall = summary["coverage_dominance"]["overall"]
+    return sorted(summary["methods"], key=lambda m: -(overall[m]["coverage"]["mean"] or -1))
+
+
 def markdown_table(summary: dict) -> str:
     """The paper's main table: per method, Coverage and Dominance per task and on average (mean ± std)."""
     tasks = summary["tasks"]
     table = summary["coverage_dominance"]
     head = ["method"] + [f"{t} Cov." for t in tasks] + ["avg Cov."] + [f"{t} Dom." for t in tasks] + ["avg Dom."]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(summary["methods"], key=lambda m: -(table["overall"][m]["coverage"]["mean"] or -1))
-    for method in order:
+    for method in _by_coverage(summary):
         cells = [method]
         cells += [_cell(table["per_task"][t][method]["coverage"]) for t in tasks]
         cells.append(f"**{_cell(table['overall'][method]['coverage'])}**")
@@ -108,13 +113,12 @@ def per_seed_table(summary: dict) -> str:
     table, seeds = summary["coverage_dominance"]["overall"], summary["seeds"]
     head = ["method"] + [f"Cov. seed {s}" for s in seeds] + [f"Dom. seed {s}" for s in seeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = sorted(summary["methods"], key=lambda m: -(table[m]["coverage"]["mean"] or -1))
 
     def value(method: str, agg: str, seed) -> str:
         v = table[method][agg]["by_seed"].get(seed)
         return "n/a" if v is None else (f"{v * 100:.1f}%" if agg == "dominance" else f"{v:.3f}")
 
-    for method in order:
+    for method in _by_coverage(summary):
         cells = [method] + [value(method, agg, s) for agg in AGGREGATES for s in seeds]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -48,12 +48,9 @@ class Engines:
     def collaboration(self, configuration: Configuration) -> Collaboration:
         """Single-model methods run one model per step (their true cost); the rest run the pair."""
         pair = {"base": self.solo_base, "aligned": self.solo_aligned}.get(configuration.router, self.pair)
-        return Collaboration(pair, prompt_format(configuration))
-
-
-def prompt_format(configuration: Configuration) -> PromptFormat:
-    return PromptFormat(base_template=configuration.base_template or DEFAULT_BASE_TEMPLATE,
-                        system_prompt=configuration.system_prompt)
+        fmt = PromptFormat(base_template=configuration.base_template or DEFAULT_BASE_TEMPLATE,
+                           system_prompt=configuration.system_prompt)
+        return Collaboration(pair, fmt)
 
 
 def _store(store: SampleStore, sample, cell: Cell, conf: Configuration, items: list, began: float) -> None:
@@ -116,24 +113,10 @@ def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None 
             skip = done.get(cell.key, set())
             bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
             sampling = replace(conf.sampling, seed=cell.seed)
-            strategy = parse_strategy(conf.router)
-            if strategy is not None:  # a multi-pass method: rerun the cell, store only what is missing
-                spec, value = strategy
-                began = time.perf_counter()
-                made = 0
-                for sample in spec.fn(engines.pair.aligned, [item.prompt for item in items], n=config.n, value=value,
-                                      sampling=sampling, fmt=prompt_format(conf), batch_size=config.batch_size):
-                    if (sample.prompt_index, sample.sample_index) in skip:
-                        continue
-                    _store(store, sample, cell, conf, items, began)
-                    generated += 1
-                    made += 1
-                    bar.update(1)
-                _log_cost(out_dir, {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3),
-                                    "complete": True})
-                continue
             collab = engines.collaboration(conf)
-            router = get_router(conf.router)
+            # a multi-pass method (negative prompting, verbalized sampling) goes by name: iter_generate
+            # reruns it and yields only what `skip` lacks; a router is built once, to read its own cost
+            router = conf.router if parse_strategy(conf.router) else get_router(conf.router)
             before = dict(getattr(router, "stats").to_dict()) if hasattr(router, "stats") else None
             began = time.perf_counter()
             made = 0
