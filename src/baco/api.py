@@ -104,7 +104,8 @@ class Collaboration:
                       sampling: SamplingParams | None = None, batch_size: int = 32,
                       on_sample: Callable[[Sample], None] | None = None,
                       skip: Container[tuple[int, int]] = ()) -> Iterator[Sample]:
-        """Yield samples as their rows finish; rows run `batch_size` at a time in one lockstep batch.
+        """Yield samples as their rows finish; at most `batch_size` rows decode at once, and a finished
+        row's place goes to the next request at the next step (continuous batching).
 
         `skip` holds (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished
         samples); every other sample is exactly what a full run would give (per-row random streams).
@@ -130,16 +131,14 @@ class Collaboration:
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
                  "models": {"base": self.pair.base.name, "aligned": self.pair.aligned.name}}
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start:start + batch_size]
-            began = time.perf_counter()
-            events = lockstep(self.pair, chunk, route, sampling, stops)
-            for sample in collect(events, chunk, self.tokenizer, router=route.name, stop_strings=stops,
-                                  stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
-                                  started=began, extra=extra):
-                if on_sample is not None:
-                    on_sample(sample)
-                yield sample
+        # one engine with `batch_size` slots: a finished row's slot takes the next request (continuous batching)
+        events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size)
+        for sample in collect(events, requests, self.tokenizer, router=route.name, stop_strings=stops,
+                              stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
+                              started=time.perf_counter(), extra=extra):
+            if on_sample is not None:
+                on_sample(sample)
+            yield sample
 
     def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
                  sampling: SamplingParams | None = None, batch_size: int = 32) -> list[Sample]:

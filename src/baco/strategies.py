@@ -87,17 +87,15 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
             other = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), i) if previous else mine
             requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k),
                                     budget(max(mine, other, key=len))))
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start:start + batch_size]
-            began = time.perf_counter()
-            events = lockstep(pair, chunk, guided if k else alone, sampling, sampling.stop)
-            for sample in collect(events, chunk, lm.tokenizer, router=f"negative:{weight:g}",
-                                  stop_strings=sampling.stop, stop_ids=pair.vocab.stop_ids,
-                                  token_texts=pair.vocab.texts, started=began,
-                                  extra={"sampling": {**sampling.to_dict(), "seed": seed},
-                                         "models": {"aligned": lm.name}}):
-                earlier[sample.prompt_index].append(sample.text)
-                yield sample
+        began = time.perf_counter()
+        events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size)
+        for sample in collect(events, requests, lm.tokenizer, router=f"negative:{weight:g}",
+                              stop_strings=sampling.stop, stop_ids=pair.vocab.stop_ids,
+                              token_texts=pair.vocab.texts, started=began,
+                              extra={"sampling": {**sampling.to_dict(), "seed": seed},
+                                     "models": {"aligned": lm.name}}):
+            earlier[sample.prompt_index].append(sample.text)
+            yield sample
 
 
 def split_items(text: str) -> list[tuple[int, int]]:

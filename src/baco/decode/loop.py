@@ -28,11 +28,9 @@ from typing import Iterator
 
 import torch
 
-from baco.decode.sampling import SamplingParams, sample
+from baco.decode.sampling import SamplingParams
 from baco.models.pair import ModelPair
-from baco.routers import Router, StepView
-
-BASE_STREAM, ALIGNED_STREAM, ROUTER_STREAM = 0, 1, 2
+from baco.routers import Router
 
 
 @dataclass
@@ -71,99 +69,21 @@ def row_seed(seed: int, prompt: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _uniforms(requests: list[Request], steps: int) -> torch.Tensor:
-    """(N, 3, steps) uniform numbers: per row, the base, aligned and router streams (drawn on the CPU,
-    so a seed gives the same numbers on every device)."""
-    out = torch.empty((len(requests), 3, steps))
-    for i, request in enumerate(requests):
-        generator = torch.Generator().manual_seed(request.seed)
-        out[i] = torch.rand((3, steps), generator=generator)
-    return out
-
-
 def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: SamplingParams,
-             stop_strings: tuple[str, ...] = ()) -> Iterator[StepEvent]:
-    """Decode all requests as rows of one batch; yield one StepEvent per step until every row stops.
+             stop_strings: tuple[str, ...] = (), *, max_batch: int | None = None,
+             graphs: str | bool = "auto") -> Iterator[StepEvent]:
+    """Decode `requests` on `pair` with one router and sampling setting; yield one StepEvent per step.
 
-    Distributions, routing and sampling stay on the pair's device; each step copies only the (b,)
-    tokens, writers and statistics to the CPU for the event."""
+    The requests run on an `Engine` (decode/engine.py) with `max_batch` slots (default: all of them
+    at once); with fewer slots than requests, each finished row's slot takes the next request.
+    """
+    from baco.decode.engine import Engine
+
     if not requests:
         return
-    vocab, device = pair.vocab, pair.device
-    longest = max(r.max_new_tokens for r in requests)
-    uniforms = _uniforms(requests, longest).to(device)
-    prev_token = torch.full((len(requests),), -1, dtype=torch.long, device=device)
-    prev_base = torch.zeros(len(requests), dtype=torch.bool, device=device)
-    texts = [""] * len(requests)
-    tail = max((len(s) for s in stop_strings), default=0)
-
-    active = list(range(len(requests)))
-    session = pair.start([r.base_ids for r in requests], [r.aligned_ids for r in requests])
-    base_lp, aligned_lp = session.logprobs()
-    for step in range(longest):
-        rows = torch.tensor(active, device=device)
-        view = StepView(base_lp, aligned_lp, vocab, uniforms[rows, ROUTER_STREAM, step], step,
-                        prompts=[requests[i].prompt for i in active], texts=[texts[i] for i in active],
-                        anchor_logprobs=session.anchor_logprobs())
-        route = router(view)
-        use_base, reasons = route.use_base.to(device, copy=True), list(route.reason)
-        if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
-            tokens = sample(route.mix, uniforms[rows, ALIGNED_STREAM, step], params)
-            chosen_lp = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
-        else:
-            tokens, use_base = _draw_with_word_rule(base_lp, aligned_lp, use_base, reasons, prev_token[rows],
-                                                    prev_base[rows], uniforms[rows, :, step], vocab, params)
-            picked = tokens[:, None]
-            chosen_lp = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1),
-                                    aligned_lp.gather(-1, picked).squeeze(-1))
-        stats = torch.stack([view.base_top1_prob, view.base_entropy, view.aligned_top1_prob, chosen_lp.exp()]).cpu()
-        event = StepEvent(
-            step=step, rows=list(active), tokens=tokens.cpu(), use_base=use_base.cpu(), reasons=reasons,
-            base_top1_prob=stats[0], base_entropy=stats[1], aligned_top1_prob=stats[2], chosen_prob=stats[3],
-            mixed=route.mix is not None,
-        )
-        for request_index, token in zip(active, event.tokens.tolist()):
-            texts[request_index] += vocab.texts[token]
-            if token in vocab.stop_ids:
-                event.finished[request_index] = "stop"
-            elif tail and any(s in texts[request_index][-(tail + len(vocab.texts[token])):] for s in stop_strings):
-                event.finished[request_index] = "stop"
-            elif step + 1 >= requests[request_index].max_new_tokens:
-                event.finished[request_index] = "length"
-        prev_token[rows], prev_base[rows] = tokens, use_base
-        yield event
-
-        keep = [i for i, request_index in enumerate(active) if request_index not in event.finished]
-        if not keep:
-            return
-        if len(keep) < len(active):
-            keep_rows = torch.tensor(keep, device=device)
-            session.keep(keep_rows)
-            tokens = tokens[keep_rows]
-            active = [active[i] for i in keep]
-        base_lp, aligned_lp = session.step(tokens)
-
-
-def _draw_with_word_rule(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor,
-                         reasons: list[str], previous: torch.Tensor, previous_base: torch.Tensor,
-                         uniforms: torch.Tensor, vocab, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw from each row's writer; a switch mid-word stands only if the new writer starts a new word."""
-    mid_word = (previous >= 0) & vocab.ends_word_char[previous.clamp(min=0)]
-    switching = mid_word & (use_base != previous_base)
-    tokens = _draw(base_lp, aligned_lp, use_base, uniforms, params)
-    blocked = switching & vocab.continues_word[tokens]
-    if bool(blocked.any()):
-        use_base = torch.where(blocked, ~use_base, use_base)
-        redo = blocked.nonzero().squeeze(-1)
-        tokens[redo] = _draw(base_lp[redo], aligned_lp[redo], use_base[redo], uniforms[redo], params)
-        for i in redo.tolist():
-            reasons[i] = "word-continuation"
-    return tokens, use_base
-
-
-def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor,
-          uniforms: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Sample each row from its chosen model, with that model's own random number."""
-    chosen = torch.where(use_base[:, None], base_lp, aligned_lp)
-    u = torch.where(use_base, uniforms[:, BASE_STREAM], uniforms[:, ALIGNED_STREAM])
-    return sample(chosen, u, params)
+    longest = max(max(len(r.base_ids), len(r.aligned_ids)) + r.max_new_tokens for r in requests)
+    engine = Engine(pair, router, max_batch=max_batch or len(requests), max_len=longest, graphs=graphs,
+                    stop_strings=stop_strings)
+    for request in requests:
+        engine.add(request, params)
+    yield from engine.run()

@@ -14,9 +14,9 @@ import torch
 
 from baco.errors import InvalidSamplingParams
 
-# Exact top-p needs the full sorted distribution; over a 262k vocabulary a full sort is slow.
-# Sort only the top PRECUT tokens and fall back to a full sort for rows whose top PRECUT
-# tokens hold less than top_p of the mass (flat distributions at high temperature).
+# Top-k and top-p need the head of the sorted distribution; over a 262k vocabulary a full sort is
+# slow. Take only the top PRECUT tokens and sort fully only the rows whose top PRECUT tokens hold
+# less than top_p of the mass (flat distributions at high temperature).
 PRECUT = 1024
 
 
@@ -63,49 +63,100 @@ class SamplingParams:
         return {**asdict(self), "stop": list(self.stop)}
 
 
-def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+@dataclass(frozen=True)
+class RowKnobs:
+    """Sampling knobs as per-row tensors (rows of one batch may differ), plus static flags that
+    decide which work a step does at all (so a step's shape of work never depends on tensor values)."""
+
+    temperature: torch.Tensor  # (B,) float, 0 = greedy
+    top_k: torch.Tensor  # (B,) long, 0 = off
+    top_p: torch.Tensor  # (B,) float, 1 = off
+    min_p: torch.Tensor  # (B,) float, 0 = off
+    use_top_k: bool = False
+    use_top_p: bool = False
+    wide_top_k: bool = False  # some row's top_k exceeds the precut: thresholds need a full sort
+    all_greedy: bool = False
+
+    @classmethod
+    def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
+           device: torch.device | str = "cpu") -> "RowKnobs":
+        rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
+        top_k = [max(p.top_k, 0) for p in rows]
+        tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
+        return cls(tensor([p.temperature for p in rows], torch.float32), tensor(top_k, torch.long),
+                   tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),
+                   use_top_k=any(k > 0 for k in top_k), use_top_p=any(p.top_p < 1.0 for p in rows),
+                   wide_top_k=any(k > PRECUT for k in top_k), all_greedy=all(p.temperature == 0 for p in rows))
+
+    def take(self, rows: torch.Tensor) -> "RowKnobs":
+        """The knobs of `rows` (an index tensor), with the same static flags."""
+        return RowKnobs(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows],
+                        self.use_top_k, self.use_top_p, self.wide_top_k, self.all_greedy)
+
+
+def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParams | RowKnobs",
+           *, sync_free: bool = False) -> torch.Tensor:
     """Draw one token per row from `logprobs` (B, V) using one uniform number in [0, 1) per row.
 
-    Inverse-CDF sampling from softmax(logprobs / temperature) after top-k, top-p and min-p.
+    softmax(logprobs / temperature), then the tokens that top-k, top-p and min-p keep, each a floor
+    on the scaled log-prob (tokens tied with a floor stay); then inverse-CDF sampling in vocabulary
+    order, so no full sort is needed unless top-p's floor lies beyond the top-PRECUT tokens.
+    `sync_free`: never branch on tensor values on the host (a graph-captured or GPU step); the
+    result is the same, the work is not: top-p thresholds then always come from a full sort.
     """
-    if params.temperature == 0:
-        return logprobs.argmax(dim=-1)
-    scaled = torch.log_softmax(logprobs.float() / params.temperature, dim=-1)
-    vocab = scaled.shape[-1]
-    if params.top_k <= 0 and params.top_p >= 1.0 and params.min_p == 0.0:
-        return _inverse_cdf(scaled.exp(), uniform, None)
-    if params.top_k > 0:
-        # top-k first; later filters act on the renormalised top-k distribution
-        values, indices = torch.topk(scaled, min(params.top_k, vocab), dim=-1)
-        values = torch.log_softmax(values, dim=-1)
-    else:
-        values, indices = torch.topk(scaled, min(PRECUT, vocab), dim=-1)
-        if values.shape[-1] < vocab and not _precut_suffices(values, params):
-            values, indices = torch.sort(scaled, dim=-1, descending=True)
-    if params.top_p < 1.0:
-        probs = values.exp()
-        mass_before = torch.cumsum(probs, dim=-1) - probs  # the top token always survives
-        values = values.masked_fill(mass_before >= params.top_p, -math.inf)
-    if params.min_p > 0.0:
-        values = values.masked_fill(values < values[:, :1] + math.log(params.min_p), -math.inf)
-    return _inverse_cdf(torch.softmax(values, dim=-1), uniform, indices)
-
-
-def _precut_suffices(values: torch.Tensor, params: SamplingParams) -> bool:
-    """True when the sorted precut (normalised log-probs) holds every token top-p and min-p keep."""
-    ok = torch.ones(values.shape[0], dtype=torch.bool, device=values.device)
-    if params.top_p < 1.0:
-        ok &= values.exp().sum(-1) >= params.top_p
-    if params.min_p > 0.0:
-        ok &= values[:, -1] < values[:, 0] + math.log(params.min_p)
-    return bool(ok.all())
-
-
-def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, indices: torch.Tensor | None) -> torch.Tensor:
+    knobs = params if isinstance(params, RowKnobs) else RowKnobs.of(params, logprobs.shape[0], logprobs.device)
+    greedy_tokens = logprobs.argmax(dim=-1)
+    if knobs.all_greedy:
+        return greedy_tokens
+    greedy = knobs.temperature == 0
+    temperature = torch.where(greedy, torch.ones_like(knobs.temperature), knobs.temperature)
+    scaled = torch.log_softmax(logprobs.float() / temperature[:, None], dim=-1)
+    floor = scaled.amax(dim=-1) + torch.log(knobs.min_p)  # min-p; log(0) = -inf keeps everything
+    if knobs.use_top_k or knobs.use_top_p:
+        floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=knobs.wide_top_k or sync_free,
+                                                 sync_free=sync_free))
+    keep = scaled >= floor[:, None]
+    probs = torch.where(keep, scaled.exp(), 0.0)
     cdf = torch.cumsum(probs, dim=-1)
-    target = (uniform.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    position = torch.searchsorted(cdf, target, right=True)
-    # round-off at the CDF's end must not land on a zero-probability token
-    last_kept = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(-1, keepdim=True)
-    position = torch.minimum(position, last_kept)
-    return position.squeeze(-1) if indices is None else indices.gather(-1, position).squeeze(-1)
+    total = cdf[:, -1:].contiguous()
+    position = torch.searchsorted(cdf, uniform.to(cdf.device, cdf.dtype)[:, None] * total, right=True)
+    # round-off at the CDF's end must not land past the last kept token (where the CDF reaches its total)
+    position = torch.minimum(position, torch.searchsorted(cdf, total)).squeeze(-1)
+    return torch.where(greedy, greedy_tokens, position)
+
+
+def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free: bool) -> torch.Tensor:
+    """Per row, the lowest scaled log-prob that top-k and top-p keep (-inf where both are off).
+
+    Top-k keeps the k best tokens; top-p then keeps the smallest head of the (top-k renormalised)
+    distribution whose mass reaches top_p: the token where the cumulative mass crosses top_p is
+    the floor. Only the sorted head is needed: the top PRECUT tokens, or all of them (`full`).
+    """
+    vocab = scaled.shape[-1]
+    values = (torch.sort(scaled, dim=-1, descending=True).values if full
+              else torch.topk(scaled, min(PRECUT, vocab), dim=-1).values)
+    width = values.shape[-1]
+    k = knobs.top_k.clamp(max=width)
+    floor = torch.full_like(scaled[:, 0], -math.inf)
+    if knobs.use_top_k:
+        kth = values.gather(-1, (k - 1).clamp(min=0)[:, None]).squeeze(-1)
+        floor = torch.where(k > 0, kth, floor)
+    if not knobs.use_top_p:
+        return floor
+    ranks = torch.arange(width, device=scaled.device)
+    in_top_k = (ranks[None, :] < k[:, None]) | (k[:, None] == 0)
+    head = values.masked_fill(~in_top_k, -math.inf)
+    head = torch.where(k[:, None] > 0, torch.log_softmax(head, dim=-1), head)  # renormalised over top-k
+    probs = head.exp()
+    mass_before = torch.cumsum(probs, dim=-1) - probs  # the top token always survives
+    count = ((mass_before < knobs.top_p[:, None]) & in_top_k).sum(-1)
+    crossing = values.gather(-1, (count - 1)[:, None]).squeeze(-1)
+    on = knobs.top_p < 1.0
+    floor = torch.where(on, torch.maximum(floor, crossing), floor)
+    if not full and width < vocab and not sync_free:
+        # the head holds less mass than top_p: the crossing lies further down, sort these rows fully
+        short = on & (k == 0) & (probs.sum(-1) < knobs.top_p)
+        if bool(short.any()):
+            rows = short.nonzero().squeeze(-1)
+            floor[rows] = _rank_floor(scaled[rows], knobs.take(rows), full=True, sync_free=False)
+    return floor

@@ -40,6 +40,16 @@ class ModelPair:
     def context_length(self) -> int:
         return min(self.base.context_length, self.aligned.context_length)
 
+    @property
+    def sides(self) -> list[tuple[HFCausalLM, str]]:
+        """The models the engine runs each step, with the rendering each reads ("base" or "aligned")."""
+        sides = [(self.base, "base"), (self.aligned, "aligned")]
+        return sides + ([(self.anchor, "base")] if self.anchor is not None else [])
+
+    def split(self, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(base, aligned, anchor or None) log-probs from the sides' log-probs, in `sides` order."""
+        return logprobs[0], logprobs[1], (logprobs[2] if self.anchor is not None else None)
+
     def start(self, base_prompts: list[list[int]], aligned_prompts: list[list[int]]) -> "PairSession":
         """Prefill both models: each reads its own rendering of the same requests."""
         anchor = self.anchor.start(base_prompts) if self.anchor is not None else None
@@ -92,6 +102,13 @@ class SoloPair(ModelPair):
             raise ValueError(f"reads must be 'aligned' or 'base', got {reads!r}")
         super().__init__(lm, lm)
         self.reads = reads
+
+    @property
+    def sides(self) -> list[tuple[HFCausalLM, str]]:
+        return [(self.base, self.reads)]
+
+    def split(self, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return logprobs[0], logprobs[0], None
 
     def start(self, base_prompts: list[list[int]], aligned_prompts: list[list[int]]) -> "SoloSession":
         return SoloSession(self, self.base.start(aligned_prompts if self.reads == "aligned" else base_prompts))

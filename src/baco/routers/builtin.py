@@ -17,12 +17,12 @@ from baco.routers.view import Route, StepView
 
 @register("base", help="always the base model (base alone)")
 def base_only(view: StepView) -> Route:
-    return Route.fixed(view.batch_size, True, "base")
+    return Route.fixed(view.base_logprobs, True, "base")
 
 
 @register("aligned", help="always the aligned model (aligned alone)")
 def aligned_only(view: StepView) -> Route:
-    return Route.fixed(view.batch_size, False, "aligned")
+    return Route.fixed(view.base_logprobs, False, "aligned")
 
 
 @register("p", param="threshold", default=0.5, low=0.0,
@@ -49,9 +49,7 @@ def predicts_function_word(view: StepView) -> torch.Tensor:
 
 def _aligned_first(rule: torch.Tensor, rule_reason: str, otherwise: Route) -> Route:
     """Rows where `rule` holds go to the aligned model; the rest follow `otherwise`."""
-    use_base = otherwise.use_base & ~rule
-    reason = [rule_reason if r else why for r, why in zip(rule.tolist(), otherwise.reason)]
-    return Route(use_base, reason)
+    return otherwise.prefer_aligned(rule, rule_reason)
 
 
 @register("punc", help="BACo-PUNC: aligned writes predicted punctuation/formatting, base the rest")

@@ -45,6 +45,7 @@ class JudgeRouter:
 
     lm: object
     name: str = "judge"
+    host: bool = True  # reads the rows' texts: the engine runs it on its eager, synchronous path
     batch_size: int = 32
     stats: JudgeStats = field(default_factory=JudgeStats)
     cache: dict = field(default_factory=dict)
@@ -86,7 +87,7 @@ class JudgeRouter:
         base_top, aligned_top = view.base_top1_token, view.aligned_top1_token
         starts_word = ~vocab.continues_word[base_top] & ~vocab.continues_word[aligned_top]
         ask = (base_top != aligned_top) & starts_word & ~vocab.is_punct[aligned_top]
-        use_base = torch.zeros(view.batch_size, dtype=torch.bool)
+        use_base = torch.zeros(view.batch_size, dtype=torch.bool, device=view.base_logprobs.device)
         reasons = ["aligned-default"] * view.batch_size
         rows = ask.nonzero().squeeze(-1).tolist()
         if rows:
@@ -95,7 +96,7 @@ class JudgeRouter:
             for r, base_wins in zip(rows, self.prefers_first(questions)):
                 use_base[r] = base_wins
                 reasons[r] = "judge-base" if base_wins else "judge-aligned"
-        return Route(use_base, reasons)
+        return Route.from_reasons(use_base, reasons)
 
 
 _DEFAULT: dict[str, JudgeRouter] = {}
@@ -113,6 +114,6 @@ def default_judge() -> JudgeRouter:
 
 @register("judge", help="JUDGE ablation: an instruction model (default: the embedded aligned model) picks "
           "whose next word is better, at word starts where the two models disagree",
-          factory=lambda _: default_judge())
+          factory=lambda _: default_judge(), host=True)
 def judge_router(view: StepView) -> Route:
     return default_judge()(view)

@@ -52,9 +52,9 @@ def nudge_router(view: StepView, threshold: float) -> Route:
           help="EFT/proxy mixture: p_base^(1-beta) * p_aligned^beta (0 = base, 1 = aligned)")
 def eft_router(view: StepView, beta: float) -> Route:
     if beta == 0:
-        return Route.fixed(view.batch_size, True, "eft-endpoint")
+        return Route.fixed(view.base_logprobs, True, "eft-endpoint")
     if beta == 1:
-        return Route.fixed(view.batch_size, False, "eft-endpoint")
+        return Route.fixed(view.base_logprobs, False, "eft-endpoint")
     return Route.mixed(log_mix(view, 1.0 - beta, beta), f"eft:{beta:g}")
 
 
@@ -64,7 +64,7 @@ def proxy_router(view: StepView, beta: float) -> Route:
     if view.anchor_logprobs is None:
         return eft_router(view, beta)
     if beta == 0:
-        return Route.fixed(view.batch_size, True, "proxy-endpoint")
+        return Route.fixed(view.base_logprobs, True, "proxy-endpoint")
     base = view.base_logprobs.clamp(min=FLOOR)
     offset = view.aligned_logprobs.clamp(min=FLOOR) - view.anchor_logprobs.clamp(min=FLOOR)
     logits = (base + beta * offset).masked_fill(~view.vocab.allowed, -math.inf)
@@ -75,5 +75,5 @@ def proxy_router(view: StepView, beta: float) -> Route:
           help="contrastive guidance: p_aligned^(1+w) / p_base^w (0 = aligned)")
 def contrast_router(view: StepView, weight: float) -> Route:
     if weight == 0:
-        return Route.fixed(view.batch_size, False, "contrast-endpoint")
+        return Route.fixed(view.base_logprobs, False, "contrast-endpoint")
     return Route.mixed(log_mix(view, -weight, 1.0 + weight), f"contrast:{weight:g}")

@@ -21,6 +21,7 @@ class RouterSpec:
     low: float | None = None  # inclusive bounds on the knob, None = unbounded
     high: float | None = None
     factory: Callable[[float | None], Callable] | None = None  # builds a stateful router object (JUDGE)
+    host: bool = False  # decides on the host (reads texts): runs on the engine's eager, synchronous path
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class Router:
     def name(self) -> str:
         return self.spec.name if self.value is None else f"{self.spec.name}:{self.value:g}"
 
+    @property
+    def host(self) -> bool:
+        return self.spec.host
+
     def __call__(self, view: StepView) -> Route:
         if self.value is None:
             return self.spec.fn(view)
@@ -45,13 +50,14 @@ _REGISTRY: dict[str, RouterSpec] = {}
 
 def register(name: str, *, help: str, param: str | None = None, default: float | None = None,
              low: float | None = None, high: float | None = None,
-             factory: Callable[[float | None], Callable] | None = None) -> Callable[[RouterFn], RouterFn]:
+             factory: Callable[[float | None], Callable] | None = None,
+             host: bool = False) -> Callable[[RouterFn], RouterFn]:
     """Decorator: `@register("p", param="threshold", default=0.5, help=...)`."""
 
     def add(fn: RouterFn) -> RouterFn:
         if name in _REGISTRY:
             raise ValueError(f"router {name!r} is already registered")
-        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory)
+        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory, host)
         return fn
 
     return add

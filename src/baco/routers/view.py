@@ -70,26 +70,51 @@ class StepView:
 
 @dataclass
 class Route:
-    """A router's answer: which rows the base model writes, and a short reason per row.
+    """A router's answer: which rows the base model writes, and why, as an integer code per row.
 
+    `codes[i]` indexes `names` (e.g. 0 = "base-uncertain", 1 = "base-confident"): reasons stay on the
+    device as integers, so a step needs no host synchronisation; `reason` builds the strings (host).
     Soft methods (EFT, contrastive guidance) set `mix`: (B, V) log-probs that every row draws from
     instead of either model's own distribution (with the aligned model's random stream); their
     tokens are recorded with source "mix" and `use_base` is ignored.
     """
 
     use_base: torch.Tensor  # (B,) bool
-    reason: list[str]
+    codes: torch.Tensor  # (B,) long, indices into names
+    names: tuple[str, ...]
     mix: torch.Tensor | None = None
+
+    @property
+    def reason(self) -> list[str]:
+        """The reason string of every row (copies the codes to the host)."""
+        return [self.names[c] for c in self.codes.tolist()]
 
     @classmethod
     def where(cls, use_base: torch.Tensor, if_base: str, if_aligned: str) -> "Route":
-        return cls(use_base, [if_base if b else if_aligned for b in use_base.tolist()])
+        return cls(use_base, (~use_base).long(), (if_base, if_aligned))
 
     @classmethod
     def mixed(cls, logprobs: torch.Tensor, reason: str) -> "Route":
-        batch = logprobs.shape[0]
-        return cls(torch.zeros(batch, dtype=torch.bool), [reason] * batch, logprobs)
+        batch, device = logprobs.shape[0], logprobs.device
+        return cls(torch.zeros(batch, dtype=torch.bool, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device), (reason,), logprobs)
 
     @classmethod
-    def fixed(cls, batch_size: int, use_base: bool, reason: str) -> "Route":
-        return cls(torch.full((batch_size,), use_base, dtype=torch.bool), [reason] * batch_size)
+    def fixed(cls, like: torch.Tensor, use_base: bool, reason: str) -> "Route":
+        """Every row the same: `like` is any (B, ...) tensor of the step (gives batch size and device)."""
+        batch, device = like.shape[0], like.device
+        return cls(torch.full((batch,), use_base, dtype=torch.bool, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device), (reason,))
+
+    @classmethod
+    def from_reasons(cls, use_base: torch.Tensor, reasons: list[str]) -> "Route":
+        """From one reason string per row (routers that decide on the host, such as JUDGE)."""
+        names = tuple(dict.fromkeys(reasons))
+        codes = torch.tensor([names.index(r) for r in reasons], dtype=torch.long, device=use_base.device)
+        return cls(use_base, codes, names)
+
+    def prefer_aligned(self, rule: torch.Tensor, reason: str) -> "Route":
+        """Rows where `rule` holds go to the aligned model with `reason`; the others keep this route."""
+        names = self.names if reason in self.names else self.names + (reason,)
+        code = torch.full_like(self.codes, names.index(reason))
+        return Route(self.use_base & ~rule, torch.where(rule, code, self.codes), names, self.mix)

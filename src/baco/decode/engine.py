@@ -1,0 +1,361 @@
+"""The engine: a fixed set of slots stepped in lockstep, with requests joining and leaving at step boundaries.
+
+    engine = Engine(pair, router, max_batch=64, max_len=1024)
+    engine.add(request, sampling)            # waits for a free slot
+    while engine.has_work:
+        event = engine.step()                # one StepEvent (or None while only prefilling)
+
+Each step: (1) admit waiting requests into free slots (their prompts prefilled a chunk per step, so
+a long prompt does not stall the others), (2) run one lockstep step over the live slots' bucket,
+(3) turn the step's tokens into an event: texts, stop tokens, stop strings, length limits; a finished
+row's slot is free for the next waiting request at the next boundary (continuous batching).
+
+The step itself (`_step_fn`: every model's forward, log-softmax over the shared vocabulary, the
+router, the word rule, the sampler, the rows' state) reads and writes only fixed device buffers
+and never reads a value on the host when `sync_free`. On a CUDA device it is captured as a CUDA
+graph per bucket of live slots (1, 2, 4, ... max_batch) and replayed; its outputs are copied to
+pinned host memory asynchronously and read one step later, while the device runs the next step.
+Rows that finished at step t therefore run once more at t+1; that output is dropped. Routers that
+decide on the host (JUDGE) run eagerly and synchronously, with the rows' texts in the view.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from baco.decode.loop import Request, StepEvent
+from baco.decode.sampling import RowKnobs, SamplingParams
+from baco.decode.step import route_and_draw
+from baco.errors import BacoError
+from baco.models.slots import SlotLM
+from baco.routers import StepView
+
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def bucket_for(rows: int, max_batch: int) -> int:
+    """The smallest captured batch size that holds `rows` slots."""
+    return min([b for b in BUCKETS if b >= rows] + [max_batch])
+
+
+@dataclass
+class _Live:
+    """Host-side record of a request in a slot."""
+
+    rid: int
+    request: Request
+    params: SamplingParams
+    collected: int = 0  # tokens turned into events so far
+    text: str = ""
+
+
+@dataclass
+class _Launched:
+    step: int
+    rows: list[tuple[int, int]]  # (slot, rid) stepped
+    names: tuple[str, ...]
+    mixed: bool
+    host: tuple[torch.Tensor, torch.Tensor]  # (ints (3, b), floats (4, b)) on the host
+    ready: object = None  # a CUDA event marking the end of the asynchronous copy
+
+
+@dataclass
+class _Group:
+    """Requests being prefilled together (one chunk per engine step)."""
+
+    slots: list[int]
+    members: list[_Live]
+    prefills: list = field(default_factory=list)  # one Prefill per model side
+    rows_of: list[torch.Tensor] = field(default_factory=list)
+
+
+class Engine:
+    """Slots, a scheduler and the lockstep step. See the module docstring."""
+
+    def __init__(self, pair, router, *, max_batch: int = 32, max_len: int | None = None,
+                 graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
+                 sync_free: bool | None = None):
+        """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
+        CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
+        read a device value on the host inside a step (default: on CUDA devices; on the CPU the
+        host-side shortcuts are cheaper and give the same tokens)."""
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise BacoError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        columns = max_len if max_len is not None else min(pair.context_length, 2048)
+        if not isinstance(columns, int) or isinstance(columns, bool) or columns < 2:
+            raise BacoError(f"max_len must be an integer >= 2, got {max_len!r}")
+        self.pair, self.router = pair, router
+        self.device = pair.device
+        self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
+        self.stop_strings = tuple(stop_strings)
+        self.tail = max((len(s) for s in self.stop_strings), default=0)
+        host_router = bool(getattr(router, "host", False))
+        cuda = self.device.type == "cuda"
+        self.sync_free = (cuda if sync_free is None else bool(sync_free)) and not host_router
+        self.graphs = self.sync_free and cuda and (graphs is True or graphs == "auto")
+        self.pipelined = self.sync_free and cuda  # read step t while the device runs step t+1
+        self.host_router = host_router
+        self.sides = [SlotLM(lm, max_batch, columns) for lm, _ in pair.sides]
+        self.reads = [reads for _, reads in pair.sides]
+        self._state(max_batch, columns)
+        self.waiting: list[_Live] = []
+        self.live: dict[int, _Live] = {}  # slot -> request in it
+        self.by_rid: dict[int, _Live] = {}  # requests in a slot, by id
+        self.group: _Group | None = None
+        self.pending: _Launched | None = None
+        self.finished_rids: set[int] = set()
+        self.steps = 0
+        self.write_host = 0
+        self._next_rid = 0
+        self._graphs: dict[tuple, tuple] = {}
+        self._warm: dict[tuple, int] = {}
+        self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "occupied_row_steps": 0,
+                      "bucket_row_steps": 0}
+
+    # ---- device state -------------------------------------------------------------------------------
+    def _state(self, slots: int, columns: int) -> None:
+        dev = self.device
+        longs = lambda fill=0: torch.full((slots,), fill, dtype=torch.long, device=dev)  # noqa: E731
+        self.previous, self.t = longs(-1), longs()
+        self.inputs = [longs() for _ in self.sides]  # the token each side reads next
+        self.previous_base = torch.zeros(slots, dtype=torch.bool, device=dev)
+        self.positions = [longs() for _ in self.sides]
+        self.valid = [longs() for _ in self.sides]
+        self.uniforms = torch.zeros((slots, 3, columns), device=dev)
+        self.knobs = RowKnobs.of(SamplingParams(), slots, dev)
+        self.write = torch.zeros(1, dtype=torch.long, device=dev)
+        self.out_ints = torch.zeros((3, slots), dtype=torch.long, device=dev)
+        self.out_floats = torch.zeros((4, slots), device=dev)
+        pin = self.pipelined and torch.cuda.is_available()
+        self._pinned = [(torch.zeros((3, slots), dtype=torch.long).pin_memory() if pin else None,
+                         torch.zeros((4, slots)).pin_memory() if pin else None) for _ in range(2)]
+
+    # ---- requests -----------------------------------------------------------------------------------
+    def add(self, request: Request, params: SamplingParams) -> int:
+        """Queue a request; returns its id. A request that can never fit is an error now, not later."""
+        longest = max(len(request.base_ids), len(request.aligned_ids))
+        if min(len(request.base_ids), len(request.aligned_ids)) < 1:
+            raise BacoError("a request needs at least one prompt token for each model")
+        if longest + request.max_new_tokens > self.columns:
+            raise BacoError(f"request needs {longest} prompt + {request.max_new_tokens} new tokens, more than the "
+                            f"engine's max_len of {self.columns}; raise max_len or lower max_new_tokens")
+        rid = self._next_rid
+        self._next_rid += 1
+        self.waiting.append(_Live(rid, request, params))
+        return rid
+
+    def abort(self, rid: int) -> None:
+        """Drop a request: from the queue, or from its slot (the slot is free at the next boundary)."""
+        self.waiting = [w for w in self.waiting if w.rid != rid]
+        self._free(rid)
+        self.finished_rids.add(rid)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.live or self.group or self.pending)
+
+    @property
+    def occupied(self) -> int:
+        return len(self.live) + (len(self.group.slots) if self.group else 0)
+
+    # ---- one engine step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> StepEvent | None:
+        self._admit()
+        launched = self._launch() if self.live else None
+        if not self.pipelined:
+            return self._collect(launched) if launched else None
+        ready, self.pending = self.pending, launched
+        return self._collect(ready) if ready else None
+
+    def run(self):
+        """Step until every queued request has finished; yield each step's event."""
+        while self.has_work:
+            event = self.step()
+            if event is not None:
+                yield event
+
+    # ---- admission: prefill into free slots ---------------------------------------------------------
+    def _admit(self) -> None:
+        if self.group is None and self.waiting:
+            taken = set(self.live)
+            free = [s for s in range(self.slots) if s not in taken]
+            if not free:
+                return
+            members, self.waiting = self.waiting[: len(free)], self.waiting[len(free):]
+            group = _Group(free[: len(members)], members)
+            for side, reads in zip(self.sides, self.reads):
+                prompts, rows_of = [], []
+                for live in members:
+                    prompt = tuple(live.request.base_ids if reads == "base" else live.request.aligned_ids)[:-1]
+                    if prompt not in prompts:
+                        prompts.append(prompt)
+                    rows_of.append(prompts.index(prompt))
+                group.prefills.append(side.prefill([list(p) for p in prompts]))
+                group.rows_of.append(torch.tensor(rows_of, device=side.device))
+            self.group = group
+        if self.group is None:
+            return
+        for prefill in self.group.prefills:
+            if not prefill.finished:
+                prefill.advance(self.chunk)
+                self.stats["prefill_chunks"] += 1
+        if all(p.finished for p in self.group.prefills):
+            self._activate(self.group)
+            self.group = None
+
+    def _activate(self, group: _Group) -> None:
+        """Place the group's prefilled caches into its slots and reset those rows' state."""
+        slots = torch.tensor(group.slots, device=self.device)
+        for side, prefill, rows_of in zip(self.sides, group.prefills, group.rows_of):
+            prefill.place(slots.to(side.device), rows_of, self.write_host)
+        requests = [m.request for m in group.members]
+        last = {"base": [r.base_ids[-1] for r in requests], "aligned": [r.aligned_ids[-1] for r in requests]}
+        lengths = {"base": [len(r.base_ids) - 1 for r in requests], "aligned": [len(r.aligned_ids) - 1 for r in requests]}
+        long = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        for i, reads in enumerate(self.reads):  # each side first reads its own prompt's last token
+            self.inputs[i][slots] = long(last[reads])
+            self.positions[i][slots] = long(lengths[reads])
+            self.valid[i][slots] = long(lengths[reads])
+        self.previous[slots] = -1
+        self.previous_base[slots] = False
+        self.t[slots] = 0
+        uniforms = torch.zeros((len(requests), 3, self.columns))
+        for i, request in enumerate(requests):
+            generator = torch.Generator().manual_seed(request.seed)
+            uniforms[i, :, : request.max_new_tokens] = torch.rand((3, request.max_new_tokens), generator=generator)
+        self.uniforms[slots] = uniforms.to(self.device)
+        fresh = RowKnobs.of([m.params for m in group.members], device=self.device)
+        for name in ("temperature", "top_k", "top_p", "min_p"):
+            getattr(self.knobs, name)[slots] = getattr(fresh, name)
+        for slot, member in zip(group.slots, group.members):
+            self.live[slot] = member
+            self.by_rid[member.rid] = member
+
+    # ---- the step -----------------------------------------------------------------------------------
+    def _launch(self) -> _Launched:
+        rows = sorted(self.live)
+        bucket = bucket_for(rows[-1] + 1, self.slots)
+        flags = self._flags()
+        key = (bucket, flags)
+        if key in self._graphs:
+            graph, names, mixed = self._graphs[key]
+            graph.replay()
+            self.stats["graph_steps"] += 1
+        else:
+            names, mixed = self._step_fn(bucket, flags)
+            if self.graphs:
+                self._warm[key] = self._warm.get(key, 0) + 1
+                if self._warm[key] >= 2:  # two eager runs warm the kernels and allocator up; then capture
+                    self._capture(key)
+        self.write_host = (self.write_host + 1) % self.columns
+        self.steps += 1
+        self.stats["steps"] += 1
+        self.stats["occupied_row_steps"] += len(rows)
+        self.stats["bucket_row_steps"] += bucket
+        host, ready = self._to_host(bucket)
+        return _Launched(self.steps - 1, [(s, self.live[s].rid) for s in rows], names, mixed, host, ready)
+
+    def _flags(self) -> tuple[bool, bool, bool, bool]:
+        params = [live.params for live in self.live.values()]
+        return (any(p.top_k > 0 for p in params), any(p.top_p < 1.0 for p in params),
+                any(p.top_k > 1024 for p in params), all(p.temperature == 0 for p in params))
+
+    def _step_fn(self, bucket: int, flags: tuple) -> tuple[tuple[str, ...], bool]:
+        """One lockstep step over slots [0, bucket): fixed buffers in, fixed buffers out."""
+        b = bucket
+        logprobs = [self.pair.logprobs(side.forward(self.inputs[i][:b], self.positions[i][:b], self.valid[i][:b],
+                                                    self.write))
+                    for i, side in enumerate(self.sides)]
+        base_lp, aligned_lp, anchor_lp = self.pair.split(logprobs)
+        steps = self.t[:b].clamp(max=self.columns - 1)
+        uniforms = self.uniforms[:b].gather(2, steps[:, None, None].expand(b, 3, 1)).squeeze(-1)
+        use_top_k, use_top_p, wide, greedy = flags
+        k = self.knobs
+        knobs = RowKnobs(k.temperature[:b], k.top_k[:b], k.top_p[:b], k.min_p[:b], use_top_k, use_top_p, wide, greedy)
+        prompts = texts = None
+        if self.host_router:
+            order = [self.live.get(s) for s in range(b)]
+            prompts = [m.request.prompt if m else "" for m in order]
+            texts = [m.text if m else "" for m in order]
+        view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
+                        texts=texts, anchor_logprobs=anchor_lp)
+        drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
+                               sync_free=self.sync_free)
+        for inputs in self.inputs:  # from now on every side reads the shared continuation
+            inputs[:b] = drawn.tokens
+        self.previous[:b] = drawn.tokens
+        self.previous_base[:b] = drawn.use_base
+        self.t[:b] += 1
+        for i in range(len(self.sides)):
+            self.positions[i][:b] += 1
+            self.valid[i][:b] = (self.valid[i][:b] + 1).clamp(max=self.columns - 1)
+        self.write.add_(1).remainder_(self.columns)
+        self.out_ints[0, :b] = drawn.tokens
+        self.out_ints[1, :b] = drawn.use_base.long()
+        self.out_ints[2, :b] = drawn.codes
+        self.out_floats[:, :b] = drawn.stats.float()
+        return drawn.names, drawn.mixed
+
+    def _capture(self, key: tuple) -> None:
+        """Record the step for this bucket as a CUDA graph (state is not advanced by recording)."""
+        bucket, flags = key
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        self._pool = getattr(self, "_pool", None) or torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):
+            names, mixed = self._step_fn(bucket, flags)
+        self._graphs[key] = (graph, names, mixed)
+
+    def _to_host(self, bucket: int):
+        """The step's outputs on the host: copied now (synchronous), or into pinned memory, asynchronously."""
+        if not self.pipelined:
+            return (self.out_ints[:, :bucket].cpu(), self.out_floats[:, :bucket].cpu()), None
+        ints, floats = self._pinned[self.steps % 2]
+        ints[:, :bucket].copy_(self.out_ints[:, :bucket], non_blocking=True)
+        floats[:, :bucket].copy_(self.out_floats[:, :bucket], non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return (ints[:, :bucket], floats[:, :bucket]), ready
+
+    # ---- turning a step into an event ---------------------------------------------------------------
+    def _collect(self, launched: _Launched) -> StepEvent | None:
+        if launched.ready is not None:
+            launched.ready.synchronize()  # the copy of step t; the device already runs step t+1
+        ints, floats = launched.host
+        texts, stop_ids = self.pair.vocab.texts, self.pair.vocab.stop_ids
+        kept, rids, finished = [], [], {}
+        for slot, rid in launched.rows:
+            if rid in self.finished_rids:
+                continue  # finished (or aborted) at an earlier step: this row's output is a leftover
+            live = self.by_rid[rid]
+            token = int(ints[0, slot])
+            live.collected += 1
+            live.text += texts[token]
+            if token in stop_ids:
+                finished[rid] = "stop"
+            elif self.tail and any(s in live.text[-(self.tail + len(texts[token])):] for s in self.stop_strings):
+                finished[rid] = "stop"
+            elif live.collected >= live.request.max_new_tokens:
+                finished[rid] = "length"
+            kept.append(slot)
+            rids.append(rid)
+        for rid in finished:
+            self.finished_rids.add(rid)
+            self._free(rid)
+        if not kept:
+            return None
+        index = torch.tensor(kept)
+        ints, floats = ints[:, index], floats[:, index]
+        return StepEvent(step=launched.step, rows=rids, tokens=ints[0], use_base=ints[1].bool(),
+                         reasons=[launched.names[c] for c in ints[2].tolist()], base_top1_prob=floats[0],
+                         base_entropy=floats[1], aligned_top1_prob=floats[2], chosen_prob=floats[3],
+                         finished=finished, mixed=launched.mixed)
+
+    def _free(self, rid: int) -> None:
+        live = self.by_rid.pop(rid, None)
+        if live is not None:
+            self.live = {slot: other for slot, other in self.live.items() if other.rid != rid}

@@ -1,0 +1,77 @@
+"""One BACo step on the rows' next-token distributions: route, apply the word rule, draw. Pure tensor code.
+
+    view  = StepView(base log-probs, aligned log-probs, ...)
+    route = router(view)                            # which rows the base model writes, and why (codes)
+    token = sample(writer's log-probs, writer's own random number)
+    word rule: a switch of writer in the middle of a word stands only if the new writer's token
+               starts a new word; otherwise the previous writer keeps the turn and draws instead
+    soft methods (route.mix): every row draws from the mixed distribution (aligned stream)
+
+With `sync_free`, nothing here reads a tensor's value on the host: both branches of the word rule
+are computed and selected with `torch.where`, so the step can be captured as a CUDA graph. Without
+it (the CPU), the redraw runs only for the rows that need it. The tokens are the same either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from baco.decode.sampling import RowKnobs, sample
+from baco.routers.view import StepView
+
+BASE_STREAM, ALIGNED_STREAM, ROUTER_STREAM = 0, 1, 2
+WORD_CONTINUATION = "word-continuation"
+
+
+@dataclass
+class Drawn:
+    """The step's outcome for its rows: all (b,) tensors on the models' device."""
+
+    tokens: torch.Tensor
+    use_base: torch.Tensor
+    codes: torch.Tensor  # reason codes, indices into `names`
+    names: tuple[str, ...]
+    stats: torch.Tensor  # (4, b): base top-1 prob, base entropy, aligned top-1 prob, chosen prob
+    mixed: bool
+
+
+def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: torch.Tensor,
+                   previous_base: torch.Tensor, knobs: RowKnobs, *, sync_free: bool) -> Drawn:
+    """Route every row, draw its token. `uniforms` (b, 3): this step's number from each row's base,
+    aligned and router streams; `previous`/`previous_base`: the row's last token (-1: none) and writer."""
+    route = router(view)
+    base_lp, aligned_lp = view.base_logprobs, view.aligned_logprobs
+    if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
+        tokens = sample(route.mix, uniforms[:, ALIGNED_STREAM], knobs, sync_free=sync_free)
+        chosen = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
+        use_base, codes, names = route.use_base, route.codes, route.names
+    else:
+        use_base, codes, names = route.use_base.to(base_lp.device), route.codes.to(base_lp.device), route.names
+        tokens = _draw(base_lp, aligned_lp, use_base, uniforms, knobs, sync_free)
+        mid_word = (previous >= 0) & view.vocab.ends_word_char[previous.clamp(min=0)]
+        blocked = mid_word & (use_base != previous_base) & view.vocab.continues_word[tokens]
+        names = names + (WORD_CONTINUATION,)
+        if sync_free:
+            redrawn = _draw(base_lp, aligned_lp, ~use_base, uniforms, knobs, sync_free)
+            tokens = torch.where(blocked, redrawn, tokens)
+        elif bool(blocked.any()):
+            rows = blocked.nonzero().squeeze(-1)
+            tokens = tokens.clone()
+            tokens[rows] = _draw(base_lp[rows], aligned_lp[rows], ~use_base[rows], uniforms[rows],
+                                 knobs.take(rows), sync_free)
+        use_base = torch.where(blocked, ~use_base, use_base)
+        codes = torch.where(blocked, torch.full_like(codes, len(names) - 1), codes)
+        picked = tokens[:, None]
+        chosen = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1), aligned_lp.gather(-1, picked).squeeze(-1))
+    stats = torch.stack([view.base_top1_prob, view.base_entropy, view.aligned_top1_prob, chosen.exp()])
+    return Drawn(tokens, use_base, codes, names, stats, route.mix is not None)
+
+
+def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor, uniforms: torch.Tensor,
+          knobs: RowKnobs, sync_free: bool) -> torch.Tensor:
+    """Sample each row from its chosen model, with that model's own random number."""
+    chosen = torch.where(use_base[:, None], base_lp, aligned_lp)
+    u = torch.where(use_base, uniforms[:, BASE_STREAM], uniforms[:, ALIGNED_STREAM])
+    return sample(chosen, u, knobs, sync_free=sync_free)

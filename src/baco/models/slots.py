@@ -1,0 +1,171 @@
+"""Static, slot-indexed KV caches for one HF causal LM: what lets the engine step a fixed-shape batch.
+
+A `SlotLM` owns one pre-allocated key/value buffer per attention layer, shaped
+(slots, kv_heads, columns, head_dim). Every slot (row) is one request. Columns form a ring: all
+rows write the current decoding step into the same column `write`, which advances by one per
+step and wraps around. A row's cache is the `valid` columns just before `write` (its prompt and
+what it has generated); attention reads every column and a per-row mask keeps only those (and,
+for sliding-window layers, only the last `window`). Keys carry their rotary position already, and
+attention does not care in which column a key sits, so a ring needs no compaction, and a new
+request can take a finished row's slot at any step: its prompt is prefilled into the columns just
+before `write`, overwriting the previous occupant's, and the mask hides everything older.
+
+Shapes never change between steps (the bucket of live slots aside), and nothing in `forward`
+reads a tensor's value on the host, so a step can be captured as a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baco.errors import BacoError
+
+try:  # the model's attention layers call cache.update(); a transformers Cache passes its type checks
+    from transformers.cache_utils import Cache as _CacheBase
+except ImportError:  # pragma: no cover - transformers is a dependency
+    _CacheBase = object
+
+
+class SlotCache(_CacheBase):
+    """The per-layer ring buffers. `update` writes this step's keys/values of the first `rows` slots."""
+
+    def __init__(self, slots: int, columns: int):
+        if _CacheBase is not object:
+            super().__init__(layers=[])
+        self.slots, self.columns = slots, columns
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        self.write: torch.Tensor | None = None  # 1-element long tensor: the column this step writes
+        self.rows = slots  # the bucket being stepped: slots [0, rows)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx not in self.keys:  # sized by the first step (heads, head_dim and dtype of this layer)
+            _, heads, _, dim = key_states.shape
+            shape = (self.slots, heads, self.columns, dim)
+            self.keys[layer_idx] = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
+            self.values[layer_idx] = torch.zeros(shape, dtype=value_states.dtype, device=value_states.device)
+        keys, values = self.keys[layer_idx][: self.rows], self.values[layer_idx][: self.rows]
+        keys.index_copy_(2, self.write, key_states)
+        values.index_copy_(2, self.write, value_states)
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly; never read a length from the cache
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.columns
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+    def place(self, layer_idx: int, slots: torch.Tensor, columns: torch.Tensor,
+              keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write prefilled keys/values (g, heads, n, dim) into `slots` (g,) at ring `columns` (n,)."""
+        if layer_idx not in self.keys:
+            shape = (self.slots, keys.shape[1], self.columns, keys.shape[3])
+            self.keys[layer_idx] = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+            self.values[layer_idx] = torch.zeros(shape, dtype=values.dtype, device=values.device)
+        heads = torch.arange(keys.shape[1], device=keys.device)
+        index = (slots[:, None, None], heads[None, :, None], columns[None, None, :])
+        self.keys[layer_idx].index_put_(index, keys.to(self.keys[layer_idx].dtype))
+        self.values[layer_idx].index_put_(index, values.to(self.values[layer_idx].dtype))
+
+
+def _layer_kinds(config) -> tuple[list[str] | None, int | None]:
+    """(layer types if the model mixes full and sliding attention, sliding window)."""
+    config = getattr(config, "text_config", config)
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types and "sliding_attention" in types and window:
+        return list(types), int(window)
+    return None, (int(window) if window and getattr(config, "use_sliding_window", True) else None)
+
+
+class SlotLM:
+    """One model's side of the engine: its slot cache, prefill into slots, and one decoding step."""
+
+    def __init__(self, lm, slots: int, columns: int):
+        self.lm, self.model = lm, lm.model
+        self.device = lm.device
+        self.cache = SlotCache(slots, columns)
+        self.columns = columns
+        self.layer_types, self.window = _layer_kinds(self.model.config)
+        self.dtype = next(self.model.parameters()).dtype
+        self.ring = torch.arange(columns, device=self.device)
+
+    def masks(self, write: torch.Tensor, valid: torch.Tensor):
+        """Additive attention masks (rows, 1, 1, columns) for one step: a key column counts for a row if
+        it is one of the row's `valid` columns before `write`, or `write` itself (this step's token)."""
+        behind = (write - self.ring) % self.columns  # (columns,): 0 = this step's column
+        keep = behind[None, :] <= valid[:, None]
+        low = torch.finfo(self.dtype).min
+        full = torch.where(keep, 0.0, low).to(self.dtype)[:, None, None, :]
+        if self.window is None:
+            return full
+        sliding = torch.where(keep & (behind[None, :] < self.window), 0.0, low).to(self.dtype)[:, None, None, :]
+        if self.layer_types is None:
+            return sliding  # every layer slides
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
+                write: torch.Tensor) -> torch.Tensor:
+        """Logits (rows, V) after feeding one token per row at `positions`; writes column `write`."""
+        self.cache.rows, self.cache.write = tokens.shape[0], write
+        out = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
+                         attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
+        return out.logits[:, -1, :]
+
+    def prefill(self, prompts: list[list[int]]) -> "Prefill":
+        """Start prefilling `prompts` (each without its last token, which the first decoding step feeds)."""
+        return Prefill(self, prompts)
+
+
+class Prefill:
+    """Prefill of a group of prompts, run `chunk` columns at a time through a temporary transformers
+    cache (so a long prompt does not stall the other rows' steps), then placed into slots."""
+
+    def __init__(self, side: SlotLM, prompts: list[list[int]]):
+        from transformers import DynamicCache
+
+        self.side = side
+        width = max((len(p) for p in prompts), default=0)
+        if width >= side.columns:
+            raise BacoError(f"a prompt of {width + 1} tokens does not fit the engine's {side.columns} columns")
+        ids = torch.full((len(prompts), width), side.lm.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            if prompt:
+                ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+                mask[row, width - len(prompt):] = 1
+        self.ids, self.mask = ids.to(side.device), mask.to(side.device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=side.model.config)
+        self.width, self.done_columns = width, 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done_columns >= self.width
+
+    @torch.inference_mode()
+    def advance(self, chunk: int) -> None:
+        """Run the next `chunk` columns of every prompt."""
+        start, end = self.done_columns, min(self.done_columns + chunk, self.width)
+        self.side.model(input_ids=self.ids[:, start:end], attention_mask=self.mask[:, :end],
+                        position_ids=self.positions[:, start:end], past_key_values=self.cache, use_cache=True,
+                        logits_to_keep=1)
+        self.done_columns = end
+
+    @torch.inference_mode()
+    def place(self, slots: torch.Tensor, rows_of: torch.Tensor, write: int) -> None:
+        """Copy the prefilled keys/values into the ring just before column `write`: slot `slots[i]`
+        receives prompt `rows_of[i]` (the n samples of a prompt share one prefill)."""
+        side = self.side
+        for layer_idx, layer in enumerate(self.cache.layers if self.width else []):
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if keys is None or keys.numel() == 0:
+                continue
+            kept = keys.shape[2]  # a sliding-window layer keeps only its window
+            columns = (write - kept + torch.arange(kept, device=side.device)) % side.columns
+            side.cache.place(layer_idx, slots, columns, keys[rows_of], values[rows_of])

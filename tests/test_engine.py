@@ -1,0 +1,174 @@
+"""The engine (static slot caches, continuous batching, the sync-free step) on the tiny random pair, CPU, float32."""
+
+import pytest
+import torch
+
+from baco import SamplingParams
+from baco.decode import sampling as sampling_module
+from baco.decode.engine import Engine
+from baco.decode.sampling import RowKnobs
+from baco.decode.step import route_and_draw
+from baco.errors import BacoError
+from baco.routers import StepView, get_router
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly, and why it did not mind.", "Why?"]
+ROUTERS = ["p-punc:0.3", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
+
+
+def reference(pair, request, router, params):
+    """Yesterday's loop for one request: transformers' own dynamic KV cache, the same step math."""
+    session = pair.start([request.base_ids], [request.aligned_ids])
+    base_lp, aligned_lp = session.logprobs()
+    uniforms = torch.rand((3, request.max_new_tokens), generator=torch.Generator().manual_seed(request.seed))
+    previous, previous_base, tokens = torch.tensor([-1]), torch.tensor([False]), []
+    for step in range(request.max_new_tokens):
+        view = StepView(base_lp, aligned_lp, pair.vocab, uniforms[None, 2, step], step,
+                        anchor_logprobs=session.anchor_logprobs())
+        drawn = route_and_draw(view, router, uniforms[None, :, step], previous, previous_base,
+                               RowKnobs.of(params, 1), sync_free=False)
+        tokens.append(int(drawn.tokens[0]))
+        if tokens[-1] in pair.vocab.stop_ids:
+            break
+        previous, previous_base = drawn.tokens, drawn.use_base
+        base_lp, aligned_lp = session.step(drawn.tokens)
+    return tokens
+
+
+def run(pair, requests, router, params, **engine_options):
+    """Token ids per request (by position in `requests`) from one engine."""
+    engine = Engine(pair, get_router(router), **{"max_batch": len(requests), "max_len": 96, **engine_options})
+    for request in requests:
+        engine.add(request, params)
+    out = [[] for _ in requests]
+    for event in engine.run():
+        for rid, token in zip(event.rows, event.tokens.tolist()):
+            out[rid].append(token)
+    return out, engine
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
+                                    SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)],
+                         ids=["greedy", "sampled"])
+def test_slot_engine_equals_a_dynamic_cache_reference_token_for_token(collab, router, params):
+    requests = collab.requests(PROMPTS, 2, params, seed=params.seed)
+    got, _ = run(collab.pair, requests, router, params, max_batch=3)  # 6 requests, 3 slots: rows join mid-run
+    for request, tokens in zip(requests, got):
+        assert tokens == reference(collab.pair, request, get_router(router), params)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=24, seed=2),
+    SamplingParams(temperature=1.5, top_k=7, top_p=0.95, max_new_tokens=24, seed=3),
+    SamplingParams(temperature=2.0, min_p=0.02, max_new_tokens=24, seed=4),
+    SamplingParams(temperature=0, max_new_tokens=24, seed=5),
+], ids=["top-p", "top-k+top-p", "min-p", "greedy"])
+@pytest.mark.parametrize("router", ["p-punc:0.5", "eft:0.3"])
+def test_sync_free_step_gives_the_same_tokens_as_the_host_branching_step(collab, monkeypatch, params, router):
+    monkeypatch.setattr(sampling_module, "PRECUT", 8)  # make the top-p fall-back to a full sort happen
+    requests = collab.requests(PROMPTS, 3, params, seed=params.seed)
+    eager, _ = run(collab.pair, requests, router, params, sync_free=False)
+    sync_free, engine = run(collab.pair, requests, router, params, sync_free=True)
+    assert engine.sync_free and not engine.graphs  # no graphs on the CPU: the same step, run eagerly
+    assert sync_free == eager
+
+
+def test_a_request_joining_a_used_slot_mid_run_equals_the_same_request_alone(collab):
+    params = SamplingParams(max_new_tokens=30, seed=7)
+    requests = collab.requests(PROMPTS * 2, 1, params, seed=7)
+    for i, request in enumerate(requests):
+        request.max_new_tokens = 6 + 5 * i  # different lengths: slots free up at different steps
+    shared, engine = run(collab.pair, requests, "p-punc:0.4", params, max_batch=2)
+    assert engine.stats["steps"] < sum(r.max_new_tokens for r in requests)  # rows overlapped
+    for request, tokens in zip(requests, shared):
+        alone, _ = run(collab.pair, [request], "p-punc:0.4", params, max_batch=1)
+        assert tokens == alone[0]
+
+
+def test_a_reused_slot_starts_from_a_clean_state(collab):
+    params = SamplingParams(max_new_tokens=12, seed=3)
+    first, second = collab.requests(PROMPTS[1:3], 1, params, seed=3)
+    engine = Engine(collab.pair, get_router("p:0.5"), max_batch=1, max_len=96)
+    engine.add(first, params)
+    engine.add(second, params)
+    while 0 not in engine.finished_rids:
+        engine.step()
+    engine._admit()  # the step boundary: the second request takes the first one's slot
+    assert engine.live[0].rid == 1
+    for side, reads in enumerate(engine.reads):
+        prompt = second.base_ids if reads == "base" else second.aligned_ids
+        assert engine.positions[side][0] == len(prompt) - 1 == engine.valid[side][0]
+        assert engine.inputs[side][0] == prompt[-1]
+    assert engine.previous[0] == -1 and engine.t[0] == 0
+
+
+def test_continuous_batching_needs_fewer_steps_than_static_batches(collab):
+    params = SamplingParams(max_new_tokens=40, seed=0)
+    requests = collab.requests(PROMPTS * 3, 1, params, seed=0)
+    lengths = [4, 40, 4, 40, 4, 40, 4, 40, 4]
+    for request, length in zip(requests, lengths):
+        request.max_new_tokens = length
+    out, engine = run(collab.pair, requests, "aligned", params, max_batch=3)
+    produced = [len(tokens) for tokens in out]
+    static_steps = sum(max(produced[i:i + 3]) for i in range(0, len(produced), 3))  # batches of 3, in order
+    assert engine.stats["steps"] < static_steps
+
+
+def test_long_prompts_are_prefilled_in_chunks_while_other_rows_keep_stepping(collab):
+    params = SamplingParams(temperature=0, max_new_tokens=16, seed=0)
+    short, long = collab.requests([PROMPTS[2], PROMPTS[1] * 3], 1, params, seed=0)
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=160, prefill_chunk=4)
+    engine.add(short, params)
+    while not engine.live:
+        engine.step()  # until the short request is decoding
+    engine.add(long, params)
+    stepped_during_prefill = 0
+    while engine.live and 1 not in engine.by_rid:
+        event = engine.step()
+        stepped_during_prefill += bool(event and 0 in event.rows)
+    assert stepped_during_prefill >= 3  # the long prompt took several chunks; the short row did not wait
+    chunked, _ = run(collab.pair, [long], "p-punc:0.5", params, max_len=160, prefill_chunk=4)
+    whole, _ = run(collab.pair, [long], "p-punc:0.5", params, max_len=160)
+    assert chunked == whole
+
+
+def test_an_aborted_request_leaves_its_slot_to_the_next(collab):
+    params = SamplingParams(max_new_tokens=20, seed=1)
+    requests = collab.requests(PROMPTS, 1, params, seed=1)
+    engine = Engine(collab.pair, get_router("aligned"), max_batch=1, max_len=96)
+    for request in requests:
+        engine.add(request, params)
+    engine.step()
+    engine.step()
+    engine.abort(0)
+    later = [event for event in engine.run()]
+    assert all(0 not in event.rows for event in later)
+    assert {rid for event in later for rid in event.rows} == {1, 2}
+
+
+def test_a_request_too_long_for_the_engine_is_refused_at_the_door(collab):
+    params = SamplingParams(max_new_tokens=64)
+    request = collab.requests([PROMPTS[1]], 1, params, seed=0)[0]
+    engine = Engine(collab.pair, get_router("p:0.5"), max_batch=2, max_len=48)
+    with pytest.raises(BacoError, match="max_len"):
+        engine.add(request, params)
+
+
+def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
+    """On the meta device tensors have shapes but no values: any host read inside the step raises."""
+    from baco import Collaboration
+
+    pair = Collaboration.from_pretrained(*tiny_dirs, device="cpu").pair
+    meta = torch.device("meta")
+    for lm in (pair.base, pair.aligned):
+        lm.model.to(meta)
+        lm.device = meta
+    pair.device, pair.vocab, pair._mask = meta, pair.vocab.to(meta), pair._mask.to(meta)
+    all_knobs = (True, True, False, False)  # top-k and top-p on: every branch of the sampler
+    for router in ["p-punc:0.5", "h-punc:2", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5"]:
+        engine = Engine(pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
+        names, _ = engine._step_fn(4, all_knobs)
+        assert names and engine.out_ints.is_meta
+    host_branching = Engine(pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=False)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the CPU shortcuts do read values: the check bites
+        host_branching._step_fn(4, all_knobs)
