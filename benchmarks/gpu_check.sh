@@ -1,38 +1,47 @@
 #!/usr/bin/env bash
-# One GPU check (tests + lockstep benchmark), as run on the lent H100/H200 machine (no network there).
+# One GPU check (GPU-only tests + engine benchmarks), as run on the lent H100/H200 machine (no network there).
 # Prepared here first (ignored folders that travel with `carry`):
-#   .whl/  transformers==5.24.0 wheel (the machine has 5.17)
-#   .gpu/gemma-270m-shape/  config + gzipped tokenizer of the embedded Gemma (~/.cache/baco/...-bfloat16)
-#   .gpu/old-src/  optional: an older checkout's src/, timed with the same script for comparison
-# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [old] [1b]   (no argument: all four)
+#   .whl/  transformers==5.24.0 wheel (the machine has 5.17):
+#          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#            --platform manylinux_2_28_x86_64 -d .whl transformers==5.24.0
+#   .gpu/gemma-270m-shape/  config.json, generation_config.json, tokenizer_config.json, chat_template.jinja
+#          and tokenizer.json.gz
+#          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
+# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [throughput] [1b] [static]   (no argument: the first four)
 # Output: $OUT/gpu_check.log
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 log=${OUT:-/tmp}/gpu_check.log
-exec > >(tee "$log") 2>&1
+exec > >(tee -a "$log") 2>&1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 site=/tmp/site
 mkdir -p /tmp/shape && cp .gpu/gemma-270m-shape/* /tmp/shape/ && gunzip -f /tmp/shape/tokenizer.json.gz
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-PYTHONPATH=$site:src python3 -c "import torch, transformers, baco; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(), baco.__file__)"
+export PYTHONPATH=$site:src
+python3 -c "import torch, transformers, baco; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(), baco.__file__)"
 
-stages=${*:-tests 270m old 1b}
+stages=${*:-tests 270m throughput 1b}
 want() { [[ " $stages " == *" $1 "* ]]; }
+bench() { timeout "$1" python3 "${@:2}" 2>&1 | grep -v -i warn; }
+gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
 
-want tests && echo "== tests on the GPU (device=auto puts every model on cuda) =="
-want tests && PYTHONPATH=$site:src timeout 200 python3 -m pytest -q -m "not slow" -n 8 -p no:cacheprovider --continue-on-collection-errors tests 2>&1 | tail -40
-
-bench() { PYTHONPATH=$site:$1 timeout "$2" python3 benchmarks/lockstep_overhead.py --device cuda "${@:3}" 2>&1 | grep -v -i warn; }
-if want 270m; then
-  echo "== lockstep overhead, Gemma-3-270M shape, this checkout =="
-  bench src 90 --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2
+if want tests; then
+  echo "== GPU tests (graph == eager, no host sync, late joiners) and the engine's CPU tests =="
+  timeout 240 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
 fi
-if want old && [ -d .gpu/old-src ]; then
-  echo "== the same with .gpu/old-src (distributions copied to the CPU every step) =="
-  bench .gpu/old-src 100 --shape /tmp/shape --batch 8 64 --steps 8 40 --repeats 2
+if want 270m; then
+  echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
+  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 --profile
+fi
+if want throughput; then
+  echo "== throughput: 1000 prompts x n=4, lengths 16-128 + stop tokens, static batches vs continuous batching =="
+  bench 200 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts 1000 --n 4 --max-batch 64 --lengths 16 128
 fi
 if want 1b; then
-  echo "== lockstep overhead, Gemma-3-1B shape (26 layers, hidden 1152), this checkout =="
-  bench src 100 --shape /tmp/shape --set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912 \
-    --batch 1 32 --steps 8 40 --repeats 1
+  echo "== lockstep vs compiled single-model steps, Gemma-3-1B shape (26 layers, hidden 1152) =="
+  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape "${gemma_1b[@]}" --batch 1 8 64 --steps 8 40 --repeats 1
+fi
+if want static; then
+  echo "== transformers generate with a StaticCache (compiled by transformers), Gemma-3-270M shape =="
+  bench 300 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 64 --steps 8 40 --repeats 1 --hf eager static
 fi

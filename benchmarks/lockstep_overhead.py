@@ -9,10 +9,14 @@ embedded Gemma's cache folder), optionally changed by --set: costs depend on sha
 so a GPU machine without the weights can still time a real architecture.
 Per-step time = (time for T2 steps - time for T1 steps) / (T2 - T1), so prefill cancels out.
 Stop tokens are disabled so every row runs the full length. Prints, per batch size:
-  lockstep      the full BACo loop (router p-punc:0.5: both models forward, router, sampler, provenance)
-  base, aligned one model alone: its KV-cache step + the same sampler (what baco costs per model)
+  lockstep      the full BACo step on the engine (router p-punc:0.5: both models forward, router, word
+                rule, sampler, provenance), CUDA-graph captured on a GPU
+  base, aligned one model alone on the same engine (`SoloPair`: one forward + the sampler per step,
+                graph captured on a GPU): each model's compiled single-model step
   ratio         lockstep / (base + aligned)             target <= 1.15
-  hf_ratio      lockstep / (HF generate base + HF generate aligned), for reference
+  tok/s         BACo tokens per second (batch / lockstep step)
+  hf eager      transformers `generate` of one model with its dynamic cache, per step (--hf eager|static)
+  hf static     transformers `generate` with a StaticCache, which transformers compiles (torch.compile)
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import time
 import torch
 
 from baco import Collaboration, SamplingParams
-from baco.decode.loop import Request, lockstep
-from baco.decode.sampling import sample
+from baco.decode.engine import Engine
+from baco.decode.loop import lockstep
+from baco.models import SoloPair
 from baco.routers import get_router
 
 PROMPT = "Tell me a story about a dragon who could not fly."
+STATIC_ROOM = 128  # new tokens a static cache leaves room for (the longest timed run must fit)
 
 
 def without_stops(collab: Collaboration) -> None:
@@ -53,25 +59,29 @@ def time_lockstep(collab: Collaboration, batch: int, steps: int) -> float:
 
 
 def time_single(collab: Collaboration, side: str, batch: int, steps: int) -> float:
-    lm = getattr(collab.pair, side)
-    requests: list[Request] = collab.requests([PROMPT], batch, SamplingParams(), seed=0)
-    ids = [r.base_ids if side == "base" else r.aligned_ids for r in requests]
-    params = SamplingParams(min_p=0.05)
+    """One model alone on the same engine (its own rendering, its own router): one forward per step."""
+    solo = SoloPair(getattr(collab.pair, side), reads=side)
+    solo.vocab, solo._mask = collab.pair.vocab, collab.pair._mask  # the same vocabulary, stops disabled
+    params = SamplingParams(max_new_tokens=steps, seed=0, min_p=0.05)
+    requests = collab.requests([PROMPT], batch, params, seed=0)
     start = time.perf_counter()
-    session = lm.start(ids)
-    for _ in range(steps):
-        tokens = sample(collab.pair.logprobs(session.logits), torch.rand(batch), params)
-        session.step(tokens)
+    count = sum(1 for _ in lockstep(solo, requests, get_router(side), params))
+    assert count == steps, count
     return time.perf_counter() - start
 
 
-def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int) -> float:
+def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int, static: bool = False) -> float:
     lm = getattr(collab.pair, side)
     requests = collab.requests([PROMPT], batch, SamplingParams(), seed=0)
     ids = torch.tensor([r.base_ids if side == "base" else r.aligned_ids for r in requests]).to(lm.device)
+    extra = {}
+    if static:  # a StaticCache of one fixed length: transformers compiles its decode step once per batch size
+        from transformers import StaticCache
+
+        extra["past_key_values"] = StaticCache(config=lm.model.config, max_cache_len=ids.shape[1] + STATIC_ROOM)
     start = time.perf_counter()
     lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, min_new_tokens=steps,
-                      do_sample=True, top_k=0, min_p=0.05, pad_token_id=lm.pad_token_id)
+                      do_sample=True, top_k=0, min_p=0.05, pad_token_id=lm.pad_token_id, **extra)
     return time.perf_counter() - start
 
 
@@ -145,6 +155,10 @@ def main() -> None:
     parser.add_argument("--shape", help="time random-initialised models with this folder's config and tokenizer")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=JSON", help="config changes for --shape")
     parser.add_argument("--peak", type=float, default=4.0, help="--shape: embedding scale (peaked distributions)")
+    parser.add_argument("--hf", nargs="*", default=["eager"], choices=["eager", "static"],
+                        help="also time transformers generate of the base model (static: compiled, ~1 min per batch)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then print a torch.profiler summary of lockstep steps at the largest batch")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -166,15 +180,40 @@ def main() -> None:
     print(f"pair: {label} ({sum(w.numel() for w in weights) / 1e6:.0f}M parameters each; "
           f"{mean_top1(collab):.2f} mean base top-1 prob); device {collab.pair.base.device}, dtype {weights[0].dtype}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'hf_ratio':>8}")
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=64)
+    for request in collab.requests([PROMPT], 2, SamplingParams(max_new_tokens=12, seed=0), seed=0):
+        engine.add(request, SamplingParams(max_new_tokens=12, seed=0))
+    for _ in engine.run():
+        pass
+    print(f"engine: graphs={engine.graphs} sync_free={engine.sync_free} pipelined={engine.pipelined} "
+          f"stats={engine.stats}" + (f" capture failed: {engine.capture_error}" if engine.capture_error else ""))
+    hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
+    print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}")
     for batch in args.batch:
         lock = per_step(lambda n: time_lockstep(collab, batch, n), t1, t2, args.repeats)
         base_t = per_step(lambda n: time_single(collab, "base", batch, n), t1, t2, args.repeats)
         aligned_t = per_step(lambda n: time_single(collab, "aligned", batch, n), t1, t2, args.repeats)
-        hf = sum(per_step(lambda n: time_hf_generate(collab, side, batch, n), t1, t2, args.repeats)
-                 for side in ("base", "aligned"))
+        hf = [per_step(lambda n: time_hf_generate(collab, "base", batch, n, kind == "static"), t1, t2, args.repeats)
+              for kind in args.hf]
         print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
-              f"{lock / (base_t + aligned_t):>6.2f} {lock / hf:>8.2f}")
+              f"{lock / (base_t + aligned_t):>6.2f} {batch / lock:>8.0f}" + "".join(f" {t * 1e3:>14.2f}" for t in hf),
+              flush=True)
+    if args.profile:
+        profile(collab, max(args.batch), t2)
+
+
+def profile(collab: Collaboration, batch: int, steps: int) -> None:
+    """Where a lockstep step's time goes: operators by self time on the device (or CPU), one run."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    time_lockstep(collab, batch, steps)  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities) as prof:
+        time_lockstep(collab, batch, steps)
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(f"profile: {steps} lockstep steps at batch {batch}, sorted by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ decide on the host (JUDGE) run eagerly and synchronously, with the rows' texts i
 
 from __future__ import annotations
 
-import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +30,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
-from baco.models.slots import SlotLM
+from baco.models.slots import SlotLM, upload
 from baco.routers import StepView
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -77,11 +77,14 @@ class Engine:
 
     def __init__(self, pair, router, *, max_batch: int = 32, max_len: int | None = None,
                  graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
-                 sync_free: bool | None = None):
+                 sync_free: bool | None = None, admit_at: int | None = None):
         """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
         CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
         read a device value on the host inside a step (default: on CUDA devices; on the CPU the
-        host-side shortcuts are cheaper and give the same tokens)."""
+        host-side shortcuts are cheaper and give the same tokens). `admit_at`: start a prefill only when
+        this many slots are free (or nothing else runs): an eager prefill forward costs a GPU about what
+        several captured steps do, whatever its size, so prefills are batched (default: max_batch // 8
+        on CUDA, 1 elsewhere)."""
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise BacoError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
@@ -98,6 +101,7 @@ class Engine:
         self.graphs = self.sync_free and cuda and (graphs is True or graphs == "auto")
         self.pipelined = self.sync_free and cuda  # read step t while the device runs step t+1
         self.host_router = host_router
+        self.admit_at = max(1, admit_at if admit_at is not None else (max_batch // 8 if cuda else 1))
         self.sides = [SlotLM(lm, max_batch, columns) for lm, _ in pair.sides]
         self.reads = [reads for _, reads in pair.sides]
         self._state(max_batch, columns)
@@ -112,6 +116,7 @@ class Engine:
         self._next_rid = 0
         self._graphs: dict[tuple, tuple] = {}
         self._warm: dict[tuple, int] = {}
+        self.capture_error: str | None = None
         self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "occupied_row_steps": 0,
                       "bucket_row_steps": 0}
 
@@ -183,7 +188,7 @@ class Engine:
         if self.group is None and self.waiting:
             taken = set(self.live)
             free = [s for s in range(self.slots) if s not in taken]
-            if not free:
+            if not free or (self.live and len(free) < min(self.admit_at, len(self.waiting))):
                 return
             members, self.waiting = self.waiting[: len(free)], self.waiting[len(free):]
             group = _Group(free[: len(members)], members)
@@ -195,7 +200,7 @@ class Engine:
                         prompts.append(prompt)
                     rows_of.append(prompts.index(prompt))
                 group.prefills.append(side.prefill([list(p) for p in prompts]))
-                group.rows_of.append(torch.tensor(rows_of, device=side.device))
+                group.rows_of.append(upload(torch.tensor(rows_of), side.device))
             self.group = group
         if self.group is None:
             return
@@ -209,26 +214,27 @@ class Engine:
 
     def _activate(self, group: _Group) -> None:
         """Place the group's prefilled caches into its slots and reset those rows' state."""
-        slots = torch.tensor(group.slots, device=self.device)
+        slots = upload(torch.tensor(group.slots), self.device)
         for side, prefill, rows_of in zip(self.sides, group.prefills, group.rows_of):
             prefill.place(slots.to(side.device), rows_of, self.write_host)
         requests = [m.request for m in group.members]
         last = {"base": [r.base_ids[-1] for r in requests], "aligned": [r.aligned_ids[-1] for r in requests]}
         lengths = {"base": [len(r.base_ids) - 1 for r in requests], "aligned": [len(r.aligned_ids) - 1 for r in requests]}
-        long = lambda values: torch.tensor(values, dtype=torch.long, device=self.device)  # noqa: E731
+        long = lambda values: upload(torch.tensor(values, dtype=torch.long), self.device)  # noqa: E731
         for i, reads in enumerate(self.reads):  # each side first reads its own prompt's last token
             self.inputs[i][slots] = long(last[reads])
             self.positions[i][slots] = long(lengths[reads])
             self.valid[i][slots] = long(lengths[reads])
-        self.previous[slots] = -1
-        self.previous_base[slots] = False
-        self.t[slots] = 0
+        self.previous.index_fill_(0, slots, -1)
+        self.previous_base.index_fill_(0, slots, False)
+        self.t.index_fill_(0, slots, 0)
         uniforms = torch.zeros((len(requests), 3, self.columns))
         for i, request in enumerate(requests):
             generator = torch.Generator().manual_seed(request.seed)
             uniforms[i, :, : request.max_new_tokens] = torch.rand((3, request.max_new_tokens), generator=generator)
-        self.uniforms[slots] = uniforms.to(self.device)
-        fresh = RowKnobs.of([m.params for m in group.members], device=self.device)
+        self.uniforms[slots] = upload(uniforms, self.device)
+        fresh = RowKnobs.of([m.params for m in group.members])
+        fresh = RowKnobs(*(upload(getattr(fresh, name), self.device) for name in ("temperature", "top_k", "top_p", "min_p")))
         for name in ("temperature", "top_k", "top_p", "min_p"):
             getattr(self.knobs, name)[slots] = getattr(fresh, name)
         for slot, member in zip(group.slots, group.members):
@@ -306,8 +312,16 @@ class Engine:
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         self._pool = getattr(self, "_pool", None) or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
-            names, mixed = self._step_fn(bucket, flags)
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                names, mixed = self._step_fn(bucket, flags)
+        except Exception as error:  # noqa: BLE001 - a model whose forward cannot be captured still runs
+            self.graphs = False
+            self.capture_error = f"{type(error).__name__}: {error}"
+            warnings.warn(f"CUDA graph capture failed, stepping eagerly (still without host syncs): "
+                          f"{self.capture_error}", RuntimeWarning, stacklevel=2)
+            torch.cuda.synchronize(self.device)
+            return
         self._graphs[key] = (graph, names, mixed)
 
     def _to_host(self, bucket: int):

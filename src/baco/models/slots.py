@@ -26,6 +26,13 @@ except ImportError:  # pragma: no cover - transformers is a dependency
     _CacheBase = object
 
 
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host -> device without making the host wait for the device's queue (pinned, asynchronous copy)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class SlotCache(_CacheBase):
     """The per-layer ring buffers. `update` writes this step's keys/values of the first `rows` slots."""
 
@@ -139,7 +146,7 @@ class Prefill:
             if prompt:
                 ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
                 mask[row, width - len(prompt):] = 1
-        self.ids, self.mask = ids.to(side.device), mask.to(side.device)
+        self.ids, self.mask = upload(ids, side.device), upload(mask, side.device)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = DynamicCache(config=side.model.config)
         self.width, self.done_columns = width, 0

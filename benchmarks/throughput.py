@@ -1,0 +1,99 @@
+"""Throughput with and without continuous batching, measured in one run.
+
+    python benchmarks/throughput.py [--prompts 1000 --n 4 --max-batch 64 --lengths 16 128]
+    python benchmarks/throughput.py --shape DIR --device cuda       # random weights shaped like DIR
+
+Requests of different lengths: each (prompt, sample) gets its own max_new_tokens, drawn uniformly
+from --lengths with a fixed seed, and stop tokens stay on (a row also ends when it writes one).
+  static      the requests in fixed batches of --max-batch, each batch decoded until its longest row ends
+              (how baco decoded before the engine: finished rows wait for the rest of their batch)
+  continuous  one engine with --max-batch slots; a finished row's slot takes the next request at once
+Prints tokens, seconds, tokens/s for both and the ratio continuous / static (target >= 1.5 on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lockstep_overhead import random_pair_like  # noqa: E402
+
+from baco import Collaboration, SamplingParams  # noqa: E402
+from baco.decode.loop import lockstep  # noqa: E402
+from baco.routers import get_router  # noqa: E402
+from baco.tasks import load_task  # noqa: E402
+
+
+def requests_for(collab: Collaboration, prompts: int, n: int, lengths: tuple[int, int], params: SamplingParams):
+    items = load_task("open-ended")
+    texts = [items[i % len(items)].prompt + ("" if i < len(items) else f" (variant {i // len(items)})")
+             for i in range(prompts)]
+    requests = collab.requests(texts, n, params, seed=0)
+    draw = random.Random(0)
+    for request in requests:
+        request.max_new_tokens = draw.randint(*lengths)
+    return requests
+
+
+def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool) -> tuple[int, float]:
+    """(tokens written, seconds) for all requests."""
+    router = get_router("p-punc:0.5")
+    batches = [requests] if continuous else [requests[i:i + max_batch] for i in range(0, len(requests), max_batch)]
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    tokens = 0
+    for batch in batches:
+        for event in lockstep(collab.pair, batch, router, params, max_batch=max_batch):
+            tokens += len(event.rows)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return tokens, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=1000)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--lengths", type=int, nargs=2, default=[16, 128], metavar=("MIN", "MAX"))
+    parser.add_argument("--shape", help="random-initialised models with this folder's config and tokenizer")
+    parser.add_argument("--peak", type=float, default=4.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if args.shape:
+        base, aligned = random_pair_like(args.shape, [], tempfile.mkdtemp(prefix="baco-bench-"), args.peak)
+        label = f"random weights shaped like {args.shape}"
+    else:
+        from baco.testing import make_tiny_pair
+
+        base, aligned = make_tiny_pair(tempfile.mkdtemp(prefix="baco-bench-"))
+        label = "tiny random pair"
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
+    params = SamplingParams(min_p=0.05, max_new_tokens=args.lengths[1], seed=0)
+    requests = requests_for(collab, args.prompts, args.n, tuple(args.lengths), params)
+    warm = requests_for(collab, 8, 1, (8, 8), params)
+    decode(collab, warm, params, args.max_batch, True)  # load kernels once
+    print(f"pair: {label}; device {collab.pair.device}; {len(requests)} requests ({args.prompts} prompts x "
+          f"n={args.n}), lengths {args.lengths[0]}-{args.lengths[1]} + stop tokens, max batch {args.max_batch}")
+    results = {}
+    for name, continuous in (("static", False), ("continuous", True)):
+        tokens, seconds = decode(collab, requests, params, args.max_batch, continuous)
+        results[name] = tokens / seconds
+        print(f"{name:>10}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s", flush=True)
+    print(f"continuous / static = {results['continuous'] / results['static']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
