@@ -8,6 +8,7 @@
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
 # Usage: bash benchmarks/gpu_check.sh [tests] [270m] [throughput] [1b] [static]   (no argument: the first four)
+#        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
 # Output: $OUT/gpu_check.log
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -31,15 +32,18 @@ if want tests; then
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
-  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 --profile
+  bench 120 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
+    --hf ${HF:-} --profile
 fi
 if want throughput; then
-  echo "== throughput: 1000 prompts x n=4, lengths 16-128 + stop tokens, static batches vs continuous batching =="
-  bench 200 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts 1000 --n 4 --max-batch 64 --lengths 16 128
+  echo "== throughput: ${PROMPTS:-1000} prompts x n=4, lengths 16-128 + stop tokens, static vs continuous batching =="
+  bench 240 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts "${PROMPTS:-1000}" --n 4 --max-batch 64 \
+    --lengths 16 128
 fi
 if want 1b; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-1B shape (26 layers, hidden 1152) =="
-  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape "${gemma_1b[@]}" --batch 1 8 64 --steps 8 40 --repeats 1
+  bench 120 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape "${gemma_1b[@]}" --batch 1 8 64 --steps 8 40 \
+    --repeats 2 --hf ${HF:-}
 fi
 if want static; then
   echo "== transformers generate with a StaticCache (compiled by transformers), Gemma-3-270M shape =="

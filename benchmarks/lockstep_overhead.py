@@ -7,7 +7,9 @@ Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_
 it times two random-initialised models with the configuration and tokenizer in DIR (e.g. the
 embedded Gemma's cache folder), optionally changed by --set: costs depend on shapes, not weights,
 so a GPU machine without the weights can still time a real architecture.
-Per-step time = (time for T2 steps - time for T1 steps) / (T2 - T1), so prefill cancels out.
+baco's per-step time: an engine with `batch` rows is warmed up (prefill done, CUDA graphs captured),
+then T2 - T1 steps are timed to the end of the device's work (median of --repeats). transformers'
+generate: (time for T2 new tokens - time for T1) / (T2 - T1), so its prefill cancels out.
 Stop tokens are disabled so every row runs the full length. Prints, per batch size:
   lockstep      the full BACo step on the engine (router p-punc:0.5: both models forward, router, word
                 rule, sampler, provenance), CUDA-graph captured on a GPU
@@ -48,26 +50,34 @@ def without_stops(collab: Collaboration) -> None:
     collab.pair._mask = torch.where(vocab.allowed, 0.0, float("-inf"))
 
 
-def time_lockstep(collab: Collaboration, batch: int, steps: int) -> float:
-    params = SamplingParams(max_new_tokens=steps, seed=0, min_p=0.05)
+def steady_step(collab: Collaboration, pair, router: str, batch: int, steps: int, repeats: int) -> float:
+    """Seconds per step of a running engine: warmed up (prefill done, graphs captured), then `steps`
+    engine steps timed to the end of the device's work; median over `repeats`."""
+    warm = 6
+    params = SamplingParams(max_new_tokens=warm + steps * repeats + 2, seed=0, min_p=0.05)
     requests = collab.requests([PROMPT], batch, params, seed=0)
-    router = get_router("p-punc:0.5")
-    start = time.perf_counter()
-    count = sum(1 for _ in lockstep(collab.pair, requests, router, params))
-    assert count == steps, count
-    return time.perf_counter() - start
+    longest = max(max(len(r.base_ids), len(r.aligned_ids)) for r in requests)
+    engine = Engine(pair, get_router(router), max_batch=batch, max_len=longest + params.max_new_tokens)
+    for request in requests:
+        engine.add(request, params)
+    for _ in range(warm):
+        engine.step()
+    times = []
+    for _ in range(repeats):
+        synced(lambda: None)()
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        synced(lambda: None)()
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
 
 
-def time_single(collab: Collaboration, side: str, batch: int, steps: int) -> float:
-    """One model alone on the same engine (its own rendering, its own router): one forward per step."""
-    solo = SoloPair(getattr(collab.pair, side), reads=side)
-    solo.vocab, solo._mask = collab.pair.vocab, collab.pair._mask  # the same vocabulary, stops disabled
-    params = SamplingParams(max_new_tokens=steps, seed=0, min_p=0.05)
-    requests = collab.requests([PROMPT], batch, params, seed=0)
-    start = time.perf_counter()
-    count = sum(1 for _ in lockstep(solo, requests, get_router(side), params))
-    assert count == steps, count
-    return time.perf_counter() - start
+def solo(collab: Collaboration, side: str) -> SoloPair:
+    """One model alone on the same engine (its own rendering, the same vocabulary with stops disabled)."""
+    pair = SoloPair(getattr(collab.pair, side), reads=side)
+    pair.vocab, pair._mask = collab.pair.vocab, collab.pair._mask
+    return pair
 
 
 def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int, static: bool = False) -> float:
@@ -87,11 +97,11 @@ def time_hf_generate(collab: Collaboration, side: str, batch: int, steps: int, s
 
 def synced(fn):
     """Time to the end of the device's work, not to the end of the kernel launches."""
-    def timed(n: int) -> float:
+    def timed(*args) -> float:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         start = time.perf_counter()
-        fn(n)
+        fn(*args)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -190,9 +200,9 @@ def main() -> None:
     hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}")
     for batch in args.batch:
-        lock = per_step(lambda n: time_lockstep(collab, batch, n), t1, t2, args.repeats)
-        base_t = per_step(lambda n: time_single(collab, "base", batch, n), t1, t2, args.repeats)
-        aligned_t = per_step(lambda n: time_single(collab, "aligned", batch, n), t1, t2, args.repeats)
+        lock = steady_step(collab, collab.pair, "p-punc:0.5", batch, t2 - t1, args.repeats)
+        base_t = steady_step(collab, solo(collab, "base"), "base", batch, t2 - t1, args.repeats)
+        aligned_t = steady_step(collab, solo(collab, "aligned"), "aligned", batch, t2 - t1, args.repeats)
         hf = [per_step(lambda n: time_hf_generate(collab, "base", batch, n, kind == "static"), t1, t2, args.repeats)
               for kind in args.hf]
         print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
@@ -207,10 +217,9 @@ def profile(collab: Collaboration, batch: int, steps: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    time_lockstep(collab, batch, steps)  # warm
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch_profile(activities=activities) as prof:
-        time_lockstep(collab, batch, steps)
+        steady_step(collab, collab.pair, "p-punc:0.5", batch, steps, 1)
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     print(f"profile: {steps} lockstep steps at batch {batch}, sorted by {key}")
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))

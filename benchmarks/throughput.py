@@ -5,9 +5,10 @@
 
 Requests of different lengths: each (prompt, sample) gets its own max_new_tokens, drawn uniformly
 from --lengths with a fixed seed, and stop tokens stay on (a row also ends when it writes one).
-  static      the requests in fixed batches of --max-batch, each batch decoded until its longest row ends
-              (how baco decoded before the engine: finished rows wait for the rest of their batch)
-  continuous  one engine with --max-batch slots; a finished row's slot takes the next request at once
+  static      the engine admits requests only when all --max-batch slots are free: fixed batches, each
+              decoded until its longest row ends (finished rows wait for the rest of their batch)
+  continuous  the same engine admits a request into a finished row's slot at the next step boundary
+              (on a GPU in groups of max_batch // 8, so that prefills are batched)
 Prints tokens, seconds, tokens/s for both and the ratio continuous / static (target >= 1.5 on a GPU).
 """
 
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lockstep_overhead import random_pair_like  # noqa: E402
 
 from baco import Collaboration, SamplingParams  # noqa: E402
-from baco.decode.loop import lockstep  # noqa: E402
+from baco.decode.engine import Engine  # noqa: E402
 from baco.routers import get_router  # noqa: E402
 from baco.tasks import load_task  # noqa: E402
 
@@ -42,20 +43,21 @@ def requests_for(collab: Collaboration, prompts: int, n: int, lengths: tuple[int
     return requests
 
 
-def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool) -> tuple[int, float]:
-    """(tokens written, seconds) for all requests."""
-    router = get_router("p-punc:0.5")
-    batches = [requests] if continuous else [requests[i:i + max_batch] for i in range(0, len(requests), max_batch)]
+def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool):
+    """(tokens written, seconds, engine stats) for all requests, on one engine whose admission policy is
+    either continuous (a free slot is refilled at the next step) or static (only when all are free)."""
+    longest = max(max(len(r.base_ids), len(r.aligned_ids)) + r.max_new_tokens for r in requests)
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=max_batch, max_len=longest,
+                    admit_at=None if continuous else max_batch)
+    for request in requests:
+        engine.add(request, params)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     start = time.perf_counter()
-    tokens = 0
-    for batch in batches:
-        for event in lockstep(collab.pair, batch, router, params, max_batch=max_batch):
-            tokens += len(event.rows)
+    tokens = sum(len(event.rows) for event in engine.run())
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, engine.stats
 
 
 def main() -> None:
@@ -89,9 +91,11 @@ def main() -> None:
           f"n={args.n}), lengths {args.lengths[0]}-{args.lengths[1]} + stop tokens, max batch {args.max_batch}")
     results = {}
     for name, continuous in (("static", False), ("continuous", True)):
-        tokens, seconds = decode(collab, requests, params, args.max_batch, continuous)
+        tokens, seconds, stats = decode(collab, requests, params, args.max_batch, continuous)
         results[name] = tokens / seconds
-        print(f"{name:>10}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s", flush=True)
+        occupancy = stats["occupied_row_steps"] / max(stats["bucket_row_steps"], 1)
+        print(f"{name:>10}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s; {stats['steps']} "
+              f"steps, {occupancy:.0%} of stepped rows live, {stats['prefill_chunks']} prefill chunks", flush=True)
     print(f"continuous / static = {results['continuous'] / results['static']:.2f}")
 
 
