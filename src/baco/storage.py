@@ -195,8 +195,21 @@ def stable_id(identity: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _probe(folder: Path, flag: str, path: Path) -> None:
+    """Create and remove a scratch file in `folder`: the only sure test that files can be made there."""
+    try:
+        fd, scratch = tempfile.mkstemp(prefix=".baco-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as error:
+        raise OutputError(f"{flag} {str(path)!r}: cannot create files in {str(folder)!r} "
+                          f"({error.strerror or error})") from None
+
+
 def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """A file baco may create or append to: its folder exists and is writable, it is not a folder."""
+    """A file baco may create or append to: its folder exists and is writable, it is not a folder.
+
+    Leaves an existing file as it is (opened for appending, nothing written)."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{flag} {str(path)!r} is a folder; give a file name")
@@ -204,23 +217,25 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
         raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} {what}; create it first")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"{flag} {str(path)!r} is not writable")
-    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {str(path)!r}: cannot create files in {str(folder)!r} (read-only or no permission)")
+    if path.exists():
+        try:
+            open(path, "ab").close()
+        except OSError as error:
+            raise OutputError(f"{flag} {str(path)!r} cannot be written ({error.strerror or error})") from None
+    else:
+        _probe(folder, flag, path)
     return path
 
 
 def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """A folder baco may create and write into: not a file, and its nearest existing ancestor is writable."""
+    """A folder baco may create and write into: not a file, and files can be made in its nearest existing ancestor."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {str(path)!r} is a file; give a folder")
-    existing = path
+    existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be made")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{flag} {str(path)!r}: cannot write in {str(existing)!r} (read-only or no permission)")
+    _probe(existing, flag, path)
     return path

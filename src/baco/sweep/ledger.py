@@ -9,7 +9,8 @@
   configuration changed under the same output directory, which is refused (results made with two
   settings would be mixed in one cell).
 - `cells.jsonl` logs each finished cell with `total`, the number of its samples stored when it
-  finished (a method may make fewer than asked: verbalized sampling).
+  finished (a method may make fewer than asked: verbalized sampling), and `planned`, the size of
+  its plan then (a grown plan, e.g. a larger n, makes the cell unfinished again).
 - `audit` compares the three: per cell, the samples expected, stored, missing, stored twice and not
   planned, plus torn and corrupt lines. A cell is complete when its stored samples reach what was
   planned, or what its finished run made: so a sample lost after its cell finished (a torn line)
@@ -73,12 +74,13 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
             append_row(Path(run_dir) / PLAN, {"cell": key, "samples": [[i, k, sid] for (i, k), sid in sorted(ids.items())]})
 
 
-def finished_totals(run_dir: str | Path) -> dict[str, int]:
-    """Cells that ran to their end, with how many samples they held then (the latest log line wins)."""
+def finished_totals(run_dir: str | Path, plan: Plan) -> dict[str, int]:
+    """Cells that ran to their end under their current plan, with how many samples they held then."""
     totals = {}
     for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
-        if isinstance(row, dict) and row.get("complete") and isinstance(row.get("total"), int):
-            totals[row.get("cell")] = row["total"]
+        if (isinstance(row, dict) and row.get("complete") and isinstance(row.get("total"), int)
+                and row.get("planned") == len(plan.get(row.get("cell"), ()))):
+            totals[row["cell"]] = row["total"]
     return totals
 
 
@@ -127,7 +129,7 @@ class Audit:
 def audit(run_dir: str | Path, plan: Plan) -> Audit:
     """Compare what the plan asks for with what samples.jsonl and cells.jsonl hold (reads only)."""
     run_dir = Path(run_dir)
-    totals = finished_totals(run_dir)
+    totals = finished_totals(run_dir, plan)
     cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
     scan = SampleStore(run_dir / SAMPLES).scan()
     problems = scan.problems()

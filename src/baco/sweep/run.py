@@ -85,17 +85,18 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
 
 
 def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
-              progress: bool = True, log=sys.stderr) -> dict:
+              progress: bool = True, log=None) -> dict:
     """Generate every missing sample of every cell, holding the run directory's lock; returns counts."""
     with RunLock(out_dir):
         return generate_missing(config, out_dir, engines, progress=progress, log=log)
 
 
 def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
-                     progress: bool = True, log=sys.stderr) -> dict:
+                     progress: bool = True, log=None) -> dict:
     """run_cells without taking the lock (the caller holds it): {generated, kept, cells}."""
     from tqdm import tqdm
 
+    log = sys.stderr if log is None else log
     out_dir = Path(out_dir)
     items_of, plan = plan_sweep(config)
     message = repair_tail(out_dir / ledger.SAMPLES)
@@ -141,7 +142,7 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
                 bar.update(1)
             store.sync()
             cost = {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3),
-                    "complete": True, "total": len(stored) + made}
+                    "complete": True, "total": len(stored) + made, "planned": len(plan[cell.key])}
             if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
                 after = router.stats.to_dict()
                 cost["router_stats"] = {k: round(after[k] - before[k], 3) for k in after}
