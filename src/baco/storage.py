@@ -133,8 +133,13 @@ class JsonlAppender:
         except OSError as error:
             raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
 
+    @staticmethod
+    def encode(row: dict) -> bytes:
+        """A row as the bytes of one line."""
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
     def append(self, row: dict) -> None:
-        data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+        data = self.encode(row)
         try:
             while data:  # a regular file takes it in one write; loop in case the OS takes less
                 data = data[os.write(self._fd, data):]
