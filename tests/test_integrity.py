@@ -232,3 +232,14 @@ def test_eval_counts_a_sample_stored_twice_once_and_names_a_torn_line(tiny_dirs,
     assert data["counts"]["default"]["p-punc:0.5"]["responses"] == 3
     assert any("stored twice" in w for w in data["warnings"])
     assert any("doubled.jsonl:5: torn last line" in w for w in data["warnings"])
+
+
+def test_the_quality_score_cache_survives_a_line_torn_inside_a_utf8_character(tmp_path):
+    from baco.evaluate.cache import ScoreCache
+
+    path = tmp_path / "quality-scores.jsonl"
+    path.write_bytes(b'{"key": "a", "value": 0.5}\n{"key": "b\xe2\x82')
+    cache = ScoreCache(path)
+    assert cache.values == {"a": 0.5}
+    cache.add("scorer", [("p", "r")], [1.0])
+    assert len(ScoreCache(path).values) == 2

@@ -61,6 +61,8 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         (["--prompt", "hi", "--chat-template", str(tmp_path / "none.jinja")], "--chat-template", "No such file"),
         (["--prompt", "hi", "--base-template", "no placeholder"], "base_template must contain {prompt}", ""),
         (["--prompt", "hi", "--temperature", "nan"], "temperature must be a finite number", ""),
+        (["--prompt", "hi", "--dtype", "float8"], "unknown dtype 'float8'", ""),
+        (["--prompt", "hi", "--device", "gpu"], "unknown device 'gpu'", ""),
     ]
     for args, *words in cases:
         err = one_line_error(capsys, main(["generate", *NOWHERE, "--quiet", *args]))
@@ -166,6 +168,19 @@ def test_sampling_params_refuse_booleans_and_non_list_stops():
     for bad in ({"temperature": True}, {"top_p": False}, {"min_p": True}, {"stop": 5}, {"stop": None}):
         with pytest.raises(InvalidSamplingParams):
             SamplingParams(**bad)
+
+
+def test_the_python_api_checks_argument_types_at_the_door(collab):
+    from baco.errors import BacoError, PromptError
+
+    with pytest.raises(PromptError, match="prompts must be a string or a list of strings, got int"):
+        collab.generate(5)
+    with pytest.raises(InvalidSamplingParams, match="sampling must be a SamplingParams or None, got dict"):
+        collab.generate(["hi"], sampling={"temperature": 0.5})
+    with pytest.raises(BacoError, match="batch_size must be an integer >= 1, got True"):
+        collab.generate(["hi"], batch_size=True)
+    with pytest.raises(InvalidSamplingParams, match="got dict"):
+        next(collab.stream("hi", sampling={"temperature": 0.5}))
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):

@@ -119,6 +119,7 @@ def cmd_generate(args) -> int:
     from baco.display import LEGEND, header, render, use_colour
     from baco.errors import PromptError
     from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
+    from baco.models.hf import resolve_device, resolve_dtype
     from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
     from baco.storage import check_output_file
 
@@ -140,6 +141,7 @@ def cmd_generate(args) -> int:
     chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
+    resolve_dtype(args.dtype, resolve_device(args.device))
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -262,8 +264,11 @@ def cmd_eval(args) -> int:
     if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
         raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
+    from baco.storage import check_output_dir, check_output_file
+
+    if args.score_cache:
+        check_output_file(args.score_cache, "--score-cache")
     if args.out:
-        from baco.storage import check_output_dir, check_output_file
 
         check_output_dir(args.out.parent, "--out")
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from baco.errors import OutputError, RunLockedError
+from baco.storage import atomic_write
 
 LOCK_NAME, HOLDER_NAME = ".lock", ".lock-holder.json"
 
@@ -56,7 +57,7 @@ class RunLock:
             raise OutputError(f"cannot lock {self.run_dir}: {error.strerror or error}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(sys.argv)}
-        (self.run_dir / HOLDER_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
+        atomic_write(self.run_dir / HOLDER_NAME, json.dumps(info) + "\n")
         return self
 
     def __exit__(self, *exc) -> None:
