@@ -243,3 +243,21 @@ def test_the_quality_score_cache_survives_a_line_torn_inside_a_utf8_character(tm
     assert cache.values == {"a": 0.5}
     cache.add("scorer", [("p", "r")], [1.0])
     assert len(ScoreCache(path).values) == 2
+
+
+def test_a_run_directory_from_before_ids_resumes_without_regenerating(tiny_dirs, tmp_path, engines, capsys):
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    legacy = [{k: v for k, v in r.items() if k != "id"} for r in rows[:-1]]  # no ids, one sample missing
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    (run / "plan.jsonl").unlink()
+    (run / "cells.jsonl").write_text("".join(json.dumps({"cell": c.key, "complete": True}) + "\n"
+                                             for c in config.cells))
+    assert main(["check", str(run)]) == 2  # no plan: says to pass --config
+    assert "--config" in capsys.readouterr().err
+    counts = run_cells(config, run, engines, progress=False)
+    assert counts == {"generated": 1, "kept": 7, "cells": 2}
+    assert main(["check", str(run)]) == 0
+    assert SampleStore(run / "samples.jsonl").read()[-1]["id"] == rows[-1]["id"]
