@@ -6,6 +6,7 @@ the samples themselves (4), provenance of single-model rows (7); plus `baco chec
 reporting duplicates and torn lines.
 """
 
+import io
 import json
 import os
 
@@ -38,7 +39,7 @@ def small_config(tmp_path, tiny_dirs, methods=None, **extra):
 def generate_argv(tiny_dirs, out, *more):
     base, aligned = map(str, tiny_dirs)
     return ["generate", "--base", base, "--aligned", aligned, "--max-new-tokens", "6", "--seed", "3", "--quiet",
-            "--out", str(out), *more]
+            "--device", "cpu", "--out", str(out), *more]
 
 
 # ---------------------------------------------------------------- 1: generate --out appends, never wipes
@@ -187,6 +188,13 @@ def test_check_reports_missing_duplicate_and_torn_samples_per_cell(tiny_dirs, tm
     assert "mine|base|seed=0: 3/4 stored, 1 missing" in out.out
     assert "samples.jsonl:8: torn last line" in out.out
     assert out.err.startswith("problems: 2 cells, 6 of 8 samples stored, 2 missing, 1 stored twice")
+    # the sweep says so too, makes what is missing, and uses the doubled sample once
+    log = io.StringIO()
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        assert run_cells(config, run, engines, progress=False, log=log)["generated"] == 2
+    assert "cell mine|p:0.5|seed=0: 3/4 stored, 1 missing, 1 stored twice; each sample is used once" in log.getvalue()
+    assert main(["check", str(run)]) == 1  # append-only: the second copy stays, and is reported
+    assert capsys.readouterr().out == "mine|p:0.5|seed=0: 4/4 stored, 1 stored twice\n"
 
 
 def test_check_and_dry_run_need_no_lock_and_change_nothing(tiny_dirs, tmp_path, engines, capsys):

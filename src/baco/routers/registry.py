@@ -86,7 +86,8 @@ def get_router(spec: str | Router, *, build: bool = True) -> Router:
     try:
         value = float(raw)
     except ValueError:
-        value = math.nan
+        raise UnknownRouterError(f"router {name!r} needs a number for {entry.param} "
+                                 f"({bounds(entry.low, entry.high)}), got {raw.strip()!r}") from None
     if not math.isfinite(value):
         raise UnknownRouterError(f"router {name!r} needs a finite number for {entry.param} "
                                  f"({bounds(entry.low, entry.high)}), got {raw.strip()!r}")
