@@ -14,8 +14,9 @@ from baco.sweep import SweepConfigError, load_config, parse_config
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats()
-           | st.text(max_size=12) | st.sampled_from(["p", "base", "p-punc:0.5", "open-ended", "distinct-2", "{prompt}"]))
+WORDS = ["p", "base", "p-punc:0.5", "open-ended", "distinct-2", "{prompt}"]  # values the loader knows
+scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=12)
+           | st.sampled_from(WORDS))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=8) | st.integers(0, 3), inner, max_size=4), max_leaves=16)
 

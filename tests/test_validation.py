@@ -144,6 +144,8 @@ def test_eval_and_report_check_their_outputs_first(tmp_path, capsys):
     folder.mkdir()
     assert "is a folder" in one_line_error(capsys, main(["eval", str(samples), "--out", str(folder)]))
     assert "--batch-size" in one_line_error(capsys, main(["eval", str(samples), "--batch-size", "0"]))
+    assert "--equivalence must be embedding, unigram or classifier:PATH" in one_line_error(
+        capsys, main(["eval", str(samples), "--equivalence", "cosine"]))
     assert "--equivalence-threshold must be a finite number" in one_line_error(
         capsys, main(["eval", str(samples), "--equivalence-threshold", "nan"]))
     err = one_line_error(capsys, main(["report", str(tmp_path), "--out", str(tmp_path / "no" / "r.html")]))

@@ -261,6 +261,9 @@ def cmd_eval(args) -> int:
 
     if not 0 < args.patience <= 1:
         raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    kind, _, arg = args.equivalence.partition(":")
+    if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
+        raise BacoError(f"--equivalence must be embedding, unigram or classifier:PATH, got {args.equivalence!r}")
     if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
         raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
@@ -405,7 +408,8 @@ def cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
                                      "and its aligned counterpart.")
-    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error (also: BACO_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: BACO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     sub.add_parser("routers", help="list the registered routers", parents=[DEBUG]).set_defaults(run=cmd_routers)

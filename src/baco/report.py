@@ -89,10 +89,11 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     if not (run / "samples.jsonl").is_file():
         raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
     rows = SampleStore(run / "samples.jsonl").read()
+    results = run / "results.json"
     try:
-        summary = json.loads((run / "results.json").read_text(encoding="utf-8")) if (run / "results.json").is_file() else {}
+        summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     except (ValueError, OSError) as error:
-        raise BacoError(f"{run / 'results.json'} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
+        raise BacoError(f"{results} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
     if (run / "table.md").is_file():

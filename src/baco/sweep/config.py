@@ -20,6 +20,7 @@ one lockstep batch. A configuration is a method with one knob value, named `p-pu
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn
@@ -112,6 +113,15 @@ class SweepConfig:
         return models
 
 
+def show(value) -> str:
+    """A value as an error message quotes it: its repr, cut short when long or deeply nested."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 120
+
+
 def _fail(message: str) -> NoReturn:
     raise SweepConfigError(message)
 
@@ -127,20 +137,20 @@ def _is_int(value) -> bool:
 def _positive_int(value, where: str, default: int) -> int:
     value = default if value is None else value
     if not _is_int(value) or value < 1:
-        _fail(f"{where} must be a positive integer, got {value!r}")
+        _fail(f"{where} must be a positive integer, got {show(value)}")
     return value
 
 
 def _text(value, where: str) -> str | None:
     if value is not None and not isinstance(value, str):
-        _fail(f"{where} must be a string, got {value!r}")
+        _fail(f"{where} must be a string, got {show(value)}")
     return value
 
 
 def _label(value, where: str) -> str:
     """A method or task name: it becomes part of cell keys (`task|configuration|seed=S`)."""
     if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip() or "|" in str(value):
-        _fail(f"{where}: a name must be a non-empty string without '|', got {value!r}")
+        _fail(f"{where}: a name must be a non-empty string without '|', got {show(value)}")
     return str(value).strip()
 
 
@@ -148,7 +158,7 @@ def _mapping(value, where: str, known: set[str]) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        _fail(f"{where} must be a mapping ({', '.join(sorted(known))}), got {value!r}")
+        _fail(f"{where} must be a mapping ({', '.join(sorted(known))}), got {show(value)}")
     unknown = sorted(map(str, set(value) - known))
     if unknown:
         _fail(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
@@ -194,7 +204,8 @@ def _prompting(raw: dict, where: str) -> dict:
 
     extra = {key: _text(raw.get(key), f"{where}.{key}") for key in ("system_prompt", "base_template")}
     try:
-        PromptFormat(base_template=extra["base_template"] or DEFAULT_BASE_TEMPLATE, system_prompt=extra["system_prompt"])
+        PromptFormat(base_template=extra["base_template"] or DEFAULT_BASE_TEMPLATE,
+                     system_prompt=extra["system_prompt"])
     except BacoError as error:
         raise SweepConfigError(f"{where}.base_template: {error}") from None
     return extra
@@ -203,10 +214,11 @@ def _prompting(raw: dict, where: str) -> dict:
 def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configuration]:
     where = f"methods.{name}"
     if not isinstance(raw, dict) or "router" not in raw:
-        _fail(f"{where}: needs a `router` (see `baco routers`), got {raw!r}")
+        _fail(f"{where}: needs a `router` (see `baco routers`), got {show(raw)}")
     raw = _mapping(raw, where, METHOD_KEYS)
     if not isinstance(raw["router"], str):
-        _fail(f"{where}.router must be a router name such as 'p-punc' (see `baco routers`), got {raw['router']!r}")
+        _fail(f"{where}.router must be a router name such as 'p-punc' (see `baco routers`), "
+              f"got {show(raw['router'])}")
     router = raw["router"].strip()
     extra = _prompting(raw, where)
     if raw.get("batch_size") is not None:
@@ -217,13 +229,13 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
     out = []
     if values is not None:
         if not isinstance(values, list) or not values:
-            _fail(f"{where}.values must be a non-empty list, got {values!r}")
+            _fail(f"{where}.values must be a non-empty list, got {show(values)}")
         for value in values:
             if not _is_number(value):
-                _fail(f"{where}.values: values must be numbers, got {value!r}")
+                _fail(f"{where}.values: values must be numbers, got {show(value)}")
             spec = _router(f"{router}:{value!r}", where)
             if spec.value is None:
-                _fail(f"{where}: router {router!r} has no knob to sweep")
+                _fail(f"{where}: router {show(router)} has no knob to sweep")
             out.append(Configuration(name, f"{name}:{spec.value:g}" if name != spec.spec.name else spec.name,
                                      spec.name, sampling, **extra))
     elif sweep is not None:
@@ -231,13 +243,13 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
             _fail(f"{where}.sweep must map one sampling knob to a list, e.g. {{temperature: [0.7, 1.0]}}")
         (knob, grid), = sweep.items()
         if knob not in SWEEPABLE:
-            _fail(f"{where}.sweep: {knob!r} is not sweepable; use one of {SWEEPABLE}")
+            _fail(f"{where}.sweep: {show(knob)} is not sweepable; use one of {SWEEPABLE}")
         if not isinstance(grid, list) or not grid:
-            _fail(f"{where}.sweep.{knob} must be a non-empty list, got {grid!r}")
+            _fail(f"{where}.sweep.{knob} must be a non-empty list, got {show(grid)}")
         spec = _router(router, where)
         for value in grid:
             if not _is_number(value):
-                _fail(f"{where}.sweep.{knob}: values must be numbers, got {value!r}")
+                _fail(f"{where}.sweep.{knob}: values must be numbers, got {show(value)}")
             try:
                 swept = replace(sampling, **{knob: value})
             except InvalidSamplingParams as error:
@@ -253,12 +265,13 @@ def _task(raw, index: int) -> TaskSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("name") or raw.get("path"), str):
-        _fail(f"{where}: each task is a name or {{name: ..., limit: ...}} / {{path: ..., name: ...}}, got {raw!r}")
+        _fail(f"{where}: each task is a name or {{name: ..., limit: ...}} / {{path: ..., name: ...}}, "
+              f"got {show(raw)}")
     raw = _mapping(raw, where, {"name", "path", "limit"})
     path = _text(raw.get("path"), f"{where}.path")
     limit = raw.get("limit")
     if limit is not None and (not _is_int(limit) or limit < 1):
-        _fail(f"{where}.limit must be a positive integer, got {limit!r}")
+        _fail(f"{where}.limit must be a positive integer, got {show(limit)}")
     name = _label(raw.get("name") or Path(path).stem, f"{where}.name")
     return TaskSpec(name=name, limit=limit, path=path)
 
@@ -267,26 +280,26 @@ def _tasks(raw, source: str) -> list[TaskSpec]:
     if raw == [] or raw is None:
         _fail(f"{source}: `tasks` is empty; list bundled task names or {{path: ..., name: ...}}")
     if not isinstance(raw, list):
-        _fail(f"{source}: `tasks` must be a list of task names or {{path: ..., name: ...}}, got {raw!r}")
+        _fail(f"{source}: `tasks` must be a list of task names or {{path: ..., name: ...}}, got {show(raw)}")
     tasks = [_task(t, i) for i, t in enumerate(raw)]
     seen: dict[str, TaskSpec] = {}
     for task in tasks:
         if task.name in seen:  # the name is the task's identity in cell keys: one name, one prompt set
-            _fail(f"{source}: two tasks are named {task.name!r} ({seen[task.name].path or task.name!r} and "
-                  f"{task.path or task.name!r}); give each its own `name`")
+            _fail(f"{source}: two tasks are named {show(task.name)} ({show(seen[task.name].path or task.name)} and "
+                  f"{show(task.path or task.name)}); give each its own `name`")
         seen[task.name] = task
     same = {}
     for task in tasks:
         other = same.setdefault((task.path or task.name, task.limit), task)
         if other is not task:
-            _fail(f"{source}: tasks {other.name!r} and {task.name!r} are the same prompts ({task.path or task.name}, "
-                  f"limit {task.limit}); list them once")
+            _fail(f"{source}: tasks {show(other.name)} and {show(task.name)} are the same prompts "
+                  f"({task.path or task.name}, limit {task.limit}); list them once")
     return tasks
 
 
 def check_seeds(raw, source: str) -> list[int]:
     if not isinstance(raw, list) or not raw or not all(_is_int(s) and s >= 0 for s in raw):
-        _fail(f"{source}: seeds must be a non-empty list of non-negative integers, got {raw!r}")
+        _fail(f"{source}: seeds must be a non-empty list of non-negative integers, got {show(raw)}")
     repeated = sorted({s for s in raw if raw.count(s) > 1})
     if repeated:
         _fail(f"{source}: seeds {repeated} are listed more than once; every seed would run twice")
@@ -303,7 +316,7 @@ def _metrics(raw, source: str) -> tuple[list[str] | None, list[str] | None]:
         if names is not None:
             if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
                 _fail(f"{source}: metrics.{kind} must be a non-empty list of metric names (see `baco metrics`), "
-                      f"got {names!r}")
+                      f"got {show(names)}")
             try:
                 resolve_metrics(names)
             except UnknownMetricError as error:
@@ -316,7 +329,7 @@ def _models(raw, source: str) -> dict[str, str]:
     raw = _mapping(raw, f"{source}: models", {"base", "aligned", "anchor"})
     for key, value in raw.items():
         if not isinstance(value, str) or not value.strip():
-            _fail(f"{source}: models.{key} must be a model id, path or adapter directory, got {value!r}")
+            _fail(f"{source}: models.{key} must be a model id, path or adapter directory, got {show(value)}")
     return raw
 
 
@@ -324,7 +337,7 @@ def _name(raw, source: str) -> str:
     name = raw if isinstance(raw, str) else str(raw) if _is_int(raw) else None
     if name is None or not re.fullmatch(r"[\w.-]+", name) or set(name) == {"."}:
         _fail(f"{source}: name must be letters, digits, '.', '-' or '_' (it names the folder runs/<name>), "
-              f"got {raw!r}")
+              f"got {show(raw)}")
     return name
 
 
@@ -336,8 +349,8 @@ def _distinct(configurations: list[Configuration], source: str) -> None:
     for conf in configurations:
         other = seen.setdefault(conf.settings, conf)
         if other is not conf:
-            _fail(f"{source}: configurations {other.name!r} and {conf.name!r} are the same (router {conf.router}, "
-                  f"same sampling and prompts); every sample would be made twice")
+            _fail(f"{source}: configurations {show(other.name)} and {show(conf.name)} are the same "
+                  f"(router {conf.router}, same sampling and prompts); every sample would be made twice")
 
 
 def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
@@ -360,7 +373,7 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     tasks = _tasks(raw.get("tasks"), source)
     n = raw.get("n", 4)
     if not _is_int(n) or n < 2:
-        _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {n!r}")
+        _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {show(n)}")
     seeds = check_seeds(raw.get("seeds", [0]), source)
     diversity, quality = _metrics(raw.get("metrics"), source)
     batch_size = _positive_int(raw.get("batch_size"), f"{source}: batch_size", 256)
@@ -375,7 +388,7 @@ def load_config(path: str | Path) -> SweepConfig:
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
-        raise SweepConfigError(f"sweep configuration {str(path)!r} {what}")
+        raise SweepConfigError(f"sweep configuration {show(str(path))} {what}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:

@@ -71,7 +71,8 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
                 f"Use another --out, or restore the configuration that made it")
     for key, ids in plan.items():
         if set(ids) - set(recorded.get(key, {})):
-            append_row(Path(run_dir) / PLAN, {"cell": key, "samples": [[i, k, sid] for (i, k), sid in sorted(ids.items())]})
+            samples = [[i, k, sid] for (i, k), sid in sorted(ids.items())]
+            append_row(Path(run_dir) / PLAN, {"cell": key, "samples": samples})
 
 
 def finished_totals(run_dir: str | Path, plan: Plan) -> dict[str, int]:
