@@ -269,3 +269,30 @@ def test_a_run_directory_from_before_ids_resumes_without_regenerating(tiny_dirs,
     assert counts == {"generated": 1, "kept": 7, "cells": 2}
     assert main(["check", str(run)]) == 0
     assert SampleStore(run / "samples.jsonl").read()[-1]["id"] == rows[-1]["id"]
+
+
+def test_eval_leaves_other_tools_id_fields_alone(tmp_path):
+    from baco.evaluate.io import read_records
+
+    path = tmp_path / "tool.jsonl"
+    path.write_text("".join(json.dumps({"id": "q1", "prompt": "Name a fruit.", "response": r}) + "\n"
+                            for r in ["fig", "plum", "lime"]))
+    records, warnings = read_records([path])
+    assert [r.response for r in records] == ["fig", "plum", "lime"] and not warnings
+
+
+def test_read_jsonl_reads_each_sample_once_and_rows_without_ids_all(tiny_dirs, tmp_path):
+    from baco.decode.records import read_jsonl
+
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines) + lines[1] + lines[0][:20])
+    with pytest.warns(UserWarning) as caught:
+        assert len(read_jsonl(out)) == 2
+    assert {"torn last line", "stored twice"} <= {w for m in caught for w in ("torn last line", "stored twice")
+                                                  if w in str(m.message)}
+    old = tmp_path / "old.jsonl"  # written before ids
+    old.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}) + "\n"
+                           for line in lines * 2))
+    assert len(read_jsonl(old)) == 4

@@ -201,10 +201,11 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     for number, row in scan.rows:
         if not isinstance(row, dict) or not required <= set(row):
             raise BacoError(f"{path}:{number}: not a baco sample (needs {', '.join(sorted(required))})")
-        if row.get("id") in seen:
-            warnings.warn(f"{path}:{number}: sample {row['id']} is stored twice; read once", stacklevel=2)
-            continue
-        seen.add(row.get("id"))
+        if isinstance(row.get("id"), str):  # rows written before ids have none
+            if row["id"] in seen:
+                warnings.warn(f"{path}:{number}: sample {row['id']} is stored twice; read once", stacklevel=2)
+                continue
+            seen.add(row["id"])
         samples.append(Sample.from_dict(row))
     return samples
 

@@ -9,8 +9,8 @@ Method of a row: its "router" field, else its "method" field, else the file name
 Task: its "task" field, else `default_task`. A bad line (not JSON, no prompt, no response) is
 skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
 one bad line never loses the rest of the file. A last line cut off mid-write (a killed run) is
-reported as torn. A row whose `id` (baco's stable sample id) was already read, in this file or
-an earlier one, is the same sample stored twice: it is counted once, with a warning.
+reported as torn. A baco sample whose `id` (its stable sample id) was already read, in this file
+or an earlier one, is the same sample stored twice: it is counted once, with a warning.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ def _method(row: dict, path: Path, method_from: str) -> str | None:
         if isinstance(row.get(key), str) and row[key].strip():
             return row[key].strip()
     return path.stem if method_from == "auto" else None
+
+
+def is_baco_sample(row: dict) -> bool:
+    """A row written by `baco generate` or `baco sweep`, whose `id` names one sample."""
+    return isinstance(row.get("id"), str) and isinstance(row.get("sample_index"), int) and "token_ids" in row
 
 
 def read_records(paths: list[str | Path], *, method_from: str = "auto",
@@ -87,7 +92,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 warnings.append(f'{where}: expected an object with a "prompt" string; line skipped')
                 continue
-            if isinstance(row.get("id"), str):
+            if is_baco_sample(row):  # other tools' "id" fields (a prompt's id, say) are not sample ids
                 if row["id"] in ids:
                     warnings.append(f"{where}: sample {row['id']} was already read at {ids[row['id']]} "
                                     f"(stored twice); counted once")
