@@ -347,6 +347,7 @@ def cmd_sweep(args) -> int:
         from baco.sweep.run import plan_sweep
 
         result = ledger.audit(out, plan_sweep(config)[1])
+        _note_running(out)
         for cell in config.cells:
             print(f"{cell.key:<60} {ledger.describe(result.cells[cell.key])}")
         print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
@@ -364,10 +365,17 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _note_running(run: Path) -> None:
+    from baco.sweep.lock import running_sweep
+
+    holder = running_sweep(run)
+    if holder:
+        print(f"note: a sweep is writing {run} now ({holder}); counts may change", file=sys.stderr)
+
+
 def cmd_check(args) -> int:
     """Exit 0 when every planned sample of the run directory is stored exactly once and no line is torn."""
     from baco.sweep import ledger
-    from baco.sweep.lock import running_sweep
 
     run = args.run_dir
     if not run.is_dir():
@@ -383,9 +391,7 @@ def cmd_check(args) -> int:
             raise BacoError(f"{run} has no {ledger.PLAN} (a sweep writes it when it starts; older baco did not): "
                             f"pass the sweep's configuration with --config")
     result = ledger.audit(run, plan)
-    holder = running_sweep(run)
-    if holder:
-        print(f"note: a sweep is writing {run} now ({holder}); counts may change", file=sys.stderr)
+    _note_running(run)
     for key, cell in result.cells.items():
         if args.verbose or not cell.ok:
             print(f"{key}: {ledger.describe(cell)}")
