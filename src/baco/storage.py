@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -148,7 +149,11 @@ class JsonlAppender:
 
     def sync(self) -> None:
         """Flush to disk (rows survive a power cut, not only a killed process)."""
-        os.fsync(self._fd)
+        try:
+            os.fsync(self._fd)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or a terminal: nothing to sync
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
 
     def close(self) -> None:
         if self._fd is not None:
