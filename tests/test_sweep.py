@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from baco.storage import JsonlAppender
 from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells, run_sweep
 from baco.sweep.store import SampleStore as Store
 
@@ -61,18 +62,19 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
 def run_killed_after(stored: int, config, out, engines, monkeypatch) -> None:
     """run_cells, interrupted (as by Ctrl-C) when it tries to store sample number `stored` + 1."""
     appended = []
-    original = SampleStore.append
+    original = JsonlAppender.append
 
     def dies(self, row):
-        if len(appended) == stored:
-            raise KeyboardInterrupt
+        if self.path.name == "samples.jsonl":
+            if len(appended) == stored:
+                raise KeyboardInterrupt
+            appended.append(row)
         original(self, row)
-        appended.append(row)
 
-    monkeypatch.setattr(SampleStore, "append", dies)
+    monkeypatch.setattr(JsonlAppender, "append", dies)
     with pytest.raises(KeyboardInterrupt):
         run_cells(config, out, engines, progress=False)
-    monkeypatch.setattr(SampleStore, "append", original)
+    monkeypatch.setattr(JsonlAppender, "append", original)
 
 
 def test_a_killed_sweep_resumes_without_redoing_or_losing_work(config, engines, tmp_path, monkeypatch):
@@ -134,7 +136,7 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
 
 @pytest.mark.parametrize("raw, message", [
     ({"methods": {"x": {"router": "nope"}}, "tasks": ["open-ended"]}, "methods.x: unknown router 'nope'"),
-    ({"methods": {"x": {"router": "p", "values": [7, -1]}}, "tasks": ["open-ended"]}, r"methods.x: .*must be in"),
+    ({"methods": {"x": {"router": "p", "values": [7, -1]}}, "tasks": ["open-ended"]}, r"methods.x: .*threshold must be >= 0, got -1"),
     ({"methods": {"x": {"router": "p"}}, "tasks": []}, "tasks. is empty"),
     ({"methods": {"x": {"router": "base", "sweep": {"colour": [1]}}}, "tasks": ["open-ended"]}, "not sweepable"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "n": 1}, "samples per prompt"),

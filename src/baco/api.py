@@ -11,7 +11,7 @@ from typing import Callable, Container, Iterator, Sequence
 from baco.decode.loop import Request, lockstep, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
-from baco.errors import BacoError
+from baco.errors import BacoError, InvalidSamplingParams, PromptError
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair
@@ -31,6 +31,15 @@ class TokenEvent:
     source: str  # "base" | "aligned"
     reason: str
     finish_reason: str | None = None
+
+
+def _check_inputs(prompts, sampling) -> None:
+    """Types at the door: a prompt or a list of prompts, and a SamplingParams or None."""
+    if sampling is not None and not isinstance(sampling, SamplingParams):
+        raise InvalidSamplingParams(f"sampling must be a SamplingParams or None, got {type(sampling).__name__} "
+                                    f"(e.g. SamplingParams(temperature=0.7, max_new_tokens=64))")
+    if not isinstance(prompts, (str, list, tuple)):
+        raise PromptError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
 
 
 class Collaboration:
@@ -110,7 +119,8 @@ class Collaboration:
         `skip` holds (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished
         samples); every other sample is exactly what a full run would give (per-row random streams).
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        _check_inputs(prompts, sampling)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise BacoError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         from baco.strategies import parse_strategy
 
@@ -149,6 +159,7 @@ class Collaboration:
     def stream(self, prompt: str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
                sampling: SamplingParams | None = None) -> Iterator[TokenEvent]:
         """Stream the n samples of one prompt token by token (the same loop as `generate`)."""
+        _check_inputs([prompt], sampling)
         sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
         ids: list[list[int]] = [[] for _ in requests]
         shown = [""] * len(requests)

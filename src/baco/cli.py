@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 from baco.errors import BacoError
 
 
+def _debug_flag() -> argparse.ArgumentParser:
+    """`--debug`, accepted before or after the command: show the traceback of an error."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the Python traceback of an error (also: BACO_DEBUG=1)")
+    return parent
+
+
+DEBUG = _debug_flag()
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--base", help="base model: HF id or local directory (default: the embedded Gemma-3-270M)")
     p.add_argument("--aligned", help="aligned model: HF id, local directory or LoRA adapter directory, same "
                    "tokenizer as --base (default: the embedded Gemma-3-270M + baco's aligned adapter)")
@@ -33,7 +48,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
-    p.add_argument("--out", type=Path, help="write samples as JSONL here (one line per sample)")
+    p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
+                   "samples already in the file are not generated again (rerun a killed --seed run to complete it)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per lockstep batch")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -48,12 +64,22 @@ def _add_generate(sub) -> None:
 def read_prompts(path: Path) -> list[str]:
     """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
     if not path.is_file():
-        raise BacoError(f"prompts file {str(path)!r} does not exist")
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BacoError(f"cannot read prompts file {str(path)!r}: {error.strerror or error}") from None
+    lines = []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        try:
+            lines.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as error:
+            raise BacoError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column "
+                            f"{error.start + 1}); save the file as UTF-8") from None
     if path.suffix.lower() not in (".jsonl", ".json"):
-        return [line for line in lines if line.strip()]
+        return [line for _, line in lines if line.strip()]
     prompts = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         if not line.strip():
             continue
         try:
@@ -67,37 +93,75 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def _at_least_one(value: int, flag: str) -> None:
+    if value < 1:
+        raise BacoError(f"{flag} must be an integer >= 1, got {value}")
+
+
+def _router_name(spec: str) -> str:
+    """The canonical name of a router or multi-pass method (`p-punc:0.50` -> `p-punc:0.5`); validates it."""
+    from baco.routers import get_router
+    from baco.strategies import parse_strategy
+
+    strategy = parse_strategy(spec)
+    if strategy is not None:
+        return f"{strategy[0].name}:{strategy[1]:g}"
+    return get_router(spec, build=False).name
+
+
 def cmd_generate(args) -> int:
+    """Validate every input (sampling, router, counts, prompts, templates, --out), then load the models."""
     from tqdm import tqdm
 
     from baco.api import Collaboration
-    from baco.decode.records import write_jsonl
+    from baco.decode.records import SampleFile
     from baco.decode.sampling import SamplingParams
     from baco.display import LEGEND, header, render, use_colour
+    from baco.errors import PromptError
     from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
+    from baco.models.hf import resolve_device, resolve_dtype
     from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
-    from baco.routers import get_router
+    from baco.storage import check_output_file
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
-    from baco.strategies import parse_strategy
-
-    if parse_strategy(args.router) is None:
-        get_router(args.router, build=False)  # validate before loading anything
+    router = _router_name(args.router)
+    _at_least_one(args.n, "--n")
+    _at_least_one(args.batch_size, "--batch-size")
     prompts = args.prompt or read_prompts(args.prompts)
+    if not prompts:
+        raise PromptError(f"no prompts in {args.prompts}")
+    empty = next((i for i, p in enumerate(prompts) if not p.strip()), None)
+    if empty is not None:
+        raise PromptError(f"prompt {empty} is empty")
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
     base = args.base or BASE_ALIAS
     aligned = args.aligned or ALIGNED_ALIAS
-    chat_template = args.chat_template.read_text(encoding="utf-8") if args.chat_template else None
+    chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    out, skip = None, set()
+    if args.out:
+        check_output_file(args.out, "--out")
+        identity = {"router": router, "sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},
+                    "models": {"base": base, "aligned": aligned, "anchor": args.anchor},
+                    "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
+                               "chat_template": chat_template}}
+        out = SampleFile(args.out, identity)
+        skip = out.done(prompts, args.n, args.seed)
+        if len(skip) == len(prompts) * args.n:
+            print(f"all {len(skip)} samples are already in {args.out}; nothing to do", file=sys.stderr)
+            return 0
+        if skip:
+            print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
+                  f"generating the others", file=sys.stderr)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
                                            prompt_format=fmt, anchor=args.anchor)
     colour = use_colour(args.color)
     show = not args.quiet
-    total = len(prompts) * args.n
-    out = open(args.out, "w", encoding="utf-8") if args.out else None
+    total = len(prompts) * args.n - len(skip)
     written, tokens, base_tokens = 0, 0, 0
     started = time.perf_counter()
     try:
@@ -105,10 +169,10 @@ def cmd_generate(args) -> int:
             if show and colour:
                 tqdm.write(LEGEND, file=sys.stdout)
             stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size, skip=skip)
             for sample in stream:
                 if out:
-                    write_jsonl([sample], out)
+                    out.append(sample)
                 written += 1
                 tokens += sample.num_tokens
                 base_tokens += sample.sources.count("base")
@@ -118,7 +182,9 @@ def cmd_generate(args) -> int:
                     text = render(sample, colour=colour, stop_strings=collab.stop_strings + sampling.stop)
                     tqdm.write(text + "\n", file=sys.stdout)
     except KeyboardInterrupt:
-        print(f"interrupted: {written} finished samples kept" + (f" in {args.out}" if out else ""), file=sys.stderr)
+        resume = "; rerun the same command to complete it" if out and args.seed is not None else ""
+        print(f"interrupted: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
+              file=sys.stderr)
         return 130
     finally:
         if out:
@@ -127,8 +193,17 @@ def cmd_generate(args) -> int:
         share = base_tokens / tokens if tokens else 0.0
         rate = tokens / (time.perf_counter() - started)
         print(f"{written} samples, {tokens} tokens, base wrote {share:.0%}, {rate:.1f} tokens/s"
-              + (f", wrote {args.out}" if out else ""), file=sys.stderr)
+              + (f", appended to {args.out}" if out else ""), file=sys.stderr)
     return 0
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise BacoError(f"{flag} {str(path)!r}: not UTF-8 text (bad byte at offset {error.start})") from None
+    except OSError as error:
+        raise BacoError(f"{flag} {str(path)!r}: {error.strerror or error}") from None
 
 
 def cmd_routers(args) -> int:
@@ -147,7 +222,7 @@ def cmd_routers(args) -> int:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="diversity and quality metrics of samples, Pareto Coverage / Dominance",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="+", type=Path,
                    help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
     p.add_argument("--metrics", default="default",
@@ -186,6 +261,22 @@ def cmd_eval(args) -> int:
 
     if not 0 < args.patience <= 1:
         raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    kind, _, arg = args.equivalence.partition(":")
+    if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
+        raise BacoError(f"--equivalence must be embedding, unigram or classifier:PATH, got {args.equivalence!r}")
+    if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
+        raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
+    _at_least_one(args.batch_size, "--batch-size")
+    from baco.storage import check_output_dir, check_output_file
+
+    if args.score_cache:
+        check_output_file(args.score_cache, "--score-cache")
+    if args.out:
+
+        check_output_dir(args.out.parent, "--out")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_file(args.out, "--out")
+        check_output_file(args.out.with_suffix(".csv"), "--out (its .csv)")
     options = EvalOptions(embedding_model=args.embedding_model, embedding_dtype=args.embedding_dtype,
                           equivalence=args.equivalence,
                           equivalence_threshold=args.equivalence_threshold, reward_model=args.reward_model,
@@ -202,7 +293,6 @@ def cmd_eval(args) -> int:
     if not args.quiet:
         print(format_table(result), end="")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, args.out)
         write_csv(result, args.out.with_suffix(".csv"))
         if not args.quiet:
@@ -222,10 +312,12 @@ def cmd_metrics(args) -> int:
 
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="methods x knobs x tasks x seeds: generate (resumable), evaluate, "
-                       "Coverage/Dominance table and Pareto plots", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       "Coverage/Dominance table and Pareto plots", parents=[DEBUG],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("config", type=Path, help="YAML sweep configuration (see configs/ and docs/sweeps.md)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and how many samples are done; run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the cells and how many samples each has stored, missing or doubled; run nothing")
     p.add_argument("--no-eval", action="store_true", help="generate only")
     p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the config's, e.g. 0,1")
     p.add_argument("--results", type=Path, default=None,
@@ -235,21 +327,29 @@ def _add_sweep(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from baco.sweep import SampleStore, load_config, run_sweep
+    from baco.storage import check_output_dir
+    from baco.sweep import load_config, run_sweep
+    from baco.sweep.config import check_seeds
     from baco.sweep.results import markdown_table
 
     config = load_config(args.config)
     if args.seeds:
         try:
-            config.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
             raise BacoError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    out = args.out or Path("runs") / config.name
+        config.seeds = check_seeds(seeds, "--seeds")
+    out = check_output_dir(args.out or Path("runs") / config.name, "--out")
+    if args.results:
+        check_output_dir(args.results, "--results")
     if args.dry_run:
-        done = SampleStore(out / "samples.jsonl").done()
+        from baco.sweep import ledger
+        from baco.sweep.run import plan_sweep
+
+        result = ledger.audit(out, plan_sweep(config)[1])
+        _note_running(out)
         for cell in config.cells:
-            have = len(done.get(cell.key, ()))
-            print(f"{cell.key:<60} {have} samples stored")
+            print(f"{cell.key:<60} {ledger.describe(result.cells[cell.key])}")
         print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
         return 0
     try:
@@ -265,6 +365,44 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def _note_running(run: Path) -> None:
+    from baco.sweep.lock import running_sweep
+
+    holder = running_sweep(run)
+    if holder:
+        print(f"note: a sweep is writing {run} now ({holder}); counts may change", file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    """Exit 0 when every planned sample of the run directory is stored exactly once and no line is torn."""
+    from baco.sweep import ledger
+
+    run = args.run_dir
+    if not run.is_dir():
+        raise BacoError(f"{str(run)!r} is not a folder; give a `baco sweep` output directory")
+    if args.config:
+        from baco.sweep import load_config
+        from baco.sweep.run import plan_sweep
+
+        plan = plan_sweep(load_config(args.config))[1]
+    else:
+        plan = ledger.read_plan(run)
+        if not plan:
+            raise BacoError(f"{run} has no {ledger.PLAN} (a sweep writes it when it starts; older baco did not): "
+                            f"pass the sweep's configuration with --config")
+    result = ledger.audit(run, plan)
+    _note_running(run)
+    for key, cell in result.cells.items():
+        if args.verbose or not cell.ok:
+            print(f"{key}: {ledger.describe(cell)}")
+    for problem in result.problems:
+        print(problem)
+    for key, count in result.strangers.items():
+        print(f"{key}: {count} samples of a cell that no plan names")
+    print(("ok: " if result.ok else "problems: ") + result.summary(), file=sys.stderr)
+    return 0 if result.ok else 1
+
+
 def cmd_report(args) -> int:
     from baco.report import write_report
 
@@ -276,30 +414,63 @@ def cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baco", description="Collaborative decoding between a base LLM "
                                      "and its aligned counterpart.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (also: BACO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
-    sub.add_parser("routers", help="list the registered routers").set_defaults(run=cmd_routers)
+    sub.add_parser("routers", help="list the registered routers", parents=[DEBUG]).set_defaults(run=cmd_routers)
     _add_eval(sub)
-    sub.add_parser("metrics", help="list the evaluation metrics").set_defaults(run=cmd_metrics)
+    sub.add_parser("metrics", help="list the evaluation metrics", parents=[DEBUG]).set_defaults(run=cmd_metrics)
     _add_sweep(sub)
-    p = sub.add_parser("report", help="one self-contained HTML page of a sweep: table, plots, coloured samples")
+    p = sub.add_parser("report", help="one self-contained HTML page of a sweep: table, plots, coloured samples",
+                       parents=[DEBUG])
     p.add_argument("run_dir", type=Path, help="a `baco sweep` output directory")
     p.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report.html)")
     p.add_argument("--title", default=None)
     p.set_defaults(run=cmd_report)
+    p = sub.add_parser("check", help="a sweep's run directory: missing, doubled and torn samples per cell "
+                       "(exit 1 if any)", parents=[DEBUG])
+    p.add_argument("run_dir", type=Path, help="a `baco sweep` output directory")
+    p.add_argument("--config", type=Path, default=None,
+                   help="check against this sweep configuration instead of the plan recorded in RUN_DIR")
+    p.add_argument("--verbose", action="store_true", help="list every cell, not only those with problems")
+    p.set_defaults(run=cmd_check)
     return parser
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"baco: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input: one line on stderr, exit 2; an unexpected failure: one line, exit 1
+    (`--debug` or BACO_DEBUG=1 shows the traceback)."""
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get("BACO_DEBUG", "").strip() not in ("", "0")
+    shown = warnings.showwarning
+    if not debug:
+        warnings.showwarning = _one_line_warnings
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         return args.run(args)
     except BacoError as error:
+        if debug:
+            traceback.print_exc()
         print(f"baco: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("baco: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the door: no traceback for the user unless asked
+        if debug:
+            raise
+        print(f"baco: error: {type(error).__name__}: {error} (unexpected: rerun with --debug or BACO_DEBUG=1 "
+              f"for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

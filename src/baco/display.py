@@ -12,8 +12,9 @@ RESET = "\033[0m"
 LEGEND = f"{COLOURS[BASE]}base-written{RESET} / {COLOURS['aligned']}aligned-written{RESET}"
 
 
-def use_colour(mode: str, stream=sys.stdout) -> bool:
+def use_colour(mode: str, stream=None) -> bool:
     """`auto`: colour on a terminal unless NO_COLOR is set; `always` / `never` force it."""
+    stream = sys.stdout if stream is None else stream  # looked up now: sys.stdout may have been replaced
     if mode == "always":
         return True
     if mode == "never" or os.environ.get("NO_COLOR"):

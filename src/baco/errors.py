@@ -30,3 +30,15 @@ class PromptError(BacoError, ValueError):
 
 class TaskError(BacoError, ValueError):
     """A task set or prompts file cannot be loaded: unknown name, missing file, bad row (file and line named)."""
+
+
+class OutputError(BacoError, OSError):
+    """An output path cannot be written (missing folder, a folder where a file belongs, read-only, disk full)."""
+
+
+class RunLockedError(BacoError):
+    """Another process holds the run directory (its pid and host are named)."""
+
+
+class IntegrityError(BacoError):
+    """Stored results do not match what is being asked (another configuration, changed prompts or settings)."""

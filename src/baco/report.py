@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from baco.errors import BacoError
+from baco.storage import atomic_write, check_output_file
 from baco.sweep.store import SampleStore
 
 STYLE = """
@@ -88,7 +89,11 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     if not (run / "samples.jsonl").is_file():
         raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
     rows = SampleStore(run / "samples.jsonl").read()
-    summary = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
+    results = run / "results.json"
+    try:
+        summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+    except (ValueError, OSError) as error:
+        raise BacoError(f"{results} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
     if (run / "table.md").is_file():
@@ -125,6 +130,5 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs) -> Path:
-    path = Path(out) if out else Path(run_dir) / "report.html"
-    path.write_text(build_report(run_dir, **kwargs), encoding="utf-8")
-    return path
+    path = check_output_file(out, "--out") if out else Path(run_dir) / "report.html"
+    return atomic_write(path, build_report(run_dir, **kwargs))

@@ -17,6 +17,7 @@ any router; their `router` field reads `negative:W` / `verbalized:K`.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, replace
@@ -57,12 +58,15 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     entry = STRATEGIES.get(name.strip().lower())
     if entry is None:
         return None
+    kind = "an integer" if entry.integer else "a number"
     try:
         value = float(raw) if raw else entry.default
     except ValueError:
-        raise UnknownRouterError(f"{entry.name} needs a number for {entry.param}, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise UnknownRouterError(f"{entry.name} needs {kind} >= {entry.low:g} for {entry.param}, "
+                                 f"got {raw.strip()!r}")
     if value < entry.low or (entry.integer and value != int(value)):
-        kind = "an integer" if entry.integer else "a number"
         raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
     return entry, value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -173,7 +174,7 @@ def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], s
 
 
 def write_jsonl(samples: Iterable[Sample], handle: IO[str]) -> int:
-    """Append samples to an open text file, one JSON object per line, flushed per line."""
+    """Append samples to an open text file, one JSON object per line (one write each), flushed per line."""
     count = 0
     for s in samples:
         handle.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
@@ -183,5 +184,77 @@ def write_jsonl(samples: Iterable[Sample], handle: IO[str]) -> int:
 
 
 def read_jsonl(path: str | Path) -> list[Sample]:
-    with open(path, encoding="utf-8") as handle:
-        return [Sample.from_dict(json.loads(line)) for line in handle if line.strip()]
+    """The samples of a `baco generate --out` file, each once; a torn last line is skipped with a warning,
+    any other unreadable line is an error naming it."""
+    from baco.errors import BacoError
+    from baco.storage import scan_jsonl
+
+    scan = scan_jsonl(path)
+    if not scan.path.is_file():
+        raise BacoError(f"samples file {str(path)!r} does not exist")
+    if scan.corrupt:
+        raise BacoError(scan.problems()[0])
+    if scan.torn:
+        warnings.warn(scan.problems()[-1] + "; skipped", stacklevel=2)
+    samples, seen = [], set()
+    required = {"prompt", "prompt_index", "sample_index", "router", "seed"}
+    for number, row in scan.rows:
+        if not isinstance(row, dict) or not required <= set(row):
+            raise BacoError(f"{path}:{number}: not a baco sample (needs {', '.join(sorted(required))})")
+        if isinstance(row.get("id"), str):  # rows written before ids have none
+            if row["id"] in seen:
+                warnings.warn(f"{path}:{number}: sample {row['id']} is stored twice; read once", stacklevel=2)
+                continue
+            seen.add(row["id"])
+        samples.append(Sample.from_dict(row))
+    return samples
+
+
+class SampleFile:
+    """`baco generate --out FILE`: samples appended, each with a stable `id`; nothing is ever truncated.
+
+    The id hashes everything that decides a sample: router, sampling settings and seed, the models
+    (as named), the prompt format, the prompt and its (prompt, sample) index. Samples whose id is
+    already in the file are not generated again, so rerunning a killed `--seed S` command completes
+    the file instead of doubling it; a run with another seed or settings appends new samples.
+    The file is opened (and a torn last line repaired) only when the first sample is written.
+    """
+
+    def __init__(self, path: str | Path, identity: dict):
+        from baco.errors import OutputError
+        from baco.storage import scan_jsonl
+
+        self.path, self.identity = Path(path), identity
+        scan = scan_jsonl(self.path)
+        if scan.corrupt:
+            raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({scan.problems()[0]}); "
+                              f"baco appends only to such a file: choose another")
+        self.stored = {row["id"] for _, row in scan.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
+        self._out = None
+
+    def id_of(self, prompt: str, prompt_index: int, sample_index: int, seed: int) -> str:
+        from baco.storage import stable_id
+
+        return stable_id({**self.identity, "seed": seed, "prompt": prompt, "prompt_index": prompt_index,
+                          "sample_index": sample_index})
+
+    def done(self, prompts: list[str], n: int, seed: int | None) -> set[tuple[int, int]]:
+        """(prompt index, sample index) of the samples already in the file (none without a fixed seed)."""
+        if seed is None or not self.stored:
+            return set()
+        return {(i, k) for i, prompt in enumerate(prompts) for k in range(n)
+                if self.id_of(prompt, i, k, seed) in self.stored}
+
+    def append(self, sample: Sample) -> None:
+        from baco.storage import JsonlAppender
+
+        if self._out is None:
+            self._out = JsonlAppender(self.path)
+        row = sample.to_dict()
+        # the run's seed (sample.seed is the row's own stream seed, derived from it)
+        row["id"] = self.id_of(sample.prompt, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"))
+        self._out.append(row)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()

@@ -41,19 +41,23 @@ class SamplingParams:
         def fail(message: str) -> None:
             raise InvalidSamplingParams(message)
 
-        number = (int, float)
-        if not isinstance(self.temperature, number) or not math.isfinite(self.temperature) or self.temperature < 0:
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        if not number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
             fail(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_p, number) or not 0 < self.top_p <= 1:
+        if not number(self.top_p) or not 0 < self.top_p <= 1:
             fail(f"top_p must be in (0, 1], got {self.top_p!r}")
         if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < -1:
             fail(f"top_k must be an integer >= 0 (0 or -1 disables it), got {self.top_k!r}")
-        if not isinstance(self.min_p, number) or not 0 <= self.min_p <= 1:
+        if not number(self.min_p) or not 0 <= self.min_p <= 1:
             fail(f"min_p must be in [0, 1], got {self.min_p!r}")
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             fail(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             fail(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        if not isinstance(self.stop, (str, list, tuple)):
+            fail(f"stop must be a string or a list of strings, got {self.stop!r}")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if any(not isinstance(s, str) or not s for s in stop):
             fail(f"stop strings must be non-empty strings, got {self.stop!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from baco.evaluate.registry import MetricSpec
 from baco.evaluate.resources import EvalOptions
+from baco.storage import scan_jsonl
 
 VERSION = 1
 MISS = object()
@@ -41,14 +42,9 @@ class ScoreCache:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.values: dict[str, float | None] = {}
-        if self.path.exists():
-            with self.path.open(encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        row = json.loads(line)
-                        self.values[row["key"]] = row["value"]
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue  # a line cut by a kill
+        for _, row in scan_jsonl(self.path).rows:  # a line cut by a kill (torn, not UTF-8) is left out
+            if isinstance(row, dict) and isinstance(row.get("key"), str) and "value" in row:
+                self.values[row["key"]] = row["value"]
 
     @staticmethod
     def key(scorer: str, prompt: str, response: str) -> str:

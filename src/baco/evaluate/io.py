@@ -8,7 +8,9 @@ Accepted rows (one JSON object per line):
 Method of a row: its "router" field, else its "method" field, else the file name (without suffix).
 Task: its "task" field, else `default_task`. A bad line (not JSON, no prompt, no response) is
 skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
-one bad line never loses the rest of the file.
+one bad line never loses the rest of the file. A last line cut off mid-write (a killed run) is
+reported as torn. A baco sample whose `id` (its stable sample id) was already read, in this file
+or an earlier one, is the same sample stored twice: it is counted once, with a warning.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def _method(row: dict, path: Path, method_from: str) -> str | None:
     return path.stem if method_from == "auto" else None
 
 
+def is_baco_sample(row: dict) -> bool:
+    """A row written by `baco generate` or `baco sweep`, whose `id` names one sample."""
+    return isinstance(row.get("id"), str) and isinstance(row.get("sample_index"), int) and "token_ids" in row
+
+
 def read_records(paths: list[str | Path], *, method_from: str = "auto",
                  default_task: str = "default") -> tuple[list[Record], list[str]]:
     """All usable rows of all files, and a warning per skipped or repaired line."""
@@ -54,14 +61,20 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
         raise SamplesError(f"method_from must be one of {METHOD_FROM}, got {method_from!r}")
     records: list[Record] = []
     warnings: list[str] = []
+    ids: dict[str, str] = {}  # sample id -> where it was first read
     position = 0
     for path in map(Path, paths):
         if not path.is_file():
             raise SamplesError(f"samples file {str(path)!r} does not exist")
-        for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            lines = path.read_bytes().split(b"\n")
+        except OSError as error:
+            raise SamplesError(f"cannot read {path}: {error.strerror or error}") from None
+        for number, raw in enumerate(lines, start=1):
             where = f"{path}:{number}"
             if not raw.strip():
                 continue
+            torn = number == len(lines)  # the last line has no newline: a write may have been cut off
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -72,11 +85,19 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                warnings.append(f"{where}: not valid JSON ({error.msg} at column {error.colno}); line skipped")
+                warnings.append(f"{where}: torn last line ({len(raw)} bytes, cut off mid-write by an interrupted "
+                                f"run); skipped" if torn else
+                                f"{where}: not valid JSON ({error.msg} at column {error.colno}); line skipped")
                 continue
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 warnings.append(f'{where}: expected an object with a "prompt" string; line skipped')
                 continue
+            if is_baco_sample(row):  # other tools' "id" fields (a prompt's id, say) are not sample ids
+                if row["id"] in ids:
+                    warnings.append(f"{where}: sample {row['id']} was already read at {ids[row['id']]} "
+                                    f"(stored twice); counted once")
+                    continue
+                ids[row["id"]] = where
             method = _method(row, path, method_from)
             if method is None:
                 warnings.append(f'{where}: no "router" or "method" field (--method-from field); line skipped')

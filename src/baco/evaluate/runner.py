@@ -9,6 +9,7 @@ means and counted; a mean over nothing is None ("n/a" in the table, null in JSON
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -20,6 +21,7 @@ from baco.evaluate.io import Record, group_records, read_records
 from baco.evaluate.pareto import ParetoReport, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
 from baco.evaluate.resources import EvalOptions, Resources
+from baco.storage import atomic_write
 
 # which quality metric NoveltyBench utility uses when the caller names none: the first one selected
 UTILITY_QUALITY_ORDER = ("reward", "judge", "relevance", "fluency")
@@ -233,19 +235,20 @@ def _columns(rows: list[list[str]]) -> list[str]:
 
 
 def write_json(result: EvalResult, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write(path, json.dumps(result.to_dict(), indent=1, ensure_ascii=False) + "\n")
 
 
 def write_csv(result: EvalResult, path: str | Path) -> None:
     """One row per (task, method): counts, then every metric's mean (empty = undefined), then Pareto."""
     names = [s.name for s in result.metrics]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["task", "method", "prompts", "responses", *names, "coverage", "dominance"])
-        for task, methods in result.summary.items():
-            for method, values in methods.items():
-                pareto = result.pareto.per_task.get(task, {}).get(method, {}) if result.pareto else {}
-                cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
-                writer.writerow([task, method, result.counts[task][method]["prompts"],
-                                 result.counts[task][method]["responses"]]
-                                + ["" if v is None else repr(float(v)) for v in cells])
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["task", "method", "prompts", "responses", *names, "coverage", "dominance"])
+    for task, methods in result.summary.items():
+        for method, values in methods.items():
+            pareto = result.pareto.per_task.get(task, {}).get(method, {}) if result.pareto else {}
+            cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
+            writer.writerow([task, method, result.counts[task][method]["prompts"],
+                             result.counts[task][method]["responses"]]
+                            + ["" if v is None else repr(float(v)) for v in cells])
+    atomic_write(path, handle.getvalue())

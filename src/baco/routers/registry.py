@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -91,9 +92,21 @@ def get_router(spec: str | Router, *, build: bool = True) -> Router:
     try:
         value = float(raw)
     except ValueError:
-        raise UnknownRouterError(f"router {name!r} needs a number for {entry.param}, got {raw!r}") from None
+        raise UnknownRouterError(f"router {name!r} needs a number for {entry.param} "
+                                 f"({bounds(entry.low, entry.high)}), got {raw.strip()!r}") from None
+    if not math.isfinite(value):
+        raise UnknownRouterError(f"router {name!r} needs a finite number for {entry.param} "
+                                 f"({bounds(entry.low, entry.high)}), got {raw.strip()!r}")
     if (entry.low is not None and value < entry.low) or (entry.high is not None and value > entry.high):
-        raise UnknownRouterError(
-            f"router {name!r}: {entry.param} must be in [{entry.low}, {entry.high}], got {value:g}"
-        )
+        raise UnknownRouterError(f"router {name!r}: {entry.param} must be {bounds(entry.low, entry.high)}, "
+                                 f"got {value:g}")
     return Router(entry, value)
+
+
+def bounds(low: float | None, high: float | None) -> str:
+    """'in [0, 1]', '>= 0', '<= 2' or 'any number': how a knob's range reads in an error message."""
+    if low is not None and high is not None:
+        return f"in [{low:g}, {high:g}]"
+    if low is not None:
+        return f">= {low:g}"
+    return f"<= {high:g}" if high is not None else "any number"

@@ -1,7 +1,8 @@
 """`baco sweep`: methods x knob values x tasks x seeds on one engine, resumable, evaluated, plotted."""
 
 from baco.sweep.config import Cell, Configuration, SweepConfig, SweepConfigError, load_config, parse_config
-from baco.sweep.run import Engines, run_cells
+from baco.sweep.lock import RunLock
+from baco.sweep.run import Engines, generate_missing, run_cells
 from baco.sweep.store import SampleStore
 
 
@@ -9,25 +10,29 @@ def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, e
               progress: bool = True, results_dir=None) -> dict:
     """Generate what is missing, then evaluate the config's cells; returns the summary (see results.py).
 
-    Evaluation outputs go to `results_dir` (default: `out_dir`), so that two configurations sharing
-    one samples file (e.g. one seed and three seeds) keep their own tables. Quality scores are
-    cached in `out_dir/quality-scores.jsonl` (delete it after changing a quality metric's code).
+    The run directory is locked for the whole run (one writer). Evaluation outputs go to
+    `results_dir` (default: `out_dir`), so that two configurations sharing one samples file (e.g.
+    one seed and three seeds) keep their own tables. Quality scores are cached in
+    `out_dir/quality-scores.jsonl` (delete it after changing a quality metric's code).
     """
-    counts = run_cells(config, out_dir, engines, progress=progress)
-    if not evaluate:
-        return {"counts": counts}
-    from baco.evaluate.resources import EvalOptions, Resources
-    from baco.sweep.results import summarise, write_outputs
+    with RunLock(out_dir):
+        counts = generate_missing(config, out_dir, engines, progress=progress)
+        if not evaluate:
+            return {"counts": counts}
+        from baco.evaluate.resources import EvalOptions, Resources
+        from baco.sweep import ledger
+        from baco.sweep.results import summarise, write_outputs
+        from baco.sweep.run import plan_sweep
 
-    # quality scores (judge, fluency, reward, relevance) are kept beside the samples: evaluating
-    # another seed subset or rerunning after a kill scores only what is new
-    resources = Resources(EvalOptions(score_cache=f"{out_dir}/quality-scores.jsonl"))
-    summary = summarise(config, SampleStore(f"{out_dir}/samples.jsonl").read(), progress=progress,
-                        resources=resources)
-    summary["counts"] = counts
-    write_outputs(summary, results_dir or out_dir)
-    return summary
+        # quality scores (judge, fluency, reward, relevance) are kept beside the samples: evaluating
+        # another seed subset or rerunning after a kill scores only what is new
+        resources = Resources(EvalOptions(score_cache=f"{out_dir}/quality-scores.jsonl"))
+        rows = ledger.audit(out_dir, plan_sweep(config)[1]).rows  # each planned sample once
+        summary = summarise(config, rows, progress=progress, resources=resources)
+        summary["counts"] = counts
+        write_outputs(summary, results_dir or out_dir)
+        return summary
 
 
-__all__ = ["Cell", "Configuration", "Engines", "SampleStore", "SweepConfig", "SweepConfigError", "load_config",
-           "parse_config", "run_cells", "run_sweep"]
+__all__ = ["Cell", "Configuration", "Engines", "RunLock", "SampleStore", "SweepConfig", "SweepConfigError",
+           "load_config", "parse_config", "run_cells", "run_sweep"]

@@ -19,8 +19,11 @@ one lockstep batch. A configuration is a method with one knob value, named `p-pu
 
 from __future__ import annotations
 
+import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NoReturn
 
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
@@ -44,6 +47,12 @@ class Configuration:
     sampling: SamplingParams
     system_prompt: str | None = None
     base_template: str | None = None
+    batch_size: int | None = None  # rows per lockstep batch for this method (default: the sweep's)
+
+    @property
+    def settings(self) -> tuple:
+        """What decides this configuration's samples (two configurations with equal settings are one)."""
+        return (self.router, self.sampling, self.system_prompt, self.base_template)
 
 
 @dataclass(frozen=True)
@@ -90,20 +99,77 @@ class SweepConfig:
     def methods(self) -> list[str]:
         return list(dict.fromkeys(c.method for c in self.configurations))
 
+    def models_of(self, configuration: Configuration) -> dict[str, str]:
+        """The models a configuration runs, as its samples record them: one model alone or the pair."""
+        from baco.strategies import parse_strategy
 
-def _fail(message: str) -> None:
+        if configuration.router == "base":
+            return {"base": self.base}
+        if configuration.router == "aligned" or parse_strategy(configuration.router):
+            return {"aligned": self.aligned}
+        models = {"base": self.base, "aligned": self.aligned}
+        if self.anchor and configuration.router.startswith("proxy"):
+            models["anchor"] = self.anchor
+        return models
+
+
+def show(value) -> str:
+    """A value as an error message quotes it: its repr, cut short when long or deeply nested."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 120
+
+
+def _fail(message: str) -> NoReturn:
     raise SweepConfigError(message)
 
 
-def _sampling(raw: dict, where: str) -> SamplingParams:
-    if not isinstance(raw, dict):
-        _fail(f"{where}: sampling must be a mapping, got {raw!r}")
-    allowed = set(SamplingParams.__dataclass_fields__) - {"seed"}
-    unknown = set(raw) - allowed
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(value, where: str, default: int) -> int:
+    value = default if value is None else value
+    if not _is_int(value) or value < 1:
+        _fail(f"{where} must be a positive integer, got {show(value)}")
+    return value
+
+
+def _text(value, where: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        _fail(f"{where} must be a string, got {show(value)}")
+    return value
+
+
+def _label(value, where: str) -> str:
+    """A method or task name: it becomes part of cell keys (`task|configuration|seed=S`)."""
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip() or "|" in str(value):
+        _fail(f"{where}: a name must be a non-empty string without '|', got {show(value)}")
+    return str(value).strip()
+
+
+def _mapping(value, where: str, known: set[str]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        _fail(f"{where} must be a mapping ({', '.join(sorted(known))}), got {show(value)}")
+    unknown = sorted(map(str, set(value) - known))
     if unknown:
-        _fail(f"{where}: unknown sampling keys {sorted(unknown)}; known: {sorted(allowed)}")
+        _fail(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return value
+
+
+def _sampling(raw, where: str) -> SamplingParams:
+    allowed = set(SamplingParams.__dataclass_fields__) - {"seed"}
+    raw = _mapping(raw, where, allowed)
     try:
-        return SamplingParams(**{k: tuple(v) if k == "stop" else v for k, v in raw.items()})
+        return SamplingParams(**{k: tuple(v) if k == "stop" and isinstance(v, list) else v for k, v in raw.items()})
     except InvalidSamplingParams as error:
         raise SweepConfigError(f"{where}: {error}") from None
 
@@ -132,26 +198,44 @@ def _router(spec: str, where: str):
         raise SweepConfigError(f"{where}: {error}") from None
 
 
-def _configurations(name: str, raw: dict, sampling: SamplingParams) -> list[Configuration]:
+def _prompting(raw: dict, where: str) -> dict:
+    """system_prompt and base_template, checked as the prompt format will use them."""
+    from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+
+    extra = {key: _text(raw.get(key), f"{where}.{key}") for key in ("system_prompt", "base_template")}
+    try:
+        PromptFormat(base_template=extra["base_template"] or DEFAULT_BASE_TEMPLATE,
+                     system_prompt=extra["system_prompt"])
+    except BacoError as error:
+        raise SweepConfigError(f"{where}.base_template: {error}") from None
+    return extra
+
+
+def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configuration]:
     where = f"methods.{name}"
     if not isinstance(raw, dict) or "router" not in raw:
-        _fail(f"{where}: needs a `router` (see `baco routers`), got {raw!r}")
-    unknown = set(raw) - METHOD_KEYS
-    if unknown:
-        _fail(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(METHOD_KEYS)}")
-    router = str(raw["router"])
-    extra = {"system_prompt": raw.get("system_prompt"), "base_template": raw.get("base_template")}
+        _fail(f"{where}: needs a `router` (see `baco routers`), got {show(raw)}")
+    raw = _mapping(raw, where, METHOD_KEYS)
+    if not isinstance(raw["router"], str):
+        _fail(f"{where}.router must be a router name such as 'p-punc' (see `baco routers`), "
+              f"got {show(raw['router'])}")
+    router = raw["router"].strip()
+    extra = _prompting(raw, where)
+    if raw.get("batch_size") is not None:
+        extra["batch_size"] = _positive_int(raw["batch_size"], f"{where}.batch_size", 1)
     values, sweep = raw.get("values"), raw.get("sweep")
     if values is not None and sweep is not None:
         _fail(f"{where}: give `values` (the router's knob) or `sweep` (a sampling knob), not both")
     out = []
     if values is not None:
         if not isinstance(values, list) or not values:
-            _fail(f"{where}.values must be a non-empty list, got {values!r}")
+            _fail(f"{where}.values must be a non-empty list, got {show(values)}")
         for value in values:
-            spec = _router(f"{router}:{value}", where)
+            if not _is_number(value):
+                _fail(f"{where}.values: values must be numbers, got {show(value)}")
+            spec = _router(f"{router}:{value!r}", where)
             if spec.value is None:
-                _fail(f"{where}: router {router!r} has no knob to sweep")
+                _fail(f"{where}: router {show(router)} has no knob to sweep")
             out.append(Configuration(name, f"{name}:{spec.value:g}" if name != spec.spec.name else spec.name,
                                      spec.name, sampling, **extra))
     elif sweep is not None:
@@ -159,13 +243,13 @@ def _configurations(name: str, raw: dict, sampling: SamplingParams) -> list[Conf
             _fail(f"{where}.sweep must map one sampling knob to a list, e.g. {{temperature: [0.7, 1.0]}}")
         (knob, grid), = sweep.items()
         if knob not in SWEEPABLE:
-            _fail(f"{where}.sweep: {knob!r} is not sweepable; use one of {SWEEPABLE}")
+            _fail(f"{where}.sweep: {show(knob)} is not sweepable; use one of {SWEEPABLE}")
         if not isinstance(grid, list) or not grid:
-            _fail(f"{where}.sweep.{knob} must be a non-empty list, got {grid!r}")
+            _fail(f"{where}.sweep.{knob} must be a non-empty list, got {show(grid)}")
         spec = _router(router, where)
         for value in grid:
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                _fail(f"{where}.sweep.{knob}: values must be numbers, got {value!r}")
+            if not _is_number(value):
+                _fail(f"{where}.sweep.{knob}: values must be numbers, got {show(value)}")
             try:
                 swept = replace(sampling, **{knob: value})
             except InvalidSamplingParams as error:
@@ -176,49 +260,126 @@ def _configurations(name: str, raw: dict, sampling: SamplingParams) -> list[Conf
     return out
 
 
-def _task(raw) -> TaskSpec:
+def _task(raw, index: int) -> TaskSpec:
+    where = f"tasks[{index}]"
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("name") or raw.get("path"), str):
-        _fail(f"tasks: each task is a name or {{name: ..., limit: ...}} / {{path: ..., name: ...}}, got {raw!r}")
+        _fail(f"{where}: each task is a name or {{name: ..., limit: ...}} / {{path: ..., name: ...}}, "
+              f"got {show(raw)}")
+    raw = _mapping(raw, where, {"name", "path", "limit"})
+    path = _text(raw.get("path"), f"{where}.path")
     limit = raw.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        _fail(f"tasks: limit must be a positive integer, got {limit!r}")
-    path = raw.get("path")
-    return TaskSpec(name=raw.get("name") or Path(path).stem, limit=limit, path=path)
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        _fail(f"{where}.limit must be a positive integer, got {show(limit)}")
+    name = _label(raw.get("name") or Path(path).stem, f"{where}.name")
+    return TaskSpec(name=name, limit=limit, path=path)
+
+
+def _tasks(raw, source: str) -> list[TaskSpec]:
+    if raw == [] or raw is None:
+        _fail(f"{source}: `tasks` is empty; list bundled task names or {{path: ..., name: ...}}")
+    if not isinstance(raw, list):
+        _fail(f"{source}: `tasks` must be a list of task names or {{path: ..., name: ...}}, got {show(raw)}")
+    tasks = [_task(t, i) for i, t in enumerate(raw)]
+    seen: dict[str, TaskSpec] = {}
+    for task in tasks:
+        if task.name in seen:  # the name is the task's identity in cell keys: one name, one prompt set
+            _fail(f"{source}: two tasks are named {show(task.name)} ({show(seen[task.name].path or task.name)} and "
+                  f"{show(task.path or task.name)}); give each its own `name`")
+        seen[task.name] = task
+    same = {}
+    for task in tasks:
+        other = same.setdefault((task.path or task.name, task.limit), task)
+        if other is not task:
+            _fail(f"{source}: tasks {show(other.name)} and {show(task.name)} are the same prompts "
+                  f"({task.path or task.name}, limit {task.limit}); list them once")
+    return tasks
+
+
+def check_seeds(raw, source: str) -> list[int]:
+    if not isinstance(raw, list) or not raw or not all(_is_int(s) and s >= 0 for s in raw):
+        _fail(f"{source}: seeds must be a non-empty list of non-negative integers, got {show(raw)}")
+    repeated = sorted({s for s in raw if raw.count(s) > 1})
+    if repeated:
+        _fail(f"{source}: seeds {repeated} are listed more than once; every seed would run twice")
+    return list(raw)
+
+
+def _metrics(raw, source: str) -> tuple[list[str] | None, list[str] | None]:
+    from baco.evaluate.registry import UnknownMetricError, resolve_metrics
+
+    raw = _mapping(raw, f"{source}: metrics", {"diversity", "quality"})
+    out = []
+    for kind in ("diversity", "quality"):
+        names = raw.get(kind)
+        if names is not None:
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                _fail(f"{source}: metrics.{kind} must be a non-empty list of metric names (see `baco metrics`), "
+                      f"got {show(names)}")
+            try:
+                resolve_metrics(names)
+            except UnknownMetricError as error:
+                raise SweepConfigError(f"{source}: metrics.{kind}: {error}") from None
+        out.append(names)
+    return out[0], out[1]
+
+
+def _models(raw, source: str) -> dict[str, str]:
+    raw = _mapping(raw, f"{source}: models", {"base", "aligned", "anchor"})
+    for key, value in raw.items():
+        if not isinstance(value, str) or not value.strip():
+            _fail(f"{source}: models.{key} must be a model id, path or adapter directory, got {show(value)}")
+    return raw
+
+
+def _name(raw, source: str) -> str:
+    name = raw if isinstance(raw, str) else str(raw) if _is_int(raw) else None
+    if name is None or not re.fullmatch(r"[\w.-]+", name) or set(name) == {"."}:
+        _fail(f"{source}: name must be letters, digits, '.', '-' or '_' (it names the folder runs/<name>), "
+              f"got {show(raw)}")
+    return name
+
+
+def _distinct(configurations: list[Configuration], source: str) -> None:
+    names = [c.name for c in configurations]
+    if len(set(names)) != len(names):
+        _fail(f"{source}: two configurations share a name: {sorted({n for n in names if names.count(n) > 1})}")
+    seen: dict[tuple, Configuration] = {}
+    for conf in configurations:
+        other = seen.setdefault(conf.settings, conf)
+        if other is not conf:
+            _fail(f"{source}: configurations {show(other.name)} and {show(conf.name)} are the same "
+                  f"(router {conf.router}, same sampling and prompts); every sample would be made twice")
 
 
 def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     """Validate a loaded YAML mapping into a SweepConfig (every error names its key)."""
     if not isinstance(raw, dict):
         _fail(f"{source}: a sweep configuration is a mapping, got {type(raw).__name__}")
-    known = {"name", "models", "tasks", "n", "seeds", "sampling", "methods", "metrics", "batch_size"}
-    unknown = set(raw) - known
-    if unknown:
-        _fail(f"{source}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    raw = _mapping(raw, source, {"name", "models", "tasks", "n", "seeds", "sampling", "methods", "metrics",
+                                 "batch_size"})
     from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 
-    models = raw.get("models") or {}
-    sampling = _sampling(raw.get("sampling") or {}, "sampling")
+    name = _name(raw.get("name", "sweep"), source)
+    models = _models(raw.get("models"), source)
+    sampling = _sampling(raw.get("sampling"), "sampling")
     methods = raw.get("methods")
     if not isinstance(methods, dict) or not methods:
         _fail(f"{source}: `methods` must map method names to {{router: ..., values/sweep: ...}}")
-    configurations = [c for name, spec in methods.items() for c in _configurations(str(name), spec, sampling)]
-    names = [c.name for c in configurations]
-    if len(set(names)) != len(names):
-        _fail(f"{source}: two configurations share a name: {sorted({n for n in names if names.count(n) > 1})}")
-    tasks = [_task(t) for t in (raw.get("tasks") or _fail(f"{source}: `tasks` is empty"))]
+    configurations = [c for key, spec in methods.items()
+                      for c in _configurations(_label(key, "methods"), spec, sampling)]
+    _distinct(configurations, source)
+    tasks = _tasks(raw.get("tasks"), source)
     n = raw.get("n", 4)
-    if not isinstance(n, int) or n < 2:
-        _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {n!r}")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        _fail(f"{source}: seeds must be a non-empty list of integers, got {seeds!r}")
-    metrics = raw.get("metrics") or {}
-    return SweepConfig(name=str(raw.get("name", "sweep")), base=models.get("base", BASE_ALIAS),
-                       aligned=models.get("aligned", ALIGNED_ALIAS), tasks=tasks, configurations=configurations,
-                       n=n, seeds=seeds, diversity=metrics.get("diversity"), quality=metrics.get("quality"),
-                       batch_size=int(raw.get("batch_size", 256)), anchor=models.get("anchor"), source=raw)
+    if not _is_int(n) or n < 2:
+        _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {show(n)}")
+    seeds = check_seeds(raw.get("seeds", [0]), source)
+    diversity, quality = _metrics(raw.get("metrics"), source)
+    batch_size = _positive_int(raw.get("batch_size"), f"{source}: batch_size", 256)
+    return SweepConfig(name=name, base=models.get("base", BASE_ALIAS), aligned=models.get("aligned", ALIGNED_ALIAS),
+                       tasks=tasks, configurations=configurations, n=n, seeds=seeds, diversity=diversity,
+                       quality=quality, batch_size=batch_size, anchor=models.get("anchor"), source=raw)
 
 
 def load_config(path: str | Path) -> SweepConfig:
@@ -226,9 +387,14 @@ def load_config(path: str | Path) -> SweepConfig:
 
     path = Path(path)
     if not path.is_file():
-        raise SweepConfigError(f"sweep configuration {str(path)!r} does not exist")
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
+        raise SweepConfigError(f"sweep configuration {show(str(path))} {what}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise SweepConfigError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
     except yaml.YAMLError as error:
         raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
+    except (OSError, RecursionError) as error:
+        raise SweepConfigError(f"{path}: cannot read it: {error}") from None
     return parse_config(raw, source=str(path))

@@ -7,7 +7,10 @@ way is better.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from baco.storage import atomic_write
 
 COLUMNS = 5  # panels per row; the (diversity, quality) planes of one quality metric wrap over rows
 
@@ -66,7 +69,8 @@ def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
             fig.tight_layout(rect=(0, 0, 1, top))
             for suffix in ("png", "svg"):
                 path = out / f"pareto-{task}-seed{seed}.{suffix}"
-                fig.savefig(path, dpi=110)
-                written.append(path)
+                image = io.BytesIO()
+                fig.savefig(image, format=suffix, dpi=110)
+                written.append(atomic_write(path, image.getvalue()))
             plt.close(fig)
     return written

@@ -16,6 +16,7 @@ from baco.evaluate.pareto import pareto_aggregate
 from baco.evaluate.registry import resolve_metrics
 from baco.evaluate.resources import Resources
 from baco.evaluate.runner import evaluate_records
+from baco.storage import atomic_write
 from baco.sweep.config import SweepConfig
 
 AGGREGATES = ("coverage", "dominance")
@@ -126,12 +127,11 @@ def per_seed_table(summary: dict) -> str:
 
 def write_outputs(summary: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
+    atomic_write(out / "results.json", json.dumps(summary, indent=1, default=str) + "\n")
     text = markdown_table(summary) + "\n"
     if len(summary["seeds"]) > 1:
         text += "\nPer seed (average over tasks):\n\n" + per_seed_table(summary) + "\n"
-    (out / "table.md").write_text(text, encoding="utf-8")
+    atomic_write(out / "table.md", text)
     from baco.sweep.plots import plot_planes
 
     return [out / "results.json", out / "table.md"] + plot_planes(summary, out / "plots")

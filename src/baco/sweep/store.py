@@ -1,56 +1,42 @@
-"""The sweep's samples file: append-only JSONL, one sample per line, safe to kill at any moment.
+"""The sweep's samples file: append-only JSON Lines, one sample per line, safe to kill at any moment.
 
-Every line is a `Sample` plus the cell it belongs to (`cell`, `task`, `method`, `config`, `item_id`).
-Reading tolerates what a kill can leave behind: a last line cut short is dropped (and the file
-truncated to its last complete line, so appending continues cleanly); a corrupt line in the middle
-is reported and skipped, never deleted.
+Every line is a `Sample` plus the cell it belongs to (`cell`, `task`, `method`, `config`, `item_id`)
+and a stable `id` (a hash of the cell's settings, the prompt and the sample index; see ledger.py).
+Reading never changes the file: a torn last line and corrupt lines are reported by `scan()` and
+left out of `read()`, which also keeps only the first copy of a sample stored twice. The one
+writer (under the run directory's lock) repairs a torn last line before it appends
+(`baco.storage.repair_tail`), and appends one whole line per `os.write`.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
+
+from baco.storage import JsonlScan, scan_jsonl
+
+
+def row_key(row: dict):
+    """A stored sample's identity: its id, or (cell, prompt index, sample index) for rows older than ids."""
+    return row.get("id") or (row.get("cell"), row.get("prompt_index"), row.get("sample_index"))
+
+
+def is_sample_row(row) -> bool:
+    return (isinstance(row, dict) and isinstance(row.get("cell"), str) and isinstance(row.get("prompt_index"), int)
+            and isinstance(row.get("sample_index"), int))
 
 
 class SampleStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    def scan(self) -> JsonlScan:
+        return scan_jsonl(self.path)
+
     def read(self) -> list[dict]:
-        """All complete rows; repairs a cut-off last line first."""
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            warnings.warn(f"{self.path}: dropped an incomplete last line ({len(data) - cut} bytes) "
-                          "left by an interrupted run; that sample will be generated again", stacklevel=2)
-            with open(self.path, "r+b") as handle:
-                handle.truncate(cut)
-            data = data[:cut]
-        rows = []
-        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{self.path}:{number}: not valid JSON, skipped (left in the file)", stacklevel=2)
-                continue
-            if isinstance(row, dict) and "cell" in row:
+        """Every stored sample once, in file order (the first copy of a sample stored twice)."""
+        seen, rows = set(), []
+        for _, row in self.scan().rows:
+            if is_sample_row(row) and row_key(row) not in seen:
+                seen.add(row_key(row))
                 rows.append(row)
         return rows
-
-    def done(self) -> dict[str, set[tuple[int, int]]]:
-        """Per cell key, the (prompt index, sample index) of every stored sample."""
-        out: dict[str, set[tuple[int, int]]] = {}
-        for r in self.read():
-            out.setdefault(r["cell"], set()).add((r["prompt_index"], r["sample_index"]))
-        return out
-
-    def append(self, row: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()

@@ -1,0 +1,251 @@
+"""The files baco writes, written so that a kill, a full disk or a second writer loses or doubles nothing.
+
+- Whole files (results.json, table.md, plots, report.html, `baco eval --out`) are written to a
+  temporary file in the same folder and renamed over the target (`atomic_write`): a reader sees
+  the old file or the new one, never half of one.
+- Append-only JSON Lines (samples, cell logs): `JsonlAppender` writes each row as one complete line
+  in one `os.write` to a file opened with O_APPEND, so rows never interleave within a line and a
+  kill leaves at most one torn last line. Opening repairs such a line first (`repair_tail`): a
+  complete row that only lacks its newline gets one; a cut-off row is dropped (it was never
+  finished, so nothing that was written completely is lost) and the caller is told.
+- `scan_jsonl` reads a file the way `baco check` and `baco eval` report it: rows with their line
+  numbers, the torn last line, corrupt lines (not JSON, not UTF-8), never raising on content.
+- `stable_id`: a row's identity, a hash of everything that determines the sample, so the same
+  sample written twice is recognised whatever run wrote it.
+- `check_output_file` / `check_output_dir`: an unusable output path is a clear error before any
+  model loads.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baco.errors import OutputError
+
+
+@dataclass
+class JsonlScan:
+    """What a JSON Lines file holds: complete rows, a torn last line, corrupt lines (1-based line numbers)."""
+
+    path: Path
+    rows: list[tuple[int, object]] = field(default_factory=list)
+    torn: tuple[int, int] | None = None  # (line number, bytes) of a last line cut off mid-write
+    corrupt: list[tuple[int, str]] = field(default_factory=list)  # (line number, what is wrong)
+
+    def problems(self) -> list[str]:
+        out = [f"{self.path}:{number}: {what}" for number, what in self.corrupt]
+        if self.torn:
+            out.append(f"{self.path}:{self.torn[0]}: torn last line ({self.torn[1]} bytes cut off mid-write)")
+        return out
+
+
+def _parse(raw: bytes) -> tuple[object, str | None]:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return None, f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+    try:
+        return json.loads(text.removeprefix("\ufeff")), None
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+
+
+def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
+    """Every line of a JSON Lines file, sorted into rows, corrupt lines and a torn last line."""
+    path = Path(path)
+    scan = JsonlScan(path)
+    if not path.is_file():
+        return scan
+    lines = read_bytes(path).split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    for number, raw in enumerate(lines, start=1):
+        if raw.strip():
+            row, problem = _parse(raw)
+            if problem:
+                scan.corrupt.append((number, problem))
+            else:
+                scan.rows.append((number, row))
+    if tail.strip():
+        row, problem = _parse(tail)
+        if problem:
+            scan.torn = (len(lines) + 1, len(tail))
+        else:
+            scan.rows.append((len(lines) + 1, row))  # complete, only its newline is missing
+    return scan
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise OutputError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def repair_tail(path: str | os.PathLike) -> str | None:
+    """Make a file end with a complete line; returns what was done (None: nothing to do).
+
+    A last line without its newline is either a complete row (the newline is added) or a row
+    cut off by a kill (it is dropped: it never finished, and the run that wanted it makes it again).
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return None
+    data = read_bytes(path)
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    try:
+        if tail.strip():
+            _, problem = _parse(tail)
+            if problem is None:
+                with open(path, "ab") as handle:
+                    handle.write(b"\n")
+                return f"{path}: added the newline missing after the last row"
+        with open(path, "r+b") as handle:
+            handle.truncate(cut)
+    except OSError as error:
+        raise OutputError(f"cannot repair {path}: {error.strerror or error}") from None
+    return (f"{path}: dropped an incomplete last line ({len(tail)} bytes) left by an interrupted run; "
+            "that row is written again when its run resumes")
+
+
+class JsonlAppender:
+    """Append rows to a JSON Lines file, one whole line per `os.write`; use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, *, repair: bool = True):
+        self.path = Path(path)
+        if repair:
+            message = repair_tail(self.path)
+            if message:
+                warnings.warn(message, stacklevel=2)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    @staticmethod
+    def encode(row: dict) -> bytes:
+        """A row as the bytes of one line."""
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+
+    def append(self, row: dict) -> None:
+        data = self.encode(row)
+        try:
+            while data:  # a regular file takes it in one write; loop in case the OS takes less
+                data = data[os.write(self._fd, data):]
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def sync(self) -> None:
+        """Flush to disk (rows survive a power cut, not only a killed process)."""
+        try:
+            os.fsync(self._fd)
+        except OSError as error:
+            if error.errno not in (errno.EINVAL, errno.ENOTSUP):  # a pipe or a terminal: nothing to sync
+                raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def append_row(path: str | os.PathLike, row: dict) -> None:
+    """One row appended and synced (for small logs written once per cell)."""
+    with JsonlAppender(path) as out:
+        out.append(row)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write a whole file via a temporary file in the same folder and a rename: all or nothing."""
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
+    return path
+
+
+def stable_id(identity: dict) -> str:
+    """16 hex digits naming a sample by everything that determines it (same inputs, same id)."""
+    text = json.dumps(identity, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _probe(folder: Path, flag: str, path: Path) -> None:
+    """Create and remove a scratch file in `folder`: the only sure test that files can be made there."""
+    try:
+        fd, scratch = tempfile.mkstemp(prefix=".baco-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as error:
+        raise OutputError(f"{flag} {str(path)!r}: cannot create files in {str(folder)!r} "
+                          f"({error.strerror or error})") from None
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """A file baco may create or append to: its folder exists and is writable, it is not a folder.
+
+    Leaves an existing file as it is (opened for appending, nothing written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} {what}; create it first")
+    if path.exists():
+        try:
+            open(path, "ab").close()
+        except OSError as error:
+            raise OutputError(f"{flag} {str(path)!r} cannot be written ({error.strerror or error})") from None
+    else:
+        _probe(folder, flag, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """A folder baco may create and write into: not a file, and files can be made in its nearest existing ancestor."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {str(path)!r} is a file; give a folder")
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be made")
+    _probe(existing, flag, path)
+    return path

@@ -1,0 +1,167 @@
+"""What a run directory should hold, and what it holds: sample ids, the plan, and the audit behind `baco check`.
+
+- Each sample has a stable id: a hash of its cell key, the cell's settings (router, sampling with
+  the seed, system prompt, base template, the models it runs), its prompt text and its (prompt,
+  sample) index. The same sample gets the same id in every run; a changed setting, prompt set or
+  model gives new ids.
+- `plan.jsonl` records, per cell, the ids it is to produce. A sweep appends its cells' plans before
+  generating; a cell planned before with different ids for the same (prompt, sample) means the
+  configuration changed under the same output directory, which is refused (results made with two
+  settings would be mixed in one cell).
+- `cells.jsonl` logs each finished cell with `total`, the number of its samples stored when it
+  finished (a method may make fewer than asked: verbalized sampling), and `planned`, the size of
+  its plan then (a grown plan, e.g. a larger n, makes the cell unfinished again).
+- `audit` compares the three: per cell, the samples expected, stored, missing, stored twice and not
+  planned, plus torn and corrupt lines. A cell is complete when its stored samples reach what was
+  planned, or what its finished run made: so a sample lost after its cell finished (a torn line)
+  is generated again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from baco.errors import IntegrityError
+from baco.storage import append_row, scan_jsonl, stable_id
+from baco.sweep.config import Cell, SweepConfig
+from baco.sweep.store import SampleStore, is_sample_row
+
+SAMPLES, PLAN, CELLS = "samples.jsonl", "plan.jsonl", "cells.jsonl"
+
+Plan = dict[str, dict[tuple[int, int], str]]  # cell key -> (prompt index, sample index) -> sample id
+
+
+def cell_identity(config: SweepConfig, cell: Cell) -> dict:
+    """Everything that decides a cell's samples, besides the prompts."""
+    conf = cell.configuration
+    return {"cell": cell.key, "router": conf.router, "sampling": {**conf.sampling.to_dict(), "seed": cell.seed},
+            "system_prompt": conf.system_prompt, "base_template": conf.base_template,
+            "models": config.models_of(conf)}
+
+
+def sample_id(identity: dict, prompt: str, prompt_index: int, sample_index: int) -> str:
+    return stable_id({**identity, "prompt": prompt, "prompt_index": prompt_index, "sample_index": sample_index})
+
+
+def plan_cell(config: SweepConfig, cell: Cell, prompts: list[str]) -> dict[tuple[int, int], str]:
+    identity = cell_identity(config, cell)
+    return {(i, k): sample_id(identity, prompt, i, k) for i, prompt in enumerate(prompts) for k in range(config.n)}
+
+
+def read_plan(run_dir: str | Path) -> Plan:
+    """The latest plan of every cell recorded in the run directory."""
+    plan: Plan = {}
+    for _, row in scan_jsonl(Path(run_dir) / PLAN).rows:
+        if isinstance(row, dict) and isinstance(row.get("cell"), str) and isinstance(row.get("samples"), list):
+            plan[row["cell"]] = {(i, k): sid for i, k, sid in row["samples"]}
+    return plan
+
+
+def record_plan(run_dir: str | Path, plan: Plan) -> None:
+    """Append the cells whose plan is new or grew; refuse a cell whose samples would change identity."""
+    recorded = read_plan(run_dir)
+    for key, ids in plan.items():
+        before = recorded.get(key, {})
+        changed = sorted(pair for pair in set(before) & set(ids) if before[pair] != ids[pair])
+        if changed:
+            raise IntegrityError(
+                f"{Path(run_dir)} already holds cell {key!r} made with other settings (its sample "
+                f"{changed[0]} has another id: the prompts, sampling, router, system prompt or models differ). "
+                f"Use another --out, or restore the configuration that made it")
+    for key, ids in plan.items():
+        if set(ids) - set(recorded.get(key, {})):
+            samples = [[i, k, sid] for (i, k), sid in sorted(ids.items())]
+            append_row(Path(run_dir) / PLAN, {"cell": key, "samples": samples})
+
+
+def finished_totals(run_dir: str | Path, plan: Plan) -> dict[str, int]:
+    """Cells that ran to their end under their current plan, with how many samples they held then."""
+    totals = {}
+    for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
+        if (isinstance(row, dict) and row.get("complete") and isinstance(row.get("total"), int)
+                and row.get("planned") == len(plan.get(row.get("cell"), ()))):
+            totals[row["cell"]] = row["total"]
+    return totals
+
+
+@dataclass
+class CellAudit:
+    key: str
+    planned: int
+    expected: int  # planned, or what a finished run of the cell made (fewer for verbalized sampling)
+    stored: set = field(default_factory=set)  # (prompt index, sample index) of the planned samples stored
+    duplicates: int = 0  # extra copies of stored samples
+    unplanned: int = 0  # rows of this cell whose id is not in its plan
+
+    @property
+    def missing(self) -> int:
+        return max(self.expected - len(self.stored), 0)
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+    @property
+    def ok(self) -> bool:
+        return self.complete and not self.duplicates and not self.unplanned
+
+
+@dataclass
+class Audit:
+    cells: dict[str, CellAudit]
+    problems: list[str]  # torn and corrupt lines, lines that are not samples
+    strangers: dict[str, int]  # samples of cells the plan does not name (another configuration's)
+    rows: list[dict]  # the planned samples, each once, in file order
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.strangers and all(c.ok for c in self.cells.values())
+
+    def summary(self) -> str:
+        stored = sum(len(c.stored) for c in self.cells.values())
+        expected = sum(c.expected for c in self.cells.values())
+        missing = sum(c.missing for c in self.cells.values())
+        duplicates = sum(c.duplicates for c in self.cells.values())
+        return (f"{len(self.cells)} cells, {stored} of {expected} samples stored, {missing} missing, "
+                f"{duplicates} stored twice, {len(self.problems)} torn or corrupt lines")
+
+
+def audit(run_dir: str | Path, plan: Plan) -> Audit:
+    """Compare what the plan asks for with what samples.jsonl and cells.jsonl hold (reads only)."""
+    run_dir = Path(run_dir)
+    totals = finished_totals(run_dir, plan)
+    cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
+    scan = SampleStore(run_dir / SAMPLES).scan()
+    problems = scan.problems()
+    seen, rows, strangers = set(), [], {}
+    for number, row in scan.rows:
+        if not is_sample_row(row):
+            problems.append(f"{scan.path}:{number}: not a sample row (no cell, prompt_index, sample_index)")
+            continue
+        cell = cells.get(row["cell"])
+        if cell is None:
+            strangers[row["cell"]] = strangers.get(row["cell"], 0) + 1
+            continue
+        pair = (row["prompt_index"], row["sample_index"])
+        planned = plan[row["cell"]].get(pair)
+        if planned is None or row.get("id", planned) != planned:  # rows older than ids carry none
+            cell.unplanned += 1
+        elif (row["cell"], pair) in seen:
+            cell.duplicates += 1
+        else:
+            seen.add((row["cell"], pair))
+            cell.stored.add(pair)
+            rows.append(row)
+    return Audit(cells, problems, strangers, rows)
+
+
+def describe(cell: CellAudit) -> str:
+    parts = [f"{len(cell.stored)}/{cell.expected} stored"]
+    if cell.missing:
+        parts.append(f"{cell.missing} missing")
+    if cell.duplicates:
+        parts.append(f"{cell.duplicates} stored twice")
+    if cell.unplanned:
+        parts.append(f"{cell.unplanned} not in the plan (made with other settings)")
+    return ", ".join(parts)

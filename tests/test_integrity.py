@@ -1,0 +1,298 @@
+"""Results are treated like a database: nothing lost, nothing doubled, every problem found and named.
+
+Findings of issue 11: `generate --out` appends and never wipes (1), one sweep per run directory (2),
+cells keyed by task identity with no duplicate seeds or configurations (3), completeness read from
+the samples themselves (4), provenance of single-model rows (7); plus `baco check` and `baco eval`
+reporting duplicates and torn lines.
+"""
+
+import io
+import json
+import os
+
+import pytest
+
+from baco.cli import main
+from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_dirs):
+    base, aligned = tiny_dirs
+    return Engines.load(str(base), str(aligned), device="cpu")
+
+
+def write_prompts(path, prompts):
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def small_config(tmp_path, tiny_dirs, methods=None, **extra):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit.", "Why?"])
+    raw = {"name": "tiny", "n": 2, "models": {"base": str(tiny_dirs[0]), "aligned": str(tiny_dirs[1])},
+           "tasks": [{"path": str(prompts), "name": "mine"}], "sampling": {"max_new_tokens": 5},
+           "methods": methods or {"p": {"router": "p", "values": [0.5]}, "base": {"router": "base"}},
+           "metrics": {"diversity": ["distinct-2"], "quality": ["relevance"]}, **extra}
+    return raw
+
+
+def generate_argv(tiny_dirs, out, *more):
+    base, aligned = map(str, tiny_dirs)
+    return ["generate", "--base", base, "--aligned", aligned, "--max-new-tokens", "6", "--seed", "3", "--quiet",
+            "--device", "cpu", "--out", str(out), *more]
+
+
+# ---------------------------------------------------------------- 1: generate --out appends, never wipes
+
+def test_a_failed_generate_leaves_an_existing_out_file_untouched(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    out.write_text('{"prompt": "kept", "text": "an earlier result"}\n')
+    before = out.read_bytes()
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "word " * 400)) == 2  # too long, after models load
+    assert "tokens once templated" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_generate_appends_and_a_rerun_with_the_same_seed_completes_instead_of_doubling(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    out.write_text('{"prompt": "kept", "text": "an earlier result"}\n')
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["prompt"] == "kept" and len(rows) == 3
+    assert len({r["id"] for r in rows[1:]}) == 2
+    # a killed run lost its second sample and cut its last line: the same command completes the file
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:2]) + lines[2][:40])
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r.get("id") for r in again] == [r.get("id") for r in rows]
+    assert again[2]["token_ids"] == rows[2]["token_ids"]
+    assert "incomplete last line" in capsys.readouterr().err
+    # everything there: nothing to do, nothing written
+    before = out.read_bytes()
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
+    assert out.read_bytes() == before and "nothing to do" in capsys.readouterr().err
+    # another seed appends new samples
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2", "--seed", "4")) == 0
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_generate_refuses_to_append_to_a_file_that_is_not_jsonl(tiny_dirs, tmp_path, capsys):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my notes\nmore notes\n")
+    assert main(generate_argv(tiny_dirs, notes, "--prompt", "hi")) == 2
+    assert "notes.jsonl:1: not valid JSON" in capsys.readouterr().err
+    assert notes.read_text() == "my notes\nmore notes\n"
+
+
+# ---------------------------------------------------------------- 2: one sweep per run directory
+
+def test_a_second_sweep_on_a_locked_run_directory_is_refused_naming_the_holder(tiny_dirs, tmp_path, capsys):
+    import socket
+
+    from baco.sweep.lock import RunLock
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps(small_config(tmp_path, tiny_dirs)))
+    run = tmp_path / "run"
+    with RunLock(run):
+        assert main(["sweep", str(config), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in err and "in use by another baco sweep" in err
+    assert not (run / "samples.jsonl").exists()
+    assert main(["sweep", str(config), "--out", str(run), "--quiet", "--no-eval"]) == 0  # released
+
+
+def test_run_cells_takes_the_lock_too(tiny_dirs, tmp_path, engines):
+    from baco.errors import RunLockedError
+    from baco.sweep.lock import RunLock
+
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    with RunLock(tmp_path / "run"), pytest.raises(RunLockedError, match="in use"):
+        run_cells(config, tmp_path / "run", engines, progress=False)
+
+
+# ---------------------------------------------------------------- 3: cell identity
+
+def test_two_task_files_with_the_same_stem_are_refused(tmp_path, tiny_dirs):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_prompts(tmp_path / "a" / "qs.jsonl", ["one?"])
+    second = write_prompts(tmp_path / "b" / "qs.jsonl", ["two?"])
+    raw = {**small_config(tmp_path, tiny_dirs), "tasks": [{"path": str(first)}, {"path": str(second)}]}
+    with pytest.raises(SweepConfigError, match="two tasks are named 'qs'.*give each its own `name`"):
+        parse_config(raw)
+    raw["tasks"][1]["name"] = "qs-b"
+    assert [t.name for t in parse_config(raw).tasks] == ["qs", "qs-b"]
+
+
+def test_duplicate_seeds_and_duplicate_configurations_are_config_errors(tmp_path, tiny_dirs, capsys):
+    with pytest.raises(SweepConfigError, match=r"seeds \[0\] are listed more than once"):
+        parse_config(small_config(tmp_path, tiny_dirs, seeds=[0, 0]))
+    same = {"a": {"router": "p", "values": [0.5]}, "b": {"router": "p", "values": [0.5]}}
+    with pytest.raises(SweepConfigError, match="'a:0.5' and 'b:0.5' are the same"):
+        parse_config(small_config(tmp_path, tiny_dirs, methods=same))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps(small_config(tmp_path, tiny_dirs)))
+    assert main(["sweep", str(config), "--seeds", "1,1", "--dry-run"]) == 2
+    assert "--seeds: seeds [1] are listed more than once" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- 4: completeness from the samples
+
+def test_a_torn_line_in_a_finished_cell_is_generated_again(tiny_dirs, tmp_path, engines, capsys):
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    path = run / "samples.jsonl"
+    full = path.read_bytes()
+    expected = {r["id"]: r["token_ids"] for r in SampleStore(path).read()}
+    assert len(expected) == 2 * 2 * 2
+    path.write_bytes(full[:-30])  # the last sample's line torn after its cell was logged complete
+    assert main(["check", str(run)]) == 1
+    assert "1 missing" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        counts = run_cells(config, run, engines, progress=False)
+    assert counts["generated"] == 1
+    rows = SampleStore(path).read()
+    assert {r["id"]: r["token_ids"] for r in rows} == expected and len(path.read_text().splitlines()) == 8
+    assert main(["check", str(run)]) == 0
+
+
+# ---------------------------------------------------------------- 7: provenance
+
+def test_single_model_rows_record_only_the_model_that_ran(tiny_dirs, tmp_path, engines):
+    methods = {"base": {"router": "base"}, "aligned": {"router": "aligned"}, "p": {"router": "p"}}
+    config = parse_config(small_config(tmp_path, tiny_dirs, methods=methods))
+    run_cells(config, tmp_path / "run", engines, progress=False)
+    models = {r["config"]: r["models"] for r in SampleStore(tmp_path / "run" / "samples.jsonl").read()}
+    base, aligned = map(str, tiny_dirs)
+    assert models == {"base": {"base": base}, "aligned": {"aligned": aligned}, "p": {"base": base, "aligned": aligned}}
+
+
+# ---------------------------------------------------------------- baco check, baco eval
+
+def test_check_reports_missing_duplicate_and_torn_samples_per_cell(tiny_dirs, tmp_path, engines, capsys):
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    assert main(["check", str(run), "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert "mine|p:0.5|seed=0: 4/4 stored" in out.out and "ok: 2 cells, 8 of 8 samples stored" in out.err
+    lines = (run / "samples.jsonl").read_text().splitlines(keepends=True)
+    # the first sample twice, the second gone, the last line torn
+    (run / "samples.jsonl").write_text(lines[0] + lines[0] + "".join(lines[2:-1]) + lines[-1][:25])
+    assert main(["check", str(run)]) == 1
+    out = capsys.readouterr()
+    assert "mine|p:0.5|seed=0: 3/4 stored, 1 missing, 1 stored twice" in out.out
+    assert "mine|base|seed=0: 3/4 stored, 1 missing" in out.out
+    assert "samples.jsonl:8: torn last line" in out.out
+    assert out.err.startswith("problems: 2 cells, 6 of 8 samples stored, 2 missing, 1 stored twice")
+    # the sweep says so too, makes what is missing, and uses the doubled sample once
+    log = io.StringIO()
+    with pytest.warns(UserWarning, match="incomplete last line"):
+        assert run_cells(config, run, engines, progress=False, log=log)["generated"] == 2
+    assert "cell mine|p:0.5|seed=0: 3/4 stored, 1 missing, 1 stored twice; each sample is used once" in log.getvalue()
+    assert main(["check", str(run)]) == 1  # append-only: the second copy stays, and is reported
+    assert capsys.readouterr().out == "mine|p:0.5|seed=0: 4/4 stored, 1 stored twice\n"
+
+
+def test_check_and_dry_run_need_no_lock_and_change_nothing(tiny_dirs, tmp_path, engines, capsys):
+    from baco.sweep.lock import RunLock
+
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text(json.dumps(small_config(tmp_path, tiny_dirs)))
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    path = run / "samples.jsonl"
+    path.write_bytes(path.read_bytes()[:-10])
+    torn = path.read_bytes()
+    with RunLock(run):
+        assert main(["sweep", str(config_path), "--out", str(run), "--dry-run"]) == 0
+        assert main(["check", str(run)]) == 1
+    out = capsys.readouterr()
+    assert "mine|base|seed=0" in out.out and "3/4 stored, 1 missing" in out.out
+    assert out.err.count("a sweep is writing") == 2
+    assert path.read_bytes() == torn
+
+
+def test_a_changed_configuration_is_refused_on_the_same_run_directory(tiny_dirs, tmp_path, engines):
+    from baco.errors import IntegrityError
+
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    changed = small_config(tmp_path, tiny_dirs, sampling={"max_new_tokens": 9})
+    with pytest.raises(IntegrityError, match="already holds cell 'mine|p:0.5|seed=0' made with other settings"):
+        run_cells(parse_config(changed), run, engines, progress=False)
+    grown = small_config(tmp_path, tiny_dirs, n=3)  # more samples per prompt: the same ids, and more
+    assert run_cells(parse_config(grown), run, engines, progress=False)["generated"] == 2 * 2
+
+
+def test_eval_counts_a_sample_stored_twice_once_and_names_a_torn_line(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "3")) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    doubled = tmp_path / "doubled.jsonl"
+    doubled.write_text("".join(lines) + lines[0] + lines[1][:30])
+    result = tmp_path / "m.json"
+    assert main(["eval", str(doubled), "--metrics", "distinct-1", "--out", str(result), "--quiet"]) == 0
+    data = json.loads(result.read_text())
+    assert data["counts"]["default"]["p-punc:0.5"]["responses"] == 3
+    assert any("stored twice" in w for w in data["warnings"])
+    assert any("doubled.jsonl:5: torn last line" in w for w in data["warnings"])
+
+
+def test_the_quality_score_cache_survives_a_line_torn_inside_a_utf8_character(tmp_path):
+    from baco.evaluate.cache import ScoreCache
+
+    path = tmp_path / "quality-scores.jsonl"
+    path.write_bytes(b'{"key": "a", "value": 0.5}\n{"key": "b\xe2\x82')
+    cache = ScoreCache(path)
+    assert cache.values == {"a": 0.5}
+    cache.add("scorer", [("p", "r")], [1.0])
+    assert len(ScoreCache(path).values) == 2
+
+
+def test_a_run_directory_from_before_ids_resumes_without_regenerating(tiny_dirs, tmp_path, engines, capsys):
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    legacy = [{k: v for k, v in r.items() if k != "id"} for r in rows[:-1]]  # no ids, one sample missing
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    (run / "plan.jsonl").unlink()
+    (run / "cells.jsonl").write_text("".join(json.dumps({"cell": c.key, "complete": True}) + "\n"
+                                             for c in config.cells))
+    assert main(["check", str(run)]) == 2  # no plan: says to pass --config
+    assert "--config" in capsys.readouterr().err
+    counts = run_cells(config, run, engines, progress=False)
+    assert counts == {"generated": 1, "kept": 7, "cells": 2}
+    assert main(["check", str(run)]) == 0
+    assert SampleStore(run / "samples.jsonl").read()[-1]["id"] == rows[-1]["id"]
+
+
+def test_eval_leaves_other_tools_id_fields_alone(tmp_path):
+    from baco.evaluate.io import read_records
+
+    path = tmp_path / "tool.jsonl"
+    path.write_text("".join(json.dumps({"id": "q1", "prompt": "Name a fruit.", "response": r}) + "\n"
+                            for r in ["fig", "plum", "lime"]))
+    records, warnings = read_records([path])
+    assert [r.response for r in records] == ["fig", "plum", "lime"] and not warnings
+
+
+def test_read_jsonl_reads_each_sample_once_and_rows_without_ids_all(tiny_dirs, tmp_path):
+    from baco.decode.records import read_jsonl
+
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines) + lines[1] + lines[0][:20])
+    with pytest.warns(UserWarning) as caught:
+        assert len(read_jsonl(out)) == 2
+    assert {"torn last line", "stored twice"} <= {w for m in caught for w in ("torn last line", "stored twice")
+                                                  if w in str(m.message)}
+    old = tmp_path / "old.jsonl"  # written before ids
+    old.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}) + "\n"
+                           for line in lines * 2))
+    assert len(read_jsonl(old)) == 4

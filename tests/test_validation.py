@@ -1,0 +1,207 @@
+"""Every input a user can give ends in a one-line error (exit 2) naming the flag, key or line, before any
+model loads; `--debug` / BACO_DEBUG=1 shows the traceback (findings 5 and 6 of issue 11).
+
+The models passed are paths that do not exist: had a check come after loading, the error would be
+"no model directory" instead of the one expected.
+"""
+
+import json
+import os
+import tempfile
+
+import pytest
+import yaml
+
+from baco import SamplingParams
+from baco.cli import main
+from baco.errors import InvalidSamplingParams, UnknownRouterError
+from baco.routers import get_router
+from baco.strategies import parse_strategy
+from baco.sweep import SweepConfigError, load_config
+
+NOWHERE = ["--base", "/no/such/base", "--aligned", "/no/such/aligned"]
+
+
+def read_only_folder() -> str | None:
+    """A folder where files cannot be created even by root (sysfs), or None."""
+    try:
+        fd, name = tempfile.mkstemp(dir="/sys")
+    except OSError:
+        return "/sys"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def one_line_error(capsys, code, expected_code=2) -> str:
+    err = capsys.readouterr().err
+    assert code == expected_code, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("baco: error: ")
+    return err
+
+
+def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"Name a fruit.\nWhy is the sky \xff blue?\n")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    cases = [
+        (["--prompt", "hi", "--out", str(tmp_path / "missing" / "s.jsonl")], "the folder", "does not exist"),
+        (["--prompt", "hi", "--out", str(folder)], "--out", "is a folder"),
+        (["--prompt", "hi", "--n", "0"], "--n must be an integer >= 1", "got 0"),
+        (["--prompt", "hi", "--batch-size", "0"], "--batch-size must be", "got 0"),
+        (["--prompt", "hi", "--router", "p:nan"], "router 'p' needs a finite number for threshold", "'nan'"),
+        (["--prompt", "hi", "--router", "p-punc:-1"], "threshold must be >= 0, got -1", ""),
+        (["--prompt", "hi", "--router", "verbalized:inf"], "verbalized needs an integer >= 1", "'inf'"),
+        (["--prompts", str(prompts)], "prompts.txt:2: not valid UTF-8", "byte 0xff"),
+        (["--prompts", str(empty)], "no prompts in", "empty.jsonl"),
+        (["--prompts", str(tmp_path)], "is a folder", ""),
+        (["--prompt", "hi", "--chat-template", str(tmp_path / "none.jinja")], "--chat-template", "No such file"),
+        (["--prompt", "hi", "--base-template", "no placeholder"], "base_template must contain {prompt}", ""),
+        (["--prompt", "hi", "--temperature", "nan"], "temperature must be a finite number", ""),
+        (["--prompt", "hi", "--dtype", "float8"], "unknown dtype 'float8'", ""),
+        (["--prompt", "hi", "--device", "gpu"], "unknown device 'gpu'", ""),
+    ]
+    for args, *words in cases:
+        err = one_line_error(capsys, main(["generate", *NOWHERE, "--quiet", *args]))
+        assert all(w in err for w in words), (args, err)
+        assert "no model directory" not in err
+
+
+def test_generate_refuses_an_out_file_on_a_read_only_file_system(capsys):
+    folder = read_only_folder()
+    if folder is None:
+        pytest.skip("no read-only folder on this machine")
+    err = one_line_error(capsys, main(["generate", *NOWHERE, "--prompt", "hi", "--out", f"{folder}/s.jsonl"]))
+    assert f"cannot create files in '{folder}'" in err
+
+
+def sweep_file(tmp_path, **changes) -> str:
+    raw = {"models": {"base": "/no/such/base", "aligned": "/no/such/aligned"}, "tasks": ["open-ended"], "n": 2,
+           "methods": {"p": {"router": "p", "values": [0.5]}}, **changes}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"models": ["/a", "/b"]}, "models must be a mapping"),
+    ({"metrics": ["distinct-2"]}, "metrics must be a mapping"),
+    ({"metrics": {"quality": ["nope"]}}, "metrics.quality: unknown metric 'nope'"),
+    ({"metrics": {"diversity": "distinct-2"}}, "metrics.diversity must be a non-empty list"),
+    ({"batch_size": "lots"}, "batch_size must be a positive integer, got 'lots'"),
+    ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+    ({"sampling": {"stop": 5}}, "sampling: stop must be a string or a list of strings"),
+    ({"sampling": {"temperature": True}}, "temperature must be a finite number"),
+    ({"name": "../elsewhere"}, "name must be letters, digits"),
+    ({"seeds": [-1]}, "seeds must be a non-empty list of non-negative integers"),
+    ({"tasks": [{"name": "open-ended", "limit": True}]}, "tasks[0].limit must be a positive integer"),
+    ({"tasks": [{"name": "open-ended", "limt": 3}]}, "tasks[0]: unknown keys ['limt']"),
+    ({"tasks": {"name": "open-ended"}}, "`tasks` must be a list"),
+    ({"methods": {"p": {"router": "p", "values": [float("nan")]}}}, "needs a finite number for threshold"),
+    ({"methods": {"p": {"router": "p", "values": ["high"]}}}, "methods.p.values: values must be numbers"),
+    ({"methods": {"p": {"router": "p", "system_prompt": 5}}}, "methods.p.system_prompt must be a string"),
+    ({"methods": {"p": {"router": "p", "base_template": "Q:"}}}, "base_template must contain {prompt}"),
+    ({"methods": {"p": {"router": "p", "batch_size": 0}}}, "methods.p.batch_size must be a positive integer"),
+    ({"methods": {"p|q": {"router": "p"}}}, "a name must be a non-empty string without '|'"),
+    ({"methods": {"p": {"router": 5}}}, "methods.p.router must be a router name"),
+])
+def test_sweep_config_errors_name_the_key_before_anything_loads(tmp_path, capsys, changes, words):
+    err = one_line_error(capsys, main(["sweep", sweep_file(tmp_path, **changes), "--out", str(tmp_path / "run")]))
+    assert words in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sweep_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
+    config = sweep_file(tmp_path)
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "is a file; give a folder" in one_line_error(capsys, main(["sweep", config, "--out", str(a_file)]))
+    assert "is a file" in one_line_error(capsys, main(["sweep", config, "--out", str(a_file / "run")]))
+    assert "--results" in one_line_error(capsys, main(["sweep", config, "--out", str(tmp_path / "r"),
+                                                       "--results", str(a_file)]))
+    folder = read_only_folder()
+    if folder:
+        err = one_line_error(capsys, main(["sweep", config, "--out", f"{folder}/run"]))
+        assert f"cannot create files in '{folder}'" in err
+
+
+def test_a_sweep_file_that_is_not_utf8_or_not_a_file_is_named(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(SweepConfigError, match="not UTF-8 text"):
+        load_config(bad)
+    with pytest.raises(SweepConfigError, match="is a folder"):
+        load_config(tmp_path)
+
+
+def test_eval_and_report_check_their_outputs_first(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"prompt": "p", "response": "r"}) + "\n")
+    folder = tmp_path / "out.json"
+    folder.mkdir()
+    assert "is a folder" in one_line_error(capsys, main(["eval", str(samples), "--out", str(folder)]))
+    assert "--batch-size" in one_line_error(capsys, main(["eval", str(samples), "--batch-size", "0"]))
+    assert "--equivalence must be embedding, unigram or classifier:PATH" in one_line_error(
+        capsys, main(["eval", str(samples), "--equivalence", "cosine"]))
+    assert "--equivalence-threshold must be a finite number" in one_line_error(
+        capsys, main(["eval", str(samples), "--equivalence-threshold", "nan"]))
+    err = one_line_error(capsys, main(["report", str(tmp_path), "--out", str(tmp_path / "no" / "r.html")]))
+    assert "does not exist" in err
+
+
+def test_router_knobs_must_be_finite_and_bounds_read_as_ranges():
+    for spec in ("p:nan", "p:inf", "h:-inf", "rand:nan", "eft:NaN"):
+        with pytest.raises(UnknownRouterError, match="needs a finite number"):
+            get_router(spec)
+    with pytest.raises(UnknownRouterError, match=r"prob must be in \[0, 1\], got 2"):
+        get_router("rand:2")
+    with pytest.raises(UnknownRouterError, match="threshold must be >= 0, got -0.5") as error:
+        get_router("p:-0.5")
+    assert "None" not in str(error.value)
+    for spec in ("negative:nan", "verbalized:inf", "verbalized:-inf"):
+        with pytest.raises(UnknownRouterError, match="needs"):
+            parse_strategy(spec)
+
+
+def test_sampling_params_refuse_booleans_and_non_list_stops():
+    for bad in ({"temperature": True}, {"top_p": False}, {"min_p": True}, {"stop": 5}, {"stop": None}):
+        with pytest.raises(InvalidSamplingParams):
+            SamplingParams(**bad)
+
+
+def test_the_python_api_checks_argument_types_at_the_door(collab):
+    from baco.errors import BacoError, PromptError
+
+    with pytest.raises(PromptError, match="prompts must be a string or a list of strings, got int"):
+        collab.generate(5)
+    with pytest.raises(InvalidSamplingParams, match="sampling must be a SamplingParams or None, got dict"):
+        collab.generate(["hi"], sampling={"temperature": 0.5})
+    with pytest.raises(BacoError, match="batch_size must be an integer >= 1, got True"):
+        collab.generate(["hi"], batch_size=True)
+    with pytest.raises(InvalidSamplingParams, match="got dict"):
+        next(collab.stream("hi", sampling={"temperature": 0.5}))
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    assert main(["--debug", "generate", *NOWHERE, "--prompt", "hi", "--n", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("--n must be an integer >= 1, got 0")
+    monkeypatch.setenv("BACO_DEBUG", "1")
+    assert main(["generate", *NOWHERE, "--prompt", "hi", "--n", "0"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_an_unexpected_failure_is_one_line_with_a_hint_unless_debugging(capsys, monkeypatch):
+    import baco.cli
+
+    def broken(args):
+        raise RuntimeError("something baco did not foresee")
+
+    monkeypatch.setattr(baco.cli, "cmd_routers", broken)
+    err = one_line_error(capsys, main(["routers"]), expected_code=1)
+    assert "RuntimeError: something baco did not foresee" in err and "--debug" in err
+    with pytest.raises(RuntimeError):
+        main(["routers", "--debug"])
