@@ -172,3 +172,29 @@ def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
     host_branching = Engine(pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=False)
     with pytest.raises((RuntimeError, NotImplementedError)):  # the CPU shortcuts do read values: the check bites
         host_branching._step_fn(4, all_knobs)
+
+
+def test_generate_with_a_max_len_too_small_for_a_request_says_so_before_decoding(collab, tmp_path):
+    from baco.cli import main
+
+    with pytest.raises(BacoError, match="max_len of 24"):
+        collab.generate(PROMPTS, n=2, sampling=SamplingParams(max_new_tokens=16), max_len=24)
+    ok = collab.generate(PROMPTS[:1], n=2, sampling=SamplingParams(max_new_tokens=4, seed=0), max_len=64)
+    assert [len(s.token_ids) <= 4 for s in ok] == [True, True]
+    base, aligned = collab.pair.base.name, collab.pair.aligned.name
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", "--base", base, "--aligned", aligned, "--prompt", PROMPTS[1], "--max-len", "10",
+                 "--out", str(out), "--quiet", "--device", "cpu"])
+    assert code == 2 and not out.exists()
+
+
+def test_rows_that_finish_leave_the_step_at_once_on_the_cpu(collab):
+    params = SamplingParams(max_new_tokens=30, seed=2)
+    requests = collab.requests(PROMPTS, 2, params, seed=2)
+    for i, request in enumerate(requests):
+        request.max_new_tokens = 6 + 4 * i  # the earlier slots finish first: rows move down
+    out, engine = run(collab.pair, requests, "p-punc:0.4", params)
+    assert engine.stats["moves"] > 0
+    assert engine.stats["bucket_row_steps"] == engine.stats["occupied_row_steps"]  # no finished row stepped
+    for request, tokens in zip(requests, out):
+        assert tokens == reference(collab.pair, request, get_router("p-punc:0.4"), params)

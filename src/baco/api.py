@@ -110,7 +110,7 @@ class Collaboration:
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
     def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                      sampling: SamplingParams | None = None, batch_size: int = 32,
+                      sampling: SamplingParams | None = None, batch_size: int = 32, max_len: int | None = None,
                       on_sample: Callable[[Sample], None] | None = None,
                       skip: Container[tuple[int, int]] = ()) -> Iterator[Sample]:
         """Yield samples as their rows finish; at most `batch_size` rows decode at once, and a finished
@@ -140,9 +140,9 @@ class Collaboration:
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
-                 "models": {"base": self.pair.base.name, "aligned": self.pair.aligned.name}}
+                 "models": self.pair.model_names()}
         # one engine with `batch_size` slots: a finished row's slot takes the next request (continuous batching)
-        events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size)
+        events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size, max_len=max_len)
         for sample in collect(events, requests, self.tokenizer, router=route.name, stop_strings=stops,
                               stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
                               started=time.perf_counter(), extra=extra):
@@ -151,9 +151,11 @@ class Collaboration:
             yield sample
 
     def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                 sampling: SamplingParams | None = None, batch_size: int = 32) -> list[Sample]:
+                 sampling: SamplingParams | None = None, batch_size: int = 32,
+                 max_len: int | None = None) -> list[Sample]:
         """All samples, ordered by (prompt_index, sample_index)."""
-        samples = list(self.iter_generate(prompts, router=router, n=n, sampling=sampling, batch_size=batch_size))
+        samples = list(self.iter_generate(prompts, router=router, n=n, sampling=sampling, batch_size=batch_size,
+                                          max_len=max_len))
         return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
     def stream(self, prompt: str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,

@@ -50,7 +50,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
                    "samples already in the file are not generated again (rerun a killed --seed run to complete it)")
-    p.add_argument("--batch-size", type=int, default=32, help="rows per lockstep batch")
+    p.add_argument("--batch-size", "--max-batch", dest="batch_size", type=int, default=32,
+                   help="decoding slots: rows decoded at once; a finished row's slot takes the next request")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="tokens per slot (prompt + new tokens) the KV caches are sized for; a request that does not "
+                        "fit is an error before decoding (default: the longest request)")
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
@@ -128,6 +132,8 @@ def cmd_generate(args) -> int:
     router = _router_name(args.router)
     _at_least_one(args.n, "--n")
     _at_least_one(args.batch_size, "--batch-size")
+    if args.max_len is not None:
+        _at_least_one(args.max_len, "--max-len")
     prompts = args.prompt or read_prompts(args.prompts)
     if not prompts:
         raise PromptError(f"no prompts in {args.prompts}")
@@ -169,7 +175,7 @@ def cmd_generate(args) -> int:
             if show and colour:
                 tqdm.write(LEGEND, file=sys.stdout)
             stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
-                                          batch_size=args.batch_size, skip=skip)
+                                          batch_size=args.batch_size, max_len=args.max_len, skip=skip)
             for sample in stream:
                 if out:
                     out.append(sample)
@@ -211,12 +217,18 @@ def cmd_routers(args) -> int:
 
     from baco.strategies import STRATEGIES
 
+    # path: "graph" routers are pure tensor functions (no host reads), captured in the engine's CUDA graph
+    # on a GPU; "eager" routers decide on the host (they read the rows' texts) and step synchronously
     for spec in list_routers():
         knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
         default = f" (default {spec.default:g})" if spec.param else ""
-        print(f"{knob:<22} {spec.help}{default}")
+        path = "eager" if spec.host else "graph"
+        print(f"{knob:<22} {path:<6} {spec.help}{default}")
     for spec in STRATEGIES.values():
-        print(f"{spec.name + ':' + spec.param.upper():<22} {spec.help} (default {spec.default:g}; multi-pass)")
+        print(f"{spec.name + ':' + spec.param.upper():<22} {'graph':<6} {spec.help} (default {spec.default:g}; "
+              f"multi-pass)")
+    print("\npath: graph = a pure tensor function, captured in the engine's CUDA graph on a GPU; "
+          "eager = decides on the host (reads texts), steps synchronously")
     return 0
 
 

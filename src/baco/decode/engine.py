@@ -118,7 +118,7 @@ class Engine:
         self._warm: dict[tuple, int] = {}
         self.capture_error: str | None = None
         self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "occupied_row_steps": 0,
-                      "bucket_row_steps": 0}
+                      "bucket_row_steps": 0, "moves": 0}
 
     # ---- device state -------------------------------------------------------------------------------
     def _state(self, slots: int, columns: int) -> None:
@@ -185,6 +185,8 @@ class Engine:
 
     # ---- admission: prefill into free slots ---------------------------------------------------------
     def _admit(self) -> None:
+        if self.group is None and not self.waiting:
+            self._compact()
         if self.group is None and self.waiting:
             taken = set(self.live)
             free = [s for s in range(self.slots) if s not in taken]
@@ -241,10 +243,27 @@ class Engine:
             self.live[slot] = member
             self.by_rid[member.rid] = member
 
+    def _compact(self) -> None:
+        """With nobody waiting, move rows from the highest slots into free lower ones, so the step's
+        bucket shrinks with the number of live rows (finished rows are not carried along)."""
+        while self.live and max(self.live) >= len(self.live):
+            source = max(self.live)
+            target = min(s for s in range(self.slots) if s not in self.live)
+            src, dst = torch.tensor([source], device=self.device), torch.tensor([target], device=self.device)
+            for side in self.sides:
+                side.cache.move(src.to(side.device), dst.to(side.device))
+            state = [self.previous, self.previous_base, self.t, self.uniforms, *self.inputs, *self.positions,
+                     *self.valid, self.knobs.temperature, self.knobs.top_k, self.knobs.top_p, self.knobs.min_p]
+            for tensor in state:
+                tensor.index_copy_(0, dst, tensor.index_select(0, src))
+            self.live[target] = self.live.pop(source)
+            self.stats["moves"] += 1
+
     # ---- the step -----------------------------------------------------------------------------------
     def _launch(self) -> _Launched:
         rows = sorted(self.live)
-        bucket = bucket_for(rows[-1] + 1, self.slots)
+        # captured graphs exist per bucket; eager steps run exactly the busy slots
+        bucket = bucket_for(rows[-1] + 1, self.slots) if self.graphs else rows[-1] + 1
         flags = self._flags()
         key = (bucket, flags)
         if key in self._graphs:

@@ -70,20 +70,22 @@ def row_seed(seed: int, prompt: str, sample_index: int) -> int:
 
 
 def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: SamplingParams,
-             stop_strings: tuple[str, ...] = (), *, max_batch: int | None = None,
+             stop_strings: tuple[str, ...] = (), *, max_batch: int | None = None, max_len: int | None = None,
              graphs: str | bool = "auto") -> Iterator[StepEvent]:
     """Decode `requests` on `pair` with one router and sampling setting; yield one StepEvent per step.
 
     The requests run on an `Engine` (decode/engine.py) with `max_batch` slots (default: all of them
     at once); with fewer slots than requests, each finished row's slot takes the next request.
+    `max_len`: tokens per slot (default: the longest request); a request that does not fit is a
+    `BacoError` before anything is decoded.
     """
     from baco.decode.engine import Engine
 
     if not requests:
         return
     longest = max(max(len(r.base_ids), len(r.aligned_ids)) + r.max_new_tokens for r in requests)
-    engine = Engine(pair, router, max_batch=max_batch or len(requests), max_len=longest, graphs=graphs,
+    engine = Engine(pair, router, max_batch=max_batch or len(requests), max_len=max_len or longest, graphs=graphs,
                     stop_strings=stop_strings)
-    for request in requests:
+    for request in requests:  # every request is checked before the first step
         engine.add(request, params)
     yield from engine.run()

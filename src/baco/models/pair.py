@@ -46,6 +46,11 @@ class ModelPair:
         sides = [(self.base, "base"), (self.aligned, "aligned")]
         return sides + ([(self.anchor, "base")] if self.anchor is not None else [])
 
+    def model_names(self) -> dict[str, str]:
+        """The models that ran, by role (provenance for every sample)."""
+        names = {"base": self.base.name, "aligned": self.aligned.name}
+        return names | ({"anchor": self.anchor.name} if self.anchor is not None else {})
+
     def split(self, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(base, aligned, anchor or None) log-probs from the sides' log-probs, in `sides` order."""
         return logprobs[0], logprobs[1], (logprobs[2] if self.anchor is not None else None)
@@ -106,6 +111,9 @@ class SoloPair(ModelPair):
     @property
     def sides(self) -> list[tuple[HFCausalLM, str]]:
         return [(self.base, self.reads)]
+
+    def model_names(self) -> dict[str, str]:
+        return {self.reads: self.base.name}
 
     def split(self, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, None]:
         return logprobs[0], logprobs[0], None

@@ -66,6 +66,12 @@ class SlotCache(_CacheBase):
     def is_compileable(self) -> bool:
         return True
 
+    def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Copy slot `source`'s keys and values (every column) into slot `target` (1-element tensors)."""
+        for buffers in (self.keys, self.values):
+            for buffer in buffers.values():
+                buffer.index_copy_(0, target, buffer.index_select(0, source))
+
     def place(self, layer_idx: int, slots: torch.Tensor, columns: torch.Tensor,
               keys: torch.Tensor, values: torch.Tensor) -> None:
         """Write prefilled keys/values (g, heads, n, dim) into `slots` (g,) at ring `columns` (n,)."""
