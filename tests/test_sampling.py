@@ -86,3 +86,19 @@ def test_masked_tokens_are_never_drawn():
     lp = _logprobs([[0.0, 0.5, 0.0, 0.5]]).expand(3, 4)
     u = torch.tensor([0.0, 0.5, 0.999999])
     assert set(sample(lp, u, SamplingParams()).tolist()) <= {1, 3}
+
+
+@pytest.mark.parametrize("block", [1, 8, 1024])
+def test_two_level_inverse_cdf_picks_the_same_token_as_a_flat_scan(monkeypatch, block):
+    monkeypatch.setattr(sampling_module, "BLOCK", block)
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand((6, 50), generator=generator, dtype=torch.float64)
+    probs[probs < 0.4] = 0  # zero-probability runs, some across block edges
+    probs[:, 45:] = 0  # nothing at the end: round-off must not land there
+    u = torch.rand(6, generator=generator, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1 - 1e-16
+    cdf = torch.cumsum(probs, -1)
+    flat = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    flat = torch.minimum(flat, (probs > 0).cumsum(-1).argmax(-1))  # the last kept token at most
+    assert torch.equal(sampling_module.inverse_cdf(probs, u), flat)
+    assert bool((probs.gather(-1, flat[:, None]) > 0).all())

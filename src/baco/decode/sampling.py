@@ -18,6 +18,8 @@ from baco.errors import InvalidSamplingParams
 # slow. Take only the top PRECUT tokens and sort fully only the rows whose top PRECUT tokens hold
 # less than top_p of the mass (flat distributions at high temperature).
 PRECUT = 1024
+# the inverse CDF scans blocks of this many tokens (see `inverse_cdf`)
+BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -119,14 +121,32 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
     if knobs.use_top_k or knobs.use_top_p:
         floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=knobs.wide_top_k or sync_free,
                                                  sync_free=sync_free))
-    keep = scaled >= floor[:, None]
-    probs = torch.where(keep, scaled.exp(), 0.0)
-    cdf = torch.cumsum(probs, dim=-1)
-    total = cdf[:, -1:].contiguous()
-    position = torch.searchsorted(cdf, uniform.to(cdf.device, cdf.dtype)[:, None] * total, right=True)
-    # round-off at the CDF's end must not land past the last kept token (where the CDF reaches its total)
-    position = torch.minimum(position, torch.searchsorted(cdf, total)).squeeze(-1)
-    return torch.where(greedy, greedy_tokens, position)
+    probs = torch.where(scaled >= floor[:, None], scaled.exp(), 0.0)
+    return torch.where(greedy, greedy_tokens, inverse_cdf(probs, uniform.to(probs.device, probs.dtype)))
+
+
+def _search(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """First index whose cumulative mass exceeds `target` (B, 1), never past where the CDF reaches
+    its total (round-off must not land on a zero-probability entry at the end)."""
+    position = torch.searchsorted(cdf, target, right=True)
+    return torch.minimum(position, torch.searchsorted(cdf, cdf[:, -1:].contiguous()))
+
+
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """The token i (vocabulary order) with CDF(i-1) <= u * total < CDF(i), for unnormalised `probs` (B, V).
+
+    In two levels, so no scan runs over the whole vocabulary: the cumulative mass of blocks of
+    BLOCK tokens picks the block, a scan inside that one block picks the token."""
+    batch, vocab = probs.shape
+    blocks = -(-vocab // BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(batch, blocks, BLOCK)
+    block_cdf = torch.cumsum(padded.sum(-1), dim=-1)  # (B, blocks)
+    target = uniform[:, None] * block_cdf[:, -1:]
+    block = _search(block_cdf, target)  # (B, 1)
+    before = torch.where(block > 0, block_cdf.gather(-1, (block - 1).clamp(min=0)), 0.0)
+    inside = padded.gather(1, block[:, :, None].expand(batch, 1, BLOCK)).squeeze(1)  # (B, BLOCK)
+    position = _search(before + torch.cumsum(inside, dim=-1), target)
+    return (block * BLOCK + position).squeeze(-1).clamp(max=vocab - 1)
 
 
 def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free: bool) -> torch.Tensor:
