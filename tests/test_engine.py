@@ -198,3 +198,17 @@ def test_rows_that_finish_leave_the_step_at_once_on_the_cpu(collab):
     assert engine.stats["bucket_row_steps"] == engine.stats["occupied_row_steps"]  # no finished row stepped
     for request, tokens in zip(requests, out):
         assert tokens == reference(collab.pair, request, get_router("p-punc:0.4"), params)
+
+
+def test_a_request_aborted_while_its_prompt_is_prefilled_never_runs(collab):
+    params = SamplingParams(max_new_tokens=8, seed=1)
+    long, short = collab.requests([PROMPTS[1] * 3, PROMPTS[0]], 1, params, seed=1)
+    engine = Engine(collab.pair, get_router("p:0.5"), max_batch=2, max_len=160, prefill_chunk=4)
+    first = engine.add(long, params)
+    engine.step()  # its prefill has begun, a chunk at a time
+    assert engine.group is not None
+    engine.abort(first)
+    engine.add(short, params)
+    events = list(engine.run())
+    assert not engine.has_work and not engine.live
+    assert {rid for event in events for rid in event.rows} == {1}

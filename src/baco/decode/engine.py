@@ -240,8 +240,9 @@ class Engine:
         for name in ("temperature", "top_k", "top_p", "min_p"):
             getattr(self.knobs, name)[slots] = getattr(fresh, name)
         for slot, member in zip(group.slots, group.members):
-            self.live[slot] = member
-            self.by_rid[member.rid] = member
+            if member.rid not in self.finished_rids:  # not aborted while its prompt was prefilled
+                self.live[slot] = member
+                self.by_rid[member.rid] = member
 
     def _compact(self) -> None:
         """With nobody waiting, move rows from the highest slots into free lower ones, so the step's
