@@ -30,9 +30,9 @@ def _add_ray(p):
     """--ray [ADDRESS] and the workers' resources (baco.cluster; needs `pip install 'baco[ray]'`)."""
     g = p.add_argument_group("on a Ray cluster (pip install 'baco[ray]'; see docs/cluster.md)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   help="run on Ray workers, each holding the model pair once; ADDRESS: 'auto' (the cluster "
-                        "`ray start` made on this machine), HOST:6379 or ray://HOST:10001; none: RAY_ADDRESS, "
-                        "else a new local Ray. This process still writes every output file")
+                   help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
+                        "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
+                        "same, else a new local Ray. This process still writes every output file")
     g.add_argument("--workers", type=int, default=None,
                    help="Ray workers; none: one per GPU of the cluster, else one per --cpus-per-worker CPUs")
     g.add_argument("--gpus-per-worker", type=float, default=None,

@@ -44,7 +44,9 @@ def _check(value, name: str, *, minimum: float, integer: bool = False, allow_non
 class RayOptions:
     """Where the cluster is and how baco's workers use it (validated here, before Ray starts)."""
 
-    address: str | None = None  # None: RAY_ADDRESS, else a new local Ray; "auto": the cluster `ray start` made here
+    # "HOST:6379", "ray://HOST:10001"; "auto": RAY_ADDRESS or the cluster `ray start` made on this machine;
+    # None: the same, else a new local Ray
+    address: str | None = None
     workers: int | None = None  # None: as many as the cluster's GPUs (or CPUs) hold
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs, else 0 (CPU workers)
     cpus_per_worker: float = 1.0
