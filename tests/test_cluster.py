@@ -108,7 +108,9 @@ def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs,
     assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8 * 3
 
 
-def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw, reference, tmp_path):
+@pytest.mark.parametrize("restarts", [3, 0], ids=["ray-restarts-it", "gone-for-good"])
+def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw, reference, tmp_path, restarts):
+    """Ray restarts the worker and reruns its cell there; a worker that may not restart hands its cell on."""
     out = tmp_path / "run"
     killed = []
 
@@ -120,11 +122,12 @@ def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_sample)
     killer.start()
-    run_sweep(parse_config(raw), out, evaluate=False, progress=False, ray=RayOptions())
+    run_sweep(parse_config(raw), out, evaluate=False, progress=False, ray=RayOptions(max_restarts=restarts))
     killer.join()
     assert killed
     assert_complete_and_once(out, reference)
-    assert any(row["worker"]["restarted"] for row in cell_log(out))  # a cell ran on the restarted worker
+    restarted = [row["worker"]["restarted"] for row in cell_log(out)]
+    assert any(restarted) if restarts else not any(restarted)
 
 
 def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw, reference, tmp_path):

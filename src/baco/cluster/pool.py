@@ -109,6 +109,9 @@ class WorkerPool:
                                      name=f"baco-{kind}-{serial}-{i}").remote(build) for i in range(count)]
         try:
             self.where = self._get([a.load.remote() for a in self.actors], "loading its models")
+        except ray.exceptions.RayActorError as error:  # died while loading, again after each restart
+            self.close()
+            raise ClusterError(f"a Ray worker died while loading its models (out of memory?): {error}") from None
         except BaseException:
             self.close()
             raise
