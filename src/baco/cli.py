@@ -26,6 +26,37 @@ def _debug_flag() -> argparse.ArgumentParser:
 DEBUG = _debug_flag()
 
 
+def _add_ray(p):
+    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs `pip install 'baco[ray]'`)."""
+    g = p.add_argument_group("on a Ray cluster (pip install 'baco[ray]'; see docs/cluster.md)")
+    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
+                        "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
+                        "same, else a new local Ray. This process still writes every output file")
+    g.add_argument("--workers", type=int, default=None,
+                   help="Ray workers; none: one per GPU of the cluster, else one per --cpus-per-worker CPUs")
+    g.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="GPUs each worker holds; none: 1 where the cluster has GPUs, else 0")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds")
+    return g
+
+
+def _ray_options(args):
+    """RayOptions from --ray and its flags (checked before any model loads), or None for a local run."""
+    if args.ray is None:
+        given = [flag for flag, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker),
+                                          ("--shard-size", getattr(args, "shard_size", None))) if value is not None]
+        if given:
+            raise BacoError(f"{given[0]} applies to Ray workers: add --ray")
+        return None
+    from baco.cluster.options import RayOptions, require_ray
+
+    options = RayOptions(address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                         cpus_per_worker=args.cpus_per_worker, shard_size=getattr(args, "shard_size", None))
+    require_ray()
+    return options
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
                        parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -62,6 +93,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no texts, no progress bar")
+    _add_ray(p).add_argument(
+        "--shard-size", type=int, default=None, help="prompts per unit of work sent to a Ray worker; "
+        "none: about 4 units per worker")
     p.set_defaults(run=cmd_generate)
 
 
@@ -148,6 +182,7 @@ def cmd_generate(args) -> int:
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
     resolve_dtype(args.dtype, resolve_device(args.device))
+    cluster = _ray_options(args)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -163,8 +198,17 @@ def cmd_generate(args) -> int:
         if skip:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
-    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                           prompt_format=fmt, anchor=args.anchor)
+    if cluster is None:
+        collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
+                                               prompt_format=fmt, anchor=args.anchor)
+        stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
+                                      batch_size=args.batch_size, max_len=args.max_len, skip=skip)
+    else:  # the models load on the workers, not here
+        from baco.cluster import generate as generate_on_ray
+
+        stream = generate_on_ray(prompts, base=base, aligned=aligned, anchor=args.anchor, dtype=args.dtype,
+                                 device=args.device, prompt_format=fmt, router=args.router, n=args.n,
+                                 sampling=sampling, batch_size=args.batch_size, skip=skip, options=cluster)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n - len(skip)
@@ -174,8 +218,6 @@ def cmd_generate(args) -> int:
         with tqdm(total=total, unit="sample", disable=args.quiet or total < 2 or None, file=sys.stderr) as bar:
             if show and colour:
                 tqdm.write(LEGEND, file=sys.stdout)
-            stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
-                                          batch_size=args.batch_size, max_len=args.max_len, skip=skip)
             for sample in stream:
                 if out:
                     out.append(sample)
@@ -185,7 +227,7 @@ def cmd_generate(args) -> int:
                 bar.update(1)
                 if show:
                     tqdm.write(header(sample), file=sys.stdout)
-                    text = render(sample, colour=colour, stop_strings=collab.stop_strings + sampling.stop)
+                    text = render(sample, colour=colour, stop_strings=fmt.stop_strings + sampling.stop)
                     tqdm.write(text + "\n", file=sys.stdout)
     except KeyboardInterrupt:
         resume = "; rerun the same command to complete it" if out and args.seed is not None else ""
@@ -335,6 +377,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--results", type=Path, default=None,
                    help="where results.json, table.md and plots/ go (default: the output directory)")
     p.add_argument("--quiet", action="store_true")
+    _add_ray(p)
     p.set_defaults(run=cmd_sweep)
 
 
@@ -354,6 +397,7 @@ def cmd_sweep(args) -> int:
     out = check_output_dir(args.out or Path("runs") / config.name, "--out")
     if args.results:
         check_output_dir(args.results, "--results")
+    cluster = _ray_options(args)
     if args.dry_run:
         from baco.sweep import ledger
         from baco.sweep.run import plan_sweep
@@ -366,7 +410,7 @@ def cmd_sweep(args) -> int:
         return 0
     try:
         summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet,
-                            results_dir=args.results)
+                            results_dir=args.results, ray=cluster)
     except KeyboardInterrupt:
         print(f"interrupted: finished samples are kept in {out / 'samples.jsonl'}; run the same command to resume",
               file=sys.stderr)

@@ -82,6 +82,16 @@ def choose_utility_quality(metrics: list[MetricSpec], requested: str | None) -> 
     return next((name for name in UTILITY_QUALITY_ORDER if name in names), names[0] if names else None)
 
 
+def texts_to_embed(records: list[Record], metrics: list[MetricSpec], options: EvalOptions) -> list[str]:
+    """What the metrics will embed: every response, and the prompts too for a quality metric that embeds."""
+    if not (any("embedder" in s.needs for s in metrics) or (
+            any("partitioner" in s.needs for s in metrics) and options.equivalence == "embedding")):
+        return []
+    quality = [s for s in metrics if s.kind == "quality"]
+    return [r.response for r in records] + (
+        [r.prompt for r in records] if any("embedder" in s.needs for s in quality) else [])
+
+
 def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources: Resources | None = None, *,
                      utility_quality: str | None = None, progress: bool = False) -> EvalResult:
     """Run `metrics` over grouped records; returns per-prompt values, means per (task, method) and Pareto."""
@@ -91,10 +101,9 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     per_group = [s for s in metrics if s.kind != "quality"]
     warnings: list[str] = []
 
-    if any("embedder" in s.needs for s in metrics) or (
-            any("partitioner" in s.needs for s in metrics) and resources.options.equivalence == "embedding"):
-        _embed_all(resources.get("embedder"), [r.response for r in records]
-                   + ([r.prompt for r in records] if any("embedder" in s.needs for s in quality) else []), progress)
+    texts = texts_to_embed(records, metrics, resources.options)
+    if texts:
+        _embed_all(resources.get("embedder"), texts, progress)
 
     # quality: every (prompt, response) pair of every group at once, so models batch across prompts
     keys = list(groups)

@@ -38,16 +38,24 @@ def _spread(by_seed: dict[int, float]) -> dict:
             "min": min(values), "max": max(values), "seeds": len(values), "by_seed": dict(by_seed)}
 
 
-def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, resources: Resources | None = None):
-    """Metrics of every configuration and the Pareto aggregates over seeds. Returns a JSON-able dict."""
+def metric_specs(config: SweepConfig) -> list:
+    """The metrics a sweep evaluates: its config's, else the evaluation's defaults."""
     names = None
     if config.diversity or config.quality:
         names = list(config.diversity or []) + list(config.quality or [])
-    specs = resolve_metrics(names or "default")
+    return resolve_metrics(names or "default")
+
+
+def sweep_records(config: SweepConfig, rows: list[dict]) -> list[Record]:
+    """The records of the config's cells (rows of other cells are left out)."""
     seed_of = {c.key: c.seed for c in config.cells}
-    keys = set(seed_of)
-    rows = [dict(r, seed_of_cell=seed_of[r["cell"]]) for r in rows if r["cell"] in keys]
-    result = evaluate_records(records_of(rows), specs, resources or Resources(), progress=progress)
+    return records_of([dict(r, seed_of_cell=seed_of[r["cell"]]) for r in rows if r["cell"] in seed_of])
+
+
+def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, resources: Resources | None = None):
+    """Metrics of every configuration and the Pareto aggregates over seeds. Returns a JSON-able dict."""
+    specs = metric_specs(config)
+    result = evaluate_records(sweep_records(config, rows), specs, resources or Resources(), progress=progress)
     family = {c.name: c.method for c in config.configurations}
     diversity = [s.name for s in specs if s.kind == "diversity"]
     quality = [s.name for s in specs if s.kind == "quality"]

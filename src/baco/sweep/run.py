@@ -4,6 +4,10 @@ Resuming: samples already in the store are skipped row by row (a sample depends 
 prompt and index, so the rows generated after a restart are exactly those an uninterrupted run
 would have made); nothing stored is rewritten. What is done is read from the samples themselves
 (ledger.audit), checked against the plan, under the run directory's lock.
+
+The pieces are shared with the Ray path (baco.cluster): `pending` reads the run directory and says
+what is missing, `CellDecoder` makes one cell's missing samples on loaded `Engines` (here, or in a
+Ray actor), and `RunWriter` is the run directory's one writer (rows, ids, the cell log).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 from baco.api import Collaboration
+from baco.decode.records import Sample
 from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
@@ -56,15 +62,6 @@ class Engines:
         return Collaboration(pair, fmt)
 
 
-def _row(sample, cell: Cell, config: SweepConfig, prompt_id: str, sample_id: str, began: float) -> dict:
-    conf = cell.configuration
-    row = sample.to_dict()
-    # the models this configuration ran (a single-model baseline runs one model, not the pair)
-    row.update(models=config.models_of(conf), cell=cell.key, id=sample_id, task=cell.task.name, method=conf.method,
-               config=conf.name, item_id=prompt_id, cell_seconds=round(time.perf_counter() - began, 3))
-    return row
-
-
 def cell_prompts(cell: Cell) -> list:
     return load_task(cell.task.path or cell.task.name, limit=cell.task.limit, seed=0)
 
@@ -76,6 +73,53 @@ def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
     return items_of, plan
 
 
+class CellDecoder:
+    """One cell's missing samples, as their rows finish; afterwards `router_stats` holds the cost of a
+    router with its own model (JUDGE), else None. Runs wherever the Engines are (here or a Ray actor)."""
+
+    def __init__(self, cell: Cell, prompts: list[str], *, n: int, batch_size: int, skip: set):
+        self.cell, self.prompts, self.n, self.batch_size, self.skip = cell, prompts, n, batch_size, skip
+        self.router_stats: dict | None = None
+        self.made = 0
+
+    def run(self, engines: Engines) -> Iterator[Sample]:
+        conf = self.cell.configuration
+        collab = engines.collaboration(conf)
+        # a multi-pass method (negative prompting, verbalized sampling) goes by name: iter_generate
+        # reruns it and yields only what `skip` lacks; a router is built once, to read its own cost
+        router = conf.router if parse_strategy(conf.router) else get_router(conf.router)
+        before = dict(router.stats.to_dict()) if hasattr(router, "stats") else None
+        for sample in collab.iter_generate(self.prompts, router=router, n=self.n,
+                                           sampling=replace(conf.sampling, seed=self.cell.seed),
+                                           batch_size=conf.batch_size or self.batch_size, skip=set(self.skip)):
+            self.made += 1
+            yield sample
+        if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
+            after = router.stats.to_dict()
+            self.router_stats = {k: round(after[k] - before[k], 3) for k in after}
+
+    @property
+    def total(self) -> int:
+        """The cell's samples stored once this run has finished (what was skipped plus what it made)."""
+        return len(self.skip) + self.made
+
+
+@dataclass
+class Pending:
+    """What a run directory lacks: the prompts, the plan, the audit and the cells still to run."""
+
+    items_of: dict
+    plan: ledger.Plan
+    audit: ledger.Audit
+    todo: list[Cell]
+    total: int
+    kept: int
+
+    def decoder(self, config: SweepConfig, cell: Cell) -> CellDecoder:
+        return CellDecoder(cell, [item.prompt for item in self.items_of[cell.task]], n=config.n,
+                           batch_size=config.batch_size, skip=set(self.audit.cells[cell.key].stored))
+
+
 def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
     for problem in result.problems[:10]:
         print(f"baco: warning: {problem} (left in the file, not used)", file=log)
@@ -84,24 +128,12 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
             print(f"baco: warning: cell {cell.key}: {ledger.describe(cell)}; each sample is used once", file=log)
 
 
-def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
-              progress: bool = True, log=None) -> dict:
-    """Generate every missing sample of every cell, holding the run directory's lock; returns counts."""
-    with RunLock(out_dir):
-        return generate_missing(config, out_dir, engines, progress=progress, log=log)
-
-
-def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
-                     progress: bool = True, log=None) -> dict:
-    """run_cells without taking the lock (the caller holds it): {generated, kept, cells}."""
-    from tqdm import tqdm
-
-    log = sys.stderr if log is None else log
-    out_dir = Path(out_dir)
+def pending(config: SweepConfig, out_dir: Path, log) -> Pending:
+    """Repair a torn last line, record the plan, audit what is stored (the caller holds the lock)."""
     items_of, plan = plan_sweep(config)
     message = repair_tail(out_dir / ledger.SAMPLES)
     if message:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=3)
     ledger.record_plan(out_dir, plan)
     result = ledger.audit(out_dir, plan)
     _warn_about(result, config, log)
@@ -112,39 +144,85 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
     if kept:
         print(f"resuming: {kept} of {total} samples already done, {len(todo)} of {len(cells)} cells to run",
               file=log)
-    if todo and engines is None:
+    return Pending(items_of, plan, result, todo, total, kept)
+
+
+class RunWriter:
+    """The run directory's one writer: each sample once (by id), as a row tagged with its cell; the cell log."""
+
+    def __init__(self, out_dir: Path, config: SweepConfig, state: Pending):
+        self.out_dir, self.config, self.state = out_dir, config, state
+        self.written = {(key, pair) for key, cell in state.audit.cells.items() for pair in cell.stored}
+        self.generated = 0
+        self._store = JsonlAppender(out_dir / ledger.SAMPLES, repair=False)
+
+    def add(self, cell: Cell, sample: Sample, seconds: float) -> bool:
+        """Append the sample's row unless it is stored already (a retried unit may send it again)."""
+        pair = (sample.prompt_index, sample.sample_index)
+        if (cell.key, pair) in self.written:
+            return False
+        conf = cell.configuration
+        prompt = self.state.items_of[cell.task][sample.prompt_index]
+        row = sample.to_dict()
+        # the models this configuration ran (a single-model baseline runs one model, not the pair)
+        sid = ledger.sample_id(ledger.cell_identity(self.config, cell), prompt.prompt, *pair)
+        row.update(models=self.config.models_of(conf), cell=cell.key, id=sid,
+                   task=cell.task.name, method=conf.method, config=conf.name, item_id=prompt.id,
+                   cell_seconds=round(seconds, 3))
+        self._store.append(row)
+        self.written.add((cell.key, pair))
+        self.generated += 1
+        return True
+
+    def finish(self, cell: Cell, *, made: int, total: int, seconds: float, router_stats: dict | None = None,
+               **extra) -> None:
+        """The cell ran to its end: sync the samples, log its cost (`total`: its samples stored now)."""
+        self._store.sync()
+        cost = {"cell": cell.key, "samples": made, "seconds": round(seconds, 3), "complete": True,
+                "total": total, "planned": len(self.state.plan[cell.key])}
+        if router_stats is not None:
+            cost["router_stats"] = router_stats
+        append_row(self.out_dir / ledger.CELLS, {**cost, **extra})
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def run_cells(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
+              progress: bool = True, log=None) -> dict:
+    """Generate every missing sample of every cell, holding the run directory's lock; returns counts."""
+    with RunLock(out_dir):
+        return generate_missing(config, out_dir, engines, progress=progress, log=log)
+
+
+def progress_bar(state: Pending, progress: bool, log):
+    from tqdm import tqdm
+
+    return tqdm(total=state.total, initial=state.kept, unit="sample", disable=not progress, file=log)
+
+
+def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines | None = None, *,
+                     progress: bool = True, log=None) -> dict:
+    """run_cells without taking the lock (the caller holds it): {generated, kept, cells}."""
+    log = sys.stderr if log is None else log
+    out_dir = Path(out_dir)
+    state = pending(config, out_dir, log)
+    if state.todo and engines is None:
         engines = Engines.load(config.base, config.aligned, anchor=config.anchor)
-    generated = 0
-    with tqdm(total=total, initial=kept, unit="sample", disable=not progress, file=log) as bar, \
-            JsonlAppender(out_dir / ledger.SAMPLES, repair=False) as store:
-        for cell in todo:
-            items = items_of[cell.task]
-            conf = cell.configuration
-            stored = result.cells[cell.key].stored
-            identity = ledger.cell_identity(config, cell)
-            bar.set_description(f"{cell.task.name} {conf.name} seed {cell.seed}")
-            sampling = replace(conf.sampling, seed=cell.seed)
-            collab = engines.collaboration(conf)
-            # a multi-pass method (negative prompting, verbalized sampling) goes by name: iter_generate
-            # reruns it and yields only what `skip` lacks; a router is built once, to read its own cost
-            router = conf.router if parse_strategy(conf.router) else get_router(conf.router)
-            before = dict(getattr(router, "stats").to_dict()) if hasattr(router, "stats") else None
+    with progress_bar(state, progress, log) as bar, RunWriter(out_dir, config, state) as writer:
+        for cell in state.todo:
+            bar.set_description(f"{cell.task.name} {cell.configuration.name} seed {cell.seed}")
+            decoder = state.decoder(config, cell)
             began = time.perf_counter()
-            made = 0
-            for sample in collab.iter_generate([item.prompt for item in items], router=router, n=config.n,
-                                               sampling=sampling, batch_size=conf.batch_size or config.batch_size,
-                                               skip=set(stored)):
-                prompt = items[sample.prompt_index]
-                sid = ledger.sample_id(identity, prompt.prompt, sample.prompt_index, sample.sample_index)
-                store.append(_row(sample, cell, config, prompt.id, sid, began))
-                generated += 1
-                made += 1
+            for sample in decoder.run(engines):
+                writer.add(cell, sample, time.perf_counter() - began)
                 bar.update(1)
-            store.sync()
-            cost = {"cell": cell.key, "samples": made, "seconds": round(time.perf_counter() - began, 3),
-                    "complete": True, "total": len(stored) + made, "planned": len(plan[cell.key])}
-            if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
-                after = router.stats.to_dict()
-                cost["router_stats"] = {k: round(after[k] - before[k], 3) for k in after}
-            append_row(out_dir / ledger.CELLS, cost)
-    return {"generated": generated, "kept": kept, "cells": len(cells)}
+            writer.finish(cell, made=decoder.made, total=decoder.total, seconds=time.perf_counter() - began,
+                          router_stats=decoder.router_stats)
+    return {"generated": writer.generated, "kept": state.kept, "cells": len(config.cells)}

@@ -1,0 +1,166 @@
+"""Workers on Ray: connect to the cluster, start actors that each build their models once, and hand
+them units of work, one at a time each, collecting what the units yield as it comes.
+
+Fault tolerance is Ray's: every actor is created with `max_restarts` (a dead actor is started again
+and rebuilds its models) and `max_task_retries` (the unit it was running is run again on the
+restarted actor; Ray's streaming generators drop what the first attempt had already delivered).
+Only when an actor is gone for good (its restarts spent, its node lost) does the pool give its
+unfinished unit to another actor; when none is left it stops with a ClusterError. Whatever the
+units yielded before is with the caller (the run directory's writer), so nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+import warnings
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from baco.cluster.options import ClusterError, RayOptions, require_ray
+from baco.errors import BacoError
+
+
+@contextmanager
+def connected(options: RayOptions):
+    """Ray, connected: to the session already open in this process, or to `options.address` (shut down after)."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        # workers' own output stays in the cluster's log files (/tmp/ray/session_latest/logs on each node);
+        # their errors come back here as exceptions
+        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        where = options.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+        raise ClusterError(f"cannot start or reach the Ray cluster ({where}): {error}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class UnitDone:
+    """The last item a unit yields: what it made and where it ran."""
+
+    made: int
+    total: int | None  # samples of the unit's cell stored once it finished (what it skipped + made)
+    seconds: float
+    router_stats: dict | None
+    worker: dict = field(default_factory=dict)
+
+
+def where_am_i() -> dict:
+    import ray
+
+    with warnings.catch_warnings():  # Ray's property reads a deprecated attribute of its own
+        warnings.simplefilter("ignore")
+        restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    return {"host": socket.gethostname(), "pid": os.getpid(), "restarted": restarted}
+
+
+class Worker:
+    """A Ray actor's body: builds its state once (a model pair, or evaluation models) and runs units on it.
+
+    A unit is any object with `run(state)`, a generator; the actor yields (item, seconds since the
+    unit began) for each item and then one UnitDone.
+    """
+
+    def __init__(self, build: Callable[[], object]):
+        self._build, self._state = build, None
+
+    def load(self) -> dict:
+        if self._state is None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # a worker's output goes to log files: no bars there
+            self._state = self._build()
+        return where_am_i()
+
+    def run(self, unit):
+        self.load()
+        began = time.perf_counter()
+        for item in unit.run(self._state):
+            yield item, time.perf_counter() - began
+        yield UnitDone(getattr(unit, "made", 0), getattr(unit, "total", None), time.perf_counter() - began,
+                       getattr(unit, "router_stats", None), where_am_i())
+
+
+_SERIAL = itertools.count()
+
+
+class WorkerPool:
+    """`count` actors of Worker(build), each with its share of the cluster; `run(units)` spreads units over them."""
+
+    def __init__(self, ray, build: Callable[[], object], options: RayOptions, count: int, kind: str):
+        self.ray = ray
+        cluster = ray.cluster_resources()
+        serial = next(_SERIAL)
+        actor = ray.remote(Worker)
+        self.actors = [actor.options(num_gpus=options.gpus(cluster), num_cpus=options.cpus_per_worker,
+                                     max_restarts=options.max_restarts, max_task_retries=options.max_task_retries,
+                                     name=f"baco-{kind}-{serial}-{i}").remote(build) for i in range(count)]
+        try:
+            self.where = self._get([a.load.remote() for a in self.actors], "loading its models")
+        except ray.exceptions.RayActorError as error:  # died while loading, again after each restart
+            self.close()
+            raise ClusterError(f"a Ray worker died while loading its models (out of memory?): {error}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _get(self, refs, doing: str):
+        """ray.get, with a worker's own error (a BacoError) raised as itself, and Ray's errors in one line."""
+        ray = self.ray
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayTaskError as error:
+            cause = getattr(error, "cause", None)
+            if isinstance(cause, BacoError):
+                raise cause from None
+            raise ClusterError(f"a Ray worker failed while {doing}: {type(cause).__name__}: {cause}") from error
+
+    def run(self, units: list) -> Iterator[tuple[object, object]]:
+        """(unit, item) for every item a unit yields, as it comes; the unit's last item is a UnitDone."""
+        ray = self.ray
+        queue, idle, busy = deque(units), list(self.actors), {}
+        while queue or busy:
+            while queue and idle:
+                actor, unit = idle.pop(), queue.popleft()
+                busy[actor.run.remote(unit)] = (actor, unit)
+            ready, _ = ray.wait(list(busy), num_returns=1)
+            for stream in ready:
+                actor, unit = busy[stream]
+                try:
+                    item = self._get(next(stream), "running a unit")
+                except StopIteration:
+                    del busy[stream]
+                    idle.append(actor)
+                    continue
+                except ray.exceptions.RayActorError as error:
+                    # gone for good (restarts spent, node lost): its unit goes to another worker
+                    del busy[stream]
+                    self.actors.remove(actor)
+                    if not self.actors:
+                        raise ClusterError(f"every Ray worker died (the last: {error}); finished results are "
+                                           f"kept; run the same command again to complete them") from None
+                    queue.appendleft(unit)
+                    continue
+                yield unit, item
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,217 @@
+"""baco on Ray: a local cluster started here (2 CPUs, so 2 CPU workers) and the tiny pair.
+
+What must hold: the samples of a cluster run are those of a single-process run with the same seeds
+(same ids, texts and token ids); a worker killed mid-run (`ray.kill`) costs nothing and doubles
+nothing; an interrupted `--ray` sweep resumes with only what is missing; the evaluation's scores
+and embeddings made on workers give the local evaluation's numbers. One cluster serves the module
+(starting Ray takes seconds).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import baco
+from baco.cli import main
+from baco.cluster import ClusterError, RayOptions
+from baco.storage import scan_jsonl
+from baco.sweep import Engines, parse_config, run_cells, run_sweep
+from baco.sweep.store import SampleStore
+
+ray = pytest.importorskip("ray")
+
+PROMPTS = ["Name a fruit.", "Why do birds migrate?", "Tell a joke.", "Write a poem about the sea.",
+           "What should I cook tonight?", "Give me three ideas for a party."]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_dirs, tmp_path_factory):
+    """Four cells whose rows decode in waves (batch_size 3 < 12 rows), so a cell takes a while."""
+    prompts = tmp_path_factory.mktemp("cluster") / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return {"name": "cluster", "n": 2, "models": {"base": str(tiny_dirs[0]), "aligned": str(tiny_dirs[1])},
+            "tasks": [{"path": str(prompts), "name": "mine"}], "sampling": {"max_new_tokens": 24},
+            "batch_size": 3, "seeds": [0, 1],
+            "methods": {"p-punc": {"router": "p-punc", "values": [0.3]}, "negative": {"router": "negative",
+                                                                                      "values": [1.0]}},
+            "metrics": {"diversity": ["distinct-2", "embedding-distance"], "quality": ["relevance"]}}
+
+
+@pytest.fixture(scope="module")
+def reference(raw, tiny_dirs, tmp_path_factory):
+    """The single-process run: sample id -> (text, token ids)."""
+    out = tmp_path_factory.mktemp("reference")
+    run_cells(parse_config(raw), out, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
+    return samples_of(out)
+
+
+def wait_for_a_sample(out: Path, until: float, alive=lambda: True) -> None:
+    path = out / "samples.jsonl"
+    while alive() and time.monotonic() < until and not (path.is_file() and path.stat().st_size):
+        time.sleep(0.005)
+
+
+def samples_of(out: Path) -> dict:
+    return {r["id"]: (r["text"], r["token_ids"]) for r in SampleStore(out / "samples.jsonl").read()}
+
+
+def assert_complete_and_once(out: Path, reference: dict) -> None:
+    scan = scan_jsonl(out / "samples.jsonl")
+    assert scan.torn is None and not scan.corrupt
+    assert sorted(row["id"] for _, row in scan.rows) == sorted(reference)  # every sample, none twice
+    assert samples_of(out) == reference  # the same texts and tokens
+    assert main(["check", str(out)]) == 0
+
+
+def cell_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
+
+
+def test_a_ray_sweep_stores_what_a_single_process_sweep_stores(cluster, raw, reference, tmp_path):
+    out = tmp_path / "run"
+    counts = run_sweep(parse_config(raw), out, evaluate=False, progress=False, ray=RayOptions())["counts"]
+    assert counts["generated"] == len(reference) == 4 * 6 * 2
+    assert_complete_and_once(out, reference)
+    workers = {row["cell"]: row["worker"] for row in cell_log(out)}
+    assert sorted(workers) == sorted(c.key for c in parse_config(raw).cells)
+    assert len({w["pid"] for w in workers.values()}) == 2  # both workers took cells
+
+
+def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS + ["Describe a dragon.", "Plan a picnic."]) + "\n")
+    common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
+              "--n", "3", "--max-new-tokens", "16", "--seed", "5", "--device", "cpu", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "local.jsonl")]) == 0
+    assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "2"]) == 0
+    local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
+    on_ray = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
+    assert len(on_ray) == len({r["id"] for r in on_ray}) == 8 * 3
+    assert {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in on_ray} == \
+        {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in local}
+    # rerun: every sample is in the file already, so nothing is generated and nothing appended
+    assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray"]) == 0
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8 * 3
+
+
+@pytest.mark.parametrize("restarts", [3, 0], ids=["ray-restarts-it", "gone-for-good"])
+def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw, reference, tmp_path, restarts):
+    """Ray restarts the worker and reruns its cell there; a worker that may not restart hands its cell on."""
+    out = tmp_path / "run"
+    killed = []
+
+    def kill_a_worker_after_the_first_sample():
+        wait_for_a_sample(out, time.monotonic() + 120)
+        names = [n for n in ray.util.list_named_actors() if n.startswith("baco-generate-")]
+        ray.kill(ray.get_actor(names[0]), no_restart=False)  # Ray restarts it and reruns its cell
+        killed.append(names[0])
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_sample)
+    killer.start()
+    run_sweep(parse_config(raw), out, evaluate=False, progress=False, ray=RayOptions(max_restarts=restarts))
+    killer.join()
+    assert killed
+    assert_complete_and_once(out, reference)
+    restarted = [row["worker"]["restarted"] for row in cell_log(out)]
+    assert any(restarted) if restarts else not any(restarted)
+
+
+def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw, reference, tmp_path):
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text(json.dumps(raw))
+    out = tmp_path / "run"
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-m", "baco.cli", "sweep", str(config_path), "--out", str(out),
+                              "--no-eval", "--quiet", "--ray", cluster], env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_a_sample(out, time.monotonic() + 240, alive=lambda: child.poll() is None)
+    child.send_signal(signal.SIGKILL)  # the driver dies; Ray ends its workers
+    assert child.wait() == -signal.SIGKILL, child.stderr.read()[-2000:]
+    kept = len(samples_of(out))
+    assert 0 < kept < len(reference)
+    counts = run_sweep(parse_config(raw), out, evaluate=False, progress=False, ray=RayOptions())["counts"]
+    assert counts == {"generated": len(reference) - kept, "kept": kept, "cells": 4}
+    assert_complete_and_once(out, reference)
+
+
+def test_the_evaluation_on_ray_gives_the_local_numbers_and_fills_the_shared_cache(cluster, raw, tmp_path):
+    config = parse_config(raw)
+    run_sweep(config, tmp_path / "ray", evaluate=False, progress=False, ray=RayOptions())
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    for name in ("samples.jsonl", "plan.jsonl", "cells.jsonl"):
+        (local_dir / name).write_bytes((tmp_path / "ray" / name).read_bytes())
+    on_ray = run_sweep(config, tmp_path / "ray", progress=False, ray=RayOptions())
+    local = run_sweep(config, local_dir, progress=False)
+    assert on_ray["counts"]["generated"] == local["counts"]["generated"] == 0
+    for key, methods in local["metrics"].items():
+        for method, values in methods.items():
+            assert on_ray["metrics"][key][method] == pytest.approx(values, rel=2e-3, abs=2e-3)
+    cached = scan_jsonl(tmp_path / "ray" / "quality-scores.jsonl").rows
+    assert len(cached) == len({(r["prompt"], r["text"]) for r in SampleStore(local_dir / "samples.jsonl").read()})
+    from baco.cluster.evaluate import prepare_on_ray
+    from baco.evaluate.resources import EvalOptions, Resources
+    from baco.sweep.results import metric_specs, sweep_records
+
+    again = prepare_on_ray(sweep_records(config, SampleStore(local_dir / "samples.jsonl").read()),
+                           metric_specs(config), Resources(EvalOptions(score_cache=str(tmp_path / "ray" /
+                                                                                      "quality-scores.jsonl"))),
+                           RayOptions(), progress=False)
+    assert again["scored"] == 0  # every score is in the cache the driver wrote
+
+
+def test_a_worker_that_cannot_load_its_models_is_one_clear_error(cluster, tiny_dirs, tmp_path, capsys):
+    code = main(["generate", "--base", str(tmp_path / "no-such-model"), "--aligned", str(tiny_dirs[1]),
+                 "--prompt", "Hi.", "--quiet", "--ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no-such-model" in err and "Traceback" not in err
+
+
+def test_more_workers_than_the_cluster_holds_is_refused(cluster, tiny_dirs, capsys):
+    code = main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.",
+                 "--quiet", "--ray", "--workers", "3"])
+    assert code == 2 and "does not fit the Ray cluster" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workers": 0}, "--workers must be an integer >= 1"),
+    ({"gpus_per_worker": -1}, "--gpus-per-worker must be a number >= 0"),
+    ({"shard_size": 1.5}, "--shard-size must be an integer >= 1"),
+    ({"address": " "}, "the Ray address must be a non-empty string"),
+])
+def test_ray_options_are_checked_before_ray_starts(options, message):
+    with pytest.raises(ClusterError, match=message):
+        RayOptions(**options)
+
+
+def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys):
+    assert main(["generate", "--prompt", "Hi.", "--workers", "2"]) == 2
+    assert "--workers applies to Ray workers: add --ray" in capsys.readouterr().err
+
+
+def test_the_local_path_never_imports_ray(tiny_dirs, tmp_path):
+    code = f"""
+import sys
+from baco.cli import main
+assert main(["generate", "--base", {str(tiny_dirs[0])!r}, "--aligned", {str(tiny_dirs[1])!r}, "--prompt", "Hi.",
+             "--max-new-tokens", "2", "--quiet", "--device", "cpu"]) == 0
+assert "ray" not in sys.modules, "the local path imported ray"
+"""
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
