@@ -7,8 +7,10 @@ Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_
 it times two random-initialised models with the configuration and tokenizer in DIR (e.g. the
 embedded Gemma's cache folder), optionally changed by --set: costs depend on shapes, not weights,
 so a GPU machine without the weights can still time a real architecture.
-baco's per-step time: an engine with `batch` rows is warmed up (prefill done, CUDA graphs captured),
-then T2 - T1 steps are timed to the end of the device's work (median of --repeats). transformers'
+baco's per-step time: three engines with `batch` rows each (the pair, base alone, aligned alone) are
+warmed up (prefill done, CUDA graphs captured), then take turns of (T2 - T1) / 4 steps, 4 x --repeats
+turns each, timed to the end of the device's work; medians. Taking turns keeps a busy machine's
+load from landing on one of them only. transformers'
 generate: (time for T2 new tokens - time for T1) / (T2 - T1), so its prefill cancels out.
 Stop tokens are disabled so every row runs the full length. Prints, per batch size:
   lockstep      the full BACo step on the engine (router p-punc:0.5: both models forward, router, word
@@ -38,6 +40,7 @@ from baco.models import SoloPair
 from baco.routers import get_router
 
 PROMPT = "Tell me a story about a dragon who could not fly."
+WARM = 6  # engine steps before timing (prefill, warm-up and graph capture)
 STATIC_ROOM = 128  # new tokens a static cache leaves room for (the longest timed run must fit)
 
 
@@ -50,27 +53,32 @@ def without_stops(collab: Collaboration) -> None:
     collab.pair._mask = torch.where(vocab.allowed, 0.0, float("-inf"))
 
 
-def steady_step(collab: Collaboration, pair, router: str, batch: int, steps: int, repeats: int) -> float:
-    """Seconds per step of a running engine: warmed up (prefill done, graphs captured), then `steps`
-    engine steps timed to the end of the device's work; median over `repeats`."""
-    warm = 6
-    params = SamplingParams(max_new_tokens=warm + steps * repeats + 2, seed=0, min_p=0.05)
+def running_engine(collab: Collaboration, pair, router: str, batch: int, budget: int) -> Engine:
+    """An engine with `batch` rows, warmed up: prefill done, graphs captured (on a GPU)."""
+    params = SamplingParams(max_new_tokens=WARM + budget + 2, seed=0, min_p=0.05)
     requests = collab.requests([PROMPT], batch, params, seed=0)
     longest = max(max(len(r.base_ids), len(r.aligned_ids)) for r in requests)
     engine = Engine(pair, get_router(router), max_batch=batch, max_len=longest + params.max_new_tokens)
     for request in requests:
         engine.add(request, params)
-    for _ in range(warm):
+    for _ in range(WARM):
         engine.step()
-    times = []
+    return engine
+
+
+def steady_steps(engines: dict[str, Engine], steps: int, repeats: int) -> dict[str, float]:
+    """Seconds per step of each running engine: `steps` steps timed to the end of the device's work,
+    the engines taking turns `repeats` times (so a busy machine slows them alike); medians."""
+    times: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(repeats):
-        synced(lambda: None)()
-        start = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        synced(lambda: None)()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+        for name, engine in engines.items():
+            synced(lambda: None)()
+            start = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            synced(lambda: None)()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def solo(collab: Collaboration, side: str) -> SoloPair:
@@ -200,9 +208,12 @@ def main() -> None:
     hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}")
     for batch in args.batch:
-        lock = steady_step(collab, collab.pair, "p-punc:0.5", batch, t2 - t1, args.repeats)
-        base_t = steady_step(collab, solo(collab, "base"), "base", batch, t2 - t1, args.repeats)
-        aligned_t = steady_step(collab, solo(collab, "aligned"), "aligned", batch, t2 - t1, args.repeats)
+        chunk, turns = max(1, (t2 - t1) // 4), 4 * args.repeats  # short turns, interleaved
+        engines = {"lockstep": running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns),
+                   "base": running_engine(collab, solo(collab, "base"), "base", batch, chunk * turns),
+                   "aligned": running_engine(collab, solo(collab, "aligned"), "aligned", batch, chunk * turns)}
+        timed = steady_steps(engines, chunk, turns)
+        lock, base_t, aligned_t = timed["lockstep"], timed["base"], timed["aligned"]
         hf = [per_step(lambda n: time_hf_generate(collab, "base", batch, n, kind == "static"), t1, t2, args.repeats)
               for kind in args.hf]
         print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
@@ -219,7 +230,7 @@ def profile(collab: Collaboration, batch: int, steps: int) -> None:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch_profile(activities=activities) as prof:
-        steady_step(collab, collab.pair, "p-punc:0.5", batch, steps, 1)
+        steady_steps({"lockstep": running_engine(collab, collab.pair, "p-punc:0.5", batch, steps)}, steps, 1)
     key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     print(f"profile: {steps} lockstep steps at batch {batch}, sorted by {key}")
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
