@@ -93,7 +93,7 @@ def cmd_generate(args) -> int:
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                           prompt_format=fmt, anchor=args.anchor)
+                                           prompt_format=fmt, anchor=args.anchor, router=args.router)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n
@@ -111,7 +111,7 @@ def cmd_generate(args) -> int:
                     write_jsonl([sample], out)
                 written += 1
                 tokens += sample.num_tokens
-                base_tokens += sample.sources.count("base")
+                base_tokens += sample.base_share * sample.num_tokens
                 bar.update(1)
                 if show:
                     tqdm.write(header(sample), file=sys.stdout)
@@ -133,16 +133,26 @@ def cmd_generate(args) -> int:
 
 def cmd_routers(args) -> int:
     from baco.routers import list_routers
-
+    from baco.routers.cross import unit_of
     from baco.strategies import STRATEGIES
 
     for spec in list_routers():
-        knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
-        default = f" (default {spec.default:g})" if spec.param else ""
-        print(f"{knob:<22} {spec.help}{default}")
+        if unit_of(spec.name) is None:
+            _print_router(spec)
+    print("\ncross-tokenizer methods (any pair; the only ones, with base / aligned, for a pair whose tokenizers differ):")
+    for spec in list_routers():
+        if unit_of(spec.name) is not None:
+            _print_router(spec)
+    print("\nmulti-pass methods:")
     for spec in STRATEGIES.values():
         print(f"{spec.name + ':' + spec.param.upper():<22} {spec.help} (default {spec.default:g}; multi-pass)")
     return 0
+
+
+def _print_router(spec) -> None:
+    knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
+    default = f" (default {spec.default:g})" if spec.param else ""
+    print(f"{knob:<22} {spec.help}{default}")
 
 
 def _add_eval(sub) -> None:

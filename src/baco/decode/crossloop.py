@@ -1,0 +1,247 @@
+"""The cross-tokenizer loop: two models with different tokenizers write one text, a piece at a time.
+
+    prefill both models (each on its own rendering of the request, its own tokenizer)
+    repeat:
+        for each row, as far as it can go without a model forward:
+            at a decision point the method picks the next piece:
+                chared  - one byte from the weighted mix of both models' next-byte distributions
+                *-words - a writer for the next word (then bytes from the writer until a word boundary)
+                unite   - a piece of text from the union of both models' top-k next pieces
+            every byte of it moves both models' cursors (models/chars.py)
+        one batched forward per model for the rows that completed a token or need a lookahead
+
+The unit committed is text: each model advances its KV cache only over whole tokens of its own,
+and a partial token is held as pending bytes whose continuation the prefix-conditioned marginals
+describe. Nothing is re-encoded. Provenance is recorded per span (`SpanEvent`): a character for
+CharED, a word for the word routers, a chosen piece for UniTE.
+
+Randomness: every row owns three streams (base, aligned, router) seeded from (seed, prompt, sample
+index), as in the same-tokenizer loop; a writer draws bytes from its own stream, a mixture from the
+aligned stream. Lengths: a row stops when either model has committed `max_new_tokens` tokens of its
+own (the text ends at that token's end), on a stop token drawn by the method, or at a stop string.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from baco.decode.loop import Request
+from baco.decode.sampling import SamplingParams
+from baco.models.chars import STOP, CharRows, CrossPair, classify
+from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, unit_of
+from baco.routers.registry import Router
+from baco.vocab import is_word_char
+
+BASE, ALIGNED, MIX = "base", "aligned", "mix"
+
+
+@dataclass
+class SpanEvent:
+    """One closed span of one row: the text it added and who wrote it, why, with the models'
+    statistics at its start. The row's last span carries `finished` and each model's tokens."""
+
+    row: int
+    text: str
+    source: str
+    reason: str
+    base_top1_prob: float
+    base_entropy: float
+    aligned_top1_prob: float
+    chosen_prob: float
+    finished: str | None = None
+    base_tokens: list[int] = field(default_factory=list)
+    aligned_tokens: list[int] = field(default_factory=list)
+    data: bytes = b""
+
+
+@dataclass
+class _Span:
+    source: str
+    reason: str
+    stats: tuple[float, float, float]
+    prob: float = 1.0
+    text: str = ""
+
+
+class _Row:
+    def __init__(self, index: int, request: Request):
+        self.index, self.request = index, request
+        self.data = bytearray()
+        self.text = ""
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.queue: list[int] = []  # bytes chosen, not yet taken in by both models
+        self.taken: set[int] = set()  # models (0 base, 1 aligned) that took in queue[0]
+        self.span: _Span | None = None
+        self.writer = 0
+        self.streams = [random.Random(f"{request.seed}:{stream}") for stream in ("base", "aligned", "router")]
+
+    @property
+    def mid_character(self) -> bool:
+        return bool(self.decoder.getstate()[0])
+
+    def at_word_boundary(self) -> bool:
+        return not self.mid_character and (not self.text or not is_word_char(self.text[-1]))
+
+
+def _draw(probs: torch.Tensor, params: SamplingParams, rng: random.Random) -> int:
+    """Inverse-CDF draw from (C,) probabilities (already filtered per token); argmax at temperature 0."""
+    if params.temperature == 0:
+        return int(probs.argmax())
+    cdf = torch.cumsum(probs.double(), 0)
+    position = int(torch.searchsorted(cdf, rng.random() * float(cdf[-1]), right=True))
+    return min(position, int(torch.nonzero(probs > 0).max()))
+
+
+def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: SamplingParams,
+              stop_strings: tuple[str, ...] = ()) -> Iterator[SpanEvent]:
+    """Decode all requests as rows of one batch; yield each span as it closes."""
+    if not requests:
+        return
+    unit = unit_of(method)
+    if unit is None:
+        raise ValueError(f"{method.name} is not a cross-tokenizer method")
+    models = [CharRows(pair.base, pair.tables[0], [r.base_ids for r in requests], params, BASE),
+              CharRows(pair.aligned, pair.tables[1], [r.aligned_ids for r in requests], params, ALIGNED)]
+    rows = [_Row(index, r) for index, r in enumerate(requests)]
+    tail = max((len(s) for s in stop_strings), default=0)
+    while rows:
+        finished: list[int] = []
+        for i, row in enumerate(rows):
+            for event in _run(i, row, models, method, unit, params, stop_strings, tail):
+                yield event
+                if event.finished:
+                    finished.append(i)
+        if finished:
+            keep = [i for i in range(len(rows)) if i not in finished]
+            if not keep:
+                return
+            for model in models:
+                model.keep(keep)
+            rows = [rows[i] for i in keep]
+        stepped = [model.forward() for model in models]
+        if not any(stepped):
+            raise RuntimeError("cross-tokenizer loop made no progress (a bug: please report it)")
+
+
+def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, params: SamplingParams,
+         stop_strings: tuple[str, ...], tail: int) -> Iterator[SpanEvent]:
+    """Advance one row (position i in the batch) until a model needs a forward or the row finishes."""
+    while True:
+        if any(m.needs_forward(i) or not m.cursors[i].ready for m in models):
+            return
+        if not row.queue:
+            choice = _decide(i, row, models, method, unit, params)
+            if choice is None:  # the method ended the text
+                yield _close(row, models, i, "stop")
+                return
+            row.queue = choice
+        byte = row.queue[0]
+        for m, model in enumerate(models):
+            if m not in row.taken:
+                if not model.advance(i, byte, row.streams[m]):
+                    return
+                row.taken.add(m)
+                if len(model.cursors[i].tokens) >= row.request.max_new_tokens:
+                    yield _close(row, models, i, "length")  # the text ends at that token's end
+                    return
+        row.queue.pop(0)
+        row.taken.clear()
+        row.data.append(byte)
+        added = row.decoder.decode(bytes([byte]))
+        row.text += added
+        row.span.text += added
+        if added and tail and any(s in row.text[-(tail + len(added)):] for s in stop_strings):
+            yield _close(row, models, i, "stop")
+            return
+        if _span_ends(row, unit):
+            yield _emit(row)
+
+
+def _span_ends(row: _Row, unit: str) -> bool:
+    if unit == CHAR:
+        return not row.mid_character
+    if unit == WORD:
+        return row.at_word_boundary()
+    return not row.queue
+
+
+def _stats(i: int, models: list[CharRows]) -> tuple[tuple, tuple]:
+    return models[0].stats(i), models[1].stats(i)
+
+
+def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str,
+            params: SamplingParams) -> list[int] | None:
+    """The next byte(s) the row commits; opens a span when one starts here. None = end of text."""
+    opening = row.span is None
+    base, aligned = _stats(i, models) if opening else ((0.0, 0.0, b""),) * 2
+    stats = (base[0], base[1], aligned[0])
+    if unit == CHAR:
+        marginals = [models[0].marginal(i), models[1].marginal(i)]
+        route = method(CharView(marginals[0][None], marginals[1][None]))
+        if route.mix is not None:
+            probs, source, stream = route.mix[0].exp(), MIX, row.streams[1]
+        else:
+            m = 0 if bool(route.use_base[0]) else 1
+            probs, source, stream = marginals[m], (BASE, ALIGNED)[m], row.streams[m]
+        byte = _draw(probs, params, stream)
+        if opening:
+            tops = [int(marginals[0].argmax()) == byte, int(marginals[1].argmax()) == byte]
+            reason = route.reason[0] if route.mix is None else _agreement(tops)
+            row.span = _Span(source, reason, stats)
+        row.span.prob *= float(probs[byte])
+        return None if byte == STOP else [byte]
+    if unit == WORD:
+        if opening:
+            punct, function = classify(aligned[2])
+            view = WordView(torch.tensor([base[0]]), torch.tensor([base[1]]), torch.tensor([aligned[0]]),
+                            torch.tensor([aligned[1]]), torch.tensor([punct]), torch.tensor([function]),
+                            torch.tensor([row.streams[2].random()]))
+            route = method(view)
+            row.writer = 0 if bool(route.use_base[0]) else 1
+            row.span = _Span((BASE, ALIGNED)[row.writer], route.reason[0], stats)
+        probs = models[row.writer].marginal(i)
+        byte = _draw(probs, params, row.streams[row.writer])
+        row.span.prob *= float(probs[byte])
+        return None if byte == STOP else [byte]
+    k = int(method.value)
+    tops = [models[0].pieces(i, k), models[1].pieces(i, k)]
+    candidates = list(dict.fromkeys([*tops[0], *tops[1]]))
+    view = PieceView(candidates, torch.tensor([models[0].score(i, c) for c in candidates]),
+                     torch.tensor([models[1].score(i, c) for c in candidates]),
+                     [c in tops[0] for c in candidates], [c in tops[1] for c in candidates])
+    route = method(view)
+    probs = route.mix[0].exp()
+    pick = _draw(probs, params, row.streams[1])
+    chosen = candidates[pick]
+    row.span = _Span(MIX, _agreement([view.from_base[pick], view.from_aligned[pick]], "top-k"), stats,
+                     float(probs[pick]))
+    return None if chosen is None else list(chosen)
+
+
+def _agreement(tops: list[bool], what: str = "top") -> str:
+    """Which model(s) ranked the chosen piece first (CharED) or in their top-k (UniTE)."""
+    return {(True, True): f"both-{what}", (True, False): f"base-{what}",
+            (False, True): f"aligned-{what}", (False, False): f"neither-{what}"}[tuple(tops)]
+
+
+def _emit(row: _Row, finished: str | None = None) -> SpanEvent:
+    span, row.span = row.span, None
+    return SpanEvent(row.index, span.text, span.source, span.reason, *span.stats, span.prob, finished)
+
+
+def _close(row: _Row, models: list[CharRows], i: int, reason: str) -> SpanEvent:
+    """The row's last span: flush an incomplete character, attach each model's committed tokens."""
+    flushed = row.decoder.decode(b"", final=True)
+    row.text += flushed
+    if row.span is None:
+        row.span = _Span(MIX, reason, (0.0, 0.0, 0.0))
+    row.span.text += flushed
+    event = _emit(row, reason)
+    event.base_tokens, event.aligned_tokens = list(models[0].cursors[i].tokens), list(models[1].cursors[i].tokens)
+    event.data = bytes(row.data)
+    return event
