@@ -66,7 +66,7 @@ class Collaboration:
             if anchor is not None:
                 raise
             if router is not None:
-                _check_cross_router(router, mismatch)
+                check_cross_router(router, mismatch)
             return cls(CrossPair(HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                                  HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device,
                                                             tokenizer=aligned_tokenizer)), prompt_format)
@@ -170,7 +170,7 @@ class Collaboration:
         if isinstance(self.pair, CrossPair):
             if is_single_model(route):
                 return route
-            _check_cross_router(route.name, None)
+            check_cross_router(route.name, None)
         return None
 
     def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip) -> Iterator[Sample]:
@@ -240,7 +240,7 @@ class Collaboration:
             yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished)
 
 
-def _check_cross_router(router: str, mismatch: Exception | None) -> None:
+def check_cross_router(router: str, mismatch: Exception | None) -> None:
     """A token-level router cannot run on a pair whose tokenizers differ: say what can."""
     from baco.strategies import parse_strategy
 

@@ -147,7 +147,8 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
                     return
                 row.taken.add(m)
                 if len(model.cursors[i].tokens) >= row.request.max_new_tokens:
-                    yield _close(row, models, i, "length")  # the text ends at that token's end
+                    # the text ends at that token's end, without the byte that completed it
+                    yield _close(row, models, i, "length", dropped={*row.taken, m})
                     return
         row.queue.pop(0)
         row.taken.clear()
@@ -234,7 +235,7 @@ def _emit(row: _Row, finished: str | None = None) -> SpanEvent:
     return SpanEvent(row.index, span.text, span.source, span.reason, *span.stats, span.prob, finished)
 
 
-def _close(row: _Row, models: list[CharRows], i: int, reason: str) -> SpanEvent:
+def _close(row: _Row, models: list[CharRows], i: int, reason: str, dropped: set[int] = frozenset()) -> SpanEvent:
     """The row's last span: flush an incomplete character, attach each model's committed tokens."""
     flushed = row.decoder.decode(b"", final=True)
     row.text += flushed
@@ -242,6 +243,6 @@ def _close(row: _Row, models: list[CharRows], i: int, reason: str) -> SpanEvent:
         row.span = _Span(MIX, reason, (0.0, 0.0, 0.0))
     row.span.text += flushed
     event = _emit(row, reason)
-    event.base_tokens, event.aligned_tokens = list(models[0].cursors[i].tokens), list(models[1].cursors[i].tokens)
+    event.base_tokens, event.aligned_tokens = (models[m].written_tokens(i, int(m in dropped)) for m in (0, 1))
     event.data = bytes(row.data)
     return event

@@ -410,17 +410,13 @@ class CharRows:
         first, until what is left plus `byte` starts a token of its own."""
         if cursor.look is not None:
             self._retract(self._row_mask(row), cursor.look.column)
-        rest, tokens = cursor.pending, []
-        while rest and self.table.prefix_range(rest + bytes([byte]))[1] == self.table.prefix_range(
-                rest + bytes([byte]))[0]:
-            for cut in range(len(rest), 0, -1):
-                start, _, exact = self.table.prefix_range(rest[:cut])
-                if exact:
-                    tokens.append(int(self.table.order[start]))
-                    rest = rest[cut:]
-                    break
-            else:
-                raise UnrepresentableText(f"the {self.name} model's vocabulary has no token for {rest!r}")
+            cursor.look = None
+
+        def starts_a_token(rest: bytes) -> bool:
+            start, end, _ = self.table.prefix_range(rest + bytes([byte]))
+            return end > start
+
+        tokens, rest = self._split(cursor.pending, starts_a_token)
         start, end, _ = self.table.prefix_range(rest + bytes([byte]))
         if end == start:
             raise UnrepresentableText(f"the {self.name} model's vocabulary has no token starting with "
@@ -431,6 +427,25 @@ class CharRows:
             cursor.feed = tokens
         else:  # cannot happen with a pending token that still had candidates; kept for safety
             self._settle(cursor, cursor.dist, rest + bytes([byte]))
+
+    def _split(self, data: bytes, enough=lambda rest: False) -> tuple[list[int], bytes]:
+        """Whole tokens for the start of `data`, longest first, until `enough(rest)`; (tokens, rest)."""
+        tokens, rest = [], data
+        while rest and not enough(rest):
+            for cut in range(len(rest), 0, -1):
+                start, _, exact = self.table.prefix_range(rest[:cut])
+                if exact:
+                    tokens.append(int(self.table.order[start]))
+                    rest = rest[cut:]
+                    break
+            else:
+                raise UnrepresentableText(f"the {self.name} model's vocabulary has no token for {rest!r}")
+        return tokens, rest
+
+    def written_tokens(self, row: int, drop: int = 0) -> list[int]:
+        """The row's committed tokens, then its pending bytes (less the last `drop`) as whole tokens."""
+        cursor = self.cursors[row]
+        return cursor.tokens + self._split(cursor.pending[: len(cursor.pending) - drop])[0]
 
     def stats(self, row: int) -> tuple[float, float, bytes | None]:
         """Temperature-1 distribution over the tokens consistent with the text: (top-1 prob, entropy in
