@@ -6,7 +6,6 @@ merges, sizes and byte conventions.
 """
 
 import json
-import random
 
 import pytest
 import torch
@@ -82,17 +81,16 @@ def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperat
         lm = HFCausalLM.from_pretrained(path, device="cpu")
         table = TokenBytes.from_model(lm)
         rows = CharRows(lm, table, [lm.tokenizer("Question: hi\nAnswer:")["input_ids"]], params, "model")
-        rng = random.Random(0)
         for byte in target:
-            while not rows.cursors[0].ready or rows.needs_forward(0):
-                assert rows.forward()
             cursor = rows.cursors[0]
+            while cursor.feed or (cursor.look is None and cursor.end_mass(table) > 0):
+                cursor.want_look = not cursor.feed  # the end branch's continuation: a lookahead forward
+                assert rows.forward()
             marginal = rows.marginal(0)
             assert float(marginal.sum()) == pytest.approx(1.0, abs=1e-5)
             look = cursor.look.dist.first(cursor.raw).tolist() if cursor.look else [0.0] * (STOP + 1)
             assert marginal.tolist() == pytest.approx(brute_force_marginal(cursor, table, look), abs=1e-5)
-            while not rows.advance(0, byte, rng):
-                assert rows.forward()
+            rows.advance(0, byte)
         cursor = rows.cursors[0]
         assert b"".join(table.pieces[t] for t in cursor.tokens) + cursor.pending == target
 
@@ -181,10 +179,14 @@ def test_emoji_accents_and_cjk_survive_every_method(memorised, router):
 
 
 def test_chared_spans_are_whole_characters_with_both_models_tokens(memorised):
-    sample = memorised.generate(["Say it."], router="chared:0.5", sampling=SamplingParams(temperature=0))[0]
+    """CharED draws each character from one model's distribution (a W-coin picks which): the spans are
+    single characters, each with its writer, and both models' own tokens spell the text."""
+    peaked = SamplingParams(temperature=1.0, min_p=0.5, seed=0)  # the memorised text, drawn by both models
+    sample = memorised.generate(["Say it."], router="chared:0.5", sampling=peaked)[0]
+    assert sample.text == WORLD
     pieces = [t for t in sample.token_texts if t]
     assert all(len(p) == 1 for p in pieces)  # one character per span, multi-byte ones included
-    assert sample.unit == "span" and set(sample.sources) == {"mix"}
+    assert sample.unit == "span" and set(sample.sources) == {"base", "aligned"}
     for side in ("base", "aligned"):
         tokenizer = getattr(memorised.pair, side).tokenizer
         ids = getattr(sample, f"{side}_token_ids")

@@ -8,7 +8,7 @@
                 *-words - a writer for the next word (then bytes from the writer until a word boundary)
                 unite   - a piece of text from the union of both models' top-k next pieces
             every byte of it moves both models' cursors (models/chars.py)
-        one batched forward per model for the rows that completed a token or need a lookahead
+        one batched forward of the model most rows wait for (a completed token or a lookahead)
 
 The unit committed is text: each model advances its KV cache only over whole tokens of its own,
 and a partial token is held as pending bytes whose continuation the prefix-conditioned marginals
@@ -32,7 +32,7 @@ import torch
 
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
-from baco.models.chars import STOP, CharRows, CrossPair, classify
+from baco.models.chars import STOP, CharRows, CrossPair, pick_index, classify
 from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, unit_of
 from baco.routers.registry import Router
 from baco.vocab import is_word_char
@@ -88,15 +88,6 @@ class _Row:
         return not self.mid_character and (not self.text or not is_word_char(self.text[-1]))
 
 
-def _draw(probs: torch.Tensor, params: SamplingParams, rng: random.Random) -> int:
-    """Inverse-CDF draw from (C,) probabilities (already filtered per token); argmax at temperature 0."""
-    if params.temperature == 0:
-        return int(probs.argmax())
-    cdf = torch.cumsum(probs.double(), 0)
-    position = int(torch.searchsorted(cdf, rng.random() * float(cdf[-1]), right=True))
-    return min(position, int(torch.nonzero(probs > 0).max()))
-
-
 def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: SamplingParams,
               stop_strings: tuple[str, ...] = ()) -> Iterator[SpanEvent]:
     """Decode all requests as rows of one batch; yield each span as it closes."""
@@ -109,6 +100,7 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
               CharRows(pair.aligned, pair.tables[1], [r.aligned_ids for r in requests], params, ALIGNED)]
     rows = [_Row(index, r) for index, r in enumerate(requests)]
     tail = max((len(s) for s in stop_strings), default=0)
+    turn = 1
     while rows:
         finished: list[int] = []
         for i, row in enumerate(rows):
@@ -123,8 +115,10 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
             for model in models:
                 model.keep(keep)
             rows = [rows[i] for i in keep]
-        stepped = [model.forward() for model in models]
-        if not any(stepped):
+        # the models take turns, one forward per round: a row waits for one model at a time, so with
+        # both models stepped every round each would run about twice per token of its own
+        turn = 1 - turn
+        if not models[turn].forward() and not models[1 - turn].forward():
             raise RuntimeError("cross-tokenizer loop made no progress (a bug: please report it)")
 
 
@@ -132,26 +126,25 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
          stop_strings: tuple[str, ...], tail: int) -> Iterator[SpanEvent]:
     """Advance one row (position i in the batch) until a model needs a forward or the row finishes."""
     while True:
-        if any(m.needs_forward(i) or not m.cursors[i].ready for m in models):
+        if any(m.needs_forward(i) for m in models):
             return
         if not row.queue:
             choice = _decide(i, row, models, method, unit, params)
+            if choice is _WAIT:
+                return
             if choice is None:  # the method ended the text
                 yield _close(row, models, i, "stop")
                 return
             row.queue = choice
-        byte = row.queue[0]
+        byte = row.queue.pop(0)
         for m, model in enumerate(models):
             if m not in row.taken:
-                if not model.advance(i, byte, row.streams[m]):
-                    return
-                row.taken.add(m)
-                if len(model.cursors[i].tokens) >= row.request.max_new_tokens:
-                    # the text ends at that token's end, without the byte that completed it
-                    yield _close(row, models, i, "length", dropped={*row.taken, m})
-                    return
-        row.queue.pop(0)
+                model.advance(i, byte)
         row.taken.clear()
+        if any(len(m.cursors[i].tokens) >= row.request.max_new_tokens for m in models):
+            # the text ends at the end of that model's last token, without the byte that completed it
+            yield _close(row, models, i, "length", dropped={0, 1})
+            return
         row.data.append(byte)
         added = row.decoder.decode(bytes([byte]))
         row.text += added
@@ -163,6 +156,9 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
             yield _emit(row)
 
 
+_WAIT = object()  # a model must run a forward before the row can go on
+
+
 def _span_ends(row: _Row, unit: str) -> bool:
     if unit == CHAR:
         return not row.mid_character
@@ -171,61 +167,59 @@ def _span_ends(row: _Row, unit: str) -> bool:
     return not row.queue
 
 
-def _stats(i: int, models: list[CharRows]) -> tuple[tuple, tuple]:
-    return models[0].stats(i), models[1].stats(i)
+def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, params: SamplingParams):
+    """The next byte(s) the row commits, _WAIT, or None for the end of the text; opens a span where one starts.
 
-
-def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str,
-            params: SamplingParams) -> list[int] | None:
-    """The next byte(s) the row commits; opens a span when one starts here. None = end of text."""
-    opening = row.span is None
-    base, aligned = _stats(i, models) if opening else ((0.0, 0.0, b""),) * 2
-    stats = (base[0], base[1], aligned[0])
-    if unit == CHAR:
-        marginals = [models[0].marginal(i), models[1].marginal(i)]
-        route = method(CharView(marginals[0][None], marginals[1][None]))
-        if route.mix is not None:
-            probs, source, stream = route.mix[0].exp(), MIX, row.streams[1]
+    CharED and the word routers pick a writer for the span (a character; a word) and draw its bytes from
+    the writer's own distribution; the writer moves itself, the other model follows."""
+    if unit == PIECE:
+        return _decide_piece(i, row, models, method, params)
+    if row.span is None:
+        base, aligned = models[0].stats(i), models[1].stats(i)
+        stats = (base[0], base[1], aligned[0])
+        if unit == CHAR:  # CharED: drawing a character from W P_base + (1 - W) P_aligned = a W-coin picks the model
+            coin = 0.5 if params.temperature == 0 else row.streams[2].random()  # greedy: the heavier model
+            route = method(CharView(torch.tensor([coin])))
         else:
-            m = 0 if bool(route.use_base[0]) else 1
-            probs, source, stream = marginals[m], (BASE, ALIGNED)[m], row.streams[m]
-        byte = _draw(probs, params, stream)
-        if opening:
-            tops = [int(marginals[0].argmax()) == byte, int(marginals[1].argmax()) == byte]
-            reason = route.reason[0] if route.mix is None else _agreement(tops)
-            row.span = _Span(source, reason, stats)
-        row.span.prob *= float(probs[byte])
-        return None if byte == STOP else [byte]
-    if unit == WORD:
-        if opening:
             punct, function = classify(aligned[2])
-            view = WordView(torch.tensor([base[0]]), torch.tensor([base[1]]), torch.tensor([aligned[0]]),
-                            torch.tensor([aligned[1]]), torch.tensor([punct]), torch.tensor([function]),
-                            torch.tensor([row.streams[2].random()]))
-            route = method(view)
-            row.writer = 0 if bool(route.use_base[0]) else 1
-            row.span = _Span((BASE, ALIGNED)[row.writer], route.reason[0], stats)
-        probs = models[row.writer].marginal(i)
-        byte = _draw(probs, params, row.streams[row.writer])
-        row.span.prob *= float(probs[byte])
-        return None if byte == STOP else [byte]
+            route = method(WordView(torch.tensor([base[0]]), torch.tensor([base[1]]), torch.tensor([aligned[0]]),
+                                    torch.tensor([aligned[1]]), torch.tensor([punct]), torch.tensor([function]),
+                                    torch.tensor([row.streams[2].random()])))
+        row.writer = 0 if bool(route.use_base[0]) else 1
+        row.span = _Span((BASE, ALIGNED)[row.writer], route.reason[0], stats)
+    byte, prob = models[row.writer].draw(i, params, row.streams[row.writer])
+    if byte is None:
+        return _WAIT
+    row.taken = {row.writer}
+    row.span.prob *= prob
+    return None if byte == STOP else [byte]
+
+
+def _decide_piece(i: int, row: _Row, models: list[CharRows], method: Router, params: SamplingParams):
+    """UniTE: both models' next pieces (an end branch's continuation needs its lookahead forward first)."""
+    waiting = False
+    for model in models:
+        cursor = model.cursors[i]
+        if cursor.look is None and cursor.end_mass(model.table) > 0:
+            cursor.want_look, waiting = True, True
+    if waiting:
+        return _WAIT
+    base, aligned = models[0].stats(i), models[1].stats(i)
     k = int(method.value)
     tops = [models[0].pieces(i, k), models[1].pieces(i, k)]
     candidates = list(dict.fromkeys([*tops[0], *tops[1]]))
     view = PieceView(candidates, torch.tensor([models[0].score(i, c) for c in candidates]),
                      torch.tensor([models[1].score(i, c) for c in candidates]),
                      [c in tops[0] for c in candidates], [c in tops[1] for c in candidates])
-    route = method(view)
-    probs = route.mix[0].exp()
-    pick = _draw(probs, params, row.streams[1])
-    chosen = candidates[pick]
-    row.span = _Span(MIX, _agreement([view.from_base[pick], view.from_aligned[pick]], "top-k"), stats,
-                     float(probs[pick]))
-    return None if chosen is None else list(chosen)
+    probs = method(view).mix[0].exp()
+    pick = pick_index(probs, params, row.streams[1])
+    row.span = _Span(MIX, _agreement([view.from_base[pick], view.from_aligned[pick]], "top-k"),
+                     (base[0], base[1], aligned[0]), float(probs[pick]))
+    return None if candidates[pick] is None else list(candidates[pick])
 
 
-def _agreement(tops: list[bool], what: str = "top") -> str:
-    """Which model(s) ranked the chosen piece first (CharED) or in their top-k (UniTE)."""
+def _agreement(tops: list[bool], what: str) -> str:
+    """Which model(s) had the chosen piece in their top-k (UniTE)."""
     return {(True, True): f"both-{what}", (True, False): f"base-{what}",
             (False, True): f"aligned-{what}", (False, False): f"neither-{what}"}[tuple(tops)]
 

@@ -233,6 +233,9 @@ class Cursor:
     raw: bool = False  # following text outside the filtered support: use temperature-1 probabilities
     look: Lookahead | None = None
     feed: list[int] = field(default_factory=list)  # committed tokens not yet in the cache
+    want_look: bool = False  # a lookahead forward is asked for (the end branch was drawn, or UniTE)
+    drawn_end: bool = False
+    drawn_prob: float = 1.0
     tokens: list[int] = field(default_factory=list)
     _masses: tuple | None = None  # cached (bytes (256,), stop, end, total) for the current state
 
@@ -265,6 +268,7 @@ class Cursor:
 
     def reset(self, table: TokenBytes, dist: Dist | None, pending: bytes) -> None:
         self.dist, self.pending, self.look, self._masses = dist, pending, None, None
+        self.want_look = False
         self.lo, self.hi, self.exact = table.prefix_range(pending) if pending else (0, table.n_text, 0)
         self.raw = False
         if dist is not None and self.masses(table)[3] <= 0:
@@ -305,7 +309,7 @@ class CharRows:
 
     def needs_forward(self, row: int) -> bool:
         cursor = self.cursors[row]
-        return bool(cursor.feed) or (cursor.look is None and cursor.end_mass(self.table) > 0)
+        return bool(cursor.feed) or (cursor.look is None and cursor.want_look)
 
     def forward(self) -> bool:
         """Feed every row that needs it (a committed token or a lookahead token); False if none did."""
@@ -313,7 +317,7 @@ class CharRows:
         for row, cursor in enumerate(self.cursors):
             if cursor.feed:
                 fed.append((row, cursor.feed[0]))
-            elif cursor.look is None and cursor.end_mass(self.table) > 0:
+            elif cursor.look is None and cursor.want_look:
                 lookahead.append((row, int(self.table.order[cursor.end_token()])))
         if not fed and not lookahead:
             return False
@@ -333,7 +337,7 @@ class CharRows:
             if not cursor.feed:
                 self._settle(cursor, dists[row], cursor.pending)
         for row, token in lookahead:
-            self.cursors[row].look = Lookahead(token, column, dists[row])
+            self.cursors[row].look, self.cursors[row].want_look = Lookahead(token, column, dists[row]), False
         return True
 
     def _settle(self, cursor: Cursor, dist: Dist, pending: bytes) -> None:
@@ -362,32 +366,60 @@ class CharRows:
         total = total - (cursor.masses(self.table)[2] - end)
         return out / total if total > 0 else out
 
-    def advance(self, row: int, byte: int, rng: random.Random) -> bool:
-        """Move the row's cursor over one byte of committed text; False if a forward is needed first."""
+    def advance(self, row: int, byte: int) -> None:
+        """Follow one byte of text another model drew: stay in the current token while a token of this
+        model continues with the byte (longest match, as its tokenizer would), else commit the token
+        that ends here; prefer the filtered support, then any token; re-segment as a last resort."""
         cursor = self.cursors[row]
-        while True:
-            stay = float(cursor.masses(self.table)[0][byte])
-            end = cursor.end_mass(self.table)
-            if end > 0 and cursor.look is None:
-                return False
-            commit = end * float(cursor.look.dist.first(cursor.raw)[byte]) if end > 0 else 0.0
-            if stay > 0 or commit > 0:
-                break
-            if not cursor.raw:
+        for raw in ([True] if cursor.raw else [False, True]):
+            if raw and not cursor.raw:
                 cursor.use_raw()  # the text left this model's filtered support (the other model wrote it)
-                continue
-            self._resegment(cursor, row, byte)
-            return True
-        if commit > 0 and (stay == 0 or rng.random() * (stay + commit) < commit):
-            self._commit(cursor, row, byte, cursor.look)
-        else:
-            if cursor.look is not None:
-                self._retract(self._row_mask(row), cursor.look.column)
-                cursor.look = None
-            cursor.pending += bytes([byte])
-            cursor.lo, cursor.hi, cursor.exact = self.table.prefix_range(cursor.pending, cursor.lo, cursor.hi)
-            cursor._masses = None
-        return True
+            longer, _, end, _ = cursor.masses(self.table)
+            if float(longer[byte]) > 0:
+                self._stay(cursor, row, byte)
+                return
+            if end > 0:
+                self._commit(cursor, row, byte, cursor.look)
+                return
+        self._resegment(cursor, row, byte)
+
+    def draw(self, row: int, params: SamplingParams, rng: random.Random) -> tuple[int | None, float]:
+        """Draw the next byte (or STOP) from this model and move over it: (byte, probability of the
+        path drawn), or (None, 0) when the drawn path ends the current token and the next token's
+        distribution needs a forward first (call again after it).
+
+        Exact sampling of the model's own tokens, one byte at a time: the next byte continues the
+        current token with probability mass(longer tokens with that byte) / Z, or the token ends with
+        probability p_end / Z and the byte is the next token's first."""
+        cursor = self.cursors[row]
+        if cursor.drawn_end:
+            if cursor.look is None:
+                return None, 0.0
+            first = cursor.look.dist.first(False)[: STOP + 1]
+            byte = pick_index(first, params, rng)
+            prob, cursor.drawn_end = cursor.drawn_prob * float(first[byte] / first.sum()), False
+            if byte == STOP:  # the token ended the text
+                cursor.tokens.append(cursor.look.token)
+                cursor.pending = b""
+            else:
+                self._commit(cursor, row, byte, cursor.look)
+            return byte, prob
+        longer, stop, end, total = cursor.masses(self.table)
+        choice = pick_index(torch.cat([longer, torch.tensor([stop, end], dtype=longer.dtype)]), params, rng)
+        if choice == STOP + 1:  # the token ends here
+            cursor.drawn_end, cursor.drawn_prob, cursor.want_look = True, end / total, cursor.look is None
+            return (None, 0.0) if cursor.look is None else self.draw(row, params, rng)
+        if choice != STOP:
+            self._stay(cursor, row, choice)
+        return choice, float(torch.cat([longer, torch.tensor([stop])])[choice]) / total
+
+    def _stay(self, cursor: Cursor, row: int, byte: int) -> None:
+        if cursor.look is not None:
+            self._retract(self._row_mask(row), cursor.look.column)
+            cursor.look = None
+        cursor.pending += bytes([byte])
+        cursor.lo, cursor.hi, cursor.exact = self.table.prefix_range(cursor.pending, cursor.lo, cursor.hi)
+        cursor._masses = None
 
     def _row_mask(self, row: int) -> torch.Tensor:
         mask = torch.zeros(len(self.cursors), dtype=torch.bool)
@@ -515,6 +547,15 @@ class CharRows:
     def keep(self, rows: list[int]) -> None:
         self.session.keep(torch.tensor(rows, dtype=torch.long))
         self.cursors = [self.cursors[r] for r in rows]
+
+
+def pick_index(probs: torch.Tensor, params: SamplingParams, rng: random.Random) -> int:
+    """Inverse-CDF draw from unnormalised masses (already filtered per token); the largest at temperature 0."""
+    if params.temperature == 0:
+        return int(probs.argmax())
+    cdf = torch.cumsum(probs.double(), 0)
+    position = int(torch.searchsorted(cdf, rng.random() * float(cdf[-1]), right=True))
+    return min(position, int(torch.nonzero(probs > 0).max()))
 
 
 def classify(remainder: bytes | None) -> tuple[bool, bool]:

@@ -4,9 +4,10 @@ Each is registered like a router (`--router chared:0.5`, `unite:5`, `p-punc-word
 evaluated like one, and run by `decode/crossloop.py` on the models' byte-level views (`models/chars.py`).
 The unit a method commits:
 
-- `chared:W` (CharED, Gu et al. 2024) — every byte: draw from W * P_base + (1 - W) * P_aligned, the
-  two models' next-byte distributions. W is the base model's weight: `chared:0` = aligned alone,
-  `chared:1` = base alone.
+- `chared:W` (CharED, Gu et al. 2024) — every character: draw from W * P_base + (1 - W) * P_aligned,
+  the two models' next-character distributions (a character's probability under a model is the
+  product of its bytes'). W is the base model's weight: `chared:0` = aligned alone, `chared:1` = base
+  alone.
 - `unite:K` (UniTE, "union top-k ensembling") — every piece: the union of both models' K most likely
   next pieces of text (each model's next tokens, minus the bytes it already holds), each scored by
   both models, drawn from the average of the two scores.
@@ -46,14 +47,13 @@ def cross_methods() -> list[str]:
 
 @dataclass
 class CharView:
-    """Both models' next-byte distributions (B, 257: 256 byte values, then end of text)."""
+    """CharED's coin for the characters starting now: one uniform number per row (0.5 at temperature 0)."""
 
-    base: torch.Tensor
-    aligned: torch.Tensor
+    uniform: torch.Tensor
 
     @property
     def batch_size(self) -> int:
-        return self.base.shape[0]
+        return self.uniform.shape[0]
 
 
 @dataclass
@@ -106,14 +106,12 @@ def _register(name: str, unit: str, **kwargs):
 
 
 @_register("chared", CHAR, param="weight", default=0.5, low=0.0, high=1.0,
-           help="CharED (cross-tokenizer): every byte from W*P_base + (1-W)*P_aligned (0 = aligned, 1 = base)")
+           help="CharED (cross-tokenizer): each character from W*P_base + (1-W)*P_aligned (0 = aligned, 1 = base)")
 def chared(view: CharView, weight: float) -> Route:
-    if weight == 1:
-        return Route.fixed(view.batch_size, True, "chared-endpoint")
-    if weight == 0:
-        return Route.fixed(view.batch_size, False, "chared-endpoint")
-    mixed = weight * view.base + (1.0 - weight) * view.aligned
-    return Route.mixed(mixed.clamp(min=0).log(), f"chared:{weight:g}")
+    """Drawing a character from the mixture W P_base + (1 - W) P_aligned is drawing which model writes it
+    (probability W for the base model) and then the character from that model: exact, and it says who
+    wrote each character. At temperature 0 (uniform 0.5) the model with the larger weight writes."""
+    return Route.where(view.uniform < weight, "chared-base", "chared-aligned")
 
 
 @_register("unite", PIECE, param="k", default=5, low=1,
