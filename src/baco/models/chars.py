@@ -528,8 +528,9 @@ class CharRows:
         return sorted(mass, key=mass.get, reverse=True)[:k]
 
     def score(self, row: int, piece: bytes | None) -> float:
-        """P(the next text starts with `piece`), counting a token that is a proper prefix of the piece
-        with its full mass (UniTE's rule for a piece split over several of a model's tokens)."""
+        """P(the next text starts with `piece`) as UniTE scores a token another vocabulary holds: the mass
+        of this model's next tokens that start with the piece, plus, for a piece this model would split,
+        the mass of its first sub-token (the longest of its tokens that is a proper prefix of the piece)."""
         segments, stop, total = self._segments(row)
         if total <= 0:
             return 0.0
@@ -539,9 +540,11 @@ class CharRows:
         for probs, lo, hi, prefix, weight in segments:
             start, end, _ = self.table.prefix_range(prefix + piece, lo, hi)
             mass += weight * float(probs[start:end].sum())
-            for cut in range(1, len(piece)):
+            for cut in range(len(piece) - 1, 0, -1):
                 start, _, exact = self.table.prefix_range(prefix + piece[:cut], lo, hi)
-                mass += weight * float(probs[start:start + exact].sum())
+                if exact:
+                    mass += weight * float(probs[start:start + exact].sum())
+                    break
         return mass / total
 
     def keep(self, rows: list[int]) -> None:
