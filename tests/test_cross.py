@@ -292,3 +292,24 @@ def test_requests_validate_like_the_token_path(cross):
     with pytest.raises(Exception, match="empty"):
         cross.generate([""], router="chared:0.5")
     assert Request  # the cross loop takes the same requests as the lockstep loop
+
+
+def test_a_sweep_on_a_cross_pair_runs_cross_methods_and_single_models(cross_dirs, tmp_path):
+    from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells
+
+    engines = Engines.load(*map(str, cross_dirs), device="cpu")
+    assert isinstance(engines.pair, CrossPair)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?"]))
+    raw = {"n": 2, "tasks": [{"path": str(prompts), "name": "mine"}], "sampling": {"max_new_tokens": 6},
+           "methods": {"base": {"router": "base"}, "chared": {"router": "chared", "values": [0.5]},
+                       "p-punc-words": {"router": "p-punc-words", "values": [0.3]}, "unite": {"router": "unite"}}}
+    run_cells(parse_config(raw), tmp_path / "run", engines, progress=False)
+    rows = SampleStore(tmp_path / "run" / "samples.jsonl").read()
+    units = {r["config"]: r["unit"] for r in rows}
+    assert units == {"base": "token", "chared:0.5": "span", "p-punc-words:0.3": "span", "unite": "span"}
+    assert len(rows) == 4 * 2 * 2
+    raw["methods"] = {"p-punc": {"router": "p-punc", "values": [0.3]}}
+    with pytest.raises(TokenizerMismatchError, match="p-punc-words"):
+        run_cells(parse_config(raw), tmp_path / "bad", engines, progress=False)
+    assert SweepConfigError  # a token router is refused before any cell of the cross pair runs
