@@ -204,6 +204,7 @@ class Dist:
     raw: torch.Tensor  # (V,)
     first_filtered: torch.Tensor  # (258,)
     first_raw: torch.Tensor  # (258,)
+    summary: tuple[float, float, int]  # temperature 1: top-1 prob, entropy (nats), sorted index of the top token
 
     def probs(self, raw: bool) -> torch.Tensor:
         return self.raw if raw else self.filtered
@@ -305,7 +306,10 @@ class CharRows:
         filtered = filtered_logprobs(raw, self.params).exp()[:, self.table.order]
         raw = raw.exp()[:, self.table.order]
         first_f, first_r = self.table.first_byte(filtered), self.table.first_byte(raw)
-        return [Dist(filtered[i], raw[i], first_f[i], first_r[i]) for i in range(logits.shape[0])]
+        top, where = raw.max(-1)  # the whole distribution's statistics, for rows at a token boundary
+        entropy = torch.special.entr(raw).sum(-1)
+        summary = list(zip(top.tolist(), entropy.tolist(), where.tolist()))
+        return [Dist(filtered[i], raw[i], first_f[i], first_r[i], summary[i]) for i in range(logits.shape[0])]
 
     def needs_forward(self, row: int) -> bool:
         cursor = self.cursors[row]
@@ -483,18 +487,18 @@ class CharRows:
         """Temperature-1 distribution over the tokens consistent with the text: (top-1 prob, entropy in
         nats, the top token's remaining bytes, None for a stop token)."""
         cursor = self.cursors[row]
-        probs = cursor.dist.raw
-        lo, hi = (cursor.lo, cursor.hi) if cursor.pending else (0, self.table.n_text + self.table.n_stop)
-        window = probs[lo:hi]
-        total = float(window.sum())
-        if total <= 0:
-            return 0.0, 0.0, b""
-        q = window / total
-        top = int(q.argmax())
-        entropy = float(torch.special.entr(q).sum())
-        if lo + top >= self.table.n_text:
-            return float(q[top]), entropy, None
-        return float(q[top]), entropy, self.table.sorted_bytes[lo + top][len(cursor.pending):]
+        if cursor.pending:
+            window = cursor.dist.raw[cursor.lo:cursor.hi]
+            total = float(window.sum())
+            if total <= 0:
+                return 0.0, 0.0, b""
+            q = window / total
+            top, entropy, where = float(q.max()), float(torch.special.entr(q).sum()), cursor.lo + int(q.argmax())
+        else:
+            top, entropy, where = cursor.dist.summary
+        if where >= self.table.n_text:
+            return top, entropy, None
+        return top, entropy, self.table.sorted_bytes[where][len(cursor.pending):]
 
     def _segments(self, row: int) -> tuple[list[tuple], float, float]:
         """The row's next pieces of text as (probs, lo, hi, prefix, weight) ranges of sorted tokens whose
