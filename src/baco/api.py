@@ -25,7 +25,7 @@ DEFAULT_ROUTER = "p-punc:0.5"
 
 @dataclass
 class TokenEvent:
-    """One streamed token of one sample."""
+    """One streamed token of one sample (for a cross-tokenizer method: one span of text, token_id -1)."""
 
     sample_index: int
     token_id: int
@@ -42,6 +42,7 @@ class Collaboration:
         self.pair = pair
         self.prompt_format = prompt_format or PromptFormat()
         self._cross: CrossPair | None = pair if isinstance(pair, CrossPair) else None
+        self._solo: dict[str, Collaboration] = {}
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
@@ -173,20 +174,26 @@ class Collaboration:
             check_cross_router(route.name, None)
         return None
 
+    def _single(self, router) -> "Collaboration":
+        """One model of a cross pair alone, on its own tokens (the `base` / `aligned` routers)."""
+        side = str(getattr(router, "name", router)).strip().lower()
+        if side not in self._solo:
+            lm = self._cross.base if side == "base" else self._cross.aligned
+            self._solo[side] = Collaboration(SoloPair(lm, side), self.prompt_format)
+        return self._solo[side]
+
     def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip) -> Iterator[Sample]:
         from baco.decode.crossloop import crossloop
 
+        if is_single_model(router):
+            yield from self._single(router).iter_generate(prompts, router=router, n=n, sampling=sampling,
+                                                          batch_size=batch_size, on_sample=on_sample, skip=skip)
+            return
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
                  "models": {"base": pair.base.name, "aligned": pair.aligned.name}}
-        if is_single_model(route):  # one model alone, on its own tokens
-            solo = Collaboration(SoloPair(pair.base if route.name == "base" else pair.aligned, route.name),
-                                 self.prompt_format)
-            yield from solo.iter_generate(prompts, router=route, n=n, sampling=sampling, batch_size=batch_size,
-                                          on_sample=on_sample, skip=skip)
-            return
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             began = time.perf_counter()
@@ -231,11 +238,10 @@ class Collaboration:
         """Stream a cross-tokenizer method span by span (token_id -1: the pair shares no ids)."""
         from baco.decode.crossloop import crossloop
 
-        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
-        if is_single_model(route):
-            solo = SoloPair(self._cross.base if route.name == "base" else self._cross.aligned, route.name)
-            yield from Collaboration(solo, self.prompt_format).stream(prompt, router=route, n=n, sampling=sampling)
+        if is_single_model(router):
+            yield from self._single(router).stream(prompt, router=router, n=n, sampling=sampling)
             return
+        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
         for event in crossloop(self._cross, requests, route, sampling, stops):
             yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished)
 

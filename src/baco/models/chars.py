@@ -11,9 +11,11 @@ token), the next byte b has probability
 where p_end is the mass of the tokens whose bytes are exactly s (the token could end here), P_after is
 the first-byte distribution of the model after committing that token (a one-token lookahead forward),
 and Z is the mass of every token consistent with s. The end-of-text event (a stop token) is class 256.
-For the model alone, drawing bytes from these marginals, and choosing "stay in the token" or "commit
-it" by their posterior, draws token sequences from exactly its own token distribution: with all the
-weight on one model a cross-tokenizer method reproduces that model (tested).
+A model that writes draws the next byte by first choosing "continue the token with byte b" or "the
+token ends here" (`draw`): exactly its own token distribution, so with all the weight on one model a
+cross-tokenizer method reproduces that model (tested), and the lookahead forward is run only when a
+token really ends. A model that follows text the other one wrote takes it by the longest match
+(`advance`), re-reading its pending bytes if the text leaves every token it could be in.
 
 Bytes, not characters, are the unit: byte-fallback tokens (`<0xE6>`) and byte-level BPE pieces of a
 multi-byte character then need no special case, and for one model a character's probability is the
@@ -24,8 +26,8 @@ contiguous range found by bisection; the marginal is a scatter-add over that ran
 never per-token Python. The sampling knobs (temperature, top-k, top-p, min-p) apply to each token
 distribution when it is computed, as in the same-tokenizer path; when the shared text leaves a
 model's filtered support (the other model wrote it), that model follows it with its temperature-1
-distribution. An end branch holding less than END_FLOOR of the consistent mass is dropped (its
-lookahead forward is skipped); at min-p 0.05 or temperature 0 that never changes a draw.
+distribution. Where the full marginal is needed (UniTE, `marginal`), an end branch holding less than
+END_FLOOR of the consistent mass is dropped, to skip a lookahead forward it would need.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ from dataclasses import dataclass, field
 import torch
 
 from baco.decode.sampling import SamplingParams
-from baco.errors import BacoError, TokenizerMismatchError
+from baco.errors import BacoError
 from baco.models.hf import HFCausalLM, HFSession
-from baco.vocab import FUNCTION_WORDS, check_compatible, control_token_ids, is_punct_or_format
+from baco.vocab import FUNCTION_WORDS, control_token_ids, is_punct_or_format
 
 STOP = 256  # the end-of-text class after the 256 byte values
 OTHER = 257  # masked tokens (control tokens, padding rows, tokens with no text): never drawn
@@ -262,10 +264,6 @@ class Cursor:
         """The most likely token equal to the pending bytes (duplicates share its continuation)."""
         probs = self.dist.probs(self.raw)[self.lo: self.lo + self.exact]
         return self.lo + int(probs.argmax())
-
-    @property
-    def ready(self) -> bool:
-        return not self.feed
 
     def reset(self, table: TokenBytes, dist: Dist | None, pending: bytes) -> None:
         self.dist, self.pending, self.look, self._masses = dist, pending, None, None
@@ -583,11 +581,3 @@ class CrossPair:
     @property
     def context_length(self) -> int:
         return min(self.base.context_length, self.aligned.context_length)
-
-    @property
-    def shares_vocabulary(self) -> bool:
-        try:
-            check_compatible(self.base.tokenizer, self.aligned.tokenizer)
-        except TokenizerMismatchError:
-            return False
-        return True

@@ -41,10 +41,6 @@ def unit_of(router: str | Router) -> str | None:
     return UNITS.get(str(name).split(":", 1)[0].strip().lower())
 
 
-def cross_methods() -> list[str]:
-    return sorted(UNITS)
-
-
 @dataclass
 class CharView:
     """CharED's coin for the characters starting now: one uniform number per row (0.5 at temperature 0)."""
