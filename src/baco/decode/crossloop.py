@@ -3,22 +3,23 @@
     prefill both models (each on its own rendering of the request, its own tokenizer)
     repeat:
         for each row, as far as it can go without a model forward:
-            at a decision point the method picks the next piece:
-                chared  - one byte from the weighted mix of both models' next-byte distributions
-                *-words - a writer for the next word (then bytes from the writer until a word boundary)
+            at a decision point the method picks who writes or what comes next:
+                chared  - a W-coin picks the model that writes the next character
+                *-words - the router's rule picks the model that writes the next word
                 unite   - a piece of text from the union of both models' top-k next pieces
-            every byte of it moves both models' cursors (models/chars.py)
-        one batched forward of the model most rows wait for (a completed token or a lookahead)
+            the writer draws bytes from its own distribution; the other model follows them
+        one batched forward of one model (they take turns) for the rows waiting for it
 
 The unit committed is text: each model advances its KV cache only over whole tokens of its own,
-and a partial token is held as pending bytes whose continuation the prefix-conditioned marginals
-describe. Nothing is re-encoded. Provenance is recorded per span (`SpanEvent`): a character for
-CharED, a word for the word routers, a chosen piece for UniTE.
+and a partial token is held as pending bytes whose continuation the prefix-conditioned distribution
+describes (models/chars.py). Nothing is re-encoded. Provenance is recorded per span (`SpanEvent`):
+a character for CharED, a word for the word routers, a chosen piece for UniTE.
 
 Randomness: every row owns three streams (base, aligned, router) seeded from (seed, prompt, sample
-index), as in the same-tokenizer loop; a writer draws bytes from its own stream, a mixture from the
-aligned stream. Lengths: a row stops when either model has committed `max_new_tokens` tokens of its
-own (the text ends at that token's end), on a stop token drawn by the method, or at a stop string.
+index), as in the same-tokenizer loop: a writer draws bytes from its own stream, CharED's coin and
+RAND use the router stream, UniTE the aligned stream. Lengths: a row stops when either model has
+committed `max_new_tokens` tokens of its own (the text ends at that token's end), when the method
+draws the end of text, or at a stop string.
 """
 
 from __future__ import annotations
