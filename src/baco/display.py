@@ -1,11 +1,11 @@
-"""Show a sample on a terminal: base-written and aligned-written tokens in two colours."""
+"""Show a sample on a terminal: base-written and aligned-written tokens (or spans of text) in two colours."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from baco.decode.records import BASE, MIX, Sample
+from baco.decode.records import BASE, MIX, SPAN, Sample
 
 COLOURS = {BASE: "\033[33m", "aligned": "\033[36m", MIX: "\033[35m"}  # base yellow, aligned cyan, mix magenta
 RESET = "\033[0m"
@@ -41,12 +41,21 @@ def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[i
 
 
 def render(sample: Sample, *, colour: bool, stop_strings: tuple[str, ...] = ()) -> str:
+    """The text, each run of one writer's tokens or spans in its colour."""
     if not colour:
         return sample.text
-    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for _, text, source in segments(sample, stop_strings))
+    runs: list[list[str]] = []
+    for _, text, source in segments(sample, stop_strings):
+        if runs and runs[-1][0] == source:
+            runs[-1][1] += text
+        else:
+            runs.append([source, text])
+    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for source, text in runs)
 
 
 def header(sample: Sample) -> str:
-    return (f"[prompt {sample.prompt_index} · sample {sample.sample_index}] "
-            f"{sample.num_tokens} tokens, base wrote {sample.base_share:.0%}, "
-            f"{sample.tokens_per_s:.1f} tok/s, finish: {sample.finish_reason}")
+    size = (f"{len(sample.text)} characters in {len(sample.token_texts)} spans "
+            f"({len(sample.base_token_ids)} base / {len(sample.aligned_token_ids)} aligned tokens)"
+            if sample.unit == SPAN else f"{sample.num_tokens} tokens")
+    return (f"[prompt {sample.prompt_index} · sample {sample.sample_index}] {size}, base wrote "
+            f"{sample.base_share:.0%}, {sample.tokens_per_s:.1f} tok/s, finish: {sample.finish_reason}")

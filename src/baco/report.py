@@ -1,8 +1,8 @@
 """`baco report RUN_DIR`: one self-contained HTML page of a sweep, viewable offline.
 
 The page holds the Coverage / Dominance table, the Pareto plot grids (PNG, base64-inlined) and,
-per task, sample texts of every method with each token coloured by the model that wrote it
-(base yellow, aligned cyan, mixture magenta); hovering a token shows its writer, the reason, the
+per task, sample texts of every method with each token (or span of text, for a cross-tokenizer
+pair) coloured by the model that wrote it (base yellow, aligned cyan, mixture magenta); hovering a token shows its writer, the reason, the
 base model's top-1 probability and entropy. No scripts, no external files.
 """
 
@@ -60,7 +60,8 @@ def token_spans(row: dict) -> str:
     stops = PromptFormat().stop_strings + tuple((row.get("sampling") or {}).get("stop") or ())
     spans = []
     for i, visible, source in segments(Sample.from_dict(row), stops):
-        title = (f"{source} ({row['reasons'][i]}): base top-1 {row['base_top1_prob'][i]:.2f}, "
+        title = (f"{source} ({row['reasons'][i]}{', span' if row.get('unit') == 'span' else ''}): "
+                 f"base top-1 {row['base_top1_prob'][i]:.2f}, "
                  f"base entropy {row['base_entropy'][i]:.2f} nats, aligned top-1 {row['aligned_top1_prob'][i]:.2f}")
         spans.append(f"<span class='tok-{html.escape(source)}' title='{html.escape(title, quote=True)}'>"
                      f"{html.escape(visible)}</span>")

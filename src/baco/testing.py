@@ -59,6 +59,33 @@ def train_tokenizer(vocab_size: int = 512, corpus: str = CORPUS):
     return fast
 
 
+def train_sentencepiece_tokenizer(vocab_size: int = 700, corpus: str = CORPUS):
+    """A SentencePiece-style BPE tokenizer like Gemma's: spaces as `▁`, byte fallback (`<0xE6>`) for
+    characters it never saw, and the chat template above. Its merges differ from `train_tokenizer`'s."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 256, special_tokens=SPECIAL_TOKENS + ["<unk>"],
+                                  show_progress=False)
+    tokenizer.train_from_iterator(corpus.splitlines(), trainer=trainer)
+    spec = json.loads(tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    for value in range(256):  # the byte-fallback pieces, as ordinary vocabulary entries
+        vocab.setdefault(f"<0x{value:02X}>", len(vocab))
+    spec["model"]["byte_fallback"] = True
+    tokenizer = Tokenizer.from_str(json.dumps(spec))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>", extra_special_tokens=SPECIAL_TOKENS[3:])
+    fast.chat_template = GEMMA_CHAT_TEMPLATE
+    return fast
+
+
 def tiny_model(tokenizer, *, seed: int, extra_rows: int = 0, context: int = 256, eos: list[int] | None = None):
     """A 2-layer Llama with hidden size 32, random weights from `seed`."""
     import torch
@@ -118,6 +145,23 @@ def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: 
             f"it writes gibberish.\n\n```json\n{json.dumps({'seed': seed}, indent=1)}\n```\n")
         paths.append(path)
     return paths[0], paths[1]
+
+
+def make_tiny_cross_pair(directory: str | Path, *, seed: int = 0, context: int = 256) -> tuple[Path, Path]:
+    """A tiny random pair whose tokenizers differ: a byte-level BPE base (vocab 400, GPT-2 / SmolLM style)
+    and a SentencePiece-style aligned model with byte fallback (vocab 700, Gemma style, trained on other
+    text). Returns (base directory, aligned directory)."""
+    directory = Path(directory)
+    written = []
+    for name, tokenizer, offset in (("base", train_tokenizer(400), 0),
+                                    ("aligned", train_sentencepiece_tokenizer(700, CORPUS.lower() + CORPUS), 1)):
+        end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+        model = tiny_model(tokenizer, seed=seed + offset, context=context, eos=[tokenizer.eos_token_id, end_of_turn])
+        path = directory / name
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        written.append(path)
+    return written[0], written[1]
 
 
 if __name__ == "__main__":

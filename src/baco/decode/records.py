@@ -12,6 +12,7 @@ from typing import IO, Iterable, Iterator
 from baco.decode.loop import Request, StepEvent
 
 BASE, ALIGNED, MIX = "base", "aligned", "mix"
+TOKEN, SPAN = "token", "span"
 
 
 @dataclass
@@ -21,6 +22,14 @@ class Sample:
     `chosen_prob` is the written token's probability under its writer's own distribution
     (temperature 1, before top-p / min-p). The final stop token, if any, is part of `token_ids`
     (its writer decided to end) but not of `text`.
+
+    `unit` says what one entry of the per-unit columns (`token_texts`, `sources`, `reasons`, the
+    statistics) describes: "token" (a shared token, id in `token_ids`) for a same-tokenizer pair, or
+    "span" for a cross-tokenizer pair: a piece of text committed as one unit (a character for CharED,
+    a word for a router per word, a chosen piece for UniTE), with no shared id (`token_ids` is empty).
+    A span's statistics are the models' next-token distributions given the text where it starts, and
+    its `chosen_prob` is its probability under the distribution it was drawn from. Each model's own
+    tokens of the text are in `base_token_ids` / `aligned_token_ids` (span samples only).
     """
 
     prompt: str
@@ -41,14 +50,23 @@ class Sample:
     elapsed_s: float = 0.0
     sampling: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
+    unit: str = TOKEN
+    base_token_ids: list[int] = field(default_factory=list)
+    aligned_token_ids: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
+        """Tokens generated; for a span sample, those of the model whose tokenization of the text is longer."""
+        if self.unit == SPAN:
+            return max(len(self.base_token_ids), len(self.aligned_token_ids))
         return len(self.token_ids)
 
     @property
     def base_share(self) -> float:
-        """Share of tokens written by the base model (0 for an empty sample)."""
+        """Share of tokens (of characters, for a span sample) written by the base model (0 when empty)."""
+        if self.unit == SPAN:
+            written = sum(len(t) for t in self.token_texts)
+            return sum(len(t) for t, s in zip(self.token_texts, self.sources) if s == BASE) / written if written else 0.0
         return self.sources.count(BASE) / len(self.sources) if self.sources else 0.0
 
     @property
@@ -98,6 +116,29 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
             s.elapsed_s = time.perf_counter() - started
             s.text = final_text(s.token_ids, tokenizer, stop_strings, stop_ids)
             s.token_texts = piece_texts(s.token_ids, tokenizer, stop_ids, s.token_texts)
+            yield s
+
+
+def collect_spans(events: Iterable, requests: list[Request], *, router: str, stop_strings: tuple[str, ...] = (),
+                  started: float | None = None, extra: dict | None = None) -> Iterator[Sample]:
+    """Turn the cross-tokenizer loop's SpanEvents into span Samples, each yielded as its row finishes."""
+    started = time.perf_counter() if started is None else started
+    samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index, router=router,
+                      seed=r.seed, unit=SPAN, **(extra or {})) for r in requests]
+    for event in events:
+        s = samples[event.row]
+        s.token_texts.append(event.text)
+        s.sources.append(event.source)
+        s.reasons.append(event.reason)
+        s.base_top1_prob.append(event.base_top1_prob)
+        s.base_entropy.append(event.base_entropy)
+        s.aligned_top1_prob.append(event.aligned_top1_prob)
+        s.chosen_prob.append(event.chosen_prob)
+        if event.finished:
+            s.finish_reason = event.finished
+            s.elapsed_s = time.perf_counter() - started
+            s.base_token_ids, s.aligned_token_ids = event.base_tokens, event.aligned_tokens
+            s.text = cut_text("".join(s.token_texts), stop_strings)
             yield s
 
 
@@ -168,7 +209,11 @@ def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], s
     it is kept in the token stream that both models read and removed from the text only.
     """
     ids = token_ids[:-1] if token_ids and token_ids[-1] in stop_ids else token_ids
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    return cut_text(tokenizer.decode(ids, skip_special_tokens=True), stop_strings)
+
+
+def cut_text(text: str, stop_strings: tuple[str, ...]) -> str:
+    """Cut at the first stop string and strip leading whitespace."""
     cuts = [text.find(s) for s in stop_strings if s in text]
     return (text[: min(cuts)] if cuts else text).lstrip()
 

