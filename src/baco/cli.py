@@ -278,6 +278,8 @@ def cmd_routers(args) -> int:
 
 
 def _print_router(spec) -> None:
+    from baco.routers.cross import unit_of
+
     knob = f"{spec.name}:{spec.param.upper()}" if spec.param else spec.name
     default = f" (default {spec.default:g})" if spec.param else ""
     path = "cross" if unit_of(spec.name) is not None else "eager" if spec.host else "graph"
