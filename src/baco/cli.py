@@ -251,8 +251,12 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     """Validate every flag, load the pair, serve until interrupted."""
     from baco.api import Collaboration
-    from baco.server import LOOPBACK, Limits, ServerConfig, run
-    from baco.server.requests import router_name
+
+    try:
+        from baco.server import LOOPBACK, Limits, ServerConfig, run
+        from baco.server.requests import router_name
+    except ImportError as missing:
+        raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install 'baco[serve]'") from None
 
     for flag in ("max_batch", "max_len", "max_routers", "default_max_tokens", "max_n", "max_prompts",
                  "max_body_bytes", "max_tokens", "max_prompt_tokens"):
