@@ -153,7 +153,8 @@ def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free:
     head = torch.where(k[:, None] > 0, torch.log_softmax(head, dim=-1), head)  # renormalised over top-k
     probs = head.exp()
     mass_before = torch.cumsum(probs, dim=-1) - probs  # the top token always survives
-    count = ((mass_before < knobs.top_p[:, None]) & in_top_k).sum(-1)
+    # at least the top token: a top_p below float32's smallest number (5e-324) reads as 0 here
+    count = ((mass_before < knobs.top_p[:, None]) & in_top_k).sum(-1).clamp(min=1)
     crossing = values.gather(-1, (count - 1)[:, None]).squeeze(-1)
     on = knobs.top_p < 1.0
     floor = torch.where(on, torch.maximum(floor, crossing), floor)
