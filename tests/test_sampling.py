@@ -62,6 +62,12 @@ def test_a_top_p_below_float32_range_still_keeps_the_top_token(sync_free):
     assert tokens.tolist() == logprobs.argmax(-1).tolist()
 
 
+def test_a_top_k_beyond_any_integer_type_keeps_everything():
+    logprobs = torch.log_softmax(torch.randn(2, 50, generator=torch.Generator().manual_seed(1)), dim=-1)
+    u = torch.rand(2)
+    assert torch.equal(sample(logprobs, u, SamplingParams(top_k=2**80)), sample(logprobs, u, SamplingParams()))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     lp = _logprobs([[0.5, 0.3, 0.15, 0.05]]).expand(400, 4)
     u = (torch.arange(400) + 0.5) / 400

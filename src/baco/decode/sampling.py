@@ -85,7 +85,7 @@ class RowKnobs:
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
            device: torch.device | str = "cpu") -> "RowKnobs":
         rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
-        top_k = [max(p.top_k, 0) for p in rows]
+        top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         return cls(tensor([p.temperature for p in rows], torch.float32), tensor(top_k, torch.long),
                    tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),

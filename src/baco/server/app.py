@@ -193,7 +193,10 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     ok = {"description": "OK"}
     refusals = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in
                 ((400, "invalid request"), (413, "body too large"), (429, "the server is full; retry later"))}
-    streamed = {"text/event-stream": {"schema": {"type": "string"}, "description": "with stream: true"}}
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", "description": (
+        "a chunk as JSON (object chat.completion.chunk or text_completion, with its tokens' provenance), "
+        "or [DONE] at the end")}}, "description": "one server-sent event (with stream: true)"}
+    streamed = {"text/event-stream": {"schema": event}}
 
     @app.get("/health", response_model=schemas.Health)
     async def health():

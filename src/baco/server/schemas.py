@@ -189,7 +189,7 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
-        top_k: int = Field(0, ge=-1, description="baco extension: 0 or -1 = off")
+        top_k: int = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off")
 
         def stop_strings(self) -> tuple[str, ...]:
             return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
