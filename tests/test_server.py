@@ -278,3 +278,23 @@ def test_metrics_count_requests_tokens_and_steps(client, live):
     for name in ("baco_requests_total", "baco_queued_rows", "baco_running_rows", "baco_batch_occupancy",
                  "baco_step_seconds_count", "baco_time_to_first_token_seconds_count"):
         assert re.search(rf"^{name}", text, re.M), name
+
+
+def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_serving(client, live):
+    from baco.routers import register
+    from baco.routers.registry import _REGISTRY
+
+    def explodes(view):
+        raise RuntimeError("a router bug")
+
+    register("test-explodes", help="raises (a test of the server's failure path)")(explodes)
+    try:
+        with pytest.raises(openai.InternalServerError, match="a router bug"):
+            chat(client, PROMPTS[0], max_tokens=8, extra_body={"router": "test-explodes"})
+        stream = chat(client, PROMPTS[0], max_tokens=8, stream=True, extra_body={"router": "test-explodes"})
+        with pytest.raises(openai.APIError, match="a router bug"):
+            list(stream)
+    finally:
+        del _REGISTRY["test-explodes"]
+    assert "test-explodes" not in live.worker.engines and not live.worker.rows and live.worker.outstanding == 0
+    assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")

@@ -80,22 +80,28 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class ChatChoice(BaseModel):
+class Choice(BaseModel):
     index: int
-    message: ChatMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: Optional[ChatLogprobs] = None
     provenance: list[TokenProvenance]
 
 
-class ChatCompletion(BaseModel):
+class Body(BaseModel):
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: list[ChatChoice]
     usage: Usage
     baco: BacoInfo
+
+
+class ChatChoice(Choice):
+    message: ChatMessage
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletion(Body):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionLogprobs(BaseModel):
@@ -105,22 +111,14 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
-    index: int
+class CompletionChoice(Choice):
     text: str
-    finish_reason: Literal["stop", "length"]
     logprobs: Optional[CompletionLogprobs] = None
-    provenance: list[TokenProvenance]
 
 
-class Completion(BaseModel):
-    id: str
+class Completion(Body):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: Usage
-    baco: BacoInfo
 
 
 class ModelCard(BaseModel):

@@ -52,6 +52,7 @@ class Job:
     deliver: Callable[[list], None]
     top_logprobs: int = 0  # alternatives per token (0: none)
     submitted: float = field(default_factory=time.perf_counter)
+    unplaced: int = -1  # rows not in an engine yet (set by submit)
 
 
 @dataclass(eq=False)
@@ -88,6 +89,7 @@ class Worker(threading.Thread):
                 raise QueueFull(f"the server has {self.outstanding} rows running or waiting, at most "
                                 f"{self.max_batch + self.max_queue}; retry later")
             self.outstanding += len(job.requests)
+        job.unplaced = len(job.requests)
         self.inbox.put(("submit", job))
 
     def cancel(self, job: Job) -> None:
@@ -126,14 +128,20 @@ class Worker(threading.Thread):
     def _place_pending(self) -> None:
         waiting = []
         for job in self.pending:
-            engine = self._engine_for(job.router)
-            if engine is None:
-                waiting.append(job)  # every engine is busy with another router: wait for one to idle
-                continue
-            for choice, request in enumerate(job.requests):
-                rid = engine.add(request, job.params, top_logprobs=job.top_logprobs > 0)
-                text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, self.stop_strings + job.params.stop)
-                self.rows[(job.router, rid)] = _Row(job, choice, text)
+            try:
+                engine = self._engine_for(job.router)
+                if engine is None:
+                    waiting.append(job)  # every engine is busy with another router: wait for one to idle
+                    continue
+                for choice, request in enumerate(job.requests):
+                    rid = engine.add(request, job.params, top_logprobs=job.top_logprobs > 0)
+                    text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, self.stop_strings + job.params.stop)
+                    self.rows[(job.router, rid)] = _Row(job, choice, text)
+                    job.unplaced -= 1
+            except Exception as error:  # noqa: BLE001 - e.g. a router whose model fails to load
+                log.exception("a request for router %s could not start", job.router)
+                self._cancel(job, outcome="error")
+                self._deliver(job, [("error", None, f"{type(error).__name__}: {error}")])
         self.pending = waiting
 
     def _engine_for(self, router: str) -> Engine | None:
@@ -156,13 +164,12 @@ class Worker(threading.Thread):
         started = time.perf_counter()
         try:
             event = engine.step()
+            self.metrics.step_seconds.observe(time.perf_counter() - started)
+            if event is not None:
+                self._dispatch(key, engine, event)
         except Exception as error:  # noqa: BLE001 - one failed engine must not take the server down
             log.exception("engine for router %s failed", key)
             self._fail_engine(key, f"{type(error).__name__}: {error}")
-            return
-        self.metrics.step_seconds.observe(time.perf_counter() - started)
-        if event is not None:
-            self._dispatch(key, engine, event)
 
     def _dispatch(self, key: str, engine: Engine, event: StepEvent) -> None:
         out: dict[Job, list] = {}
@@ -202,17 +209,19 @@ class Worker(threading.Thread):
             self.outstanding -= 1
         self.metrics.rows.labels(outcome=outcome).inc()
 
-    def _cancel(self, job: Job) -> None:
-        if job in self.pending:
-            self.pending.remove(job)
-            with self.lock:
-                self.outstanding -= len(job.requests)
-            self.metrics.rows.labels(outcome="cancelled").inc(len(job.requests))
-            return
+    def _cancel(self, job: Job, outcome: str = "cancelled") -> None:
+        """Drop a job's rows: those in a batch leave it before the next step, the others are forgotten."""
         for (key, rid), row in list(self.rows.items()):
             if row.job is job:
                 self.engines[key].abort(rid)
-                self._retire(key, rid, "cancelled")
+                self._retire(key, rid, outcome)
+        if job in self.pending:
+            self.pending.remove(job)
+        if job.unplaced > 0:
+            with self.lock:
+                self.outstanding -= job.unplaced
+            self.metrics.rows.labels(outcome=outcome).inc(job.unplaced)
+            job.unplaced = 0
 
     def _fail_engine(self, key: str, message: str) -> None:
         failed = {}
