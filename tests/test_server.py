@@ -211,15 +211,23 @@ def test_logprobs_report_each_token_and_its_alternatives(client):
 
 
 # ---- cancellation ---------------------------------------------------------------------------------------------
-def test_a_closed_stream_frees_its_row(client, live, collab):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     prompt = PROMPTS[1]
     greedy = library(collab, prompt, max_new_tokens=200, seed=0, temperature=0, router="base")[0]
     assert greedy.finish_reason == "length"  # left alone, this request runs 200 steps
     cancelled = metric(live, "baco_rows_total", outcome="cancelled")
-    stream = chat(client, prompt, max_tokens=200, seed=0, temperature=0, stream=True, extra_body={"router": "base"})
-    for _, _ in zip(range(3), stream):
-        pass
-    stream.close()
+    ask = dict(max_tokens=200, seed=0, temperature=0, extra_body={"router": "base"})
+    if stream:
+        chunks = chat(client, prompt, stream=True, **ask)
+        for _, _ in zip(range(3), chunks):
+            pass
+        chunks.close()
+    else:  # a non-streamed request whose client gives up waiting (and closes the connection)
+        body = {"model": "baco", "messages": [{"role": "user", "content": prompt}], "max_tokens": 200, "seed": 0,
+                "temperature": 0, "router": "base"}
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(live.url + "/v1/chat/completions", json=body, timeout=(5, 0.05))
     assert wait_for(lambda: not live.worker.rows)
     assert metric(live, "baco_rows_total", outcome="cancelled") == cancelled + 1
     assert not live.worker.engines["base"].live
