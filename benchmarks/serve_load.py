@@ -110,7 +110,7 @@ def start_server(args, models: list[str]) -> tuple[subprocess.Popen, str]:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "baco.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--max-batch", str(args.max_batch), "--max-len", str(args.max_len), "--max-queue", "1024",
-               "--log-level", "warning", *models]
+               "--log-level", "warning", *models] + (["--threads", str(args.threads)] if args.threads else [])
     server = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--router", default="p-punc:0.5")
+    parser.add_argument("--threads", type=int, default=None, help="the server's torch threads (baco serve --threads)")
     parser.add_argument("--out", help="write the figures as JSON here too")
     args = parser.parse_args()
     if not 1 <= args.clients <= 256 or not 0 < args.duration <= 600:
@@ -153,6 +154,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=60)
     result = {"pair": "tiny" if args.tiny else "embedded", "router": args.router, "max_tokens": args.max_tokens,
+              "threads": args.threads, "load_average": os.getloadavg()[0],
               "max_batch": args.max_batch, "max_len": args.max_len, "shared": shared, "one_by_one": alone,
               "speedup": round(shared["tokens_per_s"] / alone["tokens_per_s"], 2) if alone["tokens_per_s"] else None}
     print(json.dumps(result, indent=1))

@@ -244,6 +244,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond: 413")
     _add_formats(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one "
+                   "per core; on a machine shared with other work, fewer avoid threads waiting on each other)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=cmd_serve)
 
@@ -259,7 +261,7 @@ def cmd_serve(args) -> int:
         raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install 'baco[serve]'") from None
 
     for flag in ("max_batch", "max_len", "max_routers", "default_max_tokens", "max_n", "max_prompts",
-                 "max_body_bytes", "max_tokens", "max_prompt_tokens"):
+                 "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads"):
         if getattr(args, flag) is not None:
             _at_least_one(getattr(args, flag), "--" + flag.replace("_", "-"))
     if not 0 <= args.max_queue or not 0 < args.port < 65536:
@@ -278,6 +280,10 @@ def cmd_serve(args) -> int:
     if args.host not in LOOPBACK and api_key is None:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
                                            anchor=args.anchor)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
