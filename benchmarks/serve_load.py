@@ -99,7 +99,8 @@ async def phase(url: str, clients: int, args) -> dict:
     return {"clients": clients, "seconds": round(elapsed, 1), "requests": stats["requests"],
             "errors": len(stats["errors"]), "first_errors": stats["errors"][:3], "tokens": stats["tokens"],
             "tokens_per_s": round(stats["tokens"] / elapsed, 2),
-            "ttft_p50_s": round(percentile(stats["ttft"], 0.5), 3), "ttft_p99_s": round(percentile(stats["ttft"], 0.99), 3),
+            "ttft_p50_s": round(percentile(stats["ttft"], 0.5), 3),
+            "ttft_p99_s": round(percentile(stats["ttft"], 0.99), 3),
             "token_p50_ms": round(1000 * percentile(stats["per_token"], 0.5), 1),
             "token_p99_ms": round(1000 * percentile(stats["per_token"], 0.99), 1)}
 

@@ -114,8 +114,9 @@ def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    server = subprocess.Popen([sys.executable, "-m", "baco.cli", "serve", "--port", str(port), "--log-level", "warning"],
-                              env=env, stderr=subprocess.PIPE)
+    command = [sys.executable, "-m", "baco.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
 
@@ -125,7 +126,7 @@ def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
             except requests.ConnectionError:
                 return server.poll() is not None
 
-        assert wait_for(up, timeout=600) and server.poll() is None
+        assert wait_for(up, timeout=600) and server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
         client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
         answer = client.chat.completions.create(model="baco", messages=[{"role": "user", "content": "Name a fruit."}],
                                                 max_tokens=24, seed=0)
@@ -135,3 +136,4 @@ def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+        log.close()

@@ -264,8 +264,10 @@ def cmd_serve(args) -> int:
                  "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads"):
         if getattr(args, flag) is not None:
             _at_least_one(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if not 0 <= args.max_queue or not 0 < args.port < 65536:
-        raise BacoError("--max-queue must be >= 0 and --port in 1..65535")
+    if args.max_queue < 0:
+        raise BacoError(f"--max-queue must be an integer >= 0, got {args.max_queue}")
+    if not 0 < args.port < 65536:
+        raise BacoError(f"--port must be in 1..65535, got {args.port}")
     if not 0 <= args.min_p <= 1:
         raise BacoError(f"--min-p must be in [0, 1], got {args.min_p:g}")
     room = args.max_len - 1

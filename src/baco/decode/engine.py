@@ -96,7 +96,8 @@ class Engine:
         self.pair, self.router = pair, router
         self.device = pair.device
         self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
-        if not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool) or not 0 <= top_logprobs <= pair.vocab_size:
+        if (not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool)
+                or not 0 <= top_logprobs <= pair.vocab_size):
             raise BacoError(f"top_logprobs must be an integer in [0, {pair.vocab_size}], got {top_logprobs!r}")
         self.top_k_logprobs = top_logprobs
         self.stop_strings = tuple(stop_strings)
@@ -143,8 +144,8 @@ class Engine:
         top = self.top_k_logprobs
         self.out_top = (torch.zeros((top, slots), device=dev), torch.zeros((top, slots), dtype=torch.long, device=dev))
         pin = self.pipelined and torch.cuda.is_available()
-        self._pinned = [tuple(t.cpu().pin_memory() if pin else None for t in (self.out_ints, self.out_floats) + self.out_top)
-                        for _ in range(2)]
+        outputs = (self.out_ints, self.out_floats) + self.out_top
+        self._pinned = [tuple(t.cpu().pin_memory() if pin else None for t in outputs) for _ in range(2)]
 
     # ---- requests -----------------------------------------------------------------------------------
     def add(self, request: Request, params: SamplingParams, *, top_logprobs: bool = False) -> int:

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import baco
 from baco.errors import BacoError
 from baco.server import schemas
 from baco.server.metrics import Metrics
@@ -150,7 +151,7 @@ class JobStream:
 
 
 class EngineFailure(Exception):
-    pass
+    """The engine running a request failed (a bug, not the request's fault): HTTP 500."""
 
 
 def create_app(collab, config: ServerConfig | None = None) -> "Guard":
@@ -170,7 +171,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         yield
         worker.close()
 
-    app = FastAPI(title="baco", version=__import__("baco").__version__, lifespan=lifespan,
+    app = FastAPI(title="baco", version=baco.__version__, lifespan=lifespan,
                   description="OpenAI-compatible collaborative decoding (a base model and its aligned counterpart)")
     app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
 

@@ -196,7 +196,8 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         prompt: Prompts = Field(description=(
             f"a prompt or up to {limits.max_prompts} prompts, each read the way `baco generate --prompt` reads one: "
             "the aligned model sees it in its chat template, the base model in the plain-text template"))
-        logprobs: Optional[int] = Field(None, ge=0, le=5, description="log-probs of each token and its top alternatives")
+        logprobs: Optional[int] = Field(None, ge=0, le=5,
+                                        description="log-probs of each token and its top alternatives")
 
     class ChatCompletionRequest(Common):
         messages: list[Message] = Field(min_length=1, max_length=256, description=(
