@@ -48,7 +48,7 @@ class Job:
     requests: list[Request]
     params: SamplingParams
     router: str  # a validated router name
-    stop_strings: tuple[str, ...]
+    stop_strings: tuple[str, ...]  # the prompt format's and the request's own
     deliver: Callable[[list], None]
     top_logprobs: int = 0  # alternatives per token (0: none)
     submitted: float = field(default_factory=time.perf_counter)
@@ -135,7 +135,7 @@ class Worker(threading.Thread):
                     continue
                 for choice, request in enumerate(job.requests):
                     rid = engine.add(request, job.params, top_logprobs=job.top_logprobs > 0)
-                    text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, self.stop_strings + job.params.stop)
+                    text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, job.stop_strings)
                     self.rows[(job.router, rid)] = _Row(job, choice, text)
                     job.unplaced -= 1
             except Exception as error:  # noqa: BLE001 - e.g. a router whose model fails to load
