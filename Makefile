@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 DEMO_DIR ?= .cache/tiny-pair
 
-.PHONY: setup test test-fast demo demo-cross demo-tiny bench train-aligned clean
+.PHONY: setup test test-fast demo demo-cross demo-tiny serve bench train-aligned clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
@@ -33,6 +33,10 @@ test: $(BIN)/.installed
 # no Gemma: the tiny random pair only
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# an OpenAI-compatible server on the embedded pair, http://127.0.0.1:8000 (see docs/serve.md)
+serve: $(BIN)/.installed
+	$(BIN)/baco serve
 
 # the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples
 demo: $(BIN)/.installed

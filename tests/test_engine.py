@@ -1,5 +1,7 @@
 """The engine (static slot caches, continuous batching, the sync-free step) on the tiny random pair, CPU, float32."""
 
+import math
+
 import pytest
 import torch
 
@@ -212,3 +214,34 @@ def test_a_request_aborted_while_its_prompt_is_prefilled_never_runs(collab):
     events = list(engine.run())
     assert not engine.has_work and not engine.live
     assert {rid for event in events for rid in event.rows} == {1}
+
+
+@pytest.mark.parametrize("router", ["p-punc:0.5", "eft:0.5"])
+def test_top_logprobs_are_the_writers_best_tokens_and_leave_the_tokens_alone(collab, router):
+    greedy = SamplingParams(temperature=0, max_new_tokens=12, seed=0)
+    requests = collab.requests(PROMPTS, 1, greedy, seed=0)
+    plain, _ = run(collab.pair, requests, router, greedy)
+    engine = Engine(collab.pair, get_router(router), max_batch=3, max_len=96, top_logprobs=5)
+    for i, request in enumerate(requests):
+        engine.add(request, greedy, top_logprobs=i != 1)
+    out, reported = [[] for _ in requests], 0
+    for event in engine.run():
+        assert event.top_logprobs.shape == event.top_ids.shape == (len(event.rows), 5)
+        for i, rid in enumerate(event.rows):
+            token, values = int(event.tokens[i]), event.top_logprobs[i]
+            out[rid].append(token)
+            assert torch.all(values[:-1] >= values[1:])  # best first
+            assert int(event.top_ids[i, 0]) == token  # greedy draws the writer's best token
+            assert values[0] == pytest.approx(math.log(float(event.chosen_prob[i])), abs=1e-5)
+            reported += 1
+    assert out == plain and reported == sum(len(tokens) for tokens in plain)
+
+
+def test_no_top_logprobs_are_computed_unless_a_live_request_asks(collab):
+    params = SamplingParams(max_new_tokens=6, seed=0)
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=96, top_logprobs=3)
+    for request in collab.requests(PROMPTS[:2], 1, params, seed=0):
+        engine.add(request, params)
+    assert all(event.top_logprobs is None and event.top_ids is None for event in engine.run())
+    with pytest.raises(BacoError, match="top_logprobs"):
+        Engine(collab.pair, get_router("p-punc:0.5"), top_logprobs=-1)

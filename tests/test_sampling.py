@@ -55,6 +55,19 @@ def test_top_k_one_and_tiny_top_p_and_min_p_one_are_greedy():
         assert torch.equal(sample(lp, u, params), greedy)
 
 
+@pytest.mark.parametrize("sync_free", [False, True])
+def test_a_top_p_below_float32_range_still_keeps_the_top_token(sync_free):
+    logprobs = torch.log_softmax(torch.randn(3, 50, generator=torch.Generator().manual_seed(0)), dim=-1)
+    tokens = sample(logprobs, torch.rand(3), SamplingParams(top_p=5e-324), sync_free=sync_free)  # 0.0 in float32
+    assert tokens.tolist() == logprobs.argmax(-1).tolist()
+
+
+def test_a_top_k_beyond_any_integer_type_keeps_everything():
+    logprobs = torch.log_softmax(torch.randn(2, 50, generator=torch.Generator().manual_seed(1)), dim=-1)
+    u = torch.rand(2)
+    assert torch.equal(sample(logprobs, u, SamplingParams(top_k=2**80)), sample(logprobs, u, SamplingParams()))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     lp = _logprobs([[0.5, 0.3, 0.15, 0.05]]).expand(400, 4)
     u = (torch.arange(400) + 0.5) / 400

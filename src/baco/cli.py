@@ -1,4 +1,4 @@
-"""The `baco` command line: a thin door onto the Python API (`baco generate | routers | eval | metrics`)."""
+"""The `baco` command line: a thin door onto the Python API (`baco generate | serve | routers | eval | metrics`)."""
 
 from __future__ import annotations
 
@@ -60,11 +60,7 @@ def _ray_options(args):
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
                        parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--base", help="base model: HF id or local directory (default: the embedded Gemma-3-270M)")
-    p.add_argument("--aligned", help="aligned model: HF id, local directory or LoRA adapter directory, same "
-                   "tokenizer as --base (default: the embedded Gemma-3-270M + baco's aligned adapter)")
-    p.add_argument("--anchor", help="optional third model for proxy-tuning (--router proxy:B): the aligned "
-                   "model's own untuned base, when --base is a different (e.g. larger) model of its family")
+    _add_models(p)
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -86,17 +82,44 @@ def _add_generate(sub) -> None:
     p.add_argument("--max-len", type=int, default=None,
                    help="tokens per slot (prompt + new tokens) the KV caches are sized for; a request that does not "
                         "fit is an error before decoding (default: the longest request)")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
+    _add_formats(p)
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no texts, no progress bar")
     _add_ray(p).add_argument(
         "--shard-size", type=int, default=None, help="prompts per unit of work sent to a Ray worker; "
         "none: about 4 units per worker")
     p.set_defaults(run=cmd_generate)
+
+
+def _add_models(p) -> None:
+    p.add_argument("--base", help="base model: HF id or local directory (default: the embedded Gemma-3-270M)")
+    p.add_argument("--aligned", help="aligned model: HF id, local directory or LoRA adapter directory, same "
+                   "tokenizer as --base (default: the embedded Gemma-3-270M + baco's aligned adapter)")
+    p.add_argument("--anchor", help="optional third model for proxy-tuning (--router proxy:B): the aligned "
+                   "model's own untuned base, when --base is a different (e.g. larger) model of its family")
+
+
+def _add_formats(p) -> None:
+    p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
+
+
+def _models_and_format(args):
+    """(base, aligned, prompt format, chat template text) from the shared flags, checked before any model loads."""
+    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
+    from baco.models.hf import resolve_device, resolve_dtype
+    from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+
+    if (args.base is None) != (args.aligned is None):
+        raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
+    chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
+    fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
+                       system_prompt=args.system_prompt, chat_template=chat_template)
+    resolve_dtype(args.dtype, resolve_device(args.device))
+    return args.base or BASE_ALIAS, args.aligned or ALIGNED_ALIAS, fmt, chat_template
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -156,9 +179,6 @@ def cmd_generate(args) -> int:
     from baco.decode.sampling import SamplingParams
     from baco.display import LEGEND, header, render, use_colour
     from baco.errors import PromptError
-    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-    from baco.models.hf import resolve_device, resolve_dtype
-    from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
     from baco.storage import check_output_file
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
@@ -174,14 +194,7 @@ def cmd_generate(args) -> int:
     empty = next((i for i, p in enumerate(prompts) if not p.strip()), None)
     if empty is not None:
         raise PromptError(f"prompt {empty} is empty")
-    if (args.base is None) != (args.aligned is None):
-        raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
-    base = args.base or BASE_ALIAS
-    aligned = args.aligned or ALIGNED_ALIAS
-    chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
-    fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
-                       system_prompt=args.system_prompt, chat_template=chat_template)
-    resolve_dtype(args.dtype, resolve_device(args.device))
+    base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
     out, skip = None, set()
     if args.out:
@@ -252,6 +265,79 @@ def _read_text(path: Path, flag: str) -> str:
         raise BacoError(f"{flag} {str(path)!r}: not UTF-8 text (bad byte at offset {error.start})") from None
     except OSError as error:
         raise BacoError(f"{flag} {str(path)!r}: {error.strerror or error}") from None
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, streaming, provenance)",
+                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_models(p)
+    p.add_argument("--router", default="p-punc:0.5", help="router of requests that name none (a request's `router` "
+                   "field picks another); see `baco routers`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback is reachable by others")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health "
+                   "(default: the BACO_API_KEY environment variable; neither: no auth)")
+    p.add_argument("--model-name", default="baco", help="the model id clients name in requests")
+    p.add_argument("--min-p", type=float, default=0.05, help="min-p of requests that give none")
+    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (slots of one engine)")
+    p.add_argument("--max-len", type=int, default=1024, help="tokens per slot: prompt + completion")
+    p.add_argument("--max-queue", type=int, default=256, help="rows that may wait for a slot; beyond: 429")
+    p.add_argument("--max-routers", type=int, default=4, help="engines kept at once, one per router in use")
+    p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: "
+                   "--max-len - 1)")
+    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of requests that give none")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest templated prompt (default: "
+                   "--max-len - 1)")
+    p.add_argument("--max-n", type=int, default=16, help="largest n")
+    p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions request")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond: 413")
+    _add_formats(p)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one "
+                   "per core; on a machine shared with other work, fewer avoid threads waiting on each other)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    """Validate every flag, load the pair, serve until interrupted."""
+    from baco.api import Collaboration
+
+    try:
+        from baco.server import LOOPBACK, Limits, ServerConfig, run
+        from baco.server.requests import router_name
+    except ImportError as missing:
+        raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install 'baco[serve]'") from None
+
+    for flag in ("max_batch", "max_len", "max_routers", "default_max_tokens", "max_n", "max_prompts",
+                 "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads"):
+        if getattr(args, flag) is not None:
+            _at_least_one(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.max_queue < 0:
+        raise BacoError(f"--max-queue must be an integer >= 0, got {args.max_queue}")
+    if not 0 < args.port < 65536:
+        raise BacoError(f"--port must be in 1..65535, got {args.port}")
+    if not 0 <= args.min_p <= 1:
+        raise BacoError(f"--min-p must be in [0, 1], got {args.min_p:g}")
+    room = args.max_len - 1
+    limits = Limits(max_tokens=min(args.max_tokens or room, room), default_max_tokens=args.default_max_tokens,
+                    max_prompt_tokens=min(args.max_prompt_tokens or room, room), max_n=args.max_n,
+                    max_prompts=args.max_prompts, max_body_bytes=args.max_body_bytes)
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BACO_API_KEY") or None
+    config = ServerConfig(model_id=args.model_name, router=router_name(args.router), api_key=api_key,
+                          min_p=args.min_p, max_batch=args.max_batch, max_len=args.max_len, max_queue=args.max_queue,
+                          max_engines=args.max_routers, limits=limits)
+    base, aligned, fmt, _ = _models_and_format(args)
+    if args.host not in LOOPBACK and api_key is None:
+        print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
+              f"(--api-key or BACO_API_KEY)", file=sys.stderr)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
+                                           anchor=args.anchor)
+    run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
 
 
 def cmd_routers(args) -> int:
@@ -486,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the Python traceback of an error (also: BACO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_serve(sub)
     sub.add_parser("routers", help="list the registered routers", parents=[DEBUG]).set_defaults(run=cmd_routers)
     _add_eval(sub)
     sub.add_parser("metrics", help="list the evaluation metrics", parents=[DEBUG]).set_defaults(run=cmd_metrics)

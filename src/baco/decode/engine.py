@@ -50,6 +50,7 @@ class _Live:
     params: SamplingParams
     collected: int = 0  # tokens turned into events so far
     text: str = ""
+    top_logprobs: bool = False  # report the writer's most likely tokens at each step
 
 
 @dataclass
@@ -58,7 +59,7 @@ class _Launched:
     rows: list[tuple[int, int]]  # (slot, rid) stepped
     names: tuple[str, ...]
     mixed: bool
-    host: tuple[torch.Tensor, torch.Tensor]  # (ints (3, b), floats (4, b)) on the host
+    host: tuple  # ints (3, b), floats (4, b), and the top log-probs and ids (k, b) or None, on the host
     ready: object = None  # a CUDA event marking the end of the asynchronous copy
 
 
@@ -77,14 +78,16 @@ class Engine:
 
     def __init__(self, pair, router, *, max_batch: int = 32, max_len: int | None = None,
                  graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
-                 sync_free: bool | None = None, admit_at: int | None = None):
+                 sync_free: bool | None = None, admit_at: int | None = None, top_logprobs: int = 0):
         """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
         CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
         read a device value on the host inside a step (default: on CUDA devices; on the CPU the
         host-side shortcuts are cheaper and give the same tokens). `admit_at`: start a prefill only when
         this many slots are free (or nothing else runs): an eager prefill forward costs a GPU about what
         several captured steps do, whatever its size, so prefills are batched (default: max_batch // 8
-        on CUDA, 1 elsewhere)."""
+        on CUDA, 1 elsewhere). `top_logprobs`: how many of the writer's most likely tokens a step reports
+        (`StepEvent.top_ids` / `top_logprobs`), at the steps where a request added with `top_logprobs=True`
+        is live; 0: never."""
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise BacoError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
@@ -93,6 +96,10 @@ class Engine:
         self.pair, self.router = pair, router
         self.device = pair.device
         self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
+        if (not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool)
+                or not 0 <= top_logprobs <= pair.vocab_size):
+            raise BacoError(f"top_logprobs must be an integer in [0, {pair.vocab_size}], got {top_logprobs!r}")
+        self.top_k_logprobs = top_logprobs
         self.stop_strings = tuple(stop_strings)
         self.tail = max((len(s) for s in self.stop_strings), default=0)
         host_router = bool(getattr(router, "host", False))
@@ -134,13 +141,16 @@ class Engine:
         self.write = torch.zeros(1, dtype=torch.long, device=dev)
         self.out_ints = torch.zeros((3, slots), dtype=torch.long, device=dev)
         self.out_floats = torch.zeros((4, slots), device=dev)
+        top = self.top_k_logprobs
+        self.out_top = (torch.zeros((top, slots), device=dev), torch.zeros((top, slots), dtype=torch.long, device=dev))
         pin = self.pipelined and torch.cuda.is_available()
-        self._pinned = [(torch.zeros((3, slots), dtype=torch.long).pin_memory() if pin else None,
-                         torch.zeros((4, slots)).pin_memory() if pin else None) for _ in range(2)]
+        outputs = (self.out_ints, self.out_floats) + self.out_top
+        self._pinned = [tuple(t.cpu().pin_memory() if pin else None for t in outputs) for _ in range(2)]
 
     # ---- requests -----------------------------------------------------------------------------------
-    def add(self, request: Request, params: SamplingParams) -> int:
-        """Queue a request; returns its id. A request that can never fit is an error now, not later."""
+    def add(self, request: Request, params: SamplingParams, *, top_logprobs: bool = False) -> int:
+        """Queue a request; returns its id. A request that can never fit is an error now, not later.
+        `top_logprobs`: its steps report the writer's `Engine(top_logprobs=k)` most likely tokens."""
         longest = max(len(request.base_ids), len(request.aligned_ids))
         if min(len(request.base_ids), len(request.aligned_ids)) < 1:
             raise BacoError("a request needs at least one prompt token for each model")
@@ -149,7 +159,7 @@ class Engine:
                             f"engine's max_len of {self.columns}; raise max_len or lower max_new_tokens")
         rid = self._next_rid
         self._next_rid += 1
-        self.waiting.append(_Live(rid, request, params))
+        self.waiting.append(_Live(rid, request, params, top_logprobs=bool(top_logprobs and self.top_k_logprobs)))
         return rid
 
     def abort(self, rid: int) -> None:
@@ -266,13 +276,14 @@ class Engine:
         # captured graphs exist per bucket; eager steps run exactly the busy slots
         bucket = bucket_for(rows[-1] + 1, self.slots) if self.graphs else rows[-1] + 1
         flags = self._flags()
-        key = (bucket, flags)
+        top = any(live.top_logprobs for live in self.live.values())
+        key = (bucket, flags, top)
         if key in self._graphs:
             graph, names, mixed = self._graphs[key]
             graph.replay()
             self.stats["graph_steps"] += 1
         else:
-            names, mixed = self._step_fn(bucket, flags)
+            names, mixed = self._step_fn(bucket, flags, top)
             if self.graphs:
                 self._warm[key] = self._warm.get(key, 0) + 1
                 if self._warm[key] >= 2:  # two eager runs warm the kernels and allocator up; then capture
@@ -282,7 +293,7 @@ class Engine:
         self.stats["steps"] += 1
         self.stats["occupied_row_steps"] += len(rows)
         self.stats["bucket_row_steps"] += bucket
-        host, ready = self._to_host(bucket)
+        host, ready = self._to_host(bucket, top)
         return _Launched(self.steps - 1, [(s, self.live[s].rid) for s in rows], names, mixed, host, ready)
 
     def _flags(self) -> tuple[bool, bool, bool, bool]:
@@ -290,7 +301,7 @@ class Engine:
         return (any(p.top_k > 0 for p in params), any(p.top_p < 1.0 for p in params),
                 any(p.top_k > 1024 for p in params), all(p.temperature == 0 for p in params))
 
-    def _step_fn(self, bucket: int, flags: tuple) -> tuple[tuple[str, ...], bool]:
+    def _step_fn(self, bucket: int, flags: tuple, top: bool = False) -> tuple[tuple[str, ...], bool]:
         """One lockstep step over slots [0, bucket): fixed buffers in, fixed buffers out."""
         b = bucket
         logprobs = [self.pair.logprobs(side.forward(self.inputs[i][:b], self.positions[i][:b], self.valid[i][:b],
@@ -310,7 +321,7 @@ class Engine:
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
                         texts=texts, anchor_logprobs=anchor_lp)
         drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
-                               sync_free=self.sync_free)
+                               sync_free=self.sync_free, top=self.top_k_logprobs if top else 0)
         for inputs in self.inputs:  # from now on every side reads the shared continuation
             inputs[:b] = drawn.tokens
         self.previous[:b] = drawn.tokens
@@ -324,17 +335,20 @@ class Engine:
         self.out_ints[1, :b] = drawn.use_base.long()
         self.out_ints[2, :b] = drawn.codes
         self.out_floats[:, :b] = drawn.stats.float()
+        if drawn.top is not None:
+            self.out_top[0][:, :b] = drawn.top[0].T
+            self.out_top[1][:, :b] = drawn.top[1].T
         return drawn.names, drawn.mixed
 
     def _capture(self, key: tuple) -> None:
         """Record the step for this bucket as a CUDA graph (state is not advanced by recording)."""
-        bucket, flags = key
+        bucket, flags, top = key
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         self._pool = getattr(self, "_pool", None) or torch.cuda.graph_pool_handle()
         try:
             with torch.cuda.graph(graph, pool=self._pool):
-                names, mixed = self._step_fn(bucket, flags)
+                names, mixed = self._step_fn(bucket, flags, top)
         except Exception as error:  # noqa: BLE001 - a model whose forward cannot be captured still runs
             self.graphs = False
             self.capture_error = f"{type(error).__name__}: {error}"
@@ -344,22 +358,23 @@ class Engine:
             return
         self._graphs[key] = (graph, names, mixed)
 
-    def _to_host(self, bucket: int):
+    def _to_host(self, bucket: int, top: bool):
         """The step's outputs on the host: copied now (synchronous), or into pinned memory, asynchronously."""
+        outputs = (self.out_ints, self.out_floats) + (self.out_top if top else (None, None))
         if not self.pipelined:
-            return (self.out_ints[:, :bucket].cpu(), self.out_floats[:, :bucket].cpu()), None
-        ints, floats = self._pinned[self.steps % 2]
-        ints[:, :bucket].copy_(self.out_ints[:, :bucket], non_blocking=True)
-        floats[:, :bucket].copy_(self.out_floats[:, :bucket], non_blocking=True)
+            return tuple(t[:, :bucket].cpu() if t is not None else None for t in outputs), None
+        host = []
+        for out, pinned in zip(outputs, self._pinned[self.steps % 2]):
+            host.append(pinned[:, :bucket].copy_(out[:, :bucket], non_blocking=True) if out is not None else None)
         ready = torch.cuda.Event()
         ready.record()
-        return (ints[:, :bucket], floats[:, :bucket]), ready
+        return tuple(host), ready
 
     # ---- turning a step into an event ---------------------------------------------------------------
     def _collect(self, launched: _Launched) -> StepEvent | None:
         if launched.ready is not None:
             launched.ready.synchronize()  # the copy of step t; the device already runs step t+1
-        ints, floats = launched.host
+        ints, floats, top_lp, top_ids = launched.host
         texts, stop_ids = self.pair.vocab.texts, self.pair.vocab.stop_ids
         kept, rids, finished = [], [], {}
         for slot, rid in launched.rows:
@@ -387,7 +402,9 @@ class Engine:
         return StepEvent(step=launched.step, rows=rids, tokens=ints[0], use_base=ints[1].bool(),
                          reasons=[launched.names[c] for c in ints[2].tolist()], base_top1_prob=floats[0],
                          base_entropy=floats[1], aligned_top1_prob=floats[2], chosen_prob=floats[3],
-                         finished=finished, mixed=launched.mixed)
+                         finished=finished, mixed=launched.mixed,
+                         top_logprobs=top_lp[:, index].T if top_lp is not None else None,
+                         top_ids=top_ids[:, index].T if top_ids is not None else None)
 
     def _free(self, rid: int) -> None:
         live = self.by_rid.pop(rid, None)

@@ -61,6 +61,10 @@ class StepEvent:
     chosen_prob: torch.Tensor
     finished: dict[int, str] = field(default_factory=dict)  # request index -> "stop" | "length"
     mixed: bool = False  # a soft method drew every token of this step from a mixed distribution
+    # with Engine(top_logprobs=k), at steps where a row asked: (b, k) log-probs and ids of the k most likely
+    # tokens of the distribution each row's token was drawn from (temperature 1, like chosen_prob)
+    top_logprobs: torch.Tensor | None = None
+    top_ids: torch.Tensor | None = None
 
 
 def row_seed(seed: int, prompt: str, sample_index: int) -> int:

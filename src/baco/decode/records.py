@@ -162,23 +162,46 @@ def piece_texts(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallb
     return prefix_pieces(token_ids, tokenizer, stop_ids, fallback)
 
 
+class PieceDecoder:
+    """The text each token adds, one token at a time, in linear time (what a stream shows as it goes).
+
+    A token's piece is what decoding it with PIECE_CONTEXT tokens of left context adds. A token that
+    leaves a character incomplete adds "" and the token that completes it carries the character;
+    stop tokens add "". `add(token, last=True)` also gives whatever is still pending, so that the
+    pieces join to the decoded text (for tokenizers whose windowed decodes extend each other, which
+    `piece_texts` checks; where they do not, the last piece makes up the difference to the full decode).
+    """
+
+    def __init__(self, tokenizer, stop_ids: frozenset[int]):
+        self.tokenizer, self.stop_ids = tokenizer, stop_ids
+        self.kept: list[int] = []  # the ids that are not stop tokens
+        self.done = 0  # kept[:done] are accounted for in the pieces so far
+        self.text = ""  # the pieces so far, joined
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int, *, last: bool = False) -> str:
+        """The text `token` adds; `last`: no other token follows (a pending character is flushed)."""
+        piece = ""
+        if token not in self.stop_ids:
+            self.kept.append(token)
+            start = max(0, self.done - PIECE_CONTEXT)
+            before, after = self._decode(self.kept[start:self.done]), self._decode(self.kept[start:])
+            if after.startswith(before) and (last or not after.endswith("\ufffd")):
+                piece, self.done = after[len(before):], len(self.kept)
+        if last and self.done < len(self.kept):  # still pending: settle against the full decode
+            full = self._decode(self.kept)
+            piece += full[len(self.text) + len(piece):] if full.startswith(self.text + piece) else ""
+            self.done = len(self.kept)
+        self.text += piece
+        return piece
+
+
 def _windowed_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int]) -> list[str]:
-    pieces, kept, done = [], [], 0  # kept[:done] are accounted for in pieces
-    for k, token in enumerate(token_ids):
-        if token in stop_ids:
-            pieces.append("")
-            continue
-        kept.append(token)
-        start = max(0, done - PIECE_CONTEXT)
-        before = tokenizer.decode(kept[start:done], skip_special_tokens=True)
-        after = tokenizer.decode(kept[start:], skip_special_tokens=True)
-        more = k + 1 < len(token_ids) and token_ids[k + 1] not in stop_ids
-        if (more and after.endswith("\ufffd")) or not after.startswith(before):
-            pieces.append("")  # an incomplete character: the token that completes it carries it
-            continue
-        pieces.append(after[len(before):])
-        done = len(kept)
-    return pieces
+    decoder = PieceDecoder(tokenizer, stop_ids)
+    return [decoder.add(token, last=token not in stop_ids and (k + 1 == len(token_ids) or token_ids[k + 1] in stop_ids))
+            for k, token in enumerate(token_ids)]
 
 
 def prefix_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallback: list[str]) -> list[str]:

@@ -87,7 +87,7 @@ class RowKnobs:
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
            device: torch.device | str = "cpu") -> "RowKnobs":
         rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
-        top_k = [max(p.top_k, 0) for p in rows]
+        top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         return cls(tensor([p.temperature for p in rows], torch.float32), tensor(top_k, torch.long),
                    tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),
@@ -173,7 +173,8 @@ def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free:
     head = torch.where(k[:, None] > 0, torch.log_softmax(head, dim=-1), head)  # renormalised over top-k
     probs = head.exp()
     mass_before = torch.cumsum(probs, dim=-1) - probs  # the top token always survives
-    count = ((mass_before < knobs.top_p[:, None]) & in_top_k).sum(-1)
+    # at least the top token: a top_p below float32's smallest number (5e-324) reads as 0 here
+    count = ((mass_before < knobs.top_p[:, None]) & in_top_k).sum(-1).clamp(min=1)
     crossing = values.gather(-1, (count - 1)[:, None]).squeeze(-1)
     on = knobs.top_p < 1.0
     floor = torch.where(on, torch.maximum(floor, crossing), floor)

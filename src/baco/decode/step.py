@@ -35,18 +35,22 @@ class Drawn:
     names: tuple[str, ...]
     stats: torch.Tensor  # (4, b): base top-1 prob, base entropy, aligned top-1 prob, chosen prob
     mixed: bool
+    top: tuple[torch.Tensor, torch.Tensor] | None = None  # (b, k) log-probs and ids of the writer's k best tokens
 
 
 def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: torch.Tensor,
-                   previous_base: torch.Tensor, knobs: RowKnobs, *, sync_free: bool) -> Drawn:
+                   previous_base: torch.Tensor, knobs: RowKnobs, *, sync_free: bool, top: int = 0) -> Drawn:
     """Route every row, draw its token. `uniforms` (b, 3): this step's number from each row's base,
-    aligned and router streams; `previous`/`previous_base`: the row's last token (-1: none) and writer."""
+    aligned and router streams; `previous`/`previous_base`: the row's last token (-1: none) and writer.
+    `top` > 0: also the `top` most likely tokens of the distribution each row's token was drawn from
+    (its writer's, or the mixture's; temperature 1, like `chosen_prob`)."""
     route = router(view)
     base_lp, aligned_lp = view.base_logprobs, view.aligned_logprobs
     if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
         tokens = sample(route.mix, uniforms[:, ALIGNED_STREAM], knobs, sync_free=sync_free)
         chosen = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
         use_base, codes, names = route.use_base, route.codes, route.names
+        writer = route.mix
     else:
         use_base, codes, names = route.use_base.to(base_lp.device), route.codes.to(base_lp.device), route.names
         tokens = _draw(base_lp, aligned_lp, use_base, uniforms, knobs, sync_free)
@@ -65,8 +69,11 @@ def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: tor
         codes = torch.where(blocked, torch.full_like(codes, len(names) - 1), codes)
         picked = tokens[:, None]
         chosen = torch.where(use_base, base_lp.gather(-1, picked).squeeze(-1), aligned_lp.gather(-1, picked).squeeze(-1))
+        writer = torch.where(use_base[:, None], base_lp, aligned_lp) if top else None
     stats = torch.stack([view.base_top1_prob, view.base_entropy, view.aligned_top1_prob, chosen.exp()])
-    return Drawn(tokens, use_base, codes, names, stats, route.mix is not None)
+    best = torch.topk(writer.float(), top, dim=-1) if top else None
+    return Drawn(tokens, use_base, codes, names, stats, route.mix is not None,
+                 (best.values, best.indices) if best is not None else None)
 
 
 def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor, uniforms: torch.Tensor,

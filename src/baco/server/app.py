@@ -1,0 +1,330 @@
+"""The HTTP door: FastAPI routes over the stepping thread, bearer auth, limits and OpenAI-shaped errors.
+
+    GET  /health                 (no auth)      GET /metrics      (Prometheus text)
+    GET  /v1/models                              POST /v1/completions, /v1/chat/completions (stream: SSE)
+"""
+
+import asyncio
+import hmac
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import baco
+from baco.errors import BacoError
+from baco.server import schemas
+from baco.server.metrics import Metrics
+from baco.server.requests import ContextError, conversation, plan
+from baco.server.responses import Shaper
+from baco.server.schemas import Limits
+from baco.server.worker import Job, QueueFull, Worker
+
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/openapi.json", "/docs")
+
+
+@dataclass
+class ServerConfig:
+    """How `baco serve` runs; every bound is checked here, once."""
+
+    model_id: str = "baco"
+    router: str = "p-punc:0.5"
+    api_key: str | None = None
+    min_p: float = 0.05
+    max_batch: int = 32
+    max_len: int = 1024
+    max_queue: int = 256
+    max_engines: int = 4
+    limits: Limits = field(default_factory=lambda: Limits(max_tokens=1023, default_max_tokens=256,
+                                                          max_prompt_tokens=1023, max_n=16, max_prompts=16))
+
+    def __post_init__(self):
+        for name in ("max_batch", "max_len", "max_queue", "max_engines"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "max_queue" else 1):
+                raise BacoError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_len < 2:
+            raise BacoError(f"max_len must be at least 2, got {self.max_len}")
+        rows = self.limits.max_n * self.limits.max_prompts
+        if rows > self.max_batch + self.max_queue:
+            raise BacoError(f"one request may ask for {rows} rows (max n x max prompts), more than the "
+                            f"{self.max_batch + self.max_queue} that max_batch + max_queue let wait")
+        if self.api_key is not None and not self.api_key.strip():
+            raise BacoError("the API key is empty")
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+          code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    """An OpenAI-shaped error response."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Guard:
+    """Outermost ASGI layer: counts requests, checks the bearer token (all routes but /health) and the body size."""
+
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics):
+        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = scope["path"] if scope["path"] in ROUTES else "other"
+        status = {}
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refuse(scope)
+            if refusal is None:
+                receive, refusal = await self._buffer(scope, receive)
+            if refusal is not None:
+                return await refusal(scope, receive, counted)
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.requests.labels(route=route, status=str(status.get("code", 499))).inc()
+
+    def _refuse(self, scope):
+        if self.api_key is None or scope["path"] == "/health":
+            return None
+        headers = dict(scope["headers"])
+        given = headers.get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            return None
+        message = "no API key given (header Authorization: Bearer KEY)" if not given else "invalid API key"
+        return error(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    async def _buffer(self, scope, receive):
+        """Read the whole body (at most max_body bytes) before the app sees it; 413 beyond."""
+        too_large = error(413, f"the request body is larger than {self.max_body} bytes", code="request_too_large")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            return receive, too_large if length.isdigit() else error(400, "bad Content-Length header")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive, None  # the client left; the app will see the disconnect
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return receive, too_large
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # then the client's disconnect, when it comes
+
+        return replay, None
+
+
+class JobStream:
+    """The asyncio side of a job: the stepping thread's messages arrive on a queue."""
+
+    def __init__(self, choices: int):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.open = choices  # choices not finished yet
+
+    def deliver(self, messages: list) -> None:  # called from the stepping thread
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, messages)
+
+    async def messages(self):
+        while self.open:
+            for message in await self.queue.get():
+                if message[0] == "finish":
+                    self.open -= 1
+                yield message
+
+
+class EngineFailure(Exception):
+    """The engine running a request failed (a bug, not the request's fault): HTTP 500."""
+
+
+def create_app(collab, config: ServerConfig | None = None) -> "Guard":
+    """The ASGI app serving `collab` (a Collaboration): the FastAPI app (`.app`, whose `state.worker` is the
+    stepping thread) inside the Guard. The stepping thread starts and stops with the app's lifespan."""
+    config = config or ServerConfig()
+    limits = config.limits
+    metrics = Metrics()
+    worker = Worker(collab.pair, stop_strings=collab.stop_strings, max_batch=config.max_batch, max_len=config.max_len,
+                    max_queue=config.max_queue, max_engines=config.max_engines, metrics=metrics)
+    texts = collab.pair.vocab.texts
+    CompletionRequest, ChatCompletionRequest = schemas.request_models(limits, config.model_id)  # noqa: N806
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        yield
+        worker.close()
+
+    app = FastAPI(title="baco", version=baco.__version__, lifespan=lifespan,
+                  description="OpenAI-compatible collaborative decoding (a base model and its aligned counterpart)")
+    app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = [str(part) for part in first.get("loc", ()) if part != "body"]
+        message = f"{'.'.join(where)}: {first['msg']}" if where else first["msg"]
+        return error(400, message, param=".".join(where) or None, code=first.get("type"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+
+    @app.exception_handler(BacoError)
+    async def refused(request, exc: BacoError):
+        code = "context_length_exceeded" if isinstance(exc, ContextError) else "invalid_value"
+        return error(400, str(exc), code=code)
+
+    ok = {"description": "OK"}
+    refusals = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in
+                ((400, "invalid request"), (413, "body too large"), (429, "the server is full; retry later"))}
+    event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", "description": (
+        "a chunk as JSON (object chat.completion.chunk or text_completion, with its tokens' provenance), "
+        "or [DONE] at the end")}}, "description": "one server-sent event (with stream: true)"}
+    streamed = {"text/event-stream": {"schema": event}}
+
+    @app.get("/health", response_model=schemas.Health)
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, **ok}})
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", response_model=schemas.ModelList)
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_id, "object": "model", "created": 0,
+                                            "owned_by": "baco"}]}
+
+    @app.post("/v1/completions", response_model=schemas.Completion,
+              responses={**refusals, 200: {"content": streamed, **ok}})
+    async def completions(body: CompletionRequest, request: Request):  # type: ignore[valid-type]
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        return await run(request, body, collab.prompt_format, prompts, chat=False,
+                         logprobs=body.logprobs is not None, top=body.logprobs or 0)
+
+    @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion,
+              responses={**refusals, 200: {"content": streamed, **ok}})
+    async def chat(body: ChatCompletionRequest, request: Request):  # type: ignore[valid-type]
+        if body.top_logprobs and not body.logprobs:
+            raise BacoError("top_logprobs needs logprobs: true")
+        fmt, prompt = conversation(body.messages, collab.prompt_format)
+        return await run(request, body, fmt, [prompt], chat=True, logprobs=body.logprobs, top=body.top_logprobs or 0)
+
+    async def run(request: Request, body, fmt, prompts, *, chat: bool, logprobs: bool, top: int):
+        todo = plan(collab, fmt, prompts, body, limits=limits, max_len=config.max_len, default_router=config.router,
+                    default_min_p=config.min_p)
+        stream = JobStream(len(todo.requests))
+        job = Job(todo.requests, todo.sampling, todo.router, collab.stop_strings + todo.sampling.stop,
+                  stream.deliver, top_logprobs=top)
+        try:
+            worker.submit(job)
+        except QueueFull as full:
+            return error(429, str(full), "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
+        metrics.prompt_tokens.inc(todo.prompt_tokens)
+        shaper = Shaper(todo, config.model_id, chat=chat, logprobs=logprobs, texts=texts)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(sse(job, stream, shaper, include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return await whole(request, job, stream, shaper)
+
+    async def gather(stream: JobStream, choices: int):
+        tokens, finish = [[] for _ in range(choices)], [None] * choices
+        async for kind, index, value in stream.messages():
+            if kind == "tokens":
+                tokens[index] += value
+            elif kind == "finish":
+                finish[index] = value
+            else:
+                raise EngineFailure(value)
+        return tokens, finish
+
+    async def whole(request: Request, job: Job, stream: JobStream, shaper: Shaper):
+        done = asyncio.ensure_future(gather(stream, len(job.requests)))
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done():
+                return Response(status_code=499)  # nobody is listening
+            tokens, finish = done.result()
+            return JSONResponse(shaper.whole(tokens, finish))
+        except EngineFailure as failure:
+            return error(500, f"generation failed: {failure}", "server_error")
+        finally:
+            gone.cancel()
+            if not done.done():
+                done.cancel()
+                worker.cancel(job)
+
+    async def sse(job: Job, stream: JobStream, shaper: Shaper, include_usage: bool):
+        finished = False
+        tokens = [[] for _ in job.requests]
+        try:
+            if shaper.chat:
+                for index in range(len(job.requests)):
+                    yield shaper.chunk(index, [], first=True)
+            async for kind, index, value in stream.messages():
+                if kind == "tokens":
+                    tokens[index] += value
+                    yield shaper.chunk(index, value)
+                elif kind == "finish":
+                    yield shaper.chunk(index, [], value)
+                else:
+                    yield Shaper.event({"error": {"message": f"generation failed: {value}", "type": "server_error",
+                                                  "param": None, "code": None}})
+                    break
+            finished = True
+            if include_usage:
+                yield shaper.usage_chunk(tokens)
+            yield "data: [DONE]\n\n"
+        finally:
+            if not finished:
+                worker.cancel(job)  # the client closed the stream: its rows leave the batch
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation["responses"].pop("422", None)
+                if config.api_key is not None and path != "/health":
+                    operation["security"] = [{"bearer": []}]
+                    operation["responses"]["401"] = {"description": "missing or wrong API key", "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+        components = schema.setdefault("components", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(unused, None)
+        if config.api_key is not None:
+            components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+    return Guard(app, api_key=config.api_key, max_body=limits.max_body_bytes, metrics=metrics)
+
+
+async def disconnected(request: Request) -> None:
+    """Returns when the client has gone."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+

@@ -1,0 +1,92 @@
+"""From a validated request body to a job for the stepping thread: prompts, sampling, router, limits.
+
+Everything a request can get wrong is found here, before any row runs, and raised as a BacoError
+(HTTP 400). A chat conversation maps onto the collaboration's prompt format: leading system
+(or developer) messages are its system prompt, earlier user/assistant turns its few-shot examples
+(the base model reads them as earlier questions and answers), and the last user message its prompt.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from baco.api import Collaboration
+from baco.decode.loop import Request
+from baco.decode.sampling import SamplingParams
+from baco.errors import BacoError, PromptError, UnknownRouterError
+from baco.prompts import PromptFormat
+from baco.routers import get_router
+from baco.server.schemas import Limits
+
+
+class ContextError(BacoError):
+    """A prompt (plus the tokens asked for) does not fit a slot (OpenAI's code: context_length_exceeded)."""
+
+
+@dataclass
+class Plan:
+    """A request ready to run: its rows (one per choice, prompt-major) and what the response reports."""
+
+    requests: list[Request]
+    sampling: SamplingParams
+    router: str
+    seed: int
+    prompt_tokens: int
+
+
+def conversation(messages, fmt: PromptFormat) -> tuple[PromptFormat, str]:
+    """(prompt format, prompt) of a chat: system messages, then alternating user/assistant turns ending with user."""
+    system = [m.text for m in messages if m.role in ("system", "developer")]
+    turns = [m for m in messages if m.role not in ("system", "developer")]
+    if any(m.role in ("system", "developer") for m in messages[len(system):]):
+        raise PromptError("system and developer messages must come before the conversation's turns")
+    roles = [m.role for m in turns]
+    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
+        raise PromptError(f"messages must alternate user and assistant turns (after any system messages) and end "
+                          f"with a user turn, got {' -> '.join(m.role for m in messages)}")
+    shots = tuple((turns[i].text, turns[i + 1].text) for i in range(0, len(turns) - 1, 2))
+    fmt = replace(fmt, system_prompt="\n\n".join(system) if system else fmt.system_prompt,
+                  few_shot=fmt.few_shot + shots)
+    return fmt, turns[-1].text
+
+
+def router_name(spec: str) -> str:
+    """The canonical name of a router the engine runs; multi-pass methods are not served."""
+    from baco.strategies import parse_strategy
+
+    try:
+        strategy = parse_strategy(spec)
+    except BacoError as error:
+        raise UnknownRouterError(str(error)) from None
+    if strategy is not None:
+        raise UnknownRouterError(f"router {spec!r} is a multi-pass method; the server runs per-token routers and "
+                                 f"baselines only (see `baco routers`)")
+    return get_router(spec, build=False).name
+
+
+def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, limits: Limits, max_len: int,
+         default_router: str, default_min_p: float) -> Plan:
+    """Validate and encode one request: n rows per prompt, each with its own token budget."""
+    router = router_name(body.router if body.router is not None else default_router)
+    seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
+    asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+                              min_p=body.min_p if body.min_p is not None else default_min_p,
+                              max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
+    requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
+    prompt_tokens = 0
+    for request in requests:
+        longest = max(len(request.base_ids), len(request.aligned_ids))
+        if request.sample_index == 0:
+            prompt_tokens += len(request.aligned_ids)
+        where = f"prompt {request.prompt_index}" if len(prompts) > 1 else "the prompt"
+        if longest > limits.max_prompt_tokens:
+            raise ContextError(f"{where} is {longest} tokens once templated; this server accepts at most "
+                               f"{limits.max_prompt_tokens}")
+        room = max_len - longest
+        if room < 1 or (asked and asked > room):
+            raise ContextError(f"{where} is {longest} tokens once templated and {asked or 1} more were asked for, "
+                               f"but a slot holds {max_len} tokens; shorten the prompt or lower max_tokens")
+        request.max_new_tokens = min(request.max_new_tokens, room)
+    return Plan(requests, sampling, router, seed, prompt_tokens)

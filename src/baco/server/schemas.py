@@ -1,0 +1,209 @@
+"""The request and response bodies, as pydantic models: they validate requests and make the OpenAPI schema.
+
+Request models are strict (no type coercion, unknown fields refused) and built per server by
+`request_models(limits, model_id)`, so that the schema states the server's own limits and model name.
+Fields beyond OpenAI's are marked "baco extension"; standard clients ignore them in responses.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond these the server answers 400 (413 for the body, 429 when full)."""
+
+    max_tokens: int  # per choice; also bounded by the room left in a slot of `max_len` tokens
+    default_max_tokens: int
+    max_prompt_tokens: int
+    max_n: int
+    max_prompts: int
+    max_stop: int = 8
+    max_body_bytes: int = 1 << 20
+
+
+# ---- responses --------------------------------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class TokenProvenance(BaseModel):
+    """baco extension: who wrote one token and why."""
+
+    token: int = Field(description="token id")
+    text: str = Field(description="the content this token adds; the texts of a choice's tokens join to its text")
+    writer: Literal["base", "aligned", "mix"]
+    reason: str = Field(description="the router's reason (e.g. 'p<0.5', 'punc', 'word-continuation')")
+    base_top1_prob: float = Field(description="the base model's top-1 probability at this step")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="prompt tokens of the aligned model's rendering")
+    completion_tokens: int
+    total_tokens: int
+    base_tokens: int = Field(description="baco extension: completion tokens the base model wrote")
+    base_share: float = Field(description="baco extension: base_tokens / completion_tokens (0 when none)")
+
+
+class BacoInfo(BaseModel):
+    """baco extension: what decides the samples (repeat a request with this seed to get them again)."""
+
+    router: str
+    seed: int
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: Optional[list[int]] = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    finish_reason: Literal["stop", "length"]
+    provenance: list[TokenProvenance]
+
+
+class Body(BaseModel):
+    id: str
+    created: int
+    model: str
+    usage: Usage
+    baco: BacoInfo
+
+
+class ChatChoice(Choice):
+    message: ChatMessage
+    logprobs: Optional[ChatLogprobs] = None
+
+
+class ChatCompletion(Body):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: Optional[list[dict[str, float]]] = None
+    text_offset: list[int]
+
+
+class CompletionChoice(Choice):
+    text: str
+    logprobs: Optional[CompletionLogprobs] = None
+
+
+class Completion(Body):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "baco"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+# ---- requests ---------------------------------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+    name: Optional[str] = Field(None, max_length=256)
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(CompletionRequest, ChatCompletionRequest) with this server's limits and model name in their schema."""
+    Model = Literal[model_id]  # noqa: N806 - a type
+    StopString = Annotated[str, Field(min_length=1, max_length=256)]  # noqa: N806
+    Stop = Optional[Union[StopString, Annotated[list[StopString], Field(max_length=limits.max_stop)]]]  # noqa: N806
+    Prompts = Union[str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)]]  # noqa: N806
+    strict = ConfigDict(extra="forbid", strict=True)
+    never = "not supported: only 0 is accepted"
+
+    class Common(BaseModel):
+        model_config = strict
+        model: Model  # type: ignore[valid-type]
+        max_tokens: Optional[int] = Field(None, ge=1, le=limits.max_tokens, description=(
+            f"per choice; default {limits.default_max_tokens}, never more than the room left in a slot"))
+        temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy")
+        top_p: float = Field(1.0, gt=0, le=1)
+        n: int = Field(1, ge=1, le=limits.max_n, description="samples per prompt (rows of one batch)")
+        stop: Stop = Field(None, description="extra stop strings: the text ends before the first one")
+        seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="default: a fresh one, in `baco.seed`")
+        stream: bool = False
+        stream_options: Optional[StreamOptions] = None
+        user: Optional[str] = Field(None, max_length=256)
+        presence_penalty: float = Field(0.0, ge=0, le=0, description=never)
+        frequency_penalty: float = Field(0.0, ge=0, le=0, description=never)
+        router: Optional[str] = Field(None, max_length=64, description=(
+            "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
+        min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
+        top_k: int = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off")
+
+        def stop_strings(self) -> tuple[str, ...]:
+            return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    class CompletionRequest(Common):
+        prompt: Prompts = Field(description=(
+            f"a prompt or up to {limits.max_prompts} prompts, each read the way `baco generate --prompt` reads one: "
+            "the aligned model sees it in its chat template, the base model in the plain-text template"))
+        logprobs: Optional[int] = Field(None, ge=0, le=5,
+                                        description="log-probs of each token and its top alternatives")
+
+    class ChatCompletionRequest(Common):
+        messages: list[Message] = Field(min_length=1, max_length=256, description=(
+            "system/developer messages first, then user and assistant turns in alternation, ending with a user turn"))
+        max_completion_tokens: Optional[int] = Field(None, ge=1, le=limits.max_tokens, description="= max_tokens")
+        logprobs: bool = False
+        top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+    return CompletionRequest, ChatCompletionRequest

@@ -1,0 +1,81 @@
+"""One choice's text as its tokens arrive: pieces, stop strings, and the content that is safe to show.
+
+The content follows `decode.records.final_text`: the decoded continuation (stop tokens left out), cut
+before the first stop string, leading whitespace removed. While tokens arrive, text that could still
+turn out to be the start of a stop string is held back, and a token is released together with the
+content it adds, so that the content of every token released joins to exactly the text shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from baco.decode.records import PieceDecoder
+
+
+@dataclass
+class Token:
+    """A generated token as the server reports it."""
+
+    token_id: int
+    text: str  # the content this token adds ("" past a stop string, for a stop token, in leading whitespace)
+    writer: str  # "base" | "aligned" | "mix"
+    reason: str
+    base_top1_prob: float
+    logprob: float  # of the token under the distribution it was drawn from (temperature 1)
+    top: list[tuple[int, float]] | None = None  # (token id, log-prob) of the most likely tokens there
+
+
+class ChoiceText:
+    """The stop-string and hold-back logic for one choice; `add` a token, then `release` what is safe."""
+
+    def __init__(self, tokenizer, stop_ids: frozenset[int], stop_strings: tuple[str, ...]):
+        self.pieces = PieceDecoder(tokenizer, stop_ids)
+        self.stop_strings = tuple(s for s in stop_strings if s)
+        self.raw = ""  # the decoded continuation, stop strings and leading whitespace included
+        self.tokens: list[Token] = []
+        self.spans: list[tuple[int, int]] = []  # each token's piece in `raw`
+        self.released = 0  # tokens[:released] have been handed out
+        self.cut: int | None = None  # where the first stop string starts in `raw`
+
+    def add(self, token: Token, *, last: bool) -> bool:
+        """Append a token (its `text` is filled in here); True when a stop string has appeared."""
+        start = len(self.raw)
+        self.raw += self.pieces.add(token.token_id, last=last)
+        self.tokens.append(token)
+        self.spans.append((start, len(self.raw)))
+        if self.cut is None:
+            longest = max((len(s) for s in self.stop_strings), default=0)
+            window = max(0, start - longest + 1)  # a new stop string must end in the new piece
+            found = [self.raw.find(s, window) for s in self.stop_strings]
+            found = [i for i in found if i >= 0]
+            self.cut = min(found) if found else None
+        return self.cut is not None
+
+    def _held_back(self) -> int:
+        """Length of the longest end of `raw` that begins a stop string (it may still become one)."""
+        for size in range(min(len(self.raw), max((len(s) for s in self.stop_strings), default=0)), 0, -1):
+            if any(s.startswith(self.raw[-size:]) for s in self.stop_strings):
+                return size
+        return 0
+
+    def release(self, *, final: bool) -> list[Token]:
+        """The tokens whose content is now settled (all of them when `final`), each with its `text` set."""
+        end = self.cut if self.cut is not None else len(self.raw)
+        safe = end if final or self.cut is not None else len(self.raw) - self._held_back()
+        lead = len(self.raw) - len(self.raw.lstrip())  # leading whitespace is not content
+        out = []
+        while self.released < len(self.tokens):
+            start, stop = self.spans[self.released]
+            if not final and stop > safe:
+                break
+            token = self.tokens[self.released]
+            token.text = self.raw[max(start, lead):min(stop, end)]
+            out.append(token)
+            self.released += 1
+        return out
+
+    @property
+    def content(self) -> str:
+        """The text of the choice so far (final once `release(final=True)` has run)."""
+        return "".join(token.text for token in self.tokens[: self.released])

@@ -1,0 +1,308 @@
+"""`baco serve` against a live uvicorn server on 127.0.0.1, through the official openai client (tiny pair, CPU)."""
+
+import concurrent.futures
+import json
+import re
+
+import openai
+import pytest
+import requests
+
+from baco import Collaboration, SamplingParams
+from baco.prompts import PromptFormat
+from baco.server import Limits, ServerConfig
+from server_helpers import LiveServer, wait_for
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon.", "Why do birds migrate?"]
+LIMITS = Limits(max_tokens=255, default_max_tokens=24, max_prompt_tokens=200, max_n=4, max_prompts=4)
+
+
+@pytest.fixture(scope="module")
+def live(collab):
+    config = ServerConfig(max_batch=16, max_len=256, max_queue=64, max_engines=2, limits=LIMITS)
+    with LiveServer(collab, config) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(live):
+    return openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def library(collab, prompt, *, n=1, router="p-punc:0.5", fmt=None, **knobs):
+    """The same request through the Python API: what the server must return."""
+    sampling = SamplingParams(**{"min_p": 0.05, **knobs})
+    return Collaboration(collab.pair, fmt or collab.prompt_format).generate([prompt], router=router, n=n,
+                                                                            sampling=sampling)
+
+
+def chat(client, prompt, **fields):
+    return client.chat.completions.create(model="baco", messages=[{"role": "user", "content": prompt}], **fields)
+
+
+def provenance(choice):
+    return choice.model_extra["provenance"]
+
+
+def metric(live, name: str, **labels) -> float:
+    text = requests.get(live.url + "/metrics").text
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + selector + '}') if labels else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+# ---- chat, completions, n, seeds ----------------------------------------------------------------------------
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == ["baco"]
+
+
+def test_chat_completion_equals_the_python_api_for_the_same_seed(client, collab):
+    response = chat(client, PROMPTS[0], max_tokens=30, seed=11, n=2, temperature=0.9)
+    expected = library(collab, PROMPTS[0], n=2, max_new_tokens=30, seed=11, temperature=0.9)
+    assert [c.index for c in response.choices] == [0, 1]
+    for choice, sample in zip(response.choices, expected):
+        assert choice.message.role == "assistant" and choice.message.content == sample.text
+        assert choice.finish_reason == sample.finish_reason
+        assert [p["token"] for p in provenance(choice)] == sample.token_ids
+        assert [p["writer"] for p in provenance(choice)] == sample.sources
+        assert [p["reason"] for p in provenance(choice)] == sample.reasons
+    assert response.usage.completion_tokens == sum(s.num_tokens for s in expected)
+    assert response.model_extra["baco"] == {"router": "p-punc:0.5", "seed": 11}
+
+
+def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
+    response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them
+    for i, prompt in enumerate(PROMPTS[:2]):
+        expected = library(collab, prompt, n=2, max_new_tokens=16, seed=3)
+        assert [c.text for c in response.choices[2 * i:2 * i + 2]] == [s.text for s in expected]
+    assert response.usage.completion_tokens == sum(len(provenance(c)) for c in response.choices)
+
+
+def test_a_conversation_reads_as_few_shot_turns_under_a_system_prompt(client, collab):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."},
+                {"role": "assistant", "content": "A pear."}, {"role": "user", "content": [
+                    {"type": "text", "text": "Name "}, {"type": "text", "text": "another."}]}]
+    response = client.chat.completions.create(model="baco", messages=messages, max_tokens=20, seed=4)
+    fmt = PromptFormat(system_prompt="Be brief.", few_shot=(("Name a fruit.", "A pear."),))
+    expected = library(collab, "Name another.", fmt=fmt, max_new_tokens=20, seed=4)[0]
+    assert response.choices[0].message.content == expected.text
+
+
+def test_the_router_extension_picks_the_writer(client):
+    for router, writer in (("base", "base"), ("aligned", "aligned"), ("eft:0.5", "mix")):
+        response = chat(client, PROMPTS[1], max_tokens=12, seed=0, extra_body={"router": router})
+        writers = {p["writer"] for p in provenance(response.choices[0])}
+        assert writers == {writer}
+        assert response.usage.model_extra["base_share"] == (1.0 if writer == "base" else 0.0)
+        assert response.model_extra["baco"]["router"] == router
+
+
+def test_provenance_is_consistent_with_the_text_and_the_usage(client):
+    response = chat(client, PROMPTS[2], max_tokens=40, seed=9, n=3, extra_body={"router": "p-punc:0.3"})
+    base = total = 0
+    for choice in response.choices:
+        tokens = provenance(choice)
+        assert "".join(p["text"] for p in tokens) == choice.message.content
+        assert all(0 <= p["base_top1_prob"] <= 1 and p["writer"] in ("base", "aligned") for p in tokens)
+        base += sum(p["writer"] == "base" for p in tokens)
+        total += len(tokens)
+    usage = response.usage.model_extra
+    assert response.usage.completion_tokens == total and usage["base_tokens"] == base
+    assert usage["base_share"] == pytest.approx(base / total, abs=1e-6)
+
+
+def test_seed_reproduces_the_text_and_no_seed_reports_the_one_drawn(client):
+    first = chat(client, PROMPTS[0], max_tokens=20, seed=123)
+    again = chat(client, PROMPTS[0], max_tokens=20, seed=123)
+    assert first.choices[0].message.content == again.choices[0].message.content
+    fresh = chat(client, PROMPTS[0], max_tokens=20)
+    replay = chat(client, PROMPTS[0], max_tokens=20, seed=fresh.model_extra["baco"]["seed"])
+    assert replay.choices[0].message.content == fresh.choices[0].message.content
+
+
+def test_same_seed_same_text_alone_and_under_concurrent_load(client, live):
+    """Twenty requests at once, with different sampling settings sharing a batch, and two routers."""
+    asks = [dict(prompt=PROMPTS[i % 3], seed=i, max_tokens=12 + i % 5, temperature=[1.0, 0.7, 0][i % 3],
+                 top_p=[1.0, 0.9][i % 2], extra_body={"router": "p-punc:0.5" if i % 4 else "nudge:0.3",
+                                                      "top_k": [0, 20][i % 2], "min_p": [0.05, 0.0][i % 2]})
+            for i in range(20)]
+    alone = [chat(client, a["prompt"], **{k: v for k, v in a.items() if k != "prompt"}) for a in asks]
+    engine = live.worker.engines["p-punc:0.5"]
+    steps, row_steps = engine.stats["steps"], engine.stats["occupied_row_steps"]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        together = list(pool.map(lambda a: chat(client, a["prompt"], **{k: v for k, v in a.items() if k != "prompt"}),
+                                 asks))
+    for one, shared in zip(alone, together):
+        assert shared.choices[0].message.content == one.choices[0].message.content
+        exact = [{k: v for k, v in p.items() if k != "base_top1_prob"} for p in provenance(one.choices[0])]
+        assert [{k: v for k, v in p.items() if k != "base_top1_prob"} for p in provenance(shared.choices[0])] == exact
+        assert [p["base_top1_prob"] for p in provenance(shared.choices[0])] == pytest.approx(
+            [p["base_top1_prob"] for p in provenance(one.choices[0])], abs=1e-4)  # batch shapes round differently
+    assert engine.stats["occupied_row_steps"] - row_steps > engine.stats["steps"] - steps  # rows shared steps
+
+
+# ---- streaming, stop strings, logprobs -----------------------------------------------------------------------
+def test_a_streamed_chat_equals_the_whole_response(client):
+    whole = chat(client, PROMPTS[1], max_tokens=40, seed=5, n=2)
+    stream = chat(client, PROMPTS[1], max_tokens=40, seed=5, n=2, stream=True, stream_options={"include_usage": True})
+    texts, tokens, finish, usage = ["", ""], [[], []], [None, None], None
+    for chunk in stream:
+        if not chunk.choices:
+            usage = chunk.usage
+            continue
+        choice = chunk.choices[0]
+        assert finish[choice.index] is None  # nothing after a choice's finish
+        piece = choice.delta.content or ""
+        assert piece == "".join(p["text"] for p in provenance(choice))  # each chunk: its tokens' content
+        texts[choice.index] += piece
+        tokens[choice.index] += provenance(choice)
+        finish[choice.index] = choice.finish_reason
+    for i, choice in enumerate(whole.choices):
+        assert texts[i] == choice.message.content and tokens[i] == provenance(choice)
+        assert finish[i] == choice.finish_reason
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_a_streamed_completion_ends_with_done(live):
+    body = {"model": "baco", "prompt": PROMPTS[0], "max_tokens": 8, "seed": 1, "stream": True}
+    with requests.post(live.url + "/v1/completions", json=body, timeout=60, stream=True) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line.decode() for line in response.iter_lines()]
+    events = [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks) and chunks[-1]["choices"][0]["finish_reason"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_cuts_the_text_and_ends_the_row(client, stream):
+    free = chat(client, PROMPTS[1], max_tokens=60, seed=21).choices[0]
+    text = free.message.content
+    start = next(i for i in range(4, len(text) - 3) if text[i:i + 3].strip() == text[i:i + 3])
+    stop = text[start:start + 3]
+    response = chat(client, PROMPTS[1], max_tokens=60, seed=21, stop=[stop, "never-seen"], stream=stream)
+    if stream:
+        chunks = [c.choices[0] for c in response if c.choices]
+        content, finish = "".join(c.delta.content or "" for c in chunks), chunks[-1].finish_reason
+        generated = sum(len(provenance(c)) for c in chunks)
+    else:
+        content, finish = response.choices[0].message.content, response.choices[0].finish_reason
+        generated = len(provenance(response.choices[0]))
+    assert content == text[:text.find(stop)] and finish == "stop"
+    assert generated < len(provenance(free))  # the row stopped there, not at max_tokens
+
+
+def test_logprobs_report_each_token_and_its_alternatives(client):
+    response = chat(client, PROMPTS[0], max_tokens=10, seed=2, logprobs=True, top_logprobs=3, temperature=0)
+    choice = response.choices[0]
+    assert len(choice.logprobs.content) == len(provenance(choice))
+    for entry in choice.logprobs.content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-5)  # greedy: the best token
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+    legacy = client.completions.create(model="baco", prompt=PROMPTS[0], max_tokens=10, seed=2, logprobs=2,
+                                       temperature=0)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == len(provenance(legacy.choices[0]))
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+    assert legacy.choices[0].text == choice.message.content  # the same prompt, seed and settings
+
+
+# ---- cancellation ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
+    prompt = PROMPTS[1]
+    greedy = library(collab, prompt, max_new_tokens=200, seed=0, temperature=0, router="base")[0]
+    assert greedy.finish_reason == "length"  # left alone, this request runs 200 steps
+    cancelled = metric(live, "baco_rows_total", outcome="cancelled")
+    ask = dict(max_tokens=200, seed=0, temperature=0, extra_body={"router": "base"})
+    if stream:
+        chunks = chat(client, prompt, stream=True, **ask)
+        for _, _ in zip(range(3), chunks):
+            pass
+        chunks.close()
+    else:  # a non-streamed request whose client gives up waiting (and closes the connection)
+        body = {"model": "baco", "messages": [{"role": "user", "content": prompt}], "max_tokens": 200, "seed": 0,
+                "temperature": 0, "router": "base"}
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(live.url + "/v1/chat/completions", json=body, timeout=(5, 0.05))
+    assert wait_for(lambda: not live.worker.rows)
+    assert metric(live, "baco_rows_total", outcome="cancelled") == cancelled + 1
+    assert not live.worker.engines["base"].live
+
+
+# ---- bad input: 4xx with OpenAI-shaped errors --------------------------------------------------------------
+@pytest.mark.parametrize("body, status, param", [
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "n": 5}, 400, "n"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 256}, 400, "max_tokens"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({"model": "baco", "messages": []}, 400, "messages"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, 400, "logit_bias"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "  "}]}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi " * 300}]}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "stop"),
+])
+def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
+    response = requests.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    if param is not None:
+        assert error["param"].split(".")[0] == param
+
+
+def test_malformed_json_and_a_large_body_are_refused(live):
+    url = live.url + "/v1/completions"
+    broken = requests.post(url, data=b'{"model": "baco", "prompt": ', headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "json_invalid"
+    huge = requests.post(url, json={"model": "baco", "prompt": "x" * (LIMITS.max_body_bytes + 1)})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    chunked = requests.post(url, data=iter([b"x" * 65536] * 20))  # no Content-Length: counted as it arrives
+    assert chunked.status_code == 413
+    assert requests.get(live.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
+
+
+def test_a_prompt_too_long_for_a_slot_says_so(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(client, "Name a fruit.", max_tokens=250)
+    assert refused.value.code == "context_length_exceeded"
+
+
+def test_metrics_count_requests_tokens_and_steps(client, live):
+    before = metric(live, "baco_completion_tokens_total", writer="base") + metric(
+        live, "baco_completion_tokens_total", writer="aligned")
+    response = chat(client, PROMPTS[0], max_tokens=10, seed=1)
+    after = metric(live, "baco_completion_tokens_total", writer="base") + metric(
+        live, "baco_completion_tokens_total", writer="aligned")
+    assert after - before == response.usage.completion_tokens
+    text = requests.get(live.url + "/metrics").text
+    for name in ("baco_requests_total", "baco_queued_rows", "baco_running_rows", "baco_batch_occupancy",
+                 "baco_step_seconds_count", "baco_time_to_first_token_seconds_count"):
+        assert re.search(rf"^{name}", text, re.M), name
+
+
+def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_serving(client, live):
+    from baco.routers import register
+    from baco.routers.registry import _REGISTRY
+
+    def explodes(view):
+        raise RuntimeError("a router bug")
+
+    register("test-explodes", help="raises (a test of the server's failure path)")(explodes)
+    try:
+        with pytest.raises(openai.InternalServerError, match="a router bug"):
+            chat(client, PROMPTS[0], max_tokens=8, extra_body={"router": "test-explodes"})
+        stream = chat(client, PROMPTS[0], max_tokens=8, stream=True, extra_body={"router": "test-explodes"})
+        with pytest.raises(openai.APIError, match="a router bug"):
+            list(stream)
+    finally:
+        del _REGISTRY["test-explodes"]
+    assert "test-explodes" not in live.worker.engines and not live.worker.rows and live.worker.outstanding == 0
+    assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")

@@ -1,0 +1,139 @@
+"""`baco serve`'s safe defaults: bearer auth, a full queue answers 429, schema-based fuzzing finds no 5xx."""
+
+import os
+import subprocess
+import sys
+
+import openai
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
+                                               response_schema_conformance, status_code_conformance)
+
+from baco.cli import main
+from baco.server import Limits, ServerConfig
+from server_helpers import LiveServer, wait_for
+
+KEY = "sekrit-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LONG = {"prompt": "Tell me a story about a dragon.", "max_tokens": 200, "temperature": 0, "router": "base"}
+
+
+@pytest.fixture(scope="module")
+def guarded(collab):
+    limits = Limits(max_tokens=200, default_max_tokens=4, max_prompt_tokens=120, max_n=2, max_prompts=2)
+    config = ServerConfig(api_key=KEY, max_batch=4, max_len=256, max_queue=0, max_engines=2, limits=limits)
+    with LiveServer(collab, config) as server:
+        yield server
+
+
+def test_every_route_but_health_needs_the_key(guarded):
+    assert requests.get(guarded.url + "/health").status_code == 200
+    for path in ("/v1/models", "/metrics", "/openapi.json", "/docs", "/nowhere"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # the last: no scheme
+            refused = requests.get(guarded.url + path, headers=headers)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+        assert requests.get(guarded.url + path, headers=AUTH).status_code == (404 if path == "/nowhere" else 200)
+
+
+def test_the_openai_client_with_a_wrong_and_the_right_key(guarded):
+    ask = dict(model="baco", messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=4)
+    client = openai.OpenAI(base_url=guarded.url + "/v1", api_key="wrong", max_retries=0)  # (it refuses to send none)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(**ask)
+    client = openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0)
+    assert client.chat.completions.create(**ask).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_full_server_answers_429_and_accepts_again_once_rows_leave(guarded):
+    client = openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0)
+    ask = dict(model="baco", messages=[{"role": "user", "content": LONG["prompt"]}], max_tokens=LONG["max_tokens"],
+               temperature=0, extra_body={"router": LONG["router"]})
+    streams = [client.chat.completions.create(n=2, stream=True, **ask) for _ in range(2)]  # 4 rows: all slots
+    with pytest.raises(openai.RateLimitError) as full:
+        client.chat.completions.create(**ask)
+    assert full.value.code == "queue_full" and full.value.response.headers["retry-after"] == "1"
+    for stream in streams:
+        stream.close()
+    assert wait_for(lambda: guarded.worker.outstanding == 0)
+    assert client.chat.completions.create(**{**ask, "max_tokens": 4}).choices
+
+
+def test_the_openapi_schema_fuzzed_gives_no_server_error(guarded):
+    """Schemathesis draws valid and invalid requests from the served schema: no 5xx, and every answer
+    (status, content type, body) is one the schema declares; invalid requests are refused with a 4xx."""
+    schema = schemathesis.openapi.from_url(guarded.url + "/openapi.json", headers=AUTH)
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+              negative_data_rejection]
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health"}
+    for operation in operations:
+        modes = list(schemathesis.GenerationMode) if operation.method.upper() == "POST" else [  # GETs take nothing
+            schemathesis.GenerationMode.POSITIVE]
+        for mode in modes:
+            @settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy(mode))
+            def fuzz(case):
+                case.call_and_validate(headers=AUTH, checks=checks, timeout=60)
+
+            fuzz()
+
+
+# ---- the command line -----------------------------------------------------------------------------------------
+def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_loading(tiny_dirs, monkeypatch,
+                                                                                       capsys):
+    import baco.server
+
+    served = {}
+    monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.update(config=config, **where))
+    monkeypatch.setenv("BACO_API_KEY", "from-env")
+    base, aligned = map(str, tiny_dirs)
+    assert main(["serve", "--base", base, "--aligned", aligned, "--router", "nudge:0.30", "--max-len", "128"]) == 0
+    config = served["config"]
+    assert config.api_key == "from-env" and config.router == "nudge:0.3" and served["host"] == "127.0.0.1"
+    assert config.limits.max_tokens == config.limits.max_prompt_tokens == 127
+    assert main(["serve", "--base", base, "--aligned", aligned, "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    monkeypatch.delenv("BACO_API_KEY")
+    assert main(["serve", "--base", base, "--aligned", aligned, "--host", "0.0.0.0"]) == 0
+    assert "without an API key" in capsys.readouterr().err
+    for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "nope"],
+                ["--max-n", "64"], ["--base", base], ["--min-p", "2"]):
+        assert main(["serve", *bad]) == 2, bad  # refused before any model loads
+
+
+@pytest.mark.slow
+def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "baco.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def up():
+            try:
+                return requests.get(url + "/health", timeout=2).ok
+            except requests.ConnectionError:
+                return server.poll() is not None
+
+        assert wait_for(up, timeout=600) and server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+        answer = client.chat.completions.create(model="baco", messages=[{"role": "user", "content": "Name a fruit."}],
+                                                max_tokens=24, seed=0)
+        assert answer.choices[0].message.content.strip()
+        assert "".join(p["text"] for p in answer.choices[0].model_extra["provenance"]) == \
+            answer.choices[0].message.content
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        log.close()
