@@ -12,6 +12,7 @@ import torch
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
 from baco.routers import get_router
+from test_engine import run  # the same helper: token ids per request from one engine
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,14 +28,7 @@ def decode(collab, router, params, graphs, max_batch=4):
     requests = collab.requests(PROMPTS, 3, params, seed=params.seed)
     for i, request in enumerate(requests):
         request.max_new_tokens = 8 + 3 * i  # rows end at different steps: slots are reused mid-run
-    engine = Engine(collab.pair, get_router(router), max_batch=max_batch, max_len=128, graphs=graphs)
-    for request in requests:
-        engine.add(request, params)
-    out = [[] for _ in requests]
-    for event in engine.run():
-        for rid, token in zip(event.rows, event.tokens.tolist()):
-            out[rid].append(token)
-    return out, engine
+    return run(collab.pair, requests, router, params, max_batch=max_batch, max_len=128, graphs=graphs)
 
 
 @pytest.mark.parametrize("router", ["p-punc:0.5", "rand:0.5", "eft:0.5", "nudge:0.3"])
