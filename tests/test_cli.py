@@ -64,3 +64,20 @@ def test_bad_prompts_file_names_the_line(tmp_path):
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "baco.cli", "routers"], capture_output=True, text=True)
     assert done.returncode == 0 and "p-punc" in done.stdout
+
+
+def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tmp_path):
+    import torch
+
+    from baco.cli import main
+
+    base, aligned = map(str, tiny_dirs)
+    common = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Hi", "--n", "1",
+              "--max-new-tokens", "2", "--quiet", "--device", "cpu"]
+    assert main(common + ["--threads", "0"]) == 2
+    before = torch.get_num_threads()
+    try:
+        assert main(common + ["--threads", "1", "--out", str(tmp_path / "o.jsonl")]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

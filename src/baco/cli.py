@@ -105,6 +105,8 @@ def _add_formats(p) -> None:
     p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one "
+                   "per core; on a machine shared with other work, fewer avoid threads waiting on each other)")
 
 
 def _models_and_format(args):
@@ -119,6 +121,11 @@ def _models_and_format(args):
     fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
                        system_prompt=args.system_prompt, chat_template=chat_template)
     resolve_dtype(args.dtype, resolve_device(args.device))
+    if args.threads is not None:
+        _at_least_one(args.threads, "--threads")
+        import torch
+
+        torch.set_num_threads(args.threads)
     return args.base or BASE_ALIAS, args.aligned or ALIGNED_ALIAS, fmt, chat_template
 
 
@@ -292,8 +299,6 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond: 413")
     _add_formats(p)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one "
-                   "per core; on a machine shared with other work, fewer avoid threads waiting on each other)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=cmd_serve)
 
@@ -330,10 +335,6 @@ def cmd_serve(args) -> int:
     if args.host not in LOOPBACK and api_key is None:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
                                            anchor=args.anchor)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
