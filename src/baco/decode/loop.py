@@ -7,7 +7,10 @@
         apply the word rule                             # a word is finished by the model that began it
         token = sample(chosen model's logprobs, the chosen model's random number for this row and step)
         yield the step (tokens, writers, reasons, per-token statistics, rows that finished)
-        drop finished rows from both caches; append the token to both models' contexts
+        append the token to both models' contexts; a finished row's slot takes the next request
+
+The step is `decode.step.route_and_draw`; the slots, caches and scheduling are `decode.engine.Engine`;
+`lockstep()` below is the generator every client uses.
 
 Word rule: when the router asks to switch writers while the previous token ended in a word
 character (letter or digit), the new writer's token is kept only if it starts a new word
