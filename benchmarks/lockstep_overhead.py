@@ -57,8 +57,7 @@ def running_engine(collab: Collaboration, pair, router: str, batch: int, budget:
     """An engine with `batch` rows, warmed up: prefill done, graphs captured (on a GPU)."""
     params = SamplingParams(max_new_tokens=WARM + budget + 2, seed=0, min_p=0.05)
     requests = collab.requests([PROMPT], batch, params, seed=0)
-    longest = max(max(len(r.base_ids), len(r.aligned_ids)) for r in requests)
-    engine = Engine(pair, get_router(router), max_batch=batch, max_len=longest + params.max_new_tokens)
+    engine = Engine(pair, get_router(router), max_batch=batch, max_len=max(r.length for r in requests))
     for request in requests:
         engine.add(request, params)
     for _ in range(WARM):

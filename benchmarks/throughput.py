@@ -46,7 +46,7 @@ def requests_for(collab: Collaboration, prompts: int, n: int, lengths: tuple[int
 def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool):
     """(tokens written, seconds, engine stats) for all requests, on one engine whose admission policy is
     either continuous (a free slot is refilled at the next step) or static (only when all are free)."""
-    longest = max(max(len(r.base_ids), len(r.aligned_ids)) + r.max_new_tokens for r in requests)
+    longest = max(r.length for r in requests)
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=max_batch, max_len=longest,
                     admit_at=None if continuous else max_batch)
     for request in requests:

@@ -123,6 +123,7 @@ class Engine:
         self._next_rid = 0
         self._graphs: dict[tuple, tuple] = {}
         self._warm: dict[tuple, int] = {}
+        self._pool = None
         self.capture_error: str | None = None
         self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "occupied_row_steps": 0,
                       "bucket_row_steps": 0, "moves": 0}
@@ -151,12 +152,11 @@ class Engine:
     def add(self, request: Request, params: SamplingParams, *, top_logprobs: bool = False) -> int:
         """Queue a request; returns its id. A request that can never fit is an error now, not later.
         `top_logprobs`: its steps report the writer's `Engine(top_logprobs=k)` most likely tokens."""
-        longest = max(len(request.base_ids), len(request.aligned_ids))
         if min(len(request.base_ids), len(request.aligned_ids)) < 1:
             raise BacoError("a request needs at least one prompt token for each model")
-        if longest + request.max_new_tokens > self.columns:
-            raise BacoError(f"request needs {longest} prompt + {request.max_new_tokens} new tokens, more than the "
-                            f"engine's max_len of {self.columns}; raise max_len or lower max_new_tokens")
+        if request.length > self.columns:
+            raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
+                            f"than the engine's max_len of {self.columns}; raise max_len or lower max_new_tokens")
         rid = self._next_rid
         self._next_rid += 1
         self.waiting.append(_Live(rid, request, params, top_logprobs=bool(top_logprobs and self.top_k_logprobs)))
@@ -246,9 +246,8 @@ class Engine:
             uniforms[i, :, : request.max_new_tokens] = torch.rand((3, request.max_new_tokens), generator=generator)
         self.uniforms[slots] = upload(uniforms, self.device)
         fresh = RowKnobs.of([m.params for m in group.members])
-        fresh = RowKnobs(*(upload(getattr(fresh, name), self.device) for name in ("temperature", "top_k", "top_p", "min_p")))
-        for name in ("temperature", "top_k", "top_p", "min_p"):
-            getattr(self.knobs, name)[slots] = getattr(fresh, name)
+        for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
+            mine[slots] = upload(theirs, self.device)
         for slot, member in zip(group.slots, group.members):
             if member.rid not in self.finished_rids:  # not aborted while its prompt was prefilled
                 self.live[slot] = member
@@ -264,7 +263,7 @@ class Engine:
             for side in self.sides:
                 side.cache.move(src.to(side.device), dst.to(side.device))
             state = [self.previous, self.previous_base, self.t, self.uniforms, *self.inputs, *self.positions,
-                     *self.valid, self.knobs.temperature, self.knobs.top_k, self.knobs.top_p, self.knobs.min_p]
+                     *self.valid, *self.knobs.rows()]
             for tensor in state:
                 tensor.index_copy_(0, dst, tensor.index_select(0, src))
             self.live[target] = self.live.pop(source)
@@ -297,9 +296,7 @@ class Engine:
         return _Launched(self.steps - 1, [(s, self.live[s].rid) for s in rows], names, mixed, host, ready)
 
     def _flags(self) -> tuple[bool, bool, bool, bool]:
-        params = [live.params for live in self.live.values()]
-        return (any(p.top_k > 0 for p in params), any(p.top_p < 1.0 for p in params),
-                any(p.top_k > 1024 for p in params), all(p.temperature == 0 for p in params))
+        return RowKnobs.flags([live.params for live in self.live.values()])
 
     def _step_fn(self, bucket: int, flags: tuple, top: bool = False) -> tuple[tuple[str, ...], bool]:
         """One lockstep step over slots [0, bucket): fixed buffers in, fixed buffers out."""
@@ -345,7 +342,7 @@ class Engine:
         bucket, flags, top = key
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        self._pool = getattr(self, "_pool", None) or torch.cuda.graph_pool_handle()
+        self._pool = self._pool or torch.cuda.graph_pool_handle()  # every bucket's graph shares one pool
         try:
             with torch.cuda.graph(graph, pool=self._pool):
                 names, mixed = self._step_fn(bucket, flags, top)

@@ -48,6 +48,16 @@ class Request:
     seed: int
     max_new_tokens: int
 
+    @property
+    def prompt_length(self) -> int:
+        """The longer of the two renderings, in tokens."""
+        return max(len(self.base_ids), len(self.aligned_ids))
+
+    @property
+    def length(self) -> int:
+        """Tokens a slot must hold for this request: its longer prompt plus its new tokens."""
+        return self.prompt_length + self.max_new_tokens
+
 
 @dataclass
 class StepEvent:
@@ -90,7 +100,7 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
 
     if not requests:
         return
-    longest = max(max(len(r.base_ids), len(r.aligned_ids)) + r.max_new_tokens for r in requests)
+    longest = max(r.length for r in requests)
     engine = Engine(pair, router, max_batch=max_batch or len(requests), max_len=max_len or longest, graphs=graphs,
                     stop_strings=stop_strings)
     for request in requests:  # every request is checked before the first step

@@ -91,13 +91,22 @@ class RowKnobs:
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         return cls(tensor([p.temperature for p in rows], torch.float32), tensor(top_k, torch.long),
                    tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),
-                   use_top_k=any(k > 0 for k in top_k), use_top_p=any(p.top_p < 1.0 for p in rows),
-                   wide_top_k=any(k > PRECUT for k in top_k), all_greedy=all(p.temperature == 0 for p in rows))
+                   *cls.flags(rows))
+
+    @staticmethod
+    def flags(rows: "list[SamplingParams]") -> tuple[bool, bool, bool, bool]:
+        """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy) of these rows' settings."""
+        return (any(p.top_k > 0 for p in rows), any(p.top_p < 1.0 for p in rows),
+                any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows))
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The per-row tensors: temperature, top_k, top_p, min_p."""
+        return self.temperature, self.top_k, self.top_p, self.min_p
 
     def take(self, rows: torch.Tensor) -> "RowKnobs":
         """The knobs of `rows` (an index tensor), with the same static flags."""
-        return RowKnobs(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows],
-                        self.use_top_k, self.use_top_p, self.wide_top_k, self.all_greedy)
+        return RowKnobs(*(tensor[rows] for tensor in self.rows()), self.use_top_k, self.use_top_p,
+                        self.wide_top_k, self.all_greedy)
 
 
 def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParams | RowKnobs",

@@ -77,7 +77,7 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, 
     requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
     prompt_tokens = 0
     for request in requests:
-        longest = max(len(request.base_ids), len(request.aligned_ids))
+        longest = request.prompt_length
         if request.sample_index == 0:
             prompt_tokens += len(request.aligned_ids)
         where = f"prompt {request.prompt_index}" if len(prompts) > 1 else "the prompt"
