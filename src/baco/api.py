@@ -13,7 +13,7 @@ from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, PromptError, TokenizerMismatchError
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-from baco.models.hf import HFCausalLM, load_tokenizer
+from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import PromptFormat, encode_request
@@ -56,7 +56,8 @@ class Collaboration:
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
                         dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
-                        anchor: str | os.PathLike | None = None, router: str | None = None) -> "Collaboration":
+                        anchor: str | os.PathLike | None = None, router: str | None = None,
+                        one_forward: str = "auto") -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
@@ -65,6 +66,8 @@ class Collaboration:
         Models whose tokenizers differ make a cross-tokenizer pair, which runs the cross-tokenizer
         methods (`chared:W`, `unite:K`, routers per word such as `p-punc-words:G`) and base / aligned
         alone; `router`, if given, is checked against the pair before any weights load.
+        `one_forward`: when `aligned` is a LoRA adapter on `base` itself, load the weights once and step
+        both sides as rows of one forward (`on`; `auto`: on the CPU) or merge it into a copy (`off`).
         """
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
         anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
@@ -82,12 +85,11 @@ class Collaboration:
                                                             tokenizer=aligned_tokenizer)), prompt_format)
         if anchor_tokenizer is not None:
             check_compatible(base_tokenizer, anchor_tokenizer)
-        pair = ModelPair(
-            HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
-            HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer),
-            HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device, tokenizer=anchor_tokenizer)
-            if anchor is not None else None,
-        )
+        base_lm, aligned_lm = load_pair_models(base, aligned, dtype=dtype, device=device, base_tokenizer=base_tokenizer,
+                                               aligned_tokenizer=aligned_tokenizer, one_forward=one_forward)
+        anchor_lm = (HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device, tokenizer=anchor_tokenizer)
+                     if anchor is not None else None)
+        pair = ModelPair(base_lm, aligned_lm, anchor_lm)
         return cls(pair, prompt_format)
 
     @property

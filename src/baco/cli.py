@@ -102,6 +102,10 @@ def _add_models(p) -> None:
 def _add_formats(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
+                   help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
+                   "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "
+                   "auto: on on the CPU, off on GPUs (where each model's step is a captured CUDA graph)")
     p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
@@ -220,7 +224,8 @@ def cmd_generate(args) -> int:
                   f"generating the others", file=sys.stderr)
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                               prompt_format=fmt, anchor=args.anchor, router=args.router)
+                                               prompt_format=fmt, anchor=args.anchor, router=args.router,
+                                               one_forward=args.one_forward)
         stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
                                       batch_size=args.batch_size, max_len=args.max_len, skip=skip)
     else:  # the models load on the workers, not here
@@ -336,7 +341,7 @@ def cmd_serve(args) -> int:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
-                                           anchor=args.anchor)
+                                           anchor=args.anchor, one_forward=args.one_forward)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

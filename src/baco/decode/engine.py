@@ -30,7 +30,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
-from baco.models.slots import SlotLM, upload
+from baco.models.slots import SlotLM, shared_weights, upload
 from baco.routers import StepView
 
 BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -39,6 +39,18 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 def bucket_for(rows: int, max_batch: int) -> int:
     """The smallest captured batch size that holds `rows` slots."""
     return min([b for b in BUCKETS if b >= rows] + [max_batch])
+
+
+def _units(lms: list, slots: int, columns: int) -> tuple[list[SlotLM], list[tuple[int, int]]]:
+    """One `SlotLM` per set of weights, and (unit, lane) of each side: sides that share weights (a base
+    model and its LoRA adapter loaded once, or one model with two renderings) step in one forward."""
+    lane_of, members = [], {}
+    for lm in lms:
+        key = id(shared_weights(lm)[0])
+        members.setdefault(key, []).append(lm)
+        lane_of.append((list(members).index(key), len(members[key]) - 1))
+    units = [SlotLM(group, slots, columns) for group in members.values()]
+    return units, lane_of
 
 
 @dataclass
@@ -109,8 +121,8 @@ class Engine:
         self.pipelined = self.sync_free and cuda  # read step t while the device runs step t+1
         self.host_router = host_router
         self.admit_at = max(1, admit_at if admit_at is not None else (max_batch // 8 if cuda else 1))
-        self.sides = [SlotLM(lm, max_batch, columns) for lm, _ in pair.sides]
         self.reads = [reads for _, reads in pair.sides]
+        self.units, self.lane_of = _units([lm for lm, _ in pair.sides], max_batch, columns)
         self._state(max_batch, columns)
         self.waiting: list[_Live] = []
         self.live: dict[int, _Live] = {}  # slot -> request in it
@@ -133,10 +145,10 @@ class Engine:
         dev = self.device
         longs = lambda fill=0: torch.full((slots,), fill, dtype=torch.long, device=dev)  # noqa: E731
         self.previous, self.t = longs(-1), longs()
-        self.inputs = [longs() for _ in self.sides]  # the token each side reads next
+        self.inputs = [longs() for _ in self.reads]  # the token each side reads next
         self.previous_base = torch.zeros(slots, dtype=torch.bool, device=dev)
-        self.positions = [longs() for _ in self.sides]
-        self.valid = [longs() for _ in self.sides]
+        self.positions = [longs() for _ in self.reads]
+        self.valid = [longs() for _ in self.reads]
         self.uniforms = torch.zeros((slots, 3, columns), device=dev)
         self.knobs = RowKnobs.of(SamplingParams(), slots, dev)
         self.write = torch.zeros(1, dtype=torch.long, device=dev)
@@ -204,14 +216,15 @@ class Engine:
                 return
             members, self.waiting = self.waiting[: len(free)], self.waiting[len(free):]
             group = _Group(free[: len(members)], members)
-            for side, reads in zip(self.sides, self.reads):
+            for (unit, lane), reads in zip(self.lane_of, self.reads):
+                side = self.units[unit]
                 prompts, rows_of = [], []
                 for live in members:
                     prompt = tuple(live.request.base_ids if reads == "base" else live.request.aligned_ids)[:-1]
                     if prompt not in prompts:
                         prompts.append(prompt)
                     rows_of.append(prompts.index(prompt))
-                group.prefills.append(side.prefill([list(p) for p in prompts]))
+                group.prefills.append(side.prefill([list(p) for p in prompts], lane))
                 group.rows_of.append(upload(torch.tensor(rows_of), side.device))
             self.group = group
         if self.group is None:
@@ -227,8 +240,8 @@ class Engine:
     def _activate(self, group: _Group) -> None:
         """Place the group's prefilled caches into its slots and reset those rows' state."""
         slots = upload(torch.tensor(group.slots), self.device)
-        for side, prefill, rows_of in zip(self.sides, group.prefills, group.rows_of):
-            prefill.place(slots.to(side.device), rows_of, self.write_host)
+        for prefill, rows_of in zip(group.prefills, group.rows_of):
+            prefill.place(slots.to(prefill.side.device), rows_of, self.write_host)
         requests = [m.request for m in group.members]
         last = {"base": [r.base_ids[-1] for r in requests], "aligned": [r.aligned_ids[-1] for r in requests]}
         lengths = {"base": [len(r.base_ids) - 1 for r in requests], "aligned": [len(r.aligned_ids) - 1 for r in requests]}
@@ -260,8 +273,8 @@ class Engine:
             source = max(self.live)
             target = min(s for s in range(self.slots) if s not in self.live)
             src, dst = torch.tensor([source], device=self.device), torch.tensor([target], device=self.device)
-            for side in self.sides:
-                side.cache.move(src.to(side.device), dst.to(side.device))
+            for unit in self.units:
+                unit.move(src.to(unit.device), dst.to(unit.device))
             state = [self.previous, self.previous_base, self.t, self.uniforms, *self.inputs, *self.positions,
                      *self.valid, *self.knobs.rows()]
             for tensor in state:
@@ -301,10 +314,14 @@ class Engine:
     def _step_fn(self, bucket: int, flags: tuple, top: bool = False) -> tuple[tuple[str, ...], bool]:
         """One lockstep step over slots [0, bucket): fixed buffers in, fixed buffers out."""
         b = bucket
-        logprobs = [self.pair.logprobs(side.forward(self.inputs[i][:b], self.positions[i][:b], self.valid[i][:b],
-                                                    self.write))
-                    for i, side in enumerate(self.sides)]
-        base_lp, aligned_lp, anchor_lp = self.pair.split(logprobs)
+        logits: list = [None] * len(self.reads)
+        for u, unit in enumerate(self.units):  # one forward per set of weights, every lane it serves at once
+            mine = [i for i, (of, _) in enumerate(self.lane_of) if of == u]
+            outs = unit.forward([self.inputs[i][:b] for i in mine], [self.positions[i][:b] for i in mine],
+                                [self.valid[i][:b] for i in mine], self.write)
+            for i, out in zip(mine, outs):
+                logits[i] = out
+        base_lp, aligned_lp, anchor_lp = self.pair.split([self.pair.logprobs(x) for x in logits])
         steps = self.t[:b].clamp(max=self.columns - 1)
         uniforms = self.uniforms[:b].gather(2, steps[:, None, None].expand(b, 3, 1)).squeeze(-1)
         use_top_k, use_top_p, wide, greedy = flags
@@ -324,7 +341,7 @@ class Engine:
         self.previous[:b] = drawn.tokens
         self.previous_base[:b] = drawn.use_base
         self.t[:b] += 1
-        for i in range(len(self.sides)):
+        for i in range(len(self.reads)):
             self.positions[i][:b] += 1
             self.valid[i][:b] = (self.valid[i][:b] + 1).clamp(max=self.columns - 1)
         self.write.add_(1).remainder_(self.columns)

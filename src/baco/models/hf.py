@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from baco.errors import ModelLoadError
+from baco.errors import BacoError, ModelLoadError
 from baco.vocab import control_token_ids
 
 # transformers 5.2x renames forward(past_key_values=) to cache= but its `cache=` does not yet fill a
@@ -149,6 +149,87 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(),) + tuple(args[1:])
 
 
+def _load(name, dtype, device, tokenizer):
+    """(model on its device, adapter directory or None, tokenizer) for a name (see `resolve_source`)."""
+    from transformers import AutoModelForCausalLM
+
+    source, adapter = resolve_source(name, dtype)
+    target = resolve_device(device)
+    if dtype == "auto" and (os.fspath(name).startswith("baco:") or _is_embedded_cache(source)):
+        dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
+    torch_dtype = resolve_dtype(dtype, target)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except Exception as error:  # noqa: BLE001
+        raise ModelLoadError(_load_hint(source, "model", error)) from error
+    return model.to(target), adapter, tokenizer
+
+
+BASE_ADAPTER, ALIGNED_ADAPTER = "__base__", "aligned"  # peft's name for "no adapter", and ours for the adapter
+
+
+class AdapterView(torch.nn.Module):
+    """One side of a PeftModel whose LoRA adapter is not merged: the base model (`__base__`) or the
+    adapted one (`aligned`). Two views share one set of weights; the engine steps both sides' rows in
+    one forward (peft's mixed-adapter batches, `adapter_names=[...]`). Attributes it lacks (config,
+    generation_config, get_output_embeddings ...) are the wrapped model's."""
+
+    def __init__(self, peft, adapter: str):
+        super().__init__()
+        self.peft, self.adapter = peft, adapter
+
+    def forward(self, input_ids=None, **kwargs):
+        if self.adapter != BASE_ADAPTER:
+            return self.peft(input_ids=input_ids, **kwargs)  # the loaded adapter is the active one
+        rows = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
+        return self.peft(input_ids=input_ids, adapter_names=[BASE_ADAPTER] * rows, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.peft, name)
+
+
+ONE_FORWARD = ("auto", "on", "off")
+
+
+def load_pair_models(base: str | os.PathLike, aligned: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
+                     device: str | torch.device = "auto", base_tokenizer=None, aligned_tokenizer=None,
+                     one_forward: str = "auto") -> tuple["HFCausalLM", "HFCausalLM"]:
+    """(base, aligned) models. When the aligned model is a LoRA adapter on the base model itself (the
+    embedded pair; `--aligned ADAPTER_DIR` with `--base` its base), `one_forward` decides how it loads:
+    `on`: the base weights once and the adapter unmerged, both sides stepping as rows of one forward
+    (half the weight memory; on a CPU the step costs little more than one model's); `off`: two models,
+    the adapter merged into a copy (no per-step LoRA cost; on a GPU each side's step is captured as a
+    CUDA graph, which peft's mixed batches are not); `auto`: `on` on the CPU, `off` elsewhere."""
+    if one_forward not in ONE_FORWARD:
+        raise BacoError(f"one_forward must be one of {', '.join(ONE_FORWARD)}, got {one_forward!r}")
+    base_source, base_adapter = resolve_source(base, dtype)
+    aligned_source, adapter = resolve_source(aligned, dtype)
+    shareable = (adapter is not None and base_adapter is None
+                 and os.path.realpath(base_source) == os.path.realpath(aligned_source))
+    if one_forward == "on" and not shareable:
+        raise BacoError(f"one_forward='on' needs the aligned model to be a LoRA adapter on the base model "
+                        f"itself; {os.fspath(aligned)!r} is not one on {os.fspath(base)!r}")
+    if not shareable or (one_forward == "auto" and resolve_device(device).type != "cpu") or one_forward == "off":
+        return (HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
+                HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer))
+    model, _, base_tokenizer = _load(base, dtype, device, base_tokenizer)
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
+    try:
+        peft = PeftModel.from_pretrained(model, adapter, adapter_name=ALIGNED_ADAPTER).eval()
+    except Exception as error:  # noqa: BLE001
+        raise ModelLoadError(_load_hint(adapter, "adapter", error)) from error
+    aligned_tokenizer = aligned_tokenizer if aligned_tokenizer is not None else load_tokenizer(aligned)
+    return (HFCausalLM(AdapterView(peft, BASE_ADAPTER), base_tokenizer, name=os.fspath(base)),
+            HFCausalLM(AdapterView(peft, ALIGNED_ADAPTER), aligned_tokenizer, name=os.fspath(aligned)))
+
+
 class HFCausalLM:
     """A transformers causal LM with its tokenizer, ready for batched prefill and KV-cache steps."""
 
@@ -158,28 +239,19 @@ class HFCausalLM:
         self.name = name
         self.device = next(model.parameters()).device
         output = model.get_output_embeddings()
-        if output is not None:
+        if output is not None and not getattr(output, "_baco_contiguous", False):  # views share one layer
             output.register_forward_pre_hook(_contiguous_input)
+            output._baco_contiguous = True
 
     @classmethod
     def from_pretrained(cls, name: str | os.PathLike, *, dtype: str | torch.dtype = "auto",
                         device: str | torch.device = "auto", tokenizer=None) -> "HFCausalLM":
-        """Load by hub id or local path. Errors (missing path, corrupt weights) are `ModelLoadError`."""
-        from transformers import AutoModelForCausalLM
-
-        source, adapter = resolve_source(name, dtype)
-        target = resolve_device(device)
-        if dtype == "auto" and (os.fspath(name).startswith("baco:") or _is_embedded_cache(source)):
-            dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
-        torch_dtype = resolve_dtype(dtype, target)
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-        except Exception as error:  # noqa: BLE001
-            raise ModelLoadError(_load_hint(source, "model", error)) from error
+        """Load by hub id or local path. Errors (missing path, corrupt weights) are `ModelLoadError`.
+        A LoRA adapter (a peft directory, `baco:gemma-3-270m-aligned`) is merged into its base's weights."""
+        model, adapter, tokenizer = _load(name, dtype, device, tokenizer)
         if adapter is not None:
             model = _merge_adapter(model, adapter)
-        return cls(model.to(target), tokenizer, name=os.fspath(name))
+        return cls(model, tokenizer, name=os.fspath(name))
 
     @property
     def output_rows(self) -> int:

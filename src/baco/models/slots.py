@@ -95,17 +95,41 @@ def _layer_kinds(config) -> tuple[list[str] | None, int | None]:
     return None, (int(window) if window and getattr(config, "use_sliding_window", True) else None)
 
 
-class SlotLM:
-    """One model's side of the engine: its slot cache, prefill into slots, and one decoding step."""
+def shared_weights(lm) -> tuple[object, str | None]:
+    """(the module holding `lm`'s weights, the adapter it runs or None). Sides with the same module can
+    run as rows of one forward: a plain model read with two renderings, or adapter views of one PeftModel."""
+    from baco.models.hf import AdapterView
 
-    def __init__(self, lm, slots: int, columns: int):
-        self.lm, self.model = lm, lm.model
-        self.device = lm.device
-        self.cache = SlotCache(slots, columns)
+    if isinstance(lm.model, AdapterView):
+        return lm.model.peft, lm.model.adapter
+    return lm.model, None
+
+
+class SlotLM:
+    """The engine's view of one set of weights: its slot cache, prefill into slots, and one decoding step.
+
+    It serves one or more *lanes*: sides of the pair that share these weights (the base model and its
+    LoRA-adapted aligned model, or one model read with two renderings). Their rows are interleaved
+    (slot s, lane j is cache row s * lanes + j), so the live slots' bucket is a prefix of the rows, and
+    one forward steps every lane, the adapter applied per row (peft's mixed-adapter batches).
+    """
+
+    def __init__(self, lms: list, slots: int, columns: int):
+        first = lms[0]
+        self.lm, self.views = first, [lm.model for lm in lms]
+        self.model, _ = shared_weights(first)
+        self.adapters = [shared_weights(lm)[1] for lm in lms]
+        self.lanes = len(lms)
+        self.device = first.device
+        self.cache = SlotCache(slots * self.lanes, columns)
         self.columns = columns
-        self.layer_types, self.window = _layer_kinds(self.model.config)
-        self.dtype = next(self.model.parameters()).dtype
+        self.layer_types, self.window = _layer_kinds(first.model.config)
+        self.dtype = next(first.model.parameters()).dtype
         self.ring = torch.arange(columns, device=self.device)
+
+    def rows(self, slots: torch.Tensor, lane: int) -> torch.Tensor:
+        """Cache rows of `slots` in `lane`."""
+        return slots * self.lanes + lane
 
     def masks(self, write: torch.Tensor, valid: torch.Tensor):
         """Additive attention masks (rows, 1, 1, columns) for one step: a key column counts for a row if
@@ -122,27 +146,40 @@ class SlotLM:
         return {"full_attention": full, "sliding_attention": sliding}
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor,
-                write: torch.Tensor) -> torch.Tensor:
-        """Logits (rows, V) after feeding one token per row at `positions`; writes column `write`."""
+    def forward(self, tokens: list[torch.Tensor], positions: list[torch.Tensor], valid: list[torch.Tensor],
+                write: torch.Tensor) -> list[torch.Tensor]:
+        """Each lane's logits (rows, V) after feeding one token per row at `positions`; writes column `write`."""
+        if self.lanes == 1:
+            tokens, positions, valid, model, extra = tokens[0], positions[0], valid[0], self.views[0], {}
+        else:
+            tokens, positions, valid = (torch.stack(x, dim=1).reshape(-1) for x in (tokens, positions, valid))
+            model = self.model
+            rows = tokens.shape[0] // self.lanes
+            extra = {"adapter_names": self.adapters * rows} if any(self.adapters) else {}
         self.cache.rows, self.cache.write = tokens.shape[0], write
-        out = self.model(input_ids=tokens[:, None], position_ids=positions[:, None],
-                         attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1, :]
+        out = model(input_ids=tokens[:, None], position_ids=positions[:, None], attention_mask=self.masks(write, valid),
+                    past_key_values=self.cache, use_cache=True, **extra)
+        logits = out.logits[:, -1, :]
+        return list(logits.view(-1, self.lanes, logits.shape[-1]).unbind(1)) if self.lanes > 1 else [logits]
 
-    def prefill(self, prompts: list[list[int]]) -> "Prefill":
-        """Start prefilling `prompts` (each without its last token, which the first decoding step feeds)."""
-        return Prefill(self, prompts)
+    def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Copy slot `source`'s rows (every lane) into slot `target` (1-element tensors)."""
+        for lane in range(self.lanes):
+            self.cache.move(self.rows(source, lane), self.rows(target, lane))
+
+    def prefill(self, prompts: list[list[int]], lane: int = 0) -> "Prefill":
+        """Start prefilling `prompts` for `lane` (each without its last token, which the first decoding step feeds)."""
+        return Prefill(self, prompts, lane)
 
 
 class Prefill:
     """Prefill of a group of prompts, run `chunk` columns at a time through a temporary transformers
     cache (so a long prompt does not stall the other rows' steps), then placed into slots."""
 
-    def __init__(self, side: SlotLM, prompts: list[list[int]]):
+    def __init__(self, side: SlotLM, prompts: list[list[int]], lane: int = 0):
         from transformers import DynamicCache
 
-        self.side = side
+        self.side, self.lane, self.model = side, lane, side.views[lane]
         width = max((len(p) for p in prompts), default=0)
         if width >= side.columns:
             raise BacoError(f"a prompt of {width + 1} tokens does not fit the engine's {side.columns} columns")
@@ -154,7 +191,7 @@ class Prefill:
                 mask[row, width - len(prompt):] = 1
         self.ids, self.mask = upload(ids, side.device), upload(mask, side.device)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=side.model.config)
+        self.cache = DynamicCache(config=side.lm.model.config)
         self.width, self.done_columns = width, 0
 
     @property
@@ -165,7 +202,7 @@ class Prefill:
     def advance(self, chunk: int) -> None:
         """Run the next `chunk` columns of every prompt."""
         start, end = self.done_columns, min(self.done_columns + chunk, self.width)
-        self.side.model(input_ids=self.ids[:, start:end], attention_mask=self.mask[:, :end],
+        self.model(input_ids=self.ids[:, start:end], attention_mask=self.mask[:, :end],
                         position_ids=self.positions[:, start:end], past_key_values=self.cache, use_cache=True,
                         logits_to_keep=1)
         self.done_columns = end
@@ -175,10 +212,11 @@ class Prefill:
         """Copy the prefilled keys/values into the ring just before column `write`: slot `slots[i]`
         receives prompt `rows_of[i]` (the n samples of a prompt share one prefill)."""
         side = self.side
+        rows = side.rows(slots, self.lane)
         for layer_idx, layer in enumerate(self.cache.layers if self.width else []):
             keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
             if keys is None or keys.numel() == 0:
                 continue
             kept = keys.shape[2]  # a sliding-window layer keeps only its window
             columns = (write - kept + torch.arange(kept, device=side.device)) % side.columns
-            side.cache.place(layer_idx, slots, columns, keys[rows_of], values[rows_of])
+            side.cache.place(layer_idx, rows, columns, keys[rows_of], values[rows_of])

@@ -22,7 +22,7 @@ from typing import Iterator
 from baco.api import Collaboration
 from baco.decode.records import Sample
 from baco.models.chars import CrossPair
-from baco.models.hf import HFCausalLM, load_tokenizer
+from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
@@ -44,7 +44,7 @@ class Engines:
 
     @classmethod
     def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto",
-             anchor: str | None = None) -> "Engines":
+             anchor: str | None = None, one_forward: str = "auto") -> "Engines":
         from baco.errors import TokenizerMismatchError
         from baco.vocab import check_compatible
 
@@ -56,8 +56,8 @@ class Engines:
             if anchor:
                 raise
             shared = False
-        base_lm = HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tok)
-        aligned_lm = HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tok)
+        base_lm, aligned_lm = load_pair_models(base, aligned, dtype=dtype, device=device, base_tokenizer=base_tok,
+                                               aligned_tokenizer=aligned_tok, one_forward=one_forward)
         anchor_lm = HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device) if anchor else None
         pair = ModelPair(base_lm, aligned_lm, anchor_lm) if shared else CrossPair(base_lm, aligned_lm)
         return cls(pair, SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
