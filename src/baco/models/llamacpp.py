@@ -73,6 +73,9 @@ class GGUFWeights:
         self.context_length = lib.llama_model_n_ctx_train(self.pointer)
         self.stops = {t for t in (lib.llama_vocab_eos(vocab), lib.llama_vocab_eot(vocab)) if t >= 0}
         self.adapters: dict[str, object] = {}
+        # float32 weights (small test models): keep the cache in float32 and attention unfused (the CPU's
+        # flash-attention kernel rounds through float16), so the logits are those of the HF model
+        self.exact = _field(path, "general.file_type") == 0
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GGUFWeights":
@@ -107,15 +110,15 @@ class LlamaCppLM:
         self.lora = str(lora) if lora else None
         if self.lora:
             weights.adapter(self.lora)  # fail now, not at the first step
-        if len(tokenizer) > weights.n_vocab:
-            raise ModelLoadError(f"{name!r}: the tokenizer has {len(tokenizer)} tokens but the GGUF model "
+        if tokenizer.vocab_size > weights.n_vocab:  # (transformers may add a special token beyond the model's rows)
+            raise ModelLoadError(f"{name!r}: the tokenizer has {tokenizer.vocab_size} tokens but the GGUF model "
                                  f"{weights.n_vocab}: they do not belong together")
         stops = set(weights.stops) | set(eos or [])
         if tokenizer.eos_token_id is not None:
             stops.add(tokenizer.eos_token_id)
         vocab, controls = tokenizer.get_vocab(), control_token_ids(tokenizer)
         stops.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] in controls)
-        self.stop_token_ids = stops
+        self.stop_token_ids = {t for t in stops if t < weights.n_vocab}
 
     @property
     def output_rows(self) -> int:
@@ -156,6 +159,9 @@ class LlamaUnit:
         params.kv_unified = True  # one pool of cache cells: copied sequences share cells
         params.n_threads = params.n_threads_batch = torch.get_num_threads()
         params.no_perf = True
+        if lm.weights.exact:
+            params.type_k = params.type_v = lib.GGML_TYPE_F32
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = lib.llama_init_from_model(lm.weights.pointer, params)
         if not self.ctx:
             raise BacoError(f"llama.cpp could not make a context of {params.n_ctx} cache cells for {lm.name!r}; "
@@ -281,17 +287,23 @@ def _is_gguf(name) -> bool:
     return str(name).lower().endswith(".gguf") and os.path.isfile(os.path.expanduser(str(name)))
 
 
-def gguf_kind(path: str | os.PathLike) -> str:
-    """`general.type` of a GGUF file: "model" or "adapter"."""
-    from gguf import GGUFReader
+def _field(path: str | os.PathLike, key: str):
+    """A metadata value of a GGUF file (a string or a number), or None."""
+    from gguf import GGUFReader, GGUFValueType
 
     try:
-        field = GGUFReader(os.path.expanduser(str(path))).fields.get("general.type")
+        field = GGUFReader(os.path.expanduser(str(path))).fields.get(key)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(f"could not read the GGUF file {str(path)!r}: {type(error).__name__}: {error}") from error
     if field is None:
-        return "model"
-    return bytes(field.parts[field.data[0]]).decode()
+        return None
+    value = field.parts[field.data[0]]
+    return bytes(value).decode() if field.types[0] == GGUFValueType.STRING else value.tolist()[0]
+
+
+def gguf_kind(path: str | os.PathLike) -> str:
+    """`general.type` of a GGUF file: "model" or "adapter"."""
+    return _field(path, "general.type") or "model"
 
 
 def supports(base, aligned) -> bool:
@@ -301,7 +313,7 @@ def supports(base, aligned) -> bool:
     return all(str(n) in (BASE_ALIAS, ALIGNED_ALIAS) or _is_gguf(n) for n in (base, aligned))
 
 
-def _side(name, base_weights: GGUFWeights | None = None) -> tuple[GGUFWeights, object, str | None, list[int]]:
+def _side(name, base_weights: GGUFWeights | None = None, tokenizer=None) -> tuple[GGUFWeights, object, str | None, list[int]]:
     """(weights, HF tokenizer, LoRA GGUF or None, extra stop ids) of one name."""
     from baco.models import embedded
 
@@ -310,7 +322,8 @@ def _side(name, base_weights: GGUFWeights | None = None) -> tuple[GGUFWeights, o
         from transformers import AutoTokenizer
 
         weights = GGUFWeights.load(embedded._gguf_path())
-        tokenizer = AutoTokenizer.from_pretrained(embedded.base_dir("bfloat16"))  # the turn template is set there
+        if tokenizer is None:  # the converted model's tokenizer: the turn template is set there
+            tokenizer = AutoTokenizer.from_pretrained(embedded.base_dir("bfloat16"))
         lora = None
         if name == embedded.ALIGNED_ALIAS:
             from baco.models.gguf_export import aligned_lora_gguf
@@ -323,14 +336,16 @@ def _side(name, base_weights: GGUFWeights | None = None) -> tuple[GGUFWeights, o
     if gguf_kind(path) == "adapter":
         if base_weights is None:
             raise ModelLoadError(f"{name!r} is a GGUF LoRA adapter: pass it as --aligned, with its base model as --base")
-        return base_weights, None, str(path), []
-    from transformers import AutoTokenizer
+        return base_weights, tokenizer, str(path), []
+    weights = GGUFWeights.load(path)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except Exception as error:  # noqa: BLE001
-        raise ModelLoadError(f"could not read the tokenizer of {name!r}: {type(error).__name__}: {error}") from error
-    return GGUFWeights.load(path), tokenizer, None, []
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        except Exception as error:  # noqa: BLE001
+            raise ModelLoadError(f"could not read the tokenizer of {name!r}: {type(error).__name__}: {error}") from error
+    return weights, tokenizer, None, []
 
 
 BACKENDS = ("auto", "hf", "llamacpp")
@@ -359,12 +374,13 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
     return backend
 
 
-def load_llamacpp_models(base, aligned) -> tuple[LlamaCppLM, LlamaCppLM]:
+def load_llamacpp_models(base, aligned, *, base_tokenizer=None, aligned_tokenizer=None) -> tuple[LlamaCppLM, LlamaCppLM]:
     """(base, aligned) on llama.cpp. `aligned` may be a GGUF LoRA adapter on the base GGUF; with the embedded
     aliases, the base is the shipped Q4_K_M GGUF and the aligned side that GGUF plus baco's adapter, written
-    once as a GGUF LoRA (both sides share one copy of the weights)."""
-    base_weights, base_tok, base_lora, base_eos = _side(base)
-    aligned_weights, aligned_tok, lora, aligned_eos = _side(aligned, base_weights)
+    once as a GGUF LoRA (both sides share one copy of the weights). Tokenizers: read from the GGUF by
+    transformers unless given (an HF tokenizer of the same vocabulary, e.g. with a chat template the GGUF lacks)."""
+    base_weights, base_tok, base_lora, base_eos = _side(base, tokenizer=base_tokenizer)
+    aligned_weights, aligned_tok, lora, aligned_eos = _side(aligned, base_weights, aligned_tokenizer)
     aligned_tok = aligned_tok if aligned_tok is not None else base_tok
     return (LlamaCppLM(base_weights, base_tok, str(base), base_lora, base_eos),
             LlamaCppLM(aligned_weights, aligned_tok, str(aligned), lora, aligned_eos))

@@ -1,0 +1,156 @@
+"""The llama.cpp backend (`pip install 'baco[gguf]'`; `make test` installs it): GGUF models on the same engine,
+routers, sampler and provenance as the HF backend. Tiny float32 GGUFs are written here from the tiny HF pair."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from baco import Collaboration, SamplingParams  # noqa: E402
+from baco.errors import BacoError, ModelLoadError  # noqa: E402
+from baco.models.gguf_export import write_llama_gguf, write_lora_gguf  # noqa: E402
+from baco.models.hf import load_tokenizer  # noqa: E402
+from baco.models.llamacpp import choose_backend, load_llamacpp_models  # noqa: E402
+from baco.models.pair import ModelPair  # noqa: E402
+from baco.testing import make_tiny_adapter  # noqa: E402
+
+from test_engine import PROMPTS, run  # noqa: E402
+
+ROUTERS = ["p-punc:0.3", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
+
+
+@pytest.fixture(scope="module")
+def ggufs(tiny_dirs, tmp_path_factory):
+    """(base dir, aligned dir, base.gguf, aligned.gguf, adapter dir, adapter.gguf) of the tiny pair."""
+    base, aligned = tiny_dirs
+    out = tmp_path_factory.mktemp("gguf")
+    adapter = make_tiny_adapter(out / "adapter", base, seed=3)
+    base_gguf = write_llama_gguf(base, out / "base.gguf")
+    return (base, aligned, base_gguf, write_llama_gguf(aligned, out / "aligned.gguf"), adapter,
+            write_lora_gguf(adapter, out / "adapter.gguf", base_gguf=base_gguf))
+
+
+def llama_collab(base_gguf, aligned_gguf, tokenizer_dir) -> Collaboration:
+    tokenizer = load_tokenizer(tokenizer_dir)  # the HF tokenizer: same ids, and the chat template
+    return Collaboration(ModelPair(*load_llamacpp_models(base_gguf, aligned_gguf, base_tokenizer=tokenizer,
+                                                         aligned_tokenizer=tokenizer)))
+
+
+@pytest.fixture(scope="module")
+def both(ggufs, collab):
+    base, _, base_gguf, aligned_gguf, _, _ = ggufs
+    return collab, llama_collab(base_gguf, aligned_gguf, base)
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
+                                    SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)],
+                         ids=["greedy", "sampled"])
+def test_llamacpp_backend_equals_the_hf_backend_token_for_token_on_float32_ggufs(both, router, params):
+    hf, llama = both
+    requests = hf.requests(PROMPTS, 2, params, seed=params.seed)
+    expected, _ = run(hf.pair, requests, router, params, max_batch=3)  # 6 requests, 3 slots: rows join mid-run
+    got, engine = run(llama.pair, requests, router, params, max_batch=3)
+    assert type(engine.units[0]).__name__ == "LlamaUnit"
+    assert got == expected
+    assert sum(map(len, got)) > 6 * 5
+
+
+def test_llamacpp_slots_are_reused_and_compacted_like_the_hf_engine(both):
+    hf, llama = both
+    params = SamplingParams(max_new_tokens=30, seed=5)
+    requests = hf.requests(PROMPTS * 2, 1, params, seed=5)
+    for i, request in enumerate(requests):
+        request.max_new_tokens = 6 + 4 * i  # the earlier slots finish first: rows move down
+    expected, _ = run(hf.pair, requests, "p-punc:0.3", params)
+    got, engine = run(llama.pair, requests, "p-punc:0.3", params)
+    assert engine.stats["moves"] > 0 and got == expected
+    waited, _ = run(llama.pair, requests, "p-punc:0.3", params, max_batch=2)  # requests wait for a slot
+    assert waited == expected
+
+
+def test_a_gguf_lora_adapter_on_the_base_gguf_is_the_aligned_side(ggufs):
+    """aligned = base GGUF + LoRA GGUF (one copy of the weights) == HF base + the same peft adapter."""
+    base, _, base_gguf, _, adapter, adapter_gguf = ggufs
+    hf = Collaboration.from_pretrained(base, adapter, device="cpu", dtype="float32", one_forward="off")
+    llama = llama_collab(base_gguf, adapter_gguf, base)
+    assert llama.pair.base.weights is llama.pair.aligned.weights and llama.pair.aligned.lora
+    params = SamplingParams(temperature=0, max_new_tokens=16, seed=0)
+    requests = hf.requests(PROMPTS, 1, params, seed=0)
+    for router in ("aligned", "p-punc:0.3"):
+        expected, _ = run(hf.pair, requests, router, params)
+        got, _ = run(llama.pair, requests, router, params)
+        assert got == expected
+    base_only, _ = run(llama.pair, requests, "base", params)
+    aligned_only, _ = run(llama.pair, requests, "aligned", params)
+    assert base_only != aligned_only  # the adapter is applied to the aligned side only
+
+
+def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
+    base, aligned, base_gguf, aligned_gguf, _, adapter_gguf = ggufs
+    assert choose_backend("auto", base, aligned) == "hf"  # HF directories
+    assert choose_backend("auto", base_gguf, aligned_gguf) == "llamacpp"
+    assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned") == "llamacpp"
+    assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned", one_forward="on") == "hf"
+    with pytest.raises(BacoError, match="backend must be one of"):
+        choose_backend("vllm", base, aligned)
+    with pytest.raises(BacoError, match="runs GGUF files"):
+        choose_backend("llamacpp", base, aligned)
+    with pytest.raises(BacoError, match="GGUF files run on the llama.cpp backend"):
+        choose_backend("hf", base_gguf, aligned_gguf)
+    with pytest.raises(BacoError, match="no --anchor, --device"):
+        choose_backend("llamacpp", base_gguf, aligned_gguf, device="cuda")
+    with pytest.raises(ModelLoadError, match="GGUF LoRA adapter: pass it as --aligned"):
+        load_llamacpp_models(adapter_gguf, base_gguf)
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="corrupt.gguf"):
+        load_llamacpp_models(corrupt, aligned_gguf)
+
+
+def test_cli_generate_on_ggufs_records_the_backend(ggufs, tmp_path):
+    from baco.cli import main
+
+    base, _, base_gguf, _, _, adapter_gguf = ggufs
+    template = tmp_path / "turns.jinja"
+    template.write_text(load_tokenizer(base).chat_template)
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", "--base", str(base_gguf), "--aligned", str(adapter_gguf), "--chat-template", str(template),
+                 "--router", "p-punc:0.5", "--n", "2", "--max-new-tokens", "8", "--seed", "1",
+                 "--prompt", "Name a fruit.", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["models"]["backend"] == "llamacpp" for r in rows)
+    assert all(set(r["sources"]) <= {"base", "aligned"} and r["token_ids"] for r in rows)
+
+
+@pytest.mark.slow
+def test_embedded_pair_on_llamacpp_agrees_with_the_hf_backend():
+    """Q4_K_M in llama.cpp (activations quantised to 8 bits in its matrix products) against the same
+    weights dequantised to bf16 in transformers: teacher-forced on the HF greedy continuation, the
+    aligned model's top-1 token agrees at >= 90% of positions (measured: docs/benchmarks.md), and
+    the adapter changes llama.cpp's logits."""
+    hf = Collaboration.from_pretrained(one_forward="off")
+    llama = Collaboration.from_pretrained(backend="llamacpp")
+    unit = llama.pair.aligned.engine_unit(1, 512)
+    base_unit = llama.pair.base.engine_unit(1, 512)
+    prompts = ["Name a fruit.", "Write a two-line poem about the sea.", "What is rain?"]
+    samples = hf.generate(prompts, router="aligned", sampling=SamplingParams(temperature=0, max_new_tokens=40, seed=0))
+    agree = total = 0
+    for prompt, sample in zip(prompts, samples):
+        ids = hf.tokenizer(hf.prompt_format.render_aligned(prompt, hf.tokenizer), add_special_tokens=False)["input_ids"]
+        ids += sample.token_ids
+        got = torch.from_numpy(unit.decode(ids, list(range(len(ids))), [0] * len(ids), outputs=len(ids)).copy())
+        unit.forget(0)
+        base = torch.from_numpy(base_unit.decode(ids, list(range(len(ids))), [0] * len(ids), outputs=len(ids)).copy())
+        base_unit.forget(0)
+        with torch.inference_mode():
+            expected = hf.pair.aligned.model(input_ids=torch.tensor([ids])).logits[0].float()
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += len(ids)
+        assert (got - base).abs().max() > 0.5
+    assert agree / total >= 0.9
+    samples = llama.generate(prompts, router="p-punc:0.5", n=2, sampling=SamplingParams(max_new_tokens=16, seed=0))
+    assert all(s.num_tokens > 0 and set(s.sources) <= {"base", "aligned"} for s in samples)
