@@ -16,9 +16,12 @@ reads a tensor's value on the host, so a step can be captured as a CUDA graph.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from baco.errors import BacoError
+from baco.models.hf import AdapterRows, AdapterView
 
 try:  # the model's attention layers call cache.update(); a transformers Cache passes its type checks
     from transformers.cache_utils import Cache as _CacheBase
@@ -98,8 +101,6 @@ def _layer_kinds(config) -> tuple[list[str] | None, int | None]:
 def shared_weights(lm) -> tuple[object, str | None]:
     """(the module holding `lm`'s weights, the adapter it runs or None). Sides with the same module can
     run as rows of one forward: a plain model read with two renderings, or adapter views of one PeftModel."""
-    from baco.models.hf import AdapterView
-
     if isinstance(lm.model, AdapterView):
         return lm.model.peft, lm.model.adapter
     return lm.model, None
@@ -150,16 +151,19 @@ class SlotLM:
                 write: torch.Tensor, live: list[int] | None = None) -> list[torch.Tensor]:
         """Each lane's logits (rows, V) after feeding one token per row at `positions`; writes column `write`.
         Every row of the bucket runs (fixed shapes); `live` is not needed here."""
+        mixed = nullcontext()
         if self.lanes == 1:
-            tokens, positions, valid, model, extra = tokens[0], positions[0], valid[0], self.views[0], {}
+            tokens, positions, valid, model = tokens[0], positions[0], valid[0], self.views[0]
         else:
             tokens, positions, valid = (torch.stack(x, dim=1).reshape(-1) for x in (tokens, positions, valid))
             model = self.model
             rows = tokens.shape[0] // self.lanes
-            extra = {"adapter_names": self.adapters * rows} if any(self.adapters) else {}
+            if any(self.adapters):  # each row with its side's adapter (peft's mixed-adapter batches)
+                mixed = AdapterRows.of(model).use(self.adapters * rows)
         self.cache.rows, self.cache.write = tokens.shape[0], write
-        out = model(input_ids=tokens[:, None], position_ids=positions[:, None], attention_mask=self.masks(write, valid),
-                    past_key_values=self.cache, use_cache=True, **extra)
+        with mixed:
+            out = model(input_ids=tokens[:, None], position_ids=positions[:, None],
+                        attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
         logits = out.logits[:, -1, :]
         return list(logits.view(-1, self.lanes, logits.shape[-1]).unbind(1)) if self.lanes > 1 else [logits]
 
