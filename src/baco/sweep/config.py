@@ -87,6 +87,7 @@ class SweepConfig:
     quality: list[str] | None = None
     batch_size: int = 256
     anchor: str | None = None
+    backend: str = "hf"  # or "llamacpp" (GGUF files or the embedded pair on llama.cpp)
     source: dict = field(default_factory=dict)
 
     @property
@@ -103,11 +104,12 @@ class SweepConfig:
         """The models a configuration runs, as its samples record them: one model alone or the pair."""
         from baco.strategies import parse_strategy
 
+        backend = {"backend": self.backend} if self.backend != "hf" else {}  # llama.cpp's samples are its own
         if configuration.router == "base":
-            return {"base": self.base}
+            return {"base": self.base} | backend
         if configuration.router == "aligned" or parse_strategy(configuration.router):
-            return {"aligned": self.aligned}
-        models = {"base": self.base, "aligned": self.aligned}
+            return {"aligned": self.aligned} | backend
+        models = {"base": self.base, "aligned": self.aligned} | backend
         if self.anchor and configuration.router.startswith("proxy"):
             models["anchor"] = self.anchor
         return models
@@ -326,10 +328,12 @@ def _metrics(raw, source: str) -> tuple[list[str] | None, list[str] | None]:
 
 
 def _models(raw, source: str) -> dict[str, str]:
-    raw = _mapping(raw, f"{source}: models", {"base", "aligned", "anchor"})
+    raw = _mapping(raw, f"{source}: models", {"base", "aligned", "anchor", "backend"})
     for key, value in raw.items():
         if not isinstance(value, str) or not value.strip():
             _fail(f"{source}: models.{key} must be a model id, path or adapter directory, got {show(value)}")
+    if raw.get("backend", "hf") not in ("hf", "llamacpp"):
+        _fail(f"{source}: models.backend must be hf or llamacpp, got {show(raw['backend'])}")
     return raw
 
 
@@ -379,7 +383,8 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     batch_size = _positive_int(raw.get("batch_size"), f"{source}: batch_size", 256)
     return SweepConfig(name=name, base=models.get("base", BASE_ALIAS), aligned=models.get("aligned", ALIGNED_ALIAS),
                        tasks=tasks, configurations=configurations, n=n, seeds=seeds, diversity=diversity,
-                       quality=quality, batch_size=batch_size, anchor=models.get("anchor"), source=raw)
+                       quality=quality, batch_size=batch_size, anchor=models.get("anchor"),
+                       backend=models.get("backend", "hf"), source=raw)
 
 
 def load_config(path: str | Path) -> SweepConfig:

@@ -23,6 +23,7 @@ from baco.api import Collaboration
 from baco.decode.records import Sample
 from baco.models.chars import CrossPair
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
+from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
@@ -44,10 +45,13 @@ class Engines:
 
     @classmethod
     def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto",
-             anchor: str | None = None, one_forward: str = "auto") -> "Engines":
+             anchor: str | None = None, one_forward: str = "auto", backend: str = "hf") -> "Engines":
         from baco.errors import TokenizerMismatchError
         from baco.vocab import check_compatible
 
+        if choose_backend(backend, base, aligned, anchor=anchor, device=device) == "llamacpp":
+            base_lm, aligned_lm = load_llamacpp_models(base, aligned)
+            return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
         base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
         try:
             check_compatible(base_tok, aligned_tok)
@@ -222,7 +226,7 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
     out_dir = Path(out_dir)
     state = pending(config, out_dir, log)
     if state.todo and engines is None:
-        engines = Engines.load(config.base, config.aligned, anchor=config.anchor)
+        engines = Engines.load(config.base, config.aligned, anchor=config.anchor, backend=config.backend)
     if state.todo and isinstance(engines.pair, CrossPair):  # before any cell runs: every method must suit the pair
         from baco.api import check_cross_router
 
