@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=4.0, help="--shape: embedding scale (peaked distributions)")
     parser.add_argument("--hf", nargs="*", default=["eager"], choices=["eager", "static"],
                         help="also time transformers generate of the base model (static: compiled, ~1 min per batch)")
+    parser.add_argument("--one-forward", default="off", choices=["auto", "on", "off"],
+                        help="an adapter pair as two models (off, the default here) or as rows of one forward "
+                        "(on; benchmarks/cpu_backends.py compares the CPU paths)")
     parser.add_argument("--profile", action="store_true",
                         help="then print a torch.profiler summary of lockstep steps at the largest batch")
     args = parser.parse_args()
@@ -190,7 +193,8 @@ def main() -> None:
 
         base, aligned = make_tiny_pair(tempfile.mkdtemp(prefix="baco-bench-"))
         label = "tiny random pair (Llama, hidden 32, 2 layers, vocab 512)"
-    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
+                                           one_forward=args.one_forward)
     without_stops(collab)
     t1, t2 = args.steps
     weights = list(collab.pair.base.model.parameters())
