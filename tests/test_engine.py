@@ -48,10 +48,34 @@ def run(pair, requests, router, params, **engine_options):
     return out, engine
 
 
+def same_tokens(reference, pair, router, params, requests, **engine_options):
+    """Run both pairs on the same requests; their tokens must be equal. Returns (tokens, pair's engine)."""
+    expected, _ = run(reference, requests, router, params, **engine_options)
+    got, engine = run(pair, requests, router, params, **engine_options)
+    assert got == expected
+    assert sum(map(len, got)) > 5 * len(requests)  # not a run that stopped at once
+    return got, engine
+
+
+def same_tokens_with_joiners_and_moves(reference, pair, collab):
+    """Rows that finish early (the others move down) and requests that wait for a slot: still equal."""
+    params = SamplingParams(max_new_tokens=30, seed=5)
+    requests = collab.requests(PROMPTS * 2, 1, params, seed=5)
+    for i, request in enumerate(requests):
+        request.max_new_tokens = 6 + 4 * i  # the earlier slots finish first: rows move down
+    _, engine = same_tokens(reference, pair, "p-punc:0.3", params, requests)
+    assert engine.stats["moves"] > 0
+    same_tokens(reference, pair, "p-punc:0.3", params, requests, max_batch=2)  # requests wait for a slot
+    return engine
+
+
+GREEDY_AND_SAMPLED = pytest.mark.parametrize(
+    "params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
+               SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)], ids=["greedy", "sampled"])
+
+
 @pytest.mark.parametrize("router", ROUTERS)
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
-                                    SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)],
-                         ids=["greedy", "sampled"])
+@GREEDY_AND_SAMPLED
 def test_slot_engine_equals_a_dynamic_cache_reference_token_for_token(collab, router, params):
     requests = collab.requests(PROMPTS, 2, params, seed=params.seed)
     got, _ = run(collab.pair, requests, router, params, max_batch=3)  # 6 requests, 3 slots: rows join mid-run

@@ -16,7 +16,7 @@ from baco.models.llamacpp import choose_backend, load_llamacpp_models  # noqa: E
 from baco.models.pair import ModelPair  # noqa: E402
 from baco.testing import make_tiny_adapter  # noqa: E402
 
-from test_engine import PROMPTS, run  # noqa: E402
+from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves  # noqa: E402
 
 ROUTERS = ["p-punc:0.3", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
@@ -45,30 +45,17 @@ def both(ggufs, collab):
 
 
 @pytest.mark.parametrize("router", ROUTERS)
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
-                                    SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)],
-                         ids=["greedy", "sampled"])
+@GREEDY_AND_SAMPLED
 def test_llamacpp_backend_equals_the_hf_backend_token_for_token_on_float32_ggufs(both, router, params):
     hf, llama = both
-    requests = hf.requests(PROMPTS, 2, params, seed=params.seed)
-    expected, _ = run(hf.pair, requests, router, params, max_batch=3)  # 6 requests, 3 slots: rows join mid-run
-    got, engine = run(llama.pair, requests, router, params, max_batch=3)
+    requests = hf.requests(PROMPTS, 2, params, seed=params.seed)  # 6 requests, 3 slots: rows join mid-run
+    _, engine = same_tokens(hf.pair, llama.pair, router, params, requests, max_batch=3)
     assert type(engine.units[0]).__name__ == "LlamaUnit"
-    assert got == expected
-    assert sum(map(len, got)) > 6 * 5
 
 
 def test_llamacpp_slots_are_reused_and_compacted_like_the_hf_engine(both):
     hf, llama = both
-    params = SamplingParams(max_new_tokens=30, seed=5)
-    requests = hf.requests(PROMPTS * 2, 1, params, seed=5)
-    for i, request in enumerate(requests):
-        request.max_new_tokens = 6 + 4 * i  # the earlier slots finish first: rows move down
-    expected, _ = run(hf.pair, requests, "p-punc:0.3", params)
-    got, engine = run(llama.pair, requests, "p-punc:0.3", params)
-    assert engine.stats["moves"] > 0 and got == expected
-    waited, _ = run(llama.pair, requests, "p-punc:0.3", params, max_batch=2)  # requests wait for a slot
-    assert waited == expected
+    same_tokens_with_joiners_and_moves(hf.pair, llama.pair, hf)
 
 
 def test_a_gguf_lora_adapter_on_the_base_gguf_is_the_aligned_side(ggufs):
@@ -80,9 +67,7 @@ def test_a_gguf_lora_adapter_on_the_base_gguf_is_the_aligned_side(ggufs):
     params = SamplingParams(temperature=0, max_new_tokens=16, seed=0)
     requests = hf.requests(PROMPTS, 1, params, seed=0)
     for router in ("aligned", "p-punc:0.3"):
-        expected, _ = run(hf.pair, requests, router, params)
-        got, _ = run(llama.pair, requests, router, params)
-        assert got == expected
+        same_tokens(hf.pair, llama.pair, router, params, requests)
     base_only, _ = run(llama.pair, requests, "base", params)
     aligned_only, _ = run(llama.pair, requests, "aligned", params)
     assert base_only != aligned_only  # the adapter is applied to the aligned side only

@@ -14,7 +14,7 @@ from baco.models.pair import ModelPair
 from baco.routers import get_router
 from baco.testing import make_tiny_adapter
 
-from test_engine import PROMPTS, run
+from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves
 
 ROUTERS = ["p-punc:0.3", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
@@ -61,32 +61,18 @@ def test_the_adapter_changes_the_aligned_side_and_leaves_the_base_side_alone(pai
 
 
 @pytest.mark.parametrize("router", ROUTERS)
-@pytest.mark.parametrize("params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
-                                    SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)],
-                         ids=["greedy", "sampled"])
+@GREEDY_AND_SAMPLED
 def test_one_forward_pair_equals_the_two_model_pair_token_for_token(pairs, router, params):
     two, one = pairs
-    requests = two.requests(PROMPTS, 2, params, seed=params.seed)
-    expected, _ = run(two.pair, requests, router, params, max_batch=3)  # 6 requests, 3 slots: rows join mid-run
-    got, engine = run(one.pair, requests, router, params, max_batch=3)
+    requests = two.requests(PROMPTS, 2, params, seed=params.seed)  # 6 requests, 3 slots: rows join mid-run
+    _, engine = same_tokens(two.pair, one.pair, router, params, requests, max_batch=3)
     assert engine.units[0].lanes == 2
-    assert got == expected
-    assert sum(map(len, got)) > 6 * 5  # not a run that stopped at once
 
 
 def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
     """A slot's base and aligned rows join, move and leave together: the same tokens as the two-model pair."""
     two, one = pairs
-    params = SamplingParams(max_new_tokens=30, seed=5)
-    requests = one.requests(PROMPTS * 2, 1, params, seed=5)
-    for i, request in enumerate(requests):
-        request.max_new_tokens = 6 + 4 * i  # the earlier slots finish first: rows move down
-    expected, _ = run(two.pair, requests, "p-punc:0.3", params)
-    got, engine = run(one.pair, requests, "p-punc:0.3", params)
-    assert engine.stats["moves"] > 0
-    assert got == expected
-    joined, _ = run(one.pair, requests, "p-punc:0.3", params, max_batch=2)  # requests wait for a slot
-    assert joined == expected
+    same_tokens_with_joiners_and_moves(two.pair, one.pair, one)
 
 
 def test_one_model_read_twice_also_steps_in_one_forward(collab):
