@@ -79,6 +79,7 @@ def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
     assert choose_backend("auto", base_gguf, aligned_gguf) == "llamacpp"
     assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned") == "llamacpp"
     assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned", one_forward="on") == "hf"
+    assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned", router="chared:0.5") == "hf"
     with pytest.raises(BacoError, match="backend must be one of"):
         choose_backend("vllm", base, aligned)
     with pytest.raises(BacoError, match="runs GGUF files"):

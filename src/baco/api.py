@@ -73,7 +73,8 @@ class Collaboration:
         """
         from baco.models.llamacpp import choose_backend
 
-        if choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward) == "llamacpp":
+        if choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
+                          router=router) == "llamacpp":
             from baco.models.llamacpp import load_llamacpp_models
 
             if router is not None:

@@ -212,7 +212,8 @@ def cmd_generate(args) -> int:
     base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
     backend = "hf" if cluster is not None else choose_backend(
-        args.backend, base, aligned, anchor=args.anchor, device=args.device, one_forward=args.one_forward)
+        args.backend, base, aligned, anchor=args.anchor, device=args.device, one_forward=args.one_forward,
+        router=router)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")

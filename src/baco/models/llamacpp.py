@@ -351,13 +351,18 @@ def _side(name, base_weights: GGUFWeights | None = None, tokenizer=None) -> tupl
 BACKENDS = ("auto", "hf", "llamacpp")
 
 
-def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto") -> str:
+def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto",
+                   router=None) -> str:
     """`hf` or `llamacpp` for a pair; clear errors where the asked-for backend cannot run it.
-    `auto` takes llama.cpp where it is installed, the device is the CPU and the pair is GGUF (or embedded)."""
+    `auto` takes llama.cpp where it is installed, the device is the CPU, the pair is GGUF (or embedded) and
+    the router is not a cross-tokenizer method (those run on transformers' sessions)."""
+    from baco.routers.cross import unit_of
+
     if backend not in BACKENDS:
         raise BacoError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     gguf_files = any(_is_gguf(n) for n in (base, aligned))
-    fits = supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
+    fits = (supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
+            and (router is None or unit_of(router) is None))
     if backend == "auto":
         backend = "llamacpp" if fits and (available() or gguf_files) else "hf"
     if backend == "llamacpp":
