@@ -229,9 +229,9 @@ class Worker(threading.Thread):
             if row_key == key:
                 failed[row.job] = True
                 self._retire(key, rid, "error")
+        del self.engines[key]  # before telling the clients: by the time they hear of it, the engine is gone
         for job in failed:
             self._deliver(job, [("error", None, message)])
-        del self.engines[key]
 
     def _deliver(self, job: Job, messages: list) -> None:
         try:
