@@ -101,7 +101,10 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
     if not requests:
         return
     longest = max(r.length for r in requests)
-    engine = Engine(pair, router, max_batch=max_batch or len(requests), max_len=max_len or longest, graphs=graphs,
+    slots = max_batch or len(requests)
+    if isinstance(slots, int) and not isinstance(slots, bool):
+        slots = min(slots, len(requests))  # no cache rows for requests that do not exist (the engine checks the rest)
+    engine = Engine(pair, router, max_batch=slots, max_len=max_len or longest, graphs=graphs,
                     stop_strings=stop_strings)
     for request in requests:  # every request is checked before the first step
         engine.add(request, params)
