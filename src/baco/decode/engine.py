@@ -41,12 +41,13 @@ def bucket_for(rows: int, max_batch: int) -> int:
     return min([b for b in BUCKETS if b >= rows] + [max_batch])
 
 
-def _units(lms: list, slots: int, columns: int) -> tuple[list[SlotLM], list[tuple[int, int]]]:
-    """One `SlotLM` per set of weights, and (unit, lane) of each side: sides that share weights (a base
-    model and its LoRA adapter loaded once, or one model with two renderings) step in one forward."""
+def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, int]]]:
+    """One unit per set of weights, and (unit, lane) of each side: sides that share weights (a base model
+    and its LoRA adapter loaded once, or one model with two renderings) step in one forward of a `SlotLM`;
+    a side of another backend (`engine_unit`: llama.cpp) makes a unit of its own."""
     lane_of, members = [], {}
     for lm in lms:
-        if hasattr(lm, "engine_unit"):  # another backend's side (llama.cpp): a unit of its own
+        if hasattr(lm, "engine_unit"):
             members[id(lm), len(lane_of)] = [lm]
             lane_of.append((len(members) - 1, 0))
             continue
@@ -271,9 +272,7 @@ class Engine:
                 self.live[slot] = member
                 self.by_rid[member.rid] = member
             else:
-                for unit in self.units:
-                    if hasattr(unit, "release"):
-                        unit.release(slot)
+                self._release(slot)
 
     def _compact(self) -> None:
         """With nobody waiting, move rows from the highest slots into free lower ones, so the step's
@@ -435,6 +434,10 @@ class Engine:
         if live is not None:
             for slot in [slot for slot, other in self.live.items() if other.rid == rid]:
                 del self.live[slot]
-                for unit in self.units:
-                    if hasattr(unit, "release"):  # a unit that holds cache memory per slot frees it now
-                        unit.release(slot)
+                self._release(slot)
+
+    def _release(self, slot: int) -> None:
+        """Units whose cache memory is allocated per request (llama.cpp's cells) free the slot's now."""
+        for unit in self.units:
+            if hasattr(unit, "release"):
+                unit.release(slot)
