@@ -211,9 +211,8 @@ def cmd_generate(args) -> int:
         raise PromptError(f"prompt {empty} is empty")
     base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
-    backend = "hf" if cluster is not None else choose_backend(
-        args.backend, base, aligned, anchor=args.anchor, device=args.device, one_forward=args.one_forward,
-        router=router)
+    backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
+                             one_forward=args.one_forward, router=router)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -242,7 +241,8 @@ def cmd_generate(args) -> int:
 
         stream = generate_on_ray(prompts, base=base, aligned=aligned, anchor=args.anchor, dtype=args.dtype,
                                  device=args.device, prompt_format=fmt, router=args.router, n=args.n,
-                                 sampling=sampling, batch_size=args.batch_size, skip=skip, options=cluster)
+                                 sampling=sampling, batch_size=args.batch_size, skip=skip, max_len=args.max_len,
+                                 backend=backend, options=cluster)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n - len(skip)

@@ -39,13 +39,14 @@ class PromptShard:
     batch_size: int
     prompt_format: PromptFormat
     skip: set = field(default_factory=set)  # (prompt index in the whole list, sample index)
+    max_len: int | None = None
     made: int = 0
 
     def run(self, engines: Engines) -> Iterator[Sample]:
         collab = Collaboration(engines.pair, self.prompt_format)
         local = {(j, k) for j, i in enumerate(self.indices) for k in range(self.n) if (i, k) in self.skip}
         for sample in collab.iter_generate(self.prompts, router=self.router, n=self.n, sampling=self.sampling,
-                                           batch_size=self.batch_size, skip=local):
+                                           batch_size=self.batch_size, max_len=self.max_len, skip=local):
             sample.prompt_index = self.indices[sample.prompt_index]
             self.made += 1
             yield sample
@@ -55,8 +56,8 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
              aligned: str | os.PathLike = ALIGNED_ALIAS, anchor: str | os.PathLike | None = None,
              dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
              router: str = DEFAULT_ROUTER, n: int = 1, sampling: SamplingParams | None = None,
-             batch_size: int = 32, skip: Container[tuple[int, int]] = (),
-             options: RayOptions | None = None) -> Iterator[Sample]:
+             batch_size: int = 32, skip: Container[tuple[int, int]] = (), max_len: int | None = None,
+             backend: str = "hf", options: RayOptions | None = None) -> Iterator[Sample]:
     """Collaboration.iter_generate on Ray workers: yield each (prompt, sample) not in `skip` once, as it finishes.
 
     The models are loaded by the workers (by id or path: every node must reach them), never here.
@@ -79,12 +80,12 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
     if not todo:
         return
     build = functools.partial(Engines.load, str(base), str(aligned), dtype=dtype, device=device,
-                              anchor=None if anchor is None else str(anchor))
+                              anchor=None if anchor is None else str(anchor), backend=backend)
     with connected(options) as ray:
         count = options.worker_count(ray.cluster_resources())
         size = options.shard_size or math.ceil(len(todo) / (4 * count))
         units = [PromptShard(chunk, [prompts[i] for i in chunk], router, n, sampling, batch_size, fmt,
-                             {(i, k) for i in chunk for k in range(n) if (i, k) in skip})
+                             {(i, k) for i in chunk for k in range(n) if (i, k) in skip}, max_len=max_len)
                  for chunk in (todo[start:start + size] for start in range(0, len(todo), size))]
         done = set()
         with WorkerPool(ray, build, options, min(count, len(units)), "generate") as pool:
