@@ -50,7 +50,7 @@ def main() -> None:
         start = len(ids) - 1
         ids += sample.token_ids
         logits = torch.from_numpy(unit.decode(ids, list(range(len(ids))), [0] * len(ids), outputs=len(ids)).copy())
-        unit.forget(0)
+        unit.release(0)
         with torch.inference_mode():
             reference = getattr(hf.pair, args.router).model(input_ids=torch.tensor([ids])).logits[0].float()
         reference, logits = reference[start:-1], logits[start:-1]  # the generated positions

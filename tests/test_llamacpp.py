@@ -129,9 +129,9 @@ def test_embedded_pair_on_llamacpp_agrees_with_the_hf_backend():
         ids = hf.tokenizer(hf.prompt_format.render_aligned(prompt, hf.tokenizer), add_special_tokens=False)["input_ids"]
         ids += sample.token_ids
         got = torch.from_numpy(unit.decode(ids, list(range(len(ids))), [0] * len(ids), outputs=len(ids)).copy())
-        unit.forget(0)
+        unit.release(0)
         base = torch.from_numpy(base_unit.decode(ids, list(range(len(ids))), [0] * len(ids), outputs=len(ids)).copy())
-        base_unit.forget(0)
+        base_unit.release(0)
         with torch.inference_mode():
             expected = hf.pair.aligned.model(input_ids=torch.tensor([ids])).logits[0].float()
         agree += int((got.argmax(-1) == expected.argmax(-1)).sum())

@@ -125,14 +125,16 @@ def _load_hint(source: str, what: str, error: Exception) -> str:
     return f"could not load the {what} of {source!r}: {type(error).__name__}: {first_line} ({hint})"
 
 
-def _merge_adapter(model, adapter: str):
-    """Apply a peft LoRA adapter and merge it into the weights (one plain model, no per-step LoRA cost)."""
+def _with_adapter(model, adapter: str, *, merge: bool, name: str = "default"):
+    """Apply a peft LoRA adapter: merged into the weights (one plain model, no per-step LoRA cost), or
+    kept apart as adapter `name` of a PeftModel (the base model stays reachable, row by row)."""
     try:
         from peft import PeftModel
     except ImportError:
         raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
     try:
-        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        peft = PeftModel.from_pretrained(model, adapter, adapter_name=name)
+        return peft.merge_and_unload() if merge else peft.eval()
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(_load_hint(adapter, "adapter", error)) from error
 
@@ -256,14 +258,7 @@ def load_pair_models(base: str | os.PathLike, aligned: str | os.PathLike, *, dty
         return (HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                 HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer))
     model, _, base_tokenizer = _load(base, dtype, device, base_tokenizer)
-    try:
-        from peft import PeftModel
-    except ImportError:
-        raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
-    try:
-        peft = PeftModel.from_pretrained(model, adapter, adapter_name=ALIGNED_ADAPTER).eval()
-    except Exception as error:  # noqa: BLE001
-        raise ModelLoadError(_load_hint(adapter, "adapter", error)) from error
+    peft = _with_adapter(model, adapter, merge=False, name=ALIGNED_ADAPTER)
     aligned_tokenizer = aligned_tokenizer if aligned_tokenizer is not None else load_tokenizer(aligned)
     return (HFCausalLM(AdapterView(peft, BASE_ADAPTER), base_tokenizer, name=os.fspath(base)),
             HFCausalLM(AdapterView(peft, ALIGNED_ADAPTER), aligned_tokenizer, name=os.fspath(aligned)))
@@ -289,7 +284,7 @@ class HFCausalLM:
         A LoRA adapter (a peft directory, `baco:gemma-3-270m-aligned`) is merged into its base's weights."""
         model, adapter, tokenizer = _load(name, dtype, device, tokenizer)
         if adapter is not None:
-            model = _merge_adapter(model, adapter)
+            model = _with_adapter(model, adapter, merge=True)
         return cls(model, tokenizer, name=os.fspath(name))
 
     @property

@@ -221,19 +221,16 @@ class LlamaUnit:
         return [out]
 
     def release(self, slot: int) -> None:
-        """The engine freed `slot`: drop its sequence's cache cells now."""
-        self.forget(slot)
-
-    def forget(self, slot: int) -> None:
+        """Drop `slot`'s sequence and its cache cells (the engine freed the slot, or it is about to be reused)."""
         self.lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
         self.placed.discard(slot)
 
     def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
         src, dst = int(source), int(target)
-        self.forget(dst)
+        self.release(dst)
         self.lib.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         self.placed.add(dst)
-        self.forget(src)
+        self.release(src)
 
     def prefill(self, prompts: list[list[int]], lane: int = 0) -> "LlamaPrefill":
         return LlamaPrefill(self, prompts)
@@ -274,7 +271,7 @@ class LlamaPrefill:
     def place(self, slots: torch.Tensor, rows_of: torch.Tensor, write: int) -> None:
         unit = self.side
         for slot, row in zip(slots.tolist(), rows_of.tolist()):
-            unit.forget(slot)
+            unit.release(slot)
             unit.lib.llama_memory_seq_cp(unit.memory, self.staging[row], slot, -1, -1)
             unit.placed.add(slot)
         for seq in self.staging:
