@@ -1,8 +1,8 @@
 """The CPU paths side by side on the embedded pair, in one run: HF two models, HF one-forward adapter pair,
-llama.cpp. Per backend and batch size: BACo ms/step, one model's step on the same backend, tokens/s, peak RSS.
+llama.cpp; and the one-forward pair with its steps compiled (`torch.compile`). Per backend and batch size: BACo ms/step, one model's step on the same backend, tokens/s, peak RSS.
 
     python benchmarks/cpu_backends.py [--batch 1 8] [--steps 32] [--repeats 3] [--threads N]
-                                      [--backends hf-two hf-one llamacpp]
+                                      [--backends hf-two hf-one hf-one-compiled llamacpp]
 
 Each backend runs in its own process (so its peak RSS is its own): it loads the pair, warms an engine of
 `batch` rows up (router p-punc:0.5, stop tokens disabled so every row runs the full length), records the
@@ -12,6 +12,7 @@ the plain base model, as on the two-model backend) and times both engines taking
   baco ms       one BACo step (both models forward, router, word rule, sampler, provenance)
   one model ms  one step of the base model alone on the same backend (its forward + the sampler)
   ratio         baco / one model: two separate models cost about 2; the one-forward target is <= 1.3
+                (hf-one-compiled: both compiled, the pair and the reference; compiling is not timed)
   tok/s         BACo tokens per second (batch / baco step)
   vs hf-two     tokens/s relative to the HF two-model path at the same batch size
   peak RSS      the process's peak resident memory with the pair loaded and running (MB)
@@ -25,7 +26,7 @@ import resource
 import subprocess
 import sys
 
-BACKENDS = ("hf-two", "hf-one", "llamacpp")
+BACKENDS = ("hf-two", "hf-one", "hf-one-compiled", "llamacpp")
 
 
 def measure(backend: str, batches: list[int], steps: int, repeats: int) -> dict:
@@ -39,7 +40,8 @@ def measure(backend: str, batches: list[int], steps: int, repeats: int) -> dict:
     if backend == "llamacpp":
         collab = Collaboration.from_pretrained(backend="llamacpp")
     else:
-        collab = Collaboration.from_pretrained(backend="hf", one_forward="on" if backend == "hf-one" else "off")
+        collab = Collaboration.from_pretrained(backend="hf", one_forward="off" if backend == "hf-two" else "on",
+                                               compile=backend == "hf-one-compiled")
     without_stops(collab)
     rows = {}
     for batch in batches:
@@ -47,8 +49,9 @@ def measure(backend: str, batches: list[int], steps: int, repeats: int) -> dict:
         baco = running_engine(collab, collab.pair, "p-punc:0.5", batch, budget)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         base = collab.pair.base
-        if backend == "hf-one":  # the reference is the plain base model, not the base rows of the shared one
+        if backend.startswith("hf-one"):  # the reference is the plain base model, not the base rows of the shared one
             base = HFCausalLM.from_pretrained("baco:gemma-3-270m", device="cpu")
+            base.compiled = backend == "hf-one-compiled"  # compiled like the pair
         alone = SoloPair(base, reads="base")
         alone.vocab, alone._mask = collab.pair.vocab, collab.pair._mask
         one = running_engine(collab, alone, "base", batch, budget)
@@ -87,13 +90,13 @@ def main() -> None:
         results[backend] = json.loads(done.stdout.strip().splitlines()[-1])
     threads = {r["threads"] for r in results.values()}
     print(f"embedded pair (Gemma-3-270M base + baco's adapter), router p-punc:0.5, CPU threads {threads}")
-    print(f"{'backend':>9} {'batch':>5} {'baco ms':>8} {'one model ms':>12} {'ratio':>6} {'tok/s':>7} "
+    print(f"{'backend':>15} {'batch':>5} {'baco ms':>8} {'one model ms':>12} {'ratio':>6} {'tok/s':>7} "
           f"{'vs hf-two':>9} {'peak RSS MB':>11}")
     for backend, result in results.items():
         for batch, row in result["rows"].items():
             reference = results.get("hf-two", {}).get("rows", {}).get(batch)
             speedup = f"{reference['baco'] / row['baco']:.2f}x" if reference else "-"
-            print(f"{backend:>9} {batch:>5} {row['baco'] * 1e3:>8.1f} {row['one'] * 1e3:>12.1f} "
+            print(f"{backend:>15} {batch:>5} {row['baco'] * 1e3:>8.1f} {row['one'] * 1e3:>12.1f} "
                   f"{row['baco'] / row['one']:>6.2f} {int(batch) / row['baco']:>7.1f} {speedup:>9} {row['rss_mb']:>11.0f}")
 
 

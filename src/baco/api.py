@@ -57,7 +57,7 @@ class Collaboration:
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
                         dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
                         anchor: str | os.PathLike | None = None, router: str | None = None,
-                        one_forward: str = "auto", backend: str = "hf") -> "Collaboration":
+                        one_forward: str = "auto", backend: str = "hf", compile: bool = False) -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
@@ -70,11 +70,26 @@ class Collaboration:
         both sides as rows of one forward (`on`; `auto`: on the CPU) or merge it into a copy (`off`).
         `backend`: `hf` (transformers), `llamacpp` (GGUF files or the embedded pair on llama.cpp,
         `pip install 'baco[gguf]'`) or `auto` (llama.cpp where it is installed and can run the pair on the CPU).
+        `compile`: the engine's decoding steps run the models through `torch.compile` (transformers, same-
+        tokenizer pairs): compiling takes seconds to a minute per bucket of rows, then each step is faster.
         """
         from baco.models.llamacpp import choose_backend
 
-        if choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
-                          router=router) == "llamacpp":
+        if not isinstance(compile, bool):
+            raise BacoError(f"compile must be True or False, got {compile!r}")
+        chosen = choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
+                                router=router)
+        if compile and chosen == "llamacpp":
+            raise BacoError("compile runs transformers models (backend 'hf'); llama.cpp's steps are compiled code already")
+        collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile)
+        for lm, _ in collab.pair.sides if compile else ():
+            lm.compiled = True
+        return collab
+
+    @classmethod
+    def _load(cls, base, aligned, dtype, device, prompt_format, anchor, router, one_forward, backend,
+              compile) -> "Collaboration":
+        if backend == "llamacpp":
             from baco.models.llamacpp import load_llamacpp_models
 
             if router is not None:
@@ -91,6 +106,9 @@ class Collaboration:
                 raise
             if router is not None:
                 check_cross_router(router, mismatch)
+            if compile:
+                raise BacoError("compile applies to the lockstep engine of a pair that shares a tokenizer; "
+                                "cross-tokenizer methods run eagerly") from None
             return cls(CrossPair(HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                                  HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device,
                                                             tokenizer=aligned_tokenizer)), prompt_format)

@@ -104,7 +104,8 @@ def _add_formats(p) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
                    help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (pip install "
-                   "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU, else hf")
+                   "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU (for the embedded pair: "
+                   "when fewer than 8 rows decode at once, from --batch-size and the number of samples), else hf")
     p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
                    "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "
@@ -212,7 +213,8 @@ def cmd_generate(args) -> int:
     base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
-                             one_forward=args.one_forward, router=router)
+                             one_forward=args.one_forward, router=router,
+                             rows=min(args.batch_size, len(prompts) * args.n))
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -320,6 +322,7 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     """Validate every flag, load the pair, serve until interrupted."""
     from baco.api import Collaboration
+    from baco.models.llamacpp import choose_backend
 
     try:
         from baco.server import LOOPBACK, Limits, ServerConfig, run
@@ -349,8 +352,10 @@ def cmd_serve(args) -> int:
     if args.host not in LOOPBACK and api_key is None:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
+    backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
+                             one_forward=args.one_forward, rows=args.max_batch)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
-                                           anchor=args.anchor, one_forward=args.one_forward, backend=args.backend)
+                                           anchor=args.anchor, one_forward=args.one_forward, backend=backend)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

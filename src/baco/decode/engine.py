@@ -129,6 +129,7 @@ class Engine:
         self.admit_at = max(1, admit_at if admit_at is not None else (max_batch // 8 if cuda else 1))
         self.reads = [reads for _, reads in pair.sides]
         self.units, self.lane_of = _units([lm for lm, _ in pair.sides], max_batch, columns)
+        self.compiled = any(getattr(unit, "compiled", False) for unit in self.units)  # `lm.compiled`: torch.compile
         self._state(max_batch, columns)
         self.waiting: list[_Live] = []
         self.live: dict[int, _Live] = {}  # slot -> request in it
@@ -293,8 +294,8 @@ class Engine:
     # ---- the step -----------------------------------------------------------------------------------
     def _launch(self) -> _Launched:
         rows = sorted(self.live)
-        # captured graphs exist per bucket; eager steps run exactly the busy slots
-        bucket = bucket_for(rows[-1] + 1, self.slots) if self.graphs else rows[-1] + 1
+        # captured graphs and compiled forwards exist per bucket; eager steps run exactly the busy slots
+        bucket = bucket_for(rows[-1] + 1, self.slots) if self.graphs or self.compiled else rows[-1] + 1
         flags = self._flags()
         top = any(live.top_logprobs for live in self.live.values())
         key = (bucket, flags, top)

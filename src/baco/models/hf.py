@@ -272,6 +272,7 @@ class HFCausalLM:
         self.tokenizer = tokenizer
         self.name = name
         self.device = next(model.parameters()).device
+        self.compiled = False  # True: the engine's decoding steps run the model compiled (`torch.compile`)
         output = model.get_output_embeddings()
         if output is not None and not getattr(output, "_baco_contiguous", False):  # views share one layer
             output.register_forward_pre_hook(_contiguous_input)

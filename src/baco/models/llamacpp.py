@@ -347,12 +347,20 @@ def _side(name, base_weights: GGUFWeights | None = None, tokenizer=None) -> tupl
 
 BACKENDS = ("auto", "hf", "llamacpp")
 
+# `auto` with a known number of rows decoded together: llama.cpp below this, transformers from it on. Where
+# both can run the pair (the embedded pair on the CPU), llama.cpp is 3.6x the transformers two-model path's
+# tokens/s at 1 row, level with the one-forward transformers path at 8 rows, and 0.77x of it at 72 rows
+# (docs/benchmarks.md, "The CPU paths"; docs/results.md, "wall time"). GGUF files run on llama.cpp whatever the rows.
+LLAMACPP_BELOW_ROWS = 8
+
 
 def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto",
-                   router=None) -> str:
+                   router=None, rows: int | None = None) -> str:
     """`hf` or `llamacpp` for a pair; clear errors where the asked-for backend cannot run it.
     `auto` takes llama.cpp where it is installed, the device is the CPU, the pair is GGUF (or embedded) and
-    the router is not a cross-tokenizer method (those run on transformers' sessions)."""
+    the router is not a cross-tokenizer method (those run on transformers' sessions); for the embedded pair,
+    which both backends run, only when fewer than `LLAMACPP_BELOW_ROWS` `rows` decode together (if known):
+    at more rows the one-forward transformers path is faster."""
     from baco.routers.cross import unit_of
 
     if backend not in BACKENDS:
@@ -361,7 +369,8 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
     fits = (supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
             and (router is None or unit_of(router) is None))
     if backend == "auto":
-        backend = "llamacpp" if fits and (available() or gguf_files) else "hf"
+        many = rows is not None and rows >= LLAMACPP_BELOW_ROWS and not gguf_files
+        backend = "llamacpp" if fits and (available() or gguf_files) and not many else "hf"
     if backend == "llamacpp":
         if not supports(base, aligned):
             raise BacoError("the llama.cpp backend runs GGUF files (--base MODEL.gguf --aligned MODEL.gguf or "

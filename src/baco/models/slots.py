@@ -21,7 +21,7 @@ from contextlib import nullcontext
 import torch
 
 from baco.errors import BacoError
-from baco.models.hf import AdapterRows, AdapterView
+from baco.models.hf import ALIGNED_ADAPTER, AdapterRows, AdapterView
 
 try:  # the model's attention layers call cache.update(); a transformers Cache passes its type checks
     from transformers.cache_utils import Cache as _CacheBase
@@ -106,6 +106,16 @@ def shared_weights(lm) -> tuple[object, str | None]:
     return lm.model, None
 
 
+def compiled(module):
+    """`module` compiled by `torch.compile` (inductor; no CUDA graphs of its own: the engine captures whole
+    steps), once per module, so the engines sharing it share its compiled code. One compilation per bucket of
+    rows (the engine steps buckets of 1, 2, 4, ... slots when compiled): on a CPU some seconds to a minute each,
+    so compiling pays for long runs, not short ones."""
+    if getattr(module, "_baco_compiled", None) is None:
+        module._baco_compiled = torch.compile(module, dynamic=False)
+    return module._baco_compiled
+
+
 class SlotLM:
     """The engine's view of one set of weights: its slot cache, prefill into slots, and one decoding step.
 
@@ -121,6 +131,8 @@ class SlotLM:
         self.model, _ = shared_weights(first)
         self.adapters = [shared_weights(lm)[1] for lm in lms]
         self.lanes = len(lms)
+        self.compiled = any(getattr(lm, "compiled", False) for lm in lms)
+        self.run = compiled(self.model) if self.compiled else self.model
         self.device = first.device
         self.cache = SlotCache(slots * self.lanes, columns)
         self.columns = columns
@@ -151,19 +163,18 @@ class SlotLM:
                 write: torch.Tensor, live: list[int] | None = None) -> list[torch.Tensor]:
         """Each lane's logits (rows, V) after feeding one token per row at `positions`; writes column `write`.
         Every row of the bucket runs (fixed shapes); `live` is not needed here."""
-        mixed = nullcontext()
-        if self.lanes == 1:
-            tokens, positions, valid, model = tokens[0], positions[0], valid[0], self.views[0]
-        else:
+        if self.lanes > 1:
             tokens, positions, valid = (torch.stack(x, dim=1).reshape(-1) for x in (tokens, positions, valid))
-            model = self.model
-            rows = tokens.shape[0] // self.lanes
-            if any(self.adapters):  # each row with its side's adapter (peft's mixed-adapter batches)
-                mixed = AdapterRows.of(model).use(self.adapters * rows)
+        else:
+            tokens, positions, valid = tokens[0], positions[0], valid[0]
+        rows = tokens.shape[0] // self.lanes
+        mixed = nullcontext()
+        if any(self.adapters) and self.adapters != [ALIGNED_ADAPTER]:  # (the aligned side alone: the active adapter)
+            mixed = AdapterRows.of(self.model).use(self.adapters * rows)  # each row with its side's adapter
         self.cache.rows, self.cache.write = tokens.shape[0], write
         with mixed:
-            out = model(input_ids=tokens[:, None], position_ids=positions[:, None],
-                        attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
+            out = self.run(input_ids=tokens[:, None], position_ids=positions[:, None],
+                           attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
         logits = out.logits[:, -1, :]
         return list(logits.view(-1, self.lanes, logits.shape[-1]).unbind(1)) if self.lanes > 1 else [logits]
 
