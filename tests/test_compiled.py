@@ -1,13 +1,17 @@
 """Compiled decoding steps (`lm.compiled = True`, `--compile`): the engine runs each set of weights through
 `torch.compile` in buckets of rows, and gives the eager path's tokens (float32, tiny pair, on the CPU)."""
 
+import json
+
 import pytest
 from torch._dynamo.utils import counters
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
+from baco.errors import BacoError
 from baco.routers import get_router
-from baco.testing import make_tiny_adapter
+from baco.sweep.run import Engines
+from baco.testing import make_tiny_adapter, make_tiny_cross_pair
 
 from test_engine import PROMPTS, run, same_tokens
 
@@ -63,9 +67,30 @@ def test_compiled_two_model_pair_with_late_joiners(tiny_dirs):
     assert engine.compiled and len(engine.units) == 2
 
 
-def test_compile_is_refused_where_it_cannot_apply(tiny_dirs):
-    from baco.errors import BacoError
+def test_cli_generate_with_compile_writes_the_eager_samples(tiny_dirs, tmp_path):
+    from baco.cli import main
 
     base, aligned = tiny_dirs
-    with pytest.raises(BacoError, match="compile"):
+    written = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / f"{name}.jsonl"
+        code = main(["generate", "--base", str(base), "--aligned", str(aligned), "--dtype", "float32", *flags,
+                     "--router", "p-punc:0.5", "--n", "2", "--max-new-tokens", "10", "--seed", "4",
+                     "--prompt", "Name a fruit.", "--out", str(out), "--quiet"])
+        assert code == 0
+        written[name] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["token_ids"] for r in written["compiled"]] == [r["token_ids"] for r in written["eager"]]
+    assert [r["sources"] for r in written["compiled"]] == [r["sources"] for r in written["eager"]]
+
+
+def test_compile_is_refused_where_it_cannot_apply(tiny_dirs, tmp_path):
+    base, aligned = tiny_dirs
+    with pytest.raises(BacoError, match="compile must be True or False"):
         Collaboration.from_pretrained(base, aligned, device="cpu", compile="yes")
+    cross = make_tiny_cross_pair(tmp_path / "cross")
+    with pytest.raises(BacoError, match="cross-tokenizer methods run eagerly"):
+        Collaboration.from_pretrained(*cross, device="cpu", compile=True)
+    with pytest.raises(BacoError, match="cross-tokenizer methods run eagerly"):
+        Engines.load(*map(str, cross), device="cpu", compile=True)
+    engines = Engines.load(str(base), str(aligned), device="cpu", dtype="float32", compile=True)  # sweeps, Ray workers
+    assert all(lm.compiled for lm, _ in engines.pair.sides)

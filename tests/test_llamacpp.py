@@ -86,6 +86,9 @@ def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
     assert choose_backend("auto", *embedded, rows=LLAMACPP_BELOW_ROWS) == "hf"
     assert choose_backend("auto", base_gguf, aligned_gguf, rows=64) == "llamacpp"
     assert choose_backend("llamacpp", *embedded, rows=64) == "llamacpp"  # asked for: kept
+    assert choose_backend("auto", *embedded, rows=1, compile=True) == "hf"  # torch.compile runs transformers
+    with pytest.raises(BacoError, match="compile .* runs transformers models"):
+        choose_backend("llamacpp", *embedded, compile=True)
     with pytest.raises(BacoError, match="backend must be one of"):
         choose_backend("vllm", base, aligned)
     with pytest.raises(BacoError, match="runs GGUF files"):

@@ -78,9 +78,7 @@ class Collaboration:
         if not isinstance(compile, bool):
             raise BacoError(f"compile must be True or False, got {compile!r}")
         chosen = choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
-                                router=router)
-        if compile and chosen == "llamacpp":
-            raise BacoError("compile runs transformers models (backend 'hf'); llama.cpp's steps are compiled code already")
+                                router=router, compile=compile)
         collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile)
         for lm, _ in collab.pair.sides if compile else ():
             lm.compiled = True

@@ -110,6 +110,9 @@ def _add_formats(p) -> None:
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
                    "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "
                    "auto: on on the CPU, off on GPUs (where each model's step is a captured CUDA graph)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the transformers models' decoding steps through torch.compile: seconds to a minute "
+                   "of compiling per batch-size bucket (1, 2, 4, ...), then faster steps; pays for long runs")
     p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
@@ -214,7 +217,7 @@ def cmd_generate(args) -> int:
     cluster = _ray_options(args)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
                              one_forward=args.one_forward, router=router,
-                             rows=min(args.batch_size, len(prompts) * args.n))
+                             rows=min(args.batch_size, len(prompts) * args.n), compile=args.compile)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -235,7 +238,7 @@ def cmd_generate(args) -> int:
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
                                                prompt_format=fmt, anchor=args.anchor, router=args.router,
-                                               one_forward=args.one_forward, backend=backend)
+                                               one_forward=args.one_forward, backend=backend, compile=args.compile)
         stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
                                       batch_size=args.batch_size, max_len=args.max_len, skip=skip)
     else:  # the models load on the workers, not here
@@ -244,7 +247,7 @@ def cmd_generate(args) -> int:
         stream = generate_on_ray(prompts, base=base, aligned=aligned, anchor=args.anchor, dtype=args.dtype,
                                  device=args.device, prompt_format=fmt, router=args.router, n=args.n,
                                  sampling=sampling, batch_size=args.batch_size, skip=skip, max_len=args.max_len,
-                                 backend=backend, options=cluster)
+                                 backend=backend, compile=args.compile, options=cluster)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n - len(skip)
@@ -353,9 +356,10 @@ def cmd_serve(args) -> int:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
-                             one_forward=args.one_forward, rows=args.max_batch)
+                             one_forward=args.one_forward, rows=args.max_batch, compile=args.compile)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
-                                           anchor=args.anchor, one_forward=args.one_forward, backend=backend)
+                                           anchor=args.anchor, one_forward=args.one_forward, backend=backend,
+                                           compile=args.compile)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -57,7 +57,7 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
              dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
              router: str = DEFAULT_ROUTER, n: int = 1, sampling: SamplingParams | None = None,
              batch_size: int = 32, skip: Container[tuple[int, int]] = (), max_len: int | None = None,
-             backend: str = "hf", options: RayOptions | None = None) -> Iterator[Sample]:
+             backend: str = "hf", compile: bool = False, options: RayOptions | None = None) -> Iterator[Sample]:
     """Collaboration.iter_generate on Ray workers: yield each (prompt, sample) not in `skip` once, as it finishes.
 
     The models are loaded by the workers (by id or path: every node must reach them), never here.
@@ -80,7 +80,7 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
     if not todo:
         return
     build = functools.partial(Engines.load, str(base), str(aligned), dtype=dtype, device=device,
-                              anchor=None if anchor is None else str(anchor), backend=backend)
+                              anchor=None if anchor is None else str(anchor), backend=backend, compile=compile)
     with connected(options) as ray:
         count = options.worker_count(ray.cluster_resources())
         size = options.shard_size or math.ceil(len(todo) / (4 * count))

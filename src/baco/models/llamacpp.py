@@ -355,19 +355,19 @@ LLAMACPP_BELOW_ROWS = 8
 
 
 def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto",
-                   router=None, rows: int | None = None) -> str:
+                   router=None, rows: int | None = None, compile: bool = False) -> str:
     """`hf` or `llamacpp` for a pair; clear errors where the asked-for backend cannot run it.
     `auto` takes llama.cpp where it is installed, the device is the CPU, the pair is GGUF (or embedded) and
     the router is not a cross-tokenizer method (those run on transformers' sessions); for the embedded pair,
     which both backends run, only when fewer than `LLAMACPP_BELOW_ROWS` `rows` decode together (if known):
-    at more rows the one-forward transformers path is faster."""
+    at more rows the one-forward transformers path is faster. `compile` (torch.compile) implies transformers."""
     from baco.routers.cross import unit_of
 
     if backend not in BACKENDS:
         raise BacoError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     gguf_files = any(_is_gguf(n) for n in (base, aligned))
     fits = (supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
-            and (router is None or unit_of(router) is None))
+            and (router is None or unit_of(router) is None) and not compile)
     if backend == "auto":
         many = rows is not None and rows >= LLAMACPP_BELOW_ROWS and not gguf_files
         backend = "llamacpp" if fits and (available() or gguf_files) and not many else "hf"
@@ -378,6 +378,9 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
         if anchor is not None or str(device) not in ("auto", "cpu") or one_forward == "on":
             raise BacoError("the llama.cpp backend runs two models on the CPU: no --anchor, --device or "
                             "--one-forward on (use --backend hf)")
+        if compile:
+            raise BacoError("compile (torch.compile) runs transformers models: use --backend hf "
+                            "(llama.cpp's steps are compiled code already)")
         llama()  # installed, or a clear error
     elif gguf_files:
         raise BacoError("GGUF files run on the llama.cpp backend (--backend llamacpp or auto); the HF backend "

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from baco.api import Collaboration
 from baco.decode.records import Sample
+from baco.errors import BacoError
 from baco.models.chars import CrossPair
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
@@ -45,7 +46,23 @@ class Engines:
 
     @classmethod
     def load(cls, base: str, aligned: str, *, dtype: str = "auto", device: str = "auto",
-             anchor: str | None = None, one_forward: str = "auto", backend: str = "hf") -> "Engines":
+             anchor: str | None = None, one_forward: str = "auto", backend: str = "hf",
+             compile: bool = False) -> "Engines":
+        """`compile`: the transformers models' decoding steps run compiled (`torch.compile`; shared-tokenizer pairs)."""
+        backend = choose_backend(backend, base, aligned, anchor=anchor, device=device, compile=compile)
+        engines = cls._load(base, aligned, dtype=dtype, device=device, anchor=anchor, one_forward=one_forward,
+                            backend=backend)
+        if compile:
+            if not isinstance(engines.pair, ModelPair):
+                raise BacoError("compile applies to the lockstep engine of a pair that shares a tokenizer; "
+                                "cross-tokenizer methods run eagerly")
+            for lm, _ in engines.pair.sides:
+                lm.compiled = True
+        return engines
+
+    @classmethod
+    def _load(cls, base: str, aligned: str, *, dtype: str, device: str, anchor: str | None, one_forward: str,
+              backend: str) -> "Engines":
         from baco.errors import TokenizerMismatchError
         from baco.vocab import check_compatible
 
