@@ -7,7 +7,8 @@
 #   .gpu/gemma-270m-shape/  config.json, generation_config.json, tokenizer_config.json, chat_template.jinja
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
-# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [throughput] [1b] [static]   (no argument: the first four)
+# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [throughput] [1b] [static]
+#        (no argument: tests 270m compiled throughput 1b)
 #        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
 # Output: $OUT/gpu_check.log
 set -uo pipefail
@@ -21,19 +22,24 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONPATH=$site:src
 python3 -c "import torch, transformers, baco; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(), baco.__file__)"
 
-stages=${*:-tests 270m throughput 1b}
+stages=${*:-tests 270m compiled throughput 1b}
 want() { [[ " $stages " == *" $1 "* ]]; }
 bench() { timeout "$1" python3 "${@:2}" 2>&1 | grep -v -i warn; }
 gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
 
 if want tests; then
   echo "== GPU tests (graph == eager, no host sync, late joiners) and the engine's CPU tests =="
-  timeout 240 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
+  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
   bench 120 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
     --hf ${HF:-} --profile
+fi
+if want compiled; then
+  echo "== the same with torch.compile'd forwards inside the captured steps (--compile; compiling not timed) =="
+  bench 300 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
+    --compile
 fi
 if want throughput; then
   echo "== throughput: ${PROMPTS:-1000} prompts x n=4, lengths 16-128 + stop tokens, static vs continuous batching =="

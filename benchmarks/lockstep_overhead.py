@@ -177,8 +177,11 @@ def main() -> None:
     parser.add_argument("--one-forward", default="off", choices=["auto", "on", "off"],
                         help="an adapter pair as two models (off, the default here) or as rows of one forward "
                         "(on; benchmarks/cpu_backends.py compares the CPU paths)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run every engine's forwards through torch.compile (`--compile`; compiling is not timed)")
     parser.add_argument("--profile", action="store_true",
-                        help="then print a torch.profiler summary of lockstep steps at the largest batch")
+                        help="then print where lockstep steps at the largest batch spend their time: operators "
+                        "(torch.profiler) and, on the CPU, the Python between them (cProfile)")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -194,7 +197,7 @@ def main() -> None:
         base, aligned = make_tiny_pair(tempfile.mkdtemp(prefix="baco-bench-"))
         label = "tiny random pair (Llama, hidden 32, 2 layers, vocab 512)"
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
-                                           one_forward=args.one_forward)
+                                           one_forward=args.one_forward, compile=args.compile)
     without_stops(collab)
     t1, t2 = args.steps
     weights = list(collab.pair.base.model.parameters())
@@ -206,7 +209,7 @@ def main() -> None:
         engine.add(request, SamplingParams(max_new_tokens=12, seed=0))
     for _ in engine.run():
         pass
-    print(f"engine: graphs={engine.graphs} sync_free={engine.sync_free} pipelined={engine.pipelined} "
+    print(f"engine: graphs={engine.graphs} compiled={engine.compiled} sync_free={engine.sync_free} pipelined={engine.pipelined} "
           f"stats={engine.stats}" + (f" capture failed: {engine.capture_error}" if engine.capture_error else ""))
     hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}")
@@ -227,16 +230,30 @@ def main() -> None:
 
 
 def profile(collab: Collaboration, batch: int, steps: int) -> None:
-    """Where a lockstep step's time goes: operators by self time on the device (or CPU), one run."""
+    """Where a lockstep step's time goes: operators by self time on the device (or CPU), then on the CPU
+    the Python around them (cProfile: own time per function), each over `steps` steps of one engine."""
+    import cProfile
+    import pstats
+
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    engine = running_engine(collab, collab.pair, "p-punc:0.5", batch, 3 * steps)
+    wall = steady_steps({"lockstep": engine}, steps, 1)["lockstep"]
     with torch_profile(activities=activities) as prof:
-        steady_steps({"lockstep": running_engine(collab, collab.pair, "p-punc:0.5", batch, steps)}, steps, 1)
-    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        steady_steps({"lockstep": engine}, steps, 1)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     print(f"profile: {steps} lockstep steps at batch {batch}, sorted by {key}")
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+    if cuda:
+        return
+    print(f"unprofiled: {wall * 1e3:.1f} ms/step. The Python between the operators (cProfile, functions by own "
+          f"time over {steps} steps; C operators called from Python count as their own lines):")
+    python = cProfile.Profile()
+    python.runcall(steady_steps, {"lockstep": engine}, steps, 1)
+    pstats.Stats(python).sort_stats("tottime").print_stats(12)
 
 
 if __name__ == "__main__":

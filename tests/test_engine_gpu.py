@@ -80,3 +80,17 @@ def test_gpu_samples_are_the_same_alone_or_joining_a_busy_engine(gpu_collab):
         else:
             same = sum(a == b for a, b in zip(alone, busy[index]))
             print(f"bf16 request {index}: {same}/{len(alone)} tokens as in the busy engine")
+
+
+def test_compiled_forwards_inside_captured_graphs_give_the_eager_tokens(tiny_dirs):
+    """`--compile` on a GPU: each forward is inductor's code, captured with the rest of the step as a CUDA
+    graph. float32 (inductor's kernels round differently from eager's by ~1e-6, which flips no token here)."""
+    eager = Collaboration.from_pretrained(*tiny_dirs, device="cuda", dtype="float32")
+    compiled = Collaboration.from_pretrained(*tiny_dirs, device="cuda", dtype="float32", compile=True)
+    for params in (SamplingParams(temperature=0, max_new_tokens=48, seed=0),
+                   SamplingParams(min_p=0.05, max_new_tokens=48, seed=1)):
+        expected, _ = decode(eager, "p-punc:0.5", params, graphs=True)
+        got, engine = decode(compiled, "p-punc:0.5", params, graphs=True)
+        assert engine.compiled and engine.graphs and engine.capture_error is None
+        assert engine.stats["graph_steps"] > engine.stats["steps"] // 2
+        assert got == expected
