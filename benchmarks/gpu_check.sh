@@ -7,7 +7,8 @@
 #   .gpu/gemma-270m-shape/  config.json, generation_config.json, tokenizer_config.json, chat_template.jinja
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
-# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [throughput] [1b] [static]
+#   .carry/ (stage `real` only) the embedded GGUF in pieces, and more wheels: see benchmarks/gpu_carry.sh
+# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [throughput] [1b] [static] [real]
 #        (no argument: tests 270m compiled throughput 1b)
 #        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
 # Output: $OUT/gpu_check.log
@@ -54,4 +55,16 @@ fi
 if want static; then
   echo "== transformers generate with a StaticCache (compiled by transformers), Gemma-3-270M shape =="
   bench 300 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 64 --steps 8 40 --repeats 1 --hf eager static
+fi
+if want real; then
+  echo "== real weights: the embedded pair (Gemma-3-270M Q4_K_M dequantised to bf16 + baco's adapter) =="
+  export BACO_CACHE=/tmp/baco-cache
+  cat .carry/gemma.gguf.part* > /tmp/gemma.gguf
+  if [[ "$(sha256sum /tmp/gemma.gguf | cut -d' ' -f1)" != "$(cat .carry/gemma.gguf.sha256)" ]]; then
+    echo "the carried GGUF pieces are incomplete: $(ls .carry)"; exit 1
+  fi
+  timeout 300 python3 -c "from pathlib import Path; from baco.models.embedded import convert_gguf, cache_dir; \
+convert_gguf(Path('/tmp/gemma.gguf'), cache_dir() / 'gemma-3-270m-base-bfloat16', 'bfloat16')" 2>&1 | grep -v -i warn | tail -5
+  bench 240 benchmarks/lockstep_overhead.py --device cuda --base baco:gemma-3-270m --aligned baco:gemma-3-270m-aligned \
+    --batch 1 8 64 --steps 8 40 --repeats 2 --hf ${HF:-}
 fi

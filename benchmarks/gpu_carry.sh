@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Prepare what the GPU check's `real` stage carries to the lent machine (no network there, 64 MiB per call):
+#   .whl/    wheels the machine lacks: transformers 5.24 (see gpu_check.sh), gguf, peft, accelerate (pure Python)
+#   .carry/  the embedded Gemma-3-270M GGUF (Q4_K_M, 253 MB) in 5 pieces of 50.6 MB: gemma.gguf.part00 .. part04
+#            (a piece + the 11.6 MB working tree fit one call; the 15 MB of wheels do not fit with a piece)
+# Then, on a warm machine, back to back (it is released after ~30 s idle); what an earlier call carried stays
+# there (ignored paths are kept between calls, unless a later call names them):
+#   run(carry=[".whl", ".gpu", ".carry/gemma.gguf.sha256"], command="ls .whl")
+#   run(carry=[".carry/gemma.gguf.part00"], command="ls .carry")   ... the same for part01 .. part04
+#   run(command="bash benchmarks/gpu_check.sh real")
+set -euo pipefail
+python=${PYTHON:-.venv/bin/python}
+gguf=$(PYTHONPATH=src "$python" -c "from baco.models.embedded import _gguf_path; print(_gguf_path())")
+mkdir -p .carry .whl
+rm -f .carry/gemma.gguf.part*
+split -n 5 -d "$gguf" .carry/gemma.gguf.part
+sha256sum "$gguf" | cut -d' ' -f1 > .carry/gemma.gguf.sha256
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 -d .whl gguf==0.19.0 peft==0.21.2 accelerate==1.15.0
+ls -la .carry .whl
