@@ -43,12 +43,13 @@ def requests_for(collab: Collaboration, prompts: int, n: int, lengths: tuple[int
     return requests
 
 
-def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool):
+def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool,
+           admit_at: int | None = None):
     """(tokens written, seconds, engine stats) for all requests, on one engine whose admission policy is
     either continuous (a free slot is refilled at the next step) or static (only when all are free)."""
     longest = max(r.length for r in requests)
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=max_batch, max_len=longest,
-                    admit_at=None if continuous else max_batch)
+                    admit_at=admit_at if continuous else max_batch)
     for request in requests:
         engine.add(request, params)
     if torch.cuda.is_available():
@@ -70,6 +71,9 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=4.0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--admit-at", type=int, nargs="+", default=[None], metavar="K",
+                        help="continuous runs, one per K: admit waiting requests when K slots are free (default: "
+                        "the engine's, max_batch // 8 on a GPU, 1 on the CPU); fewer, larger prefills vs idle slots")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -90,13 +94,16 @@ def main() -> None:
     print(f"pair: {label}; device {collab.pair.device}; {len(requests)} requests ({args.prompts} prompts x "
           f"n={args.n}), lengths {args.lengths[0]}-{args.lengths[1]} + stop tokens, max batch {args.max_batch}")
     results = {}
-    for name, continuous in (("static", False), ("continuous", True)):
-        tokens, seconds, stats = decode(collab, requests, params, args.max_batch, continuous)
+    runs = [("static", False, None)] + [(f"continuous (admit at {k or 'default'})", True, k) for k in args.admit_at]
+    for name, continuous, admit_at in runs:
+        tokens, seconds, stats = decode(collab, requests, params, args.max_batch, continuous, admit_at)
         results[name] = tokens / seconds
         occupancy = stats["occupied_row_steps"] / max(stats["bucket_row_steps"], 1)
         print(f"{name:>10}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s; {stats['steps']} "
               f"steps, {occupancy:.0%} of stepped rows live, {stats['prefill_chunks']} prefill chunks", flush=True)
-    print(f"continuous / static = {results['continuous'] / results['static']:.2f}")
+    for name, value in results.items():
+        if name != "static":
+            print(f"{name} / static = {value / results['static']:.2f}")
 
 
 if __name__ == "__main__":
