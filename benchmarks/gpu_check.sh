@@ -44,8 +44,8 @@ if want compiled; then
 fi
 if want throughput; then
   echo "== throughput: ${PROMPTS:-1000} prompts x n=4, lengths 16-128 + stop tokens, static vs continuous batching =="
-  bench 300 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts "${PROMPTS:-1000}" --n 4 --max-batch 64 \
-    --lengths 16 128 --admit-at ${ADMIT_AT:-8 32}
+  bench 420 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts "${PROMPTS:-1000}" --n 4 --max-batch 64 \
+    --lengths 16 128 --admit-at ${ADMIT_AT:-8} --static-prefill
 fi
 if want 1b; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-1B shape (26 layers, hidden 1152) =="

@@ -9,7 +9,9 @@ from --lengths with a fixed seed, and stop tokens stay on (a row also ends when 
               decoded until its longest row ends (finished rows wait for the rest of their batch)
   continuous  the same engine admits a request into a finished row's slot at the next step boundary
               (on a GPU in groups of max_batch // 8, so that prefills are batched)
-Prints tokens, seconds, tokens/s for both and the ratio continuous / static (target >= 1.5 on a GPU).
+  --static-prefill  each continuous run again with static prefills (`Engine(static_prefill=True)`: a group's prompts at
+              once through fixed buffers per (group, width) bucket, captured as CUDA graphs on a GPU)
+Prints tokens, seconds, tokens/s for each and the ratios to static (target for continuous >= 1.5 on a GPU).
 """
 
 from __future__ import annotations
@@ -44,12 +46,12 @@ def requests_for(collab: Collaboration, prompts: int, n: int, lengths: tuple[int
 
 
 def decode(collab: Collaboration, requests, params: SamplingParams, max_batch: int, continuous: bool,
-           admit_at: int | None = None):
+           admit_at: int | None = None, static_prefill: bool = False):
     """(tokens written, seconds, engine stats) for all requests, on one engine whose admission policy is
     either continuous (a free slot is refilled at the next step) or static (only when all are free)."""
     longest = max(r.length for r in requests)
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=max_batch, max_len=longest,
-                    admit_at=admit_at if continuous else max_batch)
+                    admit_at=admit_at if continuous else max_batch, static_prefill=static_prefill)
     for request in requests:
         engine.add(request, params)
     if torch.cuda.is_available():
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("--admit-at", type=int, nargs="+", default=[None], metavar="K",
                         help="continuous runs, one per K: admit waiting requests when K slots are free (default: "
                         "the engine's, max_batch // 8 on a GPU, 1 on the CPU); fewer, larger prefills vs idle slots")
+    parser.add_argument("--static-prefill", action="store_true",
+                        help="also every run with static prefills (fixed buffers per bucket, captured on a GPU)")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -94,9 +98,12 @@ def main() -> None:
     print(f"pair: {label}; device {collab.pair.device}; {len(requests)} requests ({args.prompts} prompts x "
           f"n={args.n}), lengths {args.lengths[0]}-{args.lengths[1]} + stop tokens, max batch {args.max_batch}")
     results = {}
-    runs = [("static", False, None)] + [(f"continuous (admit at {k or 'default'})", True, k) for k in args.admit_at]
-    for name, continuous, admit_at in runs:
-        tokens, seconds, stats = decode(collab, requests, params, args.max_batch, continuous, admit_at)
+    runs = [("static", False, None, False)] + [(f"continuous (admit at {k or 'default'})", True, k, False)
+                                               for k in args.admit_at]
+    runs += [(name + ", static prefill", True, k, True) for name, continuous, k, _ in runs
+             if continuous and args.static_prefill]
+    for name, continuous, admit_at, static_prefill in runs:
+        tokens, seconds, stats = decode(collab, requests, params, args.max_batch, continuous, admit_at, static_prefill)
         results[name] = tokens / seconds
         occupancy = stats["occupied_row_steps"] / max(stats["bucket_row_steps"], 1)
         print(f"{name:>10}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:,.0f} tokens/s; {stats['steps']} "

@@ -86,19 +86,27 @@ def train_sentencepiece_tokenizer(vocab_size: int = 700, corpus: str = CORPUS):
     return fast
 
 
-def tiny_model(tokenizer, *, seed: int, extra_rows: int = 0, context: int = 256, eos: list[int] | None = None):
-    """A 2-layer Llama with hidden size 32, random weights from `seed`."""
+def tiny_model(tokenizer, *, seed: int, extra_rows: int = 0, context: int = 256, eos: list[int] | None = None,
+               arch: str = "llama"):
+    """A 2-layer Llama with hidden size 32, random weights from `seed`; `arch="gemma3"`: a 2-layer Gemma-3
+    text model whose first layer attends through a sliding window of 8 tokens (as Gemma-3's local layers)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer) + extra_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, initializer_range=0.5, tie_word_embeddings=False,
-    )
+    common = dict(vocab_size=len(tokenizer) + extra_rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    if arch == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, head_dim=8, sliding_window=8, query_pre_attn_scalar=8,
+                                                   layer_types=["sliding_attention", "full_attention"]))
+    elif arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    else:
+        raise ValueError(f"arch must be llama or gemma3, got {arch!r}")
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos if eos is not None else tokenizer.eos_token_id)
@@ -122,19 +130,20 @@ def make_tiny_classifier(directory, *, num_labels: int, seed: int = 0) -> str:
 
 
 def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: int = 0,
-                   context: int = 256, mismatched: bool = False) -> tuple[Path, Path]:
+                   context: int = 256, mismatched: bool = False, arch: str = "llama") -> tuple[Path, Path]:
     """Write `directory/base` and `directory/aligned` (models + tokenizers); return both paths.
 
     aligned_extra_rows pads the aligned model's embedding (as instruct models often are);
-    mismatched=True gives the aligned model a tokenizer trained on other text (for error tests).
+    mismatched=True gives the aligned model a tokenizer trained on other text (for error tests);
+    arch="gemma3": tiny Gemma-3 text models with a sliding-window layer (see `tiny_model`).
     """
     directory = Path(directory)
     tokenizer = train_tokenizer()
     aligned_tokenizer = train_tokenizer(corpus=CORPUS.upper()[::-1]) if mismatched else tokenizer
     end_of_turn = aligned_tokenizer.convert_tokens_to_ids("<end_of_turn>")
-    base_model = tiny_model(tokenizer, seed=seed, context=context)
+    base_model = tiny_model(tokenizer, seed=seed, context=context, arch=arch)
     aligned_model = tiny_model(aligned_tokenizer, seed=seed + 1, extra_rows=aligned_extra_rows, context=context,
-                               eos=[aligned_tokenizer.eos_token_id, end_of_turn])
+                               eos=[aligned_tokenizer.eos_token_id, end_of_turn], arch=arch)
     paths = []
     for name, model, tok in (("base", base_model, tokenizer), ("aligned", aligned_model, aligned_tokenizer)):
         path = directory / name

@@ -96,7 +96,8 @@ class Engine:
 
     def __init__(self, pair, router, *, max_batch: int = 32, max_len: int | None = None,
                  graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
-                 sync_free: bool | None = None, admit_at: int | None = None, top_logprobs: int = 0):
+                 sync_free: bool | None = None, admit_at: int | None = None, top_logprobs: int = 0,
+                 static_prefill: bool = False):
         """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
         CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
         read a device value on the host inside a step (default: on CUDA devices; on the CPU the
@@ -105,7 +106,9 @@ class Engine:
         several captured steps do, whatever its size, so prefills are batched (default: max_batch // 8
         on CUDA, 1 elsewhere). `top_logprobs`: how many of the writer's most likely tokens a step reports
         (`StepEvent.top_ids` / `top_logprobs`), at the steps where a request added with `top_logprobs=True`
-        is live; 0: never."""
+        is live; 0: never. `static_prefill`: prefill a group whose prompts fit one chunk at once through
+        fixed buffers (bucketed by group size and prompt width), captured as a CUDA graph per bucket when
+        steps are (an eager prefill costs a GPU several captured steps); same tokens as the chunked prefill."""
         if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
             raise BacoError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
@@ -126,6 +129,7 @@ class Engine:
         self.graphs = self.sync_free and cuda and (graphs is True or graphs == "auto")
         self.pipelined = self.sync_free and cuda  # read step t while the device runs step t+1
         self.host_router = host_router
+        self.static_prefill = bool(static_prefill)
         self.admit_at = max(1, admit_at if admit_at is not None else (max_batch // 8 if cuda else 1))
         self.reads = [reads for _, reads in pair.sides]
         self.units, self.lane_of = _units([lm for lm, _ in pair.sides], max_batch, columns)
@@ -231,7 +235,12 @@ class Engine:
                     if prompt not in prompts:
                         prompts.append(prompt)
                     rows_of.append(prompts.index(prompt))
-                group.prefills.append(side.prefill([list(p) for p in prompts], lane))
+                width = max(len(p) for p in prompts)
+                if isinstance(side, SlotLM) and self.static_prefill and width <= self.chunk:
+                    group.prefills.append(side.prefill([list(p) for p in prompts], lane, static=True,
+                                                       graphs=self.graphs))
+                else:
+                    group.prefills.append(side.prefill([list(p) for p in prompts], lane))
                 group.rows_of.append(upload(torch.tensor(rows_of), side.device))
             self.group = group
         if self.group is None:

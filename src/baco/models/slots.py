@@ -139,6 +139,8 @@ class SlotLM:
         self.layer_types, self.window = _layer_kinds(first.model.config)
         self.dtype = next(first.model.parameters()).dtype
         self.ring = torch.arange(columns, device=self.device)
+        self._staging: dict[tuple[int, int, int], Staging] = {}  # static prefills' buffers, per bucket
+        self._pool = None
 
     def rows(self, slots: torch.Tensor, lane: int) -> torch.Tensor:
         """Cache rows of `slots` in `lane`."""
@@ -183,9 +185,25 @@ class SlotLM:
         for lane in range(self.lanes):
             self.cache.move(self.rows(source, lane), self.rows(target, lane))
 
-    def prefill(self, prompts: list[list[int]], lane: int = 0) -> "Prefill":
-        """Start prefilling `prompts` for `lane` (each without its last token, which the first decoding step feeds)."""
+    def prefill(self, prompts: list[list[int]], lane: int = 0, *, static: bool = False,
+                graphs: bool = False) -> "Prefill | StaticPrefill":
+        """Start prefilling `prompts` for `lane` (each without its last token, which the first decoding step
+        feeds): through a temporary transformers cache, a chunk at a time, or (`static`, for prompts that fit
+        one chunk) at once through fixed buffers, captured as a CUDA graph per bucket when `graphs`."""
+        if static and any(prompts):
+            return StaticPrefill(self, prompts, lane, graphs)
         return Prefill(self, prompts, lane)
+
+    def staging(self, lane: int, group: int, width: int) -> "Staging":
+        key = (lane, group, width)
+        if key not in self._staging:
+            self._staging[key] = Staging(self, lane, group, width)
+        return self._staging[key]
+
+    def graph_pool(self):
+        """One CUDA graph memory pool for this unit's captured prefills."""
+        self._pool = self._pool or torch.cuda.graph_pool_handle()
+        return self._pool
 
 
 class Prefill:
@@ -236,3 +254,136 @@ class Prefill:
             kept = keys.shape[2]  # a sliding-window layer keeps only its window
             columns = (write - kept + torch.arange(kept, device=side.device)) % side.columns
             side.cache.place(layer_idx, rows, columns, keys[rows_of], values[rows_of])
+
+
+PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+PREFILL_GROUPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _bucket(value: int, sizes: tuple[int, ...]) -> int:
+    return next((size for size in sizes if size >= value), value)
+
+
+class StagingCache(_CacheBase):
+    """Fixed key/value buffers for one whole prefill of (group, width): `update` stores a layer's keys and
+    values and returns them as they are (a prompt attends only to itself), so the forward has fixed shapes
+    and reads no value on the host: it can be captured as a CUDA graph."""
+
+    def __init__(self):
+        if _CacheBase is not object:
+            super().__init__(layers=[])
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if layer_idx not in self.keys:
+            self.keys[layer_idx] = torch.empty_like(key_states)
+            self.values[layer_idx] = torch.empty_like(value_states)
+        self.keys[layer_idx].copy_(key_states)
+        self.values[layer_idx].copy_(value_states)
+        return key_states, value_states
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+class Staging:
+    """The fixed buffers of one (lane, group bucket, width bucket) of static prefills, and its CUDA graph."""
+
+    def __init__(self, side: "SlotLM", lane: int, group: int, width: int):
+        dev = side.device
+        self.side, self.lane, self.group, self.width = side, lane, group, width
+        self.ids = torch.zeros((group, width), dtype=torch.long, device=dev)
+        self.positions = torch.zeros((group, width), dtype=torch.long, device=dev)
+        self.valid = torch.zeros((group, width), dtype=torch.bool, device=dev)
+        self.cache = StagingCache()
+        self.runs, self.graph = 0, None
+
+    def masks(self):
+        """Additive masks (group, 1, width, width): causal, without the left padding (and, for sliding-window
+        layers, only the last `window` positions)."""
+        side, width = self.side, self.width
+        query, key = torch.arange(width, device=side.device)[:, None], torch.arange(width, device=side.device)[None, :]
+        causal = (key <= query)[None] & self.valid[:, None, :]
+        low = torch.finfo(side.dtype).min
+        full = torch.where(causal, 0.0, low).to(side.dtype)[:, None]
+        if side.window is None:
+            return full
+        sliding = torch.where(causal & (query - key < side.window)[None], 0.0, low).to(side.dtype)[:, None]
+        if side.layer_types is None:
+            return sliding
+        return {"full_attention": full, "sliding_attention": sliding}
+
+    def forward(self) -> None:
+        self.side.views[self.lane](input_ids=self.ids, position_ids=self.positions, attention_mask=self.masks(),
+                                   past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+
+    @torch.inference_mode()
+    def run(self, capture: bool) -> None:
+        """One prefill: replayed from its CUDA graph once captured (after two eager runs, when `capture`)."""
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        self.forward()
+        self.runs += 1
+        if capture and self.runs >= 2:
+            torch.cuda.synchronize(self.side.device)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.side.graph_pool()):
+                    self.forward()
+            except Exception as error:  # noqa: BLE001 - a forward that cannot be captured still runs eagerly
+                import warnings
+
+                warnings.warn(f"prefill capture failed, prefilling eagerly: {type(error).__name__}: {error}",
+                              RuntimeWarning, stacklevel=2)
+                torch.cuda.synchronize(self.side.device)
+                self.runs = -(1 << 30)  # never try again
+                return
+            self.graph = graph
+
+
+class StaticPrefill:
+    """A group's prefill with fixed shapes: prompts left-padded to a width bucket (16, 32, 64, ...), the group
+    to a size bucket (1, 2, 4, ...), run at once through fixed buffers (captured as a CUDA graph per bucket on
+    GPUs, `graphs=True`), then placed into the ring like `Prefill`. For prompts no wider than the chunk."""
+
+    def __init__(self, side: "SlotLM", prompts: list[list[int]], lane: int = 0, graphs: bool = False):
+        self.side, self.lane, self.graphs = side, lane, graphs
+        self.width = max(len(p) for p in prompts)
+        if self.width >= side.columns:
+            raise BacoError(f"a prompt of {self.width + 1} tokens does not fit the engine's {side.columns} columns")
+        group, width = _bucket(len(prompts), PREFILL_GROUPS), _bucket(self.width, PREFILL_WIDTHS)
+        self.staging = side.staging(lane, group, width)
+        ids = torch.full((group, width), side.lm.pad_token_id, dtype=torch.long)
+        valid = torch.zeros((group, width), dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            if prompt:
+                ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+                valid[row, width - len(prompt):] = True
+        self._host = (ids, valid)
+        self.finished = False
+
+    def advance(self, chunk: int) -> None:
+        ids, valid = self._host
+        staging = self.staging
+        staging.ids.copy_(upload(ids, self.side.device))
+        staging.valid.copy_(upload(valid, self.side.device))
+        staging.positions.copy_((staging.valid.long().cumsum(-1) - 1).clamp(min=0))
+        staging.run(capture=self.graphs)
+        self.finished = True
+
+    @torch.inference_mode()
+    def place(self, slots: torch.Tensor, rows_of: torch.Tensor, write: int) -> None:
+        """Copy the prompts' keys/values (their last `width` columns: the rest is padding) into the ring just
+        before column `write`: slot `slots[i]` receives prompt `rows_of[i]`."""
+        side, staging = self.side, self.staging
+        rows = side.rows(slots, self.lane)
+        columns = (write - self.width + torch.arange(self.width, device=side.device)) % side.columns
+        for layer_idx, keys in staging.cache.keys.items():
+            values = staging.cache.values[layer_idx]
+            side.cache.place(layer_idx, rows, columns, keys[rows_of, :, -self.width:], values[rows_of, :, -self.width:])
