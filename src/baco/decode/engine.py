@@ -30,15 +30,13 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
-from baco.models.slots import SlotLM, shared_weights, upload
+from baco.models.slots import BUCKETS, SlotLM, bucket, shared_weights, upload
 from baco.routers import StepView
-
-BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 def bucket_for(rows: int, max_batch: int) -> int:
     """The smallest captured batch size that holds `rows` slots."""
-    return min([b for b in BUCKETS if b >= rows] + [max_batch])
+    return min(bucket(rows, BUCKETS), max_batch)
 
 
 def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, int]]]:

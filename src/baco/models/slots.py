@@ -256,11 +256,12 @@ class Prefill:
             side.cache.place(layer_idx, rows, columns, keys[rows_of], values[rows_of])
 
 
-PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-PREFILL_GROUPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # rows of a captured step or a static prefill group
+PREFILL_WIDTHS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # columns of a static prefill
 
 
-def _bucket(value: int, sizes: tuple[int, ...]) -> int:
+def bucket(value: int, sizes: tuple[int, ...]) -> int:
+    """The smallest of `sizes` that holds `value` (`value` itself beyond the largest)."""
     return next((size for size in sizes if size >= value), value)
 
 
@@ -357,7 +358,7 @@ class StaticPrefill:
         self.width = max(len(p) for p in prompts)
         if self.width >= side.columns:
             raise BacoError(f"a prompt of {self.width + 1} tokens does not fit the engine's {side.columns} columns")
-        group, width = _bucket(len(prompts), PREFILL_GROUPS), _bucket(self.width, PREFILL_WIDTHS)
+        group, width = bucket(len(prompts), BUCKETS), bucket(self.width, PREFILL_WIDTHS)
         self.staging = side.staging(lane, group, width)
         ids = torch.full((group, width), side.lm.pad_token_id, dtype=torch.long)
         valid = torch.zeros((group, width), dtype=torch.bool)
