@@ -16,6 +16,7 @@ reads a tensor's value on the host, so a step can be captured as a CUDA graph.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -302,7 +303,7 @@ class Staging:
         self.positions = torch.zeros((group, width), dtype=torch.long, device=dev)
         self.valid = torch.zeros((group, width), dtype=torch.bool, device=dev)
         self.cache = StagingCache()
-        self.runs, self.graph = 0, None
+        self.runs, self.graph, self.capturable = 0, None, True
 
     def masks(self):
         """Additive masks (group, 1, width, width): causal, without the left padding (and, for sliding-window
@@ -331,19 +332,17 @@ class Staging:
             return
         self.forward()
         self.runs += 1
-        if capture and self.runs >= 2:
+        if capture and self.capturable and self.runs >= 2:
             torch.cuda.synchronize(self.side.device)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self.side.graph_pool()):
                     self.forward()
             except Exception as error:  # noqa: BLE001 - a forward that cannot be captured still runs eagerly
-                import warnings
-
                 warnings.warn(f"prefill capture failed, prefilling eagerly: {type(error).__name__}: {error}",
                               RuntimeWarning, stacklevel=2)
                 torch.cuda.synchronize(self.side.device)
-                self.runs = -(1 << 30)  # never try again
+                self.capturable = False
                 return
             self.graph = graph
 
