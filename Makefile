@@ -42,7 +42,8 @@ serve: $(BIN)/.installed
 	$(BIN)/baco serve
 
 # the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples, on the
-# fastest backend installed (--backend auto: llama.cpp, which `make setup` builds, else transformers)
+# fastest backend installed for its 12 rows (--backend auto: transformers with the adapter pair in one forward;
+# llama.cpp, which `make setup` builds, is faster at up to 8 rows)
 demo: $(BIN)/.installed
 	mkdir -p .cache
 	$(BIN)/baco generate --router p-punc:0.5 --n 4 --max-new-tokens 96 --seed 0 --color always \

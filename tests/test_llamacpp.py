@@ -12,7 +12,7 @@ from baco import Collaboration, SamplingParams  # noqa: E402
 from baco.errors import BacoError, ModelLoadError  # noqa: E402
 from baco.models.gguf_export import write_llama_gguf, write_lora_gguf  # noqa: E402
 from baco.models.hf import load_tokenizer  # noqa: E402
-from baco.models.llamacpp import LLAMACPP_BELOW_ROWS, choose_backend, load_llamacpp_models  # noqa: E402
+from baco.models.llamacpp import LLAMACPP_MAX_ROWS, choose_backend, load_llamacpp_models  # noqa: E402
 from baco.models.pair import ModelPair  # noqa: E402
 from baco.testing import make_tiny_adapter  # noqa: E402
 
@@ -82,8 +82,8 @@ def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
     assert choose_backend("auto", "baco:gemma-3-270m", "baco:gemma-3-270m-aligned", router="chared:0.5") == "hf"
     # many rows at once: the embedded pair goes to transformers (one forward), GGUF files stay on llama.cpp
     embedded = ("baco:gemma-3-270m", "baco:gemma-3-270m-aligned")
-    assert choose_backend("auto", *embedded, rows=LLAMACPP_BELOW_ROWS - 1) == "llamacpp"
-    assert choose_backend("auto", *embedded, rows=LLAMACPP_BELOW_ROWS) == "hf"
+    assert choose_backend("auto", *embedded, rows=LLAMACPP_MAX_ROWS) == "llamacpp"
+    assert choose_backend("auto", *embedded, rows=LLAMACPP_MAX_ROWS + 1) == "hf"
     assert choose_backend("auto", base_gguf, aligned_gguf, rows=64) == "llamacpp"
     assert choose_backend("llamacpp", *embedded, rows=64) == "llamacpp"  # asked for: kept
     assert choose_backend("auto", *embedded, rows=1, compile=True) == "hf"  # torch.compile runs transformers

@@ -105,7 +105,7 @@ def _add_formats(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
                    help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (pip install "
                    "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU (for the embedded pair: "
-                   "when fewer than 8 rows decode at once, from --batch-size and the number of samples), else hf")
+                   "when at most 8 rows decode at once, from --batch-size and the number of samples), else hf")
     p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
                    "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "

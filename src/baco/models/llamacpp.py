@@ -347,11 +347,11 @@ def _side(name, base_weights: GGUFWeights | None = None, tokenizer=None) -> tupl
 
 BACKENDS = ("auto", "hf", "llamacpp")
 
-# `auto` with a known number of rows decoded together: llama.cpp below this, transformers from it on. Where
-# both can run the pair (the embedded pair on the CPU), llama.cpp is 3.6x the transformers two-model path's
-# tokens/s at 1 row, level with the one-forward transformers path at 8 rows, and 0.77x of it at 72 rows
-# (docs/benchmarks.md, "The CPU paths"; docs/results.md, "wall time"). GGUF files run on llama.cpp whatever the rows.
-LLAMACPP_BELOW_ROWS = 8
+# `auto` with a known number of rows decoded together: llama.cpp up to this many, transformers beyond. Where
+# both can run the pair (the embedded pair on the CPU), llama.cpp's BACo tokens/s against the one-forward
+# transformers pair's: 2.5x at 1 row, 1.08x at 8, 0.79x at 12, 0.89x at 16, 0.77x at a sweep's 72 (2 cores;
+# docs/benchmarks.md, "The CPU paths"; docs/results.md, "Wall time"). GGUF files run on llama.cpp whatever the rows.
+LLAMACPP_MAX_ROWS = 8
 
 
 def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto",
@@ -359,8 +359,8 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
     """`hf` or `llamacpp` for a pair; clear errors where the asked-for backend cannot run it.
     `auto` takes llama.cpp where it is installed, the device is the CPU, the pair is GGUF (or embedded) and
     the router is not a cross-tokenizer method (those run on transformers' sessions); for the embedded pair,
-    which both backends run, only when fewer than `LLAMACPP_BELOW_ROWS` `rows` decode together (if known):
-    at more rows the one-forward transformers path is faster. `compile` (torch.compile) implies transformers."""
+    which both backends run, only when at most `LLAMACPP_MAX_ROWS` rows decode together (if known): at
+    more rows the one-forward transformers path is faster. `compile` (torch.compile) implies transformers."""
     from baco.routers.cross import unit_of
 
     if backend not in BACKENDS:
@@ -369,7 +369,7 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
     fits = (supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
             and (router is None or unit_of(router) is None) and not compile)
     if backend == "auto":
-        many = rows is not None and rows >= LLAMACPP_BELOW_ROWS and not gguf_files
+        many = rows is not None and rows > LLAMACPP_MAX_ROWS and not gguf_files
         backend = "llamacpp" if fits and (available() or gguf_files) and not many else "hf"
     if backend == "llamacpp":
         if not supports(base, aligned):
