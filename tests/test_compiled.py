@@ -37,6 +37,8 @@ def test_compile_marks_the_models_and_the_engine_buckets_its_rows(one_forward):
     assert not any(lm.compiled for lm in (eager.pair.base, eager.pair.aligned))
     engine = Engine(compiled.pair, get_router("p-punc:0.5"), max_batch=4, max_len=64)
     assert engine.compiled and engine.units[0].compiled
+    model = engine.units[0].model  # compiling leaves the model as it was: no new submodule, same state dict
+    assert repr(model) and len(model.state_dict()) == len(eager.pair.base.model.peft.state_dict())
     params = SamplingParams(max_new_tokens=4, seed=0)
     requests = compiled.requests(PROMPTS[:3], 1, params, seed=0)
     graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())

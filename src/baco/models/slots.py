@@ -112,9 +112,9 @@ def compiled(module):
     steps), once per module, so the engines sharing it share its compiled code. One compilation per bucket of
     rows (the engine steps buckets of 1, 2, 4, ... slots when compiled): on a CPU some seconds to a minute each,
     so compiling pays for long runs, not short ones."""
-    if getattr(module, "_baco_compiled", None) is None:
-        module._baco_compiled = torch.compile(module, dynamic=False)
-    return module._baco_compiled
+    if module.__dict__.get("_baco_compiled") is None:  # kept out of the module tree (it wraps the module itself)
+        module.__dict__["_baco_compiled"] = torch.compile(module, dynamic=False)
+    return module.__dict__["_baco_compiled"]
 
 
 class SlotLM:
