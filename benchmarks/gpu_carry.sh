@@ -8,6 +8,9 @@
 #   run(carry=[".whl", ".gpu", ".carry/gemma.gguf.sha256"], command="ls .whl")
 #   run(carry=[".carry/gemma.gguf.part00"], command="ls .carry")   ... the same for part01 .. part04
 #   run(command="bash benchmarks/gpu_check.sh real")
+# The `real` stage's CPU part was dry-run here (2026-11-30): the pieces reassemble to the checked sha256, the
+# conversion writes $BACO_CACHE/gemma-3-270m-base-bfloat16, and the baco:gemma-3-270m(-aligned) aliases then
+# load from it without the chunk packages installed.
 set -euo pipefail
 python=${PYTHON:-.venv/bin/python}
 gguf=$(PYTHONPATH=src "$python" -c "from baco.models.embedded import _gguf_path; print(_gguf_path())")
