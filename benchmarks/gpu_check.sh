@@ -30,7 +30,7 @@ gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
 
 if want tests; then
   echo "== GPU tests (graph == eager, no host sync, late joiners) and the engine's CPU tests =="
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
+  timeout 420 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
