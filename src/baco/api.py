@@ -21,6 +21,8 @@ from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
 
 DEFAULT_ROUTER = "p-punc:0.5"
+COMPILE_NEEDS_ONE_TOKENIZER = ("compile applies to the lockstep engine of a pair that shares a tokenizer; "
+                               "cross-tokenizer methods run eagerly")
 
 
 @dataclass
@@ -80,8 +82,8 @@ class Collaboration:
         chosen = choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
                                 router=router, compile=compile)
         collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile)
-        for lm, _ in collab.pair.sides if compile else ():
-            lm.compiled = True
+        if compile:
+            collab.pair.compile_steps()
         return collab
 
     @classmethod
@@ -104,9 +106,8 @@ class Collaboration:
                 raise
             if router is not None:
                 check_cross_router(router, mismatch)
-            if compile:
-                raise BacoError("compile applies to the lockstep engine of a pair that shares a tokenizer; "
-                                "cross-tokenizer methods run eagerly") from None
+            if compile:  # before any weights load
+                raise BacoError(COMPILE_NEEDS_ONE_TOKENIZER) from None
             return cls(CrossPair(HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                                  HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device,
                                                             tokenizer=aligned_tokenizer)), prompt_format)

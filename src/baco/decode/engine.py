@@ -30,7 +30,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
-from baco.models.slots import BUCKETS, SlotLM, bucket, shared_weights, upload
+from baco.models.slots import BUCKETS, SlotLM, bucket, capture_graph, shared_weights, upload
 from baco.routers import StepView
 
 
@@ -374,20 +374,15 @@ class Engine:
     def _capture(self, key: tuple) -> None:
         """Record the step for this bucket as a CUDA graph (state is not advanced by recording)."""
         bucket, flags, top = key
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
         self._pool = self._pool or torch.cuda.graph_pool_handle()  # every bucket's graph shares one pool
-        try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                names, mixed = self._step_fn(bucket, flags, top)
-        except Exception as error:  # noqa: BLE001 - a model whose forward cannot be captured still runs
+        graph, out = capture_graph(lambda: self._step_fn(bucket, flags, top), self.device, self._pool)
+        if graph is None:  # a model whose forward cannot be captured still runs
             self.graphs = False
-            self.capture_error = f"{type(error).__name__}: {error}"
+            self.capture_error = out
             warnings.warn(f"CUDA graph capture failed, stepping eagerly (still without host syncs): "
                           f"{self.capture_error}", RuntimeWarning, stacklevel=2)
-            torch.cuda.synchronize(self.device)
             return
-        self._graphs[key] = (graph, names, mixed)
+        self._graphs[key] = (graph, *out)
 
     def _to_host(self, bucket: int, top: bool):
         """The step's outputs on the host: copied now (synchronous), or into pinned memory, asynchronously."""

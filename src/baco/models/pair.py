@@ -46,6 +46,11 @@ class ModelPair:
         sides = [(self.base, "base"), (self.aligned, "aligned")]
         return sides + ([(self.anchor, "base")] if self.anchor is not None else [])
 
+    def compile_steps(self) -> None:
+        """Run every side's decoding steps through `torch.compile` (`HFCausalLM.compiled`, read by the engine)."""
+        for lm, _ in self.sides:
+            lm.compiled = True
+
     def model_names(self) -> dict[str, str]:
         """The models that ran, by role (provenance for every sample)."""
         names = {"base": self.base.name, "aligned": self.aligned.name}

@@ -107,6 +107,20 @@ def shared_weights(lm) -> tuple[object, str | None]:
     return lm.model, None
 
 
+def capture_graph(fn, device: torch.device, pool) -> tuple["torch.cuda.CUDAGraph | None", object]:
+    """Record `fn()` as a CUDA graph in memory `pool` (the caller has run it eagerly to warm up): (graph,
+    what `fn` returned), or (None, the error as text) when it cannot be captured."""
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn()
+    except Exception as error:  # noqa: BLE001 - what cannot be captured still runs eagerly
+        torch.cuda.synchronize(device)
+        return None, f"{type(error).__name__}: {error}"
+    return graph, out
+
+
 def compiled(module):
     """`module` compiled by `torch.compile` (inductor; no CUDA graphs of its own: the engine captures whole
     steps), once per module, so the engines sharing it share its compiled code. One compilation per bucket of
@@ -152,11 +166,17 @@ class SlotLM:
         it is one of the row's `valid` columns before `write`, or `write` itself (this step's token)."""
         behind = (write - self.ring) % self.columns  # (columns,): 0 = this step's column
         keep = behind[None, :] <= valid[:, None]
+        return self.layer_masks(keep[:, None, None, :], behind[None, None, None, :])
+
+    def layer_masks(self, keep: torch.Tensor, behind: torch.Tensor):
+        """Additive attention masks from `keep` (bool, (rows, 1, queries, keys)): one for full-attention
+        layers and, where the model has them, one for sliding-window layers, which also drop the keys
+        `behind` their query by `window` positions or more (a dict when the model mixes both kinds)."""
         low = torch.finfo(self.dtype).min
-        full = torch.where(keep, 0.0, low).to(self.dtype)[:, None, None, :]
+        full = torch.where(keep, 0.0, low).to(self.dtype)
         if self.window is None:
             return full
-        sliding = torch.where(keep & (behind[None, :] < self.window), 0.0, low).to(self.dtype)[:, None, None, :]
+        sliding = torch.where(keep & (behind < self.window), 0.0, low).to(self.dtype)
         if self.layer_types is None:
             return sliding  # every layer slides
         return {"full_attention": full, "sliding_attention": sliding}
@@ -308,17 +328,10 @@ class Staging:
     def masks(self):
         """Additive masks (group, 1, width, width): causal, without the left padding (and, for sliding-window
         layers, only the last `window` positions)."""
-        side, width = self.side, self.width
-        query, key = torch.arange(width, device=side.device)[:, None], torch.arange(width, device=side.device)[None, :]
-        causal = (key <= query)[None] & self.valid[:, None, :]
-        low = torch.finfo(side.dtype).min
-        full = torch.where(causal, 0.0, low).to(side.dtype)[:, None]
-        if side.window is None:
-            return full
-        sliding = torch.where(causal & (query - key < side.window)[None], 0.0, low).to(side.dtype)[:, None]
-        if side.layer_types is None:
-            return sliding
-        return {"full_attention": full, "sliding_attention": sliding}
+        positions = torch.arange(self.width, device=self.side.device)
+        behind = positions[:, None] - positions[None, :]  # (queries, keys)
+        causal = (behind >= 0)[None] & self.valid[:, None, :]
+        return self.side.layer_masks(causal[:, None], behind[None, None])
 
     def forward(self) -> None:
         self.side.views[self.lane](input_ids=self.ids, position_ids=self.positions, attention_mask=self.masks(),
@@ -333,17 +346,10 @@ class Staging:
         self.forward()
         self.runs += 1
         if capture and self.capturable and self.runs >= 2:
-            torch.cuda.synchronize(self.side.device)
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=self.side.graph_pool()):
-                    self.forward()
-            except Exception as error:  # noqa: BLE001 - a forward that cannot be captured still runs eagerly
-                warnings.warn(f"prefill capture failed, prefilling eagerly: {type(error).__name__}: {error}",
-                              RuntimeWarning, stacklevel=2)
-                torch.cuda.synchronize(self.side.device)
+            graph, outcome = capture_graph(self.forward, self.side.device, self.side.graph_pool())
+            if graph is None:
+                warnings.warn(f"prefill capture failed, prefilling eagerly: {outcome}", RuntimeWarning, stacklevel=2)
                 self.capturable = False
-                return
             self.graph = graph
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from baco.api import Collaboration
+from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
 from baco.decode.records import Sample
 from baco.errors import BacoError
 from baco.models.chars import CrossPair
@@ -49,24 +49,21 @@ class Engines:
              anchor: str | None = None, one_forward: str = "auto", backend: str = "hf",
              compile: bool = False) -> "Engines":
         """`compile`: the transformers models' decoding steps run compiled (`torch.compile`; shared-tokenizer pairs)."""
-        backend = choose_backend(backend, base, aligned, anchor=anchor, device=device, compile=compile)
         engines = cls._load(base, aligned, dtype=dtype, device=device, anchor=anchor, one_forward=one_forward,
-                            backend=backend)
+                            backend=choose_backend(backend, base, aligned, anchor=anchor, device=device,
+                                                   compile=compile), compile=compile)
         if compile:
-            if not isinstance(engines.pair, ModelPair):
-                raise BacoError("compile applies to the lockstep engine of a pair that shares a tokenizer; "
-                                "cross-tokenizer methods run eagerly")
-            for lm, _ in engines.pair.sides:
-                lm.compiled = True
+            engines.pair.compile_steps()
         return engines
 
     @classmethod
     def _load(cls, base: str, aligned: str, *, dtype: str, device: str, anchor: str | None, one_forward: str,
-              backend: str) -> "Engines":
+              backend: str, compile: bool) -> "Engines":
+        """The engines on `backend` (already chosen: `hf` or `llamacpp`)."""
         from baco.errors import TokenizerMismatchError
         from baco.vocab import check_compatible
 
-        if choose_backend(backend, base, aligned, anchor=anchor, device=device) == "llamacpp":
+        if backend == "llamacpp":
             base_lm, aligned_lm = load_llamacpp_models(base, aligned)
             return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
         base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
@@ -76,6 +73,8 @@ class Engines:
         except TokenizerMismatchError:
             if anchor:
                 raise
+            if compile:  # before any weights load
+                raise BacoError(COMPILE_NEEDS_ONE_TOKENIZER) from None
             shared = False
         base_lm, aligned_lm = load_pair_models(base, aligned, dtype=dtype, device=device, base_tokenizer=base_tok,
                                                aligned_tokenizer=aligned_tok, one_forward=one_forward)
