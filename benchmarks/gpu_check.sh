@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One GPU check (GPU-only tests + engine benchmarks), as run on the lent H100/H200 machine (no network there).
 # Prepared here first (ignored folders that travel with `carry`):
-#   .whl/  transformers==5.24.0 wheel (the machine has 5.17):
+#   .whl/  transformers==5.24.0 wheel (the machine has 5.17), plus peft, accelerate and gguf (one-forward pairs,
+#          their GPU test and stage `oneforward`; `bash benchmarks/gpu_carry.sh` downloads them; 15 MB in all):
 #          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #            --platform manylinux_2_28_x86_64 -d .whl transformers==5.24.0
 #   .gpu/gemma-270m-shape/  config.json, generation_config.json, tokenizer_config.json, chat_template.jinja
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
 #   .carry/ (stage `real` only) the embedded GGUF in pieces, and more wheels: see benchmarks/gpu_carry.sh
-# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [throughput] [1b] [static] [real]
+# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
 #        (no argument: tests 270m compiled throughput 1b)
 #        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
 # Output: $OUT/gpu_check.log
@@ -41,6 +42,14 @@ if want compiled; then
   echo "== the same with torch.compile'd forwards inside the captured steps (--compile; compiling not timed) =="
   bench 300 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
     --compile
+fi
+if want oneforward; then
+  echo "== one forward: a random model + a random rank-16 LoRA adapter as rows of one captured forward, 270M shape =="
+  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --one-forward on --batch 1 8 64 \
+    --steps 8 40 --repeats 2 --hf
+  echo "== the same, compiled (--compile; compiling not timed) =="
+  bench 300 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --one-forward on --batch 1 8 64 \
+    --steps 8 40 --repeats 2 --hf --compile
 fi
 if want throughput; then
   echo "== throughput: ${PROMPTS:-1000} prompts x n=4, lengths 16-128 + stop tokens, static vs continuous batching =="

@@ -6,7 +6,9 @@
 Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`). With --shape
 it times two random-initialised models with the configuration and tokenizer in DIR (e.g. the
 embedded Gemma's cache folder), optionally changed by --set: costs depend on shapes, not weights,
-so a GPU machine without the weights can still time a real architecture.
+so a GPU machine without the weights can still time a real architecture. With --shape and
+--one-forward on: one random model and a random rank-16 LoRA adapter on it, both sides stepping as rows
+of one forward.
 baco's per-step time: three engines with `batch` rows each (the pair, base alone, aligned alone) are
 warmed up (prefill done, CUDA graphs captured), then take turns of (T2 - T1) / 4 steps, 4 x --repeats
 turns each, timed to the end of the device's work; medians. Taking turns keeps a busy machine's
@@ -129,8 +131,10 @@ def per_step(fn, short: int, long: int, repeats: int) -> float:
     return statistics.median((fn(long) - fn(short)) / (long - short) for _ in range(repeats))
 
 
-def random_pair_like(shape_dir: str, settings: list[str], out_dir: str, peak: float) -> tuple[str, str]:
-    """Save two random-initialised models (seeds 0 and 1) with shape_dir's configuration and tokenizer.
+def random_pair_like(shape_dir: str, settings: list[str], out_dir: str, peak: float,
+                     adapter: bool = False) -> tuple[str, str]:
+    """Save two random-initialised models (seeds 0 and 1) with shape_dir's configuration and tokenizer, or
+    (`adapter`) one and a random rank-16 LoRA adapter on it (the embedded adapter's rank and layers).
 
     The (tied) embeddings are multiplied by `peak`: at the default initialisation every next-token
     distribution is nearly flat over the vocabulary, which no trained model produces and which sends
@@ -147,7 +151,7 @@ def random_pair_like(shape_dir: str, settings: list[str], out_dir: str, peak: fl
                                   for i in range(config.num_hidden_layers)]
     tokenizer = AutoTokenizer.from_pretrained(shape_dir)
     paths = []
-    for seed in (0, 1):
+    for seed in (0,) if adapter else (0, 1):
         torch.manual_seed(seed)
         path = f"{out_dir}/random-{seed}"
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -157,6 +161,10 @@ def random_pair_like(shape_dir: str, settings: list[str], out_dir: str, peak: fl
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
         paths.append(path)
+    if adapter:
+        from baco.testing import make_tiny_adapter
+
+        paths.append(str(make_tiny_adapter(f"{out_dir}/adapter", paths[0], seed=1, rank=16)))
     return paths[0], paths[1]
 
 
@@ -187,8 +195,10 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     if args.shape:
-        base, aligned = random_pair_like(args.shape, args.set, tempfile.mkdtemp(prefix="baco-bench-"), args.peak)
+        base, aligned = random_pair_like(args.shape, args.set, tempfile.mkdtemp(prefix="baco-bench-"), args.peak,
+                                         adapter=args.one_forward == "on")
         label = f"random weights shaped like {args.shape} {' '.join(args.set)}".strip()
+        label += " + a random rank-16 LoRA adapter, one forward" if args.one_forward == "on" else ""
     elif args.base and args.aligned:
         base, aligned, label = args.base, args.aligned, f"{args.base} + {args.aligned}"
     else:

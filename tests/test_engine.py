@@ -200,6 +200,42 @@ def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
         host_branching._step_fn(4, all_knobs)
 
 
+HOST_TOUCHES = {"aten::lift_fresh", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::item"}
+
+
+def host_touches(fn) -> list[str]:
+    """The operators `fn()` runs that read a value on the host (`.item()`, `bool(t)`, `nonzero`) or make a tensor
+    from host data (`torch.tensor([...])`, indexing by a Python list): on a GPU the first kind synchronises, the
+    second copies host memory into the device's queue, and neither can live in a CUDA graph."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in HOST_TOUCHES:
+                seen.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("router", ["p-punc:0.5", "h-punc:2", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5"])
+def test_a_warm_sync_free_step_touches_no_host_value_or_host_data(collab, router):
+    """What a capture needs, checked on the CPU with real values: after the two warm-up runs the engine makes
+    before capturing a bucket, a step neither reads a device value nor feeds the device host data."""
+    all_knobs = (True, True, False, False)
+    engine = Engine(collab.pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
+    for _ in range(2):
+        engine._step_fn(4, all_knobs)
+    assert host_touches(lambda: engine._step_fn(4, all_knobs)) == []
+    host_branching = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=False)
+    host_branching._step_fn(4, all_knobs)
+    assert host_touches(lambda: host_branching._step_fn(4, all_knobs))  # the word rule's CPU shortcut does: it bites
+
+
 def test_generate_with_a_max_len_too_small_for_a_request_says_so_before_decoding(collab, tmp_path):
     from baco.cli import main
 

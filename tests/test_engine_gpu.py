@@ -111,3 +111,32 @@ def test_captured_static_prefills_give_the_chunked_prefills_tokens(tiny_dirs):
     captured = [s for unit in engine.units for s in unit._staging.values() if s.graph is not None]
     assert captured  # some bucket was used three times or more: its prefill was replayed from a graph
     assert got == expected
+
+
+def test_one_forward_steps_are_captured_and_give_the_eager_tokens(tiny_dirs, tmp_path):
+    """An adapter pair as rows of one forward on a GPU: the adapter's update weighted per row has fixed shapes,
+    so the step is captured (no fallback to eager steps), gives the eager step's tokens, and never syncs."""
+    from baco.testing import make_tiny_adapter
+
+    adapter = make_tiny_adapter(tmp_path / "aligned", tiny_dirs[0], seed=3)
+    one = Collaboration.from_pretrained(tiny_dirs[0], adapter, device="cuda", dtype="float32", one_forward="on")
+    for params in (SamplingParams(temperature=0, max_new_tokens=48, seed=0),
+                   SamplingParams(min_p=0.05, max_new_tokens=48, seed=1)):
+        expected, _ = decode(one, "p-punc:0.5", params, graphs=False)
+        got, engine = decode(one, "p-punc:0.5", params, graphs=True)
+        assert engine.units[0].lanes == 2 and engine.graphs and engine.capture_error is None
+        assert engine.stats["graph_steps"] > engine.stats["steps"] // 2
+        assert got == expected
+    engine = Engine(one.pair, get_router("p-punc:0.5"), max_batch=4, max_len=96)
+    for request in one.requests(PROMPTS, 1, params, seed=3):
+        engine.add(request, params)
+    for _ in range(6):
+        engine.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            engine._launch()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

@@ -1,5 +1,5 @@
 """Adapter pairs in one forward: the base model and its LoRA-adapted aligned model share one set of
-weights, and the engine steps both sides as rows of one batch (peft's mixed-adapter batches)."""
+weights, and the engine steps both sides as rows of one batch (the adapter's update weighted per row)."""
 
 import json
 
@@ -14,7 +14,8 @@ from baco.models.pair import ModelPair
 from baco.routers import get_router
 from baco.testing import make_tiny_adapter
 
-from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves
+from test_engine import (GREEDY_AND_SAMPLED, PROMPTS, host_touches, run, same_tokens,
+                         same_tokens_with_joiners_and_moves)
 
 ROUTERS = ["p-punc:0.3", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
@@ -73,6 +74,33 @@ def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
     """A slot's base and aligned rows join, move and leave together: the same tokens as the two-model pair."""
     two, one = pairs
     same_tokens_with_joiners_and_moves(two.pair, one.pair, one)
+
+
+def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
+    """Both lanes in one forward, still capturable: the adapter reaches its rows through a fixed 0/1 weight per
+    row (made during the warm-up runs), never through rows gathered by a Python list, as peft's
+    `adapter_names=` batches do (the last assertion: the check sees that)."""
+    _, one = pairs
+    all_knobs = (True, True, False, False)
+    engine = Engine(one.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=True, graphs=False)
+    for _ in range(2):
+        engine._step_fn(4, all_knobs)
+    assert engine.units[0].lanes == 2
+    assert host_touches(lambda: engine._step_fn(4, all_knobs)) == []
+    peft, ids = one.pair.base.model.peft, torch.zeros((4, 1), dtype=torch.long)
+    with torch.inference_mode():
+        assert "aten::lift_fresh" in host_touches(lambda: peft(input_ids=ids, adapter_names=["__base__", "aligned"] * 2))
+
+
+def test_adapters_that_are_more_than_plain_lora_load_as_two_models(tiny_dirs, tmp_path):
+    """A DoRA adapter rescales whole weights, not one LoRA update per row: `auto` loads two models (the adapter
+    merged), `on` says why it cannot, before any decoding."""
+    base, _ = tiny_dirs
+    dora = make_tiny_adapter(tmp_path / "dora", base, seed=4, use_dora=True)
+    base_lm, aligned_lm = load_pair_models(base, dora, device="cpu", dtype="float32")
+    assert not isinstance(aligned_lm.model, AdapterView) and base_lm.model is not aligned_lm.model
+    with pytest.raises(BacoError, match="LoRA variant.*one_forward='off'"):
+        load_pair_models(base, dora, device="cpu", dtype="float32", one_forward="on")
 
 
 def test_one_model_read_twice_also_steps_in_one_forward(collab):

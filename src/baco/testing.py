@@ -156,18 +156,19 @@ def make_tiny_pair(directory: str | Path, *, seed: int = 0, aligned_extra_rows: 
     return paths[0], paths[1]
 
 
-def make_tiny_adapter(directory: str | Path, base: str | Path, *, seed: int = 0, rank: int = 4) -> Path:
+def make_tiny_adapter(directory: str | Path, base: str | Path, *, seed: int = 0, rank: int = 4, **lora) -> Path:
     """A random LoRA adapter (peft) on the tiny base model at `base`, written to `directory`: the aligned
     side of a tiny *adapter pair* (`--base BASE --aligned DIRECTORY`). Its B matrices are random, not
-    zero, so it changes the base model's logits."""
+    zero, so it changes the base model's logits. `lora`: more `peft.LoraConfig` settings (use_dora=True ...)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, init_lora_weights=False,
-                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(**{"r": rank, "lora_alpha": 2 * rank, "init_lora_weights": False, "target_modules": targets,
+                           **lora})
     peft = get_peft_model(model, config)
     peft.peft_config["default"].base_model_name_or_path = str(Path(base).resolve())
     peft.save_pretrained(directory)

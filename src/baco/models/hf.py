@@ -173,21 +173,29 @@ BASE_ADAPTER, ALIGNED_ADAPTER = "__base__", "aligned"  # peft's name for "no ada
 
 
 class AdapterRows:
-    """Which adapter each row of the next forward of a PeftModel uses: peft's mixed-adapter batches, with the
-    `adapter_names` handed to its LoRA layers by hooks registered once (peft's own `adapter_names=` argument
-    registers and removes a hook on every LoRA layer at every call: ~13 ms per forward of Gemma-3-270M).
+    """Which rows of the next forward of a PeftModel get its LoRA adapter: each LoRA layer's update (the output
+    of its `lora_B`) is multiplied by a 0/1 weight per row, so `__base__` rows get exactly the base layer's
+    output and adapter rows base + update. Fixed shapes, no value read on the host and no tensor made from host
+    data inside a forward: a step can be captured as a CUDA graph and compiled without graph breaks. (peft's own
+    mixed-adapter batches, `adapter_names=[...]`, gather each adapter's rows by a Python list at every layer: a
+    host-to-device copy per layer that a CUDA graph cannot hold, and ~8 ms of Python per Gemma-3-270M forward.)
 
         with AdapterRows.of(peft).use(["__base__", "aligned"] * b):
             peft(input_ids=...)
+
+    The update of an adapter row is computed on all rows then zeroed on the others: LoRA's rank-r products are
+    small next to the layer's own. Plain LoRA on linear layers only (see `row_weighting_refusal`).
     """
 
-    def __init__(self, peft):
+    def __init__(self, peft, adapter: str = ALIGNED_ADAPTER):
         from peft.tuners.lora import LoraLayer
 
-        self.names: list[str] | None = None
+        self.adapter, self.device = adapter, next(peft.parameters()).device
+        self.weights: torch.Tensor | None = None  # (rows,) for the forward under way; None: every row adapted
+        self._made: dict[tuple[str, ...], torch.Tensor] = {}  # per row pattern, made once (not during a capture)
         for module in peft.modules():
-            if isinstance(module, LoraLayer):
-                module.register_forward_pre_hook(self._hook, with_kwargs=True)
+            if isinstance(module, LoraLayer) and adapter in module.lora_B:
+                module.lora_B[adapter].register_forward_hook(self._hook)
 
     @classmethod
     def of(cls, peft) -> "AdapterRows":
@@ -195,24 +203,48 @@ class AdapterRows:
             peft._baco_rows = cls(peft)
         return peft._baco_rows
 
-    def _hook(self, module, args, kwargs):
-        if self.names is not None:
-            kwargs["adapter_names"] = self.names
-        return args, kwargs
+    def _hook(self, module, args, output):
+        if self.weights is None:
+            return output
+        return output * self.weights.view(-1, *[1] * (output.dim() - 1)).to(output.dtype)
 
     @contextmanager
     def use(self, names: list[str]):
-        self.names = names
+        """Rows whose name is the adapter's get it; `__base__` rows do not."""
+        key = tuple(names)
+        if key not in self._made:
+            self._made[key] = torch.tensor([name == self.adapter for name in key], dtype=torch.float32,
+                                           device=self.device)
+        self.weights = self._made[key]
         try:
             yield
         finally:
-            self.names = None
+            self.weights = None
+
+
+def row_weighting_refusal(peft, adapter: str = ALIGNED_ADAPTER) -> str | None:
+    """Why `AdapterRows` cannot apply this PeftModel's adapter per row (None: it can). It needs plain LoRA on
+    linear layers: DoRA and other variants, LoRA on embeddings and `modules_to_save` change more than a
+    `lora_B` output."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in peft.named_modules():
+        if isinstance(module, LoraLayer):
+            if adapter in getattr(module, "lora_variant", {}):
+                return f"layer {name} uses a LoRA variant ({type(module.lora_variant[adapter]).__name__})"
+            if adapter in module.lora_A and adapter not in module.lora_B:
+                return f"layer {name} is not a linear LoRA layer"
+            if adapter in getattr(module, "lora_embedding_A", {}):
+                return f"layer {name} puts LoRA on an embedding"
+        elif isinstance(saved := getattr(module, "modules_to_save", None), torch.nn.ModuleDict) and adapter in saved:
+            return f"layer {name} is trained in full (modules_to_save)"
+    return None
 
 
 class AdapterView(torch.nn.Module):
     """One side of a PeftModel whose LoRA adapter is not merged: the base model (`__base__`) or the
     adapted one (`aligned`). Two views share one set of weights; the engine steps both sides' rows in
-    one forward (peft's mixed-adapter batches, `adapter_names=[...]`). Attributes it lacks (config,
+    one forward (`AdapterRows`: the adapter's update weighted per row). Attributes it lacks (config,
     generation_config, get_output_embeddings ...) are the wrapped model's."""
 
     def __init__(self, peft, adapter: str):
@@ -243,8 +275,10 @@ def load_pair_models(base: str | os.PathLike, aligned: str | os.PathLike, *, dty
     embedded pair; `--aligned ADAPTER_DIR` with `--base` its base), `one_forward` decides how it loads:
     `on`: the base weights once and the adapter unmerged, both sides stepping as rows of one forward
     (half the weight memory; on a CPU the step costs little more than one model's); `off`: two models,
-    the adapter merged into a copy (no per-step LoRA cost; on a GPU each side's step is captured as a
-    CUDA graph, which peft's mixed batches are not); `auto`: `on` on the CPU, `off` elsewhere."""
+    the adapter merged into a copy (twice the weight memory, no per-step LoRA cost); `auto`: `on` on the
+    CPU, `off` elsewhere (on GPUs the faster of the two is still to be measured, docs/benchmarks.md). Rows
+    get the adapter through `AdapterRows` (plain LoRA on linear layers; others load as two models, and
+    `on` says why it cannot)."""
     if one_forward not in ONE_FORWARD:
         raise BacoError(f"one_forward must be one of {', '.join(ONE_FORWARD)}, got {one_forward!r}")
     base_source, base_adapter = resolve_source(base, dtype)
@@ -254,11 +288,23 @@ def load_pair_models(base: str | os.PathLike, aligned: str | os.PathLike, *, dty
     if one_forward == "on" and not shareable:
         raise BacoError(f"one_forward='on' needs the aligned model to be a LoRA adapter on the base model "
                         f"itself; {os.fspath(aligned)!r} is not one on {os.fspath(base)!r}")
-    if not shareable or (one_forward == "auto" and resolve_device(device).type != "cpu") or one_forward == "off":
+
+    def two_models():
         return (HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                 HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer))
-    model, _, base_tokenizer = _load(base, dtype, device, base_tokenizer)
+
+    if not shareable or (one_forward == "auto" and resolve_device(device).type != "cpu") or one_forward == "off":
+        return two_models()
+    model, _, loaded_tokenizer = _load(base, dtype, device, base_tokenizer)
     peft = _with_adapter(model, adapter, merge=False, name=ALIGNED_ADAPTER)
+    refusal = row_weighting_refusal(peft)
+    if refusal is not None:  # rare (DoRA, LoRA on embeddings, modules_to_save): two models, the adapter merged
+        if one_forward == "on":
+            raise BacoError(f"one_forward='on' cannot step {os.fspath(aligned)!r} as rows of one forward: {refusal}; "
+                            f"use one_forward='off' (two models, the adapter merged into a copy)")
+        del model, peft
+        return two_models()
+    base_tokenizer = loaded_tokenizer
     aligned_tokenizer = aligned_tokenizer if aligned_tokenizer is not None else load_tokenizer(aligned)
     return (HFCausalLM(AdapterView(peft, BASE_ADAPTER), base_tokenizer, name=os.fspath(base)),
             HFCausalLM(AdapterView(peft, ALIGNED_ADAPTER), aligned_tokenizer, name=os.fspath(aligned)))

@@ -137,7 +137,7 @@ class SlotLM:
     It serves one or more *lanes*: sides of the pair that share these weights (the base model and its
     LoRA-adapted aligned model, or one model read with two renderings). Their rows are interleaved
     (slot s, lane j is cache row s * lanes + j), so the live slots' bucket is a prefix of the rows, and
-    one forward steps every lane, the adapter applied per row (peft's mixed-adapter batches).
+    one forward steps every lane, the adapter applied per row (`AdapterRows`).
     """
 
     def __init__(self, lms: list, slots: int, columns: int):
