@@ -236,6 +236,32 @@ def test_a_warm_sync_free_step_touches_no_host_value_or_host_data(collab, router
     assert host_touches(lambda: host_branching._step_fn(4, all_knobs))  # the word rule's CPU shortcut does: it bites
 
 
+@pytest.mark.parametrize("pair_kind", ["llama", "gemma3", "adapter"])
+def test_the_cache_size_the_memory_check_reckons_is_what_the_engine_allocates(pair_kind, tmp_path):
+    from baco import Collaboration
+    from baco.testing import make_tiny_adapter, make_tiny_pair
+
+    base, aligned = make_tiny_pair(tmp_path, arch="gemma3" if pair_kind == "gemma3" else "llama")
+    if pair_kind == "adapter":  # one unit, two lanes
+        aligned = make_tiny_adapter(tmp_path / "adapter", base, seed=3)
+    collab = Collaboration.from_pretrained(base, aligned, device="cpu", dtype="float32", one_forward="on"
+                                           if pair_kind == "adapter" else "off")
+    params = SamplingParams(max_new_tokens=4, seed=0)
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=3, max_len=72)
+    for request in collab.requests(PROMPTS, 1, params, seed=0):
+        engine.add(request, params)
+    list(engine.run())
+    for unit in engine.units:
+        allocated = sum(t.nbytes for buffers in (unit.cache.keys, unit.cache.values) for t in buffers.values())
+        assert allocated == unit.cache_bytes() > 0
+
+
+def test_an_engine_whose_caches_cannot_fit_in_memory_is_refused_before_allocating(collab):
+    with pytest.raises(BacoError, match=r"need [\d.]+ GiB on cpu, but [\d.]+ GiB is free: at most \d+ slots of 65536 "
+                                        r"tokens fit .* lower --max-batch or --max-len"):
+        Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2**24, max_len=2**16)
+
+
 def test_generate_with_a_max_len_too_small_for_a_request_says_so_before_decoding(collab, tmp_path):
     from baco.cli import main
 

@@ -57,6 +57,32 @@ def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, i
     return units, lane_of
 
 
+def free_bytes(device: torch.device) -> int | None:
+    """Memory free for new tensors on `device` (a GPU's free memory, the host's available memory), or None."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        import psutil
+
+        return psutil.virtual_memory().available
+    return None
+
+
+def _check_memory(units: list, device: torch.device, slots: int, columns: int) -> None:
+    """Refuse, before allocating anything, an engine whose slot caches (and per-slot random numbers) would not
+    fit the memory free on its device, and say how many slots would."""
+    sizes = [unit.cache_bytes() for unit in units if hasattr(unit, "cache_bytes")]
+    free = free_bytes(device)
+    if free is None or not sizes or None in sizes:
+        return
+    need = sum(sizes) + slots * 3 * columns * 4  # + the uniforms buffer (float32, three streams per slot)
+    if need > free:
+        per_slot, gib = need / slots, 2**30
+        raise BacoError(f"the KV caches for {slots} slots of {columns} tokens need {need / gib:.1f} GiB on {device}, "
+                        f"but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} slots of {columns} tokens fit "
+                        f"({per_slot / 2**20:.1f} MiB each); lower --max-batch or --max-len")
+
+
 @dataclass
 class _Live:
     """Host-side record of a request in a slot."""
@@ -132,6 +158,7 @@ class Engine:
         self.reads = [reads for _, reads in pair.sides]
         self.units, self.lane_of = _units([lm for lm, _ in pair.sides], max_batch, columns)
         self.compiled = any(getattr(unit, "compiled", False) for unit in self.units)  # `lm.compiled`: torch.compile
+        _check_memory(self.units, self.device, max_batch, columns)
         self._state(max_batch, columns)
         self.waiting: list[_Live] = []
         self.live: dict[int, _Live] = {}  # slot -> request in it

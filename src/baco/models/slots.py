@@ -99,6 +99,19 @@ def _layer_kinds(config) -> tuple[list[str] | None, int | None]:
     return None, (int(window) if window and getattr(config, "use_sliding_window", True) else None)
 
 
+def cache_row_bytes(config, dtype: torch.dtype, columns: int) -> int | None:
+    """Bytes of one slot cache row (one request of one lane) of `columns` over every attention layer, as
+    `SlotCache` allocates it (a key and a value buffer per layer; sliding-window layers too, since the ring
+    is shared); None when the configuration does not name its layers and heads."""
+    config = getattr(config, "text_config", config)
+    layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if not (layers and kv_heads and dim):
+        return None
+    return 2 * layers * kv_heads * dim * columns * torch.empty((), dtype=dtype).element_size()
+
+
 def shared_weights(lm) -> tuple[object, str | None]:
     """(the module holding `lm`'s weights, the adapter it runs or None). Sides with the same module can
     run as rows of one forward: a plain model read with two renderings, or adapter views of one PeftModel."""
@@ -156,6 +169,11 @@ class SlotLM:
         self.ring = torch.arange(columns, device=self.device)
         self._staging: dict[tuple[int, int, int], Staging] = {}  # static prefills' buffers, per bucket
         self._pool = None
+
+    def cache_bytes(self) -> int | None:
+        """Bytes the slot caches will take once every layer has written (None: the config does not say)."""
+        row = cache_row_bytes(self.lm.model.config, self.dtype, self.columns)
+        return None if row is None else row * self.cache.slots
 
     def rows(self, slots: torch.Tensor, lane: int) -> torch.Tensor:
         """Cache rows of `slots` in `lane`."""
