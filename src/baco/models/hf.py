@@ -191,11 +191,13 @@ class AdapterRows:
         from peft.tuners.lora import LoraLayer
 
         self.adapter, self.device = adapter, next(peft.parameters()).device
-        self.weights: torch.Tensor | None = None  # (rows,) for the forward under way; None: every row adapted
-        self._made: dict[tuple[str, ...], torch.Tensor] = {}  # per row pattern, made once (not during a capture)
+        self.weights: dict | None = None  # the forward under way's (rows,) weights per dtype; None: all rows adapted
+        self._made: dict[tuple[str, ...], dict] = {}  # per row pattern, made once (not during a capture)
+        self._dtypes = set()  # the LoRA layers' dtypes: weights in each, so no layer casts them at every step
         for module in peft.modules():
             if isinstance(module, LoraLayer) and adapter in module.lora_B:
                 module.lora_B[adapter].register_forward_hook(self._hook)
+                self._dtypes.add(module.lora_B[adapter].weight.dtype)
 
     @classmethod
     def of(cls, peft) -> "AdapterRows":
@@ -206,15 +208,18 @@ class AdapterRows:
     def _hook(self, module, args, output):
         if self.weights is None:
             return output
-        return output * self.weights.view(-1, *[1] * (output.dim() - 1)).to(output.dtype)
+        weights = self.weights.get(output.dtype)
+        if weights is None:  # an output in another dtype than the layer's (autocast)
+            weights = next(iter(self.weights.values())).to(output.dtype)
+        return output * weights.view(-1, *[1] * (output.dim() - 1))
 
     @contextmanager
     def use(self, names: list[str]):
         """Rows whose name is the adapter's get it; `__base__` rows do not."""
         key = tuple(names)
         if key not in self._made:
-            self._made[key] = torch.tensor([name == self.adapter for name in key], dtype=torch.float32,
-                                           device=self.device)
+            rows = torch.tensor([name == self.adapter for name in key], device=self.device)
+            self._made[key] = {dtype: rows.to(dtype) for dtype in self._dtypes or {torch.float32}}
         self.weights = self._made[key]
         try:
             yield
