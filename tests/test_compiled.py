@@ -4,6 +4,7 @@
 import json
 
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from baco import Collaboration, SamplingParams
@@ -46,6 +47,21 @@ def test_compile_marks_the_models_and_the_engine_buckets_its_rows(one_forward):
     assert engine.stats["bucket_row_steps"] == 4 * engine.stats["steps"]  # 3 rows run in the bucket of 4
     assert counters["stats"]["unique_graphs"] > graphs  # dynamo compiled the forward ...
     assert sum(counters["graph_break"].values()) == breaks  # ... whole: no fallback to Python inside it
+
+
+def test_every_bucket_keeps_its_compiled_forward_past_dynamos_recompile_limit(one_forward, monkeypatch):
+    """Dynamo compiles a forward at most `recompile_limit` times (8 by default), then runs it eagerly: with
+    buckets 1, 2, 4 ... 256 and models of several shapes that limit is near. The engine's forwards get more room:
+    here, with the limit lowered to 1, three buckets still compile three graphs."""
+    _, compiled = one_forward
+    torch._dynamo.reset()  # forget what earlier tests compiled
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 1)
+    engine = Engine(compiled.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32)
+    graphs = counters["stats"]["unique_graphs"]
+    for bucket in (1, 2, 4):
+        engine._step_fn(bucket, (False, False, False, False))
+    assert counters["stats"]["unique_graphs"] - graphs == 3
 
 
 @pytest.mark.parametrize("params", PARAMS, ids=["greedy", "sampled"])

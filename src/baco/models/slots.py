@@ -144,6 +144,17 @@ def compiled(module):
     return module.__dict__["_baco_compiled"]
 
 
+RECOMPILES = 64  # compiled variants dynamo keeps per forward: buckets x models of different shapes
+
+
+def room_to_compile():
+    """A context in which dynamo keeps up to RECOMPILES compiled variants of a forward (its default, 8, is
+    reached by the 9th bucket, or sooner with models of several shapes, and it then runs that forward eagerly)."""
+    config = torch._dynamo.config
+    key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # (torch < 2.7)
+    return config.patch(**{key: max(getattr(config, key), RECOMPILES)})
+
+
 class SlotLM:
     """The engine's view of one set of weights: its slot cache, prefill into slots, and one decoding step.
 
@@ -213,7 +224,7 @@ class SlotLM:
         if any(self.adapters) and self.adapters != [ALIGNED_ADAPTER]:  # (the aligned side alone: the active adapter)
             mixed = AdapterRows.of(self.model).use(self.adapters * rows)  # each row with its side's adapter
         self.cache.rows, self.cache.write = tokens.shape[0], write
-        with mixed:
+        with mixed, room_to_compile() if self.compiled else nullcontext():
             out = self.run(input_ids=tokens[:, None], position_ids=positions[:, None],
                            attention_mask=self.masks(write, valid), past_key_values=self.cache, use_cache=True)
         logits = out.logits[:, -1, :]
