@@ -49,18 +49,19 @@ def test_compile_marks_the_models_and_the_engine_buckets_its_rows(one_forward):
     assert sum(counters["graph_break"].values()) == breaks  # ... whole: no fallback to Python inside it
 
 
-def test_every_bucket_keeps_its_compiled_forward_past_dynamos_recompile_limit(one_forward, monkeypatch):
+def test_every_bucket_keeps_its_compiled_forward_past_dynamos_recompile_limit(one_forward):
     """Dynamo compiles a forward at most `recompile_limit` times (8 by default), then runs it eagerly: with
     buckets 1, 2, 4 ... 256 and models of several shapes that limit is near. The engine's forwards get more room:
     here, with the limit lowered to 1, three buckets still compile three graphs."""
     _, compiled = one_forward
     torch._dynamo.reset()  # forget what earlier tests compiled
     config = torch._dynamo.config
-    monkeypatch.setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 1)
+    key = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     engine = Engine(compiled.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32)
     graphs = counters["stats"]["unique_graphs"]
-    for bucket in (1, 2, 4):
-        engine._step_fn(bucket, (False, False, False, False))
+    with config.patch(**{key: 1}):
+        for bucket in (1, 2, 4):
+            engine._step_fn(bucket, (False, False, False, False))
     assert counters["stats"]["unique_graphs"] - graphs == 3
 
 
