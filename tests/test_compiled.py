@@ -61,7 +61,7 @@ def test_every_bucket_keeps_its_compiled_forward_past_dynamos_recompile_limit(on
     graphs = counters["stats"]["unique_graphs"]
     with config.patch(**{key: 1}):
         for bucket in (1, 2, 4):
-            engine._step_fn(bucket, (False, False, False, False))
+            engine._step_fn(bucket, (False, False, False, False, True))
     assert counters["stats"]["unique_graphs"] - graphs == 3
 
 

@@ -81,7 +81,7 @@ def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
     row (made during the warm-up runs), never through rows gathered by a Python list, as peft's
     `adapter_names=` batches do (the last assertion: the check sees that)."""
     _, one = pairs
-    all_knobs = (True, True, False, False)
+    all_knobs = (True, True, False, False, False)
     engine = Engine(one.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=True, graphs=False)
     for _ in range(2):
         engine._step_fn(4, all_knobs)

@@ -115,3 +115,23 @@ def test_two_level_inverse_cdf_picks_the_same_token_as_a_flat_scan(monkeypatch, 
     flat = torch.minimum(flat, (probs > 0).cumsum(-1).argmax(-1))  # the last kept token at most
     assert torch.equal(sampling_module.inverse_cdf(probs, u), flat)
     assert bool((probs.gather(-1, flat[:, None]) > 0).all())
+
+
+def test_rows_at_temperature_one_skip_the_division_and_draw_the_same_tokens():
+    """The static flag `unit_temperature` saves a pass over the vocabulary; x / 1 == x, so the draws are the
+    very same as through the division, for every other knob too."""
+    from dataclasses import replace
+
+    from baco.decode.sampling import RowKnobs
+
+    generator = torch.Generator().manual_seed(5)
+    logprobs = torch.log_softmax(3 * torch.randn(64, 3000, generator=generator), dim=-1)
+    uniform = torch.rand(64, generator=generator)
+    rows = [SamplingParams(temperature=t, top_k=k, top_p=p, min_p=m)
+            for t in (0, 1.0) for k in (0, 50) for p in (1.0, 0.9) for m in (0.0, 0.05)] * 4
+    knobs = RowKnobs.of(rows, device="cpu")
+    assert knobs.unit_temperature and not RowKnobs.of([SamplingParams(temperature=0.7)]).unit_temperature
+    for sync_free in (False, True):
+        skipped = sample(logprobs, uniform, knobs, sync_free=sync_free)
+        divided = sample(logprobs, uniform, replace(knobs, unit_temperature=False), sync_free=sync_free)
+        assert torch.equal(skipped, divided)

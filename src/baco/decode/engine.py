@@ -351,7 +351,7 @@ class Engine:
         host, ready = self._to_host(bucket, top)
         return _Launched(self.steps - 1, [(s, self.live[s].rid) for s in rows], names, mixed, host, ready)
 
-    def _flags(self) -> tuple[bool, bool, bool, bool]:
+    def _flags(self) -> tuple[bool, ...]:
         return RowKnobs.flags([live.params for live in self.live.values()])
 
     def _step_fn(self, bucket: int, flags: tuple, top: bool = False) -> tuple[tuple[str, ...], bool]:
@@ -368,9 +368,8 @@ class Engine:
         base_lp, aligned_lp, anchor_lp = self.pair.split([self.pair.logprobs(x) for x in logits])
         steps = self.t[:b].clamp(max=self.columns - 1)
         uniforms = self.uniforms[:b].gather(2, steps[:, None, None].expand(b, 3, 1)).squeeze(-1)
-        use_top_k, use_top_p, wide, greedy = flags
         k = self.knobs
-        knobs = RowKnobs(k.temperature[:b], k.top_k[:b], k.top_p[:b], k.min_p[:b], use_top_k, use_top_p, wide, greedy)
+        knobs = RowKnobs(k.temperature[:b], k.top_k[:b], k.top_p[:b], k.min_p[:b], *flags)
         prompts = texts = None
         if self.host_router:
             order = [self.live.get(s) for s in range(b)]

@@ -82,6 +82,7 @@ class RowKnobs:
     use_top_p: bool = False
     wide_top_k: bool = False  # some row's top_k exceeds the precut: thresholds need a full sort
     all_greedy: bool = False
+    unit_temperature: bool = False  # every row at temperature 1 (or greedy): no division by temperatures
 
     @classmethod
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
@@ -94,10 +95,11 @@ class RowKnobs:
                    *cls.flags(rows))
 
     @staticmethod
-    def flags(rows: "list[SamplingParams]") -> tuple[bool, bool, bool, bool]:
-        """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy) of these rows' settings."""
+    def flags(rows: "list[SamplingParams]") -> tuple[bool, bool, bool, bool, bool]:
+        """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy, unit_temperature) of these rows."""
         return (any(p.top_k > 0 for p in rows), any(p.top_p < 1.0 for p in rows),
-                any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows))
+                any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows),
+                all(p.temperature in (0, 1) for p in rows))
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The per-row tensors: temperature, top_k, top_p, min_p."""
@@ -106,7 +108,7 @@ class RowKnobs:
     def take(self, rows: torch.Tensor) -> "RowKnobs":
         """The knobs of `rows` (an index tensor), with the same static flags."""
         return RowKnobs(*(tensor[rows] for tensor in self.rows()), self.use_top_k, self.use_top_p,
-                        self.wide_top_k, self.all_greedy)
+                        self.wide_top_k, self.all_greedy, self.unit_temperature)
 
 
 def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParams | RowKnobs",
@@ -124,8 +126,11 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
     if knobs.all_greedy:
         return greedy_tokens
     greedy = knobs.temperature == 0
-    temperature = torch.where(greedy, torch.ones_like(knobs.temperature), knobs.temperature)
-    scaled = torch.log_softmax(logprobs.float() / temperature[:, None], dim=-1)
+    if knobs.unit_temperature:  # x / 1 is x: the same numbers without a pass over the vocabulary
+        scaled = torch.log_softmax(logprobs.float(), dim=-1)
+    else:
+        temperature = torch.where(greedy, torch.ones_like(knobs.temperature), knobs.temperature)
+        scaled = torch.log_softmax(logprobs.float() / temperature[:, None], dim=-1)
     floor = scaled.amax(dim=-1) + torch.log(knobs.min_p)  # min-p; log(0) = -inf keeps everything
     if knobs.use_top_k or knobs.use_top_p:
         floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=knobs.wide_top_k or sync_free,

@@ -7,9 +7,12 @@
                starts a new word; otherwise the previous writer keeps the turn and draws instead
     soft methods (route.mix): every row draws from the mixed distribution (aligned stream)
 
-With `sync_free`, nothing here reads a tensor's value on the host: both branches of the word rule
-are computed and selected with `torch.where`, so the step can be captured as a CUDA graph. Without
-it (the CPU), the redraw runs only for the rows that need it. The tokens are the same either way.
+With `sync_free`, nothing here reads a tensor's value on the host: both models draw for every row (each
+with its own random stream) and `torch.where` picks the writer's token, or the other's where the word
+rule blocks, so the step can be captured as a CUDA graph. Without it (the CPU), the other model draws
+only for the rows that need it. The tokens are the same either way. A route whose writer is fixed
+(`Route.fixed`: base alone, aligned alone, the mixtures' endpoints) never switches, so only its writer
+draws.
 """
 
 from __future__ import annotations
@@ -53,18 +56,25 @@ def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: tor
         writer = route.mix
     else:
         use_base, codes, names = route.use_base.to(base_lp.device), route.codes.to(base_lp.device), route.names
-        tokens = _draw(base_lp, aligned_lp, use_base, uniforms, knobs, sync_free)
-        mid_word = (previous >= 0) & view.vocab.ends_word_char[previous.clamp(min=0)]
-        blocked = mid_word & (use_base != previous_base) & view.vocab.continues_word[tokens]
         names = names + (WORD_CONTINUATION,)
-        if sync_free:
-            redrawn = _draw(base_lp, aligned_lp, ~use_base, uniforms, knobs, sync_free)
-            tokens = torch.where(blocked, redrawn, tokens)
-        elif bool(blocked.any()):
-            rows = blocked.nonzero().squeeze(-1)
-            tokens = tokens.clone()
-            tokens[rows] = _draw(base_lp[rows], aligned_lp[rows], ~use_base[rows], uniforms[rows],
-                                 knobs.take(rows), sync_free)
+        if route.writer is not None:  # one writer for every row at every step: it never switches mid-word
+            stream = BASE_STREAM if route.writer else ALIGNED_STREAM
+            tokens = sample(base_lp if route.writer else aligned_lp, uniforms[:, stream], knobs, sync_free=sync_free)
+            blocked = torch.zeros_like(use_base)
+        elif sync_free:  # both models' draws, each row then takes its writer's (or, blocked, the other's)
+            from_base = sample(base_lp, uniforms[:, BASE_STREAM], knobs, sync_free=True)
+            from_aligned = sample(aligned_lp, uniforms[:, ALIGNED_STREAM], knobs, sync_free=True)
+            tokens = torch.where(use_base, from_base, from_aligned)
+            blocked = _blocked(view, previous, previous_base, use_base, tokens)
+            tokens = torch.where(blocked, torch.where(use_base, from_aligned, from_base), tokens)
+        else:  # the writer's draw; the other model draws only for the rows the word rule blocks
+            tokens = _draw(base_lp, aligned_lp, use_base, uniforms, knobs, sync_free)
+            blocked = _blocked(view, previous, previous_base, use_base, tokens)
+            if bool(blocked.any()):
+                rows = blocked.nonzero().squeeze(-1)
+                tokens = tokens.clone()
+                tokens[rows] = _draw(base_lp[rows], aligned_lp[rows], ~use_base[rows], uniforms[rows],
+                                     knobs.take(rows), sync_free)
         use_base = torch.where(blocked, ~use_base, use_base)
         codes = torch.where(blocked, torch.full_like(codes, len(names) - 1), codes)
         picked = tokens[:, None]
@@ -74,6 +84,14 @@ def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: tor
     best = torch.topk(writer.float(), top, dim=-1) if top else None
     return Drawn(tokens, use_base, codes, names, stats, route.mix is not None,
                  (best.values, best.indices) if best is not None else None)
+
+
+def _blocked(view: StepView, previous: torch.Tensor, previous_base: torch.Tensor, use_base: torch.Tensor,
+             tokens: torch.Tensor) -> torch.Tensor:
+    """The word rule: rows whose writer changes in the middle of a word (the previous token ends in a word
+    character) with a token that continues that word."""
+    mid_word = (previous >= 0) & view.vocab.ends_word_char[previous.clamp(min=0)]
+    return mid_word & (use_base != previous_base) & view.vocab.continues_word[tokens]
 
 
 def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor, uniforms: torch.Tensor,

@@ -83,6 +83,7 @@ class Route:
     codes: torch.Tensor  # (B,) long, indices into names
     names: tuple[str, ...]
     mix: torch.Tensor | None = None
+    writer: bool | None = None  # known before the step (`fixed`): True = base for every row; no switch to rule on
 
     @property
     def reason(self) -> list[str]:
@@ -104,7 +105,7 @@ class Route:
         """Every row the same: `like` is any (B, ...) tensor of the step (gives batch size and device)."""
         batch, device = like.shape[0], like.device
         return cls(torch.full((batch,), use_base, dtype=torch.bool, device=device),
-                   torch.zeros(batch, dtype=torch.long, device=device), (reason,))
+                   torch.zeros(batch, dtype=torch.long, device=device), (reason,), writer=use_base)
 
     @classmethod
     def from_reasons(cls, use_base: torch.Tensor, reasons: list[str]) -> "Route":
