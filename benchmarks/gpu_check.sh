@@ -9,8 +9,8 @@
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
 #   .carry/ (stage `real` only) the embedded GGUF in pieces, and more wheels: see benchmarks/gpu_carry.sh
-# Usage: bash benchmarks/gpu_check.sh [tests] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
-#        (no argument: tests 270m compiled throughput 1b)
+# Usage: bash benchmarks/gpu_check.sh [tests] [stepmath] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
+#        (no argument: tests stepmath 270m compiled throughput 1b)
 #        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
 # Output: $OUT/gpu_check.log
 set -uo pipefail
@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONPATH=$site:src
 python3 -c "import torch, transformers, baco; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(), baco.__file__)"
 
-stages=${*:-tests 270m compiled throughput 1b}
+stages=${*:-tests stepmath 270m compiled throughput 1b}
 want() { [[ " $stages " == *" $1 "* ]]; }
 bench() { timeout "$1" python3 "${@:2}" 2>&1 | grep -v -i warn; }
 gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
@@ -32,6 +32,10 @@ gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
 if want tests; then
   echo "== GPU tests (graph == eager, no host sync, late joiners) and the engine's CPU tests =="
   timeout 420 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
+fi
+if want stepmath; then
+  echo "== the step without the forwards (routing, word rule, sampling; 262k vocabulary), ms and kernels per call =="
+  bench 60 benchmarks/step_math.py --device cuda --batch 1 8 64
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
