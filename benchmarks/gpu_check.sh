@@ -35,7 +35,7 @@ if want tests; then
 fi
 if want stepmath; then
   echo "== the step without the forwards (routing, word rule, sampling; 262k vocabulary), ms and kernels per call =="
-  bench 60 benchmarks/step_math.py --device cuda --batch 1 8 64
+  bench 90 benchmarks/step_math.py --device cuda --batch 1 8 64 --top-p
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="
