@@ -80,4 +80,7 @@ if want real; then
 convert_gguf(Path('/tmp/gemma.gguf'), cache_dir() / 'gemma-3-270m-base-bfloat16', 'bfloat16')" 2>&1 | grep -v -i warn | tail -5
   bench 240 benchmarks/lockstep_overhead.py --device cuda --base baco:gemma-3-270m --aligned baco:gemma-3-270m-aligned \
     --batch 1 8 64 --steps 8 40 --repeats 2 --hf ${HF:-}
+  echo "== the same pair in one forward (one copy of the weights, the adapter weighted per row) =="
+  bench 240 benchmarks/lockstep_overhead.py --device cuda --base baco:gemma-3-270m --aligned baco:gemma-3-270m-aligned \
+    --batch 1 8 64 --steps 8 40 --repeats 2 --hf --one-forward on
 fi
