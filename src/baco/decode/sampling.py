@@ -153,7 +153,9 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     BLOCK tokens picks the block, a scan inside that one block picks the token."""
     batch, vocab = probs.shape
     blocks = -(-vocab // BLOCK)
-    padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(batch, blocks, BLOCK)
+    if blocks * BLOCK != vocab:  # (Gemma's 262,144 tokens are 256 whole blocks: no copy)
+        probs = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab))
+    padded = probs.reshape(batch, blocks, BLOCK)
     block_cdf = torch.cumsum(padded.sum(-1), dim=-1)  # (B, blocks)
     target = uniform[:, None] * block_cdf[:, -1:]
     block = _search(block_cdf, target)  # (B, 1)
