@@ -106,6 +106,27 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
         assert main(["serve", *bad]) == 2, bad  # refused before any model loads
 
 
+def test_baco_serve_says_at_startup_when_its_caches_cannot_fit(tiny_dirs, monkeypatch, capsys):
+    """Engines are made per router at the first request; their caches are reckoned at startup: one engine
+    that cannot fit is an error before serving, several that cannot fit at once a warning."""
+    import baco.server
+    from baco import Collaboration
+    from baco.decode.engine import cache_bytes, free_bytes
+
+    served = []
+    monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.append(config))
+    base, aligned = map(str, tiny_dirs)
+    columns = 4096
+    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", str(2**30), "--max-len", str(columns)]) == 2
+    assert "lower --max-batch or --max-len" in capsys.readouterr().err and not served
+    pair = Collaboration.from_pretrained(base, aligned).pair
+    slots = int(free_bytes(pair.device) / 2.5 / (cache_bytes(pair, 1024, columns) / 1024))  # one fits, four do not
+    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", str(slots), "--max-len", str(columns),
+                 "--max-routers", "4"]) == 0
+    warning = capsys.readouterr().err
+    assert served and "warning: the KV caches for 4 engines" in warning and "--max-routers 4" in warning
+
+
 @pytest.mark.slow
 def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
     import socket

@@ -360,6 +360,14 @@ def cmd_serve(args) -> int:
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
                                            anchor=args.anchor, one_forward=args.one_forward, backend=backend,
                                            compile=args.compile)
+    from baco.decode.engine import check_memory
+
+    check_memory(collab.pair, args.max_batch, args.max_len)  # one router's engine must fit: say so now, not per request
+    try:
+        check_memory(collab.pair, args.max_batch, args.max_len, engines=args.max_routers)
+    except BacoError as short:
+        print(f"baco: warning: {short} (with --max-routers {args.max_routers} engines at once; a request that needs "
+              f"one more engine than fits gets an error)", file=sys.stderr)
     run(collab, config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

@@ -30,7 +30,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
-from baco.models.slots import BUCKETS, SlotLM, bucket, capture_graph, shared_weights, upload
+from baco.models.slots import BUCKETS, SlotLM, bucket, cache_row_bytes, capture_graph, shared_weights, upload
 from baco.routers import StepView
 
 
@@ -68,19 +68,35 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def _check_memory(units: list, device: torch.device, slots: int, columns: int) -> None:
-    """Refuse, before allocating anything, an engine whose slot caches (and per-slot random numbers) would not
-    fit the memory free on its device, and say how many slots would."""
-    sizes = [unit.cache_bytes() for unit in units if hasattr(unit, "cache_bytes")]
-    free = free_bytes(device)
-    if free is None or not sizes or None in sizes:
+def cache_bytes(pair, slots: int, columns: int) -> int | None:
+    """Bytes an engine of `slots` x `columns` on `pair` allocates for its slot caches and per-slot random numbers
+    (None when a side does not say: llama.cpp keeps its own cache, or a config lacks its layers and heads)."""
+    rows: dict[int, list] = {}  # per set of weights: its lanes (as the engine groups them into units)
+    for lm, _ in pair.sides:
+        if hasattr(lm, "engine_unit"):
+            return None
+        rows.setdefault(id(shared_weights(lm)[0]), []).append(lm)
+    total = slots * 3 * columns * 4  # the uniforms buffer: float32, three streams per slot
+    for lanes in rows.values():
+        lm = lanes[0]
+        row = cache_row_bytes(lm.model.config, next(lm.model.parameters()).dtype, columns)
+        if row is None:
+            return None
+        total += row * slots * len(lanes)
+    return total
+
+
+def check_memory(pair, slots: int, columns: int, engines: int = 1) -> None:
+    """Refuse, before anything is allocated, `engines` engines whose slot caches would not fit the memory free on
+    the pair's device, and say how many slots would."""
+    need, free = cache_bytes(pair, slots, columns), free_bytes(pair.device)
+    if need is None or free is None or need * engines <= free:
         return
-    need = sum(sizes) + slots * 3 * columns * 4  # + the uniforms buffer (float32, three streams per slot)
-    if need > free:
-        per_slot, gib = need / slots, 2**30
-        raise BacoError(f"the KV caches for {slots} slots of {columns} tokens need {need / gib:.1f} GiB on {device}, "
-                        f"but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} slots of {columns} tokens fit "
-                        f"({per_slot / 2**20:.1f} MiB each); lower --max-batch or --max-len")
+    per_slot, gib = need * engines / slots, 2**30
+    count = f"{engines} engines with " if engines > 1 else ""
+    raise BacoError(f"the KV caches for {count}{slots} slots of {columns} tokens need {need * engines / gib:.1f} GiB on "
+                    f"{pair.device}, but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} slots of {columns} "
+                    f"tokens fit ({per_slot / 2**20:.1f} MiB each); lower --max-batch or --max-len")
 
 
 @dataclass
@@ -156,9 +172,9 @@ class Engine:
         self.static_prefill = bool(static_prefill)
         self.admit_at = max(1, admit_at if admit_at is not None else (max_batch // 8 if cuda else 1))
         self.reads = [reads for _, reads in pair.sides]
+        check_memory(pair, max_batch, columns)
         self.units, self.lane_of = _units([lm for lm, _ in pair.sides], max_batch, columns)
         self.compiled = any(getattr(unit, "compiled", False) for unit in self.units)  # `lm.compiled`: torch.compile
-        _check_memory(self.units, self.device, max_batch, columns)
         self._state(max_batch, columns)
         self.waiting: list[_Live] = []
         self.live: dict[int, _Live] = {}  # slot -> request in it

@@ -181,11 +181,6 @@ class SlotLM:
         self._staging: dict[tuple[int, int, int], Staging] = {}  # static prefills' buffers, per bucket
         self._pool = None
 
-    def cache_bytes(self) -> int | None:
-        """Bytes the slot caches will take once every layer has written (None: the config does not say)."""
-        row = cache_row_bytes(self.lm.model.config, self.dtype, self.columns)
-        return None if row is None else row * self.cache.slots
-
     def rows(self, slots: torch.Tensor, lane: int) -> torch.Tensor:
         """Cache rows of `slots` in `lane`."""
         return slots * self.lanes + lane
