@@ -135,3 +135,15 @@ def test_rows_at_temperature_one_skip_the_division_and_draw_the_same_tokens():
         skipped = sample(logprobs, uniform, knobs, sync_free=sync_free)
         divided = sample(logprobs, uniform, replace(knobs, unit_temperature=False), sync_free=sync_free)
         assert torch.equal(skipped, divided)
+
+
+@pytest.mark.parametrize("knob", [{"top_k": 50}, {"top_k": 2000}, {"top_p": 0.9}, {"top_k": 50, "top_p": 0.9},
+                                  {"min_p": 0.05}, {"temperature": 0.7, "top_k": 5}], ids=str)
+def test_sync_free_sampling_draws_the_host_paths_tokens(knob):
+    """Over a vocabulary wider than the top-1,024 precut: the sync-free sampler (full sorts for top-p, the
+    precut for top-k up to 1,024, never a host branch) and the host sampler (precut, full sort on demand) agree."""
+    generator = torch.Generator().manual_seed(6)
+    logprobs = torch.log_softmax(torch.randn(48, 5000, generator=generator) * torch.linspace(0.5, 6, 48)[:, None], -1)
+    uniform = torch.rand(48, generator=generator)
+    params = SamplingParams(**knob)
+    assert torch.equal(sample(logprobs, uniform, params, sync_free=True), sample(logprobs, uniform, params))

@@ -119,7 +119,8 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
     on the scaled log-prob (tokens tied with a floor stay); then inverse-CDF sampling in vocabulary
     order, so no full sort is needed unless top-p's floor lies beyond the top-PRECUT tokens.
     `sync_free`: never branch on tensor values on the host (a graph-captured or GPU step); the
-    result is the same, the work is not: top-p thresholds then always come from a full sort.
+    result is the same, the work is not: top-p thresholds then always come from a full sort (top-k's
+    from the top PRECUT tokens, as on the host, unless some row's k is wider).
     """
     knobs = params if isinstance(params, RowKnobs) else RowKnobs.of(params, logprobs.shape[0], logprobs.device)
     greedy_tokens = logprobs.argmax(dim=-1)
@@ -133,8 +134,8 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
         scaled = torch.log_softmax(logprobs.float() / temperature[:, None], dim=-1)
     floor = scaled.amax(dim=-1) + torch.log(knobs.min_p)  # min-p; log(0) = -inf keeps everything
     if knobs.use_top_k or knobs.use_top_p:
-        floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=knobs.wide_top_k or sync_free,
-                                                 sync_free=sync_free))
+        full = knobs.wide_top_k or (sync_free and knobs.use_top_p)  # top-k alone needs the k best only
+        floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=full, sync_free=sync_free))
     probs = torch.where(scaled >= floor[:, None], scaled.exp(), 0.0)
     return torch.where(greedy, greedy_tokens, inverse_cdf(probs, uniform.to(probs.device, probs.dtype)))
 
