@@ -58,9 +58,11 @@ def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, i
 
 
 def free_bytes(device: torch.device) -> int | None:
-    """Memory free for new tensors on `device` (a GPU's free memory, the host's available memory), or None."""
+    """Memory free for new tensors on `device` (a GPU's free memory plus what torch's allocator holds unused, e.g.
+    the caches of an engine that is gone; the host's available memory), or None."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        held = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + held
     if device.type == "cpu":
         import psutil
 
