@@ -113,3 +113,28 @@ def test_compile_is_refused_where_it_cannot_apply(tiny_dirs, tmp_path):
         Engines.load(*map(str, cross), device="cpu", compile=True)
     engines = Engines.load(str(base), str(aligned), device="cpu", dtype="float32", compile=True)  # sweeps, Ray workers
     assert all(lm.compiled for lm, _ in engines.pair.sides)
+
+
+def test_baco_sweep_compile_writes_the_samples_of_the_eager_sweep(tiny_dirs, tmp_path):
+    """`baco sweep --compile`: the cells run on compiled forwards; the samples are the eager sweep's, and a run
+    may be resumed with or without it (compiling is not part of what the samples are)."""
+    import yaml
+
+    from baco.cli import main
+    from baco.sweep.store import SampleStore
+    from test_sweep import keyed, raw_config
+
+    raw = raw_config(tmp_path) | {"models": {"base": str(tiny_dirs[0]), "aligned": str(tiny_dirs[1])}}
+    raw["methods"] = {"p-punc": {"router": "p-punc", "values": [0.5]}, "aligned": {"router": "aligned"}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    rows, graphs = {}, {}
+    torch._dynamo.reset()  # what earlier tests compiled would otherwise be reused, and not counted
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out, before = tmp_path / name, counters["stats"]["unique_graphs"]
+        assert main(["sweep", str(tmp_path / "sweep.yaml"), "--out", str(out), "--no-eval", "--quiet", *flags]) == 0
+        rows[name] = keyed(SampleStore(out / "samples.jsonl").read())
+        graphs[name] = counters["stats"]["unique_graphs"] - before
+    assert graphs["eager"] == 0 and graphs["compiled"] > 0  # the compiled sweep did compile its forwards
+    assert rows["compiled"] == rows["eager"] and len(rows["eager"]) == 2 * 3 * 3
+    with pytest.raises(SystemExit):
+        main(["sweep", str(tmp_path / "sweep.yaml"), "--compile=yes"])

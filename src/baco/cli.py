@@ -506,6 +506,9 @@ def _add_sweep(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the config's, e.g. 0,1")
     p.add_argument("--results", type=Path, default=None,
                    help="where results.json, table.md and plots/ go (default: the output directory)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the decoding forwards through torch.compile (transformers, shared-tokenizer pairs; "
+                   "compiling takes a while per batch size: for long sweeps; docs/backends.md)")
     p.add_argument("--quiet", action="store_true")
     _add_ray(p)
     p.set_defaults(run=cmd_sweep)
@@ -524,6 +527,7 @@ def cmd_sweep(args) -> int:
         except ValueError:
             raise BacoError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         config.seeds = check_seeds(seeds, "--seeds")
+    config.compile = args.compile
     out = check_output_dir(args.out or Path("runs") / config.name, "--out")
     if args.results:
         check_output_dir(args.results, "--results")

@@ -28,7 +28,8 @@ def generate_missing_on_ray(config: SweepConfig, out_dir: str | Path, options: R
     out_dir = Path(out_dir)
     state = pending(config, out_dir, log)
     units = [state.decoder(config, cell) for cell in state.todo]
-    build = functools.partial(Engines.load, config.base, config.aligned, anchor=config.anchor, backend=config.backend)
+    build = functools.partial(Engines.load, config.base, config.aligned, anchor=config.anchor, backend=config.backend,
+                              compile=config.compile)
     with progress_bar(state, progress, log) as bar, RunWriter(out_dir, config, state) as writer:
         if units:
             with connected(options) as ray:

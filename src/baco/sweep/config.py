@@ -89,6 +89,7 @@ class SweepConfig:
     anchor: str | None = None
     backend: str = "hf"  # or "llamacpp" (GGUF files or the embedded pair on llama.cpp)
     source: dict = field(default_factory=dict)
+    compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
 
     @property
     def cells(self) -> list[Cell]:

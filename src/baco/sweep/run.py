@@ -242,7 +242,8 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
     out_dir = Path(out_dir)
     state = pending(config, out_dir, log)
     if state.todo and engines is None:
-        engines = Engines.load(config.base, config.aligned, anchor=config.anchor, backend=config.backend)
+        engines = Engines.load(config.base, config.aligned, anchor=config.anchor, backend=config.backend,
+                               compile=config.compile)
     if state.todo and isinstance(engines.pair, CrossPair):  # before any cell runs: every method must suit the pair
         from baco.api import check_cross_router
 
