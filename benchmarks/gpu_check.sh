@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check (GPU-only tests + engine benchmarks), as run on the lent H100/H200 machine (no network there).
 # Prepared here first (ignored folders that travel with `carry`):
-#   .whl/  transformers==5.24.0 wheel (the machine has 5.17), plus peft, accelerate and gguf (one-forward pairs,
-#          their GPU test and stage `oneforward`; `bash benchmarks/gpu_carry.sh` downloads them; 15 MB in all):
+#   .whl/  transformers==5.24.0 wheel (the machine has 5.17), plus peft, accelerate, psutil and gguf (one-forward
+#          pairs, their GPU test and stage `oneforward`; `bash benchmarks/gpu_carry.sh` downloads them; 15 MB in all):
 #          pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #            --platform manylinux_2_28_x86_64 -d .whl transformers==5.24.0
 #   .gpu/gemma-270m-shape/  config.json, generation_config.json, tokenizer_config.json, chat_template.jinja
