@@ -67,8 +67,11 @@ class ModelPair:
         return PairSession(self, self.base.start(base_prompts), self.aligned.start(aligned_prompts), anchor)
 
     def logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Pad logits to the shared width, mask what may not be sampled, log-softmax (on the pair's device)."""
-        logits = logits.to(self.device, torch.float32)
+        """Pad logits to the shared width, mask what may not be sampled, log-softmax (on the pair's device), in
+        float32: adding the float32 mask to bf16/fp16 logits computes in float32 (one pass, no separate cast)."""
+        logits = logits.to(self.device)
+        if logits.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            logits = logits.float()
         if logits.shape[-1] < self.vocab_size:
             logits = torch.nn.functional.pad(logits, (0, self.vocab_size - logits.shape[-1]), value=-math.inf)
         return torch.log_softmax(logits + self._mask, dim=-1)
