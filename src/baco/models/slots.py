@@ -106,7 +106,8 @@ def cache_row_bytes(config, dtype: torch.dtype, columns: int) -> int | None:
     config = getattr(config, "text_config", config)
     layers, heads = getattr(config, "num_hidden_layers", None), getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    hidden = getattr(config, "hidden_size", None)
+    dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
     if not (layers and kv_heads and dim):
         return None
     return 2 * layers * kv_heads * dim * columns * torch.empty((), dtype=dtype).element_size()
