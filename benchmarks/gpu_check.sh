@@ -31,7 +31,7 @@ gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
 
 if want tests; then
   echo "== GPU tests (graph == eager, no host sync, late joiners) and the engine's CPU tests =="
-  timeout 420 python3 -m pytest -q -s -p no:cacheprovider tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -25
+  timeout 420 python3 -m pytest -q -s -p no:cacheprovider --durations=8 tests/test_engine_gpu.py tests/test_engine.py 2>&1 | tail -40
 fi
 if want stepmath; then
   echo "== the step without the forwards (routing, word rule, sampling; 262k vocabulary), ms and kernels per call =="
