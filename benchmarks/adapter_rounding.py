@@ -36,7 +36,7 @@ def main() -> None:
     names = [BASE_ADAPTER, ALIGNED_ADAPTER] * args.inputs
     with torch.inference_mode():
         truth = torch.log_softmax(reference(input_ids=ids).logits.float(), dim=-1)
-        with AdapterRows.of(peft).use(names):
+        with AdapterRows.of(peft).use((BASE_ADAPTER, ALIGNED_ADAPTER), args.inputs):
             rows = peft(input_ids=batch).logits[1::2]
         paths = {"row weights": rows, "peft mixed": peft(input_ids=batch, adapter_names=names).logits[1::2],
                  "merged": merged(input_ids=ids).logits}

@@ -78,7 +78,7 @@ def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
 
 def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
     """Both lanes in one forward, still capturable: the adapter reaches its rows through a fixed 0/1 weight per
-    row (made during the warm-up runs), never through rows gathered by a Python list, as peft's
+    row (made with the engine, for every batch size), never through rows gathered by a Python list, as peft's
     `adapter_names=` batches do (the last assertion: the check sees that)."""
     _, one = pairs
     all_knobs = (True, True, False, False, False)
@@ -87,6 +87,7 @@ def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
         engine._step_fn(4, all_knobs)
     assert engine.units[0].lanes == 2
     assert host_touches(lambda: engine._step_fn(4, all_knobs)) == []
+    assert host_touches(lambda: engine._step_fn(2, all_knobs)) == []  # a batch size not stepped before: made already
     peft, ids = one.pair.base.model.peft, torch.zeros((4, 1), dtype=torch.long)
     with torch.inference_mode():
         assert "aten::lift_fresh" in host_touches(lambda: peft(input_ids=ids, adapter_names=["__base__", "aligned"] * 2))

@@ -180,7 +180,7 @@ class AdapterRows:
     mixed-adapter batches, `adapter_names=[...]`, gather each adapter's rows by a Python list at every layer: a
     host-to-device copy per layer that a CUDA graph cannot hold, and ~8 ms of Python per Gemma-3-270M forward.)
 
-        with AdapterRows.of(peft).use(["__base__", "aligned"] * b):
+        with AdapterRows.of(peft).use(("__base__", "aligned"), b):   # rows: base, aligned, base, aligned ...
             peft(input_ids=...)
 
     The update of an adapter row is computed on all rows then zeroed on the others: LoRA's rank-r products are
@@ -192,7 +192,7 @@ class AdapterRows:
 
         self.adapter, self.device = adapter, next(peft.parameters()).device
         self.weights: dict | None = None  # the forward under way's (rows,) weights per dtype; None: all rows adapted
-        self._made: dict[tuple[str, ...], dict] = {}  # per row pattern, made once (not during a capture)
+        self._made: dict[tuple, dict] = {}  # per row pattern, made once (not during a capture)
         self._dtypes = set()  # the LoRA layers' dtypes: weights in each, so no layer casts them at every step
         for module in peft.modules():
             if isinstance(module, LoraLayer) and adapter in module.lora_B:
@@ -213,14 +213,19 @@ class AdapterRows:
             weights = next(iter(self.weights.values())).to(output.dtype)
         return output * weights.view(-1, *[1] * (output.dim() - 1))
 
-    @contextmanager
-    def use(self, names: list[str]):
-        """Rows whose name is the adapter's get it; `__base__` rows do not."""
-        key = tuple(names)
+    def prepare(self, lanes: tuple[str, ...], rows: int) -> dict:
+        """The row weights of `lanes` (one adapter name per lane) repeated `rows` times, made now if new (a
+        host-to-device copy: made before the steps that use them, never inside one)."""
+        key = (tuple(lanes), rows)
         if key not in self._made:
-            rows = torch.tensor([name == self.adapter for name in key], device=self.device)
-            self._made[key] = {dtype: rows.to(dtype) for dtype in self._dtypes or {torch.float32}}
-        self.weights = self._made[key]
+            weights = torch.tensor([name == self.adapter for name in lanes] * rows, device=self.device)
+            self._made[key] = {dtype: weights.to(dtype) for dtype in self._dtypes or {torch.float32}}
+        return self._made[key]
+
+    @contextmanager
+    def use(self, lanes: tuple[str, ...], rows: int):
+        """Rows named the adapter get it; `__base__` rows do not. The batch is `lanes` repeated `rows` times."""
+        self.weights = self.prepare(lanes, rows)
         try:
             yield
         finally:
@@ -260,7 +265,7 @@ class AdapterView(torch.nn.Module):
         if self.adapter != BASE_ADAPTER:
             return self.peft(input_ids=input_ids, **kwargs)  # the loaded adapter is the active one
         rows = (input_ids if input_ids is not None else kwargs["inputs_embeds"]).shape[0]
-        with AdapterRows.of(self.peft).use([BASE_ADAPTER] * rows):
+        with AdapterRows.of(self.peft).use((BASE_ADAPTER,), rows):
             return self.peft(input_ids=input_ids, **kwargs)
 
     def __getattr__(self, name):

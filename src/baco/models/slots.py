@@ -181,6 +181,9 @@ class SlotLM:
         self.ring = torch.arange(columns, device=self.device)
         self._staging: dict[tuple[int, int, int], Staging] = {}  # static prefills' buffers, per bucket
         self._pool = None
+        self.mixed = any(self.adapters) and self.adapters != [ALIGNED_ADAPTER]  # (the aligned side alone: active)
+        for rows in range(1, slots + 1) if self.mixed else ():  # every step's row weights, made before any step
+            AdapterRows.of(self.model).prepare(tuple(self.adapters), rows)
 
     def rows(self, slots: torch.Tensor, lane: int) -> torch.Tensor:
         """Cache rows of `slots` in `lane`."""
@@ -216,9 +219,7 @@ class SlotLM:
         else:
             tokens, positions, valid = tokens[0], positions[0], valid[0]
         rows = tokens.shape[0] // self.lanes
-        mixed = nullcontext()
-        if any(self.adapters) and self.adapters != [ALIGNED_ADAPTER]:  # (the aligned side alone: the active adapter)
-            mixed = AdapterRows.of(self.model).use(self.adapters * rows)  # each row with its side's adapter
+        mixed = AdapterRows.of(self.model).use(tuple(self.adapters), rows) if self.mixed else nullcontext()
         self.cache.rows, self.cache.write = tokens.shape[0], write
         with mixed, room_to_compile() if self.compiled else nullcontext():
             out = self.run(input_ids=tokens[:, None], position_ids=positions[:, None],
