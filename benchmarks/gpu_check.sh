@@ -11,7 +11,8 @@
 #   .carry/ (stage `real` only) the embedded GGUF in pieces, and more wheels: see benchmarks/gpu_carry.sh
 # Usage: bash benchmarks/gpu_check.sh [tests] [stepmath] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
 #        (no argument: tests stepmath 270m compiled throughput 1b)
-#        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run
+#        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run;
+#        THROUGHPUT_FLAGS="--one-forward on --compile" runs it on one forward / compiled forwards
 # Output: $OUT/gpu_check.log
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -58,7 +59,7 @@ fi
 if want throughput; then
   echo "== throughput: ${PROMPTS:-1000} prompts x n=4, lengths 16-128 + stop tokens, static vs continuous batching =="
   bench 420 benchmarks/throughput.py --device cuda --shape /tmp/shape --prompts "${PROMPTS:-1000}" --n 4 --max-batch 64 \
-    --lengths 16 128 --admit-at ${ADMIT_AT:-8} --static-prefill
+    --lengths 16 128 --admit-at ${ADMIT_AT:-8} --static-prefill ${THROUGHPUT_FLAGS:-}
 fi
 if want 1b; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-1B shape (26 layers, hidden 1152) =="

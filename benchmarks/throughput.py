@@ -11,6 +11,8 @@ from --lengths with a fixed seed, and stop tokens stay on (a row also ends when 
               (on a GPU in groups of max_batch // 8, so that prefills are batched)
   --static-prefill  each continuous run again with static prefills (`Engine(static_prefill=True)`: a group's prompts at
               once through fixed buffers per (group, width) bucket, captured as CUDA graphs on a GPU)
+  --one-forward on  the aligned side a random LoRA adapter on the base, both sides in one forward; --compile:
+              compiled forwards
 Prints tokens, seconds, tokens/s for each and the ratios to static (target for continuous >= 1.5 on a GPU).
 """
 
@@ -78,19 +80,28 @@ def main() -> None:
                         "the engine's, max_batch // 8 on a GPU, 1 on the CPU); fewer, larger prefills vs idle slots")
     parser.add_argument("--static-prefill", action="store_true",
                         help="also every run with static prefills (fixed buffers per bucket, captured on a GPU)")
+    parser.add_argument("--one-forward", default="off", choices=["on", "off"],
+                        help="on: the aligned side is a random LoRA adapter on the base model, both sides stepping "
+                        "in one forward (off: two models)")
+    parser.add_argument("--compile", action="store_true", help="compiled forwards (compiling is done in the warm-up)")
     args = parser.parse_args()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    one = args.one_forward == "on"
     if args.shape:
-        base, aligned = random_pair_like(args.shape, [], tempfile.mkdtemp(prefix="baco-bench-"), args.peak)
+        base, aligned = random_pair_like(args.shape, [], tempfile.mkdtemp(prefix="baco-bench-"), args.peak, adapter=one)
         label = f"random weights shaped like {args.shape}"
     else:
-        from baco.testing import make_tiny_pair
+        from baco.testing import make_tiny_adapter, make_tiny_pair
 
-        base, aligned = make_tiny_pair(tempfile.mkdtemp(prefix="baco-bench-"))
+        folder = tempfile.mkdtemp(prefix="baco-bench-")
+        base, aligned = make_tiny_pair(folder)
+        aligned = make_tiny_adapter(f"{folder}/adapter", base, seed=1) if one else aligned
         label = "tiny random pair"
-    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device)
+    label += (" + a random LoRA adapter, one forward" if one else "") + (", compiled" if args.compile else "")
+    collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
+                                           one_forward=args.one_forward, compile=args.compile)
     params = SamplingParams(min_p=0.05, max_new_tokens=args.lengths[1], seed=0)
     requests = requests_for(collab, args.prompts, args.n, tuple(args.lengths), params)
     warm = requests_for(collab, 8, 1, (8, 8), params)
