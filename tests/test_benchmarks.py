@@ -1,0 +1,38 @@
+"""The benchmark scripts that the GPU check runs still run: each on the CPU with tiny settings (a script that
+breaks would cost a lent GPU session its minutes). Nothing here times anything: speed lives in benchmarks/."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), *sys.path])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_step_math_prints_every_router_sampling_and_path():
+    out = script("step_math.py", "--batch", "2", "--vocab", "4096", "--repeats", "1", "--top-p", "--threads", "1")
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["p-punc:0.5"], ["aligned"], ["eft:0.5"])]
+    assert len(rows) == 3 * 2 * 2 and all(int(row[-1]) > 0 for row in rows)  # routers x samplings x paths
+
+
+def test_throughput_runs_static_and_continuous_on_one_forward():
+    out = script("throughput.py", "--prompts", "4", "--n", "2", "--max-batch", "4", "--lengths", "4", "8",
+                 "--static-prefill", "--one-forward", "on", "--device", "cpu")
+    assert "one forward" in out and "static:" in out and "static prefill / static =" in out
+
+
+@pytest.mark.parametrize("flags", [[], ["--compile"]], ids=["eager", "compiled"])
+def test_lockstep_overhead_prints_its_table(flags):
+    out = script("lockstep_overhead.py", "--batch", "1", "--steps", "2", "6", "--repeats", "1", "--hf", *flags)
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["batch", "lockstep"])
+    assert header and out.splitlines()[-1].split()[0] == "1"
