@@ -9,7 +9,7 @@ import torch
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
 from baco.errors import BacoError
-from baco.models.hf import AdapterView, load_pair_models
+from baco.models.hf import AdapterView, HFCausalLM, load_pair_models
 from baco.models.pair import ModelPair
 from baco.routers import get_router
 from baco.testing import make_tiny_adapter
@@ -100,6 +100,11 @@ def test_adapters_that_are_more_than_plain_lora_load_as_two_models(tiny_dirs, tm
     dora = make_tiny_adapter(tmp_path / "dora", base, seed=4, use_dora=True)
     base_lm, aligned_lm = load_pair_models(base, dora, device="cpu", dtype="float32")
     assert not isinstance(aligned_lm.model, AdapterView) and base_lm.model is not aligned_lm.model
+    ids = torch.tensor([[3, 5, 7, 11]])
+    with torch.inference_mode():  # the two models are the plain base and the adapter merged, as two-model pairs load
+        for lm, reference in ((base_lm, base), (aligned_lm, dora)):
+            expected = HFCausalLM.from_pretrained(reference, device="cpu", dtype="float32").model(input_ids=ids).logits
+            assert torch.allclose(lm.model(input_ids=ids).logits, expected, atol=1e-5)
     with pytest.raises(BacoError, match="LoRA variant.*one_forward='off'"):
         load_pair_models(base, dora, device="cpu", dtype="float32", one_forward="on")
 

@@ -39,10 +39,10 @@ def bucket_for(rows: int, max_batch: int) -> int:
     return min(bucket(rows, BUCKETS), max_batch)
 
 
-def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, int]]]:
-    """One unit per set of weights, and (unit, lane) of each side: sides that share weights (a base model
-    and its LoRA adapter loaded once, or one model with two renderings) step in one forward of a `SlotLM`;
-    a side of another backend (`engine_unit`: llama.cpp) makes a unit of its own."""
+def _groups(lms: list) -> tuple[list[list], list[tuple[int, int]]]:
+    """The sides grouped by set of weights (one engine unit each), and (group, lane) of each side: sides that
+    share weights (a base model and its LoRA adapter loaded once, or one model with two renderings) step in
+    one forward of a `SlotLM`; a side of another backend (`engine_unit`: llama.cpp) is a group of its own."""
     lane_of, members = [], {}
     for lm in lms:
         if hasattr(lm, "engine_unit"):
@@ -52,8 +52,14 @@ def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, i
         key = id(shared_weights(lm)[0])
         members.setdefault(key, []).append(lm)
         lane_of.append((list(members).index(key), len(members[key]) - 1))
+    return list(members.values()), lane_of
+
+
+def _units(lms: list, slots: int, columns: int) -> tuple[list, list[tuple[int, int]]]:
+    """One unit per set of weights (`_groups`), and (unit, lane) of each side."""
+    groups, lane_of = _groups(lms)
     units = [group[0].engine_unit(slots, columns) if hasattr(group[0], "engine_unit") else SlotLM(group, slots, columns)
-             for group in members.values()]
+             for group in groups]
     return units, lane_of
 
 
@@ -73,14 +79,11 @@ def free_bytes(device: torch.device) -> int | None:
 def cache_bytes(pair, slots: int, columns: int) -> int | None:
     """Bytes an engine of `slots` x `columns` on `pair` allocates for its slot caches and per-slot random numbers
     (None when a side does not say: llama.cpp keeps its own cache, or a config lacks its layers and heads)."""
-    rows: dict[int, list] = {}  # per set of weights: its lanes (as the engine groups them into units)
-    for lm, _ in pair.sides:
+    total = slots * 3 * columns * 4  # the uniforms buffer: float32, three streams per slot
+    for lanes in _groups([lm for lm, _ in pair.sides])[0]:  # one unit per set of weights, its lanes as cache rows
+        lm = lanes[0]
         if hasattr(lm, "engine_unit"):
             return None
-        rows.setdefault(id(shared_weights(lm)[0]), []).append(lm)
-    total = slots * 3 * columns * 4  # the uniforms buffer: float32, three streams per slot
-    for lanes in rows.values():
-        lm = lanes[0]
         row = cache_row_bytes(lm.model.config, next(lm.model.parameters()).dtype, columns)
         if row is None:
             return None

@@ -298,24 +298,19 @@ def load_pair_models(base: str | os.PathLike, aligned: str | os.PathLike, *, dty
     if one_forward == "on" and not shareable:
         raise BacoError(f"one_forward='on' needs the aligned model to be a LoRA adapter on the base model "
                         f"itself; {os.fspath(aligned)!r} is not one on {os.fspath(base)!r}")
-
-    def two_models():
+    if not shareable or (one_forward == "auto" and resolve_device(device).type != "cpu") or one_forward == "off":
         return (HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
                 HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device, tokenizer=aligned_tokenizer))
-
-    if not shareable or (one_forward == "auto" and resolve_device(device).type != "cpu") or one_forward == "off":
-        return two_models()
-    model, _, loaded_tokenizer = _load(base, dtype, device, base_tokenizer)
+    model, _, base_tokenizer = _load(base, dtype, device, base_tokenizer)
     peft = _with_adapter(model, adapter, merge=False, name=ALIGNED_ADAPTER)
     refusal = row_weighting_refusal(peft)
-    if refusal is not None:  # rare (DoRA, LoRA on embeddings, modules_to_save): two models, the adapter merged
-        if one_forward == "on":
-            raise BacoError(f"one_forward='on' cannot step {os.fspath(aligned)!r} as rows of one forward: {refusal}; "
-                            f"use one_forward='off' (two models, the adapter merged into a copy)")
-        del model, peft
-        return two_models()
-    base_tokenizer = loaded_tokenizer
+    if refusal is not None and one_forward == "on":
+        raise BacoError(f"one_forward='on' cannot step {os.fspath(aligned)!r} as rows of one forward: {refusal}; "
+                        f"use one_forward='off' (two models, the adapter merged into a copy)")
     aligned_tokenizer = aligned_tokenizer if aligned_tokenizer is not None else load_tokenizer(aligned)
+    if refusal is not None:  # rare (DoRA, LoRA on embeddings, modules_to_save): the loaded copy takes the adapter
+        return (HFCausalLM.from_pretrained(base, dtype=dtype, device=device, tokenizer=base_tokenizer),
+                HFCausalLM(peft.merge_and_unload(), aligned_tokenizer, name=os.fspath(aligned)))
     return (HFCausalLM(AdapterView(peft, BASE_ADAPTER), base_tokenizer, name=os.fspath(base)),
             HFCausalLM(AdapterView(peft, ALIGNED_ADAPTER), aligned_tokenizer, name=os.fspath(aligned)))
 

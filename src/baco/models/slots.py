@@ -110,7 +110,7 @@ def cache_row_bytes(config, dtype: torch.dtype, columns: int) -> int | None:
     dim = getattr(config, "head_dim", None) or (hidden // heads if hidden and heads else None)
     if not (layers and kv_heads and dim):
         return None
-    return 2 * layers * kv_heads * dim * columns * torch.empty((), dtype=dtype).element_size()
+    return 2 * layers * kv_heads * dim * columns * dtype.itemsize
 
 
 def shared_weights(lm) -> tuple[object, str | None]:
