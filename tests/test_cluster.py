@@ -97,7 +97,8 @@ def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs,
     common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
               "--n", "3", "--max-new-tokens", "16", "--seed", "5", "--device", "cpu", "--quiet"]
     assert main(common + ["--out", str(tmp_path / "local.jsonl")]) == 0
-    assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "2"]) == 0
+    assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "2",
+                          "--max-batch", "auto"]) == 0  # each worker sizes its slots from its own memory
     local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
     on_ray = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
     assert len(on_ray) == len({r["id"] for r in on_ray}) == 8 * 3

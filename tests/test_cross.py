@@ -15,7 +15,7 @@ from baco.cli import main
 from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
-from baco.errors import TokenizerMismatchError
+from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, token_bytes
 from baco.models.hf import HFCausalLM
 from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
@@ -216,6 +216,11 @@ def test_sampled_cross_methods_are_reproducible_and_independent_of_batching(cros
         again = cross.generate(PROMPTS, router=router, n=2, sampling=params, batch_size=1)
         assert [s.text for s in batched] == [s.text for s in again]
         assert [s.sources for s in batched] == [s.sources for s in again]
+    with pytest.raises(BacoError, match="router chared:0.5 runs the cross-tokenizer loop, which has none: give a number"):
+        cross.generate(PROMPTS, router="chared:0.5", batch_size="auto")
+    alone = cross.generate(PROMPTS, router="aligned", n=2, sampling=params, batch_size="auto")  # a one-model engine
+    assert [s.token_ids for s in alone] == [s.token_ids for s in cross.generate(PROMPTS, router="aligned", n=2,
+                                                                                sampling=params, batch_size=1)]
 
 
 def test_word_routers_switch_writers_only_at_word_boundaries(cross):

@@ -1,5 +1,6 @@
 """The engine (static slot caches, continuous batching, the sync-free step) on the tiny random pair, CPU, float32."""
 
+import json
 import math
 
 import pytest
@@ -260,6 +261,76 @@ def test_an_engine_whose_caches_cannot_fit_in_memory_is_refused_before_allocatin
     with pytest.raises(BacoError, match=r"need [\d.]+ GiB on cpu, but [\d.]+ GiB is free: at most \d+ slots of 65536 "
                                         r"tokens fit .* lower --max-batch or --max-len"):
         Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2**24, max_len=2**16)
+
+
+@pytest.mark.parametrize("pair_kind,sync_free", [("llama", False), ("llama", True), ("adapter", True)])
+def test_what_an_engine_holds_beyond_its_caches_stays_within_what_auto_sizing_reserves(pair_kind, sync_free, tmp_path):
+    """Measured (torch.profiler's allocation record), with top-p (the sampler's costliest path): a steady step holds
+    no more per row than `step_bytes`, the first step (prompts prefilled, then a step) no more than that plus
+    `prefill_bytes`: what `slot_bytes` reserves beside the slot's cache rows."""
+    from baco import Collaboration
+    from baco.decode.engine import prefill_bytes, step_bytes
+    from baco.testing import make_tiny_adapter, make_tiny_pair, peak_bytes
+
+    base, aligned = make_tiny_pair(tmp_path)
+    if pair_kind == "adapter":
+        aligned = make_tiny_adapter(tmp_path / "adapter", base, seed=3)
+    collab = Collaboration.from_pretrained(base, aligned, device="cpu", dtype="float32",
+                                           one_forward="on" if pair_kind == "adapter" else "off")
+    params = SamplingParams(top_p=0.9, max_new_tokens=12, seed=0)
+    rows, columns = 8, 160
+    requests = collab.requests([" ".join([PROMPTS[i % 2]] * 3) for i in range(rows)], 1, params, seed=0)
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=rows, max_len=columns, sync_free=sync_free)
+    for request in requests:
+        engine.add(request, params)
+    steps = engine.run()
+    first = peak_bytes(lambda: next(steps))
+    next(steps), next(steps)
+    steady = peak_bytes(lambda: next(steps))
+    prompt = max(len(r.base_ids) for r in requests)
+    assert prompt > 60 and 0 < steady <= rows * step_bytes(collab.pair)
+    assert steady < first <= rows * (step_bytes(collab.pair) + prefill_bytes(collab.pair, prompt))
+
+
+def test_auto_sizing_fills_the_memory_budget_with_whole_slots(collab, monkeypatch):
+    import baco.decode.engine as engine_module
+    from baco.decode.engine import AUTO_MAX_BATCH, fit_slots, memory_budget, slot_bytes
+
+    per_slot = slot_bytes(collab.pair, 96, 40)
+    for slots, engines in ((1, 1), (5, 1), (3, 4)):
+        room = slots * engines * per_slot + per_slot // 2
+        monkeypatch.setattr(engine_module, "memory_budget", lambda device, fraction: (room, 8 * room))
+        assert fit_slots(collab.pair, 96, prompt_columns=40, engines=engines) == slots
+    monkeypatch.setattr(engine_module, "memory_budget", lambda device, fraction: (per_slot - 1, 2**40))
+    with pytest.raises(BacoError, match=r"not one slot of 96 tokens fits: it needs [\d.]+ GiB, and 90% of cpu's "
+                                        r"1024.0 GiB leaves [\d.]+ GiB .* lower --max-len or raise --memory-fraction"):
+        fit_slots(collab.pair, 96, prompt_columns=40)
+    monkeypatch.undo()
+    room, total = memory_budget(collab.pair.device, 0.9)  # this machine's memory: the tiny pair reaches the cap
+    assert 0 < room < total and fit_slots(collab.pair, 96) == AUTO_MAX_BATCH
+    with pytest.raises(BacoError, match="not one slot of 96 tokens fits"):
+        fit_slots(collab.pair, 96, fraction=1e-12)  # less than the memory already in use
+
+
+def test_an_auto_sized_batch_gives_the_samples_of_a_fixed_one(collab, tmp_path, capsys):
+    from baco.cli import main
+
+    params = SamplingParams(max_new_tokens=6, seed=4)
+    fixed = collab.generate(PROMPTS, n=3, sampling=params, batch_size=2)
+    auto = collab.generate(PROMPTS, n=3, sampling=params, batch_size="auto", memory_fraction=0.95)
+    assert [s.token_ids for s in auto] == [s.token_ids for s in fixed]
+    out = tmp_path / "auto.jsonl"
+    base, aligned = collab.pair.base.name, collab.pair.aligned.name
+    assert main(["generate", "--base", base, "--aligned", aligned, "--prompt", PROMPTS[0], "--n", "3", "--seed", "4",
+                 "--max-new-tokens", "6", "--min-p", "0", "--max-batch", "auto", "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert [json.loads(line)["token_ids"] for line in out.read_text().splitlines()] == [s.token_ids for s in fixed[:3]]
+    command = ["generate", "--base", base, "--aligned", aligned, "--prompt", PROMPTS[0], "--quiet"]
+    with pytest.raises(SystemExit) as refused:
+        main(command + ["--max-batch", "lots"])
+    assert refused.value.code == 2 and "expected an integer or 'auto', got 'lots'" in capsys.readouterr().err
+    assert main(command + ["--max-batch", "auto", "--memory-fraction", "0"]) == 2
+    assert "--memory-fraction must be in (0, 1], got 0" in capsys.readouterr().err
 
 
 def test_generate_with_a_max_len_too_small_for_a_request_says_so_before_decoding(collab, tmp_path):

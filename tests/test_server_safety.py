@@ -127,6 +127,32 @@ def test_baco_serve_says_at_startup_when_its_caches_cannot_fit(tiny_dirs, monkey
     assert served and "warning: the KV caches for 4 engines" in warning and "--max-routers 4" in warning
 
 
+def test_baco_serve_sizes_its_slots_from_memory_with_max_batch_auto(tiny_dirs, monkeypatch, capsys):
+    """--max-batch auto: every engine the server may keep (--max-routers) gets the same share of --memory-fraction
+    of the device's memory, for prompts as long as --max-prompt-tokens."""
+    import psutil
+
+    import baco.server
+    from baco import Collaboration
+    from baco.decode.engine import fit_slots, slot_bytes
+
+    base, aligned = map(str, tiny_dirs)
+    columns = 2**17  # long slots: with a fraction a little above what is in use, about 40 fit, fewer than the cap
+    per_slot = slot_bytes(Collaboration.from_pretrained(base, aligned).pair, columns, 500)
+    memory = psutil.virtual_memory()
+    fraction = min(1.0, (memory.total - memory.available + 2 * 40 * per_slot) / memory.total)
+    served = []
+    monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.append(
+        (config, fit_slots(collab.pair, columns, prompt_columns=500, fraction=fraction, engines=2))))
+    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction",
+                 repr(fraction), "--max-len", str(columns), "--max-prompt-tokens", "500", "--max-routers", "2"]) == 0
+    config, fits_now = served[0]
+    assert 1 <= config.max_batch < 256 and abs(config.max_batch - fits_now) <= 1  # memory in use moves a little
+    assert f"--max-batch auto: {config.max_batch} slots of {columns} tokens per engine" in capsys.readouterr().err
+    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction", "1e-9"]) == 2
+    assert "not one slot of 1024 tokens fits for each of 4 engines" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_baco_serve_with_no_model_arguments_serves_the_embedded_pair(tmp_path):
     import socket

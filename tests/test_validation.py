@@ -179,8 +179,13 @@ def test_the_python_api_checks_argument_types_at_the_door(collab):
         collab.generate(5)
     with pytest.raises(InvalidSamplingParams, match="sampling must be a SamplingParams or None, got dict"):
         collab.generate(["hi"], sampling={"temperature": 0.5})
-    with pytest.raises(BacoError, match="batch_size must be an integer >= 1, got True"):
+    with pytest.raises(BacoError, match="batch_size must be an integer >= 1 or 'auto', got True"):
         collab.generate(["hi"], batch_size=True)
+    with pytest.raises(BacoError, match="batch_size must be an integer >= 1 or 'auto', got 'lots'"):
+        collab.generate(["hi"], batch_size="lots")
+    for fraction in (0, 1.5, True):
+        with pytest.raises(BacoError, match=f"memory_fraction must be in \\(0, 1\\], got {fraction!r}"):
+            collab.generate(["hi"], batch_size="auto", memory_fraction=fraction)
     with pytest.raises(InvalidSamplingParams, match="got dict"):
         next(collab.stream("hi", sampling={"temperature": 0.5}))
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Container, Iterator, Sequence
 
+from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
 from baco.decode.loop import Request, lockstep, row_seed
 from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams
@@ -156,23 +157,25 @@ class Collaboration:
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
     def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                      sampling: SamplingParams | None = None, batch_size: int = 32, max_len: int | None = None,
+                      sampling: SamplingParams | None = None, batch_size: int | str = 32, max_len: int | None = None,
                       on_sample: Callable[[Sample], None] | None = None,
-                      skip: Container[tuple[int, int]] = ()) -> Iterator[Sample]:
+                      skip: Container[tuple[int, int]] = (), memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
         """Yield samples as their rows finish; at most `batch_size` rows decode at once, and a finished
-        row's place goes to the next request at the next step (continuous batching).
+        row's place goes to the next request at the next step (continuous batching). `batch_size="auto"`:
+        as many rows as `memory_fraction` of the device's memory holds (weights and all else in use count
+        against it; at most 256), like vLLM's gpu_memory_utilization.
 
         `skip` holds (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished
         samples); every other sample is exactly what a full run would give (per-row random streams).
         """
         _check_inputs(prompts, sampling)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise BacoError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        check_max_batch(batch_size)
+        check_fraction(memory_fraction)
         from baco.strategies import parse_strategy
 
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is None and self._cross_route(router) is not None:
-            yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip)
+            yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip, memory_fraction)
             return
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
@@ -180,7 +183,7 @@ class Collaboration:
             self.requests(prompts, n, sampling, 0)  # the same prompt checks as every router
             prompts = [prompts] if isinstance(prompts, str) else list(prompts)
             for sample in spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
-                                  fmt=self.prompt_format, batch_size=batch_size):
+                                  fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction):
                 if (sample.prompt_index, sample.sample_index) not in skip:
                     if on_sample is not None:
                         on_sample(sample)
@@ -191,7 +194,8 @@ class Collaboration:
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
                  "models": self.pair.model_names()}
         # one engine with `batch_size` slots: a finished row's slot takes the next request (continuous batching)
-        events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size, max_len=max_len)
+        events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size, max_len=max_len,
+                          memory_fraction=memory_fraction)
         for sample in collect(events, requests, self.tokenizer, router=route.name, stop_strings=stops,
                               stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
                               started=time.perf_counter(), extra=extra):
@@ -221,13 +225,18 @@ class Collaboration:
             self._solo[side] = Collaboration(SoloPair(lm, side), self.prompt_format)
         return self._solo[side]
 
-    def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip) -> Iterator[Sample]:
+    def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip,
+                    memory_fraction) -> Iterator[Sample]:
         from baco.decode.crossloop import crossloop
 
         if is_single_model(router):
             yield from self._single(router).iter_generate(prompts, router=router, n=n, sampling=sampling,
-                                                          batch_size=batch_size, on_sample=on_sample, skip=skip)
+                                                          batch_size=batch_size, on_sample=on_sample, skip=skip,
+                                                          memory_fraction=memory_fraction)
             return
+        if batch_size == "auto":
+            raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
+                            f"cross-tokenizer loop, which has none: give a number")
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross
@@ -244,11 +253,11 @@ class Collaboration:
                 yield sample
 
     def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                 sampling: SamplingParams | None = None, batch_size: int = 32,
-                 max_len: int | None = None) -> list[Sample]:
+                 sampling: SamplingParams | None = None, batch_size: int | str = 32,
+                 max_len: int | None = None, memory_fraction: float = MEMORY_FRACTION) -> list[Sample]:
         """All samples, ordered by (prompt_index, sample_index)."""
         samples = list(self.iter_generate(prompts, router=router, n=n, sampling=sampling, batch_size=batch_size,
-                                          max_len=max_len))
+                                          max_len=max_len, memory_fraction=memory_fraction))
         return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
     def stream(self, prompt: str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,

@@ -77,8 +77,10 @@ def _add_generate(sub) -> None:
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
                    "samples already in the file are not generated again (rerun a killed --seed run to complete it)")
-    p.add_argument("--batch-size", "--max-batch", dest="batch_size", type=int, default=32,
-                   help="decoding slots: rows decoded at once; a finished row's slot takes the next request")
+    p.add_argument("--batch-size", "--max-batch", dest="batch_size", type=_slots, default=32,
+                   help="decoding slots: rows decoded at once; a finished row's slot takes the next request; "
+                   "auto: as many as --memory-fraction of the device's memory holds (at most 256)")
+    _add_memory_fraction(p)
     p.add_argument("--max-len", type=int, default=None,
                    help="tokens per slot (prompt + new tokens) the KV caches are sized for; a request that does not "
                         "fit is an error before decoding (default: the longest request)")
@@ -173,8 +175,30 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def _at_least_one(value: int, flag: str) -> None:
-    if value < 1:
+    if value != "auto" and value < 1:
         raise BacoError(f"{flag} must be an integer >= 1, got {value}")
+
+
+def _slots(text: str) -> "int | str":
+    """A slot count: an integer, or `auto` (sized from memory)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
+def _add_memory_fraction(p) -> None:
+    p.add_argument("--memory-fraction", type=float, default=0.9,
+                   help="with --max-batch auto: the share of the device's memory (GPU; on the CPU the host's) that "
+                   "may be in use once the KV caches and step buffers are allocated, weights and other processes "
+                   "included (vLLM's --gpu-memory-utilization)")
+
+
+def _check_memory_fraction(args) -> None:
+    if not 0 < args.memory_fraction <= 1:
+        raise BacoError(f"--memory-fraction must be in (0, 1], got {args.memory_fraction:g}")
 
 
 def _router_name(spec: str) -> str:
@@ -205,6 +229,7 @@ def cmd_generate(args) -> int:
     router = _router_name(args.router)
     _at_least_one(args.n, "--n")
     _at_least_one(args.batch_size, "--batch-size")
+    _check_memory_fraction(args)
     if args.max_len is not None:
         _at_least_one(args.max_len, "--max-len")
     prompts = args.prompt or read_prompts(args.prompts)
@@ -217,7 +242,8 @@ def cmd_generate(args) -> int:
     cluster = _ray_options(args)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
                              one_forward=args.one_forward, router=router,
-                             rows=min(args.batch_size, len(prompts) * args.n), compile=args.compile)
+                             rows=len(prompts) * args.n if args.batch_size == "auto" else
+                             min(args.batch_size, len(prompts) * args.n), compile=args.compile)
     out, skip = None, set()
     if args.out:
         check_output_file(args.out, "--out")
@@ -240,14 +266,16 @@ def cmd_generate(args) -> int:
                                                prompt_format=fmt, anchor=args.anchor, router=args.router,
                                                one_forward=args.one_forward, backend=backend, compile=args.compile)
         stream = collab.iter_generate(prompts, router=args.router, n=args.n, sampling=sampling,
-                                      batch_size=args.batch_size, max_len=args.max_len, skip=skip)
+                                      batch_size=args.batch_size, max_len=args.max_len, skip=skip,
+                                      memory_fraction=args.memory_fraction)
     else:  # the models load on the workers, not here
         from baco.cluster import generate as generate_on_ray
 
         stream = generate_on_ray(prompts, base=base, aligned=aligned, anchor=args.anchor, dtype=args.dtype,
                                  device=args.device, prompt_format=fmt, router=args.router, n=args.n,
                                  sampling=sampling, batch_size=args.batch_size, skip=skip, max_len=args.max_len,
-                                 backend=backend, compile=args.compile, options=cluster)
+                                 backend=backend, compile=args.compile, options=cluster,
+                                 memory_fraction=args.memory_fraction)
     colour = use_colour(args.color)
     show = not args.quiet
     total = len(prompts) * args.n - len(skip)
@@ -305,7 +333,9 @@ def _add_serve(sub) -> None:
                    "(default: the BACO_API_KEY environment variable; neither: no auth)")
     p.add_argument("--model-name", default="baco", help="the model id clients name in requests")
     p.add_argument("--min-p", type=float, default=0.05, help="min-p of requests that give none")
-    p.add_argument("--max-batch", type=int, default=32, help="rows decoded together (slots of one engine)")
+    p.add_argument("--max-batch", type=_slots, default=32, help="rows decoded together (slots of one engine); auto: "
+                   "as many as --memory-fraction of the device's memory holds with --max-routers engines (at most 256)")
+    _add_memory_fraction(p)
     p.add_argument("--max-len", type=int, default=1024, help="tokens per slot: prompt + completion")
     p.add_argument("--max-queue", type=int, default=256, help="rows that may wait for a slot; beyond: 429")
     p.add_argument("--max-routers", type=int, default=4, help="engines kept at once, one per router in use")
@@ -325,6 +355,7 @@ def _add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     """Validate every flag, load the pair, serve until interrupted."""
     from baco.api import Collaboration
+    from baco.decode.engine import AUTO_MAX_BATCH, check_memory, fit_slots
     from baco.models.llamacpp import choose_backend
 
     try:
@@ -343,25 +374,32 @@ def cmd_serve(args) -> int:
         raise BacoError(f"--port must be in 1..65535, got {args.port}")
     if not 0 <= args.min_p <= 1:
         raise BacoError(f"--min-p must be in [0, 1], got {args.min_p:g}")
+    _check_memory_fraction(args)
     room = args.max_len - 1
     limits = Limits(max_tokens=min(args.max_tokens or room, room), default_max_tokens=args.default_max_tokens,
                     max_prompt_tokens=min(args.max_prompt_tokens or room, room), max_n=args.max_n,
                     max_prompts=args.max_prompts, max_body_bytes=args.max_body_bytes)
     api_key = args.api_key if args.api_key is not None else os.environ.get("BACO_API_KEY") or None
-    config = ServerConfig(model_id=args.model_name, router=router_name(args.router), api_key=api_key,
-                          min_p=args.min_p, max_batch=args.max_batch, max_len=args.max_len, max_queue=args.max_queue,
-                          max_engines=args.max_routers, limits=limits)
+    settings = dict(model_id=args.model_name, router=router_name(args.router), api_key=api_key, min_p=args.min_p,
+                    max_len=args.max_len, max_queue=args.max_queue, max_engines=args.max_routers, limits=limits)
+    ServerConfig(**settings, max_batch=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)  # checks, before loading
     base, aligned, fmt, _ = _models_and_format(args)
     if args.host not in LOOPBACK and api_key is None:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
               f"(--api-key or BACO_API_KEY)", file=sys.stderr)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
-                             one_forward=args.one_forward, rows=args.max_batch, compile=args.compile)
+                             one_forward=args.one_forward, compile=args.compile,
+                             rows=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
                                            anchor=args.anchor, one_forward=args.one_forward, backend=backend,
                                            compile=args.compile)
-    from baco.decode.engine import check_memory
-
+    if args.max_batch == "auto":  # every engine the server may keep at once (--max-routers) gets its share
+        args.max_batch = fit_slots(collab.pair, args.max_len, prompt_columns=limits.max_prompt_tokens,
+                                   fraction=args.memory_fraction, engines=args.max_routers)
+        print(f"baco: --max-batch auto: {args.max_batch} slots of {args.max_len} tokens per engine, for up to "
+              f"{args.max_routers} engines within {args.memory_fraction:.0%} of {collab.pair.device}'s memory",
+              file=sys.stderr)
+    config = ServerConfig(**settings, max_batch=args.max_batch)
     check_memory(collab.pair, args.max_batch, args.max_len)  # one router's engine must fit: say so now, not per request
     try:
         check_memory(collab.pair, args.max_batch, args.max_len, engines=args.max_routers)

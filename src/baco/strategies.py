@@ -76,7 +76,8 @@ def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[in
 
 
 def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: float, sampling: SamplingParams,
-                       fmt: PromptFormat | None = None, batch_size: int = 256) -> Iterator[Sample]:
+                       fmt: PromptFormat | None = None, batch_size: int | str = 256,
+                       memory_fraction: float | None = None) -> Iterator[Sample]:
     fmt = fmt or PromptFormat()
     pair = ModelPair(lm, lm)
     guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
@@ -92,7 +93,8 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
             requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k),
                                     budget(max(mine, other, key=len))))
         began = time.perf_counter()
-        events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size)
+        events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
+                          memory_fraction=memory_fraction)
         for sample in collect(events, requests, lm.tokenizer, router=f"negative:{weight:g}",
                               stop_strings=sampling.stop, stop_ids=pair.vocab.stop_ids,
                               token_texts=pair.vocab.texts, started=began,
@@ -124,7 +126,8 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
 
 
 def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
-                        fmt: PromptFormat | None = None, batch_size: int = 256) -> Iterator[Sample]:
+                        fmt: PromptFormat | None = None, batch_size: int | str = 256,
+                        memory_fraction: float | None = None) -> Iterator[Sample]:
     from baco.api import Collaboration
     from baco.models.pair import SoloPair
 
@@ -134,7 +137,9 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     rounds = -(-n // k)
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
-    for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size):
+    more = {} if memory_fraction is None else {"memory_fraction": memory_fraction}
+    for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
+                                         **more):
         i = response.prompt_index
         for span in split_items(response.text)[:k]:
             if made[i] >= n:
@@ -153,11 +158,13 @@ def _register(name, param, default, low, help, integer=False):
 
 @_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
            "model primed with the prompt's earlier samples; sample k depends on samples < k")
-def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256):
-    return negative_prompting(lm, prompts, n=n, weight=value, sampling=sampling, fmt=fmt, batch_size=batch_size)
+def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memory_fraction=None):
+    return negative_prompting(lm, prompts, n=n, weight=value, sampling=sampling, fmt=fmt, batch_size=batch_size,
+                              memory_fraction=memory_fraction)
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers in "
            "one response and split them", integer=True)
-def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256):
-    return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size)
+def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memory_fraction=None):
+    return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size,
+                               memory_fraction=memory_fraction)

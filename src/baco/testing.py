@@ -202,3 +202,26 @@ if __name__ == "__main__":
     hf_logging.disable_progress_bar()
     for written in make_tiny_pair(sys.argv[1]):
         print(written)
+
+
+def peak_bytes(fn, device=None) -> int:
+    """The most memory `fn()` held at once beyond what was allocated before it: on a GPU the caching allocator's
+    peak; on the CPU the largest running sum of allocations minus frees, as `torch.profiler` records them."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    held = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):  # frees are "[memory]" events
+        held += event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        peak = max(peak, held)
+    return peak

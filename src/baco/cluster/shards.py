@@ -19,6 +19,7 @@ from typing import Container, Iterator, Sequence
 from baco.api import DEFAULT_ROUTER, Collaboration, _check_inputs
 from baco.cluster.options import RayOptions
 from baco.cluster.pool import UnitDone, WorkerPool, connected
+from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
 from baco.decode.records import Sample
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError
@@ -36,17 +37,19 @@ class PromptShard:
     router: str
     n: int
     sampling: SamplingParams
-    batch_size: int
+    batch_size: int | str
     prompt_format: PromptFormat
     skip: set = field(default_factory=set)  # (prompt index in the whole list, sample index)
     max_len: int | None = None
     made: int = 0
+    memory_fraction: float = MEMORY_FRACTION  # batch_size "auto": sized on each worker's own device
 
     def run(self, engines: Engines) -> Iterator[Sample]:
         collab = Collaboration(engines.pair, self.prompt_format)
         local = {(j, k) for j, i in enumerate(self.indices) for k in range(self.n) if (i, k) in self.skip}
         for sample in collab.iter_generate(self.prompts, router=self.router, n=self.n, sampling=self.sampling,
-                                           batch_size=self.batch_size, max_len=self.max_len, skip=local):
+                                           batch_size=self.batch_size, max_len=self.max_len, skip=local,
+                                           memory_fraction=self.memory_fraction):
             sample.prompt_index = self.indices[sample.prompt_index]
             self.made += 1
             yield sample
@@ -56,8 +59,9 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
              aligned: str | os.PathLike = ALIGNED_ALIAS, anchor: str | os.PathLike | None = None,
              dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
              router: str = DEFAULT_ROUTER, n: int = 1, sampling: SamplingParams | None = None,
-             batch_size: int = 32, skip: Container[tuple[int, int]] = (), max_len: int | None = None,
-             backend: str = "hf", compile: bool = False, options: RayOptions | None = None) -> Iterator[Sample]:
+             batch_size: int | str = 32, skip: Container[tuple[int, int]] = (), max_len: int | None = None,
+             backend: str = "hf", compile: bool = False, options: RayOptions | None = None,
+             memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
     """Collaboration.iter_generate on Ray workers: yield each (prompt, sample) not in `skip` once, as it finishes.
 
     The models are loaded by the workers (by id or path: every node must reach them), never here.
@@ -68,9 +72,10 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
         raise PromptError("no prompts given")
     if not isinstance(router, str):
         raise BacoError("on Ray the router is given by name (e.g. 'p-punc:0.5'), not as an object")
-    for number in (n, batch_size):
-        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
-            raise BacoError(f"n and batch_size must be integers >= 1, got {number!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BacoError(f"n must be an integer >= 1, got {n!r}")
+    check_max_batch(batch_size)
+    check_fraction(memory_fraction)
     sampling = sampling or SamplingParams()
     if sampling.seed is None:  # one seed for every shard, recorded in every sample
         sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
@@ -85,7 +90,8 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
         count = options.worker_count(ray.cluster_resources())
         size = options.shard_size or math.ceil(len(todo) / (4 * count))
         units = [PromptShard(chunk, [prompts[i] for i in chunk], router, n, sampling, batch_size, fmt,
-                             {(i, k) for i in chunk for k in range(n) if (i, k) in skip}, max_len=max_len)
+                             {(i, k) for i in chunk for k in range(n) if (i, k) in skip}, max_len=max_len,
+                             memory_fraction=memory_fraction)
                  for chunk in (todo[start:start + size] for start in range(0, len(todo), size))]
         done = set()
         with WorkerPool(ray, build, options, min(count, len(units)), "generate") as pool:

@@ -76,19 +76,123 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-def cache_bytes(pair, slots: int, columns: int) -> int | None:
-    """Bytes an engine of `slots` x `columns` on `pair` allocates for its slot caches and per-slot random numbers
-    (None when a side does not say: llama.cpp keeps its own cache, or a config lacks its layers and heads)."""
-    total = slots * 3 * columns * 4  # the uniforms buffer: float32, three streams per slot
-    for lanes in _groups([lm for lm, _ in pair.sides])[0]:  # one unit per set of weights, its lanes as cache rows
+# `max_batch="auto"`: how much of the device's memory an engine may fill (vLLM's gpu_memory_utilization), and the
+# most slots it makes (vLLM's max_num_seqs)
+MEMORY_FRACTION = 0.9
+AUTO_MAX_BATCH = 256
+# what one row of a step holds at its peak beyond the caches, per side and per vocabulary entry: its logits and
+# log-probs, the router's and the sampler's vocabulary-wide buffers (float32; a full sort's values and int64
+# indices when top-p runs on a GPU). Measured 12.5-21.5 bytes with Gemma-3's 262k vocabulary, 28-34 with the tiny
+# test pair's 512, on the CPU (`benchmarks/engine_memory.py`).
+STEP_BYTES_PER_ENTRY = 40
+
+
+def _cache_layout(pair) -> list[tuple[object, torch.dtype, int]] | None:
+    """(config, dtype, lanes) of each set of weights the engine steps (`_groups`), or None when a side does not say
+    (llama.cpp keeps its own cache, or a config lacks its layers and heads)."""
+    layout = []
+    for lanes in _groups([lm for lm, _ in pair.sides])[0]:
         lm = lanes[0]
         if hasattr(lm, "engine_unit"):
             return None
-        row = cache_row_bytes(lm.model.config, next(lm.model.parameters()).dtype, columns)
-        if row is None:
+        config = lm.model.config
+        if cache_row_bytes(config, next(lm.model.parameters()).dtype, 1) is None:
             return None
-        total += row * slots * len(lanes)
+        layout.append((config, next(lm.model.parameters()).dtype, len(lanes)))
+    return layout
+
+
+def cache_bytes(pair, slots: int, columns: int) -> int | None:
+    """Bytes an engine of `slots` x `columns` on `pair` allocates for its slot caches and per-slot random numbers
+    (None when a side does not say: llama.cpp keeps its own cache, or a config lacks its layers and heads)."""
+    layout = _cache_layout(pair)
+    if layout is None:
+        return None
+    total = slots * 3 * columns * 4  # the uniforms buffer: float32, three streams per slot
+    for config, dtype, lanes in layout:  # one unit per set of weights, its lanes as cache rows
+        total += cache_row_bytes(config, dtype, columns) * slots * lanes
     return total
+
+
+def step_bytes(pair) -> int:
+    """Bytes one row of a step holds at its peak beyond the caches: `STEP_BYTES_PER_ENTRY` per side and entry."""
+    return STEP_BYTES_PER_ENTRY * pair.vocab_size * len(pair.sides)
+
+
+def prefill_bytes(pair, prompt_columns: int, chunk: int = 512) -> int | None:
+    """Bytes one prompt of up to `prompt_columns` tokens holds while it is prefilled (None where `cache_bytes` is):
+    its temporary cache on every side plus, on the widest side, the activations of one prefill chunk: four
+    hidden-sized and three MLP-sized tensors per token and float32 attention scores (chunk x prompt per head, as a
+    math attention kernel holds them)."""
+    layout = _cache_layout(pair)
+    if layout is None:
+        return None
+    width = min(prompt_columns, chunk)
+
+    def activations(config, dtype) -> int:  # a prefill runs one lane at a time
+        config = getattr(config, "text_config", config)
+        hidden, mlp = getattr(config, "hidden_size", 0) or 0, getattr(config, "intermediate_size", 0) or 0
+        heads = getattr(config, "num_attention_heads", 0) or 0
+        return width * ((4 * hidden + 3 * mlp) * dtype.itemsize + heads * prompt_columns * 4)
+
+    return (sum(cache_row_bytes(config, dtype, prompt_columns) * lanes for config, dtype, lanes in layout)
+            + max(activations(config, dtype) for config, dtype, _ in layout))
+
+
+def slot_bytes(pair, columns: int, prompt_columns: int, chunk: int = 512) -> int | None:
+    """Bytes one more slot of `columns` tokens costs an engine on `pair`, prompts of up to `prompt_columns` tokens
+    (None when a side does not say, as for `cache_bytes`): its cache rows and random numbers, its row of a step
+    (`step_bytes`) and its prompt's prefill (`prefill_bytes`)."""
+    ring, prefill = cache_bytes(pair, 1, columns), prefill_bytes(pair, prompt_columns, chunk)
+    return None if ring is None or prefill is None else ring + step_bytes(pair) + prefill
+
+
+def memory_budget(device: torch.device, fraction: float) -> tuple[int, int] | None:
+    """(bytes an engine may still fill so that `fraction` of `device`'s memory is in use, that total), or None when
+    the device does not say. Memory in use by anything (weights, other processes) counts against the fraction."""
+    free = free_bytes(device)
+    if device.type == "cuda":
+        total = torch.cuda.mem_get_info(device)[1]
+    elif device.type == "cpu":
+        import psutil
+
+        total = psutil.virtual_memory().total
+    else:
+        return None
+    return int(free - (1 - fraction) * total), total
+
+
+def check_max_batch(value, name: str = "batch_size") -> None:
+    """A slot count: an integer >= 1, or "auto" (`fit_slots`)."""
+    if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise BacoError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
+
+
+def check_fraction(fraction, name: str = "memory_fraction") -> None:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise BacoError(f"{name} must be in (0, 1], got {fraction!r}")
+
+
+def fit_slots(pair, columns: int, *, prompt_columns: int | None = None, fraction: float = MEMORY_FRACTION,
+              chunk: int = 512, cap: int = AUTO_MAX_BATCH, engines: int = 1) -> int:
+    """`max_batch="auto"`: the most slots (at most `cap`) of `columns` tokens, prompts of up to `prompt_columns`
+    (default: columns - 1), that each of `engines` engines on `pair` can hold within `fraction` of its device's
+    memory."""
+    check_fraction(fraction)
+    prompt_columns = columns - 1 if prompt_columns is None else min(prompt_columns, columns - 1)
+    per_slot, budget = slot_bytes(pair, columns, prompt_columns, chunk), memory_budget(pair.device, fraction)
+    if per_slot is None or budget is None:
+        why = "its device does not report memory" if budget is None else "a side keeps its own caches (llama.cpp)"
+        raise BacoError(f"max batch 'auto' sizes the slots from memory, but {why}: give a number (--max-batch N)")
+    room, total = budget
+    slots = min(cap, max(0, room) // (per_slot * engines))
+    if slots < 1:
+        gib = 2**30
+        each = f" for each of {engines} engines" if engines > 1 else ""
+        raise BacoError(f"not one slot of {columns} tokens fits{each}: it needs {per_slot / gib:.2f} GiB, and "
+                        f"{fraction:.0%} of {pair.device}'s {total / gib:.1f} GiB leaves {max(0, room) / gib:.2f} GiB "
+                        f"beside what is in use; lower --max-len or raise --memory-fraction")
+    return int(slots)
 
 
 def check_memory(pair, slots: int, columns: int, engines: int = 1) -> None:

@@ -87,21 +87,26 @@ def row_seed(seed: int, prompt: str, sample_index: int) -> int:
 
 
 def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: SamplingParams,
-             stop_strings: tuple[str, ...] = (), *, max_batch: int | None = None, max_len: int | None = None,
-             graphs: str | bool = "auto") -> Iterator[StepEvent]:
+             stop_strings: tuple[str, ...] = (), *, max_batch: int | str | None = None, max_len: int | None = None,
+             graphs: str | bool = "auto", memory_fraction: float | None = None) -> Iterator[StepEvent]:
     """Decode `requests` on `pair` with one router and sampling setting; yield one StepEvent per step.
 
     The requests run on an `Engine` (decode/engine.py) with `max_batch` slots (default: all of them
     at once); with fewer slots than requests, each finished row's slot takes the next request.
     `max_len`: tokens per slot (default: the longest request); a request that does not fit is a
-    `BacoError` before anything is decoded.
+    `BacoError` before anything is decoded. `max_batch="auto"`: as many slots as `memory_fraction` of the
+    device's memory holds (`decode.engine.fit_slots`), for prompts as long as the longest here.
     """
-    from baco.decode.engine import Engine
+    from baco.decode.engine import MEMORY_FRACTION, Engine, fit_slots
 
     if not requests:
         return
     longest = max(r.length for r in requests)
     slots = max_batch or len(requests)
+    if slots == "auto":
+        prompt = max(max(len(r.base_ids), len(r.aligned_ids)) for r in requests)
+        slots = fit_slots(pair, max_len or longest, prompt_columns=prompt,
+                          fraction=MEMORY_FRACTION if memory_fraction is None else memory_fraction)
     if isinstance(slots, int) and not isinstance(slots, bool):
         slots = min(slots, len(requests))  # no cache rows for requests that do not exist (the engine checks the rest)
     engine = Engine(pair, router, max_batch=slots, max_len=max_len or longest, graphs=graphs,
