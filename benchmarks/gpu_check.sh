@@ -9,8 +9,8 @@
 #          and tokenizer.json.gz
 #          of the embedded Gemma (from ~/.cache/baco/gemma-3-270m-base-bfloat16 after `make demo`)
 #   .carry/ (stage `real` only) the embedded GGUF in pieces, and more wheels: see benchmarks/gpu_carry.sh
-# Usage: bash benchmarks/gpu_check.sh [tests] [stepmath] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
-#        (no argument: tests stepmath 270m compiled throughput 1b)
+# Usage: bash benchmarks/gpu_check.sh [tests] [stepmath] [memory] [270m] [compiled] [oneforward] [throughput] [1b] [static] [real]
+#        (no argument: tests stepmath memory 270m compiled throughput 1b)
 #        HF="eager" also times transformers generate in the 270m/1b stages; PROMPTS=300 shortens the throughput run;
 #        THROUGHPUT_FLAGS="--one-forward on --compile" runs it on one forward / compiled forwards
 # Output: $OUT/gpu_check.log
@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 export PYTHONPATH=$site:src
 python3 -c "import torch, transformers, baco; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(), baco.__file__)"
 
-stages=${*:-tests stepmath 270m compiled throughput 1b}
+stages=${*:-tests stepmath memory 270m compiled throughput 1b}
 want() { [[ " $stages " == *" $1 "* ]]; }
 bench() { timeout "$1" python3 "${@:2}" 2>&1 | grep -v -i warn; }
 gemma_1b=(--set num_hidden_layers=26 hidden_size=1152 intermediate_size=6912)
@@ -37,6 +37,10 @@ fi
 if want stepmath; then
   echo "== the step without the forwards (routing, word rule, sampling; 262k vocabulary), ms and kernels per call =="
   bench 90 benchmarks/step_math.py --device cuda --batch 1 8 64 --top-p
+fi
+if want memory; then
+  echo "== what an engine holds beyond its caches (CUDA allocator peak) vs what --max-batch auto reserves, 270M shape =="
+  bench 120 benchmarks/engine_memory.py --device cuda --shape /tmp/shape --batch 8 64 --max-len 1024 --words 200
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape =="

@@ -38,3 +38,9 @@ def test_lockstep_overhead_prints_its_table(flags, tiny_dirs):
     out = script("lockstep_overhead.py", "--batch", "1", "--steps", "2", "6", "--repeats", "1", "--hf", *flags)
     header = next(line for line in out.splitlines() if line.split()[:2] == ["batch", "lockstep"])
     assert header and out.splitlines()[-1].split()[0] == "1"
+
+
+def test_engine_memory_measures_within_what_auto_sizing_reserves():
+    out = script("engine_memory.py", "--batch", "2", "--words", "20", "--max-len", "96", "--threads", "1")
+    worst = next(line for line in out.splitlines() if line.startswith("worst measured / reserved"))
+    assert 0 < float(worst.split(":")[1].split()[0]) <= 1 and 'max_batch="auto"' in out.splitlines()[-1]
