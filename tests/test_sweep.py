@@ -59,6 +59,19 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     assert all(c["samples"] == 9 and c["seconds"] > 0 for c in costs)
 
 
+def test_slots_sized_from_memory_store_the_samples_of_fixed_batches(tmp_path, engines):
+    raw = raw_config(tmp_path)
+    fixed = parse_config({**raw, "batch_size": 2})
+    auto = parse_config({**raw, "batch_size": "auto",
+                         "methods": {**raw["methods"], "eft": {"router": "eft", "values": [0.5], "batch_size": "auto"}}})
+    assert auto.batch_size == "auto" and auto.configurations[-1].batch_size == "auto"
+    auto.memory_fraction = 0.95
+    run_cells(fixed, tmp_path / "fixed", engines, progress=False)
+    run_cells(auto, tmp_path / "auto", engines, progress=False)
+    assert keyed(Store(tmp_path / "auto" / "samples.jsonl").read()) == \
+        keyed(Store(tmp_path / "fixed" / "samples.jsonl").read())
+
+
 def run_killed_after(stored: int, config, out, engines, monkeypatch) -> None:
     """run_cells, interrupted (as by Ctrl-C) when it tries to store sample number `stored` + 1."""
     appended = []

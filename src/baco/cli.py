@@ -189,9 +189,9 @@ def _slots(text: str) -> "int | str":
         raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
-def _add_memory_fraction(p) -> None:
+def _add_memory_fraction(p, when: str = "with --max-batch auto") -> None:
     p.add_argument("--memory-fraction", type=float, default=0.9,
-                   help="with --max-batch auto: the share of the device's memory (GPU; on the CPU the host's) that "
+                   help=f"{when}: the share of the device's memory (GPU; on the CPU the host's) that "
                    "may be in use once the KV caches and step buffers are allocated, weights and other processes "
                    "included (vLLM's --gpu-memory-utilization)")
 
@@ -547,6 +547,7 @@ def _add_sweep(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="run the decoding forwards through torch.compile (transformers, shared-tokenizer pairs; "
                    "compiling takes a while per batch size: for long sweeps; docs/backends.md)")
+    _add_memory_fraction(p, "with batch_size: auto in the configuration")
     p.add_argument("--quiet", action="store_true")
     _add_ray(p)
     p.set_defaults(run=cmd_sweep)
@@ -566,6 +567,8 @@ def cmd_sweep(args) -> int:
             raise BacoError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
         config.seeds = check_seeds(seeds, "--seeds")
     config.compile = args.compile
+    _check_memory_fraction(args)
+    config.memory_fraction = args.memory_fraction
     out = check_output_dir(args.out or Path("runs") / config.name, "--out")
     if args.results:
         check_output_dir(args.results, "--results")

@@ -47,7 +47,7 @@ class Configuration:
     sampling: SamplingParams
     system_prompt: str | None = None
     base_template: str | None = None
-    batch_size: int | None = None  # rows per lockstep batch for this method (default: the sweep's)
+    batch_size: int | str | None = None  # rows per lockstep batch for this method, or "auto" (default: the sweep's)
 
     @property
     def settings(self) -> tuple:
@@ -85,11 +85,12 @@ class SweepConfig:
     seeds: list[int]
     diversity: list[str] | None = None
     quality: list[str] | None = None
-    batch_size: int = 256
+    batch_size: int | str = 256  # or "auto": slots sized from memory (`decode.engine.fit_slots`)
     anchor: str | None = None
     backend: str = "hf"  # or "llamacpp" (GGUF files or the embedded pair on llama.cpp)
     source: dict = field(default_factory=dict)
     compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
+    memory_fraction: float = 0.9  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
 
     @property
     def cells(self) -> list[Cell]:
@@ -141,6 +142,14 @@ def _positive_int(value, where: str, default: int) -> int:
     value = default if value is None else value
     if not _is_int(value) or value < 1:
         _fail(f"{where} must be a positive integer, got {show(value)}")
+    return value
+
+
+def _slot_count(value, where: str, default: int) -> int | str:
+    """Rows decoded at once: a positive integer, or "auto" (as many as the device's memory holds)."""
+    value = default if value is None else value
+    if value != "auto" and (not _is_int(value) or value < 1):
+        _fail(f"{where} must be a positive integer or auto, got {show(value)}")
     return value
 
 
@@ -225,7 +234,7 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
     router = raw["router"].strip()
     extra = _prompting(raw, where)
     if raw.get("batch_size") is not None:
-        extra["batch_size"] = _positive_int(raw["batch_size"], f"{where}.batch_size", 1)
+        extra["batch_size"] = _slot_count(raw["batch_size"], f"{where}.batch_size", 1)
     values, sweep = raw.get("values"), raw.get("sweep")
     if values is not None and sweep is not None:
         _fail(f"{where}: give `values` (the router's knob) or `sweep` (a sampling knob), not both")
@@ -381,7 +390,7 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
         _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {show(n)}")
     seeds = check_seeds(raw.get("seeds", [0]), source)
     diversity, quality = _metrics(raw.get("metrics"), source)
-    batch_size = _positive_int(raw.get("batch_size"), f"{source}: batch_size", 256)
+    batch_size = _slot_count(raw.get("batch_size"), f"{source}: batch_size", 256)
     return SweepConfig(name=name, base=models.get("base", BASE_ALIAS), aligned=models.get("aligned", ALIGNED_ALIAS),
                        tasks=tasks, configurations=configurations, n=n, seeds=seeds, diversity=diversity,
                        quality=quality, batch_size=batch_size, anchor=models.get("anchor"),

@@ -105,8 +105,10 @@ class CellDecoder:
     """One cell's missing samples, as their rows finish; afterwards `router_stats` holds the cost of a
     router with its own model (JUDGE), else None. Runs wherever the Engines are (here or a Ray actor)."""
 
-    def __init__(self, cell: Cell, prompts: list[str], *, n: int, batch_size: int, skip: set):
+    def __init__(self, cell: Cell, prompts: list[str], *, n: int, batch_size: int | str, skip: set,
+                 memory_fraction: float = 0.9):
         self.cell, self.prompts, self.n, self.batch_size, self.skip = cell, prompts, n, batch_size, skip
+        self.memory_fraction = memory_fraction
         self.router_stats: dict | None = None
         self.made = 0
 
@@ -119,7 +121,8 @@ class CellDecoder:
         before = dict(router.stats.to_dict()) if hasattr(router, "stats") else None
         for sample in collab.iter_generate(self.prompts, router=router, n=self.n,
                                            sampling=replace(conf.sampling, seed=self.cell.seed),
-                                           batch_size=conf.batch_size or self.batch_size, skip=set(self.skip)):
+                                           batch_size=conf.batch_size or self.batch_size, skip=set(self.skip),
+                                           memory_fraction=self.memory_fraction):
             self.made += 1
             yield sample
         if before is not None:  # a router with its own model (JUDGE): its extra cost, honestly
@@ -145,7 +148,8 @@ class Pending:
 
     def decoder(self, config: SweepConfig, cell: Cell) -> CellDecoder:
         return CellDecoder(cell, [item.prompt for item in self.items_of[cell.task]], n=config.n,
-                           batch_size=config.batch_size, skip=set(self.audit.cells[cell.key].stored))
+                           batch_size=config.batch_size, skip=set(self.audit.cells[cell.key].stored),
+                           memory_fraction=config.memory_fraction)
 
 
 def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
