@@ -95,10 +95,10 @@ def _cache_layout(pair) -> list[tuple[object, torch.dtype, int]] | None:
         lm = lanes[0]
         if hasattr(lm, "engine_unit"):
             return None
-        config = lm.model.config
-        if cache_row_bytes(config, next(lm.model.parameters()).dtype, 1) is None:
+        config, dtype = lm.model.config, next(lm.model.parameters()).dtype
+        if cache_row_bytes(config, dtype, 1) is None:
             return None
-        layout.append((config, next(lm.model.parameters()).dtype, len(lanes)))
+        layout.append((config, dtype, len(lanes)))
     return layout
 
 
