@@ -64,7 +64,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, or a .txt file')
+    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, a .txt file (one '
+                     'prompt per line), or a .csv / .parquet table (read like load_task: a prompt or question column)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -144,6 +145,10 @@ def read_prompts(path: Path) -> list[str]:
     """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
     if not path.is_file():
         raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
+    if path.suffix.lower() in (".csv", ".parquet"):  # tables: read as load_task reads them, not as lines of text
+        from baco.tasks import read_task_file
+
+        return [item.prompt for item in read_task_file(path)]
     try:
         data = path.read_bytes()
     except OSError as error:
