@@ -68,6 +68,19 @@ def test_a_csv_prompts_file_is_read_as_csv_not_as_lines_of_text(tmp_path):
     assert read_prompts(path) == ["Name a fruit, then a colour.", "Why is the sky blue?"]
 
 
+def test_help_states_each_default_once(capsys, monkeypatch):
+    """A flag whose help already names its default (`--base`: the embedded pair) must not also say `(default: None)`."""
+    import pytest
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag
+    for command in ("generate", "serve", "eval", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        listing = capsys.readouterr().out
+        assert "(default: None)" not in listing, command
+        assert all(line.count("(default:") <= 1 for line in listing.splitlines()), command
+
+
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "baco.cli", "routers"], capture_output=True, text=True)
     assert done.returncode == 0 and "p-punc" in done.stdout

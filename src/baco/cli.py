@@ -26,6 +26,15 @@ def _debug_flag() -> argparse.ArgumentParser:
 DEBUG = _debug_flag()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`(default: X)` after a flag's help, unless the help names its default itself or it is None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_ray(p):
     """--ray [ADDRESS] and the workers' resources (baco.cluster; needs `pip install 'baco[ray]'`)."""
     g = p.add_argument_group("on a Ray cluster (pip install 'baco[ray]'; see docs/cluster.md)")
@@ -59,7 +68,7 @@ def _ray_options(args):
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     _add_models(p)
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
@@ -300,7 +309,7 @@ def _read_text(path: Path, flag: str) -> str:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, streaming, provenance)",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     _add_models(p)
     p.add_argument("--router", default="p-punc:0.5", help="router of requests that name none (a request's `router` "
                    "field picks another); see `baco routers`")
@@ -411,7 +420,7 @@ def _print_router(spec) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="diversity and quality metrics of samples, Pareto Coverage / Dominance",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     p.add_argument("samples", nargs="+", type=Path,
                    help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
     p.add_argument("--metrics", default="default",
@@ -502,7 +511,7 @@ def cmd_metrics(args) -> int:
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="methods x knobs x tasks x seeds: generate (resumable), evaluate, "
                        "Coverage/Dominance table and Pareto plots", parents=[DEBUG],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("config", type=Path, help="YAML sweep configuration (see configs/ and docs/sweeps.md)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true",
