@@ -459,6 +459,13 @@ def cmd_eval(args) -> int:
 
     if not 0 < args.patience <= 1:
         raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    if args.utility_quality is not None:
+        from baco.evaluate.registry import list_metrics
+
+        quality = [spec.name for spec in list_metrics("quality")]
+        if args.utility_quality not in quality:
+            raise BacoError(f"--utility-quality must be a quality metric ({', '.join(quality)}), "
+                            f"got {args.utility_quality!r}")
     kind, _, arg = args.equivalence.partition(":")
     if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
         raise BacoError(f"--equivalence must be embedding, unigram or classifier:PATH, got {args.equivalence!r}")
