@@ -61,6 +61,26 @@ def test_bad_prompts_file_names_the_line(tmp_path):
         read_prompts(bad)
 
 
+def test_a_csv_prompts_file_is_read_as_csv_not_as_lines_of_text(tmp_path):
+    """`--prompts prompts.csv` must not turn the header and raw CSV lines (quotes, commas) into prompts."""
+    path = tmp_path / "prompts.csv"
+    path.write_text('question,category\n"Name a fruit, then a colour.",food\nWhy is the sky blue?,science\n')
+    assert read_prompts(path) == ["Name a fruit, then a colour.", "Why is the sky blue?"]
+
+
+def test_help_states_each_default_once(capsys, monkeypatch):
+    """A flag whose help already names its default (`--base`: the embedded pair) must not also say `(default: None)`."""
+    import pytest
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag
+    for command in ("generate", "serve", "eval", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        listing = capsys.readouterr().out
+        assert "(default: None)" not in listing, command
+        assert all(line.count("(default:") <= 1 for line in listing.splitlines()), command
+
+
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "baco.cli", "routers"], capture_output=True, text=True)
     assert done.returncode == 0 and "p-punc" in done.stdout

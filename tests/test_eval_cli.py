@@ -165,6 +165,15 @@ def test_metric_selection_by_group_and_errors(tmp_path, capsys):
     assert "--reward-model" in capsys.readouterr().err
 
 
+def test_an_unknown_utility_quality_metric_is_an_error_not_a_silently_missing_utility(tmp_path, capsys):
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
+    for name in ("relevence", "distinct-1"):  # a typo; a diversity metric
+        assert main(["eval", str(path), "--metrics", "distinct-1,relevance,utility", "--utility-quality", name,
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("baco: error: --utility-quality") and name in err and "relevance" in err
+
+
 def test_responses_keep_sample_order_within_a_group(tmp_path):
     path = write_rows(tmp_path / "s.jsonl", [
         {"prompt": "p", "text": "third", "router": "r", "sample_index": 2},

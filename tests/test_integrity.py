@@ -296,3 +296,18 @@ def test_read_jsonl_reads_each_sample_once_and_rows_without_ids_all(tiny_dirs, t
     old.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}) + "\n"
                            for line in lines * 2))
     assert len(read_jsonl(old)) == 4
+
+
+def test_atomic_write_gives_files_the_umask_permissions_not_0600(tmp_path):
+    """results.json, table.md, plots and report.html are written via a temporary file; the file a
+    reader gets must have the permissions any other new file has (umask), like samples.jsonl."""
+    from baco.storage import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        written = atomic_write(tmp_path / "report.html", "<html></html>")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert oct(written.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == oct(0o644)

@@ -269,6 +269,15 @@ def test_malformed_json_and_a_large_body_are_refused(live):
     assert requests.get(live.url + "/v1/nowhere").json()["error"]["code"] == "not_found"
 
 
+def test_malformed_json_names_no_field_as_its_param(live):
+    """The position of a JSON syntax error is not a request field: `param` is null, the message says where."""
+    broken = requests.post(live.url + "/v1/completions", data=b'{"model": "baco", "prompt": ',
+                           headers={"content-type": "application/json"})
+    error = broken.json()["error"]
+    assert broken.status_code == 400 and error["code"] == "json_invalid"
+    assert error["param"] is None and "JSON" in error["message"] and not error["message"][0].isdigit()
+
+
 def test_a_prompt_too_long_for_a_slot_says_so(client):
     with pytest.raises(openai.BadRequestError) as refused:
         chat(client, "Name a fruit.", max_tokens=250)

@@ -26,6 +26,15 @@ def _debug_flag() -> argparse.ArgumentParser:
 DEBUG = _debug_flag()
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`(default: X)` after a flag's help, unless the help names its default itself or it is None."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_ray(p):
     """--ray [ADDRESS] and the workers' resources (baco.cluster; needs `pip install 'baco[ray]'`)."""
     g = p.add_argument_group("on a Ray cluster (pip install 'baco[ray]'; see docs/cluster.md)")
@@ -59,12 +68,13 @@ def _ray_options(args):
 
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     _add_models(p)
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, or a .txt file')
+    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, a .txt file (one '
+                     'prompt per line), or a .csv / .parquet table (read like load_task: a prompt or question column)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -146,6 +156,10 @@ def read_prompts(path: Path) -> list[str]:
     """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
     if not path.is_file():
         raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
+    if path.suffix.lower() in (".csv", ".parquet"):  # tables: read as load_task reads them, not as lines of text
+        from baco.tasks import read_task_file
+
+        return [item.prompt for item in read_task_file(path)]
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -323,7 +337,7 @@ def _read_text(path: Path, flag: str) -> str:
 
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, streaming, provenance)",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     _add_models(p)
     p.add_argument("--router", default="p-punc:0.5", help="router of requests that name none (a request's `router` "
                    "field picks another); see `baco routers`")
@@ -444,7 +458,7 @@ def _print_router(spec) -> None:
 
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="diversity and quality metrics of samples, Pareto Coverage / Dominance",
-                       parents=[DEBUG], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       parents=[DEBUG], formatter_class=HelpFormatter)
     p.add_argument("samples", nargs="+", type=Path,
                    help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
     p.add_argument("--metrics", default="default",
@@ -483,6 +497,13 @@ def cmd_eval(args) -> int:
 
     if not 0 < args.patience <= 1:
         raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    if args.utility_quality is not None:
+        from baco.evaluate.registry import list_metrics
+
+        quality = [spec.name for spec in list_metrics("quality")]
+        if args.utility_quality not in quality:
+            raise BacoError(f"--utility-quality must be a quality metric ({', '.join(quality)}), "
+                            f"got {args.utility_quality!r}")
     kind, _, arg = args.equivalence.partition(":")
     if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
         raise BacoError(f"--equivalence must be embedding, unigram or classifier:PATH, got {args.equivalence!r}")
@@ -535,7 +556,7 @@ def cmd_metrics(args) -> int:
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="methods x knobs x tasks x seeds: generate (resumable), evaluate, "
                        "Coverage/Dominance table and Pareto plots", parents=[DEBUG],
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=HelpFormatter)
     p.add_argument("config", type=Path, help="YAML sweep configuration (see configs/ and docs/sweeps.md)")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true",

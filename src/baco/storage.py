@@ -186,6 +186,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; a reader expects what open() would have made
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
@@ -197,6 +198,19 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
             raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
         raise
     return path
+
+
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode open() gives a new file."""
+    try:  # Linux: read the umask without changing it (os.umask would, for a moment, in every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def stable_id(identity: dict) -> str:

@@ -178,6 +178,10 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset), not a field
+            at = [part for part in first.get("loc", ()) if isinstance(part, int)]
+            message = f"the body is not valid JSON{f' (at character {at[0]})' if at else ''}: {first['msg']}"
+            return error(400, message, code="json_invalid")
         where = [str(part) for part in first.get("loc", ()) if part != "body"]
         message = f"{'.'.join(where)}: {first['msg']}" if where else first["msg"]
         return error(400, message, param=".".join(where) or None, code=first.get("type"))
