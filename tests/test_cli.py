@@ -66,6 +66,9 @@ def test_a_csv_prompts_file_is_read_as_csv_not_as_lines_of_text(tmp_path):
     path = tmp_path / "prompts.csv"
     path.write_text('question,category\n"Name a fruit, then a colour.",food\nWhy is the sky blue?,science\n')
     assert read_prompts(path) == ["Name a fruit, then a colour.", "Why is the sky blue?"]
+    array = tmp_path / "prompts.json"  # a JSON array, as load_task reads it
+    array.write_text('[{"prompt": "Name a fruit."}, "Why is the sky blue?"]')
+    assert read_prompts(array) == ["Name a fruit.", "Why is the sky blue?"]
 
 
 def test_help_states_each_default_once(capsys, monkeypatch):

@@ -17,6 +17,17 @@ from baco.cli import main
 from baco.server import Limits, ServerConfig
 from server_helpers import LiveServer, wait_for
 
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+FREE_PORT = ["--port", _free_port()]  # `baco serve` checks it can listen before loading (8000 may be taken here)
+
 KEY = "sekrit-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LONG = {"prompt": "Tell me a story about a dragon.", "max_tokens": 200, "temperature": 0, "router": "base"}
@@ -93,13 +104,13 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
     monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.update(config=config, **where))
     monkeypatch.setenv("BACO_API_KEY", "from-env")
     base, aligned = map(str, tiny_dirs)
-    assert main(["serve", "--base", base, "--aligned", aligned, "--router", "nudge:0.30", "--max-len", "128"]) == 0
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--router", "nudge:0.30", "--max-len", "128"]) == 0
     config = served["config"]
     assert config.api_key == "from-env" and config.router == "nudge:0.3" and served["host"] == "127.0.0.1"
     assert config.limits.max_tokens == config.limits.max_prompt_tokens == 127
-    assert main(["serve", "--base", base, "--aligned", aligned, "--host", "0.0.0.0", "--api-key", "k"]) == 0
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--host", "0.0.0.0", "--api-key", "k"]) == 0
     monkeypatch.delenv("BACO_API_KEY")
-    assert main(["serve", "--base", base, "--aligned", aligned, "--host", "0.0.0.0"]) == 0
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--host", "0.0.0.0"]) == 0
     assert "without an API key" in capsys.readouterr().err
     for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "nope"],
                 ["--max-n", "64"], ["--base", base], ["--min-p", "2"]):
@@ -117,14 +128,31 @@ def test_baco_serve_says_at_startup_when_its_caches_cannot_fit(tiny_dirs, monkey
     monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.append(config))
     base, aligned = map(str, tiny_dirs)
     columns = 4096
-    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", str(2**30), "--max-len", str(columns)]) == 2
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", str(2**30), "--max-len", str(columns)]) == 2
     assert "lower --max-batch or --max-len" in capsys.readouterr().err and not served
     pair = Collaboration.from_pretrained(base, aligned).pair
     slots = int(free_bytes(pair.device) / 2.5 / (cache_bytes(pair, 1024, columns) / 1024))  # one fits, four do not
-    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", str(slots), "--max-len", str(columns),
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", str(slots), "--max-len", str(columns),
                  "--max-routers", "4"]) == 0
     warning = capsys.readouterr().err
     assert served and "warning: the KV caches for 4 engines" in warning and "--max-routers 4" in warning
+
+
+def test_baco_serve_refuses_an_address_it_cannot_listen_on_before_loading(tiny_dirs, monkeypatch, capsys):
+    import socket
+
+    import baco.api
+
+    monkeypatch.setattr(baco.api.Collaboration, "from_pretrained", lambda *a, **k: pytest.fail("loaded the models"))
+    base, aligned = map(str, tiny_dirs)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--base", base, "--aligned", aligned, "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+    assert main(["serve", "--base", base, "--aligned", aligned, "--host", "256.1.1.1"]) == 2
+    assert "cannot listen on 256.1.1.1:8000" in capsys.readouterr().err
 
 
 def test_baco_serve_sizes_its_slots_from_memory_with_max_batch_auto(tiny_dirs, monkeypatch, capsys):
@@ -144,12 +172,12 @@ def test_baco_serve_sizes_its_slots_from_memory_with_max_batch_auto(tiny_dirs, m
     served = []
     monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.append(
         (config, fit_slots(collab.pair, columns, prompt_columns=500, fraction=fraction, engines=2))))
-    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction",
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction",
                  repr(fraction), "--max-len", str(columns), "--max-prompt-tokens", "500", "--max-routers", "2"]) == 0
     config, fits_now = served[0]
     assert 1 <= config.max_batch < 256 and abs(config.max_batch - fits_now) <= 1  # memory in use moves a little
     assert f"--max-batch auto: {config.max_batch} slots of {columns} tokens per engine" in capsys.readouterr().err
-    assert main(["serve", "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction", "1e-9"]) == 2
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction", "1e-9"]) == 2
     assert "not one slot of 1024 tokens fits for each of 4 engines" in capsys.readouterr().err
 
 

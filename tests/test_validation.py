@@ -135,6 +135,11 @@ def test_a_sweep_file_that_is_not_utf8_or_not_a_file_is_named(tmp_path):
         load_config(bad)
     with pytest.raises(SweepConfigError, match="is a folder"):
         load_config(tmp_path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmethods:\n  p: {router: p\n")  # an unclosed mapping
+    with pytest.raises(SweepConfigError, match=r"broken.yaml: not valid YAML at line 4, column 1: ") as refused:
+        load_config(broken)
+    assert "\n" not in str(refused.value)  # one line, as every error
 
 
 def test_eval_and_report_check_their_outputs_first(tmp_path, capsys):

@@ -74,7 +74,7 @@ def _add_generate(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, a .txt file (one '
-                     'prompt per line), or a .csv / .parquet table (read like load_task: a prompt or question column)')
+                     'prompt per line), a .json array, or a .csv / .parquet table (read like load_task: a prompt or question column)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -117,7 +117,7 @@ def _add_formats(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
                    help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (pip install "
                    "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU (for the embedded pair: "
-                   "when at most 8 rows decode at once, from --batch-size and the number of samples), else hf")
+                   "when at most 8 rows decode at once, from --max-batch and the number of samples), else hf")
     p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
                    "and step both sides as rows of one forward (on), or merge the adapter into a second copy (off); "
@@ -156,7 +156,7 @@ def read_prompts(path: Path) -> list[str]:
     """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
     if not path.is_file():
         raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
-    if path.suffix.lower() in (".csv", ".parquet"):  # tables: read as load_task reads them, not as lines of text
+    if path.suffix.lower() in (".csv", ".parquet", ".json"):  # tables and JSON arrays: read as load_task reads them
         from baco.tasks import read_task_file
 
         return [item.prompt for item in read_task_file(path)]
@@ -366,6 +366,19 @@ def _add_serve(sub) -> None:
     p.set_defaults(run=cmd_serve)
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (port in use, no such interface), as uvicorn binds it."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:  # socket.gaierror included
+        raise BacoError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+
+
 def cmd_serve(args) -> int:
     """Validate every flag, load the pair, serve until interrupted."""
     from baco.api import Collaboration
@@ -389,6 +402,7 @@ def cmd_serve(args) -> int:
     if not 0 <= args.min_p <= 1:
         raise BacoError(f"--min-p must be in [0, 1], got {args.min_p:g}")
     _check_memory_fraction(args)
+    _check_listen(args.host, args.port)  # a port in use is an error now, not after the models have loaded
     room = args.max_len - 1
     limits = Limits(max_tokens=min(args.max_tokens or room, room), default_max_tokens=args.default_max_tokens,
                     max_prompt_tokens=min(args.max_prompt_tokens or room, room), max_n=args.max_n,

@@ -408,8 +408,11 @@ def load_config(path: str | Path) -> SweepConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
         raise SweepConfigError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
-    except yaml.YAMLError as error:
-        raise SweepConfigError(f"{path}: not valid YAML: {error}") from None
+    except yaml.YAMLError as error:  # one line: where and what, not PyYAML's multi-line excerpt
+        mark, problem = getattr(error, "problem_mark", None), getattr(error, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = problem or " ".join(str(error).split())
+        raise SweepConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except (OSError, RecursionError) as error:
         raise SweepConfigError(f"{path}: cannot read it: {error}") from None
     return parse_config(raw, source=str(path))
