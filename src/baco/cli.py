@@ -74,7 +74,8 @@ def _add_generate(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, a .txt file (one '
-                     'prompt per line), a .json array, or a .csv / .parquet table (read like load_task: a prompt or question column)')
+                     'prompt per line), a .json array, or a .csv / .parquet table (read like load_task: a prompt or '
+                     'question column)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
