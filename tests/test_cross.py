@@ -216,7 +216,7 @@ def test_sampled_cross_methods_are_reproducible_and_independent_of_batching(cros
         again = cross.generate(PROMPTS, router=router, n=2, sampling=params, batch_size=1)
         assert [s.text for s in batched] == [s.text for s in again]
         assert [s.sources for s in batched] == [s.sources for s in again]
-    with pytest.raises(BacoError, match="router chared:0.5 runs the cross-tokenizer loop, which has none: give a number"):
+    with pytest.raises(BacoError, match="router chared:0.5 runs the cross-tokenizer loop, which has none: give a"):
         cross.generate(PROMPTS, router="chared:0.5", batch_size="auto")
     alone = cross.generate(PROMPTS, router="aligned", n=2, sampling=params, batch_size="auto")  # a one-model engine
     assert [s.token_ids for s in alone] == [s.token_ids for s in cross.generate(PROMPTS, router="aligned", n=2,

@@ -159,7 +159,8 @@ class Collaboration:
     def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
                       sampling: SamplingParams | None = None, batch_size: int | str = 32, max_len: int | None = None,
                       on_sample: Callable[[Sample], None] | None = None,
-                      skip: Container[tuple[int, int]] = (), memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
+                      skip: Container[tuple[int, int]] = (),
+                      memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
         """Yield samples as their rows finish; at most `batch_size` rows decode at once, and a finished
         row's place goes to the next request at the next step (continuous batching). `batch_size="auto"`:
         as many rows as `memory_fraction` of the device's memory holds (weights and all else in use count

@@ -411,7 +411,8 @@ def cmd_serve(args) -> int:
     api_key = args.api_key if args.api_key is not None else os.environ.get("BACO_API_KEY") or None
     settings = dict(model_id=args.model_name, router=router_name(args.router), api_key=api_key, min_p=args.min_p,
                     max_len=args.max_len, max_queue=args.max_queue, max_engines=args.max_routers, limits=limits)
-    ServerConfig(**settings, max_batch=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)  # checks, before loading
+    # its checks before the models load (with auto, again once the slots are counted)
+    ServerConfig(**settings, max_batch=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)
     base, aligned, fmt, _ = _models_and_format(args)
     if args.host not in LOOPBACK and api_key is None:
         print(f"baco: warning: serving on {args.host} without an API key: anyone who reaches it can use it "
