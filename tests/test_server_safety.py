@@ -172,8 +172,8 @@ def test_baco_serve_sizes_its_slots_from_memory_with_max_batch_auto(tiny_dirs, m
     served = []
     monkeypatch.setattr(baco.server, "run", lambda collab, config, **where: served.append(
         (config, fit_slots(collab.pair, columns, prompt_columns=500, fraction=fraction, engines=2))))
-    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", "auto", "--memory-fraction",
-                 repr(fraction), "--max-len", str(columns), "--max-prompt-tokens", "500", "--max-routers", "2"]) == 0
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--max-batch", "auto",
+                 "--gpu-memory-utilization", repr(fraction), "--max-len", str(columns), "--max-prompt-tokens", "500", "--max-routers", "2"]) == 0
     config, fits_now = served[0]
     assert 1 <= config.max_batch < 256 and abs(config.max_batch - fits_now) <= 1  # memory in use moves a little
     assert f"--max-batch auto: {config.max_batch} slots of {columns} tokens per engine" in capsys.readouterr().err

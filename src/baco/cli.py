@@ -205,10 +205,10 @@ def _slots(text: str) -> "int | str":
 
 
 def _add_memory_fraction(p, when: str = "with --max-batch auto") -> None:
-    p.add_argument("--memory-fraction", type=float, default=0.9,
+    p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float, default=0.9,
                    help=f"{when}: the share of the device's memory (GPU; on the CPU the host's) that "
                    "may be in use once the KV caches and step buffers are allocated, weights and other processes "
-                   "included (vLLM's --gpu-memory-utilization)")
+                   "included (vLLM's --gpu-memory-utilization, also accepted)")
 
 
 def _check_memory_fraction(args) -> None:
