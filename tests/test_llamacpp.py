@@ -58,6 +58,18 @@ def test_llamacpp_slots_are_reused_and_compacted_like_the_hf_engine(both):
     same_tokens_with_joiners_and_moves(hf.pair, llama.pair, hf)
 
 
+def test_an_auto_batch_on_llamacpp_runs_its_own_batch_size(both):
+    """llama.cpp sizes its own caches: `auto` is its fastest CPU batch, and the samples those of any batch."""
+    from baco.decode.engine import fit_slots
+
+    _, llama = both
+    assert fit_slots(llama.pair, 64) == LLAMACPP_MAX_ROWS == llama.pair.base.auto_rows
+    params = SamplingParams(max_new_tokens=5, seed=3)
+    auto = llama.generate(PROMPTS, n=4, sampling=params, batch_size="auto")
+    assert [s.token_ids for s in auto] == [s.token_ids for s in llama.generate(PROMPTS, n=4, sampling=params,
+                                                                               batch_size=3)]
+
+
 def test_a_gguf_lora_adapter_on_the_base_gguf_is_the_aligned_side(ggufs):
     """aligned = base GGUF + LoRA GGUF (one copy of the weights) == HF base + the same peft adapter."""
     base, _, base_gguf, _, adapter, adapter_gguf = ggufs

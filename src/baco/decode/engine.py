@@ -177,12 +177,15 @@ def fit_slots(pair, columns: int, *, prompt_columns: int | None = None, fraction
               chunk: int = 512, cap: int = AUTO_MAX_BATCH, engines: int = 1) -> int:
     """`max_batch="auto"`: the most slots (at most `cap`) of `columns` tokens, prompts of up to `prompt_columns`
     (default: columns - 1), that each of `engines` engines on `pair` can hold within `fraction` of its device's
-    memory."""
+    memory. A pair on llama.cpp, which sizes its own caches: its fastest batch on the CPU (`auto_rows`)."""
     check_fraction(fraction)
+    own = [lm.auto_rows for lm, _ in pair.sides if hasattr(lm, "engine_unit")]
+    if own:  # a backend that sizes its own caches (llama.cpp, which says if they cannot fit): its best batch
+        return min(cap, *own)
     prompt_columns = columns - 1 if prompt_columns is None else min(prompt_columns, columns - 1)
     per_slot, budget = slot_bytes(pair, columns, prompt_columns, chunk), memory_budget(pair.device, fraction)
     if per_slot is None or budget is None:
-        why = "its device does not report memory" if budget is None else "a side keeps its own caches (llama.cpp)"
+        why = "its device does not report memory" if budget is None else "a model's configuration lacks its layers"
         raise BacoError(f"max batch 'auto' sizes the slots from memory, but {why}: give a number (--max-batch N)")
     room, total = budget
     slots = min(cap, max(0, room) // (per_slot * engines))

@@ -100,6 +100,7 @@ class LlamaCppLM:
 
     device = torch.device("cpu")
     backend = "llamacpp"
+    auto_rows = 8  # max_batch "auto": rows decoded at once, its fastest batch on the CPU (see LLAMACPP_MAX_ROWS)
 
     def __init__(self, weights: GGUFWeights, tokenizer, name: str, lora: str | os.PathLike | None = None,
                  eos: list[int] | None = None):
@@ -351,7 +352,7 @@ BACKENDS = ("auto", "hf", "llamacpp")
 # both can run the pair (the embedded pair on the CPU), llama.cpp's BACo tokens/s against the one-forward
 # transformers pair's: 2.5x at 1 row, 1.08x at 8, 0.79x at 12, 0.89x at 16, 0.77x at a sweep's 72 (2 cores;
 # docs/benchmarks.md, "The CPU paths"; docs/results.md, "Wall time"). GGUF files run on llama.cpp whatever the rows.
-LLAMACPP_MAX_ROWS = 8
+LLAMACPP_MAX_ROWS = LlamaCppLM.auto_rows  # auto backend: llama.cpp up to this many rows (embedded pair)
 
 
 def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", one_forward="auto",
