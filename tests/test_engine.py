@@ -301,6 +301,9 @@ def test_auto_sizing_fills_the_memory_budget_with_whole_slots(collab, monkeypatc
         room = slots * engines * per_slot + per_slot // 2
         monkeypatch.setattr(engine_module, "memory_budget", lambda device, fraction: (room, 8 * room))
         assert fit_slots(collab.pair, 96, prompt_columns=40, engines=engines) == slots
+    room = 3 * slot_bytes(collab.pair, 96, 95) + 1  # an engine sizes for prompts as long as its slots allow
+    monkeypatch.setattr(engine_module, "memory_budget", lambda device, fraction: (room, 8 * room))
+    assert Engine(collab.pair, get_router("p:0.5"), max_batch="auto", max_len=96).slots == 3
     monkeypatch.setattr(engine_module, "memory_budget", lambda device, fraction: (per_slot - 1, 2**40))
     with pytest.raises(BacoError, match=r"not one slot of 96 tokens fits: it needs [\d.]+ GiB, and 90% of cpu's "
                                         r"1024.0 GiB leaves [\d.]+ GiB .* lower --max-len or raise --memory-fraction"):

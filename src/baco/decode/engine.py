@@ -246,10 +246,10 @@ class _Group:
 class Engine:
     """Slots, a scheduler and the lockstep step. See the module docstring."""
 
-    def __init__(self, pair, router, *, max_batch: int = 32, max_len: int | None = None,
+    def __init__(self, pair, router, *, max_batch: int | str = 32, max_len: int | None = None,
                  graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
                  sync_free: bool | None = None, admit_at: int | None = None, top_logprobs: int = 0,
-                 static_prefill: bool = False):
+                 static_prefill: bool = False, memory_fraction: float = MEMORY_FRACTION):
         """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
         CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
         read a device value on the host inside a step (default: on CUDA devices; on the CPU the
@@ -260,12 +260,15 @@ class Engine:
         (`StepEvent.top_ids` / `top_logprobs`), at the steps where a request added with `top_logprobs=True`
         is live; 0: never. `static_prefill`: prefill a group whose prompts fit one chunk at once through
         fixed buffers (bucketed by group size and prompt width), captured as a CUDA graph per bucket when
-        steps are (an eager prefill costs a GPU several captured steps); same tokens as the chunked prefill."""
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise BacoError(f"max_batch must be an integer >= 1, got {max_batch!r}")
+        steps are (an eager prefill costs a GPU several captured steps); same tokens as the chunked prefill.
+        `max_batch="auto"`: as many slots as keep the device within `memory_fraction` of its memory (`fit_slots`,
+        for prompts of up to max_len - 1 tokens)."""
+        check_max_batch(max_batch, "max_batch")
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
         if not isinstance(columns, int) or isinstance(columns, bool) or columns < 2:
             raise BacoError(f"max_len must be an integer >= 2, got {max_len!r}")
+        if max_batch == "auto":
+            max_batch = fit_slots(pair, columns, fraction=memory_fraction, chunk=max(1, int(prefill_chunk)))
         self.pair, self.router = pair, router
         self.device = pair.device
         self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
