@@ -184,3 +184,13 @@ def test_mixed_languages_are_tokenised_not_dropped():
     assert distinct_n(["我爱苹果", "我爱香蕉"], 1) == pytest.approx(6 / 8)
     assert self_bleu(["我爱苹果", "我爱苹果"]) == pytest.approx(1.0)
     assert distinct_n(["Привет мир", "hello мир"], 1) == pytest.approx(3 / 4)
+
+
+def test_combining_marks_stay_inside_their_word():
+    # Words are letter runs; a Devanagari vowel sign or virama, an Arabic haraka or a decomposed accent
+    # (Unicode category M) is part of the letter before it, not a punctuation token of its own.
+    assert words("नमस्ते दुनिया") == ("नमस्ते", "दुनिया")
+    assert words("كَتَبَ الوَلَدُ") == ("كَتَبَ", "الوَلَدُ")
+    assert words("cafe\u0301!") == ("cafe\u0301", "!")
+    # two answers, 4 words, 3 distinct (नमस्ते twice): distinct-1 = 3/4
+    assert distinct_n(["नमस्ते दुनिया", "नमस्ते दोस्त"], 1) == pytest.approx(3 / 4)
