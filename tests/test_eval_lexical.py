@@ -126,6 +126,21 @@ def test_ngram_vendi_spans_one_to_n():
     assert ngram_vendi(["alone"]) is None
 
 
+def test_ngram_vendi_does_not_count_different_short_answers_as_alike():
+    # Vendi (Friedman & Dieng 2023) with k = mean over n = 1..4 of the n-gram count cosine. One-word
+    # answers have no 2-, 3- or 4-grams; that makes "paris" and "london" no more alike: they share no
+    # n-gram of any order, so k = I and the score is n (3), as distinct-1 = 1 says.
+    assert ngram_kernel(["Paris", "London"]) == pytest.approx(np.eye(2))
+    assert ngram_vendi(["Paris", "London", "Rome"]) == pytest.approx(3.0)
+    assert ngram_vendi(["a b", "c d"]) == pytest.approx(2.0)
+    assert ngram_vendi(["Paris", "Paris"]) == pytest.approx(1.0)  # the same short answer twice
+    # "a b", "a b", "a c": k(ab, ab) = 1; k(ab, ac) = (1/2 [unigram cosine] + 0 + 0 + 0) / 4 = 1/8
+    kernel = np.array([[1, 1, 1 / 8], [1, 1, 1 / 8], [1 / 8, 1 / 8, 1]])
+    eigenvalues = np.linalg.eigvalsh(kernel / 3)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    assert ngram_vendi(["a b", "a b", "a c"]) == pytest.approx(math.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
 def test_ngram_vendi_equals_vendi_score_package():
     vendi = pytest.importorskip("vendi_score.vendi")
     text = pytest.importorskip("sklearn.feature_extraction.text")
@@ -169,3 +184,13 @@ def test_mixed_languages_are_tokenised_not_dropped():
     assert distinct_n(["我爱苹果", "我爱香蕉"], 1) == pytest.approx(6 / 8)
     assert self_bleu(["我爱苹果", "我爱苹果"]) == pytest.approx(1.0)
     assert distinct_n(["Привет мир", "hello мир"], 1) == pytest.approx(3 / 4)
+
+
+def test_combining_marks_stay_inside_their_word():
+    # Words are letter runs; a Devanagari vowel sign or virama, an Arabic haraka or a decomposed accent
+    # (Unicode category M) is part of the letter before it, not a punctuation token of its own.
+    assert words("नमस्ते दुनिया") == ("नमस्ते", "दुनिया")
+    assert words("كَتَبَ الوَلَدُ") == ("كَتَبَ", "الوَلَدُ")
+    assert words("cafe\u0301!") == ("cafe\u0301", "!")
+    # two answers, 4 words, 3 distinct (नमस्ते twice): distinct-1 = 3/4
+    assert distinct_n(["नमस्ते दुनिया", "नमस्ते दोस्त"], 1) == pytest.approx(3 / 4)

@@ -140,8 +140,9 @@ def homogenization(responses: list[str]) -> float | None:
 def ngram_kernel(responses: list[str], orders: tuple[int, ...] = NGRAM_VENDI_ORDERS) -> np.ndarray:
     """Mean over orders n of the cosine similarity between n-gram count vectors.
 
-    As vendi-score's `ngram_vendi_score`, except that a text with no n-grams of an order is similar to
-    itself (1) and to other such texts (1), not 0: two empty answers are the same answer.
+    As vendi-score's `ngram_vendi_score`, except for texts with no n-grams of an order (shorter than n
+    tokens): such a text is similar to itself (1), and to another such text 1 if they have the same
+    tokens, else 0. Two empty answers are the same answer; "Paris" and "London" are not.
     """
     size = len(responses)
     kernel = np.zeros((size, size))
@@ -159,7 +160,10 @@ def ngram_kernel(responses: list[str], orders: tuple[int, ...] = NGRAM_VENDI_ORD
         empty = norms == 0
         unit = counts / np.where(empty, 1.0, norms)[:, None]
         k = unit @ unit.T
-        k[np.ix_(empty, empty)] = 1.0
+        short = np.flatnonzero(empty)
+        for i in short:
+            for j in short:
+                k[i, j] = float(words(responses[i]) == words(responses[j]))
         kernel += k
     return kernel / len(orders)
 

@@ -2,17 +2,23 @@
 
 Words are lower-cased runs of letters/digits (`\\w+`), each punctuation mark is a token of its own,
 and every CJK ideograph or kana is a token of its own (those scripts put no spaces between words).
-Hangul, Cyrillic, Greek, Arabic ... are space-separated and come out as words.
+Hangul, Cyrillic, Greek, Arabic ... are space-separated and come out as words. Combining marks
+(Devanagari vowel signs and viramas, Arabic harakat, a decomposed accent) belong to the word they
+follow: Python's `\\w` does not match them, and without this "नमस्ते" would fall apart into pieces.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
+# Unicode combining marks (categories Mn, Mc, Me): all below U+20000 but the variation selectors E0100-E01EF
+_MARKS = "".join(re.escape(chr(c)) for c in range(0x20000) if unicodedata.category(chr(c))[0] == "M") + \
+    "\U000e0100-\U000e01ef"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}](?:[^\W{_CJK}]|[{_MARKS}])*|[^\w\s]")
 # a sentence ends at . ! ? (or their CJK forms) followed by space/end, or at a line break
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 
