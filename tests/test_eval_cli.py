@@ -192,3 +192,23 @@ def test_byte_order_mark_and_windows_line_ends_are_read(tmp_path):
     path.write_bytes('\ufeff{"prompt": "p", "response": "a"}\r\n{"prompt": "p", "response": "b"}\r\n'.encode())
     records, warnings = read_records([path])
     assert [r.response for r in records] == ["a", "b"] and not warnings
+
+
+def test_one_router_at_two_temperatures_is_pooled_with_a_warning_and_sweep_configs_stay_apart(collab, tmp_path):
+    from baco import SamplingParams
+
+    cool, hot = ([s.to_dict() for s in collab.generate(["Name a fruit."], router="base", n=2,
+                                                     sampling=SamplingParams(temperature=t, max_new_tokens=6, seed=1))]
+                 for t in (0.7, 1.2))
+    write_rows(tmp_path / "cool.jsonl", cool)
+    write_rows(tmp_path / "hot.jsonl", hot)
+    records, warnings = read_records([tmp_path / "cool.jsonl", tmp_path / "hot.jsonl"])
+    assert {r.method for r in records} == {"base"} and len(records) == 4
+    assert any("method 'base' holds samples made with 2 different sampling settings" in w and "--method-from file" in w
+               for w in warnings)
+    records, warnings = read_records([tmp_path / "cool.jsonl", tmp_path / "hot.jsonl"], method_from="file")
+    assert {r.method for r in records} == {"cool", "hot"} and not warnings
+    # a sweep's samples name their configuration: router, knob and sampling
+    swept = [{**row, "config": f"base@temperature={t}"} for rows, t in ((cool, 0.7), (hot, 1.2)) for row in rows]
+    records, warnings = read_records([write_rows(tmp_path / "sweep.jsonl", swept)])
+    assert {r.method for r in records} == {"base@temperature=0.7", "base@temperature=1.2"} and not warnings

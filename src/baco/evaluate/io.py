@@ -5,7 +5,10 @@ Accepted rows (one JSON object per line):
 - {"prompt": ..., "response": ...} (also "text", "completion", "output"), optional "method", "task"
 - {"prompt": ..., "generations": [...]} (NoveltyBench's format; also "responses"), one row per prompt
 
-Method of a row: its "router" field, else its "method" field, else the file name (without suffix).
+Method of a row: a `baco sweep` sample's configuration ("config": router, knob and sampling, e.g.
+`base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
+suffix). Samples of one method name made with different sampling settings or models (two `baco generate`
+runs of one router at two temperatures) are pooled, with a warning that says how to keep them apart.
 Task: its "task" field, else `default_task`. A bad line (not JSON, no prompt, no response) is
 skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
 one bad line never loses the rest of the file. A last line cut off mid-write (a killed run) is
@@ -43,10 +46,16 @@ class Record:
 def _method(row: dict, path: Path, method_from: str) -> str | None:
     if method_from == "file":
         return path.stem
-    for key in ("router", "method"):
+    for key in ("config", "router", "method") if _made_by_baco(row) else ("router", "method"):
         if isinstance(row.get(key), str) and row[key].strip():
             return row[key].strip()
     return path.stem if method_from == "auto" else None
+
+
+def _made_by_baco(row: dict) -> bool:
+    """A sample written by baco (a file of `baco generate --out`, `baco sweep` or `write_jsonl`): it records its
+    sampling settings."""
+    return is_baco_sample(row) or (isinstance(row.get("sampling"), dict) and "token_ids" in row)
 
 
 def is_baco_sample(row: dict) -> bool:
@@ -62,6 +71,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
     records: list[Record] = []
     warnings: list[str] = []
     ids: dict[str, str] = {}  # sample id -> where it was first read
+    made_by: dict[str, dict[str, str]] = {}  # method -> {its samples' sampling and models (no seed): first line}
     position = 0
     for path in map(Path, paths):
         if not path.is_file():
@@ -102,6 +112,10 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
             if method is None:
                 warnings.append(f'{where}: no "router" or "method" field (--method-from field); line skipped')
                 continue
+            if _made_by_baco(row):
+                settings = {k: v for k, v in row["sampling"].items() if k != "seed"}
+                made_by.setdefault(method, {}).setdefault(
+                    json.dumps({"sampling": settings, "models": row.get("models")}, sort_keys=True, default=str), where)
             task = row["task"] if isinstance(row.get("task"), str) and row["task"] else default_task
             listed = next((row[k] for k in LIST_FIELDS if isinstance(row.get(k), list)), None)
             if listed is not None:
@@ -124,6 +138,11 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                 order = (index if isinstance(index, int) and listed is None else offset, position)
                 records.append(Record(task, method, row["prompt"], response, order, where))
                 position += 1
+    for method, made in made_by.items():
+        if len(made) > 1 and method_from != "file":
+            warnings.append(f"method {method!r} holds samples made with {len(made)} different sampling settings or "
+                            f"models (first at {', '.join(list(made.values())[:3])}): they are pooled as one method; "
+                            f"pass --method-from file to evaluate each file as its own method")
     if not records:
         raise SamplesError("no usable rows in " + ", ".join(map(str, paths))
                            + (f" ({len(warnings)} lines skipped; first: {warnings[0]})" if warnings else ""))
