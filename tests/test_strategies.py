@@ -7,7 +7,8 @@ import torch
 from baco import SamplingParams
 from baco.decode.records import Sample
 from baco.prompts import PromptFormat
-from baco.strategies import NEGATIVE_TEMPLATE, _item_sample, negative_prompting, split_items, verbalized_sampling
+from baco.strategies import (NEGATIVE_TEMPLATE, VERBALIZED_TEMPLATE, _item_sample, negative_prompting, split_items,
+                             verbalized_sampling)
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon."]
 
@@ -56,6 +57,19 @@ def test_numbered_items_are_split_with_their_own_tokens():
     assert [i.text for i in items] == ["Apple, crisp.", "Mango", "Kiwi fruit"]
     assert [i.token_texts for i in items] == [[" Apple", ",", " crisp", "."], [" Mango"], [" Kiwi", " fruit"]]
     assert [i.sample_index for i in items] == [0, 1, 2]
+
+
+def test_verbalized_sampling_asks_for_probabilities_and_keeps_them_out_of_the_samples():
+    # Verbalized sampling "prompts the model to verbalize a probability distribution over a set of
+    # responses (e.g., 'Generate 5 jokes about coffee and their corresponding probabilities')"
+    # (shared/seeds/002; PAPER.md section 4: "ask the aligned model for several answers with probabilities").
+    ask = VERBALIZED_TEMPLATE.format(prompt="Name a fruit.", k=3)
+    assert "probabilit" in ask.lower() and "3" in ask
+    # the samples are the answers; their verbalized probabilities are not part of the text
+    text = ("1. Apple (probability: 0.4)\n2) Mango [0.35]\n3: Kiwi fruit - probability: 25%\n"
+            "4. Orwell's novel (1984)\n5. Catch-22 (p=.05)\n6. (0.1)")
+    assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Mango", "Kiwi fruit", "Orwell's novel (1984)",
+                                                         "Catch-22"]
 
 
 def test_verbalized_sampling_yields_only_parsed_items(collab):

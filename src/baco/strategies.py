@@ -7,7 +7,9 @@
   Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
   aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
 - `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
-  response, numbered 1..K; the response is split into its items, each a sample (its tokens and
+  response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
+  distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
+  into its items, the probabilities cut off, each item a sample (its tokens and
   provenance are the tokens that cover the item). ceil(n / K) responses per prompt; a response
   that yields fewer items than asked gives fewer samples (counted, not padded).
 
@@ -33,9 +35,15 @@ from baco.prompts import PromptFormat, encode_request
 from baco.routers import get_router
 
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
-VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can. "
-                       "Number them 1 to {k}, one per line.")
+VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
+                       "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
+                       "one per line, each as: <answer> (probability: <a number between 0 and 1>)")
 ITEM = re.compile(r"^\s*(\d+)[.):]\s*(.+?)\s*$", re.MULTILINE)
+# an item's verbalized probability at its end: "(probability: 0.3)", "[0.3]", "(30%)", "- probability: 0.3"
+_P = r"(?:0?\.\d+|[01](?:\.0+)?|\d{1,3}(?:\.\d+)?\s*%)"
+_NAME = r"(?:(?:probability|prob\.?)\s*[:=]?|p\s*[:=])"
+PROBABILITY = re.compile(r"\s*(?:[(\[]\s*(?:" + _NAME + r"\s*)?" + _P + r"\s*[)\]]"
+                         r"|[-\u2013\u2014|,;:]?\s*" + _NAME + r"\s*" + _P + r")\s*\.?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,16 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
 
 
 def split_items(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ...")."""
-    return [(m.start(2), m.end(2)) for m in ITEM.finditer(text)]
+    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ..."), each without
+    its verbalized probability ("... (probability: 0.3)"); an item that is only a probability is dropped."""
+    spans = []
+    for m in ITEM.finditer(text):
+        start, end = m.start(2), m.end(2)
+        p = PROBABILITY.search(text, start, end)
+        end = p.start() if p else end
+        if end > start:
+            spans.append((start, end))
+    return spans
 
 
 def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
@@ -163,8 +179,8 @@ def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memo
                               memory_fraction=memory_fraction)
 
 
-@_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers in "
-           "one response and split them", integer=True)
+@_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
+           "probabilities in one response and split them", integer=True)
 def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memory_fraction=None):
     return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size,
                                memory_fraction=memory_fraction)
