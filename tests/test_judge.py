@@ -26,6 +26,20 @@ def test_the_judge_prefers_the_option_its_logits_favour(collab):
     assert judge.stats.calls == 1 and judge.stats.questions == 3 and judge.stats.prompt_tokens > 0
 
 
+def test_the_judge_asks_both_orders_so_its_choice_does_not_depend_on_which_word_comes_first(collab):
+    """LLM judges favour a position: the base word wins when its logit margin as option A, minus the aligned
+    word's margin as option A, is positive; swapping the two words swaps the winner."""
+    judge = JudgeRouter(collab.pair.aligned)
+    questions = [("Name a fruit.", " I like", " apples", " rocks"), ("Why?", "", " Because", " No"),
+                 ("Tell me a story.", " Once", " upon", " there")]
+    swapped = [(p, t, b, a) for p, t, a, b in questions]
+    margins = judge.margins(questions + swapped)
+    base_wins = judge.prefers_base(questions)
+    assert base_wins == [m - n > 0 for m, n in zip(margins[:3], margins[3:])]
+    assert judge.prefers_base(swapped) == [not wins for wins in base_wins]
+    assert judge.stats.questions == 6 + 6 + 6 and judge.stats.calls == 1  # both orders asked once, then cached
+
+
 def test_judge_routes_are_cached_costed_and_recorded(collab):
     judge = JudgeRouter(collab.pair.aligned)
     params = SamplingParams(max_new_tokens=16, seed=3)

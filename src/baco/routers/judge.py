@@ -1,10 +1,11 @@
 """JUDGE (an ablation of the paper): an instruction model decides, at word starts, whose next word is better.
 
 At a step where the two models' top-1 tokens differ and both start a new word, the judge reads the
-prompt, the answer so far and the two candidate words, and is asked "A or B?"; the model whose
-word it prefers writes (drawing from its own distribution, so the token may differ from the
-candidate shown). Everywhere else the aligned model writes. One batched forward of the judge per
-step answers every row that needs a decision; answers are cached by (prompt, text, candidates).
+prompt, the answer so far and the two candidate words, and is asked "A or B?", in both orders (LLM
+judges favour a position; asking twice and adding the margins cancels that); the model whose word it
+prefers writes (drawing from its own distribution, so the token may differ from the candidate shown).
+Everywhere else the aligned model writes. One batched forward of the judge per step answers every row
+that needs a decision; answers are cached by (prompt, text, candidates).
 
 Cost, reported honestly in `JudgeRouter.stats`: judge calls (forwards), questions asked, cache hits,
 prompt tokens read and seconds spent. The judge reads a fresh prompt at every decision (no KV
@@ -56,8 +57,20 @@ class JudgeRouter:
         self._b = tok("B", add_special_tokens=False)["input_ids"][0]
 
     def prefers_first(self, questions: list[tuple[str, str, str, str]]) -> list[bool]:
-        """For each (prompt, text so far, word A, word B): does the judge prefer A?"""
-        answers: list[bool | None] = [self.cache.get(q) for q in questions]
+        """For each (prompt, text so far, word A, word B): does the judge prefer A (logit of A >= logit of B)?"""
+        return [margin >= 0 for margin in self.margins(questions)]
+
+    def prefers_base(self, questions: list[tuple[str, str, str, str]]) -> list[bool]:
+        """For each (prompt, text so far, base word, aligned word): is the base word better, asked in both orders
+        (the logit margin of A over B with the base word as A, minus that with the aligned word as A, > 0), so
+        that the answer depends on the words, not on which is shown first."""
+        swapped = [(prompt, text, aligned, base) for prompt, text, base, aligned in questions]
+        margins = self.margins(questions + swapped)
+        return [first - second > 0 for first, second in zip(margins[:len(questions)], margins[len(questions):])]
+
+    def margins(self, questions: list[tuple[str, str, str, str]]) -> list[float]:
+        """For each (prompt, text so far, word A, word B): the judge's logit of "A" minus its logit of "B"."""
+        answers: list[float | None] = [self.cache.get(q) for q in questions]
         self.stats.questions += len(questions)
         self.stats.cache_hits += sum(a is not None for a in answers)
         todo = [i for i, a in enumerate(answers) if a is None]
@@ -75,10 +88,10 @@ class JudgeRouter:
             self.stats.calls += 1
             self.stats.prompt_tokens += sum(len(x) for x in ids)
             for i, row in zip(chunk, logits):
-                answers[i] = bool(row[self._a] >= row[self._b])
+                answers[i] = float(row[self._a]) - float(row[self._b])
                 self.cache[questions[i]] = answers[i]
         self.stats.seconds += time.perf_counter() - began
-        return [bool(a) for a in answers]
+        return [float(a) for a in answers]
 
     def __call__(self, view: StepView) -> Route:
         if view.prompts is None or view.texts is None:
@@ -93,7 +106,7 @@ class JudgeRouter:
         if rows:
             questions = [(view.prompts[r], view.texts[r], vocab.texts[int(base_top[r])], vocab.texts[int(aligned_top[r])])
                          for r in rows]
-            for r, base_wins in zip(rows, self.prefers_first(questions)):
+            for r, base_wins in zip(rows, self.prefers_base(questions)):
                 use_base[r] = base_wins
                 reasons[r] = "judge-base" if base_wins else "judge-aligned"
         return Route.from_reasons(use_base, reasons)
