@@ -15,7 +15,7 @@ from baco.errors import BacoError
 from baco.routers import StepView, get_router
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly, and why it did not mind.", "Why?"]
-ROUTERS = ["p-punc:0.3", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
+ROUTERS = ["p-punc:0.3", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
 
 def reference(pair, request, router, params):
@@ -26,7 +26,7 @@ def reference(pair, request, router, params):
     previous, previous_base, tokens = torch.tensor([-1]), torch.tensor([False]), []
     for step in range(request.max_new_tokens):
         view = StepView(base_lp, aligned_lp, pair.vocab, uniforms[None, 2, step], step,
-                        anchor_logprobs=session.anchor_logprobs())
+                        anchor_logprobs=session.anchor_logprobs(), previous=previous)
         drawn = route_and_draw(view, router, uniforms[None, :, step], previous, previous_base,
                                RowKnobs.of(params, 1), sync_free=False)
         tokens.append(int(drawn.tokens[0]))

@@ -63,6 +63,22 @@ def test_fc_router_gives_function_words_to_aligned_and_content_to_base():
     assert route.reason == ["function-word", "function-word", "content-word"]
 
 
+def test_a_function_word_without_its_space_counts_where_a_word_starts():
+    """"The" (no leading space) starts the answer or a line: a function word for FC, as " the" is. After a token
+    that ends in a letter it would continue that word ("drag" + "The"), so it is not one; a view that does not
+    know the rows' last tokens (previous=None) reads only the token's own leading space."""
+    texts = ["<eos>", "The", "\n", "drag", " cat"]
+    vocab = TokenTable.from_texts(texts, stop_ids=[0])
+    rows = 4
+    base = torch.log_softmax(torch.zeros(rows, 5), -1)
+    aligned = torch.log_softmax(torch.tensor([[0.0, 5, 0, 0, 0]] * rows), -1)  # the aligned model predicts "The"
+    previous = torch.tensor([-1, 2, 3, 4])  # nothing yet, "\n", "drag", " cat"
+    route = get_router("fc")(StepView(base, aligned, vocab, torch.zeros(rows), previous=previous))
+    assert route.use_base.tolist() == [False, False, True, True]
+    assert route.reason == ["function-word", "function-word", "content-word", "content-word"]
+    assert get_router("fc")(StepView(base, aligned, vocab, torch.zeros(rows))).use_base.all()
+
+
 def test_combined_routers_apply_the_content_rule_before_the_threshold():
     # row 0: punctuation predicted -> aligned although base is uncertain; row 1: P decides
     v = view([(DRAGON, 0.1), (DRAGON, 0.1)], [(DOT, 0.9), (CAT, 0.9)])

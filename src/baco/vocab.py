@@ -65,7 +65,8 @@ class TokenTable:
 
     texts: list[str]
     is_punct: torch.Tensor  # (V,) bool: punctuation / formatting / stop tokens
-    is_function_word: torch.Tensor  # (V,) bool: starts a word that is a closed-class word
+    is_function_word: torch.Tensor  # (V,) bool: starts a word that is a closed-class word (" the")
+    is_function_text: torch.Tensor  # (V,) bool: a closed-class word, with or without its leading space ("The")
     continues_word: torch.Tensor  # (V,) bool: text starts with a word character (no space, no punctuation)
     ends_word_char: torch.Tensor  # (V,) bool: text ends with a word character
     allowed: torch.Tensor  # (V,) bool: may be sampled (not a control token, not a padding row)
@@ -78,7 +79,8 @@ class TokenTable:
     def to(self, device: torch.device | str) -> "TokenTable":
         """The same table with its tensors on `device` (where the models' logits live)."""
         move = {name: getattr(self, name).to(device)
-                for name in ("is_punct", "is_function_word", "continues_word", "ends_word_char", "allowed")}
+                for name in ("is_punct", "is_function_word", "is_function_text", "continues_word", "ends_word_char",
+                             "allowed")}
         return replace(self, **move)
 
     @classmethod
@@ -90,7 +92,7 @@ class TokenTable:
         size = len(texts)
         stops = frozenset(int(i) for i in stop_ids if 0 <= int(i) < size)
         controls = {int(i) for i in control_ids if 0 <= int(i) < size} - stops
-        punct, function, continues, ends = ([False] * size for _ in range(4))
+        punct, function, function_text, continues, ends = ([False] * size for _ in range(5))
         for i, text in enumerate(texts):
             if i in controls or i in stops:
                 punct[i] = i in stops  # the end-of-turn decision is "formatting"
@@ -102,13 +104,15 @@ class TokenTable:
             punct[i] = is_punct_or_format(text)
             continues[i] = bool(text) and is_word_char(text[0])
             ends[i] = bool(text) and is_word_char(text[-1])
-            function[i] = bool(text) and not continues[i] and text.strip().lower() in FUNCTION_WORDS
+            function_text[i] = bool(text) and text.strip().lower() in FUNCTION_WORDS
+            function[i] = function_text[i] and not continues[i]
         allowed = [i not in controls for i in range(size)]
         as_tensor = lambda values: torch.tensor(values, dtype=torch.bool)  # noqa: E731
         return cls(
             texts=texts,
             is_punct=as_tensor(punct),
             is_function_word=as_tensor(function),
+            is_function_text=as_tensor(function_text),
             continues_word=as_tensor(continues),
             ends_word_char=as_tensor(ends),
             allowed=as_tensor(allowed),

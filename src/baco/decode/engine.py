@@ -507,7 +507,7 @@ class Engine:
             prompts = [m.request.prompt if m else "" for m in order]
             texts = [m.text if m else "" for m in order]
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
-                        texts=texts, anchor_logprobs=anchor_lp)
+                        texts=texts, anchor_logprobs=anchor_lp, previous=self.previous[:b])
         drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
                                sync_free=self.sync_free, top=self.top_k_logprobs if top else 0)
         for inputs in self.inputs:  # from now on every side reads the shared continuation

@@ -43,8 +43,16 @@ def predicts_punct(view: StepView) -> torch.Tensor:
 
 
 def predicts_function_word(view: StepView) -> torch.Tensor:
-    """The aligned model's top-1 token starts a closed-class (function) word."""
-    return view.vocab.is_function_word[view.aligned_top1_token]
+    """The aligned model's top-1 token starts a closed-class (function) word: with its leading space (" the"), or,
+    where the view knows each row's last token, without one after a line break, punctuation or at the start of
+    the answer ("The" as the first word of a line)."""
+    token, vocab = view.aligned_top1_token, view.vocab
+    starts = vocab.is_function_word[token]
+    previous = getattr(view, "previous", None)
+    if previous is not None:
+        after_break = (previous < 0) | ~vocab.ends_word_char[previous.clamp(min=0)]
+        starts = starts | (vocab.is_function_text[token] & after_break)
+    return starts
 
 
 def _aligned_first(rule: torch.Tensor, rule_reason: str, otherwise: Route) -> Route:

@@ -27,6 +27,7 @@ class StepView:
     prompts: list[str] | None = None  # the active rows' prompts (for routers that read text, e.g. JUDGE)
     texts: list[str] | None = None  # the active rows' continuations so far
     anchor_logprobs: torch.Tensor | None = None  # a third model's log-probs (proxy-tuning's small base), if any
+    previous: torch.Tensor | None = None  # (B,) each row's last written token (-1: none yet), or None: not known
 
     @property
     def batch_size(self) -> int:
