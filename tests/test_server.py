@@ -315,3 +315,49 @@ def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_servi
         del _REGISTRY["test-explodes"]
     assert "test-explodes" not in live.worker.engines and not live.worker.rows and live.worker.outstanding == 0
     assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_router_waiting_for_an_engine_is_served_under_steady_load_on_the_others(collab):
+    """One engine (max_engines=1) busy with one router, a request for another router waiting for it, and more
+    requests for the first router arriving meanwhile: they must not keep that engine busy forever (before, they
+    joined it and the other router waited for all of them; under steady load, for ever)."""
+    import threading
+    import time
+
+    from baco.routers import register
+    from baco.routers.builtin import base_only
+    from baco.routers.registry import _REGISTRY
+
+    def slow(view):
+        time.sleep(0.01)
+        return base_only(view)
+
+    register("test-slow", help="base, slowly (a test of engine sharing between routers)")(slow)
+    config = ServerConfig(max_batch=1, max_len=256, max_queue=16, max_engines=1, limits=LIMITS)
+    try:
+        with LiveServer(collab, config) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            done = {}
+
+            def ask(name, router, tokens):
+                chat(client, PROMPTS[1], max_tokens=tokens, temperature=0, extra_body={"router": router})
+                done[name] = time.monotonic()
+
+            first = chat(client, PROMPTS[1], max_tokens=100, temperature=0, stream=True,
+                         extra_body={"router": "test-slow"})
+            next(iter(first))  # the slow router's engine is running
+            threads = [threading.Thread(target=ask, args=("other", "base", 4))]
+            threads[0].start()
+            assert wait_for(lambda: [job.router for job in server.worker.pending] == ["base"])
+            threads += [threading.Thread(target=ask, args=(f"more {i}", "test-slow", 100)) for i in range(3)]
+            for thread in threads[1:]:
+                thread.start()
+            assert wait_for(lambda: server.worker.outstanding == 5)  # all submitted, the first still running
+            list(first)
+            for thread in threads:
+                thread.join(timeout=120)
+            assert len(done) == 4
+            assert done["other"] < min(done[f"more {i}"] for i in range(3))  # it waited for the first request only
+            assert wait_for(lambda: server.worker.outstanding == 0 and not server.worker.pending)
+    finally:
+        del _REGISTRY["test-slow"]
