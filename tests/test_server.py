@@ -361,3 +361,16 @@ def test_a_router_waiting_for_an_engine_is_served_under_steady_load_on_the_other
             assert wait_for(lambda: server.worker.outstanding == 0 and not server.worker.pending)
     finally:
         del _REGISTRY["test-slow"]
+
+
+def test_max_tokens_beyond_the_models_context_is_refused_even_when_the_slot_is_longer(collab):
+    """A --max-len longer than the models' context: a request whose prompt plus max_tokens fits the slot but not the
+    context is refused (400), not cut short at the context with finish_reason "length" (before: 200, 230 tokens)."""
+    assert collab.pair.context_length == 256
+    with LiveServer(collab, ServerConfig(max_batch=2, max_len=512, max_queue=14, max_engines=1, limits=LIMITS)) as long:
+        client = openai.OpenAI(base_url=long.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[1], max_tokens=250, temperature=0, extra_body={"router": "base"})
+        assert refused.value.code == "context_length_exceeded" and "context" in refused.value.message
+        fits = chat(client, PROMPTS[1], max_tokens=200, temperature=0, extra_body={"router": "base"})
+        assert fits.choices[0].finish_reason == "length" and fits.usage.completion_tokens == 200
