@@ -315,3 +315,62 @@ def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_servi
         del _REGISTRY["test-explodes"]
     assert "test-explodes" not in live.worker.engines and not live.worker.rows and live.worker.outstanding == 0
     assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_router_waiting_for_an_engine_is_served_under_steady_load_on_the_others(collab):
+    """One engine (max_engines=1) busy with one router, a request for another router waiting for it, and more
+    requests for the first router arriving meanwhile: they must not keep that engine busy forever (before, they
+    joined it and the other router waited for all of them; under steady load, for ever)."""
+    import threading
+    import time
+
+    from baco.routers import register
+    from baco.routers.builtin import base_only
+    from baco.routers.registry import _REGISTRY
+
+    def slow(view):
+        time.sleep(0.01)
+        return base_only(view)
+
+    register("test-slow", help="base, slowly (a test of engine sharing between routers)")(slow)
+    config = ServerConfig(max_batch=1, max_len=256, max_queue=16, max_engines=1, limits=LIMITS)
+    try:
+        with LiveServer(collab, config) as server:
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+            done = {}
+
+            def ask(name, router, tokens):
+                chat(client, PROMPTS[1], max_tokens=tokens, temperature=0, extra_body={"router": router})
+                done[name] = time.monotonic()
+
+            first = chat(client, PROMPTS[1], max_tokens=100, temperature=0, stream=True,
+                         extra_body={"router": "test-slow"})
+            next(iter(first))  # the slow router's engine is running
+            threads = [threading.Thread(target=ask, args=("other", "base", 4))]
+            threads[0].start()
+            assert wait_for(lambda: [job.router for job in server.worker.pending] == ["base"])
+            threads += [threading.Thread(target=ask, args=(f"more {i}", "test-slow", 100)) for i in range(3)]
+            for thread in threads[1:]:
+                thread.start()
+            assert wait_for(lambda: server.worker.outstanding == 5)  # all submitted, the first still running
+            list(first)
+            for thread in threads:
+                thread.join(timeout=120)
+            assert len(done) == 4
+            assert done["other"] < min(done[f"more {i}"] for i in range(3))  # it waited for the first request only
+            assert wait_for(lambda: server.worker.outstanding == 0 and not server.worker.pending)
+    finally:
+        del _REGISTRY["test-slow"]
+
+
+def test_max_tokens_beyond_the_models_context_is_refused_even_when_the_slot_is_longer(collab):
+    """A --max-len longer than the models' context: a request whose prompt plus max_tokens fits the slot but not the
+    context is refused (400), not cut short at the context with finish_reason "length" (before: 200, 230 tokens)."""
+    assert collab.pair.context_length == 256
+    with LiveServer(collab, ServerConfig(max_batch=2, max_len=512, max_queue=14, max_engines=1, limits=LIMITS)) as long:
+        client = openai.OpenAI(base_url=long.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[1], max_tokens=250, temperature=0, extra_body={"router": "base"})
+        assert refused.value.code == "context_length_exceeded" and "context" in refused.value.message
+        fits = chat(client, PROMPTS[1], max_tokens=200, temperature=0, extra_body={"router": "base"})
+        assert fits.choices[0].finish_reason == "length" and fits.usage.completion_tokens == 200

@@ -76,6 +76,7 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, 
                               max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
     requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
     prompt_tokens = 0
+    slot = min(max_len, collab.pair.context_length)  # a slot longer than the models' context cannot be filled
     for request in requests:
         longest = request.prompt_length
         if request.sample_index == 0:
@@ -84,9 +85,10 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, 
         if longest > limits.max_prompt_tokens:
             raise ContextError(f"{where} is {longest} tokens once templated; this server accepts at most "
                                f"{limits.max_prompt_tokens}")
-        room = max_len - longest
+        room = slot - longest
         if room < 1 or (asked and asked > room):
+            holds = f"a slot holds {max_len}" if slot == max_len else f"the models' context holds {slot}"
             raise ContextError(f"{where} is {longest} tokens once templated and {asked or 1} more were asked for, "
-                               f"but a slot holds {max_len} tokens; shorten the prompt or lower max_tokens")
+                               f"but {holds} tokens; shorten the prompt or lower max_tokens")
         request.max_new_tokens = min(request.max_new_tokens, room)
     return Plan(requests, sampling, router, seed, prompt_tokens)

@@ -7,7 +7,8 @@
 Requests join an engine's batch at a step boundary and leave it as soon as they finish; a cancelled
 request (client gone) is aborted before the next step. One engine runs one router, so requests with
 different routers are grouped: one engine per router, created on first use, at most `max_engines`
-of them (the least recently used idle engine makes room; all engines share the loaded models).
+of them (the least recently used idle engine makes room; while a router waits for one, the least recently used
+engine takes no new rows, so that it idles; all engines share the loaded models).
 """
 
 from __future__ import annotations
@@ -127,11 +128,16 @@ class Worker(threading.Thread):
 
     def _place_pending(self) -> None:
         waiting = []
+        draining = None  # while a job waits for an engine, the least recently used one takes no new rows: it idles
         for job in self.pending:
             try:
+                if job.router == draining:
+                    waiting.append(job)
+                    continue
                 engine = self._engine_for(job.router)
                 if engine is None:
                     waiting.append(job)  # every engine is busy with another router: wait for one to idle
+                    draining = draining or next(iter(self.engines))
                     continue
                 for choice, request in enumerate(job.requests):
                     rid = engine.add(request, job.params, top_logprobs=job.top_logprobs > 0)
