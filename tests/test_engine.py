@@ -362,6 +362,17 @@ def test_rows_that_finish_leave_the_step_at_once_on_the_cpu(collab):
         assert tokens == reference(collab.pair, request, get_router("p-punc:0.4"), params)
 
 
+def test_an_engine_that_runs_many_requests_forgets_the_ids_it_no_longer_needs(collab):
+    """A server's engine lives for days: the ids of finished requests are kept only while a step in flight or a
+    prefill may still name them, not for ever (and every request still gets its own tokens)."""
+    params = SamplingParams(max_new_tokens=3, seed=5)
+    requests = collab.requests(PROMPTS * 15, 1, params, seed=5)
+    out, engine = run(collab.pair, requests, "p-punc:0.4", params, max_batch=2)
+    assert len(engine.finished_rids) <= 4 * 2 < len(requests)
+    assert all(tokens == reference(collab.pair, request, get_router("p-punc:0.4"), params)
+               for request, tokens in list(zip(requests, out))[::7])
+
+
 def test_a_request_aborted_while_its_prompt_is_prefilled_never_runs(collab):
     params = SamplingParams(max_new_tokens=8, seed=1)
     long, short = collab.requests([PROMPTS[1] * 3, PROMPTS[0]], 1, params, seed=1)

@@ -578,6 +578,11 @@ class Engine:
         for rid in finished:
             self.finished_rids.add(rid)
             self._free(rid)
+        if len(self.finished_rids) > 4 * self.slots:  # a long-running server: forget ids no step can return
+            keep = {rid for _, rid in self.pending.rows} if self.pending is not None else set()  # launched, not read
+            if self.group is not None:  # aborted while their prompts are prefilled
+                keep |= {member.rid for member in self.group.members}
+            self.finished_rids &= keep
         if not kept:
             return None
         index = torch.tensor(kept)
