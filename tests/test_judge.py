@@ -57,3 +57,24 @@ def test_judge_routes_are_cached_costed_and_recorded(collab):
     assert [s.token_ids for s in again] == [s.token_ids for s in first]
     assert judge.stats.calls == calls  # every question of the rerun came from the cache
     assert judge.stats.cache_hits == asked
+
+
+def test_the_judge_is_asked_at_a_lines_first_word_too(collab):
+    """Two first words without a leading space ("The" / "A") start a word at the start of the answer or after a
+    line break, so the judge decides there; after a letter they would continue a word, so it does not."""
+    from baco.routers import StepView
+
+    vocab = collab.pair.vocab
+    words = [i for i, text in enumerate(vocab.texts) if text.isalpha() and text[0].isupper()][:2]
+    letter = next(i for i, text in enumerate(vocab.texts) if text.isalpha() and len(text) > 2 and i not in words)
+    newline = vocab.texts.index("\n")
+    size = vocab.size
+    base, aligned = torch.full((3, size), -30.0), torch.full((3, size), -30.0)
+    base[:, words[0]], aligned[:, words[1]] = 0.0, 0.0
+    judge = JudgeRouter(collab.pair.aligned)
+    view = StepView(torch.log_softmax(base, -1), torch.log_softmax(aligned, -1), vocab, torch.zeros(3),
+                    prompts=["Name a fruit."] * 3, texts=["", "Apples.", "Apples"],
+                    previous=torch.tensor([-1, newline, letter]))
+    route = judge(view)
+    assert route.reason[:2] != ["aligned-default"] * 2 and all(r.startswith("judge-") for r in route.reason[:2])
+    assert route.reason[2] == "aligned-default" and judge.stats.questions == 2 * 2  # two rows, both orders
