@@ -29,6 +29,23 @@ def test_eft_draws_from_the_renormalised_geometric_mean():
     assert route.reason == ["eft:0.5"]
 
 
+def test_a_token_only_the_aligned_model_has_keeps_its_aligned_probability_in_every_mixture():
+    """An end-of-turn token added to the aligned model's vocabulary is past the base model's logits (-inf there):
+    contrast (-w x -inf) would give it all the mass and end every sample at once, EFT none (it could never end).
+    Scored by the model that has it, it enters each mixture as the aligned model's log-prob on both sides."""
+    base = torch.tensor([[0.1, 0.6, 0.2, 0.1, 0.0, 0.0]]).log()  # " cat" (4): past the base model's rows
+    aligned = torch.tensor([[0.1, 0.3, 0.2, 0.1, 0.3, 0.0]]).log()
+    anchor = torch.tensor([[0.2, 0.5, 0.2, 0.1, 0.0, 0.0]]).log()
+    view = StepView(base, aligned, VOCAB, torch.zeros(1), anchor_logprobs=anchor)
+    lb, la, lc = base[0, :5].tolist(), aligned[0, :5].tolist(), anchor[0, :5].tolist()
+    lb[4] = lc[4] = la[4]  # what the mixtures read for the token the base and anchor lack
+    for router, scores in (("contrast:1", [2 * a - b for a, b in zip(la, lb)]),
+                           ("eft:0.3", [0.7 * b + 0.3 * a for a, b in zip(la, lb)]),
+                           ("proxy:0.5", [b + 0.5 * (a - c) for a, b, c in zip(la, lb, lc)])):
+        expected = torch.softmax(torch.tensor(scores), -1)
+        assert get_router(router)(view).mix.exp()[0, :5].tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+
+
 def test_contrast_moves_mass_away_from_what_the_base_model_prefers():
     base, aligned = [0.05, 0.6, 0.25, 0.05, 0.05], [0.05, 0.4, 0.45, 0.05, 0.05]
     probs = get_router("contrast:1")(view_of(base, aligned)).mix.exp()[0, :5]

@@ -34,9 +34,17 @@ from baco.routers.view import Route, StepView
 FLOOR = -1e4
 
 
+def _or(logprobs: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`logprobs`, with `other`'s value where it is -inf: a token one model does not have (a row past its logits,
+    e.g. an end-of-turn token added to the aligned model's vocabulary) is scored by the model that has it, so a
+    mixture neither gives it all the mass (contrast: -w x -inf) nor none (EFT). Masked ids are -inf in both."""
+    return torch.where(logprobs == -math.inf, other, logprobs)
+
+
 def log_mix(view: StepView, base_weight: float, aligned_weight: float) -> torch.Tensor:
     """log softmax(base_weight * log p_base + aligned_weight * log p_aligned); masked ids stay -inf."""
-    base, aligned = view.base_logprobs.clamp(min=FLOOR), view.aligned_logprobs.clamp(min=FLOOR)
+    base = _or(view.base_logprobs, view.aligned_logprobs).clamp(min=FLOOR)
+    aligned = _or(view.aligned_logprobs, view.base_logprobs).clamp(min=FLOOR)
     logits = base_weight * base + aligned_weight * aligned
     logits = logits.masked_fill(~view.vocab.allowed, -math.inf)
     return torch.log_softmax(logits, dim=-1)
@@ -65,8 +73,9 @@ def proxy_router(view: StepView, beta: float) -> Route:
         return eft_router(view, beta)
     if beta == 0:
         return Route.fixed(view.base_logprobs, True, "proxy-endpoint")
-    base = view.base_logprobs.clamp(min=FLOOR)
-    offset = view.aligned_logprobs.clamp(min=FLOOR) - view.anchor_logprobs.clamp(min=FLOOR)
+    base = _or(view.base_logprobs, view.aligned_logprobs).clamp(min=FLOOR)
+    aligned = _or(view.aligned_logprobs, view.base_logprobs).clamp(min=FLOOR)
+    offset = aligned - _or(view.anchor_logprobs, aligned).clamp(min=FLOOR)
     logits = (base + beta * offset).masked_fill(~view.vocab.allowed, -math.inf)
     return Route.mixed(torch.log_softmax(logits, dim=-1), f"proxy:{beta:g}")
 
