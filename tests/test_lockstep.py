@@ -109,6 +109,14 @@ def test_base_template_stop_string_is_derived_from_the_template():
     assert PromptFormat(base_template="Q: {prompt}\nA:", base_stop=("###",)).stop_strings == ("###",)
 
 
+def test_the_base_rendering_trims_each_text_as_the_template_frames_it():
+    # a chat client's "How are you?\n" or " Hello! " must not put a blank line before "Answer:" or two spaces
+    # after it (the system prompt was already trimmed; Gemma's chat template trims every turn on the aligned side)
+    fmt = PromptFormat(system_prompt=" Be kind.\n", few_shot=(("  Hi  ", " Hello! \n"),))
+    assert fmt.render_base("How are you?\n") == (
+        "Be kind.\n\nQuestion: Hi\nAnswer: Hello!\n\nQuestion: How are you?\nAnswer:")
+
+
 def test_stop_tokens_end_a_sample_and_stay_out_of_its_text(collab):
     samples = collab.generate(PROMPTS, router="aligned", n=8, sampling=SamplingParams(max_new_tokens=60, seed=4))
     stopped = [s for s in samples if s.finish_reason == "stop"]

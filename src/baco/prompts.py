@@ -59,8 +59,10 @@ class PromptFormat:
 
     def render_base(self, prompt: str) -> str:
         parts = [f"{self.system_prompt.strip()}\n\n"] if self.system_prompt else []
-        parts += [f"{self.base_template.format(prompt=q)} {a}\n\n" for q, a in self.few_shot]
-        parts.append(self.base_template.format(prompt=prompt))
+        # Each text is trimmed, as the system prompt is (and as Gemma's template trims every turn): the
+        # template's own spaces and newlines frame it, so "Hi \n" must not read "Question: Hi \n\nAnswer:".
+        parts += [f"{self.base_template.format(prompt=q.strip())} {a.strip()}\n\n" for q, a in self.few_shot]
+        parts.append(self.base_template.format(prompt=prompt.strip()))
         return "".join(parts)
 
     def chat_messages(self, prompt: str) -> list[dict]:
