@@ -73,6 +73,27 @@ def test_missing_chat_template_is_named(tmp_path, tiny_dirs):
         collab.generate(["hi"])
 
 
+def test_a_base_model_alone_needs_no_chat_template(tmp_path):
+    """`router=base` on a cross pair (and a sweep's `base` method) runs the base model alone on its plain-text
+    rendering: a base model without a chat template (most have none) must run, and write what it writes with one."""
+    import json
+
+    base, aligned = make_tiny_pair(tmp_path, mismatched=True)
+    bare = tmp_path / "bare"
+    shutil.copytree(base, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    data = json.loads((bare / "tokenizer_config.json").read_text())
+    data.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(data))
+    sampling = SamplingParams(max_new_tokens=12, seed=3)
+    with_template = Collaboration.from_pretrained(base, aligned).generate(["Name a fruit."], router="base", n=2,
+                                                                          sampling=sampling)
+    without = Collaboration.from_pretrained(bare, aligned).generate(["Name a fruit."], router="base", n=2,
+                                                                    sampling=sampling)
+    assert [s.token_ids for s in without] == [s.token_ids for s in with_template]
+    assert all(s.sources == ["base"] * s.num_tokens for s in without)
+
+
 @pytest.mark.parametrize("args, words", [
     (["--temperature", "-1"], "temperature must be"),
     (["--top-p", "0"], "top_p must be in"),

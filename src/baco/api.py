@@ -141,7 +141,8 @@ class Collaboration:
         out = []
         for index, prompt in enumerate(prompts):
             base_ids, aligned_ids = encode_request(prompt, index, self.prompt_format, self.pair.base.tokenizer,
-                                                   self.pair.aligned.tokenizer, context)
+                                                   self.pair.aligned.tokenizer, context,
+                                                   only=getattr(self.pair, "reads", None))  # SoloPair: one side
             room = context - max(len(base_ids), len(aligned_ids))
             budget = min(sampling.max_new_tokens, room)
             out += [Request(prompt, index, k, base_ids, aligned_ids, row_seed(seed, prompt, k), budget)

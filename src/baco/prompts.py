@@ -93,14 +93,23 @@ class PromptFormat:
 
 
 def encode_request(prompt: str, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
-                   context_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of one request for (base, aligned); clear errors for empty or over-long prompts."""
+                   context_length: int, only: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of one request for (base, aligned); clear errors for empty or over-long prompts.
+
+    `only` ("base" or "aligned"): one model alone reads that rendering (`SoloPair.reads`); the other is not
+    rendered (a base model needs no chat template to run alone) and its ids are a copy of the read ones."""
     if not isinstance(prompt, str):
         raise PromptError(f"prompt {index} must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise PromptError(f"prompt {index} is empty")
-    base_ids = base_tokenizer(fmt.render_base(prompt), add_special_tokens=True)["input_ids"]
-    aligned_ids = aligned_tokenizer(fmt.render_aligned(prompt, aligned_tokenizer), add_special_tokens=False)["input_ids"]
+    base_ids = aligned_ids = None
+    if only != "aligned":
+        base_ids = base_tokenizer(fmt.render_base(prompt), add_special_tokens=True)["input_ids"]
+    if only != "base":
+        aligned_ids = aligned_tokenizer(fmt.render_aligned(prompt, aligned_tokenizer),
+                                        add_special_tokens=False)["input_ids"]
+    base_ids = aligned_ids if base_ids is None else base_ids
+    aligned_ids = base_ids if aligned_ids is None else aligned_ids
     longest = max(len(base_ids), len(aligned_ids))
     if longest >= context_length:
         raise PromptError(
