@@ -104,3 +104,23 @@ def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tm
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_newlines_typed_in_a_template_flag_are_newlines(tiny_dirs):
+    r"""A shell passes `\n` literally: `--base-template 'Q: {prompt}\nA:'` (as the README writes the default)
+    means a line break, so the base model reads "Q: ...<newline>A:" and the derived stop string matches it."""
+    from baco.cli import _models_and_format, build_parser
+
+    base, aligned = map(str, tiny_dirs)
+    args = build_parser().parse_args(["generate", "--base", base, "--aligned", aligned, "--prompt", "Hi",
+                                      "--base-template", r"Q: {prompt}\nA:", "--system-prompt", r"Be brief.\tThanks.\\n"])
+    _, _, fmt, _ = _models_and_format(args)
+    assert fmt.render_base("Why?") == "Be brief.\tThanks.\\n\n\nQ: Why?\nA:"
+    assert fmt.stop_strings == ("\nQ:",)
+
+
+def test_a_blank_system_prompt_is_no_system_prompt():
+    from baco.prompts import PromptFormat
+
+    assert PromptFormat(system_prompt="  \n") == PromptFormat()
+    assert PromptFormat(system_prompt="  \n").render_base("Why?") == PromptFormat().render_base("Why?")

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 import traceback
@@ -126,11 +127,21 @@ def _add_formats(p) -> None:
     p.add_argument("--compile", action="store_true",
                    help="run the transformers models' decoding steps through torch.compile: seconds to a minute "
                    "of compiling per batch-size bucket (1, 2, 4, ...), then faster steps; pays for long runs")
-    p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt}')
-    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--base-template", default=None, help='plain-text template for the base model, with {prompt} '
+                   r'("\n" and "\t" are read as a newline and a tab; default: "Question: {prompt}\nAnswer:")')
+    p.add_argument("--system-prompt", default=None, help=r'a system prompt both models read (the base model above '
+                   r'its template, the aligned model in its chat template; "\n" and "\t" read as a newline and a tab)')
     p.add_argument("--chat-template", type=Path, default=None, help="Jinja chat template file for the aligned model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice, one "
                    "per core; on a machine shared with other work, fewer avoid threads waiting on each other)")
+
+
+def _unescape(text: str | None) -> str | None:
+    r"""A flag's text with "\n", "\t" and "\\" read as a newline, a tab and a backslash (a shell passes them
+    literally: `--base-template 'Q: {prompt}\nA:'` means a line break, as the README writes it)."""
+    if text is None:
+        return None
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
 
 
 def _models_and_format(args):
@@ -142,8 +153,8 @@ def _models_and_format(args):
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
     chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
-    fmt = PromptFormat(base_template=args.base_template or DEFAULT_BASE_TEMPLATE,
-                       system_prompt=args.system_prompt, chat_template=chat_template)
+    fmt = PromptFormat(base_template=_unescape(args.base_template) or DEFAULT_BASE_TEMPLATE,
+                       system_prompt=_unescape(args.system_prompt), chat_template=chat_template)
     resolve_dtype(args.dtype, resolve_device(args.device))
     if args.threads is not None:
         _at_least_one(args.threads, "--threads")

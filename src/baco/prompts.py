@@ -43,6 +43,8 @@ class PromptFormat:
     base_stop: tuple[str, ...] | None = None  # None: derived from base_template
 
     def __post_init__(self) -> None:
+        if isinstance(self.system_prompt, str) and not self.system_prompt.strip():
+            object.__setattr__(self, "system_prompt", None)  # blank: no system prompt (not an empty turn)
         if "{prompt}" not in self.base_template:
             raise PromptError(f"base_template must contain {{prompt}}, got {self.base_template!r}")
         try:
