@@ -138,13 +138,6 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive_int(value, where: str, default: int) -> int:
-    value = default if value is None else value
-    if not _is_int(value) or value < 1:
-        _fail(f"{where} must be a positive integer, got {show(value)}")
-    return value
-
-
 def _slot_count(value, where: str, default: int) -> int | str:
     """Rows decoded at once: a positive integer, or "auto" (as many as the device's memory holds)."""
     value = default if value is None else value
