@@ -311,3 +311,29 @@ def test_atomic_write_gives_files_the_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert oct(written.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_generate_rerun_with_reordered_or_added_prompts_does_not_store_the_same_samples_again(tiny_dirs, tmp_path,
+                                                                                              capsys):
+    """A sample depends on its prompt's text and sample index, not on the prompt's place in the list: a rerun
+    after a prompt was added at the top must not append the finished samples again under new ids (which
+    `baco eval` would then count twice)."""
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--prompt", "Why?", "--n", "2")) == 0
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(first) == 4
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Tell a joke.", "--prompt", "Name a fruit.",
+                              "--prompt", "Why?", "--n", "2")) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[:4] == first
+    assert [(r["prompt"], r["sample_index"]) for r in rows[4:]] == [("Tell a joke.", 0), ("Tell a joke.", 1)]
+    made = [(r["prompt"], r["sample_index"], tuple(r["token_ids"])) for r in rows]
+    assert len(set(made)) == len(made)  # no sample stored twice
+    # all there, in any order: nothing to do
+    before = out.read_bytes()
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--prompt", "Tell a joke.",
+                              "--prompt", "Name a fruit.", "--n", "2")) == 0
+    assert out.read_bytes() == before and "nothing to do" in capsys.readouterr().err
+    # another seed is another sample
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--n", "2", "--seed", "4")) == 0
+    assert len(out.read_text().splitlines()) == 8
