@@ -337,3 +337,33 @@ def test_generate_rerun_with_reordered_or_added_prompts_does_not_store_the_same_
     # another seed is another sample
     assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--n", "2", "--seed", "4")) == 0
     assert len(out.read_text().splitlines()) == 8
+
+
+def test_a_row_whose_config_or_task_field_was_edited_is_not_filed_under_another_method(tiny_dirs, tmp_path, engines,
+                                                                                       capsys):
+    """Results file each sample by its `config` and `task` fields: a row whose fields contradict its cell
+    (an edit by hand) must be reported and left out, not counted as a sample of another method."""
+    from baco.sweep import ledger
+    from baco.sweep.results import sweep_records
+    from baco.sweep.run import plan_sweep
+
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    path = run / "samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    expected = {r["id"]: r["token_ids"] for r in rows}
+    edited = next(i for i, r in enumerate(rows) if r["config"] == "base")
+    rows[edited]["config"] = "p:0.5"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["check", str(run)]) == 1
+    assert "mine|base|seed=0: 3/4 stored, 1 missing, 1 not in the plan" in capsys.readouterr().out
+    log = io.StringIO()
+    assert run_cells(config, run, engines, progress=False, log=log)["generated"] == 1  # made again, in its cell
+    assert "mine|base|seed=0: 3/4 stored, 1 missing, 1 not in the plan" in log.getvalue()
+    used = ledger.audit(run, plan_sweep(config)[1]).rows
+    assert {r["id"]: r["token_ids"] for r in used} == expected
+    by_method = {}
+    for record in sweep_records(config, used):
+        by_method[record.method] = by_method.get(record.method, 0) + 1
+    assert by_method == {"p:0.5": 4, "base": 4}
