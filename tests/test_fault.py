@@ -161,3 +161,29 @@ sys.exit(main(["sweep", {str(config_path)!r}, "--out", {str(out)!r}, "--no-eval"
     assert main(["check", str(out)]) == 1
     run_cells(parse_config(raw), out, engines, progress=False)  # takes the lock: it died with its holder
     assert_exactly_once(out, stored(reference))
+
+
+def test_a_full_disk_while_caching_quality_scores_is_a_clear_error_and_keeps_the_scores_written(tmp_path):
+    """A file-size limit (as a full disk would) cuts the cache's append: one clean `cannot write` error
+    (exit 2 from the CLI, not an 'unexpected' exit 1), the complete lines are kept, and the next run adds on."""
+    import resource
+
+    from baco.errors import OutputError
+    from baco.evaluate.cache import ScoreCache
+
+    path = tmp_path / "quality-scores.jsonl"
+    pairs = [(f"prompt {i}", f"response {i}") for i in range(100)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ: the write fails with EFBIG
+    try:
+        with pytest.raises(OutputError, match="cannot write .*quality-scores.jsonl"):
+            ScoreCache(path).add("scorer", pairs, [i / 100 for i in range(100)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    kept = ScoreCache(path).values
+    assert 0 < len(kept) < 100
+    assert all(kept[ScoreCache.key("scorer", p, r)] == i / 100 for i, (p, r) in enumerate(pairs)
+               if ScoreCache.key("scorer", p, r) in kept)
+    ScoreCache(path).add("scorer", pairs, [i / 100 for i in range(100)])
+    again = ScoreCache(path)
+    assert [again.get("scorer", p, r) for p, r in pairs] == [i / 100 for i in range(100)]

@@ -311,3 +311,59 @@ def test_atomic_write_gives_files_the_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert oct(written.stat().st_mode & 0o777) == oct(plain.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_generate_rerun_with_reordered_or_added_prompts_does_not_store_the_same_samples_again(tiny_dirs, tmp_path,
+                                                                                              capsys):
+    """A sample depends on its prompt's text and sample index, not on the prompt's place in the list: a rerun
+    after a prompt was added at the top must not append the finished samples again under new ids (which
+    `baco eval` would then count twice)."""
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--prompt", "Why?", "--n", "2")) == 0
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(first) == 4
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Tell a joke.", "--prompt", "Name a fruit.",
+                              "--prompt", "Why?", "--n", "2")) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[:4] == first
+    assert [(r["prompt"], r["sample_index"]) for r in rows[4:]] == [("Tell a joke.", 0), ("Tell a joke.", 1)]
+    made = [(r["prompt"], r["sample_index"], tuple(r["token_ids"])) for r in rows]
+    assert len(set(made)) == len(made)  # no sample stored twice
+    # all there, in any order: nothing to do
+    before = out.read_bytes()
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--prompt", "Tell a joke.",
+                              "--prompt", "Name a fruit.", "--n", "2")) == 0
+    assert out.read_bytes() == before and "nothing to do" in capsys.readouterr().err
+    # another seed is another sample
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--n", "2", "--seed", "4")) == 0
+    assert len(out.read_text().splitlines()) == 8
+
+
+def test_a_row_whose_config_or_task_field_was_edited_is_not_filed_under_another_method(tiny_dirs, tmp_path, engines,
+                                                                                       capsys):
+    """Results file each sample by its `config` and `task` fields: a row whose fields contradict its cell
+    (an edit by hand) must be reported and left out, not counted as a sample of another method."""
+    from baco.sweep import ledger
+    from baco.sweep.results import sweep_records
+    from baco.sweep.run import plan_sweep
+
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    path = run / "samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    expected = {r["id"]: r["token_ids"] for r in rows}
+    edited = next(i for i, r in enumerate(rows) if r["config"] == "base")
+    rows[edited]["config"] = "p:0.5"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["check", str(run)]) == 1
+    assert "mine|base|seed=0: 3/4 stored, 1 missing, 1 not in the plan" in capsys.readouterr().out
+    log = io.StringIO()
+    assert run_cells(config, run, engines, progress=False, log=log)["generated"] == 1  # made again, in its cell
+    assert "mine|base|seed=0: 3/4 stored, 1 missing, 1 not in the plan" in log.getvalue()
+    used = ledger.audit(run, plan_sweep(config)[1]).rows
+    assert {r["id"]: r["token_ids"] for r in used} == expected
+    by_method = {}
+    for record in sweep_records(config, used):
+        by_method[record.method] = by_method.get(record.method, 0) + 1
+    assert by_method == {"p:0.5": 4, "base": 4}

@@ -284,7 +284,9 @@ class SampleFile:
     The id hashes everything that decides a sample: router, sampling settings and seed, the models
     (as named), the prompt format, the prompt and its (prompt, sample) index. Samples whose id is
     already in the file are not generated again, so rerunning a killed `--seed S` command completes
-    the file instead of doubling it; a run with another seed or settings appends new samples.
+    the file instead of doubling it; nor are those stored at another prompt index (the prompts were
+    reordered or one was added: a sample depends on its prompt's text, not its place). A run with
+    another seed or settings appends new samples.
     The file is opened (and a torn last line repaired) only when the first sample is written.
     """
 
@@ -298,6 +300,12 @@ class SampleFile:
             raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({scan.problems()[0]}); "
                               f"baco appends only to such a file: choose another")
         self.stored = {row["id"] for _, row in scan.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
+        # (prompt text, sample index, id) of each stored sample: a sample depends on its prompt's text,
+        # not on where the prompt stood in the list (`decode.loop.row_seed`), so a rerun whose prompts
+        # were reordered or had one added must still find it
+        self._rows = [(row["prompt"], row["sample_index"], row["prompt_index"], row["id"]) for _, row in scan.rows
+                      if isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("prompt"), str)
+                      and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)]
         self._out = None
 
     def id_of(self, prompt: str, prompt_index: int, sample_index: int, seed: int) -> str:
@@ -310,8 +318,10 @@ class SampleFile:
         """(prompt index, sample index) of the samples already in the file (none without a fixed seed)."""
         if seed is None or not self.stored:
             return set()
+        # a stored sample made with these settings and this seed, at whatever prompt index it was stored
+        made = {(prompt, k) for prompt, k, i, sid in self._rows if self.id_of(prompt, i, k, seed) == sid}
         return {(i, k) for i, prompt in enumerate(prompts) for k in range(n)
-                if self.id_of(prompt, i, k, seed) in self.stored}
+                if self.id_of(prompt, i, k, seed) in self.stored or (prompt, k) in made}
 
     def append(self, sample: Sample) -> None:
         from baco.storage import JsonlAppender

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from baco.errors import OutputError
 from baco.evaluate.registry import MetricSpec
 from baco.evaluate.resources import EvalOptions
 from baco.storage import scan_jsonl
@@ -56,17 +57,20 @@ class ScoreCache:
 
     def add(self, scorer: str, pairs: list[tuple[str, str]], values: list) -> None:
         """Store scores of (prompt, response) pairs and append them to the file at once."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = []
         for (prompt, response), value in zip(pairs, values):
             key = self.key(scorer, prompt, response)
             value = None if value is None else float(value)
             self.values[key] = value
             lines.append(json.dumps({"key": key, "value": value}) + "\n")
-        if self.path.exists() and self.path.stat().st_size:
-            with self.path.open("rb") as f:  # a kill can leave a line without its newline
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    lines.insert(0, "\n")
-        with self.path.open("a", encoding="utf-8") as f:
-            f.writelines(lines)
+        try:  # a full disk is the user's to fix, not a bug: one line naming the file (the scores so far are kept)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size:
+                with self.path.open("rb") as f:  # a kill can leave a line without its newline
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        lines.insert(0, "\n")
+            with self.path.open("a", encoding="utf-8") as f:
+                f.writelines(lines)
+        except OSError as error:
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None

@@ -145,7 +145,8 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             continue
         pair = (row["prompt_index"], row["sample_index"])
         planned = plan[row["cell"]].get(pair)
-        if planned is None or row.get("id", planned) != planned:  # rows older than ids carry none
+        if (planned is None or row.get("id", planned) != planned  # rows older than ids carry none
+                or not names_its_cell(row)):  # results file a row by its task and config
             cell.unplanned += 1
         elif (row["cell"], pair) in seen:
             cell.duplicates += 1
@@ -154,6 +155,12 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             cell.stored.add(pair)
             rows.append(row)
     return Audit(cells, problems, strangers, rows)
+
+
+def names_its_cell(row: dict) -> bool:
+    """The row's `task` and `config` are those of its `cell` (`task|configuration|seed=S`; names hold no '|')."""
+    task, config, _ = (row["cell"].split("|") + ["", ""])[:3]
+    return row.get("task", task) == task and row.get("config", config) == config
 
 
 def describe(cell: CellAudit) -> str:
