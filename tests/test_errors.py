@@ -111,3 +111,19 @@ def test_cli_reports_bad_input_in_one_line(tiny_dirs, capsys, args, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert err.strip().count("\n") == 0
+
+
+def _adapter_dir(tmp_path, tiny_dirs):
+    from baco.testing import make_tiny_adapter
+
+    return make_tiny_adapter(tmp_path / "adapter", tiny_dirs[0])
+
+
+def test_an_adapter_config_that_is_not_json_is_named(tmp_path, tiny_dirs, capsys):
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    (adapter / "adapter_config.json").write_text("{oops")
+    with pytest.raises(ModelLoadError, match="adapter_config.json.*not valid JSON"):
+        Collaboration.from_pretrained(tiny_dirs[0], adapter)
+    assert main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(adapter), "--prompt", "hi", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter_config.json" in err and err.strip().count("\n") == 0

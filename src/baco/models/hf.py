@@ -100,8 +100,18 @@ def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -
     expanded = os.path.expanduser(name)
     adapter_config = os.path.join(expanded, "adapter_config.json")
     if os.path.isfile(adapter_config) and not os.path.exists(os.path.join(expanded, "config.json")):
-        with open(adapter_config, encoding="utf-8") as handle:
-            base = json.load(handle).get("base_model_name_or_path")
+        try:
+            with open(adapter_config, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise ModelLoadError(f"{adapter_config!r} is not valid JSON ({error}): restore the adapter's "
+                                 f"adapter_config.json") from None
+        except OSError as error:
+            raise ModelLoadError(f"cannot read {adapter_config!r}: {error.strerror or error}") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{adapter_config!r} is not valid JSON for an adapter (not an object): "
+                                 f"restore the adapter's adapter_config.json")
+        base = config.get("base_model_name_or_path")
         if not base:
             raise ModelLoadError(f"adapter {name!r} does not name its base model (base_model_name_or_path)")
         return resolve_source(base, dtype)[0], expanded
