@@ -127,3 +127,14 @@ def test_an_adapter_config_that_is_not_json_is_named(tmp_path, tiny_dirs, capsys
     assert main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(adapter), "--prompt", "hi", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "adapter_config.json" in err and err.strip().count("\n") == 0
+
+
+def test_an_adapter_whose_base_model_is_missing_says_the_adapter_names_it(tmp_path, tiny_dirs):
+    import json
+
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved" / "base")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"adapter .*adapter'.* names its base model .*moved/base.*adapter_config"):
+        Collaboration.from_pretrained(tiny_dirs[0], adapter)

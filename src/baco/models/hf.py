@@ -114,7 +114,12 @@ def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -
         base = config.get("base_model_name_or_path")
         if not base:
             raise ModelLoadError(f"adapter {name!r} does not name its base model (base_model_name_or_path)")
-        return resolve_source(base, dtype)[0], expanded
+        try:
+            return resolve_source(base, dtype)[0], expanded
+        except ModelLoadError as error:
+            raise ModelLoadError(f"adapter {name!r} names its base model {base!r} (base_model_name_or_path in its "
+                                 f"adapter_config.json), which cannot be loaded: {error}; point it at the base "
+                                 f"model's directory") from None
     return _check_source(name), None
 
 
