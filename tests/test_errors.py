@@ -138,3 +138,11 @@ def test_an_adapter_whose_base_model_is_missing_says_the_adapter_names_it(tmp_pa
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"adapter .*adapter'.* names its base model .*moved/base.*adapter_config"):
         Collaboration.from_pretrained(tiny_dirs[0], adapter)
+
+
+def test_an_adapter_without_its_weights_file_is_named(tmp_path, tiny_dirs):
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    (adapter / "adapter_model.safetensors").unlink()
+    for one_forward in ("on", "off"):
+        with pytest.raises(ModelLoadError, match="no adapter_model.safetensors"):
+            Collaboration.from_pretrained(tiny_dirs[0], adapter, one_forward=one_forward)

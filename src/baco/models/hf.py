@@ -147,6 +147,10 @@ def _with_adapter(model, adapter: str, *, merge: bool, name: str = "default"):
         from peft import PeftModel
     except ImportError:
         raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
+    if os.path.isdir(adapter) and not any(os.path.isfile(os.path.join(adapter, f"adapter_model.{ext}"))
+                                          for ext in ("safetensors", "bin")):
+        raise ModelLoadError(f"adapter {adapter!r} has no adapter_model.safetensors (its weights), only its "
+                             f"adapter_config.json: restore the adapter's files")
     try:
         peft = PeftModel.from_pretrained(model, adapter, adapter_name=name)
         return peft.merge_and_unload() if merge else peft.eval()
