@@ -146,3 +146,22 @@ def test_an_adapter_without_its_weights_file_is_named(tmp_path, tiny_dirs):
     for one_forward in ("on", "off"):
         with pytest.raises(ModelLoadError, match="no adapter_model.safetensors"):
             Collaboration.from_pretrained(tiny_dirs[0], adapter, one_forward=one_forward)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_hidden_layers": 4}, r"lack 18 tensors .*model.layers.2"),  # was: random layers, a run writing nonsense
+    ({"hidden_size": 64, "intermediate_size": 128}, r"do not fit its config.json: \d+ tensors have other shapes"),
+])
+def test_weights_that_do_not_fit_the_config_are_refused_in_one_line(tmp_path, tiny_dirs, capsys, change, words):
+    import json
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(config | change))
+    with pytest.raises(ModelLoadError, match=words):
+        Collaboration.from_pretrained(base, tiny_dirs[1])
+    capsys.readouterr()
+    assert main(["generate", "--base", str(base), "--aligned", str(tiny_dirs[1]), "--prompt", "hi", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "config.json" in err, err

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -171,6 +172,11 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(),) + tuple(args[1:])
 
 
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def _load(name, dtype, device, tokenizer):
     """(model on its device, adapter directory or None, tokenizer) for a name (see `resolve_source`)."""
     from transformers import AutoModelForCausalLM
@@ -181,10 +187,27 @@ def _load(name, dtype, device, tokenizer):
         dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
     torch_dtype = resolve_dtype(dtype, target)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
+    report = logging.getLogger("transformers.modeling_utils")  # its many-line load report: said below in one line
+    quiet = _ErrorsOnly()  # (a filter: its level decides what else it checks)
+    report.addFilter(quiet)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)  # (refused below)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(_load_hint(source, "model", error)) from error
+    finally:
+        report.removeFilter(quiet)
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        raise ModelLoadError(f"the weights in {source!r} do not fit its config.json: {len(mismatched)} tensors have "
+                             f"other shapes (first: {key} is {tuple(stored)} in the weights file, {tuple(expected)} "
+                             f"by config.json): restore the directory's files")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers fills them with random values: the model would run, and write nonsense
+        raise ModelLoadError(f"the weights in {source!r} lack {len(missing)} tensors that its config.json asks for "
+                             f"(first: {missing[0]}): the weights file and config.json do not belong together "
+                             f"(an incomplete download?): restore the directory's files")
     return model.to(target), adapter, tokenizer
 
 
