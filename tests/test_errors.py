@@ -165,3 +165,15 @@ def test_weights_that_do_not_fit_the_config_are_refused_in_one_line(tmp_path, ti
     assert main(["generate", "--base", str(base), "--aligned", str(tiny_dirs[1]), "--prompt", "hi", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "config.json" in err, err
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tiny_dirs):
+    """Its ids past the model's rows failed in the forward (IndexError, 'unexpected'; on a GPU a device assert)
+    whenever a prompt held one, and ran when none did."""
+    from baco.testing import train_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    train_tokenizer(700).save_pretrained(base)
+    with pytest.raises(ModelLoadError, match=r"tokenizer has 6\d\d tokens but the model 512 embedding rows"):
+        Collaboration.from_pretrained(base, tiny_dirs[1])

@@ -366,6 +366,11 @@ class HFCausalLM:
         self.name = name
         self.device = next(model.parameters()).device
         self.compiled = False  # True: the engine's decoding steps run the model compiled (`torch.compile`)
+        inputs = model.get_input_embeddings()
+        rows = inputs.weight.shape[0] if inputs is not None else None
+        if rows is not None and tokenizer.vocab_size > rows:  # its ids past the rows would fail in the forward
+            raise ModelLoadError(f"{name!r}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                                 f"{rows} embedding rows: the tokenizer files and the weights do not belong together")
         output = model.get_output_embeddings()
         if output is not None and not getattr(output, "_baco_contiguous", False):  # views share one layer
             output.register_forward_pre_hook(_contiguous_input)
