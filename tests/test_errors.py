@@ -177,3 +177,39 @@ def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tiny_dirs):
     train_tokenizer(700).save_pretrained(base)
     with pytest.raises(ModelLoadError, match=r"tokenizer has 6\d\d tokens but the model 512 embedding rows"):
         Collaboration.from_pretrained(base, tiny_dirs[1])
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """A hub endpoint nothing listens on (a closed local port) and an empty hub cache; returns the cache."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+def test_a_hub_id_without_hub_access_fails_at_once(unreachable_hub, tiny_dirs, capsys):
+    """huggingface_hub retried the unreachable hub for ~25 s per file, a warning line per try."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"'someorg/tiny' is not a local directory nor in the hub cache .* "
+                                             r"cannot reach the hub \(http://127.0.0.1:9\)"):
+        Collaboration.from_pretrained("someorg/tiny", tiny_dirs[1])
+    assert main(["generate", "--base", "someorg/tiny", "--aligned", str(tiny_dirs[1]), "--prompt", "hi"]) == 2
+    assert time.monotonic() - start < 15
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_a_cached_hub_id_loads_without_hub_access(unreachable_hub, tiny_dirs):
+    snapshot = unreachable_hub / "models--someorg--tiny" / "snapshots" / "abc123"
+    shutil.copytree(tiny_dirs[0], snapshot)
+    (unreachable_hub / "models--someorg--tiny" / "refs").mkdir()
+    (unreachable_hub / "models--someorg--tiny" / "refs" / "main").write_text("abc123")
+    collab = Collaboration.from_pretrained("someorg/tiny", tiny_dirs[1])
+    assert collab.pair.base.name == "someorg/tiny"
+    assert collab.generate("hi", sampling=SamplingParams(max_new_tokens=2))[0].num_tokens == 2

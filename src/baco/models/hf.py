@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -80,7 +81,44 @@ def _check_source(name: str | os.PathLike) -> str:
         return expanded
     if _looks_like_path(name):
         raise ModelLoadError(f"no model directory at {name!r}")
-    return name
+    return _hub_source(name)
+
+
+def _hub_source(name: str) -> str:
+    """A hub id as it is where the hub answers; else its cached snapshot directory, or a clear error now
+    (huggingface_hub retries an unreachable hub for ~25 s a file, a warning line per try)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE and _hub_reachable(constants.ENDPOINT):
+        return name
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        cached = None
+    if isinstance(cached, str):
+        return os.path.dirname(cached)
+    why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+           f"this machine cannot reach the hub ({constants.ENDPOINT})")
+    raise ModelLoadError(f"{name!r} is not a local directory nor in the hub cache ({constants.HF_HUB_CACHE}), and "
+                         f"{why}: pass the model's local directory, or download it where the hub is reachable")
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (True behind a proxy: not probed)."""
+    import socket
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    parts = urlsplit(endpoint)
+    if getproxies().get(parts.scheme) or not parts.hostname:
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -> tuple[str, str | None]:
