@@ -213,3 +213,22 @@ def test_a_cached_hub_id_loads_without_hub_access(unreachable_hub, tiny_dirs):
     collab = Collaboration.from_pretrained("someorg/tiny", tiny_dirs[1])
     assert collab.pair.base.name == "someorg/tiny"
     assert collab.generate("hi", sampling=SamplingParams(max_new_tokens=2))[0].num_tokens == 2
+
+
+@pytest.mark.parametrize("what", ["model.safetensors", "tokenizer.json", "."])
+def test_an_unreadable_model_file_or_directory_is_named(tmp_path, tiny_dirs, what):
+    """Was: 'FileNotFoundError: No such file or directory' for unreadable weights, 'has no config.json' for an
+    unreadable directory. (Root reads them anyway: then there is nothing to test.)"""
+    import os
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    target = base / what
+    target.chmod(0)
+    try:
+        if os.access(target, os.R_OK):
+            pytest.skip("this process reads files whatever their mode (root)")
+        with pytest.raises(ModelLoadError, match="permission denied"):
+            Collaboration.from_pretrained(base, tiny_dirs[1])
+    finally:
+        target.chmod(0o755)

@@ -76,6 +76,12 @@ def _check_source(name: str | os.PathLike) -> str:
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
             raise ModelLoadError(f"{name!r} is a file; pass the model's directory (with config.json)")
+        if not os.access(expanded, os.R_OK | os.X_OK):
+            raise ModelLoadError(f"cannot read the model directory {name!r}: permission denied")
+        unreadable = sorted(entry.name for entry in os.scandir(expanded) if not entry.name.startswith(".")
+                            and entry.is_file() and not os.access(entry.path, os.R_OK))
+        if unreadable:  # (safetensors says a file it cannot open does not exist)
+            raise ModelLoadError(f"cannot read {os.path.join(name, unreadable[0])!r}: permission denied")
         if not os.path.exists(os.path.join(expanded, "config.json")):
             raise ModelLoadError(f"{name!r} has no config.json, so it is not a transformers model directory")
         return expanded
