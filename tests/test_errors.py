@@ -111,3 +111,124 @@ def test_cli_reports_bad_input_in_one_line(tiny_dirs, capsys, args, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert err.strip().count("\n") == 0
+
+
+def _adapter_dir(tmp_path, tiny_dirs):
+    from baco.testing import make_tiny_adapter
+
+    return make_tiny_adapter(tmp_path / "adapter", tiny_dirs[0])
+
+
+def test_an_adapter_config_that_is_not_json_is_named(tmp_path, tiny_dirs, capsys):
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    (adapter / "adapter_config.json").write_text("{oops")
+    with pytest.raises(ModelLoadError, match="adapter_config.json.*not valid JSON"):
+        Collaboration.from_pretrained(tiny_dirs[0], adapter)
+    assert main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(adapter), "--prompt", "hi", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "adapter_config.json" in err and err.strip().count("\n") == 0
+
+
+def test_an_adapter_whose_base_model_is_missing_says_the_adapter_names_it(tmp_path, tiny_dirs):
+    import json
+
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "moved" / "base")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"adapter .*adapter'.* names its base model .*moved/base.*adapter_config"):
+        Collaboration.from_pretrained(tiny_dirs[0], adapter)
+
+
+def test_an_adapter_without_its_weights_file_is_named(tmp_path, tiny_dirs):
+    adapter = _adapter_dir(tmp_path, tiny_dirs)
+    (adapter / "adapter_model.safetensors").unlink()
+    for one_forward in ("on", "off"):
+        with pytest.raises(ModelLoadError, match="no adapter_model.safetensors"):
+            Collaboration.from_pretrained(tiny_dirs[0], adapter, one_forward=one_forward)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"num_hidden_layers": 4}, r"lack 18 tensors .*model.layers.2"),  # was: random layers, a run writing nonsense
+    ({"hidden_size": 64, "intermediate_size": 128}, r"do not fit its config.json: \d+ tensors have other shapes"),
+])
+def test_weights_that_do_not_fit_the_config_are_refused_in_one_line(tmp_path, tiny_dirs, capsys, change, words):
+    import json
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps(config | change))
+    with pytest.raises(ModelLoadError, match=words):
+        Collaboration.from_pretrained(base, tiny_dirs[1])
+    capsys.readouterr()
+    assert main(["generate", "--base", str(base), "--aligned", str(tiny_dirs[1]), "--prompt", "hi", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "config.json" in err, err
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tiny_dirs):
+    """Its ids past the model's rows failed in the forward (IndexError, 'unexpected'; on a GPU a device assert)
+    whenever a prompt held one, and ran when none did."""
+    from baco.testing import train_tokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    train_tokenizer(700).save_pretrained(base)
+    with pytest.raises(ModelLoadError, match=r"tokenizer has 6\d\d tokens but the model 512 embedding rows"):
+        Collaboration.from_pretrained(base, tiny_dirs[1])
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path, monkeypatch):
+    """A hub endpoint nothing listens on (a closed local port) and an empty hub cache; returns the cache."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return cache
+
+
+def test_a_hub_id_without_hub_access_fails_at_once(unreachable_hub, tiny_dirs, capsys):
+    """huggingface_hub retried the unreachable hub for ~25 s per file, a warning line per try."""
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"'someorg/tiny' is not a local directory nor in the hub cache .* "
+                                             r"cannot reach the hub \(http://127.0.0.1:9\)"):
+        Collaboration.from_pretrained("someorg/tiny", tiny_dirs[1])
+    assert main(["generate", "--base", "someorg/tiny", "--aligned", str(tiny_dirs[1]), "--prompt", "hi"]) == 2
+    assert time.monotonic() - start < 15
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_a_cached_hub_id_loads_without_hub_access(unreachable_hub, tiny_dirs):
+    snapshot = unreachable_hub / "models--someorg--tiny" / "snapshots" / "abc123"
+    shutil.copytree(tiny_dirs[0], snapshot)
+    (unreachable_hub / "models--someorg--tiny" / "refs").mkdir()
+    (unreachable_hub / "models--someorg--tiny" / "refs" / "main").write_text("abc123")
+    collab = Collaboration.from_pretrained("someorg/tiny", tiny_dirs[1])
+    assert collab.pair.base.name == "someorg/tiny"
+    assert collab.generate("hi", sampling=SamplingParams(max_new_tokens=2))[0].num_tokens == 2
+
+
+@pytest.mark.parametrize("what", ["model.safetensors", "tokenizer.json", "."])
+def test_an_unreadable_model_file_or_directory_is_named(tmp_path, tiny_dirs, what):
+    """Was: 'FileNotFoundError: No such file or directory' for unreadable weights, 'has no config.json' for an
+    unreadable directory. (Root reads them anyway: then there is nothing to test.)"""
+    import os
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_dirs[0], base)
+    target = base / what
+    target.chmod(0)
+    try:
+        if os.access(target, os.R_OK):
+            pytest.skip("this process reads files whatever their mode (root)")
+        with pytest.raises(ModelLoadError, match="permission denied"):
+            Collaboration.from_pretrained(base, tiny_dirs[1])
+    finally:
+        target.chmod(0o755)

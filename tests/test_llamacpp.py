@@ -184,3 +184,14 @@ def test_a_sweep_cell_on_llamacpp_runs_the_embedded_pair(tmp_path):
     engines = Engines.load("baco:gemma-3-270m", "baco:gemma-3-270m-aligned", backend="llamacpp")
     assert engines.pair.base.weights is engines.pair.aligned.weights  # one copy of the Q4_K_M weights
     assert engines.solo_aligned.base.lora
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "auto", "hf"])
+def test_a_gguf_path_that_does_not_exist_is_named(ggufs, tmp_path, backend):
+    """It was 'the llama.cpp backend runs GGUF files' (llamacpp) or 'GGUF files run on the llama.cpp backend
+    (--backend llamacpp or auto)' (auto): the file's absence went unsaid."""
+    missing = tmp_path / "typo.gguf"
+    with pytest.raises(ModelLoadError, match="no GGUF file at .*typo.gguf"):
+        Collaboration.from_pretrained(missing, ggufs[3], backend=backend)
+    with pytest.raises(ModelLoadError, match="no GGUF file at .*typo.gguf"):
+        Collaboration.from_pretrained(ggufs[2], missing, backend=backend)

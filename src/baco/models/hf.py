@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -74,12 +76,55 @@ def _check_source(name: str | os.PathLike) -> str:
     if os.path.exists(expanded):
         if not os.path.isdir(expanded):
             raise ModelLoadError(f"{name!r} is a file; pass the model's directory (with config.json)")
+        if not os.access(expanded, os.R_OK | os.X_OK):
+            raise ModelLoadError(f"cannot read the model directory {name!r}: permission denied")
+        unreadable = sorted(entry.name for entry in os.scandir(expanded) if not entry.name.startswith(".")
+                            and entry.is_file() and not os.access(entry.path, os.R_OK))
+        if unreadable:  # (safetensors says a file it cannot open does not exist)
+            raise ModelLoadError(f"cannot read {os.path.join(name, unreadable[0])!r}: permission denied")
         if not os.path.exists(os.path.join(expanded, "config.json")):
             raise ModelLoadError(f"{name!r} has no config.json, so it is not a transformers model directory")
         return expanded
     if _looks_like_path(name):
         raise ModelLoadError(f"no model directory at {name!r}")
-    return name
+    return _hub_source(name)
+
+
+def _hub_source(name: str) -> str:
+    """A hub id as it is where the hub answers; else its cached snapshot directory, or a clear error now
+    (huggingface_hub retries an unreachable hub for ~25 s a file, a warning line per try)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if not constants.HF_HUB_OFFLINE and _hub_reachable(constants.ENDPOINT):
+        return name
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # noqa: BLE001 - not a valid repo id: not cached
+        cached = None
+    if isinstance(cached, str):
+        return os.path.dirname(cached)
+    why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+           f"this machine cannot reach the hub ({constants.ENDPOINT})")
+    raise ModelLoadError(f"{name!r} is not a local directory nor in the hub cache ({constants.HF_HUB_CACHE}), and "
+                         f"{why}: pass the model's local directory, or download it where the hub is reachable")
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within `timeout` seconds (True behind a proxy: not probed)."""
+    import socket
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+
+    parts = urlsplit(endpoint)
+    if getproxies().get(parts.scheme) or not parts.hostname:
+        return True
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -> tuple[str, str | None]:
@@ -100,11 +145,26 @@ def resolve_source(name: str | os.PathLike, dtype: str | torch.dtype = "auto") -
     expanded = os.path.expanduser(name)
     adapter_config = os.path.join(expanded, "adapter_config.json")
     if os.path.isfile(adapter_config) and not os.path.exists(os.path.join(expanded, "config.json")):
-        with open(adapter_config, encoding="utf-8") as handle:
-            base = json.load(handle).get("base_model_name_or_path")
+        try:
+            with open(adapter_config, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise ModelLoadError(f"{adapter_config!r} is not valid JSON ({error}): restore the adapter's "
+                                 f"adapter_config.json") from None
+        except OSError as error:
+            raise ModelLoadError(f"cannot read {adapter_config!r}: {error.strerror or error}") from None
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{adapter_config!r} is not valid JSON for an adapter (not an object): "
+                                 f"restore the adapter's adapter_config.json")
+        base = config.get("base_model_name_or_path")
         if not base:
             raise ModelLoadError(f"adapter {name!r} does not name its base model (base_model_name_or_path)")
-        return resolve_source(base, dtype)[0], expanded
+        try:
+            return resolve_source(base, dtype)[0], expanded
+        except ModelLoadError as error:
+            raise ModelLoadError(f"adapter {name!r} names its base model {base!r} (base_model_name_or_path in its "
+                                 f"adapter_config.json), which cannot be loaded: {error}; point it at the base "
+                                 f"model's directory") from None
     return _check_source(name), None
 
 
@@ -132,6 +192,10 @@ def _with_adapter(model, adapter: str, *, merge: bool, name: str = "default"):
         from peft import PeftModel
     except ImportError:
         raise ModelLoadError(f"{adapter!r} is a LoRA adapter; loading it needs `pip install peft`") from None
+    if os.path.isdir(adapter) and not any(os.path.isfile(os.path.join(adapter, f"adapter_model.{ext}"))
+                                          for ext in ("safetensors", "bin")):
+        raise ModelLoadError(f"adapter {adapter!r} has no adapter_model.safetensors (its weights), only its "
+                             f"adapter_config.json: restore the adapter's files")
     try:
         peft = PeftModel.from_pretrained(model, adapter, adapter_name=name)
         return peft.merge_and_unload() if merge else peft.eval()
@@ -152,6 +216,11 @@ def _contiguous_input(module, args):
     return (args[0].contiguous(),) + tuple(args[1:])
 
 
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def _load(name, dtype, device, tokenizer):
     """(model on its device, adapter directory or None, tokenizer) for a name (see `resolve_source`)."""
     from transformers import AutoModelForCausalLM
@@ -162,10 +231,27 @@ def _load(name, dtype, device, tokenizer):
         dtype = "bfloat16"  # the embedded pair is cached in bf16: 2.5x faster than fp32 on AVX-512 CPUs
     torch_dtype = resolve_dtype(dtype, target)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
+    report = logging.getLogger("transformers.modeling_utils")  # its many-line load report: said below in one line
+    quiet = _ErrorsOnly()  # (a filter: its level decides what else it checks)
+    report.addFilter(quiet)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)  # (refused below)
     except Exception as error:  # noqa: BLE001
         raise ModelLoadError(_load_hint(source, "model", error)) from error
+    finally:
+        report.removeFilter(quiet)
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, stored, expected = mismatched[0]
+        raise ModelLoadError(f"the weights in {source!r} do not fit its config.json: {len(mismatched)} tensors have "
+                             f"other shapes (first: {key} is {tuple(stored)} in the weights file, {tuple(expected)} "
+                             f"by config.json): restore the directory's files")
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers fills them with random values: the model would run, and write nonsense
+        raise ModelLoadError(f"the weights in {source!r} lack {len(missing)} tensors that its config.json asks for "
+                             f"(first: {missing[0]}): the weights file and config.json do not belong together "
+                             f"(an incomplete download?): restore the directory's files")
     return model.to(target), adapter, tokenizer
 
 
@@ -324,6 +410,11 @@ class HFCausalLM:
         self.name = name
         self.device = next(model.parameters()).device
         self.compiled = False  # True: the engine's decoding steps run the model compiled (`torch.compile`)
+        inputs = model.get_input_embeddings()
+        rows = inputs.weight.shape[0] if inputs is not None else None
+        if rows is not None and tokenizer.vocab_size > rows:  # its ids past the rows would fail in the forward
+            raise ModelLoadError(f"{name!r}: the tokenizer has {tokenizer.vocab_size} tokens but the model "
+                                 f"{rows} embedding rows: the tokenizer files and the weights do not belong together")
         output = model.get_output_embeddings()
         if output is not None and not getattr(output, "_baco_contiguous", False):  # views share one layer
             output.register_forward_pre_hook(_contiguous_input)

@@ -366,6 +366,9 @@ def choose_backend(backend: str, base, aligned, *, anchor=None, device="auto", o
 
     if backend not in BACKENDS:
         raise BacoError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    for name in (base, aligned, anchor):
+        if str(name).lower().endswith(".gguf") and not _is_gguf(name):
+            raise ModelLoadError(f"no GGUF file at {str(name)!r}")
     gguf_files = any(_is_gguf(n) for n in (base, aligned))
     fits = (supports(base, aligned) and anchor is None and str(device) in ("auto", "cpu") and one_forward != "on"
             and (router is None or unit_of(router) is None) and not compile)
