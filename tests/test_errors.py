@@ -232,3 +232,15 @@ def test_an_unreadable_model_file_or_directory_is_named(tmp_path, tiny_dirs, wha
             Collaboration.from_pretrained(base, tiny_dirs[1])
     finally:
         target.chmod(0o755)
+
+
+def test_an_anchor_with_another_tokenizer_is_named_as_the_model_at_fault(tiny_dirs, tmp_path):
+    """Proxy-tuning's anchor must share the base's vocabulary; the error names the anchor (not base vs aligned)
+    and does not send the user to the cross-tokenizer routers, which cannot do proxy-tuning."""
+    from baco.testing import make_tiny_cross_pair
+
+    _, other = make_tiny_cross_pair(tmp_path / "cross")
+    with pytest.raises(TokenizerMismatchError, match=r"the anchor .* and the base model .* have different tokenizers "
+                                                     r"\(first: id \d+: base .* vs anchor .*\): proxy-tuning") as error:
+        Collaboration.from_pretrained(*tiny_dirs, anchor=other, device="cpu")
+    assert "cross-tokenizer" not in str(error.value)

@@ -113,7 +113,14 @@ class Collaboration:
                                  HFCausalLM.from_pretrained(aligned, dtype=dtype, device=device,
                                                             tokenizer=aligned_tokenizer)), prompt_format)
         if anchor_tokenizer is not None:
-            check_compatible(base_tokenizer, anchor_tokenizer)
+            try:
+                check_compatible(base_tokenizer, anchor_tokenizer)
+            except TokenizerMismatchError as mismatch:  # proxy-tuning adds log-probs id by id: no cross method
+                first = str(mismatch).split("(first: ", 1)[-1].split(")", 1)[0].replace("aligned", "anchor")
+                raise TokenizerMismatchError(
+                    f"the anchor {str(anchor)!r} and the base model {str(base)!r} have different tokenizers "
+                    f"(first: {first}): proxy-tuning adds the three models' log-probs token by token, so the "
+                    f"anchor must share the base's vocabulary (the aligned model's own untuned base)") from None
         base_lm, aligned_lm = load_pair_models(base, aligned, dtype=dtype, device=device, base_tokenizer=base_tokenizer,
                                                aligned_tokenizer=aligned_tokenizer, one_forward=one_forward)
         anchor_lm = (HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device, tokenizer=anchor_tokenizer)
