@@ -195,3 +195,17 @@ def test_a_gguf_path_that_does_not_exist_is_named(ggufs, tmp_path, backend):
         Collaboration.from_pretrained(missing, ggufs[3], backend=backend)
     with pytest.raises(ModelLoadError, match="no GGUF file at .*typo.gguf"):
         Collaboration.from_pretrained(ggufs[2], missing, backend=backend)
+
+
+def test_a_gguf_pair_with_two_tokenizers_says_the_cross_methods_need_transformers(ggufs, tmp_path):
+    from baco.errors import TokenizerMismatchError
+    from baco.testing import tiny_model, train_tokenizer
+
+    other_text = "zebra quartz jovial fox " * 40 + "Question: Answer: 0 1 2 . , ! ?"
+    tokenizer = train_tokenizer(400, corpus=other_text)  # another byte-level BPE: other merges, other ids
+    tiny_model(tokenizer, seed=9).save_pretrained(tmp_path / "other")
+    tokenizer.save_pretrained(tmp_path / "other")
+    other_gguf = write_llama_gguf(tmp_path / "other", tmp_path / "other.gguf")
+    with pytest.raises(TokenizerMismatchError, match=r"disagree .* On llama.cpp only a same-tokenizer pair runs: "
+                                                     r"the cross-tokenizer methods need .* \(--backend hf\)"):
+        Collaboration.from_pretrained(ggufs[2], other_gguf, backend="llamacpp")

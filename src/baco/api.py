@@ -95,7 +95,12 @@ class Collaboration:
 
             if router is not None:
                 get_router(router, build=False)
-            return cls(ModelPair(*load_llamacpp_models(base, aligned)), prompt_format)
+            try:
+                return cls(ModelPair(*load_llamacpp_models(base, aligned)), prompt_format)
+            except TokenizerMismatchError as mismatch:  # the cross-tokenizer loop runs transformers' sessions
+                raise TokenizerMismatchError(f"{mismatch} On llama.cpp only a same-tokenizer pair runs: the cross-"
+                                             f"tokenizer methods need the models' transformers directories "
+                                             f"(--backend hf)") from None
         base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
         anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
         from baco.vocab import check_compatible  # fail fast, before loading any weights
