@@ -179,6 +179,8 @@ class Worker(threading.Thread):
 
     def _dispatch(self, key: str, engine: Engine, event: StepEvent) -> None:
         out: dict[Job, list] = {}
+        done: list[tuple[int, str]] = []  # retired once every row is read: if reading one fails, `_fail_engine`
+        # still finds every row of this step, and each job hears of the failure (none waits for ever)
         probs = event.chosen_prob.tolist()
         for i, rid in enumerate(event.rows):
             row = self.rows.get((key, rid))
@@ -205,7 +207,9 @@ class Worker(threading.Thread):
                 messages.append(("tokens", row.choice, released))
             if finish is not None:
                 messages.append(("finish", row.choice, finish))
-                self._retire(key, rid, finish)
+                done.append((rid, finish))
+        for rid, finish in done:
+            self._retire(key, rid, finish)
         for job, messages in out.items():
             self._deliver(job, messages)
 
