@@ -59,6 +59,27 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     assert all(c["samples"] == 9 and c["seconds"] > 0 for c in costs)
 
 
+def test_a_prompt_repeated_in_a_task_file_is_planned_once(tmp_path):
+    # the engine gives a repeated prompt text the same samples and the evaluation groups by prompt text,
+    # so a repeat would count each of its samples twice in one prompt's diversity
+    from baco.sweep.run import plan_sweep
+    from baco.tasks import TaskWarning
+
+    texts = ["Name a fruit.", "Why?", "Name a fruit.", "Tell a joke.", "Why?"]
+    path = tmp_path / "repeats.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in texts))
+    raw = {**raw_config(tmp_path), "tasks": [{"path": str(path), "name": "rep"}, {"path": str(path), "name": "rep3",
+                                                                                   "limit": 3}]}
+    config = parse_config(raw)
+    with pytest.warns(TaskWarning, match="skipped 2 item"):
+        items_of, plan = plan_sweep(config)
+    distinct = list(dict.fromkeys(texts))
+    for task in config.tasks:
+        assert [item.prompt for item in items_of[task]] == distinct  # each text once; limit 3 = all three
+    for cell in config.cells:
+        assert len(plan[cell.key]) == len(distinct) * config.n
+
+
 def test_slots_sized_from_memory_store_the_samples_of_fixed_batches(tmp_path, engines):
     raw = raw_config(tmp_path)
     fixed = parse_config({**raw, "batch_size": 2})
@@ -213,3 +234,13 @@ def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
         assert sum(shares) == pytest.approx(1.0)
     table = (tmp_path / "out" / "table.md").read_text()
     assert "Per seed (average over tasks):" in table and "| method | Cov. seed 0 | Cov. seed 1 |" in table
+
+
+@pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md"])
+def test_docs_results_quotes_the_three_seed_tables_it_cites(table):
+    # docs/results.md shows these sweeps' table.md outputs; a row edited or left from another run would
+    # disagree with the per-seed values printed under it
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "results.md").read_text(encoding="utf-8").splitlines()
+    rows = [line for line in (docs / "results" / table).read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    assert rows and [row for row in rows if row not in page] == []

@@ -33,7 +33,7 @@ from baco.storage import JsonlAppender, append_row, repair_tail
 from baco.sweep import ledger
 from baco.sweep.config import Cell, Configuration, SweepConfig
 from baco.sweep.lock import RunLock
-from baco.tasks import load_task
+from baco.tasks import TaskWarning, load_task, select
 
 
 @dataclass
@@ -91,7 +91,20 @@ class Engines:
 
 
 def cell_prompts(cell: Cell) -> list:
-    return load_task(cell.task.path or cell.task.name, limit=cell.task.limit, seed=0)
+    """The task's prompts, each text once (the engine gives a repeated prompt the same samples, and the
+    evaluation groups samples by prompt text), then the stratified `limit`."""
+    items, seen, repeated = [], set(), []
+    for item in load_task(cell.task.path or cell.task.name):
+        if item.prompt in seen:
+            repeated.append(item.id)
+            continue
+        seen.add(item.prompt)
+        items.append(item)
+    if repeated:
+        listed = ", ".join(repeated[:10]) + (", ..." if len(repeated) > 10 else "")
+        warnings.warn(f"task {cell.task.name}: skipped {len(repeated)} item(s) repeating an earlier prompt: {listed}",
+                      TaskWarning, stacklevel=2)
+    return select(items, cell.task.limit, seed=0)
 
 
 def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
