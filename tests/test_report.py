@@ -51,6 +51,16 @@ def test_the_coloured_spans_spell_each_samples_text(run_dir):
         assert spans.count("<span") == len(re.findall("tok-(?:base|aligned|mix)", spans))
 
 
+def test_a_run_cut_short_before_a_configurations_first_prompt_still_reports_the_others(run_dir, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    rows = [json.loads(line) for line in (cut / "samples.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if not (r["method"] == "aligned" and r["prompt_index"] == 0)]  # killed before them
+    (cut / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    shown = re.findall(r"<div class='meta'>([^<]*) · sample", build_report(cut))
+    assert shown and all(name.startswith("p-punc") for name in shown)
+
+
 def test_no_run_directory_is_a_clear_error(tmp_path):
     from baco.errors import BacoError
 

@@ -79,6 +79,9 @@ def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, l
     for (task, method), names in configs.items():
         config = names[len(names) // 2]
         chosen = [r for r in rows if r["task"] == task and r["config"] == config and r["prompt_index"] == 0]
+        if not chosen:  # a run cut short: this configuration has no sample of the first prompt yet
+            out.setdefault(task, {})[method] = []
+            continue
         seed = min(r["cell"] for r in chosen)
         chosen = sorted((r for r in chosen if r["cell"] == seed), key=lambda r: r["sample_index"])
         out.setdefault(task, {})[method] = chosen[:per_method]
@@ -117,8 +120,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
               "<span class='tok-aligned'>aligned-written</span><span class='tok-mix'>mixture</span> "
               "(hover a token for its writer, reason, base top-1 prob and entropy)</p>"]
     for task, methods in pick_samples(rows, per_method).items():
-        first = next(iter(methods.values()))
-        prompt = first[0]["prompt"] if first else ""
+        prompt = next((samples[0]["prompt"] for samples in methods.values() if samples), "")
         parts.append(f"<h3>{html.escape(task)}: {html.escape(prompt)}</h3>")
         for method, samples in methods.items():
             for s in samples:
