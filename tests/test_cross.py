@@ -348,3 +348,58 @@ def test_the_cross_family_demo_pair_writes_together():
             assert decoded.strip() == "".join(sample.token_texts).strip()
     with pytest.raises(TokenizerMismatchError, match="chared"):
         Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS, router="p-punc:0.5")
+
+
+def test_greedy_unite_takes_the_best_mean_score_of_the_union_of_top_k(cross_dirs):
+    """UniTE at temperature 0: the union of both models' K most likely next tokens (temperature 1), each
+    scored by both models (mass of its tokens that start with the piece, plus the longest proper-prefix
+    token), and the piece with the best mean score is written. Computed here from each model's own
+    logits, by a loop over its vocabulary."""
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+    from baco.vocab import control_token_ids
+
+    lms = [HFCausalLM.from_pretrained(path, device="cpu") for path in cross_dirs]
+    pair = CrossPair(*lms)
+    k = 3
+    for index, prompt in enumerate(["Name a fruit.", "Why?", "Tell me a story.", "Hello there", "The cat"]):
+        ids = [lm.tokenizer(prompt)["input_ids"] for lm in lms]
+        dists = []
+        for lm, table, prompt_ids in zip(lms, pair.tables, ids):
+            with torch.no_grad():
+                logits = lm.model(torch.tensor([prompt_ids])).logits[0, -1].float()
+            banned = control_token_ids(lm.tokenizer) - set(lm.stop_token_ids)
+            keep = [t for t in range(len(logits)) if t not in banned
+                    and (t in lm.stop_token_ids or table.pieces[t])]
+            probs = torch.softmax(logits[keep], -1).tolist()
+            dists.append({t: p for t, p in zip(keep, probs)})
+
+        def piece(lm, table, t):
+            return None if t in lm.stop_token_ids else table.pieces[t]
+
+        def score(lm, table, dist, candidate):
+            if candidate is None:
+                return sum(p for t, p in dist.items() if t in lm.stop_token_ids)
+            mass = sum(p for t, p in dist.items() if t not in lm.stop_token_ids
+                       and table.pieces[t].startswith(candidate))
+            for cut in range(len(candidate) - 1, 0, -1):
+                prefix = [p for t, p in dist.items() if t not in lm.stop_token_ids and table.pieces[t] == candidate[:cut]]
+                if prefix:
+                    return mass + sum(prefix)
+            return mass
+
+        tops = []
+        for lm, table, dist in zip(lms, pair.tables, dists):
+            ranked = sorted(dist, key=dist.get, reverse=True)
+            tops.append(list(dict.fromkeys(piece(lm, table, t) for t in ranked))[:k])
+        candidates = list(dict.fromkeys(tops[0] + tops[1]))
+        mean = {c: sum(score(lm, table, dist, c) for lm, table, dist in zip(lms, pair.tables, dists)) / 2
+                for c in candidates}
+        best = max(candidates, key=mean.get)
+        request = Request(prompt, index, 0, ids[0], ids[1], 0, 6)
+        events = list(crossloop(pair, [request], get_router(f"unite:{k}"), SamplingParams(temperature=0)))
+        if best is None:
+            assert events[0].finished == "stop" and events[-1].data == b""
+        else:
+            assert events[-1].data.startswith(best)
+        assert events[0].chosen_prob == pytest.approx(mean[best] / sum(mean.values()), rel=1e-4)

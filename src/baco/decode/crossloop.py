@@ -197,20 +197,23 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
 
 
 def _decide_piece(i: int, row: _Row, models: list[CharRows], method: Router, params: SamplingParams):
-    """UniTE: both models' next pieces (an end branch's continuation needs its lookahead forward first)."""
+    """UniTE: both models' next pieces (an end branch's continuation needs its lookahead forward first).
+    Greedy UniTE ranks and scores on the temperature-1 distributions and takes the best mean score (the
+    filtered ones are one-hot at temperature 0, which would leave a tie between the two greedy pieces)."""
+    whole = params.temperature == 0
     waiting = False
     for model in models:
         cursor = model.cursors[i]
-        if cursor.look is None and cursor.end_mass(model.table) > 0:
+        if cursor.look is None and cursor.end_mass(model.table, whole) > 0:
             cursor.want_look, waiting = True, True
     if waiting:
         return _WAIT
     base, aligned = models[0].stats(i), models[1].stats(i)
     k = int(method.value)
-    tops = [models[0].pieces(i, k), models[1].pieces(i, k)]
+    tops = [models[0].pieces(i, k, whole), models[1].pieces(i, k, whole)]
     candidates = list(dict.fromkeys([*tops[0], *tops[1]]))
-    view = PieceView(candidates, torch.tensor([models[0].score(i, c) for c in candidates]),
-                     torch.tensor([models[1].score(i, c) for c in candidates]),
+    view = PieceView(candidates, torch.tensor([models[0].score(i, c, whole) for c in candidates]),
+                     torch.tensor([models[1].score(i, c, whole) for c in candidates]),
                      [c in tops[0] for c in candidates], [c in tops[1] for c in candidates])
     probs = method(view).mix[0].exp()
     pick = pick_index(probs, params, row.streams[1])

@@ -242,8 +242,15 @@ class Cursor:
     tokens: list[int] = field(default_factory=list)
     _masses: tuple | None = None  # cached (bytes (256,), stop, end, total) for the current state
 
-    def masses(self, table: TokenBytes) -> tuple[torch.Tensor, float, float, float]:
-        """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised."""
+    def masses(self, table: TokenBytes, whole: bool = False) -> tuple[torch.Tensor, float, float, float]:
+        """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised.
+        `whole`: of the temperature-1 distribution, whatever the cursor reads."""
+        if whole and not self.raw:
+            saved, self.raw, self._masses = self._masses, True, None
+            try:
+                return self.masses(table)
+            finally:
+                self.raw, self._masses = False, saved
         if self._masses is None:
             probs = self.dist.probs(self.raw)
             if not self.pending:
@@ -255,9 +262,9 @@ class Cursor:
                 self._masses = (longer, 0.0, end, float(longer.sum()) + end)
         return self._masses
 
-    def end_mass(self, table: TokenBytes) -> float:
+    def end_mass(self, table: TokenBytes, whole: bool = False) -> float:
         """The end branch's mass, or 0 when below END_FLOOR of the consistent mass."""
-        _, _, end, total = self.masses(table)
+        _, _, end, total = self.masses(table, whole)
         return end if total > 0 and end >= END_FLOOR * total else 0.0
 
     def end_token(self) -> int:
@@ -498,26 +505,28 @@ class CharRows:
             return top, entropy, None
         return top, entropy, self.table.sorted_bytes[where][len(cursor.pending):]
 
-    def _segments(self, row: int) -> tuple[list[tuple], float, float]:
+    def _segments(self, row: int, whole: bool = False) -> tuple[list[tuple], float, float]:
         """The row's next pieces of text as (probs, lo, hi, prefix, weight) ranges of sorted tokens whose
         bytes after `prefix` are the piece; the stop mass; the consistent mass (all unnormalised).
-        With an end branch, the lookahead's tokens follow the pending bytes' own token."""
+        With an end branch, the lookahead's tokens follow the pending bytes' own token.
+        `whole`: from the temperature-1 distributions (greedy UniTE ranks and scores on them)."""
         cursor, table = self.cursors[row], self.table
-        probs = cursor.dist.probs(cursor.raw)
-        longer, stop, end_full, total = cursor.masses(table)
-        end = cursor.end_mass(table)
+        raw = cursor.raw or whole
+        probs = cursor.dist.probs(raw)
+        longer, stop, end_full, total = cursor.masses(table, whole)
+        end = cursor.end_mass(table, whole)
         if not cursor.pending:
             return [(probs, 0, table.n_text, b"", 1.0)], stop, total
         segments = [(probs, cursor.lo + cursor.exact, cursor.hi, cursor.pending, 1.0)]
         if end > 0:
-            after = cursor.look.dist.probs(cursor.raw)
+            after = cursor.look.dist.probs(raw)
             segments.append((after, 0, table.n_text, b"", end))
-            stop = end * float(cursor.look.dist.first(cursor.raw)[STOP])
+            stop = end * float(cursor.look.dist.first(raw)[STOP])
         return segments, stop, total - (end_full - end)
 
-    def pieces(self, row: int, k: int) -> list[bytes | None]:
+    def pieces(self, row: int, k: int, whole: bool = False) -> list[bytes | None]:
         """The k most likely next pieces of text (None = end of text), most likely first."""
-        segments, stop, _ = self._segments(row)
+        segments, stop, _ = self._segments(row, whole)
         mass: dict[bytes | None, float] = {None: stop} if stop > 0 else {}
         for probs, lo, hi, prefix, weight in segments:
             if hi <= lo:
@@ -529,11 +538,11 @@ class CharRows:
                     mass[piece] = mass.get(piece, 0.0) + weight * value
         return sorted(mass, key=mass.get, reverse=True)[:k]
 
-    def score(self, row: int, piece: bytes | None) -> float:
+    def score(self, row: int, piece: bytes | None, whole: bool = False) -> float:
         """P(the next text starts with `piece`) as UniTE scores a token another vocabulary holds: the mass
         of this model's next tokens that start with the piece, plus, for a piece this model would split,
         the mass of its first sub-token (the longest of its tokens that is a proper prefix of the piece)."""
-        segments, stop, total = self._segments(row)
+        segments, stop, total = self._segments(row, whole)
         if total <= 0:
             return 0.0
         if piece is None:
