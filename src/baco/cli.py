@@ -223,8 +223,9 @@ def _add_memory_fraction(p, when: str = "with --max-batch auto") -> None:
 
 
 def _check_memory_fraction(args) -> None:
-    if not 0 < args.memory_fraction <= 1:
-        raise BacoError(f"--memory-fraction must be in (0, 1], got {args.memory_fraction:g}")
+    from baco.decode.engine import check_fraction
+
+    check_fraction(args.memory_fraction, "--memory-fraction")
 
 
 def _router_name(spec: str) -> str:

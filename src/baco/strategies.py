@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
+from baco.decode.engine import MEMORY_FRACTION
 from baco.decode.loop import Request, lockstep, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
@@ -85,7 +86,7 @@ def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[in
 
 def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: float, sampling: SamplingParams,
                        fmt: PromptFormat | None = None, batch_size: int | str = 256,
-                       memory_fraction: float | None = None) -> Iterator[Sample]:
+                       memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
     fmt = fmt or PromptFormat()
     pair = ModelPair(lm, lm)
     guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
@@ -143,7 +144,7 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
 
 def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
                         fmt: PromptFormat | None = None, batch_size: int | str = 256,
-                        memory_fraction: float | None = None) -> Iterator[Sample]:
+                        memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
     from baco.api import Collaboration
     from baco.models.pair import SoloPair
 
@@ -153,9 +154,8 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     rounds = -(-n // k)
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
-    more = {} if memory_fraction is None else {"memory_fraction": memory_fraction}
     for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
-                                         **more):
+                                         memory_fraction=memory_fraction):
         i = response.prompt_index
         for span in split_items(response.text)[:k]:
             if made[i] >= n:
@@ -174,13 +174,15 @@ def _register(name, param, default, low, help, integer=False):
 
 @_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
            "model primed with the prompt's earlier samples; sample k depends on samples < k")
-def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memory_fraction=None):
+def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256,
+              memory_fraction=MEMORY_FRACTION):
     return negative_prompting(lm, prompts, n=n, weight=value, sampling=sampling, fmt=fmt, batch_size=batch_size,
                               memory_fraction=memory_fraction)
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
            "probabilities in one response and split them", integer=True)
-def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256, memory_fraction=None):
+def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256,
+                memory_fraction=MEMORY_FRACTION):
     return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size,
                                memory_fraction=memory_fraction)

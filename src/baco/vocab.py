@@ -76,6 +76,12 @@ class TokenTable:
     def size(self) -> int:
         return len(self.texts)
 
+    def mid_word(self, previous: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: each row's last token (`previous`, -1: none yet) ends in a word character, so a token that
+        starts with one would continue that word ("drag" + "on"); after a space, punctuation, a line break or
+        nothing, it starts a new one."""
+        return (previous >= 0) & self.ends_word_char[previous.clamp(min=0)]
+
     def to(self, device: torch.device | str) -> "TokenTable":
         """The same table with its tensors on `device` (where the models' logits live)."""
         move = {name: getattr(self, name).to(device)

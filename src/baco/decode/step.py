@@ -90,8 +90,7 @@ def _blocked(view: StepView, previous: torch.Tensor, previous_base: torch.Tensor
              tokens: torch.Tensor) -> torch.Tensor:
     """The word rule: rows whose writer changes in the middle of a word (the previous token ends in a word
     character) with a token that continues that word."""
-    mid_word = (previous >= 0) & view.vocab.ends_word_char[previous.clamp(min=0)]
-    return mid_word & (use_base != previous_base) & view.vocab.continues_word[tokens]
+    return view.vocab.mid_word(previous) & (use_base != previous_base) & view.vocab.continues_word[tokens]
 
 
 def _draw(base_lp: torch.Tensor, aligned_lp: torch.Tensor, use_base: torch.Tensor, uniforms: torch.Tensor,

@@ -232,7 +232,7 @@ def _load(name, dtype, device, tokenizer):
     torch_dtype = resolve_dtype(dtype, target)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(source)
     report = logging.getLogger("transformers.modeling_utils")  # its many-line load report: said below in one line
-    quiet = _ErrorsOnly()  # (a filter: its level decides what else it checks)
+    quiet = _ErrorsOnly()  # its warnings hidden, its errors still shown
     report.addFilter(quiet)
     try:
         model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,

@@ -50,8 +50,7 @@ def predicts_function_word(view: StepView) -> torch.Tensor:
     starts = vocab.is_function_word[token]
     previous = getattr(view, "previous", None)
     if previous is not None:
-        after_break = (previous < 0) | ~vocab.ends_word_char[previous.clamp(min=0)]
-        starts = starts | (vocab.is_function_text[token] & after_break)
+        starts = starts | (vocab.is_function_text[token] & ~vocab.mid_word(previous))
     return starts
 
 

@@ -100,7 +100,7 @@ class JudgeRouter:
         base_top, aligned_top = view.base_top1_token, view.aligned_top1_token
         starts_word = ~vocab.continues_word[base_top] & ~vocab.continues_word[aligned_top]
         if view.previous is not None:  # after a line break, punctuation or nothing, "The" starts a word too
-            starts_word = starts_word | (view.previous < 0) | ~vocab.ends_word_char[view.previous.clamp(min=0)]
+            starts_word = starts_word | ~vocab.mid_word(view.previous)
         ask = (base_top != aligned_top) & starts_word & ~vocab.is_punct[aligned_top]
         use_base = torch.zeros(view.batch_size, dtype=torch.bool, device=view.base_logprobs.device)
         reasons = ["aligned-default"] * view.batch_size

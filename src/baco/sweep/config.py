@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn
 
+from baco.decode.engine import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router
@@ -90,7 +91,7 @@ class SweepConfig:
     backend: str = "hf"  # or "llamacpp" (GGUF files or the embedded pair on llama.cpp)
     source: dict = field(default_factory=dict)
     compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
-    memory_fraction: float = 0.9  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
+    memory_fraction: float = MEMORY_FRACTION  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
 
     @property
     def cells(self) -> list[Cell]:

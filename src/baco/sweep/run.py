@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
+from baco.decode.engine import MEMORY_FRACTION
 from baco.decode.records import Sample
 from baco.errors import BacoError
 from baco.models.chars import CrossPair
@@ -119,7 +120,7 @@ class CellDecoder:
     router with its own model (JUDGE), else None. Runs wherever the Engines are (here or a Ray actor)."""
 
     def __init__(self, cell: Cell, prompts: list[str], *, n: int, batch_size: int | str, skip: set,
-                 memory_fraction: float = 0.9):
+                 memory_fraction: float = MEMORY_FRACTION):
         self.cell, self.prompts, self.n, self.batch_size, self.skip = cell, prompts, n, batch_size, skip
         self.memory_fraction = memory_fraction
         self.router_stats: dict | None = None
