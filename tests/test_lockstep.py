@@ -1,10 +1,12 @@
 """The lockstep loop on the tiny random pair: equivalences that pin down caches, routing and sampling."""
 
+import warnings
+
 import pytest
 import torch
 
 from baco import SamplingParams
-from baco.prompts import PromptFormat
+from baco.prompts import PromptFormat, PromptWarning
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
 
@@ -162,3 +164,26 @@ def test_a_solo_pair_reproduces_its_model_inside_the_pair(collab):
         alone = solo.generate(PROMPTS, router=side, n=2, sampling=params)
         inside = collab.generate(PROMPTS, router=side, n=2, sampling=params)
         assert [s.token_ids for s in alone] == [s.token_ids for s in inside]
+
+
+@pytest.mark.parametrize("template", [
+    # drops the system turn without a word (the aligned model would never read the system prompt)
+    "{% for m in messages %}{% if m['role'] != 'system' %}<{{ m['role'] }}>{{ m['content'] }}{% endif %}"
+    "{% endfor %}<assistant>",
+    # refuses it, as some chat templates do
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>",
+])
+def test_a_template_without_a_system_role_gets_the_system_prompt_in_the_first_user_turn(collab, template):
+    fmt = PromptFormat(system_prompt="Be kind.", few_shot=(("Hi", "Hello!"),), chat_template=template)
+    with pytest.warns(PromptWarning, match="no system role"):
+        rendered = fmt.render_aligned("How are you?", collab.tokenizer)
+    assert rendered == "<user>Be kind.\n\nHi<assistant>Hello!<user>How are you?<assistant>"
+
+
+def test_a_template_with_a_system_role_renders_it_as_it_says(collab):
+    template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    fmt = PromptFormat(system_prompt="Be kind.", chat_template=template)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fmt.render_aligned("Hi", collab.tokenizer) == "<system>Be kind.<user>Hi<assistant>"

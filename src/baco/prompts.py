@@ -14,9 +14,14 @@ answer is to start the next question.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from baco.errors import PromptError
+
+class PromptWarning(UserWarning):
+    """A prompt was rendered differently than asked (e.g. a system prompt folded into the first user turn)."""
+
 
 DEFAULT_BASE_TEMPLATE = "Question: {prompt}\nAnswer:"
 
@@ -82,14 +87,27 @@ class PromptFormat:
             )
         messages = self.chat_messages(prompt)
         try:
-            return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True)
+            rendered = self._apply(tokenizer, template, messages)
         except Exception as error:  # noqa: BLE001 - jinja raises its own types
             if not self.system_prompt:
                 raise PromptError(f"the chat template failed to render: {error}") from error
-        # Templates without a system role: fold the system prompt into the first user turn.
+            rendered = None  # a template that refuses the system role ("System role not supported")
+        if not self.system_prompt or (rendered is not None
+                                      and rendered != self._apply(tokenizer, template, messages[1:])):
+            return rendered
+        # The template refuses the system role or silently drops it (the aligned model would never see the
+        # system prompt while the base model does): fold it into the first user turn, as Gemma's template does.
+        warnings.warn("the aligned model's chat template has no system role: the system prompt is put at the "
+                      "start of the first user turn", PromptWarning, stacklevel=2)
         messages = messages[1:]
         messages[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{messages[0]['content']}"}
+        try:
+            return self._apply(tokenizer, template, messages)
+        except Exception as error:  # noqa: BLE001
+            raise PromptError(f"the chat template failed to render: {error}") from error
+
+    @staticmethod
+    def _apply(tokenizer, template: str, messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=True)
 
