@@ -17,7 +17,7 @@ from baco.evaluate.resources import Resources
 from baco.evaluate.runner import evaluate_records
 from baco.evaluate.seeds import AGGREGATES, format_spread, pareto_over_seeds
 from baco.storage import atomic_write
-from baco.sweep.config import SweepConfig
+from baco.sweep.config import SweepConfig, cell_key
 
 
 def records_of(rows: list[dict]) -> list[Record]:
@@ -59,6 +59,15 @@ def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, r
             "families": family, "coverage_dominance": table, "metrics": result.summary,
             "planes": {seed: [p.__dict__ for p in report.planes] for seed, report in per_seed.items()},
             "warnings": result.warnings}
+
+
+def evaluated_cells(summary: dict) -> set[str] | None:
+    """The cells whose samples `summarise` evaluated (its tasks x configurations x seeds); None for a
+    summary that does not list them."""
+    if not all(isinstance(summary.get(key), (list, dict)) for key in ("tasks", "families", "seeds")):
+        return None
+    return {cell_key(task, config, seed) for task in summary["tasks"] for config in summary["families"]
+            for seed in summary["seeds"]}
 
 
 def _by_coverage(summary: dict) -> list[str]:
