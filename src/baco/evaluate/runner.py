@@ -42,7 +42,8 @@ class SeedResult:
     pareto: ParetoReport | None
 
     def to_dict(self) -> dict:
-        return {"summary": self.summary, "counts": self.counts, "pareto": self.pareto.to_dict() if self.pareto else None}
+        return {"summary": self.summary, "counts": self.counts,
+                "pareto": self.pareto.to_dict() if self.pareto else None}
 
 
 @dataclass
@@ -220,7 +221,8 @@ def _by_task_and_method(per_prompt: list[dict]) -> dict[str, dict[str, list[dict
 
 def _means(grouped: dict, metrics: list[MetricSpec]) -> dict:
     """task -> method -> metric -> mean over the prompts where it is defined."""
-    return {task: {method: {s.name: _mean(r[s.name] for r in rows) for s in metrics} for method, rows in methods.items()}
+    return {task: {method: {s.name: _mean(r[s.name] for r in rows) for s in metrics}
+                   for method, rows in methods.items()}
             for task, methods in grouped.items()}
 
 
