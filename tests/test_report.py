@@ -82,6 +82,8 @@ def test_a_method_removed_from_the_configuration_leaves_the_page_as_it_leaves_th
     assert (f"<p class='meta' id='left-out'>{dropped} stored samples left out: {dropped} of cells the configuration "
             f"of results.json does not list.</p>") in page
     assert "id='left-out'" not in build_report(run_dir)  # the run as configured leaves nothing out
+    (edited / "plan.jsonl").unlink()  # a run directory from before plans were recorded: selected by cell
+    assert re.findall(r"<div class='meta'>([^<]*) · sample", build_report(edited)) == shown
 
 
 def test_no_run_directory_is_a_clear_error(tmp_path):
