@@ -89,7 +89,7 @@ def main() -> None:
             needs = [n for n in spec.needs if n != "prompt"]
 
             def run(spec=spec, needs=needs):
-                for (_, _, prompt), rows in groups.items():
+                for (*_, prompt), rows in groups.items():
                     kwargs = {n: resources.get(n) for n in needs}
                     if "prompt" in spec.needs:
                         kwargs["prompt"] = prompt

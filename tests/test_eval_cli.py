@@ -182,7 +182,7 @@ def test_responses_keep_sample_order_within_a_group(tmp_path):
     ])
     records, warnings = read_records([path])
     assert not warnings
-    assert [r.response for r in group_records(records)[("default", "r", "p")]] == ["first", "second", "third"]
+    assert [r.response for r in group_records(records)[("default", "r", None, "p")]] == ["first", "second", "third"]
     with pytest.raises(SamplesError, match="does not exist"):
         read_records([tmp_path / "none.jsonl"])
 
@@ -212,3 +212,84 @@ def test_one_router_at_two_temperatures_is_pooled_with_a_warning_and_sweep_confi
     swept = [{**row, "config": f"base@temperature={t}"} for rows, t in ((cool, 0.7), (hot, 1.2)) for row in rows]
     records, warnings = read_records([write_rows(tmp_path / "sweep.jsonl", swept)])
     assert {r.method for r in records} == {"base@temperature=0.7", "base@temperature=1.2"} and not warnings
+
+
+SWEEP_ANSWERS = {  # (config, seed) -> each prompt's three answers: the seeds differ, so pooling them would show
+    ("a", 0): ["red apple", "red apple", "green pear"], ("a", 1): ["ripe mango", "sweet fig", "tart lime"],
+    ("b", 0): ["a kiwi", "the plum", "one lime"], ("b", 1): ["kiwi kiwi", "kiwi", "a kiwi"],
+}
+
+
+def sweep_rows(seeds, prompts=("Name a fruit.", "Pick a fruit.")):
+    """Rows as `baco sweep` writes them (trimmed): each names its cell and records its seed in `sampling`."""
+    return [{"id": f"{config}-{seed}-{i}-{k}", "cell": f"t|{config}|seed={seed}", "task": "t", "method": config,
+             "config": config, "router": "aligned", "prompt": prompt, "prompt_index": i, "sample_index": k,
+             "seed": 1000 * seed + 10 * i + k,  # the row's own stream seed, derived from the run's
+             "text": f"{answer} {i}", "token_ids": [], "sampling": {"temperature": 1.0, "seed": seed}}
+            for (config, seed), answers in SWEEP_ANSWERS.items() if seed in seeds
+            for i, prompt in enumerate(prompts) for k, answer in enumerate(answers)]
+
+
+def evaluate(tmp_path, name, *files):
+    out = tmp_path / f"{name}.json"
+    assert main(["eval", *map(str, files), "--metrics", "distinct-1,self-bleu,relevance", "--out", str(out)]) == 0
+    return load(out)
+
+
+def test_a_two_seed_sweep_file_is_evaluated_seed_by_seed_with_the_mean_over_seeds(tmp_path, capsys):
+    import statistics
+
+    both = write_rows(tmp_path / "samples.jsonl", sweep_rows({0, 1}))
+    # another tool's samples carry no seed: they are the same in every seed's planes
+    tool = write_rows(tmp_path / "tool.jsonl", [{"prompt": p, "response": r, "method": "tool", "task": "t"}
+                                                for p in ("Name a fruit.", "Pick a fruit.") for r in ("fig", "a fig")])
+    data, csv_rows = evaluate(tmp_path, "both", both, tool)
+    table = capsys.readouterr().out
+    alone = {seed: evaluate(tmp_path, f"seed{seed}", write_rows(tmp_path / f"s{seed}.jsonl", sweep_rows({seed})), tool)
+             for seed in (0, 1)}
+    assert data["seeds"] == [0, 1]
+    for seed, (single, single_csv) in alone.items():
+        # each seed's numbers are those of its samples evaluated alone: diversity over n, not 2n, samples
+        assert data["by_seed"][str(seed)]["summary"] == single["summary"]
+        assert data["by_seed"][str(seed)]["counts"] == single["counts"]
+        assert data["by_seed"][str(seed)]["pareto"]["overall"] == single["pareto"]["overall"]
+        assert [r for r in csv_rows if r["seed"] == str(seed)] == [{**r, "seed": str(seed)} for r in single_csv]
+    for method in ("a", "b"):
+        for metric in ("distinct-1", "self-bleu", "relevance"):
+            values = [alone[seed][0]["summary"]["t"][method][metric] for seed in (0, 1)]
+            assert data["summary"]["t"][method][metric] == pytest.approx(statistics.fmean(values))
+            assert data["spread"]["t"][method][metric]["std"] == pytest.approx(statistics.stdev(values))
+        dominance = [alone[seed][0]["pareto"]["overall"][method]["dominance"] for seed in (0, 1)]
+        spread = data["coverage_dominance"]["overall"][method]["dominance"]
+        assert spread["mean"] == pytest.approx(statistics.fmean(dominance)) and spread["seeds"] == 2
+    counts = data["counts"]["t"]["a"]
+    assert (counts["seeds"], counts["prompts"], counts["responses"]) == (2, 2, 12)  # distinct prompts, all samples
+    assert data["counts"]["t"]["tool"]["seeds"] == 2  # in each seed's evaluation
+    assert {r["seed"] for r in data["per_prompt"]} == {0, 1, None}
+    assert "mean ± sample standard deviation over seeds" in table and " ± " in table
+
+
+def test_a_one_seed_sweep_file_is_evaluated_as_before(tmp_path, capsys):
+    rows = sweep_rows({1})
+    data, csv_rows = evaluate(tmp_path, "swept", write_rows(tmp_path / "samples.jsonl", rows))
+    table = capsys.readouterr().out
+    # the same rows without the cell that marks them as a sweep's: no seed at all
+    unswept = [{k: v for k, v in r.items() if k != "cell"} for r in rows]
+    plain, plain_csv = evaluate(tmp_path, "plain", write_rows(tmp_path / "plain.jsonl", unswept))
+    assert table == capsys.readouterr().out and " ± " not in table and "seeds" not in table
+    assert {k: v for k, v in data.items() if k != "files"} == {k: v for k, v in plain.items() if k != "files"}
+    assert csv_rows == plain_csv and "seed" not in csv_rows[0]
+    assert "seeds" not in data and all("seed" not in r for r in data["per_prompt"])
+
+
+def test_baco_generate_runs_with_different_seeds_in_one_file_are_pooled(tmp_path):
+    # `baco generate` records its run's seed whether given or drawn at random: one method, pooled as one
+    rows = [{k: v for k, v in r.items() if k not in ("cell", "config", "task", "method")}
+            for r in sweep_rows({0, 1})]
+    records, _ = read_records([write_rows(tmp_path / "generated.jsonl", rows)])
+    assert {r.seed for r in records} == {None}
+    assert main(["eval", str(tmp_path / "generated.jsonl"), "--metrics", "distinct-1", "--out",
+                 str(tmp_path / "m.json"), "--quiet"]) == 0
+    data = json.loads((tmp_path / "m.json").read_text())
+    assert "seeds" not in data and data["counts"]["default"]["aligned"] == {"prompts": 2, "responses": 24,
+                                                                             "distinct-1": 2}

@@ -14,20 +14,25 @@ from baco.sweep import Engines, parse_config, run_sweep
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+METHODS = {"aligned": {"router": "aligned", "sweep": {"temperature": [0.7, 1.3]}},
+           "p-punc": {"router": "p-punc", "values": [0.3, 0.9]}}
+
+
+def tiny_config(prompts, methods=METHODS):
+    return parse_config({
+        "name": "tiny", "n": 2, "seeds": [0, 1], "tasks": [{"path": str(prompts), "name": "mine"}],
+        "sampling": {"max_new_tokens": 12, "min_p": 0.05}, "methods": methods,
+        "metrics": {"diversity": ["distinct-2"], "quality": ["relevance"]},
+    })
+
+
 @pytest.fixture(scope="module")
 def run_dir(tiny_dirs, tmp_path_factory):
     base, aligned = tiny_dirs
     tmp = tmp_path_factory.mktemp("report")
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why <b>not</b>?"]))
-    config = parse_config({
-        "name": "tiny", "n": 2, "seeds": [0, 1], "tasks": [{"path": str(prompts), "name": "mine"}],
-        "sampling": {"max_new_tokens": 12, "min_p": 0.05},
-        "methods": {"aligned": {"router": "aligned", "sweep": {"temperature": [0.7, 1.3]}},
-                    "p-punc": {"router": "p-punc", "values": [0.3, 0.9]}},
-        "metrics": {"diversity": ["distinct-2"], "quality": ["relevance"]},
-    })
-    run_sweep(config, tmp / "run", Engines.load(str(base), str(aligned), device="cpu"), progress=False)
+    run_sweep(tiny_config(prompts), tmp / "run", Engines.load(str(base), str(aligned), device="cpu"), progress=False)
     return tmp / "run"
 
 
@@ -59,6 +64,26 @@ def test_a_run_cut_short_before_a_configurations_first_prompt_still_reports_the_
     (cut / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     shown = re.findall(r"<div class='meta'>([^<]*) · sample", build_report(cut))
     assert shown and all(name.startswith("p-punc") for name in shown)
+
+
+def test_a_method_removed_from_the_configuration_leaves_the_page_as_it_leaves_the_tables(run_dir, tiny_dirs, tmp_path):
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    # the user drops p-punc from the YAML and reruns: nothing to generate, the tables are remade without it
+    config = tiny_config(run_dir.parent / "prompts.jsonl", {"aligned": METHODS["aligned"]})
+    run_sweep(config, edited, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
+    assert json.loads((edited / "results.json").read_text())["methods"] == ["aligned"]
+    page = build_report(edited)
+    shown = re.findall(r"<div class='meta'>([^<]*) · sample", page)
+    assert shown and all(name.startswith("aligned") for name in shown)
+    stored = [json.loads(line) for line in (edited / "samples.jsonl").read_text().splitlines()]
+    dropped = sum(row["method"] == "p-punc" for row in stored)  # 2 configurations x 2 seeds x 2 prompts x n=2
+    assert dropped == 16
+    assert (f"<p class='meta' id='left-out'>{dropped} stored samples left out: {dropped} of cells the configuration "
+            f"of results.json does not list.</p>") in page
+    assert "id='left-out'" not in build_report(run_dir)  # the run as configured leaves nothing out
+    (edited / "plan.jsonl").unlink()  # a run directory from before plans were recorded: selected by cell
+    assert re.findall(r"<div class='meta'>([^<]*) · sample", build_report(edited)) == shown
 
 
 def test_no_run_directory_is_a_clear_error(tmp_path):

@@ -4,6 +4,11 @@ The page holds the Coverage / Dominance table, the Pareto plot grids (PNG, base6
 per task, sample texts of every method with each token (or span of text, for a cross-tokenizer
 pair) coloured by the model that wrote it (base yellow, aligned cyan, mixture magenta); hovering a token shows its writer, the reason, the
 base model's top-1 probability and entropy. No scripts, no external files.
+
+The samples shown are those the tables were made from, selected as the sweep's evaluation selects
+them: the planned samples of the cells of the configuration in `results.json`, each once. Samples
+of cells that configuration no longer lists (a method removed from the YAML) are left out, and the
+page says how many.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from pathlib import Path
 
 from baco.errors import BacoError
 from baco.storage import atomic_write, check_output_file
+from baco.sweep import ledger
+from baco.sweep.results import evaluated_cells
 from baco.sweep.store import SampleStore
 
 STYLE = """
@@ -88,16 +95,38 @@ def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, l
     return out
 
 
+def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None]:
+    """The samples the tables were made from and, when some stored samples are not among them, a line saying
+    how many. The selection is the sweep's evaluation's (`ledger.audit` of the configuration's planned
+    cells): the configuration is that of results.json, else every cell planned in the run directory."""
+    cells = evaluated_cells(summary)
+    lister = "plan.jsonl" if cells is None else "the configuration of results.json"
+    plan = ledger.read_plan(run)
+    if not plan:  # a run directory written before plans were recorded: select by cell alone
+        stored = SampleStore(run / ledger.SAMPLES).read()
+        rows = [r for r in stored if cells is None or r["cell"] in cells]
+        return rows, _left_out_line(len(stored) - len(rows), 0, lister)
+    result = ledger.audit(run, plan if cells is None else {key: ids for key, ids in plan.items() if key in cells})
+    return result.rows, _left_out_line(sum(result.strangers.values()),
+                                       sum(c.unplanned for c in result.cells.values()), lister)
+
+
+def _left_out_line(other_cells: int, other_settings: int, lister: str) -> str | None:
+    parts = [f"{other_cells} of cells {lister} does not list"] if other_cells else []
+    parts += [f"{other_settings} made with other settings than their cell's plan"] if other_settings else []
+    return f"{other_cells + other_settings} stored samples left out: {'; '.join(parts)}." if parts else None
+
+
 def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
     run = Path(run_dir)
     if not (run / "samples.jsonl").is_file():
         raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
-    rows = SampleStore(run / "samples.jsonl").read()
     results = run / "results.json"
     try:
         summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     except (ValueError, OSError) as error:
         raise BacoError(f"{results} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
+    rows, left_out = shown_rows(run, summary)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
     if (run / "table.md").is_file():
@@ -119,6 +148,8 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     parts += ["<h2>Samples</h2>", "<p class='legend'><span class='tok-base'>base-written</span>"
               "<span class='tok-aligned'>aligned-written</span><span class='tok-mix'>mixture</span> "
               "(hover a token for its writer, reason, base top-1 prob and entropy)</p>"]
+    if left_out:
+        parts.append(f"<p class='meta' id='left-out'>{html.escape(left_out)}</p>")
     for task, methods in pick_samples(rows, per_method).items():
         prompt = next((samples[0]["prompt"] for samples in methods.values() if samples), "")
         parts.append(f"<h3>{html.escape(task)}: {html.escape(prompt)}</h3>")

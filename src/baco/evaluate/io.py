@@ -9,7 +9,8 @@ Method of a row: a `baco sweep` sample's configuration ("config": router, knob a
 `base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
 suffix). Samples of one method name made with different sampling settings or models (two `baco generate`
 runs of one router at two temperatures) are pooled, with a warning that says how to keep them apart.
-Task: its "task" field, else `default_task`. A bad line (not JSON, no prompt, no response) is
+Task: its "task" field, else `default_task`. Seed: a `baco sweep` sample's cell seed (`sweep_seed`),
+so that the runner evaluates each seed apart; other rows have none. A bad line (not JSON, no prompt, no response) is
 skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
 one bad line never loses the rest of the file. A last line cut off mid-write (a killed run) is
 reported as torn. A baco sample whose `id` (its stable sample id) was already read, in this file
@@ -41,6 +42,7 @@ class Record:
     response: str
     order: tuple  # (sample_index or position in the file, position) : responses keep their order
     where: str  # "file:line"
+    seed: int | None = None  # the seed of a `baco sweep` sample's cell (`sweep_seed`); None for other rows
 
 
 def _method(row: dict, path: Path, method_from: str) -> str | None:
@@ -50,6 +52,18 @@ def _method(row: dict, path: Path, method_from: str) -> str | None:
         if isinstance(row.get(key), str) and row[key].strip():
             return row[key].strip()
     return path.stem if method_from == "auto" else None
+
+
+def sweep_seed(row: dict) -> int | None:
+    """The seed of a `baco sweep` sample's cell (its run seed, `sampling.seed`), None for any other row.
+
+    A sweep's seeds are part of its design (`seeds: [0, 1, 2]`): each is evaluated apart. A `baco
+    generate` row records its run's seed too (`sampling.seed`; its own `seed` is the row's stream
+    seed, derived from it) but not whether that seed was fixed or drawn at random, so generate runs
+    appended to one file stay pooled as one method's samples."""
+    sampling = row.get("sampling")
+    seed = sampling.get("seed") if isinstance(row.get("cell"), str) and isinstance(sampling, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
 def _made_by_baco(row: dict) -> bool:
@@ -136,7 +150,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                     warnings.append(f"{where}: response is not a string; line skipped")
                     continue
                 order = (index if isinstance(index, int) and listed is None else offset, position)
-                records.append(Record(task, method, row["prompt"], response, order, where))
+                records.append(Record(task, method, row["prompt"], response, order, where, sweep_seed(row)))
                 position += 1
     for method, made in made_by.items():
         if len(made) > 1 and method_from != "file":
@@ -149,9 +163,9 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
     return records, warnings
 
 
-def group_records(records: list[Record]) -> dict[tuple[str, str, str], list[Record]]:
-    """(task, method, prompt) -> that prompt's responses in sample order; groups in order of first appearance."""
-    groups: dict[tuple[str, str, str], list[Record]] = {}
+def group_records(records: list[Record]) -> dict[tuple[str, str, int | None, str], list[Record]]:
+    """(task, method, seed, prompt) -> that prompt's responses in sample order; groups in order of first appearance."""
+    groups: dict[tuple[str, str, int | None, str], list[Record]] = {}
     for record in records:
-        groups.setdefault((record.task, record.method, record.prompt), []).append(record)
+        groups.setdefault((record.task, record.method, record.seed, record.prompt), []).append(record)
     return {key: sorted(rows, key=lambda r: r.order) for key, rows in groups.items()}

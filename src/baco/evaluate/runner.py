@@ -1,9 +1,14 @@
-"""Evaluate records: group by (task, method, prompt), run the metrics, average, Pareto, table/JSON/CSV.
+"""Evaluate records: group by (task, method, seed, prompt), run the metrics, average, Pareto, table/JSON/CSV.
 
 Averaging: a diversity metric is computed per prompt over its n responses, then averaged over the
 prompts where it is defined; a quality metric is averaged over a prompt's responses, then over
 prompts. Undefined values (one response, no tokens, an empty answer for fluency) are left out of
 means and counted; a mean over nothing is None ("n/a" in the table, null in JSON, empty in CSV).
+
+Seeds: records of two or more `baco sweep` seeds are evaluated as the sweep does, each seed apart
+(its own prompt groups, means and Pareto planes per task), then reported as the mean ± spread over
+seeds (`baco.evaluate.seeds`). Records without a seed (another tool's, `baco generate`'s) are the
+same in every seed: they join each seed's evaluation. With one seed or none, the seed plays no part.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import io
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from baco.evaluate.cache import MISS, ScoreCache, scorer_identity
@@ -21,6 +26,7 @@ from baco.evaluate.io import Record, group_records, read_records
 from baco.evaluate.pareto import ParetoReport, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
 from baco.evaluate.resources import EvalOptions, Resources
+from baco.evaluate.seeds import format_spread, pareto_over_seeds, spread
 from baco.storage import atomic_write
 
 # which quality metric NoveltyBench utility uses when the caller names none: the first one selected
@@ -28,7 +34,23 @@ UTILITY_QUALITY_ORDER = ("reward", "judge", "relevance", "fluency")
 
 
 @dataclass
+class SeedResult:
+    """One seed's evaluation: what evaluating that seed's records alone (and those without a seed) gives."""
+
+    summary: dict[str, dict[str, dict[str, float | None]]]  # task -> method -> metric -> mean
+    counts: dict[str, dict[str, dict[str, int]]]
+    pareto: ParetoReport | None
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "counts": self.counts,
+                "pareto": self.pareto.to_dict() if self.pareto else None}
+
+
+@dataclass
 class EvalResult:
+    """With several seeds, `summary` holds the means over seeds, `spread` their spread, `by_seed` each seed's
+    own result and `coverage_dominance` the Pareto aggregates over seeds (`pareto` is None)."""
+
     metrics: list[MetricSpec]
     summary: dict[str, dict[str, dict[str, float | None]]]  # task -> method -> metric -> mean
     counts: dict[str, dict[str, dict[str, int]]]  # task -> method -> prompts, responses, <metric> (defined prompts)
@@ -38,9 +60,13 @@ class EvalResult:
     utility_quality: str | None = None
     files: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)  # the sweep seeds evaluated apart (two or more), else []
+    by_seed: dict[int, SeedResult] = field(default_factory=dict)
+    spread: dict = field(default_factory=dict)  # task -> method -> metric -> spread over seeds
+    coverage_dominance: dict | None = None  # {"overall", "per_task"}: method -> coverage / dominance spread
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "files": self.files,
             "options": self.options,
             "metrics": {s.name: {"kind": s.kind, "higher_is_better": s.higher_is_better, "library": s.library,
@@ -52,6 +78,10 @@ class EvalResult:
             "per_prompt": self.per_prompt,
             "warnings": self.warnings,
         }
+        if self.seeds:
+            out.update(seeds=self.seeds, spread=self.spread, coverage_dominance=self.coverage_dominance,
+                       by_seed={seed: r.to_dict() for seed, r in self.by_seed.items()})
+        return out
 
 
 def _mean(values) -> float | None:
@@ -94,8 +124,12 @@ def texts_to_embed(records: list[Record], metrics: list[MetricSpec], options: Ev
 
 def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources: Resources | None = None, *,
                      utility_quality: str | None = None, progress: bool = False) -> EvalResult:
-    """Run `metrics` over grouped records; returns per-prompt values, means per (task, method) and Pareto."""
+    """Run `metrics` over grouped records; returns per-prompt values, means per (task, method) and Pareto
+    (per seed, and their mean ± spread, for records of several sweep seeds)."""
     resources = resources or Resources()
+    seeds = sorted({r.seed for r in records if r.seed is not None})
+    if len(seeds) < 2:  # one seed or none: pooled as ever
+        records, seeds = [replace(r, seed=None) for r in records] if seeds else records, []
     groups = group_records(records)
     quality = [s for s in metrics if s.kind == "quality"]
     per_group = [s for s in metrics if s.kind != "quality"]
@@ -143,9 +177,10 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     per_prompt = []
     with _bar(len(keys), "diversity", progress) as bar:
         for key in keys:
-            task, method, prompt = key
+            task, method, seed, prompt = key
             responses = [r.response for r in groups[key]]
-            row = {"task": task, "method": method, "prompt": prompt, "n": len(responses)}
+            row = {"task": task, "method": method, **({"seed": seed} if seeds else {}), "prompt": prompt,
+                   "n": len(responses)}
             for spec in per_group:
                 if spec.kind == "joint" and chosen is None:
                     row[spec.name] = None
@@ -164,25 +199,69 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
             per_prompt.append(row)
             bar.update(1)
 
-    summary: dict = {}
-    counts: dict = {}
-    for row in per_prompt:
-        summary.setdefault(row["task"], {}).setdefault(row["method"], [])
-        summary[row["task"]][row["method"]].append(row)
-    for task, methods in summary.items():
-        counts[task] = {}
-        for method, rows in methods.items():
-            counts[task][method] = {"prompts": len(rows), "responses": sum(r["n"] for r in rows),
-                                    **{s.name: sum(r[s.name] is not None for r in rows) for s in metrics}}
-            methods[method] = {s.name: _mean(r[s.name] for r in rows) for s in metrics}
-
     diversity = [s.name for s in metrics if s.kind == "diversity"]
     quality_names = [s.name for s in quality]
+    directions = {s.name: s.higher_is_better for s in metrics}
+    if seeds:
+        return _over_seeds(per_prompt, metrics, seeds, diversity, quality_names, directions, warnings, chosen)
+    grouped = _by_task_and_method(per_prompt)
+    summary = _means(grouped, metrics)
     pareto = None
     if diversity and quality_names:
-        pareto = pareto_aggregate(summary, diversity=diversity, quality=quality_names,
-                                  higher_is_better={s.name: s.higher_is_better for s in metrics})
-    return EvalResult(metrics, summary, counts, per_prompt, pareto, warnings, chosen)
+        pareto = pareto_aggregate(summary, diversity=diversity, quality=quality_names, higher_is_better=directions)
+    return EvalResult(metrics, summary, _counts(grouped, metrics), per_prompt, pareto, warnings, chosen)
+
+
+def _by_task_and_method(per_prompt: list[dict]) -> dict[str, dict[str, list[dict]]]:
+    grouped: dict = {}
+    for row in per_prompt:
+        grouped.setdefault(row["task"], {}).setdefault(row["method"], []).append(row)
+    return grouped
+
+
+def _means(grouped: dict, metrics: list[MetricSpec]) -> dict:
+    """task -> method -> metric -> mean over the prompts where it is defined."""
+    return {task: {method: {s.name: _mean(r[s.name] for r in rows) for s in metrics}
+                   for method, rows in methods.items()}
+            for task, methods in grouped.items()}
+
+
+def _counts(grouped: dict, metrics: list[MetricSpec]) -> dict:
+    """task -> method -> prompts, responses and, per metric, the prompt groups where it is defined."""
+    return {task: {method: {"prompts": len({r["prompt"] for r in rows}), "responses": sum(r["n"] for r in rows),
+                            **{s.name: sum(r[s.name] is not None for r in rows) for s in metrics}}
+                   for method, rows in methods.items()}
+            for task, methods in grouped.items()}
+
+
+def _over_seeds(per_prompt: list[dict], metrics: list[MetricSpec], seeds: list[int], diversity: list[str],
+                quality: list[str], directions: dict[str, bool], warnings: list[str], chosen: str | None) -> EvalResult:
+    """Each seed evaluated alone (with the records that have no seed), then the mean ± spread over seeds."""
+    by_seed = {}
+    for seed in seeds:
+        grouped = _by_task_and_method([r for r in per_prompt if r["seed"] in (seed, None)])
+        by_seed[seed] = SeedResult(_means(grouped, metrics), _counts(grouped, metrics), None)
+    table = None
+    if diversity and quality:
+        reports, table = pareto_over_seeds({seed: r.summary for seed, r in by_seed.items()}, diversity=diversity,
+                                           quality=quality, higher_is_better=directions)
+        for seed, report in reports.items():
+            by_seed[seed].pareto = report
+    grouped = _by_task_and_method(per_prompt)
+    counts = _counts(grouped, metrics)
+    spreads: dict = {}
+    for task, methods in grouped.items():
+        for method in methods:
+            # seeds whose evaluation holds the method (a method without a seed is in every seed's)
+            counts[task][method]["seeds"] = sum(method in r.summary.get(task, {}) for r in by_seed.values())
+            spreads.setdefault(task, {})[method] = {
+                s.name: spread({seed: v for seed, r in by_seed.items()
+                                if (v := r.summary.get(task, {}).get(method, {}).get(s.name)) is not None})
+                for s in metrics}
+    summary = {task: {method: {name: values["mean"] for name, values in per.items()} for method, per in methods.items()}
+               for task, methods in spreads.items()}
+    return EvalResult(metrics, summary, counts, per_prompt, None, warnings, chosen, seeds=seeds, by_seed=by_seed,
+                      spread=spreads, coverage_dominance=table)
 
 
 def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "default",
@@ -212,29 +291,61 @@ def _fmt(value) -> str:
 
 
 def format_table(result: EvalResult) -> str:
-    """Metrics as rows, methods as columns (one block per task); then Coverage / Dominance per method."""
+    """Metrics as rows, methods as columns (one block per task); then Coverage / Dominance per method.
+    With several seeds, every value is the mean ± sample standard deviation over the seeds."""
     lines = []
+    if result.seeds:
+        lines += [f"seeds {', '.join(map(str, result.seeds))}, each evaluated apart: "
+                  f"mean ± sample standard deviation over seeds", ""]
     for task, methods in result.summary.items():
         names = list(methods)
         head = ["metric", "dir"] + names
         rows = [["prompts", ""] + [str(result.counts[task][m]["prompts"]) for m in names]]
+        if result.seeds:
+            rows.append(["seeds", ""] + [str(result.counts[task][m]["seeds"]) for m in names])
         for spec in result.metrics:
             label = spec.name + (f" [{result.utility_quality}]" if spec.kind == "joint" and result.utility_quality
                                  else "")
-            rows.append([label, "^" if spec.higher_is_better else "v"] + [_fmt(methods[m][spec.name]) for m in names])
+            values = ([_fmt_spread(result.spread[task][m][spec.name]) for m in names] if result.seeds
+                      else [_fmt(methods[m][spec.name]) for m in names])
+            rows.append([label, "^" if spec.higher_is_better else "v"] + values)
         lines.append(f"task: {task}")
         lines += _columns([head] + rows)
         lines.append("")
-    if result.pareto and result.pareto.overall:
-        lines.append(f"Pareto over {len(result.pareto.planes)} (diversity x quality) planes, "
-                     f"averaged per task then over tasks")
-        rows = [["method", "coverage", "dominance", "tasks"]]
-        for method, values in sorted(result.pareto.overall.items(), key=lambda kv: -(kv[1]["coverage"] or 0)):
-            dominance = values["dominance"]
-            rows.append([method, _fmt(values["coverage"]), "n/a" if dominance is None else f"{dominance:.1%}",
-                         str(values["tasks"])])
-        lines += _columns(rows)
+    lines += _pareto_over_seeds_lines(result) if result.seeds else _pareto_lines(result)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt_spread(values: dict) -> str:
+    if values["seeds"] < 2:
+        return _fmt(values["mean"])
+    return f"{_fmt(values['mean'])} ± {_fmt(values['std'])}"
+
+
+def _pareto_lines(result: EvalResult) -> list[str]:
+    if not (result.pareto and result.pareto.overall):
+        return []
+    lines = [f"Pareto over {len(result.pareto.planes)} (diversity x quality) planes, averaged per task then over tasks"]
+    rows = [["method", "coverage", "dominance", "tasks"]]
+    for method, values in sorted(result.pareto.overall.items(), key=lambda kv: -(kv[1]["coverage"] or 0)):
+        dominance = values["dominance"]
+        rows.append([method, _fmt(values["coverage"]), "n/a" if dominance is None else f"{dominance:.1%}",
+                     str(values["tasks"])])
+    return lines + _columns(rows)
+
+
+def _pareto_over_seeds_lines(result: EvalResult) -> list[str]:
+    if not (result.coverage_dominance and result.coverage_dominance["overall"]):
+        return []
+    reports = [r.pareto for r in result.by_seed.values() if r.pareto]
+    lines = [f"Pareto per seed over its (diversity x quality) planes ({sum(len(r.planes) for r in reports)} in all), "
+             f"averaged per task then over tasks; mean ± sd over {len(result.seeds)} seeds"]
+    rows = [["method", "coverage", "dominance", "tasks"]]
+    overall = result.coverage_dominance["overall"]
+    for method, values in sorted(overall.items(), key=lambda kv: -(kv[1]["coverage"]["mean"] or 0)):
+        tasks = max(r.overall.get(method, {}).get("tasks", 0) for r in reports)
+        rows.append([method, format_spread(values["coverage"]), format_spread(values["dominance"], True), str(tasks)])
+    return lines + _columns(rows)
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
@@ -248,16 +359,21 @@ def write_json(result: EvalResult, path: str | Path) -> None:
 
 
 def write_csv(result: EvalResult, path: str | Path) -> None:
-    """One row per (task, method): counts, then every metric's mean (empty = undefined), then Pareto."""
+    """One row per (task, method), per seed when there are several: counts, then every metric's mean
+    (empty = undefined), then Pareto."""
     names = [s.name for s in result.metrics]
+    seed_column = ["seed"] if result.seeds else []
+    views = ([(seed, r.summary, r.counts, r.pareto) for seed, r in result.by_seed.items()] if result.seeds
+             else [(None, result.summary, result.counts, result.pareto)])
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
-    writer.writerow(["task", "method", "prompts", "responses", *names, "coverage", "dominance"])
-    for task, methods in result.summary.items():
-        for method, values in methods.items():
-            pareto = result.pareto.per_task.get(task, {}).get(method, {}) if result.pareto else {}
-            cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
-            writer.writerow([task, method, result.counts[task][method]["prompts"],
-                             result.counts[task][method]["responses"]]
-                            + ["" if v is None else repr(float(v)) for v in cells])
+    writer.writerow(["task", "method", *seed_column, "prompts", "responses", *names, "coverage", "dominance"])
+    for seed, summary, counts, report in views:
+        for task, methods in summary.items():
+            for method, values in methods.items():
+                pareto = report.per_task.get(task, {}).get(method, {}) if report else {}
+                cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
+                writer.writerow([task, method, *([seed] if seed_column else []), counts[task][method]["prompts"],
+                                 counts[task][method]["responses"]]
+                                + ["" if v is None else repr(float(v)) for v in cells])
     atomic_write(path, handle.getvalue())

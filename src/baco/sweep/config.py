@@ -63,6 +63,11 @@ class TaskSpec:
     path: str | None = None  # a user file instead of a bundled set
 
 
+def cell_key(task: str, configuration: str, seed: int) -> str:
+    """Stable identity of a cell inside a sweep's samples file."""
+    return f"{task}|{configuration}|seed={seed}"
+
+
 @dataclass(frozen=True)
 class Cell:
     configuration: Configuration
@@ -71,8 +76,7 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Stable identity of the cell inside a sweep's samples file."""
-        return f"{self.task.name}|{self.configuration.name}|seed={self.seed}"
+        return cell_key(self.task.name, self.configuration.name, self.seed)
 
 
 @dataclass

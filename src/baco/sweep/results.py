@@ -2,24 +2,22 @@
 
 Every (task, seed) is evaluated as its own set of planes; a method's Coverage and Dominance are
 then reported as the mean over seeds with their spread (standard deviation, min, max), per task
-and averaged over tasks, so a reader can tell a real difference from seed noise.
+and averaged over tasks, so a reader can tell a real difference from seed noise (the aggregation
+is `baco.evaluate.seeds`, which `baco eval` uses for a file of several sweep seeds too).
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 from baco.evaluate.io import Record
-from baco.evaluate.pareto import pareto_aggregate
 from baco.evaluate.registry import resolve_metrics
 from baco.evaluate.resources import Resources
 from baco.evaluate.runner import evaluate_records
+from baco.evaluate.seeds import AGGREGATES, format_spread, pareto_over_seeds
 from baco.storage import atomic_write
-from baco.sweep.config import SweepConfig
-
-AGGREGATES = ("coverage", "dominance")
+from baco.sweep.config import SweepConfig, cell_key
 
 
 def records_of(rows: list[dict]) -> list[Record]:
@@ -27,15 +25,6 @@ def records_of(rows: list[dict]) -> list[Record]:
     return [Record(task=f"{r['task']}|seed={r['seed_of_cell']}", method=r["config"], prompt=r["prompt"],
                    response=r["text"], order=(r["sample_index"], i), where=f"samples.jsonl#{i}")
             for i, r in enumerate(rows)]
-
-
-def _spread(by_seed: dict[int, float]) -> dict:
-    """Mean, sample standard deviation, min, max and the value of each seed (for paired comparisons)."""
-    values = list(by_seed.values())
-    if not values:
-        return {"mean": None, "std": None, "min": None, "max": None, "seeds": 0, "by_seed": {}}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "seeds": len(values), "by_seed": dict(by_seed)}
 
 
 def metric_specs(config: SweepConfig) -> list:
@@ -61,38 +50,24 @@ def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, r
     quality = [s.name for s in specs if s.kind == "quality"]
     directions = {s.name: s.higher_is_better for s in specs}
 
-    per_seed = {}
-    for seed in config.seeds:
-        by_task = {t.name: result.summary.get(f"{t.name}|seed={seed}", {}) for t in config.tasks}
-        report = pareto_aggregate({t: v for t, v in by_task.items() if v}, diversity=diversity, quality=quality,
-                                  higher_is_better=directions, family=family)
-        per_seed[seed] = report
-    methods = config.methods
-    table = {"overall": {}, "per_task": {t.name: {} for t in config.tasks}}
-    for method in methods:
-        for agg in AGGREGATES:
-            overall = {seed: r.overall[method][agg] for seed, r in per_seed.items()
-                       if method in r.overall and r.overall[method][agg] is not None}
-            table["overall"].setdefault(method, {})[agg] = _spread(overall)
-            for task in config.tasks:
-                values = {seed: r.per_task[task.name][method][agg] for seed, r in per_seed.items()
-                          if task.name in r.per_task and r.per_task[task.name].get(method, {}).get(agg) is not None}
-                table["per_task"][task.name].setdefault(method, {})[agg] = _spread(values)
-    return {"methods": methods, "seeds": config.seeds, "tasks": [t.name for t in config.tasks],
+    by_seed = {seed: {t.name: result.summary.get(f"{t.name}|seed={seed}", {}) for t in config.tasks}
+               for seed in config.seeds}
+    per_seed, table = pareto_over_seeds(by_seed, diversity=diversity, quality=quality, higher_is_better=directions,
+                                        family=family, methods=config.methods, tasks=[t.name for t in config.tasks])
+    return {"methods": config.methods, "seeds": config.seeds, "tasks": [t.name for t in config.tasks],
             "diversity": diversity, "quality": quality, "directions": directions,
             "families": family, "coverage_dominance": table, "metrics": result.summary,
             "planes": {seed: [p.__dict__ for p in report.planes] for seed, report in per_seed.items()},
             "warnings": result.warnings}
 
 
-def _cell(spread: dict, percent: bool = False) -> str:
-    if spread["mean"] is None:
-        return "n/a"
-    scale = 100 if percent else 1
-    text = f"{spread['mean'] * scale:.1f}%" if percent else f"{spread['mean']:.3f}"
-    if spread["seeds"] > 1:
-        text += f" ± {spread['std'] * scale:.1f}" if percent else f" ± {spread['std']:.3f}"
-    return text
+def evaluated_cells(summary: dict) -> set[str] | None:
+    """The cells whose samples `summarise` evaluated (its tasks x configurations x seeds); None for a
+    summary that does not list them."""
+    if not all(isinstance(summary.get(key), (list, dict)) for key in ("tasks", "families", "seeds")):
+        return None
+    return {cell_key(task, config, seed) for task in summary["tasks"] for config in summary["families"]
+            for seed in summary["seeds"]}
 
 
 def _by_coverage(summary: dict) -> list[str]:
@@ -109,10 +84,10 @@ def markdown_table(summary: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method in _by_coverage(summary):
         cells = [method]
-        cells += [_cell(table["per_task"][t][method]["coverage"]) for t in tasks]
-        cells.append(f"**{_cell(table['overall'][method]['coverage'])}**")
-        cells += [_cell(table["per_task"][t][method]["dominance"], True) for t in tasks]
-        cells.append(f"**{_cell(table['overall'][method]['dominance'], True)}**")
+        cells += [format_spread(table["per_task"][t][method]["coverage"]) for t in tasks]
+        cells.append(f"**{format_spread(table['overall'][method]['coverage'])}**")
+        cells += [format_spread(table["per_task"][t][method]["dominance"], True) for t in tasks]
+        cells.append(f"**{format_spread(table['overall'][method]['dominance'], True)}**")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
