@@ -293,3 +293,12 @@ def test_baco_generate_runs_with_different_seeds_in_one_file_are_pooled(tmp_path
     data = json.loads((tmp_path / "m.json").read_text())
     assert "seeds" not in data and data["counts"]["default"]["aligned"] == {"prompts": 2, "responses": 24,
                                                                              "distinct-1": 2}
+
+
+def test_rows_shaped_like_baco_samples_without_sampling_settings_are_read(tmp_path):
+    # an id, a sample index and token ids make a row look like a baco sample; a hand-made or trimmed file may
+    # lack the sampling settings, which only feed the "pooled settings" warning
+    rows = [{"id": f"s{k}", "sample_index": k, "token_ids": [1], "prompt": "Name a fruit.", "response": text}
+            for k, text in enumerate(["apple", "kiwi jam"])]
+    records, warnings = read_records([write_rows(tmp_path / "trimmed.jsonl", rows)])
+    assert [r.response for r in records] == ["apple", "kiwi jam"] and warnings == []

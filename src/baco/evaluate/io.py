@@ -127,7 +127,8 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                 warnings.append(f'{where}: no "router" or "method" field (--method-from field); line skipped')
                 continue
             if _made_by_baco(row):
-                settings = {k: v for k, v in row["sampling"].items() if k != "seed"}
+                sampling = row["sampling"] if isinstance(row.get("sampling"), dict) else {}  # hand-made rows may lack it
+                settings = {k: v for k, v in sampling.items() if k != "seed"}
                 made_by.setdefault(method, {}).setdefault(
                     json.dumps({"sampling": settings, "models": row.get("models")}, sort_keys=True, default=str), where)
             task = row["task"] if isinstance(row.get("task"), str) and row["task"] else default_task
