@@ -168,6 +168,21 @@ class JobStream:
                 yield message
 
 
+class EventStream(StreamingResponse):
+    """Server-sent events; `answered()` runs once the response is over, however it ended (the stream finished,
+    the client left, the task was cancelled), even where the body never started."""
+
+    def __init__(self, events, answered):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.answered = answered
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.answered()
+
+
 class Failure(Exception):
     """A request ends with an error instead of its text: its engine failed (a bug, not the request's fault: 500),
     or the server is shutting down (503)."""
@@ -270,14 +285,23 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             worker.submit(job)
         except QueueFull as full:
             return error(429, str(full), "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
-        drain.running.add(stream)  # until it has answered (`whole` or `sse` forgets it)
         metrics.prompt_tokens.inc(todo.prompt_tokens)
+        drain.running.add(stream)
+
+        def answered():
+            """However the request ended (finished, failed, cut off, client gone): it no longer runs, and its rows
+            leave the batch (for a finished job, there are none left)."""
+            drain.running.discard(stream)
+            worker.cancel(job)
+
         shaper = Shaper(todo, config.model_id, chat=chat, logprobs=logprobs, texts=texts)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(sse(job, stream, shaper, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await whole(request, job, stream, shaper)
+            return EventStream(sse(job, stream, shaper, include_usage), answered)
+        try:
+            return await whole(request, job, stream, shaper)
+        finally:
+            answered()
 
     async def gather(stream: JobStream, choices: int):
         tokens, finish = [[] for _ in range(choices)], [None] * choices
@@ -300,42 +324,30 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             tokens, finish = done.result()
             return JSONResponse(shaper.whole(tokens, finish))
         except Failure as failure:
-            worker.cancel(job)  # cut off by a shutdown: its rows leave (a failed engine's have left already)
             return JSONResponse(failure.body, status_code=failure.status)
         finally:
-            drain.running.discard(stream)
             gone.cancel()
-            if not done.done():
-                done.cancel()
-                worker.cancel(job)
+            done.cancel()
 
     async def sse(job: Job, stream: JobStream, shaper: Shaper, include_usage: bool):
         """The chunks, then `data: [DONE]`; a request that fails (its engine, or a shutdown) ends with an error
         event, then `data: [DONE]` all the same."""
-        finished = False
         tokens = [[] for _ in job.requests]
-        try:
-            if shaper.chat:
-                for index in range(len(job.requests)):
-                    yield shaper.chunk(index, [], first=True)
-            async for kind, index, value in stream.messages():
-                if kind == "tokens":
-                    tokens[index] += value
-                    yield shaper.chunk(index, value)
-                elif kind == "finish":
-                    yield shaper.chunk(index, [], value)
-                else:
-                    yield Shaper.event(Failure(kind, value).body)
-                    break
+        if shaper.chat:
+            for index in range(len(job.requests)):
+                yield shaper.chunk(index, [], first=True)
+        async for kind, index, value in stream.messages():
+            if kind == "tokens":
+                tokens[index] += value
+                yield shaper.chunk(index, value)
+            elif kind == "finish":
+                yield shaper.chunk(index, [], value)
             else:
-                finished = True
-            if include_usage:
-                yield shaper.usage_chunk(tokens)
-            yield "data: [DONE]\n\n"
-        finally:
-            drain.running.discard(stream)
-            if not finished:
-                worker.cancel(job)  # the client closed the stream, or it was cut off: its rows leave the batch
+                yield Shaper.event(Failure(kind, value).body)
+                break
+        if include_usage:
+            yield shaper.usage_chunk(tokens)
+        yield "data: [DONE]\n\n"
 
     def error_response(description: str) -> dict:  # an error status in the schema
         return {"description": description,
@@ -348,7 +360,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 operation["responses"].pop("422", None)
-                operation["responses"]["503"] = error_response("the server is shutting down (a request refused or cut off)")
+                operation["responses"]["503"] = error_response("the server is shutting down (refused or cut off)")
                 if config.api_key is not None and path != "/health":
                     operation["security"] = [{"bearer": []}]
                     operation["responses"]["401"] = error_response("missing or wrong API key")

@@ -10,13 +10,16 @@ error (a stream: a final error event, then `data: [DONE]`); then uvicorn's shutd
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Callable
 
 import uvicorn
 
 GRACE = 5.0  # seconds the running requests get to finish
-MESSAGE = "the server is shutting down; retry on another replica or later"
+MESSAGE = "the server is shutting down; retry later"
 POLL = 0.05  # seconds between looks at the running requests (uvicorn itself looks every 0.1 s)
+
+log = logging.getLogger("uvicorn.error")  # where uvicorn tells of its own shutdown
 
 
 class Drain:
@@ -30,10 +33,14 @@ class Drain:
         """Refuse new requests from now on; wait up to `grace` seconds (None: for ever) for the running ones, or
         until `hurry()` (a second Ctrl-C); then end each that is left with the shutdown error."""
         self.closing = True
+        if self.running:
+            log.info("Refusing new requests; %d running get %s s to finish", len(self.running), grace)
         loop = asyncio.get_running_loop()
         deadline = None if grace is None else loop.time() + grace
         while self.running and not hurry() and (deadline is None or loop.time() < deadline):
             await asyncio.sleep(POLL)
+        if self.running:
+            log.warning("Ending %d requests still running with a 503", len(self.running))
         for stream in list(self.running):
             stream.shut(MESSAGE)
 
