@@ -473,7 +473,8 @@ def test_a_shutdown_ends_requests_still_running_after_the_grace_with_an_openai_e
     assert error["type"] == "server_error" and error["code"] == "server_shutting_down"
     assert [json.loads(event)["choices"][0]["delta"] for event in events[:-2]] == [{"role": "assistant",
                                                                                     "content": ""}]
-    assert server.worker.outstanding == 0 and not server.worker.rows
+    rows = server.app.app.state.metrics.registry.get_sample_value
+    assert rows("baco_rows_total", {"outcome": "cancelled"}) == 2 and server.worker.outstanding == 0
 
 
 def test_a_router_waiting_for_an_engine_is_served_under_steady_load_on_the_others(collab):
