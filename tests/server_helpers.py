@@ -4,18 +4,19 @@ import socket
 import threading
 import time
 
-import uvicorn
-
 from baco.server import create_app
+from baco.server.shutdown import GRACE, server
 
 
 class LiveServer:
-    def __init__(self, collab, config):
+    """`baco serve`'s app and server; `grace`: the seconds its shutdown gives the running requests."""
+
+    def __init__(self, collab, config, *, grace: float = GRACE):
         self.app = create_app(collab, config)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = server(self.app, host="127.0.0.1", port=self.port, log_level="warning", grace=grace)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -35,8 +36,12 @@ class LiveServer:
             time.sleep(0.02)
         return self
 
-    def __exit__(self, *exc):
+    def shut_down(self) -> None:
+        """Begin the shutdown, as SIGTERM or Ctrl-C do (uvicorn's signal handler sets the same flag)."""
         self.server.should_exit = True
+
+    def __exit__(self, *exc):
+        self.shut_down()
         self.thread.join(timeout=30)
 
 

@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import re
+import threading
 
 import openai
 import pytest
@@ -317,11 +318,169 @@ def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_servi
     assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")
 
 
+class Listener:
+    """A job's consumer on the stepping thread's side: gathers each choice's text, its finish and any error.
+    `hangs_up`: "once" (its first delivery raises) or "for good" (every one does), as a consumer whose client has
+    gone away."""
+
+    def __init__(self, choices: int, *, hangs_up: str | None = None):
+        self.texts, self.finish, self.errors = [""] * choices, [None] * choices, []
+        self.hangs_up, self.done = hangs_up, threading.Event()
+
+    def __call__(self, messages):
+        if self.hangs_up:
+            self.hangs_up = None if self.hangs_up == "once" else self.hangs_up
+            self.done.set()
+            raise ConnectionResetError("the client went away")
+        for kind, index, value in messages:
+            if kind == "tokens":
+                self.texts[index] += "".join(token.text for token in value)
+            elif kind == "finish":
+                self.finish[index] = value
+            else:
+                self.errors.append(value)
+        if self.errors or None not in self.finish:
+            self.done.set()
+
+
+@pytest.mark.parametrize("hangs_up", ["once", "for good"])
+def test_a_request_that_fails_in_its_step_fails_alone(collab, hangs_up):
+    """A failure while a step is handed out (here: a request whose consumer raises, its client gone) fails that
+    request only: it is told so if it still listens, the others of the same step finish with the text they have
+    alone, its slot is freed, and the stepping thread serves the next request (before, every request of the engine
+    failed with it, and a consumer gone for good killed the thread when it was told)."""
+    from baco.server.metrics import Metrics
+    from baco.server.worker import Job, Worker
+
+    sampling = SamplingParams(max_new_tokens=24, temperature=0.9, min_p=0.05, seed=7)
+    fmt = Collaboration(collab.pair, collab.prompt_format)
+    metrics = Metrics()
+    worker = Worker(collab.pair, stop_strings=collab.stop_strings, max_batch=4, max_len=256, max_queue=8,
+                    max_engines=1, metrics=metrics)
+
+    def job(prompt, listener):
+        return Job(fmt.requests([prompt], 1, sampling, seed=7), sampling, "p-punc:0.5", collab.stop_strings, listener)
+
+    def alone(prompt):
+        listener = Listener(1)
+        worker.submit(job(prompt, listener))
+        assert listener.done.wait(60)
+        return listener
+
+    failing, others = Listener(1, hangs_up=hangs_up), [Listener(1), Listener(1)]
+    for prompt, listener in zip(PROMPTS, [failing, *others]):  # all queued before the thread starts: one batch
+        worker.submit(job(prompt, listener))
+    worker.start()
+    try:
+        assert all(listener.done.wait(60) for listener in (failing, *others))
+        told = ["ConnectionResetError: the client went away"] if hangs_up == "once" else []
+        assert failing.errors == told and failing.texts == [""]
+        for prompt, listener in zip(PROMPTS[1:], others):
+            assert not listener.errors and listener.finish[0] in ("stop", "length")
+            assert listener.texts == alone(prompt).texts
+        assert wait_for(lambda: worker.outstanding == 0 and not worker.rows)
+        assert not worker.engines["p-punc:0.5"].live  # its slot is free
+        assert metrics.registry.get_sample_value("baco_rows_total", {"outcome": "error"}) == 1
+        again = alone(PROMPTS[0])
+        assert worker.is_alive() and not again.errors and again.finish[0] in ("stop", "length")
+    finally:
+        worker.close()
+
+
+@pytest.fixture
+def held():
+    """Router "test-held": the base model's tokens, but each step waits until the event is set, so that requests
+    are running for as long as a test needs."""
+    from baco.routers import register
+    from baco.routers.builtin import base_only
+    from baco.routers.registry import _REGISTRY
+
+    gate = threading.Event()
+
+    def waits(view):
+        gate.wait()
+        return base_only(view)
+
+    register("test-held", help="base, once released (a test of the server's shutdown)", host=True)(waits)
+    try:
+        yield gate
+    finally:
+        gate.set()
+        del _REGISTRY["test-held"]
+
+
+HELD = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[1]}], "max_tokens": 8, "temperature": 0,
+        "router": "test-held"}
+
+
+def read_events(url: str, body: dict, events: list) -> None:
+    """POST a streamed request and append the data of each server-sent event to `events` as it arrives."""
+    with requests.post(url, json={**body, "stream": True}, stream=True, timeout=120) as response:
+        for line in response.iter_lines(chunk_size=1):
+            if line.startswith(b"data: "):
+                events.append(line[len(b"data: "):].decode())
+
+
+def test_a_shutdown_refuses_new_requests_and_lets_running_ones_finish(collab, held):
+    """While the server shuts down (SIGTERM, Ctrl-C), a new request gets a 503 with an OpenAI error object, and
+    the requests already running get the grace period to finish as usual."""
+    config = ServerConfig(max_batch=4, max_len=256, max_queue=12, max_engines=1, limits=LIMITS)
+    with LiveServer(collab, config, grace=120) as server:
+        url, events = server.url + "/v1/chat/completions", []
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            whole = pool.submit(requests.post, url, json=HELD, timeout=120)
+            streamed = pool.submit(read_events, url, HELD, events)
+            assert wait_for(lambda: server.worker.outstanding == 2 and events)
+            server.shut_down()
+            assert wait_for(lambda: server.app.drain.closing)
+            for refused in (requests.post(url, json={**HELD, "router": "base"}, timeout=60),
+                            requests.get(server.url + "/health", timeout=60)):
+                assert refused.status_code == 503
+                assert refused.json()["error"] == {"message": refused.json()["error"]["message"],
+                                                   "type": "server_error", "param": None,
+                                                   "code": "server_shutting_down"}
+            held.set()
+            answer, _ = whole.result(), streamed.result()
+    expected = library(collab, PROMPTS[1], router="test-held", max_new_tokens=8, temperature=0)[0]
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == expected.text
+    chunks = [json.loads(event) for event in events[:-1]]
+    assert events[-1] == "[DONE]" and not any("error" in chunk for chunk in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == expected.text
+
+
+def test_a_shutdown_ends_requests_still_running_after_the_grace_with_an_openai_error(collab, held):
+    """Requests still running when the grace period ends are answered, not dropped: a 503 with an OpenAI error
+    object, or (streamed) a last event with the error object and then `data: [DONE]`, as on an engine failure.
+    Their rows leave the batch."""
+    config = ServerConfig(max_batch=4, max_len=256, max_queue=12, max_engines=1, limits=LIMITS)
+    with LiveServer(collab, config, grace=1) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        events = []
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            whole = pool.submit(chat, client, PROMPTS[1], max_tokens=8, temperature=0,
+                                extra_body={"router": "test-held"})
+            streamed = pool.submit(read_events, server.url + "/v1/chat/completions", HELD, events)
+            assert wait_for(lambda: server.worker.outstanding == 2 and events)
+            server.shut_down()
+            with pytest.raises(openai.InternalServerError) as cut:
+                whole.result()
+            streamed.result()
+        held.set()
+    assert cut.value.status_code == 503 and cut.value.code == "server_shutting_down" and "shutting down" in \
+        cut.value.message
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["type"] == "server_error" and error["code"] == "server_shutting_down"
+    assert [json.loads(event)["choices"][0]["delta"] for event in events[:-2]] == [{"role": "assistant",
+                                                                                    "content": ""}]
+    rows = server.app.app.state.metrics.registry.get_sample_value
+    assert rows("baco_rows_total", {"outcome": "cancelled"}) == 2 and server.worker.outstanding == 0
+
+
 def test_a_router_waiting_for_an_engine_is_served_under_steady_load_on_the_others(collab):
     """One engine (max_engines=1) busy with one router, a request for another router waiting for it, and more
     requests for the first router arriving meanwhile: they must not keep that engine busy forever (before, they
     joined it and the other router waited for all of them; under steady load, for ever)."""
-    import threading
     import time
 
     from baco.routers import register

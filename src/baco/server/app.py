@@ -22,6 +22,7 @@ from baco.server.metrics import Metrics
 from baco.server.requests import ContextError, conversation, plan
 from baco.server.responses import Shaper
 from baco.server.schemas import Limits
+from baco.server.shutdown import MESSAGE, Drain
 from baco.server.worker import Job, QueueFull, Worker
 
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/openapi.json", "/docs")
@@ -57,18 +58,28 @@ class ServerConfig:
             raise BacoError("the API key is empty")
 
 
+def error_body(message: str, kind: str = "invalid_request_error", *, param: str | None = None,
+               code: str | None = None) -> dict:
+    """OpenAI's error object (a response's body, or a stream's last event)."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error", *, param: str | None = None,
           code: str | None = None, headers: dict | None = None) -> JSONResponse:
     """An OpenAI-shaped error response."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(message, kind, param=param, code=code), status_code=status, headers=headers)
+
+
+def shutting_down() -> JSONResponse:
+    return error(503, MESSAGE, "server_error", code="server_shutting_down")
 
 
 class Guard:
-    """Outermost ASGI layer: counts requests, checks the bearer token (all routes but /health) and the body size."""
+    """Outermost ASGI layer: counts requests, checks the bearer token (all routes but /health) and the body size,
+    and refuses new requests once the server is shutting down (`drain`, which `shutdown.Server` starts)."""
 
-    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics):
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
+    def __init__(self, app, *, api_key: str | None, max_body: int, metrics: Metrics, drain: Drain):
+        self.app, self.api_key, self.max_body, self.metrics, self.drain = app, api_key, max_body, metrics, drain
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -92,6 +103,10 @@ class Guard:
             self.metrics.requests.labels(route=route, status=str(status.get("code", 499))).inc()
 
     def _refuse(self, scope):
+        refusal = self._unauthorized(scope)
+        return shutting_down() if refusal is None and self.drain.closing else refusal
+
+    def _unauthorized(self, scope):
         if self.api_key is None or scope["path"] == "/health":
             return None
         headers = dict(scope["headers"])
@@ -132,7 +147,7 @@ class Guard:
 
 
 class JobStream:
-    """The asyncio side of a job: the stepping thread's messages arrive on a queue."""
+    """The asyncio side of a job: the stepping thread's messages arrive on a queue (and a shutdown's, `shut`)."""
 
     def __init__(self, choices: int):
         self.loop = asyncio.get_running_loop()
@@ -142,6 +157,9 @@ class JobStream:
     def deliver(self, messages: list) -> None:  # called from the stepping thread
         self.loop.call_soon_threadsafe(self.queue.put_nowait, messages)
 
+    def shut(self, message: str) -> None:  # called on the event loop: the request ends with this error
+        self.queue.put_nowait([("shutdown", None, message)])
+
     async def messages(self):
         while self.open:
             for message in await self.queue.get():
@@ -150,8 +168,31 @@ class JobStream:
                 yield message
 
 
-class EngineFailure(Exception):
-    """The engine running a request failed (a bug, not the request's fault): HTTP 500."""
+class EventStream(StreamingResponse):
+    """Server-sent events; `answered()` runs once the response is over, however it ended (the stream finished,
+    the client left, the task was cancelled), even where the body never started."""
+
+    def __init__(self, events, answered):
+        super().__init__(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.answered = answered
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.answered()
+
+
+class Failure(Exception):
+    """A request ends with an error instead of its text: its engine failed (a bug, not the request's fault: 500),
+    or the server is shutting down (503)."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        shutdown = kind == "shutdown"
+        self.status = 503 if shutdown else 500
+        self.body = error_body(message if shutdown else f"generation failed: {message}", "server_error",
+                               code="server_shutting_down" if shutdown else None)
 
 
 def create_app(collab, config: ServerConfig | None = None) -> "Guard":
@@ -160,6 +201,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     config = config or ServerConfig()
     limits = config.limits
     metrics = Metrics()
+    drain = Drain()
     worker = Worker(collab.pair, stop_strings=collab.stop_strings, max_batch=config.max_batch, max_len=config.max_len,
                     max_queue=config.max_queue, max_engines=config.max_engines, metrics=metrics)
     texts = collab.pair.vocab.texts
@@ -234,6 +276,8 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     async def run(request: Request, body, fmt, prompts, *, chat: bool, logprobs: bool, top: int):
         todo = plan(collab, fmt, prompts, body, limits=limits, max_len=config.max_len, default_router=config.router,
                     default_min_p=config.min_p)
+        if drain.closing:  # it passed the door just before the shutdown began
+            return shutting_down()
         stream = JobStream(len(todo.requests))
         job = Job(todo.requests, todo.sampling, todo.router, collab.stop_strings + todo.sampling.stop,
                   stream.deliver, top_logprobs=top)
@@ -242,12 +286,22 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         except QueueFull as full:
             return error(429, str(full), "rate_limit_error", code="queue_full", headers={"Retry-After": "1"})
         metrics.prompt_tokens.inc(todo.prompt_tokens)
+        drain.running.add(stream)
+
+        def answered():
+            """However the request ended (finished, failed, cut off, client gone): it no longer runs, and its rows
+            leave the batch (for a finished job, there are none left)."""
+            drain.running.discard(stream)
+            worker.cancel(job)
+
         shaper = Shaper(todo, config.model_id, chat=chat, logprobs=logprobs, texts=texts)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(sse(job, stream, shaper, include_usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        return await whole(request, job, stream, shaper)
+            return EventStream(sse(job, stream, shaper, include_usage), answered)
+        try:
+            return await whole(request, job, stream, shaper)
+        finally:
+            answered()
 
     async def gather(stream: JobStream, choices: int):
         tokens, finish = [[] for _ in range(choices)], [None] * choices
@@ -257,7 +311,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             elif kind == "finish":
                 finish[index] = value
             else:
-                raise EngineFailure(value)
+                raise Failure(kind, value)
         return tokens, finish
 
     async def whole(request: Request, job: Job, stream: JobStream, shaper: Shaper):
@@ -269,38 +323,35 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
                 return Response(status_code=499)  # nobody is listening
             tokens, finish = done.result()
             return JSONResponse(shaper.whole(tokens, finish))
-        except EngineFailure as failure:
-            return error(500, f"generation failed: {failure}", "server_error")
+        except Failure as failure:
+            return JSONResponse(failure.body, status_code=failure.status)
         finally:
             gone.cancel()
-            if not done.done():
-                done.cancel()
-                worker.cancel(job)
+            done.cancel()
 
     async def sse(job: Job, stream: JobStream, shaper: Shaper, include_usage: bool):
-        finished = False
+        """The chunks, then `data: [DONE]`; a request that fails (its engine, or a shutdown) ends with an error
+        event, then `data: [DONE]` all the same."""
         tokens = [[] for _ in job.requests]
-        try:
-            if shaper.chat:
-                for index in range(len(job.requests)):
-                    yield shaper.chunk(index, [], first=True)
-            async for kind, index, value in stream.messages():
-                if kind == "tokens":
-                    tokens[index] += value
-                    yield shaper.chunk(index, value)
-                elif kind == "finish":
-                    yield shaper.chunk(index, [], value)
-                else:
-                    yield Shaper.event({"error": {"message": f"generation failed: {value}", "type": "server_error",
-                                                  "param": None, "code": None}})
-                    break
-            finished = True
-            if include_usage:
-                yield shaper.usage_chunk(tokens)
-            yield "data: [DONE]\n\n"
-        finally:
-            if not finished:
-                worker.cancel(job)  # the client closed the stream: its rows leave the batch
+        if shaper.chat:
+            for index in range(len(job.requests)):
+                yield shaper.chunk(index, [], first=True)
+        async for kind, index, value in stream.messages():
+            if kind == "tokens":
+                tokens[index] += value
+                yield shaper.chunk(index, value)
+            elif kind == "finish":
+                yield shaper.chunk(index, [], value)
+            else:
+                yield Shaper.event(Failure(kind, value).body)
+                break
+        if include_usage:
+            yield shaper.usage_chunk(tokens)
+        yield "data: [DONE]\n\n"
+
+    def error_response(description: str) -> dict:  # an error status in the schema
+        return {"description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
 
     def openapi():
         if app.openapi_schema:
@@ -309,10 +360,10 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         for path, operations in schema["paths"].items():
             for operation in operations.values():
                 operation["responses"].pop("422", None)
+                operation["responses"]["503"] = error_response("the server is shutting down (refused or cut off)")
                 if config.api_key is not None and path != "/health":
                     operation["security"] = [{"bearer": []}]
-                    operation["responses"]["401"] = {"description": "missing or wrong API key", "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+                    operation["responses"]["401"] = error_response("missing or wrong API key")
         components = schema.setdefault("components", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             components.get("schemas", {}).pop(unused, None)
@@ -322,7 +373,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         return schema
 
     app.openapi = openapi
-    return Guard(app, api_key=config.api_key, max_body=limits.max_body_bytes, metrics=metrics)
+    return Guard(app, api_key=config.api_key, max_body=limits.max_body_bytes, metrics=metrics, drain=drain)
 
 
 async def disconnected(request: Request) -> None:

@@ -146,8 +146,7 @@ class Worker(threading.Thread):
                     job.unplaced -= 1
             except Exception as error:  # noqa: BLE001 - e.g. a router whose model fails to load
                 log.exception("a request for router %s could not start", job.router)
-                self._cancel(job, outcome="error")
-                self._deliver(job, [("error", None, f"{type(error).__name__}: {error}")])
+                self._fail_job(job, f"{type(error).__name__}: {error}")
         self.pending = waiting
 
     def _engine_for(self, router: str) -> Engine | None:
@@ -178,40 +177,51 @@ class Worker(threading.Thread):
             self._fail_engine(key, f"{type(error).__name__}: {error}")
 
     def _dispatch(self, key: str, engine: Engine, event: StepEvent) -> None:
+        """Hand each row's step to its job. A row that cannot be read fails its own job only: the other rows of
+        the step, whoever's they are, go on as if it had not been there."""
         out: dict[Job, list] = {}
-        done: list[tuple[int, str]] = []  # retired once every row is read: if reading one fails, `_fail_engine`
-        # still finds every row of this step, and each job hears of the failure (none waits for ever)
         probs = event.chosen_prob.tolist()
         for i, rid in enumerate(event.rows):
             row = self.rows.get((key, rid))
             if row is None:
+                continue  # aborted, or its job failed earlier in this step
+            try:
+                messages, finish = self._read(engine, event, i, rid, row, probs[i])
+            except Exception as error:  # noqa: BLE001 - e.g. a token its tokenizer cannot decode
+                log.exception("reading a row of router %s failed", key)
+                out.pop(row.job, None)  # it hears of the failure, not of this step's tokens
+                self._fail_job(row.job, f"{type(error).__name__}: {error}")
                 continue
-            job = row.job
-            finish = event.finished.get(rid)
-            token = Token(int(event.tokens[i]), "", "mix" if event.mixed else "base" if bool(event.use_base[i])
-                          else "aligned", event.reasons[i], float(event.base_top1_prob[i]),
-                          max(math.log(max(probs[i], 1e-300)), FLOOR))
-            if job.top_logprobs and event.top_ids is not None:
-                token.top = [(int(t), max(float(v), FLOOR)) for t, v in
-                             zip(event.top_ids[i, :job.top_logprobs], event.top_logprobs[i, :job.top_logprobs])]
-            if row.first:
-                self.metrics.time_to_first_token.observe(time.perf_counter() - job.submitted)
-                row.first = False
-            self.metrics.completion_tokens.labels(writer=token.writer).inc()
-            if row.text.add(token, last=finish is not None) and finish is None:
-                engine.abort(rid)  # a stop string of this request's own: the row leaves now
-                finish = "stop"
-            messages = out.setdefault(job, [])
-            released = row.text.release(final=finish is not None)
-            if released:
-                messages.append(("tokens", row.choice, released))
+            out.setdefault(row.job, []).extend(messages)
             if finish is not None:
-                messages.append(("finish", row.choice, finish))
-                done.append((rid, finish))
-        for rid, finish in done:
-            self._retire(key, rid, finish)
+                self._retire(key, rid, finish)
         for job, messages in out.items():
             self._deliver(job, messages)
+
+    def _read(self, engine: Engine, event: StepEvent, i: int, rid: int, row: _Row, prob: float):
+        """(messages, finish reason or None) of row `i` of `event`: its token's content and whether it finished."""
+        job = row.job
+        finish = event.finished.get(rid)
+        token = Token(int(event.tokens[i]), "", "mix" if event.mixed else "base" if bool(event.use_base[i])
+                      else "aligned", event.reasons[i], float(event.base_top1_prob[i]),
+                      max(math.log(max(prob, 1e-300)), FLOOR))
+        if job.top_logprobs and event.top_ids is not None:
+            token.top = [(int(t), max(float(v), FLOOR)) for t, v in
+                         zip(event.top_ids[i, :job.top_logprobs], event.top_logprobs[i, :job.top_logprobs])]
+        if row.first:
+            self.metrics.time_to_first_token.observe(time.perf_counter() - job.submitted)
+            row.first = False
+        self.metrics.completion_tokens.labels(writer=token.writer).inc()
+        if row.text.add(token, last=finish is not None) and finish is None:
+            engine.abort(rid)  # a stop string of this request's own: the row leaves now
+            finish = "stop"
+        messages = []
+        released = row.text.release(final=finish is not None)
+        if released:
+            messages.append(("tokens", row.choice, released))
+        if finish is not None:
+            messages.append(("finish", row.choice, finish))
+        return messages, finish
 
     def _retire(self, key: str, rid: int, outcome: str) -> None:
         del self.rows[(key, rid)]
@@ -243,11 +253,24 @@ class Worker(threading.Thread):
         for job in failed:
             self._deliver(job, [("error", None, message)])
 
+    def _fail_job(self, job: Job, message: str) -> None:
+        """One job failed: its rows leave, and it hears why if it still listens (its own failure may have been
+        that it does not)."""
+        self._cancel(job, outcome="error")
+        try:
+            job.deliver([("error", None, message)])
+        except Exception:  # noqa: BLE001 - nobody left to tell
+            log.debug("a failed request could not be told why", exc_info=True)
+
     def _deliver(self, job: Job, messages: list) -> None:
+        """Hand messages to a job; a job that cannot take them fails alone, never the stepping thread."""
         try:
             job.deliver(messages)
         except RuntimeError:  # the event loop is gone (the server is shutting down)
             self._cancel(job)
+        except Exception as error:  # noqa: BLE001 - its consumer failed (a bug on the HTTP side)
+            log.exception("delivering to a request failed")
+            self._fail_job(job, f"{type(error).__name__}: {error}")
 
     def _gauges(self) -> None:
         running = sum(len(engine.live) for engine in self.engines.values())
