@@ -81,6 +81,14 @@ def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     assert response.usage.completion_tokens == sum(len(provenance(c)) for c in response.choices)
 
 
+def test_a_prompt_repeated_in_one_request_gets_its_own_choices_for_each_copy_and_the_seed_reproduces_them(client):
+    ask = lambda prompts: client.completions.create(model="baco", prompt=prompts, max_tokens=16, seed=5)  # noqa: E731
+    twice = [c.text for c in ask([PROMPTS[0], PROMPTS[0]]).choices]
+    assert twice[0] != twice[1]
+    assert twice[0] == ask([PROMPTS[0]]).choices[0].text  # the first copy: the prompt's own completion
+    assert [c.text for c in ask([PROMPTS[0], PROMPTS[0]]).choices] == twice  # same request and seed, same answer
+
+
 def test_a_conversation_reads_as_few_shot_turns_under_a_system_prompt(client, collab):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."},
                 {"role": "assistant", "content": "A pear."}, {"role": "user", "content": [
