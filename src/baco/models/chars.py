@@ -483,6 +483,20 @@ class CharRows:
                 raise UnrepresentableText(f"the {self.name} model's vocabulary has no token for {rest!r}")
         return tokens, rest
 
+    def spelled(self, row: int) -> int:
+        """How many of this model's tokens spell the row's text if it ends here: the committed ones plus
+        the pending bytes read as whole tokens, longest first (what `written_tokens` reports). The budget
+        counts these, so a re-reading (`_resegment`) or a pending prefix that no single token equals can
+        never take a model past it. A prefix no whole-token reading covers counts as the one token it
+        starts (a vocabulary without single-byte tokens; the text goes on into that token)."""
+        cursor = self.cursors[row]
+        if not cursor.pending or cursor.exact:  # nothing pending, or the pending bytes are one token
+            return len(cursor.tokens) + bool(cursor.pending)
+        try:
+            return len(cursor.tokens) + len(self._split(cursor.pending)[0])
+        except UnrepresentableText:
+            return len(cursor.tokens) + 1
+
     def written_tokens(self, row: int, drop: int = 0) -> list[int]:
         """The row's committed tokens, then its pending bytes (less the last `drop`) as whole tokens."""
         cursor = self.cursors[row]
