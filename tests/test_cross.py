@@ -17,9 +17,10 @@ from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
 from baco.errors import BacoError, TokenizerMismatchError
-from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, token_bytes
+from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, filtered_logprobs, token_bytes
 from baco.models.hf import HFCausalLM
 from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
+from sampling_reference import transformers_distribution
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
@@ -69,6 +70,21 @@ def brute_force_marginal(cursor, table, lookahead_first):
 
 def stop_ids(table):
     return set(table.order[table.n_text: table.n_text + table.n_stop].tolist())
+
+
+@pytest.mark.parametrize("knobs", [{"temperature": 0.3, "top_k": 5}, {"temperature": 1.7, "top_p": 0.9, "min_p": 0.05},
+                                   {"top_k": 50, "top_p": 0.1}, {"temperature": 0.7, "min_p": 0.3}, {"temperature": 0},
+                                   {"temperature": 1e-39}], ids=str)
+def test_the_cross_loops_filter_keeps_what_transformers_warpers_keep(knobs):
+    """The cross-tokenizer methods filter each model's distribution themselves (`filtered_logprobs`): the same
+    distribution as transformers' warpers in `generate`'s order; a temperature too small for float32 is the best
+    token, not NaN."""
+    generator = torch.Generator().manual_seed(2)
+    logprobs = torch.log_softmax(torch.randn(8, 700, generator=generator) * torch.linspace(0.5, 5, 8)[:, None], -1)
+    params = SamplingParams(**knobs)
+    reference = SamplingParams(temperature=0) if params.temperature < 1e-30 else params  # transformers: NaN there
+    expected = transformers_distribution(logprobs, reference)
+    assert torch.allclose(filtered_logprobs(logprobs, params).exp(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -267,6 +267,16 @@ def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
         assert error["param"].split(".")[0] == param
 
 
+def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):
+    """OpenAI's API and vLLM's take null for temperature and top_p (clients send it for "not set"); so does top_k."""
+    body = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 12, "seed": 3}
+    unset = requests.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    null = requests.post(live.url + "/v1/chat/completions", timeout=60,
+                         json={**body, "temperature": None, "top_p": None, "top_k": None, "min_p": None})
+    assert null.status_code == unset.status_code == 200, null.text
+    assert null.json()["choices"][0]["message"] == unset.json()["choices"][0]["message"]
+
+
 def test_malformed_json_and_a_large_body_are_refused(live):
     url = live.url + "/v1/completions"
     broken = requests.post(url, data=b'{"model": "baco", "prompt": ', headers={"content-type": "application/json"})

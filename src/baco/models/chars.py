@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from baco.decode.sampling import SamplingParams
+from baco.decode.sampling import MIN_TEMPERATURE, SamplingParams
 from baco.errors import BacoError
 from baco.models.hf import HFCausalLM, HFSession
 from baco.vocab import FUNCTION_WORDS, control_token_ids, is_punct_or_format
@@ -183,7 +183,7 @@ def filtered_logprobs(logprobs: torch.Tensor, params: SamplingParams) -> torch.T
     if params.temperature == 0:
         out = torch.full_like(logprobs, -math.inf)
         return out.scatter_(1, logprobs.argmax(-1, keepdim=True), 0.0)
-    x = torch.log_softmax(logprobs / params.temperature, dim=-1)
+    x = torch.log_softmax(logprobs / max(params.temperature, MIN_TEMPERATURE), dim=-1)  # no overflow to NaN
     if 0 < params.top_k < x.shape[-1]:
         kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
         x = torch.log_softmax(x.masked_fill(x < kth, -math.inf), dim=-1)
