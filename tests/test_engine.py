@@ -182,6 +182,17 @@ def test_a_request_too_long_for_the_engine_is_refused_at_the_door(collab):
         engine.add(request, params)
 
 
+def test_a_request_longer_than_the_models_context_is_refused_even_by_an_engine_with_room_for_it(collab):
+    """Slots may be longer than the context, but a row's positions must stay within it (the engine stops the
+    positions of rows whose output it drops at the context's last one, so a live row must never need more)."""
+    params = SamplingParams(max_new_tokens=64)
+    request = collab.requests([PROMPTS[1]], 1, params, seed=0)[0]
+    request.max_new_tokens = collab.pair.context_length  # as a caller that skips `requests`' budget might
+    engine = Engine(collab.pair, get_router("p:0.5"), max_batch=1, max_len=2 * collab.pair.context_length)
+    with pytest.raises(BacoError, match=rf"more than the models' context of {collab.pair.context_length}"):
+        engine.add(request, params)
+
+
 def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
     """On the meta device tensors have shapes but no values: any host read inside the step raises."""
     from baco import Collaboration

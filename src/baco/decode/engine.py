@@ -17,6 +17,12 @@ graph per bucket of live slots (1, 2, 4, ... max_batch) and replayed; its output
 pinned host memory asynchronously and read one step later, while the device runs the next step.
 Rows that finished at step t therefore run once more at t+1; that output is dropped. Routers that
 decide on the host (JUDGE) run eagerly and synchronously, with the rows' texts in the view.
+
+Free slots below the highest busy one run too (every row of the bucket steps; a waiting request's
+prompt may take several steps to prefill), their output dropped. Their positions stop at the
+models' last one: a learned position table (GPT-2, OPT) has no row beyond it, and a position past it
+crashes the forward. A request's own positions never reach that limit (`add` refuses one longer
+than the models' context).
 """
 
 from __future__ import annotations
@@ -272,6 +278,8 @@ class Engine:
         self.pair, self.router = pair, router
         self.device = pair.device
         self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
+        self.context = pair.context_length
+        self.last_position = min(columns, self.context) - 1  # where a row whose output is dropped stops
         if (not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool)
                 or not 0 <= top_logprobs <= pair.vocab_size):
             raise BacoError(f"top_logprobs must be an integer in [0, {pair.vocab_size}], got {top_logprobs!r}")
@@ -336,6 +344,9 @@ class Engine:
         if request.length > self.columns:
             raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
                             f"than the engine's max_len of {self.columns}; raise max_len or lower max_new_tokens")
+        if request.length > self.context:
+            raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
+                            f"than the models' context of {self.context}; lower max_new_tokens")
         rid = self._next_rid
         self._next_rid += 1
         self.waiting.append(_Live(rid, request, params, top_logprobs=bool(top_logprobs and self.top_k_logprobs)))
@@ -516,7 +527,7 @@ class Engine:
         self.previous_base[:b] = drawn.use_base
         self.t[:b] += 1
         for i in range(len(self.reads)):
-            self.positions[i][:b] += 1
+            self.positions[i][:b] = (self.positions[i][:b] + 1).clamp(max=self.last_position)
             self.valid[i][:b] = (self.valid[i][:b] + 1).clamp(max=self.columns - 1)
         self.write.add_(1).remainder_(self.columns)
         self.out_ints[0, :b] = drawn.tokens

@@ -7,8 +7,21 @@ from dataclasses import dataclass
 
 import torch
 
+from baco.errors import ModelLoadError
 from baco.models.hf import HFCausalLM, HFSession
+from baco.models.slots import slot_refusal
 from baco.vocab import TokenTable, check_compatible, control_token_ids, token_texts
+
+
+def check_engine_can_step(lm) -> None:
+    """Refuse, when a pair is made, a transformers model that the slot engine (every same-vocabulary router
+    runs on it) would step into other tokens than transformers' own: ALiBi, recurrent or chunked layers."""
+    if lm is None or hasattr(lm, "engine_unit"):  # llama.cpp steps its own caches
+        return
+    why = slot_refusal(lm.model)
+    if why is not None:
+        raise ModelLoadError(f"{lm.name!r} cannot run on baco's decoding engine: {why}; use a model of another "
+                             f"architecture (docs/backends.md lists those tested)")
 
 
 class ModelPair:
@@ -22,6 +35,8 @@ class ModelPair:
     def __init__(self, base: HFCausalLM, aligned: HFCausalLM, anchor: HFCausalLM | None = None):
         """`anchor`: an optional third model (proxy-tuning's small base), read with the base model's prompt."""
         self.base, self.aligned, self.anchor = base, aligned, anchor
+        for lm in (base, aligned, anchor):
+            check_engine_can_step(lm)
         shared = check_compatible(base.tokenizer, aligned.tokenizer)
         if anchor is not None:
             shared = min(shared, check_compatible(base.tokenizer, anchor.tokenizer))

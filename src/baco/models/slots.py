@@ -5,10 +5,11 @@ A `SlotLM` owns one pre-allocated key/value buffer per attention layer, shaped
 rows write the current decoding step into the same column `write`, which advances by one per
 step and wraps around. A row's cache is the `valid` columns just before `write` (its prompt and
 what it has generated); attention reads every column and a per-row mask keeps only those (and,
-for sliding-window layers, only the last `window`). Keys carry their rotary position already, and
-attention does not care in which column a key sits, so a ring needs no compaction, and a new
-request can take a finished row's slot at any step: its prompt is prefilled into the columns just
-before `write`, overwriting the previous occupant's, and the mask hides everything older.
+for sliding-window layers, only the last `window`). Keys carry their position already (rotary, or
+learned and added to the input), and attention does not care in which column a key sits, so a
+ring needs no compaction, and a new request can take a finished row's slot at any step: its
+prompt is prefilled into the columns just before `write`, overwriting the previous occupant's, and
+the mask hides everything older. Attention that reads anything else is refused (`slot_refusal`).
 
 Shapes never change between steps (the bucket of live slots aside), and nothing in `forward`
 reads a tensor's value on the host, so a step can be captured as a CUDA graph.
@@ -97,6 +98,28 @@ def _layer_kinds(config) -> tuple[list[str] | None, int | None]:
     if types and "sliding_attention" in types and window:
         return list(types), int(window)
     return None, (int(window) if window and getattr(config, "use_sliding_window", True) else None)
+
+
+STEPPED_LAYERS = ("full_attention", "sliding_attention")  # the layer kinds `SlotLM.layer_masks` masks
+
+
+def slot_refusal(model) -> str | None:
+    """Why the slot engine cannot step `model` as transformers would (None: it can). The engine hands every
+    layer explicit positions, key/value caches in ring columns (any column order) and an additive mask per
+    row; attention that reads anything else would write other tokens, silently or with a crash."""
+    config = getattr(model.config, "text_config", model.config)
+    kind = getattr(config, "model_type", "") or type(model).__name__
+    if getattr(model, "_is_stateful", False):  # transformers' flag for recurrent / state-space layers
+        return f"{kind} keeps a recurrent state beside (or instead of) attention caches, which slots cannot hold"
+    if kind in ("bloom", "mpt") or getattr(config, "alibi", False):
+        return (f"{kind} uses ALiBi attention biases, built from a padding mask or from cache columns rather than "
+                f"from token positions")
+    others = [layer for layer in getattr(config, "layer_types", None) or () if layer not in STEPPED_LAYERS]
+    if others:
+        return f"{kind} has {others[0]} layers, which the engine's masks do not reproduce"
+    if "local" in (getattr(config, "attention_layers", None) or ()):  # GPT-Neo: a window by cache column
+        return f"{kind} has local attention layers that mask keys by cache column"
+    return None
 
 
 def cache_row_bytes(config, dtype: torch.dtype, columns: int) -> int | None:
