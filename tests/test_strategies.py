@@ -86,3 +86,10 @@ def test_strategies_run_through_the_api_like_routers(collab):
     samples = collab.generate(PROMPTS, router="negative:0.5", n=2, sampling=params)
     assert [(s.prompt_index, s.sample_index) for s in samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert {s.router for s in samples} == {"negative:0.5"}
+
+
+def test_a_multi_pass_method_without_a_seed_draws_one_and_records_it(collab):
+    def seed_used():
+        return collab.generate("Why?", sampling=SamplingParams(max_new_tokens=4), router="negative:0.5")[0].sampling["seed"]
+
+    assert seed_used() != seed_used()
