@@ -92,8 +92,10 @@ def test_a_ray_sweep_stores_what_a_single_process_sweep_stores(cluster, raw, ref
 
 
 def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs, tmp_path):
+    """Shards hold a prompt each here, so the repeated prompt's second copy is decoded apart from its first:
+    it must still get the second copy's samples (counted in the whole list), as locally."""
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS + ["Describe a dragon.", "Plan a picnic."]) + "\n")
+    prompts.write_text("\n".join(PROMPTS + ["Describe a dragon.", PROMPTS[0]]) + "\n")
     common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
               "--n", "3", "--max-new-tokens", "16", "--seed", "5", "--device", "cpu", "--quiet"]
     assert main(common + ["--out", str(tmp_path / "local.jsonl")]) == 0
@@ -104,6 +106,8 @@ def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs,
     assert len(on_ray) == len({r["id"] for r in on_ray}) == 8 * 3
     assert {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in on_ray} == \
         {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in local}
+    copies = [{tuple(r["token_ids"]) for r in on_ray if r["prompt_index"] == i} for i in (0, 7)]
+    assert copies[0].isdisjoint(copies[1])
     # rerun: every sample is in the file already, so nothing is generated and nothing appended
     assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray"]) == 0
     assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8 * 3

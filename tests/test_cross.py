@@ -6,6 +6,7 @@ merges, sizes and byte conventions.
 """
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,9 +17,10 @@ from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
 from baco.errors import BacoError, TokenizerMismatchError
-from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, token_bytes
+from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, filtered_logprobs, token_bytes
 from baco.models.hf import HFCausalLM
 from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
+from sampling_reference import transformers_distribution
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
 GREEDY = SamplingParams(temperature=0, max_new_tokens=24)
@@ -68,6 +70,21 @@ def brute_force_marginal(cursor, table, lookahead_first):
 
 def stop_ids(table):
     return set(table.order[table.n_text: table.n_text + table.n_stop].tolist())
+
+
+@pytest.mark.parametrize("knobs", [{"temperature": 0.3, "top_k": 5}, {"temperature": 1.7, "top_p": 0.9, "min_p": 0.05},
+                                   {"top_k": 50, "top_p": 0.1}, {"temperature": 0.7, "min_p": 0.3}, {"temperature": 0},
+                                   {"temperature": 1e-39}], ids=str)
+def test_the_cross_loops_filter_keeps_what_transformers_warpers_keep(knobs):
+    """The cross-tokenizer methods filter each model's distribution themselves (`filtered_logprobs`): the same
+    distribution as transformers' warpers in `generate`'s order; a temperature too small for float32 is the best
+    token, not NaN."""
+    generator = torch.Generator().manual_seed(2)
+    logprobs = torch.log_softmax(torch.randn(8, 700, generator=generator) * torch.linspace(0.5, 5, 8)[:, None], -1)
+    params = SamplingParams(**knobs)
+    reference = SamplingParams(temperature=0) if params.temperature < 1e-30 else params  # transformers: NaN there
+    expected = transformers_distribution(logprobs, reference)
+    assert torch.allclose(filtered_logprobs(logprobs, params).exp(), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -285,12 +302,80 @@ def test_stream_yields_spans_that_join_to_the_sample(cross):
     assert "".join(pieces) == "".join(sample.token_texts)
 
 
-def test_a_row_ends_where_a_model_reaches_max_new_tokens(cross):
-    budget = SamplingParams(temperature=1.0, max_new_tokens=8, seed=0)
-    for sample in cross.generate(PROMPTS, router="chared:0.5", n=2, sampling=budget):
-        if sample.finish_reason == "length":
-            assert max(len(sample.base_token_ids), len(sample.aligned_token_ids)) == 8
-        assert max(len(sample.base_token_ids), len(sample.aligned_token_ids)) <= 8
+# every kind of cross method: a character coin, union top-k pieces, per-word routers (rule, coin, Nudging)
+BUDGET_ROUTERS = ["chared:0.5", "unite:3", "p-punc-words:0.5", "rand-words:0.5", "nudge-words:0.7"]
+SHORT_BUDGETS = (2, 3, 4, 6, 8)
+
+
+def assert_within_budget(sample, budget, tables):
+    """Each model's own tokens spell exactly the text the sample's spans wrote (bytes, then characters) and
+    number at most `budget`; a sample cut for length used the whole budget of one model."""
+    own = (sample.base_token_ids, sample.aligned_token_ids)
+    where = f"prompt {sample.prompt_index} sample {sample.sample_index}: {sample.finish_reason}, {own}"
+    assert max(map(len, own)) <= budget, where
+    spelled = {b"".join(table.pieces[t] for t in ids) for table, ids in zip(tables, own)}
+    assert len(spelled) == 1, where
+    assert spelled.pop().decode("utf-8", errors="replace") == "".join(sample.token_texts), where
+    if sample.finish_reason == "length":
+        assert max(map(len, own)) == budget, where
+
+
+def short_budget_samples(collab, router, stop=()):
+    """Samples at temperature 1.5 (many re-readings: the two models' texts diverge often) over short budgets."""
+    for budget in SHORT_BUDGETS:
+        for seed in range(6):
+            params = SamplingParams(temperature=1.5, max_new_tokens=budget, seed=seed, stop=stop)
+            for sample in collab.generate(PROMPTS, router=router, n=2, sampling=params):
+                yield budget, sample
+
+
+@pytest.mark.parametrize("router", BUDGET_ROUTERS)
+def test_no_model_needs_more_than_max_new_tokens_of_its_own_for_the_text(cross, router):
+    """max_new_tokens bounds each model's own tokens of the text, including those a model commits when it
+    re-reads its pending bytes as whole tokens (its reading hit a dead end: `_resegment`) and those its
+    pending bytes take at the end: no sample has more, the text is exactly what they spell, and a row
+    cut for length ends where one model used its whole budget."""
+    for budget, sample in short_budget_samples(cross, router):
+        assert_within_budget(sample, budget, cross.pair.tables)
+
+
+@pytest.mark.parametrize("router", BUDGET_ROUTERS)
+def test_a_stop_string_ends_the_text_at_the_stop_within_the_budget(cross, router):
+    """A stop string (found in text a model may have re-read) ends the row as "stop" and the sample's
+    text just before it; the tokens, up to and including the stop, stay within the budget."""
+    stops = ("e ", "th", "in")
+    stopped = 0
+    for budget, sample in short_budget_samples(cross, router, stop=stops):
+        assert_within_budget(sample, budget, cross.pair.tables)
+        written = "".join(sample.token_texts)
+        if any(s in written for s in stops):
+            stopped += 1
+            assert sample.finish_reason == "stop"
+            assert any(sample.text + s == written.lstrip() for s in stops)
+    assert stopped > 0
+
+
+@pytest.fixture(scope="module")
+def short_context(tmp_path_factory):
+    """The tiny cross pair with 30 positions: the long prompt leaves room for 3 new tokens, the others ~10."""
+    return Collaboration.from_pretrained(*make_tiny_cross_pair(tmp_path_factory.mktemp("short"), context=30),
+                                         device="cpu")
+
+
+@pytest.mark.parametrize("router", BUDGET_ROUTERS)
+def test_a_budget_cut_to_fit_the_context_keeps_both_models_within_it(short_context, router):
+    """Asked for more tokens than the context holds, each row's budget is cut to the room its longer
+    prompt leaves, and neither model's prompt plus its own tokens of the text passes the context."""
+    context = short_context.pair.context_length
+    params = SamplingParams(temperature=1.5, max_new_tokens=64)
+    requests = {r.prompt_index: r for r in short_context.requests(PROMPTS, 1, params, 0)}
+    assert all(r.max_new_tokens == context - r.prompt_length < 64 for r in requests.values())
+    for seed in range(12):
+        for sample in short_context.generate(PROMPTS, router=router, n=2, sampling=replace(params, seed=seed)):
+            request = requests[sample.prompt_index]
+            assert_within_budget(sample, request.max_new_tokens, short_context.pair.tables)
+            assert len(request.base_ids) + len(sample.base_token_ids) <= context
+            assert len(request.aligned_ids) + len(sample.aligned_token_ids) <= context
 
 
 def test_requests_validate_like_the_token_path(cross):

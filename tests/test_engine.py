@@ -13,6 +13,7 @@ from baco.decode.sampling import RowKnobs
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
 from baco.routers import StepView, get_router
+from sampling_reference import inverse_cdf_draw, transformers_distribution
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly, and why it did not mind.", "Why?"]
 ROUTERS = ["p-punc:0.3", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
@@ -406,6 +407,40 @@ def test_top_logprobs_are_the_writers_best_tokens_and_leave_the_tokens_alone(col
             assert values[0] == pytest.approx(math.log(float(event.chosen_prob[i])), abs=1e-5)
             reported += 1
     assert out == plain and reported == sum(len(tokens) for tokens in plain)
+
+
+@pytest.mark.parametrize("params", [
+    SamplingParams(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=10, seed=8),
+    SamplingParams(temperature=1.7, top_p=0.5, min_p=0.3, max_new_tokens=10, seed=9),
+    SamplingParams(temperature=0.3, top_k=5, min_p=0.05, max_new_tokens=10, seed=10),
+    SamplingParams(temperature=0, top_k=5, max_new_tokens=10, seed=11),
+], ids=["top-k+top-p", "top-p+min-p", "top-k+min-p", "greedy"])
+@pytest.mark.parametrize("sync_free", [False, True], ids=["host", "sync-free"])
+@pytest.mark.parametrize("router", ["aligned", "base", "p-punc:0.5", "eft:0.5"])
+def test_each_token_is_drawn_from_the_writers_distribution_as_transformers_warps_it(collab, monkeypatch, router,
+                                                                                    sync_free, params):
+    """The whole engine against an independent reference: every step reports the full distribution its token was
+    drawn from (the writer's, or the mixture's, at temperature 1: top_logprobs over the whole vocabulary); warped
+    by transformers' warpers, an inverse-CDF draw with the row's own random number for that writer (base stream
+    0, aligned 1, a mixture the aligned one) gives the engine's token. Aligned alone and base alone are thus the
+    models sampled as `generate` samples them, on the host path and the sync-free one."""
+    monkeypatch.setattr(sampling_module, "PRECUT", 16)  # the host path's precut and its full-sort fall-back run
+    vocab = collab.pair.vocab_size
+    requests = collab.requests(PROMPTS[:2], 1, params, seed=params.seed)
+    engine = Engine(collab.pair, get_router(router), max_batch=2, max_len=96, top_logprobs=vocab, sync_free=sync_free)
+    for request in requests:
+        engine.add(request, params, top_logprobs=True)
+    streams = [torch.rand((3, r.max_new_tokens), generator=torch.Generator().manual_seed(r.seed)) for r in requests]
+    drawn = [0] * len(requests)
+    for event in engine.run():
+        for i, rid in enumerate(event.rows):
+            writer = torch.full((1, vocab), -math.inf).scatter_(1, event.top_ids[i][None], event.top_logprobs[i][None])
+            stream = 0 if bool(event.use_base[i]) and not event.mixed else 1
+            u = streams[rid][stream, drawn[rid]]
+            expected = inverse_cdf_draw(transformers_distribution(writer, params), u[None])
+            assert int(event.tokens[i]) == int(expected), (rid, drawn[rid])
+            drawn[rid] += 1
+    assert sum(drawn) > 10
 
 
 def test_no_top_logprobs_are_computed_unless_a_live_request_asks(collab):

@@ -9,9 +9,11 @@ reporting duplicates and torn lines.
 import io
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+import baco
 from baco.cli import main
 from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells
 
@@ -101,6 +103,38 @@ def test_a_second_sweep_on_a_locked_run_directory_is_refused_naming_the_holder(t
     assert f"pid {os.getpid()} on {socket.gethostname()}" in err and "in use by another baco sweep" in err
     assert not (run / "samples.jsonl").exists()
     assert main(["sweep", str(config), "--out", str(run), "--quiet", "--no-eval"]) == 0  # released
+
+
+def test_a_second_generate_on_the_same_out_file_is_refused_naming_the_holder_and_writes_nothing(tiny_dirs, tmp_path,
+                                                                                                  capsys):
+    """Two `baco generate --out F` at once would both make the missing samples and append them: the second
+    one is refused while another process holds F's lock, and the lock's files stay out of globs of *.json*."""
+    import glob
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.")) == 0
+    before = out.read_bytes()
+    source = str(Path(baco.__file__).parents[1])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from baco.decode.records import out_lock\n"
+         f"with out_lock({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?")) == 2
+    finally:
+        holder.communicate("")
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"pid {holder.pid} on {socket.gethostname()}" in err
+    assert err.startswith(f"baco: error: --out {str(out)!r} is in use by another baco generate")
+    assert out.read_bytes() == before
+    assert sorted(glob.glob(str(tmp_path / "*.json*"))) == [str(out)]
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?")) == 0  # released when its holder ended
+    assert len(rows_of(out)) == 2
 
 
 def test_run_cells_takes_the_lock_too(tiny_dirs, tmp_path, engines):
@@ -337,6 +371,84 @@ def test_generate_rerun_with_reordered_or_added_prompts_does_not_store_the_same_
     # another seed is another sample
     assert main(generate_argv(tiny_dirs, out, "--prompt", "Why?", "--n", "2", "--seed", "4")) == 0
     assert len(out.read_text().splitlines()) == 8
+
+
+def rows_of(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def prompt_flags(*prompts):
+    return [flag for p in prompts for flag in ("--prompt", p)]
+
+
+class Killed(BaseException):
+    """The process died (nothing in baco catches a BaseException that is not KeyboardInterrupt)."""
+
+
+def test_a_killed_generate_of_a_repeated_prompt_resumes_to_the_file_of_an_uninterrupted_run(tiny_dirs, tmp_path,
+                                                                                             monkeypatch):
+    """A prompts file holding one line twice: each copy has its own samples, and a run killed after any
+    number of them (or a file holding only the second copy's) completes to the uninterrupted run's samples."""
+    from baco.storage import JsonlAppender
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", ["Name a fruit.", "Why?", "Name a fruit."])
+    argv = lambda out: generate_argv(tiny_dirs, out, "--prompts", str(prompts), "--n", "2")  # noqa: E731
+    whole = tmp_path / "whole.jsonl"
+    assert main(argv(whole)) == 0
+    expected = {r["id"]: r["token_ids"] for r in rows_of(whole)}
+    assert len(expected) == 6
+    copies = [{tuple(r["token_ids"]) for r in rows_of(whole) if r["prompt_index"] == i} for i in (0, 2)]
+    assert len(copies[0]) == len(copies[1]) == 2 and copies[0].isdisjoint(copies[1])
+
+    def killed_after(count):
+        written, append = [], JsonlAppender.append
+
+        def dying(self, row):
+            if len(written) == count:
+                raise Killed
+            written.append(row)
+            append(self, row)
+        return dying
+
+    for count in (1, 3, 5):
+        out = tmp_path / f"killed-{count}.jsonl"
+        with monkeypatch.context() as patch:
+            patch.setattr(JsonlAppender, "append", killed_after(count))
+            with pytest.raises(Killed):
+                main(argv(out))
+        assert len(rows_of(out)) == count
+        assert main(argv(out)) == 0
+        assert {r["id"]: r["token_ids"] for r in rows_of(out)} == expected and len(rows_of(out)) == 6
+    partial = tmp_path / "second-copy-only.jsonl"  # the first copy's samples are not found under the second's
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows_of(whole) if r["prompt_index"] == 2))
+    assert main(argv(partial)) == 0
+    assert {r["id"]: r["token_ids"] for r in rows_of(partial)} == expected and len(rows_of(partial)) == 6
+
+
+def test_generate_rerun_finds_each_copy_of_a_repeated_prompt_after_reordering_or_adding_prompts(tiny_dirs, tmp_path,
+                                                                                                capsys):
+    """A copy is known by its prompt text and its number among the copies (kept when the prompts are
+    reordered with the copies in their order, or one is added), not by its place in the list."""
+    fruit, why, joke = "Name a fruit.", "Why?", "Tell a joke."
+    out = tmp_path / "samples.jsonl"
+    assert main(generate_argv(tiny_dirs, out, *prompt_flags(fruit, why, fruit), "--n", "2")) == 0
+    # as written before copies were told apart: the first copy's rows have no occurrence field
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "occurrence" or v}) + "\n"
+                           for r in rows_of(out)))
+    first = rows_of(out)
+    assert main(generate_argv(tiny_dirs, out, *prompt_flags(why, fruit, joke, fruit), "--n", "2")) == 0
+    rows = rows_of(out)
+    assert rows[:6] == first
+    assert [(r["prompt"], r["occurrence"], r["sample_index"]) for r in rows[6:]] == [(joke, 0, 0), (joke, 0, 1)]
+    # a third copy is new: its samples are made, and differ from the other copies'
+    assert main(generate_argv(tiny_dirs, out, *prompt_flags(fruit, fruit, why, fruit, joke), "--n", "2")) == 0
+    rows = rows_of(out)
+    assert [(r["prompt"], r["occurrence"]) for r in rows[8:]] == [(fruit, 2), (fruit, 2)]
+    assert len({(r["prompt"], r.get("occurrence", 0), r["sample_index"]) for r in rows}) == len(rows) == 10
+    assert len({tuple(r["token_ids"]) for r in rows if r["prompt"] == fruit}) == 6
+    before = out.read_bytes()  # all there, in any order with the copies in theirs: nothing to do
+    assert main(generate_argv(tiny_dirs, out, *prompt_flags(joke, fruit, why, fruit, fruit), "--n", "2")) == 0
+    assert out.read_bytes() == before and "nothing to do" in capsys.readouterr().err
 
 
 def test_a_row_whose_config_or_task_field_was_edited_is_not_filed_under_another_method(tiny_dirs, tmp_path, engines,

@@ -52,6 +52,21 @@ def test_same_seed_same_samples_other_seed_other_samples(collab):
     assert len({tuple(ids) for ids in first}) == len(first)  # the n samples of a prompt differ too
 
 
+def test_a_repeated_prompt_gets_its_own_samples_for_each_copy(collab):
+    """Users repeat a prompt to get more samples: copies must not be one sample N times. The first copy
+    keeps the samples the prompt gives alone (so earlier results and seeds reproduce)."""
+    params = SamplingParams(max_new_tokens=16, seed=0)
+    twice = collab.generate(["Tell a story", "Tell a story"], router="p:0.5", n=1, sampling=params)
+    assert [s.occurrence for s in twice] == [0, 1]
+    assert twice[0].token_ids != twice[1].token_ids
+    alone = collab.generate(["Tell a story"], router="p:0.5", n=1, sampling=params)
+    assert alone[0].token_ids == twice[0].token_ids and alone[0].seed == twice[0].seed
+    mixed = collab.generate(["Why?", "Tell a story", "Why?", "Tell a story"], router="p:0.5", n=2, sampling=params)
+    tokens = {(s.prompt_index, s.sample_index): tuple(s.token_ids) for s in mixed}
+    assert len(set(tokens.values())) == len(tokens)  # every (copy, sample) its own
+    assert [tokens[(1, 0)], tokens[(3, 0)]] == [tuple(s.token_ids) for s in twice]  # copies: by their number
+
+
 def test_p_threshold_zero_never_uses_base_and_above_one_always_does(collab):
     params = SamplingParams(max_new_tokens=16, seed=5)
     never = collab.generate(PROMPTS, router="p:0", n=2, sampling=params)

@@ -5,6 +5,9 @@ import math
 import pytest
 import torch
 
+from baco import SamplingParams
+from baco.decode.sampling import RowKnobs
+from baco.decode.step import route_and_draw
 from baco.errors import UnknownRouterError
 from baco.routers import StepView, get_router, list_routers
 from baco.vocab import TokenTable
@@ -118,6 +121,22 @@ def test_registry_parses_names_defaults_and_values():
 def test_bad_router_names_are_clear_errors(spec, words):
     with pytest.raises(UnknownRouterError, match=words):
         get_router(spec)
+
+
+def test_routers_read_the_models_temperature_one_distributions_whatever_the_sampling_knobs():
+    """P, H and PUNC route on the base model's own top-1 probability and entropy and the aligned model's own top-1
+    token (the paper's statistics, docs/engine.md): temperature, top-k, top-p and min-p shape only the draw. At
+    temperature 0.3 the base model's 0.45 would read as a confident 0.8 and go to the aligned model."""
+    v = view([(DRAGON, 0.3), (DRAGON, 0.6), (CAT, 0.45), (CAT, 0.3)], [(CAT, 0.9), (CAT, 0.9), (CAT, 0.9), (DOT, 0.5)])
+    knobs = [SamplingParams(), SamplingParams(temperature=0.3), SamplingParams(temperature=0),
+             SamplingParams(temperature=1.7, top_k=1, top_p=0.1, min_p=0.3)]
+    for router, expected in (("p:0.5", [True, False, True, True]), ("h:1.5", [True, False, True, True]),
+                             ("p-punc:0.5", [True, False, True, False])):
+        for params in knobs:
+            drawn = route_and_draw(v, get_router(router), torch.zeros(4, 3), torch.full((4,), -1),
+                                   torch.zeros(4, dtype=torch.bool), RowKnobs.of(params, 4), sync_free=False)
+            assert drawn.use_base.tolist() == expected, (router, params)
+            assert torch.allclose(drawn.stats[0], torch.tensor([0.3, 0.6, 0.45, 0.3]))  # base top-1 prob, as routed on
 
 
 @pytest.fixture

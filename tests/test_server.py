@@ -81,6 +81,14 @@ def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     assert response.usage.completion_tokens == sum(len(provenance(c)) for c in response.choices)
 
 
+def test_a_prompt_repeated_in_one_request_gets_its_own_choices_for_each_copy_and_the_seed_reproduces_them(client):
+    ask = lambda prompts: client.completions.create(model="baco", prompt=prompts, max_tokens=16, seed=5)  # noqa: E731
+    twice = [c.text for c in ask([PROMPTS[0], PROMPTS[0]]).choices]
+    assert twice[0] != twice[1]
+    assert twice[0] == ask([PROMPTS[0]]).choices[0].text  # the first copy: the prompt's own completion
+    assert [c.text for c in ask([PROMPTS[0], PROMPTS[0]]).choices] == twice  # same request and seed, same answer
+
+
 def test_a_conversation_reads_as_few_shot_turns_under_a_system_prompt(client, collab):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a fruit."},
                 {"role": "assistant", "content": "A pear."}, {"role": "user", "content": [
@@ -257,6 +265,16 @@ def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
     assert error["type"] == "invalid_request_error" and error["message"]
     if param is not None:
         assert error["param"].split(".")[0] == param
+
+
+def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):
+    """OpenAI's API and vLLM's take null for temperature and top_p (clients send it for "not set"); so does top_k."""
+    body = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 12, "seed": 3}
+    unset = requests.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    null = requests.post(live.url + "/v1/chat/completions", timeout=60,
+                         json={**body, "temperature": None, "top_p": None, "top_k": None, "min_p": None})
+    assert null.status_code == unset.status_code == 200, null.text
+    assert null.json()["choices"][0]["message"] == unset.json()["choices"][0]["message"]
 
 
 def test_malformed_json_and_a_large_body_are_refused(live):

@@ -88,8 +88,19 @@ def test_strategies_run_through_the_api_like_routers(collab):
     assert {s.router for s in samples} == {"negative:0.5"}
 
 
+def test_negative_prompting_gives_each_copy_of_a_repeated_prompt_its_own_samples(collab):
+    params = SamplingParams(max_new_tokens=8, seed=2)
+    twice = collab.generate([PROMPTS[0], PROMPTS[0]], router="negative:0.5", n=2, sampling=params)
+    alone = collab.generate(PROMPTS[:1], router="negative:0.5", n=2, sampling=params)
+    first, second = twice[:2], twice[2:]
+    assert [s.token_ids for s in first] == [s.token_ids for s in alone]
+    assert [s.occurrence for s in second] == [1, 1]
+    assert {tuple(s.token_ids) for s in second}.isdisjoint(tuple(s.token_ids) for s in first)
+
+
 def test_a_multi_pass_method_without_a_seed_draws_one_and_records_it(collab):
     def seed_used():
-        return collab.generate("Why?", sampling=SamplingParams(max_new_tokens=4), router="negative:0.5")[0].sampling["seed"]
+        sample = collab.generate("Why?", sampling=SamplingParams(max_new_tokens=4), router="negative:0.5")[0]
+        return sample.sampling["seed"]
 
     assert seed_used() != seed_used()

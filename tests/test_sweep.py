@@ -60,8 +60,8 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
 
 
 def test_a_prompt_repeated_in_a_task_file_is_planned_once(tmp_path):
-    # the engine gives a repeated prompt text the same samples and the evaluation groups by prompt text,
-    # so a repeat would count each of its samples twice in one prompt's diversity
+    # the evaluation groups by prompt text and measures each prompt over its n samples, so a repeat
+    # would give one prompt twice as many samples as the others
     from baco.sweep.run import plan_sweep
     from baco.tasks import TaskWarning
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
-from baco.decode.loop import Request, lockstep, row_seed
+from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams, plain_number
 from baco.errors import BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError
@@ -221,39 +221,48 @@ class Collaboration:
     def stop_strings(self) -> tuple[str, ...]:
         return self.prompt_format.stop_strings
 
-    def requests(self, prompts: Sequence[str], n: int, sampling: SamplingParams, seed: int) -> list[Request]:
-        """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts."""
+    def requests(self, prompts: Sequence[str], n: int, sampling: SamplingParams, seed: int,
+                 occurrences: Sequence[int] | None = None) -> list[Request]:
+        """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts.
+
+        A prompt text repeated in the list gets other rows for each copy (`decode.loop.occurrences_of`;
+        given, `occurrences` numbers the copies in a longer list these prompts were taken from).
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
         if not prompts:
             raise BacoError("no prompts given")
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+        copies = list(occurrences) if occurrences is not None else occurrences_of(prompts)
+        if len(copies) != len(prompts) or not all(isinstance(c, int) and c >= 0 for c in copies):
+            raise BacoError(f"occurrences must be one integer >= 0 per prompt ({len(prompts)}), got {copies!r}")
         context = self.pair.context_length
         out = []
-        for index, prompt in enumerate(prompts):
+        for index, (prompt, copy) in enumerate(zip(prompts, copies)):
             base_ids, aligned_ids = encode_request(prompt, index, self.prompt_format, self.pair.base.tokenizer,
                                                    self.pair.aligned.tokenizer, context,
                                                    only=getattr(self.pair, "reads", None))  # SoloPair: one side
             room = context - max(len(base_ids), len(aligned_ids))
             budget = min(sampling.max_new_tokens, room)
-            out += [Request(prompt, index, k, base_ids, aligned_ids, row_seed(seed, prompt, k), budget)
+            out += [Request(prompt, index, k, base_ids, aligned_ids, row_seed(seed, prompt, k, copy), budget, copy)
                     for k in range(n)]
         return out
 
-    def _prepare(self, prompts, router, n, sampling):
+    def _prepare(self, prompts, router, n, sampling, occurrences=None):
         """Validate everything before any model runs: sampling, router, prompts; fix the seed."""
         sampling = sampling or SamplingParams()
         route = get_router(router)
         seed = sampling.seed if sampling.seed is not None else random.SystemRandom().randrange(2**31)
-        requests = self.requests(prompts, n, sampling, seed)
+        requests = self.requests(prompts, n, sampling, seed, occurrences)
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
     def iter_generate(self, prompts: Iterable[str] | str, sampling: SamplingParams | None = None, *,
                       router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
                       max_len: int | None = None, on_sample: Callable[[Sample], None] | None = None,
                       skip: Container[tuple[int, int]] = (),
-                      memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
+                      memory_fraction: float = MEMORY_FRACTION,
+                      occurrences: Sequence[int] | None = None) -> Iterator[Sample]:
         """Yield samples as their rows finish (in that order: check `prompt_index` / `sample_index`); the
         arguments are `generate`'s. At most `batch_size` rows decode at once, and a finished row's place goes
         to the next request at the next step (continuous batching).
@@ -261,6 +270,8 @@ class Collaboration:
         on_sample (None): a function called with each sample before it is yielded.
         skip (()): (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished samples);
             every other sample is exactly what a full run would give (per-row random streams).
+        occurrences (None): the copy numbers of the prompts (see `generate`), when `prompts` is part of a
+            longer list (a shard of it: `baco.cluster`); by default they are counted in `prompts`.
         Every argument is checked when the first sample is asked for, before any model runs.
         """
         prompts = _check_inputs(prompts, sampling)
@@ -272,23 +283,25 @@ class Collaboration:
 
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is None and self._cross_route(router) is not None:
-            yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip, memory_fraction)
+            yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip, memory_fraction,
+                                        occurrences)
             return
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
             sampling = sampling or SamplingParams()
             if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
                 sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
-            self.requests(prompts, n, sampling, 0)  # the same prompt checks as every router
+            self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router
             samples = spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
-                              fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction)
+                              fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction,
+                              occurrences=occurrences)
             for sample in self._in_turn(samples):
                 if (sample.prompt_index, sample.sample_index) not in skip:
                     if on_sample is not None:
                         on_sample(sample)
                     yield sample
             return
-        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
+        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
                  "models": self.pair.model_names()}
@@ -327,18 +340,18 @@ class Collaboration:
         return self._solo[side]
 
     def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip,
-                    memory_fraction) -> Iterator[Sample]:
+                    memory_fraction, occurrences) -> Iterator[Sample]:
         from baco.decode.crossloop import crossloop
 
         if is_single_model(router):
             yield from self._single(router).iter_generate(prompts, router=router, n=n, sampling=sampling,
                                                           batch_size=batch_size, on_sample=on_sample, skip=skip,
-                                                          memory_fraction=memory_fraction)
+                                                          memory_fraction=memory_fraction, occurrences=occurrences)
             return
         if batch_size == "auto":
             raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
                             f"cross-tokenizer loop, which has none: give a number")
-        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling)
+        sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross
         extra = {"sampling": {**sampling.to_dict(), "seed": seed},
@@ -359,7 +372,9 @@ class Collaboration:
         """Generate n samples for each prompt; return them all, ordered by (prompt_index, sample_index).
 
         prompts: one prompt (a string) or several (a list, tuple, generator, numpy array of strings);
-            `Sample.prompt_index` is a prompt's place among them.
+            `Sample.prompt_index` is a prompt's place among them. A prompt text repeated among them gets other
+            samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
+            own, as given alone).
         sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop;
             may be given second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the
             same samples at every call, batch size, and in `iter_generate` / `stream`.

@@ -240,13 +240,10 @@ def _router_name(spec: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    """Validate every input (sampling, router, counts, prompts, templates, --out), then load the models."""
-    from tqdm import tqdm
-
-    from baco.api import Collaboration
+    """Validate every input (sampling, router, counts, prompts, templates, --out), take --out's lock, then
+    load the models."""
     from baco.decode.records import SampleFile
     from baco.decode.sampling import SamplingParams
-    from baco.display import LEGEND, header, render, use_colour
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
     from baco.storage import check_output_file
@@ -271,16 +268,16 @@ def cmd_generate(args) -> int:
                              one_forward=args.one_forward, router=router,
                              rows=len(prompts) * args.n if args.batch_size == "auto" else
                              min(args.batch_size, len(prompts) * args.n), compile=args.compile)
-    out, skip = None, set()
-    if args.out:
-        check_output_file(args.out, "--out")
-        models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
-            {"backend": backend} if backend != "hf" else {})  # llama.cpp's samples are not the HF backend's
-        identity = {"router": router, "sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},
-                    "models": models,
-                    "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
-                               "chat_template": chat_template}}
-        out = SampleFile(args.out, identity)
+    if not args.out:
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
+    check_output_file(args.out, "--out")
+    models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
+        {"backend": backend} if backend != "hf" else {})  # llama.cpp's samples are not the HF backend's
+    identity = {"router": router, "sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},
+                "models": models,
+                "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
+                           "chat_template": chat_template}}
+    with SampleFile(args.out, identity) as out:  # the file's one writer until the last sample is in
         skip = out.done(prompts, args.n, args.seed)
         if len(skip) == len(prompts) * args.n:
             print(f"all {len(skip)} samples are already in {args.out}; nothing to do", file=sys.stderr)
@@ -288,6 +285,16 @@ def cmd_generate(args) -> int:
         if skip:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip)
+
+
+def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip) -> int:
+    """Load the models (here, or on Ray's workers), decode every sample not in `skip`, show and append each."""
+    from tqdm import tqdm
+
+    from baco.api import Collaboration
+    from baco.display import LEGEND, header, render, use_colour
+
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
                                                prompt_format=fmt, anchor=args.anchor, router=args.router,
@@ -328,9 +335,6 @@ def cmd_generate(args) -> int:
         print(f"interrupted: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
               file=sys.stderr)
         return 130
-    finally:
-        if out:
-            out.close()
     if not args.quiet:
         share = base_tokens / tokens if tokens else 0.0
         rate = tokens / (time.perf_counter() - started)

@@ -37,7 +37,7 @@ class OutputError(BacoError, OSError):
 
 
 class RunLockedError(BacoError):
-    """Another process holds the run directory (its pid and host are named)."""
+    """Another process holds the run directory or `--out` file (its pid and host are named)."""
 
 
 class IntegrityError(BacoError):

@@ -14,6 +14,8 @@
   sample written twice is recognised whatever run wrote it.
 - `check_output_file` / `check_output_dir`: an unusable output path is a clear error before any
   model loads.
+- `WriterLock`: one writer per output (a sweep's run directory, a `baco generate --out` file); a
+  second one is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import errno
 import hashlib
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from baco.errors import OutputError
+from baco.errors import OutputError, RunLockedError
 
 
 @dataclass
@@ -263,3 +268,74 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {str(path)!r}: {str(existing)!r} is a file, so the folder cannot be made")
     _probe(existing, flag, path)
     return path
+
+
+def lock_holder(holder_file: str | os.PathLike) -> str:
+    """Who holds (or last held) a WriterLock, in words, from its holder file."""
+    try:
+        info = json.loads(Path(holder_file).read_text(encoding="utf-8"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started"]))
+        return f"pid {info['pid']} on {info['host']}, since {started}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
+
+
+class WriterLock:
+    """`with WriterLock(lock_file, holder_file, in_use, why):` one writer at a time, the others refused.
+
+    The lock is an OS file lock on `lock_file` (`filelock`: flock on Unix): the kernel releases it when
+    its holder exits or is killed, so a crash never leaves a stale lock. The holder writes its pid, host,
+    start time and command to `holder_file` (a separate file: the lock file's content is not ours), and a
+    second writer gets RunLockedError "{in_use} ({holder}); wait for it to finish or stop it. {why}".
+    On file systems without flock (some network mounts) filelock falls back to a marker file.
+    """
+
+    def __init__(self, lock_file: str | os.PathLike, holder_file: str | os.PathLike, in_use: str, why: str):
+        self.lock_file, self.holder_file = Path(lock_file), Path(holder_file)
+        self.in_use, self.why = in_use, why
+        self._lock = None
+
+    def acquire(self) -> "WriterLock":
+        from filelock import FileLock, Timeout
+
+        try:
+            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.lock_file), timeout=0)
+            lock.acquire()
+        except Timeout:
+            raise RunLockedError(f"{self.in_use} ({lock_holder(self.holder_file)}); wait for it to finish or stop "
+                                 f"it. {self.why}") from None
+        except OSError as error:
+            raise OutputError(f"cannot lock {self.lock_file}: {error.strerror or error}") from None
+        self._lock = lock
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                "command": " ".join(sys.argv)}
+        atomic_write(self.holder_file, json.dumps(info) + "\n")
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "WriterLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def holder_now(self) -> str | None:
+        """The holder if another process holds the lock now, else None (takes no lock, creates no file)."""
+        from filelock import FileLock, Timeout
+
+        if not self.lock_file.is_file() or not os.access(self.lock_file.parent, os.W_OK):
+            return None
+        probe = FileLock(str(self.lock_file), timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return lock_holder(self.holder_file)
+        except OSError:
+            return None
+        probe.release()
+        return None

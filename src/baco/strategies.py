@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from baco.decode.engine import MEMORY_FRACTION
-from baco.decode.loop import Request, lockstep, row_seed
+from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
 from baco.errors import UnknownRouterError
@@ -86,8 +86,12 @@ def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[in
 
 def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: float, sampling: SamplingParams,
                        fmt: PromptFormat | None = None, batch_size: int | str = 256,
-                       memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
+                       memory_fraction: float = MEMORY_FRACTION,
+                       occurrences: list[int] | None = None) -> Iterator[Sample]:
+    """`occurrences`: each prompt's copy number (`decode.loop.occurrences_of`; default: counted in `prompts`):
+    a repeated prompt's copies have their own random streams, like `Collaboration.requests` gives them."""
     fmt = fmt or PromptFormat()
+    copies = occurrences if occurrences is not None else occurrences_of(prompts)
     pair = ModelPair(lm, lm)
     guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
     earlier: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
@@ -99,8 +103,8 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
             mine = _render(lm, fmt, prompt, i)
             previous = "\n".join(f"- {t}" for t in earlier[i] if t.strip())
             other = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), i) if previous else mine
-            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k),
-                                    budget(max(mine, other, key=len))))
+            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]),
+                                    budget(max(mine, other, key=len)), copies[i]))
         began = time.perf_counter()
         events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
                           memory_fraction=memory_fraction)
@@ -144,7 +148,9 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
 
 def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
                         fmt: PromptFormat | None = None, batch_size: int | str = 256,
-                        memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
+                        memory_fraction: float = MEMORY_FRACTION,
+                        occurrences: list[int] | None = None) -> Iterator[Sample]:
+    """`occurrences`: as for `negative_prompting`; each copy's responses (and so its items) are its own."""
     from baco.api import Collaboration
     from baco.models.pair import SoloPair
 
@@ -154,8 +160,9 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     rounds = -(-n // k)
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
+    copies = occurrences if occurrences is not None else occurrences_of(prompts)  # the asks repeat as the prompts do
     for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
-                                         memory_fraction=memory_fraction):
+                                         memory_fraction=memory_fraction, occurrences=copies):
         i = response.prompt_index
         for span in split_items(response.text)[:k]:
             if made[i] >= n:
@@ -174,15 +181,11 @@ def _register(name, param, default, low, help, integer=False):
 
 @_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
            "model primed with the prompt's earlier samples; sample k depends on samples < k")
-def _negative(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256,
-              memory_fraction=MEMORY_FRACTION):
-    return negative_prompting(lm, prompts, n=n, weight=value, sampling=sampling, fmt=fmt, batch_size=batch_size,
-                              memory_fraction=memory_fraction)
+def _negative(lm, prompts, *, n, value, **options):
+    return negative_prompting(lm, prompts, n=n, weight=value, **options)
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
            "probabilities in one response and split them", integer=True)
-def _verbalized(lm, prompts, *, n, value, sampling, fmt=None, batch_size=256,
-                memory_fraction=MEMORY_FRACTION):
-    return verbalized_sampling(lm, prompts, n=n, k=int(value), sampling=sampling, fmt=fmt, batch_size=batch_size,
-                               memory_fraction=memory_fraction)
+def _verbalized(lm, prompts, *, n, value, **options):
+    return verbalized_sampling(lm, prompts, n=n, k=int(value), **options)

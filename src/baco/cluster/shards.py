@@ -2,7 +2,8 @@
 
 Each shard is decoded with `Collaboration.iter_generate` (on the same ModelPair a local run loads)
 and its samples come back with their prompt's index in the whole list. A sample depends only on
-(seed, prompt, sample index), so they are the samples of a local run with the same seed; without
+(seed, prompt, sample index, the prompt's copy number in the whole list, which each shard is given),
+so they are the samples of a local run with the same seed; without
 a seed, one is drawn here, once, for every shard. Each sample is yielded once, even when Ray
 reruns a shard whose worker died.
 """
@@ -20,6 +21,7 @@ from baco.api import DEFAULT_ROUTER, Collaboration, _check_inputs
 from baco.cluster.options import RayOptions
 from baco.cluster.pool import UnitDone, WorkerPool, connected
 from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
+from baco.decode.loop import occurrences_of
 from baco.decode.records import Sample
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError
@@ -43,13 +45,14 @@ class PromptShard:
     max_len: int | None = None
     made: int = 0
     memory_fraction: float = MEMORY_FRACTION  # batch_size "auto": sized on each worker's own device
+    occurrences: list[int] | None = None  # each prompt's copy number in the whole list (a repeated prompt's copies)
 
     def run(self, engines: Engines) -> Iterator[Sample]:
         collab = Collaboration(engines.pair, self.prompt_format)
         local = {(j, k) for j, i in enumerate(self.indices) for k in range(self.n) if (i, k) in self.skip}
         for sample in collab.iter_generate(self.prompts, router=self.router, n=self.n, sampling=self.sampling,
                                            batch_size=self.batch_size, max_len=self.max_len, skip=local,
-                                           memory_fraction=self.memory_fraction):
+                                           memory_fraction=self.memory_fraction, occurrences=self.occurrences):
             sample.prompt_index = self.indices[sample.prompt_index]
             self.made += 1
             yield sample
@@ -81,6 +84,7 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
     options = options or RayOptions()
     fmt = prompt_format or PromptFormat()
     todo = [i for i in range(len(prompts)) if any((i, k) not in skip for k in range(n))]
+    copies = occurrences_of(prompts)  # counted in the whole list: a shard may hold one copy of a prompt
     if not todo:
         return
     build = functools.partial(Engines.load, str(base), str(aligned), dtype=dtype, device=device,
@@ -90,7 +94,7 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
         size = options.shard_size or math.ceil(len(todo) / (4 * count))
         units = [PromptShard(chunk, [prompts[i] for i in chunk], router, n, sampling, batch_size, fmt,
                              {(i, k) for i in chunk for k in range(n) if (i, k) in skip}, max_len=max_len,
-                             memory_fraction=memory_fraction)
+                             memory_fraction=memory_fraction, occurrences=[copies[i] for i in chunk])
                  for chunk in (todo[start:start + size] for start in range(0, len(todo), size))]
         done = set()
         with WorkerPool(ray, build, options, min(count, len(units)), "generate") as pool:

@@ -17,9 +17,10 @@ a character for CharED, a word for the word routers, a chosen piece for UniTE.
 
 Randomness: every row owns three streams (base, aligned, router) seeded from (seed, prompt, sample
 index), as in the same-tokenizer loop: a writer draws bytes from its own stream, CharED's coin and
-RAND use the router stream, UniTE the aligned stream. Lengths: a row stops when either model has
-committed `max_new_tokens` tokens of its own (the text ends at that token's end), when the method
-draws the end of text, or at a stop string.
+RAND use the router stream, UniTE the aligned stream. Lengths: a row stops ("length") just before the
+byte after which either model would need more than `max_new_tokens` of its own tokens to spell the text
+(committed ones, re-read ones included, plus the pending bytes as whole tokens), when the method draws
+the end of text, or at a stop string.
 """
 
 from __future__ import annotations
@@ -142,8 +143,10 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
             if m not in row.taken:
                 model.advance(i, byte)
         row.taken.clear()
-        if any(len(m.cursors[i].tokens) >= row.request.max_new_tokens for m in models):
-            # the text ends at the end of that model's last token, without the byte that completed it
+        if any(m.spelled(i) > row.request.max_new_tokens for m in models):
+            # with this byte a model would need more than its budget of tokens (one more started, or its
+            # pending bytes re-read as several): the text ends before it, where every model fits (each
+            # byte taken so far passed this check), and nothing already emitted is taken back
             yield _close(row, models, i, "length", dropped={0, 1})
             return
         row.data.append(byte)

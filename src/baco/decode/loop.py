@@ -18,7 +18,8 @@ character (letter or digit), the new writer's token is kept only if it starts a 
 writer keeps the turn and draws the token instead (reason "word-continuation").
 
 Randomness: every row owns three streams of uniform numbers, seeded from (seed, prompt,
-sample index): one for the base model's draws, one for the aligned model's, one for the router.
+sample index, the prompt's copy number in the list): one for the base model's draws, one for the
+aligned model's, one for the router.
 A row's output therefore does not depend on its batch neighbours, and routing every token to
 one model reproduces that model alone, draw for draw.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -47,6 +48,7 @@ class Request:
     aligned_ids: list[int]
     seed: int
     max_new_tokens: int
+    occurrence: int = 0  # the prompt text's copy number in its list: 0 for its first (see `occurrences_of`)
 
     @property
     def prompt_length(self) -> int:
@@ -80,10 +82,29 @@ class StepEvent:
     top_ids: torch.Tensor | None = None
 
 
-def row_seed(seed: int, prompt: str, sample_index: int) -> int:
-    """A 63-bit seed per (seed, prompt text, sample index), stable across runs and batchings."""
-    digest = hashlib.sha256(f"{seed}\x00{sample_index}\x00{prompt}".encode()).digest()
+def row_seed(seed: int, prompt: str, sample_index: int, occurrence: int = 0) -> int:
+    """A 63-bit seed per (seed, prompt text, sample index, occurrence), stable across runs and batchings.
+
+    `occurrence` tells copies of one prompt text in a list apart (`occurrences_of`); the first copy's
+    seed does not mix it in, so it is the seed the prompt always had, alone or repeated.
+    """
+    key = f"{seed}\x00{sample_index}\x00{prompt}" + (f"\x00{occurrence}" if occurrence else "")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def occurrences_of(prompts: Sequence[str]) -> list[int]:
+    """Each prompt's copy number among the equal texts before it: ["a", "b", "a"] -> [0, 0, 1].
+
+    A prompt repeated to get more samples must not give its copies the same samples; and a copy's
+    number is kept when the prompts are reordered (copies in the same relative order) or others added.
+    """
+    seen: dict[str, int] = {}
+    numbers = []
+    for prompt in prompts:
+        numbers.append(seen.get(prompt, 0))
+        seen[prompt] = numbers[-1] + 1
+    return numbers
 
 
 def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: SamplingParams,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from baco.decode.loop import Request, StepEvent
+from baco.decode.loop import Request, StepEvent, occurrences_of
+from baco.storage import WriterLock
 
 BASE, ALIGNED, MIX = "base", "aligned", "mix"
 TOKEN, SPAN = "token", "span"
@@ -21,7 +23,7 @@ class Sample:
 
     prompt, prompt_index, sample_index: the prompt, its place in the call's prompts, and which of its n
     samples this is (0..n-1). router: the method ("p-punc:0.5"). seed: this sample's own stream seed,
-    derived from the call's seed (`sampling["seed"]`), the prompt's text and sample_index
+    derived from the call's seed (`sampling["seed"]`), the prompt's text, sample_index and occurrence
     (`decode.loop.row_seed`); the same call seed gives the same sample in any batch and at any call.
     text: the decoded continuation, leading whitespace stripped, cut at the first stop string.
     finish_reason: "stop" (a stop token or stop string) or "length" (max_new_tokens, or the context's end).
@@ -47,6 +49,9 @@ class Sample:
     A span's statistics are the models' next-token distributions given the text where it starts, and
     its `chosen_prob` is its probability under the distribution it was drawn from. Each model's own
     tokens of the text are in `base_token_ids` / `aligned_token_ids` (span samples only).
+
+    `occurrence` numbers the copies of a prompt text repeated in one prompt list (0 for the first,
+    `decode.loop.occurrences_of`): each copy has its own samples. Rows written before it read as 0.
     """
 
     prompt: str
@@ -54,6 +59,7 @@ class Sample:
     sample_index: int
     router: str
     seed: int
+    occurrence: int = 0
     text: str = ""
     finish_reason: str = ""
     token_ids: list[int] = field(default_factory=list)
@@ -111,7 +117,7 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
     """Turn a stream of StepEvents into Samples, yielding each one as soon as its row finishes."""
     started = time.perf_counter() if started is None else started
     samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index,
-                      router=router, seed=r.seed, **(extra or {})) for r in requests]
+                      router=router, seed=r.seed, occurrence=r.occurrence, **(extra or {})) for r in requests]
     for event in events:
         columns = zip(event.rows, event.tokens.tolist(), event.use_base.tolist(), event.reasons,
                       event.base_top1_prob.tolist(), event.base_entropy.tolist(),
@@ -141,7 +147,7 @@ def collect_spans(events: Iterable, requests: list[Request], *, router: str, sto
     """Turn the cross-tokenizer loop's SpanEvents into span Samples, each yielded as its row finishes."""
     started = time.perf_counter() if started is None else started
     samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index, router=router,
-                      seed=r.seed, unit=SPAN, **(extra or {})) for r in requests]
+                      seed=r.seed, occurrence=r.occurrence, unit=SPAN, **(extra or {})) for r in requests]
     for event in events:
         s = samples[event.row]
         s.token_texts.append(event.text)
@@ -299,46 +305,62 @@ class SampleFile:
     """`baco generate --out FILE`: samples appended, each with a stable `id`; nothing is ever truncated.
 
     The id hashes everything that decides a sample: router, sampling settings and seed, the models
-    (as named), the prompt format, the prompt and its (prompt, sample) index. Samples whose id is
-    already in the file are not generated again, so rerunning a killed `--seed S` command completes
-    the file instead of doubling it; nor are those stored at another prompt index (the prompts were
-    reordered or one was added: a sample depends on its prompt's text, not its place). A run with
-    another seed or settings appends new samples.
-    The file is opened (and a torn last line repaired) only when the first sample is written.
+    (as named), the prompt format, the prompt, its (prompt, sample) index and, for a repeated prompt's
+    later copies, its occurrence. Samples whose id is already in the file are not generated again, so
+    rerunning a killed `--seed S` command completes the file instead of doubling it; nor are those
+    stored at another prompt index (the prompts were reordered or one was added: a sample depends on its
+    prompt's text and occurrence, not its place). A run with another seed or settings appends new samples.
+
+    One writer: the file's lock (`.FILE.lock` next to it, `storage.WriterLock`) is taken before the file
+    is read and held until `close()`, so a second run on the same file is refused instead of making the
+    same samples again. The file is opened (and a torn last line repaired) only when the first sample is
+    written.
     """
 
-    def __init__(self, path: str | Path, identity: dict):
+    def __init__(self, path: str | os.PathLike, identity: dict):
+        self.path, self.identity = Path(path), identity
+        self._lock = out_lock(self.path).acquire()
+        try:
+            self._read()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._out = None
+
+    def _read(self) -> None:
         from baco.errors import OutputError
         from baco.storage import scan_jsonl
 
-        self.path, self.identity = Path(path), identity
         scan = scan_jsonl(self.path)
         if scan.corrupt:
             raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({scan.problems()[0]}); "
                               f"baco appends only to such a file: choose another")
         self.stored = {row["id"] for _, row in scan.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
-        # (prompt text, sample index, id) of each stored sample: a sample depends on its prompt's text,
-        # not on where the prompt stood in the list (`decode.loop.row_seed`), so a rerun whose prompts
-        # were reordered or had one added must still find it
-        self._rows = [(row["prompt"], row["sample_index"], row["prompt_index"], row["id"]) for _, row in scan.rows
+        # (prompt text, occurrence, sample index, prompt index, id) of each stored sample: a sample depends on
+        # its prompt's text and occurrence, not on where the prompt stood in the list (`decode.loop.row_seed`),
+        # so a rerun whose prompts were reordered or had one added must still find it
+        self._rows = [(row["prompt"], row.get("occurrence", 0), row["sample_index"], row["prompt_index"], row["id"])
+                      for _, row in scan.rows
                       if isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("prompt"), str)
-                      and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)]
-        self._out = None
+                      and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)
+                      and isinstance(row.get("occurrence", 0), int)]
 
-    def id_of(self, prompt: str, prompt_index: int, sample_index: int, seed: int) -> str:
+    def id_of(self, prompt: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
         from baco.storage import stable_id
 
+        # the first copy's id leaves the occurrence out: the id it had before copies were told apart
+        copy = {"occurrence": occurrence} if occurrence else {}
         return stable_id({**self.identity, "seed": seed, "prompt": prompt, "prompt_index": prompt_index,
-                          "sample_index": sample_index})
+                          "sample_index": sample_index, **copy})
 
     def done(self, prompts: list[str], n: int, seed: int | None) -> set[tuple[int, int]]:
         """(prompt index, sample index) of the samples already in the file (none without a fixed seed)."""
         if seed is None or not self.stored:
             return set()
         # a stored sample made with these settings and this seed, at whatever prompt index it was stored
-        made = {(prompt, k) for prompt, k, i, sid in self._rows if self.id_of(prompt, i, k, seed) == sid}
-        return {(i, k) for i, prompt in enumerate(prompts) for k in range(n)
-                if self.id_of(prompt, i, k, seed) in self.stored or (prompt, k) in made}
+        made = {(prompt, c, k) for prompt, c, k, i, sid in self._rows if self.id_of(prompt, i, k, seed, c) == sid}
+        return {(i, k) for i, (prompt, c) in enumerate(zip(prompts, occurrences_of(prompts))) for k in range(n)
+                if self.id_of(prompt, i, k, seed, c) in self.stored or (prompt, c, k) in made}
 
     def append(self, sample: Sample) -> None:
         from baco.storage import JsonlAppender
@@ -347,9 +369,29 @@ class SampleFile:
             self._out = JsonlAppender(self.path)
         row = sample.to_dict()
         # the run's seed (sample.seed is the row's own stream seed, derived from it)
-        row["id"] = self.id_of(sample.prompt, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"))
+        row["id"] = self.id_of(sample.prompt, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
+                               sample.occurrence)
         self._out.append(row)
 
     def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
+        """Close the file and release its lock."""
+        try:
+            if self._out is not None:
+                self._out.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> "SampleFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def out_lock(path: str | os.PathLike) -> WriterLock:
+    """The one-writer lock of a `--out` samples file: hidden files next to it (`.NAME.lock` and its holder,
+    `.NAME.lock-holder.json`), so that globs and listings of the folder (`*.jsonl`) do not pick them up."""
+    path = Path(path)
+    return WriterLock(path.with_name(f".{path.name}.lock"), path.with_name(f".{path.name}.lock-holder.json"),
+                      in_use=f"--out {str(path)!r} is in use by another baco generate",
+                      why="Two runs appending to one file would make and store the same samples twice")

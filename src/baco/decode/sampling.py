@@ -21,6 +21,11 @@ from baco.errors import InvalidSamplingParams
 PRECUT = 1024
 # the inverse CDF scans blocks of this many tokens (see `inverse_cdf`)
 BLOCK = 1024
+# the smallest temperature the sampler divides by: below about 1e-38, log-probs / temperature overflow float32 to
+# -inf for every token of a flat row (NaN after the softmax, and a draw from nothing). At 1e-30 a token even 1e-20
+# below the best log-prob (float32 log-probs that differ at all differ by far more) has relative probability
+# exp(-1e10) = 0, so any smaller temperature draws the same tokens: the best one, or one tied with it.
+MIN_TEMPERATURE = 1e-30
 
 
 def plain_number(value):
@@ -41,9 +46,9 @@ class SamplingParams:
     """Generation knobs shared by every method, the CLI and the server.
 
     temperature (1.0): 0 means greedy; top_p (1.0) in (0, 1]; top_k (0) 0 or -1 disables it; min_p (0.0)
-    in [0, 1] keeps tokens with prob >= min_p * max prob. Order: temperature, top-k, top-p, min-p.
-    max_new_tokens (256): vLLM's `max_tokens`. seed (None): None draws a fresh seed (recorded with every
-    sample). stop (()): extra stop strings, one string or a list. Numbers may be numpy scalars.
+    in [0, 1] keeps tokens with prob >= min_p * max prob. Order: temperature, top-k, top-p, min-p (transformers'
+    `generate`). max_new_tokens (256): vLLM's `max_tokens`. seed (None): None draws a fresh seed (recorded with
+    every sample). stop (()): extra stop strings, one string or a list. Numbers may be numpy scalars.
     """
 
     temperature: float = 1.0
@@ -107,8 +112,9 @@ class RowKnobs:
            device: torch.device | str = "cpu") -> "RowKnobs":
         rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
         top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
+        temperature = [max(p.temperature, MIN_TEMPERATURE) if p.temperature > 0 else 0.0 for p in rows]
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
-        return cls(tensor([p.temperature for p in rows], torch.float32), tensor(top_k, torch.long),
+        return cls(tensor(temperature, torch.float32), tensor(top_k, torch.long),
                    tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),
                    *cls.flags(rows))
 
@@ -133,9 +139,9 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
            *, sync_free: bool = False) -> torch.Tensor:
     """Draw one token per row from `logprobs` (B, V) using one uniform number in [0, 1) per row.
 
-    softmax(logprobs / temperature), then the tokens that top-k, top-p and min-p keep, each a floor
-    on the scaled log-prob (tokens tied with a floor stay); then inverse-CDF sampling in vocabulary
-    order, so no full sort is needed unless top-p's floor lies beyond the top-PRECUT tokens.
+    Greedy rows (temperature 0) take the argmax (the lowest id among tied tokens, as `torch.argmax` and
+    transformers' greedy search do); the others draw from `kept_probs` by inverse CDF in vocabulary order,
+    so no full sort is needed unless top-p's floor lies beyond the top-PRECUT tokens.
     `sync_free`: never branch on tensor values on the host (a graph-captured or GPU step); the
     result is the same, the work is not: top-p thresholds then always come from a full sort (top-k's
     from the top PRECUT tokens, as on the host, unless some row's k is wider).
@@ -144,18 +150,26 @@ def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParam
     greedy_tokens = logprobs.argmax(dim=-1)
     if knobs.all_greedy:
         return greedy_tokens
-    greedy = knobs.temperature == 0
+    probs = kept_probs(logprobs, knobs, sync_free=sync_free)
+    return torch.where(knobs.temperature == 0, greedy_tokens, inverse_cdf(probs, uniform.to(probs.device, probs.dtype)))
+
+
+def kept_probs(logprobs: torch.Tensor, params: "SamplingParams | RowKnobs", *, sync_free: bool = False) -> torch.Tensor:
+    """The distribution each row of `logprobs` (B, V) is sampled from, unnormalised (B, V): softmax(logprobs /
+    temperature) on the tokens that top-k, top-p and min-p keep, in that order (transformers' warpers' order),
+    0 elsewhere. Each filter is a floor on the scaled log-prob, so tokens tied with a floor stay. Greedy rows
+    are scaled as at temperature 1 (`sample` takes their argmax instead)."""
+    knobs = params if isinstance(params, RowKnobs) else RowKnobs.of(params, logprobs.shape[0], logprobs.device)
     if knobs.unit_temperature:  # x / 1 is x: the same numbers without a pass over the vocabulary
         scaled = torch.log_softmax(logprobs.float(), dim=-1)
     else:
-        temperature = torch.where(greedy, torch.ones_like(knobs.temperature), knobs.temperature)
+        temperature = torch.where(knobs.temperature == 0, torch.ones_like(knobs.temperature), knobs.temperature)
         scaled = torch.log_softmax(logprobs.float() / temperature[:, None], dim=-1)
     floor = scaled.amax(dim=-1) + torch.log(knobs.min_p)  # min-p; log(0) = -inf keeps everything
     if knobs.use_top_k or knobs.use_top_p:
         full = knobs.wide_top_k or (sync_free and knobs.use_top_p)  # top-k alone needs the k best only
         floor = torch.maximum(floor, _rank_floor(scaled, knobs, full=full, sync_free=sync_free))
-    probs = torch.where(scaled >= floor[:, None], scaled.exp(), 0.0)
-    return torch.where(greedy, greedy_tokens, inverse_cdf(probs, uniform.to(probs.device, probs.dtype)))
+    return torch.where(scaled >= floor[:, None], scaled.exp(), 0.0)
 
 
 def _search(cdf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -187,9 +201,11 @@ def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free: bool) -> torch.Tensor:
     """Per row, the lowest scaled log-prob that top-k and top-p keep (-inf where both are off).
 
-    Top-k keeps the k best tokens; top-p then keeps the smallest head of the (top-k renormalised)
-    distribution whose mass reaches top_p: the token where the cumulative mass crosses top_p is
-    the floor. Only the sorted head is needed: the top PRECUT tokens, or all of them (`full`).
+    Top-k keeps the k best tokens and every token tied with the k-th; top-p then keeps the smallest head
+    of that renormalised distribution whose mass reaches top_p: the token where the cumulative mass
+    crosses top_p is the floor (as transformers' TopKLogitsWarper and TopPLogitsWarper do, except that a
+    floor keeps all the tokens tied with the crossing one). Only the sorted head is needed: the top
+    PRECUT tokens, or all of them (`full`).
     """
     vocab = scaled.shape[-1]
     values = (torch.sort(scaled, dim=-1, descending=True).values if full
@@ -197,13 +213,12 @@ def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free:
     width = values.shape[-1]
     k = knobs.top_k.clamp(max=width)
     floor = torch.full_like(scaled[:, 0], -math.inf)
+    kth = values.gather(-1, (k - 1).clamp(min=0)[:, None]).squeeze(-1)
     if knobs.use_top_k:
-        kth = values.gather(-1, (k - 1).clamp(min=0)[:, None]).squeeze(-1)
         floor = torch.where(k > 0, kth, floor)
     if not knobs.use_top_p:
         return floor
-    ranks = torch.arange(width, device=scaled.device)
-    in_top_k = (ranks[None, :] < k[:, None]) | (k[:, None] == 0)
+    in_top_k = (values >= kth[:, None]) | (k[:, None] == 0)  # a prefix of the sorted head, ties included
     head = values.masked_fill(~in_top_k, -math.inf)
     head = torch.where(k[:, None] > 0, torch.log_softmax(head, dim=-1), head)  # renormalised over top-k
     probs = head.exp()
@@ -214,8 +229,9 @@ def _rank_floor(scaled: torch.Tensor, knobs: RowKnobs, *, full: bool, sync_free:
     on = knobs.top_p < 1.0
     floor = torch.where(on, torch.maximum(floor, crossing), floor)
     if not full and width < vocab and not sync_free:
-        # the head holds less mass than top_p: the crossing lies further down, sort these rows fully
-        short = on & (k == 0) & (probs.sum(-1) < knobs.top_p)
+        # the crossing lies beyond the head (it holds less mass than top_p), or the tokens tied with the k-th run
+        # past its end (top-k's renormalisation needs them all): sort these rows fully
+        short = on & torch.where(k == 0, probs.sum(-1) < knobs.top_p, values[:, -1] >= kth)
         if bool(short.any()):
             rows = short.nonzero().squeeze(-1)
             floor[rows] = _rank_floor(scaled[rows], knobs.take(rows), full=True, sync_free=False)

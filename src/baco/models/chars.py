@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from baco.decode.sampling import SamplingParams
+from baco.decode.sampling import MIN_TEMPERATURE, SamplingParams
 from baco.errors import BacoError
 from baco.models.hf import HFCausalLM, HFSession
 from baco.vocab import FUNCTION_WORDS, control_token_ids, is_punct_or_format
@@ -183,7 +183,7 @@ def filtered_logprobs(logprobs: torch.Tensor, params: SamplingParams) -> torch.T
     if params.temperature == 0:
         out = torch.full_like(logprobs, -math.inf)
         return out.scatter_(1, logprobs.argmax(-1, keepdim=True), 0.0)
-    x = torch.log_softmax(logprobs / params.temperature, dim=-1)
+    x = torch.log_softmax(logprobs / max(params.temperature, MIN_TEMPERATURE), dim=-1)  # no overflow to NaN
     if 0 < params.top_k < x.shape[-1]:
         kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
         x = torch.log_softmax(x.masked_fill(x < kth, -math.inf), dim=-1)
@@ -482,6 +482,20 @@ class CharRows:
             else:
                 raise UnrepresentableText(f"the {self.name} model's vocabulary has no token for {rest!r}")
         return tokens, rest
+
+    def spelled(self, row: int) -> int:
+        """How many of this model's tokens spell the row's text if it ends here: the committed ones plus
+        the pending bytes read as whole tokens, longest first (what `written_tokens` reports). The budget
+        counts these, so a re-reading (`_resegment`) or a pending prefix that no single token equals can
+        never take a model past it. A prefix no whole-token reading covers counts as the one token it
+        starts (a vocabulary without single-byte tokens; the text goes on into that token)."""
+        cursor = self.cursors[row]
+        if not cursor.pending or cursor.exact:  # nothing pending, or the pending bytes are one token
+            return len(cursor.tokens) + bool(cursor.pending)
+        try:
+            return len(cursor.tokens) + len(self._split(cursor.pending)[0])
+        except UnrepresentableText:
+            return len(cursor.tokens) + 1
 
     def written_tokens(self, row: int, drop: int = 0) -> list[int]:
         """The row's committed tokens, then its pending bytes (less the last `drop`) as whole tokens."""

@@ -8,7 +8,7 @@ Fields beyond OpenAI's are marked "baco extension"; standard clients ignore them
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 @dataclass(frozen=True)
@@ -174,8 +174,8 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         model: Model  # type: ignore[valid-type]
         max_tokens: Optional[int] = Field(None, ge=1, le=limits.max_tokens, description=(
             f"per choice; default {limits.default_max_tokens}, never more than the room left in a slot"))
-        temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy")
-        top_p: float = Field(1.0, gt=0, le=1)
+        temperature: Optional[float] = Field(1.0, ge=0, le=2, description="0 = greedy; null = the default")
+        top_p: Optional[float] = Field(1.0, gt=0, le=1, description="null = the default")
         n: int = Field(1, ge=1, le=limits.max_n, description="samples per prompt (rows of one batch)")
         stop: Stop = Field(None, description="extra stop strings: the text ends before the first one")
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="default: a fresh one, in `baco.seed`")
@@ -187,7 +187,13 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
-        top_k: int = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off")
+        top_k: Optional[int] = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off; null = 0")
+
+        @field_validator("temperature", "top_p", "top_k")
+        @classmethod
+        def _null_means_the_default(cls, value, info: ValidationInfo):
+            """OpenAI's API (and vLLM's) take null for these knobs, and clients send it for "not set"."""
+            return cls.model_fields[info.field_name].default if value is None else value
 
         def stop_strings(self) -> tuple[str, ...]:
             return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())

@@ -92,8 +92,8 @@ class Engines:
 
 
 def cell_prompts(cell: Cell) -> list:
-    """The task's prompts, each text once (the engine gives a repeated prompt the same samples, and the
-    evaluation groups samples by prompt text), then the stratified `limit`."""
+    """The task's prompts, each text once (the evaluation groups samples by prompt text and measures each
+    prompt over its n samples: a repeated item would give its prompt 2n), then the stratified `limit`."""
     items, seen, repeated = [], set(), []
     for item in load_task(cell.task.path or cell.task.name):
         if item.prompt in seen:
