@@ -202,3 +202,33 @@ def test_a_template_with_a_system_role_renders_it_as_it_says(collab):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fmt.render_aligned("Hi", collab.tokenizer) == "<system>Be kind.<user>Hi<assistant>"
+
+
+def test_the_token_texts_join_to_the_text_before_it_is_stripped_and_cut(collab):
+    from baco.decode.records import cut_text
+
+    for stop in ((), ("e",), ("the",)):
+        for s in collab.generate(PROMPTS, sampling=SamplingParams(max_new_tokens=30, seed=2, stop=stop), n=3):
+            assert cut_text("".join(s.token_texts), collab.stop_strings + stop) == s.text
+            columns = (s.token_ids, s.token_texts, s.sources, s.reasons, s.base_top1_prob, s.base_entropy,
+                       s.aligned_top1_prob, s.chosen_prob)
+            assert len({len(column) for column in columns}) == 1
+
+
+def test_a_call_that_raised_leaves_the_collaboration_as_it_was(collab):
+    from baco.errors import BacoError, UnknownRouterError
+    from baco.routers import Router, RouterSpec
+
+    params = SamplingParams(max_new_tokens=16, seed=4)
+    first = [(s.token_ids, s.sources, s.reasons, s.text) for s in collab.generate(PROMPTS, sampling=params, n=2)]
+    with pytest.raises(UnknownRouterError):
+        collab.generate(PROMPTS, sampling=params, router="nope")
+    mask_only = Router(RouterSpec("mask-only", lambda view: view.base_top1_prob < 0.5, "a mask, not a Route"), None)
+    with pytest.raises(BacoError, match="not a Route"):  # raised in the middle of the engine's first step
+        collab.generate(PROMPTS, sampling=params, router=mask_only)
+    half_read = collab.stream(PROMPTS[1], sampling=params, n=2)
+    next(half_read)
+    next(collab.iter_generate(PROMPTS, sampling=params, n=2))
+    again = collab.generate(PROMPTS, sampling=params, n=2)
+    assert [(s.token_ids, s.sources, s.reasons, s.text) for s in again] == first
+    half_read.close()

@@ -76,6 +76,19 @@ def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
     same_tokens_with_joiners_and_moves(two.pair, one.pair, one)
 
 
+def test_calls_from_several_threads_give_the_samples_each_gives_alone(pairs):
+    """The two sides of a one-forward pair share the model and its per-forward adapter rows: without turns,
+    threads' forwards would mix their rows' adapter weights (wrong tokens, or a shape error)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, one = pairs
+    params = SamplingParams(max_new_tokens=16, seed=3)
+    tokens = lambda prompt: [s.token_ids for s in one.generate(prompt, sampling=params, n=2)]  # noqa: E731
+    alone = [tokens(prompt) for prompt in PROMPTS * 3]
+    with ThreadPoolExecutor(len(alone)) as pool:
+        assert list(pool.map(tokens, PROMPTS * 3)) == alone
+
+
 def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
     """Both lanes in one forward, still capturable: the adapter reaches its rows through a fixed 0/1 weight per
     row (made with the engine, for every batch size), never through rows gathered by a Python list, as peft's

@@ -137,3 +137,48 @@ def test_routers_read_the_models_temperature_one_distributions_whatever_the_samp
                                    torch.zeros(4, dtype=torch.bool), RowKnobs.of(params, 4), sync_free=False)
             assert drawn.use_base.tolist() == expected, (router, params)
             assert torch.allclose(drawn.stats[0], torch.tensor([0.3, 0.6, 0.45, 0.3]))  # base top-1 prob, as routed on
+
+
+@pytest.fixture
+def registry_restored():
+    """Routers registered by a test are gone after it."""
+    from baco.routers.registry import _REGISTRY
+
+    saved = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(saved)
+
+
+def test_a_router_of_ones_own_registers_and_runs_like_a_builtin(collab, registry_restored):
+    import baco
+    from baco.routers import Route
+
+    def notebook_cell():  # the README's example; a notebook runs its cell again
+        @baco.register("Aligned-Unsure", param="threshold", default=0.3, low=0.0, high=1.0,
+                       help="base when the aligned model's top-1 probability < threshold")
+        def aligned_unsure(view, threshold):
+            return Route.where(view.aligned_top1_prob < threshold, "aligned-unsure", "aligned-sure")
+
+    notebook_cell()
+    notebook_cell()
+    assert get_router("ALIGNED-UNSURE").name == "aligned-unsure:0.3"
+    params = baco.SamplingParams(max_new_tokens=12, seed=1)
+    never = collab.generate("Name a fruit.", sampling=params, router="aligned-unsure:0")[0]
+    always = collab.generate("Name a fruit.", sampling=params, router=get_router("aligned-unsure:1"))[0]
+    assert never.token_ids == collab.generate("Name a fruit.", sampling=params, router="aligned")[0].token_ids
+    assert set(never.reasons) == {"aligned-sure"} and set(always.reasons) == {"aligned-unsure"}
+    assert always.token_ids == collab.generate("Name a fruit.", sampling=params, router="base")[0].token_ids
+    with pytest.raises(baco.BacoError, match="'p' is already registered .*baco.routers.builtin.p_router"):
+        baco.register("p", help="another p")(lambda view: None)
+    with pytest.raises(baco.BacoError, match="without spaces or ':'"):
+        baco.register("mine:0.5", help="a knob in the name")
+
+
+def test_a_router_that_answers_no_route_is_named():
+    from baco.errors import BacoError
+    from baco.routers import Router, RouterSpec
+
+    mask_only = Router(RouterSpec("mask-only", lambda view: view.base_top1_prob < 0.5, "a mask, not a Route"), None)
+    with pytest.raises(BacoError, match="router 'mask-only' returned Tensor, not a Route"):
+        mask_only(view([(DRAGON, 0.5)], [(CAT, 0.5)]))

@@ -96,3 +96,11 @@ def test_negative_prompting_gives_each_copy_of_a_repeated_prompt_its_own_samples
     assert [s.token_ids for s in first] == [s.token_ids for s in alone]
     assert [s.occurrence for s in second] == [1, 1]
     assert {tuple(s.token_ids) for s in second}.isdisjoint(tuple(s.token_ids) for s in first)
+
+
+def test_a_multi_pass_method_without_a_seed_draws_one_and_records_it(collab):
+    def seed_used():
+        sample = collab.generate("Why?", sampling=SamplingParams(max_new_tokens=4), router="negative:0.5")[0]
+        return sample.sampling["seed"]
+
+    assert seed_used() != seed_used()

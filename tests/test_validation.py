@@ -9,6 +9,7 @@ import json
 import os
 import tempfile
 
+import numpy
 import pytest
 import yaml
 
@@ -180,7 +181,7 @@ def test_sampling_params_refuse_booleans_and_non_list_stops():
 def test_the_python_api_checks_argument_types_at_the_door(collab):
     from baco.errors import BacoError, PromptError
 
-    with pytest.raises(PromptError, match="prompts must be a string or a list of strings, got int"):
+    with pytest.raises(PromptError, match=r"prompts must be a string or a list \(any iterable\) of strings, got int"):
         collab.generate(5)
     with pytest.raises(InvalidSamplingParams, match="sampling must be a SamplingParams or None, got dict"):
         collab.generate(["hi"], sampling={"temperature": 0.5})
@@ -193,6 +194,71 @@ def test_the_python_api_checks_argument_types_at_the_door(collab):
             collab.generate(["hi"], batch_size="auto", memory_fraction=fraction)
     with pytest.raises(InvalidSamplingParams, match="got dict"):
         next(collab.stream("hi", sampling={"temperature": 0.5}))
+
+
+def test_prompts_may_be_any_iterable_of_strings(collab):
+    params = SamplingParams(max_new_tokens=6, seed=2)
+    expected = [s.token_ids for s in collab.generate(["Name a fruit.", "Why?"], sampling=params)]
+    for prompts in (("Name a fruit.", "Why?"), (p for p in ["Name a fruit.", "Why?"]),
+                    numpy.array(["Name a fruit.", "Why?"])):
+        samples = collab.generate(prompts, sampling=params)
+        assert [s.token_ids for s in samples] == expected
+        assert all(type(s.prompt) is str for s in samples)
+    assert [s.prompt for s in collab.iter_generate(iter(["Why?"]), sampling=params)] == ["Why?"]
+
+
+def test_sampling_may_come_second_as_in_vllm(collab):
+    params = SamplingParams(max_new_tokens=6, seed=2)
+    assert [s.token_ids for s in collab.generate("Why?", params, n=2)] == \
+        [s.token_ids for s in collab.generate("Why?", sampling=params, n=2)]
+    assert [e.token_id for e in collab.stream("Why?", params)] == collab.generate("Why?", params)[0].token_ids
+
+
+def test_numpy_numbers_are_taken_as_python_numbers(collab):
+    params = SamplingParams(temperature=numpy.float32(0.5), top_k=numpy.int32(50), max_new_tokens=numpy.int64(6),
+                            seed=numpy.int64(3), min_p=numpy.float64(0.01))
+    assert [type(v) for v in (params.temperature, params.top_k, params.max_new_tokens, params.seed)] == \
+        [float, int, int, int]
+    samples = collab.generate(["Why?"], sampling=params, n=numpy.int64(2), batch_size=numpy.int8(1))
+    assert len(samples) == 2
+    json.dumps([s.to_dict() for s in samples])
+    with pytest.raises(InvalidSamplingParams, match="seed must be a non-negative integer"):
+        SamplingParams(seed=numpy.float64(3.0))
+
+
+def test_a_wrong_argument_to_a_generation_call_is_named(collab):
+    from baco.errors import BacoError, PromptError
+
+    with pytest.raises(BacoError, match="skip must be a set of"):
+        list(collab.iter_generate("hi", skip=5))
+    with pytest.raises(BacoError, match="on_sample must be a function"):
+        list(collab.iter_generate("hi", on_sample="print"))
+    with pytest.raises(UnknownRouterError, match=r"register\('name'"):
+        collab.generate("hi", router=lambda view: None)
+    with pytest.raises(PromptError, match="stream takes one prompt"):
+        next(collab.stream(["hi", "yo"]))
+    with pytest.raises(InvalidSamplingParams, match=r"SamplingParams\(\*\*your_dict\)"):
+        collab.generate("hi", {"temperature": 0.5})
+
+
+def test_from_pretrained_names_a_wrong_argument_before_any_model_loads(tiny_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from baco import Collaboration, ModelLoadError, PromptError
+
+    base, _ = tiny_dirs
+    loaded = AutoModelForCausalLM.from_pretrained(base)
+    with pytest.raises(ModelLoadError, match=f"base must be a hub id or a local directory .*got LlamaForCausalLM; "
+                                             f".*{base}"):
+        Collaboration.from_pretrained(loaded, "/no/such/aligned")
+    with pytest.raises(ModelLoadError, match="aligned must be a hub id .*got NoneType"):
+        Collaboration.from_pretrained(base, None)
+    with pytest.raises(UnknownRouterError, match="unknown router 'nope'"):
+        Collaboration.from_pretrained(*NOWHERE[1::2], router="nope")
+    with pytest.raises(PromptError, match="prompt_format must be a PromptFormat or None, got str"):
+        Collaboration.from_pretrained(*NOWHERE[1::2], prompt_format="chat")
+    with pytest.raises(ModelLoadError, match="device must be a string such as 'auto'.*got None"):
+        Collaboration.from_pretrained(*tiny_dirs, device=None)
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):

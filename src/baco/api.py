@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Container, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect, collect_spans
-from baco.decode.sampling import SamplingParams
-from baco.errors import BacoError, InvalidSamplingParams, PromptError, TokenizerMismatchError
+from baco.decode.sampling import SamplingParams, plain_number
+from baco.errors import BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.chars import CrossPair
@@ -20,6 +21,9 @@ from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_ROUTER = "p-punc:0.5"
 COMPILE_NEEDS_ONE_TOKENIZER = ("compile applies to the lockstep engine of a pair that shares a tokenizer; "
@@ -38,32 +42,101 @@ class TokenEvent:
     finish_reason: str | None = None
 
 
-def _check_inputs(prompts, sampling) -> None:
-    """Types at the door: a prompt or a list of prompts, and a SamplingParams or None."""
+def _check_inputs(prompts, sampling) -> list[str]:
+    """Types at the door: a SamplingParams or None, and one prompt or any iterable of prompts (a list, a
+    tuple, a generator, a numpy array of strings), returned as a list (a generator is read once, here)."""
     if sampling is not None and not isinstance(sampling, SamplingParams):
+        example = ("SamplingParams(**your_dict) takes the same knobs" if isinstance(sampling, Mapping)
+                   else "e.g. SamplingParams(temperature=0.7, max_new_tokens=64)")
         raise InvalidSamplingParams(f"sampling must be a SamplingParams or None, got {type(sampling).__name__} "
-                                    f"(e.g. SamplingParams(temperature=0.7, max_new_tokens=64))")
-    if not isinstance(prompts, (str, list, tuple)):
-        raise PromptError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+                                    f"({example})")
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, (bytes, bytearray, Mapping)) or not isinstance(prompts, Iterable):
+        raise PromptError(f"prompts must be a string or a list (any iterable) of strings, got {type(prompts).__name__}")
+    return [str(p) if isinstance(p, str) else p for p in prompts]  # numpy's str_ as str; other types named later
+
+
+def _check_call(router, n, on_sample=None, skip=()) -> int:
+    """The other arguments of a generation call, checked before any model runs; returns n as an int."""
+    if not isinstance(router, str):
+        get_router(router, build=False)  # a Router object (or a named callable), else a clear error
+    n = plain_number(n)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+    if on_sample is not None and not callable(on_sample):
+        raise BacoError(f"on_sample must be a function of one Sample, or None, got {type(on_sample).__name__}")
+    if not isinstance(skip, Container):
+        raise BacoError(f"skip must be a set of (prompt_index, sample_index) pairs, got {type(skip).__name__}")
+    return n
+
+
+def _check_source(name, argument: str) -> None:
+    """A model is named by a hub id or a local path; an object already loaded cannot be named so."""
+    if isinstance(name, (str, os.PathLike)):
+        return
+    hint = ""
+    if getattr(name, "name_or_path", None):  # a transformers model or tokenizer
+        hint = f"; baco loads the models itself: pass the id or folder it came from ({name.name_or_path!r})"
+    raise ModelLoadError(f"{argument} must be a hub id or a local directory (str or path), "
+                         f"got {type(name).__name__}{hint}")
+
+
+def _check_format(prompt_format) -> None:
+    if prompt_format is not None and not isinstance(prompt_format, PromptFormat):
+        raise PromptError(f"prompt_format must be a PromptFormat or None, got {type(prompt_format).__name__}")
+
+
+_DONE = object()
 
 
 class Collaboration:
-    """A base model and its aligned counterpart decoding together, token by token."""
+    """A base model and its aligned counterpart decoding together, token by token.
+
+    Calls may come from several threads: their decoding steps take turns (one step at a time on the shared
+    models), so each call gives the samples it gives alone, and the calls together run no faster than one
+    after another. For concurrent requests decoded as rows of one batch, use `baco serve`.
+    """
 
     def __init__(self, pair: ModelPair | CrossPair, prompt_format: PromptFormat | None = None):
+        _check_format(prompt_format)
         self.pair = pair
         self.prompt_format = prompt_format or PromptFormat()
         self._cross: CrossPair | None = pair if isinstance(pair, CrossPair) else None
         self._solo: dict[str, Collaboration] = {}
+        self._lock = threading.RLock()  # held for one decoding step at a time: see `_in_turn`
+
+    def _in_turn(self, steps: Iterator) -> Iterator:
+        """`steps` (a decoding loop) advanced one step at a time under this object's lock. The models, and a
+        one-forward pair's per-forward adapter rows, are shared by every call: steps of calls from several
+        threads must not overlap. The lock is never held while a step's result is out with the caller, so
+        generators that one thread interleaves (two streams read in turn) never wait on each other."""
+        try:
+            while True:
+                with self._lock:
+                    item = next(steps, _DONE)
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            with self._lock:
+                steps.close()
 
     @classmethod
     def from_pretrained(cls, base: str | os.PathLike = BASE_ALIAS, aligned: str | os.PathLike = ALIGNED_ALIAS, *,
-                        dtype: str = "auto", device: str = "auto", prompt_format: PromptFormat | None = None,
-                        anchor: str | os.PathLike | None = None, router: str | None = None,
+                        dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+                        prompt_format: PromptFormat | None = None, anchor: str | os.PathLike | None = None,
+                        router: str | Router | None = None,
                         one_forward: str = "auto", backend: str = "hf", compile: bool = False) -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
+        Models are named (a str or a path), not passed loaded: baco loads them its own way (tokenizers
+        checked before any weights, an adapter pair's weights once).
+        `dtype` ("auto"): "float32" / "fp32", "bfloat16" / "bf16", "float16" / "fp16" or a torch.dtype;
+        "auto" is bfloat16 on a GPU and float32 on the CPU (the embedded pair: bfloat16).
+        `device` ("auto": cuda, then mps, then cpu): "cpu", "cuda", "cuda:N", "mps" or a torch.device.
+        `prompt_format` (None: `PromptFormat()`): the base model's template, a system prompt, few-shot examples.
         `anchor`: an optional third model for proxy-tuning (`router="proxy:B"`): the aligned model's
         own untuned base, when the base model is a different (e.g. larger) model of the same family.
         Models whose tokenizers differ make a cross-tokenizer pair, which runs the cross-tokenizer
@@ -80,6 +153,13 @@ class Collaboration:
 
         if not isinstance(compile, bool):
             raise BacoError(f"compile must be True or False, got {compile!r}")
+        _check_source(base, "base")
+        _check_source(aligned, "aligned")
+        if anchor is not None:
+            _check_source(anchor, "anchor")
+        _check_format(prompt_format)  # before anything loads
+        if router is not None:
+            check_router_name(router)
         chosen = choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
                                 router=router, compile=compile)
         collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile)
@@ -177,26 +257,26 @@ class Collaboration:
         requests = self.requests(prompts, n, sampling, seed, occurrences)
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
-    def iter_generate(self, prompts: Sequence[str], *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                      sampling: SamplingParams | None = None, batch_size: int | str = 32, max_len: int | None = None,
-                      on_sample: Callable[[Sample], None] | None = None,
+    def iter_generate(self, prompts: Iterable[str] | str, sampling: SamplingParams | None = None, *,
+                      router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
+                      max_len: int | None = None, on_sample: Callable[[Sample], None] | None = None,
                       skip: Container[tuple[int, int]] = (),
                       memory_fraction: float = MEMORY_FRACTION,
                       occurrences: Sequence[int] | None = None) -> Iterator[Sample]:
-        """Yield samples as their rows finish; at most `batch_size` rows decode at once, and a finished
-        row's place goes to the next request at the next step (continuous batching). `batch_size="auto"`:
-        as many rows as `memory_fraction` of the device's memory holds (weights and all else in use count
-        against it; at most 256), like vLLM's gpu_memory_utilization.
+        """Yield samples as their rows finish (in that order: check `prompt_index` / `sample_index`); the
+        arguments are `generate`'s. At most `batch_size` rows decode at once, and a finished row's place goes
+        to the next request at the next step (continuous batching).
 
-        `skip` holds (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished
-        samples); every other sample is exactly what a full run would give (per-row random streams).
-
-        A prompt text repeated in `prompts` gets other samples for each copy: the c-th copy's rows
-        have their own random streams (`Sample.occurrence` = c), and the first copy's are those of the
-        prompt given alone. `occurrences`: the copy numbers, when `prompts` is part of a longer list
-        (a shard of it: `baco.cluster`); by default they are counted in `prompts`.
+        on_sample (None): a function called with each sample before it is yielded.
+        skip (()): (prompt_index, sample_index) pairs not to generate (a resumed sweep's finished samples);
+            every other sample is exactly what a full run would give (per-row random streams).
+        occurrences (None): the copy numbers of the prompts (see `generate`), when `prompts` is part of a
+            longer list (a shard of it: `baco.cluster`); by default they are counted in `prompts`.
+        Every argument is checked when the first sample is asked for, before any model runs.
         """
-        _check_inputs(prompts, sampling)
+        prompts = _check_inputs(prompts, sampling)
+        n = _check_call(router, n, on_sample, skip)
+        batch_size, max_len = plain_number(batch_size), plain_number(max_len)
         check_max_batch(batch_size)
         check_fraction(memory_fraction)
         from baco.strategies import parse_strategy
@@ -209,11 +289,13 @@ class Collaboration:
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
             sampling = sampling or SamplingParams()
+            if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
+                sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
             self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router
-            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-            for sample in spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
-                                  fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction,
-                                  occurrences=occurrences):
+            samples = spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
+                              fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction,
+                              occurrences=occurrences)
+            for sample in self._in_turn(samples):
                 if (sample.prompt_index, sample.sample_index) not in skip:
                     if on_sample is not None:
                         on_sample(sample)
@@ -226,7 +308,7 @@ class Collaboration:
         # one engine with `batch_size` slots: a finished row's slot takes the next request (continuous batching)
         events = lockstep(self.pair, requests, route, sampling, stops, max_batch=batch_size, max_len=max_len,
                           memory_fraction=memory_fraction)
-        for sample in collect(events, requests, self.tokenizer, router=route.name, stop_strings=stops,
+        for sample in collect(self._in_turn(events), requests, self.tokenizer, router=route.name, stop_strings=stops,
                               stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
                               started=time.perf_counter(), extra=extra):
             if on_sample is not None:
@@ -252,7 +334,9 @@ class Collaboration:
         side = str(getattr(router, "name", router)).strip().lower()
         if side not in self._solo:
             lm = self._cross.base if side == "base" else self._cross.aligned
-            self._solo[side] = Collaboration(SoloPair(lm, side), self.prompt_format)
+            solo = Collaboration(SoloPair(lm, side), self.prompt_format)
+            solo._lock = self._lock  # the same models: their steps take turns with this pair's
+            self._solo[side] = solo
         return self._solo[side]
 
     def _iter_cross(self, prompts, router, n, sampling, batch_size, on_sample, skip,
@@ -275,25 +359,49 @@ class Collaboration:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start:start + batch_size]
             began = time.perf_counter()
-            events = crossloop(pair, chunk, route, sampling, stops)
+            events = self._in_turn(crossloop(pair, chunk, route, sampling, stops))
             for sample in collect_spans(events, chunk, router=route.name, stop_strings=stops, started=began,
                                         extra=extra):
                 if on_sample is not None:
                     on_sample(sample)
                 yield sample
 
-    def generate(self, prompts: Sequence[str] | str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-                 sampling: SamplingParams | None = None, batch_size: int | str = 32,
+    def generate(self, prompts: Iterable[str] | str, sampling: SamplingParams | None = None, *,
+                 router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
                  max_len: int | None = None, memory_fraction: float = MEMORY_FRACTION) -> list[Sample]:
-        """All samples, ordered by (prompt_index, sample_index)."""
-        samples = list(self.iter_generate(prompts, router=router, n=n, sampling=sampling, batch_size=batch_size,
+        """Generate n samples for each prompt; return them all, ordered by (prompt_index, sample_index).
+
+        prompts: one prompt (a string) or several (a list, tuple, generator, numpy array of strings);
+            `Sample.prompt_index` is a prompt's place among them. A prompt text repeated among them gets other
+            samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
+            own, as given alone).
+        sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop;
+            may be given second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the
+            same samples at every call, batch size, and in `iter_generate` / `stream`.
+        router ("p-punc:0.5"): who writes each token: a name with its knob ("p:0.3", "h-punc:2",
+            `baco.list_routers()`), a multi-pass method ("negative:0.5", "verbalized:5"), a router of your own
+            registered with `baco.register`, or a `Router` object (`baco.get_router("p:0.3")`).
+        n (1): samples per prompt, each from its own random streams (`Sample.sample_index` 0..n-1).
+        batch_size (32): rows decoded at once; "auto": as many as `memory_fraction` (0.9) of the device's
+            memory holds (weights and all else in use count against it; at most 256), like vLLM's
+            gpu_memory_utilization.
+        max_len (None: the longest request): tokens of prompt + continuation per row of the engine's caches.
+        Bad arguments raise a `BacoError` naming the argument before any model runs.
+        """
+        samples = list(self.iter_generate(prompts, sampling, router=router, n=n, batch_size=batch_size,
                                           max_len=max_len, memory_fraction=memory_fraction))
         return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
-    def stream(self, prompt: str, *, router: str | Router = DEFAULT_ROUTER, n: int = 1,
-               sampling: SamplingParams | None = None) -> Iterator[TokenEvent]:
-        """Stream the n samples of one prompt token by token (the same loop as `generate`)."""
-        _check_inputs([prompt], sampling)
+    def stream(self, prompt: str, sampling: SamplingParams | None = None, *, router: str | Router = DEFAULT_ROUTER,
+               n: int = 1) -> Iterator[TokenEvent]:
+        """Stream the n samples of one prompt token by token (the same loop as `generate`, and for a fixed seed
+        the same tokens): a `TokenEvent` per token of each sample, in the order they are written; the
+        arguments are `generate`'s (one prompt, a string)."""
+        if not isinstance(prompt, str):
+            raise PromptError(f"stream takes one prompt, a string, got {type(prompt).__name__} "
+                              f"(for several, use iter_generate)")
+        _check_inputs(prompt, sampling)
+        n = _check_call(router, n)
         if self._cross_route(router) is not None:
             yield from self._stream_cross(prompt, router, n, sampling)
             return
@@ -301,7 +409,7 @@ class Collaboration:
         ids: list[list[int]] = [[] for _ in requests]
         shown = [""] * len(requests)
         stop_ids = self.pair.vocab.stop_ids
-        for event in lockstep(self.pair, requests, route, sampling, stops):
+        for event in self._in_turn(lockstep(self.pair, requests, route, sampling, stops)):
             for i, row in enumerate(event.rows):
                 token = int(event.tokens[i])
                 ids[row].append(token)
@@ -320,11 +428,19 @@ class Collaboration:
         from baco.decode.crossloop import crossloop
 
         if is_single_model(router):
-            yield from self._single(router).stream(prompt, router=router, n=n, sampling=sampling)
+            yield from self._single(router).stream(prompt, sampling, router=router, n=n)
             return
         sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
-        for event in crossloop(self._cross, requests, route, sampling, stops):
+        for event in self._in_turn(crossloop(self._cross, requests, route, sampling, stops)):
             yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished)
+
+
+def check_router_name(router) -> None:
+    """A router or multi-pass method (`negative:0.5`), checked by name without loading anything."""
+    from baco.strategies import parse_strategy
+
+    if not (isinstance(router, str) and parse_strategy(router) is not None):
+        get_router(router, build=False)
 
 
 def check_cross_router(router: str, mismatch: Exception | None) -> None:

@@ -69,8 +69,7 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
 
     The models are loaded by the workers (by id or path: every node must reach them), never here.
     """
-    _check_inputs(prompts, sampling)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = _check_inputs(prompts, sampling)
     if not prompts:
         raise PromptError("no prompts given")
     if not isinstance(router, str):

@@ -21,9 +21,26 @@ TOKEN, SPAN = "token", "span"
 class Sample:
     """A generated text and, per token, who wrote it and why (columns of equal length).
 
+    prompt, prompt_index, sample_index: the prompt, its place in the call's prompts, and which of its n
+    samples this is (0..n-1). router: the method ("p-punc:0.5"). seed: this sample's own stream seed,
+    derived from the call's seed (`sampling["seed"]`), the prompt's text, sample_index and occurrence
+    (`decode.loop.row_seed`); the same call seed gives the same sample in any batch and at any call.
+    text: the decoded continuation, leading whitespace stripped, cut at the first stop string.
+    finish_reason: "stop" (a stop token or stop string) or "length" (max_new_tokens, or the context's end).
+
+    Per token, in order: `token_ids`, `token_texts` (the text each adds to the decoded continuation),
+    `sources` (who wrote it: "base", "aligned", or "mix" for the mixtures EFT / proxy / contrast),
+    `reasons` (why the router chose the writer: "punct", "base-uncertain", "word-continuation", ...),
+    `base_top1_prob`, `base_entropy` (nats), `aligned_top1_prob` and `chosen_prob`.
+    `"".join(token_texts)` is the continuation before `text` strips and cuts it: `text` is
+    `cut_text("".join(token_texts), stop_strings)` (the base template's end and `sampling["stop"]`); the tokens
+    that wrote a stop string stay in the columns.
     `chosen_prob` is the written token's probability under its writer's own distribution
     (temperature 1, before top-p / min-p). The final stop token, if any, is part of `token_ids`
-    (its writer decided to end) but not of `text`.
+    (its writer decided to end) but not of `text` (its `token_texts` entry is "").
+    elapsed_s: seconds from the call's start to this sample's end. sampling: the SamplingParams as a dict,
+    with the seed actually used. models: the models' names. `to_dict()` adds num_tokens, base_share and
+    tokens_per_s, and holds only JSON types (`write_jsonl`, `Sample.from_dict`).
 
     `unit` says what one entry of the per-unit columns (`token_texts`, `sources`, `reasons`, the
     statistics) describes: "token" (a shared token, id in `token_ids`) for a same-tokenizer pair, or

@@ -8,7 +8,8 @@ which other rows share its batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import numbers
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
@@ -27,13 +28,27 @@ BLOCK = 1024
 MIN_TEMPERATURE = 1e-30
 
 
+def plain_number(value):
+    """A numpy (or other registered) integer as an int and real number as a float; anything else as it is.
+
+    Notebook code passes `np.int64` seeds and `np.float32` temperatures; kept as they are, they would fail
+    the type checks or, stored in a sample, make it unserialisable as JSON. Booleans stay booleans (refused).
+    """
+    if isinstance(value, bool) or type(value) in (int, float):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if isinstance(value, numbers.Real) else value
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Generation knobs shared by every method, the CLI and the server.
 
-    temperature: 0 means greedy; top_p in (0, 1]; top_k 0 (or -1) disables it; min_p in [0, 1]
-    keeps tokens with prob >= min_p * max prob. Order: temperature, top-k, top-p, min-p (transformers' `generate`).
-    seed: None draws a fresh seed (recorded with every sample). stop: extra stop strings.
+    temperature (1.0): 0 means greedy; top_p (1.0) in (0, 1]; top_k (0) 0 or -1 disables it; min_p (0.0)
+    in [0, 1] keeps tokens with prob >= min_p * max prob. Order: temperature, top-k, top-p, min-p (transformers'
+    `generate`). max_new_tokens (256): vLLM's `max_tokens`. seed (None): None draws a fresh seed (recorded with
+    every sample). stop (()): extra stop strings, one string or a list. Numbers may be numpy scalars.
     """
 
     temperature: float = 1.0
@@ -45,6 +60,9 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        for knob in fields(self):  # numpy scalars as Python numbers, before they are checked and recorded
+            object.__setattr__(self, knob.name, plain_number(getattr(self, knob.name)))
+
         def fail(message: str) -> None:
             raise InvalidSamplingParams(message)
 

@@ -35,6 +35,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` picks cuda, then mps, then cpu; an explicit device that is not available is an error."""
     if isinstance(device, torch.device):
         return device
+    if not isinstance(device, str):
+        raise ModelLoadError(f"device must be a string such as 'auto', 'cpu' or 'cuda:0', or a torch.device, "
+                             f"got {device!r}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from baco.errors import UnknownRouterError
+from baco.errors import BacoError, UnknownRouterError
 from baco.routers.view import Route, StepView
 
 RouterFn = Callable[..., Route]
@@ -41,9 +41,11 @@ class Router:
         return self.spec.host
 
     def __call__(self, view: StepView) -> Route:
-        if self.value is None:
-            return self.spec.fn(view)
-        return self.spec.fn(view, self.value)
+        route = self.spec.fn(view) if self.value is None else self.spec.fn(view, self.value)
+        if not isinstance(route, Route):  # a router of one's own that returns a mask, say: name it, not a traceback
+            raise BacoError(f"router {self.name!r} returned {type(route).__name__}, not a Route: return "
+                            f"Route.where(use_base_mask, 'reason-if-base', 'reason-if-aligned')")
+        return route
 
 
 _REGISTRY: dict[str, RouterSpec] = {}
@@ -53,15 +55,32 @@ def register(name: str, *, help: str, param: str | None = None, default: float |
              low: float | None = None, high: float | None = None,
              factory: Callable[[float | None], Callable] | None = None,
              host: bool = False) -> Callable[[RouterFn], RouterFn]:
-    """Decorator: `@register("p", param="threshold", default=0.5, help=...)`."""
+    """Decorator: `@register("p", param="threshold", default=0.5, help=...)`.
+
+    The name is looked up case-insensitively (`get_router` lower-cases it), so it is stored lower-cased.
+    Registering a name again with a function of the same module and name replaces it (a notebook cell run
+    again); another function under a taken name is refused.
+    """
+    if not isinstance(name, str) or not name.strip() or ":" in name or name != "".join(name.split()):
+        raise BacoError(f"a router's name is a word without spaces or ':' (its knob follows a ':'), got {name!r}")
+    name = name.lower()
 
     def add(fn: RouterFn) -> RouterFn:
-        if name in _REGISTRY:
-            raise ValueError(f"router {name!r} is already registered")
+        if not callable(fn):
+            raise BacoError(f"register({name!r}) decorates a function of a StepView, got {type(fn).__name__}")
+        known = _REGISTRY.get(name)
+        if known is not None and _origin(known.fn) != _origin(fn):
+            raise BacoError(f"router {name!r} is already registered (by {'.'.join(_origin(known.fn))}); "
+                            f"choose another name")
         _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory, host)
         return fn
 
     return add
+
+
+def _origin(fn) -> tuple[str, str]:
+    """Where a function was defined: the same in a notebook cell run twice, different for another function."""
+    return getattr(fn, "__module__", "?") or "?", getattr(fn, "__qualname__", repr(fn))
 
 
 def list_routers() -> list[RouterSpec]:
@@ -76,7 +95,10 @@ def get_router(spec: str | Router, *, build: bool = True) -> Router:
     if isinstance(spec, Router) or (callable(spec) and isinstance(getattr(spec, "name", None), str)):
         return spec  # a ready router, or any callable router object with a name (e.g. a JudgeRouter)
     if not isinstance(spec, str) or not spec.strip():
-        raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5', got {spec!r}")
+        own = "; a function of your own routes once registered: @baco.register('name', help=...)" if callable(
+            spec) else ""
+        raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5' or a Router (baco.get_router), "
+                                 f"got {spec!r}{own}")
     name, _, raw = spec.strip().partition(":")
     name = name.strip().lower()
     if name not in _REGISTRY:
