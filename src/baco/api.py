@@ -21,6 +21,7 @@ from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
+from baco.strategies import parse_strategy  # (also keeps the multi-pass methods' names from routers)
 
 if TYPE_CHECKING:
     import torch
@@ -279,8 +280,6 @@ class Collaboration:
         batch_size, max_len = plain_number(batch_size), plain_number(max_len)
         check_max_batch(batch_size)
         check_fraction(memory_fraction)
-        from baco.strategies import parse_strategy
-
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is None and self._cross_route(router) is not None:
             yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip, memory_fraction,
@@ -437,16 +436,12 @@ class Collaboration:
 
 def check_router_name(router) -> None:
     """A router or multi-pass method (`negative:0.5`), checked by name without loading anything."""
-    from baco.strategies import parse_strategy
-
     if not (isinstance(router, str) and parse_strategy(router) is not None):
         get_router(router, build=False)
 
 
 def check_cross_router(router: str, mismatch: Exception | None) -> None:
     """A token-level router cannot run on a pair whose tokenizers differ: say what can."""
-    from baco.strategies import parse_strategy
-
     if parse_strategy(router) is not None:
         return
     route = get_router(router, build=False)
