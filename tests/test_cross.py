@@ -302,6 +302,15 @@ def test_stream_yields_spans_that_join_to_the_sample(cross):
     assert "".join(pieces) == "".join(sample.token_texts)
 
 
+def test_a_cross_stream_without_a_seed_reports_the_seed_that_repeats_it(cross):
+    for router in ("chared:0.5", "base"):  # the cross loop, and one model alone on its own tokens
+        events = list(cross.stream("Why?", router=router, sampling=SamplingParams(max_new_tokens=12)))
+        seed = events[-1].seed
+        assert {e.seed for e in events} == {seed} and seed is not None
+        again = cross.stream("Why?", router=router, sampling=SamplingParams(max_new_tokens=12, seed=seed))
+        assert [(e.text, e.source) for e in again] == [(e.text, e.source) for e in events]
+
+
 # every kind of cross method: a character coin, union top-k pieces, per-word routers (rule, coin, Nudging)
 BUDGET_ROUTERS = ["chared:0.5", "unite:3", "p-punc-words:0.5", "rand-words:0.5", "nudge-words:0.7"]
 SHORT_BUDGETS = (2, 3, 4, 6, 8)

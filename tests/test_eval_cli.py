@@ -165,6 +165,43 @@ def test_metric_selection_by_group_and_errors(tmp_path, capsys):
     assert "--reward-model" in capsys.readouterr().err
 
 
+@pytest.fixture
+def metrics_restored():
+    """Metrics registered by a test are gone after it."""
+    from baco.evaluate.registry import _REGISTRY
+
+    list_metrics()  # the built-ins registered first, so that they are kept
+    saved = dict(_REGISTRY)
+    yield
+    _REGISTRY.clear()
+    _REGISTRY.update(saved)
+
+
+def test_a_metric_of_ones_own_follows_the_routers_naming_rules(tmp_path, metrics_restored):
+    from baco.errors import BacoError
+    from baco.evaluate.registry import register_metric
+
+    def notebook_cell():  # a notebook runs its cell again: the metric is replaced, not refused
+        @register_metric("Mean-Words", kind="diversity", higher_is_better=True, library="mine",
+                         help="mean number of words per response")
+        def mean_words(responses):
+            return sum(len(r.split()) for r in responses) / len(responses)
+
+    notebook_cell()
+    notebook_cell()
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d e f")])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "MEAN-WORDS,distinct-1", "--out", str(out), "--quiet"]) == 0
+    assert load(out)[1][0]["mean-words"] == "3.0"
+    mine = dict(kind="diversity", higher_is_better=True, library="mine", help="another")
+    with pytest.raises(BacoError, match="'self-bleu' is already registered .*baco.evaluate.lexical.self_bleu"):
+        register_metric("Self-BLEU", **mine)(lambda responses: 0.0)
+    for name, refusal in [("my,metric", "without spaces or ','"), ("my metric", "without spaces"),
+                          ("Default", "'default' already names a group of metrics")]:
+        with pytest.raises(BacoError, match=refusal):
+            register_metric(name, **mine)
+
+
 def test_an_unknown_utility_quality_metric_is_an_error_not_a_silently_missing_utility(tmp_path, capsys):
     path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
     for name in ("relevence", "distinct-1"):  # a typo; a diversity metric

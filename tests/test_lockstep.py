@@ -160,6 +160,17 @@ def test_stream_yields_the_same_tokens_as_generate(collab):
         assert finishes[s.sample_index] == s.finish_reason
 
 
+def test_a_stream_without_a_seed_reports_the_seed_that_repeats_it(collab):
+    """As generate records its drawn seed in each Sample, stream reports it on every event."""
+    unseeded = SamplingParams(temperature=1.0, max_new_tokens=16)
+    events = list(collab.stream("Name a fruit.", router="p-punc:0.5", n=2, sampling=unseeded))
+    seeds = {event.seed for event in events}
+    assert len(seeds) == 1 and isinstance(next(iter(seeds)), int)
+    again = collab.stream("Name a fruit.", router="p-punc:0.5", n=2,
+                          sampling=SamplingParams(temperature=1.0, max_new_tokens=16, seed=seeds.pop()))
+    assert [(e.sample_index, e.token_id) for e in again] == [(e.sample_index, e.token_id) for e in events]
+
+
 def test_generation_stops_at_the_context_limit(collab):
     context = collab.pair.context_length
     samples = collab.generate(["Name a fruit."], router="aligned",

@@ -175,6 +175,16 @@ def test_a_router_of_ones_own_registers_and_runs_like_a_builtin(collab, registry
         baco.register("mine:0.5", help="a knob in the name")
 
 
+def test_a_router_cannot_take_a_multi_pass_methods_name(registry_restored):
+    """`negative` / `verbalized` run their method wherever a router is named: a router of that name is unreachable."""
+    import baco
+
+    for name in ("negative", "Verbalized"):
+        with pytest.raises(baco.BacoError, match=f"'{name.lower()}' already names a multi-pass method"):
+            baco.register(name, help="never reached")(lambda view: None)
+    assert "negative" not in {spec.name for spec in baco.list_routers()}
+
+
 def test_a_router_that_answers_no_route_is_named():
     from baco.errors import BacoError
     from baco.routers import Router, RouterSpec

@@ -277,6 +277,28 @@ def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):
     assert null.json()["choices"][0]["message"] == unset.json()["choices"][0]["message"]
 
 
+NULLABLE = ("n", "stream", "stop", "max_tokens", "logprobs", "seed", "presence_penalty", "frequency_penalty", "user",
+            "stream_options")  # OpenAI documents these request fields as nullable; chat also the two below
+
+
+@pytest.mark.parametrize("route, field", [("chat/completions", f) for f in NULLABLE + ("max_completion_tokens",
+                                                                                          "top_logprobs")]
+                         + [("completions", f) for f in NULLABLE])
+def test_a_null_request_field_means_its_default_as_in_openais_api(live, route, field):
+    prompt = {"messages": [{"role": "user", "content": PROMPTS[0]}]} if route == "chat/completions" else {
+        "prompt": PROMPTS[0]}
+    body = {"model": "baco", **prompt, "max_tokens": 12, "seed": 3}
+    unset = requests.post(f"{live.url}/v1/{route}", json={k: v for k, v in body.items() if k != field}, timeout=60)
+    null = requests.post(f"{live.url}/v1/{route}", json={**body, field: None}, timeout=60)
+    assert null.status_code == unset.status_code == 200, null.text
+    answers = [[(c.get("message"), c.get("text"), c["finish_reason"], c.get("logprobs")) for c in r.json()["choices"]]
+               for r in (null, unset)]  # (not the provenance: its probabilities vary in the last digit)
+    if field == "seed":  # without one the server draws a seed, and returns it
+        assert isinstance(null.json()["baco"]["seed"], int)
+    else:
+        assert answers[0] == answers[1]
+
+
 def test_malformed_json_and_a_large_body_are_refused(live):
     url = live.url + "/v1/completions"
     broken = requests.post(url, data=b'{"model": "baco", "prompt": ', headers={"content-type": "application/json"})

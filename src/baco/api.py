@@ -21,6 +21,7 @@ from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
+from baco.strategies import parse_strategy  # (also keeps the multi-pass methods' names from routers)
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,7 @@ class TokenEvent:
     source: str  # "base" | "aligned"
     reason: str
     finish_reason: str | None = None
+    seed: int | None = None  # the call's seed, on every event: SamplingParams(seed=...) streams the same tokens again
 
 
 def _check_inputs(prompts, sampling) -> list[str]:
@@ -279,8 +281,6 @@ class Collaboration:
         batch_size, max_len = plain_number(batch_size), plain_number(max_len)
         check_max_batch(batch_size)
         check_fraction(memory_fraction)
-        from baco.strategies import parse_strategy
-
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is None and self._cross_route(router) is not None:
             yield from self._iter_cross(prompts, router, n, sampling, batch_size, on_sample, skip, memory_fraction,
@@ -396,7 +396,8 @@ class Collaboration:
                n: int = 1) -> Iterator[TokenEvent]:
         """Stream the n samples of one prompt token by token (the same loop as `generate`, and for a fixed seed
         the same tokens): a `TokenEvent` per token of each sample, in the order they are written; the
-        arguments are `generate`'s (one prompt, a string)."""
+        arguments are `generate`'s (one prompt, a string). Every event carries the call's seed (drawn when
+        `sampling.seed` is None, as `generate` records it in each Sample): passing it back repeats the stream."""
         if not isinstance(prompt, str):
             raise PromptError(f"stream takes one prompt, a string, got {type(prompt).__name__} "
                               f"(for several, use iter_generate)")
@@ -405,7 +406,7 @@ class Collaboration:
         if self._cross_route(router) is not None:
             yield from self._stream_cross(prompt, router, n, sampling)
             return
-        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
+        sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
         ids: list[list[int]] = [[] for _ in requests]
         shown = [""] * len(requests)
         stop_ids = self.pair.vocab.stop_ids
@@ -421,7 +422,7 @@ class Collaboration:
                     text = "" if full.endswith("\ufffd") and finish is None else full[len(shown[row]):]
                     shown[row] += text
                 yield TokenEvent(row, token, text, "base" if bool(event.use_base[i]) else "aligned",
-                                 event.reasons[i], finish)
+                                 event.reasons[i], finish, seed)
 
     def _stream_cross(self, prompt, router, n, sampling) -> Iterator[TokenEvent]:
         """Stream a cross-tokenizer method span by span (token_id -1: the pair shares no ids)."""
@@ -430,23 +431,19 @@ class Collaboration:
         if is_single_model(router):
             yield from self._single(router).stream(prompt, sampling, router=router, n=n)
             return
-        sampling, route, requests, stops, _ = self._prepare([prompt], router, n, sampling)
+        sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
         for event in self._in_turn(crossloop(self._cross, requests, route, sampling, stops)):
-            yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished)
+            yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished, seed)
 
 
 def check_router_name(router) -> None:
     """A router or multi-pass method (`negative:0.5`), checked by name without loading anything."""
-    from baco.strategies import parse_strategy
-
     if not (isinstance(router, str) and parse_strategy(router) is not None):
         get_router(router, build=False)
 
 
 def check_cross_router(router: str, mismatch: Exception | None) -> None:
     """A token-level router cannot run on a pair whose tokenizers differ: say what can."""
-    from baco.strategies import parse_strategy
-
     if parse_strategy(router) is not None:
         return
     route = get_router(router, build=False)

@@ -34,6 +34,7 @@ from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import get_router
+from baco.routers.registry import reserve
 
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
@@ -173,6 +174,8 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
 
 
 def _register(name, param, default, low, help, integer=False):
+    reserve(name, "a multi-pass method (baco.strategies)")
+
     def add(fn):
         STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer)
         return fn

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from baco.errors import BacoError
+from baco.names import check_free, registry_name
 
 KINDS = ("diversity", "quality", "joint")
 
@@ -48,13 +49,19 @@ _REGISTRY: dict[str, MetricSpec] = {}
 def register_metric(name: str, *, kind: str, higher_is_better: bool, help: str, library: str,
                     needs: tuple[str, ...] = (), group: str = "lexical", default: bool = True,
                     gain: Callable[[float], float] | None = None) -> Callable[[Callable], Callable]:
-    """Decorator: `@register_metric("distinct-2", kind="diversity", higher_is_better=True, ...)`."""
+    """Decorator: `@register_metric("distinct-2", kind="diversity", higher_is_better=True, ...)`.
+
+    The name follows `baco.names` as a router's does: stored lower-cased (`get_metric` ignores case), no ','
+    (it separates metrics in `--metrics`), not a group's name (`default`, `all`, ...: those select groups);
+    the same function registered again (a notebook cell run again) replaces its metric, another is refused.
+    """
     if kind not in KINDS:
-        raise ValueError(f"metric kind must be one of {KINDS}, got {kind!r}")
+        raise BacoError(f"metric kind must be one of {KINDS}, got {kind!r}")
+    name = registry_name(name, what="metric", separators=",", why="it separates metrics in a selection",
+                         reserved={group: "a group of metrics" for group in GROUPS})
 
     def add(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"metric {name!r} is already registered")
+        check_free(_REGISTRY, name, fn, "metric")
         _REGISTRY[name] = MetricSpec(name, kind, fn, higher_is_better, help, library, tuple(needs), group,
                                      default, gain)
         return fn
@@ -75,6 +82,7 @@ def list_metrics(kind: str | None = None) -> list[MetricSpec]:
 
 def get_metric(name: str) -> MetricSpec:
     _load_builtins()
+    name = str(name).strip().lower()  # names are stored lower-cased
     if name not in _REGISTRY:
         raise UnknownMetricError(f"unknown metric {name!r}; known: {', '.join(sorted(_REGISTRY))} "
                                  f"(see `baco metrics`)")
@@ -94,7 +102,7 @@ def resolve_metrics(selection: str | list[str] | None) -> list[MetricSpec]:
         selection = "default"
     items = selection.split(",") if isinstance(selection, str) else list(selection)
     chosen: set[str] = set()
-    for item in (i.strip() for i in items):
+    for item in (i.strip().lower() for i in items):
         if not item:
             continue
         if item in GROUPS:

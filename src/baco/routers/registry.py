@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from baco.errors import BacoError, UnknownRouterError
+from baco.names import check_free, registry_name
 from baco.routers.view import Route, StepView
 
 RouterFn = Callable[..., Route]
@@ -49,6 +50,7 @@ class Router:
 
 
 _REGISTRY: dict[str, RouterSpec] = {}
+_RESERVED: dict[str, str] = {}  # name -> what it means instead (baco.strategies fills it)
 
 
 def register(name: str, *, help: str, param: str | None = None, default: float | None = None,
@@ -57,30 +59,25 @@ def register(name: str, *, help: str, param: str | None = None, default: float |
              host: bool = False) -> Callable[[RouterFn], RouterFn]:
     """Decorator: `@register("p", param="threshold", default=0.5, help=...)`.
 
-    The name is looked up case-insensitively (`get_router` lower-cases it), so it is stored lower-cased.
-    Registering a name again with a function of the same module and name replaces it (a notebook cell run
-    again); another function under a taken name is refused.
+    The name follows `baco.names`: stored lower-cased (`get_router` ignores case), no ':' (the knob follows
+    it), not a multi-pass method's (`negative`, `verbalized`: those names run the method, never a router);
+    the same function registered again (a notebook cell run again) replaces its router, another is refused.
     """
-    if not isinstance(name, str) or not name.strip() or ":" in name or name != "".join(name.split()):
-        raise BacoError(f"a router's name is a word without spaces or ':' (its knob follows a ':'), got {name!r}")
-    name = name.lower()
+    name = registry_name(name, what="router", separators=":", why="its knob follows a ':'", reserved=_RESERVED)
 
     def add(fn: RouterFn) -> RouterFn:
         if not callable(fn):
             raise BacoError(f"register({name!r}) decorates a function of a StepView, got {type(fn).__name__}")
-        known = _REGISTRY.get(name)
-        if known is not None and _origin(known.fn) != _origin(fn):
-            raise BacoError(f"router {name!r} is already registered (by {'.'.join(_origin(known.fn))}); "
-                            f"choose another name")
+        check_free(_REGISTRY, name, fn, "router")
         _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory, host)
         return fn
 
     return add
 
 
-def _origin(fn) -> tuple[str, str]:
-    """Where a function was defined: the same in a notebook cell run twice, different for another function."""
-    return getattr(fn, "__module__", "?") or "?", getattr(fn, "__qualname__", repr(fn))
+def reserve(name: str, meaning: str) -> None:
+    """Keep `name` from routers: where a router is named, it means something else (a multi-pass method)."""
+    _RESERVED[name.lower()] = meaning
 
 
 def list_routers() -> list[RouterSpec]:

@@ -176,23 +176,25 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
             f"per choice; default {limits.default_max_tokens}, never more than the room left in a slot"))
         temperature: Optional[float] = Field(1.0, ge=0, le=2, description="0 = greedy; null = the default")
         top_p: Optional[float] = Field(1.0, gt=0, le=1, description="null = the default")
-        n: int = Field(1, ge=1, le=limits.max_n, description="samples per prompt (rows of one batch)")
+        n: Optional[int] = Field(1, ge=1, le=limits.max_n, description="samples per prompt (rows of one batch)")
         stop: Stop = Field(None, description="extra stop strings: the text ends before the first one")
         seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="default: a fresh one, in `baco.seed`")
-        stream: bool = False
+        stream: Optional[bool] = False
         stream_options: Optional[StreamOptions] = None
         user: Optional[str] = Field(None, max_length=256)
-        presence_penalty: float = Field(0.0, ge=0, le=0, description=never)
-        frequency_penalty: float = Field(0.0, ge=0, le=0, description=never)
+        presence_penalty: Optional[float] = Field(0.0, ge=0, le=0, description=never)
+        frequency_penalty: Optional[float] = Field(0.0, ge=0, le=0, description=never)
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
         top_k: Optional[int] = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off; null = 0")
 
-        @field_validator("temperature", "top_p", "top_k")
+        @field_validator("temperature", "top_p", "top_k", "n", "stream", "presence_penalty", "frequency_penalty",
+                         "logprobs", check_fields=False)  # logprobs: each request's own (chat: a bool)
         @classmethod
         def _null_means_the_default(cls, value, info: ValidationInfo):
-            """OpenAI's API (and vLLM's) take null for these knobs, and clients send it for "not set"."""
+            """OpenAI's API (and vLLM's) document these fields as nullable, and clients send null for "not set";
+            the other nullable fields (max_tokens, stop, seed, user, ...) already read None as their default."""
             return cls.model_fields[info.field_name].default if value is None else value
 
         def stop_strings(self) -> tuple[str, ...]:
@@ -209,7 +211,7 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         messages: list[Message] = Field(min_length=1, max_length=256, description=(
             "system/developer messages first, then user and assistant turns in alternation, ending with a user turn"))
         max_completion_tokens: Optional[int] = Field(None, ge=1, le=limits.max_tokens, description="= max_tokens")
-        logprobs: bool = False
+        logprobs: Optional[bool] = False
         top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
     return CompletionRequest, ChatCompletionRequest
