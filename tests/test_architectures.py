@@ -174,6 +174,11 @@ def test_an_architecture_the_engine_cannot_step_is_refused_when_the_pair_loads(t
     expected = rf"^'{re.escape(str(base))}' cannot run on baco's decoding engine: .*{REFUSED[arch]}"
     with pytest.raises(ModelLoadError, match=expected):
         Collaboration.from_pretrained(base, aligned, device="cpu")
+    # from config.json, before any weights load: without them the refusal is still what the user reads
+    for weights in [*base.glob("*.safetensors"), *aligned.glob("*.safetensors")]:
+        weights.unlink()
+    with pytest.raises(ModelLoadError, match=expected):
+        Collaboration.from_pretrained(base, aligned, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from baco.errors import BacoError, InvalidSamplingParams, ModelLoadError, Prompt
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.chars import CrossPair
-from baco.models.pair import ModelPair, SoloPair
+from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
@@ -208,6 +208,7 @@ class Collaboration:
                     f"the anchor {str(anchor)!r} and the base model {str(base)!r} have different tokenizers "
                     f"(first: {first}): proxy-tuning adds the three models' log-probs token by token, so the "
                     f"anchor must share the base's vocabulary (the aligned model's own untuned base)") from None
+        check_sources_can_step((base, aligned, anchor), dtype)  # before any weights load
         base_lm, aligned_lm = load_pair_models(base, aligned, dtype=dtype, device=device, base_tokenizer=base_tokenizer,
                                                aligned_tokenizer=aligned_tokenizer, one_forward=one_forward)
         anchor_lm = (HFCausalLM.from_pretrained(anchor, dtype=dtype, device=device, tokenizer=anchor_tokenizer)

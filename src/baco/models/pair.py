@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 
 from baco.errors import ModelLoadError
 from baco.models.hf import HFCausalLM, HFSession
-from baco.models.slots import slot_refusal
+from baco.models.slots import config_refusal, slot_refusal
 from baco.vocab import TokenTable, check_compatible, control_token_ids, token_texts
 
 
@@ -18,9 +19,30 @@ def check_engine_can_step(lm) -> None:
     runs on it) would step into other tokens than transformers' own: ALiBi, recurrent or chunked layers."""
     if lm is None or hasattr(lm, "engine_unit"):  # llama.cpp steps its own caches
         return
-    why = slot_refusal(lm.model)
+    _refuse(lm.name, slot_refusal(lm.model))
+
+
+def check_sources_can_step(names, dtype="auto") -> None:
+    """`check_engine_can_step` from each named model's config.json, before any weights load (a 7B ALiBi model
+    would load for minutes first). A config that cannot be read here is left to the load, which says why."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from baco.models.hf import resolve_source
+
+    for name in names:
+        if name is None:
+            continue
+        try:
+            config = AutoConfig.from_pretrained(resolve_source(name, dtype)[0])
+            stateful = getattr(AutoModelForCausalLM._model_mapping[type(config)], "_is_stateful", False)
+        except Exception:  # noqa: BLE001 - an unknown or unreadable config: the load reports it
+            continue
+        _refuse(os.fspath(name), config_refusal(config, stateful=stateful))
+
+
+def _refuse(name: str, why: str | None) -> None:
     if why is not None:
-        raise ModelLoadError(f"{lm.name!r} cannot run on baco's decoding engine: {why}; use a model of another "
+        raise ModelLoadError(f"{name!r} cannot run on baco's decoding engine: {why}; use a model of another "
                              f"architecture (docs/backends.md lists those tested)")
 
 

@@ -107,9 +107,15 @@ def slot_refusal(model) -> str | None:
     """Why the slot engine cannot step `model` as transformers would (None: it can). The engine hands every
     layer explicit positions, key/value caches in ring columns (any column order) and an additive mask per
     row; attention that reads anything else would write other tokens, silently or with a crash."""
-    config = getattr(model.config, "text_config", model.config)
-    kind = getattr(config, "model_type", "") or type(model).__name__
-    if getattr(model, "_is_stateful", False):  # transformers' flag for recurrent / state-space layers
+    return config_refusal(model.config, stateful=getattr(model, "_is_stateful", False), kind=type(model).__name__)
+
+
+def config_refusal(config, *, stateful: bool, kind: str = "") -> str | None:
+    """`slot_refusal` from a model's config and its class's `_is_stateful` flag (transformers' mark of recurrent /
+    state-space layers), so that a pair is refused before its weights load."""
+    config = getattr(config, "text_config", config)
+    kind = getattr(config, "model_type", "") or kind
+    if stateful:
         return f"{kind} keeps a recurrent state beside (or instead of) attention caches, which slots cannot hold"
     if kind in ("bloom", "mpt") or getattr(config, "alibi", False):
         return (f"{kind} uses ALiBi attention biases, built from a padding mask or from cache columns rather than "
