@@ -63,13 +63,17 @@ def _check_call(router, n, on_sample=None, skip=()) -> int:
     """The other arguments of a generation call, checked before any model runs; returns n as an int."""
     if not isinstance(router, str):
         get_router(router, build=False)  # a Router object (or a named callable), else a clear error
-    n = plain_number(n)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+    n = _check_n(plain_number(n))
     if on_sample is not None and not callable(on_sample):
         raise BacoError(f"on_sample must be a function of one Sample, or None, got {type(on_sample).__name__}")
     if not isinstance(skip, Container):
         raise BacoError(f"skip must be a set of (prompt_index, sample_index) pairs, got {type(skip).__name__}")
+    return n
+
+
+def _check_n(n) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
     return n
 
 
@@ -235,8 +239,7 @@ class Collaboration:
             prompts = [prompts]
         if not prompts:
             raise BacoError("no prompts given")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise BacoError(f"n (samples per prompt) must be an integer >= 1, got {n!r}")
+        _check_n(n)
         copies = list(occurrences) if occurrences is not None else occurrences_of(prompts)
         if len(copies) != len(prompts) or not all(isinstance(c, int) and c >= 0 for c in copies):
             raise BacoError(f"occurrences must be one integer >= 0 per prompt ({len(prompts)}), got {copies!r}")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from baco.errors import PromptError
 
+
 class PromptWarning(UserWarning):
     """A prompt was rendered differently than asked (e.g. a system prompt folded into the first user turn)."""
 

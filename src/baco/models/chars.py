@@ -244,23 +244,21 @@ class Cursor:
 
     def masses(self, table: TokenBytes, whole: bool = False) -> tuple[torch.Tensor, float, float, float]:
         """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised.
-        `whole`: of the temperature-1 distribution, whatever the cursor reads."""
+        `whole`: of the temperature-1 distribution, whatever the cursor reads (not cached)."""
         if whole and not self.raw:
-            saved, self.raw, self._masses = self._masses, True, None
-            try:
-                return self.masses(table)
-            finally:
-                self.raw, self._masses = False, saved
+            return self._masses_of(table, raw=True)
         if self._masses is None:
-            probs = self.dist.probs(self.raw)
-            if not self.pending:
-                first = self.dist.first(self.raw)
-                self._masses = (first[:256], float(first[STOP]), 0.0, float(first[:OTHER].sum()))
-            else:
-                longer = table.next_byte(probs, self.lo + self.exact, self.hi, len(self.pending))
-                end = float(probs[self.lo: self.lo + self.exact].sum())
-                self._masses = (longer, 0.0, end, float(longer.sum()) + end)
+            self._masses = self._masses_of(table, self.raw)
         return self._masses
+
+    def _masses_of(self, table: TokenBytes, raw: bool) -> tuple[torch.Tensor, float, float, float]:
+        if not self.pending:
+            first = self.dist.first(raw)
+            return first[:256], float(first[STOP]), 0.0, float(first[:OTHER].sum())
+        probs = self.dist.probs(raw)
+        longer = table.next_byte(probs, self.lo + self.exact, self.hi, len(self.pending))
+        end = float(probs[self.lo: self.lo + self.exact].sum())
+        return longer, 0.0, end, float(longer.sum()) + end
 
     def end_mass(self, table: TokenBytes, whole: bool = False) -> float:
         """The end branch's mass, or 0 when below END_FLOOR of the consistent mass."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from baco.errors import ModelLoadError
-from baco.models.hf import HFCausalLM, HFSession
+from baco.models.hf import HFCausalLM, HFSession, resolve_source
 from baco.models.slots import config_refusal, slot_refusal
 from baco.vocab import TokenTable, check_compatible, control_token_ids, token_texts
 
@@ -26,8 +26,6 @@ def check_sources_can_step(names, dtype="auto") -> None:
     """`check_engine_can_step` from each named model's config.json, before any weights load (a 7B ALiBi model
     would load for minutes first). A config that cannot be read here is left to the load, which says why."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from baco.models.hf import resolve_source
 
     for name in names:
         if name is None:

@@ -70,8 +70,13 @@ def error(status: int, message: str, kind: str = "invalid_request_error", *, par
     return JSONResponse(error_body(message, kind, param=param, code=code), status_code=status, headers=headers)
 
 
+def shutdown_body(message: str = MESSAGE) -> dict:
+    """The error of a request the server refuses or cuts off because it is shutting down (HTTP 503)."""
+    return error_body(message, "server_error", code="server_shutting_down")
+
+
 def shutting_down() -> JSONResponse:
-    return error(503, MESSAGE, "server_error", code="server_shutting_down")
+    return JSONResponse(shutdown_body(), status_code=503)
 
 
 class Guard:
@@ -191,8 +196,7 @@ class Failure(Exception):
         super().__init__(message)
         shutdown = kind == "shutdown"
         self.status = 503 if shutdown else 500
-        self.body = error_body(message if shutdown else f"generation failed: {message}", "server_error",
-                               code="server_shutting_down" if shutdown else None)
+        self.body = shutdown_body(message) if shutdown else error_body(f"generation failed: {message}", "server_error")
 
 
 def create_app(collab, config: ServerConfig | None = None) -> "Guard":
