@@ -462,3 +462,29 @@ def test_no_top_logprobs_are_computed_unless_a_live_request_asks(collab):
     assert all(event.top_logprobs is None and event.top_ids is None for event in engine.run())
     with pytest.raises(BacoError, match="top_logprobs"):
         Engine(collab.pair, get_router("p-punc:0.5"), top_logprobs=-1)
+
+
+def test_each_prefill_forward_holds_at_most_prefill_tokens_positions_and_the_tokens_do_not_change(collab):
+    """A long prompt queued before short ones: with a token budget it is prefilled alone, a budget's worth of
+    columns per step, and the short ones follow in a group of their own, not left-padded to its width."""
+    params = SamplingParams(max_new_tokens=12, seed=3)
+    requests = collab.requests([PROMPTS[1] * 3, PROMPTS[0], PROMPTS[2], "Hi."], 1, params, seed=3)
+    width = lambda request: max(len(request.base_ids), len(request.aligned_ids)) - 1  # noqa: E731
+    long, shorts = width(requests[0]), [width(r) for r in requests[1:]]
+    budget = long + 1
+    assert 3 * max(shorts) <= budget < 2 * long  # the shorts fit one group; the long one and a short do not
+    unbounded, wide = run(collab.pair, requests, "p-punc:0.5", params, max_len=160)
+    bounded, engine = run(collab.pair, requests, "p-punc:0.5", params, max_len=160, prefill_tokens=budget)
+    assert bounded == unbounded
+    assert engine.stats["largest_prefill"] <= budget < wide.stats["largest_prefill"]
+    assert engine.stats["prefill_positions"] < wide.stats["prefill_positions"]  # less padding computed
+    small, engine = run(collab.pair, requests, "p-punc:0.5", params, max_len=160, prefill_tokens=7)
+    assert small == unbounded
+    assert engine.stats["largest_prefill"] <= 7
+    assert engine.stats["prefill_chunks"] >= 2 * math.ceil(long / 7)  # the long prompt, 7 columns a step per side
+
+
+@pytest.mark.parametrize("budget", [0, -5, 2.5, True, "8192"])
+def test_a_prefill_budget_that_is_not_a_positive_integer_is_refused(collab, budget):
+    with pytest.raises(BacoError, match="prefill_tokens must be an integer >= 1"):
+        Engine(collab.pair, get_router("aligned"), max_batch=2, max_len=96, prefill_tokens=budget)

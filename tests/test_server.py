@@ -396,7 +396,7 @@ def test_a_request_that_fails_in_its_step_fails_alone(collab, hangs_up):
     fmt = Collaboration(collab.pair, collab.prompt_format)
     metrics = Metrics()
     worker = Worker(collab.pair, stop_strings=collab.stop_strings, max_batch=4, max_len=256, max_queue=8,
-                    max_engines=1, metrics=metrics)
+                    max_engines=1, metrics=metrics, prefill_tokens=16)
 
     def job(prompt, listener):
         return Job(fmt.requests([prompt], 1, sampling, seed=7), sampling, "p-punc:0.5", collab.stop_strings, listener)
@@ -418,6 +418,7 @@ def test_a_request_that_fails_in_its_step_fails_alone(collab, hangs_up):
         for prompt, listener in zip(PROMPTS[1:], others):
             assert not listener.errors and listener.finish[0] in ("stop", "length")
             assert listener.texts == alone(prompt).texts
+        assert all(engine.prefill_tokens == 16 for engine in worker.engines.values())  # prompts prefilled in parts
         assert wait_for(lambda: worker.outstanding == 0 and not worker.rows)
         assert not worker.engines["p-punc:0.5"].live  # its slot is free
         assert metrics.registry.get_sample_value("baco_rows_total", {"outcome": "error"}) == 1

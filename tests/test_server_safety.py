@@ -108,12 +108,15 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
     config = served["config"]
     assert config.api_key == "from-env" and config.router == "nudge:0.3" and served["host"] == "127.0.0.1"
     assert config.limits.max_tokens == config.limits.max_prompt_tokens == 127
+    assert config.prefill_tokens == 8192  # vLLM's chunked-prefill default
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--prefill-tokens", "64"]) == 0
+    assert served["config"].prefill_tokens == 64
     assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--host", "0.0.0.0", "--api-key", "k"]) == 0
     monkeypatch.delenv("BACO_API_KEY")
     assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--host", "0.0.0.0"]) == 0
     assert "without an API key" in capsys.readouterr().err
     for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "nope"],
-                ["--max-n", "64"], ["--base", base], ["--min-p", "2"]):
+                ["--max-n", "64"], ["--base", base], ["--min-p", "2"], ["--prefill-tokens", "0"]):
         assert main(["serve", *bad]) == 2, bad  # refused before any model loads
 
 

@@ -13,6 +13,7 @@ import traceback
 import warnings
 from pathlib import Path
 
+from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError
 
 
@@ -216,7 +217,8 @@ def _slots(text: str) -> "int | str":
 
 
 def _add_memory_fraction(p, when: str = "with --max-batch auto") -> None:
-    p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float, default=0.9,
+    p.add_argument("--memory-fraction", "--gpu-memory-utilization", dest="memory_fraction", type=float,
+                   default=MEMORY_FRACTION,
                    help=f"{when}: the share of the device's memory (GPU; on the CPU the host's) that "
                    "may be in use once the KV caches and step buffers are allocated, weights and other processes "
                    "included (vLLM's --gpu-memory-utilization, also accepted)")
@@ -368,6 +370,9 @@ def _add_serve(sub) -> None:
                    "as many as --memory-fraction of the device's memory holds with --max-routers engines (at most 256)")
     _add_memory_fraction(p)
     p.add_argument("--max-len", type=int, default=1024, help="tokens per slot: prompt + completion")
+    p.add_argument("--prefill-tokens", type=int, default=PREFILL_TOKENS, help="most prompt positions (rows x "
+                   "columns, padding included) one prefill forward holds, so a burst of long prompts stalls the rows "
+                   "being decoded for a bounded time (like vLLM's --max-num-batched-tokens for chunked prefill)")
     p.add_argument("--max-queue", type=int, default=256, help="rows that may wait for a slot; beyond: 429")
     p.add_argument("--max-routers", type=int, default=4, help="engines kept at once, one per router in use")
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: "
@@ -399,7 +404,7 @@ def _check_listen(host: str, port: int) -> None:
 def cmd_serve(args) -> int:
     """Validate every flag, load the pair, serve until interrupted."""
     from baco.api import Collaboration
-    from baco.decode.engine import AUTO_MAX_BATCH, check_memory, fit_slots
+    from baco.decode.engine import check_memory, fit_slots
     from baco.models.llamacpp import choose_backend
 
     try:
@@ -409,7 +414,7 @@ def cmd_serve(args) -> int:
         raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install 'baco[serve]'") from None
 
     for flag in ("max_batch", "max_len", "max_routers", "default_max_tokens", "max_n", "max_prompts",
-                 "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads"):
+                 "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads", "prefill_tokens"):
         if getattr(args, flag) is not None:
             _at_least_one(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.max_queue < 0:
@@ -426,7 +431,8 @@ def cmd_serve(args) -> int:
                     max_prompts=args.max_prompts, max_body_bytes=args.max_body_bytes)
     api_key = args.api_key if args.api_key is not None else os.environ.get("BACO_API_KEY") or None
     settings = dict(model_id=args.model_name, router=router_name(args.router), api_key=api_key, min_p=args.min_p,
-                    max_len=args.max_len, max_queue=args.max_queue, max_engines=args.max_routers, limits=limits)
+                    max_len=args.max_len, max_queue=args.max_queue, max_engines=args.max_routers, limits=limits,
+                    prefill_tokens=args.prefill_tokens)
     # its checks before the models load (with auto, again once the slots are counted)
     ServerConfig(**settings, max_batch=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)
     base, aligned, fmt, _ = _models_and_format(args)

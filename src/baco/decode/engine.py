@@ -5,8 +5,9 @@
     while engine.has_work:
         event = engine.step()                # one StepEvent (or None while only prefilling)
 
-Each step: (1) admit waiting requests into free slots (their prompts prefilled a chunk per step, so
-a long prompt does not stall the others), (2) run one lockstep step over the live slots' bucket,
+Each step: (1) admit waiting requests into free slots (their prompts prefilled a chunk per step, at
+most `prefill_tokens` prompt positions per forward, so a long prompt or a crowd of them does not stall
+the others), (2) run one lockstep step over the live slots' bucket,
 (3) turn the step's tokens into an event: texts, stop tokens, stop strings, length limits; a finished
 row's slot is free for the next waiting request at the next boundary (continuous batching).
 
@@ -35,6 +36,7 @@ import torch
 from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
+from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError
 from baco.models.slots import BUCKETS, SlotLM, bucket, cache_row_bytes, capture_graph, shared_weights, upload
 from baco.routers import StepView
@@ -82,10 +84,6 @@ def free_bytes(device: torch.device) -> int | None:
     return None
 
 
-# `max_batch="auto"`: how much of the device's memory an engine may fill (vLLM's gpu_memory_utilization), and the
-# most slots it makes (vLLM's max_num_seqs)
-MEMORY_FRACTION = 0.9
-AUTO_MAX_BATCH = 256
 # what one row of a step holds at its peak beyond the caches, per side and per vocabulary entry: its logits and
 # log-probs, the router's and the sampler's vocabulary-wide buffers (float32; a full sort's values and int64
 # indices when top-p runs on a GPU). Measured 12.5-21.5 bytes with Gemma-3's 262k vocabulary, 28-34 with the tiny
@@ -239,6 +237,11 @@ class _Launched:
     ready: object = None  # a CUDA event marking the end of the asynchronous copy
 
 
+def _done_columns(prefill) -> int:
+    """How many of a prefill's columns have run (a static prefill runs them all at once)."""
+    return getattr(prefill, "done_columns", prefill.width if prefill.finished else 0)
+
+
 @dataclass
 class _Group:
     """Requests being prefilled together (one chunk per engine step)."""
@@ -247,6 +250,7 @@ class _Group:
     members: list[_Live]
     prefills: list = field(default_factory=list)  # one Prefill per model side
     rows_of: list[torch.Tensor] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # distinct prompts each side prefills
 
 
 class Engine:
@@ -255,7 +259,8 @@ class Engine:
     def __init__(self, pair, router, *, max_batch: int | str = 32, max_len: int | None = None,
                  graphs: str | bool = "auto", prefill_chunk: int = 512, stop_strings: tuple[str, ...] = (),
                  sync_free: bool | None = None, admit_at: int | None = None, top_logprobs: int = 0,
-                 static_prefill: bool = False, memory_fraction: float = MEMORY_FRACTION):
+                 static_prefill: bool = False, memory_fraction: float = MEMORY_FRACTION,
+                 prefill_tokens: int = PREFILL_TOKENS):
         """`max_batch` slots of `max_len` tokens (prompt + continuation) each. `graphs`: capture steps as
         CUDA graphs (auto: on CUDA devices, unless the router decides on the host). `sync_free`: never
         read a device value on the host inside a step (default: on CUDA devices; on the CPU the
@@ -268,8 +273,14 @@ class Engine:
         fixed buffers (bucketed by group size and prompt width), captured as a CUDA graph per bucket when
         steps are (an eager prefill costs a GPU several captured steps); same tokens as the chunked prefill.
         `max_batch="auto"`: as many slots as keep the device within `memory_fraction` of its memory (`fit_slots`,
-        for prompts of up to max_len - 1 tokens)."""
+        for prompts of up to max_len - 1 tokens). `prefill_tokens`: the most prompt positions (rows x columns,
+        left padding included) one prefill forward holds; waiting requests join a prefill group, in queue order,
+        while its first forward fits (the first always joins; a prompt longer than that is prefilled alone, at
+        most `prefill_tokens` columns at a time), so a step that also prefills stalls the live rows for a bounded
+        time and short prompts are not padded to a long one's width without bound."""
         check_max_batch(max_batch, "max_batch")
+        if not isinstance(prefill_tokens, int) or isinstance(prefill_tokens, bool) or prefill_tokens < 1:
+            raise BacoError(f"prefill_tokens must be an integer >= 1, got {prefill_tokens!r}")
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
         if not isinstance(columns, int) or isinstance(columns, bool) or columns < 2:
             raise BacoError(f"max_len must be an integer >= 2, got {max_len!r}")
@@ -278,6 +289,7 @@ class Engine:
         self.pair, self.router = pair, router
         self.device = pair.device
         self.slots, self.columns, self.chunk = max_batch, columns, max(1, int(prefill_chunk))
+        self.prefill_tokens = prefill_tokens
         self.context = pair.context_length
         self.last_position = min(columns, self.context) - 1  # where a row whose output is dropped stops
         if (not isinstance(top_logprobs, int) or isinstance(top_logprobs, bool)
@@ -312,7 +324,8 @@ class Engine:
         self._warm: dict[tuple, int] = {}
         self._pool = None
         self.capture_error: str | None = None
-        self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "occupied_row_steps": 0,
+        self.stats = {"steps": 0, "graph_steps": 0, "prefill_chunks": 0, "prefill_positions": 0,
+                      "largest_prefill": 0, "occupied_row_steps": 0,
                       "bucket_row_steps": 0, "moves": 0}
 
     # ---- device state -------------------------------------------------------------------------------
@@ -392,13 +405,14 @@ class Engine:
             free = [s for s in range(self.slots) if s not in taken]
             if not free or (self.live and len(free) < min(self.admit_at, len(self.waiting))):
                 return
-            members, self.waiting = self.waiting[: len(free)], self.waiting[len(free):]
+            members = self._joining(len(free))
+            self.waiting = self.waiting[len(members):]
             group = _Group(free[: len(members)], members)
             for (unit, lane), reads in zip(self.lane_of, self.reads):
                 side = self.units[unit]
                 prompts, rows_of = [], []
                 for live in members:
-                    prompt = tuple(live.request.base_ids if reads == "base" else live.request.aligned_ids)[:-1]
+                    prompt = self._prefilled(live, reads)
                     if prompt not in prompts:
                         prompts.append(prompt)
                     rows_of.append(prompts.index(prompt))
@@ -409,16 +423,45 @@ class Engine:
                 else:
                     group.prefills.append(side.prefill([list(p) for p in prompts], lane))
                 group.rows_of.append(upload(torch.tensor(rows_of), side.device))
+                group.rows.append(len(prompts))
             self.group = group
         if self.group is None:
             return
-        for prefill in self.group.prefills:
+        for prefill, rows in zip(self.group.prefills, self.group.rows):
             if not prefill.finished:
-                prefill.advance(self.chunk)
+                done = _done_columns(prefill)
+                prefill.advance(min(self.chunk, max(1, self.prefill_tokens // rows)))
+                positions = rows * (_done_columns(prefill) - done)
                 self.stats["prefill_chunks"] += 1
+                self.stats["prefill_positions"] += positions
+                self.stats["largest_prefill"] = max(self.stats["largest_prefill"], positions)
         if all(p.finished for p in self.group.prefills):
             self._activate(self.group)
             self.group = None
+
+    @staticmethod
+    def _prefilled(live: _Live, reads: str) -> tuple[int, ...]:
+        """The prompt tokens a side prefills for a request: all but the last, which its first step reads."""
+        return tuple(live.request.base_ids if reads == "base" else live.request.aligned_ids)[:-1]
+
+    def _joining(self, free: int) -> list[_Live]:
+        """The waiting requests that form the next prefill group, in queue order: at most `free`, while the group's
+        first forward on every side (its distinct prompts x the longest one's first chunk) holds at most
+        `prefill_tokens` positions. The first always joins."""
+        prompts = [set() for _ in self.reads]
+        widest = [0 for _ in self.reads]
+        joining = []
+        for live in self.waiting[:free]:
+            mine = [self._prefilled(live, reads) for reads in self.reads]
+            first = max(min(max(widest[i], len(prompt)), self.chunk) * len(prompts[i] | {prompt})
+                        for i, prompt in enumerate(mine))
+            if joining and first > self.prefill_tokens:
+                break
+            for i, prompt in enumerate(mine):
+                prompts[i].add(prompt)
+                widest[i] = max(widest[i], len(prompt))
+            joining.append(live)
+        return joining
 
     def _activate(self, group: _Group) -> None:
         """Place the group's prefilled caches into its slots and reset those rows' state."""

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import baco
+from baco.defaults import PREFILL_TOKENS
 from baco.errors import BacoError
 from baco.server import schemas
 from baco.server.metrics import Metrics
@@ -40,11 +41,12 @@ class ServerConfig:
     max_len: int = 1024
     max_queue: int = 256
     max_engines: int = 4
+    prefill_tokens: int = PREFILL_TOKENS
     limits: Limits = field(default_factory=lambda: Limits(max_tokens=1023, default_max_tokens=256,
                                                           max_prompt_tokens=1023, max_n=16, max_prompts=16))
 
     def __post_init__(self):
-        for name in ("max_batch", "max_len", "max_queue", "max_engines"):
+        for name in ("max_batch", "max_len", "max_queue", "max_engines", "prefill_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "max_queue" else 1):
                 raise BacoError(f"{name} must be a positive integer, got {value!r}")
@@ -207,7 +209,8 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     metrics = Metrics()
     drain = Drain()
     worker = Worker(collab.pair, stop_strings=collab.stop_strings, max_batch=config.max_batch, max_len=config.max_len,
-                    max_queue=config.max_queue, max_engines=config.max_engines, metrics=metrics)
+                    max_queue=config.max_queue, max_engines=config.max_engines, metrics=metrics,
+                    prefill_tokens=config.prefill_tokens)
     texts = collab.pair.vocab.texts
     CompletionRequest, ChatCompletionRequest = schemas.request_models(limits, config.model_id)  # noqa: N806
 

@@ -25,6 +25,7 @@ from typing import Callable
 from baco.decode.engine import Engine
 from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import SamplingParams
+from baco.defaults import PREFILL_TOKENS
 from baco.routers import get_router
 from baco.server.text import ChoiceText, Token
 
@@ -68,11 +69,11 @@ class Worker(threading.Thread):
     """See the module docstring. `submit` and `cancel` may be called from any thread."""
 
     def __init__(self, pair, *, stop_strings: tuple[str, ...], max_batch: int, max_len: int, max_queue: int,
-                 max_engines: int, metrics):
+                 max_engines: int, metrics, prefill_tokens: int = PREFILL_TOKENS):
         super().__init__(name="baco-stepper", daemon=True)
         self.pair, self.stop_strings = pair, tuple(stop_strings)
         self.max_batch, self.max_len, self.max_queue, self.max_engines = max_batch, max_len, max_queue, max_engines
-        self.metrics = metrics
+        self.metrics, self.prefill_tokens = metrics, prefill_tokens
         self.tokenizer = pair.aligned.tokenizer
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.engines: OrderedDict[str, Engine] = OrderedDict()
@@ -160,7 +161,7 @@ class Worker(threading.Thread):
                 return None
             del self.engines[idle]
         engine = Engine(self.pair, get_router(router), max_batch=self.max_batch, max_len=self.max_len,
-                        stop_strings=self.stop_strings, top_logprobs=TOP_LOGPROBS)
+                        stop_strings=self.stop_strings, top_logprobs=TOP_LOGPROBS, prefill_tokens=self.prefill_tokens)
         self.engines[router] = engine
         return engine
 
