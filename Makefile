@@ -44,8 +44,11 @@ serve: $(BIN)/.installed
 # the embedded pair (Gemma-3-270M base + baco's aligned adapter), router p-punc, 3 prompts x 4 samples, on the
 # fastest backend installed for its 12 rows (--backend auto: transformers with the adapter pair in one forward;
 # llama.cpp, which `make setup` builds, is faster at up to 8 rows)
+# Each demo starts its file afresh: with --seed, `baco generate --out` skips the samples a file already holds,
+# so a second `make demo` would print nothing.
 demo: $(BIN)/.installed
 	mkdir -p .cache
+	rm -f .cache/demo.jsonl
 	$(BIN)/baco generate --router p-punc:0.5 --n 4 --max-new-tokens 96 --seed 0 --color always \
 		--prompt "Name a fruit and say why you like it." --prompt "Write a two-line poem about the sea." \
 		--prompt "Give me an idea for a weekend trip." --out .cache/demo.jsonl
@@ -53,6 +56,7 @@ demo: $(BIN)/.installed
 # the cross-family pair (tokenizers differ): Gemma-3-270M base + SmolLM2-135M-Instruct, BACo-P-PUNC per word
 demo-cross: $(BIN)/.installed
 	mkdir -p .cache
+	rm -f .cache/demo-cross.jsonl
 	$(BIN)/baco generate --base baco:gemma-3-270m --aligned baco:smollm2-135m-instruct --router p-punc-words:0.3 \
 		--n 4 --max-new-tokens 96 --seed 0 --color always \
 		--prompt "Name a fruit and say why you like it." --prompt "Write a two-line poem about the sea." \
@@ -61,6 +65,7 @@ demo-cross: $(BIN)/.installed
 # the tiny random pair: every code path, no real weights
 demo-tiny: $(BIN)/.installed
 	$(BIN)/python -m baco.testing $(DEMO_DIR) > /dev/null
+	rm -f $(DEMO_DIR)/demo.jsonl
 	$(BIN)/baco generate --base $(DEMO_DIR)/base --aligned $(DEMO_DIR)/aligned --router p-punc:0.5 \
 		--n 4 --max-new-tokens 40 --seed 0 --color always \
 		--prompt "Name a fruit." --prompt "Tell me a story about a dragon." --out $(DEMO_DIR)/demo.jsonl

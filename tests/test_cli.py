@@ -84,6 +84,25 @@ def test_help_states_each_default_once(capsys, monkeypatch):
         assert all(line.count("(default:") <= 1 for line in listing.splitlines()), command
 
 
+def test_help_shows_the_default_of_every_flag_that_has_one():
+    """A newcomer reads defaults off `--help` (argparse prints nothing, not even the default, for a flag
+    without help text): every flag with a default other than none or off says what it is."""
+    import argparse
+
+    from baco.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    silent = []
+    for name, command in commands.items():
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+                continue
+            if not action.help or "default" not in formatter._get_help_string(action):
+                silent.append(f"baco {name} {action.option_strings[0]}")
+    assert silent == []
+
+
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "baco.cli", "routers"], capture_output=True, text=True)
     assert done.returncode == 0 and "p-punc" in done.stdout

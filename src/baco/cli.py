@@ -1,4 +1,5 @@
-"""The `baco` command line: a thin door onto the Python API (`baco generate | serve | routers | eval | metrics`)."""
+"""The `baco` command line: a thin door onto the Python API (`baco generate | serve | routers | eval | metrics |
+sweep | report | check`)."""
 
 from __future__ import annotations
 
@@ -79,13 +80,13 @@ def _add_generate(sub) -> None:
                      'prompt per line), a .json array, or a .csv / .parquet table (read like load_task: a prompt or '
                      'question column)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
     p.add_argument("--min-p", type=float, default=0.05,
                    help="keep tokens with prob >= min_p * top prob; 0 = pure temperature sampling, which over "
                         "a 262k vocabulary draws junk from the tail")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens written per sample")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
@@ -98,7 +99,8 @@ def _add_generate(sub) -> None:
                    help="tokens per slot (prompt + new tokens) the KV caches are sized for; a request that does not "
                         "fit is an error before decoding (default: the longest request)")
     _add_formats(p)
-    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the texts by writer; auto: on a terminal, unless NO_COLOR is set")
     p.add_argument("--quiet", action="store_true", help="no texts, no progress bar")
     _add_ray(p).add_argument(
         "--shard-size", type=int, default=None, help="prompts per unit of work sent to a Ray worker; "
@@ -361,7 +363,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--router", default="p-punc:0.5", help="router of requests that name none (a request's `router` "
                    "field picks another); see `baco routers`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback is reachable by others")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on every route but /health "
                    "(default: the BACO_API_KEY environment variable; neither: no auth)")
     p.add_argument("--model-name", default="baco", help="the model id clients name in requests")
@@ -384,7 +386,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-prompts", type=int, default=16, help="most prompts in one /v1/completions request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; beyond: 413")
     _add_formats(p)
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level (one line per request at info)")
     p.set_defaults(run=cmd_serve)
 
 
@@ -500,7 +503,7 @@ def _add_eval(sub) -> None:
     p.add_argument("samples", nargs="+", type=Path,
                    help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
     p.add_argument("--metrics", default="default",
-                   help="comma-separated metric names or groups: default, all, diversity, quality, lexical, "
+                   help="comma-separated metric names or groups: default, all, diversity, quality, joint, lexical, "
                         "semantic, model (see `baco metrics`)")
     p.add_argument("--out", type=Path, help="write JSON here, and CSV beside it (same name, .csv)")
     p.add_argument("--method-from", choices=["auto", "field", "file"], default="auto",
@@ -607,7 +610,7 @@ def _add_sweep(sub) -> None:
                    help="run the decoding forwards through torch.compile (transformers, shared-tokenizer pairs; "
                    "compiling takes a while per batch size: for long sweeps; docs/backends.md)")
     _add_memory_fraction(p, "with batch_size: auto in the configuration")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_ray(p)
     p.set_defaults(run=cmd_sweep)
 
@@ -717,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[DEBUG])
     p.add_argument("run_dir", type=Path, help="a `baco sweep` output directory")
     p.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report.html)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="the page's title (default: the run directory's name)")
     p.set_defaults(run=cmd_report)
     p = sub.add_parser("check", help="a sweep's run directory: missing, doubled and torn samples per cell "
                        "(exit 1 if any)", parents=[DEBUG])
