@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
-from baco.decode.engine import MEMORY_FRACTION
+from baco.defaults import MEMORY_FRACTION
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams

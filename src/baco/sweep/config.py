@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NoReturn
 
-from baco.decode.engine import MEMORY_FRACTION
+from baco.defaults import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
-from baco.decode.engine import MEMORY_FRACTION
+from baco.defaults import MEMORY_FRACTION
 from baco.decode.records import Sample
 from baco.errors import BacoError
 from baco.models.chars import CrossPair
