@@ -17,7 +17,8 @@ from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
 from baco.errors import BacoError, TokenizerMismatchError
-from baco.models.chars import END_FLOOR, STOP, CharRows, CrossPair, TokenBytes, filtered_logprobs, token_bytes
+from baco.models.chars import (END_FLOOR, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
+                               filtered_logprobs, token_bytes)
 from baco.models.hf import HFCausalLM
 from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
 from sampling_reference import transformers_distribution
@@ -44,6 +45,51 @@ def test_token_bytes_join_to_the_encoded_text(make):
     for text in (WORLD, "Hello world, café 日本 😀\n\n  x", "1. a\t-b"):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert b"".join(pieces[i] for i in ids) == text.encode("utf-8")
+
+
+def rows_over(pieces: list[bytes], fallback: set[int] = frozenset()) -> CharRows:
+    """One model's character view over a hand-made vocabulary, without a model (what `_split` and a cursor
+    need)."""
+    rows = CharRows.__new__(CharRows)
+    rows.table, rows.name = TokenBytes(pieces, set(), [True] * len(pieces), fallback), "aligned"
+    return rows
+
+
+def cursor_on(table: TokenBytes, filtered: list[float], raw: list[float], pending: bytes) -> Cursor:
+    """A cursor holding `pending` over a distribution given per token id (filtered and temperature-1)."""
+    in_order = lambda probs: torch.tensor(probs, dtype=torch.float64)[table.order]  # noqa: E731
+    first = lambda probs: table.first_byte(in_order(probs)[None])[0]  # noqa: E731
+    dist = Dist(in_order(filtered), in_order(raw), first(filtered), first(raw), (max(raw), 0.0, 0))
+    cursor = Cursor(None)
+    cursor.reset(table, dist, pending)
+    return cursor
+
+
+def test_the_tokenizers_own_piece_is_fed_for_text_a_byte_fallback_token_also_writes():
+    """Gemma writes "A" as `A` (id 236776) and as the byte-fallback `<0x41>` (id 303, lower): a model that
+    reads text as whole tokens (re-reading, reporting its tokens) takes `A`, as its tokenizer does."""
+    rows = rows_over([b"A", b"AB", b"A"], fallback={0})
+    assert rows._split(b"A") == ([2], b"")
+    assert rows._split(b"AAB") == ([2, 1], b"")
+    assert rows_over([b"A", b"AB", b"A"])._split(b"A") == ([0], b"")  # no fallback named: the lower id
+
+
+def test_the_end_token_of_a_lookahead_is_the_likeliest_even_where_the_knobs_kept_none():
+    """Greedy UniTE looks ahead on temperature-1 masses: with the pending bytes outside the one-hot filtered
+    distribution, the token fed for the end branch is the likeliest duplicate at temperature 1."""
+    rows = rows_over([b" ", b" the", b" "], fallback={0})
+    cursor = cursor_on(rows.table, filtered=[0, 1, 0], raw=[0.001, 0.6, 0.399], pending=b" ")
+    assert int(rows.table.order[cursor.end_token()]) == 2
+    cursor = cursor_on(rows.table, filtered=[0, 1, 0], raw=[0.3, 0.6, 0.1], pending=b" ")
+    assert int(rows.table.order[cursor.end_token()]) == 0
+
+
+def test_byte_fallback_tokens_are_named_for_sentencepiece_tokenizers_only():
+    sentencepiece, byte_level = train_sentencepiece_tokenizer(700), train_tokenizer(400)
+    named = byte_fallback_ids(sentencepiece)
+    assert len(named) == 256
+    assert {sentencepiece.convert_ids_to_tokens(i) for i in named} == {f"<0x{b:02X}>" for b in range(256)}
+    assert byte_fallback_ids(byte_level) == set()
 
 
 def brute_force_marginal(cursor, table, lookahead_first):
@@ -446,9 +492,9 @@ def test_the_cross_family_demo_pair_writes_together():
 
 def test_greedy_unite_takes_the_best_mean_score_of_the_union_of_top_k(cross_dirs):
     """UniTE at temperature 0: the union of both models' K most likely next tokens (temperature 1), each
-    scored by both models (mass of its tokens that start with the piece, plus the longest proper-prefix
-    token), and the piece with the best mean score is written. Computed here from each model's own
-    logits, by a loop over its vocabulary."""
+    scored by both models (the probability of its token equal to the piece, else of the longest token that
+    is a proper prefix of it: UniTE's first sub-token), and the piece with the best mean score is written.
+    Computed here from each model's own logits, by a loop over its vocabulary."""
     from baco.decode.crossloop import crossloop
     from baco.routers.registry import get_router
     from baco.vocab import control_token_ids
@@ -474,13 +520,11 @@ def test_greedy_unite_takes_the_best_mean_score_of_the_union_of_top_k(cross_dirs
         def score(lm, table, dist, candidate):
             if candidate is None:
                 return sum(p for t, p in dist.items() if t in lm.stop_token_ids)
-            mass = sum(p for t, p in dist.items() if t not in lm.stop_token_ids
-                       and table.pieces[t].startswith(candidate))
-            for cut in range(len(candidate) - 1, 0, -1):
-                prefix = [p for t, p in dist.items() if t not in lm.stop_token_ids and table.pieces[t] == candidate[:cut]]
-                if prefix:
-                    return mass + sum(prefix)
-            return mass
+            for cut in range(len(candidate), 0, -1):
+                equal = [p for t, p in dist.items() if t not in lm.stop_token_ids and table.pieces[t] == candidate[:cut]]
+                if equal:
+                    return sum(equal)
+            return 0.0
 
         tops = []
         for lm, table, dist in zip(lms, pair.tables, dists):

@@ -417,7 +417,8 @@ class Engine:
                         prompts.append(prompt)
                     rows_of.append(prompts.index(prompt))
                 width = max(len(p) for p in prompts)
-                if isinstance(side, SlotLM) and self.static_prefill and width <= self.chunk:
+                if (isinstance(side, SlotLM) and self.static_prefill and width <= self.chunk
+                        and len(prompts) * width <= self.prefill_tokens):  # the whole group in one forward
                     group.prefills.append(side.prefill([list(p) for p in prompts], lane, static=True,
                                                        graphs=self.graphs))
                 else:

@@ -99,7 +99,7 @@ def token_bytes(tokenizer, size: int) -> list[bytes | None]:
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     added = {int(i): str(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     alphabet = _gpt2_byte_alphabet() if "ByteLevel" in kinds else None
-    sentencepiece = bool(kinds & {"Metaspace", "Replace", "ByteFallback"})
+    sentencepiece = _sentencepiece_style(kinds)
     out: list[bytes | None] = []
     for token_id, piece in enumerate(pieces):
         if token_id in added or piece is None:
@@ -115,20 +115,36 @@ def token_bytes(tokenizer, size: int) -> list[bytes | None]:
     return (out + [None] * size)[:size]
 
 
+def _sentencepiece_style(kinds: set[str]) -> bool:
+    return bool(kinds & {"Metaspace", "Replace", "ByteFallback"})
+
+
+def byte_fallback_ids(tokenizer) -> set[int]:
+    """The `<0xNN>` byte tokens of a SentencePiece-style tokenizer with byte fallback. Their bytes duplicate
+    ordinary pieces (Gemma: `<0x41>` and `A`); the tokenizer writes the ordinary piece, so that one is fed."""
+    if not _sentencepiece_style(_decoder_kinds(tokenizer)):
+        return set()
+    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return {i for i, piece in enumerate(pieces) if i not in added and piece and _BYTE_TOKEN.match(piece)}
+
+
 class TokenBytes:
     """A vocabulary sorted by byte strings, prepared once per tokenizer.
 
     Sorted layout: [text tokens in byte order][stop tokens][masked tokens]. The text tokens that start
     with a byte string s are the contiguous range [lo, hi) (bisection on `sorted_bytes`); those equal
-    to s come first in it. `keys[j, k]` is byte k of sorted token j (0 past its end); `group[j]` its
-    first byte, STOP or OTHER.
+    to s come first in it, `fallback` tokens (byte-fallback duplicates) after the others, so that the first
+    is the token the model's tokenizer writes for s. `keys[j, k]` is byte k of sorted token j (0 past its
+    end); `group[j]` its first byte, STOP or OTHER.
     """
 
-    def __init__(self, pieces: list[bytes | None], stop_ids: set[int], allowed: list[bool]):
+    def __init__(self, pieces: list[bytes | None], stop_ids: set[int], allowed: list[bool],
+                 fallback: set[int] = frozenset()):
         size = len(pieces)
         stops = sorted(i for i in stop_ids if 0 <= i < size)
         text = sorted((i for i in range(size) if allowed[i] and pieces[i] and i not in stop_ids),
-                      key=lambda i: pieces[i])
+                      key=lambda i: (pieces[i], i in fallback))
         other = sorted(set(range(size)) - set(text) - set(stops))
         self.size, self.n_text, self.n_stop = size, len(text), len(stops)
         self.pieces = pieces
@@ -153,7 +169,7 @@ class TokenBytes:
         stops = set(lm.stop_token_ids)
         controls = control_token_ids(lm.tokenizer) - stops
         allowed = [i not in controls and pieces[i] is not None for i in range(size)]
-        return cls(pieces, stops, allowed)
+        return cls(pieces, stops, allowed, byte_fallback_ids(lm.tokenizer))
 
     def prefix_range(self, prefix: bytes, lo: int = 0, hi: int | None = None) -> tuple[int, int, int]:
         """(lo, hi, exact): sorted text tokens starting with `prefix`; the first `exact` of them equal it."""
@@ -266,9 +282,12 @@ class Cursor:
         return end if total > 0 and end >= END_FLOOR * total else 0.0
 
     def end_token(self) -> int:
-        """The most likely token equal to the pending bytes (duplicates share its continuation)."""
+        """The most likely token equal to the pending bytes (duplicates share its continuation), by the
+        temperature-1 probabilities when the knobs kept none of them (UniTE's temperature-0 lookahead)."""
         probs = self.dist.probs(self.raw)[self.lo: self.lo + self.exact]
-        return self.lo + int(probs.argmax())
+        if not float(probs.max()) > 0:
+            probs = self.dist.raw[self.lo: self.lo + self.exact]
+        return self.lo + int(probs.argmax())  # ties: the first, the tokenizer's own piece (`TokenBytes`)
 
     def reset(self, table: TokenBytes, dist: Dist | None, pending: bytes) -> None:
         self.dist, self.pending, self.look, self._masses = dist, pending, None, None
@@ -551,9 +570,9 @@ class CharRows:
         return sorted(mass, key=mass.get, reverse=True)[:k]
 
     def score(self, row: int, piece: bytes | None, whole: bool = False) -> float:
-        """P(the next text starts with `piece`) as UniTE scores a token another vocabulary holds: the mass
-        of this model's next tokens that start with the piece, plus, for a piece this model would split,
-        the mass of its first sub-token (the longest of its tokens that is a proper prefix of the piece)."""
+        """UniTE's score of a candidate piece under this model: the probability of its next piece being
+        exactly `piece` when it has such a token, else that of the piece's first sub-token in its reading (the
+        longest of its tokens that is a proper prefix of the piece; 0 if none), normalised over the text."""
         segments, stop, total = self._segments(row, whole)
         if total <= 0:
             return 0.0
@@ -561,9 +580,7 @@ class CharRows:
             return stop / total
         mass = 0.0
         for probs, lo, hi, prefix, weight in segments:
-            start, end, _ = self.table.prefix_range(prefix + piece, lo, hi)
-            mass += weight * float(probs[start:end].sum())
-            for cut in range(len(piece) - 1, 0, -1):
+            for cut in range(len(piece), 0, -1):
                 start, _, exact = self.table.prefix_range(prefix + piece[:cut], lo, hi)
                 if exact:
                     mass += weight * float(probs[start:start + exact].sum())
