@@ -180,6 +180,21 @@ def assert_same_output(single, crossed, own_tokens, pieces):
         assert crossed.text == expected
 
 
+def test_chared_at_temperature_0_writes_with_one_model_and_says_so(cross):
+    """The knobs apply to each model before the characters mix, so at temperature 0 both are one-hot and the
+    coin's heavier side writes everything (the paper's greedy mixture could differ): a warning says so."""
+    import warnings
+
+    from baco.decode.crossloop import CrossWarning
+
+    with pytest.warns(CrossWarning, match="chared:0.7 at temperature 0 writes with the base model alone"):
+        mixed = cross.generate(PROMPTS[:2], router="chared:0.7", sampling=GREEDY)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CrossWarning)  # all weight on one model: nothing to say
+        alone = cross.generate(PROMPTS[:2], router="chared:1", sampling=GREEDY)
+    assert [s.text for s in mixed] == [s.text for s in alone]
+
+
 @pytest.mark.parametrize("router,side", [("chared:1", "base"), ("chared:0", "aligned"),
                                          ("p-words:1.01", "base"), ("p-words:0", "aligned"),
                                          ("p-punc-words:0", "aligned")])

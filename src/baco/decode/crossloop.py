@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import codecs
 import random
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -98,6 +99,11 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
     unit = unit_of(method)
     if unit is None:
         raise ValueError(f"{method.name} is not a cross-tokenizer method")
+    if unit == CHAR and params.temperature == 0 and 0 < (method.value or 0) < 1:
+        writer = "base" if method.value > 0.5 else "aligned"
+        warnings.warn(f"{method.name} at temperature 0 writes with the {writer} model alone (the knobs apply to each "
+                      f"model before the characters mix; docs/cross-tokenizer.md): sample at a temperature above 0 "
+                      f"to mix the two", CrossWarning, stacklevel=2)
     models = [CharRows(pair.base, pair.tables[0], [r.base_ids for r in requests], params, BASE),
               CharRows(pair.aligned, pair.tables[1], [r.aligned_ids for r in requests], params, ALIGNED)]
     rows = [_Row(index, r) for index, r in enumerate(requests)]
@@ -158,6 +164,10 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
             return
         if _span_ends(row, unit):
             yield _emit(row)
+
+
+class CrossWarning(UserWarning):
+    """A cross-tokenizer method asked for something it does differently from what its name suggests."""
 
 
 _WAIT = object()  # a model must run a forward before the row can go on
