@@ -84,6 +84,20 @@ def test_the_end_token_of_a_lookahead_is_the_likeliest_even_where_the_knobs_kept
     assert int(rows.table.order[cursor.end_token()]) == 0
 
 
+def test_a_tokenizer_whose_token_bytes_cannot_be_read_is_refused_when_the_pair_loads(cross_dirs, monkeypatch):
+    """A vocabulary misread as bytes (here: `▁` left as is, as a slow SentencePiece tokenizer's pieces would be
+    read) would write garbled text: the pair is refused, naming the tokenizer, before anything decodes."""
+    import baco.models.chars as chars
+
+    lms = [HFCausalLM.from_pretrained(path, device="cpu") for path in cross_dirs]
+    CrossPair(*lms)  # both tiny tokenizers read back
+    misread = lambda tokenizer, size: [None if p is None else p.replace(b" ", "▁".encode())  # noqa: E731
+                                       for p in token_bytes(tokenizer, size)]
+    monkeypatch.setattr(chars, "token_bytes", misread)
+    with pytest.raises(TokenizerMismatchError, match="cannot read the bytes of the .* tokenizer's tokens"):
+        CrossPair(*lms)
+
+
 def test_byte_fallback_tokens_are_named_for_sentencepiece_tokenizers_only():
     sentencepiece, byte_level = train_sentencepiece_tokenizer(700), train_tokenizer(400)
     named = byte_fallback_ids(sentencepiece)

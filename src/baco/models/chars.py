@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from baco.decode.sampling import MIN_TEMPERATURE, SamplingParams
-from baco.errors import BacoError
+from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.hf import HFCausalLM, HFSession
 from baco.vocab import FUNCTION_WORDS, control_token_ids, is_punct_or_format
 
@@ -115,6 +115,23 @@ def token_bytes(tokenizer, size: int) -> list[bytes | None]:
     return (out + [None] * size)[:size]
 
 
+PROBE_TEXT = "Hello, world!\n  Café naïve — 日本の夏 😀 (x=1.5)"
+
+
+def _check_reading(lm, pieces: list[bytes | None]) -> None:
+    """Refuse a tokenizer whose tokens' bytes `token_bytes` cannot read: its encoding of a probe text must join
+    back to the text (or to it after the one leading space a SentencePiece dummy prefix adds). A misread
+    vocabulary (a slow tokenizer without a decoder description, say) would otherwise write garbled text."""
+    text = PROBE_TEXT.encode("utf-8")
+    ids = lm.tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    joined = b"".join(pieces[i] or b"" if 0 <= i < len(pieces) else b"" for i in ids)
+    if joined not in (text, b" " + text):
+        raise TokenizerMismatchError(
+            f"cannot read the bytes of the {lm.name!r} tokenizer's tokens (its encoding of a probe text reads back "
+            f"as {joined[:40]!r}..., not {text[:40]!r}...): the cross-tokenizer methods need a fast tokenizer "
+            f"(tokenizer.json) of the byte-level BPE or SentencePiece kind")
+
+
 def _sentencepiece_style(kinds: set[str]) -> bool:
     return bool(kinds & {"Metaspace", "Replace", "ByteFallback"})
 
@@ -169,6 +186,7 @@ class TokenBytes:
         stops = set(lm.stop_token_ids)
         controls = control_token_ids(lm.tokenizer) - stops
         allowed = [i not in controls and pieces[i] is not None for i in range(size)]
+        _check_reading(lm, pieces)
         return cls(pieces, stops, allowed, byte_fallback_ids(lm.tokenizer))
 
     def prefix_range(self, prefix: bytes, lo: int = 0, hi: int | None = None) -> tuple[int, int, int]:
