@@ -91,9 +91,10 @@ def test_a_tokenizer_whose_token_bytes_cannot_be_read_is_refused_when_the_pair_l
 
     lms = [HFCausalLM.from_pretrained(path, device="cpu") for path in cross_dirs]
     CrossPair(*lms)  # both tiny tokenizers read back
-    misread = lambda tokenizer, size: [None if p is None else p.replace(b" ", "▁".encode())  # noqa: E731
-                                       for p in token_bytes(tokenizer, size)]
-    monkeypatch.setattr(chars, "token_bytes", misread)
+    read = chars._read_tokens
+    misread = lambda tokenizer, size: ([None if p is None else p.replace(b" ", "▁".encode())  # noqa: E731
+                                        for p in read(tokenizer, size)[0]], read(tokenizer, size)[1])
+    monkeypatch.setattr(chars, "_read_tokens", misread)
     with pytest.raises(TokenizerMismatchError, match="cannot read the bytes of the .* tokenizer's tokens"):
         CrossPair(*lms)
 

@@ -95,12 +95,25 @@ def token_bytes(tokenizer, size: int) -> list[bytes | None]:
     SentencePiece-style (Gemma, Llama-2): `▁` is a space and `<0xNN>` a byte (byte fallback).
     Added tokens are their literal text. Other tokenizers: the token decoded on its own.
     """
+    return _read_tokens(tokenizer, size)[0]
+
+
+def byte_fallback_ids(tokenizer) -> set[int]:
+    """The `<0xNN>` byte tokens of a SentencePiece-style tokenizer with byte fallback. Their bytes duplicate
+    ordinary pieces (Gemma: `<0x41>` and `A`); the tokenizer writes the ordinary piece, so that one is fed."""
+    return _read_tokens(tokenizer, len(tokenizer))[1]
+
+
+def _read_tokens(tokenizer, size: int) -> tuple[list[bytes | None], set[int]]:
+    """`token_bytes` and `byte_fallback_ids` in one pass over the vocabulary (reading the decoder's kinds parses
+    the whole tokenizer description: over a second for Gemma's 262k tokens)."""
     kinds = _decoder_kinds(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     added = {int(i): str(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     alphabet = _gpt2_byte_alphabet() if "ByteLevel" in kinds else None
-    sentencepiece = _sentencepiece_style(kinds)
+    sentencepiece = bool(kinds & {"Metaspace", "Replace", "ByteFallback"})
     out: list[bytes | None] = []
+    fallback: set[int] = set()
     for token_id, piece in enumerate(pieces):
         if token_id in added or piece is None:
             out.append(added.get(token_id, "").encode("utf-8"))
@@ -109,10 +122,12 @@ def token_bytes(tokenizer, size: int) -> list[bytes | None]:
         elif sentencepiece:
             match = _BYTE_TOKEN.match(piece)
             out.append(bytes([int(match.group(1), 16)]) if match else piece.replace("▁", " ").encode("utf-8"))
+            if match:
+                fallback.add(token_id)
         else:
             text = tokenizer.decode([token_id])
             out.append(None if "\ufffd" in text else text.encode("utf-8"))
-    return (out + [None] * size)[:size]
+    return (out + [None] * size)[:size], fallback
 
 
 PROBE_TEXT = "Hello, world!\n  Café naïve — 日本の夏 😀 (x=1.5)"
@@ -130,20 +145,6 @@ def _check_reading(lm, pieces: list[bytes | None]) -> None:
             f"cannot read the bytes of the {lm.name!r} tokenizer's tokens (its encoding of a probe text reads back "
             f"as {joined[:40]!r}..., not {text[:40]!r}...): the cross-tokenizer methods need a fast tokenizer "
             f"(tokenizer.json) of the byte-level BPE or SentencePiece kind")
-
-
-def _sentencepiece_style(kinds: set[str]) -> bool:
-    return bool(kinds & {"Metaspace", "Replace", "ByteFallback"})
-
-
-def byte_fallback_ids(tokenizer) -> set[int]:
-    """The `<0xNN>` byte tokens of a SentencePiece-style tokenizer with byte fallback. Their bytes duplicate
-    ordinary pieces (Gemma: `<0x41>` and `A`); the tokenizer writes the ordinary piece, so that one is fed."""
-    if not _sentencepiece_style(_decoder_kinds(tokenizer)):
-        return set()
-    added = {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
-    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    return {i for i, piece in enumerate(pieces) if i not in added and piece and _BYTE_TOKEN.match(piece)}
 
 
 class TokenBytes:
@@ -182,12 +183,12 @@ class TokenBytes:
     @classmethod
     def from_model(cls, lm: HFCausalLM) -> "TokenBytes":
         size = max(lm.output_rows, len(lm.tokenizer))
-        pieces = token_bytes(lm.tokenizer, size)
+        pieces, fallback = _read_tokens(lm.tokenizer, size)
         stops = set(lm.stop_token_ids)
         controls = control_token_ids(lm.tokenizer) - stops
         allowed = [i not in controls and pieces[i] is not None for i in range(size)]
         _check_reading(lm, pieces)
-        return cls(pieces, stops, allowed, byte_fallback_ids(lm.tokenizer))
+        return cls(pieces, stops, allowed, fallback)
 
     def prefix_range(self, prefix: bytes, lo: int = 0, hi: int | None = None) -> tuple[int, int, int]:
         """(lo, hi, exact): sorted text tokens starting with `prefix`; the first `exact` of them equal it."""
