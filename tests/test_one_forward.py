@@ -2,6 +2,8 @@
 weights, and the engine steps both sides as rows of one batch (the adapter's update weighted per row)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -172,6 +174,18 @@ def test_cli_one_forward_gives_the_two_model_samples(adapter_dirs, tmp_path):
     with pytest.raises(SystemExit) as usage:
         main(["generate", "--one-forward", "sideways", "--prompt", "x"])
     assert usage.value.code == 2
+
+
+def test_an_adapter_pair_loads_without_library_notices_on_stderr(adapter_dirs, tmp_path):
+    """peft wraps the model by reading a transformers attribute that is deprecated: a notice about the
+    libraries' code, which a user of `baco generate` on an adapter pair should not see on every run."""
+    base, adapter = adapter_dirs
+    run = subprocess.run([sys.executable, "-m", "baco.cli", "generate", "--base", str(base), "--aligned", str(adapter),
+                          "--dtype", "float32", "--one-forward", "on", "--n", "1", "--max-new-tokens", "4",
+                          "--prompt", "Name a fruit.", "--out", str(tmp_path / "out.jsonl"), "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr.lower(), run.stderr
 
 
 @pytest.mark.slow

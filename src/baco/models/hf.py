@@ -23,6 +23,9 @@ from baco.vocab import control_token_ids
 # transformers 5.2x renames forward(past_key_values=) to cache= but its `cache=` does not yet fill a
 # cache passed in; keep the working keyword and silence the rename notice.
 warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", category=FutureWarning)
+# peft 0.21 reads the model's `is_gradient_checkpointing` (deprecated in transformers 5.2x) when it wraps a
+# model: a notice about peft's code, not the user's, printed on every adapter load.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 # Names of end-of-turn tokens used by common chat templates; added to the stops when present.
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "</s>")
