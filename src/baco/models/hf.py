@@ -27,6 +27,17 @@ warnings.filterwarnings("ignore", message=r".*past_key_values.* is deprecated", 
 # model: a notice about peft's code, not the user's, printed on every adapter load.
 warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
+
+class _DropCacheRenameNotice(logging.Filter):
+    """transformers 5.2x also logs the rename (once per process) when a model output's `past_key_values` is
+    read: the same notice about a keyword baco keeps on purpose (above), printed into users' progress bars."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`past_key_values`/`cache_params` are deprecated" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.generic").addFilter(_DropCacheRenameNotice())
+
 # Names of end-of-turn tokens used by common chat templates; added to the stops when present.
 END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "</s>")
 
