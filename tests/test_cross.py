@@ -20,7 +20,7 @@ from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.chars import (END_FLOOR, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
                                filtered_logprobs, token_bytes)
 from baco.models.hf import HFCausalLM
-from baco.testing import make_tiny_cross_pair, train_sentencepiece_tokenizer, train_tokenizer
+from baco.testing import make_tiny_cross_pair, memorise, train_sentencepiece_tokenizer, train_tokenizer
 from sampling_reference import transformers_distribution
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
@@ -241,17 +241,7 @@ def memorising_pair(directory, text):
                   else tok(fmt.render_base("Say it."))["input_ids"])
         answer = tok(" " + text, add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids(
             "<end_of_turn>" if aligned else "<eos>")]
-        ids = torch.tensor([prompt + answer])
-        labels = ids.clone()
-        labels[0, : len(prompt)] = -100
-        model = lm.model.train()
-        optimiser = torch.optim.Adam(model.parameters(), lr=3e-2)
-        torch.manual_seed(0)
-        for _ in range(150):
-            optimiser.zero_grad()
-            model(input_ids=ids, labels=labels).loss.backward()
-            optimiser.step()
-        model.eval().save_pretrained(path)
+        memorise(lm.model, [(prompt, answer)]).save_pretrained(path)
     return base_dir, aligned_dir
 
 

@@ -6,6 +6,7 @@ import torch
 
 from baco import SamplingParams
 from baco.decode.records import Sample
+from baco.models.hf import HFCausalLM
 from baco.prompts import PromptFormat
 from baco.strategies import (NEGATIVE_TEMPLATE, VERBALIZED_TEMPLATE, _item_sample, negative_prompting, split_items,
                              verbalized_sampling)
@@ -72,13 +73,22 @@ def test_verbalized_sampling_asks_for_probabilities_and_keeps_them_out_of_the_sa
                                                          "Catch-22"]
 
 
-def test_verbalized_sampling_yields_only_parsed_items(collab):
-    params = SamplingParams(max_new_tokens=8, seed=1)
-    samples = list(verbalized_sampling(collab.pair.aligned, PROMPTS, n=4, k=2, sampling=params,
-                                       fmt=PromptFormat()))
-    assert len(samples) <= 2 * 4
-    for s in samples:  # a random tiny model rarely numbers its lines; whatever it yields must be an item
-        assert s.router == "verbalized:2" and s.text and "\n" not in s.text
+def test_verbalized_sampling_yields_only_parsed_items(verbalizing_dirs):
+    """The aligned model answers the request with a numbered list (NUMBERED_ANSWERS in conftest): each item,
+    its probability cut off, is one sample with the tokens that write it; n=3 from k=2 takes two responses."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    prompts = ["Name a fruit.", "Tell me a story about a dragon."]
+    greedy = SamplingParams(temperature=0, max_new_tokens=24)  # 2 x 24 tokens: room for either whole list
+    samples = list(verbalized_sampling(lm, prompts, n=3, k=2, sampling=greedy, fmt=PromptFormat()))
+    items = [["Apple", "Mango", "Apple"], ["A red dragon", "A tiny dragon", "A red dragon"]]
+    assert [(s.prompt_index, s.sample_index, s.text) for s in samples] == [
+        (i, j, text) for i in range(2) for j, text in enumerate(items[i])]
+    assert [s.prompt for s in samples] == [p for p in prompts for _ in range(3)]  # the prompt, not the request
+    assert {s.router for s in samples} == {"verbalized:2"} and {s.finish_reason for s in samples} == {"stop"}
+    for s in samples:
+        assert "".join(s.token_texts).lstrip() == s.text  # the first token may carry the space before the item
+        assert lm.tokenizer.decode(s.token_ids).lstrip() == s.text
+        assert len(s.sources) == len(s.chosen_prob) == len(s.token_ids)
 
 
 def test_strategies_run_through_the_api_like_routers(collab):

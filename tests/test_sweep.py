@@ -182,11 +182,14 @@ def test_bad_configurations_are_refused_before_anything_runs(raw, message):
         parse_config(raw)
 
 
-def test_multi_pass_methods_run_in_a_sweep_and_are_not_rerun(engines, tmp_path):
+def test_multi_pass_methods_run_in_a_sweep_and_are_not_rerun(verbalizing_dirs, tmp_path):
+    # the aligned model answers verbalized sampling's request with a numbered list (conftest's NUMBERED_ANSWERS)
+    engines = Engines.load(*map(str, verbalizing_dirs), device="cpu")
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Name a fruit.", "Why?"]))
+    asked = ["Name a fruit.", "Tell me a story about a dragon."]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in asked))
     config = parse_config({"n": 3, "tasks": [{"path": str(prompts), "name": "mine"}],
-                           "sampling": {"max_new_tokens": 6},
+                           "sampling": {"max_new_tokens": 24},
                            "methods": {"negative": {"router": "negative", "values": [0.5]},
                                        "verbalized": {"router": "verbalized", "values": [2]}}})
     assert [c.name for c in config.configurations] == ["negative:0.5", "verbalized:2"]
@@ -194,7 +197,11 @@ def test_multi_pass_methods_run_in_a_sweep_and_are_not_rerun(engines, tmp_path):
     rows = Store(tmp_path / "run" / "samples.jsonl").read()
     negative = [r for r in rows if r["config"] == "negative:0.5"]
     assert len(negative) == 6 and {r["router"] for r in negative} == {"negative:0.5"}
-    assert all(r["router"] == "verbalized:2" for r in rows if r["config"] == "verbalized:2")
+    verbalized = [r for r in rows if r["config"] == "verbalized:2"]
+    indices = sorted((r["prompt_index"], r["sample_index"]) for r in verbalized)
+    assert indices == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert {r["router"] for r in verbalized} == {"verbalized:2"}
+    assert {r["text"] for r in verbalized} <= {"Apple", "Mango", "A red dragon", "A tiny dragon"}  # items only
     # verbalized sampling may yield fewer samples than asked; its cell is complete and not rerun
     assert run_cells(config, tmp_path / "run", engines, progress=False)["generated"] == 0
 

@@ -175,6 +175,29 @@ def make_tiny_adapter(directory: str | Path, base: str | Path, *, seed: int = 0,
     return Path(directory)
 
 
+def memorise(model, examples: list[tuple[list[int], list[int]]], *, steps: int = 150, lr: float = 3e-2):
+    """Train a tiny causal LM (in place) until its greedy answer to each prompt is the given answer; return it
+    in eval mode. `examples`: (prompt ids, answer ids ending with a stop id). A random tiny model writes
+    gibberish; a test that needs a particular text from it (a numbered list, emoji and CJK) teaches it that
+    text first. The loss is on the answer tokens only; a few seconds on one CPU thread."""
+    import torch
+
+    batches = []
+    for prompt, answer in examples:
+        ids = torch.tensor([list(prompt) + list(answer)], device=model.device)
+        labels = ids.clone()
+        labels[0, : len(prompt)] = -100  # the prompt is given, not learnt
+        batches.append((ids, labels))
+    model.train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        sum(model(input_ids=ids, labels=labels).loss for ids, labels in batches).backward()
+        optimiser.step()
+    return model.eval()
+
+
 def make_tiny_cross_pair(directory: str | Path, *, seed: int = 0, context: int = 256) -> tuple[Path, Path]:
     """A tiny random pair whose tokenizers differ: a byte-level BPE base (vocab 400, GPT-2 / SmolLM style)
     and a SentencePiece-style aligned model with byte fallback (vocab 700, Gemma style, trained on other
