@@ -1,5 +1,6 @@
 """The JUDGE ablation on the tiny pair: decisions follow the judge's own A/B logits, are cached, and are costed."""
 
+import pytest
 import torch
 
 from baco import SamplingParams
@@ -8,21 +9,26 @@ from baco.routers.judge import QUESTION, JudgeRouter
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon."]
 
 
+def forward_margin(collab, prompt, text, a, b) -> float:
+    """The judge's question rendered by hand and read by a plain forward of the aligned model: logit("A") -
+    logit("B") at its last position (no batching, padding or cache, unlike `JudgeRouter.margins`)."""
+    tok = collab.pair.aligned.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": QUESTION.format(
+        prompt=prompt, text=text.strip() or "(nothing yet)", a=a.strip(), b=b.strip())}],
+        tokenize=False, add_generation_prompt=True)
+    ids = tok(chat, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = collab.pair.aligned.model(torch.tensor([ids])).logits[0, -1]
+    a_id, b_id = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
+    return float(logits[a_id] - logits[b_id])
+
+
 def test_the_judge_prefers_the_option_its_logits_favour(collab):
     judge = JudgeRouter(collab.pair.aligned)
     questions = [("Name a fruit.", " I like", " apples", " rocks"), ("Why?", "", " Because", " No"),
                  ("Name a fruit.", " I like", " rocks", " apples")]
     got = judge.prefers_first(questions)
-    tok = collab.pair.aligned.tokenizer
-    for (prompt, text, a, b), answer in zip(questions, got):
-        chat = tok.apply_chat_template([{"role": "user", "content": QUESTION.format(
-            prompt=prompt, text=text.strip() or "(nothing yet)", a=a.strip(), b=b.strip())}],
-            tokenize=False, add_generation_prompt=True)
-        ids = tok(chat, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            logits = collab.pair.aligned.model(torch.tensor([ids])).logits[0, -1]
-        a_id, b_id = tok("A", add_special_tokens=False)["input_ids"][0], tok("B", add_special_tokens=False)["input_ids"][0]
-        assert answer == bool(logits[a_id] >= logits[b_id])
+    assert got == [forward_margin(collab, *question) >= 0 for question in questions]
     assert judge.stats.calls == 1 and judge.stats.questions == 3 and judge.stats.prompt_tokens > 0
 
 
@@ -33,9 +39,14 @@ def test_the_judge_asks_both_orders_so_its_choice_does_not_depend_on_which_word_
     questions = [("Name a fruit.", " I like", " apples", " rocks"), ("Why?", "", " Because", " No"),
                  ("Tell me a story.", " Once", " upon", " there")]
     swapped = [(p, t, b, a) for p, t, a, b in questions]
-    margins = judge.margins(questions + swapped)
+    base_first = [forward_margin(collab, *q) for q in questions]
+    aligned_first = [forward_margin(collab, *q) for q in swapped]
+    # the tiny judge favours one position: asked in one order only, it would pick by position, not by word
+    assert any((m > 0) == (n > 0) for m, n in zip(base_first, aligned_first))
+    assert judge.margins(questions + swapped) == pytest.approx(base_first + aligned_first, abs=1e-4)
     base_wins = judge.prefers_base(questions)
-    assert base_wins == [m - n > 0 for m, n in zip(margins[:3], margins[3:])]
+    assert base_wins == [m - n > 0 for m, n in zip(base_first, aligned_first)]
+    assert set(base_wins) == {True, False}  # both outcomes occur
     assert judge.prefers_base(swapped) == [not wins for wins in base_wins]
     assert judge.stats.questions == 6 + 6 + 6 and judge.stats.calls == 1  # both orders asked once, then cached
 
