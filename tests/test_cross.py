@@ -16,7 +16,7 @@ from baco.cli import main
 from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
-from baco.errors import BacoError, TokenizerMismatchError
+from baco.errors import BacoError, PromptError, TokenizerMismatchError
 from baco.models.chars import (END_FLOOR, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
                                filtered_logprobs, token_bytes)
 from baco.models.hf import HFCausalLM
@@ -453,14 +453,23 @@ def test_a_budget_cut_to_fit_the_context_keeps_both_models_within_it(short_conte
             assert len(request.aligned_ids) + len(sample.aligned_token_ids) <= context
 
 
-def test_requests_validate_like_the_token_path(cross):
-    with pytest.raises(Exception, match="empty"):
-        cross.generate([""], router="chared:0.5")
-    assert Request  # the cross loop takes the same requests as the lockstep loop
+@pytest.mark.parametrize("prompts, message", [
+    ([""], "prompt 0 is empty"), (["Hi", " \n"], "prompt 1 is empty"),
+    (["Hi", 3], "prompt 1 must be a string, got int"),
+    (["word " * 300], r"prompt 0 is \d+ tokens once templated, but the models accept at most 256 tokens of context "
+                      r"\(and need room for at least one new token\)"),
+])
+def test_requests_validate_like_the_token_path(cross, collab, prompts, message):
+    """The cross loop takes its requests from the checks the lockstep loop's go through: a bad prompt gets
+    the token path's error, whole (the pattern is anchored at both ends)."""
+    with pytest.raises(PromptError, match=f"^{message}$"):
+        cross.generate(prompts, router="chared:0.5")
+    with pytest.raises(PromptError, match=f"^{message}$"):
+        collab.generate(prompts, router="p-punc:0.5")
 
 
 def test_a_sweep_on_a_cross_pair_runs_cross_methods_and_single_models(cross_dirs, tmp_path):
-    from baco.sweep import Engines, SampleStore, SweepConfigError, parse_config, run_cells
+    from baco.sweep import Engines, SampleStore, parse_config, run_cells
 
     engines = Engines.load(*map(str, cross_dirs), device="cpu")
     assert isinstance(engines.pair, CrossPair)
@@ -474,10 +483,12 @@ def test_a_sweep_on_a_cross_pair_runs_cross_methods_and_single_models(cross_dirs
     units = {r["config"]: r["unit"] for r in rows}
     assert units == {"base": "token", "chared:0.5": "span", "p-punc-words:0.3": "span", "unite": "span"}
     assert len(rows) == 4 * 2 * 2
-    raw["methods"] = {"p-punc": {"router": "p-punc", "values": [0.3]}}
+    # a token router among cross methods is refused before any cell runs: the chared cell, planned first,
+    # stores nothing
+    raw["methods"] = {"chared": {"router": "chared", "values": [0.5]}, "p-punc": {"router": "p-punc", "values": [0.3]}}
     with pytest.raises(TokenizerMismatchError, match="p-punc-words"):
         run_cells(parse_config(raw), tmp_path / "bad", engines, progress=False)
-    assert SweepConfigError  # a token router is refused before any cell of the cross pair runs
+    assert SampleStore(tmp_path / "bad" / "samples.jsonl").read() == []
 
 
 def test_smollm2_needs_its_package_and_says_how_to_install_it(monkeypatch, tmp_path):
