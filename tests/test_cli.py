@@ -108,7 +108,7 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "p-punc" in done.stdout
 
 
-def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tmp_path):
+def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tmp_path, capsys):
     import torch
 
     from baco.cli import main
@@ -116,11 +116,14 @@ def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tm
     base, aligned = map(str, tiny_dirs)
     common = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Hi", "--n", "1",
               "--max-new-tokens", "2", "--quiet", "--device", "cpu"]
-    assert main(common + ["--threads", "0"]) == 2
     before = torch.get_num_threads()
+    assert main(common + ["--threads", "0"]) == 2
+    assert "--threads must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert torch.get_num_threads() == before
+    target = 2 if before == 1 else 1  # not the present count, or the check could not fail
     try:
-        assert main(common + ["--threads", "1", "--out", str(tmp_path / "o.jsonl")]) == 0
-        assert torch.get_num_threads() == 1
+        assert main(common + ["--threads", str(target), "--out", str(tmp_path / "o.jsonl")]) == 0
+        assert torch.get_num_threads() == target
     finally:
         torch.set_num_threads(before)
 
