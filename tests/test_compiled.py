@@ -115,7 +115,7 @@ def test_compile_is_refused_where_it_cannot_apply(tiny_dirs, tmp_path):
     assert all(lm.compiled for lm, _ in engines.pair.sides)
 
 
-def test_baco_sweep_compile_writes_the_samples_of_the_eager_sweep(tiny_dirs, tmp_path):
+def test_baco_sweep_compile_writes_the_samples_of_the_eager_sweep(tiny_dirs, tmp_path, capsys):
     """`baco sweep --compile`: the cells run on compiled forwards; the samples are the eager sweep's, and a run
     may be resumed with or without it (compiling is not part of what the samples are)."""
     import yaml
@@ -136,5 +136,8 @@ def test_baco_sweep_compile_writes_the_samples_of_the_eager_sweep(tiny_dirs, tmp
         graphs[name] = counters["stats"]["unique_graphs"] - before
     assert graphs["eager"] == 0 and graphs["compiled"] > 0  # the compiled sweep did compile its forwards
     assert rows["compiled"] == rows["eager"] and len(rows["eager"]) == 2 * 3 * 3
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:  # a switch: a value given to it is a usage error
         main(["sweep", str(tmp_path / "sweep.yaml"), "--compile=yes"])
+    assert exited.value.code == 2
+    assert "argument --compile: ignored explicit argument 'yes'" in capsys.readouterr().err
