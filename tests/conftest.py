@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny random base/aligned pair on disk per test session."""
+"""Shared fixtures: one tiny random base/aligned pair on disk per test session, and a copy taught numbered lists."""
 
 import shutil
 

@@ -77,13 +77,12 @@ def test_verbalized_sampling_yields_only_parsed_items(verbalizing_dirs):
     """The aligned model answers the request with a numbered list (NUMBERED_ANSWERS in conftest): each item,
     its probability cut off, is one sample with the tokens that write it; n=3 from k=2 takes two responses."""
     lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
-    prompts = ["Name a fruit.", "Tell me a story about a dragon."]
     greedy = SamplingParams(temperature=0, max_new_tokens=24)  # 2 x 24 tokens: room for either whole list
-    samples = list(verbalized_sampling(lm, prompts, n=3, k=2, sampling=greedy, fmt=PromptFormat()))
+    samples = list(verbalized_sampling(lm, PROMPTS, n=3, k=2, sampling=greedy, fmt=PromptFormat()))
     items = [["Apple", "Mango", "Apple"], ["A red dragon", "A tiny dragon", "A red dragon"]]
     assert [(s.prompt_index, s.sample_index, s.text) for s in samples] == [
         (i, j, text) for i in range(2) for j, text in enumerate(items[i])]
-    assert [s.prompt for s in samples] == [p for p in prompts for _ in range(3)]  # the prompt, not the request
+    assert [s.prompt for s in samples] == [p for p in PROMPTS for _ in range(3)]  # the prompt, not the request
     assert {s.router for s in samples} == {"verbalized:2"} and {s.finish_reason for s in samples} == {"stop"}
     for s in samples:
         assert "".join(s.token_texts).lstrip() == s.text  # the first token may carry the space before the item
