@@ -87,6 +87,29 @@ def test_generate_refuses_to_append_to_a_file_that_is_not_jsonl(tiny_dirs, tmp_p
     assert notes.read_text() == "my notes\nmore notes\n"
 
 
+@pytest.mark.parametrize("content", [b"my only important line, no newline", b"\x80\x81"])
+def test_generate_keeps_a_file_whose_unfinished_last_line_follows_no_sample(tiny_dirs, tmp_path, capsys, content):
+    """A last line without its newline is a row cut off by a kill only in a file of samples: in any other file
+    (one line of text, a few binary bytes) it is the user's, refused before any model loads, not dropped."""
+    out = tmp_path / "single.txt"
+    out.write_bytes(content)
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "hi")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: --out {str(out)!r} is not a JSON Lines samples file ({out}:1: ")
+    assert err.count("\n") == 1 and out.read_bytes() == content
+
+
+def test_a_sweep_keeps_an_unfinished_line_of_a_samples_file_it_did_not_write(tiny_dirs, tmp_path, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text(json.dumps(small_config(tmp_path, tiny_dirs)))
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "samples.jsonl").write_bytes(b"notes of mine, no newline")
+    assert main(["sweep", str(config), "--out", str(run), "--quiet", "--no-eval"]) == 2
+    assert "samples.jsonl is not a sweep's samples file" in capsys.readouterr().err
+    assert (run / "samples.jsonl").read_bytes() == b"notes of mine, no newline"
+
+
 # ---------------------------------------------------------------- 2: one sweep per run directory
 
 def test_a_second_sweep_on_a_locked_run_directory_is_refused_naming_the_holder(tiny_dirs, tmp_path, capsys):

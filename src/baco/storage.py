@@ -7,7 +7,9 @@
   in one `os.write` to a file opened with O_APPEND, so rows never interleave within a line and a
   kill leaves at most one torn last line. Opening repairs such a line first (`repair_tail`): a
   complete row that only lacks its newline gets one; a cut-off row is dropped (it was never
-  finished, so nothing that was written completely is lost) and the caller is told.
+  finished, so nothing that was written completely is lost) and the caller is told. Writers to a
+  user's `--out` first check that the file holds a row of theirs (`foreign_tail`): in a file with
+  none, the unfinished line is someone's text, refused rather than dropped.
 - `scan_jsonl` reads a file the way `baco check` and `baco eval` report it: rows with their line
   numbers, the torn last line, corrupt lines (not JSON, not UTF-8), never raising on content.
 - `stable_id`: a row's identity, a hash of everything that determines the sample, so the same
@@ -31,6 +33,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from baco.errors import OutputError, RunLockedError
 
@@ -84,6 +87,17 @@ def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
         else:
             scan.rows.append((len(lines) + 1, row))  # complete, only its newline is missing
     return scan
+
+
+def foreign_tail(scan: JsonlScan, is_row: Callable[[object], bool]) -> str | None:
+    """Why the torn last line of a file may not be dropped, or None when it may.
+
+    Dropping an unfinished last line is a repair only in a file of baco's own rows, where it is a row a
+    kill cut off; in a file with none of them (`is_row`), such as a text whose only line lacks a newline,
+    it is someone else's text, and is refused rather than lost."""
+    if scan.torn is None or any(is_row(row) for _, row in scan.rows):
+        return None
+    return f"{scan.path}:{scan.torn[0]}: its last line is not JSON, and no line before it is one baco wrote"
 
 
 def read_bytes(path: Path) -> bytes:

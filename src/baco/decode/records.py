@@ -274,6 +274,15 @@ def write_jsonl(samples: Iterable[Sample], handle: IO[str]) -> int:
     return count
 
 
+# the fields every sample row has, whichever baco wrote it (rows written before ids have no `id`)
+SAMPLE_FIELDS = frozenset({"prompt", "prompt_index", "sample_index", "router", "seed"})
+
+
+def is_sample_row(row) -> bool:
+    """A row of a `baco generate --out` file."""
+    return isinstance(row, dict) and SAMPLE_FIELDS <= set(row)
+
+
 def read_jsonl(path: str | Path) -> list[Sample]:
     """The samples of a `baco generate --out` file, each once; a torn last line is skipped with a warning,
     any other unreadable line is an error naming it."""
@@ -288,10 +297,9 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     if scan.torn:
         warnings.warn(scan.problems()[-1] + "; skipped", stacklevel=2)
     samples, seen = [], set()
-    required = {"prompt", "prompt_index", "sample_index", "router", "seed"}
     for number, row in scan.rows:
-        if not isinstance(row, dict) or not required <= set(row):
-            raise BacoError(f"{path}:{number}: not a baco sample (needs {', '.join(sorted(required))})")
+        if not is_sample_row(row):
+            raise BacoError(f"{path}:{number}: not a baco sample (needs {', '.join(sorted(SAMPLE_FIELDS))})")
         if isinstance(row.get("id"), str):  # rows written before ids have none
             if row["id"] in seen:
                 warnings.warn(f"{path}:{number}: sample {row['id']} is stored twice; read once", stacklevel=2)
@@ -314,7 +322,9 @@ class SampleFile:
     One writer: the file's lock (`.FILE.lock` next to it, `storage.WriterLock`) is taken before the file
     is read and held until `close()`, so a second run on the same file is refused instead of making the
     same samples again. The file is opened (and a torn last line repaired) only when the first sample is
-    written.
+    written. A file that is not one of samples is refused before anything is done: one with lines that are
+    not JSON, or whose unfinished last line follows no sample row (a text without its final newline is not
+    a row cut off by a kill: dropping it would lose it).
     """
 
     def __init__(self, path: str | os.PathLike, identity: dict):
@@ -329,11 +339,12 @@ class SampleFile:
 
     def _read(self) -> None:
         from baco.errors import OutputError
-        from baco.storage import scan_jsonl
+        from baco.storage import foreign_tail, scan_jsonl
 
         scan = scan_jsonl(self.path)
-        if scan.corrupt:
-            raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({scan.problems()[0]}); "
+        problem = scan.problems()[0] if scan.corrupt else foreign_tail(scan, is_sample_row)
+        if problem:
+            raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({problem}); "
                               f"baco appends only to such a file: choose another")
         self.stored = {row["id"] for _, row in scan.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
         # (prompt text, occurrence, sample index, prompt index, id) of each stored sample: a sample depends on

@@ -22,7 +22,7 @@ from typing import Iterator
 from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
 from baco.defaults import MEMORY_FRACTION
 from baco.decode.records import Sample
-from baco.errors import BacoError
+from baco.errors import BacoError, OutputError
 from baco.models.chars import CrossPair
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
@@ -30,9 +30,10 @@ from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
 from baco.strategies import parse_strategy
-from baco.storage import JsonlAppender, append_row, repair_tail
+from baco.storage import JsonlAppender, append_row, foreign_tail, repair_tail, scan_jsonl
 from baco.sweep import ledger
 from baco.sweep.config import Cell, Configuration, SweepConfig
+from baco.sweep.store import is_sample_row
 from baco.sweep.lock import RunLock
 from baco.tasks import TaskWarning, load_task, select
 
@@ -174,9 +175,19 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
             print(f"baco: warning: cell {cell.key}: {ledger.describe(cell)}; each sample is used once", file=log)
 
 
+def _check_own_samples(out_dir: Path) -> None:
+    """Refuse to drop the unfinished last line of a samples.jsonl that is not a sweep's: one with no sample row
+    in a folder where no sweep recorded a plan (a sweep records its plan before its first sample)."""
+    problem = foreign_tail(scan_jsonl(out_dir / ledger.SAMPLES), is_sample_row)
+    if problem and not ledger.read_plan(out_dir):
+        raise OutputError(f"--out {str(out_dir)!r}: {ledger.SAMPLES} is not a sweep's samples file ({problem}); "
+                          f"a sweep appends only to its own: choose another --out")
+
+
 def pending(config: SweepConfig, out_dir: Path, log) -> Pending:
     """Repair a torn last line, record the plan, audit what is stored (the caller holds the lock)."""
     items_of, plan = plan_sweep(config)
+    _check_own_samples(out_dir)
     message = repair_tail(out_dir / ledger.SAMPLES)
     if message:
         warnings.warn(message, stacklevel=3)
