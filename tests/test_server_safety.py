@@ -95,6 +95,36 @@ def test_the_openapi_schema_fuzzed_gives_no_server_error(guarded):
             fuzz()
 
 
+def _raw(body: str) -> bytes:
+    """A JSON body as bytes, as a client sends it: `\\ud800` stays an escape (no encoder would write the char)."""
+    return body.encode("ascii")
+
+
+USER = '{"role": "user", "content": "hi"}'
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": "hi \\ud800"}}], "max_tokens": 2}}',
+     "prompt 0 is not valid Unicode text (a lone surrogate U+D800 at character 4)"),
+    ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": "\\ud800"}}], "stream": true}}',
+     "prompt 0 is not valid Unicode text"),
+    ("/v1/chat/completions", f'{{"messages": [{{"role": "system", "content": "be \\udc80"}}, {USER}]}}',
+     "the system prompt is not valid Unicode text"),
+    ("/v1/chat/completions", f'{{"messages": [{USER}, {{"role": "assistant", "content": "\\udfff"}}, {USER}]}}',
+     "few-shot example 0 (answer) is not valid Unicode text"),
+    ("/v1/completions", '{"prompt": ["fine", "hi \\ud800"], "max_tokens": 2}', "prompt 1 is not valid Unicode text"),
+    ("/v1/completions", '{"prompt": "\\ud800", "stream": true}', "prompt 0 is not valid Unicode text"),
+])
+def test_text_that_is_not_valid_unicode_is_refused_400_in_openais_error_shape(guarded, path, body, words):
+    """A lone surrogate is valid JSON but no text a tokenizer encodes: refused before any row runs, wherever the
+    request carries text to the models (a prompt, a system message, an earlier turn)."""
+    body = body.replace("{", '{"model": "baco", ', 1)
+    answer = requests.post(guarded.url + path, data=_raw(body), headers={**AUTH, "Content-Type": "application/json"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["type"] == "invalid_request_error" and words in error["message"]
+
+
 # ---- the command line -----------------------------------------------------------------------------------------
 def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_loading(tiny_dirs, monkeypatch,
                                                                                        capsys):

@@ -71,6 +71,42 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         assert "no model directory" not in err
 
 
+def test_generate_refuses_prompts_no_model_can_read_naming_their_line_before_loading(tmp_path, capsys):
+    """A lone surrogate (a JSON escape, or a byte that is not UTF-8 in the command's arguments, which Python reads
+    as U+DC80..U+DCFF) reaches no tokenizer; an empty prompt read from a file is named by its line."""
+    surrogate = tmp_path / "surrogate.jsonl"
+    surrogate.write_text('{"prompt": "fine"}\n{"prompt": "hi \\ud800 there"}\n')
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('{"prompt": "fine"}\n{"prompt": "  "}\n')
+    array = tmp_path / "prompts.json"
+    array.write_text('[{"prompt": "caf\\ud800"}]')
+    latin1 = "caf\udce9"  # what `--prompt $'caf\xe9'` (a Latin-1 byte) arrives as
+    cases = [
+        (["--prompt", latin1], "prompt 0 is not valid Unicode text (byte 0xe9 at character 4 is not UTF-8"),
+        (["--prompt", "fine", "--prompt", "\ud800"], "prompt 1 is not valid Unicode text (a lone surrogate U+D800 "
+                                                     "at character 1)"),
+        (["--prompts", str(surrogate)], f"{surrogate}:2: the prompt is not valid Unicode text (a lone surrogate U+D800"),
+        (["--prompts", str(blank)], f"{blank}:2: the prompt is empty"),
+        (["--prompts", str(array)], f"{array}: row 1: the prompt is not valid Unicode text"),
+        (["--prompt", "hi", "--system-prompt", latin1], "the system prompt is not valid Unicode text"),
+        (["--prompt", "hi", "--base-template", "Q: {prompt} " + latin1], "base_template is not valid Unicode text"),
+        (["--prompt", "hi", "--stop", latin1], "stop string 0 is not valid Unicode text"),
+    ]
+    for args, words in cases:
+        err = one_line_error(capsys, main(["generate", *NOWHERE, "--quiet", *args]))
+        assert words in err, (args, err)
+
+
+def test_generate_refuses_an_out_file_that_is_its_prompts_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Name a fruit."}\n')
+    (tmp_path / "sub").mkdir()
+    same = tmp_path / "sub" / ".." / "prompts.jsonl"  # the same file, spelled another way
+    err = one_line_error(capsys, main(["generate", *NOWHERE, "--prompts", str(prompts), "--out", str(same)]))
+    assert f"--out {str(same)!r} is the --prompts file" in err
+    assert prompts.read_text() == '{"prompt": "Name a fruit."}\n'
+
+
 def test_generate_refuses_an_out_file_on_a_read_only_file_system(capsys):
     folder = read_only_folder()
     if folder is None:

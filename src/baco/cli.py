@@ -168,7 +168,11 @@ def _models_and_format(args):
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line)."""
+    """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line); a prompt
+    no model can read (empty, not valid Unicode) is an error naming its line."""
+    from baco.errors import PromptError
+    from baco.prompts import prompt_problem
+
     if not path.is_file():
         raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
     if path.suffix.lower() in (".csv", ".parquet", ".json"):  # tables and JSON arrays: read as load_task reads them
@@ -199,6 +203,9 @@ def read_prompts(path: Path) -> list[str]:
         prompt = row.get("prompt") if isinstance(row, dict) else row
         if not isinstance(prompt, str):
             raise BacoError(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
+        problem = prompt_problem(prompt)
+        if problem:
+            raise PromptError(f"{path}:{number}: the prompt {problem}")
         prompts.append(prompt)
     return prompts
 
@@ -250,7 +257,8 @@ def cmd_generate(args) -> int:
     from baco.decode.sampling import SamplingParams
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
-    from baco.storage import check_output_file
+    from baco.prompts import prompt_problem
+    from baco.storage import check_output_file, same_file
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
@@ -263,9 +271,10 @@ def cmd_generate(args) -> int:
     prompts = args.prompt or read_prompts(args.prompts)
     if not prompts:
         raise PromptError(f"no prompts in {args.prompts}")
-    empty = next((i for i, p in enumerate(prompts) if not p.strip()), None)
-    if empty is not None:
-        raise PromptError(f"prompt {empty} is empty")
+    for index, prompt in enumerate(prompts):  # (a file's prompts were checked as they were read, by line)
+        problem = prompt_problem(prompt)
+        if problem:
+            raise PromptError(f"prompt {index} {problem}")
     base, aligned, fmt, chat_template = _models_and_format(args)
     cluster = _ray_options(args)
     backend = choose_backend(args.backend, base, aligned, anchor=args.anchor, device=args.device,
@@ -275,6 +284,9 @@ def cmd_generate(args) -> int:
     if not args.out:
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
     check_output_file(args.out, "--out")
+    if args.prompts and same_file(args.out, args.prompts):
+        raise BacoError(f"--out {str(args.out)!r} is the --prompts file: the samples would be appended to the "
+                        f"prompts (and read as prompts next time); give --out its own file")
     models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
         {"backend": backend} if backend != "hf" else {})  # llama.cpp's samples are not the HF backend's
     identity = {"router": router, "sampling": {k: v for k, v in sampling.to_dict().items() if k != "seed"},

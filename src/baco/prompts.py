@@ -51,12 +51,27 @@ class PromptFormat:
     def __post_init__(self) -> None:
         if isinstance(self.system_prompt, str) and not self.system_prompt.strip():
             object.__setattr__(self, "system_prompt", None)  # blank: no system prompt (not an empty turn)
+        for name, text in self._texts():
+            problem = unicode_problem(text)
+            if problem:
+                raise PromptError(f"{name} is not valid Unicode text ({problem})")
         if "{prompt}" not in self.base_template:
             raise PromptError(f"base_template must contain {{prompt}}, got {self.base_template!r}")
         try:
             self.base_template.format(prompt="x")
         except (KeyError, IndexError, ValueError) as error:
             raise PromptError(f"base_template {self.base_template!r} is not a valid format string: {error}") from None
+
+    def _texts(self):
+        """(name, text) of every string of the format that the models read."""
+        if isinstance(self.base_template, str):
+            yield "base_template", self.base_template
+        if isinstance(self.system_prompt, str):
+            yield "the system prompt", self.system_prompt
+        for number, shot in enumerate(self.few_shot):
+            for part, text in zip(("question", "answer"), shot):
+                if isinstance(text, str):
+                    yield f"few-shot example {number} ({part})", text
 
     @property
     def stop_strings(self) -> tuple[str, ...]:
@@ -113,16 +128,40 @@ class PromptFormat:
                                              add_generation_prompt=True)
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why `text` is not valid Unicode text (a lone surrogate, which no tokenizer encodes), or None.
+
+    A JSON string may hold one ("\\ud800"); Python reads a byte that is not UTF-8 in a command's arguments
+    or a file name as one of U+DC80..U+DCFF, so those are named by the byte they stand for."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as error:
+        code, column = ord(text[error.start]), error.start + 1
+        if 0xDC80 <= code <= 0xDCFF:
+            return f"byte 0x{code - 0xDC00:02x} at character {column} is not UTF-8; give the text as UTF-8"
+        return f"a lone surrogate U+{code:04X} at character {column}"
+
+
+def prompt_problem(prompt) -> str | None:
+    """What keeps a prompt from any model, said after its name ("prompt 3 ..."), or None."""
+    if not isinstance(prompt, str):
+        return f"must be a string, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "is empty"
+    problem = unicode_problem(prompt)
+    return f"is not valid Unicode text ({problem})" if problem else None
+
+
 def encode_request(prompt: str, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
                    context_length: int, only: str | None = None) -> tuple[list[int], list[int]]:
-    """Token ids of one request for (base, aligned); clear errors for empty or over-long prompts.
+    """Token ids of one request for (base, aligned); clear errors for empty, not Unicode or over-long prompts.
 
     `only` ("base" or "aligned"): one model alone reads that rendering (`SoloPair.reads`); the other is not
     rendered (a base model needs no chat template to run alone) and its ids are a copy of the read ones."""
-    if not isinstance(prompt, str):
-        raise PromptError(f"prompt {index} must be a string, got {type(prompt).__name__}")
-    if not prompt.strip():
-        raise PromptError(f"prompt {index} is empty")
+    problem = prompt_problem(prompt)
+    if problem:
+        raise PromptError(f"prompt {index} {problem}")
     base_ids = aligned_ids = None
     if only != "aligned":
         base_ids = base_tokenizer(fmt.render_base(prompt), add_special_tokens=True)["input_ids"]

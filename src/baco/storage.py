@@ -284,6 +284,14 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links, `..` or another spelling of the same path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where they would be
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def lock_holder(holder_file: str | os.PathLike) -> str:
     """Who holds (or last held) a WriterLock, in words, from its holder file."""
     try:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from baco.errors import InvalidSamplingParams
+from baco.prompts import unicode_problem
 
 # Top-k and top-p need the head of the sorted distribution; over a 262k vocabulary a full sort is
 # slow. Take only the top PRECUT tokens and sort fully only the rows whose top PRECUT tokens hold
@@ -86,6 +87,10 @@ class SamplingParams:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         if any(not isinstance(s, str) or not s for s in stop):
             fail(f"stop strings must be non-empty strings, got {self.stop!r}")
+        for index, text in enumerate(stop):  # a stop string is compared with text and recorded with each sample
+            problem = unicode_problem(text)
+            if problem:
+                fail(f"stop string {index} is not valid Unicode text ({problem})")
         object.__setattr__(self, "stop", stop)
 
     def to_dict(self) -> dict:

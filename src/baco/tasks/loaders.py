@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from baco.errors import TaskError
+from baco.prompts import unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
 #: Fields a row's prompt is read from, in order of precedence: the first one present wins.
@@ -55,6 +56,9 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
         if isinstance(item, str):  # a reason to skip
             skipped.setdefault(item, []).append(where)
             continue
+        problem = unicode_problem(item.prompt)  # a JSON escape such as "\ud800": no tokenizer encodes it
+        if problem:
+            raise TaskError(f"{where}: the prompt is not valid Unicode text ({problem})")
         if item.id in first_seen:
             if wildchat:  # WildChat dumps repeat conversations; keep the first
                 skipped.setdefault("a repeated WildChat conversation", []).append(where)
