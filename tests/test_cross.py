@@ -339,8 +339,9 @@ def test_span_samples_round_trip_through_jsonl_and_colour_by_writer(cross):
 
 
 def test_token_router_on_a_mismatched_pair_is_an_error_naming_the_alternatives(cross_dirs, cross):
-    with pytest.raises(TokenizerMismatchError, match="chared.*unite.*p-punc-words"):
+    with pytest.raises(TokenizerMismatchError, match="chared.*unite.*p-punc-words") as refused:
         Collaboration.from_pretrained(*cross_dirs, device="cpu", router="p-punc:0.5")
+    assert str(refused.value).count("cross-tokenizer method") == 1  # the advice once, not the mismatch's own too
     with pytest.raises(TokenizerMismatchError, match="chared"):
         cross.generate(["Name a fruit."], router="p:0.5")
     assert isinstance(cross.pair, CrossPair)

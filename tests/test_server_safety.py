@@ -150,6 +150,35 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
         assert main(["serve", *bad]) == 2, bad  # refused before any model loads
 
 
+def test_baco_serve_refuses_a_cross_tokenizer_pair_before_its_weights_load_naming_what_runs_it(tmp_path, monkeypatch,
+                                                                                            capsys):
+    import baco.api
+    from baco.testing import make_tiny_cross_pair
+
+    base, aligned = map(str, make_tiny_cross_pair(tmp_path))
+    monkeypatch.setattr(baco.api.HFCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loaded the weights"))
+    capsys.readouterr()  # (making the pair writes progress bars)
+    assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("baco: error: baco serve steps both models through one shared vocabulary") and err.count("\n") == 1
+    assert "`baco generate`" in err and "chared:W" in err and err.count("cross-tokenizer method") == 1
+
+
+def test_an_app_or_engine_check_on_a_cross_tokenizer_pair_is_refused_not_an_attribute_error(tmp_path):
+    """The library's doors to the lockstep engine say why a cross pair cannot go through them."""
+    from baco import Collaboration
+    from baco.decode.engine import check_memory, fit_slots
+    from baco.errors import TokenizerMismatchError
+    from baco.server import create_app
+    from baco.testing import make_tiny_cross_pair
+
+    collab = Collaboration.from_pretrained(*make_tiny_cross_pair(tmp_path), device="cpu")
+    for door in (lambda: create_app(collab), lambda: check_memory(collab.pair, 4, 64),
+                 lambda: fit_slots(collab.pair, 64)):
+        with pytest.raises(TokenizerMismatchError, match="it cannot serve this pair.*`baco generate`"):
+            door()
+
+
 def test_baco_serve_says_at_startup_when_its_caches_cannot_fit(tiny_dirs, monkeypatch, capsys):
     """Engines are made per router at the first request; their caches are reckoned at startup: one engine
     that cannot fit is an error before serving, several that cannot fit at once a warning."""

@@ -133,7 +133,8 @@ class Collaboration:
                         dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
                         prompt_format: PromptFormat | None = None, anchor: str | os.PathLike | None = None,
                         router: str | Router | None = None,
-                        one_forward: str = "auto", backend: str = "hf", compile: bool = False) -> "Collaboration":
+                        one_forward: str = "auto", backend: str = "hf", compile: bool = False,
+                        shared_tokenizer: bool = False) -> "Collaboration":
         """Load both models by HF id, local path or adapter directory; tokenizers are checked first.
 
         With no arguments: the embedded pair, Gemma-3-270M base and the project's aligned adapter.
@@ -154,6 +155,8 @@ class Collaboration:
         `pip install 'baco[gguf]'`) or `auto` (llama.cpp where it is installed and can run the pair on the CPU).
         `compile`: the engine's decoding steps run the models through `torch.compile` (transformers, same-
         tokenizer pairs): compiling takes seconds to a minute per bucket of rows, then each step is faster.
+        `shared_tokenizer`: refuse a pair whose tokenizers differ (TokenizerMismatchError) before any weights
+        load, for a caller that runs the lockstep engine on it (`baco serve`, `baco.server.create_app`).
         """
         from baco.models.llamacpp import choose_backend
 
@@ -168,14 +171,15 @@ class Collaboration:
             check_router_name(router)
         chosen = choose_backend(backend, base, aligned, anchor=anchor, device=device, one_forward=one_forward,
                                 router=router, compile=compile)
-        collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile)
+        collab = cls._load(base, aligned, dtype, device, prompt_format, anchor, router, one_forward, chosen, compile,
+                           shared_tokenizer)
         if compile:
             collab.pair.compile_steps()
         return collab
 
     @classmethod
     def _load(cls, base, aligned, dtype, device, prompt_format, anchor, router, one_forward, backend,
-              compile) -> "Collaboration":
+              compile, shared_tokenizer=False) -> "Collaboration":
         if backend == "llamacpp":
             from baco.models.llamacpp import load_llamacpp_models
 
@@ -196,6 +200,10 @@ class Collaboration:
         except TokenizerMismatchError as mismatch:
             if anchor is not None:
                 raise
+            if shared_tokenizer:
+                from baco.decode.engine import lockstep_refusal
+
+                raise lockstep_refusal(mismatch.detail) from None
             if router is not None:
                 check_cross_router(router, mismatch)
             if compile:  # before any weights load
@@ -452,7 +460,6 @@ def check_cross_router(router: str, mismatch: Exception | None) -> None:
         return
     route = get_router(router, build=False)
     if unit_of(route) is None and not is_single_model(route):
-        detail = f" ({mismatch})" if mismatch is not None else ""
+        differ = getattr(mismatch, "detail", None) or "the base and aligned tokenizers differ"  # not its advice too
         raise TokenizerMismatchError(f"router {route.name!r} routes token by token, which needs one shared "
-                                     f"vocabulary, but the base and aligned tokenizers differ{detail}. Instead, "
-                                     f"{token_alternatives()}")
+                                     f"vocabulary, but {differ}. Instead, {token_alternatives()}")

@@ -459,7 +459,7 @@ def cmd_serve(args) -> int:
                              rows=AUTO_MAX_BATCH if args.max_batch == "auto" else args.max_batch)
     collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device, prompt_format=fmt,
                                            anchor=args.anchor, one_forward=args.one_forward, backend=backend,
-                                           compile=args.compile)
+                                           compile=args.compile, shared_tokenizer=True)
     if args.max_batch == "auto":  # every engine the server may keep at once (--max-routers) gets its share
         args.max_batch = fit_slots(collab.pair, args.max_len, prompt_columns=limits.max_prompt_tokens,
                                    fraction=args.memory_fraction, engines=args.max_routers)

@@ -21,7 +21,13 @@ class ModelLoadError(BacoError, OSError):
 
 
 class TokenizerMismatchError(BacoError, ValueError):
-    """Base and aligned tokenizers do not share a vocabulary, so token-level routing is impossible."""
+    """Base and aligned tokenizers do not share a vocabulary, so token-level routing is impossible.
+
+    `detail`: which ids differ, without the advice the message ends with (for an error that gives its own)."""
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class PromptError(BacoError, ValueError):

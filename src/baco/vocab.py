@@ -163,9 +163,8 @@ def check_compatible(base_tokenizer, aligned_tokenizer, *, max_report: int = 5) 
     ]
     if mismatches:
         shown = "; ".join(f"id {i}: base {b!r} vs aligned {a!r}" for i, b, a in mismatches[:max_report])
+        detail = f"base and aligned tokenizers disagree on {len(mismatches)} of {shared} token ids (first: {shown})"
         raise TokenizerMismatchError(
-            f"base and aligned tokenizers disagree on {len(mismatches)} of {shared} token ids "
-            f"(first: {shown}). Token-level routing needs one shared vocabulary: use a base model and "
-            f"its own aligned counterpart (same family), or a cross-tokenizer method."
-        )
+            f"{detail}. Token-level routing needs one shared vocabulary: use a base model and "
+            f"its own aligned counterpart (same family), or a cross-tokenizer method.", detail)
     return shared

@@ -37,7 +37,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import RowKnobs, SamplingParams
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
-from baco.errors import BacoError
+from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.slots import BUCKETS, SlotLM, bucket, cache_row_bytes, capture_graph, shared_weights, upload
 from baco.routers import StepView
 
@@ -183,6 +183,7 @@ def fit_slots(pair, columns: int, *, prompt_columns: int | None = None, fraction
     (default: columns - 1), that each of `engines` engines on `pair` can hold within `fraction` of its device's
     memory. A pair on llama.cpp, which sizes its own caches: its fastest batch on the CPU (`auto_rows`)."""
     check_fraction(fraction)
+    check_lockstep_pair(pair)
     own = [lm.auto_rows for lm, _ in pair.sides if hasattr(lm, "engine_unit")]
     if own:  # a backend that sizes its own caches (llama.cpp, which says if they cannot fit): its best batch
         return min(cap, *own)
@@ -202,9 +203,28 @@ def fit_slots(pair, columns: int, *, prompt_columns: int | None = None, fraction
     return int(slots)
 
 
+def lockstep_refusal(detail: str | None = None) -> TokenizerMismatchError:
+    """The error for a pair whose tokenizers differ given to the engine (`baco serve`), naming what runs it."""
+    from baco.routers.cross import token_alternatives
+
+    return TokenizerMismatchError(
+        f"baco serve steps both models through one shared vocabulary (the lockstep engine), but "
+        f"{detail or 'the base and aligned tokenizers differ'}: it cannot serve this pair. Run it with "
+        f"`baco generate` (or Collaboration.generate) and {token_alternatives()}")
+
+
+def check_lockstep_pair(pair) -> None:
+    """Refuse a cross-tokenizer pair (`CrossPair`, which has no shared ids to step) before the engine touches it."""
+    from baco.models.chars import CrossPair
+
+    if isinstance(pair, CrossPair):
+        raise lockstep_refusal()
+
+
 def check_memory(pair, slots: int, columns: int, engines: int = 1) -> None:
     """Refuse, before anything is allocated, `engines` engines whose slot caches would not fit the memory free on
     the pair's device, and say how many slots would."""
+    check_lockstep_pair(pair)
     need, free = cache_bytes(pair, slots, columns), free_bytes(pair.device)
     if need is None or free is None or need * engines <= free:
         return

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from baco.decode.engine import Engine
+from baco.decode.engine import Engine, check_lockstep_pair
 from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import SamplingParams
 from baco.defaults import PREFILL_TOKENS
@@ -70,6 +70,7 @@ class Worker(threading.Thread):
 
     def __init__(self, pair, *, stop_strings: tuple[str, ...], max_batch: int, max_len: int, max_queue: int,
                  max_engines: int, metrics, prefill_tokens: int = PREFILL_TOKENS):
+        check_lockstep_pair(pair)  # the app (create_app) is refused, not each of its requests
         super().__init__(name="baco-stepper", daemon=True)
         self.pair, self.stop_strings = pair, tuple(stop_strings)
         self.max_batch, self.max_len, self.max_queue, self.max_engines = max_batch, max_len, max_queue, max_engines
