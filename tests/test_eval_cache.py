@@ -78,3 +78,32 @@ def test_a_line_cut_by_a_kill_is_ignored_and_the_next_line_starts_fresh(tmp_path
     lines = path.read_text().splitlines()
     assert json.loads(lines[-1])["value"] == 2.5
     assert ScoreCache(path).get("s", "p", "c") == 2.5
+
+
+@pytest.mark.parametrize("content", [
+    '{"prompt": "Name a fruit.", "response": "fig"}\n',  # a samples file: JSON rows that are not scores
+    "my notes\nmore notes\n",  # not JSON at all
+    '{"key": "a", "value": 0.5}\n{"prompt": "Name a fruit.", "response": "fig"}\n',  # scores, and a sample
+])
+def test_a_file_that_is_not_a_score_cache_is_refused_and_left_as_it_was(tmp_path, content):
+    from baco.errors import OutputError
+
+    path = tmp_path / "cache.jsonl"
+    path.write_text(content)
+    with pytest.raises(OutputError, match="is not a score cache file"):
+        ScoreCache(path)
+    assert path.read_text() == content
+
+
+def test_a_score_cache_that_is_a_file_being_evaluated_is_refused_before_scoring(tmp_path):
+    from baco.errors import OutputError
+    from baco.evaluate.runner import evaluate_files
+
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"prompt": p, "response": r, "method": "m"}) + "\n" for p, r in PAIRS))
+    before = samples.read_text()
+    (tmp_path / "sub").mkdir()
+    options = EvalOptions(score_cache=str(tmp_path / "sub" / ".." / "samples.jsonl"), reward_model="/no/such/model")
+    with pytest.raises(OutputError, match="is the samples file"):
+        evaluate_files([samples], ["reward"], options)
+    assert samples.read_text() == before

@@ -84,6 +84,28 @@ def test_bad_lines_are_reported_with_their_number_and_the_rest_is_kept(tmp_path,
     assert records[1].response == "caf\ufffd three"
 
 
+def test_a_folder_given_as_samples_is_named_a_folder_with_the_run_directorys_samples_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["eval", str(run)]) == 2
+    assert f"samples file {str(run)!r} is a folder; give a JSONL file" in capsys.readouterr().err
+    write_rows(run / "samples.jsonl", [{"prompt": "p", "response": "r"}])
+    assert main(["eval", str(run)]) == 2
+    assert f"is a folder; its samples are in {str(run / 'samples.jsonl')!r}" in capsys.readouterr().err
+
+
+def test_eval_refuses_an_out_or_score_cache_that_is_a_samples_file_it_evaluates(tmp_path, capsys):
+    samples = write_rows(tmp_path / "samples.json", [{"prompt": "p", "response": "r"}])
+    other = write_rows(tmp_path / "other.jsonl", [{"prompt": "p", "response": "s"}])
+    before = samples.read_text()
+    assert main(["eval", str(other), str(samples), "--metrics", "distinct-1", "--out", str(samples)]) == 2
+    assert f"--out {str(samples)!r} would write {str(samples)!r}, a samples file being evaluated" in \
+        capsys.readouterr().err
+    assert main(["eval", str(samples), "--metrics", "relevance", "--score-cache", str(samples)]) == 2
+    assert f"score cache {str(samples)!r} is the samples file" in capsys.readouterr().err
+    assert samples.read_text() == before
+
+
 def test_one_sample_per_prompt_is_reported_undefined_not_zero(tmp_path, capsys):
     path = write_rows(tmp_path / "single.jsonl", [{"prompt": f"q{i}", "response": "only answer"} for i in range(3)])
     out = tmp_path / "m.json"

@@ -563,12 +563,16 @@ def cmd_eval(args) -> int:
     if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
         raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
-    from baco.storage import check_output_dir, check_output_file
+    from baco.storage import check_output_dir, check_output_file, same_file
 
     if args.score_cache:
         check_output_file(args.score_cache, "--score-cache")
     if args.out:
-
+        written = (args.out, args.out.with_suffix(".csv"))
+        replaced = next((path for path in written for sample in args.samples if same_file(path, sample)), None)
+        if replaced is not None:  # the results are written over the file: the samples would be gone
+            raise BacoError(f"--out {str(args.out)!r} would write {str(replaced)!r}, a samples file being "
+                            f"evaluated; give --out another name")
         check_output_dir(args.out.parent, "--out")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         check_output_file(args.out, "--out")

@@ -18,7 +18,7 @@ from pathlib import Path
 from baco.errors import OutputError
 from baco.evaluate.registry import MetricSpec
 from baco.evaluate.resources import EvalOptions
-from baco.storage import scan_jsonl
+from baco.storage import same_file, scan_jsonl
 
 VERSION = 1
 MISS = object()
@@ -39,13 +39,37 @@ def scorer_identity(spec: MetricSpec, options: EvalOptions) -> str:
                        **{name: getattr(options, name) for name in fields}}, sort_keys=True)
 
 
+def is_cache_row(row) -> bool:
+    return isinstance(row, dict) and isinstance(row.get("key"), str) and "value" in row
+
+
 class ScoreCache:
+    """The scores of one cache file. A file that is not a score cache is refused (`OutputError`) rather than
+    appended to: one with a JSON row that is not a score (a samples file), or with lines and no score at all
+    (a text file). Lines that are not JSON beside scores are a kill's (a line cut inside a character, whose
+    newline the next append added), and a lone unfinished line may be a killed first write: both are kept."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.values: dict[str, float | None] = {}
-        for _, row in scan_jsonl(self.path).rows:  # a line cut by a kill (torn, not UTF-8) is left out
-            if isinstance(row, dict) and isinstance(row.get("key"), str) and "value" in row:
-                self.values[row["key"]] = row["value"]
+        scan = scan_jsonl(self.path)
+        foreign = next((number for number, row in scan.rows if not is_cache_row(row)), None)
+        if foreign is not None or (scan.corrupt and not scan.rows):
+            where = f"{self.path}:{foreign}: not a score" if foreign is not None else scan.problems()[0]
+            raise OutputError(f"score cache {str(self.path)!r} is not a score cache file ({where}); baco appends "
+                              f"scores only to such a file: choose another")
+        for _, row in scan.rows:  # a line cut by a kill (torn, not UTF-8) is left out
+            self.values[row["key"]] = row["value"]
+
+    @classmethod
+    def for_inputs(cls, path: str | os.PathLike, inputs: list[str | os.PathLike]) -> "ScoreCache":
+        """The cache at `path`, refused when it is one of the files being evaluated (scores would be appended
+        to the samples they score)."""
+        same = next((p for p in inputs if same_file(path, p)), None)
+        if same is not None:
+            raise OutputError(f"score cache {str(path)!r} is the samples file {str(same)!r}; give the cache its own "
+                              f"file")
+        return cls(path)
 
     @staticmethod
     def key(scorer: str, prompt: str, response: str) -> str:

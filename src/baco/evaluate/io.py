@@ -77,6 +77,14 @@ def is_baco_sample(row: dict) -> bool:
     return isinstance(row.get("id"), str) and isinstance(row.get("sample_index"), int) and "token_ids" in row
 
 
+def _not_a_file(path: Path) -> str:
+    """Why a samples path cannot be read, with the file a folder holds when it is a sweep's run directory."""
+    if not path.is_dir():
+        return "does not exist"
+    inside = path / "samples.jsonl"
+    return "is a folder" + (f"; its samples are in {str(inside)!r}" if inside.is_file() else "; give a JSONL file")
+
+
 def read_records(paths: list[str | Path], *, method_from: str = "auto",
                  default_task: str = "default") -> tuple[list[Record], list[str]]:
     """All usable rows of all files, and a warning per skipped or repaired line."""
@@ -89,7 +97,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
     position = 0
     for path in map(Path, paths):
         if not path.is_file():
-            raise SamplesError(f"samples file {str(path)!r} does not exist")
+            raise SamplesError(f"samples file {str(path)!r} " + _not_a_file(path))
         try:
             lines = path.read_bytes().split(b"\n")
         except OSError as error:

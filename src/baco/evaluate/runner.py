@@ -271,6 +271,8 @@ def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "d
     specs = resolve_metrics(metrics)
     records, read_warnings = read_records(paths, method_from=method_from)
     options = options or EvalOptions()
+    if options.score_cache:  # a cache that cannot be used is refused now, before any model loads
+        ScoreCache.for_inputs(options.score_cache, paths)
     resources = Resources(options)
     result = evaluate_records(records, specs, resources, utility_quality=utility_quality, progress=progress)
     result.warnings = read_warnings + result.warnings
