@@ -254,6 +254,19 @@ def test_check_reports_missing_duplicate_and_torn_samples_per_cell(tiny_dirs, tm
     assert capsys.readouterr().out == "mine|p:0.5|seed=0: 4/4 stored, 1 stored twice\n"
 
 
+def test_check_names_the_line_of_a_corrupt_plan_instead_of_calling_it_missing(tiny_dirs, tmp_path, engines, capsys):
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    plan = run / "plan.jsonl"
+    plan.write_text(plan.read_text() + "not json\n")
+    assert main(["check", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plan}:3: not valid JSON" in err and "plan.jsonl is corrupt" in err and "has no" not in err
+    plan.write_text('[1, 2]\n')
+    assert main(["check", str(run)]) == 2
+    assert f"{plan}:1: not a plan row" in capsys.readouterr().err
+
+
 def test_check_and_dry_run_need_no_lock_and_change_nothing(tiny_dirs, tmp_path, engines, capsys):
     from baco.sweep.lock import RunLock
 

@@ -93,6 +93,39 @@ def test_no_run_directory_is_a_clear_error(tmp_path):
         build_report(tmp_path)
 
 
+def test_a_results_file_that_is_not_an_object_is_a_one_line_error(run_dir, tmp_path, capsys):
+    from baco.cli import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "results.json").write_text("[1, 2, 3]\n")
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"baco: error: {broken / 'results.json'} is not a sweep's results (a JSON object), it holds a "
+                   f"list; rerun `baco sweep` to rewrite it\n")
+
+
+@pytest.mark.parametrize("plan", [True, False])
+def test_a_page_made_from_corrupt_samples_says_how_many_lines_it_skipped(run_dir, tmp_path, capsys, plan):
+    """Every line unreadable (a disk error's garbage): the page has no samples and says why, and so does the
+    command, rather than a page that looks like a run with nothing in it."""
+    from baco.cli import main
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(run_dir, corrupt)
+    lines = len((corrupt / "samples.jsonl").read_bytes().splitlines())
+    (corrupt / "samples.jsonl").write_bytes(b"\xab\xcd garbage\n" * lines)
+    if not plan:
+        (corrupt / "plan.jsonl").unlink()  # a run directory from before plans were recorded
+    assert main(["report", str(corrupt)]) == 0
+    said = (f"{lines} corrupt lines skipped (first: {corrupt / 'samples.jsonl'}:1: not valid UTF-8 (byte 0xab at "
+            f"column 1)); run `baco check {corrupt}`")
+    assert f"baco: warning: {said}\n" in capsys.readouterr().err
+    page = (corrupt / "report.html").read_text()
+    assert f"<p class='meta' id='skipped'>{html.escape(said)}</p>" in page and "class='sample'" not in page
+    assert "id='skipped'" not in build_report(run_dir)
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it where it can)")
 def test_headless_chromium_renders_the_page_with_plots_and_colours(run_dir, tmp_path):
     page = write_report(run_dir, tmp_path / "report.html")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import warnings
 from pathlib import Path
 
 from baco.errors import BacoError
@@ -95,20 +96,31 @@ def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, l
     return out
 
 
-def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None]:
-    """The samples the tables were made from and, when some stored samples are not among them, a line saying
-    how many. The selection is the sweep's evaluation's (`ledger.audit` of the configuration's planned
-    cells): the configuration is that of results.json, else every cell planned in the run directory."""
+def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | None]:
+    """The samples the tables were made from; when some stored samples are not among them, a line saying
+    how many; when lines of samples.jsonl could not be read, a line saying how many (`_skipped_line`).
+    The selection is the sweep's evaluation's (`ledger.audit` of the configuration's planned cells): the
+    configuration is that of results.json, else every cell planned in the run directory."""
     cells = evaluated_cells(summary)
     lister = "plan.jsonl" if cells is None else "the configuration of results.json"
     plan = ledger.read_plan(run)
     if not plan:  # a run directory written before plans were recorded: select by cell alone
-        stored = SampleStore(run / ledger.SAMPLES).read()
+        store = SampleStore(run / ledger.SAMPLES)
+        stored = store.read()
         rows = [r for r in stored if cells is None or r["cell"] in cells]
-        return rows, _left_out_line(len(stored) - len(rows), 0, lister)
+        return (rows, _left_out_line(len(stored) - len(rows), 0, lister),
+                _skipped_line(run, ledger.store_problems(store.scan())))
     result = ledger.audit(run, plan if cells is None else {key: ids for key, ids in plan.items() if key in cells})
-    return result.rows, _left_out_line(sum(result.strangers.values()),
-                                       sum(c.unplanned for c in result.cells.values()), lister)
+    return (result.rows, _left_out_line(sum(result.strangers.values()), sum(c.unplanned for c in result.cells.values()),
+                                        lister), _skipped_line(run, result.problems))
+
+
+def _skipped_line(run: Path, problems: list[str]) -> str | None:
+    """The samples.jsonl lines the page could not show (torn, corrupt, not samples), counted and the first named."""
+    if not problems:
+        return None
+    lines = "1 corrupt line" if len(problems) == 1 else f"{len(problems)} corrupt lines"
+    return f"{lines} skipped (first: {problems[0]}); run `baco check {run}`"
 
 
 def _left_out_line(other_cells: int, other_settings: int, lister: str) -> str | None:
@@ -126,7 +138,12 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
         summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
     except (ValueError, OSError) as error:
         raise BacoError(f"{results} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
-    rows, left_out = shown_rows(run, summary)
+    if not isinstance(summary, dict):
+        raise BacoError(f"{results} is not a sweep's results (a JSON object), it holds a {type(summary).__name__}; "
+                        f"rerun `baco sweep` to rewrite it")
+    rows, left_out, skipped = shown_rows(run, summary)
+    if skipped:
+        warnings.warn(skipped, stacklevel=2)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
     if (run / "table.md").is_file():
@@ -150,6 +167,8 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
               "(hover a token for its writer, reason, base top-1 prob and entropy)</p>"]
     if left_out:
         parts.append(f"<p class='meta' id='left-out'>{html.escape(left_out)}</p>")
+    if skipped:
+        parts.append(f"<p class='meta' id='skipped'>{html.escape(skipped)}</p>")
     for task, methods in pick_samples(rows, per_method).items():
         prompt = next((samples[0]["prompt"] for samples in methods.values() if samples), "")
         parts.append(f"<h3>{html.escape(task)}: {html.escape(prompt)}</h3>")

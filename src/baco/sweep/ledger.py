@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from baco.errors import IntegrityError
-from baco.storage import append_row, scan_jsonl, stable_id
+from baco.storage import JsonlScan, append_row, scan_jsonl, stable_id
 from baco.sweep.config import Cell, SweepConfig
 from baco.sweep.store import SampleStore, is_sample_row
 
@@ -49,12 +49,29 @@ def plan_cell(config: SweepConfig, cell: Cell, prompts: list[str]) -> dict[tuple
     return {(i, k): sample_id(identity, prompt, i, k) for i, prompt in enumerate(prompts) for k in range(config.n)}
 
 
+def _is_plan_row(row) -> bool:
+    """{"cell": KEY, "samples": [[prompt index, sample index, id], ...]}, as `record_plan` writes it."""
+    return (isinstance(row, dict) and isinstance(row.get("cell"), str) and isinstance(row.get("samples"), list)
+            and all(isinstance(s, list) and len(s) == 3 for s in row["samples"]))
+
+
 def read_plan(run_dir: str | Path) -> Plan:
-    """The latest plan of every cell recorded in the run directory."""
+    """The latest plan of every cell recorded in the run directory (none: {}). A torn last line (a kill
+    while the plan was written) is left out; any other line that is not a plan row is an IntegrityError
+    naming it, rather than a plan silently missing cells."""
     plan: Plan = {}
-    for _, row in scan_jsonl(Path(run_dir) / PLAN).rows:
-        if isinstance(row, dict) and isinstance(row.get("cell"), str) and isinstance(row.get("samples"), list):
+    scan = scan_jsonl(Path(run_dir) / PLAN)
+    bad = list(scan.corrupt)
+    for number, row in scan.rows:
+        if _is_plan_row(row):
             plan[row["cell"]] = {(i, k): sid for i, k, sid in row["samples"]}
+        else:
+            bad.append((number, "not a plan row (a cell and its samples' ids)"))
+    if bad:
+        number, what = min(bad)
+        raise IntegrityError(f"{scan.path}:{number}: {what}: {PLAN} is corrupt; remove that line, or the file (a "
+                             f"sweep records its plan again; `baco check RUN --config CONFIG` checks against the "
+                             f"configuration)")
     return plan
 
 
@@ -133,11 +150,10 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
     totals = finished_totals(run_dir, plan)
     cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
     scan = SampleStore(run_dir / SAMPLES).scan()
-    problems = scan.problems()
+    problems = store_problems(scan)
     seen, rows, strangers = set(), [], {}
     for number, row in scan.rows:
         if not is_sample_row(row):
-            problems.append(f"{scan.path}:{number}: not a sample row (no cell, prompt_index, sample_index)")
             continue
         cell = cells.get(row["cell"])
         if cell is None:
@@ -155,6 +171,12 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             cell.stored.add(pair)
             rows.append(row)
     return Audit(cells, problems, strangers, rows)
+
+
+def store_problems(scan: JsonlScan) -> list[str]:
+    """The lines of a samples.jsonl that hold no sample: torn, corrupt, or rows that are not samples."""
+    return scan.problems() + [f"{scan.path}:{number}: not a sample row (no cell, prompt_index, sample_index)"
+                              for number, row in scan.rows if not is_sample_row(row)]
 
 
 def names_its_cell(row: dict) -> bool:
