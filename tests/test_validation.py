@@ -48,8 +48,13 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
     empty.write_text("\n")
     folder = tmp_path / "folder.jsonl"
     folder.mkdir()
+    (tmp_path / "a-file.json").write_text("{}\n")
     cases = [
         (["--prompt", "hi", "--out", str(tmp_path / "missing" / "s.jsonl")], "the folder", "does not exist"),
+        (["--prompt", "hi", "--out", str(tmp_path / "a-file.json" / "sub" / "s.jsonl")],
+         f"{str(tmp_path / 'a-file.json')!r} is a file, not a folder", ""),
+        (["--prompt", "hi", "--router", "p-punc:"], "router 'p-punc:' has an empty value after ':'", ""),
+        (["--prompt", "hi", "--router", "negative:"], "router 'negative:' has an empty value after ':'", ""),
         (["--prompt", "hi", "--out", str(folder)], "--out", "is a folder"),
         (["--prompt", "hi", "--n", "0"], "--n must be an integer >= 1", "got 0"),
         (["--prompt", "hi", "--batch-size", "0"], "--batch-size must be", "got 0"),

@@ -258,8 +258,10 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise OutputError(f"{flag} {str(path)!r} is a folder; give a file name")
     folder = path.parent
     if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} {what}; create it first")
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():  # no folder can be made where a file is
+            raise OutputError(f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder")
+        raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} does not exist; create it first")
     if path.exists():
         try:
             open(path, "ab").close()

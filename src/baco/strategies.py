@@ -34,7 +34,7 @@ from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import get_router
-from baco.routers.registry import reserve
+from baco.routers.registry import reserve, split_spec
 
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
@@ -64,13 +64,13 @@ STRATEGIES: dict[str, StrategySpec] = {}
 
 def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     """`negative:0.5` -> (spec, 0.5); None when the name is not a strategy (then it is a router)."""
-    name, _, raw = str(spec).strip().partition(":")
-    entry = STRATEGIES.get(name.strip().lower())
+    entry = STRATEGIES.get(str(spec).strip().partition(":")[0].strip().lower())
     if entry is None:
         return None
+    _, raw = split_spec(str(spec))
     kind = "an integer" if entry.integer else "a number"
     try:
-        value = float(raw) if raw else entry.default
+        value = float(raw) if raw is not None else entry.default
     except ValueError:
         value = math.nan
     if not math.isfinite(value):

@@ -84,6 +84,16 @@ def list_routers() -> list[RouterSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """`name:value` -> (the name lower-cased, the value's text, or None when there is no ':'). A ':' with nothing
+    after it (`--router p-punc:$T` with T unset) is refused: read as the default, it would run another knob."""
+    name, colon, raw = spec.strip().partition(":")
+    if colon and not raw.strip():
+        raise UnknownRouterError(f"router {spec.strip()!r} has an empty value after ':'; give a number, or no ':' "
+                                 f"for the default")
+    return name.strip().lower(), raw if colon else None
+
+
 def get_router(spec: str | Router, *, build: bool = True) -> Router:
     """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router.
 
@@ -96,17 +106,16 @@ def get_router(spec: str | Router, *, build: bool = True) -> Router:
             spec) else ""
         raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5' or a Router (baco.get_router), "
                                  f"got {spec!r}{own}")
-    name, _, raw = spec.strip().partition(":")
-    name = name.strip().lower()
+    name, raw = split_spec(spec)
     if name not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY))
         raise UnknownRouterError(f"unknown router {name!r}; known routers: {known} (see `baco routers`)")
     entry = _REGISTRY[name]
     if entry.param is None:
-        if raw:
+        if raw is not None:
             raise UnknownRouterError(f"router {name!r} takes no parameter, got {spec!r}")
         return entry.factory(None) if entry.factory and build else Router(entry, None)
-    if not raw:
+    if raw is None:
         return Router(entry, entry.default)
     try:
         value = float(raw)
