@@ -243,8 +243,8 @@ def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
     assert "Per seed (average over tasks):" in table and "| method | Cov. seed 0 | Cov. seed 1 |" in table
 
 
-@pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-seeds01.md",
-                                   "table-1130-seeds01-wide.md"])
+@pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-3seeds.md",
+                                   "table-1130-3seeds-wide.md"])
 def test_docs_results_quotes_the_three_seed_tables_it_cites(table):
     # docs/results.md shows these sweeps' table.md outputs; a row edited or left from another run would
     # disagree with the per-seed values printed under it
