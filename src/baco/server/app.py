@@ -105,7 +105,8 @@ def field_problem(first: dict) -> str:
     if loc and loc[-1] == schemas.ONE and first.get("type", "").endswith("_type"):  # neither branch's type
         return "Input should be a string or a list"
     if first.get("type") in ("too_long", "too_short") and ctx.get("field_type") == "List":
-        bound, limit = ("at most", ctx["max_length"]) if first["type"] == "too_long" else ("at least", ctx["min_length"])
+        longest = first["type"] == "too_long"
+        bound, limit = ("at most", ctx["max_length"]) if longest else ("at least", ctx["min_length"])
         return f"a list of {bound} {limit} item{'' if limit == 1 else 's'} is accepted, got {ctx['actual_length']}"
     return first["msg"]
 

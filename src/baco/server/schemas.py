@@ -185,7 +185,8 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
     """(CompletionRequest, ChatCompletionRequest) with this server's limits and model name in their schema."""
     Model = Literal[model_id]  # noqa: N806 - a type
     StopString = Annotated[str, Field(min_length=1, max_length=256)]  # noqa: N806
-    Stop = Optional[one_or_many(StopString, Annotated[list[StopString], Field(max_length=limits.max_stop)])]  # noqa: N806
+    Stops = Annotated[list[StopString], Field(max_length=limits.max_stop)]  # noqa: N806
+    Stop = Optional[one_or_many(StopString, Stops)]  # noqa: N806
     Prompts = one_or_many(str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)])  # noqa: N806
     strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # NaN would pass as "out of range"
     never = "not supported: only 0 is accepted"
