@@ -161,9 +161,11 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     assert {(p["x"], p["y"]) for p in planes} == {("distinct-2", "relevance"), ("self-bleu", "relevance")}
     saved = json.loads((out / "results.json").read_text())
     assert saved["methods"] == ["base", "p-punc", "eft"]
-    # quality scores are cached beside the samples (one relevance score per sample) and reused
+    # quality scores are cached beside the samples (one relevance score per distinct (prompt, response): a
+    # repeated answer is scored once) and reused
     cached = (out / "quality-scores.jsonl").read_text().splitlines()
-    assert len(cached) == len(SampleStore(out / "samples.jsonl").read()) == 45
+    rows = SampleStore(out / "samples.jsonl").read()
+    assert len(rows) == 45 and len(cached) == len({(r["prompt"], r["text"]) for r in rows})
     again = run_sweep(config, tmp_path / "out", engines, progress=False, results_dir=tmp_path / "again")
     assert (out / "quality-scores.jsonl").read_text().splitlines() == cached
     assert again["coverage_dominance"] == summary["coverage_dominance"]
