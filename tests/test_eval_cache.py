@@ -57,6 +57,18 @@ def test_only_new_pairs_are_scored_and_appended(reward_dir, tmp_path):
     assert scores(run(PAIRS, reward_dir, cache)) == pytest.approx(scores(run(PAIRS, reward_dir, None)), abs=1e-5)
 
 
+def test_an_answer_given_twice_is_scored_once_and_a_rerun_from_the_cache_repeats_the_run(reward_dir, tmp_path):
+    """Samples often repeat (short answers, greedy cells): each distinct (prompt, response) is scored once, so
+    both copies get one value, the cache holds one line for it, and a rerun reading the cache gives exactly the
+    first run's scores (scored twice in batches of other shapes, a bf16 model gave the copies different values,
+    the cache kept the last, and a rerun's table moved)."""
+    cache = tmp_path / "scores.jsonl"
+    doubled = PAIRS + PAIRS[:2]
+    first = run(doubled, reward_dir, cache)
+    assert len(cache.read_text().splitlines()) == len(PAIRS)
+    assert scores(run(doubled, reward_dir, cache, reward_model=object())) == scores(first)
+
+
 def test_another_model_is_another_scorer(reward_dir, tmp_path):
     from baco.testing import make_tiny_classifier
 

@@ -319,6 +319,55 @@ def test_malformed_json_names_no_field_as_its_param(live):
     assert error["param"] is None and "JSON" in error["message"] and not error["message"][0].isdigit()
 
 
+CHAT = {"model": "baco", "messages": [{"role": "user", "content": "hi"}]}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+
+
+@pytest.mark.parametrize("route, body, param, says", [
+    ("chat/completions", {**CHAT, "stop": ["s"] * 9}, "stop", "stop: a list of at most 8 items is accepted, got 9"),
+    ("completions", {"model": "baco", "prompt": ["Why?"] * (LIMITS.max_prompts + 1)}, "prompt",
+     f"prompt: a list of at most {LIMITS.max_prompts} items is accepted, got {LIMITS.max_prompts + 1}"),
+    ("completions", {"model": "baco", "prompt": []}, "prompt", "prompt: a list of at least 1 item is accepted, got 0"),
+    ("completions", {"model": "baco", "prompt": [1, 2, 3]}, "prompt", "prompt: token-id prompts are not supported"),
+    ("completions", {"model": "baco", "prompt": [[1, 2], [3]]}, "prompt", "prompt: token-id prompts are not supported"),
+    ("completions", {"model": "baco", "prompt": 7}, "prompt", "prompt: Input should be a string or a list"),
+    ("chat/completions", {"model": "baco", "messages": [{"role": "user", "content": [IMAGE]}]}, "messages.0.content.0",
+     "messages.0.content.0: only text content parts are supported (type 'text'), got a part of type 'image_url'"),
+])
+def test_a_refused_field_is_named_with_what_is_wrong_with_it(live, route, body, param, says):
+    """A one-or-a-list field reports the branch its value took (pydantic reported the string branch: "prompt.str:
+    Input should be a valid string" for a list too long), with the server's real limit."""
+    response = requests.post(f"{live.url}/v1/{route}", json=body, timeout=60)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] == param
+    assert error["message"].startswith(says), error["message"]
+
+
+@pytest.mark.parametrize("knob", ["temperature", "top_p", "min_p"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_sampling_knob_that_is_not_a_finite_number_says_so(live, knob, value):
+    raw = json.dumps(CHAT)[:-1] + f', "{knob}": {value}}}'  # Python's JSON reader takes NaN and Infinity
+    response = requests.post(live.url + "/v1/chat/completions", data=raw, timeout=60,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"{knob}: Input should be a finite number"
+
+
+@pytest.mark.parametrize("sent, says", [
+    ({"data": CHAT}, "the body was sent as application/x-www-form-urlencoded: send it as a JSON object with the "
+                     "header Content-Type: application/json"),  # curl -d's default
+    ({"data": json.dumps(CHAT), "headers": {"Content-Type": "text/plain"}}, "the body was sent as text/plain: "),
+    ({"data": json.dumps(CHAT)}, "the body was sent without a Content-Type header: "),
+    ({"data": b""}, "the request body is empty: send a JSON object"),
+    ({"json": [CHAT]}, "the body must be a JSON object, got an array"),
+])
+def test_a_body_that_is_not_a_json_object_is_told_how_to_send_one(live, sent, says):
+    response = requests.post(live.url + "/v1/chat/completions", timeout=60, **sent)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["param"] is None
+    assert error["message"].startswith(says), error["message"]
+
+
 def test_a_prompt_too_long_for_a_slot_says_so(client):
     with pytest.raises(openai.BadRequestError) as refused:
         chat(client, "Name a fruit.", max_tokens=250)

@@ -1,6 +1,7 @@
 """`baco sweep` on the tiny pair: the grid, resume after a kill, the evaluation outputs, config errors."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -160,9 +161,11 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     assert {(p["x"], p["y"]) for p in planes} == {("distinct-2", "relevance"), ("self-bleu", "relevance")}
     saved = json.loads((out / "results.json").read_text())
     assert saved["methods"] == ["base", "p-punc", "eft"]
-    # quality scores are cached beside the samples (one relevance score per sample) and reused
+    # quality scores are cached beside the samples (one relevance score per distinct (prompt, response): a
+    # repeated answer is scored once) and reused
     cached = (out / "quality-scores.jsonl").read_text().splitlines()
-    assert len(cached) == len(SampleStore(out / "samples.jsonl").read()) == 45
+    rows = SampleStore(out / "samples.jsonl").read()
+    assert len(rows) == 45 and len(cached) == len({(r["prompt"], r["text"]) for r in rows})
     again = run_sweep(config, tmp_path / "out", engines, progress=False, results_dir=tmp_path / "again")
     assert (out / "quality-scores.jsonl").read_text().splitlines() == cached
     assert again["coverage_dominance"] == summary["coverage_dominance"]
@@ -243,8 +246,8 @@ def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
     assert "Per seed (average over tasks):" in table and "| method | Cov. seed 0 | Cov. seed 1 |" in table
 
 
-@pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-seeds01.md",
-                                   "table-1130-seeds01-wide.md"])
+@pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-3seeds.md",
+                                   "table-1130-3seeds-wide.md"])
 def test_docs_results_quotes_the_three_seed_tables_it_cites(table):
     # docs/results.md shows these sweeps' table.md outputs; a row edited or left from another run would
     # disagree with the per-seed values printed under it
@@ -252,3 +255,146 @@ def test_docs_results_quotes_the_three_seed_tables_it_cites(table):
     page = (docs / "results.md").read_text(encoding="utf-8").splitlines()
     rows = [line for line in (docs / "results" / table).read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
     assert rows and [row for row in rows if row not in page] == []
+
+
+# ---- metrics: each axis its own kind, computable in a sweep -------------------------------------------------
+def one_task(metrics: dict) -> dict:
+    return {"methods": {"p": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "metrics": metrics}
+
+
+@pytest.mark.parametrize("metrics", [{"quality": ["reward"]}, {"quality": ["relevance", "model"]}])
+def test_a_metric_needing_a_reward_model_is_refused_at_load_naming_metrics_quality(metrics):
+    # a sweep evaluates with the evaluation's default options, and a reward model has no default: refused
+    # before any cell runs, with what can be done instead
+    with pytest.raises(SweepConfigError, match=r"metrics\.quality: .*reward, which needs a reward model.*baco eval"):
+        parse_config(one_task(metrics))
+
+
+@pytest.mark.parametrize("metrics, message", [
+    ({"diversity": ["distinct-1"], "quality": ["distinct-2"]}, "metrics.quality: distinct-2, a diversity metric: "
+                                                               "it belongs under metrics.diversity"),
+    ({"diversity": ["distinct-1", "fluency"]}, "metrics.diversity: fluency, a quality metric: it belongs under "
+                                               "metrics.quality"),
+    ({"diversity": ["all"]}, "metrics.diversity: the group 'all' includes fluency, a quality metric"),
+    ({"quality": ["quality"]}, "metrics.quality: the group 'quality' includes reward, which needs a reward model"),
+])
+def test_a_metric_listed_under_the_other_axis_is_refused_naming_the_field(metrics, message):
+    with pytest.raises(SweepConfigError, match=re.escape(message)):
+        parse_config(one_task(metrics))
+
+
+@pytest.mark.parametrize("given", ["diversity", "quality"])
+def test_an_axis_left_out_takes_the_evaluations_default_metrics_of_its_kind(given):
+    from baco.evaluate.registry import list_metrics
+    from baco.sweep.results import metric_specs
+
+    named = {"diversity": ["distinct-1"], "quality": ["relevance"]}
+    config = parse_config(one_task({given: named[given]}))
+    kinds = {"diversity": ("diversity", "joint"), "quality": ("quality",)}
+    for axis in ("diversity", "quality"):
+        expected = named[axis] if axis == given else [s.name for s in list_metrics() if s.default
+                                                      and s.kind in kinds[axis]]
+        assert getattr(config, axis) == expected
+    # so every plane has both axes (without one, the table was all n/a)
+    assert {s.kind for s in metric_specs(config)} >= {"diversity", "quality"}
+
+
+# ---- the YAML file ------------------------------------------------------------------------------------------
+def test_a_key_given_twice_in_the_yaml_is_refused_with_its_lines(tmp_path):
+    from baco.sweep import load_config
+
+    path = tmp_path / "twice.yaml"
+    path.write_text("tasks: [open-ended]\n"
+                    "methods:\n"
+                    "  base: {router: base}\n"
+                    "  pp: {router: p-punc, values: [0.3]}\n"
+                    "  base: {router: aligned}\n")
+    with pytest.raises(SweepConfigError, match=r"line 5, column 3: key 'base' appears twice in one mapping "
+                                               r"\(first at line 3\)"):
+        load_config(path)
+    path.write_text("tasks: [open-ended]\nmethods: {p: {router: p, values: [0.3], values: [0.5]}}\n")
+    with pytest.raises(SweepConfigError, match=r"line 2, .*key 'values' appears twice"):
+        load_config(path)
+
+
+def test_a_key_from_a_merge_may_be_overridden_as_yaml_allows(tmp_path):
+    from baco.sweep import load_config
+
+    path = tmp_path / "merged.yaml"
+    path.write_text("tasks: [open-ended]\n"
+                    "methods:\n"
+                    "  p: &p {router: p, values: [0.3]}\n"
+                    "  q: {<<: *p, values: [0.6]}\n")
+    assert [c.name for c in load_config(path).configurations] == ["p:0.3", "q:0.6"]
+
+
+# ---- tasks and methods the models cannot run: refused before any model loads, naming the field ----------
+def test_a_task_that_cannot_be_read_names_its_field(tmp_path, monkeypatch):
+    from baco.errors import TaskError
+    from baco.sweep.run import plan_sweep
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"prompt": "Why?"}) + "\n")
+    tasks = [{"path": "ok.jsonl"}, {"path": "nothere.jsonl", "name": "t"}]
+    with pytest.raises(TaskError, match=re.escape("tasks[1].path: prompts file 'nothere.jsonl' does not exist "
+                                                  f"(task paths are read from the working directory, {tmp_path})")):
+        plan_sweep(parse_config({"methods": {"b": {"router": "base"}}, "tasks": tasks}))
+    with pytest.raises(TaskError, match=r"^tasks\[0\]\.name: unknown task 'open-endd'"):
+        plan_sweep(parse_config({"methods": {"b": {"router": "base"}}, "tasks": [{"name": "open-endd"}]}))
+
+
+def test_a_task_path_found_beside_the_configuration_but_not_in_the_working_directory_says_so(tmp_path, monkeypatch):
+    from baco.errors import TaskError
+    from baco.sweep import load_config
+    from baco.sweep.run import plan_sweep
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "t.jsonl").write_text(json.dumps({"prompt": "Why?"}) + "\n")
+    (folder / "sweep.yaml").write_text("tasks: [{path: t.jsonl}]\nmethods: {b: {router: base}}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(folder / "sweep.yaml")
+    with pytest.raises(TaskError, match=re.escape(f"the configuration's folder holds {folder / 't.jsonl'}: give "
+                                                  f"that path, or run from {folder}")):
+        plan_sweep(config)
+    monkeypatch.chdir(folder)  # the documented rule: from the working directory
+    assert [item.prompt for item in plan_sweep(config)[0][config.tasks[0]]] == ["Why?"]
+
+
+def cross_config(tmp_path, cross_dirs) -> Path:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a fruit."}) + "\n")
+    path = tmp_path / "cross.yaml"
+    path.write_text(json.dumps({"name": "cross", "n": 2, "tasks": [{"path": str(prompts), "name": "mine"}],
+                                "models": {"base": str(cross_dirs[0]), "aligned": str(cross_dirs[1])},
+                                "sampling": {"max_new_tokens": 3},
+                                "methods": {"base": {"router": "base"}, "pp": {"router": "p-punc", "values": [0.3]}}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cross_dirs(tmp_path_factory):
+    from baco.testing import make_tiny_cross_pair
+
+    return make_tiny_cross_pair(tmp_path_factory.mktemp("cross"))
+
+
+def test_a_dry_run_refuses_a_token_router_on_a_cross_pair_naming_the_method(tmp_path, cross_dirs, capsys):
+    from baco.cli import main
+
+    assert main(["sweep", str(cross_config(tmp_path, cross_dirs)), "--dry-run", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("baco: error: methods.pp: router 'p-punc:0.3' routes token by token") and err.count("\n") == 1
+
+
+def test_the_run_refuses_a_token_router_on_a_cross_pair_before_loading_the_models(tmp_path, cross_dirs, monkeypatch):
+    from baco.errors import TokenizerMismatchError
+    from baco.sweep import load_config
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the models were loaded before the refusal")
+
+    monkeypatch.setattr("baco.sweep.run.load_pair_models", no_weights)
+    with pytest.raises(TokenizerMismatchError, match=r"^methods\.pp: router 'p-punc:0.3' routes token by token"):
+        run_cells(load_config(cross_config(tmp_path, cross_dirs)), tmp_path / "run", progress=False)
+    assert SampleStore(tmp_path / "run" / "samples.jsonl").read() == []

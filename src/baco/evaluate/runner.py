@@ -146,24 +146,27 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
     for spec in quality:
         scorer = scorer_identity(spec, resources.options)
-        values: list = [cache.get(scorer, r.prompt, r.response) if cache else MISS for _, _, r in flat]
-        todo = [j for j, value in enumerate(values) if value is MISS]
+        # each distinct (prompt, response) once: repeated answers get one value (a model in bf16 scores a text
+        # a little differently in batches of other shapes), and the cache then holds what this run used
+        distinct = list(dict.fromkeys((r.prompt, r.response) for _, _, r in flat))
+        value_of = {pair: cache.get(scorer, *pair) if cache else MISS for pair in distinct}
+        todo = [pair for pair in distinct if value_of[pair] is MISS]
         needs = {n: resources.get(n) for n in spec.needs} if todo else {}  # all cached: load no model
         with _bar(len(todo), spec.name, progress) as bar:
             step = 256
             for start in range(0, len(todo), step):
-                part = todo[start:start + step]
-                pairs = [(flat[j][2].prompt, flat[j][2].response) for j in part]
+                pairs = todo[start:start + step]
                 got = spec.fn([p for p, _ in pairs], [r for _, r in pairs], **needs)
-                for j, value in zip(part, got):
-                    values[j] = value
+                value_of.update(zip(pairs, got))
                 if cache:
                     cache.add(scorer, pairs, got)
-                bar.update(len(part))
+                bar.update(len(pairs))
         if cache and progress:
-            print(f"{spec.name}: {len(flat) - len(todo)} scores from {cache.path}, {len(todo)} scored", file=sys.stderr)
+            print(f"{spec.name}: {len(distinct) - len(todo)} scores from {cache.path}, {len(todo)} scored",
+                  file=sys.stderr)
         scores[spec.name] = {key: [] for key in keys}
-        for (key, _, _), value in zip(flat, values):
+        for key, _, r in flat:
+            value = value_of[(r.prompt, r.response)]
             scores[spec.name][key].append(None if value is None else float(value))
 
     chosen = choose_utility_quality(metrics, utility_quality)

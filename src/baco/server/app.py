@@ -72,6 +72,45 @@ def error(status: int, message: str, kind: str = "invalid_request_error", *, par
     return JSONResponse(error_body(message, kind, param=param, code=code), status_code=status, headers=headers)
 
 
+def is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON: application/json or application/*+json (without
+    the header it reads none: FastAPI's strict_content_type)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+              type(None): "null"}
+
+
+def body_problem(first: dict, content_type: str) -> tuple[str, str]:
+    """(message, code) for a body that is not a request at all: pydantic's words ("Field required", "Input should
+    be a valid dictionary") name no field and no fix. As in vLLM, a body not sent as JSON is refused, not guessed
+    at (curl -d sends a form)."""
+    if first.get("type") == "missing":
+        return "the request body is empty: send a JSON object (header Content-Type: application/json)", "empty_body"
+    if not is_json(content_type):
+        media = content_type.split(";", 1)[0].strip()
+        sent = f"as {media}" if media else "without a Content-Type header"
+        return (f"the body was sent {sent}: send it as a JSON object with the header Content-Type: application/json",
+                "unsupported_media_type")
+    kind = JSON_KINDS.get(type(first.get("input")), "not an object")
+    return f"the body must be a JSON object, got {kind}", first.get("type", "invalid_body")
+
+
+def field_problem(first: dict) -> str:
+    """Pydantic's message for a field; for a one-or-a-list field (`schemas.one_or_many`) a value of neither type
+    says so, and a list's bound is said plainly (pydantic says "after validation")."""
+    ctx, loc = first.get("ctx") or {}, tuple(first.get("loc", ()))
+    if loc and loc[-1] == schemas.ONE and first.get("type", "").endswith("_type"):  # neither branch's type
+        return "Input should be a string or a list"
+    if first.get("type") in ("too_long", "too_short") and ctx.get("field_type") == "List":
+        longest = first["type"] == "too_long"
+        bound, limit = ("at most", ctx["max_length"]) if longest else ("at least", ctx["min_length"])
+        return f"a list of {bound} {limit} item{'' if limit == 1 else 's'} is accepted, got {ctx['actual_length']}"
+    return first["msg"]
+
+
 def shutdown_body(message: str = MESSAGE) -> dict:
     """The error of a request the server refuses or cuts off because it is shutting down (HTTP 503)."""
     return error_body(message, "server_error", code="server_shutting_down")
@@ -231,8 +270,11 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             at = [part for part in first.get("loc", ()) if isinstance(part, int)]
             message = f"the body is not valid JSON{f' (at character {at[0]})' if at else ''}: {first['msg']}"
             return error(400, message, code="json_invalid")
-        where = [str(part) for part in first.get("loc", ()) if part != "body"]
-        message = f"{'.'.join(where)}: {first['msg']}" if where else first["msg"]
+        if tuple(first.get("loc", ())) == ("body",):  # the body as a whole: empty, not JSON, or not an object
+            message, code = body_problem(first, request.headers.get("content-type", ""))
+            return error(400, message, code=code)
+        where = [str(part) for part in first.get("loc", ()) if part not in ("body", schemas.ONE, schemas.MANY)]
+        message = f"{'.'.join(where)}: {field_problem(first)}" if where else field_problem(first)
         return error(400, message, param=".".join(where) or None, code=first.get("type"))
 
     @app.exception_handler(StarletteHTTPException)

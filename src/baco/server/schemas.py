@@ -8,7 +8,8 @@ Fields beyond OpenAI's are marked "baco extension"; standard clients ignore them
 from dataclasses import dataclass
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class Health(BaseModel):
 
 
 # ---- requests ---------------------------------------------------------------------------------------------
+ONE, MANY = "one", "many"  # the two branches of a one-or-a-list field, as pydantic's error locations name them
+
+
+def one_or_many(one, many):
+    """`one | many` where a list takes the list branch and anything else the other: only that branch reports errors
+    (a plain union reports both, and "prompt.str: Input should be a valid string" hid the list's real complaint)."""
+    return Annotated[Union[Annotated[one, Tag(ONE)], Annotated[many, Tag(MANY)]],
+                     Discriminator(lambda value: MANY if isinstance(value, list) else ONE)]
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     include_usage: bool = False
@@ -148,11 +159,21 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: str
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, value):
+        """Images, audio and files are content parts of OpenAI's API that a text model cannot read: say so, rather
+        than that the part lacks a `text` field."""
+        if isinstance(value, dict) and isinstance(value.get("type"), str) and value["type"] != "text":
+            raise PydanticCustomError("unsupported_content", "only text content parts are supported (type 'text'), "
+                                      "got a part of type '{kind}'", {"kind": value["type"]})
+        return value
+
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: one_or_many(str, list[TextPart])  # type: ignore[valid-type]
     name: Optional[str] = Field(None, max_length=256)
 
     @property
@@ -164,9 +185,10 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
     """(CompletionRequest, ChatCompletionRequest) with this server's limits and model name in their schema."""
     Model = Literal[model_id]  # noqa: N806 - a type
     StopString = Annotated[str, Field(min_length=1, max_length=256)]  # noqa: N806
-    Stop = Optional[Union[StopString, Annotated[list[StopString], Field(max_length=limits.max_stop)]]]  # noqa: N806
-    Prompts = Union[str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)]]  # noqa: N806
-    strict = ConfigDict(extra="forbid", strict=True)
+    Stops = Annotated[list[StopString], Field(max_length=limits.max_stop)]  # noqa: N806
+    Stop = Optional[one_or_many(StopString, Stops)]  # noqa: N806
+    Prompts = one_or_many(str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)])  # noqa: N806
+    strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # NaN would pass as "out of range"
     never = "not supported: only 0 is accepted"
 
     class Common(BaseModel):
@@ -206,6 +228,17 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
             "the aligned model sees it in its chat template, the base model in the plain-text template"))
         logprobs: Optional[int] = Field(None, ge=0, le=5,
                                         description="log-probs of each token and its top alternatives")
+
+        @field_validator("prompt", mode="before")
+        @classmethod
+        def _text_prompts(cls, value):
+            """OpenAI's API also takes a prompt as token ids (a list of integers, or a list of such lists); the pair
+            reads text, rendered in each model's own template, so ids are refused as such."""
+            if isinstance(value, list) and value and (all(isinstance(item, list) for item in value) or all(
+                    isinstance(item, int) and not isinstance(item, bool) for item in value)):
+                raise PydanticCustomError("token_ids_unsupported", "token-id prompts are not supported: send the "
+                                          "prompt as text (a string, or a list of strings)")
+            return value
 
     class ChatCompletionRequest(Common):
         messages: list[Message] = Field(min_length=1, max_length=256, description=(

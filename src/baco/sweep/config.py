@@ -10,7 +10,7 @@
       base:     {router: base, sweep: {temperature: [0.7, 1.0, 1.3]}}      # a sampling knob
       p-punc:   {router: p-punc, values: [0.3, 0.5, 0.7]}                  # the router's knob
       prompted: {router: aligned, system_prompt: "Give an unusual answer."} # a prompting baseline
-    metrics: {diversity: [distinct-2, ...], quality: [relevance, ...]}     # default: evaluate's defaults
+    metrics: {diversity: [distinct-2, ...], quality: [relevance, ...]}     # an axis left out: evaluate's defaults
 
 A cell is one (method, configuration, task, seed): all prompts of the task x n samples, decoded as
 one lockstep batch. A configuration is a method with one knob value, named `p-punc:0.5` or
@@ -94,6 +94,8 @@ class SweepConfig:
     anchor: str | None = None
     backend: str = "hf"  # or "llamacpp" (GGUF files or the embedded pair on llama.cpp)
     source: dict = field(default_factory=dict)
+    directory: Path | None = None  # the configuration file's folder (load_config), for error hints: task paths
+    #                                are read from the working directory, not from here
     compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
     memory_fraction: float = MEMORY_FRACTION  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
 
@@ -316,23 +318,54 @@ def check_seeds(raw, source: str) -> list[int]:
     return list(raw)
 
 
-def _metrics(raw, source: str) -> tuple[list[str] | None, list[str] | None]:
+# The metrics each axis of the (diversity, quality) planes takes: a joint metric (utility) is listed with the
+# diversity metrics (it is reported beside them, on no plane)
+AXIS_KINDS = {"diversity": ("diversity", "joint"), "quality": ("quality",)}
+
+# Resources (evaluate/resources.py) a sweep cannot build: it evaluates with EvalOptions' defaults, and these have
+# none; a metric that needs one is refused at load, not after every cell has run
+NOT_IN_A_SWEEP = {"reward_model": "a reward model, and a sweep configuration cannot name one: leave it out and score "
+                                  "the sweep's samples with `baco eval RUN_DIR/samples.jsonl --metrics default,reward "
+                                  "--reward-model PATH_OR_HF_ID`"}
+
+
+def _metrics(raw, source: str) -> tuple[list[str], list[str]]:
+    """The two axes' metrics; an axis left out takes the evaluation's default metrics of its kind, so that every
+    plane has both axes (Coverage needs a diversity and a quality metric)."""
+    raw = _mapping(raw, f"{source}: metrics", set(AXIS_KINDS))
+    return _axis(raw.get("diversity"), "diversity", source), _axis(raw.get("quality"), "quality", source)
+
+
+def _axis(names, axis: str, source: str) -> list[str]:
+    """One axis's metric names (or groups), each of the axis's kind and computable in a sweep."""
     from baco.evaluate.registry import UnknownMetricError, resolve_metrics
 
-    raw = _mapping(raw, f"{source}: metrics", {"diversity", "quality"})
-    out = []
-    for kind in ("diversity", "quality"):
-        names = raw.get(kind)
-        if names is not None:
-            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-                _fail(f"{source}: metrics.{kind} must be a non-empty list of metric names (see `baco metrics`), "
-                      f"got {show(names)}")
-            try:
-                resolve_metrics(names)
-            except UnknownMetricError as error:
-                raise SweepConfigError(f"{source}: metrics.{kind}: {error}") from None
-        out.append(names)
-    return out[0], out[1]
+    where = f"{source}: metrics.{axis}"
+    if names is None:
+        return [spec.name for spec in resolve_metrics("default") if spec.kind in AXIS_KINDS[axis]]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        _fail(f"{where} must be a non-empty list of metric names (see `baco metrics`), got {show(names)}")
+    for name in names:
+        try:
+            specs = resolve_metrics([name])
+        except UnknownMetricError as error:
+            raise SweepConfigError(f"{where}: {error}") from None
+        group = [spec.name for spec in specs] != [name.strip().lower()]
+        for spec in specs:
+            _check_metric(spec, axis, f"{where}: the group {show(name)} includes {spec.name}" if group
+                          else f"{where}: {spec.name}")
+    return names
+
+
+def _check_metric(spec, axis: str, what: str) -> None:
+    """A metric on the wrong axis would leave its own axis empty (an all-n/a table); one needing a resource a
+    sweep lacks would fail after every cell has run."""
+    if spec.kind not in AXIS_KINDS[axis]:
+        home = next(a for a, kinds in AXIS_KINDS.items() if spec.kind in kinds)
+        _fail(f"{what}, a {spec.kind} metric: it belongs under metrics.{home}")
+    for need in spec.needs:
+        if need in NOT_IN_A_SWEEP:
+            _fail(f"{what}, which needs {NOT_IN_A_SWEEP[need]}")
 
 
 def _models(raw, source: str) -> dict[str, str]:
@@ -395,6 +428,32 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
                        backend=models.get("backend", "hf"), source=raw)
 
 
+def _unique_keys_loader():
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one silently,
+    so a second `base:` under methods would replace the first without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first_line: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` may be overridden, as YAML says
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first_line
+                except TypeError:  # an unhashable key: the safe loader's own error says so
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {show(key)} appears twice in one mapping (first at line {first_line[key]})",
+                        key_node.start_mark)
+                first_line[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | Path) -> SweepConfig:
     import yaml
 
@@ -403,7 +462,7 @@ def load_config(path: str | Path) -> SweepConfig:
         what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
         raise SweepConfigError(f"sweep configuration {show(str(path))} {what}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_keys_loader())  # noqa: S506 - a safe loader
     except UnicodeDecodeError as error:
         raise SweepConfigError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
     except yaml.YAMLError as error:  # one line: where and what, not PyYAML's multi-line excerpt
@@ -413,4 +472,6 @@ def load_config(path: str | Path) -> SweepConfig:
         raise SweepConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except (OSError, RecursionError) as error:
         raise SweepConfigError(f"{path}: cannot read it: {error}") from None
-    return parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path))
+    config.directory = path.parent
+    return config

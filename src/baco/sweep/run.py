@@ -22,8 +22,9 @@ from typing import Iterator
 from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
 from baco.defaults import MEMORY_FRACTION
 from baco.decode.records import Sample
-from baco.errors import BacoError, OutputError
+from baco.errors import BacoError, ModelLoadError, OutputError, TaskError, TokenizerMismatchError
 from baco.models.chars import CrossPair
+from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
@@ -32,10 +33,11 @@ from baco.routers import get_router
 from baco.strategies import parse_strategy
 from baco.storage import JsonlAppender, append_row, foreign_tail, repair_tail, scan_jsonl
 from baco.sweep import ledger
-from baco.sweep.config import Cell, Configuration, SweepConfig
+from baco.sweep.config import Cell, Configuration, SweepConfig, TaskSpec
 from baco.sweep.store import is_sample_row
 from baco.sweep.lock import RunLock
 from baco.tasks import TaskWarning, load_task, select
+from baco.vocab import check_compatible
 
 
 @dataclass
@@ -62,9 +64,6 @@ class Engines:
     def _load(cls, base: str, aligned: str, *, dtype: str, device: str, anchor: str | None, one_forward: str,
               backend: str, compile: bool) -> "Engines":
         """The engines on `backend` (already chosen: `hf` or `llamacpp`)."""
-        from baco.errors import TokenizerMismatchError
-        from baco.vocab import check_compatible
-
         if backend == "llamacpp":
             base_lm, aligned_lm = load_llamacpp_models(base, aligned)
             return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
@@ -109,9 +108,75 @@ def cell_prompts(cell: Cell) -> list:
     return select(items, cell.task.limit, seed=0)
 
 
+def task_prompts(config: SweepConfig, index: int, task: TaskSpec) -> list:
+    """The prompts of `config.tasks[index]`; a task that cannot be read is reported with its field."""
+    try:
+        return cell_prompts(Cell(config.configurations[0], task, 0))
+    except TaskError as error:
+        field = f"tasks[{index}].{'path' if task.path else 'name'}"
+        raise TaskError(f"{field}: {error}{_where_paths_are_read(config, task)}") from None
+
+
+def _where_paths_are_read(config: SweepConfig, task: TaskSpec) -> str:
+    """For a relative path that names no file: paths are read from the working directory, and the file may be
+    beside the configuration instead."""
+    path = Path(task.path or task.name)
+    if path.is_absolute() or path.exists() or (task.path is None and not path.suffix):  # a bundled name
+        return ""
+    hint = f" (task paths are read from the working directory, {Path.cwd()}"
+    beside = config.directory / path if config.directory is not None else None
+    if beside is not None and beside.exists():
+        hint += f"; the configuration's folder holds {beside}: give that path, or run from {config.directory}"
+    return hint + ")"
+
+
+def _first_token_router(config: SweepConfig) -> tuple[Configuration, BacoError] | None:
+    """The first configuration that routes token by token, which a cross-tokenizer pair cannot run, with why."""
+    from baco.api import check_cross_router
+
+    for conf in config.configurations:
+        try:
+            check_cross_router(conf.router, None)
+        except TokenizerMismatchError as error:
+            return conf, error
+    return None
+
+
+def _tokenizers_differ(base: str, aligned: str) -> bool:
+    """Whether `Engines.load` would make a cross-tokenizer pair, read from the tokenizers alone (no weights).
+    False when a tokenizer cannot be read: loading the models then says why."""
+    if base == aligned or {base, aligned} <= {BASE_ALIAS, ALIGNED_ALIAS}:  # the embedded aligned: base + adapter
+        return False
+    try:
+        base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
+        check_compatible(base_tok, aligned_tok)
+    except TokenizerMismatchError:
+        return True
+    except ModelLoadError:
+        return False
+    return False
+
+
+def check_methods_suit_pair(config: SweepConfig, engines: Engines | None = None) -> None:
+    """Refuse a token-level method on a pair whose tokenizers differ (the loaded `engines`, else the config's
+    models' tokenizers), naming it: before any cell runs, and in a dry run as in the real one."""
+    found = _first_token_router(config)
+    if found is None:
+        return
+    if engines is not None:
+        cross = isinstance(engines.pair, CrossPair)
+    else:
+        cross = config.backend == "hf" and _tokenizers_differ(config.base, config.aligned)
+    if cross:
+        conf, error = found
+        raise TokenizerMismatchError(f"methods.{conf.method}: {error}")
+
+
 def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
-    """The prompts of every task and the sample ids of every cell (reads the task files, loads no model)."""
-    items_of = {t: cell_prompts(Cell(config.configurations[0], t, 0)) for t in config.tasks}
+    """The prompts of every task and the sample ids of every cell (reads the task files, and the tokenizers when a
+    method routes token by token; loads no model). Bad tasks and methods the pair cannot run are refused here."""
+    items_of = {task: task_prompts(config, index, task) for index, task in enumerate(config.tasks)}
+    check_methods_suit_pair(config)
     plan = {c.key: ledger.plan_cell(config, c, [item.prompt for item in items_of[c.task]]) for c in config.cells}
     return items_of, plan
 
@@ -273,11 +338,8 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
     if state.todo and engines is None:
         engines = Engines.load(config.base, config.aligned, anchor=config.anchor, backend=config.backend,
                                compile=config.compile)
-    if state.todo and isinstance(engines.pair, CrossPair):  # before any cell runs: every method must suit the pair
-        from baco.api import check_cross_router
-
-        for conf in config.configurations:
-            check_cross_router(conf.router, None)
+    if state.todo:  # before any cell runs: every method must suit the pair (engines a caller passed may differ)
+        check_methods_suit_pair(config, engines)
     with progress_bar(state, progress, log) as bar, RunWriter(out_dir, config, state) as writer:
         for cell in state.todo:
             bar.set_description(f"{cell.task.name} {cell.configuration.name} seed {cell.seed}")
