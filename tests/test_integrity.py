@@ -99,6 +99,20 @@ def test_generate_keeps_a_file_whose_unfinished_last_line_follows_no_sample(tiny
     assert err.count("\n") == 1 and out.read_bytes() == content
 
 
+def test_generate_resumes_a_file_whose_only_line_is_its_first_sample_cut_by_a_kill(tiny_dirs, tmp_path, capsys):
+    """Killed while writing its very first sample, a run leaves one unfinished line that begins as every sample
+    row begins: that line is baco's own, so the same command drops it and completes the file."""
+    whole = tmp_path / "whole.jsonl"
+    assert main(generate_argv(tiny_dirs, whole, "--prompt", "Name a fruit.")) == 0
+    first = whole.read_bytes()
+    out = tmp_path / "killed.jsonl"
+    out.write_bytes(first[:50])
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.")) == 0
+    (again,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (again["id"], again["token_ids"]) == (json.loads(first)["id"], json.loads(first)["token_ids"])
+    assert "incomplete last line" in capsys.readouterr().err
+
+
 def test_a_sweep_keeps_an_unfinished_line_of_a_samples_file_it_did_not_write(tiny_dirs, tmp_path, capsys):
     config = tmp_path / "sweep.yaml"
     config.write_text(json.dumps(small_config(tmp_path, tiny_dirs)))

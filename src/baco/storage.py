@@ -45,6 +45,7 @@ class JsonlScan:
     path: Path
     rows: list[tuple[int, object]] = field(default_factory=list)
     torn: tuple[int, int] | None = None  # (line number, bytes) of a last line cut off mid-write
+    torn_head: bytes = b""  # that line's first bytes (`foreign_tail`: is it the start of one of baco's rows?)
     corrupt: list[tuple[int, str]] = field(default_factory=list)  # (line number, what is wrong)
 
     def problems(self) -> list[str]:
@@ -83,19 +84,22 @@ def scan_jsonl(path: str | os.PathLike) -> JsonlScan:
     if tail.strip():
         row, problem = _parse(tail)
         if problem:
-            scan.torn = (len(lines) + 1, len(tail))
+            scan.torn, scan.torn_head = (len(lines) + 1, len(tail)), tail[:64]
         else:
             scan.rows.append((len(lines) + 1, row))  # complete, only its newline is missing
     return scan
 
 
-def foreign_tail(scan: JsonlScan, is_row: Callable[[object], bool]) -> str | None:
+def foreign_tail(scan: JsonlScan, is_row: Callable[[object], bool], row_start: bytes = b"") -> str | None:
     """Why the torn last line of a file may not be dropped, or None when it may.
 
     Dropping an unfinished last line is a repair only in a file of baco's own rows, where it is a row a
     kill cut off; in a file with none of them (`is_row`), such as a text whose only line lacks a newline,
-    it is someone else's text, and is refused rather than lost."""
+    it is someone else's text, and is refused rather than lost. A lone torn line that begins as baco's
+    rows begin (`row_start`) is the first row of a run killed while writing it: dropped, so the run resumes."""
     if scan.torn is None or any(is_row(row) for _, row in scan.rows):
+        return None
+    if row_start and scan.torn_head.startswith(row_start) and not scan.rows and not scan.corrupt:
         return None
     return f"{scan.path}:{scan.torn[0]}: its last line is not JSON, and no line before it is one baco wrote"
 

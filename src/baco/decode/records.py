@@ -283,6 +283,9 @@ def is_sample_row(row) -> bool:
     return isinstance(row, dict) and SAMPLE_FIELDS <= set(row)
 
 
+SAMPLE_ROW_START = b'{"prompt": '  # how every sample row begins (`Sample.to_dict`'s first field, json.dumps)
+
+
 def read_jsonl(path: str | Path) -> list[Sample]:
     """The samples of a `baco generate --out` file, each once; a torn last line is skipped with a warning,
     any other unreadable line is an error naming it."""
@@ -342,7 +345,7 @@ class SampleFile:
         from baco.storage import foreign_tail, scan_jsonl
 
         scan = scan_jsonl(self.path)
-        problem = scan.problems()[0] if scan.corrupt else foreign_tail(scan, is_sample_row)
+        problem = scan.problems()[0] if scan.corrupt else foreign_tail(scan, is_sample_row, SAMPLE_ROW_START)
         if problem:
             raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({problem}); "
                               f"baco appends only to such a file: choose another")

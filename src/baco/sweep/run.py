@@ -21,7 +21,7 @@ from typing import Iterator
 
 from baco.api import COMPILE_NEEDS_ONE_TOKENIZER, Collaboration
 from baco.defaults import MEMORY_FRACTION
-from baco.decode.records import Sample
+from baco.decode.records import SAMPLE_ROW_START, Sample
 from baco.errors import BacoError, ModelLoadError, OutputError, TaskError, TokenizerMismatchError
 from baco.models.chars import CrossPair
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
@@ -243,7 +243,7 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
 def _check_own_samples(out_dir: Path) -> None:
     """Refuse to drop the unfinished last line of a samples.jsonl that is not a sweep's: one with no sample row
     in a folder where no sweep recorded a plan (a sweep records its plan before its first sample)."""
-    problem = foreign_tail(scan_jsonl(out_dir / ledger.SAMPLES), is_sample_row)
+    problem = foreign_tail(scan_jsonl(out_dir / ledger.SAMPLES), is_sample_row, SAMPLE_ROW_START)
     if problem and not ledger.read_plan(out_dir):
         raise OutputError(f"--out {str(out_dir)!r}: {ledger.SAMPLES} is not a sweep's samples file ({problem}); "
                           f"a sweep appends only to its own: choose another --out")
