@@ -253,6 +253,9 @@ def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, 400, "logit_bias"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, None),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, None),
+    # cross-tokenizer methods run per character or word in `baco generate`; the engine would run them per token
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "chared:0.5"}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "p-punc-words:0.3"}, 400, None),
     ({"model": "baco", "messages": [{"role": "user", "content": "  "}]}, 400, None),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, None),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi " * 300}]}, 400, None),

@@ -145,7 +145,7 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
     monkeypatch.delenv("BACO_API_KEY")
     assert main(["serve", *FREE_PORT, "--base", base, "--aligned", aligned, "--host", "0.0.0.0"]) == 0
     assert "without an API key" in capsys.readouterr().err
-    for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "nope"],
+    for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "chared:0.5"], ["--router", "nope"],
                 ["--max-n", "64"], ["--base", base], ["--min-p", "2"], ["--prefill-tokens", "0"]):
         assert main(["serve", *bad]) == 2, bad  # refused before any model loads
 

@@ -17,6 +17,7 @@ from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError, UnknownRouterError
 from baco.prompts import PromptFormat
 from baco.routers import get_router
+from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
 
 
@@ -62,7 +63,12 @@ def router_name(spec: str) -> str:
     if strategy is not None:
         raise UnknownRouterError(f"router {spec!r} is a multi-pass method; the server runs per-token routers and "
                                  f"baselines only (see `baco routers`)")
-    return get_router(spec, build=False).name
+    name = get_router(spec, build=False).name
+    if unit_of(name) is not None:  # the engine would run it token by token: not the method `baco generate` runs
+        raise UnknownRouterError(f"router {spec!r} is a cross-tokenizer method (per character or word); the server "
+                                 f"runs per-token routers and baselines only: use `baco generate` for it "
+                                 f"(see `baco routers`)")
+    return name
 
 
 def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, limits: Limits, max_len: int,
