@@ -106,10 +106,10 @@ def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | 
     plan = ledger.read_plan(run)
     if not plan:  # a run directory written before plans were recorded: select by cell alone
         store = SampleStore(run / ledger.SAMPLES)
-        stored = store.read()
+        scan = store.scan()  # once: the rows and the lines that hold none
+        stored = store.read(scan)
         rows = [r for r in stored if cells is None or r["cell"] in cells]
-        return (rows, _left_out_line(len(stored) - len(rows), 0, lister),
-                _skipped_line(run, ledger.store_problems(store.scan())))
+        return rows, _left_out_line(len(stored) - len(rows), 0, lister), _skipped_line(run, ledger.store_problems(scan))
     result = ledger.audit(run, plan if cells is None else {key: ids for key, ids in plan.items() if key in cells})
     return (result.rows, _left_out_line(sum(result.strangers.values()), sum(c.unplanned for c in result.cells.values()),
                                         lister), _skipped_line(run, result.problems))

@@ -61,15 +61,14 @@ class ScoreCache:
         for _, row in scan.rows:  # a line cut by a kill (torn, not UTF-8) is left out
             self.values[row["key"]] = row["value"]
 
-    @classmethod
-    def for_inputs(cls, path: str | os.PathLike, inputs: list[str | os.PathLike]) -> "ScoreCache":
-        """The cache at `path`, refused when it is one of the files being evaluated (scores would be appended
-        to the samples they score)."""
+    @staticmethod
+    def check_not_input(path: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+        """Refuse a cache path that is one of the files being evaluated (scores would be appended to the samples
+        they score); the file's content is checked when the evaluation opens it, before any model loads."""
         same = next((p for p in inputs if same_file(path, p)), None)
         if same is not None:
             raise OutputError(f"score cache {str(path)!r} is the samples file {str(same)!r}; give the cache its own "
                               f"file")
-        return cls(path)
 
     @staticmethod
     def key(scorer: str, prompt: str, response: str) -> str:

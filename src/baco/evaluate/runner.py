@@ -135,6 +135,8 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     per_group = [s for s in metrics if s.kind != "quality"]
     warnings: list[str] = []
 
+    # opened first: a file that is not a score cache is refused before any model loads
+    cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
     texts = texts_to_embed(records, metrics, resources.options)
     if texts:
         _embed_all(resources.get("embedder"), texts, progress)
@@ -143,7 +145,6 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     keys = list(groups)
     flat = [(key, i, r) for key in keys for i, r in enumerate(groups[key])]
     scores: dict[str, dict[tuple, list]] = {}
-    cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
     for spec in quality:
         scorer = scorer_identity(spec, resources.options)
         # each distinct (prompt, response) once: repeated answers get one value (a model in bf16 scores a text
@@ -274,8 +275,8 @@ def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "d
     specs = resolve_metrics(metrics)
     records, read_warnings = read_records(paths, method_from=method_from)
     options = options or EvalOptions()
-    if options.score_cache:  # a cache that cannot be used is refused now, before any model loads
-        ScoreCache.for_inputs(options.score_cache, paths)
+    if options.score_cache:
+        ScoreCache.check_not_input(options.score_cache, paths)
     resources = Resources(options)
     result = evaluate_records(records, specs, resources, utility_quality=utility_quality, progress=progress)
     result.warnings = read_warnings + result.warnings

@@ -243,8 +243,10 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
 def _check_own_samples(out_dir: Path) -> None:
     """Refuse to drop the unfinished last line of a samples.jsonl that is not a sweep's: one with no sample row
     in a folder where no sweep recorded a plan (a sweep records its plan before its first sample)."""
+    if ledger.read_plan(out_dir):  # a sweep's own folder (and its samples file is not parsed twice at each start)
+        return
     problem = foreign_tail(scan_jsonl(out_dir / ledger.SAMPLES), is_sample_row, SAMPLE_ROW_START)
-    if problem and not ledger.read_plan(out_dir):
+    if problem:
         raise OutputError(f"--out {str(out_dir)!r}: {ledger.SAMPLES} is not a sweep's samples file ({problem}); "
                           f"a sweep appends only to its own: choose another --out")
 

@@ -32,10 +32,11 @@ class SampleStore:
     def scan(self) -> JsonlScan:
         return scan_jsonl(self.path)
 
-    def read(self) -> list[dict]:
-        """Every stored sample once, in file order (the first copy of a sample stored twice)."""
+    def read(self, scan: JsonlScan | None = None) -> list[dict]:
+        """Every stored sample once, in file order (the first copy of a sample stored twice); from `scan` when the
+        caller has scanned the file already."""
         seen, rows = set(), []
-        for _, row in self.scan().rows:
+        for _, row in (scan or self.scan()).rows:
             if is_sample_row(row) and row_key(row) not in seen:
                 seen.add(row_key(row))
                 rows.append(row)
