@@ -263,11 +263,68 @@ def one_task(metrics: dict) -> dict:
 
 
 @pytest.mark.parametrize("metrics", [{"quality": ["reward"]}, {"quality": ["relevance", "model"]}])
-def test_a_metric_needing_a_reward_model_is_refused_at_load_naming_metrics_quality(metrics):
-    # a sweep evaluates with the evaluation's default options, and a reward model has no default: refused
-    # before any cell runs, with what can be done instead
-    with pytest.raises(SweepConfigError, match=r"metrics\.quality: .*reward, which needs a reward model.*baco eval"):
+def test_a_metric_needing_a_reward_model_is_refused_at_load_unless_evaluation_names_one(metrics):
+    # a reward model has no default: without `evaluation.reward_model` the metric is refused before any cell runs,
+    # saying which key to set
+    with pytest.raises(SweepConfigError, match=r"metrics\.quality: .*reward, which needs a model with no default: "
+                                               r"set evaluation\.reward_model"):
         parse_config(one_task(metrics))
+    config = parse_config({**one_task(metrics), "evaluation": {"reward_model": "my/reward-model"}})
+    assert config.evaluation == {"reward_model": "my/reward-model"}
+
+
+@pytest.mark.parametrize("evaluation, message", [
+    ({"judge": "x"}, "evaluation: unknown keys"),
+    ({"judge_model": ""}, "evaluation.judge_model must be a non-empty string"),
+    ({"reward_model": 3}, "evaluation.reward_model must be a non-empty string, got 3"),
+    ({"batch_size": 0}, "evaluation.batch_size must be a positive integer, got 0"),
+    ({"batch_size": True}, "evaluation.batch_size must be a positive integer"),
+    ({"patience": 1.5}, r"evaluation.patience must be in \(0, 1\]"),
+    ({"equivalence_threshold": "high"}, "evaluation.equivalence_threshold must be a number"),
+    ({"equivalence_threshold": float("nan")}, "evaluation.equivalence_threshold must be a number"),
+    ({"equivalence": "classifier:"}, "evaluation.equivalence must be embedding, unigram or classifier:PATH"),
+    ({"embedding_dtype": "int8"}, "evaluation.embedding_dtype must be auto, float32, bfloat16 or float16"),
+    ("judge", "evaluation must be a mapping"),
+])
+def test_bad_evaluation_settings_are_refused_naming_the_key(evaluation, message):
+    with pytest.raises(SweepConfigError, match=message):
+        parse_config({**one_task({"quality": ["relevance"]}), "evaluation": evaluation})
+
+
+def test_the_sweep_scores_its_samples_with_the_models_its_evaluation_names(engines, tmp_path):
+    # a reward model built here scores the sweep; each configuration's mean equals the mean of that model's
+    # scores of its samples, computed directly
+    import statistics
+
+    from baco.evaluate.quality import RewardModel
+    from baco.testing import make_tiny_classifier
+
+    reward_dir = make_tiny_classifier(tmp_path / "reward", num_labels=1, seed=5)
+    raw = raw_config(tmp_path)
+    raw["methods"] = {"base": {"router": "base"}, "p-punc": {"router": "p-punc", "values": [0.3]}}
+    raw["metrics"] = {"diversity": ["distinct-2"], "quality": ["reward"]}
+    raw["evaluation"] = {"reward_model": str(reward_dir), "batch_size": 2}
+    config = parse_config(raw)
+    summary = run_sweep(config, tmp_path / "out", engines, progress=False)
+    rows = SampleStore(tmp_path / "out" / "samples.jsonl").read()
+    model = RewardModel(str(reward_dir), device="cpu")
+    score = dict(zip([(r["prompt"], r["text"]) for r in rows], model([r["prompt"] for r in rows],
+                                                                      [r["text"] for r in rows])))
+    by_config = summary["metrics"]["mine|seed=0"]
+    assert set(by_config) == {c.name for c in config.configurations}
+    for name, metrics in by_config.items():
+        mine = [score[(r["prompt"], r["text"])] for r in rows if r["config"] == name]
+        assert len(mine) == 9 and metrics["reward"] == pytest.approx(statistics.fmean(mine), abs=1e-4)
+    # the cached scores are keyed by that model (another reward model would not reuse them)
+    from baco.evaluate.cache import MISS, ScoreCache, scorer_identity
+    from baco.evaluate.registry import resolve_metrics
+    from baco.evaluate.resources import EvalOptions
+
+    cache = ScoreCache(tmp_path / "out" / "quality-scores.jsonl")
+    spec = resolve_metrics(["reward"])[0]
+    for other, found in ((str(reward_dir), True), ("another/reward-model", False)):
+        scorer = scorer_identity(spec, EvalOptions(reward_model=other))
+        assert all((cache.get(scorer, *pair) is not MISS) == found for pair in score)
 
 
 @pytest.mark.parametrize("metrics, message", [
@@ -276,7 +333,8 @@ def test_a_metric_needing_a_reward_model_is_refused_at_load_naming_metrics_quali
     ({"diversity": ["distinct-1", "fluency"]}, "metrics.diversity: fluency, a quality metric: it belongs under "
                                                "metrics.quality"),
     ({"diversity": ["all"]}, "metrics.diversity: the group 'all' includes fluency, a quality metric"),
-    ({"quality": ["quality"]}, "metrics.quality: the group 'quality' includes reward, which needs a reward model"),
+    ({"quality": ["quality"]}, "metrics.quality: the group 'quality' includes reward, which needs a model with no "
+                               "default"),
 ])
 def test_a_metric_listed_under_the_other_axis_is_refused_naming_the_field(metrics, message):
     with pytest.raises(SweepConfigError, match=re.escape(message)):

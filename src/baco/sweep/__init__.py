@@ -43,8 +43,9 @@ def run_sweep(config: SweepConfig, out_dir, engines: Engines | None = None, *, e
         from baco.sweep.run import plan_sweep
 
         # quality scores (judge, fluency, reward, relevance) are kept beside the samples: evaluating
-        # another seed subset or rerunning after a kill scores only what is new
-        resources = Resources(EvalOptions(score_cache=f"{out_dir}/quality-scores.jsonl"))
+        # another seed subset or rerunning after a kill scores only what is new (the cache keys each score by
+        # its model, so a config naming another judge scores afresh)
+        resources = Resources(EvalOptions(score_cache=f"{out_dir}/quality-scores.jsonl", **config.evaluation))
         rows = ledger.audit(out_dir, plan_sweep(config)[1]).rows  # each planned sample once
         if ray is not None:  # quality scores into the cache, embeddings into `resources`, made on the cluster
             from baco.cluster.evaluate import prepare_on_ray

@@ -19,6 +19,7 @@ one lockstep batch. A configuration is a method with one knob value, named `p-pu
 
 from __future__ import annotations
 
+import math
 import re
 import reprlib
 from dataclasses import dataclass, field, replace
@@ -98,6 +99,7 @@ class SweepConfig:
     #                                are read from the working directory, not from here
     compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
     memory_fraction: float = MEMORY_FRACTION  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
+    evaluation: dict = field(default_factory=dict)  # EvalOptions fields for the evaluation (`evaluation:`)
 
     @property
     def cells(self) -> list[Cell]:
@@ -322,21 +324,52 @@ def check_seeds(raw, source: str) -> list[int]:
 # diversity metrics (it is reported beside them, on no plane)
 AXIS_KINDS = {"diversity": ("diversity", "joint"), "quality": ("quality",)}
 
-# Resources (evaluate/resources.py) a sweep cannot build: it evaluates with EvalOptions' defaults, and these have
-# none; a metric that needs one is refused at load, not after every cell has run
-NOT_IN_A_SWEEP = {"reward_model": "a reward model, and a sweep configuration cannot name one: leave it out and score "
-                                  "the sweep's samples with `baco eval RUN_DIR/samples.jsonl --metrics default,reward "
-                                  "--reward-model PATH_OR_HF_ID`"}
+# What the `evaluation:` key may set: the models and settings of the evaluation's resources
+# (evaluate/resources.py EvalOptions). Not the device (the run's) nor the score cache (RUN_DIR/quality-scores.jsonl).
+EVALUATION_KEYS = {"judge_model": str, "fluency_model": str, "reward_model": str, "embedding_model": str,
+                   "embedding_dtype": str, "equivalence": str, "equivalence_threshold": float, "patience": float,
+                   "batch_size": int}
+
+# A resource with no default: a metric needing one is refused at load (not after every cell has run) unless
+# `evaluation:` names it
+NO_DEFAULT = {"reward_model": "evaluation.reward_model (a path or HF id of a sequence-classification reward model)"}
 
 
-def _metrics(raw, source: str) -> tuple[list[str], list[str]]:
+def _evaluation(raw, source: str) -> dict:
+    """The `evaluation:` mapping, checked key by key; every value a type EvalOptions takes."""
+    where = f"{source}: evaluation"
+    if raw is None:
+        return {}
+    raw = _mapping(raw, where, set(EVALUATION_KEYS))
+    for key, value in raw.items():
+        kind = EVALUATION_KEYS[key]
+        if kind is str and not (isinstance(value, str) and value.strip()):
+            _fail(f"{where}.{key} must be a non-empty string, got {show(value)}")
+        if kind is int and not (_is_int(value) and value >= 1):
+            _fail(f"{where}.{key} must be a positive integer, got {show(value)}")
+        if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+            _fail(f"{where}.{key} must be a number, got {show(value)}")
+    if "embedding_dtype" in raw and raw["embedding_dtype"] not in ("auto", "float32", "bfloat16", "float16"):
+        _fail(f"{where}.embedding_dtype must be auto, float32, bfloat16 or float16, got {show(raw['embedding_dtype'])}")
+    equivalence = raw.get("equivalence", "embedding")
+    if equivalence not in ("embedding", "unigram") and not (equivalence.startswith("classifier:")
+                                                           and len(equivalence) > len("classifier:")):
+        _fail(f"{where}.equivalence must be embedding, unigram or classifier:PATH, got {show(equivalence)}")
+    if "patience" in raw and not 0 < raw["patience"] <= 1:
+        _fail(f"{where}.patience must be in (0, 1], got {show(raw['patience'])}")
+    return {key: float(value) if EVALUATION_KEYS[key] is float else value for key, value in raw.items()}
+
+
+def _metrics(raw, source: str, evaluation: dict) -> tuple[list[str], list[str]]:
     """The two axes' metrics; an axis left out takes the evaluation's default metrics of its kind, so that every
     plane has both axes (Coverage needs a diversity and a quality metric)."""
     raw = _mapping(raw, f"{source}: metrics", set(AXIS_KINDS))
-    return _axis(raw.get("diversity"), "diversity", source), _axis(raw.get("quality"), "quality", source)
+    return (_axis(raw.get("diversity"), "diversity", source, evaluation),
+            _axis(raw.get("quality"), "quality", source, evaluation))
 
 
-def _axis(names, axis: str, source: str) -> list[str]:
+def _axis(names, axis: str, source: str, evaluation: dict) -> list[str]:
     """One axis's metric names (or groups), each of the axis's kind and computable in a sweep."""
     from baco.evaluate.registry import UnknownMetricError, resolve_metrics
 
@@ -353,19 +386,19 @@ def _axis(names, axis: str, source: str) -> list[str]:
         group = [spec.name for spec in specs] != [name.strip().lower()]
         for spec in specs:
             _check_metric(spec, axis, f"{where}: the group {show(name)} includes {spec.name}" if group
-                          else f"{where}: {spec.name}")
+                          else f"{where}: {spec.name}", evaluation)
     return names
 
 
-def _check_metric(spec, axis: str, what: str) -> None:
-    """A metric on the wrong axis would leave its own axis empty (an all-n/a table); one needing a resource a
-    sweep lacks would fail after every cell has run."""
+def _check_metric(spec, axis: str, what: str, evaluation: dict) -> None:
+    """A metric on the wrong axis would leave its own axis empty (an all-n/a table); one needing a resource
+    with no default that `evaluation:` does not name would fail after every cell has run."""
     if spec.kind not in AXIS_KINDS[axis]:
         home = next(a for a, kinds in AXIS_KINDS.items() if spec.kind in kinds)
         _fail(f"{what}, a {spec.kind} metric: it belongs under metrics.{home}")
     for need in spec.needs:
-        if need in NOT_IN_A_SWEEP:
-            _fail(f"{what}, which needs {NOT_IN_A_SWEEP[need]}")
+        if need in NO_DEFAULT and need not in evaluation:
+            _fail(f"{what}, which needs a model with no default: set {NO_DEFAULT[need]}")
 
 
 def _models(raw, source: str) -> dict[str, str]:
@@ -403,7 +436,7 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     if not isinstance(raw, dict):
         _fail(f"{source}: a sweep configuration is a mapping, got {type(raw).__name__}")
     raw = _mapping(raw, source, {"name", "models", "tasks", "n", "seeds", "sampling", "methods", "metrics",
-                                 "batch_size"})
+                                 "batch_size", "evaluation"})
     from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 
     name = _name(raw.get("name", "sweep"), source)
@@ -420,12 +453,13 @@ def parse_config(raw: dict, *, source: str = "<config>") -> SweepConfig:
     if not _is_int(n) or n < 2:
         _fail(f"{source}: n (samples per prompt) must be an integer >= 2 (diversity needs several), got {show(n)}")
     seeds = check_seeds(raw.get("seeds", [0]), source)
-    diversity, quality = _metrics(raw.get("metrics"), source)
+    evaluation = _evaluation(raw.get("evaluation"), source)
+    diversity, quality = _metrics(raw.get("metrics"), source, evaluation)
     batch_size = _slot_count(raw.get("batch_size"), f"{source}: batch_size", 256)
     return SweepConfig(name=name, base=models.get("base", BASE_ALIAS), aligned=models.get("aligned", ALIGNED_ALIAS),
                        tasks=tasks, configurations=configurations, n=n, seeds=seeds, diversity=diversity,
                        quality=quality, batch_size=batch_size, anchor=models.get("anchor"),
-                       backend=models.get("backend", "hf"), source=raw)
+                       backend=models.get("backend", "hf"), source=raw, evaluation=evaluation)
 
 
 def _unique_keys_loader():
