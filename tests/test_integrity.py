@@ -279,6 +279,10 @@ def test_check_names_the_line_of_a_corrupt_plan_instead_of_calling_it_missing(ti
     plan.write_text('[1, 2]\n')
     assert main(["check", str(run)]) == 2
     assert f"{plan}:1: not a plan row" in capsys.readouterr().err
+    plan.write_text('{"cell": "mine|base|se')  # killed while the first plan line was written
+    assert main(["check", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{plan} holds no complete plan line" in err and "--config" in err and "does not exist" not in err
 
 
 def test_check_and_dry_run_need_no_lock_and_change_nothing(tiny_dirs, tmp_path, engines, capsys):

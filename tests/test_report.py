@@ -105,6 +105,18 @@ def test_a_results_file_that_is_not_an_object_is_a_one_line_error(run_dir, tmp_p
                    f"list; rerun `baco sweep` to rewrite it\n")
 
 
+def test_a_results_file_with_hand_edited_metric_lists_still_gives_the_page(run_dir, tmp_path):
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    summary = json.loads((edited / "results.json").read_text())
+    summary["diversity"], summary["quality"] = {"distinct-2": 1}, [3]
+    (edited / "results.json").write_text(json.dumps(summary))
+    page = build_report(edited)
+    assert ("diversity metrics: (unreadable in results.json: dict); quality metrics: (unreadable in results.json: "
+            "list)") in page
+    assert "<h2>Samples</h2>" in page
+
+
 @pytest.mark.parametrize("plan", [True, False])
 def test_a_page_made_from_corrupt_samples_says_how_many_lines_it_skipped(run_dir, tmp_path, capsys, plan):
     """Every line unreadable (a disk error's garbage): the page has no samples and says why, and so does the

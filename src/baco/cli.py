@@ -697,8 +697,10 @@ def cmd_check(args) -> int:
     else:
         plan = ledger.read_plan(run)
         if not plan:
-            raise BacoError(f"{run} has no {ledger.PLAN} (a sweep writes it when it starts; older baco did not): "
-                            f"pass the sweep's configuration with --config")
+            what = ("holds no complete plan line (a sweep killed while it wrote its first plan)"
+                    if (run / ledger.PLAN).is_file() and (run / ledger.PLAN).stat().st_size else
+                    "does not exist (a sweep writes it when it starts; older baco did not)")
+            raise BacoError(f"{run / ledger.PLAN} {what}: pass the sweep's configuration with --config")
     result = ledger.audit(run, plan)
     _note_running(run)
     for key, cell in result.cells.items():

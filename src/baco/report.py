@@ -129,6 +129,15 @@ def _left_out_line(other_cells: int, other_settings: int, lister: str) -> str | 
     return f"{other_cells + other_settings} stored samples left out: {'; '.join(parts)}." if parts else None
 
 
+def _metric_names(summary: dict, axis: str) -> str:
+    """The axis's metric names as results.json lists them; a hand-edited value that is not a list of names
+    shows as such rather than failing the report."""
+    names = summary.get(axis, [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return f"(unreadable in results.json: {type(names).__name__})"
+    return ", ".join(names)
+
+
 def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
     run = Path(run_dir)
     if not (run / "samples.jsonl").is_file():
@@ -153,8 +162,8 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
                   "points that are the method's. Mean ± std over seeds.</p>",
                   _markdown_blocks((run / "table.md").read_text(encoding="utf-8"))]
     if summary:
-        parts.append(f"<p class='meta'>diversity metrics: {html.escape(', '.join(summary.get('diversity', [])))}; "
-                     f"quality metrics: {html.escape(', '.join(summary.get('quality', [])))}</p>")
+        parts.append(f"<p class='meta'>diversity metrics: {html.escape(_metric_names(summary, 'diversity'))}; "
+                     f"quality metrics: {html.escape(_metric_names(summary, 'quality'))}</p>")
     plots = sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []
     if plots:
         parts.append("<h2>Pareto planes</h2>")
