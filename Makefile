@@ -70,9 +70,9 @@ demo-tiny: $(BIN)/.installed
 		--n 4 --max-new-tokens 40 --seed 0 --color always \
 		--prompt "Name a fruit." --prompt "Tell me a story about a dragon." --out $(DEMO_DIR)/demo.jsonl
 
-# re-make the embedded aligned adapter: teacher data (~6 min), LoRA training (~6 min), evaluation (~25 min)
+# re-make the embedded aligned adapter from the hand-written answers: LoRA training (~6 min), evaluation (~25 min).
+# (The teacher-answer variant the model card compares: scripts/make_sft_data.py, then train_aligned.py --data.)
 train-aligned: $(BIN)/.installed
-	cd scripts && ../$(BIN)/python make_sft_data.py --out data/sft_teacher.jsonl
 	$(BIN)/python scripts/train_aligned.py
 	$(BIN)/python scripts/eval_aligned.py --out docs/adapter_eval.json
 

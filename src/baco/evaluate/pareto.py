@@ -1,4 +1,4 @@
-"""Pareto Coverage and Dominance over (diversity, quality) planes (BACo paper, section 1 of PAPER.md).
+"""Pareto Coverage and Dominance over (diversity, quality) planes (the BACo paper, arXiv 2511.05650).
 
 Input: per task, per method configuration (e.g. "p-punc:0.3", "p-punc:0.5", "aligned"), a value per
 metric. A *method* is a family of configurations (`family("p-punc:0.3") == "p-punc"`); its points
