@@ -1,4 +1,4 @@
-"""The llama.cpp backend (`pip install 'baco[gguf]'`; `make test` installs it): GGUF models on the same engine,
+"""The llama.cpp backend (the `gguf` extra, llama-cpp-python; `make test` installs it): GGUF models on the same engine,
 routers, sampler and provenance as the HF backend. Tiny float32 GGUFs are written here from the tiny HF pair."""
 
 import json

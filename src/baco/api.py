@@ -152,7 +152,7 @@ class Collaboration:
         `one_forward`: when `aligned` is a LoRA adapter on `base` itself, load the weights once and step
         both sides as rows of one forward (`on`; `auto`: on the CPU) or merge it into a copy (`off`).
         `backend`: `hf` (transformers), `llamacpp` (GGUF files or the embedded pair on llama.cpp,
-        `pip install 'baco[gguf]'`) or `auto` (llama.cpp where it is installed and can run the pair on the CPU).
+        `pip install -e '.[gguf]'`) or `auto` (llama.cpp where it is installed and can run the pair on the CPU).
         `compile`: the engine's decoding steps run the models through `torch.compile` (transformers, same-
         tokenizer pairs): compiling takes seconds to a minute per bucket of rows, then each step is faster.
         `shared_tokenizer`: refuse a pair whose tokenizers differ (TokenizerMismatchError) before any weights

@@ -4,7 +4,7 @@ Work goes out in units (a sweep's cells, or shards of `baco generate`'s prompts)
 that each hold one model pair, loaded once; results come back to this process, which alone
 writes the output files, exactly as a local run writes them. Ray restarts a worker that dies and
 reruns its unit; a sample that arrives twice is written once. Ray is an optional extra
-(`pip install 'baco[ray]'`): nothing outside this package imports it. See docs/cluster.md.
+(`pip install -e '.[ray]'`): nothing outside this package imports it. See docs/cluster.md.
 
     from baco.cluster import RayOptions, generate
     for sample in generate(prompts, base=..., aligned=..., router="p-punc:0.5", n=10,

@@ -24,7 +24,7 @@ def require_ray():
     """The `ray` module, or a clear error naming the extra to install."""
     if importlib.util.find_spec("ray") is None:
         raise ClusterError("--ray needs Ray on this machine and on every node of the cluster: "
-                           "pip install 'baco[ray]'")
+                           "pip install 'ray>=2.40' (baco's `ray` extra)")
     import ray
 
     return ray

@@ -1,4 +1,4 @@
-"""The llama.cpp backend: GGUF models stepped by baco's engine (llama-cpp-python, `pip install 'baco[gguf]'`).
+"""The llama.cpp backend: GGUF models stepped by baco's engine (llama-cpp-python, `pip install -e '.[gguf]'`).
 
     pair = ModelPair(*load_llamacpp_models("baco:gemma-3-270m", "baco:gemma-3-270m-aligned"))
 
@@ -36,8 +36,8 @@ def llama():
     try:
         import llama_cpp
     except ImportError:
-        raise BacoError("the llama.cpp backend needs llama-cpp-python: pip install 'baco[gguf]' "
-                        "(`make setup` builds it from source)") from None
+        raise BacoError("the llama.cpp backend needs llama-cpp-python (baco's `gguf` extra): "
+                        "pip install 'llama-cpp-python>=0.3.36', built from source (`make setup` does it)") from None
     if _LOG_CALLBACK is None:
         _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, data: None)
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
