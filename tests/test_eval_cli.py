@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -222,6 +224,23 @@ def test_a_metric_of_ones_own_follows_the_routers_naming_rules(tmp_path, metrics
                           ("Default", "'default' already names a group of metrics")]:
         with pytest.raises(BacoError, match=refusal):
             register_metric(name, **mine)
+
+
+def test_a_built_in_metrics_name_is_refused_even_before_the_built_ins_load():
+    """The built-ins load lazily; in a fresh interpreter, the first metric of one's own under a built-in's name is
+    refused where it is registered, and the built-ins load afterwards as ever."""
+    code = ("from baco.evaluate.registry import get_metric, list_metrics, register_metric\n"
+            "try:\n"
+            "    register_metric('Distinct-1', kind='diversity', higher_is_better=True, help='mine', library='mine')("
+            "lambda responses: 1.0)\n"
+            "except Exception as error:\n"
+            "    print('refused:', error)\n"
+            "print(get_metric('distinct-1').library != 'mine', 'distinct-2' in [s.name for s in list_metrics()])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    refusal, listed = done.stdout.splitlines()
+    assert refusal.startswith("refused: metric 'distinct-1' is already registered (by baco.evaluate.lexical")
+    assert listed == "True True"  # the built-in kept its name; the others loaded
 
 
 def test_an_unknown_utility_quality_metric_is_an_error_not_a_silently_missing_utility(tmp_path, capsys):
