@@ -251,14 +251,15 @@ def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
     ({"model": "baco", "messages": []}, 400, "messages"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, 400, "logit_bias"),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, None),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, "router"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, "router"),
     # cross-tokenizer methods run per character or word in `baco generate`; the engine would run them per token
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "chared:0.5"}, 400, None),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "p-punc-words:0.3"}, 400, None),
-    ({"model": "baco", "messages": [{"role": "user", "content": "  "}]}, 400, None),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, None),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi " * 300}]}, 400, None),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "chared:0.5"}, 400, "router"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "p-punc-words:0.3"}, 400, "router"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "  "}]}, 400, "messages"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, 400, "top_logprobs"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi " * 300}]}, 400, "messages"),
+    ({"model": "baco", "messages": [{"role": "assistant", "content": "hi"}]}, 400, "messages"),  # turns out of order
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "stop": [""]}, 400, "stop"),
 ])
 def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
@@ -266,8 +267,7 @@ def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
     assert response.status_code == status
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and error["message"]
-    if param is not None:
-        assert error["param"].split(".")[0] == param
+    assert error["param"].split(".")[0] == param  # the field, also where baco's own checks refuse its value
 
 
 def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):

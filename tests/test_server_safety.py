@@ -123,6 +123,7 @@ def test_text_that_is_not_valid_unicode_is_refused_400_in_openais_error_shape(gu
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["type"] == "invalid_request_error" and words in error["message"]
+    assert error["param"] == ("messages" if "chat" in path else "prompt")
 
 
 # ---- the command line -----------------------------------------------------------------------------------------

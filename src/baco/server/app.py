@@ -20,7 +20,7 @@ from baco.defaults import PREFILL_TOKENS
 from baco.errors import BacoError
 from baco.server import schemas
 from baco.server.metrics import Metrics
-from baco.server.requests import ContextError, conversation, plan
+from baco.server.requests import ContextError, about, conversation, plan
 from baco.server.responses import Shaper
 from baco.server.schemas import Limits
 from baco.server.shutdown import MESSAGE, Drain
@@ -284,7 +284,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     @app.exception_handler(BacoError)
     async def refused(request, exc: BacoError):
         code = "context_length_exceeded" if isinstance(exc, ContextError) else "invalid_value"
-        return error(400, str(exc), code=code)
+        return error(400, str(exc), param=getattr(exc, "param", None), code=code)  # (`requests.about` sets it)
 
     ok = {"description": "OK"}
     refusals = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in
@@ -317,14 +317,16 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     @app.post("/v1/chat/completions", response_model=schemas.ChatCompletion,
               responses={**refusals, 200: {"content": streamed, **ok}})
     async def chat(body: ChatCompletionRequest, request: Request):  # type: ignore[valid-type]
-        if body.top_logprobs and not body.logprobs:
-            raise BacoError("top_logprobs needs logprobs: true")
-        fmt, prompt = conversation(body.messages, collab.prompt_format)
+        with about("top_logprobs"):
+            if body.top_logprobs and not body.logprobs:
+                raise BacoError("top_logprobs needs logprobs: true")
+        with about("messages"):
+            fmt, prompt = conversation(body.messages, collab.prompt_format)
         return await run(request, body, fmt, [prompt], chat=True, logprobs=body.logprobs, top=body.top_logprobs or 0)
 
     async def run(request: Request, body, fmt, prompts, *, chat: bool, logprobs: bool, top: int):
         todo = plan(collab, fmt, prompts, body, limits=limits, max_len=config.max_len, default_router=config.router,
-                    default_min_p=config.min_p)
+                    default_min_p=config.min_p, prompt_field="messages" if chat else "prompt")
         if drain.closing:  # it passed the door just before the shutdown began
             return shutting_down()
         stream = JobStream(len(todo.requests))

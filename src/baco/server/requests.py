@@ -9,6 +9,7 @@ Everything a request can get wrong is found here, before any row runs, and raise
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from baco.api import Collaboration
@@ -23,6 +24,19 @@ from baco.server.schemas import Limits
 
 class ContextError(BacoError):
     """A prompt (plus the tokens asked for) does not fit a slot (OpenAI's code: context_length_exceeded)."""
+
+
+@contextmanager
+def about(field: str):
+    """A BacoError raised inside is about the request's `field`: the 400 names it as its `param` (OpenAI's shape).
+
+    The checks called inside (routers, prompts) know nothing of requests; which field they were given is known
+    here."""
+    try:
+        yield
+    except BacoError as error:
+        error.param = field
+        raise
 
 
 @dataclass
@@ -72,29 +86,33 @@ def router_name(spec: str) -> str:
 
 
 def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, limits: Limits, max_len: int,
-         default_router: str, default_min_p: float) -> Plan:
-    """Validate and encode one request: n rows per prompt, each with its own token budget."""
-    router = router_name(body.router if body.router is not None else default_router)
+         default_router: str, default_min_p: float, prompt_field: str) -> Plan:
+    """Validate and encode one request: n rows per prompt, each with its own token budget.
+
+    prompt_field: the body's field the prompts came from ("prompt", or "messages" for a chat)."""
+    with about("router"):
+        router = router_name(body.router if body.router is not None else default_router)
     seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
     asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
     sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                               min_p=body.min_p if body.min_p is not None else default_min_p,
                               max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
-    requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
-    prompt_tokens = 0
-    slot = min(max_len, collab.pair.context_length)  # a slot longer than the models' context cannot be filled
-    for request in requests:
-        longest = request.prompt_length
-        if request.sample_index == 0:
-            prompt_tokens += len(request.aligned_ids)
-        where = f"prompt {request.prompt_index}" if len(prompts) > 1 else "the prompt"
-        if longest > limits.max_prompt_tokens:
-            raise ContextError(f"{where} is {longest} tokens once templated; this server accepts at most "
-                               f"{limits.max_prompt_tokens}")
-        room = slot - longest
-        if room < 1 or (asked and asked > room):
-            holds = f"a slot holds {max_len}" if slot == max_len else f"the models' context holds {slot}"
-            raise ContextError(f"{where} is {longest} tokens once templated and {asked or 1} more were asked for, "
-                               f"but {holds} tokens; shorten the prompt or lower max_tokens")
-        request.max_new_tokens = min(request.max_new_tokens, room)
+    with about(prompt_field):
+        requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
+        prompt_tokens = 0
+        slot = min(max_len, collab.pair.context_length)  # a slot longer than the models' context cannot be filled
+        for request in requests:
+            longest = request.prompt_length
+            if request.sample_index == 0:
+                prompt_tokens += len(request.aligned_ids)
+            where = f"prompt {request.prompt_index}" if len(prompts) > 1 else "the prompt"
+            if longest > limits.max_prompt_tokens:
+                raise ContextError(f"{where} is {longest} tokens once templated; this server accepts at most "
+                                   f"{limits.max_prompt_tokens}")
+            room = slot - longest
+            if room < 1 or (asked and asked > room):
+                holds = f"a slot holds {max_len}" if slot == max_len else f"the models' context holds {slot}"
+                raise ContextError(f"{where} is {longest} tokens once templated and {asked or 1} more were asked for, "
+                                   f"but {holds} tokens; shorten the prompt or lower max_tokens")
+            request.max_new_tokens = min(request.max_new_tokens, room)
     return Plan(requests, sampling, router, seed, prompt_tokens)
