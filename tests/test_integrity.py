@@ -46,9 +46,14 @@ def generate_argv(tiny_dirs, out, *more):
 
 # ---------------------------------------------------------------- 1: generate --out appends, never wipes
 
+# a sample an earlier baco wrote (before samples had ids): a row of a samples file, which generate appends to
+EARLIER = ('{"prompt": "kept", "prompt_index": 0, "sample_index": 0, "router": "aligned", "seed": 1, '
+           '"text": "an earlier result"}\n')
+
+
 def test_a_failed_generate_leaves_an_existing_out_file_untouched(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "samples.jsonl"
-    out.write_text('{"prompt": "kept", "text": "an earlier result"}\n')
+    out.write_text(EARLIER)
     before = out.read_bytes()
     assert main(generate_argv(tiny_dirs, out, "--prompt", "word " * 400)) == 2  # too long, after models load
     assert "tokens once templated" in capsys.readouterr().err
@@ -57,7 +62,7 @@ def test_a_failed_generate_leaves_an_existing_out_file_untouched(tiny_dirs, tmp_
 
 def test_generate_appends_and_a_rerun_with_the_same_seed_completes_instead_of_doubling(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "samples.jsonl"
-    out.write_text('{"prompt": "kept", "text": "an earlier result"}\n')
+    out.write_text(EARLIER)
     assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "2")) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["prompt"] == "kept" and len(rows) == 3
@@ -85,6 +90,21 @@ def test_generate_refuses_to_append_to_a_file_that_is_not_jsonl(tiny_dirs, tmp_p
     assert main(generate_argv(tiny_dirs, notes, "--prompt", "hi")) == 2
     assert "notes.jsonl:1: not valid JSON" in capsys.readouterr().err
     assert notes.read_text() == "my notes\nmore notes\n"
+
+
+@pytest.mark.parametrize("content, line", [
+    ('{"prompt": "Name a fruit."}\n{"prompt": "Name a colour."}\n', 1),  # another prompts file
+    ('[{"prompt": "Name a fruit."}]', 1),  # a one-line JSON array
+    (EARLIER + '{"prompt": "p", "response": "r"}\n', 2),  # a samples file someone added a row of their own to
+])
+def test_generate_refuses_to_append_to_json_rows_that_are_not_samples(tiny_dirs, tmp_path, capsys, content, line):
+    out = tmp_path / "q2.jsonl"
+    out.write_text(content)
+    assert main(generate_argv(tiny_dirs, out, "--prompt", "hi")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: --out {str(out)!r} is not a JSON Lines samples file ({out}:{line}: not a "
+                          f"baco sample")
+    assert err.count("\n") == 1 and out.read_text() == content
 
 
 @pytest.mark.parametrize("content", [b"my only important line, no newline", b"\x80\x81"])

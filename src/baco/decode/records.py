@@ -286,6 +286,14 @@ def is_sample_row(row) -> bool:
 SAMPLE_ROW_START = b'{"prompt": '  # how every sample row begins (`Sample.to_dict`'s first field, json.dumps)
 
 
+def foreign_row(scan) -> str | None:
+    """`file:line: ...` of a scanned file's first complete row that is not a sample (None: every row is one)."""
+    for number, row in scan.rows:
+        if not is_sample_row(row):
+            return f"{scan.path}:{number}: not a baco sample (needs {', '.join(sorted(SAMPLE_FIELDS))})"
+    return None
+
+
 def read_jsonl(path: str | Path) -> list[Sample]:
     """The samples of a `baco generate --out` file, each once; a torn last line is skipped with a warning,
     any other unreadable line is an error naming it."""
@@ -299,10 +307,10 @@ def read_jsonl(path: str | Path) -> list[Sample]:
         raise BacoError(scan.problems()[0])
     if scan.torn:
         warnings.warn(scan.problems()[-1] + "; skipped", stacklevel=2)
+    if problem := foreign_row(scan):
+        raise BacoError(problem)
     samples, seen = [], set()
     for number, row in scan.rows:
-        if not is_sample_row(row):
-            raise BacoError(f"{path}:{number}: not a baco sample (needs {', '.join(sorted(SAMPLE_FIELDS))})")
         if isinstance(row.get("id"), str):  # rows written before ids have none
             if row["id"] in seen:
                 warnings.warn(f"{path}:{number}: sample {row['id']} is stored twice; read once", stacklevel=2)
@@ -326,8 +334,9 @@ class SampleFile:
     is read and held until `close()`, so a second run on the same file is refused instead of making the
     same samples again. The file is opened (and a torn last line repaired) only when the first sample is
     written. A file that is not one of samples is refused before anything is done: one with lines that are
-    not JSON, or whose unfinished last line follows no sample row (a text without its final newline is not
-    a row cut off by a kill: dropping it would lose it).
+    not JSON, with a JSON row that is not a sample (another prompts file, a JSON array), or whose unfinished
+    last line follows no sample row (a text without its final newline is not a row cut off by a kill:
+    dropping it would lose it).
     """
 
     def __init__(self, path: str | os.PathLike, identity: dict):
@@ -345,7 +354,8 @@ class SampleFile:
         from baco.storage import foreign_tail, scan_jsonl
 
         scan = scan_jsonl(self.path)
-        problem = scan.problems()[0] if scan.corrupt else foreign_tail(scan, is_sample_row, SAMPLE_ROW_START)
+        problem = (scan.problems()[0] if scan.corrupt else foreign_row(scan)
+                   or foreign_tail(scan, is_sample_row, SAMPLE_ROW_START))
         if problem:
             raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({problem}); "
                               f"baco appends only to such a file: choose another")
