@@ -108,6 +108,28 @@ def test_console_script_is_installed():
     assert done.returncode == 0 and "p-punc" in done.stdout
 
 
+def test_a_closed_stdout_pipe_ends_a_command_quietly_with_sigpipes_exit_code():
+    """`baco routers | head -1`: the reader is gone before the output is flushed (at the end, not mid-print)."""
+    child = subprocess.Popen([sys.executable, "-m", "baco.cli", "routers"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    child.stdout.close()  # before the child (still importing) writes anything
+    err = child.stderr.read()
+    assert child.wait(timeout=300) == 141 and err == ""
+
+
+def test_a_pipe_closed_mid_output_ends_a_command_quietly(monkeypatch, capsys):
+    """`baco check RUN --verbose | head -3`: a print fails with BrokenPipeError; no error text, no traceback."""
+    import io
+
+    class ClosedPipe(io.TextIOBase):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["routers"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_generate_threads_flag_sets_torch_threads_and_refuses_zero(tiny_dirs, tmp_path, capsys):
     import torch
 

@@ -754,9 +754,19 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
     print(f"baco: warning: {message}", file=sys.stderr)
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered for a closed pipe is dropped at exit, not reported."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # a stdout without a file descriptor (a test's stream)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Bad input: one line on stderr, exit 2; an unexpected failure: one line, exit 1
-    (`--debug` or BACO_DEBUG=1 shows the traceback)."""
+    (`--debug` or BACO_DEBUG=1 shows the traceback); stdout closed by its reader: nothing said, exit 141."""
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("BACO_DEBUG", "").strip() not in ("", "0")
     shown = warnings.showwarning
@@ -766,7 +776,12 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe fails here, not later at exit where Python reports it
+        return code
+    except BrokenPipeError:  # stdout's reader has gone (`baco check RUN | head -3`): stop quietly, as `cat` does
+        _drop_stdout()
+        return 141  # 128 + SIGPIPE: what a shell reports for a command whose pipe closed
     except BacoError as error:
         if debug:
             traceback.print_exc()
