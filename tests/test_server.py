@@ -270,6 +270,20 @@ def test_bad_requests_get_an_openai_shaped_400(live, body, status, param):
     assert error["param"].split(".")[0] == param  # the field, also where baco's own checks refuse its value
 
 
+def test_an_unknown_router_is_told_the_routers_this_server_runs(live):
+    """Not the multi-pass methods nor the cross-tokenizer ones (`baco generate` runs those; the server refuses them)."""
+    from baco import list_routers
+    from baco.routers.cross import unit_of
+    from baco.strategies import STRATEGIES
+
+    body = {"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}
+    response = requests.post(live.url + "/v1/chat/completions", json=body, timeout=60)
+    message = response.json()["error"]["message"]
+    listed = set(message.split("known routers: ")[1].split(" (see")[0].split(", "))
+    assert listed == {spec.name for spec in list_routers() if unit_of(spec.name) is None}
+    assert "p-punc" in listed and not listed & set(STRATEGIES) and "chared" not in listed
+
+
 def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):
     """OpenAI's API and vLLM's take null for temperature and top_p (clients send it for "not set"); so does top_k."""
     body = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 12, "seed": 3}

@@ -156,6 +156,30 @@ def test_sweep_config_errors_name_the_key_before_anything_loads(tmp_path, capsys
     assert not (tmp_path / "run").exists()
 
 
+def listed_routers(message: str) -> set[str]:
+    """The names an unknown router's error lists."""
+    return set(message.split("known routers: ")[1].split(" (see")[0].split(", "))
+
+
+def test_an_unknown_router_is_told_every_name_that_runs_there_multi_pass_methods_included(tmp_path, capsys, collab):
+    """`baco generate --router`, a sweep's `router:` and the API's `router=` also run the multi-pass methods
+    (`negative`, `verbalized`): an unknown name's error lists them with the routers."""
+    from baco import list_routers
+    from baco.api import check_router_name
+    from baco.strategies import STRATEGIES
+
+    every = {spec.name for spec in list_routers()} | set(STRATEGIES)
+    generate = one_line_error(capsys, main(["generate", *NOWHERE, "--quiet", "--prompt", "hi", "--router", "nope"]))
+    sweep = one_line_error(capsys, main(["sweep", sweep_file(tmp_path, methods={"x": {"router": "nope"}}), "--out",
+                                         str(tmp_path / "run")]))
+    with pytest.raises(UnknownRouterError) as loading:  # Collaboration.from_pretrained(..., router=) checks it first
+        check_router_name("nope")
+    with pytest.raises(UnknownRouterError) as generating:
+        collab.generate("hi", router="nope")
+    for message in (generate, sweep, str(loading.value), str(generating.value)):
+        assert "unknown router 'nope'" in message and listed_routers(message) == every, message
+
+
 def test_sweep_output_paths_are_checked_before_anything_runs(tmp_path, capsys):
     config = sweep_file(tmp_path)
     a_file = tmp_path / "file"

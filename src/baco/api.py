@@ -21,7 +21,7 @@ from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
-from baco.strategies import parse_strategy  # (also keeps the multi-pass methods' names from routers)
+from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
 
 if TYPE_CHECKING:
     import torch
@@ -330,7 +330,7 @@ class Collaboration:
     def _cross_route(self, router) -> Router | None:
         """The router as a cross-tokenizer method to run on the cross pair, or None for the token path.
         Raises TokenizerMismatchError for a token-level router on a pair whose tokenizers differ."""
-        route = get_router(router, build=False) if isinstance(router, str) else router
+        route = get_router(router, build=False, known=method_names()) if isinstance(router, str) else router
         if unit_of(route) is not None:
             if self._cross is None:  # a same-tokenizer pair: the cross path works on it too
                 self._cross = CrossPair(self.pair.base, self.pair.aligned)
@@ -451,7 +451,7 @@ class Collaboration:
 def check_router_name(router) -> None:
     """A router or multi-pass method (`negative:0.5`), checked by name without loading anything."""
     if not (isinstance(router, str) and parse_strategy(router) is not None):
-        get_router(router, build=False)
+        get_router(router, build=False, known=method_names())
 
 
 def check_cross_router(router: str, mismatch: Exception | None) -> None:

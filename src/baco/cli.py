@@ -242,12 +242,12 @@ def _check_memory_fraction(args) -> None:
 def _router_name(spec: str) -> str:
     """The canonical name of a router or multi-pass method (`p-punc:0.50` -> `p-punc:0.5`); validates it."""
     from baco.routers import get_router
-    from baco.strategies import parse_strategy
+    from baco.strategies import method_names, parse_strategy
 
     strategy = parse_strategy(spec)
     if strategy is not None:
         return f"{strategy[0].name}:{strategy[1]:g}"
-    return get_router(spec, build=False).name
+    return get_router(spec, build=False, known=method_names()).name
 
 
 def cmd_generate(args) -> int:

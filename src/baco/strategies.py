@@ -33,7 +33,7 @@ from baco.errors import UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
-from baco.routers import get_router
+from baco.routers import get_router, list_routers
 from baco.routers.registry import reserve, split_spec
 
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
@@ -79,6 +79,11 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     if value < entry.low or (entry.integer and value != int(value)):
         raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
     return entry, value
+
+
+def method_names() -> list[str]:
+    """What a `--router` (or `router=`) that runs multi-pass methods takes: every router and every such method."""
+    return sorted([*(spec.name for spec in list_routers()), *STRATEGIES])
 
 
 def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from baco.errors import BacoError, UnknownRouterError
 from baco.names import check_free, registry_name
@@ -94,10 +94,12 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return name.strip().lower(), raw if colon else None
 
 
-def get_router(spec: str | Router, *, build: bool = True) -> Router:
+def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] | None = None) -> Router:
     """Parse `name` or `name:value` (e.g. `p-punc:0.5`) into a ready router.
 
     `build=False` only validates: routers with their own model (JUDGE) are not loaded.
+    `known`: the names an unknown name's error lists (default: every registered router), for a door that takes
+    more (the multi-pass methods: `baco.strategies.method_names`) or serves fewer (the server).
     """
     if isinstance(spec, Router) or (callable(spec) and isinstance(getattr(spec, "name", None), str)):
         return spec  # a ready router, or any callable router object with a name (e.g. a JudgeRouter)
@@ -108,8 +110,8 @@ def get_router(spec: str | Router, *, build: bool = True) -> Router:
                                  f"got {spec!r}{own}")
     name, raw = split_spec(spec)
     if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise UnknownRouterError(f"unknown router {name!r}; known routers: {known} (see `baco routers`)")
+        listed = ", ".join(sorted(_REGISTRY if known is None else known))
+        raise UnknownRouterError(f"unknown router {name!r}; known routers: {listed} (see `baco routers`)")
     entry = _REGISTRY[name]
     if entry.param is None:
         if raw is not None:

@@ -17,7 +17,7 @@ from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError, UnknownRouterError
 from baco.prompts import PromptFormat
-from baco.routers import get_router
+from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
 
@@ -77,7 +77,8 @@ def router_name(spec: str) -> str:
     if strategy is not None:
         raise UnknownRouterError(f"router {spec!r} is a multi-pass method; the server runs per-token routers and "
                                  f"baselines only (see `baco routers`)")
-    name = get_router(spec, build=False).name
+    served = [router.name for router in list_routers() if unit_of(router.name) is None]  # what an unknown's error lists
+    name = get_router(spec, build=False, known=served).name
     if unit_of(name) is not None:  # the engine would run it token by token: not the method `baco generate` runs
         raise UnknownRouterError(f"router {spec!r} is a cross-tokenizer method (per character or word); the server "
                                  f"runs per-token routers and baselines only: use `baco generate` for it "

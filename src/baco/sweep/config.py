@@ -201,13 +201,13 @@ class _StrategyRef:
 
 
 def _router(spec: str, where: str):
-    from baco.strategies import parse_strategy
+    from baco.strategies import method_names, parse_strategy
 
     try:
         strategy = parse_strategy(spec)
         if strategy is not None:
             return _StrategyRef(*strategy)
-        return get_router(spec, build=False)
+        return get_router(spec, build=False, known=method_names())
     except UnknownRouterError as error:
         raise SweepConfigError(f"{where}: {error}") from None
 
