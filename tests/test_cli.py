@@ -30,6 +30,14 @@ def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
     assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
 
 
+def test_generate_makes_the_out_files_missing_folders_as_eval_does(tiny_dirs, tmp_path):
+    base, aligned = map(str, tiny_dirs)
+    out = tmp_path / "runs" / "x" / "samples.jsonl"
+    assert main(["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--max-new-tokens", "4",
+                 "--quiet", "--out", str(out)]) == 0
+    assert [s.prompt for s in read_jsonl(out)] == ["Name a fruit."]
+
+
 def test_colours_mark_who_wrote_each_token(collab):
     from baco import SamplingParams
 

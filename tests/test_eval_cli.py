@@ -108,6 +108,13 @@ def test_eval_refuses_an_out_or_score_cache_that_is_a_samples_file_it_evaluates(
     assert samples.read_text() == before
 
 
+def test_eval_makes_the_out_files_missing_folders(tmp_path):
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
+    out = tmp_path / "runs" / "x" / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1", "--out", str(out), "--quiet"]) == 0
+    assert out.is_file() and out.with_suffix(".csv").is_file()
+
+
 def test_one_sample_per_prompt_is_reported_undefined_not_zero(tmp_path, capsys):
     path = write_rows(tmp_path / "single.jsonl", [{"prompt": f"q{i}", "response": "only answer"} for i in range(3)])
     out = tmp_path / "m.json"

@@ -50,7 +50,6 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
     folder.mkdir()
     (tmp_path / "a-file.json").write_text("{}\n")
     cases = [
-        (["--prompt", "hi", "--out", str(tmp_path / "missing" / "s.jsonl")], "the folder", "does not exist"),
         (["--prompt", "hi", "--out", str(tmp_path / "a-file.json" / "sub" / "s.jsonl")],
          f"{str(tmp_path / 'a-file.json')!r} is a file, not a folder", ""),
         (["--prompt", "hi", "--router", "p-punc:"], "router 'p-punc:' has an empty value after ':'", ""),

@@ -283,7 +283,7 @@ def cmd_generate(args) -> int:
                              min(args.batch_size, len(prompts) * args.n), compile=args.compile)
     if not args.out:
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
-    check_output_file(args.out, "--out")
+    check_output_file(args.out, "--out", make_folder=True)
     if args.prompts and same_file(args.out, args.prompts):
         raise BacoError(f"--out {str(args.out)!r} is the --prompts file: the samples would be appended to the "
                         f"prompts (and read as prompts next time); give --out its own file")
@@ -563,7 +563,7 @@ def cmd_eval(args) -> int:
     if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
         raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
-    from baco.storage import check_output_dir, check_output_file, same_file
+    from baco.storage import check_output_file, same_file
 
     if args.score_cache:
         check_output_file(args.score_cache, "--score-cache")
@@ -573,9 +573,7 @@ def cmd_eval(args) -> int:
         if replaced is not None:  # the results are written over the file: the samples would be gone
             raise BacoError(f"--out {str(args.out)!r} would write {str(replaced)!r}, a samples file being "
                             f"evaluated; give --out another name")
-        check_output_dir(args.out.parent, "--out")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        check_output_file(args.out, "--out")
+        check_output_file(args.out, "--out", make_folder=True)
         check_output_file(args.out.with_suffix(".csv"), "--out (its .csv)")
     options = EvalOptions(embedding_model=args.embedding_model, embedding_dtype=args.embedding_dtype,
                           equivalence=args.equivalence,

@@ -253,8 +253,9 @@ def _probe(folder: Path, flag: str, path: Path) -> None:
                           f"({error.strerror or error})") from None
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """A file baco may create or append to: its folder exists and is writable, it is not a folder.
+def check_output_file(path: str | os.PathLike, flag: str = "--out", *, make_folder: bool = False) -> Path:
+    """A file baco may create or append to: its folder exists (or, with `make_folder`, is made now: `--out
+    runs/x/samples.jsonl`) and is writable, it is not a folder.
 
     Leaves an existing file as it is (opened for appending, nothing written)."""
     path = Path(path)
@@ -265,7 +266,13 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():  # no folder can be made where a file is
             raise OutputError(f"{flag} {str(path)!r}: {str(blocker)!r} is a file, not a folder")
-        raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} does not exist; create it first")
+        if not make_folder:
+            raise OutputError(f"{flag} {str(path)!r}: the folder {str(folder)!r} does not exist; create it first")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"{flag} {str(path)!r}: cannot create the folder {str(folder)!r} "
+                              f"({error.strerror or error})") from None
     if path.exists():
         try:
             open(path, "ab").close()
