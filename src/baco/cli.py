@@ -39,8 +39,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_ray(p):
-    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs `pip install 'baco[ray]'`)."""
-    g = p.add_argument_group("on a Ray cluster (pip install 'baco[ray]'; see docs/cluster.md)")
+    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra)."""
+    g = p.add_argument_group("on a Ray cluster (needs ray, baco's ray extra; see docs/cluster.md)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
                         "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
@@ -120,8 +120,8 @@ def _add_formats(p) -> None:
     p.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "llamacpp"],
-                   help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (pip install "
-                   "'baco[gguf]'); auto: llamacpp where it is installed and runs the pair on the CPU (for the embedded pair: "
+                   help="hf: transformers; llamacpp: llama.cpp on GGUF files or the embedded pair (needs "
+                   "llama-cpp-python, baco's gguf extra); auto: llamacpp where it is installed and runs the pair on the CPU (for the embedded pair: "
                    "when at most 8 rows decode at once, from --max-batch and the number of samples), else hf")
     p.add_argument("--one-forward", default="auto", choices=["auto", "on", "off"],
                    help="when --aligned is a LoRA adapter on --base (the embedded pair): load the weights once "
@@ -426,7 +426,8 @@ def cmd_serve(args) -> int:
         from baco.server import LOOPBACK, Limits, ServerConfig, run
         from baco.server.requests import router_name
     except ImportError as missing:
-        raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install 'baco[serve]'") from None
+        raise BacoError(f"baco serve needs {missing.name or 'its packages'}: pip install fastapi uvicorn "
+                        f"prometheus-client (baco's `serve` extra)") from None
 
     for flag in ("max_batch", "max_len", "max_routers", "default_max_tokens", "max_n", "max_prompts",
                  "max_body_bytes", "max_tokens", "max_prompt_tokens", "threads", "prefill_tokens"):
