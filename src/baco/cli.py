@@ -659,6 +659,8 @@ def cmd_sweep(args) -> int:
         for cell in config.cells:
             print(f"{cell.key:<60} {ledger.describe(result.cells[cell.key])}")
         print(f"{len(config.cells)} cells, {config.n} samples per prompt, output {out}")
+        if not args.no_eval:
+            print(_evaluation_line(config))
         return 0
     try:
         summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet,
@@ -671,6 +673,18 @@ def cmd_sweep(args) -> int:
         print(markdown_table(summary))
         print(f"wrote {args.results or out}/results.json, table.md and plots/", file=sys.stderr)
     return 0
+
+
+def _evaluation_line(config) -> str:
+    """What the sweep's evaluation computes and which models it loads (the config's `evaluation:` or defaults)."""
+    from baco.evaluate.resources import EvalOptions, models_used
+    from baco.sweep.results import metric_specs
+
+    specs = metric_specs(config)
+    axes = "; ".join(f"{axis}: {', '.join(s.name for s in specs if s.kind in kinds)}"
+                     for axis, kinds in (("diversity", ("diversity", "joint")), ("quality", ("quality",))))
+    models = models_used(EvalOptions(**config.evaluation), {need for s in specs for need in s.needs})
+    return f"evaluation: {axes}; models: {', '.join(models) or 'none'}"
 
 
 def _note_running(run: Path) -> None:

