@@ -248,7 +248,7 @@ def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
 
 @pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-3seeds.md",
                                    "table-1130-3seeds-wide.md", "table-1130-seed3.md",
-                                   "table-1130-seed3-wide.md"])
+                                   "table-1130-seed3-wide.md", "table-cross-seeds01.md"])
 def test_docs_results_quotes_the_three_seed_tables_it_cites(table):
     # docs/results.md shows these sweeps' table.md outputs; a row edited or left from another run would
     # disagree with the per-seed values printed under it
