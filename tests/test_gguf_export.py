@@ -16,6 +16,9 @@ import torch
 from baco.errors import BacoError
 
 pytest.importorskip("llama_cpp")
+if not __import__("baco.models.llamacpp", fromlist=["available"]).available():  # an AMX build (models/llamacpp.py)
+    pytest.skip("this llama-cpp-python build cannot run here: rebuild it as `make setup` does",
+                allow_module_level=True)
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's load log, line by line
 
 from baco.models.gguf_export import llama_logits, write_llama_gguf, write_lora_gguf  # noqa: E402

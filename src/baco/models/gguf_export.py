@@ -284,8 +284,9 @@ def llama_logits(model_path: str | Path, ids: list[int], lora: str | Path | None
     """Next-token logits [len(ids), n_vocab] of a token-id sequence in llama.cpp, with an optional LoRA GGUF
     applied at scale 1. One batch, F32 KV cache and no flash attention: on CPU its kernel rounds through F16
     (differences ~2e-2 instead of ~2e-5 against HF float32 on the tiny models)."""
-    import llama_cpp as llama
+    from baco.models.llamacpp import llama as llama_module
 
+    llama = llama_module()  # installed, and a build that can run here
     if not ids:
         raise ValueError("llama_logits needs at least one token id")
     llama.llama_backend_init()

@@ -30,14 +30,38 @@ _LOG_CALLBACK = None  # llama.cpp keeps a pointer to it: it must live as long as
 _MODELS: dict[str, "GGUFWeights"] = {}
 
 
+# llama.cpp's AMX matrix kernels (built in by -march=native on a CPU with AMX: Intel Sapphire Rapids and later) stop
+# the process with SIGILL in their worker threads (measured with llama-cpp-python 0.3.36 on a Xeon with AMX under
+# Linux 6.18: `tilezero` in ggml_backend_amx_mul_mat on the embedded Q4_K_M GGUF; ggml-org/llama.cpp#26954: tile
+# permission and configuration are set up on the main thread only). A crash loses every sample in flight, so such a
+# build is not used unless this variable says it works.
+ALLOW_AMX = "BACO_LLAMACPP_AMX"
+AMX_BUILD = "AMX_INT8 = 1"
+
+
+def amx_refusal(system_info: str) -> str | None:
+    """Why a llama.cpp build must not run here (its `llama_print_system_info()` names AMX kernels), or None."""
+    if AMX_BUILD not in system_info or os.environ.get(ALLOW_AMX) == "1":
+        return None
+    return ("this llama-cpp-python build has llama.cpp's AMX kernels (its system info says AMX_INT8 = 1), which crash "
+            "the process (SIGILL) on CPUs with AMX (ggml-org/llama.cpp#26954). Rebuild it without them: "
+            "pip cache remove llama_cpp_python; CFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+            "CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' pip install --force-reinstall --no-deps "
+            "'llama-cpp-python>=0.3.36' (`make setup` builds it so); or run on transformers (--backend hf); "
+            f"{ALLOW_AMX}=1 uses the build anyway (a llama.cpp with that fix)")
+
+
 def llama():
-    """The llama_cpp module (quiet), or a clear error saying how to install it."""
+    """The llama_cpp module (quiet), or a clear error saying how to install it (or why this build is not used)."""
     global _LOG_CALLBACK
     try:
         import llama_cpp
     except ImportError:
         raise BacoError("the llama.cpp backend needs llama-cpp-python (baco's `gguf` extra): "
                         "pip install 'llama-cpp-python>=0.3.36', built from source (`make setup` does it)") from None
+    refusal = amx_refusal(llama_cpp.llama_print_system_info().decode(errors="replace"))
+    if refusal is not None:
+        raise BacoError(refusal)
     if _LOG_CALLBACK is None:
         _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, data: None)
         llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
@@ -46,11 +70,12 @@ def llama():
 
 
 def available() -> bool:
+    """llama-cpp-python is installed and its build can run here (`--backend auto` takes it)."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except ImportError:
         return False
-    return True
+    return amx_refusal(llama_cpp.llama_print_system_info().decode(errors="replace")) is None
 
 
 class GGUFWeights:
