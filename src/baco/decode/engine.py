@@ -172,6 +172,12 @@ def check_max_batch(value, name: str = "batch_size") -> None:
         raise BacoError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
 
 
+def check_max_len(value, name: str = "max_len") -> None:
+    """Tokens per slot: an integer >= 2 (a prompt token and a new one), or None (the engine's default)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
+        raise BacoError(f"{name} must be an integer >= 2, got {value!r}")
+
+
 def check_fraction(fraction, name: str = "memory_fraction") -> None:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise BacoError(f"{name} must be in (0, 1], got {fraction!r}")
@@ -301,9 +307,8 @@ class Engine:
         check_max_batch(max_batch, "max_batch")
         if not isinstance(prefill_tokens, int) or isinstance(prefill_tokens, bool) or prefill_tokens < 1:
             raise BacoError(f"prefill_tokens must be an integer >= 1, got {prefill_tokens!r}")
+        check_max_len(max_len)
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
-        if not isinstance(columns, int) or isinstance(columns, bool) or columns < 2:
-            raise BacoError(f"max_len must be an integer >= 2, got {max_len!r}")
         if max_batch == "auto":
             max_batch = fit_slots(pair, columns, fraction=memory_fraction, chunk=max(1, int(prefill_chunk)))
         self.pair, self.router = pair, router
