@@ -249,8 +249,9 @@ class _Live:
     request: Request
     params: SamplingParams
     collected: int = 0  # tokens turned into events so far
-    text: str = ""
+    text: str = ""  # what its tokens decode to so far: stop strings are looked for here, host routers read it
     top_logprobs: bool = False  # report the writer's most likely tokens at each step
+    pending: list[int] = field(default_factory=list)  # tokens of a multi-byte character not yet complete
 
 
 @dataclass
@@ -646,10 +647,11 @@ class Engine:
             live = self.by_rid[rid]
             token = int(ints[0, slot])
             live.collected += 1
-            live.text += texts[token]
+            piece = self._piece(live, token, texts)
+            live.text += piece
             if token in stop_ids:
                 finished[rid] = "stop"
-            elif self.tail and any(s in live.text[-(self.tail + len(texts[token])):] for s in self.stop_strings):
+            elif self.tail and any(s in live.text[-(self.tail + len(piece)):] for s in self.stop_strings):
                 finished[rid] = "stop"
             elif live.collected >= live.request.max_new_tokens:
                 finished[rid] = "length"
@@ -673,6 +675,19 @@ class Engine:
                          finished=finished, mixed=launched.mixed,
                          top_logprobs=top_lp[:, index].T if top_lp is not None else None,
                          top_ids=top_ids[:, index].T if top_ids is not None else None)
+
+    def _piece(self, live: _Live, token: int, texts: list[str]) -> str:
+        """The text `token` adds to its row: its vocabulary text, except that the tokens of a character split over
+        several (byte tokens, each "\ufffd" alone) add nothing until the one that completes it adds it whole, so
+        that a stop string holding such a character is found."""
+        if not live.pending and "\ufffd" not in texts[token]:
+            return texts[token]
+        live.pending.append(token)
+        text = self.pair.aligned.tokenizer.decode(live.pending, skip_special_tokens=True)
+        if text.endswith("\ufffd") and len(live.pending) < 4:  # a UTF-8 character has at most 4 bytes
+            return ""
+        live.pending = []
+        return text
 
     def _free(self, rid: int) -> None:
         live = self.by_rid.pop(rid, None)
