@@ -365,6 +365,17 @@ def test_generate_with_a_max_len_too_small_for_a_request_says_so_before_decoding
     assert code == 2 and not out.exists()
 
 
+@pytest.mark.parametrize("batch_size", [2, "auto"])
+@pytest.mark.parametrize("max_len", [0, -3, "64", 2.5, True])
+def test_a_max_len_that_is_not_an_integer_of_at_least_two_is_named_for_every_router(collab, max_len, batch_size):
+    """0 is not "the default" (None is), and with batch_size "auto" a string is not sized from (was a TypeError)."""
+    for router in ("p-punc:0.5", "chared:0.5", "negative:0.5"):  # the engine, the cross-tokenizer loop, multi-pass
+        with pytest.raises(BacoError, match=f"max_len must be an integer >= 2, got {max_len!r}"):
+            collab.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, seed=0), router=router, max_len=max_len,
+                            batch_size=batch_size)
+    assert len(collab.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4, seed=0), batch_size=batch_size)) == 1
+
+
 def test_rows_that_finish_leave_the_step_at_once_on_the_cpu(collab):
     params = SamplingParams(max_new_tokens=30, seed=2)
     requests = collab.requests(PROMPTS, 2, params, seed=2)

@@ -126,6 +126,20 @@ def test_stop_strings_cut_the_text_and_finish_the_row(collab):
     assert free.finish_reason == "length" and free.num_tokens == 30
 
 
+def test_a_stop_string_whose_character_is_split_over_byte_tokens_finishes_the_row_where_it_is_complete(collab):
+    """The tiny tokenizer spells every non-ASCII character with several byte tokens, each "\ufffd" alone."""
+    def sample(seed, stop=()):
+        params = SamplingParams(temperature=1.5, max_new_tokens=40, seed=seed, stop=stop)
+        return collab.generate(["Why?"], params, router="base")[0]
+
+    free, char = next((s, c) for s in map(sample, range(100)) for c in s.text if ord(c) > 127 and c != "\ufffd")
+    assert len(collab.tokenizer.encode(char, add_special_tokens=False)) > 1  # split, as the test means
+    stopped = sample(free.sampling["seed"], stop=(char,))
+    assert stopped.finish_reason == "stop" and stopped.text == free.text[: free.text.index(char)]
+    assert stopped.token_ids == free.token_ids[: stopped.num_tokens] and stopped.num_tokens < free.num_tokens
+    assert collab.tokenizer.decode(stopped.token_ids).endswith(char)  # it ends at the token completing it
+
+
 def test_base_template_stop_string_is_derived_from_the_template():
     assert PromptFormat().stop_strings == ("\nQuestion:",)
     assert PromptFormat(base_template="{prompt}\n").stop_strings == ()

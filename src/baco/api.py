@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
-from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch
+from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch, check_max_len
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams, plain_number
@@ -292,6 +292,7 @@ class Collaboration:
         n = _check_call(router, n, on_sample, skip)
         batch_size, max_len = plain_number(batch_size), plain_number(max_len)
         check_max_batch(batch_size)
+        check_max_len(max_len)
         check_fraction(memory_fraction)
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is None and self._cross_route(router) is not None:

@@ -172,6 +172,12 @@ def check_max_batch(value, name: str = "batch_size") -> None:
         raise BacoError(f"{name} must be an integer >= 1 or 'auto', got {value!r}")
 
 
+def check_max_len(value, name: str = "max_len") -> None:
+    """Tokens per slot: an integer >= 2 (a prompt token and a new one), or None (the engine's default)."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 2):
+        raise BacoError(f"{name} must be an integer >= 2, got {value!r}")
+
+
 def check_fraction(fraction, name: str = "memory_fraction") -> None:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise BacoError(f"{name} must be in (0, 1], got {fraction!r}")
@@ -243,8 +249,9 @@ class _Live:
     request: Request
     params: SamplingParams
     collected: int = 0  # tokens turned into events so far
-    text: str = ""
+    text: str = ""  # what its tokens decode to so far: stop strings are looked for here, host routers read it
     top_logprobs: bool = False  # report the writer's most likely tokens at each step
+    pending: list[int] = field(default_factory=list)  # tokens of a multi-byte character not yet complete
 
 
 @dataclass
@@ -301,9 +308,8 @@ class Engine:
         check_max_batch(max_batch, "max_batch")
         if not isinstance(prefill_tokens, int) or isinstance(prefill_tokens, bool) or prefill_tokens < 1:
             raise BacoError(f"prefill_tokens must be an integer >= 1, got {prefill_tokens!r}")
+        check_max_len(max_len)
         columns = max_len if max_len is not None else min(pair.context_length, 2048)
-        if not isinstance(columns, int) or isinstance(columns, bool) or columns < 2:
-            raise BacoError(f"max_len must be an integer >= 2, got {max_len!r}")
         if max_batch == "auto":
             max_batch = fit_slots(pair, columns, fraction=memory_fraction, chunk=max(1, int(prefill_chunk)))
         self.pair, self.router = pair, router
@@ -641,10 +647,11 @@ class Engine:
             live = self.by_rid[rid]
             token = int(ints[0, slot])
             live.collected += 1
-            live.text += texts[token]
+            piece = self._piece(live, token, texts)
+            live.text += piece
             if token in stop_ids:
                 finished[rid] = "stop"
-            elif self.tail and any(s in live.text[-(self.tail + len(texts[token])):] for s in self.stop_strings):
+            elif self.tail and any(s in live.text[-(self.tail + len(piece)):] for s in self.stop_strings):
                 finished[rid] = "stop"
             elif live.collected >= live.request.max_new_tokens:
                 finished[rid] = "length"
@@ -668,6 +675,19 @@ class Engine:
                          finished=finished, mixed=launched.mixed,
                          top_logprobs=top_lp[:, index].T if top_lp is not None else None,
                          top_ids=top_ids[:, index].T if top_ids is not None else None)
+
+    def _piece(self, live: _Live, token: int, texts: list[str]) -> str:
+        """The text `token` adds to its row: its vocabulary text, except that the tokens of a character split over
+        several (byte tokens, each "\ufffd" alone) add nothing until the one that completes it adds it whole, so
+        that a stop string holding such a character is found."""
+        if not live.pending and "\ufffd" not in texts[token]:
+            return texts[token]
+        live.pending.append(token)
+        text = self.pair.aligned.tokenizer.decode(live.pending, skip_special_tokens=True)
+        if text.endswith("\ufffd") and len(live.pending) < 4:  # a UTF-8 character has at most 4 bytes
+            return ""
+        live.pending = []
+        return text
 
     def _free(self, rid: int) -> None:
         live = self.by_rid.pop(rid, None)

@@ -118,19 +118,21 @@ def lockstep(pair: ModelPair, requests: list[Request], router: Router, params: S
     `BacoError` before anything is decoded. `max_batch="auto"`: as many slots as `memory_fraction` of the
     device's memory holds (`decode.engine.fit_slots`), for prompts as long as the longest here.
     """
-    from baco.decode.engine import MEMORY_FRACTION, Engine, fit_slots
+    from baco.decode.engine import MEMORY_FRACTION, Engine, check_max_len, fit_slots
 
+    check_max_len(max_len)  # (0 is not "the default", and "auto" sizes slots from it)
     if not requests:
         return
     longest = max(r.length for r in requests)
+    max_len = longest if max_len is None else max_len
     slots = max_batch or len(requests)
     if slots == "auto":
         prompt = max(max(len(r.base_ids), len(r.aligned_ids)) for r in requests)
-        slots = fit_slots(pair, max_len or longest, prompt_columns=prompt,
+        slots = fit_slots(pair, max_len, prompt_columns=prompt,
                           fraction=MEMORY_FRACTION if memory_fraction is None else memory_fraction)
     if isinstance(slots, int) and not isinstance(slots, bool):
         slots = min(slots, len(requests))  # no cache rows for requests that do not exist (the engine checks the rest)
-    engine = Engine(pair, router, max_batch=slots, max_len=max_len or longest, graphs=graphs,
+    engine = Engine(pair, router, max_batch=slots, max_len=max_len, graphs=graphs,
                     stop_strings=stop_strings)
     for request in requests:  # every request is checked before the first step
         engine.add(request, params)
