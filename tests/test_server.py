@@ -391,6 +391,20 @@ def test_a_prompt_too_long_for_a_slot_says_so(client):
     assert refused.value.code == "context_length_exceeded"
 
 
+@pytest.mark.parametrize("route, field", [("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")])
+def test_a_prompt_longer_than_the_models_context_is_a_context_length_error(live, route, field):
+    """Not only a prompt that leaves too little room in a slot: one the models cannot read at all (before:
+    code invalid_value, from the library's check of the context, for the same mistake)."""
+    text = "x " * 300  # over 256 tokens: the tiny models' context
+    body = {"model": "baco", "max_tokens": 1,
+            **({"messages": [{"role": "user", "content": text}]} if field == "messages" else {"prompt": text})}
+    response = requests.post(live.url + route, json=body, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == field
+    assert "context" in error["message"]
+
+
 def test_metrics_count_requests_tokens_and_steps(client, live):
     before = metric(live, "baco_completion_tokens_total", writer="base") + metric(
         live, "baco_completion_tokens_total", writer="aligned")
