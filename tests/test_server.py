@@ -203,6 +203,28 @@ def test_a_stop_string_cuts_the_text_and_ends_the_row(client, stream):
     assert generated < len(provenance(free))  # the row stopped there, not at max_tokens
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_written_by_the_last_allowed_token_finishes_with_stop_as_in_the_library(client, collab, stream):
+    """The token that completes a stop string is also the max_tokens-th: the text is cut there and the reason is
+    "stop", as `Collaboration.generate` says (before: "length", the engine's reason for that row)."""
+    for seed in range(40):  # a seed whose last token's text first appears at the end of the text
+        free = chat(client, PROMPTS[1], max_tokens=12, seed=seed).choices[0]
+        stop = provenance(free)[-1]["text"]
+        if free.finish_reason == "length" and stop.strip() and free.message.content.find(stop) == len(
+                free.message.content) - len(stop):
+            break
+    else:
+        pytest.fail("no seed gave a last token with a text seen only at the end")
+    response = chat(client, PROMPTS[1], max_tokens=12, seed=seed, stop=stop, stream=stream)
+    if stream:
+        chunks = [c.choices[0] for c in response if c.choices]
+        content, finish = "".join(c.delta.content or "" for c in chunks), chunks[-1].finish_reason
+    else:
+        content, finish = response.choices[0].message.content, response.choices[0].finish_reason
+    expected = library(collab, PROMPTS[1], max_new_tokens=12, seed=seed, stop=(stop,))[0]
+    assert (content, finish) == (expected.text, expected.finish_reason) == (free.message.content[:-len(stop)], "stop")
+
+
 def test_logprobs_report_each_token_and_its_alternatives(client):
     response = chat(client, PROMPTS[0], max_tokens=10, seed=2, logprobs=True, top_logprobs=3, temperature=0)
     choice = response.choices[0]
