@@ -241,6 +241,23 @@ def test_logprobs_report_each_token_and_its_alternatives(client):
     assert legacy.choices[0].text == choice.message.content  # the same prompt, seed and settings
 
 
+def test_legacy_top_logprobs_keep_the_best_of_alternatives_that_share_a_text(client):
+    """Completions' top_logprobs map a text to a log-prob: where several alternatives read the same (the byte tokens
+    all read "\ufffd"), it is the best one's, as in the chat form's list (before: the last, the worst)."""
+    shared = 0
+    for seed in range(3):
+        legacy = client.completions.create(model="baco", prompt=PROMPTS[0], max_tokens=20, seed=seed, logprobs=5)
+        listed = chat(client, PROMPTS[0], max_tokens=20, seed=seed, logprobs=True, top_logprobs=5)
+        for top, entry in zip(legacy.choices[0].logprobs.top_logprobs, listed.choices[0].logprobs.content,
+                              strict=True):
+            best = {}
+            for alternative in entry.top_logprobs:
+                best.setdefault(alternative.token, alternative.logprob)
+            shared += len(best) < len(entry.top_logprobs)
+            assert top == pytest.approx(best, abs=1e-4)  # (the two requests' batches may differ in the last digits)
+    assert shared  # the case in question arose
+
+
 # ---- cancellation ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
