@@ -203,6 +203,28 @@ def test_a_stop_string_cuts_the_text_and_ends_the_row(client, stream):
     assert generated < len(provenance(free))  # the row stopped there, not at max_tokens
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_written_by_the_last_allowed_token_finishes_with_stop_as_in_the_library(client, collab, stream):
+    """The token that completes a stop string is also the max_tokens-th: the text is cut there and the reason is
+    "stop", as `Collaboration.generate` says (before: "length", the engine's reason for that row)."""
+    for seed in range(40):  # a seed whose last token's text first appears at the end of the text
+        free = chat(client, PROMPTS[1], max_tokens=12, seed=seed).choices[0]
+        stop = provenance(free)[-1]["text"]
+        if free.finish_reason == "length" and stop.strip() and free.message.content.find(stop) == len(
+                free.message.content) - len(stop):
+            break
+    else:
+        pytest.fail("no seed gave a last token with a text seen only at the end")
+    response = chat(client, PROMPTS[1], max_tokens=12, seed=seed, stop=stop, stream=stream)
+    if stream:
+        chunks = [c.choices[0] for c in response if c.choices]
+        content, finish = "".join(c.delta.content or "" for c in chunks), chunks[-1].finish_reason
+    else:
+        content, finish = response.choices[0].message.content, response.choices[0].finish_reason
+    expected = library(collab, PROMPTS[1], max_new_tokens=12, seed=seed, stop=(stop,))[0]
+    assert (content, finish) == (expected.text, expected.finish_reason) == (free.message.content[:-len(stop)], "stop")
+
+
 def test_logprobs_report_each_token_and_its_alternatives(client):
     response = chat(client, PROMPTS[0], max_tokens=10, seed=2, logprobs=True, top_logprobs=3, temperature=0)
     choice = response.choices[0]
@@ -217,6 +239,23 @@ def test_logprobs_report_each_token_and_its_alternatives(client):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == len(provenance(legacy.choices[0]))
     assert all(len(top) <= 2 for top in lp.top_logprobs)
     assert legacy.choices[0].text == choice.message.content  # the same prompt, seed and settings
+
+
+def test_legacy_top_logprobs_keep_the_best_of_alternatives_that_share_a_text(client):
+    """Completions' top_logprobs map a text to a log-prob: where several alternatives read the same (the byte tokens
+    all read "\ufffd"), it is the best one's, as in the chat form's list (before: the last, the worst)."""
+    shared = 0
+    for seed in range(3):
+        legacy = client.completions.create(model="baco", prompt=PROMPTS[0], max_tokens=20, seed=seed, logprobs=5)
+        listed = chat(client, PROMPTS[0], max_tokens=20, seed=seed, logprobs=True, top_logprobs=5)
+        for top, entry in zip(legacy.choices[0].logprobs.top_logprobs, listed.choices[0].logprobs.content,
+                              strict=True):
+            best = {}
+            for alternative in entry.top_logprobs:
+                best.setdefault(alternative.token, alternative.logprob)
+            shared += len(best) < len(entry.top_logprobs)
+            assert top == pytest.approx(best, abs=1e-4)  # (the two requests' batches may differ in the last digits)
+    assert shared  # the case in question arose
 
 
 # ---- cancellation ---------------------------------------------------------------------------------------------
@@ -389,6 +428,20 @@ def test_a_prompt_too_long_for_a_slot_says_so(client):
     with pytest.raises(openai.BadRequestError) as refused:
         chat(client, "Name a fruit.", max_tokens=250)
     assert refused.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize("route, field", [("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")])
+def test_a_prompt_longer_than_the_models_context_is_a_context_length_error(live, route, field):
+    """Not only a prompt that leaves too little room in a slot: one the models cannot read at all (before:
+    code invalid_value, from the library's check of the context, for the same mistake)."""
+    text = "x " * 300  # over 256 tokens: the tiny models' context
+    body = {"model": "baco", "max_tokens": 1,
+            **({"messages": [{"role": "user", "content": text}]} if field == "messages" else {"prompt": text})}
+    response = requests.post(live.url + route, json=body, timeout=60)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == field
+    assert "context" in error["message"]
 
 
 def test_metrics_count_requests_tokens_and_steps(client, live):

@@ -34,6 +34,10 @@ class PromptError(BacoError, ValueError):
     """A prompt is empty, too long for a model's context, or cannot be rendered."""
 
 
+class PromptTooLongError(PromptError):
+    """A prompt does not fit the models' context (the server's code: context_length_exceeded)."""
+
+
 class TaskError(BacoError, ValueError):
     """A task set or prompts file cannot be loaded: unknown name, missing file, bad row (file and line named)."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from baco.errors import PromptError
+from baco.errors import PromptError, PromptTooLongError
 
 
 class PromptWarning(UserWarning):
@@ -172,7 +172,7 @@ def encode_request(prompt: str, index: int, fmt: PromptFormat, base_tokenizer, a
     aligned_ids = base_ids if aligned_ids is None else aligned_ids
     longest = max(len(base_ids), len(aligned_ids))
     if longest >= context_length:
-        raise PromptError(
+        raise PromptTooLongError(
             f"prompt {index} is {longest} tokens once templated, but the models accept at most "
             f"{context_length} tokens of context (and need room for at least one new token)"
         )

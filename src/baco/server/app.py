@@ -17,10 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import baco
 from baco.defaults import PREFILL_TOKENS
-from baco.errors import BacoError
+from baco.errors import BacoError, PromptTooLongError
 from baco.server import schemas
 from baco.server.metrics import Metrics
-from baco.server.requests import ContextError, about, conversation, plan
+from baco.server.requests import about, conversation, plan
 from baco.server.responses import Shaper
 from baco.server.schemas import Limits
 from baco.server.shutdown import MESSAGE, Drain
@@ -283,7 +283,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
 
     @app.exception_handler(BacoError)
     async def refused(request, exc: BacoError):
-        code = "context_length_exceeded" if isinstance(exc, ContextError) else "invalid_value"
+        code = "context_length_exceeded" if isinstance(exc, PromptTooLongError) else "invalid_value"
         return error(400, str(exc), param=getattr(exc, "param", None), code=code)  # (`requests.about` sets it)
 
     ok = {"description": "OK"}

@@ -15,15 +15,16 @@ from dataclasses import dataclass, replace
 from baco.api import Collaboration
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
-from baco.errors import BacoError, PromptError, UnknownRouterError
+from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
 from baco.prompts import PromptFormat
 from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
 
 
-class ContextError(BacoError):
-    """A prompt (plus the tokens asked for) does not fit a slot (OpenAI's code: context_length_exceeded)."""
+class ContextError(PromptTooLongError):
+    """A prompt (plus the tokens asked for) does not fit a slot (OpenAI's code: context_length_exceeded, as for a
+    prompt the models' context cannot hold, the library's PromptTooLongError)."""
 
 
 @contextmanager

@@ -39,12 +39,20 @@ def chat_logprobs(tokens: list[Token], texts: list[str]) -> dict:
 
 
 def completion_logprobs(tokens: list[Token], texts: list[str], offset: int = 0) -> dict:
-    """OpenAI's legacy completions `logprobs`: tokens, their log-probs, top alternatives, offsets in the text."""
+    """OpenAI's legacy completions `logprobs`: tokens, their log-probs, top alternatives, offsets in the text.
+
+    The alternatives map a text to a log-prob: of those that read the same (byte tokens all read "\ufffd"), the
+    best one's (they come best first)."""
     offsets = []
     for t in tokens:
         offsets.append(offset)
         offset += len(t.text)
-    top = [{texts[i]: lp for i, lp in t.top or []} for t in tokens]
+    top = []
+    for t in tokens:
+        best: dict[str, float] = {}
+        for i, lp in t.top or []:
+            best.setdefault(texts[i], lp)
+        top.append(best)
     return {"tokens": [texts[t.token_id] for t in tokens], "token_logprobs": [t.logprob for t in tokens],
             "top_logprobs": top, "text_offset": offsets}
 

@@ -214,9 +214,10 @@ class Worker(threading.Thread):
             self.metrics.time_to_first_token.observe(time.perf_counter() - job.submitted)
             row.first = False
         self.metrics.completion_tokens.labels(writer=token.writer).inc()
-        if row.text.add(token, last=finish is not None) and finish is None:
-            engine.abort(rid)  # a stop string of this request's own: the row leaves now
-            finish = "stop"
+        if row.text.add(token, last=finish is not None):  # a stop string of this request's own
+            if finish is None:
+                engine.abort(rid)  # the row leaves now
+            finish = "stop"  # also where its last allowed token completed it ("length" to the engine)
         messages = []
         released = row.text.release(final=finish is not None)
         if released:
