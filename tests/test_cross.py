@@ -364,9 +364,17 @@ def test_cli_generates_with_a_cross_method_and_rejects_a_token_router(cross_dirs
 
 def test_stream_yields_spans_that_join_to_the_sample(cross):
     params = SamplingParams(temperature=1.0, max_new_tokens=20, seed=4)
-    pieces = [e.text for e in cross.stream("Why?", router="chared:0.5", sampling=params)]
+    events = list(cross.stream("Why?", router="chared:0.5", sampling=params))
     sample = cross.generate(["Why?"], router="chared:0.5", sampling=params)[0]
-    assert "".join(pieces) == "".join(sample.token_texts)
+    assert "".join(e.text for e in events) == sample.text
+    assert len(events) == len(sample.token_texts) and events[-1].finish_reason == sample.finish_reason
+    start = next(i for i in range(4, len(sample.text)) if not sample.text[i].isspace())
+    stop = sample.text[start:start + 2]  # a stop string from the middle of the text: the stream shows what generate keeps
+    stopped = SamplingParams(temperature=1.0, max_new_tokens=20, seed=4, stop=[stop])
+    cut = cross.generate(["Why?"], router="chared:0.5", sampling=stopped)[0]
+    events = list(cross.stream("Why?", router="chared:0.5", sampling=stopped))
+    assert cut.finish_reason == "stop" and cut.text == sample.text[:sample.text.find(stop)].lstrip()
+    assert "".join(e.text for e in events) == cut.text and events[-1].finish_reason == "stop"
 
 
 def test_a_cross_stream_without_a_seed_reports_the_seed_that_repeats_it(cross):

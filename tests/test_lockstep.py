@@ -163,21 +163,36 @@ def test_stop_tokens_end_a_sample_and_stay_out_of_its_text(collab):
         assert "<end_of_turn>" not in s.text and "<eos>" not in s.text
 
 
-def test_stream_yields_the_same_tokens_as_generate(collab):
+def streamed(collab, params, n=2):
+    """{sample index: (token ids, joined text, finish reasons)} of a stream of "Name a fruit."."""
+    out = {k: ([], "", []) for k in range(n)}
+    for event in collab.stream("Name a fruit.", router="p-punc:0.5", n=n, sampling=params):
+        ids, text, finishes = out[event.sample_index]
+        ids.append(event.token_id)
+        out[event.sample_index] = (ids, text + event.text, finishes + [event.finish_reason] * bool(event.finish_reason))
+    return out
+
+
+def test_stream_yields_the_same_tokens_and_text_as_generate(collab):
     params = SamplingParams(max_new_tokens=20, seed=9)
     batch = collab.generate("Name a fruit.", router="p-punc:0.5", n=2, sampling=params)
-    streamed = {0: [], 1: []}
-    texts = {0: "", 1: ""}
-    finishes = {}
-    for event in collab.stream("Name a fruit.", router="p-punc:0.5", n=2, sampling=params):
-        streamed[event.sample_index].append(event.token_id)
-        texts[event.sample_index] += event.text
-        if event.finish_reason:
-            finishes[event.sample_index] = event.finish_reason
+    stream = streamed(collab, params)
     for s in batch:
-        assert streamed[s.sample_index] == s.token_ids
-        assert texts[s.sample_index].lstrip() == s.text
-        assert finishes[s.sample_index] == s.finish_reason
+        assert stream[s.sample_index] == (s.token_ids, s.text, [s.finish_reason])
+
+
+def test_a_streamed_text_stops_where_generates_does_without_showing_the_stop_string(collab):
+    """Text that may begin a stop string is held back until settled: the events' texts join to the sample's
+    text, cut before the stop string (taken from the middle of each sample's own text without stops)."""
+    free = collab.generate("Name a fruit.", router="p-punc:0.5", n=2, sampling=SamplingParams(max_new_tokens=20, seed=9))
+    for s in free:
+        assert len(s.text) > 8, "the tiny pair should write a few words in 20 tokens"
+        start = next(i for i in range(5, len(s.text)) if not s.text[i].isspace())  # (not in leading whitespace)
+        stop = s.text[start:start + 3]
+        params = SamplingParams(max_new_tokens=20, seed=9, stop=[stop, "\x00never"])
+        cut = collab.generate("Name a fruit.", router="p-punc:0.5", n=2, sampling=params)[s.sample_index]
+        assert cut.finish_reason == "stop" and cut.text == s.text[:s.text.find(stop)].lstrip()
+        assert streamed(collab, params)[s.sample_index] == (cut.token_ids, cut.text, ["stop"])
 
 
 def test_a_stream_without_a_seed_reports_the_seed_that_repeats_it(collab):

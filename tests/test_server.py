@@ -58,6 +58,13 @@ def test_models_lists_the_served_model(client):
     assert [m.id for m in client.models.list().data] == ["baco"]
 
 
+def test_the_served_model_can_be_retrieved_by_id_and_another_is_not_found(client):
+    assert client.models.retrieve("baco").id == "baco"
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.models.retrieve("gpt-4o")
+    assert refused.value.body["code"] == "model_not_found" and "'baco'" in refused.value.body["message"]
+
+
 def test_chat_completion_equals_the_python_api_for_the_same_seed(client, collab):
     response = chat(client, PROMPTS[0], max_tokens=30, seed=11, n=2, temperature=0.9)
     expected = library(collab, PROMPTS[0], n=2, max_new_tokens=30, seed=11, temperature=0.9)

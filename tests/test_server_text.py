@@ -3,7 +3,7 @@
 from transformers import AutoTokenizer
 
 from baco.decode.records import final_text
-from baco.server.text import ChoiceText, Token
+from baco.decode.choice import ChoiceText, Token
 
 
 def feed(tokenizer, text, stops, *, extra_ids=()):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
+from baco.decode.choice import ChoiceText
 from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch, check_max_len
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect, collect_spans
@@ -37,7 +38,8 @@ class TokenEvent:
 
     sample_index: int
     token_id: int
-    text: str  # the new text this token adds (may be "" while a multi-byte character is incomplete)
+    text: str  # the text this token adds to the sample's `text` ("" for a stop token, leading whitespace, a token
+    # past a stop string; a character split over tokens comes with the token that completes it)
     source: str  # "base" | "aligned"
     reason: str
     finish_reason: str | None = None
@@ -409,8 +411,11 @@ class Collaboration:
                n: int = 1) -> Iterator[TokenEvent]:
         """Stream the n samples of one prompt token by token (the same loop as `generate`, and for a fixed seed
         the same tokens): a `TokenEvent` per token of each sample, in the order they are written; the
-        arguments are `generate`'s (one prompt, a string). Every event carries the call's seed (drawn when
-        `sampling.seed` is None, as `generate` records it in each Sample): passing it back repeats the stream."""
+        arguments are `generate`'s (one prompt, a string). A sample's events' texts join to its `Sample.text`: cut
+        before the first stop string, leading whitespace left out; text that may still begin a stop string is held
+        back, so such a token's event comes once that is settled (as OpenAI-style servers stream). Every event
+        carries the call's seed (drawn when `sampling.seed` is None, as `generate` records it in each Sample):
+        passing it back repeats the stream."""
         if not isinstance(prompt, str):
             raise PromptError(f"stream takes one prompt, a string, got {type(prompt).__name__} "
                               f"(for several, use iter_generate)")
@@ -420,22 +425,17 @@ class Collaboration:
             yield from self._stream_cross(prompt, router, n, sampling)
             return
         sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
-        ids: list[list[int]] = [[] for _ in requests]
-        shown = [""] * len(requests)
-        stop_ids = self.pair.vocab.stop_ids
+        stop_ids = frozenset(self.pair.vocab.stop_ids)
+        texts = [ChoiceText(self.tokenizer, stop_ids, stops) for _ in requests]
         for event in self._in_turn(lockstep(self.pair, requests, route, sampling, stops)):
             for i, row in enumerate(event.rows):
-                token = int(event.tokens[i])
-                ids[row].append(token)
                 finish = event.finished.get(row)
-                if token in stop_ids:
-                    text = ""
-                else:
-                    full = self.tokenizer.decode(ids[row], skip_special_tokens=True)
-                    text = "" if full.endswith("\ufffd") and finish is None else full[len(shown[row]):]
-                    shown[row] += text
-                yield TokenEvent(row, token, text, "base" if bool(event.use_base[i]) else "aligned",
-                                 event.reasons[i], finish, seed)
+                texts[row].add(TokenEvent(row, int(event.tokens[i]), "", "base" if bool(event.use_base[i]) else "aligned",
+                                          event.reasons[i], None, seed), last=finish is not None)
+                released = texts[row].release(final=finish is not None)
+                if finish is not None:
+                    released[-1].finish_reason = finish
+                yield from released
 
     def _stream_cross(self, prompt, router, n, sampling) -> Iterator[TokenEvent]:
         """Stream a cross-tokenizer method span by span (token_id -1: the pair shares no ids)."""
@@ -445,8 +445,13 @@ class Collaboration:
             yield from self._single(router).stream(prompt, sampling, router=router, n=n)
             return
         sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
+        texts = [ChoiceText(None, frozenset(), stops) for _ in requests]
         for event in self._in_turn(crossloop(self._cross, requests, route, sampling, stops)):
-            yield TokenEvent(event.row, -1, event.text, event.source, event.reason, event.finished, seed)
+            texts[event.row].add_piece(TokenEvent(event.row, -1, "", event.source, event.reason, None, seed), event.text)
+            released = texts[event.row].release(final=event.finished is not None)
+            if event.finished is not None:
+                released[-1].finish_reason = event.finished
+            yield from released
 
 
 def check_router_name(router) -> None:

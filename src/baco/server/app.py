@@ -1,7 +1,7 @@
 """The HTTP door: FastAPI routes over the stepping thread, bearer auth, limits and OpenAI-shaped errors.
 
     GET  /health                 (no auth)      GET /metrics      (Prometheus text)
-    GET  /v1/models                              POST /v1/completions, /v1/chat/completions (stream: SSE)
+    GET  /v1/models, /v1/models/{id}             POST /v1/completions, /v1/chat/completions (stream: SSE)
 """
 
 import asyncio
@@ -302,10 +302,19 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     async def prometheus():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    card = {"id": config.model_id, "object": "model", "created": 0, "owned_by": "baco"}
+
     @app.get("/v1/models", response_model=schemas.ModelList)
     async def models():
-        return {"object": "list", "data": [{"id": config.model_id, "object": "model", "created": 0,
-                                            "owned_by": "baco"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model:path}", response_model=schemas.ModelCard,
+             responses={404: {"description": "not the served model"}})
+    async def model(model: str):  # OpenAI's `client.models.retrieve(id)`
+        if model != config.model_id:
+            return error(404, f"the model {model!r} does not exist: this server serves {config.model_id!r}",
+                         param="model", code="model_not_found")
+        return card
 
     @app.post("/v1/completions", response_model=schemas.Completion,
               responses={**refusals, 200: {"content": streamed, **ok}})

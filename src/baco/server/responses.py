@@ -8,7 +8,7 @@ import uuid
 
 from baco.server import schemas
 from baco.server.requests import Plan
-from baco.server.text import Token
+from baco.decode.choice import Token
 
 
 def new_id(prefix: str) -> str:

@@ -27,7 +27,7 @@ from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import SamplingParams
 from baco.defaults import PREFILL_TOKENS
 from baco.routers import get_router
-from baco.server.text import ChoiceText, Token
+from baco.decode.choice import ChoiceText, Token
 
 log = logging.getLogger("baco.server")
 

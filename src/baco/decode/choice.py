@@ -4,6 +4,8 @@ The content follows `decode.records.final_text`: the decoded continuation (stop 
 before the first stop string, leading whitespace removed. While tokens arrive, text that could still
 turn out to be the start of a stop string is held back, and a token is released together with the
 content it adds, so that the content of every token released joins to exactly the text shown.
+Used by the server's streams and by `Collaboration.stream`; a token is a `Token` or any object with a
+`token_id` and a `text` to fill in (`api.TokenEvent`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class ChoiceText:
     """The stop-string and hold-back logic for one choice; `add` a token, then `release` what is safe."""
 
     def __init__(self, tokenizer, stop_ids: frozenset[int], stop_strings: tuple[str, ...]):
-        self.pieces = PieceDecoder(tokenizer, stop_ids)
+        self.pieces = PieceDecoder(tokenizer, stop_ids) if tokenizer is not None else None  # None: `add_piece` only
         self.stop_strings = tuple(s for s in stop_strings if s)
         self.raw = ""  # the decoded continuation, stop strings and leading whitespace included
         self.tokens: list[Token] = []
@@ -40,8 +42,12 @@ class ChoiceText:
 
     def add(self, token: Token, *, last: bool) -> bool:
         """Append a token (its `text` is filled in here); True when a stop string has appeared."""
+        return self.add_piece(token, self.pieces.add(token.token_id, last=last))
+
+    def add_piece(self, token, piece: str) -> bool:
+        """Append a token whose text is known (a cross-tokenizer span); True when a stop string has appeared."""
         start = len(self.raw)
-        self.raw += self.pieces.add(token.token_id, last=last)
+        self.raw += piece
         self.tokens.append(token)
         self.spans.append((start, len(self.raw)))
         if self.cut is None:
