@@ -3,8 +3,8 @@
 import pytest
 
 from baco.errors import TokenizerMismatchError
-from baco.testing import train_tokenizer
-from baco.vocab import TokenTable, check_compatible, is_punct_or_format
+from baco.testing import CORPUS, train_sentencepiece_tokenizer, train_tokenizer
+from baco.vocab import TokenTable, check_compatible, is_punct_or_format, token_texts
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -41,3 +41,39 @@ def test_extra_tokens_at_the_end_are_tolerated():
     b = train_tokenizer()
     b.add_special_tokens({"additional_special_tokens": ["<|extra_chat_token|>"]})
     assert check_compatible(a, b) == len(a)
+
+
+def llama2_style_tokenizer():
+    """A SentencePiece-style BPE whose decoder strips the text's first space, as Llama-2's and Mistral v0.1's
+    do (`Strip(" ", 1, 0)` after the `▁` -> " " replacement): "▁the" decoded alone reads "the"."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    tokenizer.train_from_iterator(CORPUS.splitlines(), trainer=trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_token_texts_keep_the_space_a_first_space_stripping_decoder_drops_from_a_token_alone():
+    """Decoded alone, Llama-2-style tokens lose their leading space, which made every word read as the middle
+    of the one before (the word rule, FC's function words and stop strings read these texts)."""
+    tok = llama2_style_tokenizer()
+    ids = tok("Tell me the story", add_special_tokens=False)["input_ids"]
+    assert tok.decode([ids[2]]) == tok.decode([ids[2]]).lstrip(), "the decoder should strip a token's space"
+    texts = token_texts(tok)
+    assert "".join(texts[i] for i in ids) == " Tell me the story"  # the first "▁" is written too
+    table = TokenTable.from_texts(texts)
+    the = tok.convert_tokens_to_ids("▁the")
+    assert the in ids and texts[the] == " the" and table.is_function_word[the] and not table.continues_word[the]
+
+
+@pytest.mark.parametrize("make", [train_tokenizer, train_sentencepiece_tokenizer])
+def test_token_texts_are_the_tokens_decoded_alone_where_that_keeps_every_space(make):
+    """Byte-level BPE (GPT-2, Llama-3, SmolLM) and Gemma-style SentencePiece keep spaces token by token."""
+    tok = make()
+    assert token_texts(tok) == tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)

@@ -127,11 +127,30 @@ class TokenTable:
 
 
 def token_texts(tokenizer, size: int | None = None) -> list[str]:
-    """Decoded text of every token id (ids past the tokenizer, i.e. padding rows, get '')."""
+    """The text each token id adds to a decoded text (ids past the tokenizer, i.e. padding rows, get '').
+
+    That is the token decoded alone, except for tokenizers whose decoder strips the text's first space
+    (Llama-2, Mistral v0.1, TinyLlama: `Strip` or a Metaspace decoder with a prepended space): there "▁the"
+    alone decodes to "the", which would read as the middle of a word (the word rule, FC's function words, stop
+    strings). Those are decoded after an anchor token and the anchor's text cut off: " the"."""
     n = len(tokenizer)
     texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+    anchor = _strip_anchor(tokenizer)
+    if anchor is not None:
+        head = tokenizer.decode([anchor], skip_special_tokens=False)
+        joined = tokenizer.batch_decode([[anchor, i] for i in range(n)], skip_special_tokens=False)
+        texts = [both[len(head):] if both.startswith(head) else alone for both, alone in zip(joined, texts)]
     size = n if size is None else size
     return (texts + [""] * size)[:size]
+
+
+def _strip_anchor(tokenizer) -> int | None:
+    """A plain token to decode others after, if decoding tokens one by one loses the spaces between words."""
+    ids = tokenizer("a b", add_special_tokens=False)["input_ids"]
+    alone = "".join(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False))
+    if not ids or len(alone) >= len(tokenizer.decode(ids, skip_special_tokens=False)):
+        return None
+    return ids[0]
 
 
 def control_token_ids(tokenizer) -> set[int]:
