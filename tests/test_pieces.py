@@ -56,3 +56,18 @@ def test_the_gemma_tokenizer_pieces_are_exact_on_long_text():
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     pieces, decoded = check(tokenizer, ids, frozenset({tokenizer.eos_token_id}))
     assert "".join(pieces) == decoded
+
+
+def test_pieces_keep_the_first_space_a_first_space_stripping_decoder_drops():
+    """The continuation follows the prompt ("Answer:"), so its first token "▁the" adds " the", as the token's
+    vocabulary text says (Llama-2-style `Strip` decoders drop it from a text decoded on its own)."""
+    from test_vocab import llama2_style_tokenizer
+
+    from baco.vocab import token_texts
+
+    tokenizer = llama2_style_tokenizer()
+    ids = tokenizer("the story of the dragon", add_special_tokens=False)["input_ids"]
+    pieces = piece_texts(ids, tokenizer, frozenset(), [""] * len(ids))
+    assert pieces[0] == " the" == token_texts(tokenizer)[ids[0]]
+    assert "".join(pieces) == " the story of the dragon"
+    assert prefix_pieces(ids, tokenizer, frozenset(), [""] * len(ids)) == pieces

@@ -45,3 +45,16 @@ def test_multibyte_characters_arrive_whole_and_a_stop_token_adds_nothing(tiny_di
     assert all("\ufffd" not in piece for piece in shown)
     assert "".join(shown) == choice.content == text
     assert choice.tokens[-1].text == ""
+
+
+def test_a_stop_string_with_a_leading_space_is_cut_where_the_continuation_begins_with_it():
+    """Llama-2-style decoders (Strip of the first space) drop the space of the continuation's first token
+    ("Answer:" + "▁the" decodes "the"), which the engine, reading token texts, finds the stop string " the" in:
+    the text and the stream must cut it too, not show "the story"."""
+    from test_vocab import llama2_style_tokenizer
+
+    tokenizer = llama2_style_tokenizer()
+    ids, shown, choice = feed(tokenizer, "the story", (" the",))
+    assert tokenizer.convert_ids_to_tokens(ids[0]) == "▁the"
+    assert choice.content == "" == final_text(ids, tokenizer, (" the",), frozenset())
+    assert final_text(ids, tokenizer, (" st",), frozenset()) == "the"

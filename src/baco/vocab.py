@@ -144,6 +144,29 @@ def token_texts(tokenizer, size: int | None = None) -> list[str]:
     return (texts + [""] * size)[:size]
 
 
+def continuation_decoder(tokenizer):
+    """`decode(ids)`: the text that token ids add after a prompt (special tokens skipped), as `token_texts` reads
+    each token.
+
+    That is `tokenizer.decode`, except for tokenizers whose decoder strips the text's first space (Llama-2,
+    Mistral, Phi-3: see `token_texts`), where a continuation starting with "▁the" would read "the", so that a
+    stop string " the" the engine found in the token texts would not be found in the decoded text. Those are
+    decoded after an anchor token and the anchor's text cut off."""
+    anchor = _strip_anchor(tokenizer)
+
+    def plain(ids) -> str:
+        return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    if anchor is None:
+        return plain
+    head = tokenizer.decode([anchor], skip_special_tokens=True)
+
+    def anchored(ids) -> str:
+        both = tokenizer.decode([anchor, *ids], skip_special_tokens=True)
+        return both[len(head):] if both.startswith(head) else plain(ids)
+    return anchored
+
+
 def _strip_anchor(tokenizer) -> int | None:
     """A plain token to decode others after, if decoding tokens one by one loses the spaces between words."""
     ids = tokenizer("a b", add_special_tokens=False)["input_ids"]

@@ -12,6 +12,7 @@ from typing import IO, Iterable, Iterator
 
 from baco.decode.loop import Request, StepEvent, occurrences_of
 from baco.storage import WriterLock
+from baco.vocab import continuation_decoder
 
 BASE, ALIGNED, MIX = "base", "aligned", "mix"
 TOKEN, SPAN = "token", "span"
@@ -180,7 +181,7 @@ def piece_texts(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallb
     """
     pieces = _windowed_pieces(token_ids, tokenizer, stop_ids)
     kept = [t for t in token_ids if t not in stop_ids]
-    if "".join(pieces) == tokenizer.decode(kept, skip_special_tokens=True):
+    if "".join(pieces) == continuation_decoder(tokenizer)(kept):
         return pieces
     return prefix_pieces(token_ids, tokenizer, stop_ids, fallback)
 
@@ -197,12 +198,10 @@ class PieceDecoder:
 
     def __init__(self, tokenizer, stop_ids: frozenset[int]):
         self.tokenizer, self.stop_ids = tokenizer, stop_ids
+        self._decode = continuation_decoder(tokenizer)  # the first token keeps its space (Llama-2's decoder)
         self.kept: list[int] = []  # the ids that are not stop tokens
         self.done = 0  # kept[:done] are accounted for in the pieces so far
         self.text = ""  # the pieces so far, joined
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, token: int, *, last: bool = False) -> str:
         """The text `token` adds; `last`: no other token follows (a pending character is flushed)."""
@@ -230,13 +229,13 @@ def _windowed_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int]) 
 def prefix_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fallback: list[str]) -> list[str]:
     """The exact method (quadratic: decodes every prefix). Where a tokenizer's prefix decodes do not
     extend each other, the token's own vocabulary text (`fallback`) is used."""
-    pieces, shown = [], ""
+    pieces, shown, decode = [], "", continuation_decoder(tokenizer)
     for k, token in enumerate(token_ids):
         if token in stop_ids:
             pieces.append("")
             continue
         ids = [t for t in token_ids[: k + 1] if t not in stop_ids]
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+        text = decode(ids)
         if text.endswith("\ufffd") and k + 1 < len(token_ids) and token_ids[k + 1] not in stop_ids:
             pieces.append("")  # an incomplete character: the next token may finish it
             continue
@@ -255,7 +254,7 @@ def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], s
     it is kept in the token stream that both models read and removed from the text only.
     """
     ids = token_ids[:-1] if token_ids and token_ids[-1] in stop_ids else token_ids
-    return cut_text(tokenizer.decode(ids, skip_special_tokens=True), stop_strings)
+    return cut_text(continuation_decoder(tokenizer)(ids), stop_strings)
 
 
 def cut_text(text: str, stop_strings: tuple[str, ...]) -> str:
