@@ -4,7 +4,7 @@ import pytest
 
 from baco.errors import TokenizerMismatchError
 from baco.testing import CORPUS, train_sentencepiece_tokenizer, train_tokenizer
-from baco.vocab import TokenTable, check_compatible, is_punct_or_format, token_texts
+from baco.vocab import TokenTable, check_compatible, control_token_ids, is_punct_or_format, token_texts
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -77,3 +77,13 @@ def test_token_texts_are_the_tokens_decoded_alone_where_that_keeps_every_space(m
     """Byte-level BPE (GPT-2, Llama-3, SmolLM) and Gemma-style SentencePiece keep spaces token by token."""
     tok = make()
     assert token_texts(tok) == tok.batch_decode([[i] for i in range(len(tok))], skip_special_tokens=False)
+
+
+def test_added_tokens_shaped_as_control_tokens_are_never_sampled_even_when_not_marked_special():
+    """Qwen2.5 adds <|fim_prefix|>, <|repo_name|> ... with special=False (a tiny model wrote <|fim_suffix|> into a
+    chat answer); Gemma <start_of_image>. Tool-call tags stay: an answer may write them."""
+    tok = train_tokenizer()
+    tok.add_tokens(["<|fim_prefix|>", "<|box_start|>", "<start_of_image>", "<tool_call>", "</tool_call>"],
+                   special_tokens=False)
+    named = {tok.convert_ids_to_tokens(i) for i in control_token_ids(tok) - set(tok.all_special_ids)}
+    assert named == {"<|fim_prefix|>", "<|box_start|>", "<start_of_image>"}

@@ -35,8 +35,10 @@ FUNCTION_WORDS = frozenset(
     """.split()
 )
 
-# Added tokens that are control tokens in all but name (Gemma marks <start_of_image> as not special).
-_CONTROL_LIKE = re.compile(r"^[<\[](unused\d+|(start|end)_of_\w+|image\w*|audio\w*|video\w*|multimodal)[>\]]$")
+# Added tokens that are control tokens in all but name (Gemma marks <start_of_image> as not special; Qwen2.5 its
+# <|fim_prefix|>, <|repo_name|>, <|box_start|> ...: the <|...|> shape of ChatML-style control tokens).
+_CONTROL_LIKE = re.compile(r"^([<\[](unused\d+|(start|end)_of_\w+|image\w*|audio\w*|video\w*|multimodal)[>\]]"
+                           r"|<\|[^|<>\s]+\|>)$")
 _LIST_MARKER = re.compile(r"^(\d+[.)]|[a-zA-Z][.)]|[-*+•])$")
 
 
