@@ -152,6 +152,14 @@ def test_eval_refuses_an_out_or_score_cache_that_is_a_samples_file_it_evaluates(
     assert samples.read_text() == before
 
 
+def test_an_out_named_csv_is_refused_rather_than_have_the_csv_written_over_the_json(tmp_path, capsys):
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
+    for name in ("m.csv", "m.CSV"):
+        assert main(["eval", str(path), "--metrics", "distinct-1", "--out", str(tmp_path / name), "--quiet"]) == 2
+        assert f"--out {str(tmp_path / name)!r} names the JSON output" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.*"))
+
+
 def test_eval_makes_the_out_files_missing_folders(tmp_path):
     path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
     out = tmp_path / "runs" / "x" / "m.json"
