@@ -86,6 +86,50 @@ def test_bad_lines_are_reported_with_their_number_and_the_rest_is_kept(tmp_path,
     assert records[1].response == "caf\ufffd three"
 
 
+def test_a_file_given_twice_or_through_a_link_is_read_once_with_a_warning(tmp_path, capsys):
+    path = write_rows(tmp_path / "tool.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "a c")])
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(path)
+    once, _ = read_records([path])
+    records, warnings = read_records([path, path, link])
+    assert [(r.method, r.response) for r in records] == [(r.method, r.response) for r in once]
+    assert warnings == [f"{path} is given twice; read once", f"{link} is the file {str(path)!r} again; read once"]
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), str(path), "--metrics", "distinct-1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["summary"]["default"]["tool"]["distinct-1"] == 3 / 4  # a, b, c of 4 words
+
+
+def test_files_of_one_name_in_two_folders_are_two_methods_named_with_their_folders(tmp_path):
+    for folder, answers in (("llama", ["a b", "a c"]), ("qwen", ["x y", "z w"])):
+        (tmp_path / folder).mkdir()
+        write_rows(tmp_path / folder / "samples.jsonl", [{"prompt": "p", "response": r} for r in answers])
+    write_rows(tmp_path / "samples.json", [{"prompt": "p", "response": r} for r in ("a", "b")])
+    paths = [tmp_path / "llama" / "samples.jsonl", tmp_path / "qwen" / "samples.jsonl"]
+    for method_from in ("auto", "file"):
+        records, _ = read_records(paths, method_from=method_from)
+        assert {r.method: r.response for r in records if r.response in ("a b", "x y")} == \
+            {"llama/samples": "a b", "qwen/samples": "x y"}
+    records, _ = read_records([tmp_path / "llama" / "samples.jsonl", tmp_path / "samples.json"])
+    assert {r.method for r in records} == {"llama/samples", f"{tmp_path.name}/samples"}
+    records, _ = read_records([tmp_path / "llama" / "samples.jsonl", tmp_path / "samples.json", tmp_path / "qwen"
+                               / ".." / "samples.json"])  # one file twice: no third method
+    assert len({r.method for r in records}) == 2
+    records, _ = read_records([paths[0]])  # alone: named as ever
+    assert {r.method for r in records} == {"samples"}
+
+
+def test_list_rows_skip_only_their_bad_items_and_an_empty_list_is_reported(tmp_path):
+    path = write_rows(tmp_path / "lists.jsonl", [{"prompt": "p", "generations": ["a", 3, None, "b"]},
+                                                 {"prompt": "q", "responses": []},
+                                                 {"prompt": "q", "response": ["x", "y"]}])
+    records, warnings = read_records([path])
+    assert [r.response for r in records] == ["a", "", "b"]
+    assert warnings == [f'{path}:1: "generations"[1] is int, not a string; skipped',
+                        f'{path}:1: "generations"[2] is null; read as an empty response',
+                        f'{path}:2: empty "responses" list; line skipped',
+                        f'{path}:3: "response" is list, not a string; line skipped']
+
+
 def test_a_folder_given_as_samples_is_named_a_folder_with_the_run_directorys_samples_file(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
@@ -106,6 +150,14 @@ def test_eval_refuses_an_out_or_score_cache_that_is_a_samples_file_it_evaluates(
     assert main(["eval", str(samples), "--metrics", "relevance", "--score-cache", str(samples)]) == 2
     assert f"score cache {str(samples)!r} is the samples file" in capsys.readouterr().err
     assert samples.read_text() == before
+
+
+def test_an_out_named_csv_is_refused_rather_than_have_the_csv_written_over_the_json(tmp_path, capsys):
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "c d")])
+    for name in ("m.csv", "m.CSV"):
+        assert main(["eval", str(path), "--metrics", "distinct-1", "--out", str(tmp_path / name), "--quiet"]) == 2
+        assert f"--out {str(tmp_path / name)!r} names the JSON output" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.*"))
 
 
 def test_eval_makes_the_out_files_missing_folders(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from baco.evaluate.lexical import (compression_ratio, distinct_n, ead_distinct, homogenization, lcs_length,
                                    ngram_entropy, ngram_kernel, ngram_vendi, rouge_l, self_bleu,
                                    unique_first_sentences)
+from baco.evaluate.partitions import short_answer_tokens
 from baco.evaluate.tokens import first_sentence, words
 
 IDENTICAL = ["the cat sat on the mat today"] * 4
@@ -184,6 +185,18 @@ def test_mixed_languages_are_tokenised_not_dropped():
     assert distinct_n(["我爱苹果", "我爱香蕉"], 1) == pytest.approx(6 / 8)
     assert self_bleu(["我爱苹果", "我爱苹果"]) == pytest.approx(1.0)
     assert distinct_n(["Привет мир", "hello мир"], 1) == pytest.approx(3 / 4)
+
+
+def test_an_emoji_is_one_token_with_its_skin_tone_variation_selector_and_joined_parts():
+    # the parts were tokens of their own: a zero-width joiner or a skin tone counted as a repeated "word"
+    assert words("👨\u200d👩\u200d👧 ❤\ufe0f 👍🏽!") == ("👨\u200d👩\u200d👧", "❤\ufe0f", "👍🏽", "!")
+    assert distinct_n(["👍🏽 👍🏽", "👍🏻 🎉"], 1) == pytest.approx(3 / 4)
+
+
+def test_half_width_katakana_and_rare_cjk_ideographs_are_one_token_per_character():
+    assert words("ｶﾀｶﾅ テスト") == ("ｶ", "ﾀ", "ｶ", "ﾅ", "テ", "ス", "ト")
+    assert words("𠀋𠮷 ok") == ("𠀋", "𠮷", "ok")  # CJK extension B, beyond U+FFFF
+    assert short_answer_tokens("𠮷野家の牛丼") == ["𠮷", "野", "家", "の", "牛", "丼"]
 
 
 def test_combining_marks_stay_inside_their_word():

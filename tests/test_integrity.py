@@ -553,3 +553,14 @@ def test_a_row_whose_config_or_task_field_was_edited_is_not_filed_under_another_
     for record in sweep_records(config, used):
         by_method[record.method] = by_method.get(record.method, 0) + 1
     assert by_method == {"p:0.5": 4, "base": 4}
+
+
+def test_the_lines_of_a_samples_file_that_hold_no_sample_are_named_in_file_order(tmp_path):
+    from baco.storage import scan_jsonl
+    from baco.sweep.ledger import store_problems
+
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"note": "not a sample"}\nnot json\n[1, 2]\n{"prompt": "cut')
+    problems = store_problems(scan_jsonl(path))
+    assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{n}" for n in (1, 2, 3, 4)]
+    assert "not a sample row" in problems[0] and "not valid JSON" in problems[1] and "torn" in problems[3]

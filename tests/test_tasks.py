@@ -465,6 +465,8 @@ def test_missing_file_unknown_name_and_unknown_format(tmp_path):
         load_task("open-ended-v2")
     with pytest.raises(TaskError, match="does not exist"):
         load_task(tmp_path / "nope.jsonl")
+    with pytest.raises(TaskError, match=re.escape(f"prompts file {str(tmp_path)!r} is a folder")):
+        read_task_file(tmp_path)
     with pytest.raises(TaskError, match="unknown format 'xml'"):
         read_task_file(write(tmp_path, "a.jsonl", '{"prompt": "a"}\n'), format="xml")
 

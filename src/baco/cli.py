@@ -569,6 +569,9 @@ def cmd_eval(args) -> int:
         check_output_file(args.score_cache, "--score-cache")
     if args.out:
         written = (args.out, args.out.with_suffix(".csv"))
+        if args.out.suffix.lower() == ".csv":  # the CSV would be written over the JSON
+            raise BacoError(f"--out {str(args.out)!r} names the JSON output (the CSV goes beside it, "
+                            f"{str(args.out.with_suffix('.csv'))!r}): give --out a .json name")
         replaced = next((path for path in written for sample in args.samples if same_file(path, sample)), None)
         if replaced is not None:  # the results are written over the file: the samples would be gone
             raise BacoError(f"--out {str(args.out)!r} would write {str(replaced)!r}, a samples file being "

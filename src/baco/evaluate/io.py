@@ -7,8 +7,10 @@ Accepted rows (one JSON object per line):
 
 Method of a row: a `baco sweep` sample's configuration ("config": router, knob and sampling, e.g.
 `base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
-suffix). Samples of one method name made with different sampling settings or models (two `baco generate`
-runs of one router at two temperatures) are pooled, with a warning that says how to keep them apart.
+suffix; files of one name in two folders are told apart by their folders: `a/samples`, `b/samples`);
+a file given twice is read once. Samples of one method name made with different sampling settings or
+models (two `baco generate` runs of one router at two temperatures) are pooled, with a warning that
+says how to keep them apart.
 Task: its "task" field, else `default_task`. Seed: a `baco sweep` sample's cell seed (`sweep_seed`),
 so that the runner evaluates each seed apart; other rows have none. A bad line (not JSON, no prompt, no response) is
 skipped with a warning naming file and line; undecodable bytes are replaced (with a warning), so
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baco.errors import BacoError
+from baco.storage import same_file
 
 RESPONSE_FIELDS = ("text", "response", "completion", "output")
 LIST_FIELDS = ("generations", "responses")
@@ -45,13 +48,49 @@ class Record:
     seed: int | None = None  # the seed of a `baco sweep` sample's cell (`sweep_seed`); None for other rows
 
 
-def _method(row: dict, path: Path, method_from: str) -> str | None:
+def _method(row: dict, file_method: str, method_from: str) -> str | None:
     if method_from == "file":
-        return path.stem
+        return file_method
     for key in ("config", "router", "method") if _made_by_baco(row) else ("router", "method"):
         if isinstance(row.get(key), str) and row[key].strip():
             return row[key].strip()
-    return path.stem if method_from == "auto" else None
+    return file_method if method_from == "auto" else None
+
+
+def file_methods(paths: list[Path]) -> dict[Path, str]:
+    """The method each file's rows are named after: its name without suffix, and where two files share that
+    name (`a/samples.jsonl`, `b/samples.jsonl`) with as many of its folders as tell them apart (`a/samples`),
+    so that two files are never pooled as one method by accident of their names."""
+    folders_of = {path: path.resolve().parts[1:-1] for path in paths}  # without the root
+
+    def named(path: Path, folders: int) -> str:
+        return "/".join(folders_of[path][len(folders_of[path]) - folders:] + (path.stem,))
+
+    by_stem: dict[str, list[Path]] = {}
+    for path in paths:
+        by_stem.setdefault(path.stem, []).append(path)
+    names = {}
+    for alike in by_stem.values():
+        deepest = max(len(folders_of[path]) for path in alike)
+        folders = next((k for k in range(deepest + 1) if len({named(path, k) for path in alike}) == len(alike)), None)
+        for path in alike:  # x.jsonl and x.json in one folder: their whole names
+            names[path] = str(path) if folders is None else named(path, folders)
+    return names
+
+
+def _distinct_files(paths: list[Path], warnings: list[str]) -> list[Path]:
+    """The paths, each file once: a file named twice (a repeated argument, a link to it) would count its rows
+    twice and is read once, with a warning."""
+    kept: list[Path] = []
+    for path in paths:
+        first = next((seen for seen in kept if same_file(seen, path)), None)
+        if first is None:
+            kept.append(path)
+        elif str(first) == str(path):
+            warnings.append(f"{path} is given twice; read once")
+        else:
+            warnings.append(f"{path} is the file {str(first)!r} again; read once")
+    return kept
 
 
 def sweep_seed(row: dict) -> int | None:
@@ -98,6 +137,9 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
     for path in map(Path, paths):
         if not path.is_file():
             raise SamplesError(f"samples file {str(path)!r} " + _not_a_file(path))
+    files = _distinct_files(list(map(Path, paths)), warnings)
+    named = file_methods(files)
+    for path in files:
         try:
             lines = path.read_bytes().split(b"\n")
         except OSError as error:
@@ -130,7 +172,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                                     f"(stored twice); counted once")
                     continue
                 ids[row["id"]] = where
-            method = _method(row, path, method_from)
+            method = _method(row, named[path], method_from)
             if method is None:
                 warnings.append(f'{where}: no "router" or "method" field (--method-from field); line skipped')
                 continue
@@ -140,26 +182,31 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                 made_by.setdefault(method, {}).setdefault(
                     json.dumps({"sampling": settings, "models": row.get("models")}, sort_keys=True, default=str), where)
             task = row["task"] if isinstance(row.get("task"), str) and row["task"] else default_task
-            listed = next((row[k] for k in LIST_FIELDS if isinstance(row.get(k), list)), None)
-            if listed is not None:
-                responses = listed
-            else:
+            key = next((k for k in LIST_FIELDS if isinstance(row.get(k), list)), None)
+            listed = key is not None
+            if listed and not row[key]:
+                warnings.append(f'{where}: empty "{key}" list; line skipped')
+                continue
+            if not listed:
                 key = next((k for k in RESPONSE_FIELDS if k in row), None)
                 if key is None:
                     warnings.append(f"{where}: no response field ({', '.join(RESPONSE_FIELDS + LIST_FIELDS)}); "
                                     f"line skipped")
                     continue
-                responses = [row[key]]
+            responses = row[key] if listed else [row[key]]
             index = row.get("sample_index")
             for offset, response in enumerate(responses):
+                what = f'"{key}"[{offset}]' if listed else f'"{key}"'
                 if response is None:
-                    warnings.append(f"{where}: response is null; read as an empty response")
+                    warnings.append(f"{where}: {what} is null; read as an empty response")
                     response = ""
                 if not isinstance(response, str):
-                    warnings.append(f"{where}: response is not a string; line skipped")
+                    warnings.append(f"{where}: {what} is {type(response).__name__}, not a string; "
+                                    + ("skipped" if listed else "line skipped"))
                     continue
-                order = (index if isinstance(index, int) and listed is None else offset, position)
-                records.append(Record(task, method, row["prompt"], response, order, where, sweep_seed(row)))
+                ordered = isinstance(index, int) and not isinstance(index, bool) and not listed
+                records.append(Record(task, method, row["prompt"], response, (index if ordered else offset, position),
+                                      where, sweep_seed(row)))
                 position += 1
     for method, made in made_by.items():
         if len(made) > 1 and method_from != "file":

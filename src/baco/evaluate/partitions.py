@@ -27,7 +27,7 @@ import numpy as np
 
 from baco.errors import ModelLoadError
 from baco.evaluate.registry import register_metric
-from baco.evaluate.tokens import words
+from baco.evaluate.tokens import has_cjk, words
 
 SHORT_ANSWER_TOKENS = 5
 EMBEDDING_THRESHOLD = 0.75
@@ -45,8 +45,7 @@ class Equivalence(Protocol):
 def short_answer_tokens(text: str) -> list[str]:
     """NoveltyBench's tokens (lower-cased whitespace split) with two changes: punctuation around a word
     is dropped ("Kiwi!" = "kiwi"), and text in a CJK script, written without spaces, is split by `words`."""
-    if any(0x3040 <= ord(ch) <= 0x30FF or 0x3400 <= ord(ch) <= 0x9FFF or 0xF900 <= ord(ch) <= 0xFAFF
-           for ch in text):
+    if has_cjk(text):
         return [t for t in words(text) if any(ch.isalnum() for ch in t)]
     stripped = (t.strip(string.punctuation + "“”‘’«»") for t in text.lower().split())
     return [t for t in stripped if t]

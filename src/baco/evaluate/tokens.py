@@ -1,7 +1,8 @@
 """Words, n-grams and first sentences for the lexical metrics: one tokenizer for every language.
 
 Words are lower-cased runs of letters/digits (`\\w+`), each punctuation mark is a token of its own,
-and every CJK ideograph or kana is a token of its own (those scripts put no spaces between words).
+and every CJK ideograph or kana is a token of its own (those scripts put no spaces between words);
+an emoji is one token with its variation selector, skin tone and zero-width-joined parts.
 Hangul, Cyrillic, Greek, Arabic ... are space-separated and come out as words. Combining marks
 (Devanagari vowel signs and viramas, Arabic harakat, a decomposed accent) belong to the word they
 follow: Python's `\\w` does not match them, and without this "नमस्ते" would fall apart into pieces.
@@ -14,11 +15,16 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# kana, CJK ideographs (with the extension planes) and half-width katakana: one token each
+_CJK = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
 # Unicode combining marks (categories Mn, Mc, Me): all below U+20000 but the variation selectors E0100-E01EF
 _MARKS = "".join(re.escape(chr(c)) for c in range(0x20000) if unicodedata.category(chr(c))[0] == "M") + \
     "\U000e0100-\U000e01ef"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}](?:[^\W{_CJK}]|[{_MARKS}])*|[^\w\s]")
+# what joins an emoji into one picture: combining marks (the emoji variation selector U+FE0F among them),
+# skin tones, and a zero-width joiner with the symbol after it (👨‍👩‍👧)
+_SYMBOL = rf"[^\w\s](?:[{_MARKS}\U0001f3fb-\U0001f3ff]|\u200d[^\w\s])*"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}](?:[^\W{_CJK}]|[{_MARKS}])*|{_SYMBOL}")
+_CJK_CHAR = re.compile(f"[{_CJK}]")
 # a sentence ends at . ! ? (or their CJK forms) followed by space/end, or at a line break
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 
@@ -27,6 +33,11 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 def words(text: str) -> tuple[str, ...]:
     """Lower-cased word and punctuation tokens of `text` (cached: every lexical metric reads them)."""
     return tuple(_TOKEN.findall(text.lower()))
+
+
+def has_cjk(text: str) -> bool:
+    """Whether `text` holds a CJK ideograph or kana (a script written without spaces)."""
+    return _CJK_CHAR.search(text) is not None
 
 
 def ngrams(tokens: tuple[str, ...], n: int) -> list[tuple[str, ...]]:

@@ -35,7 +35,7 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
     """All prompts of one file, in file order. `task` names the set (default: the file's stem)."""
     path = Path(path)
     if not path.is_file():
-        raise TaskError(f"prompts file {str(path)!r} does not exist")
+        raise TaskError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
     container, schema = _resolve_format(path, format)
     if schema != "auto" and column is not None:
         raise TaskError(f"{path}: column= does not apply to format {schema!r} (its prompt field is fixed)")
