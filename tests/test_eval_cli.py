@@ -130,6 +130,25 @@ def test_list_rows_skip_only_their_bad_items_and_an_empty_list_is_reported(tmp_p
                         f'{path}:3: "response" is list, not a string; line skipped']
 
 
+def test_chat_rows_and_alpaca_rows_are_read_as_prompt_and_response(tmp_path):
+    """The shapes other datasets and tools write: chat "messages" (the last user turn and the reply to it) and
+    Alpaca's instruction / input / output; a chat row that does not end with a reply is named, not guessed."""
+    chat = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi."},
+                          {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Name a fruit."},
+                          {"role": "assistant", "content": reply}]} for reply in ("Fig.", "Kiwi.")]
+    alpaca = [{"instruction": "Name a fruit.", "input": "", "output": "Plum."},
+              {"instruction": "Translate.", "input": "pomme", "output": "apple"}]
+    bad = [{"messages": [{"role": "user", "content": "Name a fruit."}]},
+           {"messages": [{"role": "user", "content": [{"type": "image"}]}, {"role": "assistant", "content": "x"}]}]
+    path = write_rows(tmp_path / "other.jsonl", chat + alpaca + bad)
+    records, warnings = read_records([path])
+    assert [(r.prompt, r.response) for r in records] == [("Name a fruit.", "Fig."), ("Name a fruit.", "Kiwi."),
+                                                         ("Name a fruit.", "Plum."), ("Translate.\n\npomme", "apple")]
+    assert warnings == [f"{path}:5: a chat row's \"messages\" must end with a user turn and the assistant's reply "
+                        f"to it; line skipped",
+                        f'{path}:6: a "messages" turn is not an object with a string "content"; line skipped']
+
+
 def test_a_folder_given_as_samples_is_named_a_folder_with_the_run_directorys_samples_file(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -4,6 +4,9 @@ Accepted rows (one JSON object per line):
 - a `baco generate` sample: prompt, text, router, sample_index, ...
 - {"prompt": ..., "response": ...} (also "text", "completion", "output"), optional "method", "task"
 - {"prompt": ..., "generations": [...]} (NoveltyBench's format; also "responses"), one row per prompt
+- a chat row {"messages": [..., {"role": "user", ...}, {"role": "assistant", ...}]} (HF chat datasets,
+  OpenAI's fine-tuning files): the last user turn is the prompt, the reply after it the response
+- an Alpaca row {"instruction", "input", "output"}: the instruction (and its input) is the prompt
 
 Method of a row: a `baco sweep` sample's configuration ("config": router, knob and sampling, e.g.
 `base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
@@ -93,6 +96,27 @@ def _distinct_files(paths: list[Path], warnings: list[str]) -> list[Path]:
     return kept
 
 
+def other_shapes(row: dict) -> tuple[dict, str | None]:
+    """A row without "prompt" in another common shape, as a {"prompt", "response"} row: (row, None), or (row,
+    what is wrong with it). A chat row ({"messages": [..., {"role": "user"}, {"role": "assistant"}]}: HF chat
+    datasets, OpenAI's fine-tuning files) is the last user turn and the assistant's reply after it; an Alpaca
+    row ({"instruction", "input", "output"}) is the instruction, with its input after a blank line when given.
+    Other rows are returned as they are (the caller says what a row needs)."""
+    if isinstance(row.get("messages"), list):
+        turns = row["messages"]
+        if not all(isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+            return row, 'a "messages" turn is not an object with a string "content"'
+        roles = [t.get("role") for t in turns]
+        if len(turns) < 2 or roles[-1] != "assistant" or roles[-2] != "user":
+            return row, 'a chat row\'s "messages" must end with a user turn and the assistant\'s reply to it'
+        return {**row, "prompt": turns[-2]["content"], "response": turns[-1]["content"]}, None
+    if isinstance(row.get("instruction"), str):
+        extra = row.get("input")
+        prompt = row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
+        return {**row, "prompt": prompt}, None
+    return row, None
+
+
 def sweep_seed(row: dict) -> int | None:
     """The seed of a `baco sweep` sample's cell (its run seed, `sampling.seed`), None for any other row.
 
@@ -163,8 +187,14 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                                 f"run); skipped" if torn else
                                 f"{where}: not valid JSON ({error.msg} at column {error.colno}); line skipped")
                 continue
+            if isinstance(row, dict) and "prompt" not in row:
+                row, problem = other_shapes(row)
+                if problem:
+                    warnings.append(f"{where}: {problem}; line skipped")
+                    continue
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                warnings.append(f'{where}: expected an object with a "prompt" string; line skipped')
+                warnings.append(f'{where}: expected an object with a "prompt" string (or "instruction", or a chat '
+                                f'"messages" list); line skipped')
                 continue
             if is_baco_sample(row):  # other tools' "id" fields (a prompt's id, say) are not sample ids
                 if row["id"] in ids:
