@@ -135,6 +135,42 @@ def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw
     assert any(restarted) if restarts else not any(restarted)
 
 
+def test_a_unit_rerun_in_another_order_after_its_worker_died_still_delivers_every_item(cluster, tmp_path):
+    """Ray reruns a dead worker's unit and drops as many of the rerun's items as the first attempt had
+    delivered: the first ones, whatever they are. A rerun that finishes its rows in another order
+    (`batch_size: auto` sized on the restarted worker's free memory, GPU kernels) must not lose the others."""
+    from baco.cluster.pool import UnitDone, WorkerPool
+
+    class DiesOnceThenReverses:  # defined here so that Ray sends it by value
+        def __init__(self, items, marker):
+            self.items, self.marker, self.skip, self.made = items, str(marker), set(), 0
+
+        @property
+        def total(self):
+            return len(self.skip) + self.made
+
+        def run(self, state):
+            rerun = os.path.exists(self.marker)
+            for i, item in enumerate(reversed(self.items) if rerun else self.items):
+                if item in self.skip:
+                    continue
+                if not rerun and i == 3:
+                    open(self.marker, "w").close()
+                    os._exit(1)  # the worker dies with three items delivered; Ray restarts it and reruns the unit
+                self.made += 1
+                yield item
+
+    unit = DiesOnceThenReverses(list("abcdef"), tmp_path / "died")
+    delivered = []
+    with WorkerPool(ray, dict, RayOptions(), 1, "order") as pool:
+        for _, item in pool.run([unit]):
+            if not isinstance(item, UnitDone):
+                delivered.append(item[0])
+                unit.skip.add(item[0])  # what a caller does: a unit that goes out again skips what it holds
+    assert (tmp_path / "died").exists()
+    assert sorted(set(delivered)) == list("abcdef")
+
+
 def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw, reference, tmp_path):
     config_path = tmp_path / "sweep.yaml"
     config_path.write_text(json.dumps(raw))

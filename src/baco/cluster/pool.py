@@ -94,6 +94,19 @@ class Worker:
 
 
 _SERIAL = itertools.count()
+RESENDS = 3  # times a unit that came back short goes out again (each time for what it still lacks)
+
+
+def _short(unit, done: UnitDone | None) -> bool:
+    """Whether the caller holds fewer of the unit's items than its worker says the unit made.
+
+    Ray reruns the unit of a worker that died and drops as many of the rerun's items as the first
+    attempt had delivered: the first ones, whatever they are. A rerun that yields in another order
+    (`batch_size: auto` sized on the restarted worker's free memory, GPU kernels that round
+    otherwise) so loses items the first attempt never delivered.
+    """
+    return (done is not None and done.total is not None and isinstance(getattr(unit, "skip", None), set)
+            and len(unit.skip) < done.total)
 
 
 class WorkerPool:
@@ -128,21 +141,28 @@ class WorkerPool:
             raise ClusterError(f"a Ray worker failed while {doing}: {type(cause).__name__}: {cause}") from error
 
     def run(self, units: list) -> Iterator[tuple[object, object]]:
-        """(unit, item) for every item a unit yields, as it comes; the unit's last item is a UnitDone."""
+        """(unit, item) for every item a unit yields, as it comes; the unit's last item is a UnitDone.
+
+        The caller adds what it got to `unit.skip` (where a unit has one): a unit that goes out again
+        makes only the rest.
+        """
         ray = self.ray
-        queue, idle, busy = deque(units), list(self.actors), {}
+        queue, idle, busy, resent = deque(units), list(self.actors), {}, {}
         while queue or busy:
             while queue and idle:
                 actor, unit = idle.pop(), queue.popleft()
-                busy[actor.run.remote(unit)] = (actor, unit)
+                busy[actor.run.remote(unit)] = (actor, unit, None)
             ready, _ = ray.wait(list(busy), num_returns=1)
             for stream in ready:
-                actor, unit = busy[stream]
+                actor, unit, done = busy[stream]
                 try:
                     item = self._get(next(stream), "running a unit")
                 except StopIteration:
                     del busy[stream]
                     idle.append(actor)
+                    if _short(unit, done) and resent.get(id(unit), 0) < RESENDS:
+                        resent[id(unit)] = resent.get(id(unit), 0) + 1
+                        queue.append(unit)
                     continue
                 except ray.exceptions.RayActorError as error:
                     # gone for good (restarts spent, node lost): its unit goes to another worker
@@ -153,6 +173,8 @@ class WorkerPool:
                                            f"kept; run the same command again to complete them") from None
                     queue.appendleft(unit)
                     continue
+                if isinstance(item, UnitDone):
+                    busy[stream] = (actor, unit, item)
                 yield unit, item
 
     def close(self) -> None:

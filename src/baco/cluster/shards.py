@@ -57,6 +57,11 @@ class PromptShard:
             self.made += 1
             yield sample
 
+    @property
+    def total(self) -> int:
+        """The shard's samples held once it has run (what it skipped plus what it made)."""
+        return len(self.skip) + self.made
+
 
 def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
              aligned: str | os.PathLike = ALIGNED_ALIAS, anchor: str | os.PathLike | None = None,
