@@ -228,6 +228,25 @@ def test_more_workers_than_the_cluster_holds_is_refused(cluster, tiny_dirs, caps
     assert code == 2 and "does not fit the Ray cluster" in capsys.readouterr().err
 
 
+def test_an_address_nothing_answers_at_is_one_clear_error_within_seconds(tiny_dirs, tmp_path):
+    """Ray itself would retry such an address for minutes, printing its own warnings."""
+    import socket
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "baco.cli", "generate", "--base", str(tiny_dirs[0]), "--aligned",
+                           str(tiny_dirs[1]), "--prompt", "Hi.", "--quiet", "--ray", address],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"baco: error: no Ray cluster answers at {address} "
+                                                f"(connection refused); start one there (`ray start --head`) "
+                                                f"or give its address"]
+
+
 @pytest.mark.parametrize("options, message", [
     ({"workers": 0}, "--workers must be an integer >= 1"),
     ({"gpus_per_worker": -1}, "--gpus-per-worker must be a number >= 0"),

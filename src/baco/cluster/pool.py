@@ -33,6 +33,10 @@ def connected(options: RayOptions):
     if ray.is_initialized():
         yield ray
         return
+    if options.address in (None, "auto"):
+        _check_reachable(os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS ")
+    else:
+        _check_reachable(options.address)
     try:
         # workers' own output stays in the cluster's log files (/tmp/ray/session_latest/logs on each node);
         # their errors come back here as exceptions
@@ -44,6 +48,19 @@ def connected(options: RayOptions):
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str | None, named: str = "", timeout: float = 10.0) -> None:
+    """A HOST:PORT address must accept a connection: at one that nothing answers Ray retries for minutes."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or "://" in address or not port.isdigit():
+        return  # none, `auto`, `ray://` (Ray's client checks it) or a form Ray names itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        why = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error)).lower()
+        raise ClusterError(f"no Ray cluster answers at {named}{address} ({why}); start one there "
+                           f"(`ray start --head`) or give its address") from None
 
 
 @dataclass
