@@ -246,6 +246,24 @@ def test_two_seeds_give_each_seeds_value_and_their_spread(engines, tmp_path):
     assert "Per seed (average over tasks):" in table and "| method | Cov. seed 0 | Cov. seed 1 |" in table
 
 
+def test_the_results_do_not_depend_on_the_order_the_cells_were_stored_in(engines, tmp_path):
+    """Ray workers finish cells in any order (and a config extended later adds cells at the end): the results
+    must be those of the same samples stored in the configuration's order, down to the JSON bytes."""
+    config = parse_config(raw_config(tmp_path, seeds=(0, 1)))
+    run_cells(config, tmp_path / "in-order", engines, progress=False)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for name in ("plan.jsonl", "cells.jsonl"):
+        (shuffled / name).write_bytes((tmp_path / "in-order" / name).read_bytes())
+    lines = (tmp_path / "in-order" / "samples.jsonl").read_text().splitlines(keepends=True)
+    rank = {cell.key: i for i, cell in enumerate(reversed(config.cells))}
+    (shuffled / "samples.jsonl").write_text("".join(sorted(lines, key=lambda line: rank[json.loads(line)["cell"]])))
+    for out in ("in-order", "shuffled"):
+        run_sweep(config, tmp_path / out, engines, progress=False)
+    for name in ("results.json", "table.md"):
+        assert (shuffled / name).read_text() == (tmp_path / "in-order" / name).read_text(), name
+
+
 @pytest.mark.parametrize("table", ["table-3seeds.md", "table-3seeds-wide.md", "table-1130-3seeds.md",
                                    "table-1130-3seeds-wide.md", "table-1130-seed3.md",
                                    "table-1130-seed3-wide.md", "table-cross-seeds01.md"])

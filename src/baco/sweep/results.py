@@ -36,9 +36,15 @@ def metric_specs(config: SweepConfig) -> list:
 
 
 def sweep_records(config: SweepConfig, rows: list[dict]) -> list[Record]:
-    """The records of the config's cells (rows of other cells are left out)."""
+    """The records of the config's cells (rows of other cells are left out), in the config's cell order.
+
+    Ray workers finish cells in any order, and a config extended later stores its new cells last: the
+    results (their key order, the fronts' order) follow the config, not the file.
+    """
     seed_of = {c.key: c.seed for c in config.cells}
-    return records_of([dict(r, seed_of_cell=seed_of[r["cell"]]) for r in rows if r["cell"] in seed_of])
+    rank = {c.key: i for i, c in enumerate(config.cells)}
+    ours = sorted((r for r in rows if r["cell"] in seed_of), key=lambda r: rank[r["cell"]])  # stable: file order within
+    return records_of([dict(r, seed_of_cell=seed_of[r["cell"]]) for r in ours])
 
 
 def summarise(config: SweepConfig, rows: list[dict], *, progress: bool = True, resources: Resources | None = None):
