@@ -79,6 +79,13 @@ def test_a_csv_prompts_file_is_read_as_csv_not_as_lines_of_text(tmp_path):
     assert read_prompts(array) == ["Name a fruit.", "Why is the sky blue?"]
 
 
+def test_an_ndjson_prompts_file_is_read_as_json_lines_as_load_task_reads_it(tmp_path):
+    """`.ndjson` is JSON Lines by another name: its rows' prompts, not the rows' raw text, are the prompts."""
+    path = tmp_path / "prompts.ndjson"
+    path.write_text('{"prompt": "Name a fruit."}\n"Why is the sky blue?"\n')
+    assert read_prompts(path) == ["Name a fruit.", "Why is the sky blue?"]
+
+
 def test_help_states_each_default_once(capsys, monkeypatch):
     """A flag whose help already names its default (`--base`: the embedded pair) must not also say `(default: None)`."""
     import pytest

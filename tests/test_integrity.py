@@ -194,6 +194,23 @@ def test_a_second_generate_on_the_same_out_file_is_refused_naming_the_holder_and
     assert len(rows_of(out)) == 2
 
 
+def test_an_out_file_named_through_a_symbolic_link_takes_the_same_lock_as_the_file_itself(tmp_path):
+    """`--out latest.jsonl` (a link to run3.jsonl) while another generate writes run3.jsonl would store the same
+    samples twice: the lock sits next to the file the link leads to, so the second writer is refused."""
+    from baco.decode.records import out_lock
+    from baco.errors import RunLockedError
+
+    target = tmp_path / "run3.jsonl"
+    target.write_text("")
+    (tmp_path / "latest.jsonl").symlink_to("run3.jsonl")
+    with out_lock(target):
+        with pytest.raises(RunLockedError, match="latest.jsonl' is in use by another baco generate"):
+            out_lock(tmp_path / "latest.jsonl").acquire()
+    with out_lock(tmp_path / "latest.jsonl"):
+        with pytest.raises(RunLockedError, match="run3.jsonl' is in use"):
+            out_lock(target).acquire()
+
+
 def test_run_cells_takes_the_lock_too(tiny_dirs, tmp_path, engines):
     from baco.errors import RunLockedError
     from baco.sweep.lock import RunLock

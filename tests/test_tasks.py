@@ -276,6 +276,15 @@ def test_csv_without_the_column_names_the_header(tmp_path):
         load_task(path, column="prompt_text")
 
 
+def test_a_csv_quote_that_is_never_closed_is_named_not_read_as_one_prompt_holding_the_rest_of_the_file(tmp_path):
+    path = write(tmp_path, "sheet.csv", 'prompt\nfirst\n"stray quote,\nsecond\nthird\n')
+    with pytest.raises(TaskError, match=r"sheet\.csv:3: a quoted cell .* is never closed"):
+        load_task(path)
+    joined = write(tmp_path, "joined.csv", 'prompt\n"quoted"tail\nsecond\n')  # text after a closing quote
+    with pytest.raises(TaskError, match=r"joined\.csv:2: bad CSV"):
+        load_task(joined)
+
+
 def test_empty_csv_is_an_error(tmp_path):
     with pytest.raises(TaskError, match="empty CSV"):
         load_task(write(tmp_path, "empty.csv", ""))

@@ -189,7 +189,7 @@ def read_prompts(path: Path) -> list[str]:
         except UnicodeDecodeError as error:
             raise BacoError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column "
                             f"{error.start + 1}); save the file as UTF-8") from None
-    if path.suffix.lower() not in (".jsonl", ".json"):
+    if path.suffix.lower() not in (".jsonl", ".ndjson"):  # (load_task's names of JSON Lines)
         return [line for _, line in lines if line.strip()]
     prompts = []
     for number, line in lines:

@@ -413,8 +413,10 @@ class SampleFile:
 
 def out_lock(path: str | os.PathLike) -> WriterLock:
     """The one-writer lock of a `--out` samples file: hidden files next to it (`.NAME.lock` and its holder,
-    `.NAME.lock-holder.json`), so that globs and listings of the folder (`*.jsonl`) do not pick them up."""
+    `.NAME.lock-holder.json`), so that globs and listings of the folder (`*.jsonl`) do not pick them up.
+    Next to the file a symbolic link leads to, so that `--out LINK` and `--out TARGET` take one lock."""
     path = Path(path)
-    return WriterLock(path.with_name(f".{path.name}.lock"), path.with_name(f".{path.name}.lock-holder.json"),
+    target = path.resolve()
+    return WriterLock(target.with_name(f".{target.name}.lock"), target.with_name(f".{target.name}.lock-holder.json"),
                       in_use=f"--out {str(path)!r} is in use by another baco generate",
                       why="Two runs appending to one file would make and store the same samples twice")

@@ -130,17 +130,26 @@ def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int
 
 
 def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
-    """CSV with a header row; a row's line is the line it ends on (quoted cells may span lines)."""
-    reader = csv.DictReader(handle)
+    """CSV with a header row; a row's line is the line it ends on (quoted cells may span lines).
+
+    Read strictly: a quote that is never closed would take every later line into one cell (those prompts
+    lost in it), and text after a closing quote would be joined to the cell; both are errors."""
+    reader = csv.DictReader(handle, strict=True)
+    start = 1  # the line the row being read begins on
     try:
         if not reader.fieldnames:
             raise TaskError(f"{path}: empty CSV file (expected a header row naming the columns)")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        start = reader.line_num + 1
         for row in reader:
             row.pop(None, None)  # cells beyond the header
             yield f"{path}:{reader.line_num}", reader.line_num, row
+            start = reader.line_num + 1
     except csv.Error as error:
-        raise TaskError(f"{path}:{reader.line_num}: bad CSV ({error})") from None
+        if "unexpected end of data" in str(error):
+            raise TaskError(f"{path}:{start}: a quoted cell of the row that begins on this line is never closed "
+                            f"(the file ends inside it); close it, or double a quote meant as text (\"\")") from None
+        raise TaskError(f"{path}:{start}: bad CSV in the row that begins on this line ({error})") from None
 
 
 def _txt_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
