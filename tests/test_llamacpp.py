@@ -212,3 +212,19 @@ def test_a_gguf_pair_with_two_tokenizers_says_the_cross_methods_need_transformer
     with pytest.raises(TokenizerMismatchError, match=r"disagree .* On llama.cpp only a same-tokenizer pair runs: "
                                                      r"the cross-tokenizer methods need .* \(--backend hf\)"):
         Collaboration.from_pretrained(ggufs[2], other_gguf, backend="llamacpp")
+
+
+def test_a_rerun_with_a_prompt_added_keeps_the_backend_that_made_the_files_samples(tmp_path, capsys):
+    """`--backend auto` picks llama.cpp for the embedded pair at up to 8 rows and transformers beyond; samples
+    record their backend, so the rerun of an --out with a prompt added (12 rows) keeps llama.cpp: the 8 samples
+    already there are kept and only the new prompt's 4 are made (the README's "completes the file")."""
+    from baco.cli import main
+
+    out = tmp_path / "samples.jsonl"
+    flags = ["generate", "--n", "4", "--max-new-tokens", "3", "--seed", "0", "--quiet", "--out", str(out)]
+    assert main([*flags, "--prompt", "Name a fruit.", "--prompt", "Name a tree."]) == 0
+    assert main([*flags, "--prompt", "Name a fruit.", "--prompt", "Name a tree.", "--prompt", "Name a bird."]) == 0
+    assert "--backend auto: llamacpp, which made the samples" in capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 12 == len({row["id"] for row in rows})
+    assert {row["models"].get("backend") for row in rows} == {"llamacpp"}

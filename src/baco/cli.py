@@ -283,6 +283,15 @@ def cmd_generate(args) -> int:
     if not args.out:
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
     check_output_file(args.out, "--out", make_folder=True)
+    previous = _backend_of_file(args.out, base, aligned) if args.backend == "auto" else None
+    if previous not in (None, backend):
+        try:  # (where it can still run this request)
+            backend = choose_backend(previous, base, aligned, anchor=args.anchor, device=args.device,
+                                     one_forward=args.one_forward, router=router, compile=args.compile)
+            print(f"--backend auto: {backend}, which made the samples of this pair already in {args.out} (so they "
+                  f"are kept, not made again)", file=sys.stderr)
+        except BacoError:
+            pass
     if args.prompts and same_file(args.out, args.prompts):
         raise BacoError(f"--out {str(args.out)!r} is the --prompts file: the samples would be appended to the "
                         f"prompts (and read as prompts next time); give --out its own file")
@@ -301,6 +310,26 @@ def cmd_generate(args) -> int:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip)
+
+
+def _backend_of_file(path: Path, base: str, aligned: str) -> str | None:
+    """The one backend that made the samples of this pair already in an `--out` file, or None. Samples record
+    their backend, and `--backend auto` picks by the run's size (the embedded pair runs on llama.cpp up to 8
+    rows), so a rerun with a prompt added would otherwise make every sample again on the other backend."""
+    used = set()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a torn or foreign line: SampleFile names it
+                models = row.get("models") if isinstance(row, dict) else None
+                if isinstance(models, dict) and (models.get("base"), models.get("aligned")) == (base, aligned):
+                    used.add(models.get("backend", "hf"))
+    except OSError:
+        return None
+    return used.pop() if len(used) == 1 else None
 
 
 def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip) -> int:
