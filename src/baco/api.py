@@ -429,13 +429,9 @@ class Collaboration:
         texts = [ChoiceText(self.tokenizer, stop_ids, stops) for _ in requests]
         for event in self._in_turn(lockstep(self.pair, requests, route, sampling, stops)):
             for i, row in enumerate(event.rows):
-                finish = event.finished.get(row)
-                texts[row].add(TokenEvent(row, int(event.tokens[i]), "", "base" if bool(event.use_base[i]) else "aligned",
-                                          event.reasons[i], None, seed), last=finish is not None)
-                released = texts[row].release(final=finish is not None)
-                if finish is not None:
-                    released[-1].finish_reason = finish
-                yield from released
+                token = TokenEvent(row, int(event.tokens[i]), "", "base" if bool(event.use_base[i]) else "aligned",
+                                   event.reasons[i], None, seed)
+                yield from _settled(texts[row], token, event.finished.get(row))
 
     def _stream_cross(self, prompt, router, n, sampling) -> Iterator[TokenEvent]:
         """Stream a cross-tokenizer method span by span (token_id -1: the pair shares no ids)."""
@@ -447,11 +443,21 @@ class Collaboration:
         sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
         texts = [ChoiceText(None, frozenset(), stops) for _ in requests]
         for event in self._in_turn(crossloop(self._cross, requests, route, sampling, stops)):
-            texts[event.row].add_piece(TokenEvent(event.row, -1, "", event.source, event.reason, None, seed), event.text)
-            released = texts[event.row].release(final=event.finished is not None)
-            if event.finished is not None:
-                released[-1].finish_reason = event.finished
-            yield from released
+            span = TokenEvent(event.row, -1, "", event.source, event.reason, None, seed)
+            yield from _settled(texts[event.row], span, event.finished, piece=event.text)
+
+
+def _settled(text: ChoiceText, event: TokenEvent, finish: str | None, piece: str | None = None) -> list[TokenEvent]:
+    """Add a streamed token (its text decoded here; a cross-tokenizer span's `piece` given) to its sample's text;
+    the events whose text is now settled, the last carrying `finish` when the sample ends."""
+    if piece is None:
+        text.add(event, last=finish is not None)
+    else:
+        text.add_piece(event, piece)
+    released = text.release(final=finish is not None)
+    if finish is not None:
+        released[-1].finish_reason = finish
+    return released
 
 
 def check_router_name(router) -> None:

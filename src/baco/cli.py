@@ -252,7 +252,7 @@ def _router_name(spec: str) -> str:
 def cmd_generate(args) -> int:
     """Validate every input (sampling, router, counts, prompts, templates, --out), take --out's lock, then
     load the models."""
-    from baco.decode.records import SampleFile
+    from baco.decode.records import SampleFile, stored_backend
     from baco.decode.sampling import SamplingParams
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
@@ -283,7 +283,9 @@ def cmd_generate(args) -> int:
     if not args.out:
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
     check_output_file(args.out, "--out", make_folder=True)
-    previous = _backend_of_file(args.out, base, aligned) if args.backend == "auto" else None
+    # `auto` picks by the run's size (the embedded pair: llama.cpp up to 8 rows) and samples record their backend:
+    # a rerun with a prompt added keeps the backend that made the file's samples, else it would make them again
+    previous = stored_backend(args.out, base, aligned) if args.backend == "auto" else None
     if previous not in (None, backend):
         try:  # (where it can still run this request)
             backend = choose_backend(previous, base, aligned, anchor=args.anchor, device=args.device,
@@ -310,26 +312,6 @@ def cmd_generate(args) -> int:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip)
-
-
-def _backend_of_file(path: Path, base: str, aligned: str) -> str | None:
-    """The one backend that made the samples of this pair already in an `--out` file, or None. Samples record
-    their backend, and `--backend auto` picks by the run's size (the embedded pair runs on llama.cpp up to 8
-    rows), so a rerun with a prompt added would otherwise make every sample again on the other backend."""
-    used = set()
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    continue  # a torn or foreign line: SampleFile names it
-                models = row.get("models") if isinstance(row, dict) else None
-                if isinstance(models, dict) and (models.get("base"), models.get("aligned")) == (base, aligned):
-                    used.add(models.get("backend", "hf"))
-    except OSError:
-        return None
-    return used.pop() if len(used) == 1 else None
 
 
 def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip) -> int:

@@ -8,6 +8,7 @@ word-boundary rule read (is it punctuation? a function word? does it continue a 
 from __future__ import annotations
 
 import re
+import weakref
 import unicodedata
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -169,13 +170,24 @@ def continuation_decoder(tokenizer):
     return anchored
 
 
+_ANCHORS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> its anchor (or None)
+
+
 def _strip_anchor(tokenizer) -> int | None:
-    """A plain token to decode others after, if decoding tokens one by one loses the spaces between words."""
+    """A plain token to decode others after, if decoding tokens one by one loses the spaces between words
+    (probed once per tokenizer: every sample's text and every streamed row ask)."""
+    try:
+        return _ANCHORS[tokenizer]
+    except (KeyError, TypeError):  # (TypeError: an object that cannot be weakly referenced)
+        pass
     ids = tokenizer("a b", add_special_tokens=False)["input_ids"]
     alone = "".join(tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False))
-    if not ids or len(alone) >= len(tokenizer.decode(ids, skip_special_tokens=False)):
-        return None
-    return ids[0]
+    anchor = ids[0] if ids and len(alone) < len(tokenizer.decode(ids, skip_special_tokens=False)) else None
+    try:
+        _ANCHORS[tokenizer] = anchor
+    except TypeError:
+        pass
+    return anchor
 
 
 def control_token_ids(tokenizer) -> set[int]:

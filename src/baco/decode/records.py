@@ -411,6 +411,17 @@ class SampleFile:
         self.close()
 
 
+def stored_backend(path: str | os.PathLike, base: str, aligned: str) -> str | None:
+    """The one backend that made the samples of this pair (as named) already in a `--out` file, or None (none
+    stored, or several). Unreadable lines are left to `SampleFile`, which names them."""
+    from baco.storage import scan_jsonl
+
+    used = {row["models"].get("backend", "hf") for _, row in scan_jsonl(path).rows
+            if isinstance(row, dict) and isinstance(row.get("models"), dict)
+            and (row["models"].get("base"), row["models"].get("aligned")) == (base, aligned)}
+    return used.pop() if len(used) == 1 else None
+
+
 def out_lock(path: str | os.PathLike) -> WriterLock:
     """The one-writer lock of a `--out` samples file: hidden files next to it (`.NAME.lock` and its holder,
     `.NAME.lock-holder.json`), so that globs and listings of the folder (`*.jsonl`) do not pick them up.

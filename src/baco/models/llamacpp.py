@@ -51,6 +51,11 @@ def amx_refusal(system_info: str) -> str | None:
             f"{ALLOW_AMX}=1 uses the build anyway (a llama.cpp with that fix)")
 
 
+def _build_refusal(llama_cpp) -> str | None:
+    """`amx_refusal` of the installed build."""
+    return amx_refusal(llama_cpp.llama_print_system_info().decode(errors="replace"))
+
+
 def llama():
     """The llama_cpp module (quiet), or a clear error saying how to install it (or why this build is not used)."""
     global _LOG_CALLBACK
@@ -59,7 +64,7 @@ def llama():
     except ImportError:
         raise BacoError("the llama.cpp backend needs llama-cpp-python (baco's `gguf` extra): "
                         "pip install 'llama-cpp-python>=0.3.36', built from source (`make setup` does it)") from None
-    refusal = amx_refusal(llama_cpp.llama_print_system_info().decode(errors="replace"))
+    refusal = _build_refusal(llama_cpp)
     if refusal is not None:
         raise BacoError(refusal)
     if _LOG_CALLBACK is None:
@@ -75,7 +80,7 @@ def available() -> bool:
         import llama_cpp
     except ImportError:
         return False
-    return amx_refusal(llama_cpp.llama_print_system_info().decode(errors="replace")) is None
+    return _build_refusal(llama_cpp) is None
 
 
 class GGUFWeights:

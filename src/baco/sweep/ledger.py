@@ -176,9 +176,10 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
 def store_problems(scan: JsonlScan) -> list[str]:
     """The lines of a samples.jsonl that hold no sample: torn, corrupt, or rows that are not samples, in line order
     (the first one named is the first in the file)."""
-    problems = scan.problems() + [f"{scan.path}:{number}: not a sample row (no cell, prompt_index, sample_index)"
-                                  for number, row in scan.rows if not is_sample_row(row)]
-    return sorted(problems, key=lambda problem: int(problem[len(str(scan.path)) + 1:].split(":", 1)[0]))
+    found = scan.corrupt + [(number, "not a sample row (no cell, prompt_index, sample_index)")
+                            for number, row in scan.rows if not is_sample_row(row)]
+    torn = scan.problems()[len(scan.corrupt):]  # the torn line, if any: always the file's last
+    return [f"{scan.path}:{number}: {what}" for number, what in sorted(found)] + torn
 
 
 def names_its_cell(row: dict) -> bool:
