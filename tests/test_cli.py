@@ -1,8 +1,11 @@
 """`baco generate` and `baco routers` end to end on the tiny pair."""
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from baco.cli import main, read_prompts
 from baco.decode.records import read_jsonl
@@ -84,6 +87,26 @@ def test_an_ndjson_prompts_file_is_read_as_json_lines_as_load_task_reads_it(tmp_
     path = tmp_path / "prompts.ndjson"
     path.write_text('{"prompt": "Name a fruit."}\n"Why is the sky blue?"\n')
     assert read_prompts(path) == ["Name a fruit.", "Why is the sky blue?"]
+
+
+def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_by_its_line(tmp_path):
+    """JSON Lines reads the fields a table does (prompt, question, instruction, text, chat messages); an empty prompt
+    is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused)."""
+    from baco.errors import BacoError
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"question": "Why is the sky blue?"}\n{"instruction": "Name a fruit."}\n'
+                    '{"messages": [{"role": "user", "content": "Hi."}]}\n')
+    assert read_prompts(rows) == ["Why is the sky blue?", "Name a fruit.", "Hi."]
+    for name, text, where in (("e.csv", "prompt\nfine\n\"  \"\n", ":3"), ("e.json", '["fine", ""]', ": row 2"),
+                              ("e.jsonl", '"fine"\n{"prompt": ""}\n', ":2")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(BacoError, match=f"{re.escape(str(path))}{where}: the prompt is empty"):
+            read_prompts(path)
+    other = tmp_path / "prompts.md"  # another extension: lines of text
+    other.write_text("Name a fruit.\n\nWhy is the sky blue?\n")
+    assert read_prompts(other) == ["Name a fruit.", "Why is the sky blue?"]
 
 
 def test_help_states_each_default_once(capsys, monkeypatch):

@@ -2,6 +2,7 @@
 routers, sampler and provenance as the HF backend. Tiny float32 GGUFs are written here from the tiny HF pair."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +119,29 @@ def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
     corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
     with pytest.raises(ModelLoadError, match="corrupt.gguf"):
         load_llamacpp_models(corrupt, aligned_gguf)
+
+
+def test_gguf_metadata_is_read_from_the_header_as_the_gguf_library_reads_it(ggufs, tmp_path):
+    """`_field` reads one key without parsing the whole file (gguf.GGUFReader takes ~30 s on Gemma's vocabulary):
+    every string and number field of a model and of an adapter GGUF reads as the gguf library reads it."""
+    from gguf import GGUFReader
+
+    from baco.models.llamacpp import _field
+
+    for path in (ggufs[2], ggufs[5]):
+        fields = GGUFReader(path).fields
+        checked = 0
+        for key, field in fields.items():
+            if key.startswith("GGUF.") or len(field.types) != 1:
+                continue  # the reader's own header entries; arrays
+            value = field.contents()
+            assert _field(path, key) == (pytest.approx(value) if isinstance(value, float) else value), key
+            checked += 1
+        assert checked >= 4 and _field(path, "no.such.key") is None
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(Path(ggufs[2]).read_bytes()[:200])
+    with pytest.raises(ModelLoadError, match="truncated.gguf.*the metadata ends early"):
+        _field(truncated, "no.such.key")
 
 
 def test_cli_generate_on_ggufs_records_the_backend(ggufs, tmp_path):

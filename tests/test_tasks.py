@@ -488,5 +488,5 @@ def test_column_does_not_combine_with_a_fixed_schema(tmp_path):
 def test_non_utf8_file_is_an_error(tmp_path):
     path = tmp_path / "latin.jsonl"
     path.write_bytes('{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(TaskError, match=r"latin\.jsonl: not UTF-8 text"):
+    with pytest.raises(TaskError, match=r"latin\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 16\)"):
         load_task(path)

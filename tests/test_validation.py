@@ -61,7 +61,7 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         (["--prompt", "hi", "--router", "p-punc:-1"], "threshold must be >= 0, got -1", ""),
         (["--prompt", "hi", "--router", "verbalized:inf"], "verbalized needs an integer >= 1", "'inf'"),
         (["--prompts", str(prompts)], "prompts.txt:2: not valid UTF-8", "byte 0xff"),
-        (["--prompts", str(empty)], "no prompts in", "empty.jsonl"),
+        (["--prompts", str(empty)], "empty.jsonl: no prompts found", ""),
         (["--prompts", str(tmp_path)], "is a folder", ""),
         (["--prompt", "hi", "--chat-template", str(tmp_path / "none.jinja")], "--chat-template", "No such file"),
         (["--prompt", "hi", "--base-template", "no placeholder"], "base_template must contain {prompt}", ""),

@@ -87,3 +87,13 @@ def test_added_tokens_shaped_as_control_tokens_are_never_sampled_even_when_not_m
                    special_tokens=False)
     named = {tok.convert_ids_to_tokens(i) for i in control_token_ids(tok) - set(tok.all_special_ids)}
     assert named == {"<|fim_prefix|>", "<|box_start|>", "<start_of_image>"}
+
+
+def test_a_tokenizer_source_named_twice_is_read_once(tiny_dirs):
+    """The embedded aligned model (base + LoRA adapter) reads its base's tokenizer: one object, not two loads."""
+    from baco.models.hf import load_tokenizers
+
+    base, aligned = tiny_dirs[0], tiny_dirs[1]
+    one, again, other, none = load_tokenizers(base, base, aligned, None)
+    assert one is again and other is not one and none is None
+    assert check_compatible(one, again) == len(one) == check_compatible(one, other)

@@ -16,7 +16,7 @@ from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams, plain_number
 from baco.errors import BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
+from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
 from baco.prompts import PromptFormat, encode_request
@@ -193,8 +193,7 @@ class Collaboration:
                 raise TokenizerMismatchError(f"{mismatch} On llama.cpp only a same-tokenizer pair runs: the cross-"
                                              f"tokenizer methods need the models' transformers directories "
                                              f"(--backend hf)") from None
-        base_tokenizer, aligned_tokenizer = load_tokenizer(base), load_tokenizer(aligned)
-        anchor_tokenizer = load_tokenizer(anchor) if anchor is not None else None
+        base_tokenizer, aligned_tokenizer, anchor_tokenizer = load_tokenizers(base, aligned, anchor)
         from baco.vocab import check_compatible  # fail fast, before loading any weights
 
         try:

@@ -75,9 +75,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    src.add_argument("--prompts", type=Path, help='JSONL file with {"prompt": ...} per line, a .txt file (one '
-                     'prompt per line), a .json array, or a .csv / .parquet table (read like load_task: a prompt or '
-                     'question column)')
+    src.add_argument("--prompts", type=Path, help='a .jsonl/.ndjson file, a .json array or a .csv/.parquet table (read like '
+                     'load_task: a prompt, question, instruction or text field, or chat messages), or text (one '
+                     'prompt per line)')
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
@@ -167,46 +167,14 @@ def _models_and_format(args):
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from JSONL ({"prompt": ...} or a JSON string per line) or plain text (one per line); a prompt
-    no model can read (empty, not valid Unicode) is an error naming its line."""
-    from baco.errors import PromptError
-    from baco.prompts import prompt_problem
+    """Prompts of a --prompts file, read as `load_task` reads it (JSON Lines, a JSON array, CSV, parquet: a
+    prompt, question, instruction or text field, or chat `messages`; .txt: one prompt per line). A file of
+    another extension is read as text lines. A prompt no model can read (empty, not valid Unicode) is an error
+    naming its line: every row of the file was asked for."""
+    from baco.tasks.loaders import EXTENSIONS, read_task_file
 
-    if not path.is_file():
-        raise BacoError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
-    if path.suffix.lower() in (".csv", ".parquet", ".json"):  # tables and JSON arrays: read as load_task reads them
-        from baco.tasks import read_task_file
-
-        return [item.prompt for item in read_task_file(path)]
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise BacoError(f"cannot read prompts file {str(path)!r}: {error.strerror or error}") from None
-    lines = []
-    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
-        try:
-            lines.append((number, raw.decode("utf-8")))
-        except UnicodeDecodeError as error:
-            raise BacoError(f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column "
-                            f"{error.start + 1}); save the file as UTF-8") from None
-    if path.suffix.lower() not in (".jsonl", ".ndjson"):  # (load_task's names of JSON Lines)
-        return [line for _, line in lines if line.strip()]
-    prompts = []
-    for number, line in lines:
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise BacoError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        prompt = row.get("prompt") if isinstance(row, dict) else row
-        if not isinstance(prompt, str):
-            raise BacoError(f'{path}:{number}: expected {{"prompt": "..."}} or a JSON string')
-        problem = prompt_problem(prompt)
-        if problem:
-            raise PromptError(f"{path}:{number}: the prompt {problem}")
-        prompts.append(prompt)
-    return prompts
+    text = path.suffix.lower() not in EXTENSIONS
+    return [item.prompt for item in read_task_file(path, format="txt" if text else None, empty="error")]
 
 
 def _at_least_one(value: int, flag: str) -> None:

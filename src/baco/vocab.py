@@ -137,14 +137,31 @@ def token_texts(tokenizer, size: int | None = None) -> list[str]:
     alone decodes to "the", which would read as the middle of a word (the word rule, FC's function words, stop
     strings). Those are decoded after an anchor token and the anchor's text cut off: " the"."""
     n = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+    texts = _decode_each(tokenizer, [[i] for i in range(n)])
     anchor = _strip_anchor(tokenizer)
     if anchor is not None:
         head = tokenizer.decode([anchor], skip_special_tokens=False)
-        joined = tokenizer.batch_decode([[anchor, i] for i in range(n)], skip_special_tokens=False)
+        joined = _decode_each(tokenizer, [[anchor, i] for i in range(n)])
         texts = [both[len(head):] if both.startswith(head) else alone for both, alone in zip(joined, texts)]
     size = n if size is None else size
     return (texts + [""] * size)[:size]
+
+
+def _decode_each(tokenizer, sequences: list[list[int]]) -> list[str]:
+    """`tokenizer.batch_decode(sequences)` (special tokens kept). A fast tokenizer whose decoding is transformers'
+    own (no subclass override, no clean-up of spaces) is decoded by its Rust backend directly: the same texts,
+    3x faster over a 262k vocabulary."""
+    try:
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # (another transformers layout)
+        TokenizersBackend = None  # noqa: N806
+    kind = type(tokenizer)
+    if (TokenizersBackend is not None and isinstance(tokenizer, TokenizersBackend)
+            and all(getattr(kind, name) is getattr(TokenizersBackend, name) for name in ("_decode", "decode",
+                                                                                          "batch_decode"))
+            and not getattr(tokenizer, "clean_up_tokenization_spaces", False)):
+        return tokenizer.backend_tokenizer.decode_batch(sequences, skip_special_tokens=False)
+    return tokenizer.batch_decode(sequences, skip_special_tokens=False)
 
 
 def continuation_decoder(tokenizer):
@@ -209,6 +226,8 @@ def check_compatible(base_tokenizer, aligned_tokenizer, *, max_report: int = 5) 
     `TokenizerMismatchError` naming the first mismatching ids.
     """
     shared = min(len(base_tokenizer), len(aligned_tokenizer))
+    if base_tokenizer is aligned_tokenizer:  # one object (`load_tokenizers`: one source)
+        return shared
     base_tokens = base_tokenizer.convert_ids_to_tokens(list(range(shared)))
     aligned_tokens = aligned_tokenizer.convert_ids_to_tokens(list(range(shared)))
     controls = control_token_ids(base_tokenizer) | control_token_ids(aligned_tokenizer)

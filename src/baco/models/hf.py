@@ -195,6 +195,22 @@ def load_tokenizer(name: str | os.PathLike):
         raise ModelLoadError(_load_hint(source, "tokenizer", error)) from error
 
 
+def load_tokenizers(*names):
+    """The tokenizer of each name (None stays None), each source read once: the embedded aligned model (the base
+    plus a LoRA adapter) and its base share one object, as do a model named twice (~4 s per Gemma tokenizer)."""
+    loaded: dict[str, object] = {}
+    tokenizers = []
+    for name in names:
+        if name is None:
+            tokenizers.append(None)
+            continue
+        source = resolve_source(name)[0]
+        if source not in loaded:
+            loaded[source] = load_tokenizer(name)
+        tokenizers.append(loaded[source])
+    return tokenizers
+
+
 def _load_hint(source: str, what: str, error: Exception) -> str:
     hint = ("check the directory's files" if os.path.isdir(source) else
             "if this is a hub id, this machine needs hub access or a local copy (HF_HUB_OFFLINE=1 uses the cache)")

@@ -25,7 +25,7 @@ from baco.decode.records import SAMPLE_ROW_START, Sample
 from baco.errors import BacoError, ModelLoadError, OutputError, TaskError, TokenizerMismatchError
 from baco.models.chars import CrossPair
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizer
+from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
@@ -67,7 +67,7 @@ class Engines:
         if backend == "llamacpp":
             base_lm, aligned_lm = load_llamacpp_models(base, aligned)
             return cls(ModelPair(base_lm, aligned_lm), SoloPair(base_lm, "base"), SoloPair(aligned_lm, "aligned"))
-        base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
+        base_tok, aligned_tok = load_tokenizers(base, aligned)
         try:
             check_compatible(base_tok, aligned_tok)
             shared = True
@@ -148,7 +148,7 @@ def _tokenizers_differ(base: str, aligned: str) -> bool:
     if base == aligned or {base, aligned} <= {BASE_ALIAS, ALIGNED_ALIAS}:  # the embedded aligned: base + adapter
         return False
     try:
-        base_tok, aligned_tok = load_tokenizer(base), load_tokenizer(aligned)
+        base_tok, aligned_tok = load_tokenizers(base, aligned)
         check_compatible(base_tok, aligned_tok)
     except TokenizerMismatchError:
         return True

@@ -28,11 +28,18 @@ ROLES = ("system", "user", "assistant")
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
 WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
 MAX_LISTED = 10  # skipped-row locations named in a warning
+EMPTY_PROMPT, EMPTY_TURN = "an empty prompt", "no (or an empty) first user turn"  # reasons a row is skipped
+EMPTY = (EMPTY_PROMPT, EMPTY_TURN)
 
 
 def read_task_file(path: str | Path, *, format: str | None = None, column: str | None = None,
-                   task: str | None = None) -> list[TaskItem]:
-    """All prompts of one file, in file order. `task` names the set (default: the file's stem)."""
+                   task: str | None = None, empty: str = "skip") -> list[TaskItem]:
+    """All prompts of one file, in file order. `task` names the set (default: the file's stem).
+
+    `empty`: a row whose prompt is empty is skipped with a warning ("skip": datasets such as WildChat have them)
+    or is an error naming its line ("error": `baco generate --prompts`, where each row is asked for)."""
+    if empty not in ("skip", "error"):
+        raise ValueError(f"empty must be 'skip' or 'error', got {empty!r}")
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
@@ -54,6 +61,8 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
         else:
             item = _parse_row(data, where, number, schema=schema, column=column, task=task)
         if isinstance(item, str):  # a reason to skip
+            if empty == "error" and item in EMPTY:
+                raise TaskError(f"{where}: the prompt is empty")
             skipped.setdefault(item, []).append(where)
             continue
         problem = unicode_problem(item.prompt)  # a JSON escape such as "\ud800": no tokenizer encodes it
@@ -102,8 +111,20 @@ def _rows(path: Path, container: str) -> Iterator[tuple[str, int, Any]]:
                 yield from _json_rows(path, handle, allow_array=container == "json")
             else:
                 yield from {"csv": _csv_rows, "txt": _txt_rows}[container](path, handle)
-    except UnicodeDecodeError as error:
-        raise TaskError(f"{path}: not UTF-8 text (bad byte at offset {error.start})") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"{_first_bad_byte(path)}; save the file as UTF-8") from None
+
+
+def _first_bad_byte(path: Path) -> str:
+    """Where a file's first byte that is not UTF-8 is ("PATH:2: not valid UTF-8 (byte 0xe9 at column 12)"); the
+    decoder's own offset counts from the chunk it was reading, not from the start of the file."""
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return f"{path}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+    return f"{path}: not valid UTF-8"
 
 
 def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int, Any]]:
@@ -211,7 +232,7 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
         if prompt is not None and not isinstance(prompt, str):
             raise TaskError(f"{where}: field {key!r} must be a string, got {type(prompt).__name__}")
     if prompt is None or not prompt.strip():
-        return "an empty prompt"
+        return EMPTY_PROMPT
     used = {key, "id", "task", "category", "messages"}
     return TaskItem(id=_id(data.get("id"), where, task, number), task=_text(data.get("task"), "task", where) or task,
                     prompt=prompt.strip(), category=_text(data.get("category"), "category", where),
@@ -229,7 +250,7 @@ def _wildchat_item(data: dict, where: str, number: int, task: str) -> TaskItem |
             raise TaskError(f"{where}: a conversation turn must be an object with 'role' and 'content'")
     first_user = next((turn.get("content") for turn in turns if turn["role"] == "user"), None)
     if not isinstance(first_user, str) or not first_user.strip():
-        return "no (or an empty) first user turn"
+        return EMPTY_TURN
     conversation_id = data.get("conversation_hash") or data.get("conversation_id")
     item_id = f"WildChat-{conversation_id}" if conversation_id else f"{task}-{number:04d}"
     meta = {key: data[key] for key in WILDCHAT_META if key in data}
