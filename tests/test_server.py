@@ -410,6 +410,10 @@ IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     ("completions", {"model": "baco", "prompt": 7}, "prompt", "prompt: Input should be a string or a list"),
     ("chat/completions", {"model": "baco", "messages": [{"role": "user", "content": [IMAGE]}]}, "messages.0.content.0",
      "messages.0.content.0: only text content parts are supported (type 'text'), got a part of type 'image_url'"),
+    ("chat/completions", {**CHAT, "stream_options": {"include_usage": True}}, "stream_options",
+     "stream_options is only allowed with stream: true"),
+    ("completions", {"model": "baco", "prompt": "Why?", "stream": False, "stream_options": {"include_usage": False}},
+     "stream_options", "stream_options is only allowed with stream: true"),
 ])
 def test_a_refused_field_is_named_with_what_is_wrong_with_it(live, route, body, param, says):
     """A one-or-a-list field reports the branch its value took (pydantic reported the string branch: "prompt.str:
@@ -463,6 +467,8 @@ def test_a_prompt_longer_than_the_models_context_is_a_context_length_error(live,
     error = response.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["param"] == field
     assert "context" in error["message"]
+    # one prompt is not "prompt 0" (a chat has no prompt at all)
+    assert error["message"].startswith("the conversation is " if field == "messages" else "the prompt is ")
 
 
 def test_metrics_count_requests_tokens_and_steps(client, live):

@@ -43,6 +43,8 @@ def guarded(collab):
 
 def test_every_route_but_health_needs_the_key(guarded):
     assert requests.get(guarded.url + "/health").status_code == 200
+    probe = requests.head(guarded.url + "/health")  # uptime checks and load balancers probe with HEAD
+    assert probe.status_code == 200 and probe.content == b""
     for path in ("/v1/models", "/metrics", "/openapi.json", "/docs", "/nowhere"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # the last: no scheme
             refused = requests.get(guarded.url + path, headers=headers)
@@ -105,15 +107,15 @@ USER = '{"role": "user", "content": "hi"}'
 
 @pytest.mark.parametrize("path, body, words", [
     ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": "hi \\ud800"}}], "max_tokens": 2}}',
-     "prompt 0 is not valid Unicode text (a lone surrogate U+D800 at character 4)"),
+     "the last user message is not valid Unicode text (a lone surrogate U+D800 at character 4)"),
     ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": "\\ud800"}}], "stream": true}}',
-     "prompt 0 is not valid Unicode text"),
+     "the last user message is not valid Unicode text"),
     ("/v1/chat/completions", f'{{"messages": [{{"role": "system", "content": "be \\udc80"}}, {USER}]}}',
      "the system prompt is not valid Unicode text"),
     ("/v1/chat/completions", f'{{"messages": [{USER}, {{"role": "assistant", "content": "\\udfff"}}, {USER}]}}',
      "few-shot example 0 (answer) is not valid Unicode text"),
     ("/v1/completions", '{"prompt": ["fine", "hi \\ud800"], "max_tokens": 2}', "prompt 1 is not valid Unicode text"),
-    ("/v1/completions", '{"prompt": "\\ud800", "stream": true}', "prompt 0 is not valid Unicode text"),
+    ("/v1/completions", '{"prompt": "\\ud800", "stream": true}', "the prompt is not valid Unicode text"),
 ])
 def test_text_that_is_not_valid_unicode_is_refused_400_in_openais_error_shape(guarded, path, body, words):
     """A lone surrogate is valid JSON but no text a tokenizer encodes: refused before any row runs, wherever the

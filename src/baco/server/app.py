@@ -294,8 +294,8 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         "or [DONE] at the end")}}, "description": "one server-sent event (with stream: true)"}
     streamed = {"text/event-stream": {"schema": event}}
 
-    @app.get("/health", response_model=schemas.Health)
-    async def health():
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=schemas.Health)
+    async def health():  # (HEAD: load balancers' and uptime checks' probe)
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}, **ok}})
@@ -334,6 +334,9 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         return await run(request, body, fmt, [prompt], chat=True, logprobs=body.logprobs, top=body.top_logprobs or 0)
 
     async def run(request: Request, body, fmt, prompts, *, chat: bool, logprobs: bool, top: int):
+        with about("stream_options"):  # (as OpenAI's API and vLLM refuse it)
+            if body.stream_options is not None and not body.stream:
+                raise BacoError("stream_options is only allowed with stream: true")
         todo = plan(collab, fmt, prompts, body, limits=limits, max_len=config.max_len, default_router=config.router,
                     default_min_p=config.min_p, prompt_field="messages" if chat else "prompt")
         if drain.closing:  # it passed the door just before the shutdown began

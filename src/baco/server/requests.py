@@ -99,15 +99,24 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, 
     sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                               min_p=body.min_p if body.min_p is not None else default_min_p,
                               max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
+    chat = prompt_field == "messages"
+    alone = "the conversation" if chat else "the prompt"  # what one prompt is called
     with about(prompt_field):
-        requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
+        try:
+            requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
+        except PromptError as error:  # named by its index in a list; a request with one prompt has no list
+            if len(prompts) > 1 or not str(error).startswith("prompt 0 "):
+                raise
+            # a chat's prompt is its last user message; its length once templated is the whole conversation's
+            what = "the last user message" if chat and not isinstance(error, PromptTooLongError) else alone
+            raise type(error)(f"{what} {str(error).removeprefix('prompt 0 ')}") from None
         prompt_tokens = 0
         slot = min(max_len, collab.pair.context_length)  # a slot longer than the models' context cannot be filled
         for request in requests:
             longest = request.prompt_length
             if request.sample_index == 0:
                 prompt_tokens += len(request.aligned_ids)
-            where = f"prompt {request.prompt_index}" if len(prompts) > 1 else "the prompt"
+            where = f"prompt {request.prompt_index}" if len(prompts) > 1 else alone
             if longest > limits.max_prompt_tokens:
                 raise ContextError(f"{where} is {longest} tokens once templated; this server accepts at most "
                                    f"{limits.max_prompt_tokens}")
