@@ -56,6 +56,7 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         (["--prompt", "hi", "--router", "negative:"], "router 'negative:' has an empty value after ':'", ""),
         (["--prompt", "hi", "--out", str(folder)], "--out", "is a folder"),
         (["--prompt", "hi", "--n", "0"], "--n must be an integer >= 1", "got 0"),
+        (["--prompt", "hi", "--anchor", "some/model"], "--anchor is proxy-tuning's third model", "'p-punc:0.5'"),
         (["--prompt", "hi", "--batch-size", "0"], "--batch-size must be", "got 0"),
         (["--prompt", "hi", "--router", "p:nan"], "router 'p' needs a finite number for threshold", "'nan'"),
         (["--prompt", "hi", "--router", "p-punc:-1"], "threshold must be >= 0, got -1", ""),

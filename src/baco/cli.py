@@ -230,6 +230,9 @@ def cmd_generate(args) -> int:
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     router = _router_name(args.router)
+    if args.anchor and router.split(":", 1)[0].lower() != "proxy":  # (as a sweep gives the anchor to proxy only)
+        raise BacoError(f"--anchor is proxy-tuning's third model (--router proxy:B); router {router!r} never reads "
+                        f"it, and it would run every step: drop --anchor or use --router proxy")
     _at_least_one(args.n, "--n")
     _at_least_one(args.batch_size, "--batch-size")
     _check_memory_fraction(args)
