@@ -10,6 +10,7 @@ import pytest
 from baco.cli import main
 from baco.evaluate.io import SamplesError, group_records, read_records
 from baco.evaluate.registry import UnknownMetricError, list_metrics, resolve_metrics
+from baco.evaluate.runner import evaluate_files
 
 
 def write_rows(path, rows):
@@ -97,6 +98,36 @@ def test_a_file_given_twice_or_through_a_link_is_read_once_with_a_warning(tmp_pa
     out = tmp_path / "m.json"
     assert main(["eval", str(path), str(path), "--metrics", "distinct-1", "--out", str(out), "--quiet"]) == 0
     assert json.loads(out.read_text())["summary"]["default"]["tool"]["distinct-1"] == 3 / 4  # a, b, c of 4 words
+
+
+def test_a_gzipped_samples_file_reads_as_its_jsonl_under_the_same_method_name(tmp_path):
+    import gzip
+
+    (tmp_path / "plain").mkdir()
+    plain = write_rows(tmp_path / "plain" / "tool.jsonl", [{"prompt": "p", "response": r} for r in ("a b", "a c")])
+    packed = tmp_path / "tool.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    records, warnings = read_records([packed])
+    assert [(r.method, r.prompt, r.response) for r in records] == [(r.method, r.prompt, r.response)
+                                                                   for r in read_records([plain])[0]]
+    assert records[0].method == "tool" and warnings == []
+    cut = tmp_path / "cut.jsonl.gz"  # a writer killed mid-file
+    cut.write_bytes(packed.read_bytes()[:-12])
+    with pytest.raises(SamplesError, match="cut.jsonl.gz: a gzip file that cannot be decompressed"):
+        read_records([cut])
+
+
+def test_methods_sampled_at_different_n_are_named_in_a_warning(tmp_path):
+    """Distinct-n and self-BLEU over 2 responses are not those over 4: the comparison is flagged."""
+    rows = [{"prompt": p, "response": f"{p} {i}", "method": "two"} for p in ("x", "y") for i in range(2)]
+    rows += [{"prompt": p, "response": f"{p} {i}", "method": "four"} for p in ("x", "y") for i in range(4)]
+    result = evaluate_files([write_rows(tmp_path / "s.jsonl", rows)], metrics=["distinct-1"])
+    assert [w for w in result.warnings if "different numbers of responses" in w] == [
+        "task 'default': the methods have different numbers of responses per prompt (two n=2, four n=4); diversity "
+        "metrics depend on n, so compare methods sampled at the same n"]
+    same = evaluate_files([write_rows(tmp_path / "t.jsonl", [r for r in rows if r["method"] == "four"])],
+                          metrics=["distinct-1"])
+    assert not [w for w in same.warnings if "different numbers" in w]
 
 
 def test_files_of_one_name_in_two_folders_are_two_methods_named_with_their_folders(tmp_path):

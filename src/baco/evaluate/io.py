@@ -11,7 +11,7 @@ Accepted rows (one JSON object per line):
 Method of a row: a `baco sweep` sample's configuration ("config": router, knob and sampling, e.g.
 `base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
 suffix; files of one name in two folders are told apart by their folders: `a/samples`, `b/samples`);
-a file given twice is read once. Samples of one method name made with different sampling settings or
+a file given twice is read once. A gzip file (`samples.jsonl.gz`) is read decompressed. Samples of one method name made with different sampling settings or
 models (two `baco generate` runs of one router at two temperatures) are pooled, with a warning that
 says how to keep them apart.
 Task: its "task" field, else `default_task`. Seed: a `baco sweep` sample's cell seed (`sweep_seed`),
@@ -24,7 +24,9 @@ or an earlier one, is the same sample stored twice: it is counted once, with a w
 
 from __future__ import annotations
 
+import gzip
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,11 +69,11 @@ def file_methods(paths: list[Path]) -> dict[Path, str]:
     folders_of = {path: path.resolve().parts[1:-1] for path in paths}  # without the root
 
     def named(path: Path, folders: int) -> str:
-        return "/".join(folders_of[path][len(folders_of[path]) - folders:] + (path.stem,))
+        return "/".join(folders_of[path][len(folders_of[path]) - folders:] + (_stem(path),))
 
     by_stem: dict[str, list[Path]] = {}
     for path in paths:
-        by_stem.setdefault(path.stem, []).append(path)
+        by_stem.setdefault(_stem(path), []).append(path)
     names = {}
     for alike in by_stem.values():
         deepest = max(len(folders_of[path]) for path in alike)
@@ -79,6 +81,12 @@ def file_methods(paths: list[Path]) -> dict[Path, str]:
         for path in alike:  # x.jsonl and x.json in one folder: their whole names
             names[path] = str(path) if folders is None else named(path, folders)
     return names
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its suffix, and without .gz first (`base.jsonl.gz`: `base`)."""
+    name = path.name
+    return Path(name[:-3] if name.lower().endswith(".gz") else name).stem
 
 
 def _distinct_files(paths: list[Path], warnings: list[str]) -> list[Path]:
@@ -148,6 +156,21 @@ def _not_a_file(path: Path) -> str:
     return "is a folder" + (f"; its samples are in {str(inside)!r}" if inside.is_file() else "; give a JSONL file")
 
 
+def _read_lines(path: Path) -> list[bytes]:
+    """A file's lines; a gzip file (`samples.jsonl.gz`, found by its first bytes) is read decompressed."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SamplesError(f"cannot read {path}: {error.strerror or error}") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise SamplesError(f"{path}: a gzip file that cannot be decompressed ({error}); a file cut off "
+                               f"while it was written reads only as far as `gzip -dc` gets") from None
+    return data.split(b"\n")
+
+
 def read_records(paths: list[str | Path], *, method_from: str = "auto",
                  default_task: str = "default") -> tuple[list[Record], list[str]]:
     """All usable rows of all files, and a warning per skipped or repaired line."""
@@ -164,10 +187,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
     files = _distinct_files(list(map(Path, paths)), warnings)
     named = file_methods(files)
     for path in files:
-        try:
-            lines = path.read_bytes().split(b"\n")
-        except OSError as error:
-            raise SamplesError(f"cannot read {path}: {error.strerror or error}") from None
+        lines = _read_lines(path)
         for number, raw in enumerate(lines, start=1):
             where = f"{path}:{number}"
             if not raw.strip():

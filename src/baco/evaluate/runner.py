@@ -133,7 +133,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     groups = group_records(records)
     quality = [s for s in metrics if s.kind == "quality"]
     per_group = [s for s in metrics if s.kind != "quality"]
-    warnings: list[str] = []
+    warnings: list[str] = unequal_n(groups)
 
     # opened first: a file that is not a score cache is refused before any model loads
     cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
@@ -228,6 +228,23 @@ def _means(grouped: dict, metrics: list[MetricSpec]) -> dict:
     return {task: {method: {s.name: _mean(r[s.name] for r in rows) for s in metrics}
                    for method, rows in methods.items()}
             for task, methods in grouped.items()}
+
+
+def unequal_n(groups: dict) -> list[str]:
+    """A warning per task whose methods were sampled a different number of times per prompt: a diversity
+    metric computed over n responses depends on n (distinct-n falls and self-BLEU rises as n grows), so such
+    methods are not compared like for like."""
+    counts: dict[str, dict[str, set[int]]] = {}
+    for (task, method, _seed, _prompt), rows in groups.items():
+        counts.setdefault(task, {}).setdefault(method, set()).add(len(rows))
+    warnings = []
+    for task, methods in counts.items():
+        shown = {method: f"n={min(ns)}" if len(ns) == 1 else f"n={min(ns)}..{max(ns)}" for method, ns in methods.items()}
+        if len(set(shown.values())) > 1:
+            listed = ", ".join(f"{method} {n}" for method, n in shown.items())
+            warnings.append(f"task {task!r}: the methods have different numbers of responses per prompt ({listed}); "
+                            f"diversity metrics depend on n, so compare methods sampled at the same n")
+    return warnings
 
 
 def _counts(grouped: dict, metrics: list[MetricSpec]) -> dict:
