@@ -91,7 +91,8 @@ def test_an_ndjson_prompts_file_is_read_as_json_lines_as_load_task_reads_it(tmp_
 
 def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_by_its_line(tmp_path):
     """JSON Lines reads the fields a table does (prompt, question, instruction, text, chat messages); an empty prompt
-    is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused)."""
+    is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused), as is a
+    conversation whose earlier turns would not reach the models."""
     from baco.errors import BacoError
 
     rows = tmp_path / "rows.jsonl"
@@ -104,6 +105,11 @@ def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_
         path.write_text(text)
         with pytest.raises(BacoError, match=f"{re.escape(str(path))}{where}: the prompt is empty"):
             read_prompts(path)
+    talk = tmp_path / "talk.jsonl"  # earlier turns would be dropped: refused, not lost
+    talk.write_text('"fine"\n{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": '
+                    '"Hello."}, {"role": "user", "content": "Name a fruit."}]}\n')
+    with pytest.raises(BacoError, match=f"{re.escape(str(talk))}:2: a conversation of 3 messages, but one prompt"):
+        read_prompts(talk)
     other = tmp_path / "prompts.md"  # another extension: lines of text
     other.write_text("Name a fruit.\n\nWhy is the sky blue?\n")
     assert read_prompts(other) == ["Name a fruit.", "Why is the sky blue?"]

@@ -33,13 +33,12 @@ EMPTY = (EMPTY_PROMPT, EMPTY_TURN)
 
 
 def read_task_file(path: str | Path, *, format: str | None = None, column: str | None = None,
-                   task: str | None = None, empty: str = "skip") -> list[TaskItem]:
+                   task: str | None = None, strict: bool = False) -> list[TaskItem]:
     """All prompts of one file, in file order. `task` names the set (default: the file's stem).
 
-    `empty`: a row whose prompt is empty is skipped with a warning ("skip": datasets such as WildChat have them)
-    or is an error naming its line ("error": `baco generate --prompts`, where each row is asked for)."""
-    if empty not in ("skip", "error"):
-        raise ValueError(f"empty must be 'skip' or 'error', got {empty!r}")
+    A row whose prompt is empty is skipped with a warning (datasets such as WildChat have them), and a
+    conversation's prompt is its last user turn (`messages` keeps the rest). `strict` (`baco generate --prompts`,
+    where every row is asked for and only a prompt reaches the models): both are errors naming their line."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
@@ -61,10 +60,14 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
         else:
             item = _parse_row(data, where, number, schema=schema, column=column, task=task)
         if isinstance(item, str):  # a reason to skip
-            if empty == "error" and item in EMPTY:
+            if strict and item in EMPTY:
                 raise TaskError(f"{where}: the prompt is empty")
             skipped.setdefault(item, []).append(where)
             continue
+        if strict and item.messages and len(item.messages) > 1:
+            raise TaskError(f"{where}: a conversation of {len(item.messages)} messages, but one prompt per row is "
+                            f"read (its last user turn), so the earlier turns would be lost: give the prompt alone, "
+                            f"or send the conversation to `baco serve`'s /v1/chat/completions")
         problem = unicode_problem(item.prompt)  # a JSON escape such as "\ud800": no tokenizer encodes it
         if problem:
             raise TaskError(f"{where}: the prompt is not valid Unicode text ({problem})")
