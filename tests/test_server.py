@@ -275,8 +275,12 @@ def test_legacy_top_logprobs_keep_the_best_of_alternatives_that_share_a_text(cli
             for alternative in entry.top_logprobs:
                 best.setdefault(alternative.token, alternative.logprob)
             shared += len(best) < len(entry.top_logprobs)
+            best.setdefault(entry.token, entry.logprob)  # the chosen token is always listed (OpenAI: up to k + 1)
             assert top == pytest.approx(best, abs=1e-4)  # (the two requests' batches may differ in the last digits)
     assert shared  # the case in question arose
+    alone = client.completions.create(model="baco", prompt=PROMPTS[0], max_tokens=20, seed=1, logprobs=0).choices[0]
+    assert alone.logprobs.top_logprobs == [{token: logprob} for token, logprob in  # (was [{}, {}, ...])
+                                           zip(alone.logprobs.tokens, alone.logprobs.token_logprobs, strict=True)]
 
 
 # ---- cancellation ---------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def completion_logprobs(tokens: list[Token], texts: list[str], offset: int = 0) 
     """OpenAI's legacy completions `logprobs`: tokens, their log-probs, top alternatives, offsets in the text.
 
     The alternatives map a text to a log-prob: of those that read the same (byte tokens all read "\ufffd"), the
-    best one's (they come best first)."""
+    best one's (they come best first); the chosen token is always among them, as in OpenAI's API (up to
+    logprobs + 1 entries; `logprobs: 0` gives the chosen token's alone)."""
     offsets = []
     for t in tokens:
         offsets.append(offset)
@@ -52,6 +53,7 @@ def completion_logprobs(tokens: list[Token], texts: list[str], offset: int = 0) 
         best: dict[str, float] = {}
         for i, lp in t.top or []:
             best.setdefault(texts[i], lp)
+        best.setdefault(texts[t.token_id], t.logprob)
         top.append(best)
     return {"tokens": [texts[t.token_id] for t in tokens], "token_logprobs": [t.logprob for t in tokens],
             "top_logprobs": top, "text_offset": offsets}
