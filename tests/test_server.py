@@ -45,17 +45,14 @@ def provenance(choice):
     return choice.model_extra["provenance"]
 
 
-def same_provenance(a: list[dict], b: list[dict]) -> bool:
+def assert_same_provenance(got: list[dict], expected: list[dict]) -> None:
     """Token for token the same writers and reasons; probabilities equal up to float rounding (a request's rows may
     share a batch of another shape in the server, and CPU matmul kernels round by batch shape)."""
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if {k: v for k, v in x.items() if k != "base_top1_prob"} != {k: v for k, v in y.items() if k != "base_top1_prob"}:
-            return False
-        if abs(x["base_top1_prob"] - y["base_top1_prob"]) > 1e-4:
-            return False
-    return True
+    def discrete(tokens):
+        return [{k: v for k, v in p.items() if k != "base_top1_prob"} for p in tokens]
+
+    assert discrete(got) == discrete(expected)
+    assert [p["base_top1_prob"] for p in got] == pytest.approx([p["base_top1_prob"] for p in expected], abs=1e-4)
 
 
 def metric(live, name: str, **labels) -> float:
@@ -165,10 +162,7 @@ def test_same_seed_same_text_alone_and_under_concurrent_load(client, live):
                                  asks))
     for one, shared in zip(alone, together):
         assert shared.choices[0].message.content == one.choices[0].message.content
-        exact = [{k: v for k, v in p.items() if k != "base_top1_prob"} for p in provenance(one.choices[0])]
-        assert [{k: v for k, v in p.items() if k != "base_top1_prob"} for p in provenance(shared.choices[0])] == exact
-        assert [p["base_top1_prob"] for p in provenance(shared.choices[0])] == pytest.approx(
-            [p["base_top1_prob"] for p in provenance(one.choices[0])], abs=1e-4)  # batch shapes round differently
+        assert_same_provenance(provenance(shared.choices[0]), provenance(one.choices[0]))
     assert engine.stats["occupied_row_steps"] - row_steps > engine.stats["steps"] - steps  # rows shared steps
 
 
@@ -190,7 +184,7 @@ def test_a_streamed_chat_equals_the_whole_response(client):
         finish[choice.index] = choice.finish_reason
     for i, choice in enumerate(whole.choices):
         assert texts[i] == choice.message.content
-        assert same_provenance(tokens[i], provenance(choice))
+        assert_same_provenance(tokens[i], provenance(choice))
         assert finish[i] == choice.finish_reason
     assert usage.completion_tokens == whole.usage.completion_tokens
 
