@@ -54,6 +54,25 @@ def test_colours_mark_who_wrote_each_token(collab):
     assert render(sample, colour=False) == sample.text
 
 
+def test_control_characters_a_model_writes_reach_a_terminal_as_visible_escapes(collab):
+    """An ESC sequence in a sample (tiny and small models write them) must not clear, move or recolour the user's
+    terminal; the sample's own text (what --out stores) keeps it."""
+    from dataclasses import replace
+
+    from baco import SamplingParams
+    from baco.display import printable
+
+    sample = collab.generate("Name a fruit.", router="rand:0.5", sampling=SamplingParams(max_new_tokens=6, seed=1))[0]
+    hostile = ["A", "\x1b[2J", "b\rc", "\td\n", "\x9b"]
+    sample = replace(sample, token_texts=hostile, text="".join(hostile), sources=["base", "aligned"] * 2 + ["base"])
+    assert printable(sample.text) == "A\\x1b[2Jb\\x0dc\td\n\\x9b"
+    assert render(sample, colour=False, terminal=True) == printable(sample.text)
+    assert render(sample, colour=False) == sample.text  # a pipe gets the text as written
+    coloured = render(sample, colour=True, terminal=True)
+    assert "\x1b[2J" not in coloured and "\\x1b[2J" in coloured and "\r" not in coloured
+    assert coloured.count("\x1b") == 2 * 5  # only the colour codes: one and a reset per run
+
+
 def test_routers_command_lists_every_router(capsys):
     assert main(["routers"]) == 0
     listed = capsys.readouterr().out

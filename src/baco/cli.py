@@ -291,7 +291,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
     from tqdm import tqdm
 
     from baco.api import Collaboration
-    from baco.display import LEGEND, header, render, use_colour
+    from baco.display import LEGEND, header, is_terminal, render, use_colour
 
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
@@ -309,6 +309,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                  backend=backend, compile=args.compile, options=cluster,
                                  memory_fraction=args.memory_fraction)
     colour = use_colour(args.color)
+    terminal = colour or is_terminal()  # (a forced --color always is read on one)
     show = not args.quiet
     total = len(prompts) * args.n - len(skip)
     written, tokens, base_tokens = 0, 0, 0
@@ -326,7 +327,8 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                 bar.update(1)
                 if show:
                     tqdm.write(header(sample), file=sys.stdout)
-                    text = render(sample, colour=colour, stop_strings=fmt.stop_strings + sampling.stop)
+                    text = render(sample, colour=colour, stop_strings=fmt.stop_strings + sampling.stop,
+                                  terminal=terminal)
                     tqdm.write(text + "\n", file=sys.stdout)
     except KeyboardInterrupt:
         resume = "; rerun the same command to complete it" if out and args.seed is not None else ""

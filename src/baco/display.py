@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from baco.decode.records import BASE, MIX, SPAN, Sample
@@ -12,14 +13,18 @@ RESET = "\033[0m"
 LEGEND = f"{COLOURS[BASE]}base-written{RESET} / {COLOURS['aligned']}aligned-written{RESET}"
 
 
+def is_terminal(stream=None) -> bool:
+    stream = sys.stdout if stream is None else stream  # looked up now: sys.stdout may have been replaced
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
 def use_colour(mode: str, stream=None) -> bool:
     """`auto`: colour on a terminal unless NO_COLOR is set; `always` / `never` force it."""
-    stream = sys.stdout if stream is None else stream  # looked up now: sys.stdout may have been replaced
     if mode == "always":
         return True
     if mode == "never" or os.environ.get("NO_COLOR"):
         return False
-    return hasattr(stream, "isatty") and stream.isatty()
+    return is_terminal(stream)
 
 
 def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
@@ -40,17 +45,30 @@ def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[i
     return out
 
 
-def render(sample: Sample, *, colour: bool, stop_strings: tuple[str, ...] = ()) -> str:
-    """The text, each run of one writer's tokens or spans in its colour."""
+# C0 controls but tab and newline, DEL, C1 controls: ESC starts a terminal's escape sequences, CR overwrites a line
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: control characters other than tab and newline shown as `\\xNN`, so that a sample
+    holding an escape sequence (random and small models write them) cannot move the cursor, recolour or clear
+    the screen. The samples themselves (`--out`) keep their text as written."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def render(sample: Sample, *, colour: bool, stop_strings: tuple[str, ...] = (), terminal: bool = False) -> str:
+    """The text, each run of one writer's tokens or spans in its colour; `terminal`: control characters shown
+    (`printable`) rather than sent to the terminal."""
+    shown = printable if terminal else (lambda text: text)
     if not colour:
-        return sample.text
+        return shown(sample.text)
     runs: list[list[str]] = []
     for _, text, source in segments(sample, stop_strings):
         if runs and runs[-1][0] == source:
             runs[-1][1] += text
         else:
             runs.append([source, text])
-    return "".join(f"{COLOURS.get(source, '')}{text}{RESET}" for source, text in runs)
+    return "".join(f"{COLOURS.get(source, '')}{shown(text)}{RESET}" for source, text in runs)
 
 
 def header(sample: Sample) -> str:
