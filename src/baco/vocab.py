@@ -7,6 +7,7 @@ word-boundary rule read (is it punctuation? a function word? does it continue a 
 
 from __future__ import annotations
 
+import functools
 import re
 import weakref
 import unicodedata
@@ -47,6 +48,7 @@ def _is_cjk(char: str) -> bool:
     return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
+@functools.lru_cache(maxsize=65536)  # asked twice per token of a 262k vocabulary, of far fewer distinct characters
 def is_word_char(char: str) -> bool:
     """Letters and digits form words; each CJK character counts as a word of its own."""
     return char.isalnum() and not _is_cjk(char)
