@@ -122,11 +122,11 @@ def test_backend_choice_and_its_errors(ggufs, tiny_dirs, tmp_path):
 
 
 def test_gguf_metadata_is_read_from_the_header_as_the_gguf_library_reads_it(ggufs, tmp_path):
-    """`_field` reads one key without parsing the whole file (gguf.GGUFReader takes ~30 s on Gemma's vocabulary):
+    """`gguf_field` reads one key without parsing the whole file (gguf.GGUFReader takes ~30 s on Gemma's vocabulary):
     every string and number field of a model and of an adapter GGUF reads as the gguf library reads it."""
     from gguf import GGUFReader
 
-    from baco.models.llamacpp import _field
+    from baco.models.gguf_export import gguf_field
 
     for path in (ggufs[2], ggufs[5]):
         fields = GGUFReader(path).fields
@@ -135,13 +135,13 @@ def test_gguf_metadata_is_read_from_the_header_as_the_gguf_library_reads_it(gguf
             if key.startswith("GGUF.") or len(field.types) != 1:
                 continue  # the reader's own header entries; arrays
             value = field.contents()
-            assert _field(path, key) == (pytest.approx(value) if isinstance(value, float) else value), key
+            assert gguf_field(path, key) == (pytest.approx(value) if isinstance(value, float) else value), key
             checked += 1
-        assert checked >= 4 and _field(path, "no.such.key") is None
+        assert checked >= 4 and gguf_field(path, "no.such.key") is None
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(Path(ggufs[2]).read_bytes()[:200])
-    with pytest.raises(ModelLoadError, match="truncated.gguf.*the metadata ends early"):
-        _field(truncated, "no.such.key")
+    with pytest.raises(ModelLoadError, match="truncated.gguf.*its metadata ends early"):
+        gguf_field(truncated, "no.such.key")
 
 
 def test_cli_generate_on_ggufs_records_the_backend(ggufs, tmp_path):

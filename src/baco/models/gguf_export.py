@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -80,20 +81,75 @@ def _save(writer, tensors: dict[str, np.ndarray]) -> None:
     writer.close()
 
 
-def _hparams_of_gguf(path: Path) -> dict:
-    import gguf
+#: GGUF metadata value types: struct format of a fixed-size value (8 = string, 9 = array)
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_field(path: str | os.PathLike, key: str):
+    """A metadata value of a GGUF file (a string or a number), or None.
+
+    Read from the file's header, up to the key: `gguf.GGUFReader` parses every field first, and a 262k-token
+    vocabulary makes that ~30 s per file (Gemma 3); the general.* keys come first."""
+    import struct
+
+    path = os.path.expanduser(str(path))
+
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"could not read the GGUF file {path!r}: {why}")
 
     try:
-        fields = gguf.GGUFReader(path).fields
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"could not read the base GGUF {path}: {error}") from error
-    try:
-        arch = fields["general.architecture"].contents()
-        return {"arch": arch, "layers": fields[f"{arch}.block_count"].contents(),
-                "heads": fields[f"{arch}.attention.head_count"].contents(),
-                "kv_heads": fields[f"{arch}.attention.head_count_kv"].contents()}
-    except KeyError as error:
-        raise ModelLoadError(f"the base GGUF {path} lacks the key {error}") from None
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+            if len(head) < 24 or head[:4] != b"GGUF":
+                raise bad("it is not a GGUF file (no GGUF magic number)")
+            order = "<" if struct.unpack("<I", head[4:8])[0] < 0x10000 else ">"  # big-endian files exist
+
+            def read(fmt: str):
+                size = struct.calcsize(order + fmt)
+                data = handle.read(size)
+                if len(data) < size:
+                    raise bad("its metadata ends early (a file cut short, or corrupt)")
+                return struct.unpack(order + fmt, data)[0]
+
+            def skip(kind: int, count: int = 1) -> None:
+                if kind in _GGUF_SCALARS:
+                    handle.seek(struct.calcsize(order + _GGUF_SCALARS[kind]) * count, os.SEEK_CUR)
+                elif kind == 8:
+                    for _ in range(count):
+                        handle.seek(read("Q"), os.SEEK_CUR)
+                elif kind == 9:
+                    for _ in range(count):
+                        inner = read("I")
+                        skip(inner, read("Q"))
+                else:
+                    raise bad(f"unknown metadata value type {kind}")
+
+            for _ in range(struct.unpack(order + "Q", head[16:24])[0]):
+                name = handle.read(read("Q"))
+                kind = read("I")
+                if name.decode("utf-8", "replace") != key:
+                    skip(kind)
+                elif kind == 8:
+                    return handle.read(read("Q")).decode("utf-8", "replace")
+                elif kind in _GGUF_SCALARS:
+                    return read(_GGUF_SCALARS[kind])
+                else:
+                    return None  # (an array: not a value this module reads)
+    except ModelLoadError:  # (an OSError too)
+        raise
+    except OSError as error:
+        raise ModelLoadError(f"could not read the GGUF file {path!r}: {error.strerror or error}") from error
+    return None
+
+
+def _hparams_of_gguf(path: Path) -> dict:
+    hparams = {"arch": gguf_field(path, "general.architecture")}
+    keys = {"layers": "block_count", "heads": "attention.head_count", "kv_heads": "attention.head_count_kv"}
+    hparams |= {name: gguf_field(path, f"{hparams['arch']}.{key}") for name, key in keys.items()}
+    missing = [name for name, value in hparams.items() if value is None]
+    if missing:
+        raise ModelLoadError(f"the base GGUF {path} lacks the metadata of its {', '.join(missing)}")
+    return hparams
 
 
 def _hparams_of_config(config: dict) -> dict:

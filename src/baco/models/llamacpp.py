@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from baco.errors import BacoError, ModelLoadError
+from baco.models.gguf_export import gguf_field
 
 _LOG_CALLBACK = None  # llama.cpp keeps a pointer to it: it must live as long as the process
 _MODELS: dict[str, "GGUFWeights"] = {}
@@ -105,7 +106,7 @@ class GGUFWeights:
         self.adapters: dict[str, object] = {}
         # float32 weights (small test models): keep the cache in float32 and attention unfused (the CPU's
         # flash-attention kernel rounds through float16), so the logits are those of the HF model
-        self.exact = _field(path, "general.file_type") == 0
+        self.exact = gguf_field(path, "general.file_type") == 0
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GGUFWeights":
@@ -315,69 +316,9 @@ def _is_gguf(name) -> bool:
     return str(name).lower().endswith(".gguf") and os.path.isfile(os.path.expanduser(str(name)))
 
 
-#: GGUF metadata value types: struct format of a fixed-size value (8 = string, 9 = array)
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def _field(path: str | os.PathLike, key: str):
-    """A metadata value of a GGUF file (a string or a number), or None.
-
-    Read from the file's header, up to the key: `gguf.GGUFReader` parses every field first, and a 262k-token
-    vocabulary makes that ~30 s per file (Gemma 3); the general.* keys come first."""
-    import struct
-
-    path = os.path.expanduser(str(path))
-
-    def bad(why: str) -> ModelLoadError:
-        return ModelLoadError(f"could not read the GGUF file {path!r}: {why} (a corrupt file: delete it and "
-                              f"run again, or reinstall its package)")
-
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(24)
-            if len(head) < 24 or head[:4] != b"GGUF":
-                raise bad("not a GGUF file (no GGUF magic)")
-            order = "<" if struct.unpack("<I", head[4:8])[0] < 0x10000 else ">"  # big-endian files exist
-
-            def read(fmt: str):
-                size = struct.calcsize(order + fmt)
-                data = handle.read(size)
-                if len(data) < size:
-                    raise bad("the metadata ends early")
-                return struct.unpack(order + fmt, data)[0]
-
-            def skip(kind: int, count: int = 1) -> None:
-                if kind in _GGUF_SCALARS:
-                    handle.seek(struct.calcsize(order + _GGUF_SCALARS[kind]) * count, os.SEEK_CUR)
-                elif kind == 8:
-                    for _ in range(count):
-                        handle.seek(read("Q"), os.SEEK_CUR)
-                elif kind == 9:
-                    for _ in range(count):
-                        inner = read("I")
-                        skip(inner, read("Q"))
-                else:
-                    raise bad(f"unknown metadata value type {kind}")
-
-            for _ in range(struct.unpack(order + "Q", head[16:24])[0]):
-                name = handle.read(read("Q"))
-                kind = read("I")
-                if name.decode("utf-8", "replace") != key:
-                    skip(kind)
-                elif kind == 8:
-                    return handle.read(read("Q")).decode("utf-8", "replace")
-                elif kind in _GGUF_SCALARS:
-                    return read(_GGUF_SCALARS[kind])
-                else:
-                    return None  # (an array: not a value this module reads)
-    except OSError as error:
-        raise ModelLoadError(f"could not read the GGUF file {path!r}: {error.strerror or error}") from error
-    return None
-
-
 def gguf_kind(path: str | os.PathLike) -> str:
     """`general.type` of a GGUF file: "model" or "adapter"."""
-    return _field(path, "general.type") or "model"
+    return gguf_field(path, "general.type") or "model"
 
 
 def supports(base, aligned) -> bool:
