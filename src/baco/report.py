@@ -43,8 +43,14 @@ def _markdown_table(text: str, table_id: str = "results") -> str:
     head, body = rows[0], rows[1:]
     out = [f"<table id='{table_id}'><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr>"]
     for row in body:
-        out.append("<tr>" + "".join(f"<td>{html.escape(c.strip().strip('*'))}</td>" for c in row) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{html.escape(_unbold(c))}</td>" for c in row) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+def _unbold(cell: str) -> str:
+    """A table.md cell's text without the bold markers around the averages; a method's own '*' kept."""
+    text = cell.strip()
+    return text[2:-2] if len(text) > 4 and text.startswith("**") and text.endswith("**") else text
 
 
 def _markdown_blocks(text: str) -> str:

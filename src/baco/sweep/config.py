@@ -53,8 +53,12 @@ class Configuration:
 
     @property
     def settings(self) -> tuple:
-        """What decides this configuration's samples (two configurations with equal settings are one)."""
-        return (self.router, self.sampling, self.system_prompt, self.base_template)
+        """What decides this configuration's samples (two configurations with equal settings are one), as the
+        prompt format reads them: a blank system prompt is none, and no base template is the default one."""
+        from baco.prompts import DEFAULT_BASE_TEMPLATE
+
+        system_prompt = self.system_prompt if self.system_prompt and self.system_prompt.strip() else None
+        return (self.router, self.sampling, system_prompt, self.base_template or DEFAULT_BASE_TEMPLATE)
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,9 @@ def _task(raw, index: int) -> TaskSpec:
     if limit is not None and (not _is_int(limit) or limit < 1):
         _fail(f"{where}.limit must be a positive integer, got {show(limit)}")
     name = _label(raw.get("name") or Path(path).stem, f"{where}.name")
+    if "/" in name or "\0" in name:  # it names files: plots/pareto-<task>-seed<S>.png
+        _fail(f"{where}.name: a task name names its plot files (plots/pareto-<task>-seed<S>.png), so it may not "
+              f"hold '/' or a NUL character, got {show(name)}")
     return TaskSpec(name=name, limit=limit, path=path)
 
 

@@ -77,9 +77,14 @@ def evaluated_cells(summary: dict) -> set[str] | None:
 
 
 def _by_coverage(summary: dict) -> list[str]:
-    """Methods, highest mean average Coverage first."""
+    """Methods, highest mean average Coverage first; those without one (no samples: n/a) last."""
     overall = summary["coverage_dominance"]["overall"]
-    return sorted(summary["methods"], key=lambda m: -(overall[m]["coverage"]["mean"] or -1))
+
+    def rank(method: str) -> tuple[bool, float]:
+        mean = overall[method]["coverage"]["mean"]
+        return mean is None, -(mean or 0.0)
+
+    return sorted(summary["methods"], key=rank)
 
 
 def markdown_table(summary: dict) -> str:
