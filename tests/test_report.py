@@ -164,3 +164,14 @@ def test_headless_chromium_renders_the_page_with_plots_and_colours(run_dir, tmp_
     assert (0xFF, 0xE0, 0x8A) in colours  # base-written tokens (yellow background) are painted
     assert (0xA8, 0xE6, 0xF0) in colours  # aligned-written tokens (cyan background)
     assert len(colours) > 50  # the plot's anti-aliased lines and markers, not a blank page
+
+
+def test_the_samples_shown_come_from_the_lowest_seed_by_number_not_by_text():
+    """Seeds 2 and 10: the page shows seed 2's samples ("...@seed10" sorts before "...@seed2" as text)."""
+    from baco.report import pick_samples
+    from baco.sweep.config import cell_key
+
+    rows = [{"task": "t", "method": "m", "config": "m", "prompt_index": 0, "sample_index": i, "cell": cell_key("t", "m", seed),
+             "sampling": {"seed": seed}, "text": f"seed {seed}"} for seed in (10, 2) for i in range(2)]
+    shown = pick_samples(rows)["t"]["m"]
+    assert [r["text"] for r in shown] == ["seed 2", "seed 2"]

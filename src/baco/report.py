@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from baco.errors import BacoError
+from baco.evaluate.io import sweep_seed
 from baco.storage import atomic_write, check_output_file
 from baco.sweep import ledger
 from baco.sweep.results import evaluated_cells
@@ -96,8 +97,8 @@ def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, l
         if not chosen:  # a run cut short: this configuration has no sample of the first prompt yet
             out.setdefault(task, {})[method] = []
             continue
-        seed = min(r["cell"] for r in chosen)
-        chosen = sorted((r for r in chosen if r["cell"] == seed), key=lambda r: r["sample_index"])
+        first = min(chosen, key=lambda r: (sweep_seed(r) is None, sweep_seed(r) or 0, r["cell"]))["cell"]  # lowest seed
+        chosen = sorted((r for r in chosen if r["cell"] == first), key=lambda r: r["sample_index"])
         out.setdefault(task, {})[method] = chosen[:per_method]
     return out
 
