@@ -113,3 +113,22 @@ def test_a_multi_pass_method_without_a_seed_draws_one_and_records_it(collab):
         return sample.sampling["seed"]
 
     assert seed_used() != seed_used()
+
+
+def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_context(tmp_path):
+    """Many samples' worth of earlier answers outgrow a short context: the oldest are left out of the negative
+    context (not an error naming the user's short prompt as too long), and every sample keeps the first's budget."""
+    from baco import Collaboration
+    from baco.strategies import _primed
+    from baco.testing import make_tiny_pair
+
+    short = Collaboration.from_pretrained(*make_tiny_pair(tmp_path, context=96), device="cpu")
+    lm, fmt = short.pair.aligned, short.prompt_format
+    params = SamplingParams(max_new_tokens=16, seed=3)
+    samples = list(negative_prompting(lm, PROMPTS[:1], n=6, weight=0.5, sampling=params, fmt=fmt))
+    assert [s.sample_index for s in samples] == list(range(6))
+    assert all(set(s.sources) == {"mix"} for s in samples[1:])
+    answers = ["apple pie " * 3, "mango juice " * 3, "kiwi tart " * 3, "plum jam " * 3]
+    primed = lm.tokenizer.decode(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16))
+    assert answers[-1].strip() in primed and answers[0].strip() not in primed
+    assert len(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16)) + 16 <= lm.context_length

@@ -3,7 +3,8 @@
 - `negative:W` — negative prompting in the style of STEER: sample k of a prompt is drawn from
   softmax((1 + W) log p_aligned(. | prompt) - W log p_aligned(. | prompt + the k earlier samples as
   "answers already given")), i.e. contrastive guidance where the "amateur" is the aligned model
-  itself, primed to repeat what it already said. Sample 0 has nothing to avoid and is aligned alone.
+  itself, primed to repeat what it already said (the newest earlier samples that leave the sample's budget in
+  the context; older ones are dropped first). Sample 0 has nothing to avoid and is aligned alone.
   Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
   aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
 - `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
@@ -29,7 +30,7 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
-from baco.errors import UnknownRouterError
+from baco.errors import PromptTooLongError, UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
@@ -102,15 +103,14 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
     guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
     earlier: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
     seed = sampling.seed if sampling.seed is not None else 0
-    budget = lambda ids: min(sampling.max_new_tokens, lm.context_length - len(ids))  # noqa: E731
     for k in range(n):
         requests = []
         for i, prompt in enumerate(prompts):
             mine = _render(lm, fmt, prompt, i)
-            previous = "\n".join(f"- {t}" for t in earlier[i] if t.strip())
-            other = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), i) if previous else mine
-            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]),
-                                    budget(max(mine, other, key=len)), copies[i]))
+            budget = min(sampling.max_new_tokens, lm.context_length - len(mine))
+            other = _primed(lm, fmt, prompt, i, earlier[i], budget) or mine
+            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]), budget,
+                                    copies[i]))
         began = time.perf_counter()
         events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
                           memory_fraction=memory_fraction)
@@ -121,6 +121,24 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
                                      "models": {"aligned": lm.name}}):
             earlier[sample.prompt_index].append(sample.text)
             yield sample
+
+
+def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: str, index: int, earlier: list[str],
+            budget: int) -> list[int] | None:
+    """The negative context: the prompt with its earlier samples as answers already given, the newest ones that
+    leave `budget` new tokens in the model's context (the oldest are dropped first, so that every sample has the
+    budget of the first and a long run does not outgrow the context); None when no earlier sample has text."""
+    answers = [t for t in earlier if t.strip()]
+    while answers:
+        previous = "\n".join(f"- {t}" for t in answers)
+        try:
+            ids = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), index)
+        except PromptTooLongError:
+            ids = None
+        if ids is not None and len(ids) + budget <= lm.context_length:
+            return ids
+        answers = answers[1:]
+    return None
 
 
 def split_items(text: str) -> list[tuple[int, int]]:
