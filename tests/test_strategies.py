@@ -132,3 +132,19 @@ def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_
     primed = lm.tokenizer.decode(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16))
     assert answers[-1].strip() in primed and answers[0].strip() not in primed
     assert len(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16)) + 16 <= lm.context_length
+
+
+def test_an_empty_numbered_item_is_no_sample_and_does_not_take_the_next_line():
+    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n3. Kiwi\n2. "):
+        assert sorted(text[a:b] for a, b in split_items(text)) == ["Apple", "Kiwi"]
+
+
+def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
+    """Asked for 2 answers in 2 x 9 tokens, the model stops inside its first line ("1. Apple (probability: 0."):
+    no sample, rather than "Apple (probability: 0." as an answer; in 2 x 11 tokens its first line ends, the
+    second is cut: one sample."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    texts = {budget: [s.text for s in verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, fmt=PromptFormat(),
+                                                         sampling=SamplingParams(temperature=0, max_new_tokens=budget))]
+             for budget in (9, 11, 24)}
+    assert texts == {9: [], 11: ["Apple"], 24: ["Apple", "Mango"]}

@@ -12,7 +12,8 @@
   distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
   into its items, the probabilities cut off, each item a sample (its tokens and
   provenance are the tokens that cover the item). ceil(n / K) responses per prompt; a response
-  that yields fewer items than asked gives fewer samples (counted, not padded).
+  that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
+  response cut by the length budget is left out (it may be cut short, its probability half-written).
 
 Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
 any router; their `router` field reads `negative:W` / `verbalized:K`.
@@ -41,7 +42,9 @@ NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
                        "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
                        "one per line, each as: <answer> (probability: <a number between 0 and 1>)")
-ITEM = re.compile(r"^\s*(\d+)[.):]\s*(.+?)\s*$", re.MULTILINE)
+# a numbered line: "1. text"; the text starts on that line (an empty item "2." must not take the next line as its
+# text), and spaces around it are not part of it
+ITEM = re.compile(r"^[^\S\n]*(\d+)[.):][^\S\n]*(\S.*?)[^\S\n]*$", re.MULTILINE)
 # an item's verbalized probability at its end: "(probability: 0.3)", "[0.3]", "(30%)", "- probability: 0.3"
 _P = r"(?:0?\.\d+|[01](?:\.0+)?|\d{1,3}(?:\.\d+)?\s*%)"
 _NAME = r"(?:(?:probability|prob\.?)\s*[:=]?|p\s*[:=])"
@@ -188,7 +191,10 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
                                          memory_fraction=memory_fraction, occurrences=copies):
         i = response.prompt_index
-        for span in split_items(response.text)[:k]:
+        items = split_items(response.text)
+        if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
+            items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
+        for span in items[:k]:
             if made[i] >= n:
                 break
             item = _item_sample(response, span, made[i])
