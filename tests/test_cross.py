@@ -582,3 +582,13 @@ def test_greedy_unite_takes_the_best_mean_score_of_the_union_of_top_k(cross_dirs
         else:
             assert events[-1].data.startswith(best)
         assert events[0].chosen_prob == pytest.approx(mean[best] / sum(mean.values()), rel=1e-4)
+
+
+def test_unites_k_is_a_count_a_fraction_is_an_error_not_rounded_down():
+    """`unite:2.5` ran UniTE with k = 2 and recorded its samples as `unite:2.5`, a method that does not exist."""
+    from baco.errors import UnknownRouterError
+    from baco.routers import get_router
+
+    with pytest.raises(UnknownRouterError, match="router 'unite': k must be an integer, got 2.5"):
+        get_router("unite:2.5")
+    assert get_router("unite:2.0").value == 2 and get_router("unite:3").name == "unite:3"

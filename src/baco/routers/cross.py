@@ -110,7 +110,7 @@ def chared(view: CharView, weight: float) -> Route:
     return Route.where(view.uniform < weight, "chared-base", "chared-aligned")
 
 
-@_register("unite", PIECE, param="k", default=5, low=1,
+@_register("unite", PIECE, param="k", default=5, low=1, integer=True,
            help="UniTE (cross-tokenizer): union of both models' top-k next pieces, scored by both, averaged")
 def unite(view: PieceView, k: float) -> Route:
     mean = 0.5 * (view.base_scores + view.aligned_scores)
