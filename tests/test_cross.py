@@ -592,3 +592,20 @@ def test_unites_k_is_a_count_a_fraction_is_an_error_not_rounded_down():
     with pytest.raises(UnknownRouterError, match="router 'unite': k must be an integer, got 2.5"):
         get_router("unite:2.5")
     assert get_router("unite:2.0").value == 2 and get_router("unite:3").name == "unite:3"
+
+
+HINDI = "नमस्ते दुनिया, cafe\u0301 noir."  # vowel signs and a virama inside Hindi words; an accent as its own character
+
+
+@pytest.fixture(scope="module")
+def memorised_marks(tmp_path_factory):
+    return Collaboration.from_pretrained(*memorising_pair(tmp_path_factory.mktemp("marks"), HINDI), device="cpu")
+
+
+def test_a_word_router_does_not_switch_writers_at_a_combining_mark_inside_a_word(memorised_marks):
+    """A combining mark (Devanagari's vowel signs and virama, an accent written as its own character) belongs to
+    its word: RAND decides per word, so each span is a whole word and the one non-word character after it."""
+    sample = memorised_marks.generate(["Say it."], router="rand-words:0.5",
+                                      sampling=SamplingParams(temperature=0, max_new_tokens=80, seed=0))[0]
+    assert sample.text == HINDI
+    assert [t for t in sample.token_texts if t] == [" ", "नमस्ते ", "दुनिया,", " ", "cafe\u0301 ", "noir."]

@@ -12,7 +12,7 @@ The unit a method commits:
   next pieces of text (each model's next tokens, minus the bytes it already holds), each scored by
   both models, drawn from the average of the two scores.
 - `<router>-words` — BACo on words: at every word boundary (the text is empty or ends in a complete
-  character that is not a letter or digit) the token-level router's rule, applied to each model's
+  character that is not a letter, digit or combining mark) the token-level router's rule, applied to each model's
   distribution over its next token given the text, picks who writes the next word; the writer then
   draws bytes until the next boundary. `p-punc-words:G`, `nudge-words:G`, `rand-words:P` ...
   Each CJK character is a word of its own, so a boundary follows it.
