@@ -609,3 +609,17 @@ def test_a_word_router_does_not_switch_writers_at_a_combining_mark_inside_a_word
                                       sampling=SamplingParams(temperature=0, max_new_tokens=80, seed=0))[0]
     assert sample.text == HINDI
     assert [t for t in sample.token_texts if t] == [" ", "नमस्ते ", "दुनिया,", " ", "cafe\u0301 ", "noir."]
+
+
+def test_the_method_list_and_the_mismatch_error_name_the_multi_pass_methods_a_cross_pair_runs(cross, capsys):
+    """Negative prompting and verbalized sampling use the aligned model alone, so they run on a pair whose
+    tokenizers differ: `baco routers` and the error for a token-level router say so."""
+    samples = cross.generate(["Name a fruit."], router="negative:0.5", n=2,
+                             sampling=SamplingParams(max_new_tokens=4, seed=0))
+    assert [s.router for s in samples] == ["negative:0.5"] * 2
+    with pytest.raises(TokenizerMismatchError, match=r"multi-pass method \(negative:W, verbalized:K"):
+        cross.generate(["Name a fruit."], router="p:0.5")
+    main(["routers"])
+    listing = capsys.readouterr().out
+    assert "these, base / aligned and the multi-pass methods run" in listing
+    assert "multi-pass methods (the aligned model alone: any pair)" in listing

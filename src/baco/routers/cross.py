@@ -134,7 +134,8 @@ for _spec in [s for s in list_routers() if s.name in WORD_RULES]:
 def token_alternatives() -> str:
     """The sentence an error for a token-level router on a mismatched pair ends with."""
     return ("use a cross-tokenizer method: chared:W (CharED), unite:K (UniTE) or a router per word such as "
-            "p-punc-words:G or nudge-words:G (`baco routers` lists them), or base / aligned alone")
+            "p-punc-words:G or nudge-words:G (`baco routers` lists them), base / aligned alone, or a multi-pass "
+            "method (negative:W, verbalized:K: the aligned model alone)")
 
 
 def is_single_model(router: str | Router) -> bool:
