@@ -148,3 +148,18 @@ def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
                                                          sampling=SamplingParams(temperature=0, max_new_tokens=budget))]
              for budget in (9, 11, 24)}
     assert texts == {9: [], 11: ["Apple"], 24: ["Apple", "Mango"]}
+
+
+def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_dirs):
+    """The response runs with k times the budget (room for k answers); the samples record the call's max_new_tokens,
+    so that the settings a sample records repeat it."""
+    from baco import Collaboration
+
+    collab = Collaboration.from_pretrained(*verbalizing_dirs, device="cpu")
+    params = SamplingParams(temperature=0, max_new_tokens=24, seed=0)
+    samples = collab.generate(PROMPTS[:1], router="verbalized:2", n=2, sampling=params)
+    assert [s.text for s in samples] == ["Apple", "Mango"]
+    assert all(s.sampling == {**params.to_dict(), "seed": 0} for s in samples)
+    again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
+                            sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
+    assert [s.text for s in again] == ["Apple", "Mango"]

@@ -199,7 +199,9 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
                 break
             item = _item_sample(response, span, made[i])
             made[i] += 1
-            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}")
+            # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
+            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
+            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}", sampling=asked)
 
 
 def _register(name, param, default, low, help, integer=False):
