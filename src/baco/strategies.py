@@ -130,7 +130,8 @@ def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: str, index: int, earlier:
             budget: int) -> list[int] | None:
     """The negative context: the prompt with its earlier samples as answers already given, the newest ones that
     leave `budget` new tokens in the model's context (the oldest are dropped first, so that every sample has the
-    budget of the first and a long run does not outgrow the context); None when no earlier sample has text."""
+    budget of the first and a long run does not outgrow the context); None when no earlier sample has text or
+    not even the newest fits (then the sample is the aligned model's own)."""
     answers = [t for t in earlier if t.strip()]
     while answers:
         previous = "\n".join(f"- {t}" for t in answers)
