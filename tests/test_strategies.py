@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from baco import SamplingParams
@@ -163,3 +164,13 @@ def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_
     again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
                             sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
     assert [s.text for s in again] == ["Apple", "Mango"]
+
+
+def test_streaming_a_multi_pass_method_says_it_makes_whole_samples(collab):
+    """`stream` called negative prompting an unknown router while listing it among the known ones."""
+    from baco.errors import UnknownRouterError
+
+    for method in ("negative:0.5", "verbalized:2"):
+        with pytest.raises(UnknownRouterError, match=f"{method.split(':')[0]} is a multi-pass method: it makes whole "
+                                                     f"samples .* use generate or iter_generate"):
+            next(collab.stream("Why?", SamplingParams(max_new_tokens=4, seed=0), router=method))
