@@ -174,3 +174,33 @@ def test_streaming_a_multi_pass_method_says_it_makes_whole_samples(collab):
         with pytest.raises(UnknownRouterError, match=f"{method.split(':')[0]} is a multi-pass method: it makes whole "
                                                      f"samples .* use generate or iter_generate"):
             next(collab.stream("Why?", SamplingParams(max_new_tokens=4, seed=0), router=method))
+
+
+TWO_LISTS = ["1. Apple (probability: 0.5)\n2. Mango (probability: 0.5)", "1. Fig (0.5)\n2. Kiwi (0.5)"]
+
+
+@pytest.fixture(scope="module")
+def two_list_model(tmp_path_factory):
+    """An aligned model taught two answers of different lengths to the request for 2 answers: sampled, its
+    responses finish at different steps."""
+    from baco.testing import make_tiny_pair, memorise
+
+    aligned = make_tiny_pair(tmp_path_factory.mktemp("two-lists"))[1]
+    lm = HFCausalLM.from_pretrained(aligned, device="cpu")
+    tok, fmt = lm.tokenizer, PromptFormat()
+    ask = tok(fmt.render_aligned(VERBALIZED_TEMPLATE.format(prompt=PROMPTS[0], k=2), tok),
+              add_special_tokens=False)["input_ids"]
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    memorise(lm.model, [(ask, tok(answer, add_special_tokens=False)["input_ids"] + [end]) for answer in TWO_LISTS])
+    return lm
+
+
+def test_verbalized_samples_do_not_depend_on_the_batch_size(two_list_model):
+    """n=3 from k=2 takes two responses; their items are numbered in round order, not in the order the rows
+    finish (which the batch sets), so the samples and the one item left out are the same at any batch size."""
+    for seed in range(6):
+        params = SamplingParams(temperature=1.0, max_new_tokens=24, seed=seed)
+        runs = [[(s.sample_index, s.text, s.seed) for s in verbalized_sampling(
+            two_list_model, PROMPTS[:1], n=3, k=2, sampling=params, fmt=PromptFormat(), batch_size=size)]
+            for size in (1, 2)]
+        assert runs[0] == runs[1]

@@ -11,7 +11,8 @@
   response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
   distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
   into its items, the probabilities cut off, each item a sample (its tokens and
-  provenance are the tokens that cover the item). ceil(n / K) responses per prompt; a response
+  provenance are the tokens that cover the item). ceil(n / K) responses per prompt, their items numbered in
+  round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
   that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
   response cut by the length budget is left out (it may be cut short, its probability half-written).
 
@@ -174,6 +175,20 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
     return replace(parent, sample_index=index, text=parent.text[span[0]:span[1]], **picked)
 
 
+def _in_round_order(responses: Iterator[Sample], count: int) -> Iterator[Sample]:
+    """Each prompt's responses in round order (sample index 0, 1, ...). Rows finish in an order the batch sets (a short
+    response first); numbered by it, the items' sample indexes, and which are kept when n is not a multiple of k,
+    would depend on the batch size."""
+    held: dict[tuple[int, int], Sample] = {}
+    due = [0] * count
+    for response in responses:
+        held[(response.prompt_index, response.sample_index)] = response
+        i = response.prompt_index
+        while (i, due[i]) in held:
+            yield held.pop((i, due[i]))
+            due[i] += 1
+
+
 def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
                         fmt: PromptFormat | None = None, batch_size: int | str = 256,
                         memory_fraction: float = MEMORY_FRACTION,
@@ -189,8 +204,9 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
     copies = occurrences if occurrences is not None else occurrences_of(prompts)  # the asks repeat as the prompts do
-    for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
-                                         memory_fraction=memory_fraction, occurrences=copies):
+    responses = collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
+                                     memory_fraction=memory_fraction, occurrences=copies)
+    for response in _in_round_order(responses, len(prompts)):
         i = response.prompt_index
         items = split_items(response.text)
         if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
