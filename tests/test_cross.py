@@ -582,3 +582,44 @@ def test_greedy_unite_takes_the_best_mean_score_of_the_union_of_top_k(cross_dirs
         else:
             assert events[-1].data.startswith(best)
         assert events[0].chosen_prob == pytest.approx(mean[best] / sum(mean.values()), rel=1e-4)
+
+
+def test_unites_k_is_a_count_a_fraction_is_an_error_not_rounded_down():
+    """`unite:2.5` ran UniTE with k = 2 and recorded its samples as `unite:2.5`, a method that does not exist."""
+    from baco.errors import UnknownRouterError
+    from baco.routers import get_router
+
+    with pytest.raises(UnknownRouterError, match="router 'unite': k must be an integer, got 2.5"):
+        get_router("unite:2.5")
+    assert get_router("unite:2.0").value == 2 and get_router("unite:3").name == "unite:3"
+
+
+HINDI = "नमस्ते दुनिया, cafe\u0301 noir."  # vowel signs and a virama inside Hindi words; an accent as its own character
+
+
+@pytest.fixture(scope="module")
+def memorised_marks(tmp_path_factory):
+    return Collaboration.from_pretrained(*memorising_pair(tmp_path_factory.mktemp("marks"), HINDI), device="cpu")
+
+
+def test_a_word_router_does_not_switch_writers_at_a_combining_mark_inside_a_word(memorised_marks):
+    """A combining mark (Devanagari's vowel signs and virama, an accent written as its own character) belongs to
+    its word: RAND decides per word, so each span is a whole word and the one non-word character after it."""
+    sample = memorised_marks.generate(["Say it."], router="rand-words:0.5",
+                                      sampling=SamplingParams(temperature=0, max_new_tokens=80, seed=0))[0]
+    assert sample.text == HINDI
+    assert [t for t in sample.token_texts if t] == [" ", "नमस्ते ", "दुनिया,", " ", "cafe\u0301 ", "noir."]
+
+
+def test_the_method_list_and_the_mismatch_error_name_the_multi_pass_methods_a_cross_pair_runs(cross, capsys):
+    """Negative prompting and verbalized sampling use the aligned model alone, so they run on a pair whose
+    tokenizers differ: `baco routers` and the error for a token-level router say so."""
+    samples = cross.generate(["Name a fruit."], router="negative:0.5", n=2,
+                             sampling=SamplingParams(max_new_tokens=4, seed=0))
+    assert [s.router for s in samples] == ["negative:0.5"] * 2
+    with pytest.raises(TokenizerMismatchError, match=r"multi-pass method \(negative:W, verbalized:K"):
+        cross.generate(["Name a fruit."], router="p:0.5")
+    main(["routers"])
+    listing = capsys.readouterr().out
+    assert "these, base / aligned and the multi-pass methods run" in listing
+    assert "multi-pass methods (the aligned model alone: any pair)" in listing

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from baco import SamplingParams
@@ -113,3 +114,93 @@ def test_a_multi_pass_method_without_a_seed_draws_one_and_records_it(collab):
         return sample.sampling["seed"]
 
     assert seed_used() != seed_used()
+
+
+def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_context(tmp_path):
+    """Many samples' worth of earlier answers outgrow a short context: the oldest are left out of the negative
+    context (not an error naming the user's short prompt as too long), and every sample keeps the first's budget."""
+    from baco import Collaboration
+    from baco.strategies import _primed
+    from baco.testing import make_tiny_pair
+
+    short = Collaboration.from_pretrained(*make_tiny_pair(tmp_path, context=96), device="cpu")
+    lm, fmt = short.pair.aligned, short.prompt_format
+    params = SamplingParams(max_new_tokens=16, seed=3)
+    samples = list(negative_prompting(lm, PROMPTS[:1], n=6, weight=0.5, sampling=params, fmt=fmt))
+    assert [s.sample_index for s in samples] == list(range(6))
+    assert all(set(s.sources) == {"mix"} for s in samples[1:])
+    answers = ["apple pie " * 3, "mango juice " * 3, "kiwi tart " * 3, "plum jam " * 3]
+    primed = lm.tokenizer.decode(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16))
+    assert answers[-1].strip() in primed and answers[0].strip() not in primed
+    assert len(_primed(lm, fmt, PROMPTS[0], 0, answers, budget=16)) + 16 <= lm.context_length
+
+
+def test_an_empty_numbered_item_is_no_sample_and_does_not_take_the_next_line():
+    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n3. Kiwi\n2. "):
+        assert sorted(text[a:b] for a, b in split_items(text)) == ["Apple", "Kiwi"]
+
+
+def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
+    """Asked for 2 answers in 2 x 9 tokens, the model stops inside its first line ("1. Apple (probability: 0."):
+    no sample, rather than "Apple (probability: 0." as an answer; in 2 x 11 tokens its first line ends, the
+    second is cut: one sample."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    texts = {budget: [s.text for s in verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, fmt=PromptFormat(),
+                                                         sampling=SamplingParams(temperature=0, max_new_tokens=budget))]
+             for budget in (9, 11, 24)}
+    assert texts == {9: [], 11: ["Apple"], 24: ["Apple", "Mango"]}
+
+
+def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_dirs):
+    """The response runs with k times the budget (room for k answers); the samples record the call's max_new_tokens,
+    so that the settings a sample records repeat it."""
+    from baco import Collaboration
+
+    collab = Collaboration.from_pretrained(*verbalizing_dirs, device="cpu")
+    params = SamplingParams(temperature=0, max_new_tokens=24, seed=0)
+    samples = collab.generate(PROMPTS[:1], router="verbalized:2", n=2, sampling=params)
+    assert [s.text for s in samples] == ["Apple", "Mango"]
+    assert all(s.sampling == {**params.to_dict(), "seed": 0} for s in samples)
+    again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
+                            sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
+    assert [s.text for s in again] == ["Apple", "Mango"]
+
+
+def test_streaming_a_multi_pass_method_says_it_makes_whole_samples(collab):
+    """`stream` called negative prompting an unknown router while listing it among the known ones."""
+    from baco.errors import UnknownRouterError
+
+    for method in ("negative:0.5", "verbalized:2"):
+        with pytest.raises(UnknownRouterError, match=f"{method.split(':')[0]} is a multi-pass method: it makes whole "
+                                                     f"samples .* use generate or iter_generate"):
+            next(collab.stream("Why?", SamplingParams(max_new_tokens=4, seed=0), router=method))
+
+
+TWO_LISTS = ["1. Apple (probability: 0.5)\n2. Mango (probability: 0.5)", "1. Fig (0.5)\n2. Kiwi (0.5)"]
+
+
+@pytest.fixture(scope="module")
+def two_list_model(tmp_path_factory):
+    """An aligned model taught two answers of different lengths to the request for 2 answers: sampled, its
+    responses finish at different steps."""
+    from baco.testing import make_tiny_pair, memorise
+
+    aligned = make_tiny_pair(tmp_path_factory.mktemp("two-lists"))[1]
+    lm = HFCausalLM.from_pretrained(aligned, device="cpu")
+    tok, fmt = lm.tokenizer, PromptFormat()
+    ask = tok(fmt.render_aligned(VERBALIZED_TEMPLATE.format(prompt=PROMPTS[0], k=2), tok),
+              add_special_tokens=False)["input_ids"]
+    end = tok.convert_tokens_to_ids("<end_of_turn>")
+    memorise(lm.model, [(ask, tok(answer, add_special_tokens=False)["input_ids"] + [end]) for answer in TWO_LISTS])
+    return lm
+
+
+def test_verbalized_samples_do_not_depend_on_the_batch_size(two_list_model):
+    """n=3 from k=2 takes two responses; their items are numbered in round order, not in the order the rows
+    finish (which the batch sets), so the samples and the one item left out are the same at any batch size."""
+    for seed in range(6):
+        params = SamplingParams(temperature=1.0, max_new_tokens=24, seed=seed)
+        runs = [[(s.sample_index, s.text, s.seed) for s in verbalized_sampling(
+            two_list_model, PROMPTS[:1], n=3, k=2, sampling=params, fmt=PromptFormat(), batch_size=size)]
+            for size in (1, 2)]
+        assert runs[0] == runs[1]

@@ -97,3 +97,11 @@ def test_a_tokenizer_source_named_twice_is_read_once(tiny_dirs):
     one, again, other, none = load_tokenizers(base, base, aligned, None)
     assert one is again and other is not one and none is None
     assert check_compatible(one, again) == len(one) == check_compatible(one, other)
+
+
+def test_a_token_that_starts_with_a_combining_mark_continues_the_word():
+    """Devanagari's vowel signs and virama, and an accent written as its own character, belong to the word before
+    them: another writer may not start its turn with one (the word rule), and a word ending in one is still a word."""
+    table = TokenTable.from_texts(["नम", "स्", "ते", "\u0301", " noir", "日本"], control_ids=[], stop_ids=[])
+    assert table.continues_word.tolist() == [True, True, True, True, False, False]
+    assert table.ends_word_char.tolist() == [True, True, True, True, True, False]

@@ -14,7 +14,8 @@ from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch,
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams, plain_number
-from baco.errors import BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError
+from baco.errors import (BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError,
+                         UnknownRouterError)
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.chars import CrossPair
@@ -420,6 +421,11 @@ class Collaboration:
                               f"(for several, use iter_generate)")
         _check_inputs(prompt, sampling)
         n = _check_call(router, n)
+        strategy = parse_strategy(router) if isinstance(router, str) else None
+        if strategy is not None:  # by name it is no router: `get_router` would call it unknown while listing it
+            raise UnknownRouterError(f"{strategy[0].name} is a multi-pass method: it makes whole samples (from earlier "
+                                     f"samples or one long response), not a stream of tokens; use generate or "
+                                     f"iter_generate")
         if self._cross_route(router) is not None:
             yield from self._stream_cross(prompt, router, n, sampling)
             return

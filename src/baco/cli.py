@@ -472,11 +472,12 @@ def cmd_routers(args) -> int:
     for spec in list_routers():
         if unit_of(spec.name) is None:
             _print_router(spec)
-    print("\ncross-tokenizer methods (any pair; the only ones, with base / aligned, for a pair whose tokenizers differ):")
+    print("\ncross-tokenizer methods (any pair; for a pair whose tokenizers differ, these, base / aligned and the "
+          "multi-pass methods run):")
     for spec in list_routers():
         if unit_of(spec.name) is not None:
             _print_router(spec)
-    print("\nmulti-pass methods:")
+    print("\nmulti-pass methods (the aligned model alone: any pair):")
     for spec in STRATEGIES.values():
         print(f"{spec.name + ':' + spec.param.upper():<22} {'graph':<6} {spec.help} (default {spec.default:g}; "
               f"multi-pass)")

@@ -3,15 +3,18 @@
 - `negative:W` — negative prompting in the style of STEER: sample k of a prompt is drawn from
   softmax((1 + W) log p_aligned(. | prompt) - W log p_aligned(. | prompt + the k earlier samples as
   "answers already given")), i.e. contrastive guidance where the "amateur" is the aligned model
-  itself, primed to repeat what it already said. Sample 0 has nothing to avoid and is aligned alone.
+  itself, primed to repeat what it already said (the newest earlier samples that leave the sample's budget in
+  the context; older ones are dropped first). Sample 0 has nothing to avoid and is aligned alone.
   Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
   aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
 - `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
   response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
   distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
   into its items, the probabilities cut off, each item a sample (its tokens and
-  provenance are the tokens that cover the item). ceil(n / K) responses per prompt; a response
-  that yields fewer items than asked gives fewer samples (counted, not padded).
+  provenance are the tokens that cover the item). ceil(n / K) responses per prompt, their items numbered in
+  round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
+  that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
+  response cut by the length budget is left out (it may be cut short, its probability half-written).
 
 Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
 any router; their `router` field reads `negative:W` / `verbalized:K`.
@@ -29,7 +32,7 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
-from baco.errors import UnknownRouterError
+from baco.errors import PromptTooLongError, UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
@@ -40,7 +43,9 @@ NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
                        "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
                        "one per line, each as: <answer> (probability: <a number between 0 and 1>)")
-ITEM = re.compile(r"^\s*(\d+)[.):]\s*(.+?)\s*$", re.MULTILINE)
+# a numbered line: "1. text"; the text starts on that line (an empty item "2." must not take the next line as its
+# text), and spaces around it are not part of it
+ITEM = re.compile(r"^[^\S\n]*(\d+)[.):][^\S\n]*(\S.*?)[^\S\n]*$", re.MULTILINE)
 # an item's verbalized probability at its end: "(probability: 0.3)", "[0.3]", "(30%)", "- probability: 0.3"
 _P = r"(?:0?\.\d+|[01](?:\.0+)?|\d{1,3}(?:\.\d+)?\s*%)"
 _NAME = r"(?:(?:probability|prob\.?)\s*[:=]?|p\s*[:=])"
@@ -102,15 +107,14 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
     guided, alone = get_router(f"contrast:{weight:g}"), get_router("aligned")
     earlier: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
     seed = sampling.seed if sampling.seed is not None else 0
-    budget = lambda ids: min(sampling.max_new_tokens, lm.context_length - len(ids))  # noqa: E731
     for k in range(n):
         requests = []
         for i, prompt in enumerate(prompts):
             mine = _render(lm, fmt, prompt, i)
-            previous = "\n".join(f"- {t}" for t in earlier[i] if t.strip())
-            other = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), i) if previous else mine
-            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]),
-                                    budget(max(mine, other, key=len)), copies[i]))
+            budget = min(sampling.max_new_tokens, lm.context_length - len(mine))
+            other = _primed(lm, fmt, prompt, i, earlier[i], budget) or mine
+            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]), budget,
+                                    copies[i]))
         began = time.perf_counter()
         events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
                           memory_fraction=memory_fraction)
@@ -121,6 +125,25 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
                                      "models": {"aligned": lm.name}}):
             earlier[sample.prompt_index].append(sample.text)
             yield sample
+
+
+def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: str, index: int, earlier: list[str],
+            budget: int) -> list[int] | None:
+    """The negative context: the prompt with its earlier samples as answers already given, the newest ones that
+    leave `budget` new tokens in the model's context (the oldest are dropped first, so that every sample has the
+    budget of the first and a long run does not outgrow the context); None when no earlier sample has text or
+    not even the newest fits (then the sample is the aligned model's own)."""
+    answers = [t for t in earlier if t.strip()]
+    while answers:
+        previous = "\n".join(f"- {t}" for t in answers)
+        try:
+            ids = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), index)
+        except PromptTooLongError:
+            ids = None
+        if ids is not None and len(ids) + budget <= lm.context_length:
+            return ids
+        answers = answers[1:]
+    return None
 
 
 def split_items(text: str) -> list[tuple[int, int]]:
@@ -152,6 +175,20 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
     return replace(parent, sample_index=index, text=parent.text[span[0]:span[1]], **picked)
 
 
+def _in_round_order(responses: Iterator[Sample], count: int) -> Iterator[Sample]:
+    """Each prompt's responses in round order (sample index 0, 1, ...). Rows finish in an order the batch sets (a short
+    response first); numbered by it, the items' sample indexes, and which are kept when n is not a multiple of k,
+    would depend on the batch size."""
+    held: dict[tuple[int, int], Sample] = {}
+    due = [0] * count
+    for response in responses:
+        held[(response.prompt_index, response.sample_index)] = response
+        i = response.prompt_index
+        while (i, due[i]) in held:
+            yield held.pop((i, due[i]))
+            due[i] += 1
+
+
 def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
                         fmt: PromptFormat | None = None, batch_size: int | str = 256,
                         memory_fraction: float = MEMORY_FRACTION,
@@ -167,15 +204,21 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
     copies = occurrences if occurrences is not None else occurrences_of(prompts)  # the asks repeat as the prompts do
-    for response in collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
-                                         memory_fraction=memory_fraction, occurrences=copies):
+    responses = collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
+                                     memory_fraction=memory_fraction, occurrences=copies)
+    for response in _in_round_order(responses, len(prompts)):
         i = response.prompt_index
-        for span in split_items(response.text)[:k]:
+        items = split_items(response.text)
+        if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
+            items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
+        for span in items[:k]:
             if made[i] >= n:
                 break
             item = _item_sample(response, span, made[i])
             made[i] += 1
-            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}")
+            # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
+            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
+            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}", sampling=asked)
 
 
 def _register(name, param, default, low, help, integer=False):

@@ -50,8 +50,9 @@ def _is_cjk(char: str) -> bool:
 
 @functools.lru_cache(maxsize=65536)  # asked twice per token of a 262k vocabulary, of far fewer distinct characters
 def is_word_char(char: str) -> bool:
-    """Letters and digits form words; each CJK character counts as a word of its own."""
-    return char.isalnum() and not _is_cjk(char)
+    """Letters, digits and combining marks (an accent written as a character of its own, a Devanagari vowel sign or
+    virama) form words; each CJK character counts as a word of its own."""
+    return (char.isalnum() or unicodedata.category(char)[0] == "M") and not _is_cjk(char)
 
 
 def is_punct_or_format(text: str) -> bool:

@@ -13,7 +13,7 @@ The step is `decode.step.route_and_draw`; the slots, caches and scheduling are `
 `lockstep()` below is the generator every client uses.
 
 Word rule: when the router asks to switch writers while the previous token ended in a word
-character (letter or digit), the new writer's token is kept only if it starts a new word
+character (letter, digit or combining mark), the new writer's token is kept only if it starts a new word
 (begins with a space, punctuation or a symbol); if it would continue the word, the previous
 writer keeps the turn and draws the token instead (reason "word-continuation").
 

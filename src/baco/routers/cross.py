@@ -12,7 +12,7 @@ The unit a method commits:
   next pieces of text (each model's next tokens, minus the bytes it already holds), each scored by
   both models, drawn from the average of the two scores.
 - `<router>-words` — BACo on words: at every word boundary (the text is empty or ends in a complete
-  character that is not a letter or digit) the token-level router's rule, applied to each model's
+  character that is not a letter, digit or combining mark) the token-level router's rule, applied to each model's
   distribution over its next token given the text, picks who writes the next word; the writer then
   draws bytes until the next boundary. `p-punc-words:G`, `nudge-words:G`, `rand-words:P` ...
   Each CJK character is a word of its own, so a boundary follows it.
@@ -110,7 +110,7 @@ def chared(view: CharView, weight: float) -> Route:
     return Route.where(view.uniform < weight, "chared-base", "chared-aligned")
 
 
-@_register("unite", PIECE, param="k", default=5, low=1,
+@_register("unite", PIECE, param="k", default=5, low=1, integer=True,
            help="UniTE (cross-tokenizer): union of both models' top-k next pieces, scored by both, averaged")
 def unite(view: PieceView, k: float) -> Route:
     mean = 0.5 * (view.base_scores + view.aligned_scores)
@@ -134,7 +134,8 @@ for _spec in [s for s in list_routers() if s.name in WORD_RULES]:
 def token_alternatives() -> str:
     """The sentence an error for a token-level router on a mismatched pair ends with."""
     return ("use a cross-tokenizer method: chared:W (CharED), unite:K (UniTE) or a router per word such as "
-            "p-punc-words:G or nudge-words:G (`baco routers` lists them), or base / aligned alone")
+            "p-punc-words:G or nudge-words:G (`baco routers` lists them), base / aligned alone, or a multi-pass "
+            "method (negative:W, verbalized:K: the aligned model alone)")
 
 
 def is_single_model(router: str | Router) -> bool:

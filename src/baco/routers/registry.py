@@ -24,6 +24,7 @@ class RouterSpec:
     high: float | None = None
     factory: Callable[[float | None], Callable] | None = None  # builds a stateful router object (JUDGE)
     host: bool = False  # decides on the host (reads texts): runs on the engine's eager, synchronous path
+    integer: bool = False  # the knob is a count (UniTE's k): a fractional value is refused, not rounded
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ _RESERVED: dict[str, str] = {}  # name -> what it means instead (baco.strategies
 def register(name: str, *, help: str, param: str | None = None, default: float | None = None,
              low: float | None = None, high: float | None = None,
              factory: Callable[[float | None], Callable] | None = None,
-             host: bool = False) -> Callable[[RouterFn], RouterFn]:
+             host: bool = False, integer: bool = False) -> Callable[[RouterFn], RouterFn]:
     """Decorator: `@register("p", param="threshold", default=0.5, help=...)`.
 
     The name follows `baco.names`: stored lower-cased (`get_router` ignores case), no ':' (the knob follows
@@ -69,7 +70,7 @@ def register(name: str, *, help: str, param: str | None = None, default: float |
         if not callable(fn):
             raise BacoError(f"register({name!r}) decorates a function of a StepView, got {type(fn).__name__}")
         check_free(_REGISTRY, name, fn, "router")
-        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory, host)
+        _REGISTRY[name] = RouterSpec(name, fn, help, param, default, low, high, factory, host, integer)
         return fn
 
     return add
@@ -130,6 +131,8 @@ def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] |
     if (entry.low is not None and value < entry.low) or (entry.high is not None and value > entry.high):
         raise UnknownRouterError(f"router {name!r}: {entry.param} must be {bounds(entry.low, entry.high)}, "
                                  f"got {value:g}")
+    if entry.integer and value != int(value):
+        raise UnknownRouterError(f"router {name!r}: {entry.param} must be an integer, got {raw.strip()}")
     return Router(entry, value)
 
 
