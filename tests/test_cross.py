@@ -592,6 +592,16 @@ def test_unites_k_is_a_count_a_fraction_is_an_error_not_rounded_down():
     with pytest.raises(UnknownRouterError, match="router 'unite': k must be an integer, got 2.5"):
         get_router("unite:2.5")
     assert get_router("unite:2.0").value == 2 and get_router("unite:3").name == "unite:3"
+    assert get_router("unite:1234567").name == "unite:1234567"  # a count named in full, not 1.23457e+06
+
+
+def test_minus_zero_names_the_router_or_method_of_zero():
+    """`p-punc:-0` is `p-punc:0`: under two names one method would be two in a sweep's tables."""
+    from baco.routers import get_router
+    from baco.strategies import parse_strategy
+
+    assert get_router("p-punc:-0").name == "p-punc:0" == get_router("p-punc:0").name
+    assert str(parse_strategy("negative:-0")[1]) == "0.0"
 
 
 HINDI = "नमस्ते दुनिया, cafe\u0301 noir."  # vowel signs and a virama inside Hindi words; an accent as its own character

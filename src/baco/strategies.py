@@ -75,7 +75,7 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     _, raw = split_spec(str(spec))
     kind = "an integer" if entry.integer else "a number"
     try:
-        value = float(raw) if raw is not None else entry.default
+        value = float(raw) + 0.0 if raw is not None else entry.default  # (+ 0.0: "-0" is 0)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):

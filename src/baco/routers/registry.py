@@ -36,7 +36,9 @@ class Router:
 
     @property
     def name(self) -> str:
-        return self.spec.name if self.value is None else f"{self.spec.name}:{self.value:g}"
+        if self.value is None:
+            return self.spec.name
+        return f"{self.spec.name}:{int(self.value) if self.spec.integer else format(self.value, 'g')}"  # a count in full
 
     @property
     def host(self) -> bool:
@@ -121,7 +123,7 @@ def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] |
     if raw is None:
         return Router(entry, entry.default)
     try:
-        value = float(raw)
+        value = float(raw) + 0.0  # (+ 0.0: "-0" is 0, one router under one name)
     except ValueError:
         raise UnknownRouterError(f"router {name!r} needs a number for {entry.param} "
                                  f"({bounds(entry.low, entry.high)}), got {raw.strip()!r}") from None
