@@ -192,3 +192,18 @@ def test_a_router_that_answers_no_route_is_named():
     mask_only = Router(RouterSpec("mask-only", lambda view: view.base_top1_prob < 0.5, "a mask, not a Route"), None)
     with pytest.raises(BacoError, match="router 'mask-only' returned Tensor, not a Route"):
         mask_only(view([(DRAGON, 0.5)], [(CAT, 0.5)]))
+
+
+def test_a_mixture_weight_that_would_overflow_float32_is_refused_and_the_largest_allowed_still_writes(collab):
+    """contrast:1e300 multiplied log-probs into inf - inf: NaN, and every sample came out empty ("length")."""
+    from baco.routers.neighbours import MAX_WEIGHT
+    from baco.strategies import parse_strategy
+
+    for spec in ("contrast:1e300", "eft:1e7", "proxy:1e30"):
+        with pytest.raises(UnknownRouterError, match=r"must be in \[0, 1e\+06\]"):
+            get_router(spec)
+    with pytest.raises(UnknownRouterError, match=r"negative: weight must be <= 1e\+06"):
+        parse_strategy("negative:1e300")
+    samples = collab.generate(["Name a fruit."], router=f"contrast:{MAX_WEIGHT:g}", n=2,
+                              sampling=SamplingParams(max_new_tokens=6, seed=0))
+    assert all(s.num_tokens == 6 and s.text for s in samples)

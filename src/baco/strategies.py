@@ -38,6 +38,7 @@ from baco.models.pair import ModelPair
 from baco.prompts import PromptFormat, encode_request
 from baco.routers import get_router, list_routers
 from baco.routers.registry import reserve, split_spec
+from baco.routers.neighbours import MAX_WEIGHT
 
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
@@ -62,6 +63,7 @@ class StrategySpec:
     help: str
     fn: Callable[..., Iterator[Sample]]
     integer: bool = False
+    high: float | None = None
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -83,6 +85,8 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
                                  f"got {raw.strip()!r}")
     if value < entry.low or (entry.integer and value != int(value)):
         raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
+    if entry.high is not None and value > entry.high:
+        raise UnknownRouterError(f"{entry.name}: {entry.param} must be <= {entry.high:g}, got {value:g}")
     return entry, value
 
 
@@ -221,17 +225,17 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
             yield replace(item, prompt=prompts[i], router=f"verbalized:{k}", sampling=asked)
 
 
-def _register(name, param, default, low, help, integer=False):
+def _register(name, param, default, low, help, integer=False, high=None):
     reserve(name, "a multi-pass method (baco.strategies)")
 
     def add(fn):
-        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer)
+        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer, high)
         return fn
     return add
 
 
 @_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
-           "model primed with the prompt's earlier samples; sample k depends on samples < k")
+           "model primed with the prompt's earlier samples; sample k depends on samples < k", high=MAX_WEIGHT)
 def _negative(lm, prompts, *, n, value, **options):
     return negative_prompting(lm, prompts, n=n, weight=value, **options)
 

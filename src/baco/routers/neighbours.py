@@ -32,6 +32,9 @@ from baco.routers.view import Route, StepView
 
 # log-probs below this are treated as this (exp(-1e4) is 0 in float32): keeps 0 * -inf out of the mix
 FLOOR = -1e4
+# The largest mixture weight: a weight multiplies log-probs down to FLOOR, and past ~1e34 that overflows float32
+# (inf - inf: NaN, an empty sample). Far below it the mixture is already its direction's argmax.
+MAX_WEIGHT = 1e6
 
 
 def _or(logprobs: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -56,7 +59,7 @@ def nudge_router(view: StepView, threshold: float) -> Route:
     return Route.where(view.base_top1_prob >= threshold, "base-confident", "nudge")
 
 
-@register("eft", param="beta", default=0.5, low=0.0,
+@register("eft", param="beta", default=0.5, low=0.0, high=MAX_WEIGHT,
           help="EFT/proxy mixture: p_base^(1-beta) * p_aligned^beta (0 = base, 1 = aligned)")
 def eft_router(view: StepView, beta: float) -> Route:
     if beta == 0:
@@ -66,7 +69,7 @@ def eft_router(view: StepView, beta: float) -> Route:
     return Route.mixed(log_mix(view, 1.0 - beta, beta), f"eft:{beta:g}")
 
 
-@register("proxy", param="beta", default=1.0, low=0.0,
+@register("proxy", param="beta", default=1.0, low=0.0, high=MAX_WEIGHT,
           help="proxy-tuning: p_base * (p_aligned / p_anchor)^beta, anchor = a third model (or the base)")
 def proxy_router(view: StepView, beta: float) -> Route:
     if view.anchor_logprobs is None:
@@ -80,7 +83,7 @@ def proxy_router(view: StepView, beta: float) -> Route:
     return Route.mixed(torch.log_softmax(logits, dim=-1), f"proxy:{beta:g}")
 
 
-@register("contrast", param="weight", default=0.5, low=0.0,
+@register("contrast", param="weight", default=0.5, low=0.0, high=MAX_WEIGHT,
           help="contrastive guidance: p_aligned^(1+w) / p_base^w (0 = aligned)")
 def contrast_router(view: StepView, weight: float) -> Route:
     if weight == 0:
