@@ -226,12 +226,13 @@ def cmd_generate(args) -> int:
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
     from baco.prompts import prompt_problem
+    from baco.routers.neighbours import reads_anchor
     from baco.storage import check_output_file, same_file
 
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
     router = _router_name(args.router)
-    if args.anchor and router.split(":", 1)[0].lower() != "proxy":  # (as a sweep gives the anchor to proxy only)
+    if args.anchor and not reads_anchor(router):  # (as a sweep gives the anchor to proxy cells only)
         raise BacoError(f"--anchor is proxy-tuning's third model (--router proxy:B); router {router!r} never reads "
                         f"it, and it would run every step: drop --anchor or use --router proxy")
     _at_least_one(args.n, "--n")

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from baco.routers.registry import register
+from baco.routers.registry import register, split_spec
 from baco.routers.view import Route, StepView
 
 # log-probs below this are treated as this (exp(-1e4) is 0 in float32): keeps 0 * -inf out of the mix
@@ -81,6 +81,11 @@ def proxy_router(view: StepView, beta: float) -> Route:
     offset = aligned - _or(view.anchor_logprobs, aligned).clamp(min=FLOOR)
     logits = (base + beta * offset).masked_fill(~view.vocab.allowed, -math.inf)
     return Route.mixed(torch.log_softmax(logits, dim=-1), f"proxy:{beta:g}")
+
+
+def reads_anchor(router: str) -> bool:
+    """Whether a router (`name[:value]`) reads the anchor, proxy-tuning's third model: `proxy` alone."""
+    return split_spec(router)[0] == "proxy"
 
 
 @register("contrast", param="weight", default=0.5, low=0.0, high=MAX_WEIGHT,

@@ -30,6 +30,7 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router
+from baco.routers.neighbours import reads_anchor
 
 SWEEPABLE = ("temperature", "top_p", "top_k", "min_p")
 METHOD_KEYS = {"router", "values", "sweep", "system_prompt", "base_template", "batch_size"}
@@ -125,7 +126,7 @@ class SweepConfig:
         if configuration.router == "aligned" or parse_strategy(configuration.router):
             return {"aligned": self.aligned} | backend
         models = {"base": self.base, "aligned": self.aligned} | backend
-        if self.anchor and configuration.router.startswith("proxy"):
+        if self.anchor and reads_anchor(configuration.router):
             models["anchor"] = self.anchor
         return models
 
