@@ -110,8 +110,8 @@ def test_an_ndjson_prompts_file_is_read_as_json_lines_as_load_task_reads_it(tmp_
 
 def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_by_its_line(tmp_path):
     """JSON Lines reads the fields a table does (prompt, question, instruction, text, chat messages); an empty prompt
-    is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused), as is a
-    conversation whose earlier turns would not reach the models."""
+    is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused). A
+    conversation is read whole."""
     from baco.errors import BacoError
 
     rows = tmp_path / "rows.jsonl"
@@ -124,10 +124,13 @@ def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_
         path.write_text(text)
         with pytest.raises(BacoError, match=f"{re.escape(str(path))}{where}: the prompt is empty"):
             read_prompts(path)
-    talk = tmp_path / "talk.jsonl"  # earlier turns would be dropped: refused, not lost
-    talk.write_text('"fine"\n{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": '
-                    '"Hello."}, {"role": "user", "content": "Name a fruit."}]}\n')
-    with pytest.raises(BacoError, match=f"{re.escape(str(talk))}:2: a conversation of 3 messages, but one prompt"):
+    talk = tmp_path / "talk.jsonl"  # a conversation is given whole: its earlier turns are the answer's context
+    turns = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "Name a fruit."}]
+    talk.write_text('"fine"\n' + json.dumps({"messages": turns}) + "\n")
+    assert read_prompts(talk) == ["fine", turns]
+    talk.write_text(json.dumps({"messages": turns[:1] + turns}) + "\n")  # user, user: no chat template takes it
+    with pytest.raises(BacoError, match=f"{re.escape(str(talk))}:1: 'messages' must alternate user and assistant"):
         read_prompts(talk)
     other = tmp_path / "prompts.md"  # another extension: lines of text
     other.write_text("Name a fruit.\n\nWhy is the sky blue?\n")

@@ -464,7 +464,7 @@ def test_a_budget_cut_to_fit_the_context_keeps_both_models_within_it(short_conte
 
 @pytest.mark.parametrize("prompts, message", [
     ([""], "prompt 0 is empty"), (["Hi", " \n"], "prompt 1 is empty"),
-    (["Hi", 3], "prompt 1 must be a string, got int"),
+    (["Hi", 3], "prompt 1 must be a string or a conversation \\(a list of messages\\), got int"),
     (["Hi", "a \ud800"], r"prompt 1 is not valid Unicode text \(a lone surrogate U\+D800 at character 3\)"),
     (["word " * 300], r"prompt 0 is \d+ tokens once templated, but the models accept at most 256 tokens of context "
                       r"\(and need room for at least one new token\)"),

@@ -246,8 +246,11 @@ def test_sampling_params_refuse_booleans_and_non_list_stops():
 def test_the_python_api_checks_argument_types_at_the_door(collab):
     from baco.errors import BacoError, PromptError
 
-    with pytest.raises(PromptError, match=r"prompts must be a string or a list \(any iterable\) of strings, got int"):
+    with pytest.raises(PromptError, match=r"prompts must be a string, a conversation \(a list of messages\) or a "
+                                          r"list \(any iterable\) of them, got int"):
         collab.generate(5)
+    with pytest.raises(PromptError, match="prompt 0 must be a string or a conversation .*, got int"):
+        collab.generate([5])
     with pytest.raises(InvalidSamplingParams, match="sampling must be a SamplingParams or None, got dict"):
         collab.generate(["hi"], sampling={"temperature": 0.5})
     with pytest.raises(BacoError, match="batch_size must be an integer >= 1 or 'auto', got True"):

@@ -20,7 +20,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
-from baco.prompts import PromptFormat, encode_request
+from baco.prompts import Prompt, PromptFormat, as_prompt, encode_request, last_turn, prompt_key
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
 from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
@@ -55,11 +55,19 @@ def _check_inputs(prompts, sampling) -> list[str]:
                    else "e.g. SamplingParams(temperature=0.7, max_new_tokens=64)")
         raise InvalidSamplingParams(f"sampling must be a SamplingParams or None, got {type(sampling).__name__} "
                                     f"({example})")
-    if isinstance(prompts, str):
-        return [prompts]
+    return prompt_list(prompts)
+
+
+def prompt_list(prompts) -> list[Prompt]:
+    """One prompt (a string, or a conversation: a list of {"role", "content"} messages, as vLLM's `LLM.chat` takes)
+    or any iterable of prompts, as a list (`prompts.as_prompt` each). Types that are neither are named later."""
+    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                    and all(isinstance(m, Mapping) for m in prompts)):
+        prompts = [prompts]
     if isinstance(prompts, (bytes, bytearray, Mapping)) or not isinstance(prompts, Iterable):
-        raise PromptError(f"prompts must be a string or a list (any iterable) of strings, got {type(prompts).__name__}")
-    return [str(p) if isinstance(p, str) else p for p in prompts]  # numpy's str_ as str; other types named later
+        raise PromptError(f"prompts must be a string, a conversation (a list of messages) or a list (any iterable) "
+                          f"of them, got {type(prompts).__name__}")
+    return [str(p) if isinstance(p, str) else as_prompt(p) for p in prompts]  # numpy's str_ as str
 
 
 def _check_call(router, n, on_sample=None, skip=()) -> int:
@@ -245,8 +253,7 @@ class Collaboration:
         A prompt text repeated in the list gets other rows for each copy (`decode.loop.occurrences_of`;
         given, `occurrences` numbers the copies in a longer list these prompts were taken from).
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        prompts = prompt_list(prompts)
         if not prompts:
             raise BacoError("no prompts given")
         _check_n(n)
@@ -261,8 +268,9 @@ class Collaboration:
                                                    only=getattr(self.pair, "reads", None))  # SoloPair: one side
             room = context - max(len(base_ids), len(aligned_ids))
             budget = min(sampling.max_new_tokens, room)
-            out += [Request(prompt, index, k, base_ids, aligned_ids, row_seed(seed, prompt, k, copy), budget, copy)
-                    for k in range(n)]
+            messages, key = (prompt if isinstance(prompt, list) else None), prompt_key(prompt)
+            out += [Request(last_turn(prompt), index, k, base_ids, aligned_ids, row_seed(seed, key, k, copy), budget,
+                            copy, messages) for k in range(n)]
         return out
 
     def _prepare(self, prompts, router, n, sampling, occurrences=None):
@@ -273,7 +281,7 @@ class Collaboration:
         requests = self.requests(prompts, n, sampling, seed, occurrences)
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
-    def iter_generate(self, prompts: Iterable[str] | str, sampling: SamplingParams | None = None, *,
+    def iter_generate(self, prompts: Iterable[Prompt] | Prompt, sampling: SamplingParams | None = None, *,
                       router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
                       max_len: int | None = None, on_sample: Callable[[Sample], None] | None = None,
                       skip: Container[tuple[int, int]] = (),
@@ -381,13 +389,17 @@ class Collaboration:
                     on_sample(sample)
                 yield sample
 
-    def generate(self, prompts: Iterable[str] | str, sampling: SamplingParams | None = None, *,
+    def generate(self, prompts: Iterable[Prompt] | Prompt, sampling: SamplingParams | None = None, *,
                  router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
                  max_len: int | None = None, memory_fraction: float = MEMORY_FRACTION) -> list[Sample]:
         """Generate n samples for each prompt; return them all, ordered by (prompt_index, sample_index).
 
-        prompts: one prompt (a string) or several (a list, tuple, generator, numpy array of strings);
-            `Sample.prompt_index` is a prompt's place among them. A prompt text repeated among them gets other
+        prompts: one prompt or several (a list, tuple, generator, numpy array of strings);
+            `Sample.prompt_index` is a prompt's place among them. A prompt is a string, or a conversation to
+            continue: a list of {"role", "content"} messages (system messages first, then user and assistant
+            turns in alternation, ending with a user turn; as vLLM's `LLM.chat` takes them). Each model reads its
+            earlier turns as it reads few-shot examples; `Sample.prompt` is its last user turn and
+            `Sample.messages` the whole conversation. A prompt repeated among them gets other
             samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
             own, as given alone).
         sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop;
@@ -407,19 +419,20 @@ class Collaboration:
                                           max_len=max_len, memory_fraction=memory_fraction))
         return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
-    def stream(self, prompt: str, sampling: SamplingParams | None = None, *, router: str | Router = DEFAULT_ROUTER,
+    def stream(self, prompt: Prompt, sampling: SamplingParams | None = None, *, router: str | Router = DEFAULT_ROUTER,
                n: int = 1) -> Iterator[TokenEvent]:
         """Stream the n samples of one prompt token by token (the same loop as `generate`, and for a fixed seed
         the same tokens): a `TokenEvent` per token of each sample, in the order they are written; the
-        arguments are `generate`'s (one prompt, a string). A sample's events' texts join to its `Sample.text`: cut
-        before the first stop string, leading whitespace left out; text that may still begin a stop string is held
-        back, so such a token's event comes once that is settled (as OpenAI-style servers stream). Every event
+        arguments are `generate`'s (one prompt: a string or a conversation). A sample's events' texts join to its
+        `Sample.text`: cut before the first stop string, leading whitespace left out; text that may still begin a
+        stop string is held back, so such a token's event comes once that is settled (as OpenAI-style servers stream). Every event
         carries the call's seed (drawn when `sampling.seed` is None, as `generate` records it in each Sample):
         passing it back repeats the stream."""
-        if not isinstance(prompt, str):
-            raise PromptError(f"stream takes one prompt, a string, got {type(prompt).__name__} "
+        one = _check_inputs(prompt, sampling)
+        if len(one) != 1 or not isinstance(one[0], (str, list)):
+            raise PromptError(f"stream takes one prompt, a string or a conversation, got {type(prompt).__name__} "
                               f"(for several, use iter_generate)")
-        _check_inputs(prompt, sampling)
+        prompt = one[0]
         n = _check_call(router, n)
         strategy = parse_strategy(router) if isinstance(router, str) else None
         if strategy is not None:  # by name it is no router: `get_router` would call it unknown while listing it

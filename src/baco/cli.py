@@ -166,16 +166,15 @@ def _models_and_format(args):
     return args.base or BASE_ALIAS, args.aligned or ALIGNED_ALIAS, fmt, chat_template
 
 
-def read_prompts(path: Path) -> list[str]:
+def read_prompts(path: Path) -> list:
     """Prompts of a --prompts file, read as `load_task` reads it (JSON Lines, a JSON array, CSV, parquet: a
-    prompt, question, instruction or text field, or chat `messages`; .txt: one prompt per line). A file of
-    another extension is read as text lines. A prompt no model can read (empty, not valid Unicode) is an error
-    naming its line, as is a conversation of several turns (only a prompt reaches the models): every row of the
-    file was asked for."""
+    prompt, question, instruction or text field, or chat `messages`, a conversation to continue; .txt: one prompt
+    per line). A file of another extension is read as text lines. A prompt no model can read (empty, not valid
+    Unicode) is an error naming its line: every row of the file was asked for."""
     from baco.tasks.loaders import EXTENSIONS, read_task_file
 
     text = path.suffix.lower() not in EXTENSIONS
-    return [item.prompt for item in read_task_file(path, format="txt" if text else None, strict=True)]
+    return [item.asked for item in read_task_file(path, format="txt" if text else None, strict=True)]
 
 
 def _at_least_one(value: int, flag: str) -> None:

@@ -14,8 +14,10 @@ answer is to start the next question.
 
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Union
 
 from baco.errors import PromptError, PromptTooLongError
 
@@ -144,24 +146,113 @@ def unicode_problem(text: str) -> str | None:
 
 
 def prompt_problem(prompt) -> str | None:
-    """What keeps a prompt from any model, said after its name ("prompt 3 ..."), or None."""
+    """What keeps a prompt (a string or a conversation) from any model, said after its name ("prompt 3 ..."),
+    or None."""
+    if isinstance(prompt, (list, tuple)):
+        return conversation_problem(prompt)
     if not isinstance(prompt, str):
-        return f"must be a string, got {type(prompt).__name__}"
+        return f"must be a string or a conversation (a list of messages), got {type(prompt).__name__}"
     if not prompt.strip():
         return "is empty"
     problem = unicode_problem(prompt)
     return f"is not valid Unicode text ({problem})" if problem else None
 
 
-def encode_request(prompt: str, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
+#: What one prompt may be: a string (the user's request), or a conversation: a list of {"role", "content"} dicts,
+#: system (or developer) messages first, then user and assistant turns in alternation, ending with a user turn.
+Prompt = Union[str, list]
+SYSTEM_ROLES = ("system", "developer")
+TURN_ROLES = ("user", "assistant")
+CONVERSATION_MARK = "\x00conversation\x00"  # starts a conversation's key: no prompt text a user types begins so
+
+
+def conversation_problem(messages) -> str | None:
+    """What keeps `messages` from being a conversation to answer, said after its name, or None."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        return "must be a string or a non-empty list of messages"
+    for number, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            return f"has message {number} that is not a {{'role', 'content'}} object"
+        if message["role"] not in SYSTEM_ROLES + TURN_ROLES:
+            return f"has message {number} with role {message['role']!r} (roles: {', '.join(SYSTEM_ROLES + TURN_ROLES)})"
+        if not isinstance(message.get("content"), str):
+            return f"has message {number} whose content is not a string"
+        problem = unicode_problem(message["content"])
+        if problem:
+            return f"has message {number} that is not valid Unicode text ({problem})"
+    problem = roles_problem([m["role"] for m in messages])
+    if problem:
+        return problem
+    if not messages[-1]["content"].strip():
+        return "ends with an empty user message"
+    return None
+
+
+def roles_problem(roles: list[str]) -> str | None:
+    """What is wrong with a conversation's order of roles, said after its name, or None."""
+    turns = roles[next((i for i, role in enumerate(roles) if role not in SYSTEM_ROLES), len(roles)):]
+    if any(role in SYSTEM_ROLES for role in turns):
+        return "has system or developer messages after its turns began: they must come first"
+    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
+        return (f"must alternate user and assistant turns (after any system messages) and end with a user turn, "
+                f"got {' -> '.join(roles)}")
+    return None
+
+
+def as_prompt(prompt) -> Prompt:
+    """A prompt as baco keeps it: a string as it is; a conversation as a list of {"role", "content"} dicts (other
+    keys dropped), or the text of its one user message when it is nothing more (the same request: same samples).
+    Anything else is returned unchanged, for the caller's checks to name."""
+    if isinstance(prompt, (list, tuple)) and not conversation_problem(prompt):
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        return messages[0]["content"] if len(messages) == 1 else messages
+    return prompt
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """The text a prompt's samples are identified by (their seeds, ids, grouping): a string's own text, a
+    conversation's messages written out (so two conversations ending in the same user turn stay apart)."""
+    if isinstance(prompt, str):
+        return prompt
+    return CONVERSATION_MARK + json.dumps([[m["role"], m["content"]] for m in prompt], ensure_ascii=False,
+                                          separators=(",", ":"))
+
+
+def last_turn(prompt: Prompt) -> str:
+    """The text a prompt asks: a string itself, a conversation's last user turn."""
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+def with_last_turn(prompt: Prompt, text: str) -> Prompt:
+    """The prompt asking `text` instead: the string, or the conversation with its last user turn replaced."""
+    return text if isinstance(prompt, str) else [*prompt[:-1], {"role": "user", "content": text}]
+
+
+def split_conversation(prompt: Prompt, fmt: PromptFormat) -> tuple[PromptFormat, str]:
+    """(format, text) to render a prompt with: a conversation's system messages replace the format's system prompt,
+    its earlier turns follow the format's few-shot examples, and its last user turn is the text."""
+    if isinstance(prompt, str):
+        return fmt, prompt
+    system = [m["content"] for m in prompt if m["role"] in SYSTEM_ROLES]
+    turns = [m["content"] for m in prompt if m["role"] not in SYSTEM_ROLES]
+    shots = tuple(zip(turns[0:-1:2], turns[1:-1:2]))
+    fmt = replace(fmt, system_prompt="\n\n".join(system) if system else fmt.system_prompt,
+                  few_shot=fmt.few_shot + shots)
+    return fmt, turns[-1]
+
+
+def encode_request(prompt: Prompt, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
                    context_length: int, only: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of one request for (base, aligned); clear errors for empty, not Unicode or over-long prompts.
 
+    A conversation is rendered as `split_conversation` says: each model reads its earlier turns as it reads
+    few-shot examples (the aligned model as chat turns, the base model in its template).
     `only` ("base" or "aligned"): one model alone reads that rendering (`SoloPair.reads`); the other is not
     rendered (a base model needs no chat template to run alone) and its ids are a copy of the read ones."""
     problem = prompt_problem(prompt)
     if problem:
         raise PromptError(f"prompt {index} {problem}")
+    fmt, prompt = split_conversation(as_prompt(prompt), fmt)
     base_ids = aligned_ids = None
     if only != "aligned":
         base_ids = base_tokenizer(fmt.render_base(prompt), add_special_tokens=True)["input_ids"]

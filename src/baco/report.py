@@ -186,8 +186,12 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     if skipped:
         parts.append(f"<p class='meta' id='skipped'>{html.escape(skipped)}</p>")
     for task, methods in pick_samples(rows, per_method).items():
-        prompt = next((samples[0]["prompt"] for samples in methods.values() if samples), "")
-        parts.append(f"<h3>{html.escape(task)}: {html.escape(prompt)}</h3>")
+        first = next((samples[0] for samples in methods.values() if samples), {})
+        parts.append(f"<h3>{html.escape(task)}: {html.escape(first.get('prompt', ''))}</h3>")
+        if isinstance(first.get("messages"), list) and len(first["messages"]) > 1:  # the turns it continues
+            turns = " · ".join(f"{m.get('role')}: {m.get('content')}" for m in first["messages"][:-1]
+                               if isinstance(m, dict))
+            parts.append(f"<p class='meta'>continuing: {html.escape(turns)}</p>")
         for method, samples in methods.items():
             for s in samples:
                 share = s["sources"].count("base") / max(len(s["sources"]), 1)

@@ -35,7 +35,7 @@ from baco.decode.sampling import SamplingParams
 from baco.errors import PromptTooLongError, UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
-from baco.prompts import PromptFormat, encode_request
+from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, prompt_key, with_last_turn
 from baco.routers import get_router, list_routers
 from baco.routers.registry import reserve, split_spec
 from baco.routers.neighbours import MAX_WEIGHT
@@ -95,11 +95,11 @@ def method_names() -> list[str]:
     return sorted([*(spec.name for spec in list_routers()), *STRATEGIES])
 
 
-def _render(lm: HFCausalLM, fmt: PromptFormat, text: str, index: int) -> list[int]:
-    return encode_request(text, index, fmt, lm.tokenizer, lm.tokenizer, lm.context_length)[1]
+def _render(lm: HFCausalLM, fmt: PromptFormat, prompt: Prompt, index: int) -> list[int]:
+    return encode_request(prompt, index, fmt, lm.tokenizer, lm.tokenizer, lm.context_length)[1]
 
 
-def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: float, sampling: SamplingParams,
+def negative_prompting(lm: HFCausalLM, prompts: list[Prompt], *, n: int, weight: float, sampling: SamplingParams,
                        fmt: PromptFormat | None = None, batch_size: int | str = 256,
                        memory_fraction: float = MEMORY_FRACTION,
                        occurrences: list[int] | None = None) -> Iterator[Sample]:
@@ -117,8 +117,9 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
             mine = _render(lm, fmt, prompt, i)
             budget = min(sampling.max_new_tokens, lm.context_length - len(mine))
             other = _primed(lm, fmt, prompt, i, earlier[i], budget) or mine
-            requests.append(Request(prompt, i, k, other, mine, row_seed(seed, prompt, k, copies[i]), budget,
-                                    copies[i]))
+            messages = prompt if isinstance(prompt, list) else None
+            stream = row_seed(seed, prompt_key(prompt), k, copies[i])
+            requests.append(Request(last_turn(prompt), i, k, other, mine, stream, budget, copies[i], messages))
         began = time.perf_counter()
         events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
                           memory_fraction=memory_fraction)
@@ -131,7 +132,7 @@ def negative_prompting(lm: HFCausalLM, prompts: list[str], *, n: int, weight: fl
             yield sample
 
 
-def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: str, index: int, earlier: list[str],
+def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: Prompt, index: int, earlier: list[str],
             budget: int) -> list[int] | None:
     """The negative context: the prompt with its earlier samples as answers already given, the newest ones that
     leave `budget` new tokens in the model's context (the oldest are dropped first, so that every sample has the
@@ -141,7 +142,8 @@ def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: str, index: int, earlier:
     while answers:
         previous = "\n".join(f"- {t}" for t in answers)
         try:
-            ids = _render(lm, fmt, NEGATIVE_TEMPLATE.format(prompt=prompt, previous=previous), index)
+            asked = NEGATIVE_TEMPLATE.format(prompt=last_turn(prompt), previous=previous)
+            ids = _render(lm, fmt, with_last_turn(prompt, asked), index)
         except PromptTooLongError:
             ids = None
         if ids is not None and len(ids) + budget <= lm.context_length:
@@ -193,7 +195,7 @@ def _in_round_order(responses: Iterator[Sample], count: int) -> Iterator[Sample]
             due[i] += 1
 
 
-def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, sampling: SamplingParams,
+def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int, sampling: SamplingParams,
                         fmt: PromptFormat | None = None, batch_size: int | str = 256,
                         memory_fraction: float = MEMORY_FRACTION,
                         occurrences: list[int] | None = None) -> Iterator[Sample]:
@@ -203,7 +205,7 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
 
     k = int(k)
     collab = Collaboration(SoloPair(lm, "aligned"), fmt)
-    asks = [VERBALIZED_TEMPLATE.format(prompt=p, k=k) for p in prompts]
+    asks = [with_last_turn(p, VERBALIZED_TEMPLATE.format(prompt=last_turn(p), k=k)) for p in prompts]
     rounds = -(-n // k)
     longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
     made = {i: 0 for i in range(len(prompts))}
@@ -222,7 +224,9 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[str], *, n: int, k: int, s
             made[i] += 1
             # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
             asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
-            yield replace(item, prompt=prompts[i], router=f"verbalized:{k}", sampling=asked)
+            messages = prompts[i] if isinstance(prompts[i], list) else None  # the conversation asked, not the ask
+            yield replace(item, prompt=last_turn(prompts[i]), messages=messages, router=f"verbalized:{k}",
+                          sampling=asked)
 
 
 def _register(name, param, default, low, help, integer=False, high=None):

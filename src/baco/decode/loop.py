@@ -34,6 +34,7 @@ import torch
 
 from baco.decode.sampling import SamplingParams
 from baco.models.pair import ModelPair
+from baco.prompts import Prompt, as_prompt, conversation_problem, prompt_key
 from baco.routers import Router
 
 
@@ -49,6 +50,12 @@ class Request:
     seed: int
     max_new_tokens: int
     occurrence: int = 0  # the prompt text's copy number in its list: 0 for its first (see `occurrences_of`)
+    messages: list[dict] | None = None  # a conversation's messages (`prompt` is its last user turn); else None
+
+    @property
+    def key(self) -> str:
+        """What the request's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
+        return prompt_key(self.messages if self.messages is not None else self.prompt)
 
     @property
     def prompt_length(self) -> int:
@@ -84,6 +91,7 @@ class StepEvent:
 
 def row_seed(seed: int, prompt: str, sample_index: int, occurrence: int = 0) -> int:
     """A 63-bit seed per (seed, prompt text, sample index, occurrence), stable across runs and batchings.
+    A conversation's `prompt` is its key (`prompts.prompt_key`), so it depends on every message.
 
     `occurrence` tells copies of one prompt text in a list apart (`occurrences_of`); the first copy's
     seed does not mix it in, so it is the seed the prompt always had, alone or repeated.
@@ -93,15 +101,18 @@ def row_seed(seed: int, prompt: str, sample_index: int, occurrence: int = 0) -> 
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def occurrences_of(prompts: Sequence[str]) -> list[int]:
-    """Each prompt's copy number among the equal texts before it: ["a", "b", "a"] -> [0, 0, 1].
+def occurrences_of(prompts: Sequence[Prompt]) -> list[int]:
+    """Each prompt's copy number among the equal prompts before it: ["a", "b", "a"] -> [0, 0, 1].
 
     A prompt repeated to get more samples must not give its copies the same samples; and a copy's
     number is kept when the prompts are reordered (copies in the same relative order) or others added.
+    Conversations are equal when all their messages are (`prompts.prompt_key`).
     """
     seen: dict[str, int] = {}
     numbers = []
     for prompt in prompts:
+        if isinstance(prompt, (list, tuple)):  # (one that is no conversation counts alone: it is refused later)
+            prompt = prompt_key(as_prompt(prompt)) if conversation_problem(prompt) is None else object()
         numbers.append(seen.get(prompt, 0))
         seen[prompt] = numbers[-1] + 1
     return numbers

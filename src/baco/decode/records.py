@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 from baco.decode.loop import Request, StepEvent, occurrences_of
+from baco.prompts import Prompt, as_prompt, conversation_problem, prompt_key
 from baco.storage import WriterLock
 from baco.vocab import continuation_decoder
 
@@ -53,6 +54,9 @@ class Sample:
 
     `occurrence` numbers the copies of a prompt text repeated in one prompt list (0 for the first,
     `decode.loop.occurrences_of`): each copy has its own samples. Rows written before it read as 0.
+
+    `messages`: for a conversation, its messages ({"role", "content"} dicts), `prompt` being its last user
+    turn; None (and no "messages" key in `to_dict()`) for a prompt that is a string.
     """
 
     prompt: str
@@ -77,6 +81,12 @@ class Sample:
     unit: str = TOKEN
     base_token_ids: list[int] = field(default_factory=list)
     aligned_token_ids: list[int] = field(default_factory=list)
+    messages: list[dict] | None = None
+
+    @property
+    def key(self) -> str:
+        """What the sample's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
+        return prompt_key(self.messages if self.messages is not None else self.prompt)
 
     @property
     def num_tokens(self) -> int:
@@ -103,6 +113,8 @@ class Sample:
                     tokens_per_s=round(self.tokens_per_s, 3))
         for key in ("base_top1_prob", "base_entropy", "aligned_top1_prob", "chosen_prob"):
             data[key] = [round(v, 6) for v in data[key]]
+        if data["messages"] is None:
+            del data["messages"]
         return data
 
     @classmethod
@@ -118,7 +130,8 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
     """Turn a stream of StepEvents into Samples, yielding each one as soon as its row finishes."""
     started = time.perf_counter() if started is None else started
     samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index,
-                      router=router, seed=r.seed, occurrence=r.occurrence, **(extra or {})) for r in requests]
+                      router=router, seed=r.seed, occurrence=r.occurrence, messages=r.messages, **(extra or {}))
+               for r in requests]
     for event in events:
         columns = zip(event.rows, event.tokens.tolist(), event.use_base.tolist(), event.reasons,
                       event.base_top1_prob.tolist(), event.base_entropy.tolist(),
@@ -148,7 +161,8 @@ def collect_spans(events: Iterable, requests: list[Request], *, router: str, sto
     """Turn the cross-tokenizer loop's SpanEvents into span Samples, each yielded as its row finishes."""
     started = time.perf_counter() if started is None else started
     samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index, router=router,
-                      seed=r.seed, occurrence=r.occurrence, unit=SPAN, **(extra or {})) for r in requests]
+                      seed=r.seed, occurrence=r.occurrence, unit=SPAN, messages=r.messages, **(extra or {}))
+               for r in requests]
     for event in events:
         s = samples[event.row]
         s.token_texts.append(event.text)
@@ -359,31 +373,33 @@ class SampleFile:
             raise OutputError(f"--out {str(self.path)!r} is not a JSON Lines samples file ({problem}); "
                               f"baco appends only to such a file: choose another")
         self.stored = {row["id"] for _, row in scan.rows if isinstance(row, dict) and isinstance(row.get("id"), str)}
-        # (prompt text, occurrence, sample index, prompt index, id) of each stored sample: a sample depends on
-        # its prompt's text and occurrence, not on where the prompt stood in the list (`decode.loop.row_seed`),
-        # so a rerun whose prompts were reordered or had one added must still find it
-        self._rows = [(row["prompt"], row.get("occurrence", 0), row["sample_index"], row["prompt_index"], row["id"])
+        # (prompt key, occurrence, sample index, prompt index, id) of each stored sample: a sample depends on
+        # its prompt (text or conversation) and occurrence, not on where the prompt stood in the list
+        # (`decode.loop.row_seed`), so a rerun whose prompts were reordered or had one added must still find it
+        self._rows = [(stored_key(row), row.get("occurrence", 0), row["sample_index"], row["prompt_index"], row["id"])
                       for _, row in scan.rows
-                      if isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("prompt"), str)
+                      if isinstance(row, dict) and isinstance(row.get("id"), str) and stored_key(row) is not None
                       and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)
                       and isinstance(row.get("occurrence", 0), int)]
 
-    def id_of(self, prompt: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
+    def id_of(self, key: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
+        """A sample's stable id; `key` is its prompt's text, or its conversation's key (`prompts.prompt_key`)."""
         from baco.storage import stable_id
 
         # the first copy's id leaves the occurrence out: the id it had before copies were told apart
         copy = {"occurrence": occurrence} if occurrence else {}
-        return stable_id({**self.identity, "seed": seed, "prompt": prompt, "prompt_index": prompt_index,
+        return stable_id({**self.identity, "seed": seed, "prompt": key, "prompt_index": prompt_index,
                           "sample_index": sample_index, **copy})
 
-    def done(self, prompts: list[str], n: int, seed: int | None) -> set[tuple[int, int]]:
+    def done(self, prompts: list[Prompt], n: int, seed: int | None) -> set[tuple[int, int]]:
         """(prompt index, sample index) of the samples already in the file (none without a fixed seed)."""
         if seed is None or not self.stored:
             return set()
         # a stored sample made with these settings and this seed, at whatever prompt index it was stored
-        made = {(prompt, c, k) for prompt, c, k, i, sid in self._rows if self.id_of(prompt, i, k, seed, c) == sid}
-        return {(i, k) for i, (prompt, c) in enumerate(zip(prompts, occurrences_of(prompts))) for k in range(n)
-                if self.id_of(prompt, i, k, seed, c) in self.stored or (prompt, c, k) in made}
+        made = {(key, c, k) for key, c, k, i, sid in self._rows if self.id_of(key, i, k, seed, c) == sid}
+        keys = [prompt_key(as_prompt(prompt)) for prompt in prompts]
+        return {(i, k) for i, (key, c) in enumerate(zip(keys, occurrences_of(prompts))) for k in range(n)
+                if self.id_of(key, i, k, seed, c) in self.stored or (key, c, k) in made}
 
     def append(self, sample: Sample) -> None:
         from baco.storage import JsonlAppender
@@ -392,7 +408,7 @@ class SampleFile:
             self._out = JsonlAppender(self.path)
         row = sample.to_dict()
         # the run's seed (sample.seed is the row's own stream seed, derived from it)
-        row["id"] = self.id_of(sample.prompt, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
+        row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
                                sample.occurrence)
         self._out.append(row)
 
@@ -409,6 +425,15 @@ class SampleFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def stored_key(row: dict) -> str | None:
+    """The prompt key of a stored sample row (`Sample.key`): its conversation's, else its prompt text; None for a
+    row that has neither."""
+    messages = row.get("messages")
+    if messages is not None:
+        return prompt_key(messages) if conversation_problem(messages) is None else None
+    return row["prompt"] if isinstance(row.get("prompt"), str) else None
 
 
 def stored_backend(path: str | os.PathLike, base: str, aligned: str) -> str | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baco.errors import BacoError
+from baco.prompts import as_prompt, conversation_problem, prompt_key
 from baco.storage import same_file
 
 RESPONSE_FIELDS = ("text", "response", "completion", "output")
@@ -51,6 +52,33 @@ class Record:
     order: tuple  # (sample_index or position in the file, position) : responses keep their order
     where: str  # "file:line"
     seed: int | None = None  # the seed of a `baco sweep` sample's cell (`sweep_seed`); None for other rows
+    # a conversation of several messages that `prompt` ends (its last user turn): ((role, content), ...); None for
+    # a prompt that is a string. Two conversations ending in the same turn are two prompts (`key`).
+    conversation: tuple | None = None
+
+    @property
+    def key(self) -> str:
+        """What the record's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
+        if self.conversation is None:
+            return self.prompt
+        return prompt_key([{"role": role, "content": content} for role, content in self.conversation])
+
+    @property
+    def messages(self) -> list[dict] | None:
+        """The conversation as {"role", "content"} messages, or None."""
+        if self.conversation is None:
+            return None
+        return [{"role": role, "content": content} for role, content in self.conversation]
+
+
+def conversation_of(row: dict) -> tuple | None:
+    """The conversation a row's prompt ends: its "messages" when they are one of several messages (a `baco generate`
+    sample of a conversation; a chat row's turns before the reply), else None."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or conversation_problem(messages) is not None:
+        return None
+    messages = as_prompt(messages)
+    return None if isinstance(messages, str) else tuple((m["role"], m["content"]) for m in messages)
 
 
 def _method(row: dict, file_method: str, method_from: str) -> str | None:
@@ -117,7 +145,8 @@ def other_shapes(row: dict) -> tuple[dict, str | None]:
         roles = [t.get("role") for t in turns]
         if len(turns) < 2 or roles[-1] != "assistant" or roles[-2] != "user":
             return row, 'a chat row\'s "messages" must end with a user turn and the assistant\'s reply to it'
-        return {**row, "prompt": turns[-2]["content"], "response": turns[-1]["content"]}, None
+        # (its "messages" become the conversation asked: the turns up to the last user turn)
+        return {**row, "prompt": turns[-2]["content"], "response": turns[-1]["content"], "messages": turns[:-1]}, None
     if isinstance(row.get("instruction"), str):
         extra = row.get("input")
         prompt = row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra.strip() else "")
@@ -256,7 +285,7 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                     continue
                 ordered = isinstance(index, int) and not isinstance(index, bool) and not listed
                 records.append(Record(task, method, row["prompt"], response, (index if ordered else offset, position),
-                                      where, sweep_seed(row)))
+                                      where, sweep_seed(row), conversation_of(row)))
                 position += 1
     for method, made in made_by.items():
         if len(made) > 1 and method_from != "file":
@@ -270,8 +299,9 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
 
 
 def group_records(records: list[Record]) -> dict[tuple[str, str, int | None, str], list[Record]]:
-    """(task, method, seed, prompt) -> that prompt's responses in sample order; groups in order of first appearance."""
+    """(task, method, seed, prompt key) -> that prompt's responses in sample order; groups in order of first
+    appearance. The key is the prompt's text, or for a conversation its messages (`Record.key`)."""
     groups: dict[tuple[str, str, int | None, str], list[Record]] = {}
     for record in records:
-        groups.setdefault((record.task, record.method, record.seed, record.prompt), []).append(record)
+        groups.setdefault((record.task, record.method, record.seed, record.key), []).append(record)
     return {key: sorted(rows, key=lambda r: r.order) for key, rows in groups.items()}

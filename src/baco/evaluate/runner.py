@@ -27,6 +27,7 @@ from baco.evaluate.pareto import ParetoReport, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
 from baco.evaluate.resources import EvalOptions, Resources
 from baco.evaluate.seeds import format_spread, pareto_over_seeds, spread
+from baco.prompts import prompt_key
 from baco.storage import atomic_write
 
 # which quality metric NoveltyBench utility uses when the caller names none: the first one selected
@@ -181,10 +182,12 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     per_prompt = []
     with _bar(len(keys), "diversity", progress) as bar:
         for key in keys:
-            task, method, seed, prompt = key
+            task, method, seed, _ = key
+            first = groups[key][0]
+            prompt, conversation = first.prompt, first.messages  # (a conversation's prompt is its last user turn)
             responses = [r.response for r in groups[key]]
             row = {"task": task, "method": method, **({"seed": seed} if seeds else {}), "prompt": prompt,
-                   "n": len(responses)}
+                   **({"messages": conversation} if conversation else {}), "n": len(responses)}
             for spec in per_group:
                 if spec.kind == "joint" and chosen is None:
                     row[spec.name] = None
@@ -249,7 +252,8 @@ def unequal_n(groups: dict) -> list[str]:
 
 def _counts(grouped: dict, metrics: list[MetricSpec]) -> dict:
     """task -> method -> prompts, responses and, per metric, the prompt groups where it is defined."""
-    return {task: {method: {"prompts": len({r["prompt"] for r in rows}), "responses": sum(r["n"] for r in rows),
+    return {task: {method: {"prompts": len({prompt_key(r.get("messages") or r["prompt"]) for r in rows}),
+                            "responses": sum(r["n"] for r in rows),
                             **{s.name: sum(r[s.name] is not None for r in rows) for s in metrics}}
                    for method, rows in methods.items()}
             for task, methods in grouped.items()}

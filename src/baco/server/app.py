@@ -330,8 +330,9 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             if body.top_logprobs and not body.logprobs:
                 raise BacoError("top_logprobs needs logprobs: true")
         with about("messages"):
-            fmt, prompt = conversation(body.messages, collab.prompt_format)
-        return await run(request, body, fmt, [prompt], chat=True, logprobs=body.logprobs, top=body.top_logprobs or 0)
+            prompt = conversation(body.messages, collab.prompt_format)
+        return await run(request, body, collab.prompt_format, [prompt], chat=True, logprobs=body.logprobs,
+                         top=body.top_logprobs or 0)
 
     async def run(request: Request, body, fmt, prompts, *, chat: bool, logprobs: bool, top: int):
         with about("stream_options"):  # (as OpenAI's API and vLLM refuse it)

@@ -1,22 +1,24 @@
 """From a validated request body to a job for the stepping thread: prompts, sampling, router, limits.
 
 Everything a request can get wrong is found here, before any row runs, and raised as a BacoError
-(HTTP 400). A chat conversation maps onto the collaboration's prompt format: leading system
-(or developer) messages are its system prompt, earlier user/assistant turns its few-shot examples
-(the base model reads them as earlier questions and answers), and the last user message its prompt.
+(HTTP 400). A chat's messages are the library's conversation prompt (`Collaboration.generate` takes the same):
+leading system (or developer) messages are its system prompt, earlier user/assistant turns follow the format's
+few-shot examples (the base model reads them as earlier questions and answers), and the last user message is what
+is answered.
 """
 
 from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from baco.api import Collaboration
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
-from baco.prompts import PromptFormat
+from baco.prompts import (Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem,
+                          split_conversation)
 from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
@@ -51,20 +53,20 @@ class Plan:
     prompt_tokens: int
 
 
-def conversation(messages, fmt: PromptFormat) -> tuple[PromptFormat, str]:
-    """(prompt format, prompt) of a chat: system messages, then alternating user/assistant turns ending with user."""
-    system = [m.text for m in messages if m.role in ("system", "developer")]
-    turns = [m for m in messages if m.role not in ("system", "developer")]
-    if any(m.role in ("system", "developer") for m in messages[len(system):]):
-        raise PromptError("system and developer messages must come before the conversation's turns")
-    roles = [m.role for m in turns]
-    if not turns or roles != ["user", "assistant"] * (len(turns) // 2) + ["user"]:
-        raise PromptError(f"messages must alternate user and assistant turns (after any system messages) and end "
-                          f"with a user turn, got {' -> '.join(m.role for m in messages)}")
-    shots = tuple((turns[i].text, turns[i + 1].text) for i in range(0, len(turns) - 1, 2))
-    fmt = replace(fmt, system_prompt="\n\n".join(system) if system else fmt.system_prompt,
-                  few_shot=fmt.few_shot + shots)
-    return fmt, turns[-1].text
+def conversation(messages, fmt: PromptFormat) -> Prompt:
+    """A chat's messages as the library's prompt (what `Collaboration.generate` takes, so that a chat gives the
+    samples the library gives for its messages): system messages, then alternating user/assistant turns ending
+    with user. Checked here, each problem named by what the client sent: the order of roles, the system prompt and
+    earlier turns (as the format they join, `prompts.split_conversation`), the last user message."""
+    problem = roles_problem([m.role for m in messages])
+    if problem:
+        raise PromptError(f"messages {problem}")
+    listed = [{"role": m.role, "content": m.text} for m in messages]
+    split_conversation(listed, fmt)
+    problem = prompt_problem(listed[-1]["content"])
+    if problem:
+        raise PromptError(f"the last user message {problem}")
+    return as_prompt(listed)
 
 
 def router_name(spec: str) -> str:
@@ -87,7 +89,7 @@ def router_name(spec: str) -> str:
     return name
 
 
-def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[str], body, *, limits: Limits, max_len: int,
+def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, *, limits: Limits, max_len: int,
          default_router: str, default_min_p: float, prompt_field: str) -> Plan:
     """Validate and encode one request: n rows per prompt, each with its own token budget.
 

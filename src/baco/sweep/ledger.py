@@ -41,6 +41,7 @@ def cell_identity(config: SweepConfig, cell: Cell) -> dict:
 
 
 def sample_id(identity: dict, prompt: str, prompt_index: int, sample_index: int) -> str:
+    """A sweep sample's id; `prompt` is its prompt's key: the text, or a conversation's (`prompts.prompt_key`)."""
     return stable_id({**identity, "prompt": prompt, "prompt_index": prompt_index, "sample_index": sample_index})
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from baco.evaluate.io import Record
+from baco.evaluate.io import Record, conversation_of
 from baco.evaluate.registry import resolve_metrics
 from baco.evaluate.resources import Resources
 from baco.evaluate.runner import evaluate_records
@@ -23,7 +23,8 @@ from baco.sweep.config import SweepConfig, cell_key
 def records_of(rows: list[dict]) -> list[Record]:
     """One Record per stored sample; the task key carries the seed so seeds are evaluated apart."""
     return [Record(task=f"{r['task']}|seed={r['seed_of_cell']}", method=r["config"], prompt=r["prompt"],
-                   response=r["text"], order=(r["sample_index"], i), where=f"samples.jsonl#{i}")
+                   response=r["text"], order=(r["sample_index"], i), where=f"samples.jsonl#{i}",
+                   conversation=conversation_of(r))
             for i, r in enumerate(rows)]
 
 

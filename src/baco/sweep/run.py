@@ -28,7 +28,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
-from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
+from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat, prompt_key
 from baco.routers import get_router
 from baco.strategies import parse_strategy
 from baco.storage import JsonlAppender, append_row, foreign_tail, repair_tail, scan_jsonl
@@ -92,14 +92,16 @@ class Engines:
 
 
 def cell_prompts(cell: Cell) -> list:
-    """The task's prompts, each text once (the evaluation groups samples by prompt text and measures each
-    prompt over its n samples: a repeated item would give its prompt 2n), then the stratified `limit`."""
+    """The task's prompts, each once (the evaluation groups samples by prompt, a text or a whole conversation, and
+    measures each prompt over its n samples: a repeated item would give its prompt 2n), then the stratified
+    `limit`."""
     items, seen, repeated = [], set(), []
     for item in load_task(cell.task.path or cell.task.name):
-        if item.prompt in seen:
+        key = prompt_key(item.asked)
+        if key in seen:
             repeated.append(item.id)
             continue
-        seen.add(item.prompt)
+        seen.add(key)
         items.append(item)
     if repeated:
         listed = ", ".join(repeated[:10]) + (", ..." if len(repeated) > 10 else "")
@@ -177,7 +179,8 @@ def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
     method routes token by token; loads no model). Bad tasks and methods the pair cannot run are refused here."""
     items_of = {task: task_prompts(config, index, task) for index, task in enumerate(config.tasks)}
     check_methods_suit_pair(config)
-    plan = {c.key: ledger.plan_cell(config, c, [item.prompt for item in items_of[c.task]]) for c in config.cells}
+    plan = {c.key: ledger.plan_cell(config, c, [prompt_key(item.asked) for item in items_of[c.task]])
+            for c in config.cells}
     return items_of, plan
 
 
@@ -227,7 +230,7 @@ class Pending:
     kept: int
 
     def decoder(self, config: SweepConfig, cell: Cell) -> CellDecoder:
-        return CellDecoder(cell, [item.prompt for item in self.items_of[cell.task]], n=config.n,
+        return CellDecoder(cell, [item.asked for item in self.items_of[cell.task]], n=config.n,
                            batch_size=config.batch_size, skip=set(self.audit.cells[cell.key].stored),
                            memory_fraction=config.memory_fraction)
 
@@ -289,7 +292,7 @@ class RunWriter:
         prompt = self.state.items_of[cell.task][sample.prompt_index]
         row = sample.to_dict()
         # the models this configuration ran (a single-model baseline runs one model, not the pair)
-        sid = ledger.sample_id(ledger.cell_identity(self.config, cell), prompt.prompt, *pair)
+        sid = ledger.sample_id(ledger.cell_identity(self.config, cell), prompt_key(prompt.asked), *pair)
         row.update(models=self.config.models_of(conf), cell=cell.key, id=sid,
                    task=cell.task.name, method=conf.method, config=conf.name, item_id=prompt.id,
                    cell_seconds=round(seconds, 3))

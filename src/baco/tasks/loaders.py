@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from baco.errors import TaskError
-from baco.prompts import unicode_problem
+from baco.prompts import roles_problem, unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
 #: Fields a row's prompt is read from, in order of precedence: the first one present wins.
@@ -38,7 +38,7 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
 
     A row whose prompt is empty is skipped with a warning (datasets such as WildChat have them), and a
     conversation's prompt is its last user turn (`messages` keeps the rest). `strict` (`baco generate --prompts`,
-    where every row is asked for and only a prompt reaches the models): both are errors naming their line."""
+    where every row is asked for): an empty prompt is an error naming its line."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"prompts file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
@@ -64,10 +64,6 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
                 raise TaskError(f"{where}: the prompt is empty")
             skipped.setdefault(item, []).append(where)
             continue
-        if strict and item.messages and len(item.messages) > 1:
-            raise TaskError(f"{where}: a conversation of {len(item.messages)} messages, but one prompt per row is "
-                            f"read (its last user turn), so the earlier turns would be lost: give the prompt alone, "
-                            f"or send the conversation to `baco serve`'s /v1/chat/completions")
         problem = unicode_problem(item.prompt)  # a JSON escape such as "\ud800": no tokenizer encodes it
         if problem:
             raise TaskError(f"{where}: the prompt is not valid Unicode text ({problem})")
@@ -272,6 +268,9 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
         messages.append({"role": message["role"], "content": message["content"]})
     if messages[-1]["role"] != "user":
         raise TaskError(f"{where}: the last message must be a user turn, got {messages[-1]['role']!r}")
+    problem = roles_problem([message["role"] for message in messages])  # (as the models' chat templates need)
+    if problem:
+        raise TaskError(f"{where}: 'messages' {problem}")
     for index, message in enumerate(messages[:-1]):
         if not message["content"].strip():
             raise TaskError(f"{where}: message {index} is empty")
