@@ -425,9 +425,9 @@ class Collaboration:
         the same tokens): a `TokenEvent` per token of each sample, in the order they are written; the
         arguments are `generate`'s (one prompt: a string or a conversation). A sample's events' texts join to its
         `Sample.text`: cut before the first stop string, leading whitespace left out; text that may still begin a
-        stop string is held back, so such a token's event comes once that is settled (as OpenAI-style servers stream). Every event
-        carries the call's seed (drawn when `sampling.seed` is None, as `generate` records it in each Sample):
-        passing it back repeats the stream."""
+        stop string is held back, so such a token's event comes once that is settled (as OpenAI-style servers
+        stream). Every event carries the call's seed (drawn when `sampling.seed` is None, as `generate` records it
+        in each Sample): passing it back repeats the stream."""
         one = _check_inputs(prompt, sampling)
         if len(one) != 1 or not isinstance(one[0], (str, list)):
             raise PromptError(f"stream takes one prompt, a string or a conversation, got {type(prompt).__name__} "

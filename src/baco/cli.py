@@ -499,7 +499,9 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="diversity and quality metrics of samples, Pareto Coverage / Dominance",
                        parents=[DEBUG], formatter_class=HelpFormatter)
     p.add_argument("samples", nargs="+", type=Path,
-                   help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool')
+                   help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool, or '
+                        'lm-eval --log_samples files, or an OpenAI/vLLM batch input file followed by its output file '
+                        '(docs/evaluation.md)')
     p.add_argument("--metrics", default="default",
                    help="comma-separated metric names or groups: default, all, diversity, quality, joint, lexical, "
                         "semantic, model (see `baco metrics`)")

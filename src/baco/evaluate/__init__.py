@@ -4,8 +4,8 @@
     result = evaluate_files(["samples.jsonl"], metrics="default")   # or `baco eval samples.jsonl`
 
 Modules: registry (metrics by name), tokens, lexical, semantic, partitions, quality (the metrics),
-resources (lazily loaded models), io (reading JSONL), runner (grouping, means, table/JSON/CSV),
-pareto (Coverage / Dominance), embeddings (MiniLM sentence embeddings).
+resources (lazily loaded models), io (reading JSONL; external: lm-eval and batch files), runner (grouping, means,
+table/JSON/CSV), pareto (Coverage / Dominance), embeddings (MiniLM sentence embeddings).
 """
 
 from baco.evaluate.pareto import ParetoReport, pareto_aggregate

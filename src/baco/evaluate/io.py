@@ -7,6 +7,8 @@ Accepted rows (one JSON object per line):
 - a chat row {"messages": [..., {"role": "user", ...}, {"role": "assistant", ...}]} (HF chat datasets,
   OpenAI's fine-tuning files): the last user turn is the prompt, the reply after it the response
 - an Alpaca row {"instruction", "input", "output"}: the instruction (and its input) is the prompt
+- lm-evaluation-harness `--log_samples` rows, and OpenAI / vLLM batch output rows joined with the batch input
+  file given before them (external.py)
 
 Method of a row: a `baco sweep` sample's configuration ("config": router, knob and sampling, e.g.
 `base@temperature=0.7`), else its "router" field, else its "method" field, else the file name (without
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from baco.errors import BacoError
+from baco.evaluate.external import ExternalShapes, lm_eval_task
 from baco.prompts import as_prompt, conversation_problem, prompt_key
 from baco.storage import same_file
 
@@ -90,10 +93,19 @@ def _method(row: dict, file_method: str, method_from: str) -> str | None:
     return file_method if method_from == "auto" else None
 
 
-def file_methods(paths: list[Path]) -> dict[Path, str]:
+def file_methods(paths: list[Path], *, lm_eval_by_folder: bool = False) -> dict[Path, str]:
     """The method each file's rows are named after: its name without suffix, and where two files share that
     name (`a/samples.jsonl`, `b/samples.jsonl`) with as many of its folders as tell them apart (`a/samples`),
-    so that two files are never pooled as one method by accident of their names."""
+    so that two files are never pooled as one method by accident of their names. With `lm_eval_by_folder`, an
+    lm-evaluation-harness samples file (`<model>/samples_<task>_<time>.jsonl`) is named as its folder is (lm-eval
+    names it after the model), so that the tasks of one run are one method."""
+    named_as = {path: path.resolve().parent if lm_eval_by_folder and lm_eval_task(path) else path for path in paths}
+    names = _names(list(dict.fromkeys(named_as.values())))
+    return {path: names[named_as[path]] for path in paths}
+
+
+def _names(paths: list[Path]) -> dict[Path, str]:
+    """Each path's name without suffix (a folder's whole name), with as many folders as tell equal names apart."""
     folders_of = {path: path.resolve().parts[1:-1] for path in paths}  # without the root
 
     def named(path: Path, folders: int) -> str:
@@ -112,8 +124,10 @@ def file_methods(paths: list[Path]) -> dict[Path, str]:
 
 
 def _stem(path: Path) -> str:
-    """A file's name without its suffix, and without .gz first (`base.jsonl.gz`: `base`)."""
+    """A file's name without its suffix, and without .gz first (`base.jsonl.gz`: `base`); a folder's name."""
     name = path.name
+    if path.is_dir():
+        return name
     return Path(name[:-3] if name.lower().endswith(".gz") else name).stem
 
 
@@ -214,9 +228,11 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
         if not path.is_file():
             raise SamplesError(f"samples file {str(path)!r} " + _not_a_file(path))
     files = _distinct_files(list(map(Path, paths)), warnings)
-    named = file_methods(files)
+    named = file_methods(files, lm_eval_by_folder=method_from != "file")
+    external = ExternalShapes(method_from)
     for path in files:
         lines = _read_lines(path)
+        external.start_file(path)
         for number, raw in enumerate(lines, start=1):
             where = f"{path}:{number}"
             if not raw.strip():
@@ -237,9 +253,11 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                                 f"{where}: not valid JSON ({error.msg} at column {error.colno}); line skipped")
                 continue
             if isinstance(row, dict) and "prompt" not in row:
-                row, problem = other_shapes(row)
+                row, problem = external.shape(row, where) if external.claims(row) else other_shapes(row)
                 if problem:
                     warnings.append(f"{where}: {problem}; line skipped")
+                    continue
+                if row is None:  # a batch request (joined with its output row later), a loglikelihood row ...
                     continue
             if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
                 warnings.append(f'{where}: expected an object with a "prompt" string (or "instruction", or a chat '
@@ -287,6 +305,8 @@ def read_records(paths: list[str | Path], *, method_from: str = "auto",
                 records.append(Record(task, method, row["prompt"], response, (index if ordered else offset, position),
                                       where, sweep_seed(row), conversation_of(row)))
                 position += 1
+        warnings += external.end_file()
+    warnings += external.finish()
     for method, made in made_by.items():
         if len(made) > 1 and method_from != "file":
             warnings.append(f"method {method!r} holds samples made with {len(made)} different sampling settings or "
