@@ -211,6 +211,52 @@ def test_an_out_file_named_through_a_symbolic_link_takes_the_same_lock_as_the_fi
             out_lock(target).acquire()
 
 
+def test_two_hard_links_of_an_out_file_take_one_lock(tmp_path):
+    """A hard link is a second name of the same file, in the same folder or another: a generate writing through
+    one name while another writes through the other would store the same samples twice. The lock is also on the
+    file itself, so the second writer is refused, whichever name it uses; the lock files stay hidden."""
+    import glob
+
+    from baco.decode.records import out_lock
+    from baco.errors import RunLockedError
+
+    target = tmp_path / "run3.jsonl"
+    target.write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    for name in (tmp_path / "latest.jsonl", tmp_path / "elsewhere" / "run3.jsonl"):
+        os.link(target, name)
+        with out_lock(target):
+            with pytest.raises(RunLockedError, match=f"--out '{name}' is in use by another baco generate under "
+                                                     f"another name"):
+                out_lock(name).acquire()
+        with out_lock(name):
+            with pytest.raises(RunLockedError, match="run3.jsonl' is in use"):
+                out_lock(target).acquire()
+        with out_lock(name):  # released: each name takes it again
+            pass
+    assert sorted(glob.glob(str(tmp_path / "*.json*"))) == [str(tmp_path / n) for n in ("latest.jsonl", "run3.jsonl")]
+
+
+def test_a_new_out_file_is_locked_by_name_and_by_itself_once_made(tmp_path):
+    """A file that does not exist yet is locked by its name; once the run has made it, a hard link made to it
+    then finds it locked too."""
+    from baco.decode.records import Sample, SampleFile
+    from baco.errors import RunLockedError
+
+    out = tmp_path / "new.jsonl"
+    with SampleFile(out, {"router": "aligned"}) as written:
+        assert not out.exists()
+        with pytest.raises(RunLockedError, match="new.jsonl' is in use"):
+            SampleFile(out, {"router": "aligned"})
+        written.append(Sample(prompt="Hi.", prompt_index=0, sample_index=0, router="aligned", seed=7, text="Hello.",
+                              sampling={"seed": 1}))
+        os.link(out, tmp_path / "link.jsonl")
+        with pytest.raises(RunLockedError, match="link.jsonl' is in use by another baco generate under another name"):
+            SampleFile(tmp_path / "link.jsonl", {"router": "aligned"})
+    with SampleFile(tmp_path / "link.jsonl", {"router": "aligned"}) as again:  # released with the first
+        assert len(again.stored) == 1
+
+
 def test_run_cells_takes_the_lock_too(tiny_dirs, tmp_path, engines):
     from baco.errors import RunLockedError
     from baco.sweep.lock import RunLock
