@@ -399,6 +399,40 @@ def test_a_changed_configuration_is_refused_on_the_same_run_directory(tiny_dirs,
     assert run_cells(parse_config(grown), run, engines, progress=False)["generated"] == 2 * 2
 
 
+def test_a_sweep_rerun_with_a_smaller_n_records_its_plan_and_its_report_leaves_the_rest_out(tiny_dirs, tmp_path,
+                                                                                             engines, capsys):
+    """The plan read back is what the latest run asked for: after n=3 then n=2, `baco check` and `baco report`
+    count against n=2; the third samples stay in the file (append-only), unused, and the page says how many it
+    leaves out and why. Growing n again plans them again, and they are used without being made twice."""
+    import html
+    import re
+
+    from baco.report import build_report
+    from baco.sweep import ledger
+
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=3)), run, engines, progress=False)
+    log = io.StringIO()
+    assert run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=2)), run, engines, progress=False,
+                     log=log)["generated"] == 0
+    assert "note: 4 stored samples are outside this run's plan" in log.getvalue()  # 2 cells x 2 prompts x 1
+    plan = ledger.read_plan(run)
+    assert {key: sorted(ids) for key, ids in plan.items()} == {
+        key: [(i, k) for i in range(2) for k in range(2)] for key in ("mine|p:0.5|seed=0", "mine|base|seed=0")}
+    assert main(["check", str(run), "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert "mine|p:0.5|seed=0: 4/4 stored, 2 outside the plan" in out.out
+    assert out.err.startswith("ok: 2 cells, 8 of 8 samples stored, 0 missing") and "; 4 outside the plan" in out.err
+    page = build_report(run)
+    assert ("<p class='meta' id='left-out'>" + html.escape("4 stored samples left out: 4 outside their cell's "
+                                                            "latest plan (an earlier run asked for more).")) in page
+    assert set(re.findall(r"· sample (\d+) ·", page)) == {"0", "1"}
+    assert run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=3)), run, engines, progress=False,
+                     log=io.StringIO())["generated"] == 0
+    assert len(ledger.read_plan(run)["mine|base|seed=0"]) == 2 * 3
+    assert "id='left-out'" not in build_report(run)
+
+
 def test_eval_counts_a_sample_stored_twice_once_and_names_a_torn_line(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "samples.jsonl"
     assert main(generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "3")) == 0

@@ -238,6 +238,10 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
     for cell in (result.cells[c.key] for c in config.cells):
         if cell.duplicates or cell.unplanned:
             print(f"baco: warning: cell {cell.key}: {ledger.describe(cell)}; each sample is used once", file=log)
+    outside = sum(result.cells[c.key].outside for c in config.cells)
+    if outside:
+        print(f"note: {outside} stored samples are outside this run's plan (made when it asked for more samples per "
+              f"prompt): kept in {ledger.SAMPLES}, not used", file=log)
 
 
 def _check_own_samples(out_dir: Path) -> None:
