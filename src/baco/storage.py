@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -375,7 +376,9 @@ class WriterLock:
         if self.data_file is None or self._file_fd is not None or self._lock is None or fcntl is None:
             return
         try:
-            fd = os.open(self.data_file, os.O_RDONLY)
+            if not stat.S_ISREG(os.stat(self.data_file).st_mode):  # a pipe (opening it would wait for a writer)
+                return
+            fd = os.open(self.data_file, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:  # not made yet: locked by its name until the writer creates it
             return
         except OSError as error:
