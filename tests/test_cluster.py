@@ -131,6 +131,7 @@ def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw
     killer.join()
     assert killed
     assert_complete_and_once(out, reference)
+    assert sorted(row["cell"] for row in cell_log(out)) == sorted(c.key for c in parse_config(raw).cells)  # once each
     restarted = [row["worker"]["restarted"] for row in cell_log(out)]
     assert any(restarted) if restarts else not any(restarted)
 
@@ -138,12 +139,13 @@ def test_killing_a_worker_mid_run_loses_nothing_and_doubles_nothing(cluster, raw
 def test_a_unit_rerun_in_another_order_after_its_worker_died_still_delivers_every_item(cluster, tmp_path):
     """Ray reruns a dead worker's unit and drops as many of the rerun's items as the first attempt had
     delivered: the first ones, whatever they are. A rerun that finishes its rows in another order
-    (`batch_size: auto` sized on the restarted worker's free memory, GPU kernels) must not lose the others."""
+    (`batch_size: auto` sized on the restarted worker's free memory, GPU kernels) must not lose the others.
+    The unit, sent out again for them, ends once: the driver logs a cell's line in cells.jsonl at its end."""
     from baco.cluster.pool import UnitDone, WorkerPool
 
     class DiesOnceThenReverses:  # defined here so that Ray sends it by value
-        def __init__(self, items, marker):
-            self.items, self.marker, self.skip, self.made = items, str(marker), set(), 0
+        def __init__(self, items, marker, received):
+            self.items, self.marker, self.received, self.skip, self.made = items, str(marker), str(received), set(), 0
 
         @property
         def total(self):
@@ -156,19 +158,26 @@ def test_a_unit_rerun_in_another_order_after_its_worker_died_still_delivers_ever
                     continue
                 if not rerun and i == 3:
                     open(self.marker, "w").close()
-                    os._exit(1)  # the worker dies with three items delivered; Ray restarts it and reruns the unit
+                    until = time.monotonic() + 60
+                    while not os.path.exists(self.received) and time.monotonic() < until:
+                        time.sleep(0.01)  # the driver holds at least one item: Ray will drop some of the rerun's
+                    os._exit(1)  # the worker dies with three items sent; Ray restarts it and reruns the unit
                 self.made += 1
                 yield item
 
-    unit = DiesOnceThenReverses(list("abcdef"), tmp_path / "died")
-    delivered = []
+    unit = DiesOnceThenReverses(list("abcdef"), tmp_path / "died", tmp_path / "received")
+    delivered, ends = [], []
     with WorkerPool(ray, dict, RayOptions(), 1, "order") as pool:
         for _, item in pool.run([unit]):
-            if not isinstance(item, UnitDone):
+            if isinstance(item, UnitDone):
+                ends.append(item)
+            else:
                 delivered.append(item[0])
                 unit.skip.add(item[0])  # what a caller does: a unit that goes out again skips what it holds
+                (tmp_path / "received").touch()
     assert (tmp_path / "died").exists()
     assert sorted(set(delivered)) == list("abcdef")
+    assert len(ends) == 1 and ends[0].total == 6
 
 
 def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw, reference, tmp_path):

@@ -92,6 +92,20 @@ def test_a_line_cut_by_a_kill_is_ignored_and_the_next_line_starts_fresh(tmp_path
     assert ScoreCache(path).get("s", "p", "c") == 2.5
 
 
+def test_scores_handed_in_twice_are_stored_once(tmp_path):
+    """A score shard that Ray ran again after its worker died sends its scores twice; the cache file keeps one line
+    per score, so it reads as the file of a run without the failure (as does a pair repeated within one batch)."""
+    path = tmp_path / "scores.jsonl"
+    ScoreCache(path).add("s", [("p", "a"), ("p", "b")], [1.0, None])
+    once = path.read_text()
+    cache = ScoreCache(tmp_path / "twice.jsonl")
+    cache.add("s", [("p", "a"), ("p", "b")], [1.0, None])
+    cache.add("s", [("p", "a"), ("p", "b"), ("p", "a")], [1.0, None, 1.0])
+    assert (tmp_path / "twice.jsonl").read_text() == once
+    cache.add("t", [("p", "a")], [0.5])  # another scorer's score of the same pair is its own
+    assert len((tmp_path / "twice.jsonl").read_text().splitlines()) == 3
+
+
 @pytest.mark.parametrize("content", [
     '{"prompt": "Name a fruit.", "response": "fig"}\n',  # a samples file: JSON rows that are not scores
     "my notes\nmore notes\n",  # not JSON at all

@@ -211,6 +211,52 @@ def test_an_out_file_named_through_a_symbolic_link_takes_the_same_lock_as_the_fi
             out_lock(target).acquire()
 
 
+def test_two_hard_links_of_an_out_file_take_one_lock(tmp_path):
+    """A hard link is a second name of the same file, in the same folder or another: a generate writing through
+    one name while another writes through the other would store the same samples twice. The lock is also on the
+    file itself, so the second writer is refused, whichever name it uses; the lock files stay hidden."""
+    import glob
+
+    from baco.decode.records import out_lock
+    from baco.errors import RunLockedError
+
+    target = tmp_path / "run3.jsonl"
+    target.write_text("")
+    (tmp_path / "elsewhere").mkdir()
+    for name in (tmp_path / "latest.jsonl", tmp_path / "elsewhere" / "run3.jsonl"):
+        os.link(target, name)
+        with out_lock(target):
+            with pytest.raises(RunLockedError, match=f"--out '{name}' is in use by another baco generate under "
+                                                     f"another name"):
+                out_lock(name).acquire()
+        with out_lock(name):
+            with pytest.raises(RunLockedError, match="run3.jsonl' is in use"):
+                out_lock(target).acquire()
+        with out_lock(name):  # released: each name takes it again
+            pass
+    assert sorted(glob.glob(str(tmp_path / "*.json*"))) == [str(tmp_path / n) for n in ("latest.jsonl", "run3.jsonl")]
+
+
+def test_a_new_out_file_is_locked_by_name_and_by_itself_once_made(tmp_path):
+    """A file that does not exist yet is locked by its name; once the run has made it, a hard link made to it
+    then finds it locked too."""
+    from baco.decode.records import Sample, SampleFile
+    from baco.errors import RunLockedError
+
+    out = tmp_path / "new.jsonl"
+    with SampleFile(out, {"router": "aligned"}) as written:
+        assert not out.exists()
+        with pytest.raises(RunLockedError, match="new.jsonl' is in use"):
+            SampleFile(out, {"router": "aligned"})
+        written.append(Sample(prompt="Hi.", prompt_index=0, sample_index=0, router="aligned", seed=7, text="Hello.",
+                              sampling={"seed": 1}))
+        os.link(out, tmp_path / "link.jsonl")
+        with pytest.raises(RunLockedError, match="link.jsonl' is in use by another baco generate under another name"):
+            SampleFile(tmp_path / "link.jsonl", {"router": "aligned"})
+    with SampleFile(tmp_path / "link.jsonl", {"router": "aligned"}) as again:  # released with the first
+        assert len(again.stored) == 1
+
+
 def test_run_cells_takes_the_lock_too(tiny_dirs, tmp_path, engines):
     from baco.errors import RunLockedError
     from baco.sweep.lock import RunLock
@@ -351,6 +397,40 @@ def test_a_changed_configuration_is_refused_on_the_same_run_directory(tiny_dirs,
         run_cells(parse_config(changed), run, engines, progress=False)
     grown = small_config(tmp_path, tiny_dirs, n=3)  # more samples per prompt: the same ids, and more
     assert run_cells(parse_config(grown), run, engines, progress=False)["generated"] == 2 * 2
+
+
+def test_a_sweep_rerun_with_a_smaller_n_records_its_plan_and_its_report_leaves_the_rest_out(tiny_dirs, tmp_path,
+                                                                                             engines, capsys):
+    """The plan read back is what the latest run asked for: after n=3 then n=2, `baco check` and `baco report`
+    count against n=2; the third samples stay in the file (append-only), unused, and the page says how many it
+    leaves out and why. Growing n again plans them again, and they are used without being made twice."""
+    import html
+    import re
+
+    from baco.report import build_report
+    from baco.sweep import ledger
+
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=3)), run, engines, progress=False)
+    log = io.StringIO()
+    assert run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=2)), run, engines, progress=False,
+                     log=log)["generated"] == 0
+    assert "note: 4 stored samples are outside this run's plan" in log.getvalue()  # 2 cells x 2 prompts x 1
+    plan = ledger.read_plan(run)
+    assert {key: sorted(ids) for key, ids in plan.items()} == {
+        key: [(i, k) for i in range(2) for k in range(2)] for key in ("mine|p:0.5|seed=0", "mine|base|seed=0")}
+    assert main(["check", str(run), "--verbose"]) == 0
+    out = capsys.readouterr()
+    assert "mine|p:0.5|seed=0: 4/4 stored, 2 outside the plan" in out.out
+    assert out.err.startswith("ok: 2 cells, 8 of 8 samples stored, 0 missing") and "; 4 outside the plan" in out.err
+    page = build_report(run)
+    assert ("<p class='meta' id='left-out'>" + html.escape("4 stored samples left out: 4 outside their cell's "
+                                                            "latest plan (an earlier run asked for more).")) in page
+    assert set(re.findall(r"· sample (\d+) ·", page)) == {"0", "1"}
+    assert run_cells(parse_config(small_config(tmp_path, tiny_dirs, n=3)), run, engines, progress=False,
+                     log=io.StringIO())["generated"] == 0
+    assert len(ledger.read_plan(run)["mine|base|seed=0"]) == 2 * 3
+    assert "id='left-out'" not in build_report(run)
 
 
 def test_eval_counts_a_sample_stored_twice_once_and_names_a_torn_line(tiny_dirs, tmp_path, capsys):

@@ -147,6 +147,36 @@ def test_a_killed_multi_pass_cell_resumes_with_only_its_missing_samples(engines,
     assert {r["router"] for r in rows} == {"negative:1.5"}
     assert run_cells(config, tmp_path / "killed", engines, progress=False)["generated"] == 0
 
+def test_a_cell_sent_twice_to_the_writer_leaves_the_files_of_a_run_that_sent_it_once(engines, tmp_path):
+    """What a retried unit on Ray hands the one writer: every sample of the cell again, and its end again. The
+    run directory must hold what a run without the retry holds: each sample once and one line per cell in
+    cells.jsonl (a cell logged twice would count its samples and seconds twice)."""
+    import io
+
+    from baco.sweep.run import RunWriter, pending
+
+    config = parse_config({**raw_config(tmp_path), "methods": {"p-punc": {"router": "p-punc", "values": [0.3]}}})
+    run_cells(config, tmp_path / "once", engines, progress=False)
+    out = tmp_path / "twice"
+    state = pending(config, out, io.StringIO())
+    with RunWriter(out, config, state) as writer:
+        for cell in state.todo:
+            for attempt in range(2):  # Ray reran the unit: the rerun is the unit as first sent (its skip included)
+                decoder = state.decoder(config, cell)
+                for sample in decoder.run(engines):
+                    writer.add(cell, sample, 0.1)
+                writer.finish(cell, made=decoder.made, total=decoder.total, seconds=1.0)
+
+    def cell_lines(run):
+        return [(row["cell"], row["samples"], row["total"]) for row in
+                map(json.loads, (run / "cells.jsonl").read_text().splitlines())]
+
+    assert cell_lines(out) == cell_lines(tmp_path / "once") == [(c.key, 9, 9) for c in config.cells]
+    assert sorted(r["id"] for r in map(json.loads, (out / "samples.jsonl").read_text().splitlines())) == \
+        sorted(r["id"] for r in map(json.loads, (tmp_path / "once" / "samples.jsonl").read_text().splitlines()))
+    assert run_cells(config, out, engines, progress=False)["generated"] == 0
+
+
 def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tmp_path):
     summary = run_sweep(config, tmp_path / "out", engines, progress=False)
     out = tmp_path / "out"

@@ -118,8 +118,10 @@ def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | 
         rows = [r for r in stored if cells is None or r["cell"] in cells]
         return rows, _left_out_line(len(stored) - len(rows), 0, lister), _skipped_line(run, ledger.store_problems(scan))
     result = ledger.audit(run, plan if cells is None else {key: ids for key, ids in plan.items() if key in cells})
-    return (result.rows, _left_out_line(sum(result.strangers.values()), sum(c.unplanned for c in result.cells.values()),
-                                        lister), _skipped_line(run, result.problems))
+    audits = result.cells.values()
+    return (result.rows, _left_out_line(sum(result.strangers.values()), sum(c.unplanned for c in audits), lister,
+                                        outside=sum(c.outside for c in audits)),
+            _skipped_line(run, result.problems))
 
 
 def _skipped_line(run: Path, problems: list[str]) -> str | None:
@@ -130,10 +132,14 @@ def _skipped_line(run: Path, problems: list[str]) -> str | None:
     return f"{lines} skipped (first: {problems[0]}); run `baco check {run}`"
 
 
-def _left_out_line(other_cells: int, other_settings: int, lister: str) -> str | None:
+def _left_out_line(other_cells: int, other_settings: int, lister: str, outside: int = 0) -> str | None:
+    """The stored samples the tables were not made from, counted by why: another cell, other settings, or outside
+    their cell's latest plan (a sweep rerun with a smaller n keeps the samples it no longer asks for)."""
     parts = [f"{other_cells} of cells {lister} does not list"] if other_cells else []
     parts += [f"{other_settings} made with other settings than their cell's plan"] if other_settings else []
-    return f"{other_cells + other_settings} stored samples left out: {'; '.join(parts)}." if parts else None
+    parts += [f"{outside} outside their cell's latest plan (an earlier run asked for more)"] if outside else []
+    total = other_cells + other_settings + outside
+    return f"{total} stored samples left out: {'; '.join(parts)}." if parts else None
 
 
 def _metric_names(summary: dict, axis: str) -> str:

@@ -17,7 +17,8 @@
 - `check_output_file` / `check_output_dir`: an unusable output path is a clear error before any
   model loads.
 - `WriterLock`: one writer per output (a sweep's run directory, a `baco generate --out` file); a
-  second one is refused, naming the first.
+  second one is refused, naming the first. A file's lock also locks the file itself, so that two
+  names of one file (hard links) take one lock.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -36,6 +38,11 @@ from pathlib import Path
 from typing import Callable
 
 from baco.errors import OutputError, RunLockedError
+
+try:
+    import fcntl
+except ImportError:  # not a Unix: a file is locked by its name alone
+    fcntl = None
 
 
 @dataclass
@@ -323,12 +330,20 @@ class WriterLock:
     start time and command to `holder_file` (a separate file: the lock file's content is not ours), and a
     second writer gets RunLockedError "{in_use} ({holder}); wait for it to finish or stop it. {why}".
     On file systems without flock (some network mounts) filelock falls back to a marker file.
+
+    `data_file`: the file written under the lock. `lock_file` is found by a name, and a file may have
+    several (hard links, in any folders), so the holder also takes an flock on the file itself, which
+    every name of it shares: at `acquire` when the file exists, else with `hold_file()` once the writer
+    has created it. A second writer through another name is then refused too.
     """
 
-    def __init__(self, lock_file: str | os.PathLike, holder_file: str | os.PathLike, in_use: str, why: str):
+    def __init__(self, lock_file: str | os.PathLike, holder_file: str | os.PathLike, in_use: str, why: str, *,
+                 data_file: str | os.PathLike | None = None):
         self.lock_file, self.holder_file = Path(lock_file), Path(holder_file)
+        self.data_file = None if data_file is None else Path(data_file)
         self.in_use, self.why = in_use, why
         self._lock = None
+        self._file_fd: int | None = None
 
     def acquire(self) -> "WriterLock":
         from filelock import FileLock, Timeout
@@ -343,12 +358,47 @@ class WriterLock:
         except OSError as error:
             raise OutputError(f"cannot lock {self.lock_file}: {error.strerror or error}") from None
         self._lock = lock
+        try:
+            self.hold_file()
+        except BaseException:
+            self.release()
+            raise
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(sys.argv)}
         atomic_write(self.holder_file, json.dumps(info) + "\n")
         return self
 
+    def hold_file(self) -> None:
+        """Lock `data_file` itself (its inode: every name of it), if it exists and is not locked by this holder yet.
+
+        A writer that creates the file calls this right after, so that a hard link made to it later finds it
+        locked. Where flock does not work (some network mounts), the lock by name stands alone."""
+        if self.data_file is None or self._file_fd is not None or self._lock is None or fcntl is None:
+            return
+        try:
+            if not stat.S_ISREG(os.stat(self.data_file).st_mode):  # a pipe (opening it would wait for a writer)
+                return
+            fd = os.open(self.data_file, os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:  # not made yet: locked by its name until the writer creates it
+            return
+        except OSError as error:
+            raise OutputError(f"cannot lock {self.data_file}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(f"{self.in_use} under another name ({str(self.data_file)!r} is a hard link to a "
+                                 f"file that a running baco writes through another of its names); wait for it to "
+                                 f"finish or stop it. {self.why}") from None
+        except OSError:  # no flock on this file system
+            os.close(fd)
+            return
+        self._file_fd = fd
+
     def release(self) -> None:
+        if self._file_fd is not None:
+            os.close(self._file_fd)  # closing the descriptor releases its flock
+            self._file_fd = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None

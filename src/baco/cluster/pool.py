@@ -158,10 +158,12 @@ class WorkerPool:
             raise ClusterError(f"a Ray worker failed while {doing}: {type(cause).__name__}: {cause}") from error
 
     def run(self, units: list) -> Iterator[tuple[object, object]]:
-        """(unit, item) for every item a unit yields, as it comes; the unit's last item is a UnitDone.
+        """(unit, item) for every item a unit yields, as it comes, then one (unit, UnitDone) per unit.
 
         The caller adds what it got to `unit.skip` (where a unit has one): a unit that goes out again
-        makes only the rest.
+        makes only the rest. A unit's UnitDone is handed on once, when the unit will not go out again
+        (the one of its last run): a caller that logs each finished unit (the sweep's `cells.jsonl`)
+        so logs it once, even when a unit came back short and was sent again.
         """
         ray = self.ray
         queue, idle, busy, resent = deque(units), list(self.actors), {}, {}
@@ -180,18 +182,25 @@ class WorkerPool:
                     if _short(unit, done) and resent.get(id(unit), 0) < RESENDS:
                         resent[id(unit)] = resent.get(id(unit), 0) + 1
                         queue.append(unit)
+                    elif done is not None:
+                        yield unit, done
                     continue
                 except ray.exceptions.RayActorError as error:
-                    # gone for good (restarts spent, node lost): its unit goes to another worker
+                    # gone for good (restarts spent, node lost): its unit goes to another worker, unless
+                    # it had ended (its UnitDone came) with every item delivered, and only its end was lost
                     del busy[stream]
                     self.actors.remove(actor)
-                    if not self.actors:
+                    if done is None or _short(unit, done):
+                        queue.appendleft(unit)
+                    else:
+                        yield unit, done
+                    if not self.actors and queue:
                         raise ClusterError(f"every Ray worker died (the last: {error}); finished results are "
                                            f"kept; run the same command again to complete them") from None
-                    queue.appendleft(unit)
                     continue
                 if isinstance(item, UnitDone):
-                    busy[stream] = (actor, unit, item)
+                    busy[stream] = (actor, unit, item)  # handed on when the unit ends for good
+                    continue
                 yield unit, item
 
     def close(self) -> None:

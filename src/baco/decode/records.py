@@ -406,6 +406,7 @@ class SampleFile:
 
         if self._out is None:
             self._out = JsonlAppender(self.path)
+            self._lock.hold_file()  # the file may be new: from now on every name of it finds it locked
         row = sample.to_dict()
         # the run's seed (sample.seed is the row's own stream seed, derived from it)
         row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
@@ -450,9 +451,11 @@ def stored_backend(path: str | os.PathLike, base: str, aligned: str) -> str | No
 def out_lock(path: str | os.PathLike) -> WriterLock:
     """The one-writer lock of a `--out` samples file: hidden files next to it (`.NAME.lock` and its holder,
     `.NAME.lock-holder.json`), so that globs and listings of the folder (`*.jsonl`) do not pick them up.
-    Next to the file a symbolic link leads to, so that `--out LINK` and `--out TARGET` take one lock."""
+    Next to the file a symbolic link leads to, so that `--out LINK` and `--out TARGET` take one lock; and
+    on the file itself once it exists (`WriterLock.data_file`), so that two hard links of it take one lock."""
     path = Path(path)
     target = path.resolve()
     return WriterLock(target.with_name(f".{target.name}.lock"), target.with_name(f".{target.name}.lock-holder.json"),
                       in_use=f"--out {str(path)!r} is in use by another baco generate",
-                      why="Two runs appending to one file would make and store the same samples twice")
+                      why="Two runs appending to one file would make and store the same samples twice",
+                      data_file=target)

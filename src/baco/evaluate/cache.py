@@ -79,13 +79,20 @@ class ScoreCache:
         return self.values.get(self.key(scorer, prompt, response), MISS)
 
     def add(self, scorer: str, pairs: list[tuple[str, str]], values: list) -> None:
-        """Store scores of (prompt, response) pairs and append them to the file at once."""
+        """Store scores of (prompt, response) pairs and append them to the file at once.
+
+        A pair the cache holds already is not written again: each score is one line, however often it is
+        handed in (a shard that Ray ran again after its worker died sends its scores twice)."""
         lines = []
         for (prompt, response), value in zip(pairs, values):
             key = self.key(scorer, prompt, response)
+            if key in self.values:
+                continue
             value = None if value is None else float(value)
             self.values[key] = value
             lines.append(json.dumps({"key": key, "value": value}) + "\n")
+        if not lines:
+            return
         try:  # a full disk is the user's to fix, not a bug: one line naming the file (the scores so far are kept)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size:

@@ -5,14 +5,16 @@
   sample) index. The same sample gets the same id in every run; a changed setting, prompt set or
   model gives new ids.
 - `plan.jsonl` records, per cell, the ids it is to produce. A sweep appends its cells' plans before
-  generating; a cell planned before with different ids for the same (prompt, sample) means the
-  configuration changed under the same output directory, which is refused (results made with two
-  settings would be mixed in one cell).
+  generating, for every cell whose plan differs from the one recorded last (new, grown or shrunk: the
+  latest line of a cell is what the latest run asked for); a cell planned before with different ids
+  for the same (prompt, sample) means the configuration changed under the same output directory,
+  which is refused (results made with two settings would be mixed in one cell).
 - `cells.jsonl` logs each finished cell with `total`, the number of its samples stored when it
   finished (a method may make fewer than asked: verbalized sampling), and `planned`, the size of
   its plan then (a grown plan, e.g. a larger n, makes the cell unfinished again).
-- `audit` compares the three: per cell, the samples expected, stored, missing, stored twice and not
-  planned, plus torn and corrupt lines. A cell is complete when its stored samples reach what was
+- `audit` compares the three: per cell, the samples expected, stored, missing, stored twice, made
+  with other settings and outside the plan (kept from a run that asked for more, e.g. a larger n),
+  plus torn and corrupt lines. A cell is complete when its stored samples reach what was
   planned, or what its finished run made: so a sample lost after its cell finished (a torn line)
   is generated again.
 """
@@ -77,7 +79,8 @@ def read_plan(run_dir: str | Path) -> Plan:
 
 
 def record_plan(run_dir: str | Path, plan: Plan) -> None:
-    """Append the cells whose plan is new or grew; refuse a cell whose samples would change identity."""
+    """Append the cells whose plan differs from the one recorded last (new, grown or shrunk, so that the plan read
+    back is this run's); refuse a cell whose samples would change identity."""
     recorded = read_plan(run_dir)
     for key, ids in plan.items():
         before = recorded.get(key, {})
@@ -88,7 +91,7 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
                 f"{changed[0]} has another id: the prompts, sampling, router, system prompt or models differ). "
                 f"Use another --out, or restore the configuration that made it")
     for key, ids in plan.items():
-        if set(ids) - set(recorded.get(key, {})):
+        if ids != recorded.get(key):
             samples = [[i, k, sid] for (i, k), sid in sorted(ids.items())]
             append_row(Path(run_dir) / PLAN, {"cell": key, "samples": samples})
 
@@ -110,7 +113,8 @@ class CellAudit:
     expected: int  # planned, or what a finished run of the cell made (fewer for verbalized sampling)
     stored: set = field(default_factory=set)  # (prompt index, sample index) of the planned samples stored
     duplicates: int = 0  # extra copies of stored samples
-    unplanned: int = 0  # rows of this cell whose id is not in its plan
+    unplanned: int = 0  # rows of this cell made with other settings (another id than its plan's, another task)
+    outside: int = 0  # rows of this cell whose (prompt, sample) its plan does not ask for (an earlier, larger n)
 
     @property
     def missing(self) -> int:
@@ -141,8 +145,10 @@ class Audit:
         expected = sum(c.expected for c in self.cells.values())
         missing = sum(c.missing for c in self.cells.values())
         duplicates = sum(c.duplicates for c in self.cells.values())
+        outside = sum(c.outside for c in self.cells.values())
         return (f"{len(self.cells)} cells, {stored} of {expected} samples stored, {missing} missing, "
-                f"{duplicates} stored twice, {len(self.problems)} torn or corrupt lines")
+                f"{duplicates} stored twice, {len(self.problems)} torn or corrupt lines"
+                + (f"; {outside} outside the plan (kept, not used)" if outside else ""))
 
 
 def audit(run_dir: str | Path, plan: Plan) -> Audit:
@@ -162,8 +168,11 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             continue
         pair = (row["prompt_index"], row["sample_index"])
         planned = plan[row["cell"]].get(pair)
-        if (planned is None or row.get("id", planned) != planned  # rows older than ids carry none
-                or not names_its_cell(row)):  # results file a row by its task and config
+        if not names_its_cell(row):  # results file a row by its task and config
+            cell.unplanned += 1
+        elif planned is None:  # a sample index >= this plan's n: a run that asked for more made it
+            cell.outside += 1
+        elif row.get("id", planned) != planned:  # rows older than ids carry none
             cell.unplanned += 1
         elif (row["cell"], pair) in seen:
             cell.duplicates += 1
@@ -197,4 +206,6 @@ def describe(cell: CellAudit) -> str:
         parts.append(f"{cell.duplicates} stored twice")
     if cell.unplanned:
         parts.append(f"{cell.unplanned} not in the plan (made with other settings)")
+    if cell.outside:
+        parts.append(f"{cell.outside} outside the plan (made when it asked for more; kept, not used)")
     return ", ".join(parts)

@@ -241,6 +241,10 @@ def _warn_about(result: ledger.Audit, config: SweepConfig, log) -> None:
     for cell in (result.cells[c.key] for c in config.cells):
         if cell.duplicates or cell.unplanned:
             print(f"baco: warning: cell {cell.key}: {ledger.describe(cell)}; each sample is used once", file=log)
+    outside = sum(result.cells[c.key].outside for c in config.cells)
+    if outside:
+        print(f"note: {outside} stored samples are outside this run's plan (made when it asked for more samples per "
+              f"prompt): kept in {ledger.SAMPLES}, not used", file=log)
 
 
 def _check_own_samples(out_dir: Path) -> None:
@@ -275,11 +279,13 @@ def pending(config: SweepConfig, out_dir: Path, log) -> Pending:
 
 
 class RunWriter:
-    """The run directory's one writer: each sample once (by id), as a row tagged with its cell; the cell log."""
+    """The run directory's one writer: each sample once (by id), as a row tagged with its cell; the cell log,
+    one line per cell that finished in this run."""
 
     def __init__(self, out_dir: Path, config: SweepConfig, state: Pending):
         self.out_dir, self.config, self.state = out_dir, config, state
         self.written = {(key, pair) for key, cell in state.audit.cells.items() for pair in cell.stored}
+        self.finished: set[str] = set()  # keys of the cells logged in cells.jsonl by this run
         self.generated = 0
         self._store = JsonlAppender(out_dir / ledger.SAMPLES, repair=False)
 
@@ -303,13 +309,19 @@ class RunWriter:
 
     def finish(self, cell: Cell, *, made: int, total: int, seconds: float, router_stats: dict | None = None,
                **extra) -> None:
-        """The cell ran to its end: sync the samples, log its cost (`total`: its samples stored now)."""
+        """The cell ran to its end: sync the samples, log its cost (`total`: its samples stored now).
+
+        Once per cell and run: a cell whose end is reported again (a unit that Ray ran once more after its
+        worker died) is not logged twice, so what is read from cells.jsonl counts each run of a cell once."""
+        if cell.key in self.finished:
+            return
         self._store.sync()
         cost = {"cell": cell.key, "samples": made, "seconds": round(seconds, 3), "complete": True,
                 "total": total, "planned": len(self.state.plan[cell.key])}
         if router_stats is not None:
             cost["router_stats"] = router_stats
         append_row(self.out_dir / ledger.CELLS, {**cost, **extra})
+        self.finished.add(cell.key)
 
     def close(self) -> None:
         self._store.close()
