@@ -207,3 +207,13 @@ def test_combining_marks_stay_inside_their_word():
     assert words("cafe\u0301!") == ("cafe\u0301", "!")
     # two answers, 4 words, 3 distinct (नमस्ते twice): distinct-1 = 3/4
     assert distinct_n(["नमस्ते दुनिया", "नमस्ते दोस्त"], 1) == pytest.approx(3 / 4)
+
+
+def test_thai_lao_khmer_and_myanmar_give_a_token_per_letter_with_its_marks():
+    # written without spaces between words: a whole Thai sentence was one "word", so two different answers of one
+    # sentence each shared no n-gram however alike they were
+    assert words("สวัสดีครับ") == ("ส", "วั", "ส", "ดี", "ค", "รั", "บ")  # a vowel sign stays on its consonant
+    assert words("ສະບາຍດີ hi") == ("ສ", "ະ", "ບ", "າ", "ຍ", "ດີ", "hi")
+    assert words("មិន") == ("មិ", "ន") and words("မင်") == ("မ", "င်")
+    assert distinct_n(["สวัสดีครับ", "สวัสดีค่ะ"], 1) < 1.0  # the shared greeting repeats
+    assert short_answer_tokens("สวัสดี") == ["ส", "วั", "ส", "ดี"]

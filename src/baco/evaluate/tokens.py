@@ -1,7 +1,9 @@
 """Words, n-grams and first sentences for the lexical metrics: one tokenizer for every language.
 
 Words are lower-cased runs of letters/digits (`\\w+`), each punctuation mark is a token of its own,
-and every CJK ideograph or kana is a token of its own (those scripts put no spaces between words);
+and every CJK ideograph or kana is a token of its own (those scripts put no spaces between words), as is
+every letter of Thai, Lao, Khmer and Myanmar with the marks written on it (spaces there end phrases, not
+words: a whole Thai sentence would otherwise be one "word");
 an emoji is one token with its variation selector, skin tone and zero-width-joined parts.
 Hangul, Cyrillic, Greek, Arabic ... are space-separated and come out as words. Combining marks
 (Devanagari vowel signs and viramas, Arabic harakat, a decomposed accent) belong to the word they
@@ -17,14 +19,18 @@ from functools import lru_cache
 
 # kana, CJK ideographs (with the extension planes) and half-width katakana: one token each
 _CJK = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
+# Thai, Lao, Myanmar, Khmer: also written without spaces between words; one token per letter and its marks (a word
+# splitter needs a dictionary per language; letters, like CJK characters, keep n-gram metrics comparable)
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff"
 # Unicode combining marks (categories Mn, Mc, Me): all below U+20000 but the variation selectors E0100-E01EF
 _MARKS = "".join(re.escape(chr(c)) for c in range(0x20000) if unicodedata.category(chr(c))[0] == "M") + \
     "\U000e0100-\U000e01ef"
 # what joins an emoji into one picture: combining marks (the emoji variation selector U+FE0F among them),
 # skin tones, and a zero-width joiner with the symbol after it (👨‍👩‍👧)
 _SYMBOL = rf"[^\w\s](?:[{_MARKS}\U0001f3fb-\U0001f3ff]|\u200d[^\w\s])*"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}](?:[^\W{_CJK}]|[{_MARKS}])*|{_SYMBOL}")
-_CJK_CHAR = re.compile(f"[{_CJK}]")
+_TOKEN = re.compile(rf"[{_CJK}]|[{_UNSPACED}][{_MARKS}]*|[^\W{_CJK}{_UNSPACED}](?:[^\W{_CJK}{_UNSPACED}]|[{_MARKS}])*"
+                    rf"|{_SYMBOL}")
+_CJK_CHAR = re.compile(f"[{_CJK}{_UNSPACED}]")
 # a sentence ends at . ! ? (or their CJK forms) followed by space/end, or at a line break
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 
@@ -36,7 +42,8 @@ def words(text: str) -> tuple[str, ...]:
 
 
 def has_cjk(text: str) -> bool:
-    """Whether `text` holds a CJK ideograph or kana (a script written without spaces)."""
+    """Whether `text` holds a CJK ideograph or kana, or Thai, Lao, Khmer or Myanmar (scripts written without spaces
+    between words)."""
     return _CJK_CHAR.search(text) is not None
 
 
