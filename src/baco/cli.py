@@ -75,9 +75,9 @@ def _add_generate(sub) -> None:
     p.add_argument("--router", default="p-punc:0.5", help="router name[:value]; see `baco routers`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    src.add_argument("--prompts", type=Path, help='a .jsonl/.ndjson file, a .json array or a .csv/.parquet table (read like '
-                     'load_task: a prompt, question, instruction or text field, or chat messages), or text (one '
-                     'prompt per line)')
+    src.add_argument("--prompts", type=Path, help="a .jsonl/.ndjson file, a .json array or a .csv/.parquet table "
+                     "(read like load_task: a prompt, question, instruction or text field, or chat messages: a "
+                     "conversation to continue), or text (one prompt per line)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
