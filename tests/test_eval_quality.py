@@ -156,3 +156,70 @@ def test_default_judge_and_fluency_run_on_the_embedded_gemma_pair():
     fluency = resources.get("fluency_lm")(prompts, responses)
     assert all(1.0 <= g <= 5.0 for g in grades)
     assert fluency[0] > fluency[1]  # the base model finds a plain sentence likelier than junk
+
+
+# ---- conversations: each scorer reads the turns the answer follows --------------------------------------------
+TALK = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "I love dragons."},
+        {"role": "assistant", "content": "Me too."}, {"role": "user", "content": "Name a fruit."}]
+
+
+def test_the_reward_model_reads_a_conversation_as_chat_turns_before_the_response(tiny_reward):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward).eval()
+    text = tokenizer.apply_chat_template(TALK + [{"role": "assistant", "content": "Fig."}], tokenize=False)
+    with torch.inference_mode():
+        expected = model(**tokenizer(text, add_special_tokens=False, return_tensors="pt")).logits[0, 0].item()
+    talk, alone = RewardModel(tiny_reward, device="cpu")([TALK, "Name a fruit."], ["Fig.", "Fig."])
+    assert talk == pytest.approx(expected, abs=1e-5) and talk != pytest.approx(alone, abs=1e-6)
+
+
+def test_the_judge_is_shown_the_conversation_as_the_request(long_pair):
+    from baco.evaluate.quality import request_text
+
+    lm = HFCausalLM.from_pretrained(long_pair[1], device="cpu")
+    shown = "System: Answer in one word.\nUser: I love dragons.\nAssistant: Me too.\nUser: Name a fruit."
+    assert request_text(TALK) == shown
+    (grade,) = Judge(lm)([TALK], ["Fig."])
+    assert grade == pytest.approx(reference_grade(lm, shown, "Fig."), abs=1e-4)
+
+
+def test_fluency_follows_the_conversation_as_the_base_model_reads_it(long_pair):
+    from baco.prompts import PromptFormat
+
+    lm = HFCausalLM.from_pretrained(long_pair[0], device="cpu")
+    fmt = PromptFormat(system_prompt="Answer in one word.", few_shot=(("I love dragons.", "Me too."),))
+    tokenizer = lm.tokenizer
+    prefix = tokenizer(fmt.render_base("Name a fruit."))["input_ids"]
+    answer = tokenizer(" Fig.", add_special_tokens=False)["input_ids"]
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(lm.model(input_ids=torch.tensor([prefix + answer])).logits[0].float(), dim=-1)
+    expected = float(np.mean([logprobs[len(prefix) + i - 1, t].item() for i, t in enumerate(answer)]))
+    assert Fluency(lm)([TALK], ["Fig."])[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_relevance_compares_the_response_with_the_last_user_turn():
+    from baco.evaluate.embeddings import default_embedder
+
+    embedder = default_embedder()
+    assert relevance([TALK], ["Name a fruit."], embedder=embedder)[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_evaluation_scores_two_conversations_ending_in_one_turn_apart(long_pair, tmp_path):
+    import json
+
+    from baco.evaluate.registry import resolve_metrics
+    from baco.evaluate.resources import EvalOptions, Resources
+    from baco.evaluate.runner import evaluate_records
+    from baco.evaluate.io import read_records
+
+    path = tmp_path / "chats.jsonl"
+    reply = {"role": "assistant", "content": "Fig."}
+    path.write_text("".join(json.dumps({"messages": m + [reply]}) + "\n" for m in (TALK, TALK[1:])))
+    records, _ = read_records([path])
+    options = EvalOptions(fluency_model=str(long_pair[0]), device="cpu", score_cache=str(tmp_path / "scores.jsonl"))
+    result = evaluate_records(records, resolve_metrics("fluency"), Resources(options))
+    first, second = (row["fluency"] for row in result.per_prompt)
+    assert first != pytest.approx(second, abs=1e-6)  # other turns before the same question: other scores
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == 2

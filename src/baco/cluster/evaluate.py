@@ -30,16 +30,18 @@ SCORE_SHARD, EMBED_SHARD = 256, 512
 
 @dataclass
 class ScoreShard:
-    """(prompt, response) pairs for one quality metric."""
+    """(prompt key, response) pairs for one quality metric (as the score cache keys them), and the prompt of
+    each (its text, or its conversation: what the scorer reads)."""
 
     metric: str
     scorer: str
     pairs: list[tuple[str, str]]
+    prompts: list
 
     def run(self, resources: Resources) -> Iterator[list]:
         spec = get_metric(self.metric)
         needs = {name: resources.get(name) for name in spec.needs}
-        values = spec.fn([p for p, _ in self.pairs], [r for _, r in self.pairs], **needs)
+        values = spec.fn(self.prompts, [r for _, r in self.pairs], **needs)
         yield [None if v is None else float(v) for v in values]
 
 
@@ -68,11 +70,13 @@ class EmbeddingTable:
 def _score_shards(records: list[Record], specs: list[MetricSpec], options: EvalOptions,
                   cache: ScoreCache) -> list[ScoreShard]:
     shards = []
+    asked = {r.key: r.messages or r.prompt for r in records}
     for spec in (s for s in specs if s.kind == "quality"):
         scorer = scorer_identity(spec, options)
-        todo = list(dict.fromkeys((r.prompt, r.response) for r in records
-                                  if cache.get(scorer, r.prompt, r.response) is MISS))
-        shards += [ScoreShard(spec.name, scorer, todo[i:i + SCORE_SHARD]) for i in range(0, len(todo), SCORE_SHARD)]
+        todo = list(dict.fromkeys((r.key, r.response) for r in records
+                                  if cache.get(scorer, r.key, r.response) is MISS))
+        shards += [ScoreShard(spec.name, scorer, chunk, [asked[key] for key, _ in chunk])
+                   for chunk in (todo[i:i + SCORE_SHARD] for i in range(0, len(todo), SCORE_SHARD))]
     return shards
 
 

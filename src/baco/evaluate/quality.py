@@ -8,6 +8,11 @@
   after "Question: {prompt}\\nAnswer: ".
 - `relevance`: sentence embeddings (all-MiniLM-L6-v2); cosine(prompt, response), 0 for an empty response.
 
+A prompt may be a conversation (a list of {"role", "content"} messages ending in a user turn, `baco.prompts`):
+the reward model reads it as chat turns before the response, the judge reads its turns as the request, the
+fluency LM reads its earlier turns as earlier questions and answers (as the base model reads them when it
+decodes), and relevance compares the response with its last user turn.
+
 Models are passed in by the runner (see resources.py) and loaded only when their metric is asked for.
 Each metric also declares a `gain`: its score mapped to a non-negative value for NoveltyBench utility.
 """
@@ -22,7 +27,7 @@ import torch
 
 from baco.errors import ModelLoadError
 from baco.evaluate.registry import register_metric
-from baco.prompts import DEFAULT_BASE_TEMPLATE
+from baco.prompts import DEFAULT_BASE_TEMPLATE, Prompt, PromptFormat, last_turn, split_conversation
 
 MAX_RESPONSE_TOKENS = 512
 
@@ -55,6 +60,19 @@ def _batches(items: list, size: int):
         yield start, items[start:start + size]
 
 
+def turns(prompt: Prompt) -> list[dict]:
+    """A prompt as chat messages: a string is one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def request_text(prompt: Prompt) -> str:
+    """What a judge is shown as the request: a string itself; a conversation's turns, one per line, named by role
+    ("User: ...", "Assistant: ..."), its last user turn last."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+
 def _truncate(tokenizer, text: str, limit: int) -> str:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return text if len(ids) <= limit else tokenizer.decode(ids[:limit])
@@ -84,14 +102,14 @@ class RewardModel:
         self.tokenizer.padding_side = "right"
         self.name, self.device, self.batch_size, self.max_length = model, device_, batch_size, max_length
 
-    def render(self, prompt: str, response: str) -> str:
+    def render(self, prompt: Prompt, response: str) -> str:
+        messages = turns(prompt) + [{"role": "assistant", "content": response}]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False)
-        return f"{prompt}\n\n{response}"
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages)
 
     @torch.inference_mode()
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float]:
         texts = [self.render(p, r) for p, r in zip(prompts, responses)]
         scores: list[float] = []
         for _, chunk in _batches(texts, self.batch_size):
@@ -116,12 +134,13 @@ class Judge:
             raise ModelLoadError("the judge's tokenizer does not give the grades 1..5 distinct first tokens")
         self.last_grade_mass: list[float] = []
 
-    def _ids(self, prompt: str, response: str) -> list[int] | None:
+    def _ids(self, prompt: Prompt, response: str) -> list[int] | None:
         tokenizer = self.lm.tokenizer
+        request = request_text(prompt)
 
         def render(answer: str) -> list[int]:
             text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": self.template.format(prompt=prompt, response=answer)}],
+                [{"role": "user", "content": self.template.format(prompt=request, response=answer)}],
                 add_generation_prompt=True, tokenize=False)
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -130,7 +149,7 @@ class Judge:
             return None
         return render(_truncate(tokenizer, response, min(MAX_RESPONSE_TOKENS, room)))
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float | None]:
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         rows = [self._ids(p, r) for p, r in zip(prompts, responses)]
         # batched by length: less left padding to compute (about a fifth less time on the embedded judge)
         ready = sorted((i for i, ids in enumerate(rows) if ids is not None), key=lambda i: len(rows[i]))
@@ -155,9 +174,14 @@ class Fluency:
                  max_logits: int = 64_000_000):
         self.lm, self.template, self.batch_size, self.max_logits = lm, template, batch_size, max_logits
 
-    def _ids(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    def _ids(self, prompt: Prompt, response: str) -> tuple[list[int], list[int]]:
         tokenizer = self.lm.tokenizer
-        prefix = tokenizer(self.template.format(prompt=prompt))["input_ids"]
+        if isinstance(prompt, str):
+            text = self.template.format(prompt=prompt)
+        else:  # its earlier turns as earlier questions and answers, under its system message
+            fmt, question = split_conversation(prompt, PromptFormat(base_template=self.template))
+            text = fmt.render_base(question)
+        prefix = tokenizer(text)["input_ids"]
         answer = tokenizer(" " + response, add_special_tokens=False)["input_ids"] if response.strip() else []
         room = max(0, min(MAX_RESPONSE_TOKENS, self.lm.context_length - len(prefix)))
         return prefix, answer[:room]
@@ -186,7 +210,7 @@ class Fluency:
             out.append(float(logprobs.gather(1, target).mean()))
         return out
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float | None]:
+    def __call__(self, prompts: list[Prompt], responses: list[str]) -> list[float | None]:
         rows = [self._ids(p, r) for p, r in zip(prompts, responses)]
         ready = sorted((i for i, (_, a) in enumerate(rows) if a), key=lambda i: len(rows[i][1]))
         scores: list[float | None] = [None] * len(rows)
@@ -208,7 +232,7 @@ class Fluency:
 @register_metric("reward", kind="quality", higher_is_better=True, needs=("reward_model",), group="model",
                  default=False, library="transformers (AutoModelForSequenceClassification)", gain=_sigmoid,
                  help="reward model score (needs --reward-model: any HF sequence-classification reward model)")
-def reward(prompts: list[str], responses: list[str], *, reward_model) -> list[float]:
+def reward(prompts: list[Prompt], responses: list[str], *, reward_model) -> list[float]:
     return reward_model(prompts, responses)
 
 
@@ -216,22 +240,22 @@ def reward(prompts: list[str], responses: list[str], *, reward_model) -> list[fl
                  library="baco backend (HFCausalLM), default judge: embedded aligned Gemma-3-270M",
                  gain=lambda grade: grade,
                  help="LLM-as-judge expected grade 1-5 on a helpfulness/correctness/clarity rubric")
-def judge(prompts: list[str], responses: list[str], *, judge) -> list[float | None]:
+def judge(prompts: list[Prompt], responses: list[str], *, judge) -> list[float | None]:
     return judge(prompts, responses)
 
 
 @register_metric("fluency", kind="quality", higher_is_better=True, needs=("fluency_lm",), group="model",
                  default=False, library="transformers via baco backend, default LM: embedded base Gemma-3-270M",
                  gain=math.exp, help="mean token log-prob (nats) of the response under a reference LM")
-def fluency(prompts: list[str], responses: list[str], *, fluency_lm) -> list[float | None]:
+def fluency(prompts: list[Prompt], responses: list[str], *, fluency_lm) -> list[float | None]:
     return fluency_lm(prompts, responses)
 
 
 @register_metric("relevance", kind="quality", higher_is_better=True, needs=("embedder",), group="semantic",
                  library="transformers (all-MiniLM-L6-v2) + numpy", gain=lambda cos: max(0.0, cos),
                  help="cosine similarity of prompt and response embeddings (0 for an empty response)")
-def relevance(prompts: list[str], responses: list[str], *, embedder) -> list[float]:
-    vectors_p = np.asarray(embedder(list(prompts)), dtype=np.float64)
+def relevance(prompts: list[Prompt], responses: list[str], *, embedder) -> list[float]:
+    vectors_p = np.asarray(embedder([last_turn(p) for p in prompts]), dtype=np.float64)
     vectors_r = np.asarray(embedder(list(responses)), dtype=np.float64)
     cos = (vectors_p * vectors_r).sum(-1)
     return [0.0 if not r.strip() else float(np.clip(c, -1.0, 1.0)) for r, c in zip(responses, cos)]

@@ -145,12 +145,14 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     # quality: every (prompt, response) pair of every group at once, so models batch across prompts
     keys = list(groups)
     flat = [(key, i, r) for key in keys for i, r in enumerate(groups[key])]
+    asked = {r.key: r.messages or r.prompt for _, _, r in flat}  # what a scorer reads: the text or the conversation
     scores: dict[str, dict[tuple, list]] = {}
     for spec in quality:
         scorer = scorer_identity(spec, resources.options)
         # each distinct (prompt, response) once: repeated answers get one value (a model in bf16 scores a text
-        # a little differently in batches of other shapes), and the cache then holds what this run used
-        distinct = list(dict.fromkeys((r.prompt, r.response) for _, _, r in flat))
+        # a little differently in batches of other shapes), and the cache then holds what this run used; a
+        # conversation is its key (all its messages)
+        distinct = list(dict.fromkeys((r.key, r.response) for _, _, r in flat))
         value_of = {pair: cache.get(scorer, *pair) if cache else MISS for pair in distinct}
         todo = [pair for pair in distinct if value_of[pair] is MISS]
         needs = {n: resources.get(n) for n in spec.needs} if todo else {}  # all cached: load no model
@@ -158,7 +160,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
             step = 256
             for start in range(0, len(todo), step):
                 pairs = todo[start:start + step]
-                got = spec.fn([p for p, _ in pairs], [r for _, r in pairs], **needs)
+                got = spec.fn([asked[p] for p, _ in pairs], [r for _, r in pairs], **needs)
                 value_of.update(zip(pairs, got))
                 if cache:
                     cache.add(scorer, pairs, got)
@@ -168,7 +170,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                   file=sys.stderr)
         scores[spec.name] = {key: [] for key in keys}
         for key, _, r in flat:
-            value = value_of[(r.prompt, r.response)]
+            value = value_of[(r.key, r.response)]
             scores[spec.name][key].append(None if value is None else float(value))
 
     chosen = choose_utility_quality(metrics, utility_quality)
