@@ -1,6 +1,7 @@
 """Multi-pass baselines on the tiny pair: negative prompting and verbalized sampling."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -164,6 +165,19 @@ def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_
     again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
                             sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
     assert [s.text for s in again] == ["Apple", "Mango"]
+
+
+def test_verbalized_asks_for_at_most_a_hundred_answers_in_one_response():
+    """`verbalized:1e9` was accepted: one response of 1e9 x max_new_tokens tokens, asked to hold 1e9 answers."""
+    from baco.errors import UnknownRouterError
+    from baco.strategies import parse_strategy
+
+    assert parse_strategy("verbalized:100")[1] == 100
+    for spec, shown in (("verbalized:1e9", "1e+09"), ("verbalized:101", "101"), ("verbalized:0", "0"),
+                        ("verbalized:2.5", "2.5")):
+        range_error = rf"verbalized: k must be an integer in \[1, 100\], got {re.escape(shown)}$"
+        with pytest.raises(UnknownRouterError, match=range_error):
+            parse_strategy(spec)
 
 
 def test_streaming_a_multi_pass_method_says_it_makes_whole_samples(collab):

@@ -7,8 +7,8 @@
   the context; older ones are dropped first). Sample 0 has nothing to avoid and is aligned alone.
   Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
   aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
-- `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
-  response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
+- `verbalized:K` — verbalized sampling (K in [1, MAX_ITEMS = 100]): the aligned model is asked for K different
+  answers in one response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
   distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
   into its items, the probabilities cut off, each item a sample (its tokens and
   provenance are the tokens that cover the item). ceil(n / K) responses per prompt, their items numbered in
@@ -37,9 +37,13 @@ from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, prompt_key, with_last_turn
 from baco.routers import get_router, list_routers
-from baco.routers.registry import reserve, split_spec
+from baco.routers.registry import bounds, reserve, split_spec
 from baco.routers.neighbours import MAX_WEIGHT
 
+# The most answers verbalized sampling asks for in one response: a round number, 20 times the VS paper's k = 5. The
+# response's budget is k times max_new_tokens and one model writes all k answers, each different from the others, in
+# one context: a k of thousands asks for a response no model writes (and `verbalized:1e9` was accepted).
+MAX_ITEMS = 100
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
                        "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
@@ -75,18 +79,16 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     if entry is None:
         return None
     _, raw = split_spec(str(spec))
-    kind = "an integer" if entry.integer else "a number"
+    kind = f"{'an integer' if entry.integer else 'a number'} {bounds(entry.low, entry.high)}"
     try:
         value = float(raw) + 0.0 if raw is not None else entry.default  # (+ 0.0: "-0" is 0)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise UnknownRouterError(f"{entry.name} needs {kind} >= {entry.low:g} for {entry.param}, "
-                                 f"got {raw.strip()!r}")
-    if value < entry.low or (entry.integer and value != int(value)):
-        raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
-    if entry.high is not None and value > entry.high:
-        raise UnknownRouterError(f"{entry.name}: {entry.param} must be <= {entry.high:g}, got {value:g}")
+        raise UnknownRouterError(f"{entry.name} needs {kind} for {entry.param}, got {raw.strip()!r}")
+    if (value < entry.low or (entry.high is not None and value > entry.high)
+            or (entry.integer and value != int(value))):
+        raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind}, got {value:g}")
     return entry, value
 
 
@@ -245,6 +247,6 @@ def _negative(lm, prompts, *, n, value, **options):
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
-           "probabilities in one response and split them", integer=True)
+           "probabilities in one response and split them", integer=True, high=MAX_ITEMS)
 def _verbalized(lm, prompts, *, n, value, **options):
     return verbalized_sampling(lm, prompts, n=n, k=int(value), **options)
