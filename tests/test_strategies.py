@@ -137,8 +137,18 @@ def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_
 
 
 def test_an_empty_numbered_item_is_no_sample_and_does_not_take_the_next_line():
-    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n3. Kiwi\n2. "):
-        assert sorted(text[a:b] for a, b in split_items(text)) == ["Apple", "Kiwi"]
+    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n2. Kiwi\n3. "):
+        assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Kiwi"]
+
+
+def test_only_the_list_numbering_makes_items():
+    """The request asks for answers numbered 1 to k: an item is a line that starts with the list's next number (1 for
+    the first, then one more than the item before, an empty item counted) and ".", ")" or ":" and a space. Any other
+    numbered line is text of no item: a year, a time, a decimal, a sub-list, a number out of turn."""
+    text = ("Here are my answers.\n2020: a good year\n1. Apple (0.4)\n   1. Granny Smith\n2) Mango\n10:30 is late\n"
+            "3.5 apples\n3: Kiwi fruit\n5. Plum\n4.\n5. Fig (0.1)\n6.Pear")
+    assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Mango", "Kiwi fruit", "Fig"]
+    assert split_items("2020: a year\n1999. another") == []
 
 
 def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):

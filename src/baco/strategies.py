@@ -48,9 +48,11 @@ NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
                        "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
                        "one per line, each as: <answer> (probability: <a number between 0 and 1>)")
-# a numbered line: "1. text"; the text starts on that line (an empty item "2." must not take the next line as its
-# text), and spaces around it are not part of it
-ITEM = re.compile(r"^[^\S\n]*(\d+)[.):][^\S\n]*(\S.*?)[^\S\n]*$", re.MULTILINE)
+# a numbered line: "1. text", "2) text", "3: text", the marker followed by a space or the line's end (not "3.5 apples",
+# "10:30"); the text (group 2, None for an empty item) starts on that line (an empty item "2." must not take the next
+# line as its text), and spaces around it are not part of it. `split_items` keeps the lines numbered as a list (of at
+# most MAX_ITEMS answers: a longer number is no marker, and int() reads every number it matches).
+ITEM = re.compile(r"^[^\S\n]*(\d{1,4})[.):](?:[^\S\n]+(\S.*?))?[^\S\n]*$", re.MULTILINE)
 # an item's verbalized probability at its end: "(probability: 0.3)", "[0.3]", "(30%)", "- probability: 0.3"
 _P = r"(?:0?\.\d+|[01](?:\.0+)?|\d{1,3}(?:\.\d+)?\s*%)"
 _NAME = r"(?:(?:probability|prob\.?)\s*[:=]?|p\s*[:=])"
@@ -155,10 +157,20 @@ def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: Prompt, index: int, earli
 
 
 def split_items(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ..."), each without
-    its verbalized probability ("... (probability: 0.3)"); an item that is only a probability is dropped."""
-    spans = []
+    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ...", "3: ..."), each without
+    its verbalized probability ("... (probability: 0.3)"); an item that is empty or only a probability is dropped.
+
+    The items are the list the request asks for, numbered 1 to k: a line is an item when its number is the list's
+    next (1 for the first, then one more than the item before, an empty item counted). Any other numbered line is
+    text of no item ("2020: a good year", a sub-list's "1.", a number out of turn), so a list that skips a number
+    ends there."""
+    spans, expected = [], 1
     for m in ITEM.finditer(text):
+        if int(m.group(1)) != expected:
+            continue
+        expected += 1
+        if m.group(2) is None:
+            continue
         start, end = m.start(2), m.end(2)
         p = PROBABILITY.search(text, start, end)
         end = p.start() if p else end
