@@ -162,6 +162,15 @@ def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
     assert texts == {9: [], 11: ["Apple"], 24: ["Apple", "Mango"]}
 
 
+def test_a_whole_item_of_a_response_the_length_budget_cut_says_stop(verbalizing_dirs):
+    """In 2 x 11 tokens the response is cut in its second line ("length"); its first item is a whole answer: its
+    finish_reason is "stop" (only an item that was itself cut short could say "length", and such a one is left out)."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    cut = SamplingParams(temperature=0, max_new_tokens=11)
+    samples = list(verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, sampling=cut, fmt=PromptFormat()))
+    assert [(s.text, s.finish_reason) for s in samples] == [("Apple", "stop")]
+
+
 def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_dirs):
     """The response runs with k times the budget (room for k answers); the samples record the call's max_new_tokens,
     so that the settings a sample records repeat it."""

@@ -14,7 +14,8 @@
   provenance are the tokens that cover the item). ceil(n / K) responses per prompt, their items numbered in
   round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
   that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
-  response cut by the length budget is left out (it may be cut short, its probability half-written).
+  response cut by the length budget is left out (it may be cut short, its probability half-written), so every
+  item is a whole answer: its finish_reason is "stop", whatever ended the response.
 
 Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
 any router; their `router` field reads `negative:W` / `verbalized:K`.
@@ -239,8 +240,10 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
             # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
             asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
             messages = prompts[i] if isinstance(prompts[i], list) else None  # the conversation asked, not the ask
+            # a whole answer ("stop"), whatever ended the response: a last item the length budget may have cut is
+            # left out above, so no item was cut short
             yield replace(item, prompt=last_turn(prompts[i]), messages=messages, router=f"verbalized:{k}",
-                          sampling=asked)
+                          sampling=asked, finish_reason="stop")
 
 
 def _register(name, param, default, low, help, integer=False, high=None):
