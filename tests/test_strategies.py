@@ -171,6 +171,30 @@ def test_a_whole_item_of_a_response_the_length_budget_cut_says_stop(verbalizing_
     assert [(s.text, s.finish_reason) for s in samples] == [("Apple", "stop")]
 
 
+def test_stop_strings_end_each_answer_not_the_response(verbalizing_dirs):
+    """A user's stop strings are meant for each answer: with stop "\\n" the response stopped after its first line
+    (one sample per response). The response runs without them and each item is cut at its first one ("A red
+    dragon" at " dragon": "A red", finish "stop"), its tokens those that write the cut text."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    stops = SamplingParams(temperature=0, max_new_tokens=24, stop=["\n", " dragon"])
+    samples = sorted(verbalized_sampling(lm, PROMPTS, n=2, k=2, sampling=stops, fmt=PromptFormat()),
+                     key=lambda s: (s.prompt_index, s.sample_index))
+    assert [(s.prompt_index, s.text, s.finish_reason) for s in samples] == [
+        (0, "Apple", "stop"), (0, "Mango", "stop"), (1, "A red", "stop"), (1, "A tiny", "stop")]
+    for s in samples:
+        assert "".join(s.token_texts).lstrip() == s.text and lm.tokenizer.decode(s.token_ids).lstrip() == s.text
+        assert len(s.sources) == len(s.reasons) == len(s.chosen_prob) == len(s.token_ids)
+        assert s.sampling["stop"] == ["\n", " dragon"]  # recorded as asked, as the max_new_tokens
+
+
+def test_an_item_a_stop_string_cuts_to_nothing_is_no_sample_and_the_next_item_still_is(verbalizing_dirs):
+    """Stop "App" ended the response at "1. ": no sample at all; now "Apple" is cut to nothing and "Mango" is one."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    stops = SamplingParams(temperature=0, max_new_tokens=24, stop=["App"])
+    samples = list(verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, sampling=stops, fmt=PromptFormat()))
+    assert [(s.sample_index, s.text) for s in samples] == [(0, "Mango")]
+
+
 def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_dirs):
     """The response runs with k times the budget (room for k answers); the samples record the call's max_new_tokens,
     so that the settings a sample records repeat it."""

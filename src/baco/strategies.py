@@ -15,7 +15,9 @@
   round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
   that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
   response cut by the length budget is left out (it may be cut short, its probability half-written), so every
-  item is a whole answer: its finish_reason is "stop", whatever ended the response.
+  item is a whole answer: its finish_reason is "stop", whatever ended the response. The user's stop strings
+  (`SamplingParams.stop`) end each answer: the response runs without them, and each item is cut before its first
+  one (its tokens those that cover the cut text; an item cut to nothing is no sample).
 
 Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
 any router; their `router` field reads `negative:W` / `verbalized:K`.
@@ -180,6 +182,19 @@ def split_items(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _cut_at_stop(text: str, span: tuple[int, int], stops: tuple[str, ...]) -> tuple[int, int]:
+    """An item's span cut before the first of the user's stop strings in its text, and before the spaces that lead
+    up to it (an item's spaces are not part of it); the span as it is when its text holds none."""
+    start, end = span
+    cuts = [at for at in (text.find(stop, start, end) for stop in stops) if at >= 0]
+    if not cuts:
+        return span
+    end = min(cuts)
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
     """A sample for one item: its text, and the parent's per-token columns for the tokens covering it."""
     joined = "".join(parent.token_texts)
@@ -222,7 +237,10 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
     collab = Collaboration(SoloPair(lm, "aligned"), fmt)
     asks = [with_last_turn(p, VERBALIZED_TEMPLATE.format(prompt=last_turn(p), k=k)) for p in prompts]
     rounds = -(-n // k)
-    longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
+    # the user's stop strings end each answer, not the response (stop "\n" would end it after its first answer): the
+    # response runs without them (the model's stop tokens and the format's stop strings still end it), and each
+    # item is cut at its first one
+    longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k, stop=())
     made = {i: 0 for i in range(len(prompts))}
     copies = occurrences if occurrences is not None else occurrences_of(prompts)  # the asks repeat as the prompts do
     responses = collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
@@ -232,13 +250,15 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
         items = split_items(response.text)
         if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
             items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
+        items = [span for span in (_cut_at_stop(response.text, span, sampling.stop) for span in items)
+                 if span[1] > span[0]]  # an item cut to nothing is no answer, as an empty one
         for span in items[:k]:
             if made[i] >= n:
                 break
             item = _item_sample(response, span, made[i])
             made[i] += 1
             # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
-            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
+            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens, "stop": list(sampling.stop)}
             messages = prompts[i] if isinstance(prompts[i], list) else None  # the conversation asked, not the ask
             # a whole answer ("stop"), whatever ended the response: a last item the length budget may have cut is
             # left out above, so no item was cut short
