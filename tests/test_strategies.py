@@ -137,7 +137,8 @@ def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_
 
 
 def test_an_empty_numbered_item_is_no_sample_and_does_not_take_the_next_line():
-    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n2. Kiwi\n3. "):
+    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n",
+                 "1. Apple (probability: 0.4)\n2. Kiwi\n3. "):
         assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Kiwi"]
 
 
