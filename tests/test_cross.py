@@ -621,6 +621,21 @@ def test_a_word_router_does_not_switch_writers_at_a_combining_mark_inside_a_word
     assert [t for t in sample.token_texts if t] == [" ", "नमस्ते ", "दुनिया,", " ", "cafe\u0301 ", "noir."]
 
 
+LOVE = "I \u2764\ufe0fyou, \U0001f468\u200d\U0001f469 too."  # an emoji with VS16 right before a word; a ZWJ sequence
+
+
+def test_a_word_router_starts_a_word_after_an_emoji_and_its_variation_selector(tmp_path):
+    """VS16 is a combining mark, so it counted as a word character: "\ufe0fyou," was one span, "you" begun in the
+    emoji's word. A variation selector takes the class of what it modifies (an emoji: no word), so "you," is a
+    word of its own (RAND decides per word)."""
+    memorised = Collaboration.from_pretrained(*memorising_pair(tmp_path, LOVE), device="cpu")
+    sample = memorised.generate(["Say it."], router="rand-words:0.5",
+                                sampling=SamplingParams(temperature=0, max_new_tokens=80, seed=0))[0]
+    assert sample.text == LOVE
+    spans = [t for t in sample.token_texts if t]
+    assert "you," in spans and not any("\ufe0f" in span and "you" in span for span in spans)
+
+
 def test_the_method_list_and_the_mismatch_error_name_the_multi_pass_methods_a_cross_pair_runs(cross, capsys):
     """Negative prompting and verbalized sampling use the aligned model alone, so they run on a pair whose
     tokenizers differ: `baco routers` and the error for a token-level router say so."""

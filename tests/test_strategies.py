@@ -1,6 +1,7 @@
 """Multi-pass baselines on the tiny pair: negative prompting and verbalized sampling."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -136,8 +137,19 @@ def test_negative_prompting_primes_with_the_newest_earlier_samples_that_fit_the_
 
 
 def test_an_empty_numbered_item_is_no_sample_and_does_not_take_the_next_line():
-    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n", "1. Apple (probability: 0.4)\n3. Kiwi\n2. "):
-        assert sorted(text[a:b] for a, b in split_items(text)) == ["Apple", "Kiwi"]
+    for text in ("1. Apple\n2.\n3. Kiwi", "1. Apple\r\n2.   \r\n3. Kiwi\r\n",
+                 "1. Apple (probability: 0.4)\n2. Kiwi\n3. "):
+        assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Kiwi"]
+
+
+def test_only_the_list_numbering_makes_items():
+    """The request asks for answers numbered 1 to k: an item is a line that starts with the list's next number (1 for
+    the first, then one more than the item before, an empty item counted) and ".", ")" or ":" and a space. Any other
+    numbered line is text of no item: a year, a time, a decimal, a sub-list, a number out of turn."""
+    text = ("Here are my answers.\n2020: a good year\n1. Apple (0.4)\n   1. Granny Smith\n2) Mango\n10:30 is late\n"
+            "3.5 apples\n3: Kiwi fruit\n5. Plum\n4.\n5. Fig (0.1)\n6.Pear")
+    assert [text[a:b] for a, b in split_items(text)] == ["Apple", "Mango", "Kiwi fruit", "Fig"]
+    assert split_items("2020: a year\n1999. another") == []
 
 
 def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
@@ -149,6 +161,39 @@ def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
                                                          sampling=SamplingParams(temperature=0, max_new_tokens=budget))]
              for budget in (9, 11, 24)}
     assert texts == {9: [], 11: ["Apple"], 24: ["Apple", "Mango"]}
+
+
+def test_a_whole_item_of_a_response_the_length_budget_cut_says_stop(verbalizing_dirs):
+    """In 2 x 11 tokens the response is cut in its second line ("length"); its first item is a whole answer: its
+    finish_reason is "stop" (only an item that was itself cut short could say "length", and such a one is left out)."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    cut = SamplingParams(temperature=0, max_new_tokens=11)
+    samples = list(verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, sampling=cut, fmt=PromptFormat()))
+    assert [(s.text, s.finish_reason) for s in samples] == [("Apple", "stop")]
+
+
+def test_stop_strings_end_each_answer_not_the_response(verbalizing_dirs):
+    """A user's stop strings are meant for each answer: with stop "\\n" the response stopped after its first line
+    (one sample per response). The response runs without them and each item is cut at its first one ("A red
+    dragon" at " dragon": "A red", finish "stop"), its tokens those that write the cut text."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    stops = SamplingParams(temperature=0, max_new_tokens=24, stop=["\n", " dragon"])
+    samples = sorted(verbalized_sampling(lm, PROMPTS, n=2, k=2, sampling=stops, fmt=PromptFormat()),
+                     key=lambda s: (s.prompt_index, s.sample_index))
+    assert [(s.prompt_index, s.text, s.finish_reason) for s in samples] == [
+        (0, "Apple", "stop"), (0, "Mango", "stop"), (1, "A red", "stop"), (1, "A tiny", "stop")]
+    for s in samples:
+        assert "".join(s.token_texts).lstrip() == s.text and lm.tokenizer.decode(s.token_ids).lstrip() == s.text
+        assert len(s.sources) == len(s.reasons) == len(s.chosen_prob) == len(s.token_ids)
+        assert s.sampling["stop"] == ["\n", " dragon"]  # recorded as asked, as the max_new_tokens
+
+
+def test_an_item_a_stop_string_cuts_to_nothing_is_no_sample_and_the_next_item_still_is(verbalizing_dirs):
+    """Stop "App" ended the response at "1. ": no sample at all; now "Apple" is cut to nothing and "Mango" is one."""
+    lm = HFCausalLM.from_pretrained(verbalizing_dirs[1], device="cpu")
+    stops = SamplingParams(temperature=0, max_new_tokens=24, stop=["App"])
+    samples = list(verbalized_sampling(lm, PROMPTS[:1], n=2, k=2, sampling=stops, fmt=PromptFormat()))
+    assert [(s.sample_index, s.text) for s in samples] == [(0, "Mango")]
 
 
 def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_dirs):
@@ -164,6 +209,19 @@ def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_
     again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
                             sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
     assert [s.text for s in again] == ["Apple", "Mango"]
+
+
+def test_verbalized_asks_for_at_most_a_hundred_answers_in_one_response():
+    """`verbalized:1e9` was accepted: one response of 1e9 x max_new_tokens tokens, asked to hold 1e9 answers."""
+    from baco.errors import UnknownRouterError
+    from baco.strategies import parse_strategy
+
+    assert parse_strategy("verbalized:100")[1] == 100
+    for spec, shown in (("verbalized:1e9", "1e+09"), ("verbalized:101", "101"), ("verbalized:0", "0"),
+                        ("verbalized:2.5", "2.5")):
+        range_error = rf"verbalized: k must be an integer in \[1, 100\], got {re.escape(shown)}$"
+        with pytest.raises(UnknownRouterError, match=range_error):
+            parse_strategy(spec)
 
 
 def test_streaming_a_multi_pass_method_says_it_makes_whole_samples(collab):

@@ -60,7 +60,7 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         (["--prompt", "hi", "--batch-size", "0"], "--batch-size must be", "got 0"),
         (["--prompt", "hi", "--router", "p:nan"], "router 'p' needs a finite number for threshold", "'nan'"),
         (["--prompt", "hi", "--router", "p-punc:-1"], "threshold must be >= 0, got -1", ""),
-        (["--prompt", "hi", "--router", "verbalized:inf"], "verbalized needs an integer >= 1", "'inf'"),
+        (["--prompt", "hi", "--router", "verbalized:inf"], "verbalized needs an integer in [1, 100] for k", "'inf'"),
         (["--prompts", str(prompts)], "prompts.txt:2: not valid UTF-8", "byte 0xff"),
         (["--prompts", str(empty)], "empty.jsonl: no prompts found", ""),
         (["--prompts", str(tmp_path)], "is a folder", ""),

@@ -1,10 +1,12 @@
 """Token classes and the tokenizer compatibility check."""
 
 import pytest
+import torch
 
 from baco.errors import TokenizerMismatchError
 from baco.testing import CORPUS, train_sentencepiece_tokenizer, train_tokenizer
-from baco.vocab import TokenTable, check_compatible, control_token_ids, is_punct_or_format, token_texts
+from baco.vocab import (TokenTable, check_compatible, control_token_ids, ends_word, is_punct_or_format, is_word_char,
+                        token_texts)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -105,3 +107,23 @@ def test_a_token_that_starts_with_a_combining_mark_continues_the_word():
     table = TokenTable.from_texts(["नम", "स्", "ते", "\u0301", " noir", "日本"], control_ids=[], stop_ids=[])
     assert table.continues_word.tolist() == [True, True, True, True, False, False]
     assert table.ends_word_char.tolist() == [True, True, True, True, True, False]
+
+
+def test_variation_selectors_and_the_zero_width_joiner_take_the_class_of_the_character_they_modify():
+    """VARIATION SELECTOR-16 is a combining mark, so "❤\ufe0f" + "you" read as one word (the word rule kept the
+    emoji's writer on for "you"). The selectors (U+FE00..FE0F, U+E0100..E01EF) and ZERO WIDTH JOINER modify the
+    character before them: an emoji sequence is no word, a letter with a selector still is."""
+    for modifier in ("\ufe0f", "\ufe0e", "\ufe00", "\U000e0100", "\U000e01ef", "\u200d"):
+        assert not is_word_char(modifier)
+        assert not ends_word("I \u2764" + modifier) and ends_word("caf" + modifier) and not ends_word(modifier)
+    assert not ends_word("\U0001f468\u200d\U0001f469\u200d\U0001f467")  # a family: one emoji of three, two joiners
+    assert not ends_word("\u845b\U000e0100")  # a CJK ideograph's variant is a word of its own, as the ideograph
+    assert ends_word("\u0915\u094d\u200d")  # a Devanagari conjunct's half form (letter, virama, joiner) is a word
+    texts = ["\u2764\ufe0f", "a\ufe0f", "\ufe0f", "\u200d\U0001f469", "you", "\U0001f468\u200d",
+             "\u845b\U000e0100"]
+    table = TokenTable.from_texts(texts, control_ids=[], stop_ids=[])
+    assert table.ends_word_char.tolist() == [False, True, False, False, True, False, False]
+    # a token that starts with a modifier continues the character before it: after a letter, its word
+    assert table.continues_word.tolist() == [False, True, True, True, True, False, False]
+    after = lambda text: table.mid_word(torch.tensor([texts.index(text)]))  # noqa: E731
+    assert not after("\u2764\ufe0f") and after("a\ufe0f")  # "you" after the heart starts a word, after "a️" not

@@ -7,14 +7,17 @@
   the context; older ones are dropped first). Sample 0 has nothing to avoid and is aligned alone.
   Samples are generated in n rounds; each round runs every prompt as one lockstep batch with the
   aligned model on both sides (two contexts, two KV caches). W = 0 is aligned alone.
-- `verbalized:K` — verbalized sampling: the aligned model is asked for K different answers in one
-  response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
+- `verbalized:K` — verbalized sampling (K in [1, MAX_ITEMS = 100]): the aligned model is asked for K different
+  answers in one response, numbered 1..K, each with its probability (VS "prompts the model to verbalize a probability
   distribution over a set of responses"; a plain list of K answers would not be VS); the response is split
   into its items, the probabilities cut off, each item a sample (its tokens and
   provenance are the tokens that cover the item). ceil(n / K) responses per prompt, their items numbered in
   round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
   that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
-  response cut by the length budget is left out (it may be cut short, its probability half-written).
+  response cut by the length budget is left out (it may be cut short, its probability half-written), so every
+  item is a whole answer: its finish_reason is "stop", whatever ended the response. The user's stop strings
+  (`SamplingParams.stop`) end each answer: the response runs without them, and each item is cut before its first
+  one (its tokens those that cover the cut text; an item cut to nothing is no sample).
 
 Both return `Sample`s like `Collaboration.generate`, so `baco eval` and `baco sweep` treat them like
 any router; their `router` field reads `negative:W` / `verbalized:K`.
@@ -37,16 +40,22 @@ from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, prompt_key, with_last_turn
 from baco.routers import get_router, list_routers
-from baco.routers.registry import reserve, split_spec
+from baco.routers.registry import bounds, reserve, split_spec
 from baco.routers.neighbours import MAX_WEIGHT
 
+# The most answers verbalized sampling asks for in one response: a round number, 20 times the VS paper's k = 5. The
+# response's budget is k times max_new_tokens and one model writes all k answers, each different from the others, in
+# one context: a k of thousands asks for a response no model writes (and `verbalized:1e9` was accepted).
+MAX_ITEMS = 100
 NEGATIVE_TEMPLATE = "{prompt}\n\nHere are answers you already gave:\n{previous}\nGive one of these answers again."
 VERBALIZED_TEMPLATE = ("{prompt}\n\nGive {k} different answers, as different from each other as you can, each with "
                        "its probability (how likely it is as an answer to this request). Number them 1 to {k}, "
                        "one per line, each as: <answer> (probability: <a number between 0 and 1>)")
-# a numbered line: "1. text"; the text starts on that line (an empty item "2." must not take the next line as its
-# text), and spaces around it are not part of it
-ITEM = re.compile(r"^[^\S\n]*(\d+)[.):][^\S\n]*(\S.*?)[^\S\n]*$", re.MULTILINE)
+# a numbered line: "1. text", "2) text", "3: text", the marker followed by a space or the line's end (not "3.5 apples",
+# "10:30"); the text (group 2, None for an empty item) starts on that line (an empty item "2." must not take the next
+# line as its text), and spaces around it are not part of it. `split_items` keeps the lines numbered as a list (of at
+# most MAX_ITEMS answers: a longer number is no marker, and int() reads every number it matches).
+ITEM = re.compile(r"^[^\S\n]*(\d{1,4})[.):](?:[^\S\n]+(\S.*?))?[^\S\n]*$", re.MULTILINE)
 # an item's verbalized probability at its end: "(probability: 0.3)", "[0.3]", "(30%)", "- probability: 0.3"
 _P = r"(?:0?\.\d+|[01](?:\.0+)?|\d{1,3}(?:\.\d+)?\s*%)"
 _NAME = r"(?:(?:probability|prob\.?)\s*[:=]?|p\s*[:=])"
@@ -75,18 +84,16 @@ def parse_strategy(spec: str) -> tuple[StrategySpec, float] | None:
     if entry is None:
         return None
     _, raw = split_spec(str(spec))
-    kind = "an integer" if entry.integer else "a number"
+    kind = f"{'an integer' if entry.integer else 'a number'} {bounds(entry.low, entry.high)}"
     try:
         value = float(raw) + 0.0 if raw is not None else entry.default  # (+ 0.0: "-0" is 0)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise UnknownRouterError(f"{entry.name} needs {kind} >= {entry.low:g} for {entry.param}, "
-                                 f"got {raw.strip()!r}")
-    if value < entry.low or (entry.integer and value != int(value)):
-        raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind} >= {entry.low:g}, got {value:g}")
-    if entry.high is not None and value > entry.high:
-        raise UnknownRouterError(f"{entry.name}: {entry.param} must be <= {entry.high:g}, got {value:g}")
+        raise UnknownRouterError(f"{entry.name} needs {kind} for {entry.param}, got {raw.strip()!r}")
+    if (value < entry.low or (entry.high is not None and value > entry.high)
+            or (entry.integer and value != int(value))):
+        raise UnknownRouterError(f"{entry.name}: {entry.param} must be {kind}, got {value:g}")
     return entry, value
 
 
@@ -153,16 +160,39 @@ def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: Prompt, index: int, earli
 
 
 def split_items(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ..."), each without
-    its verbalized probability ("... (probability: 0.3)"); an item that is only a probability is dropped."""
-    spans = []
+    """(start, end) character spans of the numbered items of a response ("1. ...", "2) ...", "3: ..."), each without
+    its verbalized probability ("... (probability: 0.3)"); an item that is empty or only a probability is dropped.
+
+    The items are the list the request asks for, numbered 1 to k: a line is an item when its number is the list's
+    next (1 for the first, then one more than the item before, an empty item counted). Any other numbered line is
+    text of no item ("2020: a good year", a sub-list's "1.", a number out of turn), so a list that skips a number
+    ends there."""
+    spans, expected = [], 1
     for m in ITEM.finditer(text):
+        if int(m.group(1)) != expected:
+            continue
+        expected += 1
+        if m.group(2) is None:
+            continue
         start, end = m.start(2), m.end(2)
         p = PROBABILITY.search(text, start, end)
         end = p.start() if p else end
         if end > start:
             spans.append((start, end))
     return spans
+
+
+def _cut_at_stop(text: str, span: tuple[int, int], stops: tuple[str, ...]) -> tuple[int, int]:
+    """An item's span cut before the first of the user's stop strings in its text, and before the spaces that lead
+    up to it (an item's spaces are not part of it); the span as it is when its text holds none."""
+    start, end = span
+    cuts = [at for at in (text.find(stop, start, end) for stop in stops) if at >= 0]
+    if not cuts:
+        return span
+    end = min(cuts)
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
 
 
 def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
@@ -207,7 +237,10 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
     collab = Collaboration(SoloPair(lm, "aligned"), fmt)
     asks = [with_last_turn(p, VERBALIZED_TEMPLATE.format(prompt=last_turn(p), k=k)) for p in prompts]
     rounds = -(-n // k)
-    longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k)
+    # the user's stop strings end each answer, not the response (stop "\n" would end it after its first answer): the
+    # response runs without them (the model's stop tokens and the format's stop strings still end it), and each
+    # item is cut at its first one
+    longer = replace(sampling, max_new_tokens=sampling.max_new_tokens * k, stop=())
     made = {i: 0 for i in range(len(prompts))}
     copies = occurrences if occurrences is not None else occurrences_of(prompts)  # the asks repeat as the prompts do
     responses = collab.iter_generate(asks, router="aligned", n=rounds, sampling=longer, batch_size=batch_size,
@@ -217,16 +250,20 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
         items = split_items(response.text)
         if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
             items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
+        items = [span for span in (_cut_at_stop(response.text, span, sampling.stop) for span in items)
+                 if span[1] > span[0]]  # an item cut to nothing is no answer, as an empty one
         for span in items[:k]:
             if made[i] >= n:
                 break
             item = _item_sample(response, span, made[i])
             made[i] += 1
             # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
-            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens}
+            asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens, "stop": list(sampling.stop)}
             messages = prompts[i] if isinstance(prompts[i], list) else None  # the conversation asked, not the ask
+            # a whole answer ("stop"), whatever ended the response: a last item the length budget may have cut is
+            # left out above, so no item was cut short
             yield replace(item, prompt=last_turn(prompts[i]), messages=messages, router=f"verbalized:{k}",
-                          sampling=asked)
+                          sampling=asked, finish_reason="stop")
 
 
 def _register(name, param, default, low, help, integer=False, high=None):
@@ -245,6 +282,6 @@ def _negative(lm, prompts, *, n, value, **options):
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
-           "probabilities in one response and split them", integer=True)
+           "probabilities in one response and split them", integer=True, high=MAX_ITEMS)
 def _verbalized(lm, prompts, *, n, value, **options):
     return verbalized_sampling(lm, prompts, n=n, k=int(value), **options)

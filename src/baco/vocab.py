@@ -48,11 +48,35 @@ def _is_cjk(char: str) -> bool:
     return unicodedata.name(char, "").startswith(("CJK", "HIRAGANA", "KATAKANA", "HANGUL"))
 
 
+# Characters that modify the one before them and so take its class in the word rule, rather than being word
+# characters themselves: the variation selectors (an emoji's text or picture form, a CJK ideograph's variant; combining
+# marks by category) and ZERO WIDTH JOINER (the emoji sequences, an Indic conjunct's half form; a format character).
+# "❤" + VS16 is no word, "a" + VS16 still is.
+MODIFIERS = frozenset(chr(c) for c in (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), 0x200D))
+
+
 @functools.lru_cache(maxsize=65536)  # asked twice per token of a 262k vocabulary, of far fewer distinct characters
 def is_word_char(char: str) -> bool:
     """Letters, digits and combining marks (an accent written as a character of its own, a Devanagari vowel sign or
-    virama) form words; each CJK character counts as a word of its own."""
-    return (char.isalnum() or unicodedata.category(char)[0] == "M") and not _is_cjk(char)
+    virama) form words; each CJK character counts as a word of its own. A modifier (`MODIFIERS`) is none: it takes
+    the class of the character before it (`ends_word`, `may_continue_word`)."""
+    return (char.isalnum() or unicodedata.category(char)[0] == "M") and not _is_cjk(char) and char not in MODIFIERS
+
+
+def ends_word(text: str) -> bool:
+    """Whether `text` ends in a word character, its trailing modifiers read as the character they modify ("a\ufe0f"
+    does, "❤\ufe0f" does not); False for a text of modifiers only (or none), whose character is not in it. Reads
+    only the text's tail: the cross-tokenizer loop asks it of the whole text at every character."""
+    for char in reversed(text):
+        if char not in MODIFIERS:
+            return is_word_char(char)
+    return False
+
+
+def may_continue_word(text: str) -> bool:
+    """Whether `text`, written right after a word character, continues that word: it starts with a word character
+    or with a modifier (of that word's last character)."""
+    return bool(text) and (text[0] in MODIFIERS or is_word_char(text[0]))
 
 
 def is_punct_or_format(text: str) -> bool:
@@ -114,8 +138,9 @@ class TokenTable:
                 continues[i] = ends[i] = True
                 continue
             punct[i] = is_punct_or_format(text)
-            continues[i] = bool(text) and is_word_char(text[0])
-            ends[i] = bool(text) and is_word_char(text[-1])
+            continues[i] = may_continue_word(text)
+            ends[i] = ends_word(text)  # a token of modifiers only: False (what it modifies is in the token before:
+            # almost always an emoji, a symbol or a CJK ideograph, none of them a word character)
             function_text[i] = bool(text) and text.strip().lower() in FUNCTION_WORDS
             function[i] = function_text[i] and not continues[i]
         allowed = [i not in controls for i in range(size)]

@@ -38,7 +38,7 @@ from baco.decode.sampling import SamplingParams
 from baco.models.chars import STOP, CharRows, CrossPair, pick_index, classify
 from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, unit_of
 from baco.routers.registry import Router
-from baco.vocab import is_word_char
+from baco.vocab import ends_word
 
 BASE, ALIGNED, MIX = "base", "aligned", "mix"
 
@@ -88,7 +88,7 @@ class _Row:
         return bool(self.decoder.getstate()[0])
 
     def at_word_boundary(self) -> bool:
-        return not self.mid_character and (not self.text or not is_word_char(self.text[-1]))
+        return not self.mid_character and not ends_word(self.text)
 
 
 def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: SamplingParams,
