@@ -170,7 +170,20 @@ class JsonlAppender:
         return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
 
     def append(self, row: dict) -> None:
-        data = self.encode(row)
+        self._write(self.encode(row))
+
+    def append_rows(self, rows: list[dict], *, end_torn_line: bool = False) -> None:
+        """Several rows in one `os.write`: another process appending to the file at the same time (a file written
+        without a lock, such as a score cache) has its lines land before or after these, never inside one.
+
+        `end_torn_line`: begin with a newline, which ends a last line a kill left unfinished; that line then reads
+        as one corrupt line, and is not truncated away (with other writers about, the end of the file may be
+        theirs by the time it would be cut)."""
+        data = b"".join(self.encode(row) for row in rows)
+        if data:
+            self._write(b"\n" + data if end_torn_line else data)
+
+    def _write(self, data: bytes) -> None:
         try:
             while data:  # a regular file takes it in one write; loop in case the OS takes less
                 data = data[os.write(self._fd, data):]
