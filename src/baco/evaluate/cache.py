@@ -99,18 +99,4 @@ class ScoreCache:
         # lock, and their batches land one after the other, never inside each other's lines. A full disk is the
         # user's to fix, not a bug: one line naming the file (the scores so far are kept).
         with JsonlAppender(self.path, repair=False) as out:
-            out.append_rows(rows, end_torn_line=not _ends_with_newline(self.path))
-
-
-def _ends_with_newline(path: Path) -> bool:
-    """Whether the file is empty, absent or ends with a newline (a kill can leave a line without one)."""
-    try:
-        with path.open("rb") as handle:
-            if handle.seek(0, os.SEEK_END) == 0:
-                return True
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) == b"\n"
-    except FileNotFoundError:
-        return True
-    except OSError as error:
-        raise OutputError(f"cannot read {path}: {error.strerror or error}") from None
+            out.append_rows(rows)
