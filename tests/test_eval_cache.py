@@ -1,6 +1,7 @@
 """The quality-score cache: a rerun scores only new (prompt, response) pairs and gives the same results."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,40 @@ def test_a_score_cache_that_is_a_file_being_evaluated_is_refused_before_scoring(
     with pytest.raises(OutputError, match="is the samples file"):
         evaluate_files([samples], ["reward"], options)
     assert samples.read_text() == before
+
+
+# one evaluation's appends: it waits for GO to exist (so that both start together), then adds BATCHES batches
+APPENDER = """
+import os, sys, time
+from baco.evaluate.cache import ScoreCache
+path, go, writer, batches, per_batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+cache = ScoreCache(path)
+while not os.path.exists(go):
+    time.sleep(0.001)
+for batch in range(batches):
+    pairs = [(f"prompt {writer}", f"response {batch}-{i}") for i in range(per_batch)]
+    cache.add(f"scorer {writer}", pairs, [float(i) for i in range(per_batch)])
+"""
+
+
+def test_two_evaluations_appending_to_one_cache_at_once_leave_only_whole_lines(tmp_path):
+    """`baco eval --score-cache` takes no lock: two evaluations may append to one cache at the same time. Each
+    batch goes out in one write of whole lines, so their lines never interleave inside a line, and every
+    score of both is read back."""
+    import os
+    import subprocess
+    import sys
+
+    import baco
+
+    env = dict(os.environ, PYTHONPATH=str(Path(baco.__file__).parents[1]))  # this baco, wherever it is installed
+    path, go = tmp_path / "scores.jsonl", tmp_path / "go"
+    writers, batches, per_batch = 2, 100, 400  # a batch of ~36 KB: several buffer flushes if written buffered
+    procs = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(go), str(w), str(batches),
+                               str(per_batch)], env=env) for w in range(writers)]
+    go.touch()
+    assert [proc.wait(timeout=300) for proc in procs] == [0] * writers
+    lines = path.read_bytes().split(b"\n")
+    assert lines.pop() == b""  # the file ends with a whole line
+    assert all(json.loads(line).keys() == {"key", "value"} for line in lines)
+    assert len(lines) == len(ScoreCache(path).values) == writers * batches * per_batch

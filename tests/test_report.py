@@ -18,9 +18,9 @@ METHODS = {"aligned": {"router": "aligned", "sweep": {"temperature": [0.7, 1.3]}
            "p-punc": {"router": "p-punc", "values": [0.3, 0.9]}}
 
 
-def tiny_config(prompts, methods=METHODS):
+def tiny_config(prompts, methods=METHODS, seeds=(0, 1), n=2):
     return parse_config({
-        "name": "tiny", "n": 2, "seeds": [0, 1], "tasks": [{"path": str(prompts), "name": "mine"}],
+        "name": "tiny", "n": n, "seeds": list(seeds), "tasks": [{"path": str(prompts), "name": "mine"}],
         "sampling": {"max_new_tokens": 12, "min_p": 0.05}, "methods": methods,
         "metrics": {"diversity": ["distinct-2"], "quality": ["relevance"]},
     })
@@ -175,3 +175,137 @@ def test_the_samples_shown_come_from_the_lowest_seed_by_number_not_by_text():
              "sampling": {"seed": seed}, "text": f"seed {seed}"} for seed in (10, 2) for i in range(2)]
     shown = pick_samples(rows)["t"]["m"]
     assert [r["text"] for r in shown] == ["seed 2", "seed 2"]
+
+
+# ---------------------------------------------------------------- the outputs belong together
+
+STALE = "id='stale'"  # the page's line saying that results.json, table.md, the plots or the samples disagree
+
+
+def output_files(run) -> dict[str, bytes]:
+    """results.json, table.md and every file in plots/, by their path in the run directory."""
+    names = ["results.json", "table.md"] + [f"plots/{p.name}" for p in sorted((run / "plots").iterdir())]
+    return {name: (run / name).read_bytes() for name in names if (run / name).is_file()}
+
+
+def shown_plots(page: str) -> dict[str, bytes]:
+    """The plots a page shows: name -> PNG bytes."""
+    import base64
+
+    return {name: base64.b64decode(data) for name, data in
+            re.findall(r"<img class='plot' alt='([^']*)' src='data:image/png;base64,([^']*)'>", page)}
+
+
+class Killed(BaseException):
+    """A kill while the evaluation writes its outputs (raised in place of a file's write)."""
+
+
+def test_an_evaluation_killed_between_its_output_files_leaves_a_page_that_is_whole_or_says_it_is_not(
+        run_dir, tiny_dirs, tmp_path, monkeypatch):
+    """results.json, table.md and the plots are written one after another. An evaluation killed between any two
+    of them leaves some of its files beside the previous evaluation's: the page must then show one evaluation
+    whole (the table and the plots of the results.json that picks its samples) or say that they disagree."""
+    import baco.sweep.plots
+    import baco.sweep.results
+    from baco.storage import atomic_write
+    from baco.sweep.results import write_outputs
+
+    # the user drops a method and a seed and evaluates again: every output file changes, seed 1's plot goes
+    new = tmp_path / "new"
+    shutil.copytree(run_dir, new)
+    config = tiny_config(run_dir.parent / "prompts.jsonl", {"aligned": METHODS["aligned"]}, seeds=[0])
+    summary = run_sweep(config, new, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
+    old_files, new_files = output_files(run_dir), output_files(new)
+    assert STALE not in build_report(run_dir) and STALE not in build_report(new)
+
+    kill_at, writes = None, []
+
+    def write(path, data):
+        if len(writes) == kill_at:
+            raise Killed
+        writes.append(path)
+        return atomic_write(path, data)
+
+    monkeypatch.setattr(baco.sweep.results, "atomic_write", write)
+    monkeypatch.setattr(baco.sweep.plots, "atomic_write", write)
+    write_outputs(summary, tmp_path / "counted")
+    count, flagged = len(writes), 0
+    for kill_at in range(count):
+        writes.clear()
+        killed = tmp_path / f"killed-{kill_at}"
+        shutil.copytree(run_dir, killed)
+        with pytest.raises(Killed):
+            write_outputs(summary, killed)
+        page = build_report(killed)
+        if STALE in page:
+            flagged += 1
+            continue
+        files = output_files(killed)
+        made = old_files if files["results.json"] == old_files["results.json"] else new_files
+        assert files["results.json"] == made["results.json"], kill_at
+        assert files["table.md"] == made["table.md"], f"killed before write {kill_at}: table.md of the other run"
+        pngs = {name[len("plots/"):-len(".png")]: data for name, data in made.items() if name.endswith(".png")}
+        assert shown_plots(page) == pngs, f"killed before write {kill_at}: the plots of another evaluation"
+    assert flagged  # some kill left a mixture, and the page said so
+
+
+def test_table_and_plots_without_results_json_are_flagged_as_unfinished(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "results.json").unlink()  # an evaluation killed before it wrote results.json, the last of its files
+    page = build_report(run)
+    assert STALE in page and "no results.json" in page
+
+
+def test_plots_of_seeds_no_longer_evaluated_are_removed_and_not_shown(run_dir, tiny_dirs, tmp_path):
+    """A sweep evaluated again with fewer seeds removes the plots its evaluation no longer makes (its own files
+    only), and the page shows only the plots results.json names."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "plots" / "my-figure.png").write_bytes(b"the user's own file")
+    config = tiny_config(run_dir.parent / "prompts.jsonl", seeds=[0])
+    run_sweep(config, run, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["my-figure.png", "pareto-mine-seed0.png",
+                                                                  "pareto-mine-seed0.svg"]
+    page = build_report(run)
+    assert list(shown_plots(page)) == ["pareto-mine-seed0"] and STALE not in page
+    # a plot results.json does not name (left by an older baco, or copied in) is not shown either
+    shutil.copy(run_dir / "plots" / "pareto-mine-seed1.png", run / "plots")
+    assert list(shown_plots(build_report(run))) == ["pareto-mine-seed0"]
+
+
+def test_samples_planned_after_the_evaluation_are_named_by_the_page_and_by_check(run_dir, tiny_dirs, tmp_path,
+                                                                                capsys):
+    """A sweep rerun with a larger n and killed before its evaluation finished (or run with --no-eval) has a
+    new plan: the samples the page picks are no longer those results.json was made from. The page, `baco
+    report` and `baco check` say so, until the sweep is evaluated again."""
+    from baco.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    config = tiny_config(run_dir.parent / "prompts.jsonl", n=3)
+    engines = Engines.load(*map(str, tiny_dirs), device="cpu")
+    run_sweep(config, run, engines, evaluate=False, progress=False)
+    page = build_report(run)
+    assert STALE in page and "results.json was made from 32 samples" in html.unescape(page)
+    assert main(["report", str(run)]) == 0
+    assert "baco: warning: results.json was made from 32 samples" in capsys.readouterr().err
+    assert main(["check", str(run)]) == 1
+    out = capsys.readouterr()
+    assert "results.json was made from 32 samples" in out.out and out.err.startswith("problems: ")
+    run_sweep(config, run, engines, progress=False)
+    assert STALE not in build_report(run)
+    assert main(["check", str(run)]) == 0
+
+
+def test_a_results_json_of_an_older_baco_shows_the_plots_its_tasks_and_seeds_name(run_dir, tmp_path):
+    """results.json written before it listed its files and samples: nothing to check, and the plots shown are
+    those its tasks and seeds name, not every PNG in plots/."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    summary = json.loads((run / "results.json").read_text())
+    del summary["files"], summary["made_from"]
+    (run / "results.json").write_text(json.dumps(summary))
+    (run / "plots" / "my-figure.png").write_bytes((run / "plots" / "pareto-mine-seed0.png").read_bytes())
+    page = build_report(run)
+    assert list(shown_plots(page)) == ["pareto-mine-seed0", "pareto-mine-seed1"] and STALE not in page

@@ -695,7 +695,8 @@ def _note_running(run: Path) -> None:
 
 
 def cmd_check(args) -> int:
-    """Exit 0 when every planned sample of the run directory is stored exactly once and no line is torn."""
+    """Exit 0 when every planned sample of the run directory is stored exactly once, no line is torn, and the
+    results files (if any) are those of one finished evaluation of the samples the plan selects."""
     from baco.sweep import ledger
 
     run = args.run_dir
@@ -722,8 +723,25 @@ def cmd_check(args) -> int:
         print(problem)
     for key, count in result.strangers.items():
         print(f"{key}: {count} samples of a cell that no plan names")
-    print(("ok: " if result.ok else "problems: ") + result.summary(), file=sys.stderr)
-    return 0 if result.ok else 1
+    stale = _stale_outputs(run)
+    if stale:
+        print(stale)
+    ok = result.ok and not stale
+    print(("ok: " if ok else "problems: ") + result.summary() + ("; results out of date" if stale else ""),
+          file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _stale_outputs(run: Path) -> str | None:
+    """How the run directory's results.json, table.md, plots and samples disagree, as `baco report` says it; None
+    when they agree (or there are none)."""
+    from baco.report import read_results, shown_rows, stale_outputs
+
+    try:  # an unreadable results.json or plan.jsonl (with --config, not read above) is one line, as other problems
+        results = read_results(run)
+        return stale_outputs(run, results, shown_rows(run, results or {})[0])
+    except BacoError as error:
+        return str(error)
 
 
 def cmd_report(args) -> int:

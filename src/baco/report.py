@@ -8,7 +8,9 @@ base model's top-1 probability and entropy. No scripts, no external files.
 The samples shown are those the tables were made from, selected as the sweep's evaluation selects
 them: the planned samples of the cells of the configuration in `results.json`, each once. Samples
 of cells that configuration no longer lists (a method removed from the YAML) are left out, and the
-page says how many.
+page says how many. The plots shown are those results.json lists; when table.md, a plot or the samples
+are not those results.json was written with (an evaluation killed midway, a plan changed since), the page
+says so at the top, and so does a warning.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from baco.errors import BacoError
 from baco.evaluate.io import sweep_seed
 from baco.storage import atomic_write, check_output_file
 from baco.sweep import ledger
-from baco.sweep.results import evaluated_cells
+from baco.sweep.results import evaluated_cells, listed_plots, outputs_problems, stale_line
 from baco.sweep.store import SampleStore
 
 STYLE = """
@@ -33,6 +35,7 @@ th:first-child,td:first-child{text-align:left}img{max-width:100%;border:1px soli
 .sample{border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem;margin:.4rem 0;white-space:pre-wrap}
 .meta{color:#666;font-size:.85em}.tok-base{background:#ffe08a}.tok-aligned{background:#a8e6f0}
 .tok-mix{background:#f0b8f0}.legend span{padding:0 .4rem;margin-right:.5rem}
+.stale{background:#fde2e2;border:1px solid #e0a0a0;border-radius:6px;padding:.5rem .8rem}
 """
 
 
@@ -151,23 +154,43 @@ def _metric_names(summary: dict, axis: str) -> str:
     return ", ".join(names)
 
 
-def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
-    run = Path(run_dir)
-    if not (run / "samples.jsonl").is_file():
-        raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
+def read_results(run: Path) -> dict | None:
+    """The run directory's results.json (None: there is none); one that cannot be read is a BacoError."""
     results = run / "results.json"
+    if not results.is_file():
+        return None
     try:
-        summary = json.loads(results.read_text(encoding="utf-8")) if results.is_file() else {}
+        summary = json.loads(results.read_text(encoding="utf-8"))
     except (ValueError, OSError) as error:
         raise BacoError(f"{results} cannot be read ({error}); rerun `baco sweep` to rewrite it") from None
     if not isinstance(summary, dict):
         raise BacoError(f"{results} is not a sweep's results (a JSON object), it holds a {type(summary).__name__}; "
                         f"rerun `baco sweep` to rewrite it")
+    return summary
+
+
+def stale_outputs(run: Path, summary: dict | None, rows: list[dict]) -> str | None:
+    """A line saying how results.json, table.md, the plots and the samples the page shows (`rows`) disagree (an
+    evaluation killed midway, a plan changed since it ran); None when they belong together."""
+    problems = outputs_problems(run, summary, rows)
+    return stale_line(problems, run) if problems else None
+
+
+def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
+    run = Path(run_dir)
+    if not (run / "samples.jsonl").is_file():
+        raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
+    results = read_results(run)
+    summary = results or {}
     rows, left_out, skipped = shown_rows(run, summary)
-    if skipped:
-        warnings.warn(skipped, stacklevel=2)
+    stale = stale_outputs(run, results, rows)
+    for line in (stale, skipped):
+        if line:
+            warnings.warn(line, stacklevel=2)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or run.name)}</title>"
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
+    if stale:
+        parts.append(f"<p class='stale' id='stale'>{html.escape(stale)}</p>")
     if (run / "table.md").is_file():
         parts += ["<h2>Coverage and Dominance</h2>",
                   "<p class='meta'>Coverage: area dominated by the method's Pareto front / area dominated by the "
@@ -177,7 +200,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     if summary:
         parts.append(f"<p class='meta'>diversity metrics: {html.escape(_metric_names(summary, 'diversity'))}; "
                      f"quality metrics: {html.escape(_metric_names(summary, 'quality'))}</p>")
-    plots = sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []
+    plots = listed_plots(run, results)
     if plots:
         parts.append("<h2>Pareto planes</h2>")
         for plot in plots:

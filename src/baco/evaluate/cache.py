@@ -4,7 +4,9 @@ a killed evaluation) does not score the same (prompt, response) with the same mo
 One JSON line per score: {"key": sha256(scorer, prompt, response), "value": float | null}. The
 scorer names the metric and everything that changes its values (its model, the embedding dtype,
 the device, the cache format's version). Lines are appended as each batch is scored, so a killed
-evaluation keeps what it finished; a cut last line is ignored. Delete the file after changing a
+evaluation keeps what it finished; a cut last line is ignored. Each batch is one `O_APPEND` write of whole
+lines, so two evaluations appending to one cache at once (`baco eval --score-cache` takes no lock) never
+interleave inside a line. Delete the file after changing a
 metric's code: the cache cannot see code.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from baco.errors import OutputError
 from baco.evaluate.registry import MetricSpec
 from baco.evaluate.resources import EvalOptions
-from baco.storage import same_file, scan_jsonl
+from baco.storage import JsonlAppender, same_file, scan_jsonl
 
 VERSION = 1
 MISS = object()
@@ -83,24 +85,18 @@ class ScoreCache:
 
         A pair the cache holds already is not written again: each score is one line, however often it is
         handed in (a shard that Ray ran again after its worker died sends its scores twice)."""
-        lines = []
+        rows = []
         for (prompt, response), value in zip(pairs, values):
             key = self.key(scorer, prompt, response)
             if key in self.values:
                 continue
             value = None if value is None else float(value)
             self.values[key] = value
-            lines.append(json.dumps({"key": key, "value": value}) + "\n")
-        if not lines:
+            rows.append({"key": key, "value": value})
+        if not rows:
             return
-        try:  # a full disk is the user's to fix, not a bug: one line naming the file (the scores so far are kept)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.path.exists() and self.path.stat().st_size:
-                with self.path.open("rb") as f:  # a kill can leave a line without its newline
-                    f.seek(-1, os.SEEK_END)
-                    if f.read(1) != b"\n":
-                        lines.insert(0, "\n")
-            with self.path.open("a", encoding="utf-8") as f:
-                f.writelines(lines)
-        except OSError as error:
-            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        # One O_APPEND write of whole lines (`JsonlAppender.append_rows`): two evaluations sharing the cache take no
+        # lock, and their batches land one after the other, never inside each other's lines. A full disk is the
+        # user's to fix, not a bug: one line naming the file (the scores so far are kept).
+        with JsonlAppender(self.path, repair=False) as out:
+            out.append_rows(rows)

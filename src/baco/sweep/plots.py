@@ -2,7 +2,8 @@
 
 Each method's configurations are drawn in one colour, its own front joined by a line; points on the
 global front get a black ring. Axes show the raw metric values; an arrow in the label says which
-way is better.
+way is better. The same results give the same bytes (the SVGs carry no date and no random ids), so that
+results.json's digests of the plots (`results.write_outputs`) are reproducible.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
             for suffix in ("png", "svg"):
                 path = out / f"pareto-{task}-seed{seed}.{suffix}"
                 image = io.BytesIO()
-                fig.savefig(image, format=suffix, dpi=110)
+                with matplotlib.rc_context({"svg.hashsalt": "baco"}):  # the same SVG ids every time, not random
+                    fig.savefig(image, format=suffix, dpi=110, metadata={"Date": None} if suffix == "svg" else None)
                 written.append(atomic_write(path, image.getvalue()))
             plt.close(fig)
     return written
