@@ -22,12 +22,6 @@ from baco.testing import make_tiny_adapter  # noqa: E402
 
 from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves  # noqa: E402
 
-# peft 0.21's PeftModel.__init__ reads transformers' deprecated `model.is_gradient_checkpointing` (peft/peft_model.py)
-# whenever it wraps a model: here when make_tiny_adapter builds the adapter (get_peft_model) and when an adapter pair
-# loads (PeftModel.from_pretrained). baco calls only peft's current API; the notice is peft's. models/hf.py silences
-# it for users when it is imported, but pytest restores the warning filters after collection and after each test, so
-# that filter does not hold here: this one does, for that message only.
-pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 ROUTERS = ["p-punc:0.3", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 

@@ -45,6 +45,9 @@ def test_every_route_but_health_needs_the_key(guarded):
     assert requests.get(guarded.url + "/health").status_code == 200
     probe = requests.head(guarded.url + "/health")  # uptime checks and load balancers probe with HEAD
     assert probe.status_code == 200 and probe.content == b""
+    schema = requests.get(guarded.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
+    ids = [op["operationId"] for methods in schema["paths"].values() for op in methods.values()]
+    assert len(ids) == len(set(ids))  # client generators need one name per operation (HEAD /health is no other)
     for path in ("/v1/models", "/metrics", "/openapi.json", "/docs", "/nowhere"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):  # the last: no scheme
             refused = requests.get(guarded.url + path, headers=headers)
