@@ -246,12 +246,13 @@ class Collaboration:
     def stop_strings(self) -> tuple[str, ...]:
         return self.prompt_format.stop_strings
 
-    def requests(self, prompts: Sequence[str], n: int, sampling: SamplingParams, seed: int,
-                 occurrences: Sequence[int] | None = None) -> list[Request]:
+    def requests(self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams, seed: int,
+                 occurrences: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[Request]:
         """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts.
 
         A prompt text repeated in the list gets other rows for each copy (`decode.loop.occurrences_of`;
         given, `occurrences` numbers the copies in a longer list these prompts were taken from).
+        `names` (default "prompt 0", "prompt 1", ...): what errors call each prompt.
         """
         prompts = prompt_list(prompts)
         if not prompts:
@@ -265,7 +266,8 @@ class Collaboration:
         for index, (prompt, copy) in enumerate(zip(prompts, copies)):
             base_ids, aligned_ids = encode_request(prompt, index, self.prompt_format, self.pair.base.tokenizer,
                                                    self.pair.aligned.tokenizer, context,
-                                                   only=getattr(self.pair, "reads", None))  # SoloPair: one side
+                                                   only=getattr(self.pair, "reads", None),  # SoloPair: one side
+                                                   name=names[index] if names else None)
             room = context - max(len(base_ids), len(aligned_ids))
             budget = min(sampling.max_new_tokens, room)
             messages, key = (prompt if isinstance(prompt, list) else None), prompt_key(prompt)

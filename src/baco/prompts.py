@@ -242,16 +242,18 @@ def split_conversation(prompt: Prompt, fmt: PromptFormat) -> tuple[PromptFormat,
 
 
 def encode_request(prompt: Prompt, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
-                   context_length: int, only: str | None = None) -> tuple[list[int], list[int]]:
+                   context_length: int, only: str | None = None, name: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of one request for (base, aligned); clear errors for empty, not Unicode or over-long prompts.
 
     A conversation is rendered as `split_conversation` says: each model reads its earlier turns as it reads
     few-shot examples (the aligned model as chat turns, the base model in its template).
     `only` ("base" or "aligned"): one model alone reads that rendering (`SoloPair.reads`); the other is not
-    rendered (a base model needs no chat template to run alone) and its ids are a copy of the read ones."""
+    rendered (a base model needs no chat template to run alone) and its ids are a copy of the read ones.
+    `name` (default "prompt INDEX"): what errors call the prompt (a server's one prompt: "the prompt")."""
+    name = name or f"prompt {index}"
     problem = prompt_problem(prompt)
     if problem:
-        raise PromptError(f"prompt {index} {problem}")
+        raise PromptError(f"{name} {problem}")
     fmt, prompt = split_conversation(as_prompt(prompt), fmt)
     base_ids = aligned_ids = None
     if only != "aligned":
@@ -264,7 +266,7 @@ def encode_request(prompt: Prompt, index: int, fmt: PromptFormat, base_tokenizer
     longest = max(len(base_ids), len(aligned_ids))
     if longest >= context_length:
         raise PromptTooLongError(
-            f"prompt {index} is {longest} tokens once templated, but the models accept at most "
+            f"{name} is {longest} tokens once templated, but the models accept at most "
             f"{context_length} tokens of context (and need room for at least one new token)"
         )
     return base_ids, aligned_ids

@@ -101,17 +101,12 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, 
     sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                               min_p=body.min_p if body.min_p is not None else default_min_p,
                               max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
-    chat = prompt_field == "messages"
-    alone = "the conversation" if chat else "the prompt"  # what one prompt is called
+    # what one prompt is called (a list's are named by their index): a chat's last user message was checked by
+    # `conversation`, so what is left to say of it is the whole conversation's templated length
+    alone = "the conversation" if prompt_field == "messages" else "the prompt"
     with about(prompt_field):
-        try:
-            requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed)
-        except PromptError as error:  # named by its index in a list; a request with one prompt has no list
-            if len(prompts) > 1 or not str(error).startswith("prompt 0 "):
-                raise
-            # a chat's prompt is its last user message; its length once templated is the whole conversation's
-            what = "the last user message" if chat and not isinstance(error, PromptTooLongError) else alone
-            raise type(error)(f"{what} {str(error).removeprefix('prompt 0 ')}") from None
+        requests = Collaboration(collab.pair, fmt).requests(prompts, body.n, sampling, seed,
+                                                            names=[alone] if len(prompts) == 1 else None)
         prompt_tokens = 0
         slot = min(max_len, collab.pair.context_length)  # a slot longer than the models' context cannot be filled
         for request in requests:
