@@ -152,6 +152,14 @@ def test_only_the_list_numbering_makes_items():
     assert split_items("2020: a year\n1999. another") == []
 
 
+def test_a_sub_list_and_items_past_k_are_not_answers():
+    nested = "1. Apple\n   1. Granny Smith\n   2. Fuji\n2. Pear"
+    assert [nested[a:b] for a, b in split_items(nested)] == ["Apple", "Pear"]  # "Fuji" is no second answer
+    empty = "1. A\n2.\n3. C"  # asked for 2: answer 2 is empty, and 3 is past what was asked
+    assert [empty[a:b] for a, b in split_items(empty, limit=2)] == ["A"]
+    assert [empty[a:b] for a, b in split_items(empty)] == ["A", "C"]
+
+
 def test_an_item_on_a_line_the_length_budget_cut_is_no_sample(verbalizing_dirs):
     """Asked for 2 answers in 2 x 9 tokens, the model stops inside its first line ("1. Apple (probability: 0."):
     no sample, rather than "Apple (probability: 0." as an answer; in 2 x 11 tokens its first line ends, the

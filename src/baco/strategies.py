@@ -159,19 +159,23 @@ def _primed(lm: HFCausalLM, fmt: PromptFormat, prompt: Prompt, index: int, earli
     return None
 
 
-def split_items(text: str) -> list[tuple[int, int]]:
+def split_items(text: str, limit: int | None = None) -> list[tuple[int, int]]:
     """(start, end) character spans of the numbered items of a response ("1. ...", "2) ...", "3: ..."), each without
     its verbalized probability ("... (probability: 0.3)"); an item that is empty or only a probability is dropped.
 
-    The items are the list the request asks for, numbered 1 to k: a line is an item when its number is the list's
-    next (1 for the first, then one more than the item before, an empty item counted). Any other numbered line is
-    text of no item ("2020: a good year", a sub-list's "1.", a number out of turn), so a list that skips a number
+    The items are the list the request asks for, numbered 1 to k (`limit`: k, when given): a line is an item when
+    its number is the list's next (1 for the first, then one more than the item before, an empty item counted, at
+    most `limit`) and it is indented as item 1 is. Any other numbered line is text of no item ("2020: a good year",
+    an indented sub-list's "1." and "2.", a number out of turn, an item k + 1), so a list that skips a number
     ends there."""
-    spans, expected = [], 1
+    spans, expected, indent = [], 1, None
     for m in ITEM.finditer(text):
-        if int(m.group(1)) != expected:
+        margin = m.start(1) - m.start()  # (the match begins at its line's start)
+        if int(m.group(1)) != expected or (indent is not None and margin != indent):
             continue
-        expected += 1
+        if limit is not None and expected > limit:
+            break
+        expected, indent = expected + 1, margin
         if m.group(2) is None:
             continue
         start, end = m.start(2), m.end(2)
@@ -247,7 +251,7 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
                                      memory_fraction=memory_fraction, occurrences=copies)
     for response in _in_round_order(responses, len(prompts)):
         i = response.prompt_index
-        items = split_items(response.text)
+        items = split_items(response.text, limit=k)
         if response.finish_reason == "length" and items and "\n" not in response.text[items[-1][1]:]:
             items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
         items = [span for span in (_cut_at_stop(response.text, span, sampling.stop) for span in items)
