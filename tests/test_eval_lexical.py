@@ -217,3 +217,8 @@ def test_thai_lao_khmer_and_myanmar_give_a_token_per_letter_with_its_marks():
     assert words("មិន") == ("មិ", "ន") and words("မင်") == ("မ", "င်")
     assert distinct_n(["สวัสดีครับ", "สวัสดีค่ะ"], 1) < 1.0  # the shared greeting repeats
     assert short_answer_tokens("สวัสดี") == ["ส", "วั", "ส", "ดี"]
+
+
+def test_a_zero_width_non_joiner_inside_a_persian_word_keeps_it_one_word():
+    assert words("می\u200cخواهم بروم") == ("می\u200cخواهم", "بروم")
+    assert words("a\u200c b")[0] == "a"  # not between two letters: it joins nothing

@@ -119,6 +119,7 @@ def test_variation_selectors_and_the_zero_width_joiner_take_the_class_of_the_cha
     assert not ends_word("\U0001f468\u200d\U0001f469\u200d\U0001f467")  # a family: one emoji of three, two joiners
     assert not ends_word("\u845b\U000e0100")  # a CJK ideograph's variant is a word of its own, as the ideograph
     assert ends_word("\u0915\u094d\u200d")  # a Devanagari conjunct's half form (letter, virama, joiner) is a word
+    assert ends_word("\u0645\u06cc\u200c")  # Persian "می" + ZERO WIDTH NON-JOINER: the word "می‌خواهم" goes on
     texts = ["\u2764\ufe0f", "a\ufe0f", "\ufe0f", "\u200d\U0001f469", "you", "\U0001f468\u200d",
              "\u845b\U000e0100"]
     table = TokenTable.from_texts(texts, control_ids=[], stop_ids=[])

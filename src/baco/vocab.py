@@ -50,9 +50,10 @@ def _is_cjk(char: str) -> bool:
 
 # Characters that modify the one before them and so take its class in the word rule, rather than being word
 # characters themselves: the variation selectors (an emoji's text or picture form, a CJK ideograph's variant; combining
-# marks by category) and ZERO WIDTH JOINER (the emoji sequences, an Indic conjunct's half form; a format character).
-# "❤" + VS16 is no word, "a" + VS16 still is.
-MODIFIERS = frozenset(chr(c) for c in (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), 0x200D))
+# marks by category), ZERO WIDTH JOINER (the emoji sequences, an Indic conjunct's half form; a format character) and
+# ZERO WIDTH NON-JOINER (inside Persian words, "می‌خواهم", and Indic ones: it keeps two letters of one word apart in
+# writing, so the word goes on). "❤" + VS16 is no word, "a" + VS16 still is.
+MODIFIERS = frozenset(chr(c) for c in (*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0), 0x200D, 0x200C))
 
 
 @functools.lru_cache(maxsize=65536)  # asked twice per token of a 262k vocabulary, of far fewer distinct characters

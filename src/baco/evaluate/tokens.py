@@ -28,7 +28,9 @@ _MARKS = "".join(re.escape(chr(c)) for c in range(0x20000) if unicodedata.catego
 # what joins an emoji into one picture: combining marks (the emoji variation selector U+FE0F among them),
 # skin tones, and a zero-width joiner with the symbol after it (👨‍👩‍👧)
 _SYMBOL = rf"[^\w\s](?:[{_MARKS}\U0001f3fb-\U0001f3ff]|\u200d[^\w\s])*"
-_TOKEN = re.compile(rf"[{_CJK}]|[{_UNSPACED}][{_MARKS}]*|[^\W{_CJK}{_UNSPACED}](?:[^\W{_CJK}{_UNSPACED}]|[{_MARKS}])*"
+# a ZERO WIDTH NON-JOINER between two letters is inside one word (Persian "می‌خواهم", Indic scripts)
+_TOKEN = re.compile(rf"[{_CJK}]|[{_UNSPACED}][{_MARKS}]*"
+                    rf"|[^\W{_CJK}{_UNSPACED}](?:[^\W{_CJK}{_UNSPACED}]|[{_MARKS}]|\u200c(?=[^\W{_CJK}{_UNSPACED}]))*"
                     rf"|{_SYMBOL}")
 _CJK_CHAR = re.compile(f"[{_CJK}{_UNSPACED}]")
 # a sentence ends at . ! ? (or their CJK forms) followed by space/end, or at a line break
