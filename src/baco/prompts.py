@@ -242,7 +242,8 @@ def split_conversation(prompt: Prompt, fmt: PromptFormat) -> tuple[PromptFormat,
 
 
 def encode_request(prompt: Prompt, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
-                   context_length: int, only: str | None = None, name: str | None = None) -> tuple[list[int], list[int]]:
+                   context_length: int, only: str | None = None,
+                   name: str | None = None) -> tuple[list[int], list[int]]:
     """Token ids of one request for (base, aligned); clear errors for empty, not Unicode or over-long prompts.
 
     A conversation is rendered as `split_conversation` says: each model reads its earlier turns as it reads
