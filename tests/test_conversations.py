@@ -158,3 +158,14 @@ def test_a_sweep_plans_and_decodes_two_conversations_ending_in_the_same_turn_as_
     asked = [r.get("messages") for r in sorted(stored, key=lambda r: (r["prompt_index"], r["sample_index"]))]
     assert asked == [HI, HI, ABOUT_DRAGONS, ABOUT_DRAGONS, None, None]
     assert len({r["id"] for r in stored}) == 6
+
+
+def test_a_prompts_file_takes_the_developer_role_as_the_library_and_the_server_do(tmp_path, collab):
+    from baco.cli import read_prompts
+
+    talk = [{"role": "developer", "content": "Answer in one word."}, *HI]
+    path = tmp_path / "talks.jsonl"
+    path.write_text(json.dumps({"messages": talk}) + "\n")
+    assert read_prompts(path) == [talk]
+    assert collab.requests(read_prompts(path), 1, GREEDY, 3)[0].messages == talk
+

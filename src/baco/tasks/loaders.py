@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from baco.errors import TaskError
-from baco.prompts import roles_problem, unicode_problem
+from baco.prompts import SYSTEM_ROLES, TURN_ROLES, roles_problem, unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
 #: Fields a row's prompt is read from, in order of precedence: the first one present wins.
@@ -24,7 +24,7 @@ PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
               ".parquet": "parquet"}
-ROLES = ("system", "user", "assistant")
+ROLES = (*SYSTEM_ROLES, *TURN_ROLES)  # as the library and the server take a conversation
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
 WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
 MAX_LISTED = 10  # skipped-row locations named in a warning
