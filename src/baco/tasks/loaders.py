@@ -271,9 +271,12 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
     problem = roles_problem([message["role"] for message in messages])  # (as the models' chat templates need)
     if problem:
         raise TaskError(f"{where}: 'messages' {problem}")
-    for index, message in enumerate(messages[:-1]):
+    for index, message in enumerate(messages[:-1]):  # (the last user turn is the prompt, checked by the caller)
         if not message["content"].strip():
             raise TaskError(f"{where}: message {index} is empty")
+        problem = unicode_problem(message["content"])  # the earlier turns reach the models too
+        if problem:
+            raise TaskError(f"{where}: message {index} is not valid Unicode text ({problem})")
     return messages
 
 
