@@ -158,3 +158,24 @@ def test_a_sweep_plans_and_decodes_two_conversations_ending_in_the_same_turn_as_
     asked = [r.get("messages") for r in sorted(stored, key=lambda r: (r["prompt_index"], r["sample_index"]))]
     assert asked == [HI, HI, ABOUT_DRAGONS, ABOUT_DRAGONS, None, None]
     assert len({r["id"] for r in stored}) == 6
+
+
+def test_a_prompts_file_takes_the_developer_role_as_the_library_and_the_server_do(tmp_path, collab):
+    from baco.cli import read_prompts
+
+    talk = [{"role": "developer", "content": "Answer in one word."}, *HI]
+    path = tmp_path / "talks.jsonl"
+    path.write_text(json.dumps({"messages": talk}) + "\n")
+    assert read_prompts(path) == [talk]
+    assert collab.requests(read_prompts(path), 1, GREEDY, 3)[0].messages == talk
+
+
+def test_a_prompts_file_names_the_line_and_message_of_an_earlier_turn_that_is_not_unicode(tmp_path):
+    from baco.cli import read_prompts
+    from baco.errors import TaskError
+
+    path = tmp_path / "talks.jsonl"
+    bad = [{"role": "user", "content": "Hi \ud800"}, *HI[1:]]
+    path.write_text(json.dumps({"prompt": "Name a fruit."}) + "\n" + json.dumps({"messages": bad}) + "\n")
+    with pytest.raises(TaskError, match=r"talks\.jsonl:2: message 0 is not valid Unicode text \(a lone surrogate"):
+        read_prompts(path)

@@ -175,6 +175,20 @@ def test_the_reward_model_reads_a_conversation_as_chat_turns_before_the_response
     assert talk == pytest.approx(expected, abs=1e-5) and talk != pytest.approx(alone, abs=1e-6)
 
 
+def test_the_reward_model_and_judge_read_system_and_developer_messages_as_one_system_prompt(tiny_reward):
+    """As the decoding models read them (`prompts.split_conversation`): a developer message is a system message,
+    and several are one system prompt, joined by a blank line (a chat template may know neither a developer role
+    nor a second system message)."""
+    from baco.evaluate.quality import request_text
+
+    as_developer = [{"role": "developer", "content": "Answer in one word."}, *TALK[1:]]
+    split = [{"role": "system", "content": "Answer"}, {"role": "system", "content": "in one word."}, *TALK[1:]]
+    joined = [{"role": "system", "content": "Answer\n\nin one word."}, *TALK[1:]]
+    scores = RewardModel(tiny_reward, device="cpu")([TALK, as_developer, split, joined], ["Fig."] * 4)
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6) and scores[2] == pytest.approx(scores[3], abs=1e-6)
+    assert request_text(as_developer) == request_text(TALK) and request_text(split) == request_text(joined)
+
+
 def test_the_judge_is_shown_the_conversation_as_the_request(long_pair):
     from baco.evaluate.quality import request_text
 

@@ -61,16 +61,19 @@ def _batches(items: list, size: int):
 
 
 def turns(prompt: Prompt) -> list[dict]:
-    """A prompt as chat messages: a string is one user turn."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    """A prompt as chat messages, as the aligned model read them when it decoded (`prompts.split_conversation`): a
+    string is one user turn; a conversation's system and developer messages are one system message (a chat
+    template may know neither a developer role nor a second system message), then its turns."""
+    fmt, question = split_conversation(prompt, PromptFormat())
+    return fmt.chat_messages(question)
 
 
 def request_text(prompt: Prompt) -> str:
-    """What a judge is shown as the request: a string itself; a conversation's turns, one per line, named by role
-    ("User: ...", "Assistant: ..."), its last user turn last."""
+    """What a judge is shown as the request: a string itself; a conversation's turns (`turns`), one per line, named
+    by role ("System: ...", "User: ...", "Assistant: ..."), its last user turn last."""
     if isinstance(prompt, str):
         return prompt
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns(prompt))
 
 
 def _truncate(tokenizer, text: str, limit: int) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from baco.errors import TaskError
-from baco.prompts import roles_problem, unicode_problem
+from baco.prompts import SYSTEM_ROLES, TURN_ROLES, roles_problem, unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
 #: Fields a row's prompt is read from, in order of precedence: the first one present wins.
@@ -24,7 +24,7 @@ PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
               ".parquet": "parquet"}
-ROLES = ("system", "user", "assistant")
+ROLES = (*SYSTEM_ROLES, *TURN_ROLES)  # as the library and the server take a conversation
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
 WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
 MAX_LISTED = 10  # skipped-row locations named in a warning
@@ -271,9 +271,12 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
     problem = roles_problem([message["role"] for message in messages])  # (as the models' chat templates need)
     if problem:
         raise TaskError(f"{where}: 'messages' {problem}")
-    for index, message in enumerate(messages[:-1]):
+    for index, message in enumerate(messages[:-1]):  # (the last user turn is the prompt, checked by the caller)
         if not message["content"].strip():
             raise TaskError(f"{where}: message {index} is empty")
+        problem = unicode_problem(message["content"])  # the earlier turns reach the models too
+        if problem:
+            raise TaskError(f"{where}: message {index} is not valid Unicode text ({problem})")
     return messages
 
 
