@@ -89,3 +89,20 @@ def test_the_judge_is_asked_at_a_lines_first_word_too(collab):
     route = judge(view)
     assert route.reason[:2] != ["aligned-default"] * 2 and all(r.startswith("judge-") for r in route.reason[:2])
     assert route.reason[2] == "aligned-default" and judge.stats.questions == 2 * 2  # two rows, both orders
+
+
+def test_the_judge_is_shown_a_conversations_turns_as_the_request(collab):
+    """The answer follows the whole conversation, so the judge deciding its words reads all of it."""
+    from baco.prompts import request_text
+
+    class Recording(JudgeRouter):
+        def prefers_base(self, questions):
+            self.asked = getattr(self, "asked", []) + [question[0] for question in questions]
+            return super().prefers_base(questions)
+
+    talk = [{"role": "user", "content": "I love dragons."}, {"role": "assistant", "content": "Me too."},
+            {"role": "user", "content": "Tell me a story about a dragon."}]
+    judge = Recording(collab.pair.aligned)
+    collab.generate([talk], router=judge, n=2, sampling=SamplingParams(max_new_tokens=16, seed=3))
+    assert set(judge.asked) == {"User: I love dragons.\nAssistant: Me too.\nUser: Tell me a story about a dragon."}
+    assert request_text(talk) == judge.asked[0]

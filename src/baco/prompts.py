@@ -241,6 +241,23 @@ def split_conversation(prompt: Prompt, fmt: PromptFormat) -> tuple[PromptFormat,
     return fmt, turns[-1]
 
 
+def turns(prompt: Prompt) -> list[dict]:
+    """A prompt as chat messages, as the aligned model reads them (`split_conversation`): a string is one user turn;
+    a conversation's system and developer messages are one system message (a chat template may know neither a
+    developer role nor a second system message), then its turns."""
+    fmt, question = split_conversation(prompt, PromptFormat())
+    return fmt.chat_messages(question)
+
+
+def request_text(prompt: Prompt) -> str:
+    """A prompt as one text for a model that reads it inside an instruction of its own (a judge: the quality metric,
+    the JUDGE router): a string itself; a conversation's turns (`turns`), one per line, named by role
+    ("System: ...", "User: ...", "Assistant: ..."), its last user turn last."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns(prompt))
+
+
 def encode_request(prompt: Prompt, index: int, fmt: PromptFormat, base_tokenizer, aligned_tokenizer,
                    context_length: int, only: str | None = None,
                    name: str | None = None) -> tuple[list[int], list[int]]:

@@ -39,6 +39,7 @@ from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.slots import BUCKETS, SlotLM, bucket, cache_row_bytes, capture_graph, shared_weights, upload
+from baco.prompts import request_text
 from baco.routers import StepView
 
 
@@ -585,7 +586,8 @@ class Engine:
         prompts = texts = None
         if self.host_router:
             order = [self.live.get(s) for s in range(b)]
-            prompts = [m.request.prompt if m else "" for m in order]
+            # a conversation as its turns: a router that reads the request (JUDGE) sees what the answer follows
+            prompts = [request_text(m.request.messages or m.request.prompt) if m else "" for m in order]
             texts = [m.text if m else "" for m in order]
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
                         texts=texts, anchor_logprobs=anchor_lp, previous=self.previous[:b])

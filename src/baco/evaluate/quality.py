@@ -27,7 +27,8 @@ import torch
 
 from baco.errors import ModelLoadError
 from baco.evaluate.registry import register_metric
-from baco.prompts import DEFAULT_BASE_TEMPLATE, Prompt, PromptFormat, last_turn, split_conversation
+from baco.prompts import (DEFAULT_BASE_TEMPLATE, Prompt, PromptFormat, last_turn, request_text,
+                          split_conversation, turns)
 
 MAX_RESPONSE_TOKENS = 512
 
@@ -58,22 +59,6 @@ def _sigmoid(x: float) -> float:
 def _batches(items: list, size: int):
     for start in range(0, len(items), size):
         yield start, items[start:start + size]
-
-
-def turns(prompt: Prompt) -> list[dict]:
-    """A prompt as chat messages, as the aligned model read them when it decoded (`prompts.split_conversation`): a
-    string is one user turn; a conversation's system and developer messages are one system message (a chat
-    template may know neither a developer role nor a second system message), then its turns."""
-    fmt, question = split_conversation(prompt, PromptFormat())
-    return fmt.chat_messages(question)
-
-
-def request_text(prompt: Prompt) -> str:
-    """What a judge is shown as the request: a string itself; a conversation's turns (`turns`), one per line, named
-    by role ("System: ...", "User: ...", "Assistant: ..."), its last user turn last."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in turns(prompt))
 
 
 def _truncate(tokenizer, text: str, limit: int) -> str:
