@@ -76,7 +76,7 @@ def test_two_conversations_ending_in_the_same_turn_are_two_prompts(collab):
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}, {"role": "user", "content": "c"}],
      "system or developer messages after its turns began"),
     ([{"role": "tool", "content": "a"}], "role 'tool'"),
-    ([{"role": "user", "content": 3}], "content is not a string"),
+    ([{"role": "user", "content": 3}], "content is neither a string nor a list of text parts"),
     ([], "must be a string or a non-empty list of messages"),
 ])
 def test_a_conversation_that_no_chat_template_takes_is_refused_by_its_place_before_any_model_runs(collab, bad,
@@ -179,3 +179,22 @@ def test_a_prompts_file_names_the_line_and_message_of_an_earlier_turn_that_is_no
     path.write_text(json.dumps({"prompt": "Name a fruit."}) + "\n" + json.dumps({"messages": bad}) + "\n")
     with pytest.raises(TaskError, match=r"talks\.jsonl:2: message 0 is not valid Unicode text \(a lone surrogate"):
         read_prompts(path)
+
+
+def test_a_message_may_hold_openai_text_parts_joined_by_newlines_as_vllm_joins_them(collab, tmp_path):
+    from baco.cli import read_prompts
+
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hi."}, {"type": "text", "text": "Still there?"}]},
+             {"role": "assistant", "content": "Yes."},
+             {"role": "user", "content": [{"type": "text", "text": "Name a fruit."}]}]
+    joined = [{"role": "user", "content": "Hi.\nStill there?"}, {"role": "assistant", "content": "Yes."},
+              {"role": "user", "content": "Name a fruit."}]
+    sampling = SamplingParams(max_new_tokens=4, seed=1)
+    assert collab.generate([parts], sampling)[0].token_ids == collab.generate([joined], sampling)[0].token_ids
+    assert collab.generate([parts], sampling)[0].messages == joined
+    path = tmp_path / "parts.jsonl"
+    path.write_text(json.dumps({"messages": parts}) + "\n")
+    assert read_prompts(path) == [joined]
+    with pytest.raises(PromptError, match="prompt 0 has message 0 whose content is neither a string nor a list of "
+                                          "text parts"):
+        collab.generate([[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]])

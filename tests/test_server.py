@@ -111,11 +111,11 @@ def test_a_conversation_reads_as_few_shot_turns_under_a_system_prompt(client, co
                 {"role": "assistant", "content": "A pear."}, {"role": "user", "content": [
                     {"type": "text", "text": "Name "}, {"type": "text", "text": "another."}]}]
     response = client.chat.completions.create(model="baco", messages=messages, max_tokens=20, seed=4)
-    asked = messages[:3] + [{"role": "user", "content": "Name another."}]  # (its parts joined)
+    asked = messages[:3] + [{"role": "user", "content": "Name \nanother."}]  # (its parts joined by newlines, as vLLM)
     expected = library(collab, asked, max_new_tokens=20, seed=4)[0]  # the library's conversation: the same sample
     assert response.choices[0].message.content == expected.text
     fmt = PromptFormat(system_prompt="Be brief.", few_shot=(("Name a fruit.", "A pear."),))
-    request = Collaboration(collab.pair, fmt).requests(["Name another."], 1, SamplingParams(), 4)[0]
+    request = Collaboration(collab.pair, fmt).requests(["Name \nanother."], 1, SamplingParams(), 4)[0]
     assert collab.requests([asked], 1, SamplingParams(), 4)[0].aligned_ids == request.aligned_ids
 
 

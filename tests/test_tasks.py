@@ -428,7 +428,7 @@ def test_a_non_object_row_is_named(tmp_path):
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
      "the last message must be a user turn, got 'assistant'"),
     ({"messages": [{"role": "human", "content": "a"}]}, "message 0 has role 'human'"),
-    ({"messages": [{"role": "user"}]}, "message 0 must be an object with a string 'content'"),
+    ({"messages": [{"role": "user"}]}, "message 0 must be an object with a 'content' string"),
     ({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "b"},
                    {"role": "user", "content": "c"}]}, "message 0 is empty"),
 ])

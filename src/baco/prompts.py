@@ -159,11 +159,24 @@ def prompt_problem(prompt) -> str | None:
 
 
 #: What one prompt may be: a string (the user's request), or a conversation: a list of {"role", "content"} dicts,
-#: system (or developer) messages first, then user and assistant turns in alternation, ending with a user turn.
+#: system (or developer) messages first, then user and assistant turns in alternation, ending with a user turn;
+#: a content is a string or a list of OpenAI text parts (`content_text`).
 Prompt = Union[str, list]
 SYSTEM_ROLES = ("system", "developer")
 TURN_ROLES = ("user", "assistant")
 CONVERSATION_MARK = "\x00conversation\x00"  # starts a conversation's key: no prompt text a user types begins so
+
+
+def content_text(content) -> str | None:
+    """A message's text: its content when that is a string; a list of OpenAI text parts ([{"type": "text", "text":
+    ...}, ...]) joined by newlines, as vLLM joins them; None for anything else (an image part, a number)."""
+    if isinstance(content, str):
+        return content
+    if (isinstance(content, list) and content
+            and all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                    for part in content)):
+        return "\n".join(part["text"] for part in content)
+    return None
 
 
 def conversation_problem(messages) -> str | None:
@@ -175,15 +188,16 @@ def conversation_problem(messages) -> str | None:
             return f"has message {number} that is not a {{'role', 'content'}} object"
         if message["role"] not in SYSTEM_ROLES + TURN_ROLES:
             return f"has message {number} with role {message['role']!r} (roles: {', '.join(SYSTEM_ROLES + TURN_ROLES)})"
-        if not isinstance(message.get("content"), str):
-            return f"has message {number} whose content is not a string"
-        problem = unicode_problem(message["content"])
+        text = content_text(message.get("content"))
+        if text is None:
+            return f"has message {number} whose content is neither a string nor a list of text parts"
+        problem = unicode_problem(text)
         if problem:
             return f"has message {number} that is not valid Unicode text ({problem})"
     problem = roles_problem([m["role"] for m in messages])
     if problem:
         return problem
-    if not messages[-1]["content"].strip():
+    if not content_text(messages[-1]["content"]).strip():
         return "ends with an empty user message"
     return None
 
@@ -201,10 +215,10 @@ def roles_problem(roles: list[str]) -> str | None:
 
 def as_prompt(prompt) -> Prompt:
     """A prompt as baco keeps it: a string as it is; a conversation as a list of {"role", "content"} dicts (other
-    keys dropped), or the text of its one user message when it is nothing more (the same request: same samples).
-    Anything else is returned unchanged, for the caller's checks to name."""
+    keys dropped, text parts joined: `content_text`), or the text of its one user message when it is nothing more
+    (the same request: same samples). Anything else is returned unchanged, for the caller's checks to name."""
     if isinstance(prompt, (list, tuple)) and not conversation_problem(prompt):
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        messages = [{"role": m["role"], "content": content_text(m["content"])} for m in prompt]
         return messages[0]["content"] if len(messages) == 1 else messages
     return prompt
 

@@ -178,7 +178,8 @@ class Message(BaseModel):
 
     @property
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        """The content's text; text parts joined by newlines, as the library (`prompts.content_text`) and vLLM do."""
+        return self.content if isinstance(self.content, str) else "\n".join(part.text for part in self.content)
 
 
 def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type[BaseModel]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from baco.errors import TaskError
-from baco.prompts import SYSTEM_ROLES, TURN_ROLES, roles_problem, unicode_problem
+from baco.prompts import SYSTEM_ROLES, TURN_ROLES, content_text, roles_problem, unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
 #: Fields a row's prompt is read from, in order of precedence: the first one present wins.
@@ -261,11 +261,13 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
         raise TaskError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
     messages = []
     for index, message in enumerate(value):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise TaskError(f"{where}: message {index} must be an object with a string 'content'")
+        text = content_text(message.get("content")) if isinstance(message, dict) else None
+        if text is None:
+            raise TaskError(f"{where}: message {index} must be an object with a 'content' string (or a list of "
+                            f"text parts)")
         if message.get("role") not in ROLES:
             raise TaskError(f"{where}: message {index} has role {message.get('role')!r}; expected one of {ROLES}")
-        messages.append({"role": message["role"], "content": message["content"]})
+        messages.append({"role": message["role"], "content": text})
     if messages[-1]["role"] != "user":
         raise TaskError(f"{where}: the last message must be a user turn, got {messages[-1]['role']!r}")
     problem = roles_problem([message["role"] for message in messages])  # (as the models' chat templates need)
