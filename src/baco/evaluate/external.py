@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from baco.prompts import content_text
+
 LM_EVAL_NAME = re.compile(r"samples_(?P<task>.+)_\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?\.jsonl?(?:\.gz)?",
                           re.IGNORECASE)
 NOT_SETTINGS = ("messages", "prompt", "model", "seed")  # a request's body: what is not its sampling settings
@@ -56,11 +58,8 @@ def last_user_text(turns) -> tuple[str | None, str | None]:
     user = next((t for t in reversed(turns) if t.get("role") == "user"), None)
     if user is None:
         return None, "the chat has no user turn"
-    content = user.get("content")
-    if isinstance(content, list) and content and all(isinstance(p, dict) and p.get("type") == "text"
-                                                     and isinstance(p.get("text"), str) for p in content):
-        content = "\n".join(p["text"] for p in content)
-    if not isinstance(content, str):
+    content = content_text(user.get("content"))
+    if content is None:
         return None, "the last user turn's content is not text"
     return content, None
 
