@@ -114,9 +114,9 @@ USER = '{"role": "user", "content": "hi"}'
     ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": "\\ud800"}}], "stream": true}}',
      "the last user message is not valid Unicode text"),
     ("/v1/chat/completions", f'{{"messages": [{{"role": "system", "content": "be \\udc80"}}, {USER}]}}',
-     "the system prompt is not valid Unicode text"),
+     "message 0 (system) is not valid Unicode text (byte 0x80 at character 4 is not UTF-8"),
     ("/v1/chat/completions", f'{{"messages": [{USER}, {{"role": "assistant", "content": "\\udfff"}}, {USER}]}}',
-     "few-shot example 0 (answer) is not valid Unicode text"),
+     "message 1 (assistant) is not valid Unicode text (a lone surrogate U+DFFF at character 1)"),
     ("/v1/completions", '{"prompt": ["fine", "hi \\ud800"], "max_tokens": 2}', "prompt 1 is not valid Unicode text"),
     ("/v1/completions", '{"prompt": "\\ud800", "stream": true}', "the prompt is not valid Unicode text"),
 ])

@@ -18,7 +18,7 @@ from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
 from baco.prompts import (Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem,
-                          split_conversation)
+                          split_conversation, unicode_problem)
 from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
@@ -62,10 +62,14 @@ def conversation(messages, fmt: PromptFormat) -> Prompt:
     if problem:
         raise PromptError(f"messages {problem}")
     listed = [{"role": m.role, "content": m.text} for m in messages]
-    split_conversation(listed, fmt)
     problem = prompt_problem(listed[-1]["content"])
     if problem:
         raise PromptError(f"the last user message {problem}")
+    for number, message in enumerate(listed[:-1]):  # named by their place in the client's list
+        problem = unicode_problem(message["content"])
+        if problem:
+            raise PromptError(f"message {number} ({message['role']}) is not valid Unicode text ({problem})")
+    split_conversation(listed, fmt)  # (the format it joins is checked as a whole)
     return as_prompt(listed)
 
 
