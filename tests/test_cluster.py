@@ -93,9 +93,14 @@ def test_a_ray_sweep_stores_what_a_single_process_sweep_stores(cluster, raw, ref
 
 def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs, tmp_path):
     """Shards hold a prompt each here, so the repeated prompt's second copy is decoded apart from its first:
-    it must still get the second copy's samples (counted in the whole list), as locally."""
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS + ["Describe a dragon.", PROMPTS[0]]) + "\n")
+    it must still get the second copy's samples (counted in the whole list), as locally. Two conversations that
+    end in one turn travel to the workers whole and stay two prompts."""
+    talk = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": PROMPTS[1]}]
+    other = [{"role": "system", "content": "Be brief."}, *talk]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in [*PROMPTS, "Describe a dragon.", {"messages": talk},
+                                                                 {"messages": other}, PROMPTS[0]]))
     common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
               "--n", "3", "--max-new-tokens", "16", "--seed", "5", "--device", "cpu", "--quiet"]
     assert main(common + ["--out", str(tmp_path / "local.jsonl")]) == 0
@@ -103,14 +108,15 @@ def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs,
                           "--max-batch", "auto"]) == 0  # each worker sizes its slots from its own memory
     local = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
     on_ray = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
-    assert len(on_ray) == len({r["id"] for r in on_ray}) == 8 * 3
-    assert {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in on_ray} == \
-        {r["id"]: (r["prompt_index"], r["text"], r["token_ids"]) for r in local}
-    copies = [{tuple(r["token_ids"]) for r in on_ray if r["prompt_index"] == i} for i in (0, 7)]
+    assert len(on_ray) == len({r["id"] for r in on_ray}) == 10 * 3
+    assert {r["id"]: (r["prompt_index"], r["text"], r["token_ids"], r.get("messages")) for r in on_ray} == \
+        {r["id"]: (r["prompt_index"], r["text"], r["token_ids"], r.get("messages")) for r in local}
+    copies = [{tuple(r["token_ids"]) for r in on_ray if r["prompt_index"] == i} for i in (0, 9)]
     assert copies[0].isdisjoint(copies[1])
+    assert {json.dumps(r["messages"]) for r in on_ray if "messages" in r} == {json.dumps(talk), json.dumps(other)}
     # rerun: every sample is in the file already, so nothing is generated and nothing appended
     assert main(common + ["--out", str(tmp_path / "ray.jsonl"), "--ray"]) == 0
-    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 8 * 3
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 10 * 3
 
 
 @pytest.mark.parametrize("restarts", [3, 0], ids=["ray-restarts-it", "gone-for-good"])
