@@ -53,11 +53,6 @@ class Request:
     messages: list[dict] | None = None  # a conversation's messages (`prompt` is its last user turn); else None
 
     @property
-    def key(self) -> str:
-        """What the request's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
-        return prompt_key(self.messages if self.messages is not None else self.prompt)
-
-    @property
     def prompt_length(self) -> int:
         """The longer of the two renderings, in tokens."""
         return max(len(self.base_ids), len(self.aligned_ids))
