@@ -62,6 +62,24 @@ def test_numbered_items_are_split_with_their_own_tokens():
     assert [i.sample_index for i in items] == [0, 1, 2]
 
 
+def test_an_answer_longer_than_a_samples_budget_is_cut_to_it():
+    """The response has K x max_new_tokens, but each answer is a sample: at most max_new_tokens of its tokens."""
+    from baco.strategies import _within_budget
+
+    pieces = [" 1", ".", " A", " very", " long", " answer", "\n", "2", ".", " Short"]
+    parent = Sample(prompt="p", prompt_index=0, sample_index=0, router="aligned", seed=0,
+                    text="".join(pieces).lstrip(), token_ids=list(range(len(pieces))), token_texts=pieces,
+                    sources=["aligned"] * len(pieces), reasons=["aligned"] * len(pieces),
+                    base_top1_prob=[0.5] * len(pieces), base_entropy=[1.0] * len(pieces),
+                    aligned_top1_prob=[0.5] * len(pieces), chosen_prob=[0.5] * len(pieces))
+    long, short = split_items(parent.text)
+    span, cut = _within_budget(parent, long, 2)
+    item = _item_sample(parent, span, 0)
+    assert cut and item.text == "A very" and item.token_texts == [" A", " very"]
+    assert _within_budget(parent, short, 2) == (short, False)
+    assert _within_budget(parent, long, 4) == (long, False)
+
+
 def test_verbalized_sampling_asks_for_probabilities_and_keeps_them_out_of_the_samples():
     # Verbalized sampling "prompts the model to verbalize a probability distribution over a set of
     # responses (e.g., 'Generate 5 jokes about coffee and their corresponding probabilities')"

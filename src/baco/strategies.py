@@ -15,7 +15,8 @@
   round order (whatever order the rows finish in: the samples do not depend on the batch size); a response
   that yields fewer items than asked gives fewer samples (counted, not padded); an item on the last line of a
   response cut by the length budget is left out (it may be cut short, its probability half-written), so every
-  item is a whole answer: its finish_reason is "stop", whatever ended the response. The user's stop strings
+  item is a whole answer: its finish_reason is "stop", whatever ended the response (an item written in more than
+  `max_new_tokens` tokens is cut to them and says "length": each answer has a sample's budget). The user's stop strings
   (`SamplingParams.stop`) end each answer: the response runs without them, and each item is cut before its first
   one (its tokens those that cover the cut text; an item cut to nothing is no sample).
 
@@ -215,6 +216,25 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
     return replace(parent, sample_index=index, text=parent.text[span[0]:span[1]], **picked)
 
 
+def _within_budget(parent: Sample, span: tuple[int, int], limit: int) -> tuple[tuple[int, int], bool]:
+    """An item's span cut after the first `limit` of the tokens that write it (each answer gets the budget a
+    sample of any router gets: `max_new_tokens`, the response having K times it), and whether it was cut."""
+    joined = "".join(parent.token_texts)
+    offset = len(joined) - len(joined.lstrip())  # (as in `_item_sample`)
+    start, end = span[0] + offset, span[1] + offset
+    ends, position = [], 0  # where each token that writes the item ends
+    for piece in parent.token_texts:
+        if position < end and position + len(piece) > start:
+            ends.append(position + len(piece))
+        position += len(piece)
+    if len(ends) <= limit:
+        return span, False
+    cut = min(end, ends[limit - 1]) - offset
+    while cut > span[0] and parent.text[cut - 1].isspace():
+        cut -= 1
+    return (span[0], cut), True
+
+
 def _in_round_order(responses: Iterator[Sample], count: int) -> Iterator[Sample]:
     """Each prompt's responses in round order (sample index 0, 1, ...). Rows finish in an order the batch sets (a short
     response first); numbered by it, the items' sample indexes, and which are kept when n is not a multiple of k,
@@ -259,15 +279,16 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
         for span in items[:k]:
             if made[i] >= n:
                 break
+            span, long = _within_budget(response, span, sampling.max_new_tokens)
             item = _item_sample(response, span, made[i])
             made[i] += 1
             # recorded as asked: the response's longer budget is how the method runs, not a setting to repeat it with
             asked = {**item.sampling, "max_new_tokens": sampling.max_new_tokens, "stop": list(sampling.stop)}
             messages = prompts[i] if isinstance(prompts[i], list) else None  # the conversation asked, not the ask
-            # a whole answer ("stop"), whatever ended the response: a last item the length budget may have cut is
-            # left out above, so no item was cut short
+            # a whole answer ("stop"), whatever ended the response (a last item the length budget may have cut is
+            # left out above), unless it ran past its own budget and was cut to it ("length")
             yield replace(item, prompt=last_turn(prompts[i]), messages=messages, router=f"verbalized:{k}",
-                          sampling=asked, finish_reason="stop")
+                          sampling=asked, finish_reason="length" if long else "stop")
 
 
 def _register(name, param, default, low, help, integer=False, high=None):
