@@ -22,7 +22,6 @@ from baco.testing import make_tiny_adapter  # noqa: E402
 
 from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves  # noqa: E402
 
-
 ROUTERS = ["p-punc:0.3", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
 
