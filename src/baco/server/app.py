@@ -331,7 +331,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             if body.top_logprobs and not body.logprobs:
                 raise BacoError("top_logprobs needs logprobs: true")
         with about("messages"):
-            prompt = conversation(body.messages, collab.prompt_format)
+            prompt = conversation(body.messages)
         return await run(request, body, collab.prompt_format, [prompt], chat=True, logprobs=body.logprobs,
                          top=body.top_logprobs or 0)
 

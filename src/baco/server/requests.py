@@ -17,8 +17,7 @@ from baco.api import Collaboration
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
-from baco.prompts import (Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem,
-                          split_conversation, unicode_problem)
+from baco.prompts import Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem, unicode_problem
 from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
 from baco.server.schemas import Limits
@@ -53,11 +52,11 @@ class Plan:
     prompt_tokens: int
 
 
-def conversation(messages, fmt: PromptFormat) -> Prompt:
+def conversation(messages) -> Prompt:
     """A chat's messages as the library's prompt (what `Collaboration.generate` takes, so that a chat gives the
     samples the library gives for its messages): system messages, then alternating user/assistant turns ending
-    with user. Checked here, each problem named by what the client sent: the order of roles, the system prompt and
-    earlier turns (as the format they join, `prompts.split_conversation`), the last user message."""
+    with user. Checked here, each problem named by what the client sent: the order of roles, the last user
+    message, the text of the others."""
     problem = roles_problem([m.role for m in messages])
     if problem:
         raise PromptError(f"messages {problem}")
@@ -69,7 +68,6 @@ def conversation(messages, fmt: PromptFormat) -> Prompt:
         problem = unicode_problem(message["content"])
         if problem:
             raise PromptError(f"message {number} ({message['role']}) is not valid Unicode text ({problem})")
-    split_conversation(listed, fmt)  # (the format it joins is checked as a whole)
     return as_prompt(listed)
 
 
