@@ -70,7 +70,7 @@ class EmbeddingTable:
 def _score_shards(records: list[Record], specs: list[MetricSpec], options: EvalOptions,
                   cache: ScoreCache) -> list[ScoreShard]:
     shards = []
-    asked = {r.key: r.messages or r.prompt for r in records}
+    asked = {r.key: r.asked for r in records}
     for spec in (s for s in specs if s.kind == "quality"):
         scorer = scorer_identity(spec, options)
         todo = list(dict.fromkeys((r.key, r.response) for r in records

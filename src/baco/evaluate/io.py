@@ -26,6 +26,7 @@ or an earlier one, is the same sample stored twice: it is counted once, with a w
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import zlib
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from baco.errors import BacoError
 from baco.evaluate.external import ExternalShapes, lm_eval_task
-from baco.prompts import as_prompt, conversation_problem, prompt_key
+from baco.prompts import Prompt, as_prompt, conversation_problem, prompt_key
 from baco.storage import same_file
 
 RESPONSE_FIELDS = ("text", "response", "completion", "output")
@@ -60,18 +61,21 @@ class Record:
     conversation: tuple | None = None
 
     @property
-    def key(self) -> str:
-        """What the record's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
-        if self.conversation is None:
-            return self.prompt
-        return prompt_key([{"role": role, "content": content} for role, content in self.conversation])
-
-    @property
     def messages(self) -> list[dict] | None:
         """The conversation as {"role", "content"} messages, or None."""
         if self.conversation is None:
             return None
         return [{"role": role, "content": content} for role, content in self.conversation]
+
+    @property
+    def asked(self) -> Prompt:
+        """What the response answers, as a scorer reads it: the prompt, or its conversation."""
+        return self.messages or self.prompt
+
+    @functools.cached_property  # (asked for at every grouping and score lookup; a conversation's is written out)
+    def key(self) -> str:
+        """What the record's prompt is identified by: its text, or its whole conversation (`prompts.prompt_key`)."""
+        return prompt_key(self.asked)
 
 
 def conversation_of(row: dict) -> tuple | None:

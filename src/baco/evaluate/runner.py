@@ -145,7 +145,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     # quality: every (prompt, response) pair of every group at once, so models batch across prompts
     keys = list(groups)
     flat = [(key, i, r) for key in keys for i, r in enumerate(groups[key])]
-    asked = {r.key: r.messages or r.prompt for _, _, r in flat}  # what a scorer reads: the text or the conversation
+    asked = {r.key: r.asked for _, _, r in flat}
     scores: dict[str, dict[tuple, list]] = {}
     for spec in quality:
         scorer = scorer_identity(spec, resources.options)
