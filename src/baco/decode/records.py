@@ -376,11 +376,11 @@ class SampleFile:
         # (prompt key, occurrence, sample index, prompt index, id) of each stored sample: a sample depends on
         # its prompt (text or conversation) and occurrence, not on where the prompt stood in the list
         # (`decode.loop.row_seed`), so a rerun whose prompts were reordered or had one added must still find it
-        self._rows = [(stored_key(row), row.get("occurrence", 0), row["sample_index"], row["prompt_index"], row["id"])
+        self._rows = [(key, row.get("occurrence", 0), row["sample_index"], row["prompt_index"], row["id"])
                       for _, row in scan.rows
-                      if isinstance(row, dict) and isinstance(row.get("id"), str) and stored_key(row) is not None
+                      if isinstance(row, dict) and isinstance(row.get("id"), str)
                       and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)
-                      and isinstance(row.get("occurrence", 0), int)]
+                      and isinstance(row.get("occurrence", 0), int) and (key := stored_key(row)) is not None]
 
     def id_of(self, key: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
         """A sample's stable id; `key` is its prompt's text, or its conversation's key (`prompts.prompt_key`)."""
