@@ -28,7 +28,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
-from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat, prompt_key
+from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
 from baco.strategies import parse_strategy
 from baco.storage import JsonlAppender, append_row, foreign_tail, repair_tail, scan_jsonl
@@ -97,11 +97,10 @@ def cell_prompts(cell: Cell) -> list:
     `limit`."""
     items, seen, repeated = [], set(), []
     for item in load_task(cell.task.path or cell.task.name):
-        key = prompt_key(item.asked)
-        if key in seen:
+        if item.key in seen:
             repeated.append(item.id)
             continue
-        seen.add(key)
+        seen.add(item.key)
         items.append(item)
     if repeated:
         listed = ", ".join(repeated[:10]) + (", ..." if len(repeated) > 10 else "")
@@ -179,8 +178,7 @@ def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
     method routes token by token; loads no model). Bad tasks and methods the pair cannot run are refused here."""
     items_of = {task: task_prompts(config, index, task) for index, task in enumerate(config.tasks)}
     check_methods_suit_pair(config)
-    plan = {c.key: ledger.plan_cell(config, c, [prompt_key(item.asked) for item in items_of[c.task]])
-            for c in config.cells}
+    plan = {c.key: ledger.plan_cell(config, c, [item.key for item in items_of[c.task]]) for c in config.cells}
     return items_of, plan
 
 
@@ -298,7 +296,7 @@ class RunWriter:
         prompt = self.state.items_of[cell.task][sample.prompt_index]
         row = sample.to_dict()
         # the models this configuration ran (a single-model baseline runs one model, not the pair)
-        sid = ledger.sample_id(ledger.cell_identity(self.config, cell), prompt_key(prompt.asked), *pair)
+        sid = ledger.sample_id(ledger.cell_identity(self.config, cell), prompt.key, *pair)
         row.update(models=self.config.models_of(conf), cell=cell.key, id=sid,
                    task=cell.task.name, method=conf.method, config=conf.name, item_id=prompt.id,
                    cell_seconds=round(seconds, 3))

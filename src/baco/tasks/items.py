@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from baco.prompts import Prompt, with_last_turn
+from baco.prompts import Prompt, prompt_key, with_last_turn
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class TaskItem:
         if not self.messages or len(self.messages) == 1:
             return self.prompt
         return with_last_turn(self.messages, self.prompt)
+
+    @property
+    def key(self) -> str:
+        """What the item's samples are identified by: its prompt's text, or its whole conversation (`prompt_key`)."""
+        return prompt_key(self.asked)
 
 
 class TaskWarning(UserWarning):
