@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mappi
 
 from baco.decode.choice import ChoiceText
 from baco.decode.engine import MEMORY_FRACTION, check_fraction, check_max_batch, check_max_len
-from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
+from baco.decode.loop import Request, lockstep, occurrences_of
 from baco.decode.records import Sample, collect, collect_spans
 from baco.decode.sampling import SamplingParams, plain_number
 from baco.errors import (BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError,
@@ -20,7 +20,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
-from baco.prompts import Prompt, PromptFormat, as_prompt, encode_request, last_turn, prompt_key
+from baco.prompts import Prompt, PromptFormat, as_prompt, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
 from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
@@ -270,9 +270,7 @@ class Collaboration:
                                                    name=names[index] if names else None)
             room = context - max(len(base_ids), len(aligned_ids))
             budget = min(sampling.max_new_tokens, room)
-            messages, key = (prompt if isinstance(prompt, list) else None), prompt_key(prompt)
-            out += [Request(last_turn(prompt), index, k, base_ids, aligned_ids, row_seed(seed, key, k, copy), budget,
-                            copy, messages) for k in range(n)]
+            out += [Request.of(prompt, index, k, base_ids, aligned_ids, seed, budget, copy) for k in range(n)]
         return out
 
     def _prepare(self, prompts, router, n, sampling, occurrences=None):

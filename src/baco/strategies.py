@@ -33,13 +33,13 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from baco.defaults import MEMORY_FRACTION
-from baco.decode.loop import Request, lockstep, occurrences_of, row_seed
+from baco.decode.loop import Request, lockstep, occurrences_of
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
 from baco.errors import PromptTooLongError, UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
-from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, prompt_key, with_last_turn
+from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, with_last_turn
 from baco.routers import get_router, list_routers
 from baco.routers.registry import bounds, reserve, split_spec
 from baco.routers.neighbours import MAX_WEIGHT
@@ -125,9 +125,7 @@ def negative_prompting(lm: HFCausalLM, prompts: list[Prompt], *, n: int, weight:
             mine = _render(lm, fmt, prompt, i)
             budget = min(sampling.max_new_tokens, lm.context_length - len(mine))
             other = _primed(lm, fmt, prompt, i, earlier[i], budget) or mine
-            messages = prompt if isinstance(prompt, list) else None
-            stream = row_seed(seed, prompt_key(prompt), k, copies[i])
-            requests.append(Request(last_turn(prompt), i, k, other, mine, stream, budget, copies[i], messages))
+            requests.append(Request.of(prompt, i, k, other, mine, seed, budget, copies[i]))
         began = time.perf_counter()
         events = lockstep(pair, requests, guided if k else alone, sampling, sampling.stop, max_batch=batch_size,
                           memory_fraction=memory_fraction)
@@ -200,16 +198,23 @@ def _cut_at_stop(text: str, span: tuple[int, int], stops: tuple[str, ...]) -> tu
     return start, end
 
 
-def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
-    """A sample for one item: its text, and the parent's per-token columns for the tokens covering it."""
+def _covering(parent: Sample, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """(index, end) of each of the parent's tokens that write part of an item's span of its `text`, `end` being where
+    the token's piece ends in `text` (the joined pieces, leading space stripped)."""
     joined = "".join(parent.token_texts)
-    offset = len(joined) - len(joined.lstrip())  # the text is the joined pieces with leading space stripped
+    offset = len(joined) - len(joined.lstrip())
     start, end = span[0] + offset, span[1] + offset
-    keep, position = [], 0
+    covering, position = [], 0
     for k, piece in enumerate(parent.token_texts):
         if position < end and position + len(piece) > start:
-            keep.append(k)
+            covering.append((k, position + len(piece) - offset))
         position += len(piece)
+    return covering
+
+
+def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
+    """A sample for one item: its text, and the parent's per-token columns for the tokens covering it."""
+    keep = [k for k, _ in _covering(parent, span)]
     columns = ("token_ids", "token_texts", "sources", "reasons", "base_top1_prob", "base_entropy",
                "aligned_top1_prob", "chosen_prob")
     picked = {c: [getattr(parent, c)[k] for k in keep] for c in columns}
@@ -219,17 +224,10 @@ def _item_sample(parent: Sample, span: tuple[int, int], index: int) -> Sample:
 def _within_budget(parent: Sample, span: tuple[int, int], limit: int) -> tuple[tuple[int, int], bool]:
     """An item's span cut after the first `limit` of the tokens that write it (each answer gets the budget a
     sample of any router gets: `max_new_tokens`, the response having K times it), and whether it was cut."""
-    joined = "".join(parent.token_texts)
-    offset = len(joined) - len(joined.lstrip())  # (as in `_item_sample`)
-    start, end = span[0] + offset, span[1] + offset
-    ends, position = [], 0  # where each token that writes the item ends
-    for piece in parent.token_texts:
-        if position < end and position + len(piece) > start:
-            ends.append(position + len(piece))
-        position += len(piece)
-    if len(ends) <= limit:
+    covering = _covering(parent, span)
+    if len(covering) <= limit:
         return span, False
-    cut = min(end, ends[limit - 1]) - offset
+    cut = min(span[1], covering[limit - 1][1])
     while cut > span[0] and parent.text[cut - 1].isspace():
         cut -= 1
     return (span[0], cut), True

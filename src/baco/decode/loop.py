@@ -34,7 +34,7 @@ import torch
 
 from baco.decode.sampling import SamplingParams
 from baco.models.pair import ModelPair
-from baco.prompts import Prompt, as_prompt, conversation_problem, prompt_key
+from baco.prompts import Prompt, as_prompt, conversation_problem, last_turn, prompt_key
 from baco.routers import Router
 
 
@@ -51,6 +51,15 @@ class Request:
     max_new_tokens: int
     occurrence: int = 0  # the prompt text's copy number in its list: 0 for its first (see `occurrences_of`)
     messages: list[dict] | None = None  # a conversation's messages (`prompt` is its last user turn); else None
+
+    @classmethod
+    def of(cls, prompt: Prompt, prompt_index: int, sample_index: int, base_ids: list[int], aligned_ids: list[int],
+           seed: int, max_new_tokens: int, occurrence: int = 0) -> "Request":
+        """The row of a prompt (a string, or a conversation: `prompts.as_prompt`), its random streams seeded from the
+        run's `seed` and the whole prompt (`row_seed` of its `prompt_key`)."""
+        return cls(last_turn(prompt), prompt_index, sample_index, base_ids, aligned_ids,
+                   row_seed(seed, prompt_key(prompt), sample_index, occurrence), max_new_tokens, occurrence,
+                   prompt if isinstance(prompt, list) else None)
 
     @property
     def prompt_length(self) -> int:
