@@ -2,6 +2,7 @@
 weights, and the engine steps both sides as rows of one batch (the adapter's update weighted per row)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -186,6 +187,29 @@ def test_an_adapter_pair_loads_without_library_notices_on_stderr(adapter_dirs, t
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "warning" not in run.stderr.lower(), run.stderr
+
+
+def test_a_seed_gives_the_same_samples_in_another_process(adapter_dirs, tmp_path):
+    """The demo's setting (bf16, one forward, rows of three prompts sharing their prefills) run by two processes:
+    nothing in a sample may depend on the process (hash randomisation of sets and dicts, object ids, memory
+    layout), only on the seed, so every token, writer and statistic agrees. Timings are left out."""
+    base, adapter = adapter_dirs
+    rows = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"out-{hash_seed}.jsonl"
+        run = subprocess.run([sys.executable, "-m", "baco.cli", "generate", "--base", str(base), "--aligned",
+                              str(adapter), "--dtype", "bfloat16", "--one-forward", "on", "--n", "4",
+                              "--max-new-tokens", "12", "--seed", "5", "--threads", "2", "--prompt", "Name a fruit.",
+                              "--prompt", "Tell me a story about a dragon.", "--prompt", "Hi", "--out", str(out),
+                              "--quiet"], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        assert run.returncode == 0, run.stderr
+        timing = ("elapsed_s", "tokens_per_s")
+        rows.append(sorted(({k: v for k, v in json.loads(line).items() if k not in timing}
+                            for line in out.read_text().splitlines()),
+                           key=lambda r: (r["prompt_index"], r["sample_index"])))
+    assert len(rows[0]) == 12 and sum(r["num_tokens"] for r in rows[0]) > 12
+    assert rows[0] == rows[1]
 
 
 @pytest.mark.slow
