@@ -89,6 +89,11 @@ def test_a_ray_sweep_stores_what_a_single_process_sweep_stores(cluster, raw, ref
     workers = {row["cell"]: row["worker"] for row in cell_log(out)}
     assert sorted(workers) == sorted(c.key for c in parse_config(raw).cells)
     assert len({w["pid"] for w in workers.values()}) == 2  # both workers took cells
+    import torch
+
+    # each cell records what its worker's rounding depended on: Ray gives a worker its own thread count
+    assert all(row["numerics"]["torch"] == torch.__version__ and row["numerics"]["threads"] >= 1
+               for row in cell_log(out))
 
 
 def test_ray_generate_writes_the_samples_of_a_local_generate(cluster, tiny_dirs, tmp_path):

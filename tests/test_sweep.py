@@ -58,6 +58,13 @@ def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     costs = [json.loads(line) for line in (tmp_path / "run" / "cells.jsonl").read_text().splitlines()]
     assert [c["cell"] for c in costs] == [c.key for c in config.cells]
     assert all(c["samples"] == 9 and c["seconds"] > 0 for c in costs)
+    # what the cells' rounding depended on, as this process runs them (docs/engine.md, "Randomness")
+    import torch
+    import transformers
+
+    assert all(c["numerics"]["threads"] == torch.get_num_threads() and c["numerics"]["torch"] == torch.__version__
+               and c["numerics"]["transformers"] == transformers.__version__ and c["numerics"]["cpu"]
+               for c in costs)
 
 
 def test_a_prompt_repeated_in_a_task_file_is_planned_once(tmp_path):

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from baco.cluster.options import ClusterError, RayOptions, require_ray
 from baco.errors import BacoError
+from baco.numerics import numerics
 
 
 @contextmanager
@@ -72,6 +73,7 @@ class UnitDone:
     seconds: float
     router_stats: dict | None
     worker: dict = field(default_factory=dict)
+    numerics: dict = field(default_factory=dict)  # what the unit's rounding depended on (`baco.numerics`)
 
 
 def where_am_i() -> dict:
@@ -107,7 +109,8 @@ class Worker:
         for item in unit.run(self._state):
             yield item, time.perf_counter() - began
         yield UnitDone(getattr(unit, "made", 0), getattr(unit, "total", None), time.perf_counter() - began,
-                       getattr(unit, "router_stats", None), where_am_i())
+                       getattr(unit, "router_stats", None), where_am_i(),
+                       numerics(getattr(getattr(self._state, "pair", None), "device", None)))
 
 
 _SERIAL = itertools.count()

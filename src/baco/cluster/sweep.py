@@ -39,7 +39,7 @@ def generate_missing_on_ray(config: SweepConfig, out_dir: str | Path, options: R
                     for unit, item in pool.run(units):
                         if isinstance(item, UnitDone):
                             writer.finish(unit.cell, made=item.made, total=item.total, seconds=item.seconds,
-                                          router_stats=item.router_stats, worker=item.worker)
+                                          router_stats=item.router_stats, worker=item.worker, numerics=item.numerics)
                             continue
                         sample, seconds = item
                         unit.skip.add((sample.prompt_index, sample.sample_index))  # if it must move on

@@ -11,7 +11,8 @@
   which is refused (results made with two settings would be mixed in one cell).
 - `cells.jsonl` logs each finished cell with `total`, the number of its samples stored when it
   finished (a method may make fewer than asked: verbalized sampling), and `planned`, the size of
-  its plan then (a grown plan, e.g. a larger n, makes the cell unfinished again).
+  its plan then (a grown plan, e.g. a larger n, makes the cell unfinished again), and `numerics`, what
+  its rounding depended on (`baco.numerics`: library versions, thread count, CPU, GPU).
 - `audit` compares the three: per cell, the samples expected, stored, missing, stored twice, made
   with other settings and outside the plan (kept from a run that asked for more, e.g. a larger n),
   plus torn and corrupt lines. A cell is complete when its stored samples reach what was

@@ -28,6 +28,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
+from baco.numerics import numerics
 from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 from baco.routers import get_router
 from baco.strategies import parse_strategy
@@ -364,5 +365,5 @@ def generate_missing(config: SweepConfig, out_dir: str | Path, engines: Engines 
                 writer.add(cell, sample, time.perf_counter() - began)
                 bar.update(1)
             writer.finish(cell, made=decoder.made, total=decoder.total, seconds=time.perf_counter() - began,
-                          router_stats=decoder.router_stats)
+                          router_stats=decoder.router_stats, numerics=numerics(getattr(engines.pair, "device", None)))
     return {"generated": writer.generated, "kept": state.kept, "cells": len(config.cells)}
