@@ -351,6 +351,35 @@ def test_check_reports_missing_duplicate_and_torn_samples_per_cell(tiny_dirs, tm
     assert capsys.readouterr().out == "mine|p:0.5|seed=0: 4/4 stored, 1 stored twice\n"
 
 
+def test_check_notes_cells_that_ran_with_another_thread_count(tiny_dirs, tmp_path, engines, capsys):
+    """A cell made again with one CPU thread beside cells made with the default: samples may round differently
+    (docs/engine.md), so `baco check` says so, without calling the run directory broken."""
+    import torch
+
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    assert main(["check", str(run)]) == 0
+    assert "numerics" not in capsys.readouterr().out
+    redo = config.cells[0].key  # its samples and its log line go; the sweep makes them again with one thread
+    for name in ("samples.jsonl", "cells.jsonl"):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (run / name).write_text("".join(line for line in lines if json.loads(line).get("cell") != redo))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run_cells(config, run, engines, progress=False)["generated"] == 4
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["check", str(run)]) == 0
+    out = capsys.readouterr().out
+    if threads == 1:  # a one-core machine: both runs had one thread
+        assert "numerics" not in out
+    else:
+        assert "different numerics, so their samples may round differently" in out
+        assert f"threads 1 (1 cell), {threads} (1 cell)" in out
+
+
 def test_check_names_the_line_of_a_corrupt_plan_instead_of_calling_it_missing(tiny_dirs, tmp_path, engines, capsys):
     run = tmp_path / "run"
     run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)

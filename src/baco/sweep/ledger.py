@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,24 @@ def finished_totals(run_dir: str | Path, plan: Plan) -> dict[str, int]:
                 and row.get("planned") == len(plan.get(row.get("cell"), ()))):
             totals[row["cell"]] = row["total"]
     return totals
+
+
+def mixed_numerics(run_dir: str | Path, plan: Plan) -> str | None:
+    """How the planned cells differ in what their rounding depended on (`numerics` of each cell's latest line in
+    cells.jsonl), e.g. "threads 1 (1 cell), 2 (3 cells)"; None when they agree (lines from before baco recorded
+    it are left out)."""
+    latest = {}
+    for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
+        if isinstance(row, dict) and row.get("cell") in plan and isinstance(row.get("numerics"), dict):
+            latest[row["cell"]] = row["numerics"]
+    fields = sorted({name for record in latest.values() for name in record})
+    parts = []
+    for name in fields:
+        counts = Counter(str(record.get(name, "none")) for record in latest.values())
+        if len(counts) > 1:
+            parts.append(f"{name} " + ", ".join(f"{value} ({count} cell{'s' * (count > 1)})"
+                                                for value, count in sorted(counts.items())))
+    return "; ".join(parts) or None
 
 
 @dataclass
