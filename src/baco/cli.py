@@ -723,7 +723,7 @@ def cmd_check(args) -> int:
         print(problem)
     for key, count in result.strangers.items():
         print(f"{key}: {count} samples of a cell that no plan names")
-    mixed = ledger.mixed_numerics(run, plan)
+    mixed = result.mixed_numerics()
     if mixed:  # a note, not a problem: each sample is what its cell's run made
         print(f"note: the cells ran with different numerics, so their samples may round differently "
               f"(docs/engine.md, \"Randomness\"): {mixed}")

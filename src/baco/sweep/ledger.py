@@ -98,32 +98,19 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
             append_row(Path(run_dir) / PLAN, {"cell": key, "samples": samples})
 
 
-def finished_totals(run_dir: str | Path, plan: Plan) -> dict[str, int]:
-    """Cells that ran to their end under their current plan, with how many samples they held then."""
-    totals = {}
+def cell_log(run_dir: str | Path, plan: Plan) -> tuple[dict[str, int], dict[str, dict]]:
+    """What cells.jsonl says of the planned cells, read once: those that ran to their end under their current plan,
+    with how many samples they held then; and what each one's rounding depended on (`numerics` of its latest line;
+    lines from before baco recorded it have none)."""
+    totals, numerics = {}, {}
     for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
-        if (isinstance(row, dict) and row.get("complete") and isinstance(row.get("total"), int)
-                and row.get("planned") == len(plan.get(row.get("cell"), ()))):
+        if not isinstance(row, dict) or row.get("cell") not in plan:
+            continue
+        if row.get("complete") and isinstance(row.get("total"), int) and row.get("planned") == len(plan[row["cell"]]):
             totals[row["cell"]] = row["total"]
-    return totals
-
-
-def mixed_numerics(run_dir: str | Path, plan: Plan) -> str | None:
-    """How the planned cells differ in what their rounding depended on (`numerics` of each cell's latest line in
-    cells.jsonl), e.g. "threads 1 (1 cell), 2 (3 cells)"; None when they agree (lines from before baco recorded
-    it are left out)."""
-    latest = {}
-    for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
-        if isinstance(row, dict) and row.get("cell") in plan and isinstance(row.get("numerics"), dict):
-            latest[row["cell"]] = row["numerics"]
-    fields = sorted({name for record in latest.values() for name in record})
-    parts = []
-    for name in fields:
-        counts = Counter(str(record.get(name, "none")) for record in latest.values())
-        if len(counts) > 1:
-            parts.append(f"{name} " + ", ".join(f"{value} ({count} cell{'s' * (count > 1)})"
-                                                for value, count in sorted(counts.items())))
-    return "; ".join(parts) or None
+        if isinstance(row.get("numerics"), dict):
+            numerics[row["cell"]] = row["numerics"]
+    return totals, numerics
 
 
 @dataclass
@@ -155,6 +142,7 @@ class Audit:
     problems: list[str]  # torn and corrupt lines, lines that are not samples
     strangers: dict[str, int]  # samples of cells the plan does not name (another configuration's)
     rows: list[dict]  # the planned samples, each once, in file order
+    numerics: dict[str, dict] = field(default_factory=dict)  # per cell, what its rounding depended on (`cell_log`)
 
     @property
     def ok(self) -> bool:
@@ -170,11 +158,23 @@ class Audit:
                 f"{duplicates} stored twice, {len(self.problems)} torn or corrupt lines"
                 + (f"; {outside} outside the plan (kept, not used)" if outside else ""))
 
+    def mixed_numerics(self) -> str | None:
+        """How the cells differ in what their rounding depended on, e.g. "threads 1 (1 cell), 2 (3 cells)"; None
+        when they agree."""
+        records = self.numerics.values()
+        parts = []
+        for name in sorted({name for record in records for name in record}):
+            counts = Counter(str(record.get(name, "none")) for record in records)
+            if len(counts) > 1:
+                parts.append(f"{name} " + ", ".join(f"{value} ({count} cell{'s' * (count > 1)})"
+                                                    for value, count in sorted(counts.items())))
+        return "; ".join(parts) or None
+
 
 def audit(run_dir: str | Path, plan: Plan) -> Audit:
     """Compare what the plan asks for with what samples.jsonl and cells.jsonl hold (reads only)."""
     run_dir = Path(run_dir)
-    totals = finished_totals(run_dir, plan)
+    totals, numerics = cell_log(run_dir, plan)
     cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
     scan = SampleStore(run_dir / SAMPLES).scan()
     problems = store_problems(scan)
@@ -200,7 +200,7 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             seen.add((row["cell"], pair))
             cell.stored.add(pair)
             rows.append(row)
-    return Audit(cells, problems, strangers, rows)
+    return Audit(cells, problems, strangers, rows, numerics)
 
 
 def store_problems(scan: JsonlScan) -> list[str]:
