@@ -274,7 +274,7 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
             items = items[:-1]  # the length budget cut the last line, so its item may be cut short: not an answer
         items = [span for span in (_cut_at_stop(response.text, span, sampling.stop) for span in items)
                  if span[1] > span[0]]  # an item cut to nothing is no answer, as an empty one
-        for span in items[:k]:
+        for span in items:  # (at most k: split_items stops at item k)
             if made[i] >= n:
                 break
             span, long = _within_budget(response, span, sampling.max_new_tokens)
