@@ -309,3 +309,23 @@ def test_a_results_json_of_an_older_baco_shows_the_plots_its_tasks_and_seeds_nam
     (run / "plots" / "my-figure.png").write_bytes((run / "plots" / "pareto-mine-seed0.png").read_bytes())
     page = build_report(run)
     assert list(shown_plots(page)) == ["pareto-mine-seed0", "pareto-mine-seed1"] and STALE not in page
+
+
+def test_the_page_says_what_the_cells_ran_with_and_where_they_differ(run_dir, tmp_path):
+    """The page names the library versions, thread count and CPU the samples were made with (cells.jsonl), as
+    lm-eval's results record their environment; a cell made with another thread count is named, not hidden."""
+    import torch
+    import transformers
+
+    page = build_report(run_dir)
+    line = re.search(r"<p class='meta' id='numerics'>([^<]*)</p>", page).group(1)
+    assert f"torch {torch.__version__}" in line and f"transformers {transformers.__version__}" in line
+    assert f"threads {torch.get_num_threads()}" in line and "differ" not in line
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    rows = [json.loads(line) for line in (other / "cells.jsonl").read_text().splitlines()]
+    rows[-1]["numerics"]["threads"] = torch.get_num_threads() + 1  # the last cell, as if resumed with more threads
+    (other / "cells.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    line = re.search(r"<p class='meta' id='numerics'>([^<]*)</p>", build_report(other)).group(1)
+    assert f"torch {torch.__version__}" in line and "threads" in line.split("differ")[1]
+    assert f"threads {torch.get_num_threads()} (" in line and f"{torch.get_num_threads() + 1} (1 cell)" in line

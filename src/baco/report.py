@@ -106,9 +106,10 @@ def pick_samples(rows: list[dict], per_method: int = 2) -> dict[str, dict[str, l
     return out
 
 
-def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | None]:
+def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | None, str | None]:
     """The samples the tables were made from; when some stored samples are not among them, a line saying
-    how many; when lines of samples.jsonl could not be read, a line saying how many (`_skipped_line`).
+    how many; when lines of samples.jsonl could not be read, a line saying how many (`_skipped_line`); and what
+    their cells ran with (`_numerics_line`).
     The selection is the sweep's evaluation's (`ledger.audit` of the configuration's planned cells): the
     configuration is that of results.json, else every cell planned in the run directory."""
     cells = evaluated_cells(summary)
@@ -119,12 +120,23 @@ def shown_rows(run: Path, summary: dict) -> tuple[list[dict], str | None, str | 
         scan = store.scan()  # once: the rows and the lines that hold none
         stored = store.read(scan)
         rows = [r for r in stored if cells is None or r["cell"] in cells]
-        return rows, _left_out_line(len(stored) - len(rows), 0, lister), _skipped_line(run, ledger.store_problems(scan))
+        return (rows, _left_out_line(len(stored) - len(rows), 0, lister), _skipped_line(run, ledger.store_problems(scan)),
+                None)
     result = ledger.audit(run, plan if cells is None else {key: ids for key, ids in plan.items() if key in cells})
     audits = result.cells.values()
     return (result.rows, _left_out_line(sum(result.strangers.values()), sum(c.unplanned for c in audits), lister,
                                         outside=sum(c.outside for c in audits)),
-            _skipped_line(run, result.problems))
+            _skipped_line(run, result.problems), _numerics_line(result))
+
+
+def _numerics_line(result: ledger.Audit) -> str | None:
+    """What the cells' rounding depended on (library versions, threads, CPU, GPU: `baco.numerics`), the same for
+    all of them and where they differ, as `baco check` notes it; None for runs from before baco recorded it."""
+    shared, mixed = result.shared_numerics(), result.mixed_numerics()
+    parts = [f"the cells ran with {shared}"] if shared else []
+    parts += [f"they differ in {mixed}, so their samples may round differently (docs/engine.md, \"Randomness\")"] \
+        if mixed else []
+    return "; ".join(parts) + "." if parts else None
 
 
 def _skipped_line(run: Path, problems: list[str]) -> str | None:
@@ -182,7 +194,7 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
         raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
     results = read_results(run)
     summary = results or {}
-    rows, left_out, skipped = shown_rows(run, summary)
+    rows, left_out, skipped, ran_with = shown_rows(run, summary)
     stale = stale_outputs(run, results, rows)
     for line in (stale, skipped):
         if line:
@@ -214,6 +226,8 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
         parts.append(f"<p class='meta' id='left-out'>{html.escape(left_out)}</p>")
     if skipped:
         parts.append(f"<p class='meta' id='skipped'>{html.escape(skipped)}</p>")
+    if ran_with:
+        parts.append(f"<p class='meta' id='numerics'>{html.escape(ran_with)}</p>")
     for task, methods in pick_samples(rows, per_method).items():
         first = next((samples[0] for samples in methods.values() if samples), {})
         parts.append(f"<h3>{html.escape(task)}: {html.escape(first.get('prompt', ''))}</h3>")

@@ -170,6 +170,15 @@ class Audit:
                                                     for value, count in sorted(counts.items())))
         return "; ".join(parts) or None
 
+    def shared_numerics(self) -> str | None:
+        """What every recorded cell ran with alike, e.g. "torch 2.13.0, transformers 5.24.0, threads 2, cpu ...";
+        None when no cell recorded it (runs from before baco did)."""
+        records = list(self.numerics.values())
+        if not records:
+            return None
+        names = [name for name in records[0] if all(record.get(name) == records[0][name] for record in records)]
+        return ", ".join(f"{name} {records[0][name]}" for name in names) or None
+
 
 def audit(run_dir: str | Path, plan: Plan) -> Audit:
     """Compare what the plan asks for with what samples.jsonl and cells.jsonl hold (reads only)."""
