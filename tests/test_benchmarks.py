@@ -44,3 +44,9 @@ def test_engine_memory_measures_within_what_auto_sizing_reserves():
     out = script("engine_memory.py", "--batch", "2", "--words", "20", "--max-len", "96", "--threads", "1")
     worst = next(line for line in out.splitlines() if line.startswith("worst measured / reserved"))
     assert 0 < float(worst.split(":")[1].split()[0]) <= 1 and 'max_batch="auto"' in out.splitlines()[-1]
+
+
+def test_first_call_race_compares_each_process_first_generation_with_its_second():
+    out = script("first_call_race.py", "--processes", "2", "--tokens", "1")
+    assert "without warm-up (BACO_VML_WARMUP=0): " in out and " of 1 processes' first generation differed" in out
+    assert "with warm-up (default): 0 of 1 processes" in out  # baco's default: the race cannot hit
