@@ -1,15 +1,17 @@
 """How often a fresh process's first generation differs from its second, with and without baco's VML warm-up.
 
-    python benchmarks/first_call_race.py [--processes 40] [--tokens 2]
+    python benchmarks/first_call_race.py [--processes 40] [--tokens 2] [--bare]
 
 Each of `--processes` fresh processes (half with BACO_VML_WARMUP=0, half with the default, alternating, so that a
 change in the machine's load hits both arms alike) loads the embedded pair and generates the demo's three prompts
 x n=4 twice with the same seed, then compares the two: token ids and each token's base top-1 probability. They
 must agree; a process whose first generation differs hit the MKL VML first-call race (pytorch/pytorch#188792, see
-`baco.numerics.warm_vector_math`). Printed: per arm, processes whose first generation differed / processes, and
-the first differing field of each such process. The race is timing-dependent: measured here on a 2-core Xeon at
-about one process in ten without the warm-up (docs/engine.md, "Randomness"); a quiet machine shows it more often
-than a busy one.
+`baco.numerics.warm_vector_math`). `--bare` (2 s a process instead of ~15) does without the models: after one
+float32 matrix product (MKL is initialised), `import baco` and a few threaded products, the first and second calls of cos, sin, exp, log,
+sqrt and tanh on 11,520 float32 numbers (the rotary embedding's size in the demo's prefill) on two threads.
+Printed: per arm, processes whose first call differed / processes, and what differed in each such process. The
+race is timing-dependent (docs/benchmarks.md has the measured rates); a quiet machine shows it more often than a
+busy one.
 """
 
 from __future__ import annotations
@@ -36,26 +38,48 @@ def child(tokens: int) -> None:
     print(json.dumps({"differs": differs}))
 
 
+def bare() -> None:
+    import torch
+
+    torch.set_num_threads(2)
+    torch.randn(256, 256) @ torch.randn(256, 256)  # MKL initialised, as model loading leaves it; VML not yet called
+    import baco  # noqa: F401  (the warm-up, unless BACO_VML_WARMUP=0)
+
+    for _ in range(3):  # the OpenMP threads started and running, as model loading leaves them
+        torch.ones(1 << 20).mul_(2)
+    x = torch.linspace(0.01, 0.99, 11520)
+    differs = []
+    for name in ("cos", "sin", "exp", "log", "sqrt", "tanh"):
+        first, second = getattr(torch, name)(x), getattr(torch, name)(x)
+        if not torch.equal(first, second):
+            where = (first != second).nonzero().flatten()
+            differs.append(f"{name} at elements {where.min().item()}..{where.max().item()}, max error "
+                           f"{(first - second).abs().max().item():.2g}")
+    print(json.dumps({"differs": "; ".join(differs) or None}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", type=int, default=40)
     parser.add_argument("--tokens", type=int, default=2, help="new tokens per sample (the race is in the prefill)")
+    parser.add_argument("--bare", action="store_true", help="torch's unary functions alone, without the models")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.tokens)
+        return bare() if args.bare else child(args.tokens)
     counts = {"0": [0, 0], "1": [0, 0]}
     for index in range(args.processes):
         arm = "0" if index % 2 == 0 else "1"
-        out = subprocess.run([sys.executable, __file__, "--child", "--tokens", str(args.tokens)], check=True,
+        out = subprocess.run([sys.executable, __file__, "--child", "--tokens", str(args.tokens)] + ["--bare"] * args.bare,
+                             check=True,
                              capture_output=True, text=True, env={**os.environ, "BACO_VML_WARMUP": arm})
         differs = json.loads(out.stdout.strip().splitlines()[-1])["differs"]
         counts[arm][0] += differs is not None
         counts[arm][1] += 1
         if differs:
-            print(f"process {index} (BACO_VML_WARMUP={arm}): first generation differs at {differs}", flush=True)
+            print(f"process {index} (BACO_VML_WARMUP={arm}): first call differs: {differs}", flush=True)
     for arm, name in (("0", "without warm-up (BACO_VML_WARMUP=0)"), ("1", "with warm-up (default)")):
-        print(f"{name}: {counts[arm][0]} of {counts[arm][1]} processes' first generation differed from their second")
+        print(f"{name}: {counts[arm][0]} of {counts[arm][1]} processes' first call differed from their second")
 
 
 if __name__ == "__main__":

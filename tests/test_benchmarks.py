@@ -48,5 +48,5 @@ def test_engine_memory_measures_within_what_auto_sizing_reserves():
 
 def test_first_call_race_compares_each_process_first_generation_with_its_second():
     out = script("first_call_race.py", "--processes", "2", "--tokens", "1")
-    assert "without warm-up (BACO_VML_WARMUP=0): " in out and " of 1 processes' first generation differed" in out
+    assert "without warm-up (BACO_VML_WARMUP=0): " in out and " of 1 processes' first call differed" in out
     assert "with warm-up (default): 0 of 1 processes" in out  # baco's default: the race cannot hit
