@@ -22,12 +22,17 @@ def test_importing_baco_warms_vector_math_once_unless_switched_off():
 
 
 def test_a_fresh_process_first_threaded_calls_are_as_accurate_as_math():
-    """The first call of each function on a tensor over ATen's 2048-element grain runs on two threads at once: the
-    race's setting. After `import baco` it computes what Python's math module computes (to float rounding)."""
+    """The first call of each function on a tensor over ATen's 2048-element grain runs on two threads at once, with
+    MKL initialised and the OpenMP threads running, as model loading leaves them: the race's setting (without the
+    warm-up, about one such process in ten ran `cos` wrongly: docs/benchmarks.md). After `import baco` it computes
+    what Python's math module computes (to float rounding)."""
     code = """
-import math, sys, torch, baco
+import math, sys, torch
 torch.set_num_threads(2)
-worst = 0.0
+torch.randn(256, 256) @ torch.randn(256, 256)
+import baco
+for _ in range(3):
+    torch.ones(1 << 20).mul_(2)
 for name in ("cos", "sin", "exp", "log", "sqrt", "tanh", "erf", "log1p"):
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-14)):
         x = torch.linspace(0.05, 0.95, 12000, dtype=dtype)
