@@ -493,3 +493,32 @@ def test_rows_shaped_like_baco_samples_without_sampling_settings_are_read(tmp_pa
             for k, text in enumerate(["apple", "kiwi jam"])]
     records, warnings = read_records([write_rows(tmp_path / "trimmed.jsonl", rows)])
     assert [r.response for r in records] == ["apple", "kiwi jam"] and warnings == []
+
+
+def test_a_sweeps_sampling_knob_configurations_are_one_method_in_the_pareto_table(tmp_path):
+    # `baco sweep` writes `base@temperature=0.7` for a method swept over temperature, and reports it as the
+    # method `base` (the paper's baselines are swept this way); `baco eval` on its samples groups them alike
+    # (the two seeds of sweep_rows made into two temperatures of one seed)
+    rows = [{**row, "config": f"base@temperature={t:g}", "method": "base", "cell": f"t|base@temperature={t:g}|seed=0",
+             "sampling": {"temperature": t, "seed": 0}}
+            for row in sweep_rows({0, 1}) for t in [row["sampling"]["seed"] + 0.7]]
+    path = write_rows(tmp_path / "samples.jsonl", rows)
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]["t"]) == {"base@temperature=0.7", "base@temperature=1.7"}  # two configurations
+    assert set(data["pareto"]["overall"]) == {"base"}  # of one method
+    assert data["pareto"]["overall"]["base"]["coverage"] == 1.0
+
+
+def test_models_whose_names_hold_a_colon_are_not_pooled_in_the_pareto_table(tmp_path):
+    # Ollama tags and OpenAI fine-tuned model names hold colons; the part before one is no method of baco's
+    answers = {"llama3.1:8b": ["apple", "pear", "fig"], "llama3.1:70b": ["apple", "apple", "apple"],
+               "ft:gpt-4o-mini:acme::A1": ["kiwi", "kiwi jam", "lime"]}
+    path = write_rows(tmp_path / "models.jsonl", [{"prompt": "Name a fruit.", "response": r, "method": m}
+                                                   for m, rs in answers.items() for r in rs])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    overall = json.loads(out.read_text())["pareto"]["overall"]
+    assert set(overall) == set(answers)
+    assert sum(m["dominance"] for m in overall.values()) == pytest.approx(1.0)
