@@ -522,3 +522,34 @@ def test_models_whose_names_hold_a_colon_are_not_pooled_in_the_pareto_table(tmp_
     overall = json.loads(out.read_text())["pareto"]["overall"]
     assert set(overall) == set(answers)
     assert sum(m["dominance"] for m in overall.values()) == pytest.approx(1.0)
+
+
+def test_a_metric_that_returns_nan_is_undefined_there_as_none_is(tmp_path, metrics_restored):
+    # numpy gives NaN for a mean over nothing; a metric of one's own may return it where it is undefined
+    from baco.evaluate.registry import register_metric
+
+    @register_metric("nan-on-red", kind="diversity", higher_is_better=True, library="mine", help="NaN for red")
+    def nan_on_red(responses):
+        return float("nan") if "red" in responses else 1.0
+
+    @register_metric("nan-quality", kind="quality", higher_is_better=True, library="mine", help="NaN for red")
+    def nan_quality(prompts, responses):
+        return [float("nan") if r == "red" else 0.5 for r in responses]
+
+    rows = [{"prompt": p, "response": r} for p, rs in (("fruit", ("apple", "pear")), ("colour", ("red", "blue")))
+            for r in rs]
+    out = tmp_path / "m.json"
+    assert main(["eval", str(write_rows(tmp_path / "s.jsonl", rows)), "--metrics", "nan-on-red,nan-quality,utility",
+                 "--out", str(out), "--quiet"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    data = json.loads(out.read_text(), parse_constant=refuse)  # strict JSON: no NaN
+    colour = next(r for r in data["per_prompt"] if r["prompt"] == "colour")
+    assert colour["nan-on-red"] is None and colour["nan-quality"] == 0.5
+    # utility: red (first, undefined quality) earns 0, blue (a class of its own) 0.5 at weight 0.8
+    assert colour["utility"] == pytest.approx(0.8 * 0.5 / 1.8)
+    counts = data["counts"]["default"]["s"]
+    assert (counts["nan-on-red"], counts["nan-quality"], counts["utility"]) == (1, 2, 2)
+    assert data["summary"]["default"]["s"]["nan-on-red"] == 1.0

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import numbers
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -88,6 +89,12 @@ class EvalResult:
 def _mean(values) -> float | None:
     kept = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return sum(kept) / len(kept) if kept else None
+
+
+def _defined(value):
+    """A metric's value, or None where it is undefined: None, or NaN (numpy's mean over nothing), which would
+    otherwise count as defined in `counts` and be written into the JSON as `NaN`, which JSON has not."""
+    return None if value is None or (isinstance(value, numbers.Real) and math.isnan(value)) else value
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -170,7 +177,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                   file=sys.stderr)
         scores[spec.name] = {key: [] for key in keys}
         for key, _, r in flat:
-            value = value_of[(r.key, r.response)]
+            value = _defined(value_of[(r.key, r.response)])
             scores[spec.name][key].append(None if value is None else float(value))
 
     chosen = choose_utility_quality(metrics, utility_quality)
@@ -202,7 +209,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                         kwargs[need] = [None if v is None else gain_of(v) for v in scores[chosen][key]]
                     else:
                         kwargs[need] = resources.get(need)
-                row[spec.name] = spec.fn(responses, **kwargs)
+                row[spec.name] = _defined(spec.fn(responses, **kwargs))
             for spec in quality:
                 row[spec.name] = _mean(scores[spec.name][key])
             per_prompt.append(row)
