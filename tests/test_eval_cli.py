@@ -226,7 +226,20 @@ def test_one_sample_per_prompt_is_reported_undefined_not_zero(tmp_path, capsys):
     assert all(v is None for v in values.values())
     assert all(data["counts"]["default"]["single"][name] == 0 for name in values)
     assert rows[0]["distinct-1"] == "" and rows[0]["self-bleu"] == ""
-    assert "n/a" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "n/a" in shown.out
+    # the table's n/a is explained: `baco generate` writes one sample per prompt unless given --n
+    warning = "method 'single' (task 'default') has one response per prompt: diversity is undefined"
+    assert warning in shown.err and "--n" in shown.err
+    assert any(warning in w for w in data["warnings"])
+    # a method sampled n >= 2 times on some prompt is not warned about; nor are quality metrics alone
+    both = write_rows(tmp_path / "both.jsonl", [{"prompt": "q", "response": r} for r in ("a", "b")]
+                      + [{"prompt": "p", "response": "c"}])
+    assert main(["eval", str(both), str(path), "--metrics", "distinct-1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "method 'single'" in err and "method 'both'" not in err
+    assert main(["eval", str(path), "--metrics", "relevance", "--quiet"]) == 0
+    assert "one response per prompt" not in capsys.readouterr().err
 
 
 def test_empty_responses_and_mixed_languages(tmp_path):

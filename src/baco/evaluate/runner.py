@@ -142,6 +142,8 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     quality = [s for s in metrics if s.kind == "quality"]
     per_group = [s for s in metrics if s.kind != "quality"]
     warnings: list[str] = unequal_n(groups)
+    if any(s.kind == "diversity" for s in metrics):
+        warnings += single_responses(groups)
 
     # opened first: a file that is not a score cache is refused before any model loads
     cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
@@ -257,6 +259,17 @@ def unequal_n(groups: dict) -> list[str]:
             warnings.append(f"task {task!r}: the methods have different numbers of responses per prompt ({listed}); "
                             f"diversity metrics depend on n, so compare methods sampled at the same n")
     return warnings
+
+
+def single_responses(groups: dict) -> list[str]:
+    """A warning per method of a task with one response to every prompt: its diversity metrics are all undefined
+    (n/a), most often because `baco generate` ran with its default of one sample per prompt."""
+    most: dict[tuple[str, str], int] = {}
+    for (task, method, _seed, _prompt), rows in groups.items():
+        most[(task, method)] = max(most.get((task, method), 0), len(rows))
+    return [f"method {method!r} (task {task!r}) has one response per prompt: diversity is undefined (n/a) without "
+            f"two or more to compare; sample each prompt several times (`baco generate --n 10`)"
+            for (task, method), n in most.items() if n == 1]
 
 
 def _counts(grouped: dict, metrics: list[MetricSpec]) -> dict:
