@@ -566,3 +566,20 @@ def test_a_metric_that_returns_nan_is_undefined_there_as_none_is(tmp_path, metri
     counts = data["counts"]["default"]["s"]
     assert (counts["nan-on-red"], counts["nan-quality"], counts["utility"]) == (1, 2, 2)
     assert data["summary"]["default"]["s"]["nan-on-red"] == 1.0
+
+
+def test_the_csv_gives_each_configuration_its_methods_coverage_and_dominance(tmp_path):
+    # Coverage and Dominance belong to a method (p-punc), the rows to its configurations (p-punc:0.3, ...)
+    answers = {"p-punc:0.3": ["apple", "pear", "fig"], "p-punc:0.7": ["apple pie", "apple", "kiwi"],
+               "aligned": ["apple", "apple", "apple"]}
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "Name a fruit.", "response": r, "method": m}
+                                              for m, rs in answers.items() for r in rs])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    data, rows = load(out)
+    per_task = data["pareto"]["per_task"]["default"]
+    assert [(r["method"], r["family"]) for r in rows] == [("p-punc:0.3", "p-punc"), ("p-punc:0.7", "p-punc"),
+                                                           ("aligned", "aligned")]
+    for row in rows:
+        assert float(row["coverage"]) == per_task[row["family"]]["coverage"]
+        assert float(row["dominance"]) == per_task[row["family"]]["dominance"]

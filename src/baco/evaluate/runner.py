@@ -24,7 +24,7 @@ from pathlib import Path
 
 from baco.evaluate.cache import MISS, ScoreCache, scorer_identity
 from baco.evaluate.io import Record, group_records, read_records
-from baco.evaluate.pareto import ParetoReport, pareto_aggregate
+from baco.evaluate.pareto import ParetoReport, method_family, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
 from baco.evaluate.resources import EvalOptions, Resources
 from baco.evaluate.seeds import format_spread, pareto_over_seeds, spread
@@ -409,20 +409,23 @@ def write_json(result: EvalResult, path: str | Path) -> None:
 
 def write_csv(result: EvalResult, path: str | Path) -> None:
     """One row per (task, method), per seed when there are several: counts, then every metric's mean
-    (empty = undefined), then Pareto."""
+    (empty = undefined), then the Coverage and Dominance of the row's family (`p-punc` for `p-punc:0.3`):
+    they are a family's, and a configuration row would otherwise have none."""
     names = [s.name for s in result.metrics]
     seed_column = ["seed"] if result.seeds else []
     views = ([(seed, r.summary, r.counts, r.pareto) for seed, r in result.by_seed.items()] if result.seeds
              else [(None, result.summary, result.counts, result.pareto)])
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
-    writer.writerow(["task", "method", *seed_column, "prompts", "responses", *names, "coverage", "dominance"])
+    writer.writerow(["task", "method", "family", *seed_column, "prompts", "responses", *names, "coverage",
+                     "dominance"])
     for seed, summary, counts, report in views:
         for task, methods in summary.items():
             for method, values in methods.items():
-                pareto = report.per_task.get(task, {}).get(method, {}) if report else {}
+                family = method_family(method)
+                pareto = report.per_task.get(task, {}).get(family, {}) if report else {}
                 cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
-                writer.writerow([task, method, *([seed] if seed_column else []), counts[task][method]["prompts"],
-                                 counts[task][method]["responses"]]
+                writer.writerow([task, method, family, *([seed] if seed_column else []),
+                                 counts[task][method]["prompts"], counts[task][method]["responses"]]
                                 + ["" if v is None else repr(float(v)) for v in cells])
     atomic_write(path, handle.getvalue())
