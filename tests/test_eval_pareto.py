@@ -116,9 +116,9 @@ def test_nan_and_infinite_values_are_missing_points_not_poison():
     # NaN would make min/max (so every normalised point) depend on the order of the configurations
     nan = float("nan")
     for bad in (nan, float("inf")):
-        for results in ({"m:1": {"div": bad, "qual": 1.0}, "m:2": {"div": 4, "qual": 0.0}, "n": {"div": 2, "qual": 1.0}},
-                        {"n": {"div": 2, "qual": 1.0}, "m:2": {"div": 4, "qual": 0.0}, "m:1": {"div": bad, "qual": 1.0}}):
-            plane = report({"task": results}).planes[0]
+        configs = {"m:1": {"div": bad, "qual": 1.0}, "m:2": {"div": 4, "qual": 0.0}, "n": {"div": 2, "qual": 1.0}}
+        for order in (["m:1", "m:2", "n"], ["n", "m:2", "m:1"]):
+            plane = report({"task": {c: configs[c] for c in order}}).planes[0]
             # m:1 left out; m:2 (1, 0), n (0, 1): both on the front, zero global area
             assert plane.points == {"m:2": (1.0, 0.0), "n": (0.0, 1.0)}
             assert plane.coverage == {"m": None, "n": None} and plane.dominance == {"m": 0.5, "n": 0.5}
