@@ -226,7 +226,20 @@ def test_one_sample_per_prompt_is_reported_undefined_not_zero(tmp_path, capsys):
     assert all(v is None for v in values.values())
     assert all(data["counts"]["default"]["single"][name] == 0 for name in values)
     assert rows[0]["distinct-1"] == "" and rows[0]["self-bleu"] == ""
-    assert "n/a" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "n/a" in shown.out
+    # the table's n/a is explained: `baco generate` writes one sample per prompt unless given --n
+    warning = "method 'single' (task 'default') has one response per prompt: diversity is undefined"
+    assert warning in shown.err and "--n" in shown.err
+    assert any(warning in w for w in data["warnings"])
+    # a method sampled n >= 2 times on some prompt is not warned about; nor are quality metrics alone
+    both = write_rows(tmp_path / "both.jsonl", [{"prompt": "q", "response": r} for r in ("a", "b")]
+                      + [{"prompt": "p", "response": "c"}])
+    assert main(["eval", str(both), str(path), "--metrics", "distinct-1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "method 'single'" in err and "method 'both'" not in err
+    assert main(["eval", str(path), "--metrics", "relevance", "--quiet"]) == 0
+    assert "one response per prompt" not in capsys.readouterr().err
 
 
 def test_empty_responses_and_mixed_languages(tmp_path):
@@ -493,3 +506,80 @@ def test_rows_shaped_like_baco_samples_without_sampling_settings_are_read(tmp_pa
             for k, text in enumerate(["apple", "kiwi jam"])]
     records, warnings = read_records([write_rows(tmp_path / "trimmed.jsonl", rows)])
     assert [r.response for r in records] == ["apple", "kiwi jam"] and warnings == []
+
+
+def test_a_sweeps_sampling_knob_configurations_are_one_method_in_the_pareto_table(tmp_path):
+    # `baco sweep` writes `base@temperature=0.7` for a method swept over temperature, and reports it as the
+    # method `base` (the paper's baselines are swept this way); `baco eval` on its samples groups them alike
+    # (the two seeds of sweep_rows made into two temperatures of one seed)
+    rows = [{**row, "config": f"base@temperature={t:g}", "method": "base", "cell": f"t|base@temperature={t:g}|seed=0",
+             "sampling": {"temperature": t, "seed": 0}}
+            for row in sweep_rows({0, 1}) for t in [row["sampling"]["seed"] + 0.7]]
+    path = write_rows(tmp_path / "samples.jsonl", rows)
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["summary"]["t"]) == {"base@temperature=0.7", "base@temperature=1.7"}  # two configurations
+    assert set(data["pareto"]["overall"]) == {"base"}  # of one method
+    assert data["pareto"]["overall"]["base"]["coverage"] == 1.0
+
+
+def test_models_whose_names_hold_a_colon_are_not_pooled_in_the_pareto_table(tmp_path):
+    # Ollama tags and OpenAI fine-tuned model names hold colons; the part before one is no method of baco's
+    answers = {"llama3.1:8b": ["apple", "pear", "fig"], "llama3.1:70b": ["apple", "apple", "apple"],
+               "ft:gpt-4o-mini:acme::A1": ["kiwi", "kiwi jam", "lime"]}
+    path = write_rows(tmp_path / "models.jsonl", [{"prompt": "Name a fruit.", "response": r, "method": m}
+                                                   for m, rs in answers.items() for r in rs])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    overall = json.loads(out.read_text())["pareto"]["overall"]
+    assert set(overall) == set(answers)
+    assert sum(m["dominance"] for m in overall.values()) == pytest.approx(1.0)
+
+
+def test_a_metric_that_returns_nan_is_undefined_there_as_none_is(tmp_path, metrics_restored):
+    # numpy gives NaN for a mean over nothing; a metric of one's own may return it where it is undefined
+    from baco.evaluate.registry import register_metric
+
+    @register_metric("nan-on-red", kind="diversity", higher_is_better=True, library="mine", help="NaN for red")
+    def nan_on_red(responses):
+        return float("nan") if "red" in responses else 1.0
+
+    @register_metric("nan-quality", kind="quality", higher_is_better=True, library="mine", help="NaN for red")
+    def nan_quality(prompts, responses):
+        return [float("nan") if r == "red" else 0.5 for r in responses]
+
+    rows = [{"prompt": p, "response": r} for p, rs in (("fruit", ("apple", "pear")), ("colour", ("red", "blue")))
+            for r in rs]
+    out = tmp_path / "m.json"
+    assert main(["eval", str(write_rows(tmp_path / "s.jsonl", rows)), "--metrics", "nan-on-red,nan-quality,utility",
+                 "--out", str(out), "--quiet"]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    data = json.loads(out.read_text(), parse_constant=refuse)  # strict JSON: no NaN
+    colour = next(r for r in data["per_prompt"] if r["prompt"] == "colour")
+    assert colour["nan-on-red"] is None and colour["nan-quality"] == 0.5
+    # utility: red (first, undefined quality) earns 0, blue (a class of its own) 0.5 at weight 0.8
+    assert colour["utility"] == pytest.approx(0.8 * 0.5 / 1.8)
+    counts = data["counts"]["default"]["s"]
+    assert (counts["nan-on-red"], counts["nan-quality"], counts["utility"]) == (1, 2, 2)
+    assert data["summary"]["default"]["s"]["nan-on-red"] == 1.0
+
+
+def test_the_csv_gives_each_configuration_its_methods_coverage_and_dominance(tmp_path):
+    # Coverage and Dominance belong to a method (p-punc), the rows to its configurations (p-punc:0.3, ...)
+    answers = {"p-punc:0.3": ["apple", "pear", "fig"], "p-punc:0.7": ["apple pie", "apple", "kiwi"],
+               "aligned": ["apple", "apple", "apple"]}
+    path = write_rows(tmp_path / "s.jsonl", [{"prompt": "Name a fruit.", "response": r, "method": m}
+                                              for m, rs in answers.items() for r in rs])
+    out = tmp_path / "m.json"
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--out", str(out), "--quiet"]) == 0
+    data, rows = load(out)
+    per_task = data["pareto"]["per_task"]["default"]
+    assert [(r["method"], r["family"]) for r in rows] == [("p-punc:0.3", "p-punc"), ("p-punc:0.7", "p-punc"),
+                                                           ("aligned", "aligned")]
+    for row in rows:
+        assert float(row["coverage"]) == per_task[row["family"]]["coverage"]
+        assert float(row["dominance"]) == per_task[row["family"]]["dominance"]

@@ -20,12 +20,13 @@ For every task and every (diversity metric x, quality metric y) plane:
 5. **Dominance** of a method = share of the global front's points that are the method's (tied
    points count once per configuration, so the shares of all methods sum to 1).
 
-A method without points in a plane (missing values) gets None there, not 0. Averages: per task,
+A method without points in a plane (missing values: None, NaN or infinite) gets None there, not 0. Averages: per task,
 the mean over its planes (None values left out); overall, the mean over tasks of the task averages.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from typing import Callable, Mapping
@@ -33,9 +34,31 @@ from typing import Callable, Mapping
 Point = tuple[float, float]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def method_family(config: str) -> str:
-    """Default family of a configuration: the router name without its value ("p-punc:0.5" -> "p-punc")."""
-    return config.split(":", 1)[0]
+    """Default family of a configuration: its name without the knob value that baco's configurations carry.
+
+    A router's knob ("p-punc:0.5" -> "p-punc") or a sweep's sampling knob ("base@temperature=0.7" -> "base").
+    A colon before anything but a number is part of a name ("llama3.1:8b", "ft:gpt-4o-mini:org::id"): such a
+    configuration is a method of its own, so that two models are never pooled because their names share a prefix.
+    """
+    name, at, knob = config.rpartition("@")
+    if at and name and "=" in knob and _is_number(knob.split("=", 1)[1]):
+        config = name
+    name, colon, value = config.partition(":")
+    return name if colon and name and _is_number(value) else config
+
+
+def _defined(value) -> bool:
+    """A value that is a point's coordinate: not None, NaN or infinite (none of those can be min-max normalised)."""
+    return value is not None and math.isfinite(float(value))
 
 
 def pareto_front(points: Mapping[str, Point]) -> list[str]:
@@ -93,8 +116,7 @@ def evaluate_plane(task: str, x: str, y: str, configs: Mapping[str, Mapping[str,
                    higher_is_better: Mapping[str, bool], family: Callable[[str], str],
                    methods: list[str]) -> Plane | None:
     """One plane; None when no configuration has both values."""
-    raw = {c: (float(m[x]), float(m[y])) for c, m in configs.items()
-           if m.get(x) is not None and m.get(y) is not None}
+    raw = {c: (float(m[x]), float(m[y])) for c, m in configs.items() if _defined(m.get(x)) and _defined(m.get(y))}
     if not raw:
         return None
     xs = normalise({c: p[0] for c, p in raw.items()}, higher_is_better.get(x, True))

@@ -17,13 +17,14 @@ import csv
 import io
 import json
 import math
+import numbers
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from baco.evaluate.cache import MISS, ScoreCache, scorer_identity
 from baco.evaluate.io import Record, group_records, read_records
-from baco.evaluate.pareto import ParetoReport, pareto_aggregate
+from baco.evaluate.pareto import ParetoReport, method_family, pareto_aggregate
 from baco.evaluate.registry import MetricSpec, resolve_metrics
 from baco.evaluate.resources import EvalOptions, Resources
 from baco.evaluate.seeds import format_spread, pareto_over_seeds, spread
@@ -90,6 +91,12 @@ def _mean(values) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def _defined(value):
+    """A metric's value, or None where it is undefined: None, or NaN (numpy's mean over nothing), which would
+    otherwise count as defined in `counts` and be written into the JSON as `NaN`, which JSON has not."""
+    return None if value is None or (isinstance(value, numbers.Real) and math.isnan(value)) else value
+
+
 def _bar(total: int, desc: str, progress: bool):
     from tqdm import tqdm
 
@@ -135,6 +142,8 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
     quality = [s for s in metrics if s.kind == "quality"]
     per_group = [s for s in metrics if s.kind != "quality"]
     warnings: list[str] = unequal_n(groups)
+    if any(s.kind == "diversity" for s in metrics):
+        warnings += single_responses(groups)
 
     # opened first: a file that is not a score cache is refused before any model loads
     cache = ScoreCache(resources.options.score_cache) if resources.options.score_cache else None
@@ -170,7 +179,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                   file=sys.stderr)
         scores[spec.name] = {key: [] for key in keys}
         for key, _, r in flat:
-            value = value_of[(r.key, r.response)]
+            value = _defined(value_of[(r.key, r.response)])
             scores[spec.name][key].append(None if value is None else float(value))
 
     chosen = choose_utility_quality(metrics, utility_quality)
@@ -202,7 +211,7 @@ def evaluate_records(records: list[Record], metrics: list[MetricSpec], resources
                         kwargs[need] = [None if v is None else gain_of(v) for v in scores[chosen][key]]
                     else:
                         kwargs[need] = resources.get(need)
-                row[spec.name] = spec.fn(responses, **kwargs)
+                row[spec.name] = _defined(spec.fn(responses, **kwargs))
             for spec in quality:
                 row[spec.name] = _mean(scores[spec.name][key])
             per_prompt.append(row)
@@ -250,6 +259,17 @@ def unequal_n(groups: dict) -> list[str]:
             warnings.append(f"task {task!r}: the methods have different numbers of responses per prompt ({listed}); "
                             f"diversity metrics depend on n, so compare methods sampled at the same n")
     return warnings
+
+
+def single_responses(groups: dict) -> list[str]:
+    """A warning per method of a task with one response to every prompt: its diversity metrics are all undefined
+    (n/a), most often because `baco generate` ran with its default of one sample per prompt."""
+    most: dict[tuple[str, str], int] = {}
+    for (task, method, _seed, _prompt), rows in groups.items():
+        most[(task, method)] = max(most.get((task, method), 0), len(rows))
+    return [f"method {method!r} (task {task!r}) has one response per prompt: diversity is undefined (n/a) without "
+            f"two or more to compare; sample each prompt several times (`baco generate --n 10`)"
+            for (task, method), n in most.items() if n == 1]
 
 
 def _counts(grouped: dict, metrics: list[MetricSpec]) -> dict:
@@ -389,20 +409,23 @@ def write_json(result: EvalResult, path: str | Path) -> None:
 
 def write_csv(result: EvalResult, path: str | Path) -> None:
     """One row per (task, method), per seed when there are several: counts, then every metric's mean
-    (empty = undefined), then Pareto."""
+    (empty = undefined), then the Coverage and Dominance of the row's family (`p-punc` for `p-punc:0.3`):
+    they are a family's, and a configuration row would otherwise have none."""
     names = [s.name for s in result.metrics]
     seed_column = ["seed"] if result.seeds else []
     views = ([(seed, r.summary, r.counts, r.pareto) for seed, r in result.by_seed.items()] if result.seeds
              else [(None, result.summary, result.counts, result.pareto)])
     handle = io.StringIO(newline="")
     writer = csv.writer(handle)
-    writer.writerow(["task", "method", *seed_column, "prompts", "responses", *names, "coverage", "dominance"])
+    writer.writerow(["task", "method", "family", *seed_column, "prompts", "responses", *names, "coverage",
+                     "dominance"])
     for seed, summary, counts, report in views:
         for task, methods in summary.items():
             for method, values in methods.items():
-                pareto = report.per_task.get(task, {}).get(method, {}) if report else {}
+                family = method_family(method)
+                pareto = report.per_task.get(task, {}).get(family, {}) if report else {}
                 cells = [values[n] for n in names] + [pareto.get("coverage"), pareto.get("dominance")]
-                writer.writerow([task, method, *([seed] if seed_column else []), counts[task][method]["prompts"],
-                                 counts[task][method]["responses"]]
+                writer.writerow([task, method, family, *([seed] if seed_column else []),
+                                 counts[task][method]["prompts"], counts[task][method]["responses"]]
                                 + ["" if v is None else repr(float(v)) for v in cells])
     atomic_write(path, handle.getvalue())
