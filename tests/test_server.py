@@ -737,3 +737,17 @@ def test_max_tokens_beyond_the_models_context_is_refused_even_when_the_slot_is_l
         assert refused.value.code == "context_length_exceeded" and "context" in refused.value.message
         fits = chat(client, PROMPTS[1], max_tokens=200, temperature=0, extra_body={"router": "base"})
         assert fits.choices[0].finish_reason == "length" and fits.usage.completion_tokens == 200
+
+
+def test_a_request_that_gives_no_max_tokens_gets_no_more_than_the_servers_max_tokens(collab):
+    """--max-tokens bounds every choice: leaving max_tokens out must not get a client the default (here 24) where
+    asking for 7 is refused (before: 24 tokens)."""
+    capped = Limits(max_tokens=6, default_max_tokens=24, max_prompt_tokens=200, max_n=4, max_prompts=4)
+    with LiveServer(collab, ServerConfig(max_batch=2, max_len=256, max_queue=14, max_engines=1, limits=capped)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError):
+            chat(client, PROMPTS[1], max_tokens=7)
+        unasked = chat(client, PROMPTS[1], temperature=0, extra_body={"router": "base"})
+        assert unasked.choices[0].finish_reason == "length" and unasked.usage.completion_tokens == 6
+        schema = requests.get(server.url + "/openapi.json").json()["components"]["schemas"]
+        assert "default 6," in schema["ChatCompletionRequest"]["properties"]["max_tokens"]["description"]
