@@ -58,6 +58,8 @@ class ServerConfig:
                             f"{self.max_batch + self.max_queue} that max_batch + max_queue let wait")
         if self.api_key is not None and not self.api_key.strip():
             raise BacoError("the API key is empty")
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise BacoError(f"the model id (--model-name) must be a non-blank name, got {self.model_id!r}")
 
 
 def error_body(message: str, kind: str = "invalid_request_error", *, param: str | None = None,
