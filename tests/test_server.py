@@ -75,6 +75,22 @@ def test_the_served_model_can_be_retrieved_by_id_and_another_is_not_found(client
     assert refused.value.body["code"] == "model_not_found" and "'baco'" in refused.value.body["message"]
 
 
+@pytest.mark.parametrize("create", [
+    lambda client: client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]),
+    lambda client: client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                                  stream=True),
+    lambda client: client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi"),
+])
+def test_a_request_for_another_model_is_not_found_as_in_openais_api_and_vllm(client, create):
+    """OpenAI's API and vLLM answer 404 model_not_found (the client's NotFoundError), as GET /v1/models/{id} does."""
+    with pytest.raises(openai.NotFoundError) as refused:
+        create(client)
+    error = refused.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model" and error["type"] == "invalid_request_error"
+    assert "'baco'" in error["message"] and ("'gpt-4o'" in error["message"] or "'gpt-3.5-turbo-instruct'" in
+                                             error["message"])
+
+
 def test_chat_completion_equals_the_python_api_for_the_same_seed(client, collab):
     response = chat(client, PROMPTS[0], max_tokens=30, seed=11, n=2, temperature=0.9)
     expected = library(collab, PROMPTS[0], n=2, max_new_tokens=30, seed=11, temperature=0.9)
@@ -309,7 +325,7 @@ def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 256}, 400, "max_tokens"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "temperature"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n"),
-    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({"model": 4, "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),  # not a model id at all
     ({"model": "baco", "messages": []}, 400, "messages"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, 400, "logit_bias"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, "router"),
@@ -721,3 +737,17 @@ def test_max_tokens_beyond_the_models_context_is_refused_even_when_the_slot_is_l
         assert refused.value.code == "context_length_exceeded" and "context" in refused.value.message
         fits = chat(client, PROMPTS[1], max_tokens=200, temperature=0, extra_body={"router": "base"})
         assert fits.choices[0].finish_reason == "length" and fits.usage.completion_tokens == 200
+
+
+def test_a_request_that_gives_no_max_tokens_gets_no_more_than_the_servers_max_tokens(collab):
+    """--max-tokens bounds every choice: leaving max_tokens out must not get a client the default (here 24) where
+    asking for 7 is refused (before: 24 tokens)."""
+    capped = Limits(max_tokens=6, default_max_tokens=24, max_prompt_tokens=200, max_n=4, max_prompts=4)
+    with LiveServer(collab, ServerConfig(max_batch=2, max_len=256, max_queue=14, max_engines=1, limits=capped)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        with pytest.raises(openai.BadRequestError):
+            chat(client, PROMPTS[1], max_tokens=7)
+        unasked = chat(client, PROMPTS[1], temperature=0, extra_body={"router": "base"})
+        assert unasked.choices[0].finish_reason == "length" and unasked.usage.completion_tokens == 6
+        schema = requests.get(server.url + "/openapi.json").json()["components"]["schemas"]
+        assert "default 6," in schema["ChatCompletionRequest"]["properties"]["max_tokens"]["description"]

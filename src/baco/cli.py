@@ -375,7 +375,8 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-routers", type=int, default=4, help="engines kept at once, one per router in use")
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: "
                    "--max-len - 1)")
-    p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens of requests that give none")
+    p.add_argument("--default-max-tokens", type=int, default=256,
+                   help="max_tokens of requests that give none (at most --max-tokens)")
     p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest templated prompt (default: "
                    "--max-len - 1)")
     p.add_argument("--max-n", type=int, default=16, help="largest n")

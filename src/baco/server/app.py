@@ -58,6 +58,8 @@ class ServerConfig:
                             f"{self.max_batch + self.max_queue} that max_batch + max_queue let wait")
         if self.api_key is not None and not self.api_key.strip():
             raise BacoError("the API key is empty")
+        if not isinstance(self.model_id, str) or not self.model_id.strip():
+            raise BacoError(f"the model id (--model-name) must be a non-blank name, got {self.model_id!r}")
 
 
 def error_body(message: str, kind: str = "invalid_request_error", *, param: str | None = None,
@@ -109,6 +111,20 @@ def field_problem(first: dict) -> str:
         bound, limit = ("at most", ctx["max_length"]) if longest else ("at least", ctx["min_length"])
         return f"a list of {bound} {limit} item{'' if limit == 1 else 's'} is accepted, got {ctx['actual_length']}"
     return first["msg"]
+
+
+def another_model(first: dict) -> str | None:
+    """The model id a request named when it is a string but not the served model's id (a validation error of the
+    `model` field), else None: OpenAI's API and vLLM answer such a request 404 model_not_found, not 400."""
+    if tuple(first.get("loc", ())) == ("body", "model") and first.get("type") == "literal_error":
+        named = first.get("input")
+        return named if isinstance(named, str) else None
+    return None
+
+
+def model_not_found(named: str, served: str) -> JSONResponse:
+    return error(404, f"the model {named!r} does not exist: this server serves {served!r}", param="model",
+                 code="model_not_found")
 
 
 def shutdown_body(message: str = MESSAGE) -> dict:
@@ -273,6 +289,9 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         if tuple(first.get("loc", ())) == ("body",):  # the body as a whole: empty, not JSON, or not an object
             message, code = body_problem(first, request.headers.get("content-type", ""))
             return error(400, message, code=code)
+        named = another_model(first)
+        if named is not None:
+            return model_not_found(named, config.model_id)
         where = [str(part) for part in first.get("loc", ()) if part not in ("body", schemas.ONE, schemas.MANY)]
         message = f"{'.'.join(where)}: {field_problem(first)}" if where else field_problem(first)
         return error(400, message, param=".".join(where) or None, code=first.get("type"))
@@ -288,7 +307,8 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
 
     ok = {"description": "OK"}
     refusals = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in
-                ((400, "invalid request"), (413, "body too large"), (429, "the server is full; retry later"))}
+                ((400, "invalid request"), (404, "not the served model"), (413, "body too large"),
+                 (429, "the server is full; retry later"))}
     event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string", "description": (
         "a chunk as JSON (object chat.completion.chunk or text_completion, with its tokens' provenance), "
         "or [DONE] at the end")}}, "description": "one server-sent event (with stream: true)"}
@@ -313,8 +333,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
              responses={404: {"description": "not the served model"}})
     async def model(model: str):  # OpenAI's `client.models.retrieve(id)`
         if model != config.model_id:
-            return error(404, f"the model {model!r} does not exist: this server serves {config.model_id!r}",
-                         param="model", code="model_not_found")
+            return model_not_found(model, config.model_id)
         return card
 
     @app.post("/v1/completions", response_model=schemas.Completion,

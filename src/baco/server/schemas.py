@@ -17,12 +17,17 @@ class Limits:
     """What one request may ask for; beyond these the server answers 400 (413 for the body, 429 when full)."""
 
     max_tokens: int  # per choice; also bounded by the room left in a slot of `max_len` tokens
-    default_max_tokens: int
+    default_max_tokens: int  # never more than max_tokens
     max_prompt_tokens: int
     max_n: int
     max_prompts: int
     max_stop: int = 8
     max_body_bytes: int = 1 << 20
+
+    def __post_init__(self):
+        """The default is capped at `max_tokens`: a request that leaves max_tokens out must not get more than one
+        that asks is allowed (as it is capped at the room left in a slot)."""
+        object.__setattr__(self, "default_max_tokens", min(self.default_max_tokens, self.max_tokens))
 
 
 # ---- responses --------------------------------------------------------------------------------------------
