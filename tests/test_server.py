@@ -135,6 +135,20 @@ def test_a_conversation_reads_as_few_shot_turns_under_a_system_prompt(client, co
     assert collab.requests([asked], 1, SamplingParams(), 4)[0].aligned_ids == request.aligned_ids
 
 
+def test_an_answer_sent_back_as_the_client_dumped_it_continues_the_conversation(client):
+    """`message.model_dump()` holds the fields OpenAI's answers may carry (refusal, tool_calls, ...) as null; a
+    conversation that appends it is the conversation with the answer's role and content, as vLLM reads it."""
+    asked = [{"role": "user", "content": "Name a fruit."}]
+    answer = client.chat.completions.create(model="baco", messages=asked, max_tokens=8, seed=1).choices[0].message
+    dumped = answer.model_dump()
+    assert {"refusal", "tool_calls"} <= {key for key, value in dumped.items() if value is None}
+    follow_up = {"role": "user", "content": "Another?"}
+    replayed = client.chat.completions.create(model="baco", messages=[*asked, dumped, follow_up], max_tokens=8, seed=2)
+    plain = client.chat.completions.create(model="baco", max_tokens=8, seed=2, messages=[
+        *asked, {"role": "assistant", "content": answer.content}, follow_up])
+    assert replayed.choices[0].message.content == plain.choices[0].message.content
+
+
 def test_the_router_extension_picks_the_writer(client):
     for router, writer in (("base", "base"), ("aligned", "aligned"), ("eft:0.5", "mix")):
         response = chat(client, PROMPTS[1], max_tokens=12, seed=0, extra_body={"router": router})
@@ -427,6 +441,12 @@ IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
     ("completions", {"model": "baco", "prompt": 7}, "prompt", "prompt: Input should be a string or a list"),
     ("chat/completions", {"model": "baco", "messages": [{"role": "user", "content": [IMAGE]}]}, "messages.0.content.0",
      "messages.0.content.0: only text content parts are supported (type 'text'), got a part of type 'image_url'"),
+    ("chat/completions", {"model": "baco", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": "and?"}]}, "messages.1.tool_calls", "messages.1.tool_calls: Extra inputs"),
+    ("chat/completions", {"model": "baco", "messages": [{"role": "user", "content": "hi", "refusal": None}]},
+     "messages.0.refusal", "messages.0.refusal: Extra inputs"),
     ("chat/completions", {**CHAT, "stream_options": {"include_usage": True}}, "stream_options",
      "stream_options is only allowed with stream: true"),
     ("completions", {"model": "baco", "prompt": "Why?", "stream": False, "stream_options": {"include_usage": False}},

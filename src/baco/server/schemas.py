@@ -175,11 +175,27 @@ class TextPart(BaseModel):
         return value
 
 
+# fields of an assistant message in OpenAI's responses that a text-only server never sets; the openai client's
+# `message.model_dump()` holds them as null (or []), so a replayed answer carries them
+UNSET_ASSISTANT_FIELDS = ("refusal", "annotations", "audio", "function_call", "tool_calls")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
     content: one_or_many(str, list[TextPart])  # type: ignore[valid-type]
     name: Optional[str] = Field(None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replayed_answer(cls, value):
+        """An earlier answer sent back as the client dumped it (`reply.choices[0].message.model_dump()`): its null
+        or empty `refusal`, `tool_calls`, ... say nothing and are dropped, as vLLM ignores them. With a value they
+        are still refused as unknown fields (a text model has no tools)."""
+        if isinstance(value, dict) and value.get("role") == "assistant":
+            value = {key: item for key, item in value.items()
+                     if not (key in UNSET_ASSISTANT_FIELDS and (item is None or item == []))}
+        return value
 
     @property
     def text(self) -> str:
