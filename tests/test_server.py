@@ -4,6 +4,7 @@ import concurrent.futures
 import json
 import re
 import threading
+import time
 
 import openai
 import pytest
@@ -64,8 +65,10 @@ def metric(live, name: str, **labels) -> float:
 
 
 # ---- chat, completions, n, seeds ----------------------------------------------------------------------------
-def test_models_lists_the_served_model(client):
-    assert [m.id for m in client.models.list().data] == ["baco"]
+def test_models_lists_the_served_model_created_when_the_server_started(client):
+    cards = client.models.list().data
+    assert [m.id for m in cards] == ["baco"]
+    assert time.time() - 3600 < cards[0].created <= time.time()  # a Unix time, as vLLM gives (not 0)
 
 
 def test_the_served_model_can_be_retrieved_by_id_and_another_is_not_found(client):

@@ -6,6 +6,7 @@
 
 import asyncio
 import hmac
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -323,7 +324,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
     async def prometheus():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    card = {"id": config.model_id, "object": "model", "created": 0, "owned_by": "baco"}
+    card = {"id": config.model_id, "object": "model", "created": int(time.time()), "owned_by": "baco"}  # (as vLLM)
 
     @app.get("/v1/models", response_model=schemas.ModelList)
     async def models():
