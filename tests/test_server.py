@@ -282,8 +282,13 @@ def test_logprobs_report_each_token_and_its_alternatives(client):
     assert len(choice.logprobs.content) == len(provenance(choice))
     for entry in choice.logprobs.content:
         assert len(entry.top_logprobs) == 3
-        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob, abs=1e-5)  # greedy: the best token
+        assert entry.logprob == entry.top_logprobs[0].logprob  # greedy: the best token, the same number
         assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob >= entry.top_logprobs[2].logprob
+    sampled = chat(client, PROMPTS[0], max_tokens=10, seed=2, logprobs=True, top_logprobs=20, temperature=1.5)
+    listed = [(entry.logprob, [top.logprob for top in entry.top_logprobs])
+              for entry in sampled.choices[0].logprobs.content]
+    among = [(logprob, tops) for logprob, tops in listed if logprob >= tops[-1]]  # the chosen token is in its top 20
+    assert among and all(logprob in tops for logprob, tops in among)  # its entry there: the same number, as in OpenAI's
     legacy = client.completions.create(model="baco", prompt=PROMPTS[0], max_tokens=10, seed=2, logprobs=2,
                                        temperature=0)
     lp = legacy.choices[0].logprobs
@@ -766,7 +771,8 @@ def test_a_request_that_gives_no_max_tokens_gets_no_more_than_the_servers_max_to
     """--max-tokens bounds every choice: leaving max_tokens out must not get a client the default (here 24) where
     asking for 7 is refused (before: 24 tokens)."""
     capped = Limits(max_tokens=6, default_max_tokens=24, max_prompt_tokens=200, max_n=4, max_prompts=4)
-    with LiveServer(collab, ServerConfig(max_batch=2, max_len=256, max_queue=14, max_engines=1, limits=capped)) as server:
+    config = ServerConfig(max_batch=2, max_len=256, max_queue=14, max_engines=1, limits=capped)
+    with LiveServer(collab, config) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
         with pytest.raises(openai.BadRequestError):
             chat(client, PROMPTS[1], max_tokens=7)

@@ -208,8 +208,11 @@ class Worker(threading.Thread):
                       else "aligned", event.reasons[i], float(event.base_top1_prob[i]),
                       max(math.log(max(prob, 1e-300)), FLOOR))
         if job.top_logprobs and event.top_ids is not None:
-            token.top = [(int(t), max(float(v), FLOOR)) for t, v in
-                         zip(event.top_ids[i, :job.top_logprobs], event.top_logprobs[i, :job.top_logprobs])]
+            best = [(int(t), max(float(v), FLOOR)) for t, v in zip(event.top_ids[i], event.top_logprobs[i])]
+            token.top = best[:job.top_logprobs]
+            # the chosen token's own entry, where it has one, is its log-prob: the two agree to the bit, as in
+            # OpenAI's API (log(chosen_prob) rounds through a float32 probability, ~1e-7 away)
+            token.logprob = next((value for top_id, value in best if top_id == token.token_id), token.logprob)
         if row.first:
             self.metrics.time_to_first_token.observe(time.perf_counter() - job.submitted)
             row.first = False
