@@ -152,6 +152,11 @@ def _models_and_format(args):
     from baco.models.hf import resolve_device, resolve_dtype
     from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 
+    for flag in ("base", "aligned", "anchor"):  # `--base "$BASE"` with BASE unset: not the embedded pair's model
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise BacoError(f"--{flag} is empty; give a model id or directory (or leave out both --base and "
+                            f"--aligned for the embedded pair)" if flag != "anchor" else
+                            "--anchor is empty; give a model id or directory, or leave --anchor out")
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
     chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
