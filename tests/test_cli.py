@@ -137,6 +137,39 @@ def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_
     assert read_prompts(other) == ["Name a fruit.", "Why is the sky blue?"]
 
 
+def test_prompts_can_come_from_stdin_or_a_pipe_json_lines_or_text(tmp_path, monkeypatch):
+    """`--prompts -` reads standard input, and a named pipe (`--prompts <(jq ...)`, /dev/stdin) is read as a
+    file is, not refused as missing: JSON Lines when its first row is a JSON object, else one prompt per line;
+    an error names the stream and its line."""
+    import io
+    import os
+    import threading
+    from pathlib import Path
+
+    from baco.errors import BacoError
+
+    def stdin(text):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+    stdin('\n{"prompt": "Name a fruit."}\n{"messages": [{"role": "user", "content": "Hi."}]}\n"Why?"\n')
+    assert read_prompts(Path("-")) == ["Name a fruit.", "Hi.", "Why?"]
+    stdin("Name a fruit.\n\n{braces} are text here\n")
+    assert read_prompts(Path("-")) == ["Name a fruit.", "{braces} are text here"]
+    stdin('{"prompt": "ok"}\n{"prompt": ""}\n')
+    with pytest.raises(BacoError, match=r"^<stdin>:2: the prompt is empty"):
+        read_prompts(Path("-"))
+    stdin("")
+    with pytest.raises(BacoError, match=r"<stdin>: no prompts"):
+        read_prompts(Path("-"))
+    for name, text, expected in (("pipe", '{"question": "Why?"}\n', ["Why?"]), ("pipe.txt", '{"a": 1}\n', ['{"a": 1}'])):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_text, args=(text,))
+        writer.start()
+        assert read_prompts(fifo) == expected  # a pipe's extension, when it has one, says its format as a file's does
+        writer.join()
+
+
 def test_help_states_each_default_once(capsys, monkeypatch):
     """A flag whose help already names its default (`--base`: the embedded pair) must not also say `(default: None)`."""
     import pytest

@@ -77,7 +77,8 @@ def _add_generate(sub) -> None:
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", type=Path, help="a .jsonl/.ndjson file, a .json array or a .csv/.parquet table "
                      "(read like load_task: a prompt, question, instruction or text field, or chat messages: a "
-                     "conversation to continue), or text (one prompt per line)")
+                     "conversation to continue), or text (one prompt per line); - reads standard input (JSON Lines when its "
+                     "first line is a JSON object, else text)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
@@ -178,8 +179,66 @@ def read_prompts(path: Path) -> list:
     Unicode) is an error naming its line: every row of the file was asked for."""
     from baco.tasks.loaders import EXTENSIONS, read_task_file
 
+    if str(path) == STDIN or is_stream(path):
+        return _read_stream(path)
     text = path.suffix.lower() not in EXTENSIONS
     return [item.asked for item in read_task_file(path, format="txt" if text else None, strict=True)]
+
+
+STDIN = "-"  # `--prompts -`: standard input, as `cat -` reads it
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is a pipe or device (`--prompts <(jq ...)`, /dev/stdin) rather than a file or folder: it can
+    be read once, from its start to its end."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def _read_stream(path: Path) -> list:
+    """Prompts of standard input (`-`) or a pipe, read once and then as a file is (`read_prompts`). Its format is
+    its extension's when it has one; without (stdin, /dev/fd/63): JSON Lines when its first row is a JSON object,
+    else one prompt per line. Errors and warnings name the stream (`<stdin>:3: ...`), not the copy read."""
+    import tempfile
+
+    from baco.errors import TaskError
+    from baco.tasks.loaders import EXTENSIONS
+
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    try:
+        if str(path) == STDIN:
+            if getattr(sys.stdin, "buffer", None) is None:
+                raise BacoError("--prompts -: this process has no standard input to read")
+            data = sys.stdin.buffer.read()
+        else:
+            data = path.read_bytes()
+    except OSError as error:
+        raise BacoError(f"--prompts {name!r}: {error.strerror or error}") from None
+    suffix = path.suffix.lower() if str(path) != STDIN else ""
+    if not suffix:
+        suffix = ".jsonl" if _first_row_is_object(data) else ".txt"
+    elif suffix not in EXTENSIONS:
+        suffix = ".txt"
+    with tempfile.TemporaryDirectory(prefix="baco-prompts-") as folder:
+        copy = Path(folder) / f"prompts{suffix}"
+        copy.write_bytes(data)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                prompts = read_prompts(copy)
+        except TaskError as error:
+            raise TaskError(str(error).replace(str(copy), name)) from None
+        for warning in caught:
+            warnings.warn(str(warning.message).replace(str(copy), name), warning.category, stacklevel=3)
+    return prompts
+
+
+def _first_row_is_object(data: bytes) -> bool:
+    """Whether the first non-blank line of `data` is a JSON object (a JSON Lines row rather than a line of text)."""
+    line = next((line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(line.lstrip("\ufeff")), dict)
+    except ValueError:
+        return False
 
 
 def _at_least_one(value: int, flag: str) -> None:
