@@ -33,6 +33,32 @@ def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
     assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
 
 
+def test_generate_carries_each_prompts_rows_own_id_into_its_samples_as_item_id(tiny_dirs, tmp_path):
+    """A prompts file's `id` (a dataset's question id, as a Batch API's `custom_id`) is how its samples are joined
+    back to references and labels: every sample of the row carries it as `item_id`, as a sweep's samples do
+    (`id` is the sample's own). A resumed run's new samples carry it too."""
+    base, aligned = map(str, tiny_dirs)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "q-17", "prompt": "Name a fruit."}, {"id": 4, "question": "Tell me a joke."},
+            {"id": "talk-1", "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hey."},
+                                           {"role": "user", "content": "Name a fruit."}]}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "samples.jsonl"
+    command = ["generate", "--base", base, "--aligned", aligned, "--prompts", str(prompts), "--max-new-tokens", "3",
+               "--seed", "1", "--quiet", "--out", str(out)]
+    assert main([*command, "--n", "2"]) == 0
+    assert main([*command, "--n", "3"]) == 0  # the third sample of each row is made by the rerun
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(samples) == 9 and len({s["id"] for s in samples}) == 9
+    assert {(s["prompt_index"], s["item_id"]) for s in samples} == {(0, "q-17"), (1, "4"), (2, "talk-1")}
+    text = tmp_path / "prompts.txt"  # a row without an id gets the one a sweep gives it: the file's name and line
+    text.write_text("\nName a fruit.\n")
+    assert main([*command[:5], "--prompts", str(text), "--max-new-tokens", "3", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["item_id"] == "prompts-0002"
+    assert main([*command[:5], "--prompt", "Hi.", "--max-new-tokens", "3", "--quiet", "--out", str(out)]) == 0
+    assert "item_id" not in json.loads(out.read_text().splitlines()[-1])  # a --prompt is no file's row
+
+
 def test_generate_makes_the_out_files_missing_folders_as_eval_does(tiny_dirs, tmp_path):
     base, aligned = map(str, tiny_dirs)
     out = tmp_path / "runs" / "x" / "samples.jsonl"
@@ -161,12 +187,13 @@ def test_prompts_can_come_from_stdin_or_a_pipe_json_lines_or_text(tmp_path, monk
     stdin("")
     with pytest.raises(BacoError, match=r"<stdin>: no prompts"):
         read_prompts(Path("-"))
-    for name, text, expected in (("pipe", '{"question": "Why?"}\n', ["Why?"]), ("pipe.txt", '{"a": 1}\n', ['{"a": 1}'])):
+    for name, text, expected in (("pipe", '{"question": "Why?"}\n', ["Why?"]),
+                                 ("pipe.txt", '{"a": 1}\n', ['{"a": 1}'])):
         fifo = tmp_path / name
         os.mkfifo(fifo)
         writer = threading.Thread(target=fifo.write_text, args=(text,))
         writer.start()
-        assert read_prompts(fifo) == expected  # a pipe's extension, when it has one, says its format as a file's does
+        assert read_prompts(fifo) == expected  # a pipe's extension, if any, says its format as a file's does
         writer.join()
 
 

@@ -77,8 +77,8 @@ def _add_generate(sub) -> None:
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", type=Path, help="a .jsonl/.ndjson file, a .json array or a .csv/.parquet table "
                      "(read like load_task: a prompt, question, instruction or text field, or chat messages: a "
-                     "conversation to continue), or text (one prompt per line); - reads standard input (JSON Lines when its "
-                     "first line is a JSON object, else text)")
+                     "conversation to continue), or text (one prompt per line); - reads standard input (JSON Lines "
+                     "when its first line is a JSON object, else text)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
@@ -173,16 +173,22 @@ def _models_and_format(args):
 
 
 def read_prompts(path: Path) -> list:
+    """The prompts of a --prompts file (`read_prompt_items`)."""
+    return [item.asked for item in read_prompt_items(path)]
+
+
+def read_prompt_items(path: Path) -> list:
     """Prompts of a --prompts file, read as `load_task` reads it (JSON Lines, a JSON array, CSV, parquet: a
     prompt, question, instruction or text field, or chat `messages`, a conversation to continue; .txt: one prompt
     per line). A file of another extension is read as text lines. A prompt no model can read (empty, not valid
-    Unicode) is an error naming its line: every row of the file was asked for."""
+    Unicode) is an error naming its line: every row of the file was asked for. Returns `TaskItem`s: `asked` is the
+    prompt, `id` the row's own id (else the file's name and line, as a sweep names it)."""
     from baco.tasks.loaders import EXTENSIONS, read_task_file
 
     if str(path) == STDIN or is_stream(path):
         return _read_stream(path)
     text = path.suffix.lower() not in EXTENSIONS
-    return [item.asked for item in read_task_file(path, format="txt" if text else None, strict=True)]
+    return read_task_file(path, format="txt" if text else None, strict=True)
 
 
 STDIN = "-"  # `--prompts -`: standard input, as `cat -` reads it
@@ -219,17 +225,17 @@ def _read_stream(path: Path) -> list:
     elif suffix not in EXTENSIONS:
         suffix = ".txt"
     with tempfile.TemporaryDirectory(prefix="baco-prompts-") as folder:
-        copy = Path(folder) / f"prompts{suffix}"
+        copy = Path(folder) / f"{'stdin' if str(path) == STDIN else path.stem or 'prompts'}{suffix}"
         copy.write_bytes(data)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                prompts = read_prompts(copy)
+                items = read_prompt_items(copy)
         except TaskError as error:
             raise TaskError(str(error).replace(str(copy), name)) from None
         for warning in caught:
             warnings.warn(str(warning.message).replace(str(copy), name), warning.category, stacklevel=3)
-    return prompts
+    return items
 
 
 def _first_row_is_object(data: bytes) -> bool:
@@ -303,7 +309,9 @@ def cmd_generate(args) -> int:
     _check_memory_fraction(args)
     if args.max_len is not None:
         _at_least_one(args.max_len, "--max-len")
-    prompts = args.prompt or read_prompts(args.prompts)
+    items = read_prompt_items(args.prompts) if args.prompts else None
+    prompts = args.prompt or [item.asked for item in items]
+    item_ids = [item.id for item in items] if items else None  # each row's own id, carried by its samples
     if not prompts:
         raise PromptError(f"no prompts in {args.prompts}")
     for index, prompt in enumerate(prompts):  # (a file's prompts were checked as they were read, by line)
@@ -317,7 +325,8 @@ def cmd_generate(args) -> int:
                              rows=len(prompts) * args.n if args.batch_size == "auto" else
                              min(args.batch_size, len(prompts) * args.n), compile=args.compile)
     if not args.out:
-        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set(),
+                         item_ids=item_ids)
     check_output_file(args.out, "--out", make_folder=True)
     # `auto` picks by the run's size (the embedded pair: llama.cpp up to 8 rows) and samples record their backend:
     # a rerun with a prompt added keeps the backend that made the file's samples, else it would make them again
@@ -347,11 +356,13 @@ def cmd_generate(args) -> int:
         if skip:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
-        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip)
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip,
+                         item_ids=item_ids)
 
 
-def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip) -> int:
-    """Load the models (here, or on Ray's workers), decode every sample not in `skip`, show and append each."""
+def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip, item_ids=None) -> int:
+    """Load the models (here, or on Ray's workers), decode every sample not in `skip`, show and append each (with
+    its prompts file row's id, `item_ids[prompt_index]`, as `item_id`)."""
     from tqdm import tqdm
 
     from baco.api import Collaboration
@@ -384,7 +395,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                 tqdm.write(LEGEND, file=sys.stdout)
             for sample in stream:
                 if out:
-                    out.append(sample)
+                    out.append(sample, item_id=item_ids[sample.prompt_index] if item_ids else None)
                 written += 1
                 tokens += sample.num_tokens
                 base_tokens += sample.base_share * sample.num_tokens

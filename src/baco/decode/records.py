@@ -401,7 +401,9 @@ class SampleFile:
         return {(i, k) for i, (key, c) in enumerate(zip(keys, occurrences_of(prompts))) for k in range(n)
                 if self.id_of(key, i, k, seed, c) in self.stored or (key, c, k) in made}
 
-    def append(self, sample: Sample) -> None:
+    def append(self, sample: Sample, item_id: str | None = None) -> None:
+        """Write one sample with its id; `item_id` (the prompts file row's own id), when given, is stored with it
+        (not hashed into the id: it names the row, it does not decide the sample)."""
         from baco.storage import JsonlAppender
 
         if self._out is None:
@@ -411,6 +413,8 @@ class SampleFile:
         # the run's seed (sample.seed is the row's own stream seed, derived from it)
         row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
                                sample.occurrence)
+        if item_id is not None:
+            row["item_id"] = item_id
         self._out.append(row)
 
     def close(self) -> None:
