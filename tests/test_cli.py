@@ -59,6 +59,31 @@ def test_generate_carries_each_prompts_rows_own_id_into_its_samples_as_item_id(t
     assert "item_id" not in json.loads(out.read_text().splitlines()[-1])  # a --prompt is no file's row
 
 
+def test_generate_out_dash_writes_the_samples_as_json_lines_on_stdout(tiny_dirs, tmp_path, capfd, monkeypatch):
+    """`--out -` pipes the samples (`baco generate ... --out - | jq`), as `curl -o -` does: stdout holds only JSON
+    Lines, the rows a file would get (ids included); no file named "-" is made. A pipe is written the same way."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    base, aligned = map(str, tiny_dirs)
+    command = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--prompt", "Hi.",
+               "--n", "2", "--max-new-tokens", "4", "--seed", "3"]
+    assert main([*command, "--out", "-"]) == 0
+    piped = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert not os.path.exists("-")
+    assert main([*command, "--quiet", "--out", "samples.jsonl"]) == 0
+    stored = [json.loads(line) for line in open("samples.jsonl")]
+    drop = ("elapsed_s", "tokens_per_s")
+    assert [{k: v for k, v in row.items() if k not in drop} for row in piped] == [
+        {k: v for k, v in row.items() if k not in drop} for row in stored]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    assert main([*command, "--quiet", "--out", str(fifo)]) == 0
+    assert [json.loads(line)["id"] for line in reader.communicate()[0].splitlines()] == [row["id"] for row in stored]
+    assert not (tmp_path / ".pipe.lock").exists()
+
+
 def test_generate_makes_the_out_files_missing_folders_as_eval_does(tiny_dirs, tmp_path):
     base, aligned = map(str, tiny_dirs)
     out = tmp_path / "runs" / "x" / "samples.jsonl"

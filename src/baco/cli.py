@@ -90,7 +90,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
-                   "samples already in the file are not generated again (rerun a killed --seed run to complete it)")
+                   "samples already in the file are not generated again (rerun a killed --seed run to complete it); "
+                   "- writes them to stdout instead of the texts (as does a pipe: written, not resumed)")
     p.add_argument("--batch-size", "--max-batch", dest="batch_size", type=_slots, default=32,
                    help="decoding slots: rows decoded at once; a finished row's slot takes the next request; "
                    "auto: as many as --memory-fraction of the device's memory holds (at most 256)")
@@ -290,7 +291,7 @@ def _router_name(spec: str) -> str:
 def cmd_generate(args) -> int:
     """Validate every input (sampling, router, counts, prompts, templates, --out), take --out's lock, then
     load the models."""
-    from baco.decode.records import SampleFile, stored_backend
+    from baco.decode.records import SampleFile, SampleStream, stored_backend
     from baco.decode.sampling import SamplingParams
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
@@ -327,10 +328,12 @@ def cmd_generate(args) -> int:
     if not args.out:
         return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set(),
                          item_ids=item_ids)
-    check_output_file(args.out, "--out", make_folder=True)
+    streamed = str(args.out) == STDIN or is_stream(args.out)  # `--out -` (stdout) or a pipe: rows, no file
+    if not streamed:
+        check_output_file(args.out, "--out", make_folder=True)
     # `auto` picks by the run's size (the embedded pair: llama.cpp up to 8 rows) and samples record their backend:
     # a rerun with a prompt added keeps the backend that made the file's samples, else it would make them again
-    previous = stored_backend(args.out, base, aligned) if args.backend == "auto" else None
+    previous = stored_backend(args.out, base, aligned) if args.backend == "auto" and not streamed else None
     if previous not in (None, backend):
         try:  # (where it can still run this request)
             backend = choose_backend(previous, base, aligned, anchor=args.anchor, device=args.device,
@@ -339,7 +342,7 @@ def cmd_generate(args) -> int:
                   f"are kept, not made again)", file=sys.stderr)
         except BacoError:
             pass
-    if args.prompts and same_file(args.out, args.prompts):
+    if args.prompts and not streamed and same_file(args.out, args.prompts):
         raise BacoError(f"--out {str(args.out)!r} is the --prompts file: the samples would be appended to the "
                         f"prompts (and read as prompts next time); give --out its own file")
     models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
@@ -348,6 +351,10 @@ def cmd_generate(args) -> int:
                 "models": models,
                 "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
                            "chat_template": chat_template}}
+    if streamed:
+        with SampleStream(args.out, identity) as out:
+            return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=set(),
+                             item_ids=item_ids)
     with SampleFile(args.out, identity) as out:  # the file's one writer until the last sample is in
         skip = out.done(prompts, args.n, args.seed)
         if len(skip) == len(prompts) * args.n:
@@ -366,6 +373,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
     from tqdm import tqdm
 
     from baco.api import Collaboration
+    from baco.decode.records import SampleStream
     from baco.display import LEGEND, header, is_terminal, render, use_colour
 
     if cluster is None:
@@ -385,7 +393,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                  memory_fraction=args.memory_fraction)
     colour = use_colour(args.color)
     terminal = colour or is_terminal()  # (a forced --color always is read on one)
-    show = not args.quiet
+    show = not args.quiet and str(args.out) != STDIN  # (`--out -`: stdout holds the samples' JSON Lines alone)
     total = len(prompts) * args.n - len(skip)
     written, tokens, base_tokens = 0, 0, 0
     started = time.perf_counter()
@@ -406,7 +414,8 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                   terminal=terminal)
                     tqdm.write(text + "\n", file=sys.stdout)
     except KeyboardInterrupt:
-        resume = "; rerun the same command to complete it" if out and args.seed is not None else ""
+        streamed = isinstance(out, SampleStream)
+        resume = "; rerun the same command to complete it" if out and args.seed is not None and not streamed else ""
         print(f"interrupted: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
               file=sys.stderr)
         return 130
@@ -414,7 +423,8 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
         share = base_tokens / tokens if tokens else 0.0
         rate = tokens / (time.perf_counter() - started)
         print(f"{written} samples, {tokens} tokens, base wrote {share:.0%}, {rate:.1f} tokens/s"
-              + (f", appended to {args.out}" if out else ""), file=sys.stderr)
+              + ("" if not out else f", written to {args.out}" if isinstance(out, SampleStream) else
+                 f", appended to {args.out}"), file=sys.stderr)
     return 0
 
 
