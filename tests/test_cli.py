@@ -33,6 +33,57 @@ def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
     assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
 
 
+def test_generate_carries_each_prompts_rows_own_id_into_its_samples_as_item_id(tiny_dirs, tmp_path):
+    """A prompts file's `id` (a dataset's question id, as a Batch API's `custom_id`) is how its samples are joined
+    back to references and labels: every sample of the row carries it as `item_id`, as a sweep's samples do
+    (`id` is the sample's own). A resumed run's new samples carry it too."""
+    base, aligned = map(str, tiny_dirs)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"id": "q-17", "prompt": "Name a fruit."}, {"id": 4, "question": "Tell me a joke."},
+            {"id": "talk-1", "messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hey."},
+                                           {"role": "user", "content": "Name a fruit."}]}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "samples.jsonl"
+    command = ["generate", "--base", base, "--aligned", aligned, "--prompts", str(prompts), "--max-new-tokens", "3",
+               "--seed", "1", "--quiet", "--out", str(out)]
+    assert main([*command, "--n", "2"]) == 0
+    assert main([*command, "--n", "3"]) == 0  # the third sample of each row is made by the rerun
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(samples) == 9 and len({s["id"] for s in samples}) == 9
+    assert {(s["prompt_index"], s["item_id"]) for s in samples} == {(0, "q-17"), (1, "4"), (2, "talk-1")}
+    text = tmp_path / "prompts.txt"  # a row without an id gets the one a sweep gives it: the file's name and line
+    text.write_text("\nName a fruit.\n")
+    assert main([*command[:5], "--prompts", str(text), "--max-new-tokens", "3", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["item_id"] == "prompts-0002"
+    assert main([*command[:5], "--prompt", "Hi.", "--max-new-tokens", "3", "--quiet", "--out", str(out)]) == 0
+    assert "item_id" not in json.loads(out.read_text().splitlines()[-1])  # a --prompt is no file's row
+
+
+def test_generate_out_dash_writes_the_samples_as_json_lines_on_stdout(tiny_dirs, tmp_path, capfd, monkeypatch):
+    """`--out -` pipes the samples (`baco generate ... --out - | jq`), as `curl -o -` does: stdout holds only JSON
+    Lines, the rows a file would get (ids included); no file named "-" is made. A pipe is written the same way."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    base, aligned = map(str, tiny_dirs)
+    command = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--prompt", "Hi.",
+               "--n", "2", "--max-new-tokens", "4", "--seed", "3"]
+    assert main([*command, "--out", "-"]) == 0
+    piped = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
+    assert not os.path.exists("-")
+    assert main([*command, "--quiet", "--out", "samples.jsonl"]) == 0
+    stored = [json.loads(line) for line in open("samples.jsonl")]
+    drop = ("elapsed_s", "tokens_per_s")
+    assert [{k: v for k, v in row.items() if k not in drop} for row in piped] == [
+        {k: v for k, v in row.items() if k not in drop} for row in stored]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    assert main([*command, "--quiet", "--out", str(fifo)]) == 0
+    assert [json.loads(line)["id"] for line in reader.communicate()[0].splitlines()] == [row["id"] for row in stored]
+    assert not (tmp_path / ".pipe.lock").exists()
+
+
 def test_generate_makes_the_out_files_missing_folders_as_eval_does(tiny_dirs, tmp_path):
     base, aligned = map(str, tiny_dirs)
     out = tmp_path / "runs" / "x" / "samples.jsonl"
@@ -135,6 +186,40 @@ def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_
     other = tmp_path / "prompts.md"  # another extension: lines of text
     other.write_text("Name a fruit.\n\nWhy is the sky blue?\n")
     assert read_prompts(other) == ["Name a fruit.", "Why is the sky blue?"]
+
+
+def test_prompts_can_come_from_stdin_or_a_pipe_json_lines_or_text(tmp_path, monkeypatch):
+    """`--prompts -` reads standard input, and a named pipe (`--prompts <(jq ...)`, /dev/stdin) is read as a
+    file is, not refused as missing: JSON Lines when its first row is a JSON object, else one prompt per line;
+    an error names the stream and its line."""
+    import io
+    import os
+    import threading
+    from pathlib import Path
+
+    from baco.errors import BacoError
+
+    def stdin(text):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+
+    stdin('\n{"prompt": "Name a fruit."}\n{"messages": [{"role": "user", "content": "Hi."}]}\n"Why?"\n')
+    assert read_prompts(Path("-")) == ["Name a fruit.", "Hi.", "Why?"]
+    stdin("Name a fruit.\n\n{braces} are text here\n")
+    assert read_prompts(Path("-")) == ["Name a fruit.", "{braces} are text here"]
+    stdin('{"prompt": "ok"}\n{"prompt": ""}\n')
+    with pytest.raises(BacoError, match=r"^<stdin>:2: the prompt is empty"):
+        read_prompts(Path("-"))
+    stdin("")
+    with pytest.raises(BacoError, match=r"<stdin>: no prompts"):
+        read_prompts(Path("-"))
+    for name, text, expected in (("pipe", '{"question": "Why?"}\n', ["Why?"]),
+                                 ("pipe.txt", '{"a": 1}\n', ['{"a": 1}'])):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_text, args=(text,))
+        writer.start()
+        assert read_prompts(fifo) == expected  # a pipe's extension, if any, says its format as a file's does
+        writer.join()
 
 
 def test_help_states_each_default_once(capsys, monkeypatch):

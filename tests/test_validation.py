@@ -34,6 +34,14 @@ def read_only_folder() -> str | None:
     return None
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def one_line_error(capsys, code, expected_code=2) -> str:
     err = capsys.readouterr().err
     assert code == expected_code, err
@@ -100,6 +108,19 @@ def test_generate_refuses_prompts_no_model_can_read_naming_their_line_before_loa
     for args, words in cases:
         err = one_line_error(capsys, main(["generate", *NOWHERE, "--quiet", *args]))
         assert words in err, (args, err)
+
+
+@pytest.mark.parametrize("command", ["generate", "serve"])
+@pytest.mark.parametrize("models", [["--base", "", "--aligned", ""], ["--base", " ", "--aligned", "/no/such/aligned"],
+                                    ["--base", "/no/such/base", "--aligned", ""],
+                                    [*NOWHERE, "--router", "proxy:1", "--anchor", ""]])
+def test_an_empty_model_flag_is_an_error_not_the_embedded_pair(command, models, capsys):
+    """`--base "$BASE"` with BASE unset must not quietly run the embedded Gemma pair (or one side of it) in its
+    place: as an empty router value or --out, an empty model name is named as the mistake it is."""
+    prompt = ["--prompt", "hi"] if command == "generate" else ["--port", str(free_port())]
+    err = one_line_error(capsys, main([command, *models, *prompt, "--dtype", "float8"]))  # (named first)
+    flag = next(models[i] for i in range(0, len(models), 2) if not models[i + 1].strip())
+    assert f"{flag} is empty" in err and "no model directory" not in err
 
 
 def test_generate_refuses_an_out_file_that_is_its_prompts_file(tmp_path, capsys):

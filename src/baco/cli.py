@@ -77,7 +77,8 @@ def _add_generate(sub) -> None:
     src.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     src.add_argument("--prompts", type=Path, help="a .jsonl/.ndjson file, a .json array or a .csv/.parquet table "
                      "(read like load_task: a prompt, question, instruction or text field, or chat messages: a "
-                     "conversation to continue), or text (one prompt per line)")
+                     "conversation to continue), or text (one prompt per line); - reads standard input (JSON Lines "
+                     "when its first line is a JSON object, else text)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
@@ -89,7 +90,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
     p.add_argument("--out", type=Path, help="append samples as JSONL here, one line per sample with a stable id; "
-                   "samples already in the file are not generated again (rerun a killed --seed run to complete it)")
+                   "samples already in the file are not generated again (rerun a killed --seed run to complete it); "
+                   "- writes them to stdout instead of the texts (as does a pipe: written, not resumed)")
     p.add_argument("--batch-size", "--max-batch", dest="batch_size", type=_slots, default=32,
                    help="decoding slots: rows decoded at once; a finished row's slot takes the next request; "
                    "auto: as many as --memory-fraction of the device's memory holds (at most 256)")
@@ -152,6 +154,11 @@ def _models_and_format(args):
     from baco.models.hf import resolve_device, resolve_dtype
     from baco.prompts import DEFAULT_BASE_TEMPLATE, PromptFormat
 
+    for flag in ("base", "aligned", "anchor"):  # `--base "$BASE"` with BASE unset: not the embedded pair's model
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise BacoError(f"--{flag} is empty; give a model id or directory (or leave out both --base and "
+                            f"--aligned for the embedded pair)" if flag != "anchor" else
+                            "--anchor is empty; give a model id or directory, or leave --anchor out")
     if (args.base is None) != (args.aligned is None):
         raise BacoError("pass both --base and --aligned, or neither (the embedded Gemma-3-270M pair)")
     chat_template = _read_text(args.chat_template, "--chat-template") if args.chat_template else None
@@ -167,14 +174,78 @@ def _models_and_format(args):
 
 
 def read_prompts(path: Path) -> list:
+    """The prompts of a --prompts file (`read_prompt_items`)."""
+    return [item.asked for item in read_prompt_items(path)]
+
+
+def read_prompt_items(path: Path) -> list:
     """Prompts of a --prompts file, read as `load_task` reads it (JSON Lines, a JSON array, CSV, parquet: a
     prompt, question, instruction or text field, or chat `messages`, a conversation to continue; .txt: one prompt
     per line). A file of another extension is read as text lines. A prompt no model can read (empty, not valid
-    Unicode) is an error naming its line: every row of the file was asked for."""
+    Unicode) is an error naming its line: every row of the file was asked for. Returns `TaskItem`s: `asked` is the
+    prompt, `id` the row's own id (else the file's name and line, as a sweep names it)."""
     from baco.tasks.loaders import EXTENSIONS, read_task_file
 
+    if str(path) == STDIN or is_stream(path):
+        return _read_stream(path)
     text = path.suffix.lower() not in EXTENSIONS
-    return [item.asked for item in read_task_file(path, format="txt" if text else None, strict=True)]
+    return read_task_file(path, format="txt" if text else None, strict=True)
+
+
+STDIN = "-"  # `--prompts -`: standard input, as `cat -` reads it
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` is a pipe or device (`--prompts <(jq ...)`, /dev/stdin) rather than a file or folder: it can
+    be read once, from its start to its end."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
+def _read_stream(path: Path) -> list:
+    """Prompts of standard input (`-`) or a pipe, read once and then as a file is (`read_prompts`). Its format is
+    its extension's when it has one; without (stdin, /dev/fd/63): JSON Lines when its first row is a JSON object,
+    else one prompt per line. Errors and warnings name the stream (`<stdin>:3: ...`), not the copy read."""
+    import tempfile
+
+    from baco.errors import TaskError
+    from baco.tasks.loaders import EXTENSIONS
+
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    try:
+        if str(path) == STDIN:
+            if getattr(sys.stdin, "buffer", None) is None:
+                raise BacoError("--prompts -: this process has no standard input to read")
+            data = sys.stdin.buffer.read()
+        else:
+            data = path.read_bytes()
+    except OSError as error:
+        raise BacoError(f"--prompts {name!r}: {error.strerror or error}") from None
+    suffix = path.suffix.lower() if str(path) != STDIN else ""
+    if not suffix:
+        suffix = ".jsonl" if _first_row_is_object(data) else ".txt"
+    elif suffix not in EXTENSIONS:
+        suffix = ".txt"
+    with tempfile.TemporaryDirectory(prefix="baco-prompts-") as folder:
+        copy = Path(folder) / f"{'stdin' if str(path) == STDIN else path.stem or 'prompts'}{suffix}"
+        copy.write_bytes(data)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                items = read_prompt_items(copy)
+        except TaskError as error:
+            raise TaskError(str(error).replace(str(copy), name)) from None
+        for warning in caught:
+            warnings.warn(str(warning.message).replace(str(copy), name), warning.category, stacklevel=3)
+    return items
+
+
+def _first_row_is_object(data: bytes) -> bool:
+    """Whether the first non-blank line of `data` is a JSON object (a JSON Lines row rather than a line of text)."""
+    line = next((line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(line.lstrip("\ufeff")), dict)
+    except ValueError:
+        return False
 
 
 def _at_least_one(value: int, flag: str) -> None:
@@ -220,7 +291,7 @@ def _router_name(spec: str) -> str:
 def cmd_generate(args) -> int:
     """Validate every input (sampling, router, counts, prompts, templates, --out), take --out's lock, then
     load the models."""
-    from baco.decode.records import SampleFile, stored_backend
+    from baco.decode.records import SampleFile, SampleStream, stored_backend
     from baco.decode.sampling import SamplingParams
     from baco.errors import PromptError
     from baco.models.llamacpp import choose_backend
@@ -239,7 +310,9 @@ def cmd_generate(args) -> int:
     _check_memory_fraction(args)
     if args.max_len is not None:
         _at_least_one(args.max_len, "--max-len")
-    prompts = args.prompt or read_prompts(args.prompts)
+    items = read_prompt_items(args.prompts) if args.prompts else None
+    prompts = args.prompt or [item.asked for item in items]
+    item_ids = [item.id for item in items] if items else None  # each row's own id, carried by its samples
     if not prompts:
         raise PromptError(f"no prompts in {args.prompts}")
     for index, prompt in enumerate(prompts):  # (a file's prompts were checked as they were read, by line)
@@ -253,11 +326,14 @@ def cmd_generate(args) -> int:
                              rows=len(prompts) * args.n if args.batch_size == "auto" else
                              min(args.batch_size, len(prompts) * args.n), compile=args.compile)
     if not args.out:
-        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set())
-    check_output_file(args.out, "--out", make_folder=True)
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=None, skip=set(),
+                         item_ids=item_ids)
+    streamed = str(args.out) == STDIN or is_stream(args.out)  # `--out -` (stdout) or a pipe: rows, no file
+    if not streamed:
+        check_output_file(args.out, "--out", make_folder=True)
     # `auto` picks by the run's size (the embedded pair: llama.cpp up to 8 rows) and samples record their backend:
     # a rerun with a prompt added keeps the backend that made the file's samples, else it would make them again
-    previous = stored_backend(args.out, base, aligned) if args.backend == "auto" else None
+    previous = stored_backend(args.out, base, aligned) if args.backend == "auto" and not streamed else None
     if previous not in (None, backend):
         try:  # (where it can still run this request)
             backend = choose_backend(previous, base, aligned, anchor=args.anchor, device=args.device,
@@ -266,7 +342,7 @@ def cmd_generate(args) -> int:
                   f"are kept, not made again)", file=sys.stderr)
         except BacoError:
             pass
-    if args.prompts and same_file(args.out, args.prompts):
+    if args.prompts and not streamed and same_file(args.out, args.prompts):
         raise BacoError(f"--out {str(args.out)!r} is the --prompts file: the samples would be appended to the "
                         f"prompts (and read as prompts next time); give --out its own file")
     models = {"base": base, "aligned": aligned, "anchor": args.anchor} | (
@@ -275,6 +351,10 @@ def cmd_generate(args) -> int:
                 "models": models,
                 "format": {"base_template": fmt.base_template, "system_prompt": fmt.system_prompt,
                            "chat_template": chat_template}}
+    if streamed:
+        with SampleStream(args.out, identity) as out:
+            return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=set(),
+                             item_ids=item_ids)
     with SampleFile(args.out, identity) as out:  # the file's one writer until the last sample is in
         skip = out.done(prompts, args.n, args.seed)
         if len(skip) == len(prompts) * args.n:
@@ -283,14 +363,17 @@ def cmd_generate(args) -> int:
         if skip:
             print(f"{len(skip)} of {len(prompts) * args.n} samples are already in {args.out}; "
                   f"generating the others", file=sys.stderr)
-        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip)
+        return _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, out=out, skip=skip,
+                         item_ids=item_ids)
 
 
-def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip) -> int:
-    """Load the models (here, or on Ray's workers), decode every sample not in `skip`, show and append each."""
+def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, out, skip, item_ids=None) -> int:
+    """Load the models (here, or on Ray's workers), decode every sample not in `skip`, show and append each (with
+    its prompts file row's id, `item_ids[prompt_index]`, as `item_id`)."""
     from tqdm import tqdm
 
     from baco.api import Collaboration
+    from baco.decode.records import SampleStream
     from baco.display import LEGEND, header, is_terminal, render, use_colour
 
     if cluster is None:
@@ -310,7 +393,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                  memory_fraction=args.memory_fraction)
     colour = use_colour(args.color)
     terminal = colour or is_terminal()  # (a forced --color always is read on one)
-    show = not args.quiet
+    show = not args.quiet and str(args.out) != STDIN  # (`--out -`: stdout holds the samples' JSON Lines alone)
     total = len(prompts) * args.n - len(skip)
     written, tokens, base_tokens = 0, 0, 0
     started = time.perf_counter()
@@ -320,7 +403,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                 tqdm.write(LEGEND, file=sys.stdout)
             for sample in stream:
                 if out:
-                    out.append(sample)
+                    out.append(sample, item_id=item_ids[sample.prompt_index] if item_ids else None)
                 written += 1
                 tokens += sample.num_tokens
                 base_tokens += sample.base_share * sample.num_tokens
@@ -331,7 +414,8 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                   terminal=terminal)
                     tqdm.write(text + "\n", file=sys.stdout)
     except KeyboardInterrupt:
-        resume = "; rerun the same command to complete it" if out and args.seed is not None else ""
+        streamed = isinstance(out, SampleStream)
+        resume = "; rerun the same command to complete it" if out and args.seed is not None and not streamed else ""
         print(f"interrupted: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
               file=sys.stderr)
         return 130
@@ -339,7 +423,8 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
         share = base_tokens / tokens if tokens else 0.0
         rate = tokens / (time.perf_counter() - started)
         print(f"{written} samples, {tokens} tokens, base wrote {share:.0%}, {rate:.1f} tokens/s"
-              + (f", appended to {args.out}" if out else ""), file=sys.stderr)
+              + ("" if not out else f", written to {args.out}" if isinstance(out, SampleStream) else
+                 f", appended to {args.out}"), file=sys.stderr)
     return 0
 
 

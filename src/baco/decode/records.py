@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -401,17 +402,25 @@ class SampleFile:
         return {(i, k) for i, (key, c) in enumerate(zip(keys, occurrences_of(prompts))) for k in range(n)
                 if self.id_of(key, i, k, seed, c) in self.stored or (key, c, k) in made}
 
-    def append(self, sample: Sample) -> None:
+    def append(self, sample: Sample, item_id: str | None = None) -> None:
+        """Write one sample with its id; `item_id` (the prompts file row's own id), when given, is stored with it
+        (not hashed into the id: it names the row, it does not decide the sample)."""
         from baco.storage import JsonlAppender
 
         if self._out is None:
             self._out = JsonlAppender(self.path)
             self._lock.hold_file()  # the file may be new: from now on every name of it finds it locked
+        self._out.append(self.row(sample, item_id))
+
+    def row(self, sample: Sample, item_id: str | None = None) -> dict:
+        """The line stored for a sample: its fields, its id and, when given, its prompts file row's id."""
         row = sample.to_dict()
         # the run's seed (sample.seed is the row's own stream seed, derived from it)
         row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
                                sample.occurrence)
-        self._out.append(row)
+        if item_id is not None:
+            row["item_id"] = item_id
+        return row
 
     def close(self) -> None:
         """Close the file and release its lock."""
@@ -426,6 +435,27 @@ class SampleFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class SampleStream(SampleFile):
+    """`baco generate --out -` (stdout) or a pipe: the rows a `SampleFile` stores, written and flushed one line per
+    sample as each finishes. Nothing is read back (a stream holds no earlier samples to skip) and nothing is
+    locked (a pipe has one reader, not a file to keep whole)."""
+
+    def __init__(self, path: str | os.PathLike, identity: dict):
+        self.path, self.identity = Path(path), identity
+        self.stored, self._rows = set(), []
+        self._out = None
+
+    def append(self, sample: Sample, item_id: str | None = None) -> None:
+        if self._out is None:
+            self._out = sys.stdout if str(self.path) == "-" else open(self.path, "w", encoding="utf-8")
+        self._out.write(json.dumps(self.row(sample, item_id), ensure_ascii=False) + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        if self._out is not None and self._out is not sys.stdout:
+            self._out.close()
 
 
 def stored_key(row: dict) -> str | None:
