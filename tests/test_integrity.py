@@ -625,6 +625,40 @@ def test_a_killed_generate_of_a_repeated_prompt_resumes_to_the_file_of_an_uninte
     assert {r["id"]: r["token_ids"] for r in rows_of(partial)} == expected and len(rows_of(partial)) == 6
 
 
+def test_a_generate_stopped_by_sigterm_keeps_its_finished_samples_says_so_and_a_rerun_completes_them(tiny_dirs,
+                                                                                                     tmp_path):
+    """SIGTERM (`kill`, `timeout`, a scheduler ending a job) stops `baco generate` as Ctrl-C does: the samples
+    finished so far are in the file, whole, the command says how many and exits 143; the rerun completes the file
+    to an uninterrupted run's samples. (Before, SIGTERM killed the process without a word.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = lambda out: generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "40",  # noqa: E731
+                                     "--batch-size", "1", "--max-new-tokens", "12")
+    out = tmp_path / "stopped.jsonl"
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-m", "baco", *argv(out)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out.is_file() and out.read_text().count("\n") >= 2) and child.poll() is None:
+        assert time.monotonic() < deadline, "no sample written in 120 s"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    stderr = child.communicate(timeout=120)[1]
+    assert child.returncode == 143, stderr[-2000:]
+    kept = rows_of(out)  # every line whole
+    assert 2 <= len(kept) < 40
+    assert f"terminated (SIGTERM): {len(kept)} finished samples kept in {out}; rerun the same command" in stderr
+    whole = tmp_path / "whole.jsonl"
+    assert main(argv(whole)) == 0
+    expected = {r["id"]: r["token_ids"] for r in rows_of(whole)}
+    assert all(expected[r["id"]] == r["token_ids"] for r in kept)
+    assert main(argv(out)) == 0
+    assert {r["id"]: r["token_ids"] for r in rows_of(out)} == expected and len(rows_of(out)) == 40
+
+
 def test_generate_rerun_finds_each_copy_of_a_repeated_prompt_after_reordering_or_adding_prompts(tiny_dirs, tmp_path,
                                                                                                 capsys):
     """A copy is known by its prompt text and its number among the copies (kept when the prompts are

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -413,12 +414,12 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                     text = render(sample, colour=colour, stop_strings=fmt.stop_strings + sampling.stop,
                                   terminal=terminal)
                     tqdm.write(text + "\n", file=sys.stdout)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         streamed = isinstance(out, SampleStream)
         resume = "; rerun the same command to complete it" if out and args.seed is not None and not streamed else ""
-        print(f"interrupted: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
+        print(f"{_stopped(stop)}: {written} finished samples kept" + (f" in {args.out}{resume}" if out else ""),
               file=sys.stderr)
-        return 130
+        return _stop_code(stop)
     if not args.quiet:
         share = base_tokens / tokens if tokens else 0.0
         rate = tokens / (time.perf_counter() - started)
@@ -749,10 +750,10 @@ def cmd_sweep(args) -> int:
     try:
         summary = run_sweep(config, out, evaluate=not args.no_eval, progress=not args.quiet,
                             results_dir=args.results, ray=cluster)
-    except KeyboardInterrupt:
-        print(f"interrupted: finished samples are kept in {out / 'samples.jsonl'}; run the same command to resume",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"{_stopped(stop)}: finished samples are kept in {out / 'samples.jsonl'}; run the same command to "
+              f"resume", file=sys.stderr)
+        return _stop_code(stop)
     if "coverage_dominance" in summary:
         print(markdown_table(summary))
         print(f"wrote {args.results or out}/results.json, table.md and plots/", file=sys.stderr)
@@ -884,14 +885,44 @@ def _drop_stdout() -> None:
         pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a job scheduler such as Slurm ending a job): stopped as Ctrl-C stops a command,
+    its finished samples kept and its files closed, exit 143 (128 + SIGTERM) rather than killed mid-write."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _stopped(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _stop_code(stop: KeyboardInterrupt) -> int:
+    return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
+
+
+def _catch_sigterm(args):
+    """Let SIGTERM stop a command the way Ctrl-C does (`Terminated`); the previous handler, to put back. Not for
+    `serve`, whose server drains its requests on SIGTERM itself, nor off the main thread (where Python cannot)."""
+    if args.run is cmd_serve:
+        return None
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Bad input: one line on stderr, exit 2; an unexpected failure: one line, exit 1
-    (`--debug` or BACO_DEBUG=1 shows the traceback); stdout closed by its reader: nothing said, exit 141."""
+    (`--debug` or BACO_DEBUG=1 shows the traceback); stdout closed by its reader: nothing said, exit 141;
+    Ctrl-C or SIGTERM: finished work kept, exit 130 or 143."""
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("BACO_DEBUG", "").strip() not in ("", "0")
     shown = warnings.showwarning
     if not debug:
         warnings.showwarning = _one_line_warnings
+    previous = _catch_sigterm(args)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -907,9 +938,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"baco: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("baco: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print(f"baco: {_stopped(stop)}", file=sys.stderr)
+        return _stop_code(stop)
     except Exception as error:  # noqa: BLE001 - the door: no traceback for the user unless asked
         if debug:
             raise
@@ -918,6 +949,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

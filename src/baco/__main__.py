@@ -1,0 +1,7 @@
+"""`python -m baco ...`: the `baco` command."""
+
+import sys
+
+from baco.cli import main
+
+sys.exit(main())
