@@ -83,7 +83,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens; 0 (or -1, as in vLLM) = off")
     p.add_argument("--min-p", type=float, default=0.05,
                    help="keep tokens with prob >= min_p * top prob; 0 = pure temperature sampling, which over "
                         "a 262k vocabulary draws junk from the tail")
