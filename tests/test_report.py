@@ -102,6 +102,23 @@ def test_no_run_directory_is_a_clear_error(tmp_path):
         build_report(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["samples.jsonl", "plan.jsonl", "cells.jsonl", "results.json", "table.md",
+                                  "quality-scores.jsonl", "plots/pareto-mine-seed0.png"])
+def test_report_out_naming_a_file_of_the_run_directory_is_refused_and_the_file_kept(run_dir, tmp_path, capsys, name):
+    """`--out RUN/samples.jsonl` (a slip of the tab key) would write the page over hours of samples: refused, as
+    `baco eval --out` refuses the samples file it evaluates."""
+    from baco.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = (copy / name).read_bytes()
+    assert main(["report", str(copy), "--out", str(copy / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: --out {str(copy / name)!r} is ") and "give --out another name" in err
+    assert (copy / name).read_bytes() == before
+    assert main(["report", str(copy), "--out", str(copy / "report.html")]) == 0  # an earlier page is replaced
+
+
 def test_a_results_file_that_is_not_an_object_is_a_one_line_error(run_dir, tmp_path, capsys):
     from baco.cli import main
 
