@@ -29,7 +29,7 @@ from pathlib import Path
 from baco.errors import IntegrityError
 from baco.storage import JsonlScan, append_row, scan_jsonl, stable_id
 from baco.sweep.config import Cell, SweepConfig
-from baco.sweep.store import SampleStore, is_sample_row
+from baco.sweep.store import SampleStore, is_sample_row, row_problem
 
 SAMPLES, PLAN, CELLS = "samples.jsonl", "plan.jsonl", "cells.jsonl"
 
@@ -215,8 +215,7 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
 def store_problems(scan: JsonlScan) -> list[str]:
     """The lines of a samples.jsonl that hold no sample: torn, corrupt, or rows that are not samples, in line order
     (the first one named is the first in the file)."""
-    found = scan.corrupt + [(number, "not a sample row (no cell, prompt_index, sample_index)")
-                            for number, row in scan.rows if not is_sample_row(row)]
+    found = scan.corrupt + [(number, problem) for number, row in scan.rows if (problem := row_problem(row))]
     torn = scan.problems()[len(scan.corrupt):]  # the torn line, if any: always the file's last
     return [f"{scan.path}:{number}: {what}" for number, what in sorted(found)] + torn
 
