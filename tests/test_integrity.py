@@ -428,6 +428,20 @@ def test_a_changed_configuration_is_refused_on_the_same_run_directory(tiny_dirs,
     assert run_cells(parse_config(grown), run, engines, progress=False)["generated"] == 2 * 2
 
 
+def test_a_dry_run_of_a_changed_configuration_says_the_run_would_be_refused(tiny_dirs, tmp_path, engines, capsys):
+    """The dry run previews the real one: it listed the changed cells as '0/4 stored, 4 missing' and exited 0,
+    while the sweep it previews stops at once."""
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    before = {name: (run / name).read_bytes() for name in ("samples.jsonl", "plan.jsonl")}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(json.dumps(small_config(tmp_path, tiny_dirs, sampling={"max_new_tokens": 9})))
+    assert main(["sweep", str(changed), "--out", str(run), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: {run} already holds cell 'mine|p:0.5|seed=0' made with other settings")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 def test_a_sweep_rerun_with_a_smaller_n_records_its_plan_and_its_report_leaves_the_rest_out(tiny_dirs, tmp_path,
                                                                                              engines, capsys):
     """The plan read back is what the latest run asked for: after n=3 then n=2, `baco check` and `baco report`

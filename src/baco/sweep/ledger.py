@@ -80,9 +80,10 @@ def read_plan(run_dir: str | Path) -> Plan:
     return plan
 
 
-def record_plan(run_dir: str | Path, plan: Plan) -> None:
-    """Append the cells whose plan differs from the one recorded last (new, grown or shrunk, so that the plan read
-    back is this run's); refuse a cell whose samples would change identity."""
+def check_plan(run_dir: str | Path, plan: Plan) -> Plan:
+    """The plan recorded in the run directory; an IntegrityError when `plan` would change the identity of a recorded
+    cell's samples (its settings changed under the same cell name). Reads only: `--dry-run` says so as the sweep
+    would."""
     recorded = read_plan(run_dir)
     for key, ids in plan.items():
         before = recorded.get(key, {})
@@ -92,6 +93,13 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
                 f"{Path(run_dir)} already holds cell {key!r} made with other settings (its sample "
                 f"{changed[0]} has another id: the prompts, sampling, router, system prompt or models differ). "
                 f"Use another --out, or restore the configuration that made it")
+    return recorded
+
+
+def record_plan(run_dir: str | Path, plan: Plan) -> None:
+    """Append the cells whose plan differs from the one recorded last (new, grown or shrunk, so that the plan read
+    back is this run's); refuse a cell whose samples would change identity (`check_plan`)."""
+    recorded = check_plan(run_dir, plan)
     for key, ids in plan.items():
         if ids != recorded.get(key):
             samples = [[i, k, sid] for (i, k), sid in sorted(ids.items())]
