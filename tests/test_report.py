@@ -315,6 +315,22 @@ def test_samples_planned_after_the_evaluation_are_named_by_the_page_and_by_check
     assert main(["check", str(run)]) == 0
 
 
+def test_a_sample_lost_after_the_evaluation_is_not_blamed_on_a_changed_plan(run_dir, tmp_path, capsys):
+    """A line deleted from samples.jsonl: the plan is unchanged, so the line must not say it changed, and it points
+    to `baco check`, which names what is missing."""
+    from baco.cli import main
+
+    lost = tmp_path / "lost"
+    shutil.copytree(run_dir, lost)
+    lines = (lost / "samples.jsonl").read_text().splitlines(keepends=True)
+    (lost / "samples.jsonl").write_text("".join(lines[1:]))
+    assert main(["check", str(lost)]) == 1
+    said = capsys.readouterr().out
+    assert f"results.json was made from {len(lines)} samples, but the run directory now has {len(lines) - 1} " \
+           f"planned samples" in said
+    assert "or samples were lost or edited since: see `baco check`" in said and "plan now selects" not in said
+
+
 def test_a_results_json_of_an_older_baco_shows_the_plots_its_tasks_and_seeds_name(run_dir, tmp_path):
     """results.json written before it listed its files and samples: nothing to check, and the plots shown are
     those its tasks and seeds name, not every PNG in plots/."""
