@@ -428,6 +428,20 @@ def test_a_changed_configuration_is_refused_on_the_same_run_directory(tiny_dirs,
     assert run_cells(parse_config(grown), run, engines, progress=False)["generated"] == 2 * 2
 
 
+def test_a_dry_run_of_a_changed_configuration_says_the_run_would_be_refused(tiny_dirs, tmp_path, engines, capsys):
+    """The dry run previews the real one: it listed the changed cells as '0/4 stored, 4 missing' and exited 0,
+    while the sweep it previews stops at once."""
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    before = {name: (run / name).read_bytes() for name in ("samples.jsonl", "plan.jsonl")}
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(json.dumps(small_config(tmp_path, tiny_dirs, sampling={"max_new_tokens": 9})))
+    assert main(["sweep", str(changed), "--out", str(run), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: {run} already holds cell 'mine|p:0.5|seed=0' made with other settings")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 def test_a_sweep_rerun_with_a_smaller_n_records_its_plan_and_its_report_leaves_the_rest_out(tiny_dirs, tmp_path,
                                                                                              engines, capsys):
     """The plan read back is what the latest run asked for: after n=3 then n=2, `baco check` and `baco report`
@@ -724,3 +738,37 @@ def test_the_lines_of_a_samples_file_that_hold_no_sample_are_named_in_file_order
     problems = store_problems(scan_jsonl(path))
     assert [p.split(": ", 1)[0] for p in problems] == [f"{path}:{n}" for n in (1, 2, 3, 4)]
     assert "not a sample row" in problems[0] and "not valid JSON" in problems[1] and "torn" in problems[3]
+
+
+def test_a_sample_row_edited_to_lack_what_readers_use_is_named_skipped_and_made_again(tiny_dirs, tmp_path, engines,
+                                                                                      capsys):
+    """A row that is valid JSON and names its cell, but lacks its text, or holds per-token lists of another length
+    (a hand edit, a line patched by another tool), failed the sweep's evaluation and `baco report` with a
+    KeyError while `baco check` called the run directory fine: it is a corrupt line, named and left out, and
+    its sample is made again."""
+    from baco.report import build_report
+    from baco.sweep import ledger
+    from baco.sweep.results import sweep_records
+    from baco.sweep.run import plan_sweep
+
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    path = run / "samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    expected = {r["id"]: r["token_ids"] for r in rows}
+    del rows[1]["text"]
+    rows[3]["sources"] = None
+    rows[5]["reasons"] = rows[5]["reasons"][:-1]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["check", str(run)]) == 1
+    out = capsys.readouterr()
+    assert f"{path}:2: a sample row without a valid text" in out.out and f"{path}:4: " in out.out
+    assert f"{path}:6: a sample row whose per-token lists" in out.out
+    assert "5 of 8 samples stored, 3 missing, 0 stored twice, 3 torn or corrupt lines" in out.err
+    with pytest.warns(UserWarning, match="3 corrupt lines skipped"):
+        assert "class='sample'" in build_report(run)
+    assert run_cells(config, run, engines, progress=False)["generated"] == 3
+    used = ledger.audit(run, plan_sweep(config)[1]).rows
+    assert {r["id"]: r["token_ids"] for r in used} == expected
+    assert len(sweep_records(config, used)) == 8

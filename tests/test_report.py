@@ -102,6 +102,23 @@ def test_no_run_directory_is_a_clear_error(tmp_path):
         build_report(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["samples.jsonl", "plan.jsonl", "cells.jsonl", "results.json", "table.md",
+                                  "quality-scores.jsonl", "plots/pareto-mine-seed0.png"])
+def test_report_out_naming_a_file_of_the_run_directory_is_refused_and_the_file_kept(run_dir, tmp_path, capsys, name):
+    """`--out RUN/samples.jsonl` (a slip of the tab key) would write the page over hours of samples: refused, as
+    `baco eval --out` refuses the samples file it evaluates."""
+    from baco.cli import main
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = (copy / name).read_bytes()
+    assert main(["report", str(copy), "--out", str(copy / name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: --out {str(copy / name)!r} is ") and "give --out another name" in err
+    assert (copy / name).read_bytes() == before
+    assert main(["report", str(copy), "--out", str(copy / "report.html")]) == 0  # an earlier page is replaced
+
+
 def test_a_results_file_that_is_not_an_object_is_a_one_line_error(run_dir, tmp_path, capsys):
     from baco.cli import main
 
@@ -296,6 +313,22 @@ def test_samples_planned_after_the_evaluation_are_named_by_the_page_and_by_check
     run_sweep(config, run, engines, progress=False)
     assert STALE not in build_report(run)
     assert main(["check", str(run)]) == 0
+
+
+def test_a_sample_lost_after_the_evaluation_is_not_blamed_on_a_changed_plan(run_dir, tmp_path, capsys):
+    """A line deleted from samples.jsonl: the plan is unchanged, so the line must not say it changed, and it points
+    to `baco check`, which names what is missing."""
+    from baco.cli import main
+
+    lost = tmp_path / "lost"
+    shutil.copytree(run_dir, lost)
+    lines = (lost / "samples.jsonl").read_text().splitlines(keepends=True)
+    (lost / "samples.jsonl").write_text("".join(lines[1:]))
+    assert main(["check", str(lost)]) == 1
+    said = capsys.readouterr().out
+    assert f"results.json was made from {len(lines)} samples, but the run directory now has {len(lines) - 1} " \
+           f"planned samples" in said
+    assert "or samples were lost or edited since: see `baco check`" in said and "plan now selects" not in said
 
 
 def test_a_results_json_of_an_older_baco_shows_the_plots_its_tasks_and_seeds_name(run_dir, tmp_path):

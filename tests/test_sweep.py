@@ -420,6 +420,26 @@ def test_an_axis_left_out_takes_the_evaluations_default_metrics_of_its_kind(give
 
 
 # ---- the YAML file ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("edit, message", [
+    (lambda raw: raw["methods"].update(x={"router": "ppunc"}), "methods.x: unknown router 'ppunc'"),
+    (lambda raw: raw["sampling"].update(temprature=1), "sampling: unknown keys ['temprature']"),
+    (lambda raw: raw["tasks"][0].update(limt=2), "tasks[0]: unknown keys ['limt']"),
+    (lambda raw: raw.update(tasks=["open-endd"]), "tasks[0].name: unknown task 'open-endd'"),  # read at plan time
+])
+def test_every_configuration_error_names_the_file_and_the_key_in_one_line(tmp_path, capsys, edit, message):
+    """A researcher with several YAML files open must see which one is wrong: every error starts with the file,
+    as the top-level keys' errors always did, then names the key."""
+    from baco.cli import main
+
+    raw = raw_config(tmp_path)
+    edit(raw)
+    path = tmp_path / "typo.yaml"
+    path.write_text(json.dumps(raw))
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"baco: error: {path}: {message}") and err.count("\n") == 1
+
+
 def test_a_key_given_twice_in_the_yaml_is_refused_with_its_lines(tmp_path):
     from baco.sweep import load_config
 
@@ -502,9 +522,11 @@ def cross_dirs(tmp_path_factory):
 def test_a_dry_run_refuses_a_token_router_on_a_cross_pair_naming_the_method(tmp_path, cross_dirs, capsys):
     from baco.cli import main
 
-    assert main(["sweep", str(cross_config(tmp_path, cross_dirs)), "--dry-run", "--out", str(tmp_path / "run")]) == 2
+    path = cross_config(tmp_path, cross_dirs)
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("baco: error: methods.pp: router 'p-punc:0.3' routes token by token") and err.count("\n") == 1
+    assert err.startswith(f"baco: error: {path}: methods.pp: router 'p-punc:0.3' routes token by token")
+    assert err.count("\n") == 1
 
 
 def test_the_run_refuses_a_token_router_on_a_cross_pair_before_loading_the_models(tmp_path, cross_dirs, monkeypatch):
@@ -515,8 +537,10 @@ def test_the_run_refuses_a_token_router_on_a_cross_pair_before_loading_the_model
         raise AssertionError("the models were loaded before the refusal")
 
     monkeypatch.setattr("baco.sweep.run.load_pair_models", no_weights)
-    with pytest.raises(TokenizerMismatchError, match=r"^methods\.pp: router 'p-punc:0.3' routes token by token"):
-        run_cells(load_config(cross_config(tmp_path, cross_dirs)), tmp_path / "run", progress=False)
+    path = cross_config(tmp_path, cross_dirs)
+    with pytest.raises(TokenizerMismatchError, match=f"^{re.escape(str(path))}: methods\\.pp: router 'p-punc:0.3' "
+                                                     f"routes token by token"):
+        run_cells(load_config(path), tmp_path / "run", progress=False)
     assert SampleStore(tmp_path / "run" / "samples.jsonl").read() == []
 
 

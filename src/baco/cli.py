@@ -739,7 +739,9 @@ def cmd_sweep(args) -> int:
         from baco.sweep import ledger
         from baco.sweep.run import plan_sweep
 
-        result = ledger.audit(out, plan_sweep(config)[1])
+        plan = plan_sweep(config)[1]
+        ledger.check_plan(out, plan)  # a changed configuration: refused here as the sweep would refuse it
+        result = ledger.audit(out, plan)
         _note_running(out)
         for cell in config.cells:
             print(f"{cell.key:<60} {ledger.describe(result.cells[cell.key])}")

@@ -21,11 +21,12 @@ import json
 import warnings
 from pathlib import Path
 
-from baco.errors import BacoError
+from baco.errors import BacoError, OutputError
 from baco.evaluate.io import sweep_seed
-from baco.storage import atomic_write, check_output_file
+from baco.storage import atomic_write, check_output_file, same_file
 from baco.sweep import ledger
-from baco.sweep.results import evaluated_cells, listed_plots, outputs_problems, stale_line
+from baco.sweep.lock import HOLDER_NAME, LOCK_NAME
+from baco.sweep.results import PLOTS, RESULTS, TABLE, evaluated_cells, listed_plots, outputs_problems, stale_line
 from baco.sweep.store import SampleStore
 
 STYLE = """
@@ -245,6 +246,24 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
     return "\n".join(parts)
 
 
+# What a sweep writes in its run directory (ledger, lock, results): never written over by the page
+RUN_FILES = (ledger.SAMPLES, ledger.PLAN, ledger.CELLS, "quality-scores.jsonl", RESULTS, TABLE, LOCK_NAME, HOLDER_NAME)
+
+
+def check_report_out(run_dir: Path, out: str | Path) -> Path:
+    """`--out` for the page: a file baco may write (`check_output_file`) that is none of the run directory's own
+    files (through any link): `--out RUN/samples.jsonl` would replace hours of samples with HTML."""
+    path = check_output_file(out, "--out")
+    plots = run_dir / PLOTS
+    own = next((name for name in RUN_FILES if same_file(path, run_dir / name)), None)
+    if own is None and path.exists() and plots.is_dir() and same_file(path.resolve().parent, plots):
+        own = f"{PLOTS}/{path.name}"
+    if own is not None:
+        raise OutputError(f"--out {str(out)!r} is {str(run_dir / own)!r}, a file of the run directory that the "
+                          f"page would replace; give --out another name (default: {run_dir / 'report.html'})")
+    return path
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs) -> Path:
-    path = check_output_file(out, "--out") if out else Path(run_dir) / "report.html"
+    path = check_report_out(Path(run_dir), out) if out else Path(run_dir) / "report.html"
     return atomic_write(path, build_report(run_dir, **kwargs))

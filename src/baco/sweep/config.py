@@ -105,6 +105,11 @@ class SweepConfig:
     compile: bool = False  # a run option (`baco sweep --compile`), not part of what the samples are
     memory_fraction: float = MEMORY_FRACTION  # a run option too (`baco sweep --memory-fraction`), for batch_size "auto"
     evaluation: dict = field(default_factory=dict)  # EvalOptions fields for the evaluation (`evaluation:`)
+    file: Path | None = None  # the YAML file it was loaded from (load_config): errors found later name it
+
+    def where(self, key: str) -> str:
+        """A key as an error names it: after the configuration's file, when it came from one."""
+        return f"{self.file}: {key}" if self.file is not None else key
 
     @property
     def cells(self) -> list[Cell]:
@@ -510,6 +515,10 @@ def load_config(path: str | Path) -> SweepConfig:
         raise SweepConfigError(f"{path}: not valid YAML{where}: {what}") from None
     except (OSError, RecursionError) as error:
         raise SweepConfigError(f"{path}: cannot read it: {error}") from None
-    config = parse_config(raw, source=str(path))
-    config.directory = path.parent
+    try:
+        config = parse_config(raw, source=str(path))
+    except SweepConfigError as error:  # every error names the file, then the key (most name it already)
+        message = str(error)
+        raise SweepConfigError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
+    config.directory, config.file = path.parent, path
     return config

@@ -29,7 +29,7 @@ from pathlib import Path
 from baco.errors import IntegrityError
 from baco.storage import JsonlScan, append_row, scan_jsonl, stable_id
 from baco.sweep.config import Cell, SweepConfig
-from baco.sweep.store import SampleStore, is_sample_row
+from baco.sweep.store import SampleStore, is_sample_row, row_problem
 
 SAMPLES, PLAN, CELLS = "samples.jsonl", "plan.jsonl", "cells.jsonl"
 
@@ -80,9 +80,10 @@ def read_plan(run_dir: str | Path) -> Plan:
     return plan
 
 
-def record_plan(run_dir: str | Path, plan: Plan) -> None:
-    """Append the cells whose plan differs from the one recorded last (new, grown or shrunk, so that the plan read
-    back is this run's); refuse a cell whose samples would change identity."""
+def check_plan(run_dir: str | Path, plan: Plan) -> Plan:
+    """The plan recorded in the run directory; an IntegrityError when `plan` would change the identity of a recorded
+    cell's samples (its settings changed under the same cell name). Reads only: `--dry-run` says so as the sweep
+    would."""
     recorded = read_plan(run_dir)
     for key, ids in plan.items():
         before = recorded.get(key, {})
@@ -92,6 +93,13 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
                 f"{Path(run_dir)} already holds cell {key!r} made with other settings (its sample "
                 f"{changed[0]} has another id: the prompts, sampling, router, system prompt or models differ). "
                 f"Use another --out, or restore the configuration that made it")
+    return recorded
+
+
+def record_plan(run_dir: str | Path, plan: Plan) -> None:
+    """Append the cells whose plan differs from the one recorded last (new, grown or shrunk, so that the plan read
+    back is this run's); refuse a cell whose samples would change identity (`check_plan`)."""
+    recorded = check_plan(run_dir, plan)
     for key, ids in plan.items():
         if ids != recorded.get(key):
             samples = [[i, k, sid] for (i, k), sid in sorted(ids.items())]
@@ -215,8 +223,7 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
 def store_problems(scan: JsonlScan) -> list[str]:
     """The lines of a samples.jsonl that hold no sample: torn, corrupt, or rows that are not samples, in line order
     (the first one named is the first in the file)."""
-    found = scan.corrupt + [(number, "not a sample row (no cell, prompt_index, sample_index)")
-                            for number, row in scan.rows if not is_sample_row(row)]
+    found = scan.corrupt + [(number, problem) for number, row in scan.rows if (problem := row_problem(row))]
     torn = scan.problems()[len(scan.corrupt):]  # the torn line, if any: always the file's last
     return [f"{scan.path}:{number}: {what}" for number, what in sorted(found)] + torn
 

@@ -236,9 +236,10 @@ def outputs_problems(folder: Path, summary: dict | None, rows: list[dict] | None
         now = samples_fingerprint(rows)
         if now != made_from:
             others = " (other ones)" if now["samples"] == made_from.get("samples") else ""
-            problems.append(f"{RESULTS} was made from {made_from.get('samples')} samples, but the run directory's "
-                            f"plan now selects {now['samples']}{others} (a later sweep changed the plan or added "
-                            f"samples and did not evaluate them: --no-eval, or killed before its evaluation finished)")
+            problems.append(f"{RESULTS} was made from {made_from.get('samples')} samples, but the run directory "
+                            f"now has {now['samples']} planned samples{others} (a later sweep changed the plan or "
+                            f"added samples and did not evaluate them: --no-eval, or killed before its evaluation "
+                            f"finished; or samples were lost or edited since: see `baco check`)")
     return problems
 
 

@@ -115,7 +115,7 @@ def task_prompts(config: SweepConfig, index: int, task: TaskSpec) -> list:
     try:
         return cell_prompts(Cell(config.configurations[0], task, 0))
     except TaskError as error:
-        field = f"tasks[{index}].{'path' if task.path else 'name'}"
+        field = config.where(f"tasks[{index}].{'path' if task.path else 'name'}")
         raise TaskError(f"{field}: {error}{_where_paths_are_read(config, task)}") from None
 
 
@@ -171,7 +171,7 @@ def check_methods_suit_pair(config: SweepConfig, engines: Engines | None = None)
         cross = config.backend == "hf" and _tokenizers_differ(config.base, config.aligned)
     if cross:
         conf, error = found
-        raise TokenizerMismatchError(f"methods.{conf.method}: {error}")
+        raise TokenizerMismatchError(f"{config.where(f'methods.{conf.method}')}: {error}")
 
 
 def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
