@@ -529,6 +529,25 @@ def test_a_dry_run_refuses_a_token_router_on_a_cross_pair_naming_the_method(tmp_
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("key", ["base", "aligned", "anchor"])
+def test_a_model_path_that_names_nothing_is_refused_naming_its_key_in_a_dry_run_and_before_the_plan_is_written(
+        tmp_path, tiny_dirs, capsys, key):
+    from baco.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Name a fruit."}) + "\n")
+    models = {"base": str(tiny_dirs[0]), "aligned": str(tiny_dirs[1]), key: str(tmp_path / "chekpoints" / "model")}
+    path = tmp_path / "typo.yaml"
+    path.write_text(json.dumps({"name": "typo", "n": 2, "tasks": [{"path": str(prompts), "name": "mine"}],
+                                "models": models, "methods": {"proxy": {"router": "proxy", "values": [1]}}}))
+    for extra in (["--dry-run"], []):
+        assert main(["sweep", str(path), "--out", str(tmp_path / "run"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"baco: error: {path}: models.{key}: no model at {models[key]!r}"), err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "run" / "plan.jsonl").exists()
+
+
 def test_the_run_refuses_a_token_router_on_a_cross_pair_before_loading_the_models(tmp_path, cross_dirs, monkeypatch):
     from baco.errors import TokenizerMismatchError
     from baco.sweep import load_config

@@ -80,7 +80,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else that does not exist is a missing path."""
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
@@ -102,7 +102,7 @@ def _check_source(name: str | os.PathLike) -> str:
         if not os.path.exists(os.path.join(expanded, "config.json")):
             raise ModelLoadError(f"{name!r} has no config.json, so it is not a transformers model directory")
         return expanded
-    if _looks_like_path(name):
+    if looks_like_path(name):
         raise ModelLoadError(f"no model directory at {name!r}")
     return _hub_source(name)
 

@@ -25,7 +25,7 @@ from baco.decode.records import SAMPLE_ROW_START, Sample
 from baco.errors import BacoError, ModelLoadError, OutputError, TaskError, TokenizerMismatchError
 from baco.models.chars import CrossPair
 from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
-from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
+from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers, looks_like_path
 from baco.models.llamacpp import choose_backend, load_llamacpp_models
 from baco.models.pair import ModelPair, SoloPair
 from baco.numerics import numerics
@@ -34,7 +34,7 @@ from baco.routers import get_router
 from baco.strategies import parse_strategy
 from baco.storage import JsonlAppender, append_row, foreign_tail, repair_tail, scan_jsonl
 from baco.sweep import ledger
-from baco.sweep.config import Cell, Configuration, SweepConfig, TaskSpec
+from baco.sweep.config import Cell, Configuration, SweepConfig, SweepConfigError, TaskSpec
 from baco.sweep.store import is_sample_row
 from baco.sweep.lock import RunLock
 from baco.tasks import TaskWarning, load_task, select
@@ -174,10 +174,23 @@ def check_methods_suit_pair(config: SweepConfig, engines: Engines | None = None)
         raise TokenizerMismatchError(f"{config.where(f'methods.{conf.method}')}: {error}")
 
 
+def check_model_paths(config: SweepConfig) -> None:
+    """Refuse a model path that names nothing (`models.base: ./chekpoints/base`), naming the key and where relative
+    paths are read from: before the plan is written or any model loads, and in a dry run as in the real one. (A hub
+    id, `org/name`, is the loader's to find.)"""
+    for key in ("base", "aligned", "anchor"):
+        name = getattr(config, key)
+        if name and looks_like_path(name) and not Path(name).expanduser().exists():
+            raise SweepConfigError(f"{config.where(f'models.{key}')}: no model at {name!r} (model paths are read "
+                                   f"from the working directory, {Path.cwd()})")
+
+
 def plan_sweep(config: SweepConfig) -> tuple[dict, ledger.Plan]:
     """The prompts of every task and the sample ids of every cell (reads the task files, and the tokenizers when a
-    method routes token by token; loads no model). Bad tasks and methods the pair cannot run are refused here."""
+    method routes token by token; loads no model). Bad tasks, model paths that name nothing and methods the pair
+    cannot run are refused here."""
     items_of = {task: task_prompts(config, index, task) for index, task in enumerate(config.tasks)}
+    check_model_paths(config)
     check_methods_suit_pair(config)
     plan = {c.key: ledger.plan_cell(config, c, [item.key for item in items_of[c.task]]) for c in config.cells}
     return items_of, plan
