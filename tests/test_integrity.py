@@ -351,6 +351,45 @@ def test_check_reports_missing_duplicate_and_torn_samples_per_cell(tiny_dirs, tm
     assert capsys.readouterr().out == "mine|p:0.5|seed=0: 4/4 stored, 1 stored twice\n"
 
 
+def test_check_repair_moves_the_lines_no_reader_uses_aside_and_the_sweep_completes_the_rest(tiny_dirs, tmp_path,
+                                                                                               engines, capsys):
+    """Two files joined with `cat` (samples twice), a corrupt line, a hand-edited row and a torn tail: `check
+    --repair` moves exactly those lines, as they were, to samples.rejected.jsonl and keeps every used sample in its
+    order; the sweep then makes only what is missing, and `check` passes (before: exit 1 for ever, append-only)."""
+    config = parse_config(small_config(tmp_path, tiny_dirs))
+    run = tmp_path / "run"
+    run_cells(config, run, engines, progress=False)
+    path = run / "samples.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    expected = {r["id"]: r["token_ids"] for r in SampleStore(path).read()}
+    edited = json.loads(lines[3])
+    del edited["text"]
+    bad = ["{not json\n", json.dumps(edited) + "\n", lines[5][:25]]
+    path.write_text("".join(lines[:3]) + bad[0] + "".join(lines[:2]) + bad[1] + "".join(lines[4:]) + bad[2])
+    assert main(["check", str(run)]) == 1
+    capsys.readouterr()
+    assert main(["check", str(run), "--repair"]) == 1  # the edited row's sample is still missing
+    out = capsys.readouterr()
+    assert out.err.startswith(f"repair: moved 5 lines to {run / 'samples.rejected.jsonl'}\n")
+    assert out.out.endswith(": 3/4 stored, 1 missing\n") and out.out.count("\n") == 1
+    assert "problems: 2 cells, 7 of 8 samples stored, 1 missing, 0 stored twice, 0 torn or corrupt lines" in out.err
+    rejected = (run / "samples.rejected.jsonl").read_text()
+    assert rejected == bad[0] + "".join(lines[:2]) + bad[1] + bad[2] + "\n"
+    assert path.read_text() == "".join(lines[:3]) + "".join(lines[4:])
+    assert run_cells(config, run, engines, progress=False)["generated"] == 1
+    assert main(["check", str(run)]) == 0
+    assert {r["id"]: r["token_ids"] for r in SampleStore(path).read()} == expected
+    capsys.readouterr()
+    assert main(["check", str(run), "--repair"]) == 0
+    assert capsys.readouterr().err.startswith("repair: no line to move\n")
+    from baco.sweep import RunLock
+
+    with RunLock(run):  # a sweep writing the directory: nothing is moved under it
+        assert main(["check", str(run), "--repair"]) == 2
+    assert "in use by another baco sweep" in capsys.readouterr().err
+    assert main(["check", str(run), "--repair", "--config", str(tmp_path / "any.yaml")]) == 2
+
+
 def test_check_notes_cells_that_ran_with_another_thread_count(tiny_dirs, tmp_path, engines, capsys):
     """A cell made again with one CPU thread beside cells made with the default: samples may round differently
     (docs/engine.md), so `baco check` says so, without calling the run directory broken."""

@@ -803,6 +803,12 @@ def cmd_check(args) -> int:
                     if (run / ledger.PLAN).is_file() and (run / ledger.PLAN).stat().st_size else
                     "does not exist (a sweep writes it when it starts; older baco did not)")
             raise BacoError(f"{run / ledger.PLAN} {what}: pass the sweep's configuration with --config")
+    if args.repair:
+        if args.config:  # (the recorded plan names every cell the directory holds; a configuration may name fewer)
+            raise BacoError("--repair works against the plan recorded in the run directory: leave out --config")
+        moved = ledger.repair(run, plan)
+        print(f"repair: moved {moved} line{'s' * (moved != 1)} to {run / ledger.REJECTED}" if moved else
+              "repair: no line to move", file=sys.stderr)
     result = ledger.audit(run, plan)
     _note_running(run)
     for key, cell in result.cells.items():
@@ -869,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None,
                    help="check against this sweep configuration instead of the plan recorded in RUN_DIR")
     p.add_argument("--verbose", action="store_true", help="list every cell, not only those with problems")
+    p.add_argument("--repair", action="store_true", help="first move the lines of samples.jsonl no reader uses (torn, "
+                   "corrupt, second copies, made with other settings) to samples.rejected.jsonl, as they were; "
+                   "missing samples are the sweep's to make (rerun it)")
     p.set_defaults(run=cmd_check)
     return parser
 

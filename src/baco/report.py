@@ -247,7 +247,8 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
 
 
 # What a sweep writes in its run directory (ledger, lock, results): never written over by the page
-RUN_FILES = (ledger.SAMPLES, ledger.PLAN, ledger.CELLS, "quality-scores.jsonl", RESULTS, TABLE, LOCK_NAME, HOLDER_NAME)
+RUN_FILES = (ledger.SAMPLES, ledger.PLAN, ledger.CELLS, ledger.REJECTED, "quality-scores.jsonl", RESULTS, TABLE,
+             LOCK_NAME, HOLDER_NAME)
 
 
 def check_report_out(run_dir: Path, out: str | Path) -> Path:

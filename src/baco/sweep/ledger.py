@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,7 @@ class Audit:
     strangers: dict[str, int]  # samples of cells the plan does not name (another configuration's)
     rows: list[dict]  # the planned samples, each once, in file order
     numerics: dict[str, dict] = field(default_factory=dict)  # per cell, what its rounding depended on (`cell_log`)
+    unusable: dict[int, str] = field(default_factory=dict)  # line number -> why no reader uses it (`repair` moves it)
 
     @property
     def ok(self) -> bool:
@@ -195,9 +197,11 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
     cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
     scan = SampleStore(run_dir / SAMPLES).scan()
     problems = store_problems(scan)
+    unusable = dict(scan.corrupt) | ({scan.torn[0]: "torn last line"} if scan.torn else {})
     seen, rows, strangers = set(), [], {}
     for number, row in scan.rows:
         if not is_sample_row(row):
+            unusable[number] = row_problem(row)
             continue
         cell = cells.get(row["cell"])
         if cell is None:
@@ -207,17 +211,52 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
         planned = plan[row["cell"]].get(pair)
         if not names_its_cell(row):  # results file a row by its task and config
             cell.unplanned += 1
+            unusable[number] = "its task or config is not its cell's"
         elif planned is None:  # a sample index >= this plan's n: a run that asked for more made it
             cell.outside += 1
         elif row.get("id", planned) != planned:  # rows older than ids carry none
             cell.unplanned += 1
+            unusable[number] = "made with other settings (not the id its plan gives)"
         elif (row["cell"], pair) in seen:
             cell.duplicates += 1
+            unusable[number] = "a second copy of a stored sample"
         else:
             seen.add((row["cell"], pair))
             cell.stored.add(pair)
             rows.append(row)
-    return Audit(cells, problems, strangers, rows, numerics)
+    return Audit(cells, problems, strangers, rows, numerics, unusable)
+
+
+REJECTED = "samples.rejected.jsonl"  # where `repair` moves the lines of samples.jsonl that no reader uses
+
+
+def repair(run_dir: str | Path, plan: Plan) -> int:
+    """Move the lines of samples.jsonl that no reader uses (torn, corrupt, not samples, second copies, made with other
+    settings: `Audit.unusable`) to samples.rejected.jsonl, as they were, and rewrite samples.jsonl with the others in
+    their order; returns how many moved. Under the run's lock (not while a sweep writes). The moved lines are appended
+    and synced before samples.jsonl is replaced whole (`atomic_write`), so a kill at any point loses no line. Samples
+    outside the plan and of cells no plan names are kept: they are another run's, not damage. What is missing is the
+    sweep's to make (rerun it)."""
+    from baco.storage import atomic_write, read_bytes
+    from baco.sweep.lock import RunLock
+
+    run_dir = Path(run_dir)
+    path = run_dir / SAMPLES
+    with RunLock(run_dir):
+        unusable = audit(run_dir, plan).unusable
+        if not unusable:
+            return 0
+        lines = read_bytes(path).split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # (the file ends with a newline)
+        moved = [line for number, line in enumerate(lines, start=1) if number in unusable]
+        with open(run_dir / REJECTED, "ab") as handle:
+            handle.write(b"".join(line + b"\n" for line in moved))
+            handle.flush()
+            os.fsync(handle.fileno())
+        atomic_write(path, b"".join(line + b"\n" for number, line in enumerate(lines, start=1)
+                                    if number not in unusable and line.strip()))
+    return len(moved)
 
 
 def store_problems(scan: JsonlScan) -> list[str]:
