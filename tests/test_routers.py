@@ -244,3 +244,11 @@ def test_a_registered_knob_without_a_default_must_be_given_and_a_default_must_li
         baco.register("bad-default", param="g", default=5, low=0, high=1, help="x")(lambda view, g: None)
     with pytest.raises(baco.BacoError, match="default .* but no param"):
         baco.register("default-no-knob", default=0.5, help="x")(lambda view: None)
+
+
+def test_get_router_on_a_multi_pass_method_says_what_it_is_and_where_it_runs():
+    """`baco.get_router("negative:0.5")` said "unknown router 'negative'" and listed routers without it, although the
+    README lists negative among the methods a router= takes."""
+    with pytest.raises(UnknownRouterError, match=r"'negative' names a multi-pass method.*not a Router object: "
+                                                 r"pass the name, router='negative:0.5'"):
+        get_router("negative:0.5")

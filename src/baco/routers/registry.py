@@ -129,6 +129,9 @@ def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] |
         raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5' or a Router (baco.get_router), "
                                  f"got {spec!r}{own}")
     name, raw = split_spec(spec)
+    if name not in _REGISTRY and name in _RESERVED:  # (generate and the CLI run these names before asking here)
+        raise UnknownRouterError(f"{name!r} names {_RESERVED[name]}, not a Router object: pass the name, "
+                                 f"router={spec.strip()!r}, to generate or iter_generate")
     if name not in _REGISTRY:
         listed = ", ".join(sorted(_REGISTRY if known is None else known))
         raise UnknownRouterError(f"unknown router {name!r}; known routers: {listed} (see `baco routers`)")
