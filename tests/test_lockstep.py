@@ -5,7 +5,8 @@ import warnings
 import pytest
 import torch
 
-from baco import SamplingParams
+from baco import Collaboration, SamplingParams
+from baco.errors import PromptError
 from baco.prompts import PromptFormat, PromptWarning
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
@@ -144,6 +145,45 @@ def test_base_template_stop_string_is_derived_from_the_template():
     assert PromptFormat().stop_strings == ("\nQuestion:",)
     assert PromptFormat(base_template="{prompt}\n").stop_strings == ()
     assert PromptFormat(base_template="Q: {prompt}\nA:", base_stop=("###",)).stop_strings == ("###",)
+
+
+def test_a_base_stop_given_as_one_string_is_one_stop_string_and_an_empty_one_is_refused():
+    """`base_stop="###"` was split into the stop strings "#", "#", "#" (as `SamplingParams(stop=...)` takes one
+    string whole, so does this); an empty stop string matches everywhere and left every sample empty."""
+    assert PromptFormat(base_stop="\nQ:").stop_strings == ("\nQ:",)
+    assert PromptFormat(base_stop=["###", "\nQ:"]).stop_strings == ("###", "\nQ:")
+    assert PromptFormat(base_stop=()).stop_strings == ()
+    for bad in ([""], ["ok", 5], 5):
+        with pytest.raises(PromptError, match="base_stop must be a string or a list of non-empty strings"):
+            PromptFormat(base_stop=bad)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"few_shot": ("Name a fruit.", "A pear.")}, r"few_shot is a list of \(question, answer\) pairs.*"
+                                                 r"few_shot=\[\('Name a fruit.', 'A pear.'\)\]"),
+    ({"few_shot": [("Name a fruit.",)]}, r"few-shot example 0 must be a \(question, answer\) pair of strings"),
+    ({"few_shot": [(1, 2)]}, r"few-shot example 0 must be a \(question, answer\) pair of strings"),
+    ({"few_shot": "Q: hi A: yo"}, r"few_shot is a list of \(question, answer\) pairs"),
+    ({"system_prompt": 5}, "system_prompt must be a string or None, got int"),
+    ({"base_template": 5}, "base_template must be a string containing {prompt}, got int"),
+    ({"chat_template": 5}, "chat_template must be a template's text or None, got int"),
+])
+def test_a_prompt_format_of_the_wrong_shape_is_refused_when_made_naming_the_field(fields, words):
+    """These failed only at generate time, with an AttributeError or ValueError from inside the rendering."""
+    with pytest.raises(PromptError, match=words):
+        PromptFormat(**fields)
+
+
+def test_few_shot_examples_may_be_given_as_lists_and_a_conversation_still_adds_its_turns(collab):
+    """A list of lists (as JSON gives them) is kept as a tuple of pairs: the format stays hashable, and a
+    conversation's earlier turns append to it (a list + a tuple raised TypeError)."""
+    fmt = PromptFormat(few_shot=[["Name a fruit.", "A pear."]])
+    assert fmt == PromptFormat(few_shot=(("Name a fruit.", "A pear."),)) and hash(fmt)
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+                    {"role": "user", "content": "Name a colour."}]
+    params = SamplingParams(max_new_tokens=4, seed=0)
+    samples = Collaboration(collab.pair, fmt).generate(conversation, params)
+    assert samples[0].prompt == "Name a colour."
 
 
 def test_the_base_rendering_trims_each_text_as_the_template_frames_it():

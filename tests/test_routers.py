@@ -9,7 +9,7 @@ from baco import SamplingParams
 from baco.decode.sampling import RowKnobs
 from baco.decode.step import route_and_draw
 from baco.errors import UnknownRouterError
-from baco.routers import StepView, get_router, list_routers
+from baco.routers import Route, StepView, get_router, list_routers
 from baco.vocab import TokenTable
 
 TEXTS = ["<eos>", " the", " dragon", ".", "\n", " of", "ing", " cat"]
@@ -207,3 +207,48 @@ def test_a_mixture_weight_that_would_overflow_float32_is_refused_and_the_largest
     samples = collab.generate(["Name a fruit."], router=f"contrast:{MAX_WEIGHT:g}", n=2,
                               sampling=SamplingParams(max_new_tokens=6, seed=0))
     assert all(s.num_tokens == 6 and s.text for s in samples)
+
+
+@pytest.mark.parametrize("answer, words", [
+    (lambda v: Route.where(torch.ones(v.batch_size + 1, dtype=torch.bool), "a", "b"), r"use_base of shape \(3,\)"),
+    (lambda v: Route.where((v.base_top1_prob < 0.5).float(), "a", "b"), "bool tensor.*got a torch.float32 tensor"),
+    (lambda v: Route.where((v.base_top1_prob < 0.5).long(), "a", "b"), "bool tensor.*got a torch.int64 tensor"),
+    (lambda v: Route.where([True] * v.batch_size, "a", "b"), "bool tensor.*got list"),
+    (lambda v: Route.where(torch.tensor(True), "a", "b"), r"use_base of shape \(\)"),
+    (lambda v: Route(v.base_top1_prob < 0.5, torch.zeros(v.batch_size), ("a",)), "codes.*integer tensor"),
+    (lambda v: Route.mixed(v.base_logprobs[:, :3], "half a vocabulary"), r"mix of shape \(2, 3\)"),
+])
+def test_a_router_that_answers_a_malformed_route_is_named_before_the_step_uses_it(answer, words):
+    """A router of one's own that returns a mask of the wrong shape or dtype failed deep in the step
+    (`torch.where`, `gather`) with a message naming neither the router nor the mask."""
+    from baco.errors import BacoError
+    from baco.routers import Router, RouterSpec
+
+    mine = Router(RouterSpec("mine", answer, "returns a malformed Route"), None)
+    with pytest.raises(BacoError, match=words) as error:
+        mine(view([(DRAGON, 0.5)] * 2, [(CAT, 0.5)] * 2))
+    assert "router 'mine'" in str(error.value) or "Route.where" in str(error.value)
+
+
+def test_a_registered_knob_without_a_default_must_be_given_and_a_default_must_lie_in_its_bounds(registry_restored):
+    """`register(param=..., default=None)` let `router="name"` through and the step then called the function
+    without its knob (TypeError); a default outside [low, high] was taken although the same value typed is refused."""
+    import baco
+
+    baco.register("needs-knob", param="g", help="no default")(lambda view, g: Route.where(view.base_top1_prob < g,
+                                                                                           "a", "b"))
+    with pytest.raises(UnknownRouterError, match="router 'needs-knob' needs a value for g: 'needs-knob:VALUE'"):
+        get_router("needs-knob")
+    assert get_router("needs-knob:0.2").value == 0.2
+    with pytest.raises(baco.BacoError, match=r"default 5 .* outside its bounds \(in \[0, 1\]\)"):
+        baco.register("bad-default", param="g", default=5, low=0, high=1, help="x")(lambda view, g: None)
+    with pytest.raises(baco.BacoError, match="default .* but no param"):
+        baco.register("default-no-knob", default=0.5, help="x")(lambda view: None)
+
+
+def test_get_router_on_a_multi_pass_method_says_what_it_is_and_where_it_runs():
+    """`baco.get_router("negative:0.5")` said "unknown router 'negative'" and listed routers without it, although the
+    README lists negative among the methods a router= takes."""
+    with pytest.raises(UnknownRouterError, match=r"'negative' names a multi-pass method.*not a Router object: "
+                                                 r"pass the name, router='negative:0.5'"):
+        get_router("negative:0.5")

@@ -370,3 +370,9 @@ def test_an_unexpected_failure_is_one_line_with_a_hint_unless_debugging(capsys, 
     assert "RuntimeError: something baco did not foresee" in err and "--debug" in err
     with pytest.raises(RuntimeError):
         main(["routers", "--debug"])
+
+
+def test_a_collaboration_shows_its_models_and_device_in_a_notebook(collab, tiny_dirs):
+    """Its repr was `<baco.api.Collaboration object at 0x7f...>`, which says nothing of which pair is loaded."""
+    base, aligned = tiny_dirs
+    assert repr(collab) == f"Collaboration(base={str(base)!r}, aligned={str(aligned)!r}, device='cpu')"

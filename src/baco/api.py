@@ -123,6 +123,18 @@ class Collaboration:
         self._solo: dict[str, Collaboration] = {}
         self._lock = threading.RLock()  # held for one decoding step at a time: see `_in_turn`
 
+    def __repr__(self) -> str:
+        """What a notebook shows: the models by role (and an anchor or llama.cpp backend), and where they run."""
+        names = (self.pair.model_names() if hasattr(self.pair, "model_names")
+                 else {"base": self.pair.base.name, "aligned": self.pair.aligned.name})
+        fields = [f"{role}={str(name)!r}" for role, name in names.items()]
+        device = getattr(self.pair.base, "device", None)
+        if device is not None:
+            fields.append(f"device={str(device)!r}")
+        if self._cross is not None and self._cross is self.pair:
+            fields.append("tokenizers='different'")
+        return f"Collaboration({', '.join(fields)})"
+
     def _in_turn(self, steps: Iterator) -> Iterator:
         """`steps` (a decoding loop) advanced one step at a time under this object's lock. The models, and a
         one-forward pair's per-forward adapter rows, are shared by every call: steps of calls from several

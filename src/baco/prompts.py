@@ -44,6 +44,17 @@ GEMMA_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class PromptFormat:
+    """How a request is shown to each model (module docstring): checked when made, so a wrong field is named then.
+
+    base_template ("Question: {prompt}\\nAnswer:"): the base model's plain text around the request, with {prompt}.
+    system_prompt (None): rendered into both models' prompts (blank: none).
+    few_shot (()): (question, answer) pairs, earlier turns for the aligned model and earlier Q/A for the base
+        model; any iterable of pairs (lists, as JSON gives them), kept as a tuple of tuples.
+    chat_template (None): a Jinja chat template's text, used instead of the aligned tokenizer's own.
+    base_stop (None: derived from base_template, "\\nQuestion:"): the base template's stop strings; one string
+        or a list of them (() for none).
+    """
+
     base_template: str = DEFAULT_BASE_TEMPLATE
     system_prompt: str | None = None
     few_shot: tuple[tuple[str, str], ...] = ()
@@ -51,6 +62,7 @@ class PromptFormat:
     base_stop: tuple[str, ...] | None = None  # None: derived from base_template
 
     def __post_init__(self) -> None:
+        self._check_types()
         if isinstance(self.system_prompt, str) and not self.system_prompt.strip():
             object.__setattr__(self, "system_prompt", None)  # blank: no system prompt (not an empty turn)
         for name, text in self._texts():
@@ -63,6 +75,25 @@ class PromptFormat:
             self.base_template.format(prompt="x")
         except (KeyError, IndexError, ValueError) as error:
             raise PromptError(f"base_template {self.base_template!r} is not a valid format string: {error}") from None
+
+    def _check_types(self) -> None:
+        """Each field's type, named when it is wrong (not at generate time, from inside the rendering); few_shot and
+        base_stop normalised to tuples (hashable, and a conversation's turns are added to few_shot)."""
+        if not isinstance(self.base_template, str):
+            raise PromptError(f"base_template must be a string containing {{prompt}}, got "
+                              f"{type(self.base_template).__name__}")
+        for name in ("system_prompt", "chat_template"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                kind = "a string" if name == "system_prompt" else "a template's text"
+                raise PromptError(f"{name} must be {kind} or None, got {type(value).__name__}")
+        object.__setattr__(self, "few_shot", few_shot_pairs(self.few_shot))
+        if self.base_stop is not None:
+            stops = (self.base_stop,) if isinstance(self.base_stop, str) else self.base_stop
+            if not isinstance(stops, (list, tuple)) or not all(isinstance(s, str) and s for s in stops):
+                raise PromptError(f"base_stop must be a string or a list of non-empty strings (or None: derived "
+                                  f"from base_template), got {self.base_stop!r}")
+            object.__setattr__(self, "base_stop", tuple(stops))
 
     def _texts(self):
         """(name, text) of every string of the format that the models read."""
@@ -128,6 +159,22 @@ class PromptFormat:
     def _apply(tokenizer, template: str, messages: list[dict]) -> str:
         return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
                                              add_generation_prompt=True)
+
+
+def few_shot_pairs(examples) -> tuple[tuple[str, str], ...]:
+    """`PromptFormat.few_shot` as a tuple of (question, answer) string pairs, or a PromptError saying what is wrong
+    (one pair given bare, `few_shot=("Q", "A")`, is the likeliest slip: the fix is shown)."""
+    if isinstance(examples, (str, bytes)) or not isinstance(examples, (list, tuple)):
+        raise PromptError(f"few_shot is a list of (question, answer) pairs, got {type(examples).__name__}")
+    if len(examples) == 2 and all(isinstance(text, str) for text in examples):
+        raise PromptError(f"few_shot is a list of (question, answer) pairs, got one pair bare: for one example, "
+                          f"few_shot=[{tuple(examples)!r}]")
+    pairs = []
+    for number, shot in enumerate(examples):
+        if not isinstance(shot, (list, tuple)) or len(shot) != 2 or not all(isinstance(t, str) for t in shot):
+            raise PromptError(f"few-shot example {number} must be a (question, answer) pair of strings, got {shot!r}")
+        pairs.append(tuple(shot))
+    return tuple(pairs)
 
 
 def unicode_problem(text: str) -> str | None:

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 from baco.errors import BacoError, UnknownRouterError
 from baco.names import check_free, registry_name
-from baco.routers.view import Route, StepView
+from baco.routers.view import Route, StepView, route_problem
 
 RouterFn = Callable[..., Route]
 
@@ -49,6 +49,9 @@ class Router:
         if not isinstance(route, Route):  # a router of one's own that returns a mask, say: name it, not a traceback
             raise BacoError(f"router {self.name!r} returned {type(route).__name__}, not a Route: return "
                             f"Route.where(use_base_mask, 'reason-if-base', 'reason-if-aligned')")
+        problem = route_problem(route, view) if isinstance(view, StepView) else None  # (not a cross pair's views)
+        if problem:
+            raise BacoError(f"router {self.name!r} returned a Route with {problem}")
         return route
 
 
@@ -67,6 +70,7 @@ def register(name: str, *, help: str, param: str | None = None, default: float |
     the same function registered again (a notebook cell run again) replaces its router, another is refused.
     """
     name = registry_name(name, what="router", separators=":", why="its knob follows a ':'", reserved=_RESERVED)
+    check_default(name, param, default, low, high)
 
     def add(fn: RouterFn) -> RouterFn:
         if not callable(fn):
@@ -76,6 +80,19 @@ def register(name: str, *, help: str, param: str | None = None, default: float |
         return fn
 
     return add
+
+
+def check_default(name: str, param: str | None, default, low, high) -> None:
+    """A default is a value of the knob: there must be a knob, and the default must lie in its bounds (a value
+    typed after the name is checked against them; the default, taken without a word, must pass the same check)."""
+    if default is None:
+        return
+    if param is None:
+        raise BacoError(f"register({name!r}) gives a default ({default!r}) but no param: name the knob (param=...)")
+    if (not isinstance(default, (int, float)) or isinstance(default, bool) or not math.isfinite(default)
+            or (low is not None and default < low) or (high is not None and default > high)):
+        raise BacoError(f"register({name!r}): the default {default!r} of {param} is outside its bounds "
+                        f"({bounds(low, high)})")
 
 
 def reserve(name: str, meaning: str) -> None:
@@ -112,6 +129,9 @@ def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] |
         raise UnknownRouterError(f"router must be a name such as 'p-punc:0.5' or a Router (baco.get_router), "
                                  f"got {spec!r}{own}")
     name, raw = split_spec(spec)
+    if name not in _REGISTRY and name in _RESERVED:  # (generate and the CLI run these names before asking here)
+        raise UnknownRouterError(f"{name!r} names {_RESERVED[name]}, not a Router object: pass the name, "
+                                 f"router={spec.strip()!r}, to generate or iter_generate")
     if name not in _REGISTRY:
         listed = ", ".join(sorted(_REGISTRY if known is None else known))
         raise UnknownRouterError(f"unknown router {name!r}; known routers: {listed} (see `baco routers`)")
@@ -121,6 +141,9 @@ def get_router(spec: str | Router, *, build: bool = True, known: Iterable[str] |
             raise UnknownRouterError(f"router {name!r} takes no parameter, got {spec!r}")
         return entry.factory(None) if entry.factory and build else Router(entry, None)
     if raw is None:
+        if entry.default is None:  # its function takes the knob: called without one, it would fail mid-step
+            raise UnknownRouterError(f"router {name!r} needs a value for {entry.param}: '{name}:VALUE' "
+                                     f"({bounds(entry.low, entry.high)})")
         return Router(entry, entry.default)
     try:
         value = float(raw) + 0.0  # (+ 0.0: "-0" is 0, one router under one name)

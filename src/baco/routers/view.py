@@ -7,6 +7,7 @@ from functools import cached_property
 
 import torch
 
+from baco.errors import BacoError
 from baco.vocab import TokenTable
 
 
@@ -93,6 +94,12 @@ class Route:
 
     @classmethod
     def where(cls, use_base: torch.Tensor, if_base: str, if_aligned: str) -> "Route":
+        """Rows where `use_base` (a bool tensor, one entry per row) holds go to the base model with reason
+        `if_base`, the others to the aligned model with `if_aligned`."""
+        problem = mask_problem(use_base)
+        if problem:
+            raise BacoError(f"Route.where takes a bool tensor with one entry per row (e.g. view.base_top1_prob < "
+                            f"threshold), got {problem}")
         return cls(use_base, (~use_base).long(), (if_base, if_aligned))
 
     @classmethod
@@ -120,3 +127,32 @@ class Route:
         names = self.names if reason in self.names else self.names + (reason,)
         code = torch.full_like(self.codes, names.index(reason))
         return Route(self.use_base & ~rule, torch.where(rule, code, self.codes), names, self.mix)
+
+
+def mask_problem(use_base) -> str | None:
+    """What keeps `use_base` from being a bool tensor (said as what it is instead), or None."""
+    if not isinstance(use_base, torch.Tensor):
+        return type(use_base).__name__
+    return None if use_base.dtype == torch.bool else f"a {use_base.dtype} tensor"
+
+
+def route_problem(route: Route, view: StepView) -> str | None:
+    """What makes `route` unusable for the step of `view` (said after "returned"), or None. Only shapes and
+    dtypes are read, never values: checking costs no host synchronisation (a captured GPU step)."""
+    rows, vocab = view.batch_size, view.base_logprobs.shape[-1]
+    problem = mask_problem(route.use_base)
+    if problem:
+        return f"use_base as {problem}, not a bool tensor"
+    if tuple(route.use_base.shape) != (rows,):
+        return f"use_base of shape {tuple(route.use_base.shape)}, not one entry per row of the step ({rows},)"
+    if (not isinstance(route.codes, torch.Tensor) or route.codes.dtype.is_floating_point
+            or route.codes.dtype == torch.bool or route.codes.is_complex()):
+        return "codes that are not an integer tensor (indices into names)"
+    if tuple(route.codes.shape) != (rows,):
+        return f"codes of shape {tuple(route.codes.shape)}, not one entry per row of the step ({rows},)"
+    if not route.names or not all(isinstance(name, str) for name in route.names):
+        return f"names {route.names!r}, not a tuple of reason strings"
+    if route.mix is not None and (not isinstance(route.mix, torch.Tensor) or tuple(route.mix.shape) != (rows, vocab)):
+        shape = tuple(route.mix.shape) if isinstance(route.mix, torch.Tensor) else type(route.mix).__name__
+        return f"mix of shape {shape}, not the step's log-probs' ({rows}, {vocab})"
+    return None
