@@ -292,6 +292,29 @@ def test_same_tokenizer_pair_gives_the_same_result_through_both_paths(collab, to
         assert_same_output(single, crossed, getattr(crossed, f"{side}_token_ids"), pieces)
 
 
+@pytest.mark.parametrize("token_router", ["punc", "p-punc:0.3", "h-punc:3", "fc", "p-fc:0.3"])
+def test_a_word_routers_first_decision_is_the_token_routers_on_a_shared_tokenizer(collab, token_router):
+    """At the start of the text both models sit at a token boundary and read the same distributions as the token
+    path, so a router per word decides its first word as the token router decides its first token, also where the
+    aligned model's top-1 token is a piece of a multi-byte character (neither punctuation nor a word, as
+    `TokenTable` reads it)."""
+    rule, _, value = token_router.partition(":")
+    word_router = f"{rule}-words" + (f":{value}" if value else "")
+    prompts = [*PROMPTS, "Tell me a story about a dragon.", "Hello there", "The cat"]
+    greedy = SamplingParams(temperature=0, max_new_tokens=3)
+    for by_token, by_word in zip(collab.generate(prompts, router=token_router, sampling=greedy),
+                                 collab.generate(prompts, router=word_router, sampling=greedy)):
+        assert (by_word.sources[0], by_word.reasons[0]) == (by_token.sources[0], by_token.reasons[0]), by_token.prompt
+
+
+def test_a_predicted_piece_of_a_multi_byte_character_is_neither_punctuation_nor_a_function_word():
+    from baco.models.chars import classify
+
+    assert classify("日".encode()[:2]) == (False, False)
+    assert classify(b" \xe6") == (False, False)  # a space and the start of a character: not formatting only
+    assert classify(b", ") == (True, False) and classify(b" the") == (False, True) and classify(None) == (True, False)
+
+
 def test_sampled_cross_methods_are_reproducible_and_independent_of_batching(cross):
     params = SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=7)
     for router in ("chared:0.5", "p-punc-words:0.3", "unite:4"):
