@@ -6,6 +6,7 @@ merges, sizes and byte conventions.
 """
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -171,6 +172,78 @@ def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperat
             rows.advance(0, byte)
         cursor = rows.cursors[0]
         assert b"".join(table.pieces[t] for t in cursor.tokens) + cursor.pending == target
+
+
+class BigramLM:
+    """A stand-in model over a hand-made vocabulary (`pieces`, None = a stop token) whose next-token distribution
+    depends on the last token fed only: `after[token]` (`after[None]` at the start and for any other token), given
+    as {token id: probability}. It answers what the character view asks of a model: `start`, then `step`."""
+
+    def __init__(self, pieces: list[bytes | None], after: dict):
+        self.pieces, self.after = pieces, after
+        self.pad_token_id = len(pieces)  # one masked row past the vocabulary
+
+    def logits(self, token):
+        out = torch.full((len(self.pieces) + 1,), -float("inf"))
+        for t, p in self.after.get(token, self.after[None]).items():
+            out[t] = math.log(p)
+        return out
+
+    def table(self) -> TokenBytes:
+        pieces = [*self.pieces, None]
+        stops = {i for i, p in enumerate(self.pieces) if p is None}
+        return TokenBytes(pieces, stops, [p is not None for p in pieces])
+
+    def start(self, prompts):
+        lm = self
+
+        class Session:
+            attention_mask = torch.ones((len(prompts), 1), dtype=torch.long)
+            positions = torch.zeros(len(prompts), dtype=torch.long)
+            logits = torch.stack([lm.logits(None) for _ in prompts])
+
+            def step(self, tokens):
+                self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], 1)
+                self.positions = self.positions + 1
+                self.logits = torch.stack([lm.logits(int(t)) for t in tokens])
+                return self.logits
+
+            def keep(self, rows):
+                self.attention_mask, self.positions, self.logits = (x[rows] for x in (self.attention_mask,
+                                                                                      self.positions, self.logits))
+        return Session()
+
+
+def test_chared_draws_each_character_from_the_weighted_mixture_of_the_two_models_next_character_distributions():
+    """CharED's definition on two hand-made vocabularies whose tokens split "é" and "日" differently (whole, by
+    bytes, by other byte groups): a model's probability of the next character sums over every token path that
+    spells it (a one-byte token, then the next token's bytes), computed here by hand (tokens it gives no mass
+    are there to follow the other model's text); the first character of
+    the text is drawn from W * P_base + (1 - W) * P_aligned. A lead byte followed by "a" is the broken character
+    U+FFFD (then "a"): what these models would write alone."""
+    e_acute, sun = "é".encode(), "日".encode()
+    base = BigramLM([b"a", b"b", e_acute, e_acute[:1], e_acute[1:], b"ab", sun, None, sun[:1], sun[1:2], sun[2:]],
+                    {None: {0: .2, 1: .1, 2: .1, 3: .3, 5: .1, 6: .05, 7: .15}, 3: {4: .5, 0: .5}})
+    aligned = BigramLM([b"a", e_acute[:1], e_acute[1:], b"ba", b"b", None, sun[:1], sun[1:], sun[:2], sun[2:]],
+                       {None: {0: .1, 1: .4, 3: .2, 4: .05, 5: .05, 6: .1, 8: .1}, 1: {2: .25, 0: .75},
+                        6: {7: .6, 0: .4}, 8: {9: .9, 4: .1}})
+    by_hand = {"base": {"a": .2 + .1, "b": .1, "é": .1 + .3 * .5, "\ufffd": .3 * .5, "日": .05, "": .15},
+               "aligned": {"a": .1, "é": .4 * .25, "\ufffd": .4 * .75 + .1 * .4 + .1 * .1, "b": .2 + .05,
+                           "日": .1 * .6 + .1 * .9, "": .05}}
+    pair = CrossPair.__new__(CrossPair)
+    pair.base, pair.aligned, pair.tables = base, aligned, (base.table(), aligned.table())
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+
+    n, weight = 3000, 0.3
+    requests = [Request("p", 0, i, [0], [0], i, 3) for i in range(n)]
+    first: dict[int, str] = {}
+    for event in crossloop(pair, requests, get_router(f"chared:{weight}"), SamplingParams(temperature=1.0)):
+        first.setdefault(event.row, event.text[:1])
+    for char in by_hand["base"].keys() | by_hand["aligned"].keys():
+        expected = weight * by_hand["base"].get(char, 0) + (1 - weight) * by_hand["aligned"].get(char, 0)
+        drawn = sum(text == char for text in first.values()) / n
+        assert abs(drawn - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (char, drawn, expected)
 
 
 def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
