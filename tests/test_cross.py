@@ -230,8 +230,7 @@ def test_chared_draws_each_character_from_the_weighted_mixture_of_the_two_models
     by_hand = {"base": {"a": .2 + .1, "b": .1, "é": .1 + .3 * .5, "\ufffd": .3 * .5, "日": .05, "": .15},
                "aligned": {"a": .1, "é": .4 * .25, "\ufffd": .4 * .75 + .1 * .4 + .1 * .1, "b": .2 + .05,
                            "日": .1 * .6 + .1 * .9, "": .05}}
-    pair = CrossPair.__new__(CrossPair)
-    pair.base, pair.aligned, pair.tables = base, aligned, (base.table(), aligned.table())
+    pair = bigram_pair(base, aligned)
     from baco.decode.crossloop import crossloop
     from baco.routers.registry import get_router
 
@@ -244,6 +243,28 @@ def test_chared_draws_each_character_from_the_weighted_mixture_of_the_two_models
         expected = weight * by_hand["base"].get(char, 0) + (1 - weight) * by_hand["aligned"].get(char, 0)
         drawn = sum(text == char for text in first.values()) / n
         assert abs(drawn - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (char, drawn, expected)
+
+
+def bigram_pair(base: BigramLM, aligned: BigramLM) -> CrossPair:
+    pair = CrossPair.__new__(CrossPair)
+    pair.base, pair.aligned, pair.tables = base, aligned, (base.table(), aligned.table())
+    return pair
+
+
+def test_punc_per_word_reads_the_aligned_models_next_token_after_a_token_that_may_end_at_the_boundary():
+    """The base writes "x," (a word and the comma ending it). The aligned model holds "," as the start of its next
+    token, most likely "," itself; its next token given the text "x," is what follows that one: a line break,
+    formatting, so PUNC gives the next word to the aligned model, as the token router would. (Its top-1 piece read
+    as "what is left of ',' after ','", the empty string, was neither punctuation nor a word: the base wrote.)"""
+    base = BigramLM([b"x", b",", b"\n", b"y", None], {None: {0: 1.0}, 0: {1: 1.0}, 1: {3: .9, 2: .1}, 3: {4: 1.0}})
+    aligned = BigramLM([b"x", b",", b"\n", b"y", b",\n", None],
+                       {None: {0: .6, 3: .4}, 0: {1: .9, 4: .1}, 1: {2: .9, 3: .1}, 2: {5: 1.0}})
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+
+    events = list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, 4)], get_router("punc-words"),
+                            SamplingParams(temperature=0)))
+    assert [(e.text, e.source, e.reason) for e in events[:2]] == [("x,", "base", "not-punct"), ("\n", "aligned", "punct")]
 
 
 def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
