@@ -264,7 +264,8 @@ def test_punc_per_word_reads_the_aligned_models_next_token_after_a_token_that_ma
 
     events = list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, 4)], get_router("punc-words"),
                             SamplingParams(temperature=0)))
-    assert [(e.text, e.source, e.reason) for e in events[:2]] == [("x,", "base", "not-punct"), ("\n", "aligned", "punct")]
+    spans = [(e.text, e.source, e.reason) for e in events[:2]]
+    assert spans == [("x,", "base", "not-punct"), ("\n", "aligned", "punct")]
 
 
 def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
