@@ -6,6 +6,7 @@ merges, sizes and byte conventions.
 """
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -173,6 +174,100 @@ def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperat
         assert b"".join(table.pieces[t] for t in cursor.tokens) + cursor.pending == target
 
 
+class BigramLM:
+    """A stand-in model over a hand-made vocabulary (`pieces`, None = a stop token) whose next-token distribution
+    depends on the last token fed only: `after[token]` (`after[None]` at the start and for any other token), given
+    as {token id: probability}. It answers what the character view asks of a model: `start`, then `step`."""
+
+    def __init__(self, pieces: list[bytes | None], after: dict):
+        self.pieces, self.after = pieces, after
+        self.pad_token_id = len(pieces)  # one masked row past the vocabulary
+
+    def logits(self, token):
+        out = torch.full((len(self.pieces) + 1,), -float("inf"))
+        for t, p in self.after.get(token, self.after[None]).items():
+            out[t] = math.log(p)
+        return out
+
+    def table(self) -> TokenBytes:
+        pieces = [*self.pieces, None]
+        stops = {i for i, p in enumerate(self.pieces) if p is None}
+        return TokenBytes(pieces, stops, [p is not None for p in pieces])
+
+    def start(self, prompts):
+        lm = self
+
+        class Session:
+            attention_mask = torch.ones((len(prompts), 1), dtype=torch.long)
+            positions = torch.zeros(len(prompts), dtype=torch.long)
+            logits = torch.stack([lm.logits(None) for _ in prompts])
+
+            def step(self, tokens):
+                self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], 1)
+                self.positions = self.positions + 1
+                self.logits = torch.stack([lm.logits(int(t)) for t in tokens])
+                return self.logits
+
+            def keep(self, rows):
+                self.attention_mask, self.positions, self.logits = (x[rows] for x in (self.attention_mask,
+                                                                                      self.positions, self.logits))
+        return Session()
+
+
+def test_chared_draws_each_character_from_the_weighted_mixture_of_the_two_models_next_character_distributions():
+    """CharED's definition on two hand-made vocabularies whose tokens split "é" and "日" differently (whole, by
+    bytes, by other byte groups): a model's probability of the next character sums over every token path that
+    spells it (a one-byte token, then the next token's bytes), computed here by hand (tokens it gives no mass
+    are there to follow the other model's text); the first character of
+    the text is drawn from W * P_base + (1 - W) * P_aligned. A lead byte followed by "a" is the broken character
+    U+FFFD (then "a"): what these models would write alone."""
+    e_acute, sun = "é".encode(), "日".encode()
+    base = BigramLM([b"a", b"b", e_acute, e_acute[:1], e_acute[1:], b"ab", sun, None, sun[:1], sun[1:2], sun[2:]],
+                    {None: {0: .2, 1: .1, 2: .1, 3: .3, 5: .1, 6: .05, 7: .15}, 3: {4: .5, 0: .5}})
+    aligned = BigramLM([b"a", e_acute[:1], e_acute[1:], b"ba", b"b", None, sun[:1], sun[1:], sun[:2], sun[2:]],
+                       {None: {0: .1, 1: .4, 3: .2, 4: .05, 5: .05, 6: .1, 8: .1}, 1: {2: .25, 0: .75},
+                        6: {7: .6, 0: .4}, 8: {9: .9, 4: .1}})
+    by_hand = {"base": {"a": .2 + .1, "b": .1, "é": .1 + .3 * .5, "\ufffd": .3 * .5, "日": .05, "": .15},
+               "aligned": {"a": .1, "é": .4 * .25, "\ufffd": .4 * .75 + .1 * .4 + .1 * .1, "b": .2 + .05,
+                           "日": .1 * .6 + .1 * .9, "": .05}}
+    pair = bigram_pair(base, aligned)
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+
+    n, weight = 3000, 0.3
+    requests = [Request("p", 0, i, [0], [0], i, 3) for i in range(n)]
+    first: dict[int, str] = {}
+    for event in crossloop(pair, requests, get_router(f"chared:{weight}"), SamplingParams(temperature=1.0)):
+        first.setdefault(event.row, event.text[:1])
+    for char in by_hand["base"].keys() | by_hand["aligned"].keys():
+        expected = weight * by_hand["base"].get(char, 0) + (1 - weight) * by_hand["aligned"].get(char, 0)
+        drawn = sum(text == char for text in first.values()) / n
+        assert abs(drawn - expected) < 5 * math.sqrt(expected * (1 - expected) / n), (char, drawn, expected)
+
+
+def bigram_pair(base: BigramLM, aligned: BigramLM) -> CrossPair:
+    pair = CrossPair.__new__(CrossPair)
+    pair.base, pair.aligned, pair.tables = base, aligned, (base.table(), aligned.table())
+    return pair
+
+
+def test_punc_per_word_reads_the_aligned_models_next_token_after_a_token_that_may_end_at_the_boundary():
+    """The base writes "x," (a word and the comma ending it). The aligned model holds "," as the start of its next
+    token, most likely "," itself; its next token given the text "x," is what follows that one: a line break,
+    formatting, so PUNC gives the next word to the aligned model, as the token router would. (Its top-1 piece read
+    as "what is left of ',' after ','", the empty string, was neither punctuation nor a word: the base wrote.)"""
+    base = BigramLM([b"x", b",", b"\n", b"y", None], {None: {0: 1.0}, 0: {1: 1.0}, 1: {3: .9, 2: .1}, 3: {4: 1.0}})
+    aligned = BigramLM([b"x", b",", b"\n", b"y", b",\n", None],
+                       {None: {0: .6, 3: .4}, 0: {1: .9, 4: .1}, 1: {2: .9, 3: .1}, 2: {5: 1.0}})
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+
+    events = list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, 4)], get_router("punc-words"),
+                            SamplingParams(temperature=0)))
+    spans = [(e.text, e.source, e.reason) for e in events[:2]]
+    assert spans == [("x,", "base", "not-punct"), ("\n", "aligned", "punct")]
+
+
 def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
     return collab.generate(prompts, router=router, sampling=sampling)
 
@@ -290,6 +385,29 @@ def test_same_tokenizer_pair_gives_the_same_result_through_both_paths(collab, to
         assert crossed.unit == "span" and len(crossed.text) >= len(single.text) > 10
         single.token_ids = [t for t in single.token_ids if t not in stops]
         assert_same_output(single, crossed, getattr(crossed, f"{side}_token_ids"), pieces)
+
+
+@pytest.mark.parametrize("token_router", ["punc", "p-punc:0.3", "h-punc:3", "fc", "p-fc:0.3"])
+def test_a_word_routers_first_decision_is_the_token_routers_on_a_shared_tokenizer(collab, token_router):
+    """At the start of the text both models sit at a token boundary and read the same distributions as the token
+    path, so a router per word decides its first word as the token router decides its first token, also where the
+    aligned model's top-1 token is a piece of a multi-byte character (neither punctuation nor a word, as
+    `TokenTable` reads it)."""
+    rule, _, value = token_router.partition(":")
+    word_router = f"{rule}-words" + (f":{value}" if value else "")
+    prompts = [*PROMPTS, "Tell me a story about a dragon.", "Hello there", "The cat"]
+    greedy = SamplingParams(temperature=0, max_new_tokens=3)
+    for by_token, by_word in zip(collab.generate(prompts, router=token_router, sampling=greedy),
+                                 collab.generate(prompts, router=word_router, sampling=greedy)):
+        assert (by_word.sources[0], by_word.reasons[0]) == (by_token.sources[0], by_token.reasons[0]), by_token.prompt
+
+
+def test_a_predicted_piece_of_a_multi_byte_character_is_neither_punctuation_nor_a_function_word():
+    from baco.models.chars import classify
+
+    assert classify("日".encode()[:2]) == (False, False)
+    assert classify(b" \xe6") == (False, False)  # a space and the start of a character: not formatting only
+    assert classify(b", ") == (True, False) and classify(b" the") == (False, True) and classify(None) == (True, False)
 
 
 def test_sampled_cross_methods_are_reproducible_and_independent_of_batching(cross):

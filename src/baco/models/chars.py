@@ -621,10 +621,14 @@ def pick_index(probs: torch.Tensor, params: SamplingParams, rng: random.Random) 
 
 
 def classify(remainder: bytes | None) -> tuple[bool, bool]:
-    """(punctuation / formatting / stop, function word) for a predicted piece of text."""
+    """(punctuation / formatting / stop, function word) for a predicted piece of text. A piece that is not whole
+    characters (byte-level BPE's part of a CJK character or an emoji) is neither, as the token routers read such
+    a token (`TokenTable`): its U+FFFD would otherwise count as a symbol."""
     if remainder is None:
         return True, False
     text = remainder.decode("utf-8", errors="replace")
+    if "\ufffd" in text:
+        return False, False
     return is_punct_or_format(text), text.strip().lower() in FUNCTION_WORDS
 
 

@@ -131,6 +131,13 @@ for _spec in [s for s in list_routers() if s.name in WORD_RULES]:
               high=_spec.high, help=f"{_spec.help} (per word; cross-tokenizer)")(_word_rule(_spec))
 
 
+def reads_next_piece(router: Router) -> bool:
+    """Whether a router per word reads the aligned model's next piece of text (PUNC, FC and their mixes): it may
+    need a lookahead forward to know it."""
+    name = str(getattr(getattr(router, "spec", None), "name", ""))
+    return UNITS.get(name) == WORD and any(part in ("punc", "fc") for part in name.removesuffix("-words").split("-"))
+
+
 def token_alternatives() -> str:
     """The sentence an error for a token-level router on a mismatched pair ends with."""
     return ("use a cross-tokenizer method: chared:W (CharED), unite:K (UniTE) or a router per word such as "
