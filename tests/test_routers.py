@@ -230,6 +230,21 @@ def test_a_router_that_answers_a_malformed_route_is_named_before_the_step_uses_i
     assert "router 'mine'" in str(error.value) or "Route.where" in str(error.value)
 
 
+def test_an_error_raised_in_a_router_of_ones_own_reaches_the_caller_as_it_is_with_a_note_naming_the_router():
+    """The user's own traceback and exception type stay (their bug, their line); a note says which router raised
+    it, at a decoding step, since the call comes from inside the engine."""
+    from baco.routers import Router, RouterSpec
+
+    def buggy(view, g):
+        return 1 / 0
+
+    mine = Router(RouterSpec("buggy", buggy, "divides by zero", param="g", default=0.5), 0.25)
+    with pytest.raises(ZeroDivisionError) as error:
+        mine(view([(DRAGON, 0.5)] * 2, [(CAT, 0.5)] * 2))
+    assert error.value.__notes__ == ["(raised by router 'buggy:0.25', called at a decoding step with a StepView of "
+                                     "2 rows)"]
+
+
 def test_a_registered_knob_without_a_default_must_be_given_and_a_default_must_lie_in_its_bounds(registry_restored):
     """`register(param=..., default=None)` let `router="name"` through and the step then called the function
     without its knob (TypeError); a default outside [low, high] was taken although the same value typed is refused."""

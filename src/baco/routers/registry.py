@@ -45,7 +45,13 @@ class Router:
         return self.spec.host
 
     def __call__(self, view: StepView) -> Route:
-        route = self.spec.fn(view) if self.value is None else self.spec.fn(view, self.value)
+        try:
+            route = self.spec.fn(view) if self.value is None else self.spec.fn(view, self.value)
+        except Exception as error:  # a router of one's own failing: its traceback as it is, and which router it was
+            if hasattr(error, "add_note"):  # (Python 3.11+)
+                error.add_note(f"(raised by router {self.name!r}, called at a decoding step with a StepView of "
+                               f"{getattr(view, 'batch_size', '?')} rows)")
+            raise
         if not isinstance(route, Route):  # a router of one's own that returns a mask, say: name it, not a traceback
             raise BacoError(f"router {self.name!r} returned {type(route).__name__}, not a Route: return "
                             f"Route.where(use_base_mask, 'reason-if-base', 'reason-if-aligned')")
