@@ -229,6 +229,15 @@ def test_bare_json_strings_and_blank_lines(tmp_path):
                                                          ("strings-0003", "Name a flower.")]
 
 
+def test_unicode_line_separators_inside_a_json_lines_string_do_not_split_the_row(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028, U+2029 and U+0085 unescaped: they are text, not line ends
+    rows = [{"prompt": "one\u2028two"}, {"prompt": "three\u0085four\u2029five"}, {"prompt": "six"}]
+    path = write(tmp_path, "unicode.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    items = load_task(path)
+    assert [item.prompt for item in items] == [row["prompt"] for row in rows]
+    assert [item.id for item in items] == ["unicode-0001", "unicode-0002", "unicode-0003"]
+
+
 def test_json_array_file(tmp_path):
     path = write(tmp_path, "rows.json", json.dumps([{"prompt": "One."}, {"question": "Two?"}], indent=2))
     assert [item.prompt for item in load_task(path)] == ["One.", "Two?"]

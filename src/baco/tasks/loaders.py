@@ -138,7 +138,9 @@ def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int
         for number, row in enumerate(rows, start=1):
             yield f"{path}: row {number}", number, row
         return
-    lines = (head + handle.read()).splitlines()
+    # split on "\n" only (the file is read with universal newlines): str.splitlines() would also split on U+2028,
+    # U+2029 and U+0085, which JSON allows unescaped inside a string (json.dumps(ensure_ascii=False) writes them)
+    lines = (head + handle.read()).split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue  # a blank line is not a row
