@@ -1,5 +1,6 @@
 """Task sets: the bundled prompts, the stratified subset, and the loaders for users' files."""
 
+import gzip
 import json
 import re
 import sys
@@ -251,6 +252,35 @@ def test_json_extension_with_json_lines_inside(tmp_path):  # what `datasets` .to
 def test_text_file_one_prompt_per_line(tmp_path):
     path = write(tmp_path, "plain.txt", "Name a fruit.\n\n  Name a vegetable.  \n")
     assert [item.prompt for item in load_task(path)] == ["Name a fruit.", "Name a vegetable."]
+
+
+@pytest.mark.parametrize("name, text", [("rows.jsonl.gz", '{"prompt": "One."}\n{"question": "Two?"}\n'),
+                                        ("rows.json.gz", '[{"prompt": "One."}, {"question": "Two?"}]'),
+                                        ("rows.csv.gz", 'prompt\nOne.\nTwo?\n'),
+                                        ("rows.txt.GZ", "One.\nTwo?\n")])
+def test_a_gzip_compressed_file_is_read_as_its_inner_extension_says(tmp_path, name, text):
+    # what datasets' to_json(compression="gzip") writes, and what `baco eval` reads for samples
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()))
+    items = load_task(path)
+    assert [item.prompt for item in items] == ["One.", "Two?"]
+    assert items[0].task == "rows"  # the stem without .gz and the inner extension
+
+
+def test_a_gzip_file_with_an_explicit_format_and_a_broken_one(tmp_path):
+    path = tmp_path / "rows.gz"  # no inner extension: format= says what it holds
+    path.write_bytes(gzip.compress(b'{"prompt": "One."}\n'))
+    with pytest.raises(TaskError, match="cannot tell the format"):
+        load_task(path)
+    assert load_task(path, format="jsonl")[0].prompt == "One."
+    torn = tmp_path / "torn.jsonl.gz"  # cut off while it was written
+    torn.write_bytes(gzip.compress(b'{"prompt": "One."}\n' * 100)[:30])
+    with pytest.raises(TaskError, match=r"torn\.jsonl\.gz: a gzip file that cannot be decompressed"):
+        load_task(torn)
+    latin = tmp_path / "latin.txt.gz"
+    latin.write_bytes(gzip.compress("fine\ncaf\u00e9\n".encode("latin-1")))
+    with pytest.raises(TaskError, match=r"latin\.txt\.gz:2: not valid UTF-8 \(byte 0xe9 at column 4\)"):
+        load_task(latin)
 
 
 def test_explicit_format_overrides_the_extension(tmp_path):

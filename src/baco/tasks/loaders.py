@@ -1,6 +1,7 @@
 """Read a user's prompts file (JSONL, JSON, CSV, text, parquet; NoveltyBench and WildChat rows) into TaskItems.
 
-The container comes from the file extension (or `format=`); what a row means is decided per row:
+The container comes from the file extension (or `format=`; `rows.jsonl.gz` is JSON Lines, gzip-compressed: a text
+file whose first bytes are gzip's is read decompressed); what a row means is decided per row:
 a prompt field (`PROMPT_FIELDS`, first present wins, or `column=`), else `messages`, else a WildChat
 `conversation`. Every error names the file and the line (or row) it is about.
 """
@@ -8,8 +9,10 @@ a prompt field (`PROMPT_FIELDS`, first present wins, or `column=`), else `messag
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
               ".parquet": "parquet"}
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of every gzip file
 ROLES = (*SYSTEM_ROLES, *TURN_ROLES)  # as the library and the server take a conversation
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
 WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
@@ -45,7 +49,7 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
     container, schema = _resolve_format(path, format)
     if schema != "auto" and column is not None:
         raise TaskError(f"{path}: column= does not apply to format {schema!r} (its prompt field is fixed)")
-    task = task or path.stem
+    task = task or _stem(path)
     items: list[TaskItem] = []
     first_seen: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
@@ -88,14 +92,39 @@ def _resolve_format(path: Path, format: str | None) -> tuple[str, str]:
         raise TaskError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     if format in ("jsonl", "json", "csv", "txt", "parquet"):
         return format, "auto"
-    container = EXTENSIONS.get(path.suffix.lower())
+    container = extension_format(path)
     schema = format or "auto"
     if container is None:
-        raise TaskError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                        f"use .jsonl, .json, .csv, .txt or .parquet, or pass format= ({', '.join(FORMATS)})")
+        raise TaskError(f"{path}: cannot tell the format from the extension {_extension(path)!r}; use .jsonl, "
+                        f".json, .csv, .txt or .parquet (gzip-compressed: .jsonl.gz, ...), or pass format= "
+                        f"({', '.join(FORMATS)})")
     if schema != "auto" and container not in ("jsonl", "json", "parquet"):
-        raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {path.suffix!r}")
+        raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {_extension(path)!r}")
     return container, schema
+
+
+def extension_format(path: str | Path) -> str | None:
+    """The container a file's name says (`EXTENSIONS`; `rows.jsonl.gz`: the extension before `.gz`), else None."""
+    return EXTENSIONS.get(Path(_without_gz(Path(path).name)).suffix.lower())
+
+
+def _without_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _extension(path: Path) -> str:
+    """A file's extension as a user names it: `.jsonl`, or with what it compresses, `.jsonl.gz`."""
+    return Path(_without_gz(path.name)).suffix + path.suffix if path.suffix.lower() == ".gz" else path.suffix
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its extension, and without `.gz` first (`rows.jsonl.gz`: `rows`)."""
+    return Path(_without_gz(path.name)).stem
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
 
 
 # ---------------------------------------------------------------- containers: (where, number, row)
@@ -105,19 +134,29 @@ def _rows(path: Path, container: str) -> Iterator[tuple[str, int, Any]]:
         if container == "parquet":
             yield from _parquet_rows(path)
             return
-        with open(path, encoding="utf-8-sig", newline="" if container == "csv" else None) as handle:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rt", encoding="utf-8-sig", newline="" if container == "csv" else None) as handle:
             if container in ("jsonl", "json"):
                 yield from _json_rows(path, handle, allow_array=container == "json")
             else:
                 yield from {"csv": _csv_rows, "txt": _txt_rows}[container](path, handle)
     except UnicodeDecodeError:
         raise TaskError(f"{_first_bad_byte(path)}; save the file as UTF-8") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise TaskError(f"{path}: a gzip file that cannot be decompressed ({error}); a file cut off while it was "
+                        f"written reads only as far as `gzip -dc` gets") from None
 
 
 def _first_bad_byte(path: Path) -> str:
     """Where a file's first byte that is not UTF-8 is ("PATH:2: not valid UTF-8 (byte 0xe9 at column 12)"); the
     decoder's own offset counts from the chunk it was reading, not from the start of the file."""
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    data = path.read_bytes()
+    if data.startswith(GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, zlib.error, gzip.BadGzipFile):  # also cut off: where its text goes wrong is not known
+            return f"{path}: not valid UTF-8"
+    data = data.removeprefix(b"\xef\xbb\xbf")
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             raw.decode("utf-8")
