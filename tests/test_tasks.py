@@ -420,6 +420,18 @@ def test_parquet_rows(tmp_path):
     assert [(item.id, item.prompt) for item in items] == [("WildChat-p1", "Name a moon."), ("WildChat-p2", "Name a cloud.")]
 
 
+def test_integer_categories_are_kept_as_strings_and_stratify(tmp_path):
+    # a `datasets` ClassLabel column is stored as integers in JSONL and parquet exports
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"prompt": [f"Prompt {n}." for n in range(6)], "category": [0, 0, 0, 0, 1, 1]}), path)
+    items = load_task(path)
+    assert [item.category for item in items] == ["0", "0", "0", "0", "1", "1"]
+    assert Counter(item.category for item in load_task(path, limit=3)) == {"0": 2, "1": 1}
+
+
 def test_parquet_without_pyarrow_says_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
@@ -462,7 +474,8 @@ def test_a_non_object_row_is_named(tmp_path):
 @pytest.mark.parametrize("row, message", [
     ({"prompt": 42}, "field 'prompt' must be a string, got int"),
     ({"prompt": "x", "id": 1.5}, "'id' must be a string or an integer"),
-    ({"prompt": "x", "category": ["a"]}, "'category' must be a string"),
+    ({"prompt": "x", "category": ["a"]}, "'category' must be a string or an integer"),
+    ({"prompt": "x", "category": True}, "'category' must be a string or an integer, got bool"),
     ({"messages": []}, "'messages' must be a non-empty list"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
      "the last message must be a user turn, got 'assistant'"),

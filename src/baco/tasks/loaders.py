@@ -275,7 +275,7 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
         return EMPTY_PROMPT
     used = {key, "id", "task", "category", "messages"}
     return TaskItem(id=_id(data.get("id"), where, task, number), task=_text(data.get("task"), "task", where) or task,
-                    prompt=prompt.strip(), category=_text(data.get("category"), "category", where),
+                    prompt=prompt.strip(), category=_category(data.get("category"), where),
                     messages=messages, meta={k: v for k, v in data.items() if k not in used})
 
 
@@ -329,6 +329,15 @@ def _id(value: Any, where: str, task: str, number: int) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TaskError(f"{where}: 'id' must be a string or an integer, got {type(value).__name__}")
     return str(value)
+
+
+def _category(value: Any, where: str) -> str | None:
+    """A row's category as a string: an integer one (a `datasets` ClassLabel column, as its exports store it) too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise TaskError(f"{where}: 'category' must be a string or an integer, got {type(value).__name__}")
+    return _text(value, "category", where)
 
 
 def _text(value: Any, name: str, where: str) -> str | None:
