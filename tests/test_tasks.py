@@ -283,6 +283,12 @@ def test_a_gzip_file_with_an_explicit_format_and_a_broken_one(tmp_path):
         load_task(latin)
 
 
+def test_column_does_not_apply_to_a_text_file(tmp_path):
+    path = write(tmp_path, "plain.txt", "Name a fruit.\n")
+    with pytest.raises(TaskError, match=r"plain\.txt: column= does not apply to a text file \(each line is a prompt\)"):
+        load_task(path, column="prompt")
+
+
 def test_explicit_format_overrides_the_extension(tmp_path):
     path = write(tmp_path, "prompts.data", '{"prompt": "A."}\n')
     with pytest.raises(TaskError, match="cannot tell the format"):
@@ -322,6 +328,29 @@ def test_a_csv_quote_that_is_never_closed_is_named_not_read_as_one_prompt_holdin
     joined = write(tmp_path, "joined.csv", 'prompt\n"quoted"tail\nsecond\n')  # text after a closing quote
     with pytest.raises(TaskError, match=r"joined\.csv:2: bad CSV"):
         load_task(joined)
+
+
+def test_a_column_named_twice_in_a_csv_header_is_an_error_not_a_silently_dropped_column(tmp_path):
+    path = write(tmp_path, "twice.csv", "prompt,note, prompt\nfirst,x,second\n")
+    with pytest.raises(TaskError, match=r"twice\.csv:1: the header names the column 'prompt' twice"):
+        load_task(path)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("excel.csv", '\ufeffid;prompt;category\r\n1;"Name a fruit; any fruit.";food\r\n2;Why?;\r\n'),  # Excel, in locales
+    # whose decimal mark is a comma
+    ("tabs.csv", 'id\tprompt\tcategory\n1\tName a fruit; any fruit.\tfood\n2\tWhy?\t\n'),
+    ("sheet.tsv", 'id\tprompt\tcategory\n1\tName a fruit; any fruit.\tfood\n2\tWhy?\t\n'),
+])
+def test_a_semicolon_or_tab_separated_table_is_read_by_the_separator_its_header_uses(tmp_path, name, text):
+    items = load_task(write(tmp_path, name, text))
+    assert [(item.id, item.prompt, item.category) for item in items] == [
+        ("1", "Name a fruit; any fruit.", "food"), ("2", "Why?", None)]
+
+
+def test_a_comma_in_the_header_keeps_commas_as_the_separator(tmp_path):
+    path = write(tmp_path, "commas.csv", 'prompt,note\n"a; b",c\tc\n')
+    assert [(item.prompt, item.meta) for item in load_task(path)] == [("a; b", {"note": "c\tc"})]
 
 
 def test_empty_csv_is_an_error(tmp_path):

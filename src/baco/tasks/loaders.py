@@ -25,8 +25,9 @@ from baco.tasks.items import TaskItem, TaskWarning
 PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 #: Containers (chosen by extension) and row schemas (NoveltyBench, WildChat) that `format=` accepts.
 FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".txt": "txt",
               ".parquet": "parquet"}
+CSV_SEPARATORS = ";\t"  # what a header without a comma may be separated by instead (Excel writes ';' in some locales)
 GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of every gzip file
 ROLES = (*SYSTEM_ROLES, *TURN_ROLES)  # as the library and the server take a conversation
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
@@ -49,6 +50,8 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
     container, schema = _resolve_format(path, format)
     if schema != "auto" and column is not None:
         raise TaskError(f"{path}: column= does not apply to format {schema!r} (its prompt field is fixed)")
+    if container == "txt" and column is not None:
+        raise TaskError(f"{path}: column= does not apply to a text file (each line is a prompt)")
     task = task or _stem(path)
     items: list[TaskItem] = []
     first_seen: dict[str, str] = {}
@@ -96,7 +99,7 @@ def _resolve_format(path: Path, format: str | None) -> tuple[str, str]:
     schema = format or "auto"
     if container is None:
         raise TaskError(f"{path}: cannot tell the format from the extension {_extension(path)!r}; use .jsonl, "
-                        f".json, .csv, .txt or .parquet (gzip-compressed: .jsonl.gz, ...), or pass format= "
+                        f".json, .csv, .tsv, .txt or .parquet (gzip-compressed: .jsonl.gz, ...), or pass format= "
                         f"({', '.join(FORMATS)})")
     if schema != "auto" and container not in ("jsonl", "json", "parquet"):
         raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {_extension(path)!r}")
@@ -195,12 +198,15 @@ def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
 
     Read strictly: a quote that is never closed would take every later line into one cell (those prompts
     lost in it), and text after a closing quote would be joined to the cell; both are errors."""
-    reader = csv.DictReader(handle, strict=True)
+    reader = csv.DictReader(handle, strict=True, delimiter=_csv_separator(path, handle))
     start = 1  # the line the row being read begins on
     try:
         if not reader.fieldnames:
             raise TaskError(f"{path}: empty CSV file (expected a header row naming the columns)")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        twice = next((name for name in reader.fieldnames if name and reader.fieldnames.count(name) > 1), None)
+        if twice is not None:  # (a row would keep only the last column of that name)
+            raise TaskError(f"{path}:1: the header names the column {twice!r} twice")
         start = reader.line_num + 1
         for row in reader:
             row.pop(None, None)  # cells beyond the header
@@ -211,6 +217,18 @@ def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
             raise TaskError(f"{path}:{start}: a quoted cell of the row that begins on this line is never closed "
                             f"(the file ends inside it); close it, or double a quote meant as text (\"\")") from None
         raise TaskError(f"{path}:{start}: bad CSV in the row that begins on this line ({error})") from None
+
+
+def _csv_separator(path: Path, handle) -> str:
+    """A tab for a .tsv file; else a comma, unless the header line has none and has ';' or tabs instead (one column
+    named 'id;prompt' could never be a prompt field). Reads the header line and rewinds."""
+    if Path(_without_gz(path.name)).suffix.lower() == ".tsv":
+        return "\t"
+    header = handle.readline()
+    handle.seek(0)
+    if "," in header:
+        return ","
+    return next((separator for separator in CSV_SEPARATORS if separator in header), ",")
 
 
 def _txt_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
