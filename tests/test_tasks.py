@@ -206,6 +206,16 @@ def test_prompt_field_precedence(tmp_path):
     assert PROMPT_FIELDS == ("prompt", "question", "instruction", "text")
 
 
+def test_an_alpaca_rows_input_follows_its_instruction_as_baco_eval_reads_it(tmp_path):
+    # tatsu-lab/alpaca's shape: an instruction, and for many rows the text it is about
+    rows = [{"instruction": "Translate to French.", "input": "Good morning.", "output": "Bonjour."},
+            {"instruction": "Name a colour.", "input": "", "output": "Blue."}]
+    items = load_task(jsonl(tmp_path, "alpaca.jsonl", rows))
+    assert [item.prompt for item in items] == ["Translate to French.\n\nGood morning.", "Name a colour."]
+    assert items[0].meta == {"input": "Good morning.", "output": "Bonjour."}
+    assert load_task(tmp_path / "alpaca.jsonl", column="instruction")[0].prompt == "Translate to French."
+
+
 def test_column_picks_the_prompt_field(tmp_path):
     path = jsonl(tmp_path, "c.jsonl", [{"prompt": "not this", "query": "this one"}])
     assert load_task(path, column="query")[0].prompt == "this one"

@@ -291,6 +291,9 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
             raise TaskError(f"{where}: field {key!r} must be a string, got {type(prompt).__name__}")
     if prompt is None or not prompt.strip():
         return EMPTY_PROMPT
+    extra = data.get("input")
+    if key == "instruction" and column is None and isinstance(extra, str) and extra.strip():
+        prompt = f"{prompt}\n\n{extra}"  # an Alpaca row: the text the instruction is about (as `baco eval` reads it)
     used = {key, "id", "task", "category", "messages"}
     return TaskItem(id=_id(data.get("id"), where, task, number), task=_text(data.get("task"), "task", where) or task,
                     prompt=prompt.strip(), category=_category(data.get("category"), where),
