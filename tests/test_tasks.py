@@ -254,6 +254,14 @@ def test_json_array_file(tmp_path):
     assert [item.prompt for item in load_task(path)] == ["One.", "Two?"]
 
 
+def test_a_json_file_of_one_indented_object_is_one_row_not_a_json_error(tmp_path):
+    path = write(tmp_path, "one.json", json.dumps({"id": "q1", "prompt": "Name a river."}, indent=2))
+    assert [(item.id, item.prompt) for item in load_task(path)] == [("q1", "Name a river.")]
+    nested = write(tmp_path, "nested.json", json.dumps({"data": [{"prompt": "Name a river."}]}, indent=2))
+    with pytest.raises(TaskError, match=r"nested\.json:1: no prompt field.*\['data'\]"):
+        load_task(nested)
+
+
 def test_json_extension_with_json_lines_inside(tmp_path):  # what `datasets` .to_json() writes by default
     path = write(tmp_path, "export.json", '{"prompt": "One."}\n{"prompt": "Two."}\n')
     assert [item.prompt for item in load_task(path)] == ["One.", "Two."]

@@ -169,10 +169,10 @@ def _first_bad_byte(path: Path) -> str:
 
 
 def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int, Any]]:
-    """JSON Lines, or (a .json file whose first character is '[') one JSON array of rows."""
-    head = handle.read(4096)
-    if allow_array and head.lstrip().startswith("["):
-        text = head + handle.read()
+    """JSON Lines, or (a .json file whose first character is '[') one JSON array of rows, or (a .json file that is
+    one JSON value written over several lines, `json.dump(row, file, indent=2)`) that one row."""
+    text = handle.read()
+    if allow_array and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
@@ -180,10 +180,17 @@ def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int
         for number, row in enumerate(rows, start=1):
             yield f"{path}: row {number}", number, row
         return
+    if allow_array and "\n" in text.strip():
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # several values (JSON Lines), read line by line below
+        else:
+            yield f"{path}:1", 1, row
+            return
     # split on "\n" only (the file is read with universal newlines): str.splitlines() would also split on U+2028,
     # U+2029 and U+0085, which JSON allows unescaped inside a string (json.dumps(ensure_ascii=False) writes them)
-    lines = (head + handle.read()).split("\n")
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue  # a blank line is not a row
         try:
