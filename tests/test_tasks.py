@@ -180,6 +180,18 @@ def test_bad_limit_is_refused(limit):
         load_task("open-ended", limit=limit)
 
 
+def test_numpy_integers_are_integers_for_limit_and_seed():
+    np = pytest.importorskip("numpy")
+    chosen = [item.id for item in load_task("open-ended", limit=8, seed=3)]
+    assert [item.id for item in load_task("open-ended", limit=np.int64(8), seed=np.int64(3))] == chosen
+
+
+@pytest.mark.parametrize("seed", [[1], {"a": 1}, 1.5])
+def test_a_seed_that_is_not_an_integer_or_a_string_is_refused(seed):
+    with pytest.raises(TaskError, match="seed must be an integer or a string"):
+        load_task("open-ended", limit=4, seed=seed)
+
+
 # ---------------------------------------------------------------- JSONL / JSON / text files
 
 def test_jsonl_reads_prompt_ids_categories_and_keeps_other_fields(tmp_path):
