@@ -245,6 +245,21 @@ def test_messages_rows_prompt_with_the_last_user_turn(tmp_path):
     assert second.prompt == "explicit" and second.messages == conversation[1:2]
 
 
+def test_a_prompt_field_holding_a_conversation_is_read_as_messages(tmp_path):
+    # TRL's conversational prompt-only rows ({"prompt": [{"role": "user", "content": ...}]}), or column= naming one
+    conversation = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "Name a bird."}]
+    path = jsonl(tmp_path, "trl.jsonl", [{"prompt": conversation}, {"prompt": conversation[:1]}])
+    first, second = load_task(path)
+    assert (first.prompt, first.messages, first.asked) == ("Name a bird.", conversation, conversation)
+    assert (second.prompt, second.asked) == ("Hi.", "Hi.")
+    other = jsonl(tmp_path, "turns.jsonl", [{"turns": conversation, "prompt": "not this"}])
+    assert load_task(other, column="turns")[0].messages == conversation
+    ended = jsonl(tmp_path, "ended.jsonl", [{"prompt": conversation + [{"role": "assistant", "content": "A wren."}]}])
+    with pytest.raises(TaskError, match=r"ended\.jsonl:1: the last message must be a user turn"):
+        load_task(ended)
+
+
 def test_bare_json_strings_and_blank_lines(tmp_path):
     path = write(tmp_path, "strings.jsonl", '"Name a tree."\n\n"Name a flower."\n')
     items = load_task(path)
@@ -531,7 +546,7 @@ def test_a_non_object_row_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"prompt": 42}, "field 'prompt' must be a string, got int"),
+    ({"prompt": 42}, "field 'prompt' must be a string or a list of {role, content} messages, got int"),
     ({"prompt": "x", "id": 1.5}, "'id' must be a string or an integer"),
     ({"prompt": "x", "category": ["a"]}, "'category' must be a string or an integer"),
     ({"prompt": "x", "category": True}, "'category' must be a string or an integer, got bool"),

@@ -273,7 +273,8 @@ def _is_wildchat(data: dict, schema: str, column: str | None) -> bool:
 
 def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str | None,
                task: str) -> TaskItem | str:
-    """A row with a prompt field (or `column`), or with only `messages` (the prompt is the last user turn)."""
+    """A row with a prompt field (or `column`), or with only `messages` (the prompt is the last user turn). A prompt
+    field holding a list is a conversation, read as `messages` are."""
     messages = _messages(data["messages"], where) if data.get("messages") is not None else None
     if schema == "noveltybench":
         missing = [key for key in ("id", "prompt") if key not in data]
@@ -294,8 +295,12 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
         prompt = messages[-1]["content"]
     else:
         prompt = data[key]
-        if prompt is not None and not isinstance(prompt, str):
-            raise TaskError(f"{where}: field {key!r} must be a string, got {type(prompt).__name__}")
+        if isinstance(prompt, list):  # a conversation, as TRL's conversational prompt-only rows hold one
+            messages = _messages(prompt, where)
+            prompt = messages[-1]["content"]
+        elif prompt is not None and not isinstance(prompt, str):
+            raise TaskError(f"{where}: field {key!r} must be a string or a list of {{role, content}} messages, "
+                            f"got {type(prompt).__name__}")
     if prompt is None or not prompt.strip():
         return EMPTY_PROMPT
     extra = data.get("input")
