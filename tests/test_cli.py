@@ -159,6 +159,15 @@ def test_an_ndjson_prompts_file_is_read_as_json_lines_as_load_task_reads_it(tmp_
     assert read_prompts(path) == ["Name a fruit.", "Why is the sky blue?"]
 
 
+def test_a_gzip_compressed_json_lines_prompts_file_is_read_as_json_lines_not_as_lines_of_text(tmp_path):
+    """`--prompts prompts.jsonl.gz` reads the rows' prompts, as load_task does, not each raw JSON line as a prompt."""
+    import gzip
+
+    path = tmp_path / "prompts.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"prompt": "Name a fruit."}\n"Why is the sky blue?"\n'))
+    assert read_prompts(path) == ["Name a fruit.", "Why is the sky blue?"]
+
+
 def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_by_its_line(tmp_path):
     """JSON Lines reads the fields a table does (prompt, question, instruction, text, chat messages); an empty prompt
     is an error naming its line in every format (a table's empty row was skipped, a JSONL one refused). A

@@ -180,6 +180,19 @@ def test_chat_rows_and_alpaca_rows_are_read_as_prompt_and_response(tmp_path):
                         f'{path}:6: a "messages" turn is not an object with a string "content"; line skipped']
 
 
+def test_a_chat_rows_text_parts_are_read_as_its_text_as_the_task_loader_and_batch_requests_read_them(tmp_path):
+    """OpenAI's chat format lets a content be a list of parts ([{"type": "text", "text": ...}]): joined by newlines."""
+    parts = [{"type": "text", "text": "Name a fruit."}, {"type": "text", "text": "Only one."}]
+    rows = [{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                          {"role": "user", "content": parts},
+                          {"role": "assistant", "content": [{"type": "text", "text": "Fig."}]}]}]
+    records, warnings = read_records([write_rows(tmp_path / "parts.jsonl", rows)])
+    assert [(r.prompt, r.response) for r in records] == [("Name a fruit.\nOnly one.", "Fig.")]
+    assert records[0].messages == [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                                   {"role": "user", "content": "Name a fruit.\nOnly one."}]
+    assert warnings == []
+
+
 def test_a_folder_given_as_samples_is_named_a_folder_with_the_run_directorys_samples_file(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

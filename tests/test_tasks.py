@@ -1,5 +1,6 @@
 """Task sets: the bundled prompts, the stratified subset, and the loaders for users' files."""
 
+import gzip
 import json
 import re
 import sys
@@ -179,6 +180,18 @@ def test_bad_limit_is_refused(limit):
         load_task("open-ended", limit=limit)
 
 
+def test_numpy_integers_are_integers_for_limit_and_seed():
+    np = pytest.importorskip("numpy")
+    chosen = [item.id for item in load_task("open-ended", limit=8, seed=3)]
+    assert [item.id for item in load_task("open-ended", limit=np.int64(8), seed=np.int64(3))] == chosen
+
+
+@pytest.mark.parametrize("seed", [[1], {"a": 1}, 1.5])
+def test_a_seed_that_is_not_an_integer_or_a_string_is_refused(seed):
+    with pytest.raises(TaskError, match="seed must be an integer or a string"):
+        load_task("open-ended", limit=4, seed=seed)
+
+
 # ---------------------------------------------------------------- JSONL / JSON / text files
 
 def test_jsonl_reads_prompt_ids_categories_and_keeps_other_fields(tmp_path):
@@ -205,6 +218,16 @@ def test_prompt_field_precedence(tmp_path):
     assert PROMPT_FIELDS == ("prompt", "question", "instruction", "text")
 
 
+def test_an_alpaca_rows_input_follows_its_instruction_as_baco_eval_reads_it(tmp_path):
+    # tatsu-lab/alpaca's shape: an instruction, and for many rows the text it is about
+    rows = [{"instruction": "Translate to French.", "input": "Good morning.", "output": "Bonjour."},
+            {"instruction": "Name a colour.", "input": "", "output": "Blue."}]
+    items = load_task(jsonl(tmp_path, "alpaca.jsonl", rows))
+    assert [item.prompt for item in items] == ["Translate to French.\n\nGood morning.", "Name a colour."]
+    assert items[0].meta == {"input": "Good morning.", "output": "Bonjour."}
+    assert load_task(tmp_path / "alpaca.jsonl", column="instruction")[0].prompt == "Translate to French."
+
+
 def test_column_picks_the_prompt_field(tmp_path):
     path = jsonl(tmp_path, "c.jsonl", [{"prompt": "not this", "query": "this one"}])
     assert load_task(path, column="query")[0].prompt == "this one"
@@ -222,6 +245,21 @@ def test_messages_rows_prompt_with_the_last_user_turn(tmp_path):
     assert second.prompt == "explicit" and second.messages == conversation[1:2]
 
 
+def test_a_prompt_field_holding_a_conversation_is_read_as_messages(tmp_path):
+    # TRL's conversational prompt-only rows ({"prompt": [{"role": "user", "content": ...}]}), or column= naming one
+    conversation = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello!"},
+                    {"role": "user", "content": "Name a bird."}]
+    path = jsonl(tmp_path, "trl.jsonl", [{"prompt": conversation}, {"prompt": conversation[:1]}])
+    first, second = load_task(path)
+    assert (first.prompt, first.messages, first.asked) == ("Name a bird.", conversation, conversation)
+    assert (second.prompt, second.asked) == ("Hi.", "Hi.")
+    other = jsonl(tmp_path, "turns.jsonl", [{"turns": conversation, "prompt": "not this"}])
+    assert load_task(other, column="turns")[0].messages == conversation
+    ended = jsonl(tmp_path, "ended.jsonl", [{"prompt": conversation + [{"role": "assistant", "content": "A wren."}]}])
+    with pytest.raises(TaskError, match=r"ended\.jsonl:1: the last message must be a user turn"):
+        load_task(ended)
+
+
 def test_bare_json_strings_and_blank_lines(tmp_path):
     path = write(tmp_path, "strings.jsonl", '"Name a tree."\n\n"Name a flower."\n')
     items = load_task(path)
@@ -229,9 +267,26 @@ def test_bare_json_strings_and_blank_lines(tmp_path):
                                                          ("strings-0003", "Name a flower.")]
 
 
+def test_unicode_line_separators_inside_a_json_lines_string_do_not_split_the_row(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028, U+2029 and U+0085 unescaped: they are text, not line ends
+    rows = [{"prompt": "one\u2028two"}, {"prompt": "three\u0085four\u2029five"}, {"prompt": "six"}]
+    path = write(tmp_path, "unicode.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    items = load_task(path)
+    assert [item.prompt for item in items] == [row["prompt"] for row in rows]
+    assert [item.id for item in items] == ["unicode-0001", "unicode-0002", "unicode-0003"]
+
+
 def test_json_array_file(tmp_path):
     path = write(tmp_path, "rows.json", json.dumps([{"prompt": "One."}, {"question": "Two?"}], indent=2))
     assert [item.prompt for item in load_task(path)] == ["One.", "Two?"]
+
+
+def test_a_json_file_of_one_indented_object_is_one_row_not_a_json_error(tmp_path):
+    path = write(tmp_path, "one.json", json.dumps({"id": "q1", "prompt": "Name a river."}, indent=2))
+    assert [(item.id, item.prompt) for item in load_task(path)] == [("q1", "Name a river.")]
+    nested = write(tmp_path, "nested.json", json.dumps({"data": [{"prompt": "Name a river."}]}, indent=2))
+    with pytest.raises(TaskError, match=r"nested\.json:1: no prompt field.*\['data'\]"):
+        load_task(nested)
 
 
 def test_json_extension_with_json_lines_inside(tmp_path):  # what `datasets` .to_json() writes by default
@@ -242,6 +297,41 @@ def test_json_extension_with_json_lines_inside(tmp_path):  # what `datasets` .to
 def test_text_file_one_prompt_per_line(tmp_path):
     path = write(tmp_path, "plain.txt", "Name a fruit.\n\n  Name a vegetable.  \n")
     assert [item.prompt for item in load_task(path)] == ["Name a fruit.", "Name a vegetable."]
+
+
+@pytest.mark.parametrize("name, text", [("rows.jsonl.gz", '{"prompt": "One."}\n{"question": "Two?"}\n'),
+                                        ("rows.json.gz", '[{"prompt": "One."}, {"question": "Two?"}]'),
+                                        ("rows.csv.gz", 'prompt\nOne.\nTwo?\n'),
+                                        ("rows.txt.GZ", "One.\nTwo?\n")])
+def test_a_gzip_compressed_file_is_read_as_its_inner_extension_says(tmp_path, name, text):
+    # what datasets' to_json(compression="gzip") writes, and what `baco eval` reads for samples
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(text.encode()))
+    items = load_task(path)
+    assert [item.prompt for item in items] == ["One.", "Two?"]
+    assert items[0].task == "rows"  # the stem without .gz and the inner extension
+
+
+def test_a_gzip_file_with_an_explicit_format_and_a_broken_one(tmp_path):
+    path = tmp_path / "rows.gz"  # no inner extension: format= says what it holds
+    path.write_bytes(gzip.compress(b'{"prompt": "One."}\n'))
+    with pytest.raises(TaskError, match="cannot tell the format"):
+        load_task(path)
+    assert load_task(path, format="jsonl")[0].prompt == "One."
+    torn = tmp_path / "torn.jsonl.gz"  # cut off while it was written
+    torn.write_bytes(gzip.compress(b'{"prompt": "One."}\n' * 100)[:30])
+    with pytest.raises(TaskError, match=r"torn\.jsonl\.gz: a gzip file that cannot be decompressed"):
+        load_task(torn)
+    latin = tmp_path / "latin.txt.gz"
+    latin.write_bytes(gzip.compress("fine\ncaf\u00e9\n".encode("latin-1")))
+    with pytest.raises(TaskError, match=r"latin\.txt\.gz:2: not valid UTF-8 \(byte 0xe9 at column 4\)"):
+        load_task(latin)
+
+
+def test_column_does_not_apply_to_a_text_file(tmp_path):
+    path = write(tmp_path, "plain.txt", "Name a fruit.\n")
+    with pytest.raises(TaskError, match=r"plain\.txt: column= does not apply to a text file \(each line is a prompt\)"):
+        load_task(path, column="prompt")
 
 
 def test_explicit_format_overrides_the_extension(tmp_path):
@@ -283,6 +373,29 @@ def test_a_csv_quote_that_is_never_closed_is_named_not_read_as_one_prompt_holdin
     joined = write(tmp_path, "joined.csv", 'prompt\n"quoted"tail\nsecond\n')  # text after a closing quote
     with pytest.raises(TaskError, match=r"joined\.csv:2: bad CSV"):
         load_task(joined)
+
+
+def test_a_column_named_twice_in_a_csv_header_is_an_error_not_a_silently_dropped_column(tmp_path):
+    path = write(tmp_path, "twice.csv", "prompt,note, prompt\nfirst,x,second\n")
+    with pytest.raises(TaskError, match=r"twice\.csv:1: the header names the column 'prompt' twice"):
+        load_task(path)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("excel.csv", '\ufeffid;prompt;category\r\n1;"Name a fruit; any fruit.";food\r\n2;Why?;\r\n'),  # Excel, in locales
+    # whose decimal mark is a comma
+    ("tabs.csv", 'id\tprompt\tcategory\n1\tName a fruit; any fruit.\tfood\n2\tWhy?\t\n'),
+    ("sheet.tsv", 'id\tprompt\tcategory\n1\tName a fruit; any fruit.\tfood\n2\tWhy?\t\n'),
+])
+def test_a_semicolon_or_tab_separated_table_is_read_by_the_separator_its_header_uses(tmp_path, name, text):
+    items = load_task(write(tmp_path, name, text))
+    assert [(item.id, item.prompt, item.category) for item in items] == [
+        ("1", "Name a fruit; any fruit.", "food"), ("2", "Why?", None)]
+
+
+def test_a_comma_in_the_header_keeps_commas_as_the_separator(tmp_path):
+    path = write(tmp_path, "commas.csv", 'prompt,note\n"a; b",c\tc\n')
+    assert [(item.prompt, item.meta) for item in load_task(path)] == [("a; b", {"note": "c\tc"})]
 
 
 def test_empty_csv_is_an_error(tmp_path):
@@ -381,6 +494,18 @@ def test_parquet_rows(tmp_path):
     assert [(item.id, item.prompt) for item in items] == [("WildChat-p1", "Name a moon."), ("WildChat-p2", "Name a cloud.")]
 
 
+def test_integer_categories_are_kept_as_strings_and_stratify(tmp_path):
+    # a `datasets` ClassLabel column is stored as integers in JSONL and parquet exports
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "labels.parquet"
+    pq.write_table(pa.table({"prompt": [f"Prompt {n}." for n in range(6)], "category": [0, 0, 0, 0, 1, 1]}), path)
+    items = load_task(path)
+    assert [item.category for item in items] == ["0", "0", "0", "0", "1", "1"]
+    assert Counter(item.category for item in load_task(path, limit=3)) == {"0": 2, "1": 1}
+
+
 def test_parquet_without_pyarrow_says_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # makes `import pyarrow...` raise ImportError
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
@@ -421,9 +546,10 @@ def test_a_non_object_row_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"prompt": 42}, "field 'prompt' must be a string, got int"),
+    ({"prompt": 42}, "field 'prompt' must be a string or a list of {role, content} messages, got int"),
     ({"prompt": "x", "id": 1.5}, "'id' must be a string or an integer"),
-    ({"prompt": "x", "category": ["a"]}, "'category' must be a string"),
+    ({"prompt": "x", "category": ["a"]}, "'category' must be a string or an integer"),
+    ({"prompt": "x", "category": True}, "'category' must be a string or an integer, got bool"),
     ({"messages": []}, "'messages' must be a non-empty list"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]},
      "the last message must be a user turn, got 'assistant'"),

@@ -185,11 +185,11 @@ def read_prompt_items(path: Path) -> list:
     per line). A file of another extension is read as text lines. A prompt no model can read (empty, not valid
     Unicode) is an error naming its line: every row of the file was asked for. Returns `TaskItem`s: `asked` is the
     prompt, `id` the row's own id (else the file's name and line, as a sweep names it)."""
-    from baco.tasks.loaders import EXTENSIONS, read_task_file
+    from baco.tasks.loaders import extension_format, read_task_file
 
     if str(path) == STDIN or is_stream(path):
         return _read_stream(path)
-    text = path.suffix.lower() not in EXTENSIONS
+    text = extension_format(path) is None  # (`prompts.jsonl.gz` is JSON Lines, read decompressed)
     return read_task_file(path, format="txt" if text else None, strict=True)
 
 

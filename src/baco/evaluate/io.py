@@ -35,7 +35,7 @@ from pathlib import Path
 
 from baco.errors import BacoError
 from baco.evaluate.external import ExternalShapes, lm_eval_task
-from baco.prompts import Prompt, as_prompt, conversation_problem, prompt_key
+from baco.prompts import Prompt, as_prompt, content_text, conversation_problem, prompt_key
 from baco.storage import same_file
 
 RESPONSE_FIELDS = ("text", "response", "completion", "output")
@@ -157,8 +157,9 @@ def other_shapes(row: dict) -> tuple[dict, str | None]:
     row ({"instruction", "input", "output"}) is the instruction, with its input after a blank line when given.
     Other rows are returned as they are (the caller says what a row needs)."""
     if isinstance(row.get("messages"), list):
-        turns = row["messages"]
-        if not all(isinstance(t, dict) and isinstance(t.get("content"), str) for t in turns):
+        turns = [{**t, "content": content_text(t.get("content"))} if isinstance(t, dict) else t
+                 for t in row["messages"]]  # (a content of OpenAI text parts is their text, joined by newlines)
+        if not all(isinstance(t, dict) and isinstance(t["content"], str) for t in turns):
             return row, 'a "messages" turn is not an object with a string "content"'
         roles = [t.get("role") for t in turns]
         if len(turns) < 2 or roles[-1] != "assistant" or roles[-2] != "user":

@@ -1,6 +1,7 @@
 """Read a user's prompts file (JSONL, JSON, CSV, text, parquet; NoveltyBench and WildChat rows) into TaskItems.
 
-The container comes from the file extension (or `format=`); what a row means is decided per row:
+The container comes from the file extension (or `format=`; `rows.jsonl.gz` is JSON Lines, gzip-compressed: a text
+file whose first bytes are gzip's is read decompressed); what a row means is decided per row:
 a prompt field (`PROMPT_FIELDS`, first present wins, or `column=`), else `messages`, else a WildChat
 `conversation`. Every error names the file and the line (or row) it is about.
 """
@@ -8,8 +9,10 @@ a prompt field (`PROMPT_FIELDS`, first present wins, or `column=`), else `messag
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,10 @@ from baco.tasks.items import TaskItem, TaskWarning
 PROMPT_FIELDS = ("prompt", "question", "instruction", "text")
 #: Containers (chosen by extension) and row schemas (NoveltyBench, WildChat) that `format=` accepts.
 FORMATS = ("jsonl", "json", "csv", "txt", "parquet", "noveltybench", "wildchat")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".txt": "txt",
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".txt": "txt",
               ".parquet": "parquet"}
+CSV_SEPARATORS = ";\t"  # what a header without a comma may be separated by instead (Excel writes ';' in some locales)
+GZIP_MAGIC = b"\x1f\x8b"  # the first bytes of every gzip file
 ROLES = (*SYSTEM_ROLES, *TURN_ROLES)  # as the library and the server take a conversation
 # WildChat fields worth keeping per item; the rest (moderation scores, headers, the full reply) is dropped.
 WILDCHAT_META = ("conversation_hash", "conversation_id", "model", "language", "turn", "toxic", "redacted")
@@ -45,7 +50,9 @@ def read_task_file(path: str | Path, *, format: str | None = None, column: str |
     container, schema = _resolve_format(path, format)
     if schema != "auto" and column is not None:
         raise TaskError(f"{path}: column= does not apply to format {schema!r} (its prompt field is fixed)")
-    task = task or path.stem
+    if container == "txt" and column is not None:
+        raise TaskError(f"{path}: column= does not apply to a text file (each line is a prompt)")
+    task = task or _stem(path)
     items: list[TaskItem] = []
     first_seen: dict[str, str] = {}
     skipped: dict[str, list[str]] = {}
@@ -88,14 +95,39 @@ def _resolve_format(path: Path, format: str | None) -> tuple[str, str]:
         raise TaskError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
     if format in ("jsonl", "json", "csv", "txt", "parquet"):
         return format, "auto"
-    container = EXTENSIONS.get(path.suffix.lower())
+    container = extension_format(path)
     schema = format or "auto"
     if container is None:
-        raise TaskError(f"{path}: cannot tell the format from the extension {path.suffix!r}; "
-                        f"use .jsonl, .json, .csv, .txt or .parquet, or pass format= ({', '.join(FORMATS)})")
+        raise TaskError(f"{path}: cannot tell the format from the extension {_extension(path)!r}; use .jsonl, "
+                        f".json, .csv, .tsv, .txt or .parquet (gzip-compressed: .jsonl.gz, ...), or pass format= "
+                        f"({', '.join(FORMATS)})")
     if schema != "auto" and container not in ("jsonl", "json", "parquet"):
-        raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {path.suffix!r}")
+        raise TaskError(f"{path}: format {schema!r} reads .jsonl, .json or .parquet files, not {_extension(path)!r}")
     return container, schema
+
+
+def extension_format(path: str | Path) -> str | None:
+    """The container a file's name says (`EXTENSIONS`; `rows.jsonl.gz`: the extension before `.gz`), else None."""
+    return EXTENSIONS.get(Path(_without_gz(Path(path).name)).suffix.lower())
+
+
+def _without_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _extension(path: Path) -> str:
+    """A file's extension as a user names it: `.jsonl`, or with what it compresses, `.jsonl.gz`."""
+    return Path(_without_gz(path.name)).suffix + path.suffix if path.suffix.lower() == ".gz" else path.suffix
+
+
+def _stem(path: Path) -> str:
+    """A file's name without its extension, and without `.gz` first (`rows.jsonl.gz`: `rows`)."""
+    return Path(_without_gz(path.name)).stem
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == GZIP_MAGIC
 
 
 # ---------------------------------------------------------------- containers: (where, number, row)
@@ -105,19 +137,29 @@ def _rows(path: Path, container: str) -> Iterator[tuple[str, int, Any]]:
         if container == "parquet":
             yield from _parquet_rows(path)
             return
-        with open(path, encoding="utf-8-sig", newline="" if container == "csv" else None) as handle:
+        opener = gzip.open if _is_gzip(path) else open
+        with opener(path, "rt", encoding="utf-8-sig", newline="" if container == "csv" else None) as handle:
             if container in ("jsonl", "json"):
                 yield from _json_rows(path, handle, allow_array=container == "json")
             else:
                 yield from {"csv": _csv_rows, "txt": _txt_rows}[container](path, handle)
     except UnicodeDecodeError:
         raise TaskError(f"{_first_bad_byte(path)}; save the file as UTF-8") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise TaskError(f"{path}: a gzip file that cannot be decompressed ({error}); a file cut off while it was "
+                        f"written reads only as far as `gzip -dc` gets") from None
 
 
 def _first_bad_byte(path: Path) -> str:
     """Where a file's first byte that is not UTF-8 is ("PATH:2: not valid UTF-8 (byte 0xe9 at column 12)"); the
     decoder's own offset counts from the chunk it was reading, not from the start of the file."""
-    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    data = path.read_bytes()
+    if data.startswith(GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, zlib.error, gzip.BadGzipFile):  # also cut off: where its text goes wrong is not known
+            return f"{path}: not valid UTF-8"
+    data = data.removeprefix(b"\xef\xbb\xbf")
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
             raw.decode("utf-8")
@@ -127,10 +169,10 @@ def _first_bad_byte(path: Path) -> str:
 
 
 def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int, Any]]:
-    """JSON Lines, or (a .json file whose first character is '[') one JSON array of rows."""
-    head = handle.read(4096)
-    if allow_array and head.lstrip().startswith("["):
-        text = head + handle.read()
+    """JSON Lines, or (a .json file whose first character is '[') one JSON array of rows, or (a .json file that is
+    one JSON value written over several lines, `json.dump(row, file, indent=2)`) that one row."""
+    text = handle.read()
+    if allow_array and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
@@ -138,8 +180,17 @@ def _json_rows(path: Path, handle, allow_array: bool) -> Iterator[tuple[str, int
         for number, row in enumerate(rows, start=1):
             yield f"{path}: row {number}", number, row
         return
-    lines = (head + handle.read()).splitlines()
-    for number, line in enumerate(lines, start=1):
+    if allow_array and "\n" in text.strip():
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            pass  # several values (JSON Lines), read line by line below
+        else:
+            yield f"{path}:1", 1, row
+            return
+    # split on "\n" only (the file is read with universal newlines): str.splitlines() would also split on U+2028,
+    # U+2029 and U+0085, which JSON allows unescaped inside a string (json.dumps(ensure_ascii=False) writes them)
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue  # a blank line is not a row
         try:
@@ -154,12 +205,15 @@ def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
 
     Read strictly: a quote that is never closed would take every later line into one cell (those prompts
     lost in it), and text after a closing quote would be joined to the cell; both are errors."""
-    reader = csv.DictReader(handle, strict=True)
+    reader = csv.DictReader(handle, strict=True, delimiter=_csv_separator(path, handle))
     start = 1  # the line the row being read begins on
     try:
         if not reader.fieldnames:
             raise TaskError(f"{path}: empty CSV file (expected a header row naming the columns)")
         reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        twice = next((name for name in reader.fieldnames if name and reader.fieldnames.count(name) > 1), None)
+        if twice is not None:  # (a row would keep only the last column of that name)
+            raise TaskError(f"{path}:1: the header names the column {twice!r} twice")
         start = reader.line_num + 1
         for row in reader:
             row.pop(None, None)  # cells beyond the header
@@ -170,6 +224,18 @@ def _csv_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
             raise TaskError(f"{path}:{start}: a quoted cell of the row that begins on this line is never closed "
                             f"(the file ends inside it); close it, or double a quote meant as text (\"\")") from None
         raise TaskError(f"{path}:{start}: bad CSV in the row that begins on this line ({error})") from None
+
+
+def _csv_separator(path: Path, handle) -> str:
+    """A tab for a .tsv file; else a comma, unless the header line has none and has ';' or tabs instead (one column
+    named 'id;prompt' could never be a prompt field). Reads the header line and rewinds."""
+    if Path(_without_gz(path.name)).suffix.lower() == ".tsv":
+        return "\t"
+    header = handle.readline()
+    handle.seek(0)
+    if "," in header:
+        return ","
+    return next((separator for separator in CSV_SEPARATORS if separator in header), ",")
 
 
 def _txt_rows(path: Path, handle) -> Iterator[tuple[str, int, Any]]:
@@ -207,7 +273,8 @@ def _is_wildchat(data: dict, schema: str, column: str | None) -> bool:
 
 def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str | None,
                task: str) -> TaskItem | str:
-    """A row with a prompt field (or `column`), or with only `messages` (the prompt is the last user turn)."""
+    """A row with a prompt field (or `column`), or with only `messages` (the prompt is the last user turn). A prompt
+    field holding a list is a conversation, read as `messages` are."""
     messages = _messages(data["messages"], where) if data.get("messages") is not None else None
     if schema == "noveltybench":
         missing = [key for key in ("id", "prompt") if key not in data]
@@ -228,13 +295,20 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
         prompt = messages[-1]["content"]
     else:
         prompt = data[key]
-        if prompt is not None and not isinstance(prompt, str):
-            raise TaskError(f"{where}: field {key!r} must be a string, got {type(prompt).__name__}")
+        if isinstance(prompt, list):  # a conversation, as TRL's conversational prompt-only rows hold one
+            messages = _messages(prompt, where)
+            prompt = messages[-1]["content"]
+        elif prompt is not None and not isinstance(prompt, str):
+            raise TaskError(f"{where}: field {key!r} must be a string or a list of {{role, content}} messages, "
+                            f"got {type(prompt).__name__}")
     if prompt is None or not prompt.strip():
         return EMPTY_PROMPT
+    extra = data.get("input")
+    if key == "instruction" and column is None and isinstance(extra, str) and extra.strip():
+        prompt = f"{prompt}\n\n{extra}"  # an Alpaca row: the text the instruction is about (as `baco eval` reads it)
     used = {key, "id", "task", "category", "messages"}
     return TaskItem(id=_id(data.get("id"), where, task, number), task=_text(data.get("task"), "task", where) or task,
-                    prompt=prompt.strip(), category=_text(data.get("category"), "category", where),
+                    prompt=prompt.strip(), category=_category(data.get("category"), where),
                     messages=messages, meta={k: v for k, v in data.items() if k not in used})
 
 
@@ -288,6 +362,15 @@ def _id(value: Any, where: str, task: str, number: int) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise TaskError(f"{where}: 'id' must be a string or an integer, got {type(value).__name__}")
     return str(value)
+
+
+def _category(value: Any, where: str) -> str | None:
+    """A row's category as a string: an integer one (a `datasets` ClassLabel column, as its exports store it) too."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if value is not None and not isinstance(value, str):
+        raise TaskError(f"{where}: 'category' must be a string or an integer, got {type(value).__name__}")
+    return _text(value, "category", where)
 
 
 def _text(value: Any, name: str, where: str) -> str | None:

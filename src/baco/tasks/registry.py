@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -70,10 +71,13 @@ def select(items: list[TaskItem], limit: int | None, *, seed: int | str | None =
     remainder (ties: the category seen first). Within a category: the first ones in file order when
     `seed` is None, else a random choice drawn from `random.Random(seed)` (the same for the same seed).
     """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, str))):
+        raise TaskError(f"seed must be an integer or a string, got {seed!r}")
     if limit is None:
         return list(items)
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1:
         raise TaskError(f"limit must be a positive integer, got {limit!r}")
+    limit = int(limit)  # (a numpy integer too)
     if limit >= len(items):
         return list(items)
     groups: dict[str | None, list[int]] = {}
@@ -84,7 +88,7 @@ def select(items: list[TaskItem], limit: int | None, *, seed: int | str | None =
     by_remainder = sorted(groups, key=lambda c: -(limit * len(groups[c]) % total))  # stable: first seen wins ties
     for category in by_remainder[:limit - sum(quotas.values())]:
         quotas[category] += 1
-    rng = random.Random(seed) if seed is not None else None
+    rng = random.Random(seed if isinstance(seed, str) else int(seed)) if seed is not None else None
     chosen: list[int] = []
     for category, members in groups.items():
         if rng is not None:
