@@ -213,6 +213,8 @@ def test_prompts_can_come_from_stdin_or_a_pipe_json_lines_or_text(tmp_path, monk
 
     stdin('\n{"prompt": "Name a fruit."}\n{"messages": [{"role": "user", "content": "Hi."}]}\n"Why?"\n')
     assert read_prompts(Path("-")) == ["Name a fruit.", "Hi.", "Why?"]
+    stdin('{"prompt": "a line\u2028separator"}\n')  # JSON allows U+2028 in a string: not a line end
+    assert read_prompts(Path("-")) == ["a line\u2028separator"]
     stdin("Name a fruit.\n\n{braces} are text here\n")
     assert read_prompts(Path("-")) == ["Name a fruit.", "{braces} are text here"]
     stdin('{"prompt": "ok"}\n{"prompt": ""}\n')

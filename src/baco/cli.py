@@ -242,7 +242,8 @@ def _read_stream(path: Path) -> list:
 
 def _first_row_is_object(data: bytes) -> bool:
     """Whether the first non-blank line of `data` is a JSON object (a JSON Lines row rather than a line of text)."""
-    line = next((line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()), "")
+    # split on "\n" only: U+2028 and U+2029, which JSON allows inside a string, are not line ends (as the loader)
+    line = next((line for line in data.decode("utf-8", errors="replace").split("\n") if line.strip()), "")
     try:
         return isinstance(json.loads(line.lstrip("\ufeff")), dict)
     except ValueError:
