@@ -5,9 +5,10 @@ import warnings
 import pytest
 import torch
 
+import baco
 from baco import Collaboration, SamplingParams
 from baco.errors import PromptError
-from baco.prompts import PromptFormat, PromptWarning
+from baco.prompts import PromptFormat
 
 PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
 
@@ -287,7 +288,7 @@ def test_a_solo_pair_reproduces_its_model_inside_the_pair(collab):
 ])
 def test_a_template_without_a_system_role_gets_the_system_prompt_in_the_first_user_turn(collab, template):
     fmt = PromptFormat(system_prompt="Be kind.", few_shot=(("Hi", "Hello!"),), chat_template=template)
-    with pytest.warns(PromptWarning, match="no system role"):
+    with pytest.warns(baco.PromptWarning, match="no system role"):  # (exported: users filter it by name)
         rendered = fmt.render_aligned("How are you?", collab.tokenizer)
     assert rendered == "<user>Be kind.\n\nHi<assistant>Hello!<user>How are you?<assistant>"
 

@@ -12,12 +12,12 @@ from baco.decode import Sample, SamplingParams
 from baco.errors import (BacoError, InvalidSamplingParams, ModelLoadError, PromptError, TokenizerMismatchError,
                          UnknownRouterError)
 from baco.numerics import warm_vector_math
-from baco.prompts import PromptFormat
+from baco.prompts import PromptFormat, PromptWarning
 from baco.routers import get_router, list_routers, register
 
 warm_vector_math()  # before any torch call that runs on several threads: see baco.numerics
 
 __version__ = "0.1.0"
 __all__ = ["BacoError", "Collaboration", "InvalidSamplingParams", "ModelLoadError", "PromptError", "PromptFormat",
-           "Sample", "SamplingParams", "TokenEvent", "TokenizerMismatchError", "UnknownRouterError", "get_router",
-           "list_routers", "register"]
+           "PromptWarning", "Sample", "SamplingParams", "TokenEvent", "TokenizerMismatchError", "UnknownRouterError",
+           "get_router", "list_routers", "register"]
