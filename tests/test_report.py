@@ -291,6 +291,30 @@ def test_plots_of_seeds_no_longer_evaluated_are_removed_and_not_shown(run_dir, t
     assert list(shown_plots(build_report(run))) == ["pareto-mine-seed0"]
 
 
+def test_report_results_shows_the_table_and_plots_a_sweep_wrote_with_results_dir_beside_the_samples_they_describe(
+        run_dir, tiny_dirs, tmp_path, capsys):
+    """`baco sweep --seeds 0 --results DIR` evaluates a seed subset of a shared run directory into DIR; `baco report
+    RUN --results DIR` is its page (DIR/report.html): DIR's table and plots, the samples of its cells. Before, the
+    page could only show the run directory's own results."""
+    from baco.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    one_seed = tmp_path / "seed0"
+    config = tiny_config(run_dir.parent / "prompts.jsonl", seeds=[0])
+    run_sweep(config, run, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False, results_dir=one_seed)
+    assert main(["report", str(run), "--results", str(one_seed)]) == 0
+    page = (one_seed / "report.html").read_text()
+    assert list(shown_plots(page)) == ["pareto-mine-seed0"] and STALE not in page
+    # the samples of its cells: seed 1's (2 prompts x n=2 x 4 configurations) are left out, and said so
+    assert "16 stored samples left out: 16 of cells the configuration of results.json does not list." in page
+    assert "Cov. seed 1" not in page and "Cov. seed 1" in build_report(run)  # DIR's table; RUN's own has both seeds
+    assert list(shown_plots(build_report(run))) == ["pareto-mine-seed0", "pareto-mine-seed1"]  # RUN's own page
+    assert main(["report", str(run), "--results", str(tmp_path / "nowhere")]) == 2
+    assert "holds no results.json" in capsys.readouterr().err
+    assert main(["report", str(run), "--results", str(one_seed), "--out", str(one_seed / "results.json")]) == 2
+
+
 def test_samples_planned_after_the_evaluation_are_named_by_the_page_and_by_check(run_dir, tiny_dirs, tmp_path,
                                                                                 capsys):
     """A sweep rerun with a larger n and killed before its evaluation finished (or run with --no-eval) has a

@@ -847,7 +847,7 @@ def _stale_outputs(run: Path) -> str | None:
 def cmd_report(args) -> int:
     from baco.report import write_report
 
-    path = write_report(args.run_dir, args.out, title=args.title)
+    path = write_report(args.run_dir, args.out, results_dir=args.results, title=args.title)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -867,7 +867,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML page of a sweep: table, plots, coloured samples",
                        parents=[DEBUG])
     p.add_argument("run_dir", type=Path, help="a `baco sweep` output directory")
-    p.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report.html)")
+    p.add_argument("--out", type=Path, default=None, help="HTML file (default: RUN_DIR/report.html, or "
+                   "DIR/report.html with --results)")
+    p.add_argument("--results", type=Path, default=None, help="the folder `baco sweep --results DIR` wrote "
+                   "(results.json, table.md, plots/) for the samples of RUN_DIR (default: RUN_DIR)")
     p.add_argument("--title", default=None, help="the page's title (default: the run directory's name)")
     p.set_defaults(run=cmd_report)
     p = sub.add_parser("check", help="a sweep's run directory: missing, doubled and torn samples per cell "

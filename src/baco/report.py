@@ -182,21 +182,29 @@ def read_results(run: Path) -> dict | None:
     return summary
 
 
-def stale_outputs(run: Path, summary: dict | None, rows: list[dict]) -> str | None:
-    """A line saying how results.json, table.md, the plots and the samples the page shows (`rows`) disagree (an
-    evaluation killed midway, a plan changed since it ran); None when they belong together."""
-    problems = outputs_problems(run, summary, rows)
-    return stale_line(problems, run) if problems else None
+def stale_outputs(run: Path, summary: dict | None, rows: list[dict], results_dir: Path | None = None) -> str | None:
+    """A line saying how results.json, table.md, the plots (in `results_dir`, default the run directory) and the
+    samples the page shows (`rows`) disagree (an evaluation killed midway, a plan changed since it ran); None when
+    they belong together."""
+    problems = outputs_problems(results_dir or run, summary, rows)
+    return stale_line(problems, run, results_dir) if problems else None
 
 
-def build_report(run_dir: str | Path, *, title: str | None = None, per_method: int = 2) -> str:
+def build_report(run_dir: str | Path, *, results_dir: str | Path | None = None, title: str | None = None,
+                 per_method: int = 2) -> str:
+    """The page of a run directory: its samples, with the table, plots and results.json of `results_dir` (where
+    `baco sweep --results DIR` wrote them; default the run directory)."""
     run = Path(run_dir)
     if not (run / "samples.jsonl").is_file():
         raise BacoError(f"{run} holds no samples.jsonl: run `baco sweep` first")
-    results = read_results(run)
+    where = Path(results_dir) if results_dir is not None else run
+    if results_dir is not None and not (where / RESULTS).is_file():
+        raise BacoError(f"--results {str(results_dir)!r} holds no {RESULTS}: give the folder `baco sweep --results` "
+                        f"wrote (its {RESULTS}, {TABLE} and {PLOTS}/)")
+    results = read_results(where)
     summary = results or {}
     rows, left_out, skipped, ran_with = shown_rows(run, summary)
-    stale = stale_outputs(run, results, rows)
+    stale = stale_outputs(run, results, rows, Path(results_dir) if results_dir is not None else None)
     for line in (stale, skipped):
         if line:
             warnings.warn(line, stacklevel=2)
@@ -204,16 +212,16 @@ def build_report(run_dir: str | Path, *, title: str | None = None, per_method: i
              f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title or run.name)}</h1>"]
     if stale:
         parts.append(f"<p class='stale' id='stale'>{html.escape(stale)}</p>")
-    if (run / "table.md").is_file():
+    if (where / TABLE).is_file():
         parts += ["<h2>Coverage and Dominance</h2>",
                   "<p class='meta'>Coverage: area dominated by the method's Pareto front / area dominated by the "
                   "global front, averaged over (diversity, quality) planes; Dominance: share of the global front's "
                   "points that are the method's. Mean ± std over seeds.</p>",
-                  _markdown_blocks((run / "table.md").read_text(encoding="utf-8"))]
+                  _markdown_blocks((where / TABLE).read_text(encoding="utf-8"))]
     if summary:
         parts.append(f"<p class='meta'>diversity metrics: {html.escape(_metric_names(summary, 'diversity'))}; "
                      f"quality metrics: {html.escape(_metric_names(summary, 'quality'))}</p>")
-    plots = listed_plots(run, results)
+    plots = listed_plots(where, results)
     if plots:
         parts.append("<h2>Pareto planes</h2>")
         for plot in plots:
@@ -265,6 +273,13 @@ def check_report_out(run_dir: Path, out: str | Path) -> Path:
     return path
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, **kwargs) -> Path:
-    path = check_report_out(Path(run_dir), out) if out else Path(run_dir) / "report.html"
-    return atomic_write(path, build_report(run_dir, **kwargs))
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, results_dir: str | Path | None = None,
+                 **kwargs) -> Path:
+    """Write the page (`build_report`) to `out`, by default report.html beside the results it shows."""
+    if out:
+        path = check_report_out(Path(run_dir), out)
+        if results_dir is not None:
+            check_report_out(Path(results_dir), out)
+    else:
+        path = Path(results_dir if results_dir is not None else run_dir) / "report.html"
+    return atomic_write(path, build_report(run_dir, results_dir=results_dir, **kwargs))

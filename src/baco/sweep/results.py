@@ -243,8 +243,9 @@ def outputs_problems(folder: Path, summary: dict | None, rows: list[dict] | None
     return problems
 
 
-def stale_line(problems: list[str], run_dir: str | Path) -> str:
+def stale_line(problems: list[str], run_dir: str | Path, results_dir: str | Path | None = None) -> str:
     """One line for `baco report` and `baco check`: what disagrees, and how to make the outputs again."""
+    results = f" --results {results_dir}" if results_dir is not None else ""
     return (f"{'; '.join(problems)}: the table and plots may not describe these samples. Evaluate again: rerun "
-            f"`baco sweep CONFIG --out {run_dir}` with the sweep's configuration (it makes only missing samples, "
-            f"then rewrites {RESULTS}, {TABLE} and {PLOTS}/)")
+            f"`baco sweep CONFIG --out {run_dir}{results}` with the sweep's configuration (it makes only missing "
+            f"samples, then rewrites {RESULTS}, {TABLE} and {PLOTS}/)")
