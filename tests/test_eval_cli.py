@@ -596,3 +596,23 @@ def test_the_csv_gives_each_configuration_its_methods_coverage_and_dominance(tmp
     for row in rows:
         assert float(row["coverage"]) == per_task[row["family"]]["coverage"]
         assert float(row["dominance"]) == per_task[row["family"]]["dominance"]
+
+
+def test_eval_reads_standard_input_as_a_samples_file_named_stdin(tmp_path, monkeypatch, capsys):
+    """`baco generate ... --out - | baco eval -`: '-' is standard input, evaluated as a file of the same rows is,
+    and named `<stdin>` in warnings (not the temporary copy it is read into); given twice, it is refused."""
+    import io
+
+    rows = [{"prompt": "Name a fruit.", "response": r, "method": "mine"} for r in ("apple pie", "pear", "apple")]
+    text = "".join(json.dumps(row) + "\n" for row in rows) + "not json\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert main(["eval", "-", "--metrics", "distinct-1", "--out", str(tmp_path / "piped.json"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ("baco: warning: <stdin>:4: not valid JSON (Expecting value at column 1); "
+                                       "line skipped\n")
+    as_file = write_rows(tmp_path / "rows.jsonl", rows)
+    assert main(["eval", str(as_file), "--metrics", "distinct-1", "--out", str(tmp_path / "file.json"), "--quiet"]) == 0
+    piped, filed = load(tmp_path / "piped.json")[0], load(tmp_path / "file.json")[0]
+    assert piped["summary"] == filed["summary"] and piped["summary"]["default"]["mine"]["distinct-1"] > 0
+    assert piped["warnings"] == ["<stdin>:4: not valid JSON (Expecting value at column 1); line skipped"]
+    assert main(["eval", "-", "-", "--metrics", "distinct-1", "--quiet"]) == 2
+    assert "can be given once" in capsys.readouterr().err

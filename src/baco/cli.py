@@ -589,7 +589,7 @@ def _add_eval(sub) -> None:
     p.add_argument("samples", nargs="+", type=Path,
                    help='JSONL from `baco generate`, or {"prompt": ..., "response": ...} per line from any tool, or '
                         'lm-eval --log_samples files, or an OpenAI/vLLM batch input file followed by its output file '
-                        '(docs/evaluation.md)')
+                        '(docs/evaluation.md); - reads standard input (`baco generate ... --out - | baco eval -`)')
     p.add_argument("--metrics", default="default",
                    help="comma-separated metric names or groups: default, all, diversity, quality, joint, lexical, "
                         "semantic, model (see `baco metrics`)")
@@ -620,7 +620,44 @@ def _add_eval(sub) -> None:
     p.set_defaults(run=cmd_eval)
 
 
-def cmd_eval(args) -> int:
+def _eval_streams(args) -> int:
+    """`baco eval -` (`baco generate ... --out - | baco eval -`) or a pipe among the samples files: each is read once
+    into a file of its own name in a temporary folder (`stdin.jsonl` for '-'), evaluated as files are, and named as
+    given (`<stdin>`) in warnings and errors."""
+    import tempfile
+
+    if getattr(sys.stdin, "buffer", None) is None and any(str(sample) == STDIN for sample in args.samples):
+        raise BacoError("'-': this process has no standard input to read")
+    with tempfile.TemporaryDirectory(prefix="baco-eval-") as folder:
+        names, copies = {}, []
+        for number, sample in enumerate(args.samples):
+            if str(sample) != STDIN and not is_stream(sample):
+                copies.append(sample)
+                continue
+            name = "stdin.jsonl" if str(sample) == STDIN else sample.name if sample.suffix else f"{sample.name}.jsonl"
+            copy = Path(folder) / str(number) / name
+            copy.parent.mkdir()
+            try:
+                copy.write_bytes(sys.stdin.buffer.read() if str(sample) == STDIN else sample.read_bytes())
+            except OSError as error:
+                raise BacoError(f"cannot read {str(sample)!r}: {error.strerror or error}") from None
+            names[str(copy)] = "<stdin>" if str(sample) == STDIN else str(sample)
+            copies.append(copy)
+
+        def as_given(text: str) -> str:
+            for copy, name in names.items():
+                text = text.replace(copy, name)
+            return text
+
+        try:
+            return cmd_eval(argparse.Namespace(**{**vars(args), "samples": copies}), named=as_given)
+        except BacoError as error:
+            raise BacoError(as_given(str(error))) from None
+
+
+def cmd_eval(args, named=lambda text: text) -> int:
+    """`baco eval FILES`; `named` turns the paths of temporary copies (of stdin, a pipe) in messages back into what
+    was given."""
     from baco.evaluate.resources import EvalOptions, option_problem
     from baco.evaluate.runner import evaluate_files, format_table, write_csv, write_json
 
@@ -639,6 +676,10 @@ def cmd_eval(args) -> int:
                                                                              args.equivalence_threshold)):
         raise BacoError(f"--equivalence-threshold {problem}, got {args.equivalence_threshold}")
     _at_least_one(args.batch_size, "--batch-size")
+    if sum(str(sample) == STDIN for sample in args.samples) > 1:
+        raise BacoError("'-' (standard input) can be given once among the samples files")
+    if any(str(sample) == STDIN or is_stream(sample) for sample in args.samples):
+        return _eval_streams(args)
     from baco.storage import check_output_file, same_file
 
     if args.score_cache:
@@ -662,6 +703,7 @@ def cmd_eval(args) -> int:
                           score_cache=str(args.score_cache) if args.score_cache else None)
     result = evaluate_files(args.samples, args.metrics, options, method_from=args.method_from,
                             utility_quality=args.utility_quality, progress=not args.quiet and sys.stderr.isatty())
+    result.warnings[:] = [named(warning) for warning in result.warnings]
     for warning in result.warnings[:20]:
         print(f"baco: warning: {warning}", file=sys.stderr)
     if len(result.warnings) > 20:
