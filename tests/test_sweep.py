@@ -222,6 +222,11 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     # a blank system prompt is none: both configurations would make the same samples
     ({"methods": {"a": {"router": "aligned", "system_prompt": " "}, "b": {"router": "aligned"}},
       "tasks": ["open-ended"]}, "configurations 'a' and 'b' are the same"),
+    # a value listed twice: the error names the method whose list it is
+    ({"methods": {"x": {"router": "p", "values": [0.3, 0.7, 0.3]}}, "tasks": ["open-ended"]},
+     r"^<config>: methods\.x: two configurations share the name 'x:0\.3'"),
+    ({"methods": {"x": {"router": "aligned", "sweep": {"temperature": [0.7, 0.7]}}}, "tasks": ["open-ended"]},
+     r"^<config>: methods\.x: two configurations share the name 'x@temperature=0\.7'"),
 ])
 def test_bad_configurations_are_refused_before_anything_runs(raw, message):
     with pytest.raises(SweepConfigError, match=message):

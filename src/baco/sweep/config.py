@@ -431,7 +431,9 @@ def _name(raw, source: str) -> str:
 def _distinct(configurations: list[Configuration], source: str) -> None:
     names = [c.name for c in configurations]
     if len(set(names)) != len(names):
-        _fail(f"{source}: two configurations share a name: {sorted({n for n in names if names.count(n) > 1})}")
+        twice = next(c for c in configurations if names.count(c.name) > 1)
+        _fail(f"{source}: methods.{twice.method}: two configurations share the name {twice.name!r} (a value listed "
+              f"twice in its values or sweep?)")
     seen: dict[tuple, Configuration] = {}
     for conf in configurations:
         other = seen.setdefault(conf.settings, conf)
