@@ -83,7 +83,7 @@ def test_valid_grids_are_accepted_with_one_cell_per_value_and_seed(router, knob_
     try:
         config = parse_config(raw)
     except SweepConfigError as error:  # only a knob outside its range, or two values naming one configuration
-        assert "must be" in str(error) or "share a name" in str(error), error
+        assert "must be" in str(error) or "share the name" in str(error), error
         return
     check_accepted(config)
     assert len(config.cells) == len(knob_values) * len(seeds)
