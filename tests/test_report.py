@@ -315,6 +315,28 @@ def test_report_results_shows_the_table_and_plots_a_sweep_wrote_with_results_dir
     assert main(["report", str(run), "--results", str(one_seed), "--out", str(one_seed / "results.json")]) == 2
 
 
+def test_a_sample_text_edited_after_the_evaluation_is_named_by_the_page_and_by_check(run_dir, tmp_path, capsys):
+    """A text changed by hand keeps its sample's id and its row valid, so the table silently described the old
+    texts; results.json now records a hash of the texts it was made from, and the page and `check` say so. A
+    results.json written before that (no hash) is not called stale."""
+    from baco.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert STALE not in build_report(run)
+    lines = (run / "samples.jsonl").read_text().splitlines(keepends=True)
+    row = json.loads(lines[2])
+    row["text"] = row["text"] + " (improved by hand)"
+    (run / "samples.jsonl").write_text("".join(lines[:2]) + json.dumps(row) + "\n" + "".join(lines[3:]))
+    says = "the texts of the samples results.json was made from differ from those in the run directory now"
+    assert says in html.unescape(build_report(run))
+    assert main(["check", str(run)]) == 1 and says in capsys.readouterr().out
+    summary = json.loads((run / "results.json").read_text())
+    del summary["made_from"]["texts"]  # as an older baco wrote it
+    (run / "results.json").write_text(json.dumps(summary))
+    assert says not in html.unescape(build_report(run))
+
+
 def test_samples_planned_after_the_evaluation_are_named_by_the_page_and_by_check(run_dir, tiny_dirs, tmp_path,
                                                                                 capsys):
     """A sweep rerun with a larger n and killed before its evaluation finished (or run with --no-eval) has a

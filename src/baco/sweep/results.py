@@ -78,7 +78,9 @@ def samples_fingerprint(rows: list[dict]) -> dict:
     still selects those samples (a plan changed by a later run that was not evaluated selects others)."""
     keys = sorted(f"{r.get('cell')}|{r.get('prompt_index')}|{r.get('sample_index')}|{r.get('id') or ''}"
                   for r in rows)
-    return {"samples": len(keys), "fingerprint": stable_id({"samples": keys})}
+    # and of what they say (`texts`): a sample's text edited by hand keeps its id, but not the table's numbers
+    texts = sorted((f"{r.get('cell')}|{r.get('prompt_index')}|{r.get('sample_index')}", r.get("text")) for r in rows)
+    return {"samples": len(keys), "fingerprint": stable_id({"samples": keys}), "texts": stable_id({"texts": texts})}
 
 
 def evaluated_cells(summary: dict) -> set[str] | None:
@@ -234,7 +236,11 @@ def outputs_problems(folder: Path, summary: dict | None, rows: list[dict] | None
     made_from = summary.get("made_from")
     if rows is not None and isinstance(made_from, dict):
         now = samples_fingerprint(rows)
-        if now != made_from:
+        if (now["samples"], now["fingerprint"]) == (made_from.get("samples"), made_from.get("fingerprint")):
+            if made_from.get("texts", now["texts"]) != now["texts"]:  # (results.json of older baco: no texts)
+                problems.append(f"the texts of the samples {RESULTS} was made from differ from those in the run "
+                                f"directory now (edited since?)")
+        else:
             others = " (other ones)" if now["samples"] == made_from.get("samples") else ""
             problems.append(f"{RESULTS} was made from {made_from.get('samples')} samples, but the run directory "
                             f"now has {now['samples']} planned samples{others} (a later sweep changed the plan or "
