@@ -33,6 +33,20 @@ def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
     assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
 
 
+def test_generate_says_a_mixture_wrote_a_soft_methods_tokens_rather_than_base_0_percent(tiny_dirs, capsys):
+    """eft/proxy/contrast draw every token from a mixture of both models: "base wrote 0%" alone read as if the
+    aligned model had written them. The per-sample header and the summary name the mixture's share."""
+    base, aligned = map(str, tiny_dirs)
+    argv = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--n", "2",
+            "--max-new-tokens", "6", "--seed", "1", "--color", "never"]
+    assert main([*argv, "--router", "eft:0.5"]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("base wrote 0%, a mixture of both 100%") == 2
+    assert ", base wrote 0%, a mixture of both 100%, " in out.err
+    assert main([*argv, "--router", "p-punc:0.5"]) == 0
+    assert "mixture" not in "".join(capsys.readouterr())
+
+
 def test_generate_carries_each_prompts_rows_own_id_into_its_samples_as_item_id(tiny_dirs, tmp_path):
     """A prompts file's `id` (a dataset's question id, as a Batch API's `custom_id`) is how its samples are joined
     back to references and labels: every sample of the row carries it as `item_id`, as a sweep's samples do

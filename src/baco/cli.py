@@ -376,7 +376,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
 
     from baco.api import Collaboration
     from baco.decode.records import SampleStream
-    from baco.display import LEGEND, header, is_terminal, render, use_colour
+    from baco.display import LEGEND, header, is_terminal, render, use_colour, writers
 
     if cluster is None:
         collab = Collaboration.from_pretrained(base, aligned, dtype=args.dtype, device=args.device,
@@ -397,7 +397,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
     terminal = colour or is_terminal()  # (a forced --color always is read on one)
     show = not args.quiet and str(args.out) != STDIN  # (`--out -`: stdout holds the samples' JSON Lines alone)
     total = len(prompts) * args.n - len(skip)
-    written, tokens, base_tokens = 0, 0, 0
+    written, tokens, base_tokens, mixed_tokens = 0, 0, 0, 0
     started = time.perf_counter()
     try:
         with tqdm(total=total, unit="sample", disable=args.quiet or total < 2 or None, file=sys.stderr) as bar:
@@ -409,6 +409,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                 written += 1
                 tokens += sample.num_tokens
                 base_tokens += sample.base_share * sample.num_tokens
+                mixed_tokens += sample.mix_share * sample.num_tokens
                 bar.update(1)
                 if show:
                     tqdm.write(header(sample), file=sys.stdout)
@@ -422,9 +423,9 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
               file=sys.stderr)
         return _stop_code(stop)
     if not args.quiet:
-        share = base_tokens / tokens if tokens else 0.0
+        share, mixed = (base_tokens / tokens, mixed_tokens / tokens) if tokens else (0.0, 0.0)
         rate = tokens / (time.perf_counter() - started)
-        print(f"{written} samples, {tokens} tokens, base wrote {share:.0%}, {rate:.1f} tokens/s"
+        print(f"{written} samples, {tokens} tokens, {writers(share, mixed)}, {rate:.1f} tokens/s"
               + ("" if not out else f", written to {args.out}" if isinstance(out, SampleStream) else
                  f", appended to {args.out}"), file=sys.stderr)
     return 0

@@ -75,5 +75,12 @@ def header(sample: Sample) -> str:
     size = (f"{len(sample.text)} characters in {len(sample.token_texts)} spans "
             f"({len(sample.base_token_ids)} base / {len(sample.aligned_token_ids)} aligned tokens)"
             if sample.unit == SPAN else f"{sample.num_tokens} tokens")
-    return (f"[prompt {sample.prompt_index} · sample {sample.sample_index}] {size}, base wrote "
-            f"{sample.base_share:.0%}, {sample.tokens_per_s:.1f} tok/s, finish: {sample.finish_reason}")
+    return (f"[prompt {sample.prompt_index} · sample {sample.sample_index}] {size}, "
+            f"{writers(sample.base_share, sample.mix_share)}, {sample.tokens_per_s:.1f} tok/s, "
+            f"finish: {sample.finish_reason}")
+
+
+def writers(base: float, mix: float) -> str:
+    """Who wrote the text, in words: the base model's share, and a mixture's where there is one (a soft method's
+    tokens are both models': 'base wrote 0%' alone would read as the aligned model's)."""
+    return f"base wrote {base:.0%}" + (f", a mixture of both {mix:.0%}" if mix else "")

@@ -21,6 +21,7 @@ import json
 import warnings
 from pathlib import Path
 
+from baco.display import writers
 from baco.errors import BacoError, OutputError
 from baco.evaluate.io import sweep_seed
 from baco.storage import atomic_write, check_output_file, same_file
@@ -246,9 +247,9 @@ def build_report(run_dir: str | Path, *, results_dir: str | Path | None = None, 
             parts.append(f"<p class='meta'>continuing: {html.escape(turns)}</p>")
         for method, samples in methods.items():
             for s in samples:
-                share = s["sources"].count("base") / max(len(s["sources"]), 1)
+                share, mixed = (s["sources"].count(who) / max(len(s["sources"]), 1) for who in ("base", "mix"))
                 parts.append(f"<div class='sample'><div class='meta'>{html.escape(s['config'])} · sample "
-                             f"{s['sample_index']} · base wrote {share:.0%} · {s['finish_reason']}</div>"
+                             f"{s['sample_index']} · {writers(share, mixed)} · {s['finish_reason']}</div>"
                              f"{token_spans(s)}</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

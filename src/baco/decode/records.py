@@ -99,10 +99,21 @@ class Sample:
     @property
     def base_share(self) -> float:
         """Share of tokens (of characters, for a span sample) written by the base model (0 when empty)."""
+        return self.share(BASE)
+
+    @property
+    def mix_share(self) -> float:
+        """Share of tokens (characters) drawn from a mixture of both models (soft methods, UniTE): neither model's
+        alone, so a base share of 0 there does not mean the aligned model wrote them."""
+        return self.share(MIX)
+
+    def share(self, source: str) -> float:
+        """Share of tokens (of characters, for a span sample) whose source is `source` (0 when empty)."""
         if self.unit == SPAN:
             written = sum(len(t) for t in self.token_texts)
-            return sum(len(t) for t, s in zip(self.token_texts, self.sources) if s == BASE) / written if written else 0.0
-        return self.sources.count(BASE) / len(self.sources) if self.sources else 0.0
+            mine = sum(len(t) for t, s in zip(self.token_texts, self.sources) if s == source)
+            return mine / written if written else 0.0
+        return self.sources.count(source) / len(self.sources) if self.sources else 0.0
 
     @property
     def tokens_per_s(self) -> float:
