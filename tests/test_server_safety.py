@@ -153,7 +153,8 @@ def test_baco_serve_takes_the_key_from_the_environment_and_checks_flags_before_l
     assert "without an API key" in capsys.readouterr().err
     for bad in (["--max-batch", "0"], ["--threads", "0"], ["--router", "negative:0.5"], ["--router", "chared:0.5"], ["--router", "nope"],
                 ["--max-n", "64"], ["--base", base], ["--min-p", "2"], ["--prefill-tokens", "0"],
-                ["--model-name", ""], ["--model-name", " "]):  # (an unset shell variable: no client could name it)
+                ["--model-name", ""], ["--model-name", " "],  # (an unset shell variable: no client could name it)
+                ["--max-len", "128", "--max-tokens", "128"], ["--max-prompt-tokens", "2000"]):  # (no slot holds them)
         assert main(["serve", *bad]) == 2, bad  # refused before any model loads
 
 

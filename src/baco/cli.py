@@ -515,6 +515,11 @@ def cmd_serve(args) -> int:
     _check_memory_fraction(args)
     _check_listen(args.host, args.port)  # a port in use is an error now, not after the models have loaded
     room = args.max_len - 1
+    for flag in ("max_tokens", "max_prompt_tokens"):  # (a silent cap would serve less than the flag says)
+        if (getattr(args, flag) or 0) > room:
+            raise BacoError(f"--{flag.replace('_', '-')} {getattr(args, flag)} does not fit a slot of --max-len "
+                            f"{args.max_len} tokens (prompt and answer together, at least one each): at most {room}, "
+                            f"or raise --max-len")
     limits = Limits(max_tokens=min(args.max_tokens or room, room), default_max_tokens=args.default_max_tokens,
                     max_prompt_tokens=min(args.max_prompt_tokens or room, room), max_n=args.max_n,
                     max_prompts=args.max_prompts, max_body_bytes=args.max_body_bytes)
