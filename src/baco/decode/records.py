@@ -345,7 +345,45 @@ def read_jsonl(path: str | Path) -> list[Sample]:
     return samples
 
 
-class SampleFile:
+class SampleRows:
+    """The lines `baco generate --out` writes: each sample's fields with its stable id (`id_of`, from `identity`:
+    everything that decides a sample) and, when given, its prompts file row's id. Where they go is a subclass's:
+    a file (`SampleFile`) or a stream (`SampleStream`)."""
+
+    def __init__(self, path: str | os.PathLike, identity: dict):
+        self.path, self.identity = Path(path), identity
+        self._out = None
+
+    def id_of(self, key: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
+        """A sample's stable id; `key` is its prompt's text, or its conversation's key (`prompts.prompt_key`)."""
+        from baco.storage import stable_id
+
+        # the first copy's id leaves the occurrence out: the id it had before copies were told apart
+        copy = {"occurrence": occurrence} if occurrence else {}
+        return stable_id({**self.identity, "seed": seed, "prompt": key, "prompt_index": prompt_index,
+                          "sample_index": sample_index, **copy})
+
+    def row(self, sample: Sample, item_id: str | None = None) -> dict:
+        """The line stored for a sample: its fields, its id and, when given, its prompts file row's id."""
+        row = sample.to_dict()
+        # the run's seed (sample.seed is the row's own stream seed, derived from it)
+        row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
+                               sample.occurrence)
+        if item_id is not None:
+            row["item_id"] = item_id
+        return row
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "SampleRows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SampleFile(SampleRows):
     """`baco generate --out FILE`: samples appended, each with a stable `id`; nothing is ever truncated.
 
     The id hashes everything that decides a sample: router, sampling settings and seed, the models
@@ -365,14 +403,13 @@ class SampleFile:
     """
 
     def __init__(self, path: str | os.PathLike, identity: dict):
-        self.path, self.identity = Path(path), identity
+        super().__init__(path, identity)
         self._lock = out_lock(self.path).acquire()
         try:
             self._read()
         except BaseException:
             self._lock.release()
             raise
-        self._out = None
 
     def _read(self) -> None:
         from baco.errors import OutputError
@@ -394,15 +431,6 @@ class SampleFile:
                       and isinstance(row.get("prompt_index"), int) and isinstance(row.get("sample_index"), int)
                       and isinstance(row.get("occurrence", 0), int) and (key := stored_key(row)) is not None]
 
-    def id_of(self, key: str, prompt_index: int, sample_index: int, seed: int, occurrence: int = 0) -> str:
-        """A sample's stable id; `key` is its prompt's text, or its conversation's key (`prompts.prompt_key`)."""
-        from baco.storage import stable_id
-
-        # the first copy's id leaves the occurrence out: the id it had before copies were told apart
-        copy = {"occurrence": occurrence} if occurrence else {}
-        return stable_id({**self.identity, "seed": seed, "prompt": key, "prompt_index": prompt_index,
-                          "sample_index": sample_index, **copy})
-
     def done(self, prompts: list[Prompt], n: int, seed: int | None) -> set[tuple[int, int]]:
         """(prompt index, sample index) of the samples already in the file (none without a fixed seed)."""
         if seed is None or not self.stored:
@@ -423,16 +451,6 @@ class SampleFile:
             self._lock.hold_file()  # the file may be new: from now on every name of it finds it locked
         self._out.append(self.row(sample, item_id))
 
-    def row(self, sample: Sample, item_id: str | None = None) -> dict:
-        """The line stored for a sample: its fields, its id and, when given, its prompts file row's id."""
-        row = sample.to_dict()
-        # the run's seed (sample.seed is the row's own stream seed, derived from it)
-        row["id"] = self.id_of(sample.key, sample.prompt_index, sample.sample_index, sample.sampling.get("seed"),
-                               sample.occurrence)
-        if item_id is not None:
-            row["item_id"] = item_id
-        return row
-
     def close(self) -> None:
         """Close the file and release its lock."""
         try:
@@ -441,22 +459,11 @@ class SampleFile:
         finally:
             self._lock.release()
 
-    def __enter__(self) -> "SampleFile":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class SampleStream(SampleFile):
+class SampleStream(SampleRows):
     """`baco generate --out -` (stdout) or a pipe: the rows a `SampleFile` stores, written and flushed one line per
     sample as each finishes. Nothing is read back (a stream holds no earlier samples to skip) and nothing is
     locked (a pipe has one reader, not a file to keep whole)."""
-
-    def __init__(self, path: str | os.PathLike, identity: dict):
-        self.path, self.identity = Path(path), identity
-        self.stored, self._rows = set(), []
-        self._out = None
 
     def append(self, sample: Sample, item_id: str | None = None) -> None:
         if self._out is None:
