@@ -211,16 +211,7 @@ def _read_stream(path: Path) -> list:
     from baco.errors import TaskError
     from baco.tasks.loaders import EXTENSIONS
 
-    name = "<stdin>" if str(path) == STDIN else str(path)
-    try:
-        if str(path) == STDIN:
-            if getattr(sys.stdin, "buffer", None) is None:
-                raise BacoError("--prompts -: this process has no standard input to read")
-            data = sys.stdin.buffer.read()
-        else:
-            data = path.read_bytes()
-    except OSError as error:
-        raise BacoError(f"--prompts {name!r}: {error.strerror or error}") from None
+    data, name = read_once(path, "--prompts")
     suffix = path.suffix.lower() if str(path) != STDIN else ""
     if not suffix:
         suffix = ".jsonl" if _first_row_is_object(data) else ".txt"
@@ -238,6 +229,18 @@ def _read_stream(path: Path) -> list:
         for warning in caught:
             warnings.warn(str(warning.message).replace(str(copy), name), warning.category, stacklevel=3)
     return items
+
+
+def read_once(path: Path, what: str) -> tuple[bytes, str]:
+    """Standard input ('-') or a pipe, read to its end (it can be read only once), and the name messages give it:
+    `<stdin>`, else the path. `what` names the input in an error (`--prompts`)."""
+    name = "<stdin>" if str(path) == STDIN else str(path)
+    if str(path) == STDIN and getattr(sys.stdin, "buffer", None) is None:
+        raise BacoError(f"{what} -: this process has no standard input to read")
+    try:
+        return (sys.stdin.buffer.read() if str(path) == STDIN else path.read_bytes()), name
+    except OSError as error:
+        raise BacoError(f"{what} {name!r}: {error.strerror or error}") from None
 
 
 def _first_row_is_object(data: bytes) -> bool:
@@ -632,22 +635,18 @@ def _eval_streams(args) -> int:
     given (`<stdin>`) in warnings and errors."""
     import tempfile
 
-    if getattr(sys.stdin, "buffer", None) is None and any(str(sample) == STDIN for sample in args.samples):
-        raise BacoError("'-': this process has no standard input to read")
     with tempfile.TemporaryDirectory(prefix="baco-eval-") as folder:
         names, copies = {}, []
         for number, sample in enumerate(args.samples):
             if str(sample) != STDIN and not is_stream(sample):
                 copies.append(sample)
                 continue
+            data, names_it = read_once(sample, "samples file")
             name = "stdin.jsonl" if str(sample) == STDIN else sample.name if sample.suffix else f"{sample.name}.jsonl"
             copy = Path(folder) / str(number) / name
             copy.parent.mkdir()
-            try:
-                copy.write_bytes(sys.stdin.buffer.read() if str(sample) == STDIN else sample.read_bytes())
-            except OSError as error:
-                raise BacoError(f"cannot read {str(sample)!r}: {error.strerror or error}") from None
-            names[str(copy)] = "<stdin>" if str(sample) == STDIN else str(sample)
+            copy.write_bytes(data)
+            names[str(copy)] = names_it
             copies.append(copy)
 
         def as_given(text: str) -> str:
