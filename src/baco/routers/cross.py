@@ -33,6 +33,8 @@ from baco.routers.view import Route
 CHAR, WORD, PIECE = "char", "word", "piece"
 UNITS: dict[str, str] = {}  # registered cross-tokenizer method -> the unit it decides on
 WORD_RULES = ("p", "h", "punc", "fc", "p-punc", "h-punc", "p-fc", "rand", "nudge")
+# those that read the aligned model's predicted piece of text (is it punctuation, a function word?)
+READS_PIECE = frozenset(f"{rule}-words" for rule in ("punc", "fc", "p-punc", "h-punc", "p-fc"))
 
 
 def unit_of(router: str | Router) -> str | None:
@@ -134,8 +136,7 @@ for _spec in [s for s in list_routers() if s.name in WORD_RULES]:
 def reads_next_piece(router: Router) -> bool:
     """Whether a router per word reads the aligned model's next piece of text (PUNC, FC and their mixes): it may
     need a lookahead forward to know it."""
-    name = str(getattr(getattr(router, "spec", None), "name", ""))
-    return UNITS.get(name) == WORD and any(part in ("punc", "fc") for part in name.removesuffix("-words").split("-"))
+    return str(getattr(getattr(router, "spec", None), "name", "")) in READS_PIECE
 
 
 def token_alternatives() -> str:
