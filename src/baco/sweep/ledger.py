@@ -30,7 +30,7 @@ from pathlib import Path
 from baco.errors import IntegrityError
 from baco.storage import JsonlScan, append_row, scan_jsonl, stable_id
 from baco.sweep.config import Cell, SweepConfig
-from baco.sweep.store import SampleStore, is_sample_row, row_problem
+from baco.sweep.store import SampleStore, row_problem
 
 SAMPLES, PLAN, CELLS = "samples.jsonl", "plan.jsonl", "cells.jsonl"
 
@@ -200,8 +200,8 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
     unusable = dict(scan.corrupt) | ({scan.torn[0]: "torn last line"} if scan.torn else {})
     seen, rows, strangers = set(), [], {}
     for number, row in scan.rows:
-        if not is_sample_row(row):
-            unusable[number] = row_problem(row)
+        if problem := row_problem(row):
+            unusable[number] = problem
             continue
         cell = cells.get(row["cell"])
         if cell is None:
