@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny random base/aligned pair on disk per test session, and a copy taught numbered lists."""
+"""Shared fixtures: one tiny random base/aligned pair on disk per test session, a copy taught numbered lists, and
+the embedded Gemma pair loaded once per session for the `slow` tests that only use it (~10 s a load)."""
 
 import shutil
 
@@ -42,3 +43,16 @@ def verbalizing_dirs(tiny_dirs, tmp_path_factory):
                 for prompt, answer in NUMBERED_ANSWERS.items()]
     memorise(lm.model, examples).save_pretrained(aligned)
     return base, aligned
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The embedded pair as `Collaboration.from_pretrained()` loads it on the CPU: one forward (the adapter's rows
+    stepped beside the base's on one copy of the weights). Tests use it, never change it."""
+    return Collaboration.from_pretrained()
+
+
+@pytest.fixture(scope="session")
+def gemma_two_models():
+    """The embedded pair as two models (`one_forward="off"`: the adapter merged into a copy of the base)."""
+    return Collaboration.from_pretrained(one_forward="off")

@@ -47,6 +47,8 @@ def test_engine_memory_measures_within_what_auto_sizing_reserves():
 
 
 def test_first_call_race_compares_each_process_first_generation_with_its_second():
-    out = script("first_call_race.py", "--processes", "2", "--tokens", "1")
+    """--bare: torch's unary functions without the models (2 s a process, not 20: the model-loading child is
+    `Collaboration.from_pretrained()` and `generate`, which test_embedded runs)."""
+    out = script("first_call_race.py", "--processes", "2", "--bare")
     assert "without warm-up (BACO_VML_WARMUP=0): " in out and " of 1 processes' first call differed" in out
     assert "with warm-up (default): 0 of 1 processes" in out  # baco's default: the race cannot hit

@@ -28,6 +28,42 @@ def test_conversion_is_atomic_when_saving_fails(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []  # no staging directory left either
 
 
+def test_two_first_uses_at_once_convert_once_and_both_get_the_whole_directory(tiny_dirs, tmp_path, monkeypatch,
+                                                                              capfd):
+    """Two processes needing an unconverted model at once (two terminals, a sweep's local Ray workers): one
+    converts, the other waits for it and uses its directory. Before, both converted, and the second deleted the
+    directory that the first had just put in place while the first was loading it."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from baco.models.gguf_export import write_llama_gguf
+
+    gguf = write_llama_gguf(tiny_dirs[0], tmp_path / "tiny.gguf")
+    monkeypatch.setenv("BACO_CACHE", str(tmp_path / "cache"))
+    real, conversions, asked = embedded.convert_gguf, [], threading.Barrier(2, timeout=30)
+
+    def convert(*args, **kwargs):
+        conversions.append(args[1])
+        return real(*args, **kwargs)
+
+    def the_gguf():  # both threads are past the cache check before either converts
+        time.sleep(0.5)
+        return gguf
+
+    monkeypatch.setattr(embedded, "convert_gguf", convert)
+
+    def first_use(_):
+        asked.wait()
+        return embedded._converted("tiny", "float32", the_gguf, gemma=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(first_use, range(2)))
+    assert len(conversions) == 1 and made[0] == made[1] == tmp_path / "cache" / "tiny-float32"
+    assert (made[0] / "config.json").exists() and (made[0] / "baco-source.json").exists()
+    assert f"another process is preparing {made[0]}; waiting for it" in capfd.readouterr().err
+
+
 def test_a_corrupt_gguf_is_a_clear_error_with_a_repair_hint(tmp_path):
     bad = tmp_path / "gemma-3-270m-q4_k_m.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
@@ -67,11 +103,9 @@ def test_cached_safetensors_give_the_gguf_logits():
     assert tokenizer.chat_template == embedded.GEMMA_CHAT_TEMPLATE
 
 
-@pytest.fixture(scope="module")
-def gemma_pair():
-    from baco import Collaboration
-
-    return Collaboration.from_pretrained()  # the embedded default pair
+@pytest.fixture
+def gemma_pair(gemma):
+    return gemma  # the embedded default pair (conftest: loaded once per session)
 
 
 @pytest.mark.slow

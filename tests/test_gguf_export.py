@@ -160,14 +160,14 @@ NEAR_TIE = 0.5
 
 
 @pytest.mark.slow
-def test_embedded_adapter_as_gguf_lora_agrees_with_the_hf_aligned_model():
+def test_embedded_adapter_as_gguf_lora_agrees_with_the_hf_aligned_model(gemma_two_models):
     from baco.models import embedded
     from baco.models.gguf_export import aligned_lora_gguf
-    from baco.models.hf import HFCausalLM
 
     lora = aligned_lora_gguf()
     assert lora.parent == embedded.cache_dir() and aligned_lora_gguf() == lora
-    aligned = HFCausalLM.from_pretrained(embedded.ALIGNED_ALIAS)  # merged, bf16
+    aligned = gemma_two_models.pair.aligned  # the adapter merged, bf16
+    assert aligned.model.dtype == torch.bfloat16
     tokenizer = aligned.tokenizer
     texts = [("Name a fruit.", "An apple is a sweet fruit that grows on trees."),
              ("Tell me a story about a dragon.", "Once upon a time, a small dragon lived in a cave by the sea."),

