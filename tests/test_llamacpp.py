@@ -210,6 +210,7 @@ def test_a_sweep_cell_on_llamacpp_runs_the_embedded_pair(tmp_path):
 
     engines = Engines.load("baco:gemma-3-270m", "baco:gemma-3-270m-aligned", backend="llamacpp")
     assert engines.pair.base.weights is engines.pair.aligned.weights  # one copy of the Q4_K_M weights
+    assert engines.pair.base.tokenizer is engines.pair.aligned.tokenizer  # and of the tokenizer (~5 s a read)
     assert engines.solo_aligned.base.lora
 
 

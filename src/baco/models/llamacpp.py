@@ -414,7 +414,12 @@ def load_llamacpp_models(base, aligned, *, base_tokenizer=None, aligned_tokenize
     aliases, the base is the shipped Q4_K_M GGUF and the aligned side that GGUF plus baco's adapter, written
     once as a GGUF LoRA (both sides share one copy of the weights). Tokenizers: read from the GGUF by
     transformers unless given (an HF tokenizer of the same vocabulary, e.g. with a chat template the GGUF lacks)."""
+    from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
+
     base_weights, base_tok, base_lora, base_eos = _side(base, tokenizer=base_tokenizer)
+    embedded = (BASE_ALIAS, ALIGNED_ALIAS)
+    if aligned_tokenizer is None and str(base) in embedded and str(aligned) in embedded:
+        aligned_tokenizer = base_tok  # one Gemma tokenizer, read once (~5 s a read)
     aligned_weights, aligned_tok, lora, aligned_eos = _side(aligned, base_weights, aligned_tokenizer)
     aligned_tok = aligned_tok if aligned_tok is not None else base_tok
     return (LlamaCppLM(base_weights, base_tok, str(base), base_lora, base_eos),
