@@ -64,6 +64,36 @@ def test_two_first_uses_at_once_convert_once_and_both_get_the_whole_directory(ti
     assert f"another process is preparing {made[0]}; waiting for it" in capfd.readouterr().err
 
 
+def test_a_conversion_parses_the_gguf_once_and_writes_what_four_parses_write(tiny_dirs, tmp_path, monkeypatch):
+    """transformers parses a GGUF's header for the tokenizer, the model's config and its weights: three times
+    ~30 s for Gemma's 262k-entry vocabulary. The conversion shares one parse (the embedded base's first use:
+    48 s instead of 84), and writes the same files."""
+    import contextlib
+
+    import gguf as gguf_library
+    from safetensors.torch import load_file
+
+    from baco.models.gguf_export import write_llama_gguf
+
+    gguf = write_llama_gguf(tiny_dirs[0], tmp_path / "tiny.gguf")
+    original, opened = gguf_library.GGUFReader, []
+
+    def spy(path, *args, **kwargs):
+        opened.append(path)
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf_library, "GGUFReader", spy)
+    once = embedded.convert_gguf(gguf, tmp_path / "once", "float32", gemma=False)
+    assert len(opened) == 1 and gguf_library.GGUFReader is spy  # restored after the conversion
+    monkeypatch.setattr(embedded, "parsed_once", lambda path: contextlib.nullcontext())
+    every = embedded.convert_gguf(gguf, tmp_path / "every", "float32", gemma=False)
+    assert len(opened) >= 2  # transformers' own reads: one parse each
+    expected, got = load_file(every / "model.safetensors"), load_file(once / "model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (every / name).read_text() == (once / name).read_text(), name
+
+
 def test_a_corrupt_gguf_is_a_clear_error_with_a_repair_hint(tmp_path):
     bad = tmp_path / "gemma-3-270m-q4_k_m.gguf"
     bad.write_bytes(b"GGUF" + b"\x00" * 64)
@@ -94,7 +124,8 @@ def test_cached_safetensors_give_the_gguf_logits():
     cached_dir = embedded.base_dir("bfloat16")
     tokenizer = AutoTokenizer.from_pretrained(cached_dir)
     ids = tokenizer("Question: Name a fruit.\nAnswer:", return_tensors="pt")["input_ids"]
-    from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+    with embedded.parsed_once(gguf):  # the model's config and weights from one parse of the header (~30 s each)
+        from_gguf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
     cached = AutoModelForCausalLM.from_pretrained(cached_dir, dtype=torch.bfloat16)
     with torch.no_grad():
         expected = from_gguf(ids).logits.float()
