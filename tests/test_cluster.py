@@ -52,11 +52,17 @@ def raw(tiny_dirs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(raw, tiny_dirs, tmp_path_factory):
-    """The single-process run: sample id -> (text, token ids)."""
+def reference_dir(raw, tiny_dirs, tmp_path_factory):
+    """The single-process run's directory (samples, plan and cell log; not evaluated)."""
     out = tmp_path_factory.mktemp("reference")
     run_cells(parse_config(raw), out, Engines.load(*map(str, tiny_dirs), device="cpu"), progress=False)
-    return samples_of(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+    """The single-process run: sample id -> (text, token ids)."""
+    return samples_of(reference_dir)
 
 
 def wait_for_a_sample(out: Path, until: float, alive=lambda: True) -> None:
@@ -209,13 +215,14 @@ def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw
     assert_complete_and_once(out, reference)
 
 
-def test_the_evaluation_on_ray_gives_the_local_numbers_and_fills_the_shared_cache(cluster, raw, tmp_path):
+def test_the_evaluation_on_ray_gives_the_local_numbers_and_fills_the_shared_cache(cluster, raw, reference_dir,
+                                                                                   tmp_path):
     config = parse_config(raw)
-    run_sweep(config, tmp_path / "ray", evaluate=False, progress=False, ray=RayOptions())
     local_dir = tmp_path / "local"
-    local_dir.mkdir()
-    for name in ("samples.jsonl", "plan.jsonl", "cells.jsonl"):
-        (local_dir / name).write_bytes((tmp_path / "ray" / name).read_bytes())
+    for copy in (tmp_path / "ray", local_dir):  # the samples are made (the test above: as a Ray sweep makes them)
+        copy.mkdir()
+        for name in ("samples.jsonl", "plan.jsonl", "cells.jsonl"):
+            (copy / name).write_bytes((reference_dir / name).read_bytes())
     on_ray = run_sweep(config, tmp_path / "ray", progress=False, ray=RayOptions())
     local = run_sweep(config, local_dir, progress=False)
     assert on_ray["counts"]["generated"] == local["counts"]["generated"] == 0
