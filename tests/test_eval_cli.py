@@ -616,3 +616,36 @@ def test_eval_reads_standard_input_as_a_samples_file_named_stdin(tmp_path, monke
     assert piped["warnings"] == ["<stdin>:4: not valid JSON (Expecting value at column 1); line skipped"]
     assert main(["eval", "-", "-", "--metrics", "distinct-1", "--quiet"]) == 2
     assert "can be given once" in capsys.readouterr().err
+
+
+def test_eval_plots_each_tasks_pareto_planes_as_a_sweep_draws_them(tmp_path, capsys):
+    rows = [{"prompt": prompt, "response": f"{word} {k}", "method": method, "task": task}
+            for task in ("open/ended", "dialogue") for method, word in (("a", "fig"), ("b:0.3", "kiwi jam"),
+                                                                         ("b:0.7", "a plum and a fig"))
+            for prompt in ("Name a fruit.", "Pick a fruit.") for k in range(3)]
+    path = write_rows(tmp_path / "samples.jsonl", rows)
+    flags = ["eval", str(path), "--metrics", "distinct-1,self-bleu,relevance", "--embedding-dtype", "float32"]
+    assert main([*flags, "--plots", str(tmp_path / "plots")]) == 0
+    assert "wrote 2 Pareto plots (PNG and SVG)" in capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["pareto-dialogue.png", "pareto-dialogue.svg", "pareto-open_ended.png", "pareto-open_ended.svg"]
+    assert (tmp_path / "plots" / "pareto-dialogue.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*flags, "--plots", str(tmp_path / "again"), "--quiet"]) == 0  # the same bytes every time
+    assert all((tmp_path / "plots" / name).read_bytes() == (tmp_path / "again" / name).read_bytes() for name in names)
+
+    seeds = write_rows(tmp_path / "seeds.jsonl", sweep_rows({0, 1}))  # a two-seed sweep's file: a plot per seed
+    assert main(["eval", str(seeds), "--metrics", "distinct-1,relevance", "--plots", str(tmp_path / "s"), "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        f"pareto-t-seed{seed}.{suffix}" for seed in (0, 1) for suffix in ("png", "svg")]
+
+
+def test_eval_plots_need_both_kinds_of_metric_and_values_to_draw(tmp_path, capsys):
+    path = write_rows(tmp_path / "samples.jsonl", [{"prompt": "Name a fruit.", "response": "fig", "method": "a"}])
+    assert main(["eval", str(path), "--metrics", "distinct-1", "--plots", str(tmp_path / "plots")]) == 2
+    assert "--plots draws (diversity, quality) planes: --metrics 'distinct-1' has no quality metric" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "plots").exists()  # refused before anything was scored or made
+    assert main(["eval", str(path), "--metrics", "distinct-1,relevance", "--plots", str(tmp_path / "plots"),
+                 "--quiet"]) == 0  # one response per prompt: diversity undefined, no plane to draw
+    assert "--plots: no (diversity, quality) plane has values to draw" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()

@@ -603,6 +603,8 @@ def _add_eval(sub) -> None:
                    help="comma-separated metric names or groups: default, all, diversity, quality, joint, lexical, "
                         "semantic, model (see `baco metrics`)")
     p.add_argument("--out", type=Path, help="write JSON here, and CSV beside it (same name, .csv)")
+    p.add_argument("--plots", help="write Pareto plots (PNG and SVG, one per task, as a sweep draws them) into this "
+                                   "folder; needs a diversity and a quality metric")
     p.add_argument("--method-from", choices=["auto", "field", "file"], default="auto",
                    help="method of a row: auto = its router/method field, else the file name")
     p.add_argument("--reward-model", help="HF sequence-classification reward model (id or directory) for `reward`")
@@ -685,8 +687,16 @@ def cmd_eval(args, named=lambda text: text) -> int:
         raise BacoError("'-' (standard input) can be given once among the samples files")
     if any(str(sample) == STDIN or is_stream(sample) for sample in args.samples):
         return _eval_streams(args)
-    from baco.storage import check_output_file, same_file
+    from baco.storage import check_output_dir, check_output_file, same_file
 
+    if args.plots is not None:
+        from baco.evaluate.registry import resolve_metrics
+
+        args.plots = check_output_dir(_folder(args.plots, "--plots"), "--plots")
+        kinds = {spec.kind for spec in resolve_metrics(args.metrics)}
+        if not {"diversity", "quality"} <= kinds:
+            raise BacoError(f"--plots draws (diversity, quality) planes: --metrics {args.metrics!r} has no "
+                            f"{'diversity' if 'diversity' not in kinds else 'quality'} metric (see `baco metrics`)")
     if args.score_cache:
         check_output_file(args.score_cache, "--score-cache")
     if args.out:
@@ -721,6 +731,15 @@ def cmd_eval(args, named=lambda text: text) -> int:
         write_csv(result, args.out.with_suffix(".csv"))
         if not args.quiet:
             print(f"wrote {args.out} and {args.out.with_suffix('.csv')}", file=sys.stderr)
+    if args.plots is not None:
+        from baco.evaluate.runner import plot_files
+
+        plots = plot_files(result, args.plots)
+        if not plots:
+            print("baco: warning: --plots: no (diversity, quality) plane has values to draw (diversity needs two or "
+                  "more responses per prompt); no plot written", file=sys.stderr)
+        elif not args.quiet:
+            print(f"wrote {len(plots) // 2} Pareto plots (PNG and SVG) to {args.plots}", file=sys.stderr)
     return 0
 
 

@@ -331,6 +331,34 @@ def evaluate_files(paths: list[str | Path], metrics: str | list[str] | None = "d
     return result
 
 
+def plot_files(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """The Pareto plots of an evaluation (`baco eval --plots DIR`), drawn as a sweep's are (`sweep/plots.py`): per
+    task (and per seed, when the samples hold several sweep seeds) a panel per (diversity, quality) plane, each
+    method family in one colour. Files `pareto-TASK.png` / `.svg` (`pareto-TASK-seedS.*` per seed; characters
+    other than letters, digits, `.`, `_` and `-` in a task's name become `_`). None needs both kinds of metric."""
+    import re
+
+    from baco.sweep.plots import plot_planes
+
+    reports = {seed: r.pareto for seed, r in result.by_seed.items()} if result.seeds else {None: result.pareto}
+    if not any(report and report.planes for report in reports.values()):
+        return []
+    configurations = [method for methods in result.summary.values() for method in methods]
+    families = {c: method_family(c) for c in configurations}
+    summary = {"methods": list(dict.fromkeys(families.values())), "families": families,
+               "tasks": list(result.summary), "directions": {s.name: s.higher_is_better for s in result.metrics},
+               "diversity": [s.name for s in result.metrics if s.kind == "diversity"],
+               "quality": [s.name for s in result.metrics if s.kind == "quality"],
+               "planes": {seed: [asdict(plane) for plane in report.planes] for seed, report in reports.items()
+                          if report}}
+
+    def name(task: str, seed) -> str:
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", task)
+        return f"pareto-{safe}" + ("" if seed is None else f"-seed{seed}")
+
+    return plot_planes(summary, out_dir, name=name)
+
+
 def _fmt(value) -> str:
     if value is None:
         return "n/a"

@@ -16,7 +16,14 @@ from baco.storage import atomic_write
 COLUMNS = 5  # panels per row; the (diversity, quality) planes of one quality metric wrap over rows
 
 
-def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
+def plot_name(task: str, seed) -> str:
+    """A sweep's plot files: `pareto-TASK-seedS` (+ .png / .svg)."""
+    return f"pareto-{task}-seed{seed}"
+
+
+def plot_planes(summary: dict, out_dir: str | Path, *, name=plot_name) -> list[Path]:
+    """One PNG and one SVG per (seed, task) of `summary["planes"]` ({seed: [plane dicts]}; seed None: one
+    evaluation without seeds, titled without one), named `name(task, seed)`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,14 +69,14 @@ def plot_planes(summary: dict, out_dir: str | Path) -> list[Path]:
                 ax.set_ylabel(f"{plane['y']} {arrow(plane['y'])}", fontsize=7)
                 ax.tick_params(labelsize=6)
             handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[m], label=m) for m in methods]
-            fig.suptitle(f"{task} (seed {seed}): configurations per method; ringed = global Pareto front",
-                         fontsize=10, y=0.998)
+            which = task if seed is None else f"{task} (seed {seed})"
+            fig.suptitle(f"{which}: configurations per method; ringed = global Pareto front", fontsize=10, y=0.998)
             fig.legend(handles=handles, loc="upper center", ncol=min(len(methods), 10), fontsize=8, frameon=False,
                        bbox_to_anchor=(0.5, 0.985))
             top = 1 - 0.75 / fig.get_figheight()
             fig.tight_layout(rect=(0, 0, 1, top))
             for suffix in ("png", "svg"):
-                path = out / f"pareto-{task}-seed{seed}.{suffix}"
+                path = out / f"{name(task, seed)}.{suffix}"
                 image = io.BytesIO()
                 with matplotlib.rc_context({"svg.hashsalt": "baco"}):  # the same SVG ids every time, not random
                     fig.savefig(image, format=suffix, dpi=110, metadata={"Date": None} if suffix == "svg" else None)
