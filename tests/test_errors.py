@@ -95,8 +95,8 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--temperature", "-1"], "temperature must be"),
-    (["--top-p", "0"], "top_p must be in"),
+    (["--temperature", "-1"], "--temperature must be"),  # the flag, not SamplingParams' field (temperature)
+    (["--top-p", "0"], "--top-p must be in"),
     (["--router", "nope"], "unknown router"),
     (["--base", "/no/where", "--aligned", "/no/where"], "no model directory"),
     (["--prompt", " "], "prompt 0 is empty"),

@@ -74,7 +74,11 @@ def test_generate_checks_every_flag_before_loading_a_model(tmp_path, capsys):
         (["--prompts", str(tmp_path)], "is a folder", ""),
         (["--prompt", "hi", "--chat-template", str(tmp_path / "none.jinja")], "--chat-template", "No such file"),
         (["--prompt", "hi", "--base-template", "no placeholder"], "base_template must contain {prompt}", ""),
-        (["--prompt", "hi", "--temperature", "nan"], "temperature must be a finite number", ""),
+        (["--prompt", "hi", "--temperature", "nan"], "--temperature must be a finite number", ""),
+        (["--prompt", "hi", "--top-k", "-2"], "--top-k must be an integer >= 0", "got -2"),
+        (["--prompt", "hi", "--min-p", "1.5"], "--min-p must be in [0, 1]", "got 1.5"),
+        (["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1", "got 0"),
+        (["--prompt", "hi", "--stop", ""], "--stop strings must be non-empty strings", ""),
         (["--prompt", "hi", "--dtype", "float8"], "unknown dtype 'float8'", ""),
         (["--prompt", "hi", "--device", "gpu"], "unknown device 'gpu'", ""),
     ]

@@ -298,14 +298,18 @@ def cmd_generate(args) -> int:
     load the models."""
     from baco.decode.records import SampleFile, SampleStream, stored_backend
     from baco.decode.sampling import SamplingParams
-    from baco.errors import PromptError
+    from baco.errors import InvalidSamplingParams, PromptError
     from baco.models.llamacpp import choose_backend
     from baco.prompts import prompt_problem
     from baco.routers.neighbours import reads_anchor
     from baco.storage import check_output_file, same_file
 
-    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                              max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
+    try:
+        sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+                                  max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
+    except InvalidSamplingParams as error:  # "top_p must be ..." -> "--top-p must be ...": the flag the user typed
+        knob, _, rest = str(error).partition(" ")
+        raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None
     router = _router_name(args.router)
     if args.anchor and not reads_anchor(router):  # (as a sweep gives the anchor to proxy cells only)
         raise BacoError(f"--anchor is proxy-tuning's third model (--router proxy:B); router {router!r} never reads "
