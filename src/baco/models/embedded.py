@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from importlib.resources import files
 from pathlib import Path
 
@@ -126,23 +127,28 @@ def parsed_once(gguf: Path):
     tokenizer, the model's config, its weights): ~30 s each for Gemma's 262,144-entry vocabulary, on one core.
     The reader is only read from, so one parse serves them all: converting the embedded base takes 48 s instead
     of 84 (2-core Xeon). Other files, or readers opened with other arguments, are parsed as usual; outside the
-    block nothing changes."""
+    block nothing changes. One block at a time in a process (threads wait), so that each puts back the reader it
+    found."""
     import gguf as gguf_library
 
-    original, target, parsed = gguf_library.GGUFReader, os.path.realpath(gguf), []
+    with _PARSING:
+        original, target, parsed = gguf_library.GGUFReader, os.path.realpath(gguf), []
 
-    def reader(path, *args, **kwargs):
-        if args or kwargs or os.path.realpath(path) != target:
-            return original(path, *args, **kwargs)
-        if not parsed:
-            parsed.append(original(path))
-        return parsed[0]
+        def reader(path, *args, **kwargs):
+            if args or kwargs or os.path.realpath(path) != target:
+                return original(path, *args, **kwargs)
+            if not parsed:
+                parsed.append(original(path))
+            return parsed[0]
 
-    gguf_library.GGUFReader = reader
-    try:
-        yield
-    finally:
-        gguf_library.GGUFReader = original
+        gguf_library.GGUFReader = reader
+        try:
+            yield
+        finally:
+            gguf_library.GGUFReader = original
+
+
+_PARSING = threading.Lock()  # `parsed_once` blocks, one at a time
 
 
 def convert_gguf(gguf: Path, target: Path, dtype: str = "bfloat16", gemma: bool = True) -> Path:

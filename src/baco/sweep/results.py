@@ -136,7 +136,7 @@ def per_seed_table(summary: dict) -> str:
 
 
 RESULTS, TABLE, PLOTS = "results.json", "table.md", "plots"
-PLOT_NAME = re.compile(r"pareto-.+-seed\d+\.(?:png|svg)")  # the names `plot_planes` gives its files
+PLOT_NAME = re.compile(r"pareto-.+-seed\d+\.(?:png|svg)")  # the names `plot_planes` gives its files (`plot_name`)
 
 
 def table_text(summary: dict) -> str:
@@ -202,7 +202,9 @@ def _derived_plot_names(summary: dict) -> list[str]:
     planes, tasks = summary.get("planes"), summary.get("tasks")
     if not isinstance(planes, dict) or not isinstance(tasks, list):
         return []
-    return [f"{PLOTS}/pareto-{task}-seed{seed}.png" for seed, of_seed in planes.items() for task in tasks
+    from baco.sweep.plots import plot_name
+
+    return [f"{PLOTS}/{plot_name(task, seed)}.png" for seed, of_seed in planes.items() for task in tasks
             if isinstance(of_seed, list) and any(isinstance(p, dict) and p.get("task") == task for p in of_seed)]
 
 
