@@ -649,3 +649,15 @@ def test_eval_plots_need_both_kinds_of_metric_and_values_to_draw(tmp_path, capsy
                  "--quiet"]) == 0  # one response per prompt: diversity undefined, no plane to draw
     assert "--plots: no (diversity, quality) plane has values to draw" in capsys.readouterr().err
     assert not (tmp_path / "plots").exists()
+
+
+def test_the_table_lines_up_method_names_in_cjk_and_with_accents_as_a_terminal_shows_them(tmp_path, capsys):
+    from baco.display import text_width
+
+    assert [text_width(t) for t in ("abc", "中文", "e\u0301", "ｆｕｌｌ", "")] == [3, 4, 1, 8, 0]
+    rows = [{"prompt": "Name a fruit.", "response": f"{word} {k}", "method": method}
+            for method, word in (("中文方法", "fig"), ("q\u0301q", "kiwi"), ("b", "plum")) for k in range(2)]
+    assert main(["eval", str(write_rows(tmp_path / "s.jsonl", rows)), "--metrics", "distinct-1,distinct-2"]) == 0
+    block = capsys.readouterr().out.split("\n\n")[0].splitlines()[1:]  # the task's table, under its title
+    assert block[0].split()[2:] == ["中文方法", "q\u0301q", "b"]  # (q with an accent: no precomposed form)
+    assert len({text_width(line) for line in block}) == 1  # every column ends where its header ends

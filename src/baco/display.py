@@ -5,12 +5,21 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 
 from baco.decode.records import BASE, MIX, SPAN, Sample
 
 COLOURS = {BASE: "\033[33m", "aligned": "\033[36m", MIX: "\033[35m"}  # base yellow, aligned cyan, mix magenta
 RESET = "\033[0m"
 LEGEND = f"{COLOURS[BASE]}base-written{RESET} / {COLOURS['aligned']}aligned-written{RESET}"
+
+
+def text_width(text: str) -> int:
+    """The columns a terminal gives `text`: two for East Asian wide and fullwidth characters (Unicode's East Asian
+    Width, UAX #11: CJK ideographs, kana, hangul), none for combining marks and zero-width format characters, one
+    for the others. Tables padded by `len` misalign a name such as `中文`."""
+    return sum(0 if unicodedata.category(char) in ("Mn", "Me", "Cf") else
+               2 if unicodedata.east_asian_width(char) in ("W", "F") else 1 for char in text)
 
 
 def is_terminal(stream=None) -> bool:

@@ -426,9 +426,17 @@ def _pareto_over_seeds_lines(result: EvalResult) -> list[str]:
 
 
 def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
-            for r in rows]
+    """The first column left-aligned, the others right-aligned, padded to the columns a terminal shows (a CJK
+    character takes two: `display.text_width`)."""
+    from baco.display import text_width
+
+    widths = [max(text_width(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def pad(cell: str, width: int, left: bool) -> str:
+        space = " " * (width - text_width(cell))
+        return cell + space if left else space + cell
+
+    return ["  ".join(pad(cell, w, i == 0) for i, (cell, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
 
 
 def write_json(result: EvalResult, path: str | Path) -> None:
