@@ -436,6 +436,18 @@ def test_check_names_the_line_of_a_corrupt_plan_instead_of_calling_it_missing(ti
     assert f"{plan} holds no complete plan line" in err and "--config" in err and "does not exist" not in err
 
 
+def test_check_names_a_corrupt_cell_log_line_as_a_note_and_the_samples_stay_ok(tiny_dirs, tmp_path, engines, capsys):
+    """cells.jsonl logs each finished cell; a line of it hand-edited or cut off (a kill) was skipped without a word."""
+    run = tmp_path / "run"
+    run_cells(parse_config(small_config(tmp_path, tiny_dirs)), run, engines, progress=False)
+    log = run / "cells.jsonl"
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text(lines[0] + "{oops\n" + "".join(lines[1:]) + '{"cell": "mi')  # a corrupt line, a torn last one
+    assert main(["check", str(run)]) == 0  # every sample is stored once: the log is not the samples
+    out = capsys.readouterr().out
+    assert f"note: {log}:2: not valid JSON" in out and f"note: {log}:{len(lines) + 2}: torn last line" in out
+
+
 def test_check_and_dry_run_need_no_lock_and_change_nothing(tiny_dirs, tmp_path, engines, capsys):
     from baco.sweep.lock import RunLock
 

@@ -889,6 +889,10 @@ def cmd_check(args) -> int:
         print(problem)
     for key, count in result.strangers.items():
         print(f"{key}: {count} samples of a cell that no plan names")
+    for problem in result.log_problems:  # a note, not a problem: the samples are whole; a cell whose log line is
+        # lost counts as unfinished (a rerun of the sweep logs it again)
+        print(f"note: {problem} (the cell log; skipped: a cell it does not log as finished is checked against its "
+              f"plan, and the sweep logs it again)")
     mixed = result.mixed_numerics()
     if mixed:  # a note, not a problem: each sample is what its cell's run made
         print(f"note: the cells ran with different numerics, so their samples may round differently "

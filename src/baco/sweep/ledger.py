@@ -107,19 +107,20 @@ def record_plan(run_dir: str | Path, plan: Plan) -> None:
             append_row(Path(run_dir) / PLAN, {"cell": key, "samples": samples})
 
 
-def cell_log(run_dir: str | Path, plan: Plan) -> tuple[dict[str, int], dict[str, dict]]:
+def cell_log(run_dir: str | Path, plan: Plan) -> tuple[dict[str, int], dict[str, dict], list[str]]:
     """What cells.jsonl says of the planned cells, read once: those that ran to their end under their current plan,
-    with how many samples they held then; and what each one's rounding depended on (`numerics` of its latest line;
-    lines from before baco recorded it have none)."""
+    with how many samples they held then; what each one's rounding depended on (`numerics` of its latest line;
+    lines from before baco recorded it have none); and its unreadable lines, named (`path:line: why`)."""
     totals, numerics = {}, {}
-    for _, row in scan_jsonl(Path(run_dir) / CELLS).rows:
+    scan = scan_jsonl(Path(run_dir) / CELLS)
+    for _, row in scan.rows:
         if not isinstance(row, dict) or row.get("cell") not in plan:
             continue
         if row.get("complete") and isinstance(row.get("total"), int) and row.get("planned") == len(plan[row["cell"]]):
             totals[row["cell"]] = row["total"]
         if isinstance(row.get("numerics"), dict):
             numerics[row["cell"]] = row["numerics"]
-    return totals, numerics
+    return totals, numerics, scan.problems()
 
 
 @dataclass
@@ -153,6 +154,7 @@ class Audit:
     rows: list[dict]  # the planned samples, each once, in file order
     numerics: dict[str, dict] = field(default_factory=dict)  # per cell, what its rounding depended on (`cell_log`)
     unusable: dict[int, str] = field(default_factory=dict)  # line number -> why no reader uses it (`repair` moves it)
+    log_problems: list[str] = field(default_factory=list)  # unreadable lines of cells.jsonl (`cell_log`)
 
     @property
     def ok(self) -> bool:
@@ -193,7 +195,7 @@ class Audit:
 def audit(run_dir: str | Path, plan: Plan) -> Audit:
     """Compare what the plan asks for with what samples.jsonl and cells.jsonl hold (reads only)."""
     run_dir = Path(run_dir)
-    totals, numerics = cell_log(run_dir, plan)
+    totals, numerics, log_problems = cell_log(run_dir, plan)
     cells = {key: CellAudit(key, len(ids), min(totals.get(key, len(ids)), len(ids))) for key, ids in plan.items()}
     scan = SampleStore(run_dir / SAMPLES).scan()
     problems = store_problems(scan)
@@ -224,7 +226,7 @@ def audit(run_dir: str | Path, plan: Plan) -> Audit:
             seen.add((row["cell"], pair))
             cell.stored.add(pair)
             rows.append(row)
-    return Audit(cells, problems, strangers, rows, numerics, unusable)
+    return Audit(cells, problems, strangers, rows, numerics, unusable, log_problems)
 
 
 REJECTED = "samples.rejected.jsonl"  # where `repair` moves the lines of samples.jsonl that no reader uses
