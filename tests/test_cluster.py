@@ -215,6 +215,31 @@ def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw
     assert_complete_and_once(out, reference)
 
 
+def test_sigterm_stops_a_ray_generate_as_locally_keeping_its_samples_for_the_rerun(cluster, tiny_dirs, tmp_path):
+    """`ray.init` puts its own SIGTERM handler (`sys.exit(15)`) in place of baco's: a job scheduler ending the run
+    must still get the line saying what was kept and exit 143, as without --ray; the same command then completes."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "samples.jsonl"
+    common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
+              "--n", "4", "--max-new-tokens", "48", "--seed", "3", "--device", "cpu", "--quiet", "--out", str(out),
+              "--ray", cluster, "--workers", "1", "--shard-size", "1",
+              "--max-batch", "1"]  # one sample at a time: the run lasts seconds
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-m", "baco", *common], env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_a_sample(tmp_path, time.monotonic() + 240, alive=lambda: child.poll() is None)  # (its samples.jsonl)
+    child.send_signal(signal.SIGTERM)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    kept = len(out.read_text().splitlines())
+    assert f"terminated (SIGTERM): {kept} finished samples kept in {out}" in err
+    assert 0 < kept < len(PROMPTS) * 4
+    assert main(common) == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == len(PROMPTS) * 4
+
+
 def test_the_evaluation_on_ray_gives_the_local_numbers_and_fills_the_shared_cache(cluster, raw, reference_dir,
                                                                                    tmp_path):
     config = parse_config(raw)

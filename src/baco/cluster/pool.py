@@ -14,7 +14,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections import deque
@@ -41,7 +43,8 @@ def connected(options: RayOptions):
     try:
         # workers' own output stays in the cluster's log files (/tmp/ray/session_latest/logs on each node);
         # their errors come back here as exceptions
-        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+        with _sigterm_kept():
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
         where = options.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ClusterError(f"cannot start or reach the Ray cluster ({where}): {error}") from None
@@ -49,6 +52,19 @@ def connected(options: RayOptions):
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _sigterm_kept():
+    """Put back this process's SIGTERM handler after `ray.init`, which replaces it with `sys.exit(15)`: the CLI's
+    handler stops a command as Ctrl-C does (its finished samples kept, a line saying so, exit 143)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _check_reachable(address: str | None, named: str = "", timeout: float = 10.0) -> None:
