@@ -310,9 +310,11 @@ def test_ray_options_are_checked_before_ray_starts(options, message):
         RayOptions(**options)
 
 
-def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys):
-    assert main(["generate", "--prompt", "Hi.", "--workers", "2"]) == 2
-    assert "--workers applies to Ray workers: add --ray" in capsys.readouterr().err
+@pytest.mark.parametrize("flag", ["--workers", "--gpus-per-worker", "--cpus-per-worker", "--shard-size"])
+def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys, flag):
+    """Not a local run that silently ignores them (the user forgot --ray)."""
+    assert main(["generate", "--prompt", "Hi.", flag, "2"]) == 2
+    assert f"{flag} applies to Ray workers: add --ray" in capsys.readouterr().err
 
 
 def test_the_local_path_never_imports_ray(tiny_dirs, tmp_path):

@@ -49,7 +49,7 @@ def _add_ray(p):
                    help="Ray workers; none: one per GPU of the cluster, else one per --cpus-per-worker CPUs")
     g.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs each worker holds; none: 1 where the cluster has GPUs, else 0")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds")
+    g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs each worker holds (default: 1)")
     return g
 
 
@@ -57,6 +57,7 @@ def _ray_options(args):
     """RayOptions from --ray and its flags (checked before any model loads), or None for a local run."""
     if args.ray is None:
         given = [flag for flag, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker),
+                                          ("--cpus-per-worker", args.cpus_per_worker),
                                           ("--shard-size", getattr(args, "shard_size", None))) if value is not None]
         if given:
             raise BacoError(f"{given[0]} applies to Ray workers: add --ray")
@@ -64,7 +65,8 @@ def _ray_options(args):
     from baco.cluster.options import RayOptions, require_ray
 
     options = RayOptions(address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                         cpus_per_worker=args.cpus_per_worker, shard_size=getattr(args, "shard_size", None))
+                         cpus_per_worker=1.0 if args.cpus_per_worker is None else args.cpus_per_worker,
+                         shard_size=getattr(args, "shard_size", None))
     require_ray()
     return options
 
