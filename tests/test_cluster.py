@@ -274,6 +274,18 @@ def test_a_worker_that_cannot_load_its_models_is_one_clear_error(cluster, tiny_d
     assert code == 2 and "no-such-model" in err and "Traceback" not in err
 
 
+def test_one_forward_reaches_the_workers_as_it_reaches_a_local_load(cluster, tiny_dirs, capsys):
+    """`--one-forward on` on a pair that is not base + its adapter is refused locally; on Ray the workers load the
+    models, so they must get the flag too (not load with `auto`, silently doing what the user ruled out)."""
+    args = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.", "--quiet",
+            "--device", "cpu", "--max-new-tokens", "2", "--one-forward", "on"]
+    assert main(args) == 2
+    local = capsys.readouterr().err
+    assert "one_forward='on' needs the aligned model to be a LoRA adapter" in local
+    assert main(args + ["--ray"]) == 2
+    assert capsys.readouterr().err == local
+
+
 def test_more_workers_than_the_cluster_holds_is_refused(cluster, tiny_dirs, capsys):
     code = main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.",
                  "--quiet", "--ray", "--workers", "3"])

@@ -401,7 +401,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                  device=args.device, prompt_format=fmt, router=args.router, n=args.n,
                                  sampling=sampling, batch_size=args.batch_size, skip=skip, max_len=args.max_len,
                                  backend=backend, compile=args.compile, options=cluster,
-                                 memory_fraction=args.memory_fraction)
+                                 memory_fraction=args.memory_fraction, one_forward=args.one_forward)
     colour = use_colour(args.color)
     terminal = colour or is_terminal()  # (a forced --color always is read on one)
     show = not args.quiet and str(args.out) != STDIN  # (`--out -`: stdout holds the samples' JSON Lines alone)
