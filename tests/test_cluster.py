@@ -322,6 +322,15 @@ def test_ray_options_are_checked_before_ray_starts(options, message):
         RayOptions(**options)
 
 
+def test_workers_that_ask_for_no_resources_always_fit():
+    """Ray places actors of 0 CPUs and 0 GPUs without limit (to oversubscribe a node): such --workers N are made."""
+    cluster = {"CPU": 2.0}
+    assert RayOptions(workers=3, cpus_per_worker=0, gpus_per_worker=0).worker_count(cluster) == 3
+    assert RayOptions(cpus_per_worker=0, gpus_per_worker=0).worker_count(cluster) == 1  # none asked: one
+    with pytest.raises(ClusterError, match="at most 4 such workers"):
+        RayOptions(workers=5, cpus_per_worker=0.5).worker_count(cluster)
+
+
 @pytest.mark.parametrize("flag", ["--workers", "--gpus-per-worker", "--cpus-per-worker", "--shard-size"])
 def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys, flag):
     """Not a local run that silently ignores them (the user forgot --ray)."""
