@@ -311,6 +311,24 @@ def test_an_address_nothing_answers_at_is_one_clear_error_within_seconds(tiny_di
                                                 f"or give its address"]
 
 
+def test_ray_auto_finding_no_cluster_says_what_to_do_in_baco_s_flags(monkeypatch, tiny_dirs, capsys):
+    """Ray's own message asks for an `--address` flag, which baco does not have: name --ray's forms instead."""
+    def no_cluster(**kwargs):  # what ray.init(address="auto") raises where no cluster runs
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.",
+                 "--quiet", "--ray", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--address" not in err
+    assert err.strip() == ("baco: error: --ray auto found no Ray cluster (RAY_ADDRESS is unset and no `ray start` "
+                           "cluster runs on this machine); start one (`ray start --head`), give its address "
+                           "(--ray HOST:6379) or give --ray alone to start a local one")
+
+
 @pytest.mark.parametrize("options, message", [
     ({"workers": 0}, "--workers must be an integer >= 1"),
     ({"gpus_per_worker": -1}, "--gpus-per-worker must be a number >= 0"),

@@ -46,6 +46,10 @@ def connected(options: RayOptions):
         with _sigterm_kept():
             ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
+        if isinstance(error, ConnectionError) and options.address == "auto" and not os.environ.get("RAY_ADDRESS"):
+            raise ClusterError("--ray auto found no Ray cluster (RAY_ADDRESS is unset and no `ray start` cluster "
+                               "runs on this machine); start one (`ray start --head`), give its address "
+                               "(--ray HOST:6379) or give --ray alone to start a local one") from None
         where = options.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ClusterError(f"cannot start or reach the Ray cluster ({where}): {error}") from None
     try:
