@@ -329,6 +329,18 @@ def test_ray_auto_finding_no_cluster_says_what_to_do_in_baco_s_flags(monkeypatch
                            "(--ray HOST:6379) or give --ray alone to start a local one")
 
 
+@pytest.mark.parametrize("config", ["sweep.yaml", "configs/x.yml", "c.json"])
+def test_a_configuration_read_as_the_ray_address_is_named_as_such(tmp_path, capsys, config):
+    """`baco sweep --ray CONFIG`: --ray takes an optional address, so it swallows the configuration; say so, not
+    just that the configuration is missing."""
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--ray", config])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert f"argument --ray: {config} is read as the Ray address; put --ray after the configuration " \
+           f"(baco sweep {config} --ray) or give the address first (--ray auto {config})" in err
+
+
 @pytest.mark.parametrize("options, message", [
     ({"workers": 0}, "--workers must be an integer >= 1"),
     ({"gpus_per_worker": -1}, "--gpus-per-worker must be a number >= 0"),

@@ -38,10 +38,25 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_ray(p):
-    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra)."""
+def _ray_address_before(command: str):
+    """`type` of --ray for a command with a CONFIG positional: --ray takes an optional address, so `--ray CONFIG`
+    reads the configuration as the address (and argparse then says only that the configuration is missing)."""
+    def address(text: str) -> str:
+        if text.lower().endswith((".yaml", ".yml", ".json")):
+            raise argparse.ArgumentTypeError(
+                f"{text} is read as the Ray address; put --ray after the configuration "
+                f"({command} {text} --ray) or give the address first (--ray auto {text})")
+        return text
+
+    return address
+
+
+def _add_ray(p, command: str | None = None):
+    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra). `command`: one
+    with a CONFIG positional (`baco sweep`), which --ray must not swallow."""
     g = p.add_argument_group("on a Ray cluster (needs ray, baco's ray extra; see docs/cluster.md)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   type=_ray_address_before(command) if command else str,
                    help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
                         "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
                         "same, else a new local Ray. This process still writes every output file")
@@ -776,7 +791,7 @@ def _add_sweep(sub) -> None:
                    "compiling takes a while per batch size: for long sweeps; docs/backends.md)")
     _add_memory_fraction(p, "with batch_size: auto in the configuration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_ray(p)
+    _add_ray(p, "baco sweep")
     p.set_defaults(run=cmd_sweep)
 
 
