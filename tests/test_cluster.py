@@ -329,6 +329,18 @@ def test_ray_auto_finding_no_cluster_says_what_to_do_in_baco_s_flags(monkeypatch
                            "(--ray HOST:6379) or give --ray alone to start a local one")
 
 
+@pytest.mark.parametrize("address", ["", " "])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi."], ["sweep", "sweep.yaml"]])
+def test_an_empty_ray_address_is_refused_not_read_as_a_bare_ray(command, address, capsys):
+    """`--ray "$HEAD"` with HEAD unset must not start a new local cluster in place of the one meant (an empty
+    --out or --seeds is refused the same way)."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--ray", address])
+    assert stop.value.code == 2
+    assert "argument --ray: the address is empty (an unset variable?); give HOST:6379, ray://HOST:10001 or auto, " \
+           "or --ray alone to start a local cluster" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("config", ["sweep.yaml", "configs/x.yml", "c.json"])
 def test_a_configuration_read_as_the_ray_address_is_named_as_such(tmp_path, capsys, config):
     """`baco sweep --ray CONFIG`: --ray takes an optional address, so it swallows the configuration; say so, not

@@ -38,11 +38,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _ray_address_before(command: str):
-    """`type` of --ray for a command with a CONFIG positional: --ray takes an optional address, so `--ray CONFIG`
-    reads the configuration as the address (and argparse then says only that the configuration is missing)."""
+def _ray_address(command: str | None):
+    """`type` of --ray's ADDRESS (a bare --ray is not checked: argparse gives it `const`). An empty one (`--ray
+    "$HEAD"`, HEAD unset) is refused rather than read as a bare --ray, which would start a new local cluster. For
+    a command with a CONFIG positional: --ray takes an optional address, so `--ray CONFIG` reads the configuration
+    as the address (and argparse then says only that the configuration is missing)."""
     def address(text: str) -> str:
-        if text.lower().endswith((".yaml", ".yml", ".json")):
+        if not text.strip():
+            raise argparse.ArgumentTypeError("the address is empty (an unset variable?); give HOST:6379, "
+                                             "ray://HOST:10001 or auto, or --ray alone to start a local cluster")
+        if command and text.lower().endswith((".yaml", ".yml", ".json")):
             raise argparse.ArgumentTypeError(
                 f"{text} is read as the Ray address; put --ray after the configuration "
                 f"({command} {text} --ray) or give the address first (--ray auto {text})")
@@ -56,7 +61,7 @@ def _add_ray(p, command: str | None = None):
     with a CONFIG positional (`baco sweep`), which --ray must not swallow."""
     g = p.add_argument_group("on a Ray cluster (needs ray, baco's ray extra; see docs/cluster.md)")
     g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
-                   type=_ray_address_before(command) if command else str,
+                   type=_ray_address(command),
                    help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
                         "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
                         "same, else a new local Ray. This process still writes every output file")
