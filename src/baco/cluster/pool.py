@@ -60,14 +60,15 @@ def connected(options: RayOptions):
 
 @contextmanager
 def _sigterm_kept():
-    """Put back this process's SIGTERM handler after `ray.init`, which replaces it with `sys.exit(15)`: the CLI's
-    handler stops a command as Ctrl-C does (its finished samples kept, a line saying so, exit 143)."""
+    """Put back this process's own SIGTERM handler after `ray.init`, which replaces it with `sys.exit(15)`: the
+    CLI's handler stops a command as Ctrl-C does (its finished samples kept, a line saying so, exit 143). Where
+    none was set (the default action), Ray's stays: a script then exits as Ray makes it."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         yield
     finally:
-        if previous is not None:
+        if callable(previous):
             signal.signal(signal.SIGTERM, previous)
 
 
