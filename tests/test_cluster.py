@@ -341,6 +341,15 @@ def test_an_empty_ray_address_is_refused_not_read_as_a_bare_ray(command, address
            "or --ray alone to start a local cluster" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi."], ["sweep", "sweep.yaml"]])
+def test_a_bare_ray_passes_the_address_checks_and_means_no_address(command):
+    from baco.cli import _ray_options, build_parser
+
+    for argv in ([*command, "--ray"], [*command, "--ray", "--workers", "1"]):
+        args = build_parser().parse_args(argv)
+        assert _ray_options(args).address is None
+
+
 @pytest.mark.parametrize("config", ["sweep.yaml", "configs/x.yml", "c.json"])
 def test_a_configuration_read_as_the_ray_address_is_named_as_such(tmp_path, capsys, config):
     """`baco sweep --ray CONFIG`: --ray takes an optional address, so it swallows the configuration; say so, not

@@ -39,7 +39,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _ray_address(command: str | None):
-    """`type` of --ray's ADDRESS (a bare --ray is not checked: argparse gives it `const`). An empty one (`--ray
+    """`type` of --ray's ADDRESS (a bare --ray is not checked: its `const` is not a string). An empty one (`--ray
     "$HEAD"`, HEAD unset) is refused rather than read as a bare --ray, which would start a new local cluster. For
     a command with a CONFIG positional: --ray takes an optional address, so `--ray CONFIG` reads the configuration
     as the address (and argparse then says only that the configuration is missing)."""
@@ -60,7 +60,7 @@ def _add_ray(p, command: str | None = None):
     """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra). `command`: one
     with a CONFIG positional (`baco sweep`), which --ray must not swallow."""
     g = p.add_argument_group("on a Ray cluster (needs ray, baco's ray extra; see docs/cluster.md)")
-    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+    g.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",  # True: a bare --ray
                    type=_ray_address(command),
                    help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
                         "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
@@ -84,7 +84,7 @@ def _ray_options(args):
         return None
     from baco.cluster.options import RayOptions, require_ray
 
-    options = RayOptions(address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+    options = RayOptions(address=None if args.ray is True else args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                          cpus_per_worker=1.0 if args.cpus_per_worker is None else args.cpus_per_worker,
                          shard_size=getattr(args, "shard_size", None))
     require_ray()
