@@ -84,7 +84,8 @@ def _ray_options(args):
         return None
     from baco.cluster.options import RayOptions, require_ray
 
-    options = RayOptions(address=None if args.ray is True else args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+    options = RayOptions(address=None if args.ray is True else args.ray, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker,
                          cpus_per_worker=1.0 if args.cpus_per_worker is None else args.cpus_per_worker,
                          shard_size=getattr(args, "shard_size", None))
     require_ray()
