@@ -215,6 +215,31 @@ def test_an_interrupted_ray_sweep_resumes_with_only_what_is_missing(cluster, raw
     assert_complete_and_once(out, reference)
 
 
+def test_sigterm_stops_a_ray_generate_as_locally_keeping_its_samples_for_the_rerun(cluster, tiny_dirs, tmp_path):
+    """`ray.init` puts its own SIGTERM handler (`sys.exit(15)`) in place of baco's: a job scheduler ending the run
+    must still get the line saying what was kept and exit 143, as without --ray; the same command then completes."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    out = tmp_path / "samples.jsonl"
+    common = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompts", str(prompts),
+              "--n", "4", "--max-new-tokens", "48", "--seed", "3", "--device", "cpu", "--quiet", "--out", str(out),
+              "--ray", cluster, "--workers", "1", "--shard-size", "1",
+              "--max-batch", "1"]  # one sample at a time: the run lasts seconds
+    source = str(Path(baco.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([source, os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-m", "baco", *common], env=env, stderr=subprocess.PIPE, text=True)
+    wait_for_a_sample(tmp_path, time.monotonic() + 240, alive=lambda: child.poll() is None)  # (its samples.jsonl)
+    child.send_signal(signal.SIGTERM)
+    err = child.communicate(timeout=120)[1]
+    assert child.returncode == 128 + signal.SIGTERM, err[-2000:]
+    kept = len(out.read_text().splitlines())
+    assert f"terminated (SIGTERM): {kept} finished samples kept in {out}" in err
+    assert 0 < kept < len(PROMPTS) * 4
+    assert main(common) == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == len(PROMPTS) * 4
+
+
 def test_the_evaluation_on_ray_gives_the_local_numbers_and_fills_the_shared_cache(cluster, raw, reference_dir,
                                                                                    tmp_path):
     config = parse_config(raw)
@@ -249,6 +274,18 @@ def test_a_worker_that_cannot_load_its_models_is_one_clear_error(cluster, tiny_d
     assert code == 2 and "no-such-model" in err and "Traceback" not in err
 
 
+def test_one_forward_reaches_the_workers_as_it_reaches_a_local_load(cluster, tiny_dirs, capsys):
+    """`--one-forward on` on a pair that is not base + its adapter is refused locally; on Ray the workers load the
+    models, so they must get the flag too (not load with `auto`, silently doing what the user ruled out)."""
+    args = ["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.", "--quiet",
+            "--device", "cpu", "--max-new-tokens", "2", "--one-forward", "on"]
+    assert main(args) == 2
+    local = capsys.readouterr().err
+    assert "one_forward='on' needs the aligned model to be a LoRA adapter" in local
+    assert main(args + ["--ray"]) == 2
+    assert capsys.readouterr().err == local
+
+
 def test_more_workers_than_the_cluster_holds_is_refused(cluster, tiny_dirs, capsys):
     code = main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.",
                  "--quiet", "--ray", "--workers", "3"])
@@ -274,6 +311,57 @@ def test_an_address_nothing_answers_at_is_one_clear_error_within_seconds(tiny_di
                                                 f"or give its address"]
 
 
+def test_ray_auto_finding_no_cluster_says_what_to_do_in_baco_s_flags(monkeypatch, tiny_dirs, capsys):
+    """Ray's own message asks for an `--address` flag, which baco does not have: name --ray's forms instead."""
+    def no_cluster(**kwargs):  # what ray.init(address="auto") raises where no cluster runs
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["generate", "--base", str(tiny_dirs[0]), "--aligned", str(tiny_dirs[1]), "--prompt", "Hi.",
+                 "--quiet", "--ray", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "--address" not in err
+    assert err.strip() == ("baco: error: --ray auto found no Ray cluster (RAY_ADDRESS is unset and no `ray start` "
+                           "cluster runs on this machine); start one (`ray start --head`), give its address "
+                           "(--ray HOST:6379) or give --ray alone to start a local one")
+
+
+@pytest.mark.parametrize("address", ["", " "])
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi."], ["sweep", "sweep.yaml"]])
+def test_an_empty_ray_address_is_refused_not_read_as_a_bare_ray(command, address, capsys):
+    """`--ray "$HEAD"` with HEAD unset must not start a new local cluster in place of the one meant (an empty
+    --out or --seeds is refused the same way)."""
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--ray", address])
+    assert stop.value.code == 2
+    assert "argument --ray: the address is empty (an unset variable?); give HOST:6379, ray://HOST:10001 or auto, " \
+           "or --ray alone to start a local cluster" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "Hi."], ["sweep", "sweep.yaml"]])
+def test_a_bare_ray_passes_the_address_checks_and_means_no_address(command):
+    from baco.cli import _ray_options, build_parser
+
+    for argv in ([*command, "--ray"], [*command, "--ray", "--workers", "1"]):
+        args = build_parser().parse_args(argv)
+        assert _ray_options(args).address is None
+
+
+@pytest.mark.parametrize("config", ["sweep.yaml", "configs/x.yml", "c.json"])
+def test_a_configuration_read_as_the_ray_address_is_named_as_such(tmp_path, capsys, config):
+    """`baco sweep --ray CONFIG`: --ray takes an optional address, so it swallows the configuration; say so, not
+    just that the configuration is missing."""
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", "--ray", config])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert f"argument --ray: {config} is read as the Ray address; put --ray after the configuration " \
+           f"(baco sweep {config} --ray) or give the address first (--ray auto {config})" in err
+
+
 @pytest.mark.parametrize("options, message", [
     ({"workers": 0}, "--workers must be an integer >= 1"),
     ({"gpus_per_worker": -1}, "--gpus-per-worker must be a number >= 0"),
@@ -285,9 +373,20 @@ def test_ray_options_are_checked_before_ray_starts(options, message):
         RayOptions(**options)
 
 
-def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys):
-    assert main(["generate", "--prompt", "Hi.", "--workers", "2"]) == 2
-    assert "--workers applies to Ray workers: add --ray" in capsys.readouterr().err
+def test_workers_that_ask_for_no_resources_always_fit():
+    """Ray places actors of 0 CPUs and 0 GPUs without limit (to oversubscribe a node): such --workers N are made."""
+    cluster = {"CPU": 2.0}
+    assert RayOptions(workers=3, cpus_per_worker=0, gpus_per_worker=0).worker_count(cluster) == 3
+    assert RayOptions(cpus_per_worker=0, gpus_per_worker=0).worker_count(cluster) == 1  # none asked: one
+    with pytest.raises(ClusterError, match="at most 4 such workers"):
+        RayOptions(workers=5, cpus_per_worker=0.5).worker_count(cluster)
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--gpus-per-worker", "--cpus-per-worker", "--shard-size"])
+def test_ray_flags_without_ray_are_a_usage_error(tiny_dirs, capsys, flag):
+    """Not a local run that silently ignores them (the user forgot --ray)."""
+    assert main(["generate", "--prompt", "Hi.", flag, "2"]) == 2
+    assert f"{flag} applies to Ray workers: add --ray" in capsys.readouterr().err
 
 
 def test_the_local_path_never_imports_ray(tiny_dirs, tmp_path):

@@ -38,10 +38,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_ray(p):
-    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra)."""
+def _ray_address(command: str | None):
+    """`type` of --ray's ADDRESS (a bare --ray is not checked: its `const` is not a string). An empty one (`--ray
+    "$HEAD"`, HEAD unset) is refused rather than read as a bare --ray, which would start a new local cluster. For
+    a command with a CONFIG positional: --ray takes an optional address, so `--ray CONFIG` reads the configuration
+    as the address (and argparse then says only that the configuration is missing)."""
+    def address(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("the address is empty (an unset variable?); give HOST:6379, "
+                                             "ray://HOST:10001 or auto, or --ray alone to start a local cluster")
+        if command and text.lower().endswith((".yaml", ".yml", ".json")):
+            raise argparse.ArgumentTypeError(
+                f"{text} is read as the Ray address; put --ray after the configuration "
+                f"({command} {text} --ray) or give the address first (--ray auto {text})")
+        return text
+
+    return address
+
+
+def _add_ray(p, command: str | None = None):
+    """--ray [ADDRESS] and the workers' resources (baco.cluster; needs Ray, baco's `ray` extra). `command`: one
+    with a CONFIG positional (`baco sweep`), which --ray must not swallow."""
     g = p.add_argument_group("on a Ray cluster (needs ray, baco's ray extra; see docs/cluster.md)")
-    g.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+    g.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",  # True: a bare --ray
+                   type=_ray_address(command),
                    help="run on Ray workers, each holding the model pair once; ADDRESS: HOST:6379, ray://HOST:10001 "
                         "or 'auto' (RAY_ADDRESS or the cluster `ray start` made on this machine); none: the "
                         "same, else a new local Ray. This process still writes every output file")
@@ -49,7 +69,7 @@ def _add_ray(p):
                    help="Ray workers; none: one per GPU of the cluster, else one per --cpus-per-worker CPUs")
     g.add_argument("--gpus-per-worker", type=float, default=None,
                    help="GPUs each worker holds; none: 1 where the cluster has GPUs, else 0")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs each worker holds")
+    g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs each worker holds (default: 1)")
     return g
 
 
@@ -57,14 +77,17 @@ def _ray_options(args):
     """RayOptions from --ray and its flags (checked before any model loads), or None for a local run."""
     if args.ray is None:
         given = [flag for flag, value in (("--workers", args.workers), ("--gpus-per-worker", args.gpus_per_worker),
+                                          ("--cpus-per-worker", args.cpus_per_worker),
                                           ("--shard-size", getattr(args, "shard_size", None))) if value is not None]
         if given:
             raise BacoError(f"{given[0]} applies to Ray workers: add --ray")
         return None
     from baco.cluster.options import RayOptions, require_ray
 
-    options = RayOptions(address=args.ray or None, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                         cpus_per_worker=args.cpus_per_worker, shard_size=getattr(args, "shard_size", None))
+    options = RayOptions(address=None if args.ray is True else args.ray, workers=args.workers,
+                         gpus_per_worker=args.gpus_per_worker,
+                         cpus_per_worker=1.0 if args.cpus_per_worker is None else args.cpus_per_worker,
+                         shard_size=getattr(args, "shard_size", None))
     require_ray()
     return options
 
@@ -399,7 +422,7 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
                                  device=args.device, prompt_format=fmt, router=args.router, n=args.n,
                                  sampling=sampling, batch_size=args.batch_size, skip=skip, max_len=args.max_len,
                                  backend=backend, compile=args.compile, options=cluster,
-                                 memory_fraction=args.memory_fraction)
+                                 memory_fraction=args.memory_fraction, one_forward=args.one_forward)
     colour = use_colour(args.color)
     terminal = colour or is_terminal()  # (a forced --color always is read on one)
     show = not args.quiet and str(args.out) != STDIN  # (`--out -`: stdout holds the samples' JSON Lines alone)
@@ -774,7 +797,7 @@ def _add_sweep(sub) -> None:
                    "compiling takes a while per batch size: for long sweeps; docs/backends.md)")
     _add_memory_fraction(p, "with batch_size: auto in the configuration")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_ray(p)
+    _add_ray(p, "baco sweep")
     p.set_defaults(run=cmd_sweep)
 
 

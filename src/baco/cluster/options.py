@@ -76,8 +76,8 @@ class RayOptions:
         gpus, cpus = self.gpus(cluster), self.cpus_per_worker
         room = min(int(cluster.get("GPU", 0) // gpus) if gpus else math.inf,
                    int(cluster.get("CPU", 0) // cpus) if cpus else math.inf)
-        if room == math.inf:
-            room = 1
+        if room == math.inf:  # workers of no CPU and no GPU: Ray places any number (none asked: one)
+            return self.workers or 1
         if self.workers is None:
             if room < 1:
                 raise ClusterError(f"the Ray cluster ({_resources(cluster)}) cannot hold one worker of "

@@ -14,7 +14,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections import deque
@@ -41,14 +43,33 @@ def connected(options: RayOptions):
     try:
         # workers' own output stays in the cluster's log files (/tmp/ray/session_latest/logs on each node);
         # their errors come back here as exceptions
-        ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
+        with _sigterm_kept():
+            ray.init(address=options.address, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as error:
+        if isinstance(error, ConnectionError) and options.address == "auto" and not os.environ.get("RAY_ADDRESS"):
+            raise ClusterError("--ray auto found no Ray cluster (RAY_ADDRESS is unset and no `ray start` cluster "
+                               "runs on this machine); start one (`ray start --head`), give its address "
+                               "(--ray HOST:6379) or give --ray alone to start a local one") from None
         where = options.address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ClusterError(f"cannot start or reach the Ray cluster ({where}): {error}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def _sigterm_kept():
+    """Put back this process's own SIGTERM handler after `ray.init`, which replaces it with `sys.exit(15)`: the
+    CLI's handler stops a command as Ctrl-C does (its finished samples kept, a line saying so, exit 143). Where
+    none was set (the default action), Ray's stays: a script then exits as Ray makes it."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(previous):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _check_reachable(address: str | None, named: str = "", timeout: float = 10.0) -> None:

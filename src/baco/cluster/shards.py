@@ -69,10 +69,11 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
              router: str = DEFAULT_ROUTER, n: int = 1, sampling: SamplingParams | None = None,
              batch_size: int | str = 32, skip: Container[tuple[int, int]] = (), max_len: int | None = None,
              backend: str = "hf", compile: bool = False, options: RayOptions | None = None,
-             memory_fraction: float = MEMORY_FRACTION) -> Iterator[Sample]:
+             memory_fraction: float = MEMORY_FRACTION, one_forward: str = "auto") -> Iterator[Sample]:
     """Collaboration.iter_generate on Ray workers: yield each (prompt, sample) not in `skip` once, as it finishes.
 
-    The models are loaded by the workers (by id or path: every node must reach them), never here.
+    The models are loaded by the workers (by id or path: every node must reach them), never here, as
+    `Collaboration.from_pretrained` loads them (`one_forward` included).
     """
     prompts = _check_inputs(prompts, sampling)
     if not prompts:
@@ -93,7 +94,8 @@ def generate(prompts: Sequence[str], *, base: str | os.PathLike = BASE_ALIAS,
     if not todo:
         return
     build = functools.partial(Engines.load, str(base), str(aligned), dtype=dtype, device=device,
-                              anchor=None if anchor is None else str(anchor), backend=backend, compile=compile)
+                              anchor=None if anchor is None else str(anchor), backend=backend, compile=compile,
+                              one_forward=one_forward)
     with connected(options) as ray:
         count = options.worker_count(ray.cluster_resources())
         size = options.shard_size or math.ceil(len(todo) / (4 * count))
