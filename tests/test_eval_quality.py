@@ -156,6 +156,8 @@ def test_default_judge_and_fluency_run_on_the_embedded_gemma_pair():
     fluency = resources.get("fluency_lm")(prompts, responses)
     assert all(1.0 <= g <= 5.0 for g in grades)
     assert fluency[0] > fluency[1]  # the base model finds a plain sentence likelier than junk
+    # the judge (base + adapter) and the fluency model (the base) read one tokenizer once
+    assert resources.get("judge").lm.tokenizer is resources.get("fluency_lm").lm.tokenizer
 
 
 # ---- conversations: each scorer reads the turns the answer follows --------------------------------------------

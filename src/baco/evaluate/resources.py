@@ -82,6 +82,7 @@ def models_used(options: EvalOptions, needs: set[str]) -> list[str]:
 class Resources:
     options: EvalOptions = field(default_factory=EvalOptions)
     _built: dict = field(default_factory=dict)
+    _tokenizers: dict = field(default_factory=dict)  # model source -> its tokenizer, read once (`_causal_lm`)
 
     def provide(self, name: str, value) -> "Resources":
         """Set a resource directly (tests, or a caller that already holds a model)."""
@@ -136,9 +137,15 @@ class Resources:
         return RewardModel(self.options.reward_model, device=self.options.device, batch_size=self.options.batch_size)
 
     def _causal_lm(self, name: str):
-        from baco.models.hf import HFCausalLM
+        """The judge's or the fluency metric's model. Models of one source share its tokenizer, read once: the
+        default judge (the embedded aligned Gemma: base + adapter) and fluency model (the embedded base) read one
+        262k-entry tokenizer (~5 s a read)."""
+        from baco.models.hf import HFCausalLM, load_tokenizer, resolve_source
 
-        return HFCausalLM.from_pretrained(name, device=self.options.device)
+        source = resolve_source(name)[0]
+        if source not in self._tokenizers:
+            self._tokenizers[source] = load_tokenizer(name)
+        return HFCausalLM.from_pretrained(name, device=self.options.device, tokenizer=self._tokenizers[source])
 
     def _build_judge(self):
         from baco.evaluate.quality import Judge
