@@ -47,12 +47,8 @@ def test_random_byte_soup_still_gives_the_exact_pieces(tiny_dirs):
 
 
 @pytest.mark.slow
-def test_the_gemma_tokenizer_pieces_are_exact_on_long_text():
-    from transformers import AutoTokenizer
-
-    from baco.models.embedded import base_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir())  # SentencePiece-style "▁" spaces, byte fallback
+def test_the_gemma_tokenizer_pieces_are_exact_on_long_text(gemma):
+    tokenizer = gemma.tokenizer  # the embedded Gemma's: SentencePiece-style "▁" spaces, byte fallback
     ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
     pieces, decoded = check(tokenizer, ids, frozenset({tokenizer.eos_token_id}))
     assert "".join(pieces) == decoded
