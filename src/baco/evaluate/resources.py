@@ -140,12 +140,10 @@ class Resources:
         """The judge's or the fluency metric's model. Models of one source share its tokenizer, read once: the
         default judge (the embedded aligned Gemma: base + adapter) and fluency model (the embedded base) read one
         262k-entry tokenizer (~5 s a read)."""
-        from baco.models.hf import HFCausalLM, load_tokenizer, resolve_source
+        from baco.models.hf import HFCausalLM, load_tokenizers
 
-        source = resolve_source(name)[0]
-        if source not in self._tokenizers:
-            self._tokenizers[source] = load_tokenizer(name)
-        return HFCausalLM.from_pretrained(name, device=self.options.device, tokenizer=self._tokenizers[source])
+        tokenizer = load_tokenizers(name, loaded=self._tokenizers)[0]
+        return HFCausalLM.from_pretrained(name, device=self.options.device, tokenizer=tokenizer)
 
     def _build_judge(self):
         from baco.evaluate.quality import Judge

@@ -195,10 +195,11 @@ def load_tokenizer(name: str | os.PathLike):
         raise ModelLoadError(_load_hint(source, "tokenizer", error)) from error
 
 
-def load_tokenizers(*names):
+def load_tokenizers(*names, loaded: dict | None = None):
     """The tokenizer of each name (None stays None), each source read once: the embedded aligned model (the base
-    plus a LoRA adapter) and its base share one object, as do a model named twice (~4 s per Gemma tokenizer)."""
-    loaded: dict[str, object] = {}
+    plus a LoRA adapter) and its base share one object, as do a model named twice (~4 s per Gemma tokenizer).
+    `loaded` (source -> tokenizer): those read before, kept across calls, and this call's added to it."""
+    loaded = {} if loaded is None else loaded
     tokenizers = []
     for name in names:
         if name is None:
