@@ -211,6 +211,55 @@ def test_every_prompts_format_reads_the_same_fields_and_refuses_an_empty_prompt_
     assert read_prompts(other) == ["Name a fruit.", "Why is the sky blue?"]
 
 
+def test_column_reads_each_prompt_from_the_named_field_of_any_table_and_is_refused_where_it_cannot_apply(
+        tiny_dirs, tmp_path, monkeypatch, capsys):
+    """`--column FIELD` (as `load_task(column=)` and a sweep task's `column:`): a dataset whose prompts sit in a field
+    of another name (`query`, `input`) is read without renaming it first, in every table format and from standard
+    input; a row without the field is named with its line; text, a missing --prompts or an empty name are refused
+    before any model loads."""
+    import io
+    from pathlib import Path
+
+    from baco.errors import BacoError
+
+    rows = [{"id": "a", "query": "Name a fruit.", "prompt": "not this"}, {"id": "b", "query": "Why is the sky blue?"}]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    table = tmp_path / "rows.csv"
+    table.write_text('query,prompt\nName a fruit.,not this\n"Why is the sky blue?",\n')
+    for path in (jsonl, table):
+        assert read_prompts(path, column="query") == ["Name a fruit.", "Why is the sky blue?"]
+    first = tmp_path / "first.jsonl"  # without it: the first known field; and an error that points to --column
+    first.write_text(jsonl.read_text().splitlines()[0] + "\n")
+    assert read_prompts(first) == ["not this"]
+    with pytest.raises(BacoError, match=r"rows.jsonl:2: no prompt field; .* \(fields: \['id', 'query'\]\); "
+                                        r"--column FIELD reads the prompts from another field"):
+        read_prompts(jsonl)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(jsonl.read_bytes())))
+    assert read_prompts(Path("-"), column="query") == ["Name a fruit.", "Why is the sky blue?"]
+    lacking = tmp_path / "lacking.jsonl"
+    lacking.write_text('{"query": "ok"}\n{"prompt": "no query here"}\n')
+    with pytest.raises(BacoError, match=re.escape(f"{lacking}:2: no field 'query' (fields: ['prompt'])")):
+        read_prompts(lacking, column="query")
+    text = tmp_path / "lines.txt"
+    text.write_text("Name a fruit.\n")
+    with pytest.raises(BacoError, match=re.escape(f"{text}: --column does not apply to text (each line is a prompt)")):
+        read_prompts(text, column="query")
+
+    base, aligned = map(str, tiny_dirs)
+    out = tmp_path / "out.jsonl"
+    common = ["generate", "--base", base, "--aligned", aligned, "--n", "1", "--max-new-tokens", "2", "--quiet",
+              "--device", "cpu", "--seed", "0", "--out", str(out)]
+    for bad, message in ((["--prompt", "Hi", "--column", "query"], "--column names the field of a --prompts file"),
+                         (["--prompts", str(jsonl), "--column", " "], "--column is empty")):
+        assert main(common + bad) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()
+    assert main(common + ["--prompts", str(jsonl), "--column", "query"]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(row["prompt"], row["item_id"]) for row in written] == [("Name a fruit.", "a"), ("Why is the sky blue?", "b")]
+
+
 def test_prompts_can_come_from_stdin_or_a_pipe_json_lines_or_text(tmp_path, monkeypatch):
     """`--prompts -` reads standard input, and a named pipe (`--prompts <(jq ...)`, /dev/stdin) is read as a
     file is, not refused as missing: JSON Lines when its first row is a JSON object, else one prompt per line;

@@ -488,6 +488,35 @@ def test_a_task_that_cannot_be_read_names_its_field(tmp_path, monkeypatch):
         plan_sweep(parse_config({"methods": {"b": {"router": "base"}}, "tasks": [{"name": "open-endd"}]}))
 
 
+def test_a_task_column_reads_the_prompts_from_that_field_and_is_part_of_the_tasks_identity(tmp_path):
+    """`{path: rows.jsonl, column: query}` reads each prompt from `query` (as `--column` and `load_task(column=)`);
+    two tasks of one file with other columns are other prompt sets, so both may be listed; a column without a path
+    (a bundled set's field is fixed) or an empty one is refused naming the field."""
+    from baco.errors import TaskError
+    from baco.sweep.run import plan_sweep
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"query": "Name a fruit.", "answer": "Plum."}) + "\n"
+                    + json.dumps({"query": "Why?", "answer": "Because."}) + "\n")
+    tasks = [{"path": str(path), "name": "asked", "column": "query"},
+             {"path": str(path), "name": "answers", "column": "answer"}]
+    config = parse_config({**raw_config(tmp_path), "tasks": tasks})
+    items_of, plan = plan_sweep(config)
+    assert [[item.prompt for item in items_of[task]] for task in config.tasks] == [["Name a fruit.", "Why?"],
+                                                                                  ["Plum.", "Because."]]
+    asked, answers = ({sid for key, ids in plan.items() if key.startswith(name) for sid in ids.values()}
+                      for name in ("asked|", "answers|"))
+    assert asked and answers and not asked & answers  # other prompts, other sample ids
+    with pytest.raises(TaskError, match=re.escape("tasks[0].path: ") + ".*no field 'missing'"):
+        plan_sweep(parse_config({**raw_config(tmp_path), "tasks": [{"path": str(path), "column": "missing"}]}))
+    for task, message in (({"name": "open-ended", "column": "prompt"}, "tasks[0].column names the field of a "
+                                                                       "prompts file (`path`)"),
+                          ({"path": str(path), "column": ""}, "tasks[0].column is empty"),
+                          ({"path": str(path), "column": 3}, "tasks[0].column must be a string")):
+        with pytest.raises(SweepConfigError, match=re.escape(message)):
+            parse_config({**raw_config(tmp_path), "tasks": [task]})
+
+
 def test_a_task_path_found_beside_the_configuration_but_not_in_the_working_directory_says_so(tmp_path, monkeypatch):
     from baco.errors import TaskError
     from baco.sweep import load_config

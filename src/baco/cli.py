@@ -103,6 +103,9 @@ def _add_generate(sub) -> None:
                      "(read like load_task: a prompt, question, instruction or text field, or chat messages: a "
                      "conversation to continue), or text (one prompt per line); - reads standard input (JSON Lines "
                      "when its first line is a JSON object, else text)")
+    p.add_argument("--column", metavar="FIELD", help="with --prompts (a table or JSON rows): read each prompt from "
+                   "this field instead of the first of prompt, question, instruction, text (a list in it is a "
+                   "conversation)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (rows of one batch)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling; 1 = off")
@@ -197,23 +200,32 @@ def _models_and_format(args):
     return args.base or BASE_ALIAS, args.aligned or ALIGNED_ALIAS, fmt, chat_template
 
 
-def read_prompts(path: Path) -> list:
+def read_prompts(path: Path, column: str | None = None) -> list:
     """The prompts of a --prompts file (`read_prompt_items`)."""
-    return [item.asked for item in read_prompt_items(path)]
+    return [item.asked for item in read_prompt_items(path, column)]
 
 
-def read_prompt_items(path: Path) -> list:
+def read_prompt_items(path: Path, column: str | None = None) -> list:
     """Prompts of a --prompts file, read as `load_task` reads it (JSON Lines, a JSON array, CSV, parquet: a
-    prompt, question, instruction or text field, or chat `messages`, a conversation to continue; .txt: one prompt
-    per line). A file of another extension is read as text lines. A prompt no model can read (empty, not valid
-    Unicode) is an error naming its line: every row of the file was asked for. Returns `TaskItem`s: `asked` is the
-    prompt, `id` the row's own id (else the file's name and line, as a sweep names it)."""
+    prompt, question, instruction or text field, or `column` (--column), or chat `messages`, a conversation to
+    continue; .txt: one prompt per line). A file of another extension is read as text lines. A prompt no model can
+    read (empty, not valid Unicode) is an error naming its line: every row of the file was asked for. Returns
+    `TaskItem`s: `asked` is the prompt, `id` the row's own id (else the file's name and line, as a sweep names it)."""
+    from baco.errors import TaskError
     from baco.tasks.loaders import extension_format, read_task_file
 
     if str(path) == STDIN or is_stream(path):
-        return _read_stream(path)
-    text = extension_format(path) is None  # (`prompts.jsonl.gz` is JSON Lines, read decompressed)
-    return read_task_file(path, format="txt" if text else None, strict=True)
+        return _read_stream(path, column)
+    text = extension_format(path) in (None, "txt")  # (`prompts.jsonl.gz` is JSON Lines, read decompressed)
+    if text and column is not None:
+        raise TaskError(f"{path}: --column does not apply to text (each line is a prompt); give a .jsonl, .json, "
+                        f".csv, .tsv or .parquet file")
+    try:
+        return read_task_file(path, format="txt" if text else None, column=column, strict=True)
+    except TaskError as error:
+        if column is None and "no prompt field" in str(error):
+            raise TaskError(f"{error}; --column FIELD reads the prompts from another field") from None
+        raise
 
 
 STDIN = "-"  # `--prompts -`: standard input, as `cat -` reads it
@@ -225,7 +237,7 @@ def is_stream(path: Path) -> bool:
     return path.exists() and not path.is_file() and not path.is_dir()
 
 
-def _read_stream(path: Path) -> list:
+def _read_stream(path: Path, column: str | None = None) -> list:
     """Prompts of standard input (`-`) or a pipe, read once and then as a file is (`read_prompts`). Its format is
     its extension's when it has one; without (stdin, /dev/fd/63): JSON Lines when its first row is a JSON object,
     else one prompt per line. Errors and warnings name the stream (`<stdin>:3: ...`), not the copy read."""
@@ -246,7 +258,7 @@ def _read_stream(path: Path) -> list:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                items = read_prompt_items(copy)
+                items = read_prompt_items(copy, column)
         except TaskError as error:
             raise TaskError(str(error).replace(str(copy), name)) from None
         for warning in caught:
@@ -342,7 +354,11 @@ def cmd_generate(args) -> int:
     _check_memory_fraction(args)
     if args.max_len is not None:
         _at_least_one(args.max_len, "--max-len")
-    items = read_prompt_items(args.prompts) if args.prompts else None
+    if args.column is not None and not args.column.strip():
+        raise BacoError("--column is empty: give the name of the --prompts field that holds the prompts")
+    if args.column is not None and not args.prompts:
+        raise BacoError("--column names the field of a --prompts file to read prompts from; it needs --prompts")
+    items = read_prompt_items(args.prompts, args.column) if args.prompts else None
     prompts = args.prompt or [item.asked for item in items]
     item_ids = [item.id for item in items] if items else None  # each row's own id, carried by its samples
     if not prompts:

@@ -67,6 +67,7 @@ class TaskSpec:
     name: str
     limit: int | None = None
     path: str | None = None  # a user file instead of a bundled set
+    column: str | None = None  # the file's field that holds the prompts (`load_task(column=)`)
 
 
 def cell_key(task: str, configuration: str, seed: int) -> str:
@@ -291,8 +292,14 @@ def _task(raw, index: int) -> TaskSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("name") or raw.get("path"), str):
         _fail(f"{where}: each task is a name or {{name: ..., limit: ...}} / {{path: ..., name: ...}}, "
               f"got {show(raw)}")
-    raw = _mapping(raw, where, {"name", "path", "limit"})
+    raw = _mapping(raw, where, {"name", "path", "limit", "column"})
     path = _text(raw.get("path"), f"{where}.path")
+    column = _text(raw.get("column"), f"{where}.column")
+    if column is not None and not column.strip():
+        _fail(f"{where}.column is empty: give the name of the field that holds the prompts")
+    if column is not None and path is None:
+        _fail(f"{where}.column names the field of a prompts file (`path`) to read prompts from; the bundled set "
+              f"{show(raw.get('name'))} has its own")
     limit = raw.get("limit")
     if limit is not None and (not _is_int(limit) or limit < 1):
         _fail(f"{where}.limit must be a positive integer, got {show(limit)}")
@@ -300,7 +307,7 @@ def _task(raw, index: int) -> TaskSpec:
     if "/" in name or "\0" in name:  # it names files: plots/pareto-<task>-seed<S>.png
         _fail(f"{where}.name: a task name names its plot files (plots/pareto-<task>-seed<S>.png), so it may not "
               f"hold '/' or a NUL character, got {show(name)}")
-    return TaskSpec(name=name, limit=limit, path=path)
+    return TaskSpec(name=name, limit=limit, path=path, column=column)
 
 
 def _tasks(raw, source: str) -> list[TaskSpec]:
@@ -317,7 +324,7 @@ def _tasks(raw, source: str) -> list[TaskSpec]:
         seen[task.name] = task
     same = {}
     for task in tasks:
-        other = same.setdefault((task.path or task.name, task.limit), task)
+        other = same.setdefault((task.path or task.name, task.limit, task.column), task)
         if other is not task:
             _fail(f"{source}: tasks {show(other.name)} and {show(task.name)} are the same prompts "
                   f"({task.path or task.name}, limit {task.limit}); list them once")

@@ -97,7 +97,7 @@ def cell_prompts(cell: Cell) -> list:
     measures each prompt over its n samples: a repeated item would give its prompt 2n), then the stratified
     `limit`."""
     items, seen, repeated = [], set(), []
-    for item in load_task(cell.task.path or cell.task.name):
+    for item in load_task(cell.task.path or cell.task.name, column=cell.task.column):
         if item.key in seen:
             repeated.append(item.id)
             continue
