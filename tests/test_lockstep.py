@@ -247,13 +247,28 @@ def test_a_stream_without_a_seed_reports_the_seed_that_repeats_it(collab):
     assert [(e.sample_index, e.token_id) for e in again] == [(e.sample_index, e.token_id) for e in events]
 
 
-def test_generation_stops_at_the_context_limit(collab):
+def test_generation_stops_at_the_context_limit_and_says_so_once(collab):
     """Asked for more tokens than the context holds, a row ends ("length") where the context is full: both models
-    read the row, so the limit counts the longer of its two renderings. A row may stop sooner."""
+    read the row, so the limit counts the longer of its two renderings. A row may stop sooner. As transformers'
+    generate, the call warns (once, from the caller's line) rather than refuses (the server refuses, as vLLM)."""
+    import warnings
+
+    from baco import PromptWarning
+
     context = collab.pair.context_length
     tok, fmt = collab.tokenizer, collab.prompt_format
-    samples = collab.generate(PROMPTS, router="base", sampling=SamplingParams(max_new_tokens=10 * context,
-                                                                               temperature=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples = collab.generate(PROMPTS, router="base", sampling=SamplingParams(max_new_tokens=10 * context,
+                                                                                   temperature=0))
+        collab.generate(PROMPTS, router="base", sampling=SamplingParams(max_new_tokens=1, temperature=0))
+    rooms = [context - max(len(tok(fmt.render_base(prompt))["input_ids"]),
+                           len(tok(fmt.render_aligned(prompt, tok), add_special_tokens=False)["input_ids"]))
+             for prompt in PROMPTS]
+    assert [(w.category, str(w.message), w.filename) for w in caught if w.category is PromptWarning] == [
+        (PromptWarning, f"max_new_tokens={10 * context} is more than the models' context of {context} tokens leaves "
+                        f"after each of the {len(PROMPTS)} prompts: their samples get at most {min(rooms)}-{max(rooms)} "
+                        f"new tokens (then finish_reason 'length')", __file__)]
     full = []
     for prompt, sample in zip(PROMPTS, samples):
         longest = max(len(tok(fmt.render_base(prompt))["input_ids"]),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
@@ -20,7 +22,7 @@ from baco.models.embedded import ALIGNED_ALIAS, BASE_ALIAS
 from baco.models.hf import HFCausalLM, load_pair_models, load_tokenizers
 from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
-from baco.prompts import Prompt, PromptFormat, as_prompt, encode_request
+from baco.prompts import Prompt, PromptFormat, PromptWarning, as_prompt, encode_request
 from baco.routers import Router, get_router
 from baco.routers.cross import is_single_model, token_alternatives, unit_of
 from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
@@ -114,6 +116,8 @@ class Collaboration:
     models), so each call gives the samples it gives alone, and the calls together run no faster than one
     after another. For concurrent requests decoded as rows of one batch, use `baco serve`.
     """
+
+    _warn_clamped = True  # (off for verbalized sampling's inner call: its outer call warned with the user's numbers)
 
     def __init__(self, pair: ModelPair | CrossPair, prompt_format: PromptFormat | None = None):
         _check_format(prompt_format)
@@ -260,7 +264,8 @@ class Collaboration:
 
     def requests(self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams, seed: int,
                  occurrences: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[Request]:
-        """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts.
+        """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts. A budget is
+        cut to the room the models' context leaves after its prompt (`generate` and `stream` say so: `warn_clamped`).
 
         A prompt text repeated in the list gets other rows for each copy (`decode.loop.occurrences_of`;
         given, `occurrences` numbers the copies in a longer list these prompts were taken from).
@@ -291,7 +296,25 @@ class Collaboration:
         route = get_router(router)
         seed = sampling.seed if sampling.seed is not None else random.SystemRandom().randrange(2**31)
         requests = self.requests(prompts, n, sampling, seed, occurrences)
+        self.warn_clamped(sampling, requests)
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
+
+    def warn_clamped(self, sampling: SamplingParams, requests: list[Request]) -> None:
+        """A PromptWarning, once per call and from the caller's line, when the models' context leaves fewer new
+        tokens than `sampling.max_new_tokens` after some prompts (as transformers' generate warns; their samples
+        end early with finish_reason "length"). `baco serve` refuses such a request instead, as vLLM does."""
+        if not self._warn_clamped:
+            return
+        context = self.pair.context_length
+        rooms = [context - r.prompt_length for r in requests if r.sample_index == 0]
+        short = [room for room in rooms if room < sampling.max_new_tokens]
+        if short:
+            which = ("the prompt" if len(rooms) == 1 else f"each of the {len(rooms)} prompts"
+                     if len(short) == len(rooms) else f"{len(short)} of the {len(rooms)} prompts")
+            most = f"{min(short)}" if len(set(short)) == 1 else f"{min(short)}-{max(short)}"
+            warnings.warn(f"max_new_tokens={sampling.max_new_tokens} is more than the models' context of {context} "
+                          f"tokens leaves after {which}: their samples get at most {most} new tokens (then "
+                          f"finish_reason 'length')", PromptWarning, stacklevel=_caller_level())
 
     def iter_generate(self, prompts: Iterable[Prompt] | Prompt, sampling: SamplingParams | None = None, *,
                       router: str | Router = DEFAULT_ROUTER, n: int = 1, batch_size: int | str = 32,
@@ -326,7 +349,7 @@ class Collaboration:
             sampling = sampling or SamplingParams()
             if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
                 sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
-            self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router
+            self.warn_clamped(sampling, self.requests(prompts, n, sampling, 0, occurrences))  # the checks of every router
             samples = spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
                               fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction,
                               occurrences=occurrences)
@@ -488,6 +511,16 @@ def _settled(text: ChoiceText, event: TokenEvent, finish: str | None, piece: str
     if finish is not None:
         released[-1].finish_reason = finish
     return released
+
+
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside baco (the user's call of generate, stream, a sweep's ...), for a
+    warning raised this many frames deep in the package: the line a user reads is theirs."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_router_name(router) -> None:

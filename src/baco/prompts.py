@@ -23,7 +23,8 @@ from baco.errors import PromptError, PromptTooLongError
 
 
 class PromptWarning(UserWarning):
-    """A prompt was rendered differently than asked (e.g. a system prompt folded into the first user turn)."""
+    """A prompt was rendered or bounded differently than asked (a system prompt folded into the first user turn;
+    max_new_tokens more than the models' context leaves after it)."""
 
 
 DEFAULT_BASE_TEMPLATE = "Question: {prompt}\nAnswer:"
