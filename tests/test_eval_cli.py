@@ -619,6 +619,8 @@ def test_eval_reads_standard_input_as_a_samples_file_named_stdin(tmp_path, monke
 
 
 def test_eval_plots_each_tasks_pareto_planes_as_a_sweep_draws_them(tmp_path, capsys):
+    import hashlib
+
     rows = [{"prompt": prompt, "response": f"{word} {k}", "method": method, "task": task}
             for task in ("open/ended", "dialogue") for method, word in (("a", "fig"), ("b:0.3", "kiwi jam"),
                                                                          ("b:0.7", "a plum and a fig"))
@@ -632,6 +634,14 @@ def test_eval_plots_each_tasks_pareto_planes_as_a_sweep_draws_them(tmp_path, cap
     assert (tmp_path / "plots" / "pareto-dialogue.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*flags, "--plots", str(tmp_path / "again"), "--quiet"]) == 0  # the same bytes every time
     assert all((tmp_path / "plots" / name).read_bytes() == (tmp_path / "again" / name).read_bytes() for name in names)
+
+    alike = write_rows(tmp_path / "alike.jsonl", [{**row, "task": "open_ended" if row["task"] == "dialogue" else
+                                                   row["task"]} for row in rows])
+    assert main(["eval", str(alike), *flags[2:], "--plots", str(tmp_path / "alike"), "--quiet"]) == 0  # not drawn
+    # over one another: open/ended's file-safe name meets the task open_ended, so it gets its original's hash
+    hashed = f"pareto-open_ended-{hashlib.sha1(b'open/ended').hexdigest()[:8]}"
+    assert sorted(p.name for p in (tmp_path / "alike").iterdir()) == sorted(
+        f"{name}.{suffix}" for name in ("pareto-open_ended", hashed) for suffix in ("png", "svg"))
 
     seeds = write_rows(tmp_path / "seeds.jsonl", sweep_rows({0, 1}))  # a two-seed sweep's file: a plot per seed
     assert main(["eval", str(seeds), "--metrics", "distinct-1,relevance", "--plots", str(tmp_path / "s"), "--quiet"]) == 0

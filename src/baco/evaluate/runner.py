@@ -335,7 +335,10 @@ def plot_files(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """The Pareto plots of an evaluation (`baco eval --plots DIR`), drawn as a sweep's are (`sweep/plots.py`): per
     task (and per seed, when the samples hold several sweep seeds) a panel per (diversity, quality) plane, each
     method family in one colour. Files `pareto-TASK.png` / `.svg` (`pareto-TASK-seedS.*` per seed; characters
-    other than letters, digits, `.`, `_` and `-` in a task's name become `_`). None needs both kinds of metric."""
+    other than letters, digits, `.`, `_` and `-` in a task's name become `_`, and a name so changed that meets
+    another task's gets a short hash of the original: `a/b` beside `a_b` is `pareto-a_b-HASH`). None needs both
+    kinds of metric."""
+    import hashlib
     import re
 
     from baco.sweep.plots import plot_planes
@@ -352,9 +355,14 @@ def plot_files(result: EvalResult, out_dir: str | Path) -> list[Path]:
                "planes": {seed: [asdict(plane) for plane in report.planes] for seed, report in reports.items()
                           if report}}
 
+    safe = {task: re.sub(r"[^A-Za-z0-9._-]", "_", task) for task in result.summary}
+    taken = list(safe.values())
+    for task, name in safe.items():
+        if name != task and taken.count(name) > 1:  # two tasks' plots would share a file
+            safe[task] = f"{name}-{hashlib.sha1(task.encode('utf-8')).hexdigest()[:8]}"
+
     def name(task: str, seed) -> str:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", task)
-        return f"pareto-{safe}" + ("" if seed is None else f"-seed{seed}")
+        return f"pareto-{safe[task]}" + ("" if seed is None else f"-seed{seed}")
 
     return plot_planes(summary, out_dir, name=name)
 
