@@ -117,7 +117,7 @@ class Collaboration:
     after another. For concurrent requests decoded as rows of one batch, use `baco serve`.
     """
 
-    _warn_clamped = True  # (off for verbalized sampling's inner call: its outer call warned with the user's numbers)
+    _clamp_warnings = True  # (off for verbalized sampling's inner call: its outer call warned with the user's numbers)
 
     def __init__(self, pair: ModelPair | CrossPair, prompt_format: PromptFormat | None = None):
         _check_format(prompt_format)
@@ -265,7 +265,8 @@ class Collaboration:
     def requests(self, prompts: Sequence[Prompt], n: int, sampling: SamplingParams, seed: int,
                  occurrences: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[Request]:
         """Render and encode every prompt once; n rows per prompt. Raises PromptError on bad prompts. A budget is
-        cut to the room the models' context leaves after its prompt (`generate` and `stream` say so: `warn_clamped`).
+        cut to the room the models' context leaves after its prompt (`generate` and `stream` warn:
+        `_warn_if_clamped`).
 
         A prompt text repeated in the list gets other rows for each copy (`decode.loop.occurrences_of`;
         given, `occurrences` numbers the copies in a longer list these prompts were taken from).
@@ -296,14 +297,14 @@ class Collaboration:
         route = get_router(router)
         seed = sampling.seed if sampling.seed is not None else random.SystemRandom().randrange(2**31)
         requests = self.requests(prompts, n, sampling, seed, occurrences)
-        self.warn_clamped(sampling, requests)
+        self._warn_if_clamped(sampling, requests)
         return sampling, route, requests, self.stop_strings + sampling.stop, seed
 
-    def warn_clamped(self, sampling: SamplingParams, requests: list[Request]) -> None:
+    def _warn_if_clamped(self, sampling: SamplingParams, requests: list[Request]) -> None:
         """A PromptWarning, once per call and from the caller's line, when the models' context leaves fewer new
         tokens than `sampling.max_new_tokens` after some prompts (as transformers' generate warns; their samples
         end early with finish_reason "length"). `baco serve` refuses such a request instead, as vLLM does."""
-        if not self._warn_clamped:
+        if not self._clamp_warnings:
             return
         context = self.pair.context_length
         rooms = [context - r.prompt_length for r in requests if r.sample_index == 0]
@@ -349,7 +350,8 @@ class Collaboration:
             sampling = sampling or SamplingParams()
             if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
                 sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
-            self.warn_clamped(sampling, self.requests(prompts, n, sampling, 0, occurrences))  # the checks of every router
+            checked = self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router
+            self._warn_if_clamped(sampling, checked)
             samples = spec.fn(self.pair.aligned, prompts, n=n, value=value, sampling=sampling,
                               fmt=self.prompt_format, batch_size=batch_size, memory_fraction=memory_fraction,
                               occurrences=occurrences)

@@ -257,7 +257,7 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
 
     k = int(k)
     collab = Collaboration(SoloPair(lm, "aligned"), fmt)
-    collab._warn_clamped = False  # its responses are k times longer than asked; the caller warned with its own numbers
+    collab._clamp_warnings = False  # its responses are k times as long as asked: the caller warned with its numbers
     asks = [with_last_turn(p, VERBALIZED_TEMPLATE.format(prompt=last_turn(p), k=k)) for p in prompts]
     rounds = -(-n // k)
     # the user's stop strings end each answer, not the response (stop "\n" would end it after its first answer): the
