@@ -488,11 +488,11 @@ def test_a_task_that_cannot_be_read_names_its_field(tmp_path, monkeypatch):
         plan_sweep(parse_config({"methods": {"b": {"router": "base"}}, "tasks": [{"name": "open-endd"}]}))
 
 
-def test_a_task_column_reads_the_prompts_from_that_field_and_is_part_of_the_tasks_identity(tmp_path):
+def test_a_task_column_reads_the_prompts_from_that_field_and_is_part_of_the_tasks_identity(tmp_path, engines):
     """`{path: rows.jsonl, column: query}` reads each prompt from `query` (as `--column` and `load_task(column=)`);
     two tasks of one file with other columns are other prompt sets, so both may be listed; a column without a path
     (a bundled set's field is fixed) or an empty one is refused naming the field."""
-    from baco.errors import TaskError
+    from baco.errors import BacoError, TaskError
     from baco.sweep.run import plan_sweep
 
     path = tmp_path / "rows.jsonl"
@@ -507,6 +507,12 @@ def test_a_task_column_reads_the_prompts_from_that_field_and_is_part_of_the_task
     asked, answers = ({sid for key, ids in plan.items() if key.startswith(name) for sid in ids.values()}
                       for name in ("asked|", "answers|"))
     assert asked and answers and not asked & answers  # other prompts, other sample ids
+    # a run directory made with one column is not resumed with another under the same task name
+    one = {**raw_config(tmp_path), "tasks": [tasks[0]], "methods": {"base": {"router": "base"}}}
+    run_cells(parse_config(one), tmp_path / "run", engines, progress=False)
+    with pytest.raises(BacoError, match=re.escape("already holds cell 'asked|base|seed=0' made with other settings")):
+        run_cells(parse_config({**one, "tasks": [{**tasks[0], "column": "answer"}]}), tmp_path / "run", engines,
+                  progress=False)
     with pytest.raises(TaskError, match=re.escape("tasks[0].path: ") + ".*no field 'missing'"):
         plan_sweep(parse_config({**raw_config(tmp_path), "tasks": [{"path": str(path), "column": "missing"}]}))
     for task, message in (({"name": "open-ended", "column": "prompt"}, "tasks[0].column names the field of a "
