@@ -268,6 +268,32 @@ def test_punc_per_word_reads_the_aligned_models_next_token_after_a_token_that_ma
     assert spans == [("x,", "base", "not-punct"), ("\n", "aligned", "punct")]
 
 
+@pytest.mark.parametrize("router, writer, reason", [("p-words:0.7", "base", "base-uncertain"),
+                                                    ("nudge-words:0.7", "aligned", "nudge")])
+def test_p_and_nudging_per_word_read_the_base_models_next_piece_past_a_token_that_may_end_at_the_boundary(
+        router, writer, reason):
+    """The first word is "x," (each model writes it greedily). The base model holds "," as the start of its next token: "," itself (0.9),
+    then a line break or "y" (even odds), or ",\\n" (0.1). Its next piece of text is a line break with probability
+    0.1 + 0.9 * 0.5 = 0.55 (reached both ways), "y" 0.45: the base is unsure (top-1 0.55 < 0.7), so P gives it the
+    next word and Nudging the aligned model. (Read as the token "," with nothing left of it, top-1 0.9: the base
+    looked sure.) The entropy recorded is that of the three token paths."""
+    base = BigramLM([b"x", b",", b"\n", b"y", b",\n", None],
+                    {None: {0: 1.0}, 0: {1: .9, 4: .1}, 1: {2: .5, 3: .5}, 2: {5: 1.0}, 3: {5: 1.0}, 4: {5: 1.0}})
+    aligned = BigramLM([b"x", b",", b"\n", b"y", None],
+                       {None: {0: 1.0}, 0: {1: 1.0}, 1: {3: .9, 2: .1}, 2: {4: 1.0}, 3: {4: 1.0}})
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
+
+    events = list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, 4)], get_router(router),
+                            SamplingParams(temperature=0)))
+    assert events[0].text == "x,"
+    second = events[1]
+    assert (second.source, second.reason) == (writer, reason)
+    assert second.base_top1_prob == pytest.approx(0.55)
+    assert second.base_entropy == pytest.approx(-(0.1 * math.log(0.1) + 2 * 0.45 * math.log(0.45)))
+    assert second.text == ("\n" if writer == "base" else "y")
+
+
 def token_path(collab, router, prompts=PROMPTS, sampling=GREEDY):
     return collab.generate(prompts, router=router, sampling=sampling)
 

@@ -36,7 +36,7 @@ import torch
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
 from baco.models.chars import STOP, CharRows, CrossPair, pick_index, classify
-from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, reads_next_piece, unit_of
+from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, models_read, unit_of
 from baco.routers.registry import Router
 from baco.vocab import ends_word
 
@@ -189,15 +189,16 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
     if unit == PIECE:
         return _decide_piece(i, row, models, method, params)
     if row.span is None:
-        if unit == WORD and reads_next_piece(method) and _look_ahead(models[1].cursors[i], models[1].table):
+        read = models_read(method) if unit == WORD else ()
+        if any([_look_ahead(models[m].cursors[i], models[m].table) for m in read]):  # both asked for at once
             return _WAIT
-        base, aligned = models[0].stats(i), models[1].stats(i)
+        base, aligned = (models[m].piece_stats(i) if m in read else models[m].stats(i) for m in (0, 1))
         stats = (base[0], base[1], aligned[0])
         if unit == CHAR:  # CharED: drawing a character from W P_base + (1 - W) P_aligned = a W-coin picks the model
             coin = 0.5 if params.temperature == 0 else row.streams[2].random()  # greedy: the heavier model
             route = method(CharView(torch.tensor([coin])))
         else:
-            punct, function = classify(_next_piece(models[1], i, aligned[2]))
+            punct, function = classify(aligned[2])
             route = method(WordView(torch.tensor([base[0]]), torch.tensor([base[1]]), torch.tensor([aligned[0]]),
                                     torch.tensor([aligned[1]]), torch.tensor([punct]), torch.tensor([function]),
                                     torch.tensor([row.streams[2].random()])))
@@ -213,21 +214,11 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
 
 def _look_ahead(cursor, table) -> bool:
     """Ask for the lookahead forward of a token that may end at the word boundary (its pending bytes are a token
-    of their own) unless it is there: what follows that token is the model's next piece of text."""
+    of their own) unless it is there: what follows that token is part of the model's next piece of text."""
     if cursor.pending and cursor.look is None and cursor.end_mass(table, whole=True) > 0:
         cursor.want_look = True
         return True
     return False
-
-
-def _next_piece(model: CharRows, i: int, top: bytes | None) -> bytes | None:
-    """The aligned model's most likely next piece of text at a word boundary (temperature 1), that PUNC and FC
-    classify: the rest of its top token, or, where its pending bytes are likelier a whole token (nothing would
-    be left of it), the most likely piece after that token, read from the lookahead."""
-    if top != b"" or model.cursors[i].look is None:
-        return top
-    pieces = model.pieces(i, 1, whole=True)
-    return pieces[0] if pieces else top
 
 
 def _decide_piece(i: int, row: _Row, models: list[CharRows], method: Router, params: SamplingParams):

@@ -555,6 +555,37 @@ class CharRows:
             return top, entropy, None
         return top, entropy, self.table.sorted_bytes[where][len(cursor.pending):]
 
+    def piece_stats(self, row: int, k: int = 8) -> tuple[float, float, bytes | None]:
+        """`stats` of the distribution over the row's next piece of text (temperature 1): where its pending bytes
+        may be a whole token and the lookahead past that token is there, that token's share goes to what follows
+        it, so a piece reached both ways (the rest of ".\\n" after ".", or "." then "\\n") counts once.
+        The top-1 piece and its probability are exact among both branches' k likeliest; the entropy (nats) is of
+        the token paths (a longer token, the end-branch token then one of the lookahead's, a stop).
+        Anywhere else it is `stats`: the next token's distribution given the text."""
+        cursor = self.cursors[row]
+        if not cursor.pending or cursor.look is None or cursor.end_mass(self.table, whole=True) <= 0:
+            return self.stats(row)
+        segments, stop, _ = self._segments(row, whole=True)
+        weighted = [weight * probs[lo:hi] for probs, lo, hi, _, weight in segments]
+        total = sum(float(w.sum()) for w in weighted) + stop
+        if total <= 0:
+            return 0.0, 0.0, b""
+        entropy = sum(float(torch.special.entr(w / total).sum()) for w in weighted)
+        entropy -= stop / total * math.log(stop / total) if stop > 0 else 0.0
+
+        def mass(piece: bytes | None) -> float:
+            if piece is None:
+                return stop
+            found = 0.0
+            for probs, lo, hi, prefix, weight in segments:
+                start, _, exact = self.table.prefix_range(prefix + piece, lo, hi)
+                found += weight * float(probs[start:start + exact].sum())
+            return found
+
+        masses = {piece: mass(piece) for piece in self.pieces(row, k, whole=True)}
+        top = max(masses, key=masses.get)
+        return masses[top] / total, entropy, top
+
     def _segments(self, row: int, whole: bool = False) -> tuple[list[tuple], float, float]:
         """The row's next pieces of text as (probs, lo, hi, prefix, weight) ranges of sorted tokens whose
         bytes after `prefix` are the piece; the stop mass; the consistent mass (all unnormalised).

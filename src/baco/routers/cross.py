@@ -13,8 +13,8 @@ The unit a method commits:
   both models, drawn from the average of the two scores.
 - `<router>-words` — BACo on words: at every word boundary (the text is empty or ends in a complete
   character that is not a letter, digit or combining mark) the token-level router's rule, applied to each model's
-  distribution over its next token given the text, picks who writes the next word; the writer then
-  draws bytes until the next boundary. `p-punc-words:G`, `nudge-words:G`, `rand-words:P` ...
+  distribution over its next piece of text given the text (`CharRows.piece_stats`), picks who writes the next
+  word; the writer then draws bytes until the next boundary. `p-punc-words:G`, `nudge-words:G`, `rand-words:P` ...
   Each CJK character is a word of its own, so a boundary follows it.
 """
 
@@ -33,8 +33,10 @@ from baco.routers.view import Route
 CHAR, WORD, PIECE = "char", "word", "piece"
 UNITS: dict[str, str] = {}  # registered cross-tokenizer method -> the unit it decides on
 WORD_RULES = ("p", "h", "punc", "fc", "p-punc", "h-punc", "p-fc", "rand", "nudge")
-# those that read the aligned model's predicted piece of text (is it punctuation, a function word?)
-READS_PIECE = frozenset(f"{rule}-words" for rule in ("punc", "fc", "p-punc", "h-punc", "p-fc"))
+# those that read the base model's top-1 probability or entropy, and those that read the aligned model's predicted
+# piece of text (is it punctuation, a function word?)
+READS_BASE = frozenset(f"{rule}-words" for rule in ("p", "h", "p-punc", "h-punc", "p-fc", "nudge"))
+READS_ALIGNED = frozenset(f"{rule}-words" for rule in ("punc", "fc", "p-punc", "h-punc", "p-fc"))
 
 
 def unit_of(router: str | Router) -> str | None:
@@ -57,7 +59,7 @@ class CharView:
 @dataclass
 class WordView:
     """What a word-level router sees at a word boundary: each model's distribution over its next
-    token given the text (temperature 1), reduced to the statistics the token-level rules read.
+    piece of text given the text (temperature 1), reduced to the statistics the token-level rules read.
 
     It answers the same names as `StepView`, so the token-level router functions run on it unchanged
     (`aligned_top1_token` indexes this view's own per-row `vocab` flags).
@@ -124,7 +126,7 @@ def unite(view: PieceView, k: float) -> Route:
 def _word_rule(spec):
     def rule(view: WordView, *value):
         return spec.fn(view, *value)
-    rule.__doc__ = f"{spec.help} — decided per word, on each model's next-token distribution given the text"
+    rule.__doc__ = f"{spec.help} — decided per word, on each model's distribution over its next piece of text"
     return rule
 
 
@@ -133,10 +135,12 @@ for _spec in [s for s in list_routers() if s.name in WORD_RULES]:
               high=_spec.high, help=f"{_spec.help} (per word; cross-tokenizer)")(_word_rule(_spec))
 
 
-def reads_next_piece(router: Router) -> bool:
-    """Whether a router per word reads the aligned model's next piece of text (PUNC, FC and their mixes): it may
-    need a lookahead forward to know it."""
-    return str(getattr(getattr(router, "spec", None), "name", "")) in READS_PIECE
+def models_read(router: Router) -> tuple[int, ...]:
+    """The models (0 base, 1 aligned) whose distribution over the next piece of text a router per word reads: the
+    base's top-1 probability or entropy (P, H, Nudging and their mixes), the aligned's most likely piece (PUNC, FC
+    and theirs). Past pending bytes that may be a whole token, each needs a lookahead forward to know it."""
+    name = str(getattr(getattr(router, "spec", None), "name", ""))
+    return tuple(m for m, reads in enumerate((READS_BASE, READS_ALIGNED)) if name in reads)
 
 
 def token_alternatives() -> str:
