@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from baco.defaults import AUTO_MAX_BATCH, EMBEDDING_DTYPES, MEMORY_FRACTION, PREFILL_TOKENS
-from baco.errors import BacoError
+from baco.errors import BacoError, NoPromptField
 
 
 def _debug_flag() -> argparse.ArgumentParser:
@@ -222,10 +222,8 @@ def read_prompt_items(path: Path, column: str | None = None) -> list:
                         f".csv, .tsv or .parquet file")
     try:
         return read_task_file(path, format="txt" if text else None, column=column, strict=True)
-    except TaskError as error:
-        if column is None and "no prompt field" in str(error):
-            raise TaskError(f"{error}; --column FIELD reads the prompts from another field") from None
-        raise
+    except NoPromptField as error:
+        raise NoPromptField(f"{error}; --column FIELD reads the prompts from another field") from None
 
 
 STDIN = "-"  # `--prompts -`: standard input, as `cat -` reads it

@@ -42,6 +42,10 @@ class TaskError(BacoError, ValueError):
     """A task set or prompts file cannot be loaded: unknown name, missing file, bad row (file and line named)."""
 
 
+class NoPromptField(TaskError):
+    """A row of a prompts file has none of the fields a prompt is read from (a column name can say which)."""
+
+
 class OutputError(BacoError, OSError):
     """An output path cannot be written (missing folder, a folder where a file belongs, read-only, disk full)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from baco.errors import TaskError
+from baco.errors import NoPromptField, TaskError
 from baco.prompts import SYSTEM_ROLES, TURN_ROLES, content_text, roles_problem, unicode_problem
 from baco.tasks.items import TaskItem, TaskWarning
 
@@ -289,7 +289,7 @@ def _parse_row(data: dict, where: str, number: int, *, schema: str, column: str 
     else:
         key = next((key for key in PROMPT_FIELDS if key in data), None)
         if key is None and messages is None:
-            raise TaskError(f"{where}: no prompt field; expected one of {', '.join(PROMPT_FIELDS)} or 'messages' "
+            raise NoPromptField(f"{where}: no prompt field; expected one of {', '.join(PROMPT_FIELDS)} or 'messages' "
                             f"(fields: {sorted(data)})")
     if key is None:
         prompt = messages[-1]["content"]
