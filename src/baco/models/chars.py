@@ -559,8 +559,8 @@ class CharRows:
         """`stats` of the distribution over the row's next piece of text (temperature 1): where its pending bytes
         may be a whole token and the lookahead past that token is there, that token's share goes to what follows
         it, so a piece reached both ways (the rest of ".\\n" after ".", or "." then "\\n") counts once.
-        The top-1 piece and its probability are exact among both branches' k likeliest; the entropy (nats) is of
-        the token paths (a longer token, the end-branch token then one of the lookahead's, a stop).
+        The top-1 piece is the likeliest of the k that `pieces` ranks first, each weighed over both branches; the
+        entropy (nats) is of the token paths (a longer token, the end-branch token then one of the lookahead's, a stop).
         Anywhere else it is `stats`: the next token's distribution given the text."""
         cursor = self.cursors[row]
         if not cursor.pending or cursor.look is None or cursor.end_mass(self.table, whole=True) <= 0:
