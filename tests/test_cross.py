@@ -174,6 +174,50 @@ def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperat
         assert b"".join(table.pieces[t] for t in cursor.tokens) + cursor.pending == target
 
 
+def brute_force_piece_stats(cursor, table):
+    """The next piece's distribution past a held token that may end here, by a plain loop over the sorted
+    vocabulary: a longer token gives the rest of its bytes, the held token then a lookahead token gives that
+    token's bytes (its share times the lookahead's probability), a stop gives None; pieces reached both ways add.
+    Returns (top-1 probability, entropy of the token paths, top piece)."""
+    raw, after = cursor.dist.raw.tolist(), cursor.look.dist.raw.tolist()
+    end = sum(p for j, p in enumerate(raw[:table.n_text]) if table.sorted_bytes[j] == cursor.pending)
+    paths: list[tuple[bytes | None, float]] = []
+    for j, data in enumerate(table.sorted_bytes[:table.n_text]):
+        if data.startswith(cursor.pending) and len(data) > len(cursor.pending):
+            paths.append((data[len(cursor.pending):], raw[j]))
+        paths.append((data, end * after[j]))
+    paths.append((None, end * sum(after[table.n_text: table.n_text + table.n_stop])))
+    total = sum(p for _, p in paths)
+    merged: dict = {}
+    for piece, p in paths:
+        merged[piece] = merged.get(piece, 0.0) + p
+    top = max(merged, key=merged.get)
+    return merged[top] / total, -sum(p / total * math.log(p / total) for _, p in paths if p > 0), top
+
+
+def test_the_next_piece_past_a_held_token_matches_a_brute_force_sum_over_the_vocabulary(cross_dirs):
+    """Both models follow a text byte by byte; wherever a model holds bytes that may be a whole token (and its
+    lookahead forward has run), the statistics a router per word reads (top-1 piece, its probability, the
+    entropy) equal a plain loop over the vocabulary that merges the pieces reached both ways."""
+    target = ("Name a fruit. The cat, the dog; ok.\n" + WORLD).encode("utf-8")
+    for path in cross_dirs:
+        lm = HFCausalLM.from_pretrained(path, device="cpu")
+        table = TokenBytes.from_model(lm)
+        rows = CharRows(lm, table, [lm.tokenizer("Question: hi\nAnswer:")["input_ids"]], SamplingParams(), "model")
+        checked = 0
+        for byte in target:
+            cursor = rows.cursors[0]
+            while cursor.feed or (cursor.look is None and cursor.end_mass(table, whole=True) > 0):
+                cursor.want_look = not cursor.feed
+                assert rows.forward()
+            if cursor.pending and cursor.look is not None:
+                top, entropy, piece = brute_force_piece_stats(cursor, table)
+                assert rows.piece_stats(0) == (pytest.approx(top, abs=1e-5), pytest.approx(entropy, abs=1e-4), piece)
+                checked += 1
+            rows.advance(0, byte)
+        assert checked >= 5, (path, checked)
+
+
 class BigramLM:
     """A stand-in model over a hand-made vocabulary (`pieces`, None = a stop token) whose next-token distribution
     depends on the last token fed only: `after[token]` (`after[None]` at the start and for any other token), given
