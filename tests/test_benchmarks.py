@@ -52,3 +52,14 @@ def test_first_call_race_compares_each_process_first_generation_with_its_second(
     out = script("first_call_race.py", "--processes", "2", "--bare")
     assert "without warm-up (BACO_VML_WARMUP=0): " in out and " of 1 processes' first call differed" in out
     assert "with warm-up (default): 0 of 1 processes" in out  # baco's default: the race cannot hit
+
+
+def test_cross_lookahead_counts_the_lookaheads_of_the_models_a_router_reads(tmp_path):
+    from baco.testing import make_tiny_cross_pair
+
+    base, aligned = make_tiny_cross_pair(tmp_path)
+    out = script("cross_lookahead.py", "--base", str(base), "--aligned", str(aligned), "--prompts", "2", "--n", "2",
+                 "--max-new-tokens", "12", "--router", "p-punc-words:0.3", "rand-words:0.5", "--threads", "1")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] and "-words" in line}
+    assert int(rows["p-punc-words:0.3"][0]) > 0 and int(rows["rand-words:0.5"][0]) > 0  # word decisions
+    assert rows["rand-words:0.5"][1:] == ["0", "(0%)", "0", "(0%)"]  # RAND reads neither model: never looks ahead
