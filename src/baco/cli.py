@@ -12,6 +12,7 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from baco.defaults import AUTO_MAX_BATCH, EMBEDDING_DTYPES, MEMORY_FRACTION, PREFILL_TOKENS
@@ -448,9 +449,10 @@ def _generate(args, prompts, sampling, fmt, base, aligned, backend, cluster, *, 
             if show and colour:
                 tqdm.write(LEGEND, file=sys.stdout)
             for sample in stream:
-                if out:
-                    out.append(sample, item_id=item_ids[sample.prompt_index] if item_ids else None)
-                written += 1
+                with _whole():
+                    if out:
+                        out.append(sample, item_id=item_ids[sample.prompt_index] if item_ids else None)
+                    written += 1
                 tokens += sample.num_tokens
                 base_tokens += sample.base_share * sample.num_tokens
                 mixed_tokens += sample.mix_share * sample.num_tokens
@@ -1016,8 +1018,28 @@ class Terminated(KeyboardInterrupt):
     its finished samples kept and its files closed, exit 143 (128 + SIGTERM) rather than killed mid-write."""
 
 
+_HELD = {"on": False, "stop": None}  # a SIGTERM held while a sample is written and counted (`_whole`)
+
+
 def _on_sigterm(signum, frame):
+    if _HELD["on"]:
+        _HELD["stop"] = Terminated()
+        return
     raise Terminated()
+
+
+@contextmanager
+def _whole():
+    """Hold a SIGTERM that arrives while a sample is written and counted until both are done, so the line saying
+    how many samples were kept counts the one just written (a signal landing between the two said one fewer)."""
+    _HELD["on"], _HELD["stop"] = True, None
+    try:
+        yield
+    finally:
+        _HELD["on"] = False
+    stop, _HELD["stop"] = _HELD["stop"], None
+    if stop is not None:
+        raise stop
 
 
 def _stopped(stop: KeyboardInterrupt) -> str:
