@@ -559,13 +559,15 @@ class CharRows:
         """`stats` of the distribution over the row's next piece of text (temperature 1): where its pending bytes
         may be a whole token and the lookahead past that token is there, that token's share goes to what follows
         it, so a piece reached both ways (the rest of ".\\n" after ".", or "." then "\\n") counts once.
-        The top-1 piece is the likeliest of the k that `pieces` ranks first, each weighed over both branches; the
+        The top-1 piece is the likeliest of the k that `pieces` would rank first, each weighed over both branches; the
         entropy (nats) is of the token paths (a longer token, the end-branch token then one of the lookahead's, a stop).
         Anywhere else it is `stats`: the next token's distribution given the text."""
         cursor = self.cursors[row]
-        if not cursor.pending or cursor.look is None or cursor.end_mass(self.table, whole=True) <= 0:
+        if not cursor.pending or cursor.look is None:
             return self.stats(row)
         segments, stop, _ = self._segments(row, whole=True)
+        if len(segments) < 2:  # the held token's share is below END_FLOOR: no branch past it
+            return self.stats(row)
         weighted = [weight * probs[lo:hi] for probs, lo, hi, _, weight in segments]
         total = sum(float(w.sum()) for w in weighted) + stop
         if total <= 0:
@@ -582,7 +584,7 @@ class CharRows:
                 found += weight * float(probs[start:start + exact].sum())
             return found
 
-        masses = {piece: mass(piece) for piece in self.pieces(row, k, whole=True)}
+        masses = {piece: mass(piece) for piece in self._top_pieces(segments, stop, k)}
         top = max(masses, key=masses.get)
         return masses[top] / total, entropy, top
 
@@ -608,6 +610,9 @@ class CharRows:
     def pieces(self, row: int, k: int, whole: bool = False) -> list[bytes | None]:
         """The k most likely next pieces of text (None = end of text), most likely first."""
         segments, stop, _ = self._segments(row, whole)
+        return self._top_pieces(segments, stop, k)
+
+    def _top_pieces(self, segments: list[tuple], stop: float, k: int) -> list[bytes | None]:
         mass: dict[bytes | None, float] = {None: stop} if stop > 0 else {}
         for probs, lo, hi, prefix, weight in segments:
             if hi <= lo:
