@@ -33,6 +33,19 @@ def test_generate_writes_one_jsonl_line_per_sample(tiny_dirs, tmp_path, capsys):
     assert [s.token_ids for s in read_jsonl(out)] == [r["token_ids"] for r in rows]
 
 
+def test_generate_takes_the_penalties_and_each_sample_records_them(tiny_dirs, tmp_path):
+    base, aligned = map(str, tiny_dirs)
+    argv = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--max-new-tokens", "16",
+            "--seed", "2", "--temperature", "0", "--quiet"]
+    plain, penalised = tmp_path / "plain.jsonl", tmp_path / "penalised.jsonl"
+    assert main([*argv, "--out", str(plain)]) == 0
+    assert main([*argv, "--repetition-penalty", "1.5", "--frequency-penalty", "1", "--out", str(penalised)]) == 0
+    row, before = json.loads(penalised.read_text()), json.loads(plain.read_text())
+    assert row["sampling"]["repetition_penalty"] == 1.5 and row["sampling"]["frequency_penalty"] == 1
+    assert "presence_penalty" not in row["sampling"] and "repetition_penalty" not in before["sampling"]
+    assert row["token_ids"] != before["token_ids"]
+
+
 def test_generate_says_a_mixture_wrote_a_soft_methods_tokens_rather_than_base_0_percent(tiny_dirs, capsys):
     """eft/proxy/contrast draw every token from a mixture of both models: "base wrote 0%" alone read as if the
     aligned model had written them. The per-sample header and the summary name the mixture's share."""

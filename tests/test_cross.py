@@ -17,7 +17,7 @@ from baco.cli import main
 from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
-from baco.errors import BacoError, PromptError, TokenizerMismatchError
+from baco.errors import BacoError, InvalidSamplingParams, PromptError, TokenizerMismatchError
 from baco.models.chars import (END_FLOOR, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
                                filtered_logprobs, token_bytes)
 from baco.models.hf import HFCausalLM
@@ -836,3 +836,14 @@ def test_the_method_list_and_the_mismatch_error_name_the_multi_pass_methods_a_cr
     listing = capsys.readouterr().out
     assert "these, base / aligned and the multi-pass methods run" in listing
     assert "multi-pass methods (the aligned model alone: any pair)" in listing
+
+
+@pytest.mark.parametrize("router", ["chared:0.5", "p-punc-words:0.3", "unite:4"])
+def test_penalties_are_refused_by_the_cross_tokenizer_methods_and_taken_by_each_model_alone(cross, router):
+    """A cross method draws pieces of text mixed from two vocabularies: a penalty on one model's token ids has
+    nothing to act on there, and is refused before any model runs; one model alone runs on its own tokens."""
+    params = SamplingParams(max_new_tokens=6, seed=0, repetition_penalty=1.3)
+    with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*penalties"):
+        cross.generate(PROMPTS[:1], params, router=router)
+    alone = cross.generate(PROMPTS[:1], params, router="aligned")
+    assert alone[0].to_dict()["sampling"]["repetition_penalty"] == 1.3

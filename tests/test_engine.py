@@ -203,7 +203,7 @@ def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
         lm.model.to(meta)
         lm.device = meta
     pair.device, pair.vocab, pair._mask = meta, pair.vocab.to(meta), pair._mask.to(meta)
-    all_knobs = (True, True, False, False, False)  # top-k and top-p on: every branch of the sampler
+    all_knobs = (True, True, False, False, False, True, True)  # top-k, top-p, penalties: every branch
     for router in ["p-punc:0.5", "h-punc:2", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5"]:
         engine = Engine(pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
         names, _ = engine._step_fn(4, all_knobs)
@@ -242,7 +242,7 @@ def host_touches(fn) -> list[str]:
 def test_a_warm_sync_free_step_touches_no_host_value_or_host_data(collab, router):
     """What a capture needs, checked on the CPU with real values: after the two warm-up runs the engine makes
     before capturing a bucket, a step neither reads a device value nor feeds the device host data."""
-    all_knobs = (True, True, False, False, False)
+    all_knobs = (True, True, False, False, False, True, True)  # top-k, top-p, penalties
     engine = Engine(collab.pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
     for _ in range(2):
         engine._step_fn(4, all_knobs)

@@ -97,6 +97,8 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["--temperature", "-1"], "--temperature must be"),  # the flag, not SamplingParams' field (temperature)
     (["--top-p", "0"], "--top-p must be in"),
+    (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2]"),
+    (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
     (["--router", "nope"], "unknown router"),
     (["--base", "/no/where", "--aligned", "/no/where"], "no model directory"),
     (["--prompt", " "], "prompt 0 is empty"),

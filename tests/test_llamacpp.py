@@ -57,6 +57,14 @@ def test_llamacpp_backend_equals_the_hf_backend_token_for_token_on_float32_ggufs
     assert type(engine.units[0]).__name__ == "LlamaUnit"
 
 
+@pytest.mark.parametrize("router", ["p-punc:0.3", "eft:0.5"])
+def test_penalties_on_llamacpp_give_the_hf_backends_tokens(both, router):
+    hf, llama = both
+    params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
+                            frequency_penalty=0.4)
+    same_tokens(hf.pair, llama.pair, router, params, hf.requests(PROMPTS, 2, params, seed=6), max_batch=3)
+
+
 def test_llamacpp_slots_are_reused_and_compacted_like_the_hf_engine(both):
     hf, llama = both
     same_tokens_with_joiners_and_moves(hf.pair, llama.pair, hf)

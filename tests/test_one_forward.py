@@ -73,6 +73,15 @@ def test_one_forward_pair_equals_the_two_model_pair_token_for_token(pairs, route
     assert engine.units[0].lanes == 2
 
 
+@pytest.mark.parametrize("router", ["p-punc:0.3", "eft:0.5"])
+def test_penalties_on_the_one_forward_pair_give_the_two_model_pairs_tokens(pairs, router):
+    """Each lane's logits are penalised with its own prompt's tokens (the repetition penalty counts them)."""
+    two, one = pairs
+    params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
+                            frequency_penalty=0.4)
+    same_tokens(two.pair, one.pair, router, params, two.requests(PROMPTS, 2, params, seed=6), max_batch=3)
+
+
 def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
     """A slot's base and aligned rows join, move and leave together: the same tokens as the two-model pair."""
     two, one = pairs
@@ -97,7 +106,7 @@ def test_a_warm_one_forward_step_touches_no_host_value_or_host_data(pairs):
     row (made with the engine, for every batch size), never through rows gathered by a Python list, as peft's
     `adapter_names=` batches do (the last assertion: the check sees that)."""
     _, one = pairs
-    all_knobs = (True, True, False, False, False)
+    all_knobs = (True, True, False, False, False, True, True)  # top-k, top-p, penalties
     engine = Engine(one.pair, get_router("p-punc:0.5"), max_batch=4, max_len=32, sync_free=True, graphs=False)
     for _ in range(2):
         engine._step_fn(4, all_knobs)

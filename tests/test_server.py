@@ -108,6 +108,22 @@ def test_chat_completion_equals_the_python_api_for_the_same_seed(client, collab)
     assert response.model_extra["baco"] == {"router": "p-punc:0.5", "seed": 11}
 
 
+def test_penalties_are_taken_as_in_openais_api_and_vllms_and_give_the_librarys_tokens(client, collab):
+    """presence_penalty and frequency_penalty (OpenAI's fields, in [-2, 2]) and repetition_penalty (vLLM's
+    extension) sample as the library does; out of range is a 400 that names the field."""
+    knobs = {"presence_penalty": 1.2, "frequency_penalty": 0.5}
+    response = chat(client, PROMPTS[0], max_tokens=20, seed=4, n=2, **knobs, extra_body={"repetition_penalty": 1.4})
+    expected = library(collab, PROMPTS[0], n=2, max_new_tokens=20, seed=4, repetition_penalty=1.4, **knobs)
+    assert [c.message.content for c in response.choices] == [s.text for s in expected]
+    assert [[p["token"] for p in provenance(c)] for c in response.choices] == [s.token_ids for s in expected]
+    plain = library(collab, PROMPTS[0], n=2, max_new_tokens=20, seed=4)
+    assert [s.token_ids for s in plain] != [s.token_ids for s in expected]
+    for field, value in [("presence_penalty", 2.5), ("frequency_penalty", -2.1), ("repetition_penalty", 0)]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[0], max_tokens=4, extra_body={field: value})
+        assert refused.value.body["param"] == field, refused.value.body
+
+
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them

@@ -114,6 +114,13 @@ def _add_generate(sub) -> None:
     p.add_argument("--min-p", type=float, default=0.05,
                    help="keep tokens with prob >= min_p * top prob; 0 = pure temperature sampling, which over "
                         "a 262k vocabulary draws junk from the tail")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="transformers' and vLLM's: a token of the prompt or the text so far has its logit divided by "
+                        "this (if positive; multiplied if not); 1 = off")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="OpenAI's: subtracted from the logit of every token already in the text; in [-2, 2], 0 = off")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="OpenAI's: subtracted from a token's logit once per time it is in the text; [-2, 2], 0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens written per sample")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
@@ -340,7 +347,9 @@ def cmd_generate(args) -> int:
 
     try:
         sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                                  max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop))
+                                  max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
+                                  repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+                                  frequency_penalty=args.frequency_penalty)
     except InvalidSamplingParams as error:  # "top_p must be ..." -> "--top-p must be ...": the flag the user typed
         knob, _, rest = str(error).partition(" ")
         raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None

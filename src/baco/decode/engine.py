@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from baco.decode.loop import Request, StepEvent
-from baco.decode.sampling import RowKnobs, SamplingParams
+from baco.decode.sampling import RowKnobs, SamplingParams, penalise
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError, TokenizerMismatchError
@@ -374,6 +374,17 @@ class Engine:
         pin = self.pipelined and torch.cuda.is_available()
         outputs = (self.out_ints, self.out_floats) + self.out_top
         self._pinned = [tuple(t.cpu().pin_memory() if pin else None for t in outputs) for _ in range(2)]
+        # penalties' state, allocated when the first request with a penalty joins (`_penalty_state`)
+        self.counts: torch.Tensor | None = None  # (slots, V) float: how often each token is in the row's text
+        self.seen: list[torch.Tensor] = []  # per side, (slots, V) bool: the tokens of the row's prompt on that side
+
+    def _penalty_state(self) -> None:
+        """The buffers penalties read: token counts per slot, and each side's prompt tokens per slot (the
+        repetition penalty's, which counts the prompt too). 4 + 1 per side bytes per slot and vocabulary entry."""
+        if self.counts is None:
+            shape = (self.slots, self.pair.vocab_size)
+            self.counts = torch.zeros(shape, device=self.device)
+            self.seen = [torch.zeros(shape, dtype=torch.bool, device=self.device) for _ in self.reads]
 
     # ---- requests -----------------------------------------------------------------------------------
     def add(self, request: Request, params: SamplingParams, *, top_logprobs: bool = False) -> int:
@@ -515,6 +526,16 @@ class Engine:
         fresh = RowKnobs.of([m.params for m in group.members])
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
             mine[slots] = upload(theirs, self.device)
+        if fresh.penalised:
+            self._penalty_state()
+        if self.counts is not None:  # a slot's counts and prompt tokens are its new request's alone
+            self.counts.index_fill_(0, slots, 0)
+            for seen, reads in zip(self.seen, self.reads):
+                prompts = torch.zeros((len(requests), self.pair.vocab_size), dtype=torch.bool)
+                for i, request in enumerate(requests):
+                    ids = torch.tensor(request.base_ids if reads == "base" else request.aligned_ids)
+                    prompts[i, ids[ids < self.pair.vocab_size]] = True
+                seen[slots] = upload(prompts, self.device)
         for slot, member in zip(group.slots, group.members):
             if member.rid not in self.finished_rids:  # not aborted while its prompt was prefilled
                 self.live[slot] = member
@@ -532,7 +553,7 @@ class Engine:
             for unit in self.units:
                 unit.move(src.to(unit.device), dst.to(unit.device))
             state = [self.previous, self.previous_base, self.t, self.uniforms, *self.inputs, *self.positions,
-                     *self.valid, *self.knobs.rows()]
+                     *self.valid, *self.knobs.rows(), *([self.counts, *self.seen] if self.counts is not None else [])]
             for tensor in state:
                 tensor.index_copy_(0, dst, tensor.index_select(0, src))
             self.live[target] = self.live.pop(source)
@@ -581,8 +602,16 @@ class Engine:
         base_lp, aligned_lp, anchor_lp = self.pair.split([self.pair.logprobs(x) for x in logits])
         steps = self.t[:b].clamp(max=self.columns - 1)
         uniforms = self.uniforms[:b].gather(2, steps[:, None, None].expand(b, 3, 1)).squeeze(-1)
-        k = self.knobs
-        knobs = RowKnobs(k.temperature[:b], k.top_k[:b], k.top_p[:b], k.min_p[:b], *flags)
+        knobs = RowKnobs(*(tensor[:b] for tensor in self.knobs.rows()), *flags)
+        draw = None
+        if knobs.penalised:  # each side's own logits, penalised, are what its tokens are drawn from
+            self._penalty_state()  # (allocated already when a request with a penalty joined)
+            counts = self.counts[:b]
+            generated = counts > 0 if knobs.use_repetition else None
+            penalised = [self.pair.logprobs(penalise(x.to(self.device), knobs, counts,
+                                                     seen[:b] | generated if generated is not None else None))
+                         for x, seen in zip(logits, self.seen)]
+            draw_base, draw_aligned, draw_anchor = self.pair.split(penalised)
         prompts = texts = None
         if self.host_router:
             order = [self.live.get(s) for s in range(b)]
@@ -591,8 +620,13 @@ class Engine:
             texts = [m.text if m else "" for m in order]
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
                         texts=texts, anchor_logprobs=anchor_lp, previous=self.previous[:b])
+        if knobs.penalised:
+            draw = StepView(draw_base, draw_aligned, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
+                            texts=texts, anchor_logprobs=draw_anchor, previous=self.previous[:b])
         drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
-                               sync_free=self.sync_free, top=self.top_k_logprobs if top else 0)
+                               sync_free=self.sync_free, top=self.top_k_logprobs if top else 0, draw=draw)
+        if knobs.penalised:  # the drawn token is in the row's text from now on
+            self.counts[:b].scatter_add_(1, drawn.tokens[:, None], torch.ones_like(self.counts[:b, :1]))
         for inputs in self.inputs:  # from now on every side reads the shared continuation
             inputs[:b] = drawn.tokens
         self.previous[:b] = drawn.tokens

@@ -27,6 +27,8 @@ BLOCK = 1024
 # below the best log-prob (float32 log-probs that differ at all differ by far more) has relative probability
 # exp(-1e10) = 0, so any smaller temperature draws the same tokens: the best one, or one tied with it.
 MIN_TEMPERATURE = 1e-30
+# the penalties and the values that turn them off
+PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 
 
 def plain_number(value):
@@ -50,6 +52,11 @@ class SamplingParams:
     in [0, 1] keeps tokens with prob >= min_p * max prob. Order: temperature, top-k, top-p, min-p (transformers'
     `generate`). max_new_tokens (256): vLLM's `max_tokens`. seed (None): None draws a fresh seed (recorded with
     every sample). stop (()): extra stop strings, one string or a list. Numbers may be numpy scalars.
+
+    Penalties, as vLLM applies them before the knobs above (`penalise`): repetition_penalty (1.0 = off) > 0, the
+    transformers `generate` one, on every token of the model's own prompt and of the text so far; then
+    frequency_penalty and presence_penalty (0.0 = off) in [-2, 2], OpenAI's, on the tokens of the text so far.
+    They change what each token is drawn from, not what routers read or the recorded probabilities.
     """
 
     temperature: float = 1.0
@@ -59,6 +66,9 @@ class SamplingParams:
     max_new_tokens: int = 256
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         for knob in fields(self):  # numpy scalars as Python numbers, before they are checked and recorded
@@ -82,6 +92,12 @@ class SamplingParams:
             fail(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             fail(f"seed must be a non-negative integer or None, got {self.seed!r}")
+        for knob in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, knob)
+            if not number(value) or not -2 <= value <= 2:
+                fail(f"{knob} must be in [-2, 2] (0 = off), got {value!r}")
+        if not number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
+            fail(f"repetition_penalty must be a finite number > 0 (1 = off), got {self.repetition_penalty!r}")
         if not isinstance(self.stop, (str, list, tuple)):
             fail(f"stop must be a string or a list of strings, got {self.stop!r}")
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -93,8 +109,16 @@ class SamplingParams:
                 fail(f"stop string {index} is not valid Unicode text ({problem})")
         object.__setattr__(self, "stop", stop)
 
+    @property
+    def penalised(self) -> bool:
+        """Whether any penalty is on."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "stop": list(self.stop)}
+        """The knobs as JSON types. A penalty is left out where it is off: samples and sweep cells are identified by
+        this dict, and those made before penalties existed keep their identity (a resumed run keeps them)."""
+        knobs = {**asdict(self), "stop": list(self.stop)}
+        return {key: value for key, value in knobs.items() if key not in PENALTIES or value != PENALTIES[key]}
 
 
 @dataclass(frozen=True)
@@ -106,11 +130,16 @@ class RowKnobs:
     top_k: torch.Tensor  # (B,) long, 0 = off
     top_p: torch.Tensor  # (B,) float, 1 = off
     min_p: torch.Tensor  # (B,) float, 0 = off
+    presence: torch.Tensor  # (B,) float, 0 = off
+    frequency: torch.Tensor  # (B,) float, 0 = off
+    repetition: torch.Tensor  # (B,) float, 1 = off
     use_top_k: bool = False
     use_top_p: bool = False
     wide_top_k: bool = False  # some row's top_k exceeds the precut: thresholds need a full sort
     all_greedy: bool = False
     unit_temperature: bool = False  # every row at temperature 1 (or greedy): no division by temperatures
+    use_counts: bool = False  # some row has a presence or frequency penalty: the rows' token counts are read
+    use_repetition: bool = False  # some row has a repetition penalty
 
     @classmethod
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
@@ -119,25 +148,56 @@ class RowKnobs:
         top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
         temperature = [max(p.temperature, MIN_TEMPERATURE) if p.temperature > 0 else 0.0 for p in rows]
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
-        return cls(tensor(temperature, torch.float32), tensor(top_k, torch.long),
-                   tensor([p.top_p for p in rows], torch.float32), tensor([p.min_p for p in rows], torch.float32),
+        floats = lambda name: tensor([getattr(p, name) for p in rows], torch.float32)  # noqa: E731
+        return cls(tensor(temperature, torch.float32), tensor(top_k, torch.long), floats("top_p"), floats("min_p"),
+                   floats("presence_penalty"), floats("frequency_penalty"), floats("repetition_penalty"),
                    *cls.flags(rows))
 
     @staticmethod
-    def flags(rows: "list[SamplingParams]") -> tuple[bool, bool, bool, bool, bool]:
-        """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy, unit_temperature) of these rows."""
+    def flags(rows: "list[SamplingParams]") -> tuple[bool, ...]:
+        """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy, unit_temperature, use_counts,
+        use_repetition) of these rows."""
         return (any(p.top_k > 0 for p in rows), any(p.top_p < 1.0 for p in rows),
                 any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows),
-                all(p.temperature in (0, 1) for p in rows))
+                all(p.temperature in (0, 1) for p in rows),
+                any(p.presence_penalty or p.frequency_penalty for p in rows),
+                any(p.repetition_penalty != 1 for p in rows))
 
-    def rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The per-row tensors: temperature, top_k, top_p, min_p."""
-        return self.temperature, self.top_k, self.top_p, self.min_p
+    def rows(self) -> tuple[torch.Tensor, ...]:
+        """The per-row tensors: temperature, top_k, top_p, min_p, presence, frequency, repetition."""
+        return self.temperature, self.top_k, self.top_p, self.min_p, self.presence, self.frequency, self.repetition
+
+    @property
+    def penalised(self) -> bool:
+        return self.use_counts or self.use_repetition
 
     def take(self, rows: torch.Tensor) -> "RowKnobs":
         """The knobs of `rows` (an index tensor), with the same static flags."""
         return RowKnobs(*(tensor[rows] for tensor in self.rows()), self.use_top_k, self.use_top_p,
-                        self.wide_top_k, self.all_greedy, self.unit_temperature)
+                        self.wide_top_k, self.all_greedy, self.unit_temperature, self.use_counts,
+                        self.use_repetition)
+
+
+def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+    """The logits (B, W) a row's token is drawn from under its penalties, in float32, as vLLM applies them:
+
+        repetition (transformers' RepetitionPenaltyLogitsProcessor): where `seen` (B, >= W) is true, a logit is
+            divided by the penalty if positive, multiplied by it if not
+        frequency and presence (OpenAI's): logit - frequency x count - presence x (count > 0)
+
+    `counts` (B, >= W): how often each token is in the row's text so far; `seen`: the tokens of the model's own
+    prompt or of that text (needed only when some row has a repetition penalty). A row whose penalties are off
+    gets its logits back unchanged. Presence and frequency shift logits by per-token constants, so they act on
+    log-probs the same way; the repetition penalty depends on each logit's sign, so it needs the raw logits."""
+    z = logits.float()
+    width = z.shape[-1]
+    if knobs.use_repetition:
+        theta = knobs.repetition[:, None]
+        z = torch.where(seen[:, :width], torch.where(z > 0, z / theta, z * theta), z)
+    if knobs.use_counts:
+        count = counts[:, :width]
+        z = z - knobs.frequency[:, None] * count - knobs.presence[:, None] * (count > 0)
+    return z
 
 
 def sample(logprobs: torch.Tensor, uniform: torch.Tensor, params: "SamplingParams | RowKnobs",

@@ -13,6 +13,10 @@ rule blocks, so the step can be captured as a CUDA graph. Without it (the CPU), 
 only for the rows that need it. The tokens are the same either way. A route whose writer is fixed
 (`Route.fixed`: base alone, aligned alone, the mixtures' endpoints) never switches, so only its writer
 draws.
+
+Penalties (`sampling.penalise`) change only what is drawn: the caller passes `draw`, a view of the penalised
+distributions; the router reads `view` (the models' own), and the recorded statistics and probabilities are the
+models' own too. A soft method's mixture is the router's mixture of the penalised distributions.
 """
 
 from __future__ import annotations
@@ -42,15 +46,19 @@ class Drawn:
 
 
 def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: torch.Tensor,
-                   previous_base: torch.Tensor, knobs: RowKnobs, *, sync_free: bool, top: int = 0) -> Drawn:
+                   previous_base: torch.Tensor, knobs: RowKnobs, *, sync_free: bool, top: int = 0,
+                   draw: StepView | None = None) -> Drawn:
     """Route every row, draw its token. `uniforms` (b, 3): this step's number from each row's base,
     aligned and router streams; `previous`/`previous_base`: the row's last token (-1: none) and writer.
     `top` > 0: also the `top` most likely tokens of the distribution each row's token was drawn from
-    (its writer's, or the mixture's; temperature 1, like `chosen_prob`)."""
+    (its writer's, or the mixture's; temperature 1, like `chosen_prob`; before penalties). `draw`: the
+    distributions to draw from, when they are not the view's (penalised ones)."""
     route = router(view)
     base_lp, aligned_lp = view.base_logprobs, view.aligned_logprobs
+    draw_base, draw_aligned = (base_lp, aligned_lp) if draw is None else (draw.base_logprobs, draw.aligned_logprobs)
     if route.mix is not None:  # a soft method: one mixed distribution, no writer to switch
-        tokens = sample(route.mix, uniforms[:, ALIGNED_STREAM], knobs, sync_free=sync_free)
+        mix = router(draw).mix if draw is not None else route.mix
+        tokens = sample(mix, uniforms[:, ALIGNED_STREAM], knobs, sync_free=sync_free)
         chosen = route.mix.gather(-1, tokens[:, None]).squeeze(-1)
         use_base, codes, names = route.use_base, route.codes, route.names
         writer = route.mix
@@ -59,21 +67,22 @@ def route_and_draw(view: StepView, router, uniforms: torch.Tensor, previous: tor
         names = names + (WORD_CONTINUATION,)
         if route.writer is not None:  # one writer for every row at every step: it never switches mid-word
             stream = BASE_STREAM if route.writer else ALIGNED_STREAM
-            tokens = sample(base_lp if route.writer else aligned_lp, uniforms[:, stream], knobs, sync_free=sync_free)
+            tokens = sample(draw_base if route.writer else draw_aligned, uniforms[:, stream], knobs,
+                            sync_free=sync_free)
             blocked = torch.zeros_like(use_base)
         elif sync_free:  # both models' draws, each row then takes its writer's (or, blocked, the other's)
-            from_base = sample(base_lp, uniforms[:, BASE_STREAM], knobs, sync_free=True)
-            from_aligned = sample(aligned_lp, uniforms[:, ALIGNED_STREAM], knobs, sync_free=True)
+            from_base = sample(draw_base, uniforms[:, BASE_STREAM], knobs, sync_free=True)
+            from_aligned = sample(draw_aligned, uniforms[:, ALIGNED_STREAM], knobs, sync_free=True)
             tokens = torch.where(use_base, from_base, from_aligned)
             blocked = _blocked(view, previous, previous_base, use_base, tokens)
             tokens = torch.where(blocked, torch.where(use_base, from_aligned, from_base), tokens)
         else:  # the writer's draw; the other model draws only for the rows the word rule blocks
-            tokens = _draw(base_lp, aligned_lp, use_base, uniforms, knobs, sync_free)
+            tokens = _draw(draw_base, draw_aligned, use_base, uniforms, knobs, sync_free)
             blocked = _blocked(view, previous, previous_base, use_base, tokens)
             if bool(blocked.any()):
                 rows = blocked.nonzero().squeeze(-1)
                 tokens = tokens.clone()
-                tokens[rows] = _draw(base_lp[rows], aligned_lp[rows], ~use_base[rows], uniforms[rows],
+                tokens[rows] = _draw(draw_base[rows], draw_aligned[rows], ~use_base[rows], uniforms[rows],
                                      knobs.take(rows), sync_free)
         use_base = torch.where(blocked, ~use_base, use_base)
         codes = torch.where(blocked, torch.full_like(codes, len(names) - 1), codes)

@@ -102,7 +102,9 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, 
     asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
     sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                               min_p=body.min_p if body.min_p is not None else default_min_p,
-                              max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings())
+                              max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings(),
+                              presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                              repetition_penalty=body.repetition_penalty)
     # what one prompt is called (a list's are named by their index): a chat's last user message was checked by
     # `conversation`, so what is left to say of it is the whole conversation's templated length
     alone = "the conversation" if prompt_field == "messages" else "the prompt"

@@ -211,7 +211,6 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
     Stop = Optional[one_or_many(StopString, Stops)]  # noqa: N806
     Prompts = one_or_many(str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)])  # noqa: N806
     strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # NaN would pass as "out of range"
-    never = "not supported: only 0 is accepted"
 
     class Common(BaseModel):
         model_config = strict
@@ -226,15 +225,20 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         stream: Optional[bool] = False
         stream_options: Optional[StreamOptions] = None
         user: Optional[str] = Field(None, max_length=256)
-        presence_penalty: Optional[float] = Field(0.0, ge=0, le=0, description=never)
-        frequency_penalty: Optional[float] = Field(0.0, ge=0, le=0, description=never)
+        presence_penalty: Optional[float] = Field(0.0, ge=-2, le=2, description=(
+            "subtracted from the logit of each token already in the text; 0 = off"))
+        frequency_penalty: Optional[float] = Field(0.0, ge=-2, le=2, description=(
+            "subtracted from a token's logit once per time it is in the text; 0 = off"))
+        repetition_penalty: Optional[float] = Field(1.0, gt=0, description=(
+            "vLLM extension: a token of the prompt or the text has its logit divided by it (if positive; multiplied "
+            "if not); 1 = off"))
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
         top_k: Optional[int] = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off; null = 0")
 
         @field_validator("temperature", "top_p", "top_k", "n", "stream", "presence_penalty", "frequency_penalty",
-                         "logprobs", check_fields=False)  # logprobs: each request's own (chat: a bool)
+                         "repetition_penalty", "logprobs", check_fields=False)  # logprobs: each request's own (chat: a bool)
         @classmethod
         def _null_means_the_default(cls, value, info: ValidationInfo):
             """OpenAI's API (and vLLM's) document these fields as nullable, and clients send null for "not set";

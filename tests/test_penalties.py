@@ -1,0 +1,141 @@
+"""Repetition, presence and frequency penalties on the tiny random pair (CPU, float32), against a reference built
+from scratch: a full forward of the writing model over its own prompt and the text so far (no cache), transformers'
+`RepetitionPenaltyLogitsProcessor`, OpenAI's presence / frequency formula counted in plain Python, then
+transformers' warpers and an inverse-CDF draw with the row's own random number (tests/sampling_reference.py)."""
+
+import math
+from collections import Counter
+
+import pytest
+import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+from baco import Collaboration, SamplingParams
+from baco.decode.engine import Engine
+from baco.errors import InvalidSamplingParams
+from baco.routers import StepView, get_router
+from sampling_reference import inverse_cdf_draw, transformers_distribution
+
+PROMPTS = ["Name a fruit.", "Tell me a story about a dragon who could not fly.", "Why?"]
+PENALISED = [
+    SamplingParams(repetition_penalty=1.8, min_p=0.05, max_new_tokens=16, seed=3),
+    SamplingParams(presence_penalty=1.5, frequency_penalty=0.8, temperature=0.8, top_k=30, max_new_tokens=16, seed=4),
+    SamplingParams(temperature=0, repetition_penalty=1.3, presence_penalty=-0.5, frequency_penalty=2.0,
+                   max_new_tokens=16, seed=5),
+]
+
+
+def model_logprobs(pair, lm, prompt_ids: list[int], generated: list[int], params: SamplingParams):
+    """(own, penalised) next-token log-probs of one model over the pair's vocabulary, computed from scratch."""
+    ids = torch.tensor([prompt_ids + generated])
+    with torch.no_grad():
+        logits = lm.model(ids).logits[:, -1].float()
+    own = pair.logprobs(logits)
+    if params.repetition_penalty != 1:  # transformers' processor, over every id the model has read
+        logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, logits.clone())
+    for token, count in Counter(generated).items():  # OpenAI's: only the text written so far counts
+        logits[0, token] -= params.frequency_penalty * count + params.presence_penalty
+    return own, pair.logprobs(logits)
+
+
+def run(collab, requests, router, params, **options):
+    """Each request's (token, use_base, mixed, base top-1 prob, reason) per step, from one engine; `params`: one
+    setting, or one per request."""
+    engine = Engine(collab.pair, get_router(router), **{"max_batch": len(requests), "max_len": 96, **options})
+    each = params if isinstance(params, list) else [params] * len(requests)
+    for request, knobs in zip(requests, each):
+        engine.add(request, knobs)
+    steps = [[] for _ in requests]
+    for event in engine.run():
+        for i, rid in enumerate(event.rows):
+            steps[rid].append((int(event.tokens[i]), bool(event.use_base[i]), event.mixed,
+                               float(event.base_top1_prob[i]), event.reasons[i]))
+    return steps, engine
+
+
+@pytest.mark.parametrize("params", PENALISED, ids=["repetition", "presence+frequency", "greedy-all-three"])
+@pytest.mark.parametrize("sync_free", [False, True], ids=["host", "sync-free"])
+@pytest.mark.parametrize("router", ["aligned", "base", "p-punc:0.5", "eft:0.5"])
+def test_each_token_is_drawn_from_its_writers_penalised_distribution(collab, router, sync_free, params):
+    """Three requests in two slots (the third takes a slot another request used): every token is the draw, with the
+    row's own random number, from its writer's distribution penalised as transformers (repetition) and OpenAI
+    (presence, frequency) define it; a soft method's from the mixture of both models' penalised distributions.
+    What the router reads and the engine records are the models' own distributions: its writer (where the word
+    rule does not overrule it) and the base top-1 prob."""
+    pair = collab.pair
+    requests = collab.requests(PROMPTS, 1, params, seed=params.seed)
+    steps, engine = run(collab, requests, router, params, max_batch=2, sync_free=sync_free)
+    for request, row in zip(requests, steps):
+        streams = torch.rand((3, request.max_new_tokens), generator=torch.Generator().manual_seed(request.seed))
+        generated = []
+        for token, use_base, mixed, base_top1, reason in row:
+            own_base, base = model_logprobs(pair, pair.base, request.base_ids, generated, params)
+            own_aligned, aligned = model_logprobs(pair, pair.aligned, request.aligned_ids, generated, params)
+            own = StepView(own_base, own_aligned, pair.vocab, streams[2, len(generated)][None],
+                           previous=torch.tensor([generated[-1] if generated else -1]))
+            if not mixed and reason != "word-continuation":
+                assert use_base == bool(get_router(router)(own).use_base[0])
+            if mixed:
+                writer, stream = get_router(router)(StepView(base, aligned, pair.vocab, torch.zeros(1))).mix, 1
+            else:
+                writer, stream = (base, 0) if use_base else (aligned, 1)
+            u = streams[stream, len(generated)][None]
+            expected = inverse_cdf_draw(transformers_distribution(writer, params), u)
+            assert token == int(expected), (request.prompt, len(generated))
+            assert math.isclose(base_top1, own_base.max().exp().item(), rel_tol=1e-4)
+            generated.append(token)
+    assert sum(map(len, steps)) > 2 * len(requests)
+    assert engine.counts is not None
+
+
+@pytest.mark.parametrize("penalty", [{"repetition_penalty": 1.5}, {"presence_penalty": 1.0},
+                                     {"frequency_penalty": 1.0}], ids=lambda p: next(iter(p)))
+def test_each_penalty_changes_what_is_drawn(collab, penalty):
+    """Greedy decoding of a random model repeats itself; each penalty alone must change the tokens."""
+    plain = SamplingParams(temperature=0, max_new_tokens=24, seed=0)
+    requests = collab.requests(PROMPTS, 1, plain, seed=0)
+    without, _ = run(collab, requests, "p-punc:0.5", plain)
+    with_penalty, _ = run(collab, requests, "p-punc:0.5", SamplingParams(**{**plain.to_dict(), **penalty}))
+    assert [[s[0] for s in row] for row in with_penalty] != [[s[0] for s in row] for row in without]
+
+
+def test_a_row_gives_the_same_tokens_alone_and_beside_penalised_rows_across_moves_and_slot_reuse(collab):
+    """Penalised and plain rows in one engine, of different lengths (the longer rows move down as the shorter
+    finish) and more than its slots (later requests take used slots): each row's tokens are those it gets alone.
+    A row's counts and prompt tokens move with it and leave no trace in the slot it leaves."""
+    settings = [SamplingParams(max_new_tokens=8 + 6 * i, seed=9, min_p=0.05, **penalty) for i, penalty in
+                enumerate([{"repetition_penalty": 1.6}, {}, {"presence_penalty": 1.2, "frequency_penalty": 0.7},
+                           {"repetition_penalty": 0.7}, {}, {"frequency_penalty": 2.0}])]
+    requests = [collab.requests([PROMPTS[i % 3]], 1, p, seed=9)[0] for i, p in enumerate(settings)]
+    for i, request in enumerate(requests):
+        request.max_new_tokens = settings[i].max_new_tokens
+    together, engine = run(collab, requests, "p-punc:0.5", settings, max_batch=4)
+    assert engine.stats["moves"] > 0
+    for request, params, row in zip(requests, settings, together):
+        alone, _ = run(collab, [request], "p-punc:0.5", params)
+        assert [s[0] for s in row] == [s[0] for s in alone[0]]
+        assert len(row) > 3
+
+
+def test_penalties_are_checked_and_recorded_only_where_set():
+    refused = [({"presence_penalty": 2.5}, "presence_penalty"), ({"frequency_penalty": -3}, "frequency_penalty"),
+               ({"presence_penalty": float("nan")}, "presence_penalty"), ({"repetition_penalty": 0}, "repetition"),
+               ({"repetition_penalty": -1.2}, "repetition"), ({"repetition_penalty": float("inf")}, "repetition"),
+               ({"frequency_penalty": "1"}, "frequency_penalty"), ({"repetition_penalty": True}, "repetition")]
+    for knobs, name in refused:
+        with pytest.raises(InvalidSamplingParams, match=name):
+            SamplingParams(**knobs)
+    # a sample's or sweep cell's identity is this dict: a run made before penalties existed keeps its ids
+    assert set(SamplingParams().to_dict()) == {"temperature", "top_p", "top_k", "min_p", "max_new_tokens", "seed",
+                                               "stop"}
+    assert SamplingParams(presence_penalty=0.5).to_dict()["presence_penalty"] == 0.5
+    assert SamplingParams(**SamplingParams(repetition_penalty=1.2).to_dict()).repetition_penalty == 1.2
+    assert not SamplingParams().penalised and SamplingParams(frequency_penalty=-0.1).penalised
+
+
+def test_a_penalised_sample_records_its_penalties(collab):
+    params = SamplingParams(max_new_tokens=6, seed=1, repetition_penalty=1.3, presence_penalty=0.4)
+    sample = Collaboration(collab.pair, collab.prompt_format).generate(PROMPTS[:1], params, router="p-punc:0.5")[0]
+    recorded = sample.to_dict()["sampling"]
+    assert recorded["repetition_penalty"] == 1.3 and recorded["presence_penalty"] == 0.4
+    assert "frequency_penalty" not in recorded
