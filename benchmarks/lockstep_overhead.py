@@ -1,6 +1,6 @@
 """Lockstep cost vs. running the two models alone, per decoding step, measured in one run.
 
-    python benchmarks/lockstep_overhead.py [--base DIR --aligned DIR] [--batch 1 8] [--dtype float32]
+    python benchmarks/lockstep_overhead.py [--base DIR --aligned DIR] [--batch 1 8] [--dtype float32] [--penalties]
     python benchmarks/lockstep_overhead.py --shape DIR [--set num_hidden_layers=26 ...] --device cuda
 
 Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`). With --shape
@@ -55,9 +55,14 @@ def without_stops(collab: Collaboration) -> None:
     collab.pair._mask = torch.where(vocab.allowed, 0.0, float("-inf"))
 
 
-def running_engine(collab: Collaboration, pair, router: str, batch: int, budget: int) -> Engine:
-    """An engine with `batch` rows, warmed up: prefill done, graphs captured (on a GPU)."""
-    params = SamplingParams(max_new_tokens=WARM + budget + 2, seed=0, min_p=0.05)
+# --penalties: what the penalised lockstep engine's rows sample with (every penalty on)
+PENALTIES = {"repetition_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.5}
+
+
+def running_engine(collab: Collaboration, pair, router: str, batch: int, budget: int, **knobs) -> Engine:
+    """An engine with `batch` rows, warmed up: prefill done, graphs captured (on a GPU). `knobs`: more sampling
+    knobs (penalties)."""
+    params = SamplingParams(max_new_tokens=WARM + budget + 2, seed=0, min_p=0.05, **knobs)
     requests = collab.requests([PROMPT], batch, params, seed=0)
     engine = Engine(pair, get_router(router), max_batch=batch, max_len=max(r.length for r in requests))
     for request in requests:
@@ -187,6 +192,9 @@ def main() -> None:
                         "(on; benchmarks/cpu_backends.py compares the CPU paths)")
     parser.add_argument("--compile", action="store_true",
                         help="run every engine's forwards through torch.compile (`--compile`; compiling is not timed)")
+    parser.add_argument("--penalties", action="store_true",
+                        help="also time the lockstep step with repetition, presence and frequency penalties on "
+                        "(column 'penalised ms', and its ratio to the plain step)")
     parser.add_argument("--profile", action="store_true",
                         help="then print where lockstep steps at the largest batch spend their time: operators "
                         "(torch.profiler) and, on the CPU, the Python between them (cProfile)")
@@ -222,18 +230,23 @@ def main() -> None:
     print(f"engine: graphs={engine.graphs} compiled={engine.compiled} sync_free={engine.sync_free} pipelined={engine.pipelined} "
           f"stats={engine.stats}" + (f" capture failed: {engine.capture_error}" if engine.capture_error else ""))
     hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
-    print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}")
+    penalised_columns = f" {'penalised ms':>12} {'x plain':>7}" if args.penalties else ""
+    print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}"
+          f"{penalised_columns}")
     for batch in args.batch:
         chunk, turns = max(1, (t2 - t1) // 4), 4 * args.repeats  # short turns, interleaved
         engines = {"lockstep": running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns),
                    "base": running_engine(collab, solo(collab, "base"), "base", batch, chunk * turns),
                    "aligned": running_engine(collab, solo(collab, "aligned"), "aligned", batch, chunk * turns)}
+        if args.penalties:
+            engines["penalised"] = running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns, **PENALTIES)
         timed = steady_steps(engines, chunk, turns)
         lock, base_t, aligned_t = timed["lockstep"], timed["base"], timed["aligned"]
         hf = [per_step(lambda n: time_hf_generate(collab, "base", batch, n, kind == "static"), t1, t2, args.repeats)
               for kind in args.hf]
         print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
-              f"{lock / (base_t + aligned_t):>6.2f} {batch / lock:>8.0f}" + "".join(f" {t * 1e3:>14.2f}" for t in hf),
+              f"{lock / (base_t + aligned_t):>6.2f} {batch / lock:>8.0f}" + "".join(f" {t * 1e3:>14.2f}" for t in hf)
+              + (f" {timed['penalised'] * 1e3:>12.2f} {timed['penalised'] / lock:>7.2f}" if args.penalties else ""),
               flush=True)
     if args.profile:
         profile(collab, max(args.batch), t2)

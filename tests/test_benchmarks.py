@@ -31,13 +31,16 @@ def test_throughput_runs_static_and_continuous_on_one_forward():
     assert "one forward" in out and "static:" in out and "static prefill / static =" in out
 
 
-@pytest.mark.parametrize("flags", [[], ["--compile"], ["--shape", "TINY", "--one-forward", "on"]],
-                         ids=["eager", "compiled", "shape-one-forward"])
+@pytest.mark.parametrize("flags", [[], ["--compile"], ["--shape", "TINY", "--one-forward", "on"], ["--penalties"]],
+                         ids=["eager", "compiled", "shape-one-forward", "penalties"])
 def test_lockstep_overhead_prints_its_table(flags, tiny_dirs):
     flags = [str(tiny_dirs[0]) if flag == "TINY" else flag for flag in flags]  # --shape: a config and tokenizer
     out = script("lockstep_overhead.py", "--batch", "1", "--steps", "2", "6", "--repeats", "1", "--hf", *flags)
     header = next(line for line in out.splitlines() if line.split()[:2] == ["batch", "lockstep"])
-    assert header and out.splitlines()[-1].split()[0] == "1"
+    row = out.splitlines()[-1].split()
+    assert header and row[0] == "1"
+    if "--penalties" in flags:  # the penalised step's time and its ratio to the plain one
+        assert header.split()[-3:] == ["ms", "x", "plain"] and float(row[-1]) > 0 and len(row) == 8
 
 
 def test_engine_memory_measures_within_what_auto_sizing_reserves():

@@ -9,6 +9,7 @@ reporting duplicates and torn lines.
 import io
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -724,27 +725,28 @@ def test_a_generate_stopped_by_sigterm_keeps_its_finished_samples_says_so_and_a_
     assert {r["id"]: r["token_ids"] for r in rows_of(out)} == expected and len(rows_of(out)) == 40
 
 
-def test_a_sigterm_landing_just_after_a_sample_is_written_counts_that_sample_as_kept(tiny_dirs, tmp_path, monkeypatch,
-                                                                                    capsys):
+@pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stop_signal_landing_just_after_a_sample_is_written_counts_that_sample_as_kept(tiny_dirs, tmp_path,
+                                                                                       monkeypatch, capsys, signum,
+                                                                                       code, said):
     """The signal arrives right after the first sample's line is written, before the command has counted it: the
     line saying what was kept counts it (it said 0 with the sample in the file, a race CI met on a Ray run)."""
-    import signal
-
     from baco.storage import JsonlAppender
 
     write = JsonlAppender.append
 
     def write_then_signal(self, row):
         write(self, row)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(JsonlAppender, "append", write_then_signal)
     out = tmp_path / "stopped.jsonl"
     argv = generate_argv(tiny_dirs, out, "--prompt", "Name a fruit.", "--n", "4", "--batch-size", "1",
                          "--max-new-tokens", "6")
-    assert main(argv) == 143
+    assert main(argv) == code
     assert len(rows_of(out)) == 1
-    assert f"terminated (SIGTERM): 1 finished samples kept in {out}" in capsys.readouterr().err
+    assert f"{said}: 1 finished samples kept in {out}" in capsys.readouterr().err
 
 
 def test_generate_rerun_finds_each_copy_of_a_repeated_prompt_after_reordering_or_adding_prompts(tiny_dirs, tmp_path,

@@ -1027,20 +1027,22 @@ class Terminated(KeyboardInterrupt):
     its finished samples kept and its files closed, exit 143 (128 + SIGTERM) rather than killed mid-write."""
 
 
-_HELD = {"on": False, "stop": None}  # a SIGTERM held while a sample is written and counted (`_whole`)
+_HELD = {"on": False, "stop": None}  # a SIGTERM or Ctrl-C held while a sample is written and counted (`_whole`)
 
 
-def _on_sigterm(signum, frame):
+def _on_stop_signal(signum, frame):
+    stop = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
     if _HELD["on"]:
-        _HELD["stop"] = Terminated()
+        _HELD["stop"] = _HELD["stop"] or stop
         return
-    raise Terminated()
+    raise stop
 
 
 @contextmanager
 def _whole():
-    """Hold a SIGTERM that arrives while a sample is written and counted until both are done, so the line saying
-    how many samples were kept counts the one just written (a signal landing between the two said one fewer)."""
+    """Hold a SIGTERM or Ctrl-C that arrives while a sample is written and counted until both are done, so the line
+    saying how many samples were kept counts the one just written (a signal landing between the two said one
+    fewer)."""
     _HELD["on"], _HELD["stop"] = True, None
     try:
         yield
@@ -1059,15 +1061,19 @@ def _stop_code(stop: KeyboardInterrupt) -> int:
     return 128 + signal.SIGTERM if isinstance(stop, Terminated) else 130
 
 
-def _catch_sigterm(args):
-    """Let SIGTERM stop a command the way Ctrl-C does (`Terminated`); the previous handler, to put back. Not for
-    `serve`, whose server drains its requests on SIGTERM itself, nor off the main thread (where Python cannot)."""
+def _catch_stop_signals(args) -> dict:
+    """Let SIGTERM stop a command the way Ctrl-C does (`Terminated`), and let `_whole` hold either; the previous
+    handlers, to put back. Not for `serve`, whose server drains its requests on SIGTERM itself, nor off the main
+    thread (where Python cannot)."""
     if args.run is cmd_serve:
-        return None
+        return {}
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, _on_sigterm)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _on_stop_signal)
     except ValueError:  # not the main thread
-        return None
+        pass
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1079,7 +1085,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = warnings.showwarning
     if not debug:
         warnings.showwarning = _one_line_warnings
-    previous = _catch_sigterm(args)
+    previous = _catch_stop_signals(args)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -1106,8 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         warnings.showwarning = shown
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":
