@@ -47,6 +47,20 @@ def test_the_grid_is_methods_times_values_times_tasks_times_seeds(config):
     assert len(config.cells) == 5
 
 
+def test_a_penalty_is_a_sweepable_knob_and_its_cells_samples_record_it(tmp_path, engines):
+    raw = raw_config(tmp_path)
+    raw["methods"] = {"aligned": {"router": "aligned", "sweep": {"repetition_penalty": [1.0, 1.5]}},
+                      "p-punc": {"router": "p-punc", "sweep": {"frequency_penalty": [0.8]}}}
+    config = parse_config(raw)
+    assert [c.name for c in config.configurations] == ["aligned@repetition_penalty=1", "aligned@repetition_penalty=1.5",
+                                                       "p-punc@frequency_penalty=0.8"]
+    run_cells(config, tmp_path / "run", engines, progress=False)
+    rows = {r["config"]: r for r in Store(tmp_path / "run" / "samples.jsonl").read()}
+    assert "repetition_penalty" not in rows["aligned@repetition_penalty=1"]["sampling"]  # off: as before penalties
+    assert rows["aligned@repetition_penalty=1.5"]["sampling"]["repetition_penalty"] == 1.5
+    assert rows["p-punc@frequency_penalty=0.8"]["sampling"]["frequency_penalty"] == 0.8
+
+
 def test_every_cell_writes_n_samples_per_prompt_once(config, engines, tmp_path):
     run_cells(config, tmp_path / "run", engines, progress=False)
     rows = Store(tmp_path / "run" / "samples.jsonl").read()
@@ -213,6 +227,11 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     ({"methods": {"x": {"router": "p", "values": [7, -1]}}, "tasks": ["open-ended"]}, r"methods.x: .*threshold must be >= 0, got -1"),
     ({"methods": {"x": {"router": "p"}}, "tasks": []}, "tasks. is empty"),
     ({"methods": {"x": {"router": "base", "sweep": {"colour": [1]}}}, "tasks": ["open-ended"]}, "not sweepable"),
+    ({"methods": {"x": {"router": "aligned", "sweep": {"presence_penalty": [3]}}}, "tasks": ["open-ended"]},
+     r"methods.x.sweep: presence_penalty must be in \[-2, 2\]"),
+    # a cross-tokenizer method takes no penalty: refused before the other cells run, not when its cell does
+    ({"methods": {"x": {"router": "chared", "values": [0.5]}}, "tasks": ["open-ended"],
+      "sampling": {"repetition_penalty": 1.2}}, "methods.x: router chared:0.5 is a cross-tokenizer method"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "n": 1}, "samples per prompt"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "sampling": {"top_p": 2}}, "top_p"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "colour": 1}, "unknown keys"),

@@ -30,9 +30,10 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router
+from baco.routers.cross import unit_of
 from baco.routers.neighbours import reads_anchor
 
-SWEEPABLE = ("temperature", "top_p", "top_k", "min_p")
+SWEEPABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 METHOD_KEYS = {"router", "values", "sweep", "system_prompt", "base_template", "batch_size"}
 
 
@@ -282,6 +283,10 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
             out.append(Configuration(name, f"{name}@{knob}={value:g}", spec.name, swept, **extra))
     else:
         out.append(Configuration(name, name, _router(router, where).name, sampling, **extra))
+    for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
+        if conf.sampling.penalised and unit_of(conf.router) is not None:
+            _fail(f"{where}: router {conf.router} is a cross-tokenizer method, which takes no repetition, presence "
+                  f"or frequency penalty (it draws text mixed from two vocabularies); leave them off for it")
     return out
 
 
