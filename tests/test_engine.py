@@ -278,11 +278,14 @@ def test_an_engine_whose_caches_cannot_fit_in_memory_is_refused_before_allocatin
         Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2**24, max_len=2**16)
 
 
-@pytest.mark.parametrize("pair_kind,sync_free", [("llama", False), ("llama", True), ("adapter", True)])
-def test_what_an_engine_holds_beyond_its_caches_stays_within_what_auto_sizing_reserves(pair_kind, sync_free, tmp_path):
+@pytest.mark.parametrize("pair_kind,sync_free,penalties", [("llama", False, False), ("llama", True, False),
+                                                             ("adapter", True, False), ("llama", True, True)])
+def test_what_an_engine_holds_beyond_its_caches_stays_within_what_auto_sizing_reserves(pair_kind, sync_free,
+                                                                                       penalties, tmp_path):
     """Measured (torch.profiler's allocation record), with top-p (the sampler's costliest path): a steady step holds
     no more per row than `step_bytes`, the first step (prompts prefilled, then a step) no more than that plus
-    `prefill_bytes`: what `slot_bytes` reserves beside the slot's cache rows."""
+    `prefill_bytes`: what `slot_bytes` reserves beside the slot's cache rows. With penalties, the first step also
+    allocates their buffers."""
     from baco import Collaboration
     from baco.decode.engine import prefill_bytes, step_bytes
     from baco.testing import make_tiny_adapter, make_tiny_pair, peak_bytes
@@ -292,7 +295,8 @@ def test_what_an_engine_holds_beyond_its_caches_stays_within_what_auto_sizing_re
         aligned = make_tiny_adapter(tmp_path / "adapter", base, seed=3)
     collab = Collaboration.from_pretrained(base, aligned, device="cpu", dtype="float32",
                                            one_forward="on" if pair_kind == "adapter" else "off")
-    params = SamplingParams(top_p=0.9, max_new_tokens=12, seed=0)
+    params = SamplingParams(top_p=0.9, max_new_tokens=12, seed=0, **(
+        {"repetition_penalty": 1.3, "presence_penalty": 0.5, "frequency_penalty": 0.5} if penalties else {}))
     rows, columns = 8, 160
     requests = collab.requests([" ".join([PROMPTS[i % 2]] * 3) for i in range(rows)], 1, params, seed=0)
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=rows, max_len=columns, sync_free=sync_free)
@@ -305,6 +309,7 @@ def test_what_an_engine_holds_beyond_its_caches_stays_within_what_auto_sizing_re
     prompt = max(len(r.base_ids) for r in requests)
     assert prompt > 60 and 0 < steady <= rows * step_bytes(collab.pair)
     assert steady < first <= rows * (step_bytes(collab.pair) + prefill_bytes(collab.pair, prompt))
+    assert (engine.counts is not None) == penalties
 
 
 def test_auto_sizing_fills_the_memory_budget_with_whole_slots(collab, monkeypatch):

@@ -90,6 +90,9 @@ def free_bytes(device: torch.device) -> int | None:
 # indices when top-p runs on a GPU). Measured 12.5-21.5 bytes with Gemma-3's 262k vocabulary, 28-34 with the tiny
 # test pair's 512, on the CPU (`benchmarks/engine_memory.py`).
 STEP_BYTES_PER_ENTRY = 40
+# what penalties hold per slot and vocabulary entry, allocated when a request with one first joins: a float32 count,
+# plus one bool per side (its prompt's tokens)
+PENALTY_BYTES_PER_ENTRY = 4
 
 
 def _cache_layout(pair) -> list[tuple[object, torch.dtype, int]] | None:
@@ -120,8 +123,10 @@ def cache_bytes(pair, slots: int, columns: int) -> int | None:
 
 
 def step_bytes(pair) -> int:
-    """Bytes one row of a step holds at its peak beyond the caches: `STEP_BYTES_PER_ENTRY` per side and entry."""
-    return STEP_BYTES_PER_ENTRY * pair.vocab_size * len(pair.sides)
+    """Bytes one row of a step holds at its peak beyond the caches: `STEP_BYTES_PER_ENTRY` per side and entry, and
+    what penalties keep per slot (reckoned whether or not a request uses them: a server cannot know)."""
+    sides = len(pair.sides)
+    return (STEP_BYTES_PER_ENTRY * sides + PENALTY_BYTES_PER_ENTRY + sides) * pair.vocab_size
 
 
 def prefill_bytes(pair, prompt_columns: int, chunk: int = 512) -> int | None:
@@ -380,7 +385,8 @@ class Engine:
 
     def _penalty_state(self) -> None:
         """The buffers penalties read: token counts per slot, and each side's prompt tokens per slot (the
-        repetition penalty's, which counts the prompt too). 4 + 1 per side bytes per slot and vocabulary entry."""
+        repetition penalty's, which counts the prompt too): `PENALTY_BYTES_PER_ENTRY` + 1 per side bytes per slot
+        and vocabulary entry, which `step_bytes` reckons."""
         if self.counts is None:
             shape = (self.slots, self.pair.vocab_size)
             self.counts = torch.zeros(shape, device=self.device)
