@@ -276,15 +276,23 @@ class Cursor:
     drawn_prob: float = 1.0
     tokens: list[int] = field(default_factory=list)
     _masses: tuple | None = None  # cached (bytes (256,), stop, end, total) for the current state
+    _whole_masses: tuple | None = None  # the same of the temperature-1 distribution, while the cursor reads another
 
     def masses(self, table: TokenBytes, whole: bool = False) -> tuple[torch.Tensor, float, float, float]:
         """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised.
-        `whole`: of the temperature-1 distribution, whatever the cursor reads (not cached)."""
+        `whole`: of the temperature-1 distribution, whatever the cursor reads. Cached until the state changes
+        (`forget`): the per-word routers ask for the whole distribution's several times per decision."""
         if whole and not self.raw:
-            return self._masses_of(table, raw=True)
+            if self._whole_masses is None:
+                self._whole_masses = self._masses_of(table, raw=True)
+            return self._whole_masses
         if self._masses is None:
             self._masses = self._masses_of(table, self.raw)
         return self._masses
+
+    def forget(self) -> None:
+        """Drop the cached masses: the distribution, the pending bytes or what the cursor reads changed."""
+        self._masses = self._whole_masses = None
 
     def _masses_of(self, table: TokenBytes, raw: bool) -> tuple[torch.Tensor, float, float, float]:
         if not self.pending:
@@ -309,7 +317,8 @@ class Cursor:
         return self.lo + int(probs.argmax())  # ties: the first, the tokenizer's own piece (`TokenBytes`)
 
     def reset(self, table: TokenBytes, dist: Dist | None, pending: bytes) -> None:
-        self.dist, self.pending, self.look, self._masses = dist, pending, None, None
+        self.dist, self.pending, self.look = dist, pending, None
+        self.forget()
         self.want_look = False
         self.lo, self.hi, self.exact = table.prefix_range(pending) if pending else (0, table.n_text, 0)
         self.raw = False
@@ -317,7 +326,8 @@ class Cursor:
             self.use_raw()
 
     def use_raw(self) -> None:
-        self.raw, self._masses = True, None
+        self.raw = True
+        self.forget()
 
 
 class CharRows:
@@ -446,6 +456,7 @@ class CharRows:
             if byte == STOP:  # the token ended the text
                 cursor.tokens.append(cursor.look.token)
                 cursor.pending = b""
+                cursor.forget()
             else:
                 self._commit(cursor, row, byte, cursor.look)
             return byte, prob
@@ -464,7 +475,7 @@ class CharRows:
             cursor.look = None
         cursor.pending += bytes([byte])
         cursor.lo, cursor.hi, cursor.exact = self.table.prefix_range(cursor.pending, cursor.lo, cursor.hi)
-        cursor._masses = None
+        cursor.forget()
 
     def _row_mask(self, row: int) -> torch.Tensor:
         mask = torch.zeros(len(self.cursors), dtype=torch.bool)
