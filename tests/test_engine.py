@@ -71,6 +71,14 @@ def same_tokens_with_joiners_and_moves(reference, pair, collab):
     return engine
 
 
+def same_tokens_with_penalties(reference, pair, collab, router):
+    """Rows with every penalty on, six requests in three slots (rows join mid-run): the same tokens on both pairs
+    (each side's logits are penalised with its own prompt's tokens, whatever backend steps it)."""
+    params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
+                            frequency_penalty=0.4)
+    return same_tokens(reference, pair, router, params, collab.requests(PROMPTS, 2, params, seed=6), max_batch=3)
+
+
 GREEDY_AND_SAMPLED = pytest.mark.parametrize(
     "params", [SamplingParams(temperature=0, max_new_tokens=20, seed=0),
                SamplingParams(temperature=1.0, min_p=0.05, max_new_tokens=20, seed=1)], ids=["greedy", "sampled"])

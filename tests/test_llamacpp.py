@@ -20,7 +20,8 @@ from baco.models.llamacpp import LLAMACPP_MAX_ROWS, choose_backend, load_llamacp
 from baco.models.pair import ModelPair  # noqa: E402
 from baco.testing import make_tiny_adapter  # noqa: E402
 
-from test_engine import GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves  # noqa: E402
+from test_engine import (GREEDY_AND_SAMPLED, PROMPTS, run, same_tokens, same_tokens_with_joiners_and_moves,  # noqa: E402
+                         same_tokens_with_penalties)
 
 ROUTERS = ["p-punc:0.3", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
@@ -60,9 +61,7 @@ def test_llamacpp_backend_equals_the_hf_backend_token_for_token_on_float32_ggufs
 @pytest.mark.parametrize("router", ["p-punc:0.3", "eft:0.5"])
 def test_penalties_on_llamacpp_give_the_hf_backends_tokens(both, router):
     hf, llama = both
-    params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
-                            frequency_penalty=0.4)
-    same_tokens(hf.pair, llama.pair, router, params, hf.requests(PROMPTS, 2, params, seed=6), max_batch=3)
+    same_tokens_with_penalties(hf.pair, llama.pair, hf, router)
 
 
 def test_llamacpp_slots_are_reused_and_compacted_like_the_hf_engine(both):

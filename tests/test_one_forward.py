@@ -18,7 +18,7 @@ from baco.routers import get_router
 from baco.testing import make_tiny_adapter
 
 from test_engine import (GREEDY_AND_SAMPLED, PROMPTS, host_touches, run, same_tokens,
-                         same_tokens_with_joiners_and_moves)
+                         same_tokens_with_joiners_and_moves, same_tokens_with_penalties)
 
 ROUTERS = ["p-punc:0.3", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5", "aligned", "base"]
 
@@ -75,11 +75,8 @@ def test_one_forward_pair_equals_the_two_model_pair_token_for_token(pairs, route
 
 @pytest.mark.parametrize("router", ["p-punc:0.3", "eft:0.5"])
 def test_penalties_on_the_one_forward_pair_give_the_two_model_pairs_tokens(pairs, router):
-    """Each lane's logits are penalised with its own prompt's tokens (the repetition penalty counts them)."""
     two, one = pairs
-    params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
-                            frequency_penalty=0.4)
-    same_tokens(two.pair, one.pair, router, params, two.requests(PROMPTS, 2, params, seed=6), max_batch=3)
+    same_tokens_with_penalties(two.pair, one.pair, two, router)
 
 
 def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
