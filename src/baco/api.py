@@ -445,8 +445,9 @@ class Collaboration:
             samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
             own, as given alone).
         sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop and
-            the repetition, presence and frequency penalties (not for cross-tokenizer methods); may be given second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the
-            same samples at every call, batch size, and in `iter_generate` / `stream`.
+            the repetition, presence and frequency penalties (not for cross-tokenizer methods); may be given
+            second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the same samples at
+            every call, batch size, and in `iter_generate` / `stream`.
         router ("p-punc:0.5"): who writes each token: a name with its knob ("p:0.3", "h-punc:2",
             `baco.list_routers()`), a multi-pass method ("negative:0.5", "verbalized:5"), a router of your own
             registered with `baco.register`, or a `Router` object (`baco.get_router("p:0.3")`).

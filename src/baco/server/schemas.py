@@ -238,7 +238,8 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         top_k: Optional[int] = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off; null = 0")
 
         @field_validator("temperature", "top_p", "top_k", "n", "stream", "presence_penalty", "frequency_penalty",
-                         "repetition_penalty", "logprobs", check_fields=False)  # logprobs: each request's own (chat: a bool)
+                         "repetition_penalty", "logprobs",
+                         check_fields=False)  # logprobs: each request's own (chat: a bool)
         @classmethod
         def _null_means_the_default(cls, value, info: ValidationInfo):
             """OpenAI's API (and vLLM's) document these fields as nullable, and clients send null for "not set";
