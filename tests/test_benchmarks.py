@@ -31,8 +31,8 @@ def test_throughput_runs_static_and_continuous_on_one_forward():
     assert "one forward" in out and "static:" in out and "static prefill / static =" in out
 
 
-@pytest.mark.parametrize("flags", [[], ["--compile"], ["--shape", "TINY", "--one-forward", "on"], ["--penalties"]],
-                         ids=["eager", "compiled", "shape-one-forward", "penalties"])
+@pytest.mark.parametrize("flags", [["--penalties"], ["--compile"], ["--shape", "TINY", "--one-forward", "on"]],
+                         ids=["eager-penalties", "compiled", "shape-one-forward"])
 def test_lockstep_overhead_prints_its_table(flags, tiny_dirs):
     flags = [str(tiny_dirs[0]) if flag == "TINY" else flag for flag in flags]  # --shape: a config and tokenizer
     out = script("lockstep_overhead.py", "--batch", "1", "--steps", "2", "6", "--repeats", "1", "--hf", *flags)

@@ -73,10 +73,9 @@ def test_one_forward_pair_equals_the_two_model_pair_token_for_token(pairs, route
     assert engine.units[0].lanes == 2
 
 
-@pytest.mark.parametrize("router", ["p-punc:0.3", "eft:0.5"])
-def test_penalties_on_the_one_forward_pair_give_the_two_model_pairs_tokens(pairs, router):
+def test_penalties_on_the_one_forward_pair_give_the_two_model_pairs_tokens(pairs):
     two, one = pairs
-    same_tokens_with_penalties(two.pair, one.pair, two, router)
+    same_tokens_with_penalties(two.pair, one.pair, two, "p-punc:0.3")
 
 
 def test_late_joiners_and_compaction_keep_both_lanes_of_a_slot_together(pairs):
