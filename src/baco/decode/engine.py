@@ -29,7 +29,7 @@ than the models' context).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -609,15 +609,6 @@ class Engine:
         steps = self.t[:b].clamp(max=self.columns - 1)
         uniforms = self.uniforms[:b].gather(2, steps[:, None, None].expand(b, 3, 1)).squeeze(-1)
         knobs = RowKnobs(*(tensor[:b] for tensor in self.knobs.rows()), *flags)
-        draw = None
-        if knobs.penalised:  # each side's own logits, penalised, are what its tokens are drawn from
-            self._penalty_state()  # (allocated already when a request with a penalty joined)
-            counts = self.counts[:b]
-            generated = counts > 0 if knobs.use_repetition else None
-            penalised = [self.pair.logprobs(penalise(x.to(self.device), knobs, counts,
-                                                     seen[:b] | generated if generated is not None else None))
-                         for x, seen in zip(logits, self.seen)]
-            draw_base, draw_aligned, draw_anchor = self.pair.split(penalised)
         prompts = texts = None
         if self.host_router:
             order = [self.live.get(s) for s in range(b)]
@@ -626,9 +617,7 @@ class Engine:
             texts = [m.text if m else "" for m in order]
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
                         texts=texts, anchor_logprobs=anchor_lp, previous=self.previous[:b])
-        if knobs.penalised:
-            draw = StepView(draw_base, draw_aligned, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
-                            texts=texts, anchor_logprobs=draw_anchor, previous=self.previous[:b])
+        draw = self._penalised(view, logits, knobs) if knobs.penalised else None
         drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
                                sync_free=self.sync_free, top=self.top_k_logprobs if top else 0, draw=draw)
         if knobs.penalised:  # the drawn token is in the row's text from now on
@@ -650,6 +639,16 @@ class Engine:
             self.out_top[0][:, :b] = drawn.top[0].T
             self.out_top[1][:, :b] = drawn.top[1].T
         return drawn.names, drawn.mixed
+
+    def _penalised(self, view: StepView, logits: list, knobs: RowKnobs) -> StepView:
+        """The view the rows draw from: each side's own logits penalised (`sampling.penalise`) with the rows' token
+        counts and that side's prompt tokens, then log-softmaxed; everything else is `view`'s."""
+        self._penalty_state()  # (allocated already when a request with a penalty joined)
+        b = view.batch_size
+        base, aligned, anchor = self.pair.split([
+            self.pair.logprobs(penalise(x.to(self.device), knobs, self.counts[:b], prompt[:b]))
+            for x, prompt in zip(logits, self.seen)])
+        return replace(view, base_logprobs=base, aligned_logprobs=aligned, anchor_logprobs=anchor)
 
     def _capture(self, key: tuple) -> None:
         """Record the step for this bucket as a CUDA graph (state is not advanced by recording)."""

@@ -178,25 +178,26 @@ class RowKnobs:
                         self.use_repetition)
 
 
-def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
     """The logits (B, W) a row's token is drawn from under its penalties, in float32, as vLLM applies them:
 
-        repetition (transformers' RepetitionPenaltyLogitsProcessor): where `seen` (B, >= W) is true, a logit is
-            divided by the penalty if positive, multiplied by it if not
+        repetition (transformers' RepetitionPenaltyLogitsProcessor): a logit of a token in the model's own prompt or
+            in the text so far is divided by the penalty if positive, multiplied by it if not
         frequency and presence (OpenAI's): logit - frequency x count - presence x (count > 0)
 
-    `counts` (B, >= W): how often each token is in the row's text so far; `seen`: the tokens of the model's own
-    prompt or of that text (needed only when some row has a repetition penalty). A row whose penalties are off
-    gets its logits back unchanged. Presence and frequency shift logits by per-token constants, so they act on
-    log-probs the same way; the repetition penalty depends on each logit's sign, so it needs the raw logits."""
+    `counts` (B, >= W): how often each token is in the row's text so far; `prompt` (B, >= W) bool: the tokens of
+    the model's own prompt. A row whose penalties are off gets its logits back unchanged. Presence and frequency
+    shift logits by per-token constants, so they act on log-probs the same way; the repetition penalty depends on
+    each logit's sign, so it needs the raw logits."""
     z = logits.float()
     width = z.shape[-1]
+    count = counts[:, :width]
+    present = count > 0
     if knobs.use_repetition:
         theta = knobs.repetition[:, None]
-        z = torch.where(seen[:, :width], torch.where(z > 0, z / theta, z * theta), z)
+        z = torch.where(prompt[:, :width] | present, torch.where(z > 0, z / theta, z * theta), z)
     if knobs.use_counts:
-        count = counts[:, :width]
-        z = z - knobs.frequency[:, None] * count - knobs.presence[:, None] * (count > 0)
+        z = z - knobs.frequency[:, None] * count - knobs.presence[:, None] * present
     return z
 
 
