@@ -12,7 +12,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
-from baco.errors import InvalidSamplingParams
+from baco.errors import BacoError, InvalidSamplingParams
 from baco.routers import StepView, get_router
 from sampling_reference import inverse_cdf_draw, transformers_distribution
 
@@ -139,3 +139,38 @@ def test_a_penalised_sample_records_its_penalties(collab):
     recorded = sample.to_dict()["sampling"]
     assert recorded["repetition_penalty"] == 1.3 and recorded["presence_penalty"] == 0.4
     assert "frequency_penalty" not in recorded
+
+
+def test_a_penalised_request_without_room_for_its_buffers_is_refused_when_added_and_the_engine_runs_on(
+        collab, monkeypatch):
+    """The penalties' per-slot buffers are allocated when the first penalised request is added: where the device
+    cannot hold them, that request is refused then (naming what they need), and nothing else is lost."""
+    import baco.decode.engine as engine_module
+
+    plain, penalised = SamplingParams(max_new_tokens=6, seed=2), SamplingParams(max_new_tokens=6, seed=2,
+                                                                               presence_penalty=1.0)
+    request = collab.requests(PROMPTS[:1], 1, plain, seed=2)[0]
+    alone = [s[0] for s in run(collab, [request], "p-punc:0.5", plain)[0][0]]
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=96)
+    monkeypatch.setattr(engine_module, "free_bytes", lambda device: engine.penalty_bytes() - 1)
+    with pytest.raises(BacoError, match=r"penalties .* need \d+ MiB .* 2 slots .* sample without penalties"):
+        engine.add(request, penalised)
+    assert engine.counts is None and not engine.has_work
+    engine.add(request, plain)  # the engine goes on with requests that need no buffers
+    tokens = [int(event.tokens[0]) for event in engine.run()]
+    assert tokens == alone
+    monkeypatch.undo()
+    engine.add(request, penalised)  # with room, the same request is taken
+    assert engine.counts is not None and len(list(engine.run())) == 6
+
+
+def test_a_prompt_mask_holds_each_prompt_s_ids_within_the_vocabulary(collab):
+    engine = Engine(collab.pair, get_router("aligned"), max_batch=1, max_len=16)
+    vocab = collab.pair.vocab_size
+    prompts = [[3, 5, 5, 9], [vocab + 2, 7], [vocab], [0]]  # ids past the vocabulary: a tokenizer's padding rows
+    expected = torch.zeros((len(prompts), vocab), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        for token in prompt:
+            if token < vocab:
+                expected[row, token] = True
+    assert torch.equal(engine._prompt_mask(prompts), expected)

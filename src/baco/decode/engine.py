@@ -383,14 +383,31 @@ class Engine:
         self.counts: torch.Tensor | None = None  # (slots, V) float: how often each token is in the row's text
         self.seen: list[torch.Tensor] = []  # per side, (slots, V) bool: the tokens of the row's prompt on that side
 
+    def penalty_bytes(self) -> int:
+        """Bytes of the penalties' buffers for this engine's slots (`_penalty_state`)."""
+        return self.slots * (PENALTY_BYTES_PER_ENTRY + len(self.reads)) * self.pair.vocab_size
+
     def _penalty_state(self) -> None:
         """The buffers penalties read: token counts per slot, and each side's prompt tokens per slot (the
         repetition penalty's, which counts the prompt too): `PENALTY_BYTES_PER_ENTRY` + 1 per side bytes per slot
-        and vocabulary entry, which `step_bytes` reckons."""
-        if self.counts is None:
-            shape = (self.slots, self.pair.vocab_size)
-            self.counts = torch.zeros(shape, device=self.device)
-            self.seen = [torch.zeros(shape, dtype=torch.bool, device=self.device) for _ in self.reads]
+        and vocabulary entry, which `step_bytes` reckons. Allocated when the first request with a penalty is
+        added: a device without room for them refuses that request (a `BacoError` naming the need), not a step."""
+        if self.counts is not None:
+            return
+        need, free = self.penalty_bytes(), free_bytes(self.device)
+        mib = 2**20
+        refusal = (f"sampling penalties (repetition, presence, frequency) need {need / mib:.0f} MiB on {self.device} "
+                   f"for this engine's {self.slots} slots (a token count and a prompt mask per vocabulary entry of "
+                   f"{self.pair.vocab_size}), but {{}}; lower --max-batch, or sample without penalties")
+        if free is not None and need > free:
+            raise BacoError(refusal.format(f"{free / mib:.0f} MiB is free"))
+        shape = (self.slots, self.pair.vocab_size)
+        try:
+            counts = torch.zeros(shape, device=self.device)
+            seen = [torch.zeros(shape, dtype=torch.bool, device=self.device) for _ in self.reads]
+        except torch.OutOfMemoryError:
+            raise BacoError(refusal.format("the device ran out of memory allocating them")) from None
+        self.counts, self.seen = counts, seen
 
     # ---- requests -----------------------------------------------------------------------------------
     def add(self, request: Request, params: SamplingParams, *, top_logprobs: bool = False) -> int:
@@ -404,6 +421,8 @@ class Engine:
         if request.length > self.context:
             raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
                             f"than the models' context of {self.context}; lower max_new_tokens")
+        if params.penalised:
+            self._penalty_state()
         rid = self._next_rid
         self._next_rid += 1
         self.waiting.append(_Live(rid, request, params, top_logprobs=bool(top_logprobs and self.top_k_logprobs)))
@@ -532,16 +551,10 @@ class Engine:
         fresh = RowKnobs.of([m.params for m in group.members])
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
             mine[slots] = upload(theirs, self.device)
-        if fresh.penalised:
-            self._penalty_state()
         if self.counts is not None:  # a slot's counts and prompt tokens are its new request's alone
             self.counts.index_fill_(0, slots, 0)
             for seen, reads in zip(self.seen, self.reads):
-                prompts = torch.zeros((len(requests), self.pair.vocab_size), dtype=torch.bool)
-                for i, request in enumerate(requests):
-                    ids = torch.tensor(request.base_ids if reads == "base" else request.aligned_ids)
-                    prompts[i, ids[ids < self.pair.vocab_size]] = True
-                seen[slots] = upload(prompts, self.device)
+                seen[slots] = self._prompt_mask([r.base_ids if reads == "base" else r.aligned_ids for r in requests])
         for slot, member in zip(group.slots, group.members):
             if member.rid not in self.finished_rids:  # not aborted while its prompt was prefilled
                 self.live[slot] = member
@@ -639,6 +652,17 @@ class Engine:
             self.out_top[0][:, :b] = drawn.top[0].T
             self.out_top[1][:, :b] = drawn.top[1].T
         return drawn.names, drawn.mixed
+
+    def _prompt_mask(self, prompts: list[list[int]]) -> torch.Tensor:
+        """(len(prompts), V) bool on the device: which vocabulary entries each prompt holds (ids past the
+        vocabulary, a tokenizer's padding rows, are not entries). Only the ids travel to the device, padded with V
+        into a spare column; the mask is scattered where it lives."""
+        vocab = self.pair.vocab_size
+        width = max(map(len, prompts))
+        padded = torch.tensor([list(prompt) + [vocab] * (width - len(prompt)) for prompt in prompts]).clamp_(max=vocab)
+        mask = torch.zeros((len(prompts), vocab + 1), dtype=torch.bool, device=self.device)
+        mask.scatter_(1, upload(padded, self.device), True)
+        return mask[:, :vocab]
 
     def _penalised(self, view: StepView, logits: list, knobs: RowKnobs) -> StepView:
         """The view the rows draw from: each side's own logits penalised (`sampling.penalise`) with the rows' token
