@@ -99,6 +99,9 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
     (["--top-p", "0"], "--top-p must be in"),
     (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2]"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
+    (["--logit-bias", '{"1": 200}'], "--logit-bias values must be numbers in [-100, 100]"),
+    (["--logit-bias", '{"99999": 1}', "--max-new-tokens", "8"],
+     "logit_bias names token id 99999, but the vocabulary has 512 tokens"),
     (["--router", "nope"], "unknown router"),
     (["--base", "/no/where", "--aligned", "/no/where"], "no model directory"),
     (["--prompt", " "], "prompt 0 is empty"),
@@ -113,6 +116,12 @@ def test_cli_reports_bad_input_in_one_line(tiny_dirs, capsys, args, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert err.strip().count("\n") == 0
+
+
+def test_a_logit_bias_flag_that_is_not_a_json_object_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["generate", "--prompt", "hi", "--logit-bias", "1: -100"])
+    assert stopped.value.code == 2 and "--logit-bias: expected a JSON object" in capsys.readouterr().err
 
 
 def _adapter_dir(tmp_path, tiny_dirs):

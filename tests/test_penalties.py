@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
@@ -22,6 +22,8 @@ PENALISED = [
     SamplingParams(presence_penalty=1.5, frequency_penalty=0.8, temperature=0.8, top_k=30, max_new_tokens=16, seed=4),
     SamplingParams(temperature=0, repetition_penalty=1.3, presence_penalty=-0.5, frequency_penalty=2.0,
                    max_new_tokens=16, seed=5),
+    SamplingParams(logit_bias={"7": 4.0, "11": -100, "300": 2.5, "42": 1}, repetition_penalty=1.5, min_p=0.05,
+                   max_new_tokens=16, seed=6),
 ]
 
 
@@ -31,6 +33,9 @@ def model_logprobs(pair, lm, prompt_ids: list[int], generated: list[int], params
     with torch.no_grad():
         logits = lm.model(ids).logits[:, -1].float()
     own = pair.logprobs(logits)
+    if params.logit_bias:  # first, as vLLM applies it: transformers' processor with one-token sequences
+        bias = [[[token], value] for token, value in params.logit_bias]
+        logits = SequenceBiasLogitsProcessor(bias)(ids, logits.clone())
     if params.repetition_penalty != 1:  # transformers' processor, over every id the model has read
         logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, logits.clone())
     for token, count in Counter(generated).items():  # OpenAI's: only the text written so far counts
@@ -53,7 +58,8 @@ def run(collab, requests, router, params, **options):
     return steps, engine
 
 
-@pytest.mark.parametrize("params", PENALISED, ids=["repetition", "presence+frequency", "greedy-all-three"])
+@pytest.mark.parametrize("params", PENALISED, ids=["repetition", "presence+frequency", "greedy-all-three",
+                                                   "logit-bias+repetition"])
 @pytest.mark.parametrize("sync_free", [False, True], ids=["host", "sync-free"])
 @pytest.mark.parametrize("router", ["aligned", "base", "p-punc:0.5", "eft:0.5"])
 def test_each_token_is_drawn_from_its_writers_penalised_distribution(collab, router, sync_free, params):
@@ -105,7 +111,7 @@ def test_a_row_gives_the_same_tokens_alone_and_beside_penalised_rows_across_move
     A row's counts and prompt tokens move with it and leave no trace in the slot it leaves."""
     settings = [SamplingParams(max_new_tokens=8 + 6 * i, seed=9, min_p=0.05, **penalty) for i, penalty in
                 enumerate([{"repetition_penalty": 1.6}, {}, {"presence_penalty": 1.2, "frequency_penalty": 0.7},
-                           {"repetition_penalty": 0.7}, {}, {"frequency_penalty": 2.0}])]
+                           {"repetition_penalty": 0.7}, {"logit_bias": {"7": 3.0, "9": -2}}, {"frequency_penalty": 2.0}])]
     requests = [collab.requests([PROMPTS[i % 3]], 1, p, seed=9)[0] for i, p in enumerate(settings)]
     for i, request in enumerate(requests):
         request.max_new_tokens = settings[i].max_new_tokens
@@ -115,6 +121,41 @@ def test_a_row_gives_the_same_tokens_alone_and_beside_penalised_rows_across_move
         alone, _ = run(collab, [request], "p-punc:0.5", params)
         assert [s[0] for s in row] == [s[0] for s in alone[0]]
         assert len(row) > 3
+
+
+def test_a_logit_bias_of_plus_100_forces_its_token_and_minus_100_bans_the_greedy_ones(collab):
+    """OpenAI's extremes, on greedy decoding: +100 on a token makes it every token drawn; -100 on the tokens greedy
+    decoding picks keeps each of them out. A bias alone keeps no token counts (no penalty's buffers)."""
+    plain = SamplingParams(temperature=0, max_new_tokens=12, seed=0)
+    requests = collab.requests(PROMPTS, 1, plain, seed=0)
+    forced = SamplingParams(temperature=0, max_new_tokens=12, seed=0, logit_bias={"7": 100})
+    steps, engine = run(collab, requests, "p-punc:0.5", forced)
+    assert {s[0] for row in steps for s in row} == {7} and engine.counts is None
+    greedy, _ = run(collab, requests, "p-punc:0.5", plain)
+    picked = sorted({s[0] for row in greedy for s in row})
+    banned = SamplingParams(temperature=0, max_new_tokens=12, seed=0, logit_bias={t: -100 for t in picked})
+    steps, _ = run(collab, requests, "p-punc:0.5", banned)
+    assert not {s[0] for row in steps for s in row} & set(picked) and all(steps)
+
+
+def test_a_logit_bias_is_checked_recorded_and_refused_past_the_vocabulary(collab):
+    params = SamplingParams(logit_bias={"5": -100, 3: 2.5})
+    assert params.logit_bias == ((3, 2.5), (5, -100.0)) and params.reshaped and not params.penalised
+    assert params.to_dict()["logit_bias"] == {"3": 2.5, "5": -100.0}  # JSON's object, as OpenAI's API takes it
+    assert SamplingParams(**params.to_dict()) == params and "logit_bias" not in SamplingParams().to_dict()
+    refused = [({"a": 1}, "keys must be token ids"), ({"-1": 1}, "keys must be token ids"), ({1.5: 1}, "keys"),
+               ({1: 101}, r"\[-100, 100\]"), ({1: float("nan")}, r"\[-100, 100\]"), ({1: "2"}, "numbers"),
+               ({1: True}, "numbers"), ([1, 2], "must map token ids"), ({i: 1 for i in range(301)}, "at most 300"),
+               ({"1": 1, 1: 2}, "names token 1 twice")]
+    for bias, message in refused:
+        with pytest.raises(InvalidSamplingParams, match=message):
+            SamplingParams(logit_bias=bias)
+    vocab = collab.pair.vocab_size
+    engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=1, max_len=64)
+    request = collab.requests(PROMPTS[:1], 1, SamplingParams(max_new_tokens=8), seed=0)[0]
+    with pytest.raises(InvalidSamplingParams, match=f"token id {vocab}, but the vocabulary has {vocab} tokens"):
+        engine.add(request, SamplingParams(logit_bias={vocab: 1}))
+    assert not engine.has_work
 
 
 def test_penalties_are_checked_and_recorded_only_where_set():

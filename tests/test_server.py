@@ -124,6 +124,21 @@ def test_penalties_are_taken_as_in_openais_api_and_vllms_and_give_the_librarys_t
         assert refused.value.body["param"] == field, refused.value.body
 
 
+def test_a_logit_bias_is_taken_as_in_openais_api_and_gives_the_librarys_tokens(client, collab):
+    """logit_bias: {"token id": bias in [-100, 100]}; the tokens are the library's with the same bias; a bias out of
+    range, a key that is no id and an id past the vocabulary are 400s that name the field."""
+    bias = {"7": 4.0, "11": -100, "42": 2}
+    response = chat(client, PROMPTS[0], max_tokens=16, seed=4, n=2, logit_bias=bias)
+    expected = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4, logit_bias=bias)
+    assert [[p["token"] for p in provenance(c)] for c in response.choices] == [s.token_ids for s in expected]
+    plain = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4)
+    assert [s.token_ids for s in plain] != [s.token_ids for s in expected]
+    for value in [{"7": 101}, {"x": 1}, {str(collab.pair.vocab_size): 1}, {str(i): 1 for i in range(301)}]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[0], max_tokens=4, logit_bias=value)
+        assert refused.value.body["param"].startswith("logit_bias"), refused.value.body
+
+
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them
@@ -365,7 +380,8 @@ def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "n": True}, 400, "n"),
     ({"model": 4, "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),  # not a model id at all
     ({"model": "baco", "messages": []}, 400, "messages"),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}, 400, "logit_bias"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 500}}, 400, "logit_bias"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "stop_token_ids": [1]}, 400, "stop_token_ids"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, "router"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, "router"),
     # cross-tokenizer methods run per character or word in `baco generate`; the engine would run them per token
@@ -410,7 +426,7 @@ def test_null_sampling_knobs_mean_their_defaults_as_in_openais_api(live):
 
 
 NULLABLE = ("n", "stream", "stop", "max_tokens", "logprobs", "seed", "presence_penalty", "frequency_penalty", "user",
-            "stream_options")  # OpenAI documents these request fields as nullable; chat also the two below
+            "stream_options", "logit_bias")  # OpenAI documents these request fields as nullable; chat also the two below
 
 
 @pytest.mark.parametrize("route, field", [("chat/completions", f) for f in NULLABLE + ("max_completion_tokens",

@@ -232,6 +232,10 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
     # a cross-tokenizer method takes no penalty: refused before the other cells run, not when its cell does
     ({"methods": {"x": {"router": "chared", "values": [0.5]}}, "tasks": ["open-ended"],
       "sampling": {"repetition_penalty": 1.2}}, "methods.x: router chared:0.5 is a cross-tokenizer method"),
+    ({"methods": {"x": {"router": "chared", "values": [0.5]}}, "tasks": ["open-ended"],
+      "sampling": {"logit_bias": {5: -100}}}, "methods.x: router chared:0.5 .* and no logit bias"),
+    ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "sampling": {"logit_bias": {"x": 1}}},
+     "logit_bias keys must be token ids"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "n": 1}, "samples per prompt"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "sampling": {"top_p": 2}}, "top_p"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"], "colour": 1}, "unknown keys"),

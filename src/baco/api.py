@@ -411,11 +411,12 @@ class Collaboration:
         if batch_size == "auto":
             raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
                             f"cross-tokenizer loop, which has none: give a number")
-        if sampling is not None and sampling.penalised:
+        if sampling is not None and sampling.reshaped:
             raise InvalidSamplingParams(
                 f"router {getattr(router, 'name', router)} runs the cross-tokenizer loop, which draws pieces of text "
-                f"mixed from two vocabularies; presence, frequency and repetition penalties act on one model's token "
-                f"ids and are not supported there: leave them at 0, 0 and 1 (docs/cross-tokenizer.md)")
+                f"mixed from two vocabularies; presence, frequency and repetition penalties and a logit bias act on "
+                f"one model's token ids and are not supported there: leave them at 0, 0, 1 and none "
+                f"(docs/cross-tokenizer.md)")
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross

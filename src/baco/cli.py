@@ -93,6 +93,17 @@ def _ray_options(args):
     return options
 
 
+def _json_object(text: str) -> dict:
+    """A flag's JSON object (--logit-bias)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"1234\": -100}}', got {text!r}")
+    return value
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="collaborative generation; JSONL out, coloured text on a terminal",
                        parents=[DEBUG], formatter_class=HelpFormatter)
@@ -121,6 +132,9 @@ def _add_generate(sub) -> None:
                    help="OpenAI's: subtracted from the logit of every token already in the text; in [-2, 2], 0 = off")
     p.add_argument("--frequency-penalty", type=float, default=0.0,
                    help="OpenAI's: subtracted from a token's logit once per time it is in the text; [-2, 2], 0 = off")
+    p.add_argument("--logit-bias", type=_json_object, default={}, metavar="JSON",
+                   help='OpenAI\'s: token id -> bias in [-100, 100] added to its logit, e.g. \'{"1234": -100}\' '
+                        "bans token 1234")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens written per sample")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
@@ -349,7 +363,7 @@ def cmd_generate(args) -> int:
         sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
                                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-                                  frequency_penalty=args.frequency_penalty)
+                                  frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias)
     except InvalidSamplingParams as error:  # "top_p must be ..." -> "--top-p must be ...": the flag the user typed
         knob, _, rest = str(error).partition(" ")
         raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from baco.decode.loop import Request, StepEvent
-from baco.decode.sampling import RowKnobs, SamplingParams, penalise
+from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_logit_bias, penalise
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError, TokenizerMismatchError
@@ -370,7 +370,7 @@ class Engine:
         self.positions = [longs() for _ in self.reads]
         self.valid = [longs() for _ in self.reads]
         self.uniforms = torch.zeros((slots, 3, columns), device=dev)
-        self.knobs = RowKnobs.of(SamplingParams(), slots, dev)
+        self.knobs = RowKnobs.of(SamplingParams(), slots, dev, bias_width=LOGIT_BIAS_MAX)
         self.write = torch.zeros(1, dtype=torch.long, device=dev)
         self.out_ints = torch.zeros((3, slots), dtype=torch.long, device=dev)
         self.out_floats = torch.zeros((4, slots), device=dev)
@@ -421,6 +421,7 @@ class Engine:
         if request.length > self.context:
             raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
                             f"than the models' context of {self.context}; lower max_new_tokens")
+        check_logit_bias(params, self.pair.vocab_size)
         if params.penalised:
             self._penalty_state()
         rid = self._next_rid
@@ -548,7 +549,7 @@ class Engine:
             generator = torch.Generator().manual_seed(request.seed)
             uniforms[i, :, : request.max_new_tokens] = torch.rand((3, request.max_new_tokens), generator=generator)
         self.uniforms[slots] = upload(uniforms, self.device)
-        fresh = RowKnobs.of([m.params for m in group.members])
+        fresh = RowKnobs.of([m.params for m in group.members], bias_width=LOGIT_BIAS_MAX)
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
             mine[slots] = upload(theirs, self.device)
         if self.counts is not None:  # a slot's counts and prompt tokens are its new request's alone
@@ -630,7 +631,7 @@ class Engine:
             texts = [m.text if m else "" for m in order]
         view = StepView(base_lp, aligned_lp, self.pair.vocab, uniforms[:, 2], self.steps, prompts=prompts,
                         texts=texts, anchor_logprobs=anchor_lp, previous=self.previous[:b])
-        draw = self._penalised(view, logits, knobs) if knobs.penalised else None
+        draw = self._reshaped(view, logits, knobs) if knobs.reshaped else None
         drawn = route_and_draw(view, self.router, uniforms, self.previous[:b], self.previous_base[:b], knobs,
                                sync_free=self.sync_free, top=self.top_k_logprobs if top else 0, draw=draw)
         if knobs.penalised:  # the drawn token is in the row's text from now on
@@ -664,14 +665,17 @@ class Engine:
         mask.scatter_(1, upload(padded, self.device), True)
         return mask[:, :vocab]
 
-    def _penalised(self, view: StepView, logits: list, knobs: RowKnobs) -> StepView:
-        """The view the rows draw from: each side's own logits penalised (`sampling.penalise`) with the rows' token
-        counts and that side's prompt tokens, then log-softmaxed; everything else is `view`'s."""
-        self._penalty_state()  # (allocated already when a request with a penalty joined)
+    def _reshaped(self, view: StepView, logits: list, knobs: RowKnobs) -> StepView:
+        """The view the rows draw from: each side's own logits biased and penalised (`sampling.penalise`) with the
+        rows' token counts and that side's prompt tokens, then log-softmaxed; everything else is `view`'s."""
         b = view.batch_size
+        if knobs.penalised:
+            self._penalty_state()  # (allocated already when a penalised request was added)
+        counts = self.counts[:b] if knobs.penalised else None
+        prompts = [seen[:b] for seen in self.seen] if knobs.penalised else [None] * len(logits)
         base, aligned, anchor = self.pair.split([
-            self.pair.logprobs(penalise(x.to(self.device), knobs, self.counts[:b], prompt[:b]))
-            for x, prompt in zip(logits, self.seen)])
+            self.pair.logprobs(penalise(x.to(self.device), knobs, counts, prompt))
+            for x, prompt in zip(logits, prompts)])
         return replace(view, base_logprobs=base, aligned_logprobs=aligned, anchor_logprobs=anchor)
 
     def _capture(self, key: tuple) -> None:

@@ -29,6 +29,11 @@ BLOCK = 1024
 MIN_TEMPERATURE = 1e-30
 # the penalties and the values that turn them off
 PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
+# logit_bias (OpenAI's): at most this many tokens per request (the engine keeps a fixed-width row of them per slot,
+# so a step's buffers never change shape), each biased by at most this much either way (-100 bans a token in
+# practice, +100 forces it)
+LOGIT_BIAS_MAX = 300
+LOGIT_BIAS_LIMIT = 100.0
 
 
 def plain_number(value):
@@ -56,6 +61,8 @@ class SamplingParams:
     Penalties, as vLLM applies them before the knobs above (`penalise`): repetition_penalty (1.0 = off) > 0, the
     transformers `generate` one, on every token of the model's own prompt and of the text so far; then
     frequency_penalty and presence_penalty (0.0 = off) in [-2, 2], OpenAI's, on the tokens of the text so far.
+    logit_bias ({}): OpenAI's, {token id: bias in [-100, 100]} (at most 300 tokens; JSON's string keys are read as
+    ids), added to each model's logits before the penalties (vLLM's order).
     They change what each token is drawn from, not what routers read or the recorded probabilities.
     """
 
@@ -69,6 +76,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (id, bias) pairs; a dict is read
 
     def __post_init__(self) -> None:
         for knob in fields(self):  # numpy scalars as Python numbers, before they are checked and recorded
@@ -108,17 +116,58 @@ class SamplingParams:
             if problem:
                 fail(f"stop string {index} is not valid Unicode text ({problem})")
         object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias, fail))
 
     @property
     def penalised(self) -> bool:
-        """Whether any penalty is on."""
+        """Whether any penalty is on (the engine then keeps each row's token counts)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
 
+    @property
+    def reshaped(self) -> bool:
+        """Whether tokens are drawn from other logits than the models' own: a penalty or a logit bias is set."""
+        return self.penalised or bool(self.logit_bias)
+
     def to_dict(self) -> dict:
-        """The knobs as JSON types. A penalty is left out where it is off: samples and sweep cells are identified by
-        this dict, and those made before penalties existed keep their identity (a resumed run keeps them)."""
-        knobs = {**asdict(self), "stop": list(self.stop)}
-        return {key: value for key, value in knobs.items() if key not in PENALTIES or value != PENALTIES[key]}
+        """The knobs as JSON types. A penalty or logit bias is left out where it is off: samples and sweep cells are
+        identified by this dict, and those made before they existed keep their identity (a resumed run keeps them).
+        A logit bias is a JSON object {"id": bias}, as OpenAI's API takes it."""
+        knobs = {**asdict(self), "stop": list(self.stop), "logit_bias": {str(i): b for i, b in self.logit_bias}}
+        return {key: value for key, value in knobs.items()
+                if not (key in PENALTIES and value == PENALTIES[key] or key == "logit_bias" and not value)}
+
+
+def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
+    """A logit bias as sorted (id, bias) pairs, from a mapping (keys: ids, or strings of decimal digits, as JSON
+    objects have them) or from pairs; `fail(message)` on anything else."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, (list, tuple)) and len(item) == 2 for item in value):
+        items = [tuple(item) for item in value]
+    else:
+        fail(f"logit_bias must map token ids to biases, e.g. {{\"1234\": -100}}, got {value!r}")
+    if len(items) > LOGIT_BIAS_MAX:
+        fail(f"logit_bias may bias at most {LOGIT_BIAS_MAX} tokens, got {len(items)}")
+    out = {}
+    for key, bias in items:
+        token = key if type(key) is int else int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+        if token is None:
+            fail(f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
+        bias = plain_number(bias)
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+            fail(f"logit_bias values must be numbers in [-100, 100], got {bias!r} for token {token}")
+        if token in out:
+            fail(f"logit_bias names token {token} twice")
+        out[token] = float(bias)
+    return tuple(sorted(out.items()))
+
+
+def check_logit_bias(params: SamplingParams, vocab_size: int) -> None:
+    """Refuse a logit bias on a token the models' shared vocabulary does not have."""
+    beyond = [token for token, _ in params.logit_bias if token >= vocab_size]
+    if beyond:
+        raise InvalidSamplingParams(f"logit_bias names token id {beyond[0]}, but the vocabulary has {vocab_size} "
+                                    f"tokens (ids 0 to {vocab_size - 1})")
 
 
 @dataclass(frozen=True)
@@ -133,6 +182,8 @@ class RowKnobs:
     presence: torch.Tensor  # (B,) float, 0 = off
     frequency: torch.Tensor  # (B,) float, 0 = off
     repetition: torch.Tensor  # (B,) float, 1 = off
+    bias_ids: torch.Tensor  # (B, K) long: the tokens each row's logit bias names (padded with 0, biased by 0)
+    bias_values: torch.Tensor  # (B, K) float: their biases
     use_top_k: bool = False
     use_top_p: bool = False
     wide_top_k: bool = False  # some row's top_k exceeds the precut: thresholds need a full sort
@@ -140,57 +191,87 @@ class RowKnobs:
     unit_temperature: bool = False  # every row at temperature 1 (or greedy): no division by temperatures
     use_counts: bool = False  # some row has a presence or frequency penalty: the rows' token counts are read
     use_repetition: bool = False  # some row has a repetition penalty
+    use_bias: bool = False  # some row has a logit bias
 
     @classmethod
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
-           device: torch.device | str = "cpu") -> "RowKnobs":
+           device: torch.device | str = "cpu", bias_width: int | None = None) -> "RowKnobs":
+        """`bias_width`: the width of the logit-bias rows (default: the longest bias among `params`, at least 1; the
+        engine keeps `LOGIT_BIAS_MAX`)."""
         rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
+        width = bias_width or max([1, *(len(p.logit_bias) for p in rows)])
+        bias_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        bias_values = torch.zeros((len(rows), width))
+        for row, p in enumerate(rows):
+            if p.logit_bias:
+                bias_ids[row, :len(p.logit_bias)] = torch.tensor([token for token, _ in p.logit_bias])
+                bias_values[row, :len(p.logit_bias)] = torch.tensor([bias for _, bias in p.logit_bias])
         top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
         temperature = [max(p.temperature, MIN_TEMPERATURE) if p.temperature > 0 else 0.0 for p in rows]
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         floats = lambda name: tensor([getattr(p, name) for p in rows], torch.float32)  # noqa: E731
         return cls(tensor(temperature, torch.float32), tensor(top_k, torch.long), floats("top_p"), floats("min_p"),
                    floats("presence_penalty"), floats("frequency_penalty"), floats("repetition_penalty"),
-                   *cls.flags(rows))
+                   bias_ids.to(device), bias_values.to(device), *cls.flags(rows))
 
     @staticmethod
     def flags(rows: "list[SamplingParams]") -> tuple[bool, ...]:
         """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy, unit_temperature, use_counts,
-        use_repetition) of these rows."""
+        use_repetition, use_bias) of these rows."""
         return (any(p.top_k > 0 for p in rows), any(p.top_p < 1.0 for p in rows),
                 any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows),
                 all(p.temperature in (0, 1) for p in rows),
                 any(p.presence_penalty or p.frequency_penalty for p in rows),
-                any(p.repetition_penalty != 1 for p in rows))
+                any(p.repetition_penalty != 1 for p in rows), any(p.logit_bias for p in rows))
 
     def rows(self) -> tuple[torch.Tensor, ...]:
-        """The per-row tensors: temperature, top_k, top_p, min_p, presence, frequency, repetition."""
-        return self.temperature, self.top_k, self.top_p, self.min_p, self.presence, self.frequency, self.repetition
+        """The per-row tensors: temperature, top_k, top_p, min_p, presence, frequency, repetition, bias_ids,
+        bias_values."""
+        return (self.temperature, self.top_k, self.top_p, self.min_p, self.presence, self.frequency, self.repetition,
+                self.bias_ids, self.bias_values)
+
+    def flag_values(self) -> tuple[bool, ...]:
+        """The static flags, in `flags`' order."""
+        return (self.use_top_k, self.use_top_p, self.wide_top_k, self.all_greedy, self.unit_temperature,
+                self.use_counts, self.use_repetition, self.use_bias)
 
     @property
     def penalised(self) -> bool:
+        """Some row has a penalty: the rows' token counts are read and kept."""
         return self.use_counts or self.use_repetition
+
+    @property
+    def reshaped(self) -> bool:
+        """Some row draws from other logits than the models' own (a penalty or a logit bias: `penalise`)."""
+        return self.penalised or self.use_bias
 
     def take(self, rows: torch.Tensor) -> "RowKnobs":
         """The knobs of `rows` (an index tensor), with the same static flags."""
-        return RowKnobs(*(tensor[rows] for tensor in self.rows()), self.use_top_k, self.use_top_p,
-                        self.wide_top_k, self.all_greedy, self.unit_temperature, self.use_counts,
-                        self.use_repetition)
+        return RowKnobs(*(tensor[rows] for tensor in self.rows()), *self.flag_values())
 
 
-def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """The logits (B, W) a row's token is drawn from under its penalties, in float32, as vLLM applies them:
+def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor | None,
+             prompt: torch.Tensor | None) -> torch.Tensor:
+    """The logits (B, W) a row's token is drawn from under its logit bias and penalties, in float32, in vLLM's order:
 
+        logit bias (OpenAI's): each named token's logit plus its bias
         repetition (transformers' RepetitionPenaltyLogitsProcessor): a logit of a token in the model's own prompt or
             in the text so far is divided by the penalty if positive, multiplied by it if not
         frequency and presence (OpenAI's): logit - frequency x count - presence x (count > 0)
 
     `counts` (B, >= W): how often each token is in the row's text so far; `prompt` (B, >= W) bool: the tokens of
-    the model's own prompt. A row whose penalties are off gets its logits back unchanged. Presence and frequency
-    shift logits by per-token constants, so they act on log-probs the same way; the repetition penalty depends on
-    each logit's sign, so it needs the raw logits."""
+    the model's own prompt (both may be None where no penalty is on). A row whose bias and penalties are off gets
+    its logits back unchanged. A bias on an id past W (a model whose logits are narrower than the shared
+    vocabulary: that token is never drawn from it) is dropped. Presence and frequency shift logits by per-token
+    constants, so they act on log-probs the same way; the repetition penalty depends on each logit's sign, so it
+    needs the raw logits."""
     z = logits.float()
     width = z.shape[-1]
+    if knobs.use_bias:
+        inside = knobs.bias_ids < width
+        z = z.scatter_add(1, knobs.bias_ids.clamp(max=width - 1), torch.where(inside, knobs.bias_values, 0.0))
+    if not knobs.penalised:
+        return z
     count = counts[:, :width]
     present = count > 0
     if knobs.use_repetition:

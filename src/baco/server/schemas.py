@@ -11,6 +11,8 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from baco.decode.sampling import LOGIT_BIAS_LIMIT, LOGIT_BIAS_MAX
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -210,6 +212,8 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
     Stops = Annotated[list[StopString], Field(max_length=limits.max_stop)]  # noqa: N806
     Stop = Optional[one_or_many(StopString, Stops)]  # noqa: N806
     Prompts = one_or_many(str, Annotated[list[str], Field(min_length=1, max_length=limits.max_prompts)])  # noqa: N806
+    TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,10}$")]  # noqa: N806 - JSON's object keys are strings
+    Bias = Annotated[float, Field(ge=-LOGIT_BIAS_LIMIT, le=LOGIT_BIAS_LIMIT)]  # noqa: N806
     strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # NaN would pass as "out of range"
 
     class Common(BaseModel):
@@ -232,6 +236,9 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         repetition_penalty: Optional[float] = Field(1.0, gt=0, description=(
             "vLLM extension: a token of the prompt or the text has its logit divided by it (if positive; multiplied "
             "if not); 1 = off"))
+        logit_bias: Optional[dict[TokenId, Bias]] = Field(None, max_length=LOGIT_BIAS_MAX, description=(
+            "token id (a string of digits) -> a bias in [-100, 100] added to that token's logit in each model before "
+            "it is drawn (-100 bans it, +100 forces it)"))
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
