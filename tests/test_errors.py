@@ -100,6 +100,7 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
     (["--presence-penalty", "2.5"], "--presence-penalty must be in [-2, 2]"),
     (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
     (["--logit-bias", '{"1": 200}'], "--logit-bias values must be numbers in [-100, 100]"),
+    (["--stop-token-ids", "-3"], "--stop-token-ids must be a list of token ids"),
     (["--logit-bias", '{"99999": 1}', "--max-new-tokens", "8"],
      "logit_bias names token id 99999, but the vocabulary has 512 tokens"),
     (["--router", "nope"], "unknown router"),

@@ -7,6 +7,7 @@ import torch
 
 import baco
 from baco import Collaboration, SamplingParams
+from baco.decode.records import final_text
 from baco.errors import PromptError
 from baco.prompts import PromptFormat
 
@@ -202,6 +203,26 @@ def test_stop_tokens_end_a_sample_and_stay_out_of_its_text(collab):
     for s in stopped:
         assert s.token_ids[-1] in collab.pair.vocab.stop_ids
         assert "<end_of_turn>" not in s.text and "<eos>" not in s.text
+
+
+def test_stop_token_ids_end_a_sample_where_drawn_keeping_the_token_and_its_text(collab):
+    """vLLM's stop_token_ids: a row ends at the first of its stop ids it draws (finish reason "stop"); the token and
+    its text stay, as in vLLM for tokens that are not special. Other rows of the batch and the stream agree."""
+    free = collab.generate(PROMPTS, router="p-punc:0.5", n=2, sampling=SamplingParams(max_new_tokens=16, seed=5))
+    first = free[0].token_ids
+    assert len(first) > 6, "the tiny pair should write 16 tokens here"
+    stop_id = next(t for t in first[3:] if t not in first[:3])  # one that row 0 draws after a few tokens
+    params = SamplingParams(max_new_tokens=16, seed=5, stop_token_ids=[stop_id])
+    cut = collab.generate(PROMPTS, router="p-punc:0.5", n=2, sampling=params)
+    for before, after in zip(free, cut):
+        end = before.token_ids.index(stop_id) + 1 if stop_id in before.token_ids else len(before.token_ids)
+        assert after.token_ids == before.token_ids[:end] and after.sources == before.sources[:end]
+        assert after.finish_reason == ("stop" if stop_id in before.token_ids else before.finish_reason)
+    whole = final_text(cut[0].token_ids, collab.pair.aligned.tokenizer, (), frozenset())  # every token's text
+    assert cut[0].text == whole and cut[0].finish_reason == "stop"  # the stop token's text is kept
+    assert streamed(collab, params)[0] == (cut[0].token_ids, cut[0].text, ["stop"])
+    assert cut[0].to_dict()["sampling"]["stop_token_ids"] == [stop_id]
+    assert "stop_token_ids" not in free[0].to_dict()["sampling"]
 
 
 def streamed(collab, params, n=2):

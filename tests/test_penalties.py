@@ -138,7 +138,7 @@ def test_a_logit_bias_of_plus_100_forces_its_token_and_minus_100_bans_the_greedy
     assert not {s[0] for row in steps for s in row} & set(picked) and all(steps)
 
 
-def test_a_logit_bias_is_checked_recorded_and_refused_past_the_vocabulary(collab):
+def test_a_logit_bias_and_stop_token_ids_are_checked_recorded_and_refused_past_the_vocabulary(collab):
     params = SamplingParams(logit_bias={"5": -100, 3: 2.5})
     assert params.logit_bias == ((3, 2.5), (5, -100.0)) and params.reshaped and not params.penalised
     assert params.to_dict()["logit_bias"] == {"3": 2.5, "5": -100.0}  # JSON's object, as OpenAI's API takes it
@@ -155,7 +155,15 @@ def test_a_logit_bias_is_checked_recorded_and_refused_past_the_vocabulary(collab
     request = collab.requests(PROMPTS[:1], 1, SamplingParams(max_new_tokens=8), seed=0)[0]
     with pytest.raises(InvalidSamplingParams, match=f"token id {vocab}, but the vocabulary has {vocab} tokens"):
         engine.add(request, SamplingParams(logit_bias={vocab: 1}))
+    with pytest.raises(InvalidSamplingParams, match=f"stop_token_ids names token id {vocab + 5}, but"):
+        engine.add(request, SamplingParams(stop_token_ids=[3, vocab + 5]))
     assert not engine.has_work
+    assert SamplingParams(stop_token_ids=[9, 3, 9]).stop_token_ids == (3, 9) and not SamplingParams(
+        stop_token_ids=[3]).reshaped
+    for ids, message in [([-1], "integers >= 0"), (["3"], "integers >= 0"), ([True], "integers >= 0"), (3, "a list"),
+                         (list(range(65)), "at most 64")]:
+        with pytest.raises(InvalidSamplingParams, match=message):
+            SamplingParams(stop_token_ids=ids)
 
 
 def test_penalties_are_checked_and_recorded_only_where_set():

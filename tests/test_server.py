@@ -139,6 +139,21 @@ def test_a_logit_bias_is_taken_as_in_openais_api_and_gives_the_librarys_tokens(c
         assert refused.value.body["param"].startswith("logit_bias"), refused.value.body
 
 
+def test_stop_token_ids_end_a_choice_as_in_vllm_and_give_the_librarys_tokens(client, collab):
+    """vLLM's extension: a choice ends at the first of its stop token ids (finish_reason "stop"), as the library's
+    sample does; an id past the vocabulary is a 400 that names the field."""
+    free = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4)
+    stop_id = free[0].token_ids[4]
+    expected = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4, stop_token_ids=[stop_id])
+    response = chat(client, PROMPTS[0], max_tokens=16, seed=4, n=2, extra_body={"stop_token_ids": [stop_id]})
+    assert [[p["token"] for p in provenance(c)] for c in response.choices] == [s.token_ids for s in expected]
+    assert [c.finish_reason for c in response.choices] == [s.finish_reason for s in expected]
+    assert response.choices[0].finish_reason == "stop" and len(expected[0].token_ids) <= 5
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(client, PROMPTS[0], max_tokens=4, extra_body={"stop_token_ids": [collab.pair.vocab_size]})
+    assert refused.value.body["param"] == "stop_token_ids", refused.value.body
+
+
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them
@@ -381,7 +396,8 @@ def test_a_client_that_leaves_frees_its_row(client, live, collab, stream):
     ({"model": 4, "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),  # not a model id at all
     ({"model": "baco", "messages": []}, 400, "messages"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 500}}, 400, "logit_bias"),
-    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "stop_token_ids": [1]}, 400, "stop_token_ids"),
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "best_of": 2}, 400, "best_of"),  # unknown
+    ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "stop_token_ids": [-1]}, 400, "stop_token_ids"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "nope"}, 400, "router"),
     ({"model": "baco", "messages": [{"role": "user", "content": "hi"}], "router": "negative:0.5"}, 400, "router"),
     # cross-tokenizer methods run per character or word in `baco generate`; the engine would run them per token

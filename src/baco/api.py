@@ -411,12 +411,12 @@ class Collaboration:
         if batch_size == "auto":
             raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
                             f"cross-tokenizer loop, which has none: give a number")
-        if sampling is not None and sampling.reshaped:
+        if sampling is not None and sampling.by_token_id:
             raise InvalidSamplingParams(
                 f"router {getattr(router, 'name', router)} runs the cross-tokenizer loop, which draws pieces of text "
-                f"mixed from two vocabularies; presence, frequency and repetition penalties and a logit bias act on "
-                f"one model's token ids and are not supported there: leave them at 0, 0, 1 and none "
-                f"(docs/cross-tokenizer.md)")
+                f"mixed from two vocabularies; presence, frequency and repetition penalties, a logit bias and stop "
+                f"token ids act on one model's token ids and are not supported there: leave them off "
+                f"(docs/cross-tokenizer.md; stop strings work there)")
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross
@@ -446,7 +446,8 @@ class Collaboration:
             samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
             own, as given alone).
         sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop and
-            the repetition, presence and frequency penalties (not for cross-tokenizer methods); may be given
+            the repetition, presence and frequency penalties, logit_bias and stop_token_ids (these five not for
+            cross-tokenizer methods); may be given
             second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the same samples at
             every call, batch size, and in `iter_generate` / `stream`.
         router ("p-punc:0.5"): who writes each token: a name with its knob ("p:0.3", "h-punc:2",

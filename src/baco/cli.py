@@ -135,6 +135,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--logit-bias", type=_json_object, default={}, metavar="JSON",
                    help='OpenAI\'s: token id -> bias in [-100, 100] added to its logit, e.g. \'{"1234": -100}\' '
                         "bans token 1234")
+    p.add_argument("--stop-token-ids", type=int, nargs="+", default=[], metavar="ID",
+                   help="vLLM's: token ids that end a sample when drawn, beside the models' own end tokens")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens written per sample")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
@@ -363,7 +365,8 @@ def cmd_generate(args) -> int:
         sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
                                   max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
                                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-                                  frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias)
+                                  frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias,
+                                  stop_token_ids=args.stop_token_ids)
     except InvalidSamplingParams as error:  # "top_p must be ..." -> "--top-p must be ...": the flag the user typed
         knob, _, rest = str(error).partition(" ")
         raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None

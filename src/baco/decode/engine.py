@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from baco.decode.loop import Request, StepEvent
-from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_logit_bias, penalise
+from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_token_ids, penalise
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError, TokenizerMismatchError
@@ -421,7 +421,7 @@ class Engine:
         if request.length > self.context:
             raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
                             f"than the models' context of {self.context}; lower max_new_tokens")
-        check_logit_bias(params, self.pair.vocab_size)
+        check_token_ids(params, self.pair.vocab_size)
         if params.penalised:
             self._penalty_state()
         rid = self._next_rid
@@ -718,7 +718,7 @@ class Engine:
             live.collected += 1
             piece = self._piece(live, token, texts)
             live.text += piece
-            if token in stop_ids:
+            if token in stop_ids or token in live.params.stop_token_ids:
                 finished[rid] = "stop"
             elif self.tail and any(s in live.text[-(self.tail + len(piece)):] for s in self.stop_strings):
                 finished[rid] = "stop"

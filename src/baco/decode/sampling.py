@@ -29,11 +29,15 @@ BLOCK = 1024
 MIN_TEMPERATURE = 1e-30
 # the penalties and the values that turn them off
 PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
+# the knobs left out of a sample's record where they are empty (so that files made before them keep their ids)
+OMITTED_EMPTY = ("logit_bias", "stop_token_ids")
 # logit_bias (OpenAI's): at most this many tokens per request (the engine keeps a fixed-width row of them per slot,
 # so a step's buffers never change shape), each biased by at most this much either way (-100 bans a token in
 # practice, +100 forces it)
 LOGIT_BIAS_MAX = 300
 LOGIT_BIAS_LIMIT = 100.0
+# stop_token_ids (vLLM's): at most this many per request
+STOP_TOKEN_IDS_MAX = 64
 
 
 def plain_number(value):
@@ -61,6 +65,8 @@ class SamplingParams:
     Penalties, as vLLM applies them before the knobs above (`penalise`): repetition_penalty (1.0 = off) > 0, the
     transformers `generate` one, on every token of the model's own prompt and of the text so far; then
     frequency_penalty and presence_penalty (0.0 = off) in [-2, 2], OpenAI's, on the tokens of the text so far.
+    stop_token_ids (()): vLLM's, token ids that end a sample when drawn (finish reason "stop"), beside the models'
+    own end tokens; unlike those, such a token's text stays in the sample's text, as in vLLM (at most 64).
     logit_bias ({}): OpenAI's, {token id: bias in [-100, 100]} (at most 300 tokens; JSON's string keys are read as
     ids), added to each model's logits before the penalties (vLLM's order).
     They change what each token is drawn from, not what routers read or the recorded probabilities.
@@ -77,6 +83,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (id, bias) pairs; a dict is read
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         for knob in fields(self):  # numpy scalars as Python numbers, before they are checked and recorded
@@ -117,6 +124,12 @@ class SamplingParams:
                 fail(f"stop string {index} is not valid Unicode text ({problem})")
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias, fail))
+        ids = self.stop_token_ids
+        if not isinstance(ids, (list, tuple)) or any(type(plain_number(i)) is not int or i < 0 for i in ids):
+            fail(f"stop_token_ids must be a list of token ids (integers >= 0), got {ids!r}")
+        if len(ids) > STOP_TOKEN_IDS_MAX:
+            fail(f"stop_token_ids may name at most {STOP_TOKEN_IDS_MAX} tokens, got {len(ids)}")
+        object.__setattr__(self, "stop_token_ids", tuple(sorted({plain_number(i) for i in ids})))
 
     @property
     def penalised(self) -> bool:
@@ -128,13 +141,20 @@ class SamplingParams:
         """Whether tokens are drawn from other logits than the models' own: a penalty or a logit bias is set."""
         return self.penalised or bool(self.logit_bias)
 
+    @property
+    def by_token_id(self) -> bool:
+        """Whether a knob names one vocabulary's token ids (a penalty, a logit bias, stop token ids): what the
+        cross-tokenizer methods, which draw text mixed from two vocabularies, cannot take."""
+        return self.reshaped or bool(self.stop_token_ids)
+
     def to_dict(self) -> dict:
         """The knobs as JSON types. A penalty or logit bias is left out where it is off: samples and sweep cells are
         identified by this dict, and those made before they existed keep their identity (a resumed run keeps them).
         A logit bias is a JSON object {"id": bias}, as OpenAI's API takes it."""
-        knobs = {**asdict(self), "stop": list(self.stop), "logit_bias": {str(i): b for i, b in self.logit_bias}}
+        knobs = {**asdict(self), "stop": list(self.stop), "logit_bias": {str(i): b for i, b in self.logit_bias},
+                 "stop_token_ids": list(self.stop_token_ids)}
         return {key: value for key, value in knobs.items()
-                if not (key in PENALTIES and value == PENALTIES[key] or key == "logit_bias" and not value)}
+                if not (key in PENALTIES and value == PENALTIES[key] or key in OMITTED_EMPTY and not value)}
 
 
 def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
@@ -162,12 +182,15 @@ def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(out.items()))
 
 
-def check_logit_bias(params: SamplingParams, vocab_size: int) -> None:
-    """Refuse a logit bias on a token the models' shared vocabulary does not have."""
-    beyond = [token for token, _ in params.logit_bias if token >= vocab_size]
-    if beyond:
-        raise InvalidSamplingParams(f"logit_bias names token id {beyond[0]}, but the vocabulary has {vocab_size} "
-                                    f"tokens (ids 0 to {vocab_size - 1})")
+def check_token_ids(params: SamplingParams, vocab_size: int,
+                    knobs: tuple[str, ...] = ("logit_bias", "stop_token_ids")) -> None:
+    """Refuse a logit bias or a stop token id (`knobs`) on a token the models' shared vocabulary does not have."""
+    named = {"logit_bias": [token for token, _ in params.logit_bias], "stop_token_ids": params.stop_token_ids}
+    for knob in knobs:
+        beyond = [token for token in named[knob] if token >= vocab_size]
+        if beyond:
+            raise InvalidSamplingParams(f"{knob} names token id {beyond[0]}, but the vocabulary has {vocab_size} "
+                                        f"tokens (ids 0 to {vocab_size - 1})")
 
 
 @dataclass(frozen=True)

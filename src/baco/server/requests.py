@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from baco.api import Collaboration
 from baco.decode.loop import Request
-from baco.decode.sampling import SamplingParams, check_logit_bias
+from baco.decode.sampling import SamplingParams, check_token_ids
 from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
 from baco.prompts import Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem, unicode_problem
 from baco.routers import get_router, list_routers
@@ -104,9 +104,11 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, 
                               min_p=body.min_p if body.min_p is not None else default_min_p,
                               max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings(),
                               presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                              repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias or {})
-    with about("logit_bias"):
-        check_logit_bias(sampling, collab.pair.vocab_size)
+                              repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias or {},
+                              stop_token_ids=body.stop_token_ids or ())
+    for knob in ("logit_bias", "stop_token_ids"):
+        with about(knob):
+            check_token_ids(sampling, collab.pair.vocab_size, (knob,))
     # what one prompt is called (a list's are named by their index): a chat's last user message was checked by
     # `conversation`, so what is left to say of it is the whole conversation's templated length
     alone = "the conversation" if prompt_field == "messages" else "the prompt"

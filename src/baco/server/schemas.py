@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from baco.decode.sampling import LOGIT_BIAS_LIMIT, LOGIT_BIAS_MAX
+from baco.decode.sampling import LOGIT_BIAS_LIMIT, LOGIT_BIAS_MAX, STOP_TOKEN_IDS_MAX
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,9 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         logit_bias: Optional[dict[TokenId, Bias]] = Field(None, max_length=LOGIT_BIAS_MAX, description=(
             "token id (a string of digits) -> a bias in [-100, 100] added to that token's logit in each model before "
             "it is drawn (-100 bans it, +100 forces it)"))
+        stop_token_ids: Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
+            None, max_length=STOP_TOKEN_IDS_MAX, description=(
+                "vLLM extension: token ids that end a choice when drawn (finish_reason 'stop'); their text stays"))
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")

@@ -284,10 +284,10 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
     else:
         out.append(Configuration(name, name, _router(router, where).name, sampling, **extra))
     for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
-        if conf.sampling.reshaped and unit_of(conf.router) is not None:
+        if conf.sampling.by_token_id and unit_of(conf.router) is not None:
             _fail(f"{where}: router {conf.router} is a cross-tokenizer method, which takes no repetition, presence "
-                  f"or frequency penalty and no logit bias (it draws text mixed from two vocabularies); leave them "
-                  f"off for it")
+                  f"or frequency penalty, no logit bias and no stop token ids (it draws text mixed from two "
+                  f"vocabularies); leave them off for it")
     return out
 
 
