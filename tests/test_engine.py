@@ -9,6 +9,7 @@ import torch
 from baco import SamplingParams
 from baco.decode import sampling as sampling_module
 from baco.decode.engine import Engine, cache_bytes
+from baco.decode.loop import row_uniforms
 from baco.decode.sampling import RowKnobs
 from baco.decode.step import route_and_draw
 from baco.errors import BacoError
@@ -23,7 +24,7 @@ def reference(pair, request, router, params):
     """Yesterday's loop for one request: transformers' own dynamic KV cache, the same step math."""
     session = pair.start([request.base_ids], [request.aligned_ids])
     base_lp, aligned_lp = session.logprobs()
-    uniforms = torch.rand((3, request.max_new_tokens), generator=torch.Generator().manual_seed(request.seed))
+    uniforms = row_uniforms(request.seed, request.max_new_tokens)
     previous, previous_base, tokens = torch.tensor([-1]), torch.tensor([False]), []
     for step in range(request.max_new_tokens):
         view = StepView(base_lp, aligned_lp, pair.vocab, uniforms[None, 2, step], step,
@@ -469,7 +470,7 @@ def test_each_token_is_drawn_from_the_writers_distribution_as_transformers_warps
     engine = Engine(collab.pair, get_router(router), max_batch=2, max_len=96, top_logprobs=vocab, sync_free=sync_free)
     for request in requests:
         engine.add(request, params, top_logprobs=True)
-    streams = [torch.rand((3, r.max_new_tokens), generator=torch.Generator().manual_seed(r.seed)) for r in requests]
+    streams = [row_uniforms(r.seed, r.max_new_tokens) for r in requests]
     drawn = [0] * len(requests)
     for event in engine.run():
         for i, rid in enumerate(event.rows):

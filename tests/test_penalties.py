@@ -12,6 +12,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
+from baco.decode.loop import row_uniforms
 from baco.errors import BacoError, InvalidSamplingParams
 from baco.routers import StepView, get_router
 from sampling_reference import inverse_cdf_draw, transformers_distribution
@@ -72,7 +73,7 @@ def test_each_token_is_drawn_from_its_writers_penalised_distribution(collab, rou
     requests = collab.requests(PROMPTS, 1, params, seed=params.seed)
     steps, engine = run(collab, requests, router, params, max_batch=2, sync_free=sync_free)
     for request, row in zip(requests, steps):
-        streams = torch.rand((3, request.max_new_tokens), generator=torch.Generator().manual_seed(request.seed))
+        streams = row_uniforms(request.seed, request.max_new_tokens)
         generated = []
         for token, use_base, mixed, base_top1, reason in row:
             own_base, base = model_logprobs(pair, pair.base, request.base_ids, generated, params)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from baco.decode.loop import Request, StepEvent
+from baco.decode.loop import Request, StepEvent, row_uniforms
 from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_token_ids, penalise
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
@@ -546,8 +546,7 @@ class Engine:
         self.t.index_fill_(0, slots, 0)
         uniforms = torch.zeros((len(requests), 3, self.columns))
         for i, request in enumerate(requests):
-            generator = torch.Generator().manual_seed(request.seed)
-            uniforms[i, :, : request.max_new_tokens] = torch.rand((3, request.max_new_tokens), generator=generator)
+            uniforms[i, :, : request.max_new_tokens] = row_uniforms(request.seed, request.max_new_tokens)
         self.uniforms[slots] = upload(uniforms, self.device)
         fresh = RowKnobs.of([m.params for m in group.members], bias_width=LOGIT_BIAS_MAX)
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):

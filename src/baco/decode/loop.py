@@ -105,6 +105,14 @@ def row_seed(seed: int, prompt: str, sample_index: int, occurrence: int = 0) -> 
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def row_uniforms(seed: int, steps: int) -> torch.Tensor:
+    """A row's random numbers, (3, steps): at step t, its draw from the base model, its draw from the aligned model
+    and the router's number. Drawn step by step (t's three numbers are the generator's 3t-th to 3t+2-th), so a
+    sample's first tokens do not depend on how many it may write: the same seed with a larger max_new_tokens
+    continues the same sample, as transformers' `generate` and vLLM do."""
+    return torch.rand((steps, 3), generator=torch.Generator().manual_seed(seed)).T
+
+
 def occurrences_of(prompts: Sequence[Prompt]) -> list[int]:
     """Each prompt's copy number among the equal prompts before it: ["a", "b", "a"] -> [0, 0, 1].
 
