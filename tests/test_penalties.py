@@ -112,7 +112,8 @@ def test_a_row_gives_the_same_tokens_alone_and_beside_penalised_rows_across_move
     A row's counts and prompt tokens move with it and leave no trace in the slot it leaves."""
     settings = [SamplingParams(max_new_tokens=8 + 6 * i, seed=9, min_p=0.05, **penalty) for i, penalty in
                 enumerate([{"repetition_penalty": 1.6}, {}, {"presence_penalty": 1.2, "frequency_penalty": 0.7},
-                           {"repetition_penalty": 0.7}, {"logit_bias": {"7": 3.0, "9": -2}}, {"frequency_penalty": 2.0}])]
+                           {"repetition_penalty": 0.7}, {"logit_bias": {"7": 3.0, "9": -2}},
+                           {"frequency_penalty": 2.0}])]
     requests = [collab.requests([PROMPTS[i % 3]], 1, p, seed=9)[0] for i, p in enumerate(settings)]
     for i, request in enumerate(requests):
         request.max_new_tokens = settings[i].max_new_tokens

@@ -65,11 +65,11 @@ class SamplingParams:
     Penalties, as vLLM applies them before the knobs above (`penalise`): repetition_penalty (1.0 = off) > 0, the
     transformers `generate` one, on every token of the model's own prompt and of the text so far; then
     frequency_penalty and presence_penalty (0.0 = off) in [-2, 2], OpenAI's, on the tokens of the text so far.
-    stop_token_ids (()): vLLM's, token ids that end a sample when drawn (finish reason "stop"), beside the models'
-    own end tokens; unlike those, such a token's text stays in the sample's text, as in vLLM (at most 64).
     logit_bias ({}): OpenAI's, {token id: bias in [-100, 100]} (at most 300 tokens; JSON's string keys are read as
     ids), added to each model's logits before the penalties (vLLM's order).
     They change what each token is drawn from, not what routers read or the recorded probabilities.
+    stop_token_ids (()): vLLM's, token ids that end a sample when drawn (finish reason "stop"), beside the models'
+    own end tokens; unlike those, such a token's text stays in the sample's text, as in vLLM (at most 64).
     """
 
     temperature: float = 1.0
@@ -148,9 +148,9 @@ class SamplingParams:
         return self.reshaped or bool(self.stop_token_ids)
 
     def to_dict(self) -> dict:
-        """The knobs as JSON types. A penalty or logit bias is left out where it is off: samples and sweep cells are
-        identified by this dict, and those made before they existed keep their identity (a resumed run keeps them).
-        A logit bias is a JSON object {"id": bias}, as OpenAI's API takes it."""
+        """The knobs as JSON types. A penalty, logit bias or stop token ids are left out where off: samples and sweep
+        cells are identified by this dict, and those made before these knobs existed keep their identity (a resumed
+        run keeps them). A logit bias is a JSON object {"id": bias}, as OpenAI's API takes it."""
         knobs = {**asdict(self), "stop": list(self.stop), "logit_bias": {str(i): b for i, b in self.logit_bias},
                  "stop_token_ids": list(self.stop_token_ids)}
         return {key: value for key, value in knobs.items()
@@ -170,11 +170,13 @@ def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
         fail(f"logit_bias may bias at most {LOGIT_BIAS_MAX} tokens, got {len(items)}")
     out = {}
     for key, bias in items:
-        token = key if type(key) is int else int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+        digits = isinstance(key, str) and key.isascii() and key.isdigit()
+        token = key if type(key) is int else int(key) if digits else None
         if token is None:
             fail(f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
         bias = plain_number(bias)
-        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
+        number = isinstance(bias, (int, float)) and not isinstance(bias, bool)
+        if not number or not -LOGIT_BIAS_LIMIT <= bias <= LOGIT_BIAS_LIMIT:
             fail(f"logit_bias values must be numbers in [-100, 100], got {bias!r} for token {token}")
         if token in out:
             fail(f"logit_bias names token {token} twice")
