@@ -203,7 +203,7 @@ def test_a_penalised_request_without_room_for_its_buffers_is_refused_when_added_
     request = collab.requests(PROMPTS[:1], 1, plain, seed=2)[0]
     alone = [s[0] for s in run(collab, [request], "p-punc:0.5", plain)[0][0]]
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=96)
-    monkeypatch.setattr(engine_module, "free_bytes", lambda device: engine.penalty_bytes() - 1)
+    monkeypatch.setattr(engine_module, "free_bytes", lambda device: engine_module.penalty_bytes(collab.pair, 2) - 1)
     with pytest.raises(BacoError, match=r"penalties .* need \d+ MiB .* 2 slots .* sample without penalties"):
         engine.add(request, penalised)
     assert engine.counts is None and not engine.has_work

@@ -122,11 +122,16 @@ def cache_bytes(pair, slots: int, columns: int) -> int | None:
     return total
 
 
+def penalty_bytes(pair, slots: int = 1) -> int:
+    """Bytes the penalties' buffers hold for `slots` slots of an engine on `pair` (`Engine._penalty_state`):
+    `PENALTY_BYTES_PER_ENTRY` plus one per side per vocabulary entry."""
+    return slots * (PENALTY_BYTES_PER_ENTRY + len(pair.sides)) * pair.vocab_size
+
+
 def step_bytes(pair) -> int:
     """Bytes one row of a step holds at its peak beyond the caches: `STEP_BYTES_PER_ENTRY` per side and entry, and
     what penalties keep per slot (reckoned whether or not a request uses them: a server cannot know)."""
-    sides = len(pair.sides)
-    return (STEP_BYTES_PER_ENTRY * sides + PENALTY_BYTES_PER_ENTRY + sides) * pair.vocab_size
+    return STEP_BYTES_PER_ENTRY * len(pair.sides) * pair.vocab_size + penalty_bytes(pair)
 
 
 def prefill_bytes(pair, prompt_columns: int, chunk: int = 512) -> int | None:
@@ -383,18 +388,15 @@ class Engine:
         self.counts: torch.Tensor | None = None  # (slots, V) float: how often each token is in the row's text
         self.seen: list[torch.Tensor] = []  # per side, (slots, V) bool: the tokens of the row's prompt on that side
 
-    def penalty_bytes(self) -> int:
-        """Bytes of the penalties' buffers for this engine's slots (`_penalty_state`)."""
-        return self.slots * (PENALTY_BYTES_PER_ENTRY + len(self.reads)) * self.pair.vocab_size
-
     def _penalty_state(self) -> None:
         """The buffers penalties read: token counts per slot, and each side's prompt tokens per slot (the
         repetition penalty's, which counts the prompt too): `PENALTY_BYTES_PER_ENTRY` + 1 per side bytes per slot
-        and vocabulary entry, which `step_bytes` reckons. Allocated when the first request with a penalty is
-        added: a device without room for them refuses that request (a `BacoError` naming the need), not a step."""
+        and vocabulary entry (`penalty_bytes`), which `step_bytes` reckons. Allocated when the first request with a
+        penalty is added: a device without room for them refuses that request (a `BacoError` naming the need), not
+        a step."""
         if self.counts is not None:
             return
-        need, free = self.penalty_bytes(), free_bytes(self.device)
+        need, free = penalty_bytes(self.pair, self.slots), free_bytes(self.device)
         mib = 2**20
         refusal = (f"sampling penalties (repetition, presence, frequency) need {need / mib:.0f} MiB on {self.device} "
                    f"for this engine's {self.slots} slots (a token count and a prompt mask per vocabulary entry of "
@@ -659,7 +661,8 @@ class Engine:
         into a spare column; the mask is scattered where it lives."""
         vocab = self.pair.vocab_size
         width = max(map(len, prompts))
-        padded = torch.tensor([list(prompt) + [vocab] * (width - len(prompt)) for prompt in prompts]).clamp_(max=vocab)
+        rows = [list(prompt) + [vocab] * (width - len(prompt)) for prompt in prompts]
+        padded = torch.tensor(rows).clamp_(max=vocab)
         mask = torch.zeros((len(prompts), vocab + 1), dtype=torch.bool, device=self.device)
         mask.scatter_(1, upload(padded, self.device), True)
         return mask[:, :vocab]
