@@ -13,7 +13,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
 from baco.decode.loop import row_uniforms
-from baco.errors import BacoError, InvalidSamplingParams
+from baco.errors import CapacityError, InvalidSamplingParams
 from baco.routers import StepView, get_router
 from sampling_reference import inverse_cdf_draw, transformers_distribution
 
@@ -204,7 +204,8 @@ def test_a_penalised_request_without_room_for_its_buffers_is_refused_when_added_
     alone = [s[0] for s in run(collab, [request], "p-punc:0.5", plain)[0][0]]
     engine = Engine(collab.pair, get_router("p-punc:0.5"), max_batch=2, max_len=96)
     monkeypatch.setattr(engine_module, "free_bytes", lambda device: engine_module.penalty_bytes(collab.pair, 2) - 1)
-    with pytest.raises(BacoError, match=r"penalties .* need \d+ MiB .* 2 slots .* sample without penalties"):
+    refusal = r"penalties .* need [\d.]+ KiB .* 2 slots .* but [\d.]+ KiB is free; .* sample without penalties"
+    with pytest.raises(CapacityError, match=refusal):
         engine.add(request, penalised)
     assert engine.counts is None and not engine.has_work
     engine.add(request, plain)  # the engine goes on with requests that need no buffers

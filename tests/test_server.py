@@ -597,6 +597,39 @@ def test_a_failing_engine_fails_its_requests_with_500_and_the_server_keeps_servi
     assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")
 
 
+def test_a_request_the_device_has_no_room_for_gets_503_and_the_server_keeps_serving(live, monkeypatch):
+    """A request whose memory cannot be had now (a penalised request's buffers, or one more router's KV caches) is
+    answered 503 `out_of_memory` with Retry-After, naming what it needs; the engine and the server go on, and the
+    same requests are served once there is room (before: a 500, as for a bug)."""
+    import baco.decode.engine as engine_module
+
+    url = live.url + "/v1/chat/completions"
+    plain = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 6, "seed": 1,
+             "router": "rand:0.41"}
+    assert requests.post(url, json=plain).status_code == 200  # its engine exists, without penalty buffers
+    monkeypatch.setattr(engine_module, "free_bytes", lambda device: 1)
+    asks = [({**plain, "presence_penalty": 1.0}, r"penalties .* need [\d.]+ [KM]iB .* 1 byte is free"),
+            ({**plain, "router": "rand:0.59"}, r"the KV caches for 16 slots of 256 tokens need")]
+    for body, message in asks:
+        for stream in (False, True):
+            response = requests.post(url, json={**body, "stream": stream})
+            if stream:  # a stream has begun (200): its last event is the error, then [DONE]
+                events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+                assert events[-1] == "[DONE]"
+                error = json.loads(events[-2])["error"]
+            else:
+                assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
+                error = response.json()["error"]
+            assert error["code"] == "out_of_memory" and error["type"] == "server_error"
+            assert re.search(message, error["message"]), error["message"]
+    assert requests.post(url, json=plain).status_code == 200  # the engine went on
+    monkeypatch.undo()
+    for body, _ in asks:
+        served = requests.post(url, json=body)
+        assert served.status_code == 200 and served.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert not live.worker.rows and live.worker.outstanding == 0
+
+
 class Listener:
     """A job's consumer on the stepping thread's side: gathers each choice's text, its finish and any error.
     `hangs_up`: "once" (its first delivery raises) or "for good" (every one does), as a consumer whose client has

@@ -56,3 +56,8 @@ class RunLockedError(BacoError):
 
 class IntegrityError(BacoError):
     """Stored results do not match what is being asked (another configuration, changed prompts or settings)."""
+
+
+class CapacityError(BacoError, MemoryError):
+    """The device has no room for a request now (e.g. the buffers its sampling penalties need); the engine goes on
+    with the others, and the same request may fit later or with a smaller batch (the server's answer: 503)."""

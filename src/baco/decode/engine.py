@@ -37,7 +37,7 @@ from baco.decode.loop import Request, StepEvent, row_uniforms
 from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_token_ids, penalise
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
-from baco.errors import BacoError, TokenizerMismatchError
+from baco.errors import BacoError, CapacityError, TokenizerMismatchError
 from baco.models.slots import BUCKETS, SlotLM, bucket, cache_row_bytes, capture_graph, shared_weights, upload
 from baco.prompts import request_text
 from baco.routers import StepView
@@ -238,16 +238,26 @@ def check_lockstep_pair(pair) -> None:
         raise lockstep_refusal()
 
 
+def size_text(count: int) -> str:
+    """A byte count as people read it: "1 byte", "512 bytes", "3.5 KiB", "12.0 MiB", "1.2 GiB"."""
+    if count < 1024:
+        return f"{count} byte{'' if count == 1 else 's'}"
+    for unit in ("KiB", "MiB", "GiB"):
+        count /= 1024
+        if count < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}"
+
+
 def check_memory(pair, slots: int, columns: int, engines: int = 1) -> None:
-    """Refuse, before anything is allocated, `engines` engines whose slot caches would not fit the memory free on
-    the pair's device, and say how many slots would."""
+    """Refuse (`CapacityError`), before anything is allocated, `engines` engines whose slot caches would not fit the
+    memory free on the pair's device, and say how many slots would."""
     check_lockstep_pair(pair)
     need, free = cache_bytes(pair, slots, columns), free_bytes(pair.device)
     if need is None or free is None or need * engines <= free:
         return
     per_slot, gib = need * engines / slots, 2**30
     count = f"{engines} engines with " if engines > 1 else ""
-    raise BacoError(f"the KV caches for {count}{slots} slots of {columns} tokens need {need * engines / gib:.1f} GiB on "
+    raise CapacityError(f"the KV caches for {count}{slots} slots of {columns} tokens need {need * engines / gib:.1f} GiB on "
                     f"{pair.device}, but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} slots of {columns} "
                     f"tokens fit ({per_slot / 2**20:.1f} MiB each); lower --max-batch or --max-len")
 
@@ -392,23 +402,22 @@ class Engine:
         """The buffers penalties read: token counts per slot, and each side's prompt tokens per slot (the
         repetition penalty's, which counts the prompt too): `PENALTY_BYTES_PER_ENTRY` + 1 per side bytes per slot
         and vocabulary entry (`penalty_bytes`), which `step_bytes` reckons. Allocated when the first request with a
-        penalty is added: a device without room for them refuses that request (a `BacoError` naming the need), not
-        a step."""
+        penalty is added: a device without room for them refuses that request (a `CapacityError` naming the need),
+        not a step."""
         if self.counts is not None:
             return
         need, free = penalty_bytes(self.pair, self.slots), free_bytes(self.device)
-        mib = 2**20
-        refusal = (f"sampling penalties (repetition, presence, frequency) need {need / mib:.0f} MiB on {self.device} "
+        refusal = (f"sampling penalties (repetition, presence, frequency) need {size_text(need)} on {self.device} "
                    f"for this engine's {self.slots} slots (a token count and a prompt mask per vocabulary entry of "
                    f"{self.pair.vocab_size}), but {{}}; lower --max-batch, or sample without penalties")
         if free is not None and need > free:
-            raise BacoError(refusal.format(f"{free / mib:.0f} MiB is free"))
+            raise CapacityError(refusal.format(f"{size_text(free)} is free"))
         shape = (self.slots, self.pair.vocab_size)
         try:
             counts = torch.zeros(shape, device=self.device)
             seen = [torch.zeros(shape, dtype=torch.bool, device=self.device) for _ in self.reads]
         except torch.OutOfMemoryError:
-            raise BacoError(refusal.format("the device ran out of memory allocating them")) from None
+            raise CapacityError(refusal.format("the device ran out of memory allocating them")) from None
         self.counts, self.seen = counts, seen
 
     # ---- requests -----------------------------------------------------------------------------------

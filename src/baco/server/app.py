@@ -248,13 +248,18 @@ class EventStream(StreamingResponse):
 
 class Failure(Exception):
     """A request ends with an error instead of its text: its engine failed (a bug, not the request's fault: 500),
-    or the server is shutting down (503)."""
+    the device has no room for it now (503, retry later), or the server is shutting down (503)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
-        shutdown = kind == "shutdown"
-        self.status = 503 if shutdown else 500
-        self.body = shutdown_body(message) if shutdown else error_body(f"generation failed: {message}", "server_error")
+        self.status = 503 if kind in ("shutdown", "capacity") else 500
+        self.headers = {"Retry-After": "1"} if kind == "capacity" else None
+        if kind == "shutdown":
+            self.body = shutdown_body(message)
+        elif kind == "capacity":
+            self.body = error_body(f"no room for this request now: {message}", "server_error", code="out_of_memory")
+        else:
+            self.body = error_body(f"generation failed: {message}", "server_error")
 
 
 def create_app(collab, config: ServerConfig | None = None) -> "Guard":
@@ -409,7 +414,7 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
             tokens, finish = done.result()
             return JSONResponse(shaper.whole(tokens, finish))
         except Failure as failure:
-            return JSONResponse(failure.body, status_code=failure.status)
+            return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
         finally:
             gone.cancel()
             done.cancel()

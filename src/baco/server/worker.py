@@ -22,10 +22,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from baco.decode.engine import Engine, check_lockstep_pair
 from baco.decode.loop import Request, StepEvent
 from baco.decode.sampling import SamplingParams
 from baco.defaults import PREFILL_TOKENS
+from baco.errors import CapacityError
 from baco.routers import get_router
 from baco.decode.choice import ChoiceText, Token
 
@@ -44,7 +47,8 @@ class Job:
     """One HTTP request: its rows (one per choice) and where their tokens go.
 
     `deliver` is called from the stepping thread with a list of messages, in order:
-    ("tokens", choice, [Token, ...]), ("finish", choice, "stop" | "length"), ("error", None, message).
+    ("tokens", choice, [Token, ...]), ("finish", choice, "stop" | "length"), then on failure ("error", None,
+    message) or ("capacity", None, message) (the device has no room for it now: the server answers 503).
     """
 
     requests: list[Request]
@@ -146,6 +150,9 @@ class Worker(threading.Thread):
                     text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, job.stop_strings)
                     self.rows[(job.router, rid)] = _Row(job, choice, text)
                     job.unplaced -= 1
+            except (CapacityError, torch.OutOfMemoryError) as error:  # no room now: the client may retry later
+                log.warning("a request for router %s does not fit: %s", job.router, error)
+                self._fail_job(job, str(error), kind="capacity")
             except Exception as error:  # noqa: BLE001 - e.g. a router whose model fails to load
                 log.exception("a request for router %s could not start", job.router)
                 self._fail_job(job, f"{type(error).__name__}: {error}")
@@ -259,12 +266,12 @@ class Worker(threading.Thread):
         for job in failed:
             self._deliver(job, [("error", None, message)])
 
-    def _fail_job(self, job: Job, message: str) -> None:
+    def _fail_job(self, job: Job, message: str, kind: str = "error") -> None:
         """One job failed: its rows leave, and it hears why if it still listens (its own failure may have been
-        that it does not)."""
+        that it does not). `kind`: "error", or "capacity" where the device had no room for it."""
         self._cancel(job, outcome="error")
         try:
-            job.deliver([("error", None, message)])
+            job.deliver([(kind, None, message)])
         except Exception:  # noqa: BLE001 - nobody left to tell
             log.debug("a failed request could not be told why", exc_info=True)
 
