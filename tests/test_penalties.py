@@ -159,7 +159,13 @@ def test_a_logit_bias_and_stop_token_ids_are_checked_recorded_and_refused_past_t
         engine.add(request, SamplingParams(logit_bias={vocab: 1}))
     with pytest.raises(InvalidSamplingParams, match=f"stop_token_ids names token id {vocab + 5}, but"):
         engine.add(request, SamplingParams(stop_token_ids=[3, vocab + 5]))
+    masked = int((~collab.pair.vocab.allowed).nonzero()[-1])  # a control token: never written, so never a stop
+    text = collab.pair.vocab.texts[masked]
+    with pytest.raises(InvalidSamplingParams, match=f"stop_token_ids names token id {masked} \\('{text}'\\), a"):
+        engine.add(request, SamplingParams(stop_token_ids=[sorted(collab.pair.vocab.stop_ids)[0], masked]))
     assert not engine.has_work
+    engine.add(request, SamplingParams(max_new_tokens=8, logit_bias={masked: 100}))  # taken, and changes nothing
+    assert masked not in [int(event.tokens[0]) for event in engine.run()]
     assert SamplingParams(stop_token_ids=[9, 3, 9]).stop_token_ids == (3, 9) and not SamplingParams(
         stop_token_ids=[3]).reshaped
     for ids, message in [([-1], "integers >= 0"), (["3"], "integers >= 0"), ([True], "integers >= 0"), (3, "a list"),

@@ -141,7 +141,7 @@ def test_a_logit_bias_is_taken_as_in_openais_api_and_gives_the_librarys_tokens(c
 
 def test_stop_token_ids_end_a_choice_as_in_vllm_and_give_the_librarys_tokens(client, collab):
     """vLLM's extension: a choice ends at the first of its stop token ids (finish_reason "stop"), as the library's
-    sample does; an id past the vocabulary is a 400 that names the field."""
+    sample does; an id past the vocabulary, or one the models never write, is a 400 that names the field."""
     free = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4)
     stop_id = free[0].token_ids[4]
     expected = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4, stop_token_ids=[stop_id])
@@ -149,9 +149,11 @@ def test_stop_token_ids_end_a_choice_as_in_vllm_and_give_the_librarys_tokens(cli
     assert [[p["token"] for p in provenance(c)] for c in response.choices] == [s.token_ids for s in expected]
     assert [c.finish_reason for c in response.choices] == [s.finish_reason for s in expected]
     assert response.choices[0].finish_reason == "stop" and len(expected[0].token_ids) <= 5
-    with pytest.raises(openai.BadRequestError) as refused:
-        chat(client, PROMPTS[0], max_tokens=4, extra_body={"stop_token_ids": [collab.pair.vocab_size]})
-    assert refused.value.body["param"] == "stop_token_ids", refused.value.body
+    masked = int((~collab.pair.vocab.allowed).nonzero()[0])  # a control token the models never write
+    for never in (collab.pair.vocab_size, masked):
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[0], max_tokens=4, extra_body={"stop_token_ids": [never]})
+        assert refused.value.body["param"] == "stop_token_ids", refused.value.body
 
 
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):

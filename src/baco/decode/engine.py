@@ -432,7 +432,7 @@ class Engine:
         if request.length > self.context:
             raise BacoError(f"request needs {request.prompt_length} prompt + {request.max_new_tokens} new tokens, more "
                             f"than the models' context of {self.context}; lower max_new_tokens")
-        check_token_ids(params, self.pair.vocab_size)
+        check_token_ids(params, self.pair.vocab)
         if params.penalised:
             self._penalty_state()
         rid = self._next_rid

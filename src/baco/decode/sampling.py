@@ -184,15 +184,21 @@ def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(out.items()))
 
 
-def check_token_ids(params: SamplingParams, vocab_size: int,
-                    knobs: tuple[str, ...] = ("logit_bias", "stop_token_ids")) -> None:
-    """Refuse a logit bias or a stop token id (`knobs`) on a token the models' shared vocabulary does not have."""
+def check_token_ids(params: SamplingParams, table, knobs: tuple[str, ...] = ("logit_bias", "stop_token_ids")) -> None:
+    """Refuse a logit bias or a stop token id (`knobs`) on a token the models' shared vocabulary (`table`, a
+    `TokenTable`) does not have, and a stop token id the models never write (a control token the pair masks: it
+    would never end a row). A bias on a masked token is taken: it changes nothing, as a ban it is already true."""
     named = {"logit_bias": [token for token, _ in params.logit_bias], "stop_token_ids": params.stop_token_ids}
     for knob in knobs:
-        beyond = [token for token in named[knob] if token >= vocab_size]
+        beyond = [token for token in named[knob] if token >= table.size]
         if beyond:
-            raise InvalidSamplingParams(f"{knob} names token id {beyond[0]}, but the vocabulary has {vocab_size} "
-                                        f"tokens (ids 0 to {vocab_size - 1})")
+            raise InvalidSamplingParams(f"{knob} names token id {beyond[0]}, but the vocabulary has {table.size} "
+                                        f"tokens (ids 0 to {table.size - 1})")
+    if "stop_token_ids" in knobs:
+        never = [token for token in params.stop_token_ids if not table.allowed[token]]
+        if never:
+            raise InvalidSamplingParams(f"stop_token_ids names token id {never[0]} ({table.texts[never[0]]!r}), a "
+                                        f"control token the models are never allowed to write: it would never stop")
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, 
                               stop_token_ids=body.stop_token_ids or ())
     for knob in ("logit_bias", "stop_token_ids"):
         with about(knob):
-            check_token_ids(sampling, collab.pair.vocab_size, (knob,))
+            check_token_ids(sampling, collab.pair.vocab, (knob,))
     # what one prompt is called (a list's are named by their index): a chat's last user message was checked by
     # `conversation`, so what is left to say of it is the whole conversation's templated length
     alone = "the conversation" if prompt_field == "messages" else "the prompt"
