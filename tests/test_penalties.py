@@ -6,6 +6,7 @@ transformers' warpers and an inverse-CDF draw with the row's own random number (
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor
@@ -145,7 +146,9 @@ def test_a_logit_bias_and_stop_token_ids_are_checked_recorded_and_refused_past_t
     assert params.logit_bias == ((3, 2.5), (5, -100.0)) and params.reshaped and not params.penalised
     assert params.to_dict()["logit_bias"] == {"3": 2.5, "5": -100.0}  # JSON's object, as OpenAI's API takes it
     assert SamplingParams(**params.to_dict()) == params and "logit_bias" not in SamplingParams().to_dict()
+    assert SamplingParams(logit_bias={np.int64(5): np.float32(-100), np.uint16(3): 2.5}).logit_bias == params.logit_bias
     refused = [({"a": 1}, "keys must be token ids"), ({"-1": 1}, "keys must be token ids"), ({1.5: 1}, "keys"),
+               ({-1: 1}, "keys must be token ids"), ({np.float64(2): 1}, "keys must be token ids"),
                ({1: 101}, r"\[-100, 100\]"), ({1: float("nan")}, r"\[-100, 100\]"), ({1: "2"}, "numbers"),
                ({1: True}, "numbers"), ([1, 2], "must map token ids"), ({i: 1 for i in range(301)}, "at most 300"),
                ({"1": 1, 1: 2}, "names token 1 twice")]

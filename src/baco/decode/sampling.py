@@ -170,8 +170,9 @@ def _logit_bias(value, fail) -> tuple[tuple[int, float], ...]:
         fail(f"logit_bias may bias at most {LOGIT_BIAS_MAX} tokens, got {len(items)}")
     out = {}
     for key, bias in items:
+        key = plain_number(key)  # a numpy integer as an int
         digits = isinstance(key, str) and key.isascii() and key.isdigit()
-        token = key if type(key) is int else int(key) if digits else None
+        token = key if type(key) is int and key >= 0 else int(key) if digits else None
         if token is None:
             fail(f"logit_bias keys must be token ids (integers >= 0), got {key!r}")
         bias = plain_number(bias)
