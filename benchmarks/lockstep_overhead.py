@@ -1,6 +1,7 @@
 """Lockstep cost vs. running the two models alone, per decoding step, measured in one run.
 
     python benchmarks/lockstep_overhead.py [--base DIR --aligned DIR] [--batch 1 8] [--dtype float32] [--penalties]
+                                           [--logit-bias]
     python benchmarks/lockstep_overhead.py --shape DIR [--set num_hidden_layers=26 ...] --device cuda
 
 Without --base/--aligned it times the tiny random pair (`baco.testing.make_tiny_pair`). With --shape
@@ -23,6 +24,9 @@ Stop tokens are disabled so every row runs the full length. Prints, per batch si
   tok/s         BACo tokens per second (batch / lockstep step)
   hf eager      transformers `generate` of one model with its dynamic cache, per step (--hf eager|static)
   hf static     transformers `generate` with a StaticCache, which transformers compiles (torch.compile)
+  penalised     (--penalties) the lockstep step with repetition, presence and frequency penalties on every row
+  biased        (--logit-bias) the lockstep step with a 300-token logit bias (OpenAI's most) on every row
+  x plain       each of those two / the plain lockstep step
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
+from baco.decode.sampling import LOGIT_BIAS_MAX
 from baco.decode.loop import lockstep
 from baco.models import SoloPair
 from baco.routers import get_router
@@ -57,6 +62,12 @@ def without_stops(collab: Collaboration) -> None:
 
 # --penalties: what the penalised lockstep engine's rows sample with (every penalty on)
 PENALTIES = {"repetition_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": 0.5}
+
+
+def biases(vocab_size: int) -> dict[int, float]:
+    """--logit-bias: the most tokens a bias may name (300), spread over the vocabulary, biases in [-5, 5]."""
+    count = min(LOGIT_BIAS_MAX, vocab_size)
+    return {i * vocab_size // count: round(10 * (i / count) - 5, 2) for i in range(count)}
 
 
 def running_engine(collab: Collaboration, pair, router: str, batch: int, budget: int, **knobs) -> Engine:
@@ -195,6 +206,9 @@ def main() -> None:
     parser.add_argument("--penalties", action="store_true",
                         help="also time the lockstep step with repetition, presence and frequency penalties on "
                         "(column 'penalised ms', and its ratio to the plain step)")
+    parser.add_argument("--logit-bias", action="store_true",
+                        help="also time the lockstep step with a logit bias on 300 tokens on every row (column "
+                        "'biased ms', and its ratio to the plain step)")
     parser.add_argument("--profile", action="store_true",
                         help="then print where lockstep steps at the largest batch spend their time: operators "
                         "(torch.profiler) and, on the CPU, the Python between them (cProfile)")
@@ -230,23 +244,26 @@ def main() -> None:
     print(f"engine: graphs={engine.graphs} compiled={engine.compiled} sync_free={engine.sync_free} pipelined={engine.pipelined} "
           f"stats={engine.stats}" + (f" capture failed: {engine.capture_error}" if engine.capture_error else ""))
     hf_columns = "".join(f" {'hf ' + kind + ' ms':>14}" for kind in args.hf)
-    penalised_columns = f" {'penalised ms':>12} {'x plain':>7}" if args.penalties else ""
+    extras = {name: knobs for name, knobs, on in [("penalised", PENALTIES, args.penalties),
+                                                   ("biased", {"logit_bias": biases(collab.pair.vocab_size)},
+                                                    args.logit_bias)] if on}
+    extra_columns = "".join(f" {name + ' ms':>12} {'x plain':>7}" for name in extras)
     print(f"{'batch':>5} {'lockstep ms':>12} {'base ms':>8} {'aligned ms':>10} {'ratio':>6} {'tok/s':>8}{hf_columns}"
-          f"{penalised_columns}")
+          f"{extra_columns}")
     for batch in args.batch:
         chunk, turns = max(1, (t2 - t1) // 4), 4 * args.repeats  # short turns, interleaved
         engines = {"lockstep": running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns),
                    "base": running_engine(collab, solo(collab, "base"), "base", batch, chunk * turns),
                    "aligned": running_engine(collab, solo(collab, "aligned"), "aligned", batch, chunk * turns)}
-        if args.penalties:
-            engines["penalised"] = running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns, **PENALTIES)
+        for name, knobs in extras.items():
+            engines[name] = running_engine(collab, collab.pair, "p-punc:0.5", batch, chunk * turns, **knobs)
         timed = steady_steps(engines, chunk, turns)
         lock, base_t, aligned_t = timed["lockstep"], timed["base"], timed["aligned"]
         hf = [per_step(lambda n: time_hf_generate(collab, "base", batch, n, kind == "static"), t1, t2, args.repeats)
               for kind in args.hf]
         print(f"{batch:>5} {lock * 1e3:>12.2f} {base_t * 1e3:>8.2f} {aligned_t * 1e3:>10.2f} "
               f"{lock / (base_t + aligned_t):>6.2f} {batch / lock:>8.0f}" + "".join(f" {t * 1e3:>14.2f}" for t in hf)
-              + (f" {timed['penalised'] * 1e3:>12.2f} {timed['penalised'] / lock:>7.2f}" if args.penalties else ""),
+              + "".join(f" {timed[name] * 1e3:>12.2f} {timed[name] / lock:>7.2f}" for name in extras),
               flush=True)
     if args.profile:
         profile(collab, max(args.batch), t2)

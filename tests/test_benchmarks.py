@@ -31,16 +31,18 @@ def test_throughput_runs_static_and_continuous_on_one_forward():
     assert "one forward" in out and "static:" in out and "static prefill / static =" in out
 
 
-@pytest.mark.parametrize("flags", [["--penalties"], ["--compile"], ["--shape", "TINY", "--one-forward", "on"]],
-                         ids=["eager-penalties", "compiled", "shape-one-forward"])
+@pytest.mark.parametrize("flags", [["--penalties", "--logit-bias"], ["--compile"],
+                                   ["--shape", "TINY", "--one-forward", "on"]],
+                         ids=["eager-penalties-bias", "compiled", "shape-one-forward"])
 def test_lockstep_overhead_prints_its_table(flags, tiny_dirs):
     flags = [str(tiny_dirs[0]) if flag == "TINY" else flag for flag in flags]  # --shape: a config and tokenizer
     out = script("lockstep_overhead.py", "--batch", "1", "--steps", "2", "6", "--repeats", "1", "--hf", *flags)
     header = next(line for line in out.splitlines() if line.split()[:2] == ["batch", "lockstep"])
     row = out.splitlines()[-1].split()
     assert header and row[0] == "1"
-    if "--penalties" in flags:  # the penalised step's time and its ratio to the plain one
-        assert header.split()[-3:] == ["ms", "x", "plain"] and float(row[-1]) > 0 and len(row) == 8
+    if "--penalties" in flags:  # the penalised and biased steps' times and their ratios to the plain one
+        assert header.split()[-8:] == ["penalised", "ms", "x", "plain", "biased", "ms", "x", "plain"], header
+        assert len(row) == 10 and float(row[-1]) > 0 and float(row[-3]) > 0
 
 
 def test_engine_memory_measures_within_what_auto_sizing_reserves():
