@@ -43,9 +43,9 @@ if want memory; then
   bench 120 benchmarks/engine_memory.py --device cuda --shape /tmp/shape --batch 8 64 --max-len 1024 --words 200
 fi
 if want 270m; then
-  echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape (and the step with penalties on) =="
+  echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape (and the step with penalties, with a logit bias) =="
   bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
-    --hf ${HF:-} --penalties --profile
+    --hf ${HF:-} --penalties --logit-bias --profile
 fi
 if want compiled; then
   echo "== the same with torch.compile'd forwards inside the captured steps (--compile; compiling not timed) =="
