@@ -44,7 +44,7 @@ if want memory; then
 fi
 if want 270m; then
   echo "== lockstep vs compiled single-model steps, Gemma-3-270M shape (and the step with penalties, with a logit bias) =="
-  bench 150 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
+  bench 180 benchmarks/lockstep_overhead.py --device cuda --shape /tmp/shape --batch 1 8 64 --steps 8 40 --repeats 2 \
     --hf ${HF:-} --penalties --logit-bias --profile
 fi
 if want compiled; then
