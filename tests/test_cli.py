@@ -40,11 +40,12 @@ def test_generate_takes_the_penalties_and_each_sample_records_them(tiny_dirs, tm
     plain, penalised = tmp_path / "plain.jsonl", tmp_path / "penalised.jsonl"
     assert main([*argv, "--out", str(plain)]) == 0
     assert main([*argv, "--repetition-penalty", "1.5", "--frequency-penalty", "1", "--logit-bias", '{"5": 3}',
-                 "--stop-token-ids", "511", "300", "--out", str(penalised)]) == 0
+                 "--stop-token-ids", "511", "300", "--min-tokens", "9", "--out", str(penalised)]) == 0
     row, before = json.loads(penalised.read_text()), json.loads(plain.read_text())
     assert row["sampling"]["repetition_penalty"] == 1.5 and row["sampling"]["frequency_penalty"] == 1
     assert row["sampling"]["logit_bias"] == {"5": 3.0} and "logit_bias" not in before["sampling"]
     assert row["sampling"]["stop_token_ids"] == [300, 511] and "stop_token_ids" not in before["sampling"]
+    assert row["sampling"]["min_tokens"] == 9 and "min_tokens" not in before["sampling"]
     assert "presence_penalty" not in row["sampling"] and "repetition_penalty" not in before["sampling"]
     assert row["token_ids"] != before["token_ids"]
 

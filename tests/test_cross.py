@@ -849,5 +849,7 @@ def test_penalties_are_refused_by_the_cross_tokenizer_methods_and_taken_by_each_
         cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, logit_bias={"5": -100}), router=router)
     with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*stop token ids"):
         cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, stop_token_ids=[5]), router=router)
+    with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*min_tokens"):
+        cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, min_tokens=3), router=router)
     alone = cross.generate(PROMPTS[:1], params, router="aligned")
     assert alone[0].to_dict()["sampling"]["repetition_penalty"] == 1.3

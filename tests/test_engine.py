@@ -73,11 +73,11 @@ def same_tokens_with_joiners_and_moves(reference, pair, collab):
 
 
 def same_tokens_with_penalties(reference, pair, collab, router):
-    """Rows with every penalty and a logit bias on, six requests in three slots (rows join mid-run): the same tokens
-    on both pairs (each side's logits are biased and penalised with its own prompt's tokens, whatever backend steps
-    it)."""
+    """Rows with every penalty, a logit bias and min_tokens on, six requests in three slots (rows join mid-run): the
+    same tokens on both pairs (each side's logits are biased, held back and penalised with its own prompt's tokens,
+    whatever backend steps it)."""
     params = SamplingParams(min_p=0.05, max_new_tokens=20, seed=6, repetition_penalty=1.4, presence_penalty=0.6,
-                            frequency_penalty=0.4, logit_bias={"7": 2.0, "30": -100})
+                            frequency_penalty=0.4, logit_bias={"7": 2.0, "30": -100, "1": 3.0}, min_tokens=8)
     return same_tokens(reference, pair, router, params, collab.requests(PROMPTS, 2, params, seed=6), max_batch=3)
 
 
@@ -213,7 +213,7 @@ def test_the_sync_free_step_reads_no_tensor_value_on_the_host(tiny_dirs):
         lm.model.to(meta)
         lm.device = meta
     pair.device, pair.vocab, pair._mask = meta, pair.vocab.to(meta), pair._mask.to(meta)
-    all_knobs = (True, True, False, False, False, True, True, True)  # top-k, top-p, penalties, bias: every branch
+    all_knobs = (True, True, False, False, False, True, True, True, True)  # top-k, top-p, penalties, bias, min_tokens
     for router in ["p-punc:0.5", "h-punc:2", "p-fc:0.5", "rand:0.5", "nudge:0.3", "eft:0.5", "contrast:0.5"]:
         engine = Engine(pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
         names, _ = engine._step_fn(4, all_knobs)
@@ -252,7 +252,7 @@ def host_touches(fn) -> list[str]:
 def test_a_warm_sync_free_step_touches_no_host_value_or_host_data(collab, router):
     """What a capture needs, checked on the CPU with real values: after the two warm-up runs the engine makes
     before capturing a bucket, a step neither reads a device value nor feeds the device host data."""
-    all_knobs = (True, True, False, False, False, True, True, True)  # top-k, top-p, penalties, logit bias
+    all_knobs = (True, True, False, False, False, True, True, True, True)  # top-k, top-p, penalties, bias, min_tokens
     engine = Engine(collab.pair, get_router(router), max_batch=4, max_len=32, sync_free=True, graphs=False)
     for _ in range(2):
         engine._step_fn(4, all_knobs)

@@ -37,8 +37,8 @@ def decode(collab, router, params, graphs, max_batch=4):
                                     SamplingParams(temperature=0.9, top_p=0.9, top_k=20, max_new_tokens=64, seed=2),
                                     SamplingParams(min_p=0.05, max_new_tokens=64, seed=5, repetition_penalty=1.3,
                                                    presence_penalty=0.5, frequency_penalty=0.5,
-                                                   logit_bias={7: 3.0, 11: -100, 300: 1.5})],
-                         ids=["greedy", "min-p", "top-k+top-p", "penalties+bias"])
+                                                   logit_bias={7: 3.0, 11: -100, 300: 1.5}, min_tokens=12)],
+                         ids=["greedy", "min-p", "top-k+top-p", "penalties+bias+min-tokens"])
 def test_graph_captured_steps_give_the_eager_steps_tokens(gpu_collab, router, params):
     eager, plain = decode(gpu_collab, router, params, graphs=False)
     captured, engine = decode(gpu_collab, router, params, graphs=True)
@@ -49,7 +49,8 @@ def test_graph_captured_steps_give_the_eager_steps_tokens(gpu_collab, router, pa
 
 def test_steady_state_steps_never_synchronise_with_the_host(gpu_collab):
     params = SamplingParams(temperature=0.9, top_p=0.9, top_k=20, min_p=0.02, max_new_tokens=40, seed=3,
-                            repetition_penalty=1.2, frequency_penalty=0.3, logit_bias={5: 2.0})  # every part
+                            repetition_penalty=1.2, frequency_penalty=0.3, logit_bias={5: 2.0},
+                            min_tokens=20)  # every part
     for graphs in (True, False):
         engine = Engine(gpu_collab.pair, get_router("p-punc:0.5"), max_batch=4, max_len=96, graphs=graphs)
         for request in gpu_collab.requests(PROMPTS, 1, params, seed=3):

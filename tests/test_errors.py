@@ -101,6 +101,8 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
     (["--repetition-penalty", "0"], "--repetition-penalty must be a finite number > 0"),
     (["--logit-bias", '{"1": 200}'], "--logit-bias values must be numbers in [-100, 100]"),
     (["--stop-token-ids", "-3"], "--stop-token-ids must be a list of token ids"),
+    (["--min-tokens", "9", "--max-new-tokens", "8"],
+     "--min-tokens must be an integer in [0, max_new_tokens] (here [0, 8])"),
     (["--logit-bias", '{"99999": 1}', "--max-new-tokens", "8"],
      "logit_bias names token id 99999, but the vocabulary has 512 tokens"),
     (["--router", "nope"], "unknown router"),

@@ -9,7 +9,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, SequenceBiasLogitsProcessor
+from transformers.generation.logits_process import (MinNewTokensLengthLogitsProcessor, RepetitionPenaltyLogitsProcessor,
+                                                    SequenceBiasLogitsProcessor)
 
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
@@ -26,6 +27,9 @@ PENALISED = [
                    max_new_tokens=16, seed=5),
     SamplingParams(logit_bias={"7": 4.0, "11": -100, "300": 2.5, "42": 1}, repetition_penalty=1.5, min_p=0.05,
                    max_new_tokens=16, seed=6),
+    # the tiny pair's end tokens are 1 and 4: biased up, they would end most samples at once
+    SamplingParams(min_tokens=6, logit_bias={"1": 6.0, "4": 6.0, "9": 5.0}, stop_token_ids=[9], min_p=0.05,
+                   max_new_tokens=16, seed=7),
 ]
 
 
@@ -38,6 +42,9 @@ def model_logprobs(pair, lm, prompt_ids: list[int], generated: list[int], params
     if params.logit_bias:  # first, as vLLM applies it: transformers' processor with one-token sequences
         bias = [[[token], value] for token, value in params.logit_bias]
         logits = SequenceBiasLogitsProcessor(bias)(ids, logits.clone())
+    if params.min_tokens:  # transformers' processor, holding back the pair's end tokens and the stop ids
+        ends = sorted(pair.vocab.stop_ids | set(params.stop_token_ids))
+        logits = MinNewTokensLengthLogitsProcessor(len(prompt_ids), params.min_tokens, ends)(ids, logits)
     if params.repetition_penalty != 1:  # transformers' processor, over every id the model has read
         logits = RepetitionPenaltyLogitsProcessor(params.repetition_penalty)(ids, logits.clone())
     for token, count in Counter(generated).items():  # OpenAI's: only the text written so far counts
@@ -61,7 +68,7 @@ def run(collab, requests, router, params, **options):
 
 
 @pytest.mark.parametrize("params", PENALISED, ids=["repetition", "presence+frequency", "greedy-all-three",
-                                                   "logit-bias+repetition"])
+                                                   "logit-bias+repetition", "min-tokens"])
 @pytest.mark.parametrize("sync_free", [False, True], ids=["host", "sync-free"])
 @pytest.mark.parametrize("router", ["aligned", "base", "p-punc:0.5", "eft:0.5"])
 def test_each_token_is_drawn_from_its_writers_penalised_distribution(collab, router, sync_free, params):
@@ -93,7 +100,10 @@ def test_each_token_is_drawn_from_its_writers_penalised_distribution(collab, rou
             assert math.isclose(base_top1, own_base.max().exp().item(), rel_tol=1e-4)
             generated.append(token)
     assert sum(map(len, steps)) > 2 * len(requests)
-    assert engine.counts is not None
+    assert (engine.counts is not None) == params.penalised
+    if params.min_tokens:  # biased up, the end tokens end every row, but none before it has min_tokens tokens
+        assert sorted(pair.vocab.stop_ids) == [1, 4]
+        assert all(params.min_tokens < len(row) < params.max_new_tokens and row[-1][0] in (1, 4, 9) for row in steps)
 
 
 @pytest.mark.parametrize("penalty", [{"repetition_penalty": 1.5}, {"presence_penalty": 1.0},
@@ -110,11 +120,13 @@ def test_each_penalty_changes_what_is_drawn(collab, penalty):
 def test_a_row_gives_the_same_tokens_alone_and_beside_penalised_rows_across_moves_and_slot_reuse(collab):
     """Penalised and plain rows in one engine, of different lengths (the longer rows move down as the shorter
     finish) and more than its slots (later requests take used slots): each row's tokens are those it gets alone.
-    A row's counts and prompt tokens move with it and leave no trace in the slot it leaves."""
+    A row's counts, prompt tokens and held end tokens (min_tokens) move with it and leave no trace in the slot it
+    leaves."""
     settings = [SamplingParams(max_new_tokens=8 + 6 * i, seed=9, min_p=0.05, **penalty) for i, penalty in
                 enumerate([{"repetition_penalty": 1.6}, {}, {"presence_penalty": 1.2, "frequency_penalty": 0.7},
                            {"repetition_penalty": 0.7}, {"logit_bias": {"7": 3.0, "9": -2}},
-                           {"frequency_penalty": 2.0}])]
+                           {"frequency_penalty": 2.0}, {"min_tokens": 12, "logit_bias": {"1": 5.0, "4": 5.0}},
+                           {"min_tokens": 5, "stop_token_ids": [9], "logit_bias": {"9": 4.0}}])]
     requests = [collab.requests([PROMPTS[i % 3]], 1, p, seed=9)[0] for i, p in enumerate(settings)]
     for i, request in enumerate(requests):
         request.max_new_tokens = settings[i].max_new_tokens
@@ -191,6 +203,21 @@ def test_penalties_are_checked_and_recorded_only_where_set():
     assert SamplingParams(presence_penalty=0.5).to_dict()["presence_penalty"] == 0.5
     assert SamplingParams(**SamplingParams(repetition_penalty=1.2).to_dict()).repetition_penalty == 1.2
     assert not SamplingParams().penalised and SamplingParams(frequency_penalty=-0.1).penalised
+
+
+def test_min_tokens_is_checked_recorded_only_where_set_and_reshapes_without_penalty_buffers(collab):
+    for value, message in [(-1, "min_tokens must be an integer in"), (1.0, "an integer"), (True, "an integer"),
+                           (17, r"\[0, max_new_tokens\] \(here \[0, 16\]\), got 17")]:
+        with pytest.raises(InvalidSamplingParams, match=message):
+            SamplingParams(max_new_tokens=16, min_tokens=value)
+    held = SamplingParams(max_new_tokens=16, min_tokens=np.int64(16))
+    assert held.min_tokens == 16 and held.to_dict()["min_tokens"] == 16 and SamplingParams(**held.to_dict()) == held
+    assert "min_tokens" not in SamplingParams(min_tokens=0).to_dict()  # old samples keep their ids
+    assert held.reshaped and held.by_token_id and not held.penalised
+    params = SamplingParams(max_new_tokens=8, seed=2, min_tokens=8, logit_bias={"1": 100, "4": 100})
+    steps, engine = run(collab, collab.requests(PROMPTS, 1, params, seed=2), "p-punc:0.5", params)
+    assert engine.counts is None  # holding end tokens back needs no per-slot buffers
+    assert all(len(row) == 8 and not {token for token, *_ in row} & collab.pair.vocab.stop_ids for row in steps)
 
 
 def test_a_penalised_sample_records_its_penalties(collab):

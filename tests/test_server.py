@@ -156,6 +156,20 @@ def test_stop_token_ids_end_a_choice_as_in_vllm_and_give_the_librarys_tokens(cli
         assert refused.value.body["param"] == "stop_token_ids", refused.value.body
 
 
+def test_min_tokens_holds_the_end_back_as_the_library_does_and_at_most_max_tokens(client, collab):
+    """vLLM's extension: no end token before a choice has min_tokens tokens (here the end tokens are biased up, so
+    they come right after), the library's tokens; more than max_tokens (or its default) is a 400 naming it."""
+    bias = {str(token): 6.0 for token in collab.pair.vocab.stop_ids}
+    expected = library(collab, PROMPTS[0], n=2, max_new_tokens=16, seed=4, min_tokens=9, logit_bias=bias)
+    response = chat(client, PROMPTS[0], max_tokens=16, seed=4, n=2, logit_bias=bias, extra_body={"min_tokens": 9})
+    assert [[p["token"] for p in provenance(c)] for c in response.choices] == [s.token_ids for s in expected]
+    assert all(9 < len(s.token_ids) < 16 and s.finish_reason == "stop" for s in expected)
+    for fields in ({"max_tokens": 8, "extra_body": {"min_tokens": 9}}, {"extra_body": {"min_tokens": 25}}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            chat(client, PROMPTS[0], **fields)
+        assert refused.value.body["param"] == "min_tokens" and "at most max_tokens" in refused.value.body["message"]
+
+
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them

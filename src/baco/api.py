@@ -414,8 +414,8 @@ class Collaboration:
         if sampling is not None and sampling.by_token_id:
             raise InvalidSamplingParams(
                 f"router {getattr(router, 'name', router)} runs the cross-tokenizer loop, which draws pieces of text "
-                f"mixed from two vocabularies; presence, frequency and repetition penalties, a logit bias and stop "
-                f"token ids act on one model's token ids and are not supported there: leave them off "
+                f"mixed from two vocabularies; presence, frequency and repetition penalties, a logit bias, stop "
+                f"token ids and min_tokens act on one model's tokens and are not supported there: leave them off "
                 f"(docs/cross-tokenizer.md; stop strings work there)")
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]

@@ -137,6 +137,9 @@ def _add_generate(sub) -> None:
                         "bans token 1234")
     p.add_argument("--stop-token-ids", type=int, nargs="+", default=[], metavar="ID",
                    help="vLLM's: token ids that end a sample when drawn, beside the models' own end tokens")
+    p.add_argument("--min-tokens", type=int, default=0, metavar="N",
+                   help="vLLM's: the models' end tokens and --stop-token-ids are never drawn before a sample has N "
+                        "tokens (stop strings still apply); 0 = off")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens written per sample")
     p.add_argument("--seed", type=int, default=None, help="fixed seed (default: a fresh one, recorded)")
     p.add_argument("--stop", action="append", default=[], help="extra stop string (repeatable)")
@@ -366,7 +369,7 @@ def cmd_generate(args) -> int:
                                   max_new_tokens=args.max_new_tokens, seed=args.seed, stop=tuple(args.stop),
                                   repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
                                   frequency_penalty=args.frequency_penalty, logit_bias=args.logit_bias,
-                                  stop_token_ids=args.stop_token_ids)
+                                  stop_token_ids=args.stop_token_ids, min_tokens=args.min_tokens)
     except InvalidSamplingParams as error:  # "top_p must be ..." -> "--top-p must be ...": the flag the user typed
         knob, _, rest = str(error).partition(" ")
         raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from baco.decode.loop import Request, StepEvent, row_uniforms
-from baco.decode.sampling import LOGIT_BIAS_MAX, RowKnobs, SamplingParams, check_token_ids, penalise
+from baco.decode.sampling import (LOGIT_BIAS_MAX, STOP_TOKEN_IDS_MAX, RowKnobs, SamplingParams, check_token_ids,
+                                  penalise)
 from baco.decode.step import route_and_draw
 from baco.defaults import AUTO_MAX_BATCH, MEMORY_FRACTION, PREFILL_TOKENS
 from baco.errors import BacoError, CapacityError, TokenizerMismatchError
@@ -376,6 +377,11 @@ class Engine:
                       "bucket_row_steps": 0, "moves": 0}
 
     # ---- device state -------------------------------------------------------------------------------
+    @property
+    def _end_width(self) -> int:
+        """The width of a slot's row of end tokens that min_tokens holds back: the pair's own and its stop ids."""
+        return len(self.pair.vocab.stop_ids) + STOP_TOKEN_IDS_MAX
+
     def _state(self, slots: int, columns: int) -> None:
         dev = self.device
         longs = lambda fill=0: torch.full((slots,), fill, dtype=torch.long, device=dev)  # noqa: E731
@@ -385,7 +391,7 @@ class Engine:
         self.positions = [longs() for _ in self.reads]
         self.valid = [longs() for _ in self.reads]
         self.uniforms = torch.zeros((slots, 3, columns), device=dev)
-        self.knobs = RowKnobs.of(SamplingParams(), slots, dev, bias_width=LOGIT_BIAS_MAX)
+        self.knobs = RowKnobs.of(SamplingParams(), slots, dev, bias_width=LOGIT_BIAS_MAX, end_width=self._end_width)
         self.write = torch.zeros(1, dtype=torch.long, device=dev)
         self.out_ints = torch.zeros((3, slots), dtype=torch.long, device=dev)
         self.out_floats = torch.zeros((4, slots), device=dev)
@@ -559,7 +565,8 @@ class Engine:
         for i, request in enumerate(requests):
             uniforms[i, :, : request.max_new_tokens] = row_uniforms(request.seed, request.max_new_tokens)
         self.uniforms[slots] = upload(uniforms, self.device)
-        fresh = RowKnobs.of([m.params for m in group.members], bias_width=LOGIT_BIAS_MAX)
+        fresh = RowKnobs.of([m.params for m in group.members], bias_width=LOGIT_BIAS_MAX,
+                            ends=self.pair.vocab.stop_ids, end_width=self._end_width)
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
             mine[slots] = upload(theirs, self.device)
         if self.counts is not None:  # a slot's counts and prompt tokens are its new request's alone
@@ -677,15 +684,16 @@ class Engine:
         return mask[:, :vocab]
 
     def _reshaped(self, view: StepView, logits: list, knobs: RowKnobs) -> StepView:
-        """The view the rows draw from: each side's own logits biased and penalised (`sampling.penalise`) with the
-        rows' token counts and that side's prompt tokens, then log-softmaxed; everything else is `view`'s."""
+        """The view the rows draw from: each side's own logits biased, held back (min_tokens) and penalised
+        (`sampling.penalise`) with the rows' token counts and that side's prompt tokens, then log-softmaxed;
+        everything else is `view`'s."""
         b = view.batch_size
         if knobs.penalised:
             self._penalty_state()  # (allocated already when a penalised request was added)
         counts = self.counts[:b] if knobs.penalised else None
         prompts = [seen[:b] for seen in self.seen] if knobs.penalised else [None] * len(logits)
         base, aligned, anchor = self.pair.split([
-            self.pair.logprobs(penalise(x.to(self.device), knobs, counts, prompt))
+            self.pair.logprobs(penalise(x.to(self.device), knobs, counts, prompt, self.t[:b]))
             for x, prompt in zip(logits, prompts)])
         return replace(view, base_logprobs=base, aligned_logprobs=aligned, anchor_logprobs=anchor)
 

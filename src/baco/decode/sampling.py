@@ -30,7 +30,7 @@ MIN_TEMPERATURE = 1e-30
 # the penalties and the values that turn them off
 PENALTIES = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0}
 # the knobs left out of a sample's record where they are empty (so that files made before them keep their ids)
-OMITTED_EMPTY = ("logit_bias", "stop_token_ids")
+OMITTED_EMPTY = ("logit_bias", "stop_token_ids", "min_tokens")
 # logit_bias (OpenAI's): at most this many tokens per request (the engine keeps a fixed-width row of them per slot,
 # so a step's buffers never change shape), each biased by at most this much either way (-100 bans a token in
 # practice, +100 forces it)
@@ -70,6 +70,8 @@ class SamplingParams:
     They change what each token is drawn from, not what routers read or the recorded probabilities.
     stop_token_ids (()): vLLM's, token ids that end a sample when drawn (finish reason "stop"), beside the models'
     own end tokens; unlike those, such a token's text stays in the sample's text, as in vLLM (at most 64).
+    min_tokens (0): vLLM's, at most max_new_tokens: the models' end tokens and the stop token ids are held back
+    (never drawn) until a sample has this many tokens. Stop strings still end it earlier.
     """
 
     temperature: float = 1.0
@@ -84,6 +86,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (id, bias) pairs; a dict is read
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         for knob in fields(self):  # numpy scalars as Python numbers, before they are checked and recorded
@@ -130,6 +133,10 @@ class SamplingParams:
         if len(ids) > STOP_TOKEN_IDS_MAX:
             fail(f"stop_token_ids may name at most {STOP_TOKEN_IDS_MAX} tokens, got {len(ids)}")
         object.__setattr__(self, "stop_token_ids", tuple(sorted({plain_number(i) for i in ids})))
+        if not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool) or not (
+                0 <= self.min_tokens <= self.max_new_tokens):
+            fail(f"min_tokens must be an integer in [0, max_new_tokens] (here [0, {self.max_new_tokens}]), "
+                 f"got {self.min_tokens!r}")
 
     @property
     def penalised(self) -> bool:
@@ -138,13 +145,14 @@ class SamplingParams:
 
     @property
     def reshaped(self) -> bool:
-        """Whether tokens are drawn from other logits than the models' own: a penalty or a logit bias is set."""
-        return self.penalised or bool(self.logit_bias)
+        """Whether tokens are drawn from other logits than the models' own: a penalty, a logit bias or min_tokens
+        is set."""
+        return self.penalised or bool(self.logit_bias) or self.min_tokens > 0
 
     @property
     def by_token_id(self) -> bool:
-        """Whether a knob names one vocabulary's token ids (a penalty, a logit bias, stop token ids): what the
-        cross-tokenizer methods, which draw text mixed from two vocabularies, cannot take."""
+        """Whether a knob acts on one vocabulary's tokens (a penalty, a logit bias, stop token ids, min_tokens): what
+        the cross-tokenizer methods, which draw text mixed from two vocabularies, cannot take."""
         return self.reshaped or bool(self.stop_token_ids)
 
     def to_dict(self) -> dict:
@@ -216,6 +224,8 @@ class RowKnobs:
     repetition: torch.Tensor  # (B,) float, 1 = off
     bias_ids: torch.Tensor  # (B, K) long: the tokens each row's logit bias names (padded with 0, biased by 0)
     bias_values: torch.Tensor  # (B, K) float: their biases
+    min_tokens: torch.Tensor  # (B,) long, 0 = off: the row's end tokens are held back until it has this many
+    end_ids: torch.Tensor  # (B, E) long: the tokens held back then (the models' end tokens, its stop ids; -1 pads)
     use_top_k: bool = False
     use_top_p: bool = False
     wide_top_k: bool = False  # some row's top_k exceeds the precut: thresholds need a full sort
@@ -224,48 +234,58 @@ class RowKnobs:
     use_counts: bool = False  # some row has a presence or frequency penalty: the rows' token counts are read
     use_repetition: bool = False  # some row has a repetition penalty
     use_bias: bool = False  # some row has a logit bias
+    use_min_tokens: bool = False  # some row has min_tokens
 
     @classmethod
     def of(cls, params: "SamplingParams | list[SamplingParams]", batch: int | None = None,
-           device: torch.device | str = "cpu", bias_width: int | None = None) -> "RowKnobs":
+           device: torch.device | str = "cpu", bias_width: int | None = None, ends: frozenset[int] = frozenset(),
+           end_width: int | None = None) -> "RowKnobs":
         """`bias_width`: the width of the logit-bias rows (default: the longest bias among `params`, at least 1; the
-        engine keeps `LOGIT_BIAS_MAX`)."""
+        engine keeps `LOGIT_BIAS_MAX`). `ends`: the models' end tokens, which a row with min_tokens holds back with
+        its stop token ids, in rows `end_width` wide (default: as wide as the widest row needs, at least 1; the
+        engine keeps room for its pair's end tokens and `STOP_TOKEN_IDS_MAX`)."""
         rows = list(params) if isinstance(params, (list, tuple)) else [params] * (batch or 1)
         width = bias_width or max([1, *(len(p.logit_bias) for p in rows)])
         bias_ids = torch.zeros((len(rows), width), dtype=torch.long)
         bias_values = torch.zeros((len(rows), width))
+        held = [sorted(set(ends) | set(p.stop_token_ids)) if p.min_tokens else [] for p in rows]
+        end_ids = torch.full((len(rows), end_width or max([1, *map(len, held)])), -1, dtype=torch.long)
         for row, p in enumerate(rows):
             if p.logit_bias:
                 bias_ids[row, :len(p.logit_bias)] = torch.tensor([token for token, _ in p.logit_bias])
                 bias_values[row, :len(p.logit_bias)] = torch.tensor([bias for _, bias in p.logit_bias])
+            if held[row]:
+                end_ids[row, :len(held[row])] = torch.tensor(held[row])
         top_k = [min(max(p.top_k, 0), 2**62) for p in rows]  # beyond any vocabulary: fits a long
         temperature = [max(p.temperature, MIN_TEMPERATURE) if p.temperature > 0 else 0.0 for p in rows]
         tensor = lambda values, dtype: torch.tensor(values, dtype=dtype, device=device)  # noqa: E731
         floats = lambda name: tensor([getattr(p, name) for p in rows], torch.float32)  # noqa: E731
         return cls(tensor(temperature, torch.float32), tensor(top_k, torch.long), floats("top_p"), floats("min_p"),
                    floats("presence_penalty"), floats("frequency_penalty"), floats("repetition_penalty"),
-                   bias_ids.to(device), bias_values.to(device), *cls.flags(rows))
+                   bias_ids.to(device), bias_values.to(device), tensor([p.min_tokens for p in rows], torch.long),
+                   end_ids.to(device), *cls.flags(rows))
 
     @staticmethod
     def flags(rows: "list[SamplingParams]") -> tuple[bool, ...]:
         """The static flags (use_top_k, use_top_p, wide_top_k, all_greedy, unit_temperature, use_counts,
-        use_repetition, use_bias) of these rows."""
+        use_repetition, use_bias, use_min_tokens) of these rows."""
         return (any(p.top_k > 0 for p in rows), any(p.top_p < 1.0 for p in rows),
                 any(p.top_k > PRECUT for p in rows), all(p.temperature == 0 for p in rows),
                 all(p.temperature in (0, 1) for p in rows),
                 any(p.presence_penalty or p.frequency_penalty for p in rows),
-                any(p.repetition_penalty != 1 for p in rows), any(p.logit_bias for p in rows))
+                any(p.repetition_penalty != 1 for p in rows), any(p.logit_bias for p in rows),
+                any(p.min_tokens for p in rows))
 
     def rows(self) -> tuple[torch.Tensor, ...]:
         """The per-row tensors: temperature, top_k, top_p, min_p, presence, frequency, repetition, bias_ids,
-        bias_values."""
+        bias_values, min_tokens, end_ids."""
         return (self.temperature, self.top_k, self.top_p, self.min_p, self.presence, self.frequency, self.repetition,
-                self.bias_ids, self.bias_values)
+                self.bias_ids, self.bias_values, self.min_tokens, self.end_ids)
 
     def flag_values(self) -> tuple[bool, ...]:
         """The static flags, in `flags`' order."""
         return (self.use_top_k, self.use_top_p, self.wide_top_k, self.all_greedy, self.unit_temperature,
-                self.use_counts, self.use_repetition, self.use_bias)
+                self.use_counts, self.use_repetition, self.use_bias, self.use_min_tokens)
 
     @property
     def penalised(self) -> bool:
@@ -274,8 +294,8 @@ class RowKnobs:
 
     @property
     def reshaped(self) -> bool:
-        """Some row draws from other logits than the models' own (a penalty or a logit bias: `penalise`)."""
-        return self.penalised or self.use_bias
+        """Some row draws from other logits than the models' own (a penalty, a logit bias, min_tokens: `penalise`)."""
+        return self.penalised or self.use_bias or self.use_min_tokens
 
     def take(self, rows: torch.Tensor) -> "RowKnobs":
         """The knobs of `rows` (an index tensor), with the same static flags."""
@@ -283,10 +303,12 @@ class RowKnobs:
 
 
 def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor | None,
-             prompt: torch.Tensor | None) -> torch.Tensor:
-    """The logits (B, W) a row's token is drawn from under its logit bias and penalties, in float32, in vLLM's order:
+             prompt: torch.Tensor | None, written: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits (B, W) a row's token is drawn from under its logit bias, min_tokens and penalties, in float32, in
+    vLLM's order:
 
         logit bias (OpenAI's): each named token's logit plus its bias
+        min_tokens (vLLM's): while the row has written (`written`, (B,) long) fewer tokens, its end tokens -inf
         repetition (transformers' RepetitionPenaltyLogitsProcessor): a logit of a token in the model's own prompt or
             in the text so far is divided by the penalty if positive, multiplied by it if not
         frequency and presence (OpenAI's): logit - frequency x count - presence x (count > 0)
@@ -302,6 +324,9 @@ def penalise(logits: torch.Tensor, knobs: RowKnobs, counts: torch.Tensor | None,
     if knobs.use_bias:
         inside = knobs.bias_ids < width
         z = z.scatter_add(1, knobs.bias_ids.clamp(max=width - 1), torch.where(inside, knobs.bias_values, 0.0))
+    if knobs.use_min_tokens:  # -inf added to a held end token, 0 to the rest (and to the padding's stand-in, 0)
+        held = (knobs.end_ids >= 0) & (knobs.end_ids < width) & (written < knobs.min_tokens)[:, None]
+        z = z.scatter_add(1, knobs.end_ids.clamp(0, width - 1), torch.where(held, -math.inf, 0.0))
     if not knobs.penalised:
         return z
     count = counts[:, :width]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from baco.api import Collaboration
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams, check_token_ids
-from baco.errors import BacoError, PromptError, PromptTooLongError, UnknownRouterError
+from baco.errors import BacoError, InvalidSamplingParams, PromptError, PromptTooLongError, UnknownRouterError
 from baco.prompts import Prompt, PromptFormat, as_prompt, prompt_problem, roles_problem, unicode_problem
 from baco.routers import get_router, list_routers
 from baco.routers.cross import unit_of
@@ -100,12 +100,17 @@ def plan(collab: Collaboration, fmt: PromptFormat, prompts: list[Prompt], body, 
         router = router_name(body.router if body.router is not None else default_router)
     seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31)
     asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    most = asked or limits.default_max_tokens
+    if body.min_tokens > most:  # (vLLM refuses it too)
+        with about("min_tokens"):
+            raise InvalidSamplingParams(f"min_tokens ({body.min_tokens}) must be at most max_tokens ({most}"
+                                        f"{'' if asked else ', the default'})")
     sampling = SamplingParams(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
                               min_p=body.min_p if body.min_p is not None else default_min_p,
-                              max_new_tokens=asked or limits.default_max_tokens, seed=seed, stop=body.stop_strings(),
+                              max_new_tokens=most, seed=seed, stop=body.stop_strings(),
                               presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                               repetition_penalty=body.repetition_penalty, logit_bias=body.logit_bias or {},
-                              stop_token_ids=body.stop_token_ids or ())
+                              stop_token_ids=body.stop_token_ids or (), min_tokens=body.min_tokens)
     for knob in ("logit_bias", "stop_token_ids"):
         with about(knob):
             check_token_ids(sampling, collab.pair.vocab, (knob,))

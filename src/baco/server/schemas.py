@@ -242,13 +242,16 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         stop_token_ids: Optional[list[Annotated[int, Field(ge=0, le=2**31 - 1)]]] = Field(
             None, max_length=STOP_TOKEN_IDS_MAX, description=(
                 "vLLM extension: token ids that end a choice when drawn (finish_reason 'stop'); their text stays"))
+        min_tokens: Optional[int] = Field(0, ge=0, le=2**31 - 1, description=(
+            "vLLM extension: the models' end tokens and stop_token_ids are not drawn before a choice has this many "
+            "tokens (stop strings still end it); at most max_tokens; 0 = off"))
         router: Optional[str] = Field(None, max_length=64, description=(
             "baco extension: a router or baseline with its value, e.g. 'p-punc:0.5', 'nudge:0.3' (`baco routers`)"))
         min_p: Optional[float] = Field(None, ge=0, le=1, description="baco extension: default the server's --min-p")
         top_k: Optional[int] = Field(0, ge=-1, le=2**31 - 1, description="baco extension: 0 or -1 = off; null = 0")
 
         @field_validator("temperature", "top_p", "top_k", "n", "stream", "presence_penalty", "frequency_penalty",
-                         "repetition_penalty", "logprobs",
+                         "repetition_penalty", "min_tokens", "logprobs",
                          check_fields=False)  # logprobs: each request's own (chat: a bool)
         @classmethod
         def _null_means_the_default(cls, value, info: ValidationInfo):

@@ -286,8 +286,8 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
     for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
         if conf.sampling.by_token_id and unit_of(conf.router) is not None:
             _fail(f"{where}: router {conf.router} is a cross-tokenizer method, which takes no repetition, presence "
-                  f"or frequency penalty, no logit bias and no stop token ids (it draws text mixed from two "
-                  f"vocabularies); leave them off for it")
+                  f"or frequency penalty, no logit bias, no stop token ids and no min_tokens (it draws text mixed "
+                  f"from two vocabularies); leave them off for it")
     return out
 
 
