@@ -24,7 +24,7 @@ from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
 from baco.prompts import Prompt, PromptFormat, PromptWarning, as_prompt, encode_request
 from baco.routers import Router, get_router
-from baco.routers.cross import is_single_model, token_alternatives, unit_of
+from baco.routers.cross import is_single_model, token_alternatives, token_knobs_refusal, unit_of
 from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
 
 if TYPE_CHECKING:
@@ -412,11 +412,7 @@ class Collaboration:
             raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
                             f"cross-tokenizer loop, which has none: give a number")
         if sampling is not None and sampling.by_token_id:
-            raise InvalidSamplingParams(
-                f"router {getattr(router, 'name', router)} runs the cross-tokenizer loop, which draws pieces of text "
-                f"mixed from two vocabularies; presence, frequency and repetition penalties, a logit bias, stop "
-                f"token ids and min_tokens act on one model's tokens and are not supported there: leave them off "
-                f"(docs/cross-tokenizer.md; stop strings work there)")
+            raise InvalidSamplingParams(token_knobs_refusal(getattr(router, "name", router)))
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross

@@ -150,6 +150,15 @@ def token_alternatives() -> str:
             "method (negative:W, verbalized:K: the aligned model alone)")
 
 
+def token_knobs_refusal(router: str) -> str:
+    """Why a cross-tokenizer method refuses the sampling knobs that act on one model's tokens
+    (`SamplingParams.by_token_id`): the library's error when it runs, a sweep configuration's when it is read."""
+    return (f"router {router} is a cross-tokenizer method: it runs the cross-tokenizer loop, which draws pieces of "
+            f"text mixed from two vocabularies, and takes no presence, frequency or repetition penalties, no logit "
+            f"bias, no stop token ids and no min_tokens (they act on one model's tokens): leave them off "
+            f"(docs/cross-tokenizer.md; stop strings work there)")
+
+
 def is_single_model(router: str | Router) -> bool:
     """`base` and `aligned` run one model: they need no shared vocabulary."""
     name = router if isinstance(router, str) else getattr(router, "name", "")

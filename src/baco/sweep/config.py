@@ -30,7 +30,7 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router
-from baco.routers.cross import unit_of
+from baco.routers.cross import token_knobs_refusal, unit_of
 from baco.routers.neighbours import reads_anchor
 
 SWEEPABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -285,9 +285,7 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
         out.append(Configuration(name, name, _router(router, where).name, sampling, **extra))
     for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
         if conf.sampling.by_token_id and unit_of(conf.router) is not None:
-            _fail(f"{where}: router {conf.router} is a cross-tokenizer method, which takes no repetition, presence "
-                  f"or frequency penalty, no logit bias, no stop token ids and no min_tokens (it draws text mixed "
-                  f"from two vocabularies); leave them off for it")
+            _fail(f"{where}: {token_knobs_refusal(conf.router)}")
     return out
 
 
