@@ -9,6 +9,7 @@ import time
 import openai
 import pytest
 import requests
+import torch
 
 from baco import Collaboration, SamplingParams
 from baco.prompts import PromptFormat
@@ -644,6 +645,27 @@ def test_a_request_the_device_has_no_room_for_gets_503_and_the_server_keeps_serv
         served = requests.post(url, json=body)
         assert served.status_code == 200 and served.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert not live.worker.rows and live.worker.outstanding == 0
+
+
+def test_an_engine_out_of_memory_mid_step_fails_its_requests_with_503_and_the_server_keeps_serving(client, live):
+    """torch's out-of-memory error inside a step is no bug: its requests get 503 out_of_memory (Retry-After), the
+    engine is dropped (its memory freed), and the server goes on."""
+    from baco.routers import register
+    from baco.routers.registry import _REGISTRY
+
+    def full(view):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    register("test-full", help="runs out of device memory (a test of the server's capacity path)")(full)
+    try:
+        with pytest.raises(openai.InternalServerError) as refused:
+            chat(client, PROMPTS[0], max_tokens=8, extra_body={"router": "test-full"})
+        assert refused.value.status_code == 503 and refused.value.response.headers["retry-after"] == "1"
+        assert refused.value.body["code"] == "out_of_memory" and "Tried to allocate" in refused.value.body["message"]
+    finally:
+        del _REGISTRY["test-full"]
+    assert "test-full" not in live.worker.engines and not live.worker.rows and live.worker.outstanding == 0
+    assert chat(client, PROMPTS[0], max_tokens=8, seed=1).choices[0].finish_reason in ("stop", "length")
 
 
 class Listener:

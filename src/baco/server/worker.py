@@ -181,6 +181,10 @@ class Worker(threading.Thread):
             self.metrics.step_seconds.observe(time.perf_counter() - started)
             if event is not None:
                 self._dispatch(key, engine, event)
+        except torch.OutOfMemoryError as error:  # the device is full: its requests may fit later (503)
+            log.warning("engine for router %s ran out of device memory: %s", key, error)
+            self._fail_engine(key, f"the device ran out of memory during a step of router {key}'s engine; its "
+                                   f"requests were stopped and the engine dropped ({error})", kind="capacity")
         except Exception as error:  # noqa: BLE001 - one failed engine must not take the server down
             log.exception("engine for router %s failed", key)
             self._fail_engine(key, f"{type(error).__name__}: {error}")
@@ -256,7 +260,9 @@ class Worker(threading.Thread):
             self.metrics.rows.labels(outcome=outcome).inc(job.unplaced)
             job.unplaced = 0
 
-    def _fail_engine(self, key: str, message: str) -> None:
+    def _fail_engine(self, key: str, message: str, kind: str = "error") -> None:
+        """An engine failed: its rows leave, it is dropped, and each of its jobs hears why (`kind`: "error", or
+        "capacity" where the device ran out of memory)."""
         failed = {}
         for (row_key, rid), row in list(self.rows.items()):
             if row_key == key:
@@ -264,7 +270,7 @@ class Worker(threading.Thread):
                 self._retire(key, rid, "error")
         del self.engines[key]  # before telling the clients: by the time they hear of it, the engine is gone
         for job in failed:
-            self._deliver(job, [("error", None, message)])
+            self._deliver(job, [(kind, None, message)])
 
     def _fail_job(self, job: Job, message: str, kind: str = "error") -> None:
         """One job failed: its rows leave, and it hears why if it still listens (its own failure may have been
