@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the problem, before any model runs, and no torch traceback."""
 
+import json
 import shutil
 
 import pytest
@@ -308,3 +309,40 @@ def test_a_llama_cpp_build_with_amx_kernels_is_not_used_since_they_crash_the_pro
     assert "AMX_INT8 = 1" in capsys.readouterr().err
     monkeypatch.setenv("BACO_LLAMACPP_AMX", "1")
     assert available()
+
+
+def test_out_of_device_memory_is_one_line_naming_what_to_lower_and_a_rerun_resumes(tiny_dirs, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """torch's out-of-memory error is no bug: one line naming the knobs that use memory (exit 1), the samples
+    finished before it stay in --out, and the same command then writes only the missing ones."""
+    import torch
+
+    from baco.decode.engine import Engine
+
+    base, aligned = map(str, tiny_dirs)
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--base", base, "--aligned", aligned, "--prompt", "Name a fruit.", "--n", "4",
+            "--batch-size", "2", "--max-new-tokens", "4", "--seed", "1", "--quiet", "--out", str(out)]
+    step, calls = Engine.step, []
+
+    def fills_up(engine):
+        calls.append(1)
+        if len(calls) == 8:  # after the first two rows, while the next two run
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nOf the allocated ...")
+        return step(engine)
+
+    monkeypatch.setattr(Engine, "step", fills_up)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the device ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB): lower --batch-size" in err
+    assert err.strip().count("\n") == 0 and "please report" not in err and "Traceback" not in err
+    kept = out.read_text().splitlines()
+    assert len(kept) == 2
+    monkeypatch.undo()
+    assert main(argv) == 0
+    whole = out.read_text().splitlines()
+    assert whole[:2] == kept and len(whole) == 4
+    fresh = tmp_path / "fresh.jsonl"
+    assert main([*argv[:-1], str(fresh)]) == 0
+    ids = lambda lines: sorted(json.loads(line)["token_ids"] for line in lines)  # noqa: E731
+    assert ids(whole) == ids(fresh.read_text().splitlines())

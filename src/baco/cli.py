@@ -1096,6 +1096,17 @@ def _catch_stop_signals(args) -> dict:
     return previous
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's out-of-memory error (CUDA's, MPS's, ...), without importing torch where nothing has."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's message up to its first line break (CUDA's out-of-memory message goes on for lines)."""
+    return str(error).strip().split("\n", 1)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Bad input: one line on stderr, exit 2; an unexpected failure: one line, exit 1
     (`--debug` or BACO_DEBUG=1 shows the traceback); stdout closed by its reader: nothing said, exit 141;
@@ -1127,6 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the door: no traceback for the user unless asked
         if debug:
             raise
+        if _out_of_memory(error):  # no bug: the device is too small for what was asked
+            print(f"baco: error: the device ran out of memory ({_first_line(error)}): lower --batch-size or --max-len "
+                  f"(or --memory-fraction with --batch-size auto); what was already written (--out, a sweep's run "
+                  f"directory) is kept, and the same command resumes from it", file=sys.stderr)
+            return 1
         print(f"baco: error: {type(error).__name__}: {error} (unexpected: rerun with --debug or BACO_DEBUG=1 "
               f"for the traceback, and please report it)", file=sys.stderr)
         return 1
