@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from baco import SamplingParams
+from baco.errors import InvalidSamplingParams
 from baco.decode.records import Sample
 from baco.models.hf import HFCausalLM
 from baco.prompts import PromptFormat
@@ -235,6 +236,11 @@ def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_
     again = collab.generate(PROMPTS[:1], router="verbalized:2", n=2,
                             sampling=SamplingParams(**{k: v for k, v in samples[0].sampling.items()}))
     assert [s.text for s in again] == ["Apple", "Mango"]
+    with pytest.raises(InvalidSamplingParams, match="verbalized: min_tokens .3. would hold back the end of the whole"):
+        collab.generate(PROMPTS[:1], router="verbalized:2", n=2, sampling=SamplingParams(min_tokens=3, seed=0))
+    held = collab.generate(PROMPTS[:1], router="negative:0.5", n=2, sampling=SamplingParams(min_tokens=3, seed=0,
+                                                                                             max_new_tokens=6))
+    assert all(len(s.token_ids) > 3 and s.sampling["min_tokens"] == 3 for s in held)  # negative prompting takes it
 
 
 def test_verbalized_asks_for_at_most_a_hundred_answers_in_one_response():

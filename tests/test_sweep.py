@@ -238,6 +238,8 @@ def test_the_sweep_evaluates_and_writes_table_json_and_plots(config, engines, tm
       "sampling": {"stop_token_ids": [5]}}, "methods.x: router unite:4 .* no stop token ids"),
     ({"methods": {"x": {"router": "chared", "values": [0.5]}}, "tasks": ["open-ended"],
       "sampling": {"min_tokens": 5}}, "methods.x: router chared:0.5 .* no min_tokens"),
+    ({"methods": {"x": {"router": "verbalized", "values": [3]}}, "tasks": ["open-ended"],
+      "sampling": {"min_tokens": 5}}, "methods.x: verbalized: min_tokens .5. would hold back the end of the whole"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"],
       "sampling": {"min_tokens": 500, "max_new_tokens": 64}}, r"sampling: min_tokens must be .* \[0, 64\]"),
     ({"methods": {"x": {"router": "p", "values": [0.3]}}, "tasks": ["open-ended"],

@@ -348,6 +348,7 @@ class Collaboration:
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
             sampling = sampling or SamplingParams()
+            spec.check(sampling)
             if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
                 sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
             checked = self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router

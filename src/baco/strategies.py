@@ -36,7 +36,7 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.loop import Request, lockstep, occurrences_of
 from baco.decode.records import Sample, collect
 from baco.decode.sampling import SamplingParams
-from baco.errors import PromptTooLongError, UnknownRouterError
+from baco.errors import InvalidSamplingParams, PromptTooLongError, UnknownRouterError
 from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, with_last_turn
@@ -74,6 +74,13 @@ class StrategySpec:
     fn: Callable[..., Iterator[Sample]]
     integer: bool = False
     high: float | None = None
+    refuses: Callable[[SamplingParams], str | None] = lambda sampling: None  # why it cannot take these knobs
+
+    def check(self, sampling: SamplingParams) -> None:
+        """Refuse sampling knobs this method cannot honour (`InvalidSamplingParams`, naming the method)."""
+        problem = self.refuses(sampling)
+        if problem:
+            raise InvalidSamplingParams(f"{self.name}: {problem}")
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -290,13 +297,23 @@ def verbalized_sampling(lm: HFCausalLM, prompts: list[Prompt], *, n: int, k: int
                           sampling=asked, finish_reason="length" if long else "stop")
 
 
-def _register(name, param, default, low, help, integer=False, high=None):
+def _register(name, param, default, low, help, integer=False, high=None, refuses=None):
     reserve(name, "a multi-pass method (baco.strategies)")
 
     def add(fn):
-        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer, high)
+        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer, high,
+                                        **({"refuses": refuses} if refuses else {}))
         return fn
     return add
+
+
+def _whole_response_knobs(sampling: SamplingParams) -> str | None:
+    """Verbalized sampling cuts its answers out of one response: a knob that counts one sample's tokens would count
+    the response's."""
+    if sampling.min_tokens:
+        return (f"min_tokens ({sampling.min_tokens}) would hold back the end of the whole response its k answers "
+                f"are cut from, not of each answer; leave it off")
+    return None
 
 
 @_register("negative", "weight", 0.5, 0.0, "negative prompting (STEER-style): push away from the aligned "
@@ -306,6 +323,7 @@ def _negative(lm, prompts, *, n, value, **options):
 
 
 @_register("verbalized", "k", 5, 1, "verbalized sampling: ask the aligned model for k numbered answers with "
-           "probabilities in one response and split them", integer=True, high=MAX_ITEMS)
+           "probabilities in one response and split them", integer=True, high=MAX_ITEMS,
+           refuses=_whole_response_knobs)
 def _verbalized(lm, prompts, *, n, value, **options):
     return verbalized_sampling(lm, prompts, n=n, k=int(value), **options)

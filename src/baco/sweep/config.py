@@ -283,9 +283,17 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
             out.append(Configuration(name, f"{name}@{knob}={value:g}", spec.name, swept, **extra))
     else:
         out.append(Configuration(name, name, _router(router, where).name, sampling, **extra))
+    from baco.strategies import parse_strategy
+
     for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
         if conf.sampling.by_token_id and unit_of(conf.router) is not None:
             _fail(f"{where}: {token_knobs_refusal(conf.router)}")
+        strategy = parse_strategy(conf.router)
+        if strategy is not None:
+            try:
+                strategy[0].check(conf.sampling)
+            except InvalidSamplingParams as error:
+                _fail(f"{where}: {error}")
     return out
 
 
