@@ -238,6 +238,8 @@ def test_a_verbalized_sample_records_the_settings_it_was_asked_with(verbalizing_
     assert [s.text for s in again] == ["Apple", "Mango"]
     with pytest.raises(InvalidSamplingParams, match="verbalized: min_tokens .3. would hold back the end of the whole"):
         collab.generate(PROMPTS[:1], router="verbalized:2", n=2, sampling=SamplingParams(min_tokens=3, seed=0))
+    with pytest.raises(InvalidSamplingParams, match="verbalized: stop_token_ids would end the whole response"):
+        collab.generate(PROMPTS[:1], router="verbalized:2", n=2, sampling=SamplingParams(stop_token_ids=[7]))
     held = collab.generate(PROMPTS[:1], router="negative:0.5", n=2, sampling=SamplingParams(min_tokens=3, seed=0,
                                                                                              max_new_tokens=6))
     assert all(len(s.token_ids) > 3 and s.sampling["min_tokens"] == 3 for s in held)  # negative prompting takes it

@@ -313,6 +313,9 @@ def _whole_response_knobs(sampling: SamplingParams) -> str | None:
     if sampling.min_tokens:
         return (f"min_tokens ({sampling.min_tokens}) would hold back the end of the whole response its k answers "
                 f"are cut from, not of each answer; leave it off")
+    if sampling.stop_token_ids:
+        return ("stop_token_ids would end the whole response its k answers are cut from, not one answer; leave them "
+                "off (stop strings end each answer)")
     return None
 
 
