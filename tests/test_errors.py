@@ -107,6 +107,9 @@ def test_a_base_model_alone_needs_no_chat_template(tmp_path):
     (["--logit-bias", '{"99999": 1}', "--max-new-tokens", "8"],
      "logit_bias names token id 99999, but the vocabulary has 512 tokens"),
     (["--router", "nope"], "unknown router"),
+    (["--router", "chared:0.5", "--min-tokens", "3", "--base", "/no/where", "--aligned", "/no/where"],
+     "router chared:0.5 is a cross-tokenizer method"),  # refused before the models are looked for
+    (["--router", "verbalized:2", "--stop-token-ids", "7"], "verbalized: stop_token_ids would end the whole"),
     (["--base", "/no/where", "--aligned", "/no/where"], "no model directory"),
     (["--prompt", " "], "prompt 0 is empty"),
 ])
