@@ -258,9 +258,10 @@ def check_memory(pair, slots: int, columns: int, engines: int = 1) -> None:
         return
     per_slot, gib = need * engines / slots, 2**30
     count = f"{engines} engines with " if engines > 1 else ""
-    raise CapacityError(f"the KV caches for {count}{slots} slots of {columns} tokens need {need * engines / gib:.1f} GiB on "
-                    f"{pair.device}, but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} slots of {columns} "
-                    f"tokens fit ({per_slot / 2**20:.1f} MiB each); lower --max-batch or --max-len")
+    raise CapacityError(f"the KV caches for {count}{slots} slots of {columns} tokens need {need * engines / gib:.1f} "
+                        f"GiB on {pair.device}, but {free / gib:.1f} GiB is free: at most {int(free // per_slot)} "
+                        f"slots of {columns} tokens fit ({per_slot / 2**20:.1f} MiB each); lower --max-batch or "
+                        f"--max-len")
 
 
 @dataclass
