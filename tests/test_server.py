@@ -624,6 +624,7 @@ def test_a_request_the_device_has_no_room_for_gets_503_and_the_server_keeps_serv
     plain = {"model": "baco", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 6, "seed": 1,
              "router": "rand:0.41"}
     assert requests.post(url, json=plain).status_code == 200  # its engine exists, without penalty buffers
+    refused = metric(live, "baco_rows_total", outcome="capacity")
     monkeypatch.setattr(engine_module, "free_bytes", lambda device: 1)
     asks = [({**plain, "presence_penalty": 1.0}, r"penalties .* need [\d.]+ [KM]iB .* 1 byte is free"),
             ({**plain, "router": "rand:0.59"}, r"the KV caches for 16 slots of 256 tokens need")]
@@ -640,6 +641,7 @@ def test_a_request_the_device_has_no_room_for_gets_503_and_the_server_keeps_serv
             assert error["code"] == "out_of_memory" and error["type"] == "server_error"
             assert re.search(message, error["message"]), error["message"]
     assert requests.post(url, json=plain).status_code == 200  # the engine went on
+    assert metric(live, "baco_rows_total", outcome="capacity") == refused + 4  # operators tell them from bugs
     monkeypatch.undo()
     for body, _ in asks:
         served = requests.post(url, json=body)

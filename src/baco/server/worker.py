@@ -267,7 +267,7 @@ class Worker(threading.Thread):
         for (row_key, rid), row in list(self.rows.items()):
             if row_key == key:
                 failed[row.job] = True
-                self._retire(key, rid, "error")
+                self._retire(key, rid, kind)
         del self.engines[key]  # before telling the clients: by the time they hear of it, the engine is gone
         for job in failed:
             self._deliver(job, [(kind, None, message)])
@@ -275,7 +275,7 @@ class Worker(threading.Thread):
     def _fail_job(self, job: Job, message: str, kind: str = "error") -> None:
         """One job failed: its rows leave, and it hears why if it still listens (its own failure may have been
         that it does not). `kind`: "error", or "capacity" where the device had no room for it."""
-        self._cancel(job, outcome="error")
+        self._cancel(job, outcome=kind)
         try:
             job.deliver([(kind, None, message)])
         except Exception:  # noqa: BLE001 - nobody left to tell
