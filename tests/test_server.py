@@ -901,3 +901,38 @@ def test_a_request_that_gives_no_max_tokens_gets_no_more_than_the_servers_max_to
         assert unasked.choices[0].finish_reason == "length" and unasked.usage.completion_tokens == 6
         schema = requests.get(server.url + "/openapi.json").json()["components"]["schemas"]
         assert "default 6," in schema["ChatCompletionRequest"]["properties"]["max_tokens"]["description"]
+
+
+def test_tokenize_and_detokenize_as_vllm_offers_them(live, collab):
+    """vLLM's /tokenize: a prompt's text as given (the ids logit_bias and stop_token_ids name; special tokens as the
+    tokenizer adds them unless add_special_tokens is false), or messages as a chat request renders them for each
+    model (the usage a chat reports counts the aligned rendering); /detokenize gives the text back."""
+    tokenizer = collab.pair.aligned.tokenizer
+    text = "Name a fruit, please."
+    got = requests.post(live.url + "/tokenize", json={"model": "baco", "prompt": text,
+                                                      "return_token_strs": True}).json()
+    assert got["tokens"] == tokenizer(text)["input_ids"] and got["count"] == len(got["tokens"])
+    assert "".join(got["token_strs"]) == tokenizer.decode(got["tokens"]) and got["max_model_len"] == 256
+    bare = requests.post(live.url + "/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert bare["tokens"] == tokenizer(text, add_special_tokens=False)["input_ids"] != got["tokens"]
+    assert bare["token_strs"] is None and bare["base_tokens"] is None
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+    rendered = requests.post(live.url + "/tokenize", json={"messages": messages}).json()
+    request = Collaboration(collab.pair, collab.prompt_format).requests([messages], 1, SamplingParams(), 0)[0]
+    assert rendered["tokens"] == request.aligned_ids and rendered["base_tokens"] == request.base_ids
+    usage = requests.post(live.url + "/v1/chat/completions", json={"model": "baco", "messages": messages,
+                                                                   "max_tokens": 2}).json()["usage"]
+    assert usage["prompt_tokens"] == rendered["count"]
+    back = requests.post(live.url + "/detokenize", json={"model": "baco", "tokens": bare["tokens"]}).json()
+    assert back == {"prompt": text}
+    refusals = [("/tokenize", {}, "prompt"),
+                ("/tokenize", {"prompt": "a", "messages": messages}, "prompt"),
+                ("/tokenize", {"messages": messages, "add_special_tokens": True}, "prompt"),
+                ("/tokenize", {"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+                ("/detokenize", {"tokens": [collab.pair.vocab_size]}, "tokens.0"),
+                ("/detokenize", {"tokens": "1 2"}, "tokens")]
+    for route, body, param in refusals:
+        refused = requests.post(live.url + route, json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, (route, refused.text)
+    other = requests.post(live.url + "/tokenize", json={"model": "gpt-4", "prompt": "a"})
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"

@@ -2,10 +2,12 @@
 
     GET  /health                 (no auth)      GET /metrics      (Prometheus text)
     GET  /v1/models, /v1/models/{id}             POST /v1/completions, /v1/chat/completions (stream: SSE)
+    POST /tokenize, /detokenize                  (vLLM's)
 """
 
 import asyncio
 import hmac
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import baco
 from baco.defaults import PREFILL_TOKENS
 from baco.errors import BacoError, PromptTooLongError
+from baco.prompts import encode_request, unicode_problem
 from baco.server import schemas
 from baco.server.metrics import Metrics
 from baco.server.requests import about, conversation, plan
@@ -27,7 +30,8 @@ from baco.server.schemas import Limits
 from baco.server.shutdown import MESSAGE, Drain
 from baco.server.worker import Job, QueueFull, Worker
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/openapi.json", "/docs")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
+          "/openapi.json", "/docs")
 
 
 @dataclass
@@ -341,6 +345,42 @@ def create_app(collab, config: ServerConfig | None = None) -> "Guard":
         if model != config.model_id:
             return model_not_found(model, config.model_id)
         return card
+
+    TokenizeRequest, DetokenizeRequest = schemas.tokenize_models(config.model_id, collab.pair.vocab_size)  # noqa: N806
+    tokenizer = collab.pair.aligned.tokenizer  # (the pair's shared vocabulary)
+
+    @app.post("/tokenize", response_model=schemas.TokenizeResponse,
+              responses={400: refusals[400], 404: refusals[404], 413: refusals[413]})
+    async def tokenize(body: TokenizeRequest):  # type: ignore[valid-type]
+        """vLLM's: a prompt's text as given (the ids logit_bias and stop_token_ids name), or a conversation as the
+        models read it in a chat request (`tokens` the aligned model's, `base_tokens` the base model's)."""
+        with about("prompt"):
+            if (body.prompt is None) == (body.messages is None):
+                raise BacoError("give either prompt (text, tokenized as given) or messages (a conversation)")
+            if body.messages is not None and body.add_special_tokens is not None:
+                raise BacoError("add_special_tokens applies to a prompt; messages are rendered as a chat request "
+                                "renders them")
+        base = None
+        if body.messages is not None:
+            with about("messages"):
+                prompt = conversation(body.messages)
+                base, ids = encode_request(prompt, 0, collab.prompt_format, collab.pair.base.tokenizer, tokenizer,
+                                           context_length=sys.maxsize, name="the conversation")
+        else:
+            with about("prompt"):
+                problem = unicode_problem(body.prompt)
+                if problem:
+                    raise BacoError(f"the prompt is not valid Unicode text ({problem})")
+            ids = tokenizer(body.prompt, add_special_tokens=body.add_special_tokens is not False)["input_ids"]
+        texts = collab.pair.vocab.texts
+        return {"count": len(ids), "max_model_len": min(config.max_len, collab.pair.context_length), "tokens": ids,
+                "token_strs": [texts[i] for i in ids] if body.return_token_strs else None, "base_tokens": base}
+
+    @app.post("/detokenize", response_model=schemas.DetokenizeResponse,
+              responses={400: refusals[400], 404: refusals[404], 413: refusals[413]})
+    async def detokenize(body: DetokenizeRequest):  # type: ignore[valid-type]
+        """vLLM's: the text of token ids (special tokens kept, as the tokenizer decodes them)."""
+        return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/completions", response_model=schemas.Completion,
               responses={**refusals, 200: {"content": streamed, **ok}})

@@ -145,6 +145,21 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class TokenizeResponse(BaseModel):
+    """vLLM's /tokenize answer, plus the base model's rendering of a conversation."""
+
+    count: int
+    max_model_len: int = Field(description="tokens a slot holds: --max-len or the models' context if shorter")
+    tokens: list[int] = Field(description="a prompt's text as given, or the aligned model's rendering of messages")
+    token_strs: Optional[list[str]] = Field(None, description="each token's text, with return_token_strs: true")
+    base_tokens: Optional[list[int]] = Field(None, description=(
+        "baco extension, with messages: the base model's rendering of the conversation (its plain-text template)"))
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
 # ---- requests ---------------------------------------------------------------------------------------------
 ONE, MANY = "one", "many"  # the two branches of a one-or-a-list field, as pydantic's error locations name them
 
@@ -288,3 +303,28 @@ def request_models(limits: Limits, model_id: str) -> tuple[type[BaseModel], type
         top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
     return CompletionRequest, ChatCompletionRequest
+
+
+def tokenize_models(model_id: str, vocab_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(TokenizeRequest, DetokenizeRequest): vLLM's /tokenize and /detokenize bodies (`model` optional there)."""
+    Model = Literal[model_id]  # noqa: N806 - a type
+    TokenId = Annotated[int, Field(ge=0, lt=vocab_size)]  # noqa: N806
+    strict = ConfigDict(extra="forbid", strict=True)
+
+    class TokenizeRequest(BaseModel):
+        model_config = strict
+        model: Optional[Model] = None  # type: ignore[valid-type]
+        prompt: Optional[str] = Field(None, max_length=2**20, description=(
+            "text to tokenize as given (no template): the ids to name in logit_bias or stop_token_ids"))
+        messages: Optional[list[Message]] = Field(None, min_length=1, max_length=256, description=(
+            "a conversation, rendered as a chat request renders it for each model (tokens: the aligned model's)"))
+        add_special_tokens: Optional[bool] = Field(None, description=(
+            "with prompt: the tokenizer's special tokens around the text (default true, as in vLLM)"))
+        return_token_strs: Optional[bool] = False
+
+    class DetokenizeRequest(BaseModel):
+        model_config = strict
+        model: Optional[Model] = None  # type: ignore[valid-type]
+        tokens: list[TokenId] = Field(max_length=2**20, description=f"token ids, each below {vocab_size}")
+
+    return TokenizeRequest, DetokenizeRequest
