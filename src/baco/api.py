@@ -24,8 +24,9 @@ from baco.models.chars import CrossPair
 from baco.models.pair import ModelPair, SoloPair, check_sources_can_step
 from baco.prompts import Prompt, PromptFormat, PromptWarning, as_prompt, encode_request
 from baco.routers import Router, get_router
-from baco.routers.cross import is_single_model, token_alternatives, token_knobs_refusal, unit_of
-from baco.strategies import method_names, parse_strategy  # (also keeps the multi-pass methods' names from routers)
+from baco.routers.cross import is_single_model, token_alternatives, unit_of
+# (importing strategies also keeps the multi-pass methods' names from routers)
+from baco.strategies import check_method_knobs, method_names, parse_strategy
 
 if TYPE_CHECKING:
     import torch
@@ -348,7 +349,7 @@ class Collaboration:
         if strategy is not None:  # a multi-pass method (negative prompting, verbalized sampling)
             spec, value = strategy
             sampling = sampling or SamplingParams()
-            spec.check(sampling)
+            check_method_knobs(router, sampling)
             if sampling.seed is None:  # drawn here, as for the routers, and recorded in every sample
                 sampling = replace(sampling, seed=random.SystemRandom().randrange(2**31))
             checked = self.requests(prompts, n, sampling, 0, occurrences)  # the same prompt checks as every router
@@ -412,8 +413,8 @@ class Collaboration:
         if batch_size == "auto":
             raise BacoError(f"batch size 'auto' sizes the engine's slot caches from memory; router {router} runs the "
                             f"cross-tokenizer loop, which has none: give a number")
-        if sampling is not None and sampling.by_token_id:
-            raise InvalidSamplingParams(token_knobs_refusal(getattr(router, "name", router)))
+        if sampling is not None:
+            check_method_knobs(router, sampling)
         sampling, route, requests, stops, seed = self._prepare(prompts, router, n, sampling, occurrences)
         requests = [r for r in requests if (r.prompt_index, r.sample_index) not in skip]
         pair = self._cross
@@ -443,8 +444,8 @@ class Collaboration:
             samples for each copy (`Sample.occurrence` = c for the c-th copy; the first copy's are the prompt's
             own, as given alone).
         sampling (None: `SamplingParams()`): temperature, top_p, top_k, min_p, max_new_tokens, seed, stop and
-            the repetition, presence and frequency penalties, logit_bias and stop_token_ids (these five not for
-            cross-tokenizer methods); may be given
+            the repetition, presence and frequency penalties, logit_bias, stop_token_ids and min_tokens (these six
+            not for cross-tokenizer methods); may be given
             second, as vLLM's `LLM.generate(prompts, sampling_params)`. A fixed seed gives the same samples at
             every call, batch size, and in `iter_generate` / `stream`.
         router ("p-punc:0.5"): who writes each token: a name with its knob ("p:0.3", "h-punc:2",

@@ -353,20 +353,6 @@ def _router_name(spec: str) -> str:
     return get_router(spec, build=False, known=method_names()).name
 
 
-def _check_knobs_for(router: str, sampling) -> None:
-    """Sampling knobs the method cannot take, refused before any model loads (the library refuses them too, later):
-    token-level knobs for a cross-tokenizer method, what a multi-pass method refuses."""
-    from baco.errors import InvalidSamplingParams
-    from baco.routers.cross import token_knobs_refusal, unit_of
-    from baco.strategies import parse_strategy
-
-    if sampling.by_token_id and unit_of(router) is not None:
-        raise InvalidSamplingParams(token_knobs_refusal(router))
-    strategy = parse_strategy(router)
-    if strategy is not None:
-        strategy[0].check(sampling)
-
-
 def cmd_generate(args) -> int:
     """Validate every input (sampling, router, counts, prompts, templates, --out), take --out's lock, then
     load the models."""
@@ -377,6 +363,7 @@ def cmd_generate(args) -> int:
     from baco.prompts import prompt_problem
     from baco.routers.neighbours import reads_anchor
     from baco.storage import check_output_file, same_file
+    from baco.strategies import check_method_knobs
 
     try:
         sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
@@ -388,7 +375,7 @@ def cmd_generate(args) -> int:
         knob, _, rest = str(error).partition(" ")
         raise InvalidSamplingParams(f"--{knob.replace('_', '-')} {rest}") from None
     router = _router_name(args.router)
-    _check_knobs_for(router, sampling)
+    check_method_knobs(router, sampling)  # before any model loads (the library checks again)
     if args.anchor and not reads_anchor(router):  # (as a sweep gives the anchor to proxy cells only)
         raise BacoError(f"--anchor is proxy-tuning's third model (--router proxy:B); router {router!r} never reads "
                         f"it, and it would run every step: drop --anchor or use --router proxy")

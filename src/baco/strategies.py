@@ -41,6 +41,7 @@ from baco.models.hf import HFCausalLM
 from baco.models.pair import ModelPair
 from baco.prompts import Prompt, PromptFormat, encode_request, last_turn, with_last_turn
 from baco.routers import get_router, list_routers
+from baco.routers.cross import token_knobs_refusal, unit_of
 from baco.routers.registry import bounds, reserve, split_spec
 from baco.routers.neighbours import MAX_WEIGHT
 
@@ -74,13 +75,7 @@ class StrategySpec:
     fn: Callable[..., Iterator[Sample]]
     integer: bool = False
     high: float | None = None
-    refuses: Callable[[SamplingParams], str | None] = lambda sampling: None  # why it cannot take these knobs
-
-    def check(self, sampling: SamplingParams) -> None:
-        """Refuse sampling knobs this method cannot honour (`InvalidSamplingParams`, naming the method)."""
-        problem = self.refuses(sampling)
-        if problem:
-            raise InvalidSamplingParams(f"{self.name}: {problem}")
+    refuses: Callable[[SamplingParams], str | None] | None = None  # why it cannot take these knobs (None: fine)
 
 
 STRATEGIES: dict[str, StrategySpec] = {}
@@ -301,10 +296,23 @@ def _register(name, param, default, low, help, integer=False, high=None, refuses
     reserve(name, "a multi-pass method (baco.strategies)")
 
     def add(fn):
-        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer, high,
-                                        **({"refuses": refuses} if refuses else {}))
+        STRATEGIES[name] = StrategySpec(name, param, default, low, help, fn, integer, high, refuses)
         return fn
     return add
+
+
+def check_method_knobs(method, sampling: SamplingParams) -> None:
+    """Refuse (`InvalidSamplingParams`) the sampling knobs a method cannot take: those that act on one model's
+    tokens for a cross-tokenizer method, and what a multi-pass method refuses. `method`: a name or a Router. The one
+    check behind the library, sweep configurations and `baco generate` (which runs it before any model loads)."""
+    name = getattr(method, "name", method)
+    if sampling.by_token_id and unit_of(name) is not None:
+        raise InvalidSamplingParams(token_knobs_refusal(name))
+    strategy = parse_strategy(name) if isinstance(name, str) else None
+    if strategy is not None and strategy[0].refuses is not None:
+        problem = strategy[0].refuses(sampling)
+        if problem:
+            raise InvalidSamplingParams(f"{strategy[0].name}: {problem}")
 
 
 def _whole_response_knobs(sampling: SamplingParams) -> str | None:

@@ -378,10 +378,11 @@ class Engine:
                       "bucket_row_steps": 0, "moves": 0}
 
     # ---- device state -------------------------------------------------------------------------------
-    @property
-    def _end_width(self) -> int:
-        """The width of a slot's row of end tokens that min_tokens holds back: the pair's own and its stop ids."""
-        return len(self.pair.vocab.stop_ids) + STOP_TOKEN_IDS_MAX
+    def _row_knobs(self, params: list[SamplingParams], device=None) -> RowKnobs:
+        """Rows of knobs as the slots keep them: logit-bias rows `LOGIT_BIAS_MAX` wide, and rows of the end tokens
+        min_tokens holds back (the pair's own and the request's stop ids) as wide as the most there can be."""
+        return RowKnobs.of(params, device=device or "cpu", bias_width=LOGIT_BIAS_MAX, ends=self.pair.vocab.stop_ids,
+                           end_width=len(self.pair.vocab.stop_ids) + STOP_TOKEN_IDS_MAX)
 
     def _state(self, slots: int, columns: int) -> None:
         dev = self.device
@@ -392,7 +393,7 @@ class Engine:
         self.positions = [longs() for _ in self.reads]
         self.valid = [longs() for _ in self.reads]
         self.uniforms = torch.zeros((slots, 3, columns), device=dev)
-        self.knobs = RowKnobs.of(SamplingParams(), slots, dev, bias_width=LOGIT_BIAS_MAX, end_width=self._end_width)
+        self.knobs = self._row_knobs([SamplingParams()] * slots, dev)
         self.write = torch.zeros(1, dtype=torch.long, device=dev)
         self.out_ints = torch.zeros((3, slots), dtype=torch.long, device=dev)
         self.out_floats = torch.zeros((4, slots), device=dev)
@@ -566,8 +567,7 @@ class Engine:
         for i, request in enumerate(requests):
             uniforms[i, :, : request.max_new_tokens] = row_uniforms(request.seed, request.max_new_tokens)
         self.uniforms[slots] = upload(uniforms, self.device)
-        fresh = RowKnobs.of([m.params for m in group.members], bias_width=LOGIT_BIAS_MAX,
-                            ends=self.pair.vocab.stop_ids, end_width=self._end_width)
+        fresh = self._row_knobs([m.params for m in group.members])
         for mine, theirs in zip(self.knobs.rows(), fresh.rows()):
             mine[slots] = upload(theirs, self.device)
         if self.counts is not None:  # a slot's counts and prompt tokens are its new request's alone

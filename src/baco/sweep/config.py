@@ -30,7 +30,6 @@ from baco.defaults import MEMORY_FRACTION
 from baco.decode.sampling import SamplingParams
 from baco.errors import BacoError, InvalidSamplingParams, UnknownRouterError
 from baco.routers import get_router
-from baco.routers.cross import token_knobs_refusal, unit_of
 from baco.routers.neighbours import reads_anchor
 
 SWEEPABLE = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
@@ -283,17 +282,13 @@ def _configurations(name: str, raw, sampling: SamplingParams) -> list[Configurat
             out.append(Configuration(name, f"{name}@{knob}={value:g}", spec.name, swept, **extra))
     else:
         out.append(Configuration(name, name, _router(router, where).name, sampling, **extra))
-    from baco.strategies import parse_strategy
+    from baco.strategies import check_method_knobs
 
     for conf in out:  # refused here rather than when the cell runs, after the other cells' hours of work
-        if conf.sampling.by_token_id and unit_of(conf.router) is not None:
-            _fail(f"{where}: {token_knobs_refusal(conf.router)}")
-        strategy = parse_strategy(conf.router)
-        if strategy is not None:
-            try:
-                strategy[0].check(conf.sampling)
-            except InvalidSamplingParams as error:
-                _fail(f"{where}: {error}")
+        try:
+            check_method_knobs(conf.router, conf.sampling)
+        except InvalidSamplingParams as error:
+            _fail(f"{where}: {error}")
     return out
 
 
