@@ -13,6 +13,7 @@ prefill; characters are those of the final texts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -59,10 +60,13 @@ def main() -> None:
     cross = Collaboration.from_pretrained(BASE_ALIAS, SMOLLM2_ALIAS)
     print("| cross-family pair (Gemma-3-270M + SmolLM2-135M-Instruct) | path | chars/s | seconds | chars |\n"
           "|---|---|---|---|---|")
-    for router in ("base", "aligned", "chared:0.5", "p-punc-words:0.3", "nudge-words:0.4", "unite:3"):
-        rate, seconds, chars = measure(cross, router, prompts, args.n, params)
+    greedy = dataclasses.replace(params, temperature=0.0)  # CharED's greedy mixture: both models read at each byte
+    for router, knobs in (("base", params), ("aligned", params), ("chared:0.5", params), ("chared:0.5", greedy),
+                          ("p-punc-words:0.3", params), ("nudge-words:0.4", params), ("unite:3", params)):
+        rate, seconds, chars = measure(cross, router, prompts, args.n, knobs)
         path = "token (one model)" if router in ("base", "aligned") else "cross"
-        print(f"| {router} | {path} | {rate:.1f} | {seconds:.1f} | {chars} |")
+        name = f"{router} (temperature 0)" if knobs.temperature == 0 else router
+        print(f"| {name} | {path} | {rate:.1f} | {seconds:.1f} | {chars} |")
 
 
 if __name__ == "__main__":

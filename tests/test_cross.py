@@ -360,19 +360,43 @@ def assert_same_output(single, crossed, own_tokens, pieces):
         assert crossed.text == expected
 
 
-def test_chared_at_temperature_0_writes_with_one_model_and_says_so(cross):
-    """The knobs apply to each model before the characters mix, so at temperature 0 both are one-hot and the
-    coin's heavier side writes everything (the paper's greedy mixture could differ): a warning says so."""
-    import warnings
+def greedy_chared(base: "BigramLM", aligned: "BigramLM", weight: float, tokens: int = 3) -> list:
+    from baco.decode.crossloop import crossloop
+    from baco.routers.registry import get_router
 
-    from baco.decode.crossloop import CrossWarning
+    return list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, tokens)],
+                          get_router(f"chared:{weight}"), SamplingParams(temperature=0)))
 
-    with pytest.warns(CrossWarning, match="chared:0.7 at temperature 0 writes with the base model alone"):
-        mixed = cross.generate(PROMPTS[:2], router="chared:0.7", sampling=GREEDY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CrossWarning)  # all weight on one model: nothing to say
-        alone = cross.generate(PROMPTS[:2], router="chared:1", sampling=GREEDY)
-    assert [s.text for s in mixed] == [s.text for s in alone]
+
+def test_greedy_chared_takes_the_mixtures_most_likely_character_which_neither_model_may_rank_first():
+    """At temperature 0 CharED writes the most likely character of W * P_base + (1 - W) * P_aligned (Gu et al.'s
+    greedy decoding), not the heavier model's own greedy text: each model here ranks "b" second, and the even
+    mixture ranks it first (0.40 against 0.30 and 0.30). The span is the mixture's ("mix"), with its probability
+    under the mixture and which model(s) ranked it first: neither. With W = 0.9, "a" (0.42) beats "b" (0.40)."""
+    base = BigramLM([b"a", b"b", b"c", None], {None: {0: .45, 1: .40, 2: .15}})
+    aligned = BigramLM([b"a", b"b", b"c", None], {None: {2: .45, 1: .40, 0: .15}})
+    first = greedy_chared(base, aligned, 0.5)[0]
+    assert (first.text, first.source, first.reason) == ("b", "mix", "neither-top1")
+    assert first.chosen_prob == pytest.approx(0.40)
+    assert (first.base_top1_prob, first.aligned_top1_prob) == (pytest.approx(0.45), pytest.approx(0.45))
+    leaning = greedy_chared(base, aligned, 0.9)[0]
+    assert (leaning.text, leaning.reason, leaning.chosen_prob) == ("a", "base-top1", pytest.approx(0.42))
+
+
+def test_greedy_chared_weighs_each_model_by_its_probability_of_a_characters_first_bytes():
+    """A two-byte character's second byte follows the mixture of character distributions: each model weighted by W
+    (1 - W) times its probability of the first byte, not by W alone. Base: é .3, è .2, x .25, w .25; aligned: è .1,
+    y .3, z .3, q .3; W = 0.6. The lead byte both accents share is the mixture's likeliest (.34); then é (.6 * .3 =
+    .18) beats è (.6 * .2 + .4 * .1 = .16), though weighting the models' next bytes by W alone would give è
+    (.4 + .6 * .4 against .6 * .6). The span's probability is é's under the mixture."""
+    e_acute, e_grave = "é".encode(), "è".encode()
+    single_bytes = [e_acute[:1], e_acute[1:], e_grave[1:]]  # no mass: every vocabulary can spell any text
+    base = BigramLM([e_acute, e_grave, b"x", b"w", None, *single_bytes], {None: {0: .3, 1: .2, 2: .25, 3: .25}})
+    aligned = BigramLM([e_grave, b"y", b"z", b"q", None, *single_bytes],
+                       {None: {0: .1, 1: .3, 2: .3, 3: .3}, 5: {6: 1.0}})
+    first = greedy_chared(base, aligned, 0.6)[0]
+    assert (first.text, first.source, first.reason) == ("é", "mix", "base-top1")
+    assert first.chosen_prob == pytest.approx(0.18)
 
 
 @pytest.mark.parametrize("router,side", [("chared:1", "base"), ("chared:0", "aligned"),
@@ -426,15 +450,17 @@ def test_emoji_accents_and_cjk_survive_every_method(memorised, router):
     assert "".join(sample.token_texts).strip() == WORLD
 
 
-def test_chared_spans_are_whole_characters_with_both_models_tokens(memorised):
-    """CharED draws each character from one model's distribution (a W-coin picks which): the spans are
-    single characters, each with its writer, and both models' own tokens spell the text."""
-    peaked = SamplingParams(temperature=1.0, min_p=0.5, seed=0)  # the memorised text, drawn by both models
+@pytest.mark.parametrize("temperature, writers", [(1.0, {"base", "aligned"}), (0.0, {"mix"})])
+def test_chared_spans_are_whole_characters_with_both_models_tokens(memorised, temperature, writers):
+    """CharED draws each character from one model's distribution (a W-coin picks which), or at temperature 0 takes
+    the mixture's likeliest: the spans are single characters, each with its writer, and both models' own tokens
+    spell the text."""
+    peaked = SamplingParams(temperature=temperature, min_p=0.5, seed=0)  # the memorised text, drawn by both models
     sample = memorised.generate(["Say it."], router="chared:0.5", sampling=peaked)[0]
     assert sample.text == WORLD
     pieces = [t for t in sample.token_texts if t]
     assert all(len(p) == 1 for p in pieces)  # one character per span, multi-byte ones included
-    assert sample.unit == "span" and set(sample.sources) == {"base", "aligned"}
+    assert sample.unit == "span" and set(sample.sources) == writers
     for side in ("base", "aligned"):
         tokenizer = getattr(memorised.pair, side).tokenizer
         ids = getattr(sample, f"{side}_token_ids")

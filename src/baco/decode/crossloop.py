@@ -5,6 +5,7 @@
         for each row, as far as it can go without a model forward:
             at a decision point the method picks who writes or what comes next:
                 chared  - a W-coin picks the model that writes the next character
+                          (temperature 0: the most likely byte of the two models' weighted mixture)
                 *-words - the router's rule picks the model that writes the next word
                 unite   - a piece of text from the union of both models' top-k next pieces
             the writer draws bytes from its own distribution; the other model follows them
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import codecs
 import random
-import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -81,6 +81,7 @@ class _Row:
         self.taken: set[int] = set()  # models (0 base, 1 aligned) that took in queue[0]
         self.span: _Span | None = None
         self.writer = 0
+        self.so_far = [1.0, 1.0]  # greedy CharED: each model's probability of the current character's bytes so far
         self.streams = [random.Random(f"{request.seed}:{stream}") for stream in ("base", "aligned", "router")]
 
     @property
@@ -99,11 +100,6 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
     unit = unit_of(method)
     if unit is None:
         raise ValueError(f"{method.name} is not a cross-tokenizer method")
-    if unit == CHAR and params.temperature == 0 and 0 < (method.value or 0) < 1:
-        writer = "base" if method.value > 0.5 else "aligned"
-        warnings.warn(f"{method.name} at temperature 0 writes with the {writer} model alone (the knobs apply to each "
-                      f"model before the characters mix; docs/cross-tokenizer.md): sample at a temperature above 0 "
-                      f"to mix the two", CrossWarning, stacklevel=2)
     models = [CharRows(pair.base, pair.tables[0], [r.base_ids for r in requests], params, BASE),
               CharRows(pair.aligned, pair.tables[1], [r.aligned_ids for r in requests], params, ALIGNED)]
     rows = [_Row(index, r) for index, r in enumerate(requests)]
@@ -166,10 +162,6 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
             yield _emit(row)
 
 
-class CrossWarning(UserWarning):
-    """A cross-tokenizer method asked for something it does differently from what its name suggests."""
-
-
 _WAIT = object()  # a model must run a forward before the row can go on
 
 
@@ -188,6 +180,8 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
     the writer's own distribution; the writer moves itself, the other model follows."""
     if unit == PIECE:
         return _decide_piece(i, row, models, method, params)
+    if unit == CHAR and params.temperature == 0 and 0 < (method.value or 0) < 1:
+        return _decide_greedy_char(i, row, models, method)
     if row.span is None:
         read = models_read(method) if unit == WORD else ()
         if any([_look_ahead(models[m].cursors[i], models[m].table) for m in read]):  # both asked for at once
@@ -209,6 +203,28 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
         return _WAIT
     row.taken = {row.writer}
     row.span.prob *= prob
+    return None if byte == STOP else [byte]
+
+
+def _decide_greedy_char(i: int, row: _Row, models: list[CharRows], method: Router):
+    """CharED at temperature 0: the next byte is the most likely one under the mixture of the two models' next-byte
+    distributions (temperature 1; an end branch's continuation read from its lookahead forward), as the router
+    weighs them (`chared`); both models then follow it. A span is a character, source "mix", its reason which
+    model(s) ranked its first byte first, its probability the mixture's probability of the character."""
+    if any([_look_ahead(model.cursors[i], model.table) for model in models]):  # both asked for at once
+        return _WAIT
+    nexts = [model.marginal(i, whole=True) for model in models]
+    if row.span is None:
+        base, aligned = models[0].stats(i), models[1].stats(i)
+        row.span, row.so_far = _Span(MIX, "", (base[0], base[1], aligned[0])), [1.0, 1.0]
+    view = CharView(torch.tensor([0.5]), nexts[0][None], nexts[1][None], torch.tensor([row.so_far[0]]),
+                    torch.tensor([row.so_far[1]]))
+    mix = method(view).mix[0].exp()
+    byte = int(mix.argmax())  # ties: the lower byte
+    if not row.span.reason:
+        row.span.reason = _agreement([int(n.argmax()) == byte for n in nexts], "top1")
+    row.so_far = [weight * float(n[byte]) for weight, n in zip(row.so_far, nexts)]
+    row.span.prob *= float(mix[byte])
     return None if byte == STOP else [byte]
 
 

@@ -409,16 +409,17 @@ class CharRows:
                 self.session.attention_mask[rows, column] = 0
                 self.session.positions[rows] -= 1
 
-    def marginal(self, row: int) -> torch.Tensor:
-        """(257,) probability of each next byte and of STOP for this row (the row must be ready)."""
+    def marginal(self, row: int, whole: bool = False) -> torch.Tensor:
+        """(257,) probability of each next byte and of STOP for this row (the row must be ready: its end
+        branch's lookahead done where `end_mass` is not 0). `whole`: of the temperature-1 distributions."""
         cursor = self.cursors[row]
-        longer, stop, _, total = cursor.masses(self.table)
+        longer, stop, all_end, total = cursor.masses(self.table, whole)
         out = torch.zeros(STOP + 1, dtype=longer.dtype)
         out[:256], out[STOP] = longer, stop
-        end = cursor.end_mass(self.table)
+        end = cursor.end_mass(self.table, whole)
         if end > 0:
-            out += end * cursor.look.dist.first(cursor.raw)[:STOP + 1]
-        total = total - (cursor.masses(self.table)[2] - end)
+            out += end * cursor.look.dist.first(whole or cursor.raw)[:STOP + 1]
+        total = total - (all_end - end)
         return out / total if total > 0 else out
 
     def advance(self, row: int, byte: int) -> None:

@@ -6,8 +6,8 @@ The unit a method commits:
 
 - `chared:W` (CharED, Gu et al. 2024) — every character: draw from W * P_base + (1 - W) * P_aligned,
   the two models' next-character distributions (a character's probability under a model is the
-  product of its bytes'). W is the base model's weight: `chared:0` = aligned alone, `chared:1` = base
-  alone.
+  product of its bytes'); at temperature 0 take the mixture's most likely byte, one at a time. W is the
+  base model's weight: `chared:0` = aligned alone, `chared:1` = base alone.
 - `unite:K` (UniTE, "union top-k ensembling") — every piece: the union of both models' K most likely
   next pieces of text (each model's next tokens, minus the bytes it already holds), each scored by
   both models, drawn from the average of the two scores.
@@ -47,9 +47,15 @@ def unit_of(router: str | Router) -> str | None:
 
 @dataclass
 class CharView:
-    """CharED's coin for the characters starting now: one uniform number per row (0.5 at temperature 0)."""
+    """What CharED sees. Sampling: a coin for the characters starting now, one uniform number per row.
+    Greedy (temperature 0): also each model's next-byte distribution (B, 257: the 256 byte values, then the end
+    of the text; temperature 1) and its probability of the bytes the character has so far (1 at its start)."""
 
     uniform: torch.Tensor
+    base_next: torch.Tensor | None = None
+    aligned_next: torch.Tensor | None = None
+    base_so_far: torch.Tensor | None = None
+    aligned_so_far: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -110,8 +116,17 @@ def _register(name: str, unit: str, **kwargs):
 def chared(view: CharView, weight: float) -> Route:
     """Drawing a character from the mixture W P_base + (1 - W) P_aligned is drawing which model writes it
     (probability W for the base model) and then the character from that model: exact, and it says who
-    wrote each character. At temperature 0 (uniform 0.5) the model with the larger weight writes."""
-    return Route.where(view.uniform < weight, "chared-base", "chared-aligned")
+    wrote each character.
+
+    Greedy (the view carries the next-byte distributions): the mixture itself, one byte at a time. The
+    next byte of a character is distributed as the mixture of character distributions says, each model
+    weighted by W (1 - W) times its probability of the bytes so far: so a one-byte character is the
+    mixture's most likely one, and the bytes of a longer one follow the mixture's chain rule."""
+    if view.base_next is None:
+        return Route.where(view.uniform < weight, "chared-base", "chared-aligned")
+    base, aligned = weight * view.base_so_far, (1 - weight) * view.aligned_so_far
+    mix = (base[:, None] * view.base_next + aligned[:, None] * view.aligned_next) / (base + aligned)[:, None]
+    return Route.mixed(mix.log(), "chared-mix")
 
 
 @_register("unite", PIECE, param="k", default=5, low=1, integer=True,
