@@ -4,6 +4,7 @@ from scratch: a full forward of the writing model over its own prompt and the te
 transformers' warpers and an inverse-CDF draw with the row's own random number (tests/sampling_reference.py)."""
 
 import math
+from dataclasses import replace
 from collections import Counter
 
 import numpy as np
@@ -218,6 +219,51 @@ def test_min_tokens_is_checked_recorded_only_where_set_and_reshapes_without_pena
     steps, engine = run(collab, collab.requests(PROMPTS, 1, params, seed=2), "p-punc:0.5", params)
     assert engine.counts is None  # holding end tokens back needs no per-slot buffers
     assert all(len(row) == 8 and not {token for token, *_ in row} & collab.pair.vocab.stop_ids for row in steps)
+
+
+def held_stop_strings(collab, router="p-punc:0.5", min_tokens=10):
+    """A sample held to `min_tokens` tokens without stop strings, the length of its held text, and two stop strings
+    taken from it: the whole held text (it ends where the held tokens end) and one that begins two characters
+    before that end and ends two past it, found nowhere earlier."""
+    for seed in range(20):
+        params = SamplingParams(max_new_tokens=24, min_tokens=min_tokens, seed=seed)
+        sample = collab.generate([PROMPTS[1]], router=router, sampling=params)[0]
+        raw = "".join(sample.token_texts)
+        held = len("".join(sample.token_texts[:min_tokens]))
+        inside, straddling = raw[:held], raw[held - 2: held + 2]
+        if held > 4 and len(straddling) == 4 and raw.find(inside, 1) < 0 and raw.find(straddling) == held - 2:
+            return params, sample, held, inside, straddling
+    raise AssertionError("no seed gave a sample with text on both sides of its held tokens")
+
+
+@pytest.mark.parametrize("router", ["p-punc:0.5", "negative:0.5"])
+def test_a_stop_string_counts_only_where_it_ends_past_the_text_of_the_first_min_tokens_tokens(collab, router):
+    """vLLM's min_tokens holds stop strings back too: one that ends inside the text of the first min_tokens tokens
+    neither ends the sample nor cuts its text; one that begins inside it and ends past it ends the sample with the
+    token that completes it, and cuts the text where it begins. The terminal rendering shows the same text."""
+    from baco.display import segments
+
+    params, alone, held, inside, straddling = held_stop_strings(collab, router)
+    kept = collab.generate([PROMPTS[1]], router=router, sampling=replace(params, stop=(inside,)))[0]
+    assert (kept.token_ids, kept.text, kept.finish_reason) == (alone.token_ids, alone.text, alone.finish_reason)
+    cut = collab.generate([PROMPTS[1]], router=router, sampling=replace(params, stop=(straddling,)))[0]
+    raw = "".join(alone.token_texts)
+    assert cut.finish_reason == "stop" and cut.text == raw[: held - 2].lstrip()
+    completes = next(k for k in range(len(raw)) if len("".join(alone.token_texts[: k + 1])) >= held + 2)
+    assert cut.token_ids == alone.token_ids[: completes + 1]
+    for sample, stop in ((kept, inside), (cut, straddling)):
+        assert "".join(text for _, text, _ in segments(sample, (stop,))) == sample.text
+
+
+def test_a_streamed_choice_holds_stop_strings_back_for_min_tokens_as_generate_does(collab):
+    params, alone, held, inside, straddling = held_stop_strings(collab)
+    texts = []
+    for stop in (inside, straddling):
+        sampling = replace(params, stop=(stop,))
+        streamed = "".join(event.text for event in collab.stream(PROMPTS[1], router="p-punc:0.5", sampling=sampling))
+        assert streamed == collab.generate([PROMPTS[1]], router="p-punc:0.5", sampling=sampling)[0].text
+        texts.append(streamed)
+    assert texts == [alone.text, "".join(alone.token_texts)[: held - 2].lstrip()]
 
 
 def test_a_penalised_sample_records_its_penalties(collab):

@@ -171,6 +171,29 @@ def test_min_tokens_holds_the_end_back_as_the_library_does_and_at_most_max_token
         assert refused.value.body["param"] == "min_tokens" and "at most max_tokens" in refused.value.body["message"]
 
 
+def test_min_tokens_holds_stop_strings_back_as_the_library_does_plain_and_streamed(client, collab):
+    """As in vLLM, a stop string counts only where it ends past the text of the first min_tokens tokens: one that ends
+    inside it (the whole of it) leaves the choice as it was; one that begins inside and ends past it cuts the content
+    where it begins. The server's content and tokens are the library's, plain and streamed."""
+    for seed in range(20):
+        alone = library(collab, PROMPTS[1], max_new_tokens=24, seed=seed, min_tokens=10)[0]
+        raw, held = "".join(alone.token_texts), len("".join(alone.token_texts[:10]))
+        inside, straddling = raw[:held], raw[held - 2: held + 2]
+        if held > 4 and len(straddling) == 4 and raw.find(inside, 1) < 0 and raw.find(straddling) == held - 2:
+            break
+    else:
+        raise AssertionError("no seed gave a choice with text on both sides of its held tokens")
+    for stop, text in ((inside, alone.text), (straddling, raw[: held - 2].lstrip())):
+        expected = library(collab, PROMPTS[1], max_new_tokens=24, seed=seed, min_tokens=10, stop=[stop])[0]
+        assert expected.text == text
+        ask = {"max_tokens": 24, "seed": seed, "stop": [stop], "extra_body": {"min_tokens": 10}}
+        choice = chat(client, PROMPTS[1], **ask).choices[0]
+        assert choice.message.content == text and [p["token"] for p in provenance(choice)] == expected.token_ids
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chat(client, PROMPTS[1], stream=True, **ask)
+                           if chunk.choices)
+        assert streamed == text
+
+
 def test_completions_take_a_list_of_prompts_with_n_choices_each(client, collab):
     response = client.completions.create(model="baco", prompt=PROMPTS[:2], n=2, max_tokens=16, seed=3)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]  # prompt-major, as OpenAI numbers them

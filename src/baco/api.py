@@ -372,7 +372,7 @@ class Collaboration:
                           memory_fraction=memory_fraction)
         for sample in collect(self._in_turn(events), requests, self.tokenizer, router=route.name, stop_strings=stops,
                               stop_ids=self.pair.vocab.stop_ids, token_texts=self.pair.vocab.texts,
-                              started=time.perf_counter(), extra=extra):
+                              started=time.perf_counter(), extra=extra, min_tokens=sampling.min_tokens):
             if on_sample is not None:
                 on_sample(sample)
             yield sample
@@ -487,7 +487,7 @@ class Collaboration:
             return
         sampling, route, requests, stops, seed = self._prepare([prompt], router, n, sampling)
         stop_ids = frozenset(self.pair.vocab.stop_ids)
-        texts = [ChoiceText(self.tokenizer, stop_ids, stops) for _ in requests]
+        texts = [ChoiceText(self.tokenizer, stop_ids, stops, sampling.min_tokens) for _ in requests]
         for event in self._in_turn(lockstep(self.pair, requests, route, sampling, stops)):
             for i, row in enumerate(event.rows):
                 token = TokenEvent(row, int(event.tokens[i]), "", "base" if bool(event.use_base[i]) else "aligned",

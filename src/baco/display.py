@@ -7,7 +7,7 @@ import re
 import sys
 import unicodedata
 
-from baco.decode.records import BASE, MIX, SPAN, Sample
+from baco.decode.records import BASE, MIX, SPAN, Sample, held, stop_at
 
 COLOURS = {BASE: "\033[33m", "aligned": "\033[36m", MIX: "\033[35m"}  # base yellow, aligned cyan, mix magenta
 RESET = "\033[0m"
@@ -37,10 +37,13 @@ def use_colour(mode: str, stream=None) -> bool:
 
 
 def segments(sample: Sample, stop_strings: tuple[str, ...] = ()) -> list[tuple[int, str, str]]:
-    """(token index, text, source) per token as in `sample.text`: cut at the first stop string,
-    leading whitespace stripped (tokens holding only whitespace at the start are left out)."""
+    """(token index, text, source) per token as in `sample.text`: cut at the first stop string (that ends past the
+    text of the sampling's `min_tokens` tokens), leading whitespace stripped (tokens holding only whitespace at the
+    start are left out)."""
     full = "".join(sample.token_texts)
-    cut = min((full.find(s) for s in stop_strings if s in full), default=len(full))
+    after = held(sample.token_texts, int((sample.sampling or {}).get("min_tokens") or 0))
+    cut = stop_at(full, stop_strings, after)
+    cut = len(full) if cut is None else cut
     out, length = [], 0
     for index, (text, source) in enumerate(zip(sample.token_texts, sample.sources)):
         if length >= cut:

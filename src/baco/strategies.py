@@ -135,7 +135,7 @@ def negative_prompting(lm: HFCausalLM, prompts: list[Prompt], *, n: int, weight:
                               stop_strings=sampling.stop, stop_ids=pair.vocab.stop_ids,
                               token_texts=pair.vocab.texts, started=began,
                               extra={"sampling": {**sampling.to_dict(), "seed": seed},
-                                     "models": {"aligned": lm.name}}):
+                                     "models": {"aligned": lm.name}}, min_tokens=sampling.min_tokens):
             earlier[sample.prompt_index].append(sample.text)
             yield sample
 

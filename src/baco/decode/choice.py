@@ -1,9 +1,10 @@
 """One choice's text as its tokens arrive: pieces, stop strings, and the content that is safe to show.
 
 The content follows `decode.records.final_text`: the decoded continuation (stop tokens left out), cut
-before the first stop string, leading whitespace removed. While tokens arrive, text that could still
-turn out to be the start of a stop string is held back, and a token is released together with the
-content it adds, so that the content of every token released joins to exactly the text shown.
+before the first stop string (that ends past the text of the first `min_tokens` tokens), leading whitespace
+removed. While tokens arrive, text that could still turn out to be the start of a stop string is held back (within
+the first `min_tokens` tokens too: a stop string may begin there and end past them), and a token is released
+together with the content it adds, so that the content of every token released joins to exactly the text shown.
 Used by the server's streams and by `Collaboration.stream`; a token is a `Token` or any object with a
 `token_id` and a `text` to fill in (`api.TokenEvent`).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from baco.decode.records import PieceDecoder
+from baco.decode.records import PieceDecoder, stop_at
 
 
 @dataclass
@@ -31,9 +32,10 @@ class Token:
 class ChoiceText:
     """The stop-string and hold-back logic for one choice; `add` a token, then `release` what is safe."""
 
-    def __init__(self, tokenizer, stop_ids: frozenset[int], stop_strings: tuple[str, ...]):
+    def __init__(self, tokenizer, stop_ids: frozenset[int], stop_strings: tuple[str, ...], min_tokens: int = 0):
         self.pieces = PieceDecoder(tokenizer, stop_ids) if tokenizer is not None else None  # None: `add_piece` only
         self.stop_strings = tuple(s for s in stop_strings if s)
+        self.min_tokens = min_tokens  # a stop string counts only where it ends past the text of this many tokens
         self.raw = ""  # the decoded continuation, stop strings and leading whitespace included
         self.tokens: list[Token] = []
         self.spans: list[tuple[int, int]] = []  # each token's piece in `raw`
@@ -50,12 +52,8 @@ class ChoiceText:
         self.raw += piece
         self.tokens.append(token)
         self.spans.append((start, len(self.raw)))
-        if self.cut is None:
-            longest = max((len(s) for s in self.stop_strings), default=0)
-            window = max(0, start - longest + 1)  # a new stop string must end in the new piece
-            found = [self.raw.find(s, window) for s in self.stop_strings]
-            found = [i for i in found if i >= 0]
-            self.cut = min(found) if found else None
+        if self.cut is None and len(self.tokens) > self.min_tokens:
+            self.cut = stop_at(self.raw, self.stop_strings, start)  # a new stop string must end in the new piece
         return self.cut is not None
 
     def _held_back(self) -> int:

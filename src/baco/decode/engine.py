@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from baco.decode.loop import Request, StepEvent, row_uniforms
+from baco.decode.records import stop_at
 from baco.decode.sampling import (LOGIT_BIAS_MAX, STOP_TOKEN_IDS_MAX, RowKnobs, SamplingParams, check_token_ids,
                                   penalise)
 from baco.decode.step import route_and_draw
@@ -740,7 +741,8 @@ class Engine:
             live.text += piece
             if token in stop_ids or token in live.params.stop_token_ids:
                 finished[rid] = "stop"
-            elif self.tail and any(s in live.text[-(self.tail + len(piece)):] for s in self.stop_strings):
+            elif (self.tail and live.collected > live.params.min_tokens  # (vLLM's min_tokens holds stop strings too)
+                  and stop_at(live.text, self.stop_strings, len(live.text) - len(piece)) is not None):
                 finished[rid] = "stop"
             elif live.collected >= live.request.max_new_tokens:
                 finished[rid] = "length"

@@ -36,7 +36,8 @@ class Sample:
     `reasons` (why the router chose the writer: "punct", "base-uncertain", "word-continuation", ...),
     `base_top1_prob`, `base_entropy` (nats), `aligned_top1_prob` and `chosen_prob`.
     `"".join(token_texts)` is the continuation before `text` strips and cuts it: `text` is
-    `cut_text("".join(token_texts), stop_strings)` (the base template's end and `sampling["stop"]`); the tokens
+    `cut_text("".join(token_texts), stop_strings)` (the base template's end and `sampling["stop"]`; with
+    `sampling["min_tokens"]`, only a stop string that ends past the text of that many tokens: `held`); the tokens
     that wrote a stop string stay in the columns.
     `chosen_prob` is the written token's probability under its writer's own distribution
     (temperature 1, before top-p / min-p). The final stop token, if any, is part of `token_ids`
@@ -138,8 +139,9 @@ class Sample:
 def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, router: str,
             stop_strings: tuple[str, ...] = (), stop_ids: frozenset[int] = frozenset(),
             token_texts: list[str] | None = None, started: float | None = None,
-            extra: dict | None = None) -> Iterator[Sample]:
-    """Turn a stream of StepEvents into Samples, yielding each one as soon as its row finishes."""
+            extra: dict | None = None, min_tokens: int = 0) -> Iterator[Sample]:
+    """Turn a stream of StepEvents into Samples, yielding each one as soon as its row finishes (`min_tokens`: the
+    sampling's, the tokens whose text no stop string may end in)."""
     started = time.perf_counter() if started is None else started
     samples = [Sample(prompt=r.prompt, prompt_index=r.prompt_index, sample_index=r.sample_index,
                       router=router, seed=r.seed, occurrence=r.occurrence, messages=r.messages, **(extra or {}))
@@ -163,8 +165,8 @@ def collect(events: Iterable[StepEvent], requests: list[Request], tokenizer, *, 
             s = samples[row]
             s.finish_reason = reason
             s.elapsed_s = time.perf_counter() - started
-            s.text = final_text(s.token_ids, tokenizer, stop_strings, stop_ids)
             s.token_texts = piece_texts(s.token_ids, tokenizer, stop_ids, s.token_texts)
+            s.text = final_text(s.token_ids, tokenizer, stop_strings, stop_ids, held(s.token_texts, min_tokens))
             yield s
 
 
@@ -273,20 +275,34 @@ def prefix_pieces(token_ids: list[int], tokenizer, stop_ids: frozenset[int], fal
     return pieces
 
 
-def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], stop_ids: frozenset[int]) -> str:
-    """Decode, drop a trailing stop token, cut at the first stop string, strip leading whitespace.
+def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], stop_ids: frozenset[int],
+               after: int = 0) -> str:
+    """Decode, drop a trailing stop token, cut at the first stop string (ending past character `after`: `held`),
+    strip leading whitespace.
 
     Leading whitespace comes from the base model's first token after "Answer:" (" Paris");
     it is kept in the token stream that both models read and removed from the text only.
     """
     ids = token_ids[:-1] if token_ids and token_ids[-1] in stop_ids else token_ids
-    return cut_text(continuation_decoder(tokenizer)(ids), stop_strings)
+    return cut_text(continuation_decoder(tokenizer)(ids), stop_strings, after)
 
 
-def cut_text(text: str, stop_strings: tuple[str, ...]) -> str:
-    """Cut at the first stop string and strip leading whitespace."""
-    cuts = [text.find(s) for s in stop_strings if s in text]
-    return (text[: min(cuts)] if cuts else text).lstrip()
+def stop_at(text: str, stop_strings: tuple[str, ...], after: int = 0) -> int | None:
+    """Where the first stop string that ends past character `after` of `text` starts; None if none does."""
+    found = [text.find(s, max(0, after - len(s) + 1)) for s in stop_strings]
+    return min((i for i in found if i >= 0), default=None)
+
+
+def held(token_texts: list[str], min_tokens: int) -> int:
+    """Characters of the text written by a sample's first `min_tokens` tokens: as in vLLM, a stop string counts only
+    where it ends past them (they are held back from ending the sample; `SamplingParams.min_tokens`)."""
+    return len("".join(token_texts[:min_tokens]))
+
+
+def cut_text(text: str, stop_strings: tuple[str, ...], after: int = 0) -> str:
+    """Cut at the first stop string (that ends past character `after`) and strip leading whitespace."""
+    cut = stop_at(text, stop_strings, after)
+    return (text if cut is None else text[:cut]).lstrip()
 
 
 def write_jsonl(samples: Iterable[Sample], handle: IO[str]) -> int:

@@ -71,7 +71,7 @@ class SamplingParams:
     stop_token_ids (()): vLLM's, token ids that end a sample when drawn (finish reason "stop"), beside the models'
     own end tokens; unlike those, such a token's text stays in the sample's text, as in vLLM (at most 64).
     min_tokens (0): vLLM's, at most max_new_tokens: the models' end tokens and the stop token ids are held back
-    (never drawn) until a sample has this many tokens. Stop strings still end it earlier.
+    (never drawn) until a sample has this many tokens, and a stop string counts only where it ends past their text.
     """
 
     temperature: float = 1.0

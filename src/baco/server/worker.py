@@ -147,7 +147,7 @@ class Worker(threading.Thread):
                     continue
                 for choice, request in enumerate(job.requests):
                     rid = engine.add(request, job.params, top_logprobs=job.top_logprobs > 0)
-                    text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, job.stop_strings)
+                    text = ChoiceText(self.tokenizer, self.pair.vocab.stop_ids, job.stop_strings, job.params.min_tokens)
                     self.rows[(job.router, rid)] = _Row(job, choice, text)
                     job.unplaced -= 1
             except (CapacityError, torch.OutOfMemoryError) as error:  # no room now: the client may retry later
