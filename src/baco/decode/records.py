@@ -289,7 +289,7 @@ def final_text(token_ids: list[int], tokenizer, stop_strings: tuple[str, ...], s
 
 def stop_at(text: str, stop_strings: tuple[str, ...], after: int = 0) -> int | None:
     """Where the first stop string that ends past character `after` of `text` starts; None if none does."""
-    found = [text.find(s, max(0, after - len(s) + 1)) for s in stop_strings]
+    found = [text.find(s, max(0, after - len(s) + 1)) for s in stop_strings if s]
     return min((i for i in found if i >= 0), default=None)
 
 
