@@ -2,6 +2,7 @@
 breaks would cost a lent GPU session its minutes). Nothing here times anything: speed lives in benchmarks/."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,37 @@ def test_cross_lookahead_counts_the_lookaheads_of_the_models_a_router_reads(tmp_
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] and "-words" in line}
     assert int(rows["p-punc-words:0.3"][0]) > 0 and int(rows["rand-words:0.5"][0]) > 0  # word decisions
     assert rows["rand-words:0.5"][1:] == ["0", "(0%)", "0", "(0%)"]  # RAND reads neither model: never looks ahead
+
+
+def gpu_check_commands() -> list[tuple[str, list[str]]]:
+    """(script, flags) of each benchmark `benchmarks/gpu_check.sh` runs, its continued lines joined; a flag given
+    through a shell variable (`${HF:-}`, `"${gemma_1b[@]}"`) is read from the variable's documented use."""
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text().replace("\\\n", " ")
+    arrays = {name: body.split() for name, body in re.findall(r"^(\w+)=\(([^)]*)\)", text, flags=re.M)}
+    commands = []
+    for line in text.splitlines():
+        found = re.search(r"benchmarks/(\w+\.py)(.*)", line)
+        if not found or line.lstrip().startswith("#"):
+            continue
+        words = found.group(2).split()
+        for name, values in arrays.items():
+            if f'"${{{name}[@]}}"' in words:
+                words += values
+        commands.append((found.group(1), [w for w in words if w.startswith("--")]))
+    documented = re.search(r'THROUGHPUT_FLAGS="([^"]*)"', text)  # the usage line's example
+    commands.append(("throughput.py", [w for w in documented.group(1).split() if w.startswith("--")]))
+    return commands
+
+
+def test_every_flag_the_gpu_check_passes_is_one_its_benchmark_takes():
+    """A misspelt or removed flag fails argparse on the lent GPU machine, minutes into its session: each flag of
+    each benchmark line of gpu_check.sh (stages tests, stepmath, memory, 270m, compiled, oneforward, throughput,
+    1b, static, real) is one that script's --help lists, and the script parses as bash."""
+    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
+    commands = gpu_check_commands()
+    assert {name for name, _ in commands} >= {"step_math.py", "engine_memory.py", "lockstep_overhead.py",
+                                               "throughput.py"}
+    helps = {name: script(name, "--help") for name in {name for name, _ in commands}}
+    unknown = [(name, flag) for name, flags in commands for flag in flags
+               if not re.search(rf"{re.escape(flag)}\b", helps[name])]
+    assert not unknown, unknown
