@@ -2,15 +2,15 @@
 
 from transformers import AutoTokenizer
 
-from baco.decode.records import final_text
+from baco.decode.records import PieceDecoder, final_text, held
 from baco.decode.choice import ChoiceText, Token
 
 
-def feed(tokenizer, text, stops, *, extra_ids=()):
+def feed(tokenizer, text, stops, *, extra_ids=(), min_tokens=0):
     """Stream `text` token by token; return what was released after each token, and the ChoiceText."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"] + list(extra_ids)
     stop_ids = frozenset({tokenizer.eos_token_id})
-    choice = ChoiceText(tokenizer, stop_ids, stops)
+    choice = ChoiceText(tokenizer, stop_ids, stops, min_tokens)
     shown = []
     for k, token_id in enumerate(ids):
         last = k + 1 == len(ids)
@@ -58,3 +58,18 @@ def test_a_stop_string_with_a_leading_space_is_cut_where_the_continuation_begins
     assert tokenizer.convert_ids_to_tokens(ids[0]) == "▁the"
     assert choice.content == "" == final_text(ids, tokenizer, (" the",), frozenset())
     assert final_text(ids, tokenizer, (" st",), frozenset()) == "the"
+
+
+def test_with_min_tokens_a_stop_string_inside_their_text_stays_and_one_ending_past_them_cuts(tiny_dirs):
+    """vLLM's min_tokens: the first "\nQuestion:" ends with the k-th token. Held to k tokens it stays in the text and
+    the second one cuts; held to k - 1 the first one ends past them and cuts, and nothing of it was ever shown."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dirs[0])
+    text, stop = " A pear.\nQuestion: and more\nQuestion: again", "\nQuestion:"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    decoder = PieceDecoder(tokenizer, frozenset())
+    pieces = [decoder.add(token, last=k + 1 == len(ids)) for k, token in enumerate(ids)]
+    k = next(n for n in range(1, len(ids) + 1) if stop in "".join(pieces[:n]))
+    for min_tokens, content in ((k, "A pear.\nQuestion: and more"), (k - 1, "A pear.")):
+        _, shown, choice = feed(tokenizer, text, (stop,), min_tokens=min_tokens)
+        assert "".join(shown) == choice.content == content
+        assert content == final_text(ids, tokenizer, (stop,), frozenset(), held(pieces, min_tokens))
