@@ -18,7 +18,7 @@ from baco.decode.loop import Request
 from baco.decode.records import Sample
 from baco.display import render
 from baco.errors import BacoError, InvalidSamplingParams, PromptError, TokenizerMismatchError
-from baco.models.chars import (END_FLOOR, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
+from baco.models.chars import (END_FLOOR, RAW, STOP, CharRows, CrossPair, Cursor, Dist, TokenBytes, byte_fallback_ids,
                                filtered_logprobs, token_bytes)
 from baco.models.hf import HFCausalLM
 from baco.testing import make_tiny_cross_pair, memorise, train_sentencepiece_tokenizer, train_tokenizer
@@ -57,10 +57,12 @@ def rows_over(pieces: list[bytes], fallback: set[int] = frozenset()) -> CharRows
 
 
 def cursor_on(table: TokenBytes, filtered: list[float], raw: list[float], pending: bytes) -> Cursor:
-    """A cursor holding `pending` over a distribution given per token id (filtered and temperature-1)."""
+    """A cursor holding `pending` over a distribution given per token id (filtered and temperature-1; no penalty, so
+    the scored distribution is the temperature-1 one)."""
     in_order = lambda probs: torch.tensor(probs, dtype=torch.float64)[table.order]  # noqa: E731
     first = lambda probs: table.first_byte(in_order(probs)[None])[0]  # noqa: E731
-    dist = Dist(in_order(filtered), in_order(raw), first(filtered), first(raw), (max(raw), 0.0, 0))
+    dist = Dist(in_order(filtered), in_order(raw), in_order(raw), first(filtered), first(raw), first(raw),
+                (max(raw), 0.0, 0))
     cursor = Cursor(None)
     cursor.reset(table, dist, pending)
     return cursor
@@ -110,7 +112,7 @@ def test_byte_fallback_tokens_are_named_for_sentencepiece_tokenizers_only():
 
 def brute_force_marginal(cursor, table, lookahead_first):
     """The next-byte distribution by a plain loop over every token (the reference for the sorted ranges)."""
-    probs = dict(zip(table.order.tolist(), cursor.dist.probs(cursor.raw).tolist()))
+    probs = dict(zip(table.order.tolist(), cursor.dist.probs(cursor.own).tolist()))
     out = [0.0] * (STOP + 1)
     end = 0.0
     for token, p in probs.items():
@@ -167,7 +169,7 @@ def test_character_marginals_sum_to_one_and_follow_any_text(cross_dirs, temperat
                 assert rows.forward()
             marginal = rows.marginal(0)
             assert float(marginal.sum()) == pytest.approx(1.0, abs=1e-5)
-            look = cursor.look.dist.first(cursor.raw).tolist() if cursor.look else [0.0] * (STOP + 1)
+            look = cursor.look.dist.first(cursor.own).tolist() if cursor.look else [0.0] * (STOP + 1)
             assert marginal.tolist() == pytest.approx(brute_force_marginal(cursor, table, look), abs=1e-5)
             rows.advance(0, byte)
         cursor = rows.cursors[0]
@@ -207,7 +209,7 @@ def test_the_next_piece_past_a_held_token_matches_a_brute_force_sum_over_the_voc
         checked = 0
         for byte in target:
             cursor = rows.cursors[0]
-            while cursor.feed or (cursor.look is None and cursor.end_mass(table, whole=True) > 0):
+            while cursor.feed or (cursor.look is None and cursor.end_mass(table, RAW) > 0):
                 cursor.want_look = not cursor.feed
                 assert rows.forward()
             if cursor.pending and cursor.look is not None:
@@ -360,12 +362,12 @@ def assert_same_output(single, crossed, own_tokens, pieces):
         assert crossed.text == expected
 
 
-def greedy_chared(base: "BigramLM", aligned: "BigramLM", weight: float, tokens: int = 3) -> list:
+def greedy_chared(base: "BigramLM", aligned: "BigramLM", weight: float, tokens: int = 3, **knobs) -> list:
     from baco.decode.crossloop import crossloop
     from baco.routers.registry import get_router
 
     return list(crossloop(bigram_pair(base, aligned), [Request("p", 0, 0, [0], [0], 0, tokens)],
-                          get_router(f"chared:{weight}"), SamplingParams(temperature=0)))
+                          get_router(f"chared:{weight}"), SamplingParams(temperature=0, **knobs)))
 
 
 def test_greedy_chared_takes_the_mixtures_most_likely_character_which_neither_model_may_rank_first():
@@ -381,6 +383,20 @@ def test_greedy_chared_takes_the_mixtures_most_likely_character_which_neither_mo
     assert (first.base_top1_prob, first.aligned_top1_prob) == (pytest.approx(0.45), pytest.approx(0.45))
     leaning = greedy_chared(base, aligned, 0.9)[0]
     assert (leaning.text, leaning.reason, leaning.chosen_prob) == ("a", "base-top1", pytest.approx(0.42))
+
+
+def test_greedy_chared_ranks_the_mixture_of_the_penalised_distributions():
+    """With penalties, greedy CharED ranks the mixture of each model's penalised temperature-1 distribution (as the
+    token path's soft methods mix the penalised distributions): at W = 0.6 the mixture's likeliest first character is
+    "b" (0.40 against 0.33 and 0.27), and again next without a penalty; with a presence penalty of 2 on what each
+    model has written, "b" falls to 0.054 of its mass and "a" (0.50 against 0.41) comes next."""
+    base = BigramLM([b"a", b"b", b"c", None], {None: {0: .45, 1: .40, 2: .15}})
+    aligned = BigramLM([b"a", b"b", b"c", None], {None: {2: .45, 1: .40, 0: .15}})
+    assert [span.text for span in greedy_chared(base, aligned, 0.6)[:2]] == ["b", "b"]
+    penalised = greedy_chared(base, aligned, 0.6, presence_penalty=2.0)[:2]
+    assert [span.text for span in penalised] == ["b", "a"]
+    total = .45 + .15 + .40 * math.exp(-2)  # each model's mass once "b" is penalised: the same for both
+    assert penalised[1].chosen_prob == pytest.approx((0.6 * .45 + 0.4 * .15) / total)
 
 
 def test_greedy_chared_weighs_each_model_by_its_probability_of_a_characters_first_bytes():
@@ -399,14 +415,19 @@ def test_greedy_chared_weighs_each_model_by_its_probability_of_a_characters_firs
     assert first.chosen_prob == pytest.approx(0.18)
 
 
+PENALTIES = {"repetition_penalty": 1.6, "presence_penalty": 0.5, "frequency_penalty": 0.4}
+
+
+@pytest.mark.parametrize("knobs", [{}, PENALTIES], ids=["plain", "penalised"])
 @pytest.mark.parametrize("router,side", [("chared:1", "base"), ("chared:0", "aligned"),
                                          ("p-words:1.01", "base"), ("p-words:0", "aligned"),
                                          ("p-punc-words:0", "aligned")])
-def test_all_weight_on_one_model_reproduces_its_greedy_output(cross, router, side):
+def test_all_weight_on_one_model_reproduces_its_greedy_output(cross, router, side, knobs):
     """CharED with weight 1 on one model, and a word router that gives every word to one model,
-    write that model's own greedy output (same tokens, same text)."""
-    long = SamplingParams(temperature=0, max_new_tokens=GREEDY.max_new_tokens * 4)
-    alone = token_path(cross, side)
+    write that model's own greedy output (same tokens, same text); with penalties, its penalised greedy output:
+    the cross path penalises each model over its own prompt and its own tokens of the text, as the token path does."""
+    long = SamplingParams(temperature=0, max_new_tokens=GREEDY.max_new_tokens * 4, **knobs)
+    alone = token_path(cross, side, sampling=replace(GREEDY, **knobs))
     together = cross.generate(PROMPTS, router=router, sampling=long)
     for single, crossed in zip(alone, together):
         own = crossed.base_token_ids if side == "base" else crossed.aligned_token_ids
@@ -865,17 +886,19 @@ def test_the_method_list_and_the_mismatch_error_name_the_multi_pass_methods_a_cr
 
 
 @pytest.mark.parametrize("router", ["chared:0.5", "p-punc-words:0.3", "unite:4"])
-def test_penalties_are_refused_by_the_cross_tokenizer_methods_and_taken_by_each_model_alone(cross, router):
-    """A cross method draws pieces of text mixed from two vocabularies: a penalty on one model's token ids has
-    nothing to act on there, and is refused before any model runs; one model alone runs on its own tokens."""
-    params = SamplingParams(max_new_tokens=6, seed=0, repetition_penalty=1.3)
-    with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*penalties"):
-        cross.generate(PROMPTS[:1], params, router=router)
-    with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*logit bias"):  # ids of which model?
+def test_cross_methods_take_the_penalties_and_refuse_the_knobs_that_name_one_models_token_ids(cross, router):
+    """Each model is penalised over its own tokens (its prompt, its reading of the text): sampled and greedy, the
+    penalties change what a cross method writes and are recorded. A logit bias or stop token ids (ids of which
+    model?) and min_tokens (whose tokens?) are refused before any model runs."""
+    for temperature in (1.0, 0.0):
+        plain = SamplingParams(temperature=temperature, max_new_tokens=32, seed=0)
+        penalised = replace(plain, **PENALTIES)
+        before, after = (cross.generate(PROMPTS[:2], params, router=router) for params in (plain, penalised))
+        assert [s.text for s in before] != [s.text for s in after]
+        assert after[0].to_dict()["sampling"]["frequency_penalty"] == PENALTIES["frequency_penalty"]
+    with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*logit bias"):
         cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, logit_bias={"5": -100}), router=router)
     with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*stop token ids"):
         cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, stop_token_ids=[5]), router=router)
     with pytest.raises(InvalidSamplingParams, match="cross-tokenizer loop.*min_tokens"):
         cross.generate(PROMPTS[:1], SamplingParams(max_new_tokens=6, min_tokens=3), router=router)
-    alone = cross.generate(PROMPTS[:1], params, router="aligned")
-    assert alone[0].to_dict()["sampling"]["repetition_penalty"] == 1.3

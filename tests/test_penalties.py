@@ -214,7 +214,7 @@ def test_min_tokens_is_checked_recorded_only_where_set_and_reshapes_without_pena
     held = SamplingParams(max_new_tokens=16, min_tokens=np.int64(16))
     assert held.min_tokens == 16 and held.to_dict()["min_tokens"] == 16 and SamplingParams(**held.to_dict()) == held
     assert "min_tokens" not in SamplingParams(min_tokens=0).to_dict()  # old samples keep their ids
-    assert held.reshaped and held.by_token_id and not held.penalised
+    assert held.reshaped and held.names_token_ids and not held.penalised
     params = SamplingParams(max_new_tokens=8, seed=2, min_tokens=8, logit_bias={"1": 100, "4": 100})
     steps, engine = run(collab, collab.requests(PROMPTS, 1, params, seed=2), "p-punc:0.5", params)
     assert engine.counts is None  # holding end tokens back needs no per-slot buffers

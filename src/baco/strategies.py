@@ -306,7 +306,7 @@ def check_method_knobs(method, sampling: SamplingParams) -> None:
     tokens for a cross-tokenizer method, and what a multi-pass method refuses. `method`: a name or a Router. The one
     check behind the library, sweep configurations and `baco generate` (which runs it before any model loads)."""
     name = getattr(method, "name", method)
-    if sampling.by_token_id and unit_of(name) is not None:
+    if sampling.names_token_ids and unit_of(name) is not None:
         raise InvalidSamplingParams(token_knobs_refusal(name))
     strategy = parse_strategy(name) if isinstance(name, str) else None
     if strategy is not None and strategy[0].refuses is not None:

@@ -35,7 +35,7 @@ import torch
 
 from baco.decode.loop import Request
 from baco.decode.sampling import SamplingParams
-from baco.models.chars import STOP, CharRows, CrossPair, pick_index, classify
+from baco.models.chars import RAW, SCORED, STOP, CharRows, CrossPair, pick_index, classify
 from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, models_read, unit_of
 from baco.routers.registry import Router
 from baco.vocab import ends_word
@@ -208,12 +208,13 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
 
 def _decide_greedy_char(i: int, row: _Row, models: list[CharRows], method: Router):
     """CharED at temperature 0: the next byte is the most likely one under the mixture of the two models' next-byte
-    distributions (temperature 1; an end branch's continuation read from its lookahead forward), as the router
+    distributions (temperature 1, under the penalties if any; an end branch's continuation read from its lookahead
+    forward), as the router
     weighs them (`chared`); both models then follow it. A span is a character, source "mix", its reason which
     model(s) ranked its first byte first, its probability the mixture's probability of the character."""
-    if any([_look_ahead(model.cursors[i], model.table) for model in models]):  # both asked for at once
+    if any([_look_ahead(model.cursors[i], model.table, SCORED) for model in models]):  # both asked for at once
         return _WAIT
-    nexts = [model.marginal(i, whole=True) for model in models]
+    nexts = [model.marginal(i, SCORED) for model in models]
     if row.span is None:
         base, aligned = models[0].stats(i), models[1].stats(i)
         row.span, row.so_far = _Span(MIX, "", (base[0], base[1], aligned[0])), [1.0, 1.0]
@@ -228,10 +229,10 @@ def _decide_greedy_char(i: int, row: _Row, models: list[CharRows], method: Route
     return None if byte == STOP else [byte]
 
 
-def _look_ahead(cursor, table) -> bool:
+def _look_ahead(cursor, table, over: str = RAW) -> bool:
     """Ask for the lookahead forward of a token that may end at the word boundary (its pending bytes are a token
     of their own) unless it is there: what follows that token is part of the model's next piece of text."""
-    if cursor.pending and cursor.look is None and cursor.end_mass(table, whole=True) > 0:
+    if cursor.pending and cursor.look is None and cursor.end_mass(table, over) > 0:
         cursor.want_look = True
         return True
     return False
@@ -239,22 +240,23 @@ def _look_ahead(cursor, table) -> bool:
 
 def _decide_piece(i: int, row: _Row, models: list[CharRows], method: Router, params: SamplingParams):
     """UniTE: both models' next pieces (an end branch's continuation needs its lookahead forward first).
-    Greedy UniTE ranks and scores on the temperature-1 distributions and takes the best mean score (the
-    filtered ones are one-hot at temperature 0, which would leave a tie between the two greedy pieces)."""
-    whole = params.temperature == 0
+    Greedy UniTE ranks and scores on the temperature-1 distributions (under the penalties, if any) and takes the
+    best mean score (the filtered ones are one-hot at temperature 0, which would leave a tie between the two greedy
+    pieces)."""
+    over = SCORED if params.temperature == 0 else None
     waiting = False
     for model in models:
         cursor = model.cursors[i]
-        if cursor.look is None and cursor.end_mass(model.table, whole) > 0:
+        if cursor.look is None and cursor.end_mass(model.table, over) > 0:
             cursor.want_look, waiting = True, True
     if waiting:
         return _WAIT
     base, aligned = models[0].stats(i), models[1].stats(i)
     k = int(method.value)
-    tops = [models[0].pieces(i, k, whole), models[1].pieces(i, k, whole)]
+    tops = [models[0].pieces(i, k, over), models[1].pieces(i, k, over)]
     candidates = list(dict.fromkeys([*tops[0], *tops[1]]))
-    view = PieceView(candidates, torch.tensor([models[0].score(i, c, whole) for c in candidates]),
-                     torch.tensor([models[1].score(i, c, whole) for c in candidates]),
+    view = PieceView(candidates, torch.tensor([models[0].score(i, c, over) for c in candidates]),
+                     torch.tensor([models[1].score(i, c, over) for c in candidates]),
                      [c in tops[0] for c in candidates], [c in tops[1] for c in candidates])
     probs = method(view).mix[0].exp()
     pick = pick_index(probs, params, row.streams[1])

@@ -150,10 +150,11 @@ class SamplingParams:
         return self.penalised or bool(self.logit_bias) or self.min_tokens > 0
 
     @property
-    def by_token_id(self) -> bool:
-        """Whether a knob acts on one vocabulary's tokens (a penalty, a logit bias, stop token ids, min_tokens): what
-        the cross-tokenizer methods, which draw text mixed from two vocabularies, cannot take."""
-        return self.reshaped or bool(self.stop_token_ids)
+    def names_token_ids(self) -> bool:
+        """Whether a knob names one vocabulary's token ids or counts one model's tokens (a logit bias, stop token ids,
+        min_tokens): what the cross-tokenizer methods, which draw text mixed from two vocabularies, cannot take.
+        (They take the penalties: each model's over its own tokens.)"""
+        return bool(self.logit_bias) or bool(self.stop_token_ids) or self.min_tokens > 0
 
     def to_dict(self) -> dict:
         """The knobs as JSON types. A penalty, logit bias or stop token ids are left out where off: samples and sweep

@@ -23,10 +23,10 @@ product of its bytes' (chain rule). Spans of the output are still whole characte
 
 Cost: the vocabulary is sorted once by its byte strings, so the tokens starting with s are one
 contiguous range found by bisection; the marginal is a scatter-add over that range, a tensor op,
-never per-token Python. The sampling knobs (temperature, top-k, top-p, min-p) apply to each token
-distribution when it is computed, as in the same-tokenizer path; when the shared text leaves a
-model's filtered support (the other model wrote it), that model follows it with its temperature-1
-distribution. Where the full marginal is needed (UniTE, `marginal`), an end branch holding less than
+never per-token Python. The sampling knobs (penalties over the model's own tokens, temperature, top-k,
+top-p, min-p) apply to each token distribution when it is computed, as in the same-tokenizer path; when
+the shared text leaves a model's filtered support (the other model wrote it), that model follows it with
+its temperature-1 distribution. Where the full marginal is needed (UniTE, `marginal`), an end branch holding less than
 END_FLOOR of the consistent mass is dropped, to skip a lookahead forward it would need.
 """
 
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from baco.decode.sampling import MIN_TEMPERATURE, SamplingParams
+from baco.decode.sampling import MIN_TEMPERATURE, RowKnobs, SamplingParams, penalise
 from baco.errors import BacoError, TokenizerMismatchError
 from baco.models.hf import HFCausalLM, HFSession
 from baco.vocab import FUNCTION_WORDS, control_token_ids, is_punct_or_format
@@ -233,21 +233,29 @@ def filtered_logprobs(logprobs: torch.Tensor, params: SamplingParams) -> torch.T
     return x
 
 
+FILTERED, RAW, SCORED = "filtered", "raw", "scored"  # the distributions a Dist holds (its fields of these names)
+
+
 @dataclass
 class Dist:
-    """One next-token distribution of one row, in sorted order: filtered and temperature-1 probabilities."""
+    """One next-token distribution of one row, in sorted order, three ways: `filtered` (what the model draws its
+    own tokens from: penalties, temperature, top-k, top-p, min-p), `raw` (temperature 1, the model's own: what
+    routers read, what a model follows text outside its filtered support with) and `scored` (temperature 1 under
+    the penalties: what the greedy mixtures rank, `raw` itself when no penalty is on)."""
 
     filtered: torch.Tensor  # (V,)
     raw: torch.Tensor  # (V,)
+    scored: torch.Tensor  # (V,)
     first_filtered: torch.Tensor  # (258,)
     first_raw: torch.Tensor  # (258,)
+    first_scored: torch.Tensor  # (258,)
     summary: tuple[float, float, int]  # temperature 1: top-1 prob, entropy (nats), sorted index of the top token
 
-    def probs(self, raw: bool) -> torch.Tensor:
-        return self.raw if raw else self.filtered
+    def probs(self, over: str) -> torch.Tensor:
+        return getattr(self, over)
 
-    def first(self, raw: bool) -> torch.Tensor:
-        return self.first_raw if raw else self.first_filtered
+    def first(self, over: str) -> torch.Tensor:
+        return getattr(self, f"first_{over}")
 
 
 @dataclass
@@ -275,45 +283,46 @@ class Cursor:
     drawn_end: bool = False
     drawn_prob: float = 1.0
     tokens: list[int] = field(default_factory=list)
-    _masses: tuple | None = None  # cached (bytes (256,), stop, end, total) for the current state
-    _whole_masses: tuple | None = None  # the same of the temperature-1 distribution, while the cursor reads another
+    _masses: dict = field(default_factory=dict)  # cached (bytes (256,), stop, end, total) per distribution read
 
-    def masses(self, table: TokenBytes, whole: bool = False) -> tuple[torch.Tensor, float, float, float]:
-        """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised.
-        `whole`: of the temperature-1 distribution, whatever the cursor reads. Cached until the state changes
-        (`forget`): the per-word routers ask for the whole distribution's several times per decision."""
-        if whole and not self.raw:
-            if self._whole_masses is None:
-                self._whole_masses = self._masses_of(table, raw=True)
-            return self._whole_masses
-        if self._masses is None:
-            self._masses = self._masses_of(table, self.raw)
-        return self._masses
+    @property
+    def own(self) -> str:
+        """The distribution the cursor reads: its filtered one, or the raw one while following text outside it."""
+        return RAW if self.raw else FILTERED
+
+    def masses(self, table: TokenBytes, over: str | None = None) -> tuple[torch.Tensor, float, float, float]:
+        """(mass per next byte in the token, stop mass, end-branch mass, consistent mass), unnormalised, of the
+        distribution `over` (RAW, SCORED; None: the cursor's `own`). Cached until the state changes (`forget`):
+        the per-word routers ask for the raw distribution's several times per decision."""
+        over = over or self.own
+        if over not in self._masses:
+            self._masses[over] = self._masses_of(table, over)
+        return self._masses[over]
 
     def forget(self) -> None:
         """Drop the cached masses: the distribution, the pending bytes or what the cursor reads changed."""
-        self._masses = self._whole_masses = None
+        self._masses = {}
 
-    def _masses_of(self, table: TokenBytes, raw: bool) -> tuple[torch.Tensor, float, float, float]:
+    def _masses_of(self, table: TokenBytes, over: str) -> tuple[torch.Tensor, float, float, float]:
         if not self.pending:
-            first = self.dist.first(raw)
+            first = self.dist.first(over)
             return first[:256], float(first[STOP]), 0.0, float(first[:OTHER].sum())
-        probs = self.dist.probs(raw)
+        probs = self.dist.probs(over)
         longer = table.next_byte(probs, self.lo + self.exact, self.hi, len(self.pending))
         end = float(probs[self.lo: self.lo + self.exact].sum())
         return longer, 0.0, end, float(longer.sum()) + end
 
-    def end_mass(self, table: TokenBytes, whole: bool = False) -> float:
+    def end_mass(self, table: TokenBytes, over: str | None = None) -> float:
         """The end branch's mass, or 0 when below END_FLOOR of the consistent mass."""
-        _, _, end, total = self.masses(table, whole)
+        _, _, end, total = self.masses(table, over)
         return end if total > 0 and end >= END_FLOOR * total else 0.0
 
     def end_token(self) -> int:
         """The most likely token equal to the pending bytes (duplicates share its continuation), by the
         temperature-1 probabilities when the knobs kept none of them (UniTE's temperature-0 lookahead)."""
-        probs = self.dist.probs(self.raw)[self.lo: self.lo + self.exact]
+        probs = self.dist.probs(self.own)[self.lo: self.lo + self.exact]
         if not float(probs.max()) > 0:
-            probs = self.dist.raw[self.lo: self.lo + self.exact]
+            probs = self.dist.scored[self.lo: self.lo + self.exact]
         return self.lo + int(probs.argmax())  # ties: the first, the tokenizer's own piece (`TokenBytes`)
 
     def reset(self, table: TokenBytes, dist: Dist | None, pending: bytes) -> None:
@@ -342,25 +351,45 @@ class CharRows:
     def __init__(self, lm: HFCausalLM, table: TokenBytes, prompts: list[list[int]], params: SamplingParams,
                  name: str):
         self.lm, self.table, self.params, self.name = lm, table, params, name
+        self.prompts = [list(prompt) for prompt in prompts]  # each row's own prompt ids (the repetition penalty's)
         self.session: HFSession = lm.start(prompts)
-        dists = self._dists(self.session.logits)
+        dists = self._dists(self.session.logits, [(row, []) for row in range(len(prompts))])
         self.cursors = [Cursor(None) for _ in prompts]
         for cursor, dist in zip(self.cursors, dists):
             cursor.reset(table, dist, b"")
 
-    def _dists(self, logits: torch.Tensor) -> list[Dist]:
+    def _dists(self, logits: torch.Tensor, contexts: list[tuple[int, list[int]]]) -> list[Dist]:
+        """The Dists of `logits` (n, V'), one per (row, the tokens written after the row's prompt) of `contexts`."""
         logits = logits.float().cpu()
         size = self.table.size
         if logits.shape[-1] < size:
             logits = torch.nn.functional.pad(logits, (0, size - logits.shape[-1]), value=-math.inf)
-        raw = torch.log_softmax(logits[:, :size] + self.table.mask, dim=-1)
-        filtered = filtered_logprobs(raw, self.params).exp()[:, self.table.order]
+        logits = logits[:, :size]
+        raw = torch.log_softmax(logits + self.table.mask, dim=-1)
+        scored = torch.log_softmax(self._penalised(logits, contexts) + self.table.mask, -1) if self.params.penalised \
+            else raw
+        filtered = filtered_logprobs(scored, self.params).exp()[:, self.table.order]
         raw = raw.exp()[:, self.table.order]
+        scored = scored.exp()[:, self.table.order] if self.params.penalised else raw
         first_f, first_r = self.table.first_byte(filtered), self.table.first_byte(raw)
+        first_s = self.table.first_byte(scored) if self.params.penalised else first_r
         top, where = raw.max(-1)  # the whole distribution's statistics, for rows at a token boundary
         entropy = torch.special.entr(raw).sum(-1)
         summary = list(zip(top.tolist(), entropy.tolist(), where.tolist()))
-        return [Dist(filtered[i], raw[i], first_f[i], first_r[i], summary[i]) for i in range(logits.shape[0])]
+        return [Dist(filtered[i], raw[i], scored[i], first_f[i], first_r[i], first_s[i], summary[i])
+                for i in range(logits.shape[0])]
+
+    def _penalised(self, logits: torch.Tensor, contexts: list[tuple[int, list[int]]]) -> torch.Tensor:
+        """The logits under the sampling's penalties (`sampling.penalise`, as on the token path), each row's counted
+        over this model's own tokens: the ones it has written (its reading of the text so far) and, for the
+        repetition penalty, its prompt's."""
+        rows, size = len(contexts), logits.shape[-1]
+        counts, prompt = torch.zeros((rows, size)), torch.zeros((rows, size), dtype=torch.bool)
+        for k, (row, written) in enumerate(contexts):
+            if written:
+                counts[k].index_add_(0, torch.tensor(written), torch.ones(len(written)))
+            prompt[k, [token for token in self.prompts[row] if token < size]] = True
+        return penalise(logits, RowKnobs.of(self.params, rows), counts, prompt)
 
     def needs_forward(self, row: int) -> bool:
         cursor = self.cursors[row]
@@ -385,7 +414,10 @@ class CharRows:
         active[[row for row, _ in fed + lookahead]] = True
         self._retract(~active, column)
         rows = [row for row, _ in fed + lookahead]
-        dists = dict(zip(rows, self._dists(logits[torch.tensor(rows, device=logits.device)])))
+        # what each row has written: its committed tokens (a fed token is among them), a lookahead token too
+        contexts = [(row, self.cursors[row].tokens) for row, _ in fed]
+        contexts += [(row, [*self.cursors[row].tokens, token]) for row, token in lookahead]
+        dists = dict(zip(rows, self._dists(logits[torch.tensor(rows, device=logits.device)], contexts)))
         for row, _ in fed:
             cursor = self.cursors[row]
             cursor.feed.pop(0)
@@ -409,16 +441,17 @@ class CharRows:
                 self.session.attention_mask[rows, column] = 0
                 self.session.positions[rows] -= 1
 
-    def marginal(self, row: int, whole: bool = False) -> torch.Tensor:
+    def marginal(self, row: int, over: str | None = None) -> torch.Tensor:
         """(257,) probability of each next byte and of STOP for this row (the row must be ready: its end
-        branch's lookahead done where `end_mass` is not 0). `whole`: of the temperature-1 distributions."""
+        branch's lookahead done where `end_mass` is not 0), of the distribution `over` (None: the cursor's own)."""
         cursor = self.cursors[row]
-        longer, stop, all_end, total = cursor.masses(self.table, whole)
+        over = over or cursor.own
+        longer, stop, all_end, total = cursor.masses(self.table, over)
         out = torch.zeros(STOP + 1, dtype=longer.dtype)
         out[:256], out[STOP] = longer, stop
-        end = cursor.end_mass(self.table, whole)
+        end = cursor.end_mass(self.table, over)
         if end > 0:
-            out += end * cursor.look.dist.first(whole or cursor.raw)[:STOP + 1]
+            out += end * cursor.look.dist.first(over)[:STOP + 1]
         total = total - (all_end - end)
         return out / total if total > 0 else out
 
@@ -451,7 +484,7 @@ class CharRows:
         if cursor.drawn_end:
             if cursor.look is None:
                 return None, 0.0
-            first = cursor.look.dist.first(False)[: STOP + 1]
+            first = cursor.look.dist.first(FILTERED)[: STOP + 1]
             byte = pick_index(first, params, rng)
             prob, cursor.drawn_end = cursor.drawn_prob * float(first[byte] / first.sum()), False
             if byte == STOP:  # the token ended the text
@@ -577,7 +610,7 @@ class CharRows:
         cursor = self.cursors[row]
         if not cursor.pending or cursor.look is None:
             return self.stats(row)
-        segments, stop, _ = self._segments(row, whole=True)
+        segments, stop, _ = self._segments(row, RAW)
         if len(segments) < 2:  # the held token's share is below END_FLOOR: no branch past it
             return self.stats(row)
         weighted = [weight * probs[lo:hi] for probs, lo, hi, _, weight in segments]
@@ -600,28 +633,28 @@ class CharRows:
         top = max(masses, key=masses.get)
         return masses[top] / total, entropy, top
 
-    def _segments(self, row: int, whole: bool = False) -> tuple[list[tuple], float, float]:
+    def _segments(self, row: int, over: str | None = None) -> tuple[list[tuple], float, float]:
         """The row's next pieces of text as (probs, lo, hi, prefix, weight) ranges of sorted tokens whose
         bytes after `prefix` are the piece; the stop mass; the consistent mass (all unnormalised).
         With an end branch, the lookahead's tokens follow the pending bytes' own token.
-        `whole`: from the temperature-1 distributions (greedy UniTE ranks and scores on them)."""
+        `over`: of that distribution (RAW for the routers per word, SCORED for greedy UniTE; None: the cursor's own)."""
         cursor, table = self.cursors[row], self.table
-        raw = cursor.raw or whole
-        probs = cursor.dist.probs(raw)
-        longer, stop, end_full, total = cursor.masses(table, whole)
-        end = cursor.end_mass(table, whole)
+        over = over or cursor.own
+        probs = cursor.dist.probs(over)
+        longer, stop, end_full, total = cursor.masses(table, over)
+        end = cursor.end_mass(table, over)
         if not cursor.pending:
             return [(probs, 0, table.n_text, b"", 1.0)], stop, total
         segments = [(probs, cursor.lo + cursor.exact, cursor.hi, cursor.pending, 1.0)]
         if end > 0:
-            after = cursor.look.dist.probs(raw)
+            after = cursor.look.dist.probs(over)
             segments.append((after, 0, table.n_text, b"", end))
-            stop = end * float(cursor.look.dist.first(raw)[STOP])
+            stop = end * float(cursor.look.dist.first(over)[STOP])
         return segments, stop, total - (end_full - end)
 
-    def pieces(self, row: int, k: int, whole: bool = False) -> list[bytes | None]:
+    def pieces(self, row: int, k: int, over: str | None = None) -> list[bytes | None]:
         """The k most likely next pieces of text (None = end of text), most likely first."""
-        segments, stop, _ = self._segments(row, whole)
+        segments, stop, _ = self._segments(row, over)
         return self._top_pieces(segments, stop, k)
 
     def _top_pieces(self, segments: list[tuple], stop: float, k: int) -> list[bytes | None]:
@@ -636,11 +669,11 @@ class CharRows:
                     mass[piece] = mass.get(piece, 0.0) + weight * value
         return sorted(mass, key=mass.get, reverse=True)[:k]
 
-    def score(self, row: int, piece: bytes | None, whole: bool = False) -> float:
+    def score(self, row: int, piece: bytes | None, over: str | None = None) -> float:
         """UniTE's score of a candidate piece under this model: the probability of its next piece being
         exactly `piece` when it has such a token, else that of the piece's first sub-token in its reading (the
         longest of its tokens that is a proper prefix of the piece; 0 if none), normalised over the text."""
-        segments, stop, total = self._segments(row, whole)
+        segments, stop, total = self._segments(row, over)
         if total <= 0:
             return 0.0
         if piece is None:
@@ -657,6 +690,7 @@ class CharRows:
     def keep(self, rows: list[int]) -> None:
         self.session.keep(torch.tensor(rows, dtype=torch.long))
         self.cursors = [self.cursors[r] for r in rows]
+        self.prompts = [self.prompts[r] for r in rows]
 
 
 def pick_index(probs: torch.Tensor, params: SamplingParams, rng: random.Random) -> int:

@@ -166,12 +166,12 @@ def token_alternatives() -> str:
 
 
 def token_knobs_refusal(router: str) -> str:
-    """Why a cross-tokenizer method refuses the sampling knobs that act on one model's tokens
-    (`SamplingParams.by_token_id`): the library's error when it runs, a sweep configuration's when it is read."""
+    """Why a cross-tokenizer method refuses the sampling knobs that name one model's token ids or count its tokens
+    (`SamplingParams.names_token_ids`): the library's error when it runs, a sweep configuration's when it is read."""
     return (f"router {router} is a cross-tokenizer method: it runs the cross-tokenizer loop, which draws pieces of "
-            f"text mixed from two vocabularies, and takes no presence, frequency or repetition penalties, no logit "
-            f"bias, no stop token ids and no min_tokens (they act on one model's tokens): leave them off "
-            f"(docs/cross-tokenizer.md; stop strings work there)")
+            f"text mixed from two vocabularies, and takes no logit bias, no stop token ids and no min_tokens (they "
+            f"name or count one model's tokens): leave them off (docs/cross-tokenizer.md; stop strings and the "
+            f"penalties work there, each model penalised over its own tokens)")
 
 
 def is_single_model(router: str | Router) -> bool:
