@@ -295,6 +295,8 @@ class Cursor:
         distribution `over` (RAW, SCORED; None: the cursor's `own`). Cached until the state changes (`forget`):
         the per-word routers ask for the raw distribution's several times per decision."""
         over = over or self.own
+        if over == SCORED and self.dist.scored is self.dist.raw:  # no penalty on: the same masses
+            over = RAW
         if over not in self._masses:
             self._masses[over] = self._masses_of(table, over)
         return self._masses[over]
