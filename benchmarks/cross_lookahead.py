@@ -33,6 +33,7 @@ def main() -> None:
 
     import baco.decode.crossloop as crossloop
     from baco import Collaboration, SamplingParams
+    from baco.models.chars import RAW
     from baco.models.embedded import BASE_ALIAS, SMOLLM2_ALIAS
     from baco.routers.cross import WORD
     from baco.tasks import load_task
@@ -49,7 +50,7 @@ def main() -> None:
             for m, model in enumerate(models):
                 cursor = model.cursors[i]
                 if m in crossloop.models_read(method) and cursor.pending and cursor.look is None \
-                        and cursor.end_mass(model.table, whole=True) > 0:
+                        and cursor.end_mass(model.table, RAW) > 0:
                     counts[m] += 1
         return decide(i, row, models, method, unit, params)
 
