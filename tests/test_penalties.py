@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (MinNewTokensLengthLogitsProc
 from baco import Collaboration, SamplingParams
 from baco.decode.engine import Engine
 from baco.decode.loop import row_uniforms
+from baco.decode.records import held
 from baco.errors import CapacityError, InvalidSamplingParams
 from baco.routers import StepView, get_router
 from sampling_reference import inverse_cdf_draw, transformers_distribution
@@ -221,19 +222,25 @@ def test_min_tokens_is_checked_recorded_only_where_set_and_reshapes_without_pena
     assert all(len(row) == 8 and not {token for token, *_ in row} & collab.pair.vocab.stop_ids for row in steps)
 
 
-def held_stop_strings(collab, router="p-punc:0.5", min_tokens=10):
-    """A sample held to `min_tokens` tokens without stop strings, the length of its held text, and two stop strings
-    taken from it: the whole held text (it ends where the held tokens end) and one that begins two characters
-    before that end and ends two past it, found nowhere earlier."""
+def around_held_text(generate, min_tokens=10):
+    """The first seed (of 20) whose sample, held to `min_tokens` tokens without stop strings (`generate(seed)`), gives
+    two stop strings taken from it: the whole held text (it ends where the held tokens end) and one that begins two
+    characters before that end and ends two past it, found nowhere earlier. (seed, sample, held length, both)."""
     for seed in range(20):
-        params = SamplingParams(max_new_tokens=24, min_tokens=min_tokens, seed=seed)
-        sample = collab.generate([PROMPTS[1]], router=router, sampling=params)[0]
-        raw = "".join(sample.token_texts)
-        held = len("".join(sample.token_texts[:min_tokens]))
-        inside, straddling = raw[:held], raw[held - 2: held + 2]
-        if held > 4 and len(straddling) == 4 and raw.find(inside, 1) < 0 and raw.find(straddling) == held - 2:
-            return params, sample, held, inside, straddling
+        sample = generate(seed)
+        raw, end = "".join(sample.token_texts), held(sample.token_texts, min_tokens)
+        inside, straddling = raw[:end], raw[end - 2: end + 2]
+        if end > 4 and len(straddling) == 4 and raw.find(inside, 1) < 0 and raw.find(straddling) == end - 2:
+            return seed, sample, end, inside, straddling
     raise AssertionError("no seed gave a sample with text on both sides of its held tokens")
+
+
+def held_stop_strings(collab, router="p-punc:0.5", min_tokens=10):
+    """`around_held_text` of the library's samples, with their sampling."""
+    knobs = lambda seed: SamplingParams(max_new_tokens=24, min_tokens=min_tokens, seed=seed)  # noqa: E731
+    seed, *found = around_held_text(lambda seed: collab.generate([PROMPTS[1]], router=router, sampling=knobs(seed))[0],
+                                    min_tokens)
+    return (knobs(seed), *found)
 
 
 @pytest.mark.parametrize("router", ["p-punc:0.5", "negative:0.5"])

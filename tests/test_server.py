@@ -175,14 +175,11 @@ def test_min_tokens_holds_stop_strings_back_as_the_library_does_plain_and_stream
     """As in vLLM, a stop string counts only where it ends past the text of the first min_tokens tokens: one that ends
     inside it (the whole of it) leaves the choice as it was; one that begins inside and ends past it cuts the content
     where it begins. The server's content and tokens are the library's, plain and streamed."""
-    for seed in range(20):
-        alone = library(collab, PROMPTS[1], max_new_tokens=24, seed=seed, min_tokens=10)[0]
-        raw, held = "".join(alone.token_texts), len("".join(alone.token_texts[:10]))
-        inside, straddling = raw[:held], raw[held - 2: held + 2]
-        if held > 4 and len(straddling) == 4 and raw.find(inside, 1) < 0 and raw.find(straddling) == held - 2:
-            break
-    else:
-        raise AssertionError("no seed gave a choice with text on both sides of its held tokens")
+    from test_penalties import around_held_text
+
+    seed, alone, held, inside, straddling = around_held_text(
+        lambda seed: library(collab, PROMPTS[1], max_new_tokens=24, seed=seed, min_tokens=10)[0])
+    raw = "".join(alone.token_texts)
     for stop, text in ((inside, alone.text), (straddling, raw[: held - 2].lstrip())):
         expected = library(collab, PROMPTS[1], max_new_tokens=24, seed=seed, min_tokens=10, stop=[stop])[0]
         assert expected.text == text

@@ -34,6 +34,7 @@ from typing import Iterator
 import torch
 
 from baco.decode.loop import Request
+from baco.decode.records import stop_at
 from baco.decode.sampling import SamplingParams
 from baco.models.chars import RAW, SCORED, STOP, CharRows, CrossPair, pick_index, classify
 from baco.routers.cross import CHAR, PIECE, WORD, CharView, PieceView, WordView, models_read, unit_of
@@ -103,12 +104,11 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
     models = [CharRows(pair.base, pair.tables[0], [r.base_ids for r in requests], params, BASE),
               CharRows(pair.aligned, pair.tables[1], [r.aligned_ids for r in requests], params, ALIGNED)]
     rows = [_Row(index, r) for index, r in enumerate(requests)]
-    tail = max((len(s) for s in stop_strings), default=0)
     turn = 1
     while rows:
         finished: list[int] = []
         for i, row in enumerate(rows):
-            for event in _run(i, row, models, method, unit, params, stop_strings, tail):
+            for event in _run(i, row, models, method, unit, params, stop_strings):
                 yield event
                 if event.finished:
                     finished.append(i)
@@ -127,7 +127,7 @@ def crossloop(pair: CrossPair, requests: list[Request], method: Router, params: 
 
 
 def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, params: SamplingParams,
-         stop_strings: tuple[str, ...], tail: int) -> Iterator[SpanEvent]:
+         stop_strings: tuple[str, ...]) -> Iterator[SpanEvent]:
     """Advance one row (position i in the batch) until a model needs a forward or the row finishes."""
     while True:
         if any(m.needs_forward(i) for m in models):
@@ -155,7 +155,7 @@ def _run(i: int, row: _Row, models: list[CharRows], method: Router, unit: str, p
         added = row.decoder.decode(bytes([byte]))
         row.text += added
         row.span.text += added
-        if added and tail and any(s in row.text[-(tail + len(added)):] for s in stop_strings):
+        if added and stop_at(row.text, stop_strings, len(row.text) - len(added)) is not None:  # ends in `added`
             yield _close(row, models, i, "stop")
             return
         if _span_ends(row, unit):
@@ -209,8 +209,7 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
 def _decide_greedy_char(i: int, row: _Row, models: list[CharRows], method: Router):
     """CharED at temperature 0: the next byte is the most likely one under the mixture of the two models' next-byte
     distributions (temperature 1, under the penalties if any; an end branch's continuation read from its lookahead
-    forward), as the router
-    weighs them (`chared`); both models then follow it. A span is a character, source "mix", its reason which
+    forward), as the router weighs them (`chared`); both models then follow it. A span is a character, source "mix", its reason which
     model(s) ranked its first byte first, its probability the mixture's probability of the character."""
     if any([_look_ahead(model.cursors[i], model.table, SCORED) for model in models]):  # both asked for at once
         return _WAIT

@@ -347,7 +347,6 @@ class Engine:
             raise BacoError(f"top_logprobs must be an integer in [0, {pair.vocab_size}], got {top_logprobs!r}")
         self.top_k_logprobs = top_logprobs
         self.stop_strings = tuple(stop_strings)
-        self.tail = max((len(s) for s in self.stop_strings), default=0)
         host_router = bool(getattr(router, "host", False))
         cuda = self.device.type == "cuda"
         self.sync_free = (cuda if sync_free is None else bool(sync_free)) and not host_router
@@ -741,7 +740,7 @@ class Engine:
             live.text += piece
             if token in stop_ids or token in live.params.stop_token_ids:
                 finished[rid] = "stop"
-            elif (self.tail and live.collected > live.params.min_tokens  # (vLLM's min_tokens holds stop strings too)
+            elif (self.stop_strings and live.collected > live.params.min_tokens  # (vLLM's: stop strings held too)
                   and stop_at(live.text, self.stop_strings, len(live.text) - len(piece)) is not None):
                 finished[rid] = "stop"
             elif live.collected >= live.request.max_new_tokens:

@@ -368,18 +368,23 @@ class CharRows:
             logits = torch.nn.functional.pad(logits, (0, size - logits.shape[-1]), value=-math.inf)
         logits = logits[:, :size]
         raw = torch.log_softmax(logits + self.table.mask, dim=-1)
-        scored = torch.log_softmax(self._penalised(logits, contexts) + self.table.mask, -1) if self.params.penalised \
-            else raw
+        penalised = self.params.penalised
+        scored = torch.log_softmax(self._penalised(logits, contexts) + self.table.mask, -1) if penalised else raw
         filtered = filtered_logprobs(scored, self.params).exp()[:, self.table.order]
         raw = raw.exp()[:, self.table.order]
-        scored = scored.exp()[:, self.table.order] if self.params.penalised else raw
         first_f, first_r = self.table.first_byte(filtered), self.table.first_byte(raw)
-        first_s = self.table.first_byte(scored) if self.params.penalised else first_r
+        if penalised:
+            scored = scored.exp()[:, self.table.order]
+            first_s = self.table.first_byte(scored)
         top, where = raw.max(-1)  # the whole distribution's statistics, for rows at a token boundary
         entropy = torch.special.entr(raw).sum(-1)
         summary = list(zip(top.tolist(), entropy.tolist(), where.tolist()))
-        return [Dist(filtered[i], raw[i], scored[i], first_f[i], first_r[i], first_s[i], summary[i])
-                for i in range(logits.shape[0])]
+        out = []
+        for i in range(logits.shape[0]):
+            raw_i, first_ri = raw[i], first_r[i]  # without a penalty the scored distribution is this very tensor
+            out.append(Dist(filtered[i], raw_i, scored[i] if penalised else raw_i, first_f[i], first_ri,
+                            first_s[i] if penalised else first_ri, summary[i]))
+        return out
 
     def _penalised(self, logits: torch.Tensor, contexts: list[tuple[int, list[int]]]) -> torch.Tensor:
         """The logits under the sampling's penalties (`sampling.penalise`, as on the token path), each row's counted
