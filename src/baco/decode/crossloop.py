@@ -209,8 +209,8 @@ def _decide(i: int, row: _Row, models: list[CharRows], method: Router, unit: str
 def _decide_greedy_char(i: int, row: _Row, models: list[CharRows], method: Router):
     """CharED at temperature 0: the next byte is the most likely one under the mixture of the two models' next-byte
     distributions (temperature 1, under the penalties if any; an end branch's continuation read from its lookahead
-    forward), as the router weighs them (`chared`); both models then follow it. A span is a character, source "mix", its reason which
-    model(s) ranked its first byte first, its probability the mixture's probability of the character."""
+    forward), as the router weighs them (`chared`); both models then follow it. A span is a character, source "mix",
+    its reason which model(s) ranked its first byte first, its probability the mixture's probability of the character."""
     if any([_look_ahead(model.cursors[i], model.table, SCORED) for model in models]):  # both asked for at once
         return _WAIT
     nexts = [model.marginal(i, SCORED) for model in models]
